@@ -1,0 +1,119 @@
+# Liquid Memory - one entry point.
+#   make               build/lib/libliquidmemory.{so,a}, build/liquid_memory.pc, tools
+#   make test          install missing Debian packages, build, run every test suite
+#   make test-asan     the C suites under AddressSanitizer + UndefinedBehaviorSanitizer
+#   make bench         install, build, run the sequence-length sweep (JSON in bench/results/)
+#   make install PREFIX=/usr/local      make clean
+# Everything is written under build/. nvcc, when found, adds the CUDA backend
+# (mk/cuda.mk); CUDA=0 builds the CPU backend alone.
+
+PREFIX ?= /usr/local
+PYTHON ?= /usr/bin/python3
+CC ?= gcc
+BUILD ?= build
+SAN ?=
+
+# Debian packages the build and the tests use (mk/deps.sh installs them).
+DEPS = gcc make pkg-config libopenblas-dev libsodium-dev check
+DEPS_TEST = $(DEPS) python3-cffi python3-numpy python3-pytest python3-torch \
+            python3-matplotlib python3-tqdm
+
+BLAS_CFLAGS := $(shell pkg-config --cflags openblas 2>/dev/null)
+BLAS_LIBS := $(shell pkg-config --libs openblas 2>/dev/null || echo -lopenblas)
+
+CFLAGS ?= -O3 -g
+CFLAGS += -std=c11 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -Werror -fPIC -fopenmp \
+          -fvisibility=hidden -Iinclude -Isrc -Ilicense $(BLAS_CFLAGS)
+LDLIBS += $(BLAS_LIBS) -lsodium -lm -fopenmp
+ifneq ($(SAN),)
+CFLAGS += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+LDFLAGS += -fsanitize=address,undefined
+endif
+
+LIB_SRC := $(wildcard src/*.c) $(wildcard license/*.c)
+NVCC ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+CUDA ?= $(if $(and $(NVCC),$(wildcard mk/cuda.mk)),1,0)
+ifeq ($(CUDA),1)
+include mk/cuda.mk
+LIB_SRC := $(filter-out src/no_cuda.c,$(LIB_SRC))
+else
+LIB_SRC := $(filter-out src/cuda_%.c,$(LIB_SRC))
+endif
+LIB_OBJ = $(patsubst %.c,$(BUILD)/obj/%.o,$(LIB_SRC)) $(CUDA_OBJ)
+
+SO = $(BUILD)/lib/libliquidmemory.so
+AR_LIB = $(BUILD)/lib/libliquidmemory.a
+PC = $(BUILD)/liquid_memory.pc
+TEST_BIN = $(BUILD)/bin/lm-tests
+BENCH_BIN = $(BUILD)/bin/lm-bench
+RPATH = -Wl,-rpath,'$$ORIGIN/../lib'
+
+# Targets the included fragments add to.
+ALL_TARGETS = $(SO) $(AR_LIB) $(PC) $(BENCH_BIN) $(TEST_BIN)
+TEST_TARGETS = test-c
+TEST_ENV ?=
+
+.PHONY: all deps deps-test test test-c test-asan bench install clean
+all: $(ALL_TARGETS)
+
+-include mk/license.mk
+-include mk/python.mk
+
+deps:
+	@sh mk/deps.sh $(DEPS)
+deps-test:
+	@sh mk/deps.sh $(DEPS_TEST)
+
+$(BUILD)/obj/%.o: %.c include/liquid_memory.h src/lm_impl.h src/lm_params.h src/dtype.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(SO): $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) -shared -Wl,-soname,libliquidmemory.so $(LDFLAGS) -o $@ $^ $(LDLIBS) $(CUDA_LIBS)
+
+$(AR_LIB): $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(PC): mk/liquid_memory.pc.in
+	@mkdir -p $(dir $@)
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(shell sed -n 's/^#define LM_VERSION_STRING "\(.*\)"/\1/p' include/liquid_memory.h)|' \
+	    -e 's|@LIBS_PRIVATE@|$(BLAS_LIBS) -lsodium -lm -fopenmp $(CUDA_LIBS)|' $< > $@
+
+# ---- tests ----
+TEST_SRC := $(wildcard tests/test_*.c) tests/main.c tests/ref.c
+$(TEST_BIN): $(TEST_SRC) tests/ref.h $(SO)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests -o $@ $(TEST_SRC) $(LDFLAGS) -L$(BUILD)/lib \
+	    -lliquidmemory $(RPATH) $$(pkg-config --libs check) -lpthread -lm -fopenmp
+
+test: deps-test
+	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory $(TEST_TARGETS)
+
+test-c: $(TEST_BIN)
+	$(TEST_ENV) $(TEST_BIN)
+
+test-asan: deps
+	@$(MAKE) --no-print-directory BUILD=build/asan SAN=1 CUDA=0 CFLAGS="-O1 -g" test-c
+
+# ---- benchmark ----
+$(BENCH_BIN): bench/lm_bench.c $(SO)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< $(LDFLAGS) -L$(BUILD)/lib -lliquidmemory $(RPATH) -lm -fopenmp
+
+bench: deps
+	@$(MAKE) --no-print-directory all
+	$(TEST_ENV) $(BENCH_BIN) --out bench/results
+
+# ---- install ----
+install: $(SO) $(AR_LIB) $(PC)
+	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig
+	install -m 644 include/liquid_memory.h $(DESTDIR)$(PREFIX)/include/
+	install -m 755 $(SO) $(DESTDIR)$(PREFIX)/lib/
+	install -m 644 $(AR_LIB) $(DESTDIR)$(PREFIX)/lib/
+	install -m 644 $(PC) $(DESTDIR)$(PREFIX)/lib/pkgconfig/
+
+clean:
+	rm -rf build

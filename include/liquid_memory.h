@@ -1,0 +1,332 @@
+/*
+ * liquid_memory.h - the public C API of Liquid Memory: attention in linear time.
+ *
+ * Liquid Memory replaces softmax attention with kernelised linear attention.
+ * Per key/value head h, with feature map phi and decay g_h in (0, 1], it keeps
+ * an fp32 state S (Dk x Dv) and normaliser z (Dk):
+ *
+ *     S_t = g_h S_{t-1} + phi(k_t) v_t^T        z_t = g_h z_{t-1} + phi(k_t)
+ *     normalised:   o_t = phi(q_t)^T S_t / (phi(q_t)^T z_t + eps)
+ *     unnormalised: o_t = scale * phi(q_t)^T S_t
+ *
+ * Prefill costs O(L) time; decode (`lm_attn_step`) costs O(1) per token on a
+ * state of fixed size. Two levels of API:
+ *   - the module (`lm_attn_*`): a drop-in for torch.nn.MultiheadAttention,
+ *     with its q/k/v/out projections and weight layout;
+ *   - the core (`lm_linear_attn_*`): attention on already-projected q, k, v,
+ *     for engines that do their own projections.
+ *
+ * Example (CPU, fp32, causal self-attention then one decode step):
+ *
+ *     lm_attn_config cfg;
+ *     lm_attn_config_default(&cfg, 512, 8);           // E = 512, 8 heads
+ *     lm_attn *a;
+ *     if (lm_attn_create(&cfg, &a) != LM_OK) { puts(lm_last_error()); ... }
+ *     lm_weights w = { .in_proj_weight = w_in, .in_proj_bias = b_in,
+ *                      .out_proj_weight = w_out, .out_proj_bias = b_out };
+ *     lm_attn_set_weights(a, &w);
+ *     lm_tensor x = lm_tensor_3d(xs, LM_F32, LM_CPU, B, L, 512);  // [B, L, E]
+ *     lm_tensor y = lm_tensor_3d(ys, LM_F32, LM_CPU, B, L, 512);
+ *     lm_forward_opts o = { .is_causal = 1, .keep_state = 1 };
+ *     lm_attn_forward(a, &x, &x, &x, &o, &y, NULL);   // prefill, keeps state
+ *     lm_tensor t = lm_tensor_2d(tok, LM_F32, LM_CPU, B, 512);    // [B, E]
+ *     lm_attn_step(a, &t, &t_out, NULL);              // one more token
+ *     lm_attn_destroy(a);
+ *
+ * Errors: every function that can fail returns an lm_status; the detail of
+ * the last failure on the calling thread is in lm_last_error(). A failed call
+ * leaves the handle and its state as they were. The library never aborts,
+ * exits or prints.
+ *
+ * Threads: an lm_attn handle may be used by one thread at a time; different
+ * handles may be used from different threads at once. The core functions are
+ * reentrant.
+ */
+#ifndef LIQUID_MEMORY_H
+#define LIQUID_MEMORY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define LM_API __attribute__((visibility("default")))
+#else
+#define LM_API
+#endif
+
+#define LM_VERSION_MAJOR 0
+#define LM_VERSION_MINOR 1
+#define LM_VERSION_PATCH 0
+#define LM_VERSION_STRING "0.1.0"
+
+/* Largest number of dimensions a tensor descriptor holds. */
+#define LM_MAX_DIMS 4
+
+/* ------------------------------------------------------------------------ */
+/* Status, errors, version                                                  */
+/* ------------------------------------------------------------------------ */
+
+typedef enum lm_status {
+    LM_OK = 0,
+    LM_ERR_INVALID_ARG,   /* a NULL, a size, a shape, a stride or a dtype is wrong */
+    LM_ERR_UNSUPPORTED,   /* valid, but linear attention (or this backend) cannot do it */
+    LM_ERR_OUT_OF_MEMORY, /* host or device allocation failed; nothing leaked */
+    LM_ERR_NO_DEVICE,     /* CUDA asked for, but no CUDA backend or no usable GPU */
+    LM_ERR_CUDA,          /* a CUDA or cuBLAS call failed; the text names it */
+    LM_ERR_LICENSE,       /* beyond what the license (or evaluation mode) allows */
+    LM_ERR_STATE,         /* the handle's state does not fit the call (e.g. batch changed) */
+    LM_ERR_INTERNAL       /* a bug in Liquid Memory: please report it */
+} lm_status;
+
+/* Static text naming a status; never NULL. */
+LM_API const char *lm_status_string(lm_status status);
+
+/* Detail of the last failure (or notice, e.g. evaluation mode) on the calling
+ * thread. Valid until the next call into the library on this thread; never
+ * NULL ("" when nothing was recorded). */
+LM_API const char *lm_last_error(void);
+
+/* Version text, e.g. "0.1.0 (cpu, cuda)" or with ", development build". */
+LM_API const char *lm_version(void);
+
+/* ------------------------------------------------------------------------ */
+/* Tensors                                                                  */
+/* ------------------------------------------------------------------------ */
+
+typedef enum lm_dtype {
+    LM_BF16 = 0, /* bfloat16 */
+    LM_F16 = 1,  /* IEEE half */
+    LM_F32 = 2,  /* IEEE single */
+    LM_BOOL = 3  /* one byte, nonzero = true: masks only */
+} lm_dtype;
+
+typedef enum lm_device { LM_CPU = 0, LM_CUDA = 1 } lm_device;
+
+/* A strided view of memory the caller owns. Strides are in elements and may
+ * be any non-negative values, so batch-first and sequence-first layouts are
+ * both read without a copy (the CUDA backend wants stride 1 on the last
+ * dimension). Only the first ndim entries of shape/stride are used. */
+typedef struct lm_tensor {
+    void *data;
+    lm_dtype dtype;
+    lm_device device;
+    int ndim;
+    int64_t shape[LM_MAX_DIMS];
+    int64_t stride[LM_MAX_DIMS];
+} lm_tensor;
+
+/* Size in bytes of one element of dtype, 0 for an unknown dtype. */
+LM_API size_t lm_dtype_size(lm_dtype dtype);
+
+/* Contiguous (row-major) descriptors; convenience, they cannot fail. */
+LM_API lm_tensor lm_tensor_2d(void *data, lm_dtype dtype, lm_device device,
+                              int64_t d0, int64_t d1);
+LM_API lm_tensor lm_tensor_3d(void *data, lm_dtype dtype, lm_device device,
+                              int64_t d0, int64_t d1, int64_t d2);
+LM_API lm_tensor lm_tensor_4d(void *data, lm_dtype dtype, lm_device device,
+                              int64_t d0, int64_t d1, int64_t d2, int64_t d3);
+
+/* ------------------------------------------------------------------------ */
+/* Options shared by the module and the core                                */
+/* ------------------------------------------------------------------------ */
+
+typedef enum lm_feature_map {
+    LM_FEATURE_ELU1 = 0,    /* elu(x) + 1: positive, the default */
+    LM_FEATURE_RELU = 1,    /* max(x, 0) */
+    LM_FEATURE_IDENTITY = 2 /* x (use with normalize = 0) */
+} lm_feature_map;
+
+typedef enum lm_precision {
+    LM_PRECISION_AUTO = 0, /* compensated accumulation above 65536 tokens */
+    LM_PRECISION_ON = 1,   /* always compensated (Kahan) accumulation of the state */
+    LM_PRECISION_OFF = 2   /* plain fp32 accumulation */
+} lm_precision;
+
+/* ------------------------------------------------------------------------ */
+/* Module: a drop-in for torch.nn.MultiheadAttention                        */
+/* ------------------------------------------------------------------------ */
+
+typedef struct lm_attn lm_attn; /* opaque handle */
+
+typedef struct lm_attn_config {
+    int embed_dim;    /* E: width of query input and output, > 0 */
+    int num_heads;    /* Hq, > 0 */
+    int num_kv_heads; /* Hkv: 0 = num_heads; num_heads % num_kv_heads == 0 (GQA/MQA) */
+    int head_dim;     /* D: 0 = embed_dim / num_heads (which must divide) */
+    int kdim;         /* width of key input: 0 = embed_dim (cross-attention) */
+    int vdim;         /* width of value input: 0 = embed_dim */
+    lm_feature_map feature_map;
+    int normalize;      /* 1: o = phi(q)S / (phi(q)z + eps); 0: o = scale phi(q)S */
+    float eps;          /* > 0, default 1e-6 */
+    float scale;        /* unnormalised only; 0 = 1/sqrt(head_dim) */
+    const float *decay; /* NULL = no decay, else num_kv_heads values in (0, 1]; copied */
+    lm_precision precision;
+    lm_dtype dtype;  /* dtype of inputs, outputs and weights: BF16, F16 or F32 */
+    lm_device device;
+    int cuda_device; /* CUDA device ordinal */
+    int max_batch;   /* 0 = any; else the largest batch, so CUDA can preallocate */
+} lm_attn_config;
+
+/* Fills cfg with defaults: E = embed_dim, num_heads heads, elu+1, normalised,
+ * eps 1e-6, no decay, precision auto, F32 on the CPU.
+ * Returns LM_ERR_INVALID_ARG when cfg is NULL. */
+LM_API lm_status lm_attn_config_default(lm_attn_config *cfg, int embed_dim, int num_heads);
+
+/* Creates a handle. Checks the configuration, copies it (decay included) and
+ * allocates what the backend needs up front. *out is set on success only.
+ * Returns INVALID_ARG, UNSUPPORTED, NO_DEVICE, OUT_OF_MEMORY, CUDA. */
+LM_API lm_status lm_attn_create(const lm_attn_config *cfg, lm_attn **out);
+
+/* Frees the handle and everything it owns; NULL is ignored. */
+LM_API void lm_attn_destroy(lm_attn *attn);
+
+/* Projection weights in torch.nn.MultiheadAttention's layout: row-major,
+ * contiguous, in the config's dtype, on the config's device. The pointers are
+ * borrowed, not copied: they must stay valid while the handle uses them, and
+ * updates to the memory (training) are seen by the next call.
+ * With Dq = num_heads*head_dim and Dkv = num_kv_heads*head_dim: */
+typedef struct lm_weights {
+    const void *in_proj_weight;  /* [Dq + 2 Dkv, E] packed q;k;v (kdim = vdim = E),
+                                    or NULL to use the three below */
+    const void *q_proj_weight;   /* [Dq, E] */
+    const void *k_proj_weight;   /* [Dkv, kdim] */
+    const void *v_proj_weight;   /* [Dkv, vdim] */
+    const void *in_proj_bias;    /* [Dq + 2 Dkv] or NULL (no input bias) */
+    const void *out_proj_weight; /* [E, Dq] */
+    const void *out_proj_bias;   /* [E] or NULL */
+} lm_weights;
+
+/* Sets (borrows) the weights. Returns INVALID_ARG when a required pointer is
+ * missing or in_proj_weight is given while kdim or vdim differ from E. */
+LM_API lm_status lm_attn_set_weights(lm_attn *attn, const lm_weights *w);
+
+typedef struct lm_forward_opts {
+    int is_causal;                     /* 1: token t sees keys 0..t (needs Lq == Lk) */
+    const lm_tensor *key_padding_mask; /* [B, Lk] LM_BOOL, nonzero = ignore; NULL = none */
+    int use_state;  /* 1: continue from the handle's state instead of an empty one */
+    int keep_state; /* 1: keep the final state on the handle (for step / next forward) */
+} lm_forward_opts;
+
+/* Attention over a sequence (prefill).
+ *   query [B, Lq, E], key [B, Lk, kdim], value [B, Lk, vdim], out [B, Lq, E],
+ *   all in the config's dtype on its device, any strides (a sequence-first
+ *   tensor [L, B, E] is passed as [B, L, E] with its strides swapped).
+ * Self-attention passes the same tensor three times. Without is_causal every
+ * query sees every key (and the state, with use_state). opts may be NULL
+ * (bidirectional, fresh state, nothing kept). Decay with is_causal = 0 is
+ * UNSUPPORTED. use_state with a state of another batch size is LM_ERR_STATE.
+ * On the CPU the call is synchronous; on CUDA it is queued on `stream`
+ * (a cudaStream_t, NULL = default stream). `out` may not alias the inputs.
+ * Returns INVALID_ARG, UNSUPPORTED, STATE, LICENSE, OUT_OF_MEMORY, CUDA. */
+LM_API lm_status lm_attn_forward(lm_attn *attn, const lm_tensor *query, const lm_tensor *key,
+                                 const lm_tensor *value, const lm_forward_opts *opts,
+                                 lm_tensor *out, void *stream);
+
+/* One decode step: x [B, E] -> out [B, E], causal self-attention continuing
+ * the handle's state (an empty one if none). A state of another batch size
+ * is LM_ERR_STATE until lm_attn_reset. On CUDA it allocates nothing and does
+ * not synchronise, so it can be captured in a CUDA graph once the state
+ * exists. Returns INVALID_ARG, STATE, LICENSE, OUT_OF_MEMORY, CUDA. */
+LM_API lm_status lm_attn_step(lm_attn *attn, const lm_tensor *x, lm_tensor *out, void *stream);
+
+/* Drops the state: the next forward/step starts empty, any batch size. */
+LM_API lm_status lm_attn_reset(lm_attn *attn);
+
+/* Size in bytes of the state blob of lm_attn_get_state (header + fp32 S and
+ * z for every batch row and kv head). LM_ERR_STATE when there is no state. */
+LM_API lm_status lm_attn_state_size(const lm_attn *attn, size_t *bytes);
+
+/* Copies the state into host memory buf of `bytes` bytes (at least
+ * lm_attn_state_size). Synchronous. Save, restore or fork a conversation. */
+LM_API lm_status lm_attn_get_state(const lm_attn *attn, void *buf, size_t bytes);
+
+/* Replaces the state with a blob from lm_attn_get_state of a handle with the
+ * same num_kv_heads and head_dim. Checks the blob before changing anything. */
+LM_API lm_status lm_attn_set_state(lm_attn *attn, const void *buf, size_t bytes);
+
+/* Number of tokens absorbed in the state (0 when there is none). */
+LM_API lm_status lm_attn_position(const lm_attn *attn, int64_t *tokens);
+
+/* ------------------------------------------------------------------------ */
+/* Core: attention on already-projected q, k, v                             */
+/* ------------------------------------------------------------------------ */
+
+typedef struct lm_core_args {
+    const lm_tensor *q;                /* [B, L, Hq, Dk]   BF16/F16/F32 */
+    const lm_tensor *k;                /* [B, Lk, Hkv, Dk] same dtype as q */
+    const lm_tensor *v;                /* [B, Lk, Hkv, Dv] same dtype as q */
+    lm_tensor *out;                    /* [B, L, Hq, Dv]   same dtype as q */
+    const lm_tensor *key_padding_mask; /* [B, Lk] LM_BOOL, nonzero = ignore; NULL = none */
+    float *state;      /* [B, Hkv, Dk, Dv] fp32 on q's device, read then overwritten
+                          with the final state; NULL = start empty, discard */
+    float *normalizer; /* [B, Hkv, Dk] fp32, given exactly when state is */
+    int64_t position;  /* tokens already absorbed in state (license limits) */
+    int is_causal;
+    lm_feature_map feature_map;
+    int normalize;
+    float eps;
+    float scale;        /* 0 = 1/sqrt(Dk) */
+    const float *decay; /* NULL or Hkv host values in (0, 1] */
+    lm_precision precision;
+} lm_core_args;
+
+/* Fills the options of args with defaults (elu+1, normalised, eps 1e-6,
+ * causal, precision auto) and clears its pointers. */
+LM_API lm_status lm_core_args_default(lm_core_args *args);
+
+/* Prefill on projected q, k, v. Hq % Hkv == 0 (query head h reads kv head
+ * h / (Hq / Hkv)). Causal needs L == Lk. CPU: synchronous; CUDA: queued on
+ * `stream`. Returns INVALID_ARG, UNSUPPORTED, LICENSE, OUT_OF_MEMORY, CUDA. */
+LM_API lm_status lm_linear_attn_prefill(const lm_core_args *args, void *stream);
+
+/* One decode step for all B x H heads: L = Lk = 1, causal, state required.
+ * On CUDA: no allocation, no host synchronisation, graph-capturable. */
+LM_API lm_status lm_linear_attn_decode(const lm_core_args *args, void *stream);
+
+/* ------------------------------------------------------------------------ */
+/* License                                                                  */
+/* ------------------------------------------------------------------------ */
+
+/* Without a valid license the library runs in evaluation mode: at most
+ * LM_EVAL_MAX_TOKENS tokens of context (prefill length, and state position
+ * for decode). A license token comes from lm_license_set, else the
+ * environment variable LM_LICENSE (the token), else LM_LICENSE_FILE (a path),
+ * else ~/.config/liquid-memory/license. It is verified once, thread-safely,
+ * and cached; expiry is re-checked. README_INTEGRATION.md has the format. */
+#define LM_EVAL_MAX_TOKENS 4096
+
+typedef enum lm_license_mode {
+    LM_LICENSE_EVALUATION = 0, /* no license found: capped at LM_EVAL_MAX_TOKENS */
+    LM_LICENSE_LICENSED = 1,   /* a valid license applies */
+    LM_LICENSE_INVALID = 2     /* a license was found but refused: `reason` says why */
+} lm_license_mode;
+
+typedef struct lm_license_details {
+    lm_license_mode mode;
+    int development_build;  /* 1: built with a development key, not the vendor's */
+    char licensee[129];     /* NUL-terminated, "" in evaluation mode */
+    char license_id[33];    /* 16 bytes as hex */
+    int64_t issued, not_before, expires; /* unix seconds; expires 0 = never */
+    int64_t max_seq_len;    /* tokens of context allowed; 0 = unlimited */
+    uint64_t features;      /* feature bits */
+    char source[256];       /* where the token came from */
+    char reason[256];       /* why it was refused, when mode is INVALID */
+} lm_license_details;
+
+/* Installs a license token for this process (verified now). NULL forgets a
+ * previously set token. Returns INVALID_ARG or LICENSE (reason in
+ * lm_last_error) for a token that does not verify. Thread-safe. */
+LM_API lm_status lm_license_set(const char *token);
+
+/* Reports the license in force, for UIs. Thread-safe. */
+LM_API lm_status lm_license_info(lm_license_details *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* LIQUID_MEMORY_H */

@@ -1,0 +1,136 @@
+/*
+ * core.c - the core API (lm_linear_attn_*): attention on already-projected
+ * q, k, v. Checks the arguments, fills an lmi_core_params, dispatches to the
+ * backend of the tensors' device.
+ */
+#include "lm_impl.h"
+
+#include <math.h>
+#include <string.h>
+
+lm_status lm_core_args_default(lm_core_args *args)
+{
+    if (!args)
+        return lmi_error(LM_ERR_INVALID_ARG, "args is NULL");
+    memset(args, 0, sizeof *args);
+    args->is_causal = 1;
+    args->feature_map = LM_FEATURE_ELU1;
+    args->normalize = 1;
+    args->eps = 1e-6f;
+    args->precision = LM_PRECISION_AUTO;
+    return LM_OK;
+}
+
+static lm_status check_shape(const lm_tensor *t, const char *what, const int64_t *shape,
+                             const char *names)
+{
+    for (int i = 0; i < 4; i++)
+        if (t->shape[i] != shape[i])
+            return lmi_error(LM_ERR_INVALID_ARG,
+                             "%s is [%lld, %lld, %lld, %lld], expected %s = [%lld, %lld, %lld, %lld]",
+                             what, (long long)t->shape[0], (long long)t->shape[1],
+                             (long long)t->shape[2], (long long)t->shape[3], names,
+                             (long long)shape[0], (long long)shape[1], (long long)shape[2],
+                             (long long)shape[3]);
+    return LM_OK;
+}
+
+static lm_status fill_params(const lm_core_args *a, int decode, lmi_core_params *p,
+                             const lmi_backend **be)
+{
+    if (!a)
+        return lmi_error(LM_ERR_INVALID_ARG, "args is NULL");
+    if (!a->q)
+        return lmi_error(LM_ERR_INVALID_ARG, "q is NULL");
+    const lm_device dev = a->q->device;
+    lm_status st;
+    if ((st = lmi_check_tensor(a->q, "q", 4, dev)) || (st = lmi_check_tensor(a->k, "k", 4, dev)) ||
+        (st = lmi_check_tensor(a->v, "v", 4, dev)) ||
+        (st = lmi_check_tensor(a->out, "out", 4, dev)))
+        return st;
+    const lm_dtype dt = a->q->dtype;
+    if (dt == LM_BOOL)
+        return lmi_error(LM_ERR_INVALID_ARG, "q must be BF16, F16 or F32");
+    if (a->k->dtype != dt || a->v->dtype != dt || a->out->dtype != dt)
+        return lmi_error(LM_ERR_INVALID_ARG, "q, k, v and out must have the same dtype");
+    const int64_t B = a->q->shape[0], L = a->q->shape[1], Hq = a->q->shape[2],
+                  Dk = a->q->shape[3], Lk = a->k->shape[1], Hkv = a->k->shape[2],
+                  Dv = a->v->shape[3];
+    if (Hq > LMI_MAX_HEADS || Dk > LMI_MAX_HEAD_DIM || Dv > LMI_MAX_HEAD_DIM)
+        return lmi_error(LM_ERR_INVALID_ARG, "at most %d heads of dimension %d", LMI_MAX_HEADS,
+                         LMI_MAX_HEAD_DIM);
+    if ((st = check_shape(a->k, "k", (int64_t[]){ B, Lk, Hkv, Dk }, "[B, Lk, Hkv, Dk]")) ||
+        (st = check_shape(a->v, "v", (int64_t[]){ B, Lk, Hkv, Dv }, "[B, Lk, Hkv, Dv]")) ||
+        (st = check_shape(a->out, "out", (int64_t[]){ B, L, Hq, Dv }, "[B, L, Hq, Dv]")))
+        return st;
+    if (Hq % Hkv)
+        return lmi_error(LM_ERR_INVALID_ARG, "kv heads (%lld) must divide query heads (%lld)",
+                         (long long)Hkv, (long long)Hq);
+    const lm_tensor *ins[] = { a->q, a->k, a->v };
+    const char *names[] = { "q", "k", "v" };
+    if ((st = lmi_check_no_alias(a->out, ins, names, 3)))
+        return st;
+    if (a->key_padding_mask && (st = lmi_check_mask(a->key_padding_mask, dev, B, Lk)))
+        return st;
+    if (!a->state != !a->normalizer)
+        return lmi_error(LM_ERR_INVALID_ARG, "state and normalizer go together: give both or neither");
+    if (a->position < 0)
+        return lmi_error(LM_ERR_INVALID_ARG, "position must be >= 0");
+    const int causal = decode || a->is_causal;
+    if (decode && (L != 1 || Lk != 1 || !a->state))
+        return lmi_error(LM_ERR_INVALID_ARG,
+                         "decode takes one token (L = Lk = 1, got %lld, %lld) and a state",
+                         (long long)L, (long long)Lk);
+    if (causal && L != Lk)
+        return lmi_error(LM_ERR_INVALID_ARG, "causal attention needs L == Lk (%lld != %lld)",
+                         (long long)L, (long long)Lk);
+    if ((st = lmi_check_options(a->feature_map, a->normalize, a->eps, a->scale, a->decay, Hkv,
+                                a->precision)))
+        return st;
+    if (a->decay && !causal)
+        return lmi_error(LM_ERR_UNSUPPORTED, "decay is defined for causal attention only");
+    const int64_t ctx = (a->state ? a->position : 0) + (L > Lk ? L : Lk);
+    if ((st = lmi_license_check(ctx)))
+        return st;
+    *be = &lmi_cpu_backend;
+    if (dev == LM_CUDA && (st = lmi_cuda_backend(-1, be)))
+        return st;
+
+    memset(p, 0, sizeof *p);
+    p->B = B, p->L = L, p->Lk = Lk, p->Hq = Hq, p->Hkv = Hkv, p->Dk = Dk, p->Dv = Dv;
+    p->q = lmi_view_of(a->q);
+    p->k = lmi_view_of(a->k);
+    p->v = lmi_view_of(a->v);
+    p->out = lmi_view_of(a->out);
+    if (a->key_padding_mask) {
+        p->mask = a->key_padding_mask->data;
+        p->mask_s[0] = a->key_padding_mask->stride[0];
+        p->mask_s[1] = a->key_padding_mask->stride[1];
+    }
+    p->state = a->state;
+    p->normalizer = a->normalizer;
+    p->decay = a->decay;
+    p->causal = causal;
+    p->feature_map = a->feature_map;
+    p->normalize = a->normalize;
+    p->compensated = lmi_compensated(a->precision, ctx);
+    p->eps = a->eps;
+    p->scale = a->scale > 0.0f ? a->scale : 1.0f / sqrtf((float)Dk);
+    return LM_OK;
+}
+
+lm_status lm_linear_attn_prefill(const lm_core_args *args, void *stream)
+{
+    lmi_core_params p;
+    const lmi_backend *be;
+    lm_status st = fill_params(args, 0, &p, &be);
+    return st ? st : be->prefill(&p, stream);
+}
+
+lm_status lm_linear_attn_decode(const lm_core_args *args, void *stream)
+{
+    lmi_core_params p;
+    const lmi_backend *be;
+    lm_status st = fill_params(args, 1, &p, &be);
+    return st ? st : be->decode(&p, stream);
+}

@@ -1,0 +1,298 @@
+/*
+ * cpu_attend.c - the attention core on the CPU: chunked-parallel linear
+ * attention, one OpenMP task per (batch row, query head), fp32 throughout.
+ *
+ * Causal, per chunk of C tokens starting at t0 (i, j local, p = decay):
+ *   A[i][j] = phi(q_i).phi(k_j) p^(i-j)  for j <= i        (intra-chunk)
+ *   num_i   = p^(i+1) phi(q_i) S + sum_j A[i][j] v_j        (inter + intra)
+ *   den_i   = p^(i+1) phi(q_i).z + sum_j A[i][j]
+ *   S      <- p^n S + sum_j p^(n-1-j) phi(k_j) v_j^T,  z likewise
+ * so the cost is O(L C (Dk + Dv) + L Dk Dv), never O(L^2). Bidirectional
+ * first folds every key into S, z, then reads them out for every query.
+ *
+ * Tasks of the query heads that share a kv head each rebuild that head's
+ * state (cheap next to the readout) so that batch x query heads all run in
+ * parallel; the first head of each group writes the final state, into a
+ * scratch copy first, because its siblings may still be reading the input.
+ */
+#include "lm_impl.h"
+#include "dtype.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define C LMI_CPU_CHUNK
+
+typedef struct task {
+    float *q, *k, *v; /* chunk rows: [C][Dk], [C][Dk], [C][Dv] */
+    float *a;         /* [C][C] */
+    float *o;         /* [C][Dv] */
+    float *S, *z;     /* running state [Dk][Dv], [Dk] */
+    float *cS, *cz;   /* Kahan compensation, when compensated */
+    float *dS, *dz;   /* chunk increment, when compensated */
+    float pw[C + 1];  /* decay^i */
+} task;
+
+static void feature_rows(float *x, int64_t n, int fm)
+{
+    if (fm == LM_FEATURE_ELU1) {
+        for (int64_t i = 0; i < n; i++)
+            x[i] = x[i] > 0.0f ? x[i] + 1.0f : expf(x[i]);
+    } else if (fm == LM_FEATURE_RELU) {
+        for (int64_t i = 0; i < n; i++)
+            x[i] = x[i] < 0.0f ? 0.0f : x[i]; /* NaN stays NaN */
+    }
+}
+
+/* Loads n rows of head h from view `src` ([B, L, H, D]) starting at t0. */
+static void load_rows(float *dst, const lmi_view *src, int64_t b, int64_t t0, int64_t n,
+                      int64_t h, int64_t D)
+{
+    for (int64_t i = 0; i < n; i++) {
+        int64_t off = b * src->s[0] + (t0 + i) * src->s[1] + h * src->s[2];
+        lmi_load_row(dst + i * D, lmi_elem(src->data, src->dtype, off), src->dtype, D,
+                     src->s[3]);
+    }
+}
+
+/* Loads a chunk of keys and values; masked keys become zero rows. */
+static void load_kv(task *t, const lmi_core_params *p, int64_t b, int64_t hk, int64_t t0,
+                    int64_t n)
+{
+    load_rows(t->k, &p->k, b, t0, n, hk, p->Dk);
+    load_rows(t->v, &p->v, b, t0, n, hk, p->Dv);
+    feature_rows(t->k, n * p->Dk, p->feature_map);
+    if (!p->mask)
+        return;
+    for (int64_t j = 0; j < n; j++) {
+        if (p->mask[b * p->mask_s[0] + (t0 + j) * p->mask_s[1]]) {
+            memset(t->k + j * p->Dk, 0, (size_t)p->Dk * sizeof(float));
+            memset(t->v + j * p->Dv, 0, (size_t)p->Dv * sizeof(float));
+        }
+    }
+}
+
+static float dot(const float *restrict x, const float *restrict y, int64_t n)
+{
+    float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t i = 0; i < n; i++)
+        acc += x[i] * y[i];
+    return acc;
+}
+
+static void axpy(float *restrict y, float a, const float *restrict x, int64_t n)
+{
+#pragma omp simd
+    for (int64_t i = 0; i < n; i++)
+        y[i] += a * x[i];
+}
+
+static void scale(float *x, float a, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        x[i] *= a;
+}
+
+/* S <- p^n S + sum_j p^(n-1-j) k_j v_j^T over the chunk's n keys; z likewise. */
+static void absorb(task *t, const lmi_core_params *p, int64_t n, int decayed)
+{
+    const int64_t Dk = p->Dk, Dv = p->Dv;
+    float *S = t->S, *z = t->z;
+    if (p->compensated) {
+        S = t->dS;
+        z = t->dz;
+        memset(S, 0, (size_t)(Dk * Dv) * sizeof(float));
+        memset(z, 0, (size_t)Dk * sizeof(float));
+    } else if (decayed) {
+        scale(S, t->pw[n], Dk * Dv);
+        scale(z, t->pw[n], Dk);
+    }
+    for (int64_t d = 0; d < Dk; d++) {
+        float *row = S + d * Dv;
+        float zs = 0.0f;
+        for (int64_t j = 0; j < n; j++) {
+            float kw = t->k[j * Dk + d] * (decayed ? t->pw[n - 1 - j] : 1.0f);
+            axpy(row, kw, t->v + j * Dv, Dv);
+            zs += kw;
+        }
+        z[d] += zs;
+    }
+    if (!p->compensated)
+        return;
+    /* Kahan: S += dS with the rounding error carried in cS. */
+    const float g = decayed ? t->pw[n] : 1.0f;
+    const int64_t m = Dk * Dv;
+    for (int64_t i = 0; i < m + Dk; i++) {
+        float *s = i < m ? &t->S[i] : &t->z[i - m];
+        float *c = i < m ? &t->cS[i] : &t->cz[i - m];
+        float inc = i < m ? t->dS[i] : t->dz[i - m];
+        float base = *s * g;
+        float y = inc - *c * g;
+        float sum = base + y;
+        *c = (sum - base) - y;
+        *s = sum;
+    }
+}
+
+/* Output rows of a query chunk of n rows: o = phi(q) S (+ intra), normalised. */
+static void readout(task *t, const lmi_core_params *p, int64_t n, int causal, int decayed)
+{
+    const int64_t Dk = p->Dk, Dv = p->Dv;
+    for (int64_t i = 0; i < n; i++) {
+        const float *qi = t->q + i * Dk;
+        float *oi = t->o + i * Dv;
+        memset(oi, 0, (size_t)Dv * sizeof(float));
+        for (int64_t d = 0; d < Dk; d++)
+            axpy(oi, qi[d], t->S + d * Dv, Dv);
+        float den = dot(qi, t->z, Dk);
+        if (decayed) {
+            scale(oi, t->pw[i + 1], Dv);
+            den *= t->pw[i + 1];
+        }
+        if (causal) {
+            float *ai = t->a + i * C;
+            for (int64_t j = 0; j <= i; j++)
+                ai[j] = dot(qi, t->k + j * Dk, Dk) * (decayed ? t->pw[i - j] : 1.0f);
+            for (int64_t j = 0; j <= i; j++) {
+                axpy(oi, ai[j], t->v + j * Dv, Dv);
+                den += ai[j];
+            }
+        }
+        if (p->normalize)
+            scale(oi, 1.0f / (den + p->eps), Dv);
+        else
+            scale(oi, p->scale, Dv);
+    }
+}
+
+static void store_rows(const lmi_core_params *p, const float *o, int64_t b, int64_t t0,
+                       int64_t n, int64_t h)
+{
+    for (int64_t i = 0; i < n; i++) {
+        int64_t off = b * p->out.s[0] + (t0 + i) * p->out.s[1] + h * p->out.s[2];
+        lmi_store_row(lmi_elem(p->out.data, p->out.dtype, off), p->out.dtype, o + i * p->Dv,
+                      p->Dv, p->out.s[3]);
+    }
+}
+
+static void run_task(task *t, const lmi_core_params *p, int64_t b, int64_t h, float *state_out)
+{
+    const int64_t Dk = p->Dk, Dv = p->Dv, G = p->Hq / p->Hkv, hk = h / G;
+    const float g = p->decay ? p->decay[hk] : 1.0f;
+    const int decayed = g != 1.0f;
+    t->pw[0] = 1.0f;
+    for (int i = 1; i <= C; i++)
+        t->pw[i] = t->pw[i - 1] * g;
+
+    if (p->state) {
+        memcpy(t->S, p->state + (b * p->Hkv + hk) * Dk * Dv, (size_t)(Dk * Dv) * sizeof(float));
+        memcpy(t->z, p->normalizer + (b * p->Hkv + hk) * Dk, (size_t)Dk * sizeof(float));
+    } else {
+        memset(t->S, 0, (size_t)(Dk * Dv) * sizeof(float));
+        memset(t->z, 0, (size_t)Dk * sizeof(float));
+    }
+    if (p->compensated) {
+        memset(t->cS, 0, (size_t)(Dk * Dv) * sizeof(float));
+        memset(t->cz, 0, (size_t)Dk * sizeof(float));
+    }
+
+    if (p->causal) {
+        for (int64_t t0 = 0; t0 < p->L; t0 += C) {
+            int64_t n = p->L - t0 < C ? p->L - t0 : C;
+            load_rows(t->q, &p->q, b, t0, n, h, Dk);
+            feature_rows(t->q, n * Dk, p->feature_map);
+            load_kv(t, p, b, hk, t0, n);
+            readout(t, p, n, 1, decayed);
+            store_rows(p, t->o, b, t0, n, h);
+            absorb(t, p, n, decayed);
+        }
+    } else {
+        for (int64_t t0 = 0; t0 < p->Lk; t0 += C) {
+            int64_t n = p->Lk - t0 < C ? p->Lk - t0 : C;
+            load_kv(t, p, b, hk, t0, n);
+            absorb(t, p, n, 0);
+        }
+        for (int64_t t0 = 0; t0 < p->L; t0 += C) {
+            int64_t n = p->L - t0 < C ? p->L - t0 : C;
+            load_rows(t->q, &p->q, b, t0, n, h, Dk);
+            feature_rows(t->q, n * Dk, p->feature_map);
+            readout(t, p, n, 0, 0);
+            store_rows(p, t->o, b, t0, n, h);
+        }
+    }
+
+    if (state_out && h % G == 0) {
+        float *so = state_out + (b * p->Hkv + hk) * (Dk * Dv + Dk);
+        memcpy(so, t->S, (size_t)(Dk * Dv) * sizeof(float));
+        memcpy(so + Dk * Dv, t->z, (size_t)Dk * sizeof(float));
+    }
+}
+
+static float *task_alloc(task *t, const lmi_core_params *p)
+{
+    const int64_t Dk = p->Dk, Dv = p->Dv;
+    int64_t n = C * (2 * Dk + 2 * Dv) + C * C + Dk * Dv + Dk;
+    if (p->compensated)
+        n += 2 * (Dk * Dv + Dk);
+    float *m = malloc((size_t)n * sizeof(float));
+    if (!m)
+        return NULL;
+    float *c = m;
+    t->q = c, c += C * Dk;
+    t->k = c, c += C * Dk;
+    t->v = c, c += C * Dv;
+    t->o = c, c += C * Dv;
+    t->a = c, c += C * C;
+    t->S = c, c += Dk * Dv;
+    t->z = c, c += Dk;
+    t->cS = t->cz = t->dS = t->dz = NULL;
+    if (p->compensated) {
+        t->cS = c, c += Dk * Dv;
+        t->cz = c, c += Dk;
+        t->dS = c, c += Dk * Dv;
+        t->dz = c;
+    }
+    return m;
+}
+
+lm_status lmi_cpu_attend(const lmi_core_params *p)
+{
+    const int64_t per_head = p->Dk * p->Dv + p->Dk;
+    const int64_t ntask = p->B * p->Hq;
+    float *state_out = NULL;
+    if (p->state) {
+        state_out = malloc((size_t)(p->B * p->Hkv * per_head) * sizeof(float));
+        if (!state_out)
+            return lmi_error(LM_ERR_OUT_OF_MEMORY, "cpu: no memory for the state");
+    }
+    /* Small calls (decode steps) are not worth waking a thread team for. */
+    const int64_t work = ntask * (p->L + p->Lk) * p->Dk * p->Dv;
+    int failed = 0;
+#pragma omp parallel if (ntask > 1 && work > (1 << 20)) reduction(| : failed)
+    {
+        task t;
+        float *mem = task_alloc(&t, p);
+        if (!mem)
+            failed = 1;
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t i = 0; i < ntask; i++)
+            if (mem)
+                run_task(&t, p, i / p->Hq, i % p->Hq, state_out);
+        free(mem);
+    }
+    if (failed) {
+        free(state_out);
+        return lmi_error(LM_ERR_OUT_OF_MEMORY, "cpu: no memory for chunk buffers");
+    }
+    if (p->state) {
+        for (int64_t i = 0; i < p->B * p->Hkv; i++) {
+            const float *so = state_out + i * per_head;
+            memcpy(p->state + i * p->Dk * p->Dv, so, (size_t)(p->Dk * p->Dv) * sizeof(float));
+            memcpy(p->normalizer + i * p->Dk, so + p->Dk * p->Dv, (size_t)p->Dk * sizeof(float));
+        }
+        free(state_out);
+    }
+    return LM_OK;
+}

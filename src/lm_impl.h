@@ -1,0 +1,124 @@
+/*
+ * lm_impl.h - internal declarations shared by the host sources: the handle's
+ * body, the parameter structs handed to backends, the backend table and the
+ * cross-file helpers (prefix lmi_). Not installed.
+ */
+#ifndef LM_IMPL_H
+#define LM_IMPL_H
+
+#include "liquid_memory.h"
+#include "lm_params.h"
+
+#include <stdarg.h>
+
+/* Chunk length of the chunked-parallel algorithm on the CPU. */
+#define LMI_CPU_CHUNK 64
+/* Above this many tokens precision=auto switches to compensated accumulation. */
+#define LMI_PRECISION_AUTO_TOKENS 65536
+/* Sanity limits on sizes, so products of sizes never overflow int64. */
+#define LMI_MAX_HEADS 4096
+#define LMI_MAX_HEAD_DIM 4096
+#define LMI_MAX_WIDTH (1 << 20)
+
+/* ---- errors (error.c) ---- */
+
+/* Records a printf-style message for lm_last_error and returns status. */
+lm_status lmi_error(lm_status status, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* Records a notice (e.g. evaluation mode) without failing. */
+void lmi_notice(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* ---- tensors (tensor.c) ---- */
+
+/* Checks that t is a usable descriptor of ndim dims of one of the float
+ * dtypes on device; `what` names it in messages. */
+lm_status lmi_check_tensor(const lm_tensor *t, const char *what, int ndim, lm_device device);
+/* Index (in elements) of the farthest element a strided view can touch. */
+int64_t lmi_tensor_extent(const lm_tensor *t);
+/* View of a tensor as an lmi_view (pointer, dtype, strides). */
+lmi_view lmi_view_of(const lm_tensor *t);
+
+/* ---- checks shared by module and core (options.c) ---- */
+
+lm_status lmi_check_options(lm_feature_map fm, int normalize, float eps, float scale,
+                            const float *decay, int64_t n_decay, lm_precision precision);
+lm_status lmi_check_mask(const lm_tensor *mask, lm_device device, int64_t B, int64_t Lk);
+/* INVALID_ARG when out's memory overlaps one of the n inputs (NULLs skipped). */
+lm_status lmi_check_no_alias(const lm_tensor *out, const lm_tensor *const *inputs,
+                             const char *const *names, int n);
+/* Whether a context of `tokens` tokens uses compensated accumulation. */
+int lmi_compensated(lm_precision precision, int64_t tokens);
+
+/* ---- license (license/) ---- */
+
+/* LM_OK when a context of `tokens` tokens is allowed by the license in force
+ * (or evaluation mode); else LM_ERR_LICENSE with a message. */
+lm_status lmi_license_check(int64_t tokens);
+/* " (development build)" or "", for lm_version. */
+const char *lmi_license_build_note(void);
+
+/* ---- the handle ---- */
+
+struct lm_attn {
+    lm_attn_config cfg;          /* copy; cfg.decay points at decay below */
+    float *decay;                /* owned copy, num_kv_heads values, or NULL */
+    int64_t E, Hq, Hkv, D, kdim, vdim; /* resolved sizes */
+    lm_weights w;                /* borrowed */
+    int has_weights;
+
+    /* State: S [B, Hkv, D, D] then z [B, Hkv, D], fp32, on the backend's device. */
+    float *state;                /* NULL when there is none */
+    float *work;                 /* scratch state a forward runs on, committed on success */
+    int64_t state_batch;         /* batch the state holds; 0 = none */
+    int64_t state_cap, work_cap; /* batch each buffer was allocated for */
+    int64_t position;            /* tokens absorbed in state */
+
+    const struct lmi_backend *be;
+    void *be_ctx;                /* backend's per-handle resources */
+};
+
+/* Number of floats of the state for batch B. */
+int64_t lmi_state_floats(const lm_attn *a, int64_t batch);
+
+/* What the module forward hands a backend, after validation. */
+typedef struct lmi_forward {
+    const lm_tensor *query, *key, *value; /* [B, Lq, E], [B, Lk, kdim], [B, Lk, vdim] */
+    lm_tensor *out;                       /* [B, Lq, E] */
+    const lm_tensor *key_padding_mask;    /* [B, Lk] or NULL */
+    int64_t B, Lq, Lk;
+    int causal;
+    int compensated;                      /* precision-safe accumulation */
+    float *state;                         /* [B, Hkv, D, D] then z; in/out, never NULL */
+} lmi_forward;
+
+/* A backend: the host side validates, then calls through this table. */
+typedef struct lmi_backend {
+    const char *name;
+    /* Per-handle resources (cuBLAS handle, workspaces); called by create. */
+    lm_status (*init)(lm_attn *a);
+    void (*fini)(lm_attn *a);
+    /* Memory on the backend's device for states. */
+    lm_status (*alloc)(lm_attn *a, size_t bytes, void **ptr);
+    void (*free)(lm_attn *a, void *ptr);
+    /* dir: 0 device->device, 1 host->device, 2 device->host; synchronous. */
+    lm_status (*copy)(lm_attn *a, void *dst, const void *src, size_t bytes, int dir);
+    lm_status (*zero)(lm_attn *a, void *ptr, size_t bytes);
+    /* Module prefill with projections; state in f->state is read and updated. */
+    lm_status (*forward)(lm_attn *a, const lmi_forward *f, void *stream);
+    /* Module decode step: x [B, E] -> out [B, E], updates a->state in place. */
+    lm_status (*step)(lm_attn *a, const lm_tensor *x, lm_tensor *out, void *stream);
+    /* Core prefill / decode on projected q, k, v. */
+    lm_status (*prefill)(const lmi_core_params *p, void *stream);
+    lm_status (*decode)(const lmi_core_params *p, void *stream);
+} lmi_backend;
+
+extern const lmi_backend lmi_cpu_backend;
+/* The CUDA backend, or NULL (with a message) when it is not built or no GPU. */
+lm_status lmi_cuda_backend(int cuda_device, const lmi_backend **out);
+
+/* ---- CPU backend pieces (cpu_*.c) ---- */
+
+/* Chunked attention on the CPU, parallel over batch x query heads. */
+lm_status lmi_cpu_attend(const lmi_core_params *p);
+
+#endif /* LM_IMPL_H */

@@ -1,0 +1,40 @@
+/*
+ * lm_params.h - the plain parameter struct of the attention core, filled by
+ * the host after validation and read by every backend (C and CUDA). Sizes are
+ * resolved, strides are in elements, the feature map and modes are plain ints.
+ */
+#ifndef LM_PARAMS_H
+#define LM_PARAMS_H
+
+#include <stdint.h>
+
+/* A strided 4-d view: element [i0, i1, i2, i3] is at
+ * data + i0*s[0] + i1*s[1] + i2*s[2] + i3*s[3] (elements of dtype). */
+typedef struct lmi_view {
+    void *data;
+    int dtype; /* lm_dtype */
+    int64_t s[4];
+} lmi_view;
+
+typedef struct lmi_core_params {
+    int64_t B, L, Lk;     /* batch, query length, key length */
+    int64_t Hq, Hkv;      /* query heads, key/value heads (Hq % Hkv == 0) */
+    int64_t Dk, Dv;       /* head dims of q/k and of v/out */
+    lmi_view q;           /* [B, L, Hq, Dk] */
+    lmi_view k;           /* [B, Lk, Hkv, Dk] */
+    lmi_view v;           /* [B, Lk, Hkv, Dv] */
+    lmi_view out;         /* [B, L, Hq, Dv] */
+    const uint8_t *mask;  /* [B, Lk] nonzero = ignore key, or NULL */
+    int64_t mask_s[2];    /* its strides */
+    float *state;         /* [B, Hkv, Dk, Dv] fp32 in/out, or NULL = empty, discard */
+    float *normalizer;    /* [B, Hkv, Dk] fp32 in/out, NULL with state */
+    const float *decay;   /* Hkv host values, or NULL = 1 */
+    int causal;
+    int feature_map;      /* lm_feature_map */
+    int normalize;
+    int compensated;      /* Kahan accumulation of the carried state */
+    float eps;
+    float scale;          /* resolved: unnormalised output factor */
+} lmi_core_params;
+
+#endif /* LM_PARAMS_H */
