@@ -1,0 +1,5 @@
+/* suites.h - the Check suites of lm-tests, one line per tests/test_*.c. */
+LM_SUITE(api_suite)
+LM_SUITE(attend_suite)
+LM_SUITE(module_suite)
+LM_SUITE(threads_suite)
