@@ -287,6 +287,26 @@ LM_API lm_status lm_linear_attn_prefill(const lm_core_args *args, void *stream);
  * On CUDA: no allocation, no host synchronisation, graph-capturable. */
 LM_API lm_status lm_linear_attn_decode(const lm_core_args *args, void *stream);
 
+/* Gradients of lm_linear_attn_prefill, for training. */
+typedef struct lm_core_grads {
+    const lm_tensor *dout;         /* [B, L, Hq, Dv]   gradient of out, q's dtype */
+    lm_tensor *dq;                 /* [B, L, Hq, Dk]   written */
+    lm_tensor *dk;                 /* [B, Lk, Hkv, Dk] written */
+    lm_tensor *dv;                 /* [B, Lk, Hkv, Dv] written */
+    const float *dstate_out;       /* [B, Hkv, Dk, Dv] gradient of the final state, or NULL = 0 */
+    const float *dnormalizer_out;  /* [B, Hkv, Dk], given exactly with dstate_out */
+    float *dstate_in;              /* [B, Hkv, Dk, Dv] gradient of the initial state, or NULL */
+    float *dnormalizer_in;         /* [B, Hkv, Dk], given exactly with dstate_in */
+} lm_core_grads;
+
+/* Backward of lm_linear_attn_prefill: args exactly as given to the prefill,
+ * except that args->state / args->normalizer hold the INITIAL state (or NULL
+ * for an empty one) and are only read; args->out is not used (may be NULL).
+ * Per-chunk states are recomputed, so extra memory is O(B H Dk Dv), not O(L).
+ * Returns INVALID_ARG, UNSUPPORTED, OUT_OF_MEMORY, CUDA. */
+LM_API lm_status lm_linear_attn_backward(const lm_core_args *args, const lm_core_grads *grads,
+                                         void *stream);
+
 /* ------------------------------------------------------------------------ */
 /* License                                                                  */
 /* ------------------------------------------------------------------------ */
