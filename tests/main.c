@@ -1,4 +1,10 @@
-/* main.c - runs every Check suite listed in suites.h; exit status 1 on failure. */
+/*
+ * main.c - runs every Check suite listed in suites.h in one process (set
+ * CK_FORK=yes to fork per test), prints the largest error per dtype, exits
+ * 1 on any failure. CK_RUN_SUITE / CK_RUN_CASE select, as Check documents.
+ */
+#include "ref.h"
+
 #include <check.h>
 #include <stdlib.h>
 
@@ -12,8 +18,11 @@ int main(void)
 #define LM_SUITE(name) srunner_add_suite(sr, name());
 #include "suites.h"
 #undef LM_SUITE
+    if (!getenv("CK_FORK"))
+        srunner_set_fork_status(sr, CK_NOFORK);
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
+    ref_print_summary();
     return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }

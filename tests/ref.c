@@ -1,0 +1,299 @@
+/*
+ * ref.c - test buffers, random data, the float64 reference and the error
+ * helper shared by the suites (see ref.h).
+ */
+#include "ref.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- conversions, written independently of the library's ---- */
+
+static double bf16_value(uint16_t h)
+{
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static double f16_value(uint16_t h)
+{
+    int e = (h >> 10) & 31, m = h & 1023;
+    double s = (h & 0x8000) ? -1.0 : 1.0;
+    if (e == 31)
+        return m ? NAN : s * INFINITY;
+    if (e == 0)
+        return s * ldexp(m, -24);
+    return s * ldexp(1024 + m, e - 25);
+}
+
+/* v rounded to a float format with mant_bits stored mantissa bits and
+ * smallest normal exponent emin, ties to even (the default rounding mode). */
+static double round_to(double v, int mant_bits, int emin)
+{
+    if (v == 0 || !isfinite(v))
+        return v;
+    int e;
+    frexp(v, &e);
+    int lead = e - 1 < emin ? emin : e - 1;
+    double q = ldexp(1.0, lead - mant_bits);
+    return nearbyint(v / q) * q;
+}
+
+static uint16_t bf16_round(double v)
+{
+    float f = (float)round_to(v, 7, -126);
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (uint16_t)(u >> 16);
+}
+
+static uint16_t f16_round(double v)
+{
+    double r = fabs(round_to(v, 10, -14));
+    uint16_t sign = v < 0 ? 0x8000 : 0;
+    if (r >= 65520.0)
+        return sign | 0x7c00;
+    if (r < ldexp(1.0, -14))
+        return sign | (uint16_t)(r / ldexp(1.0, -24));
+    int e;
+    frexp(r, &e);
+    int lead = e - 1;
+    return sign | (uint16_t)((lead + 15) << 10) | (uint16_t)(r / ldexp(1.0, lead - 10) - 1024);
+}
+
+tbuf tbuf_new(lm_dtype dtype, int64_t n)
+{
+    tbuf b = { .dtype = dtype, .n = n };
+    b.data = calloc((size_t)(n > 0 ? n : 1), lm_dtype_size(dtype));
+    b.ref = calloc((size_t)(n > 0 ? n : 1), sizeof(double));
+    ck_assert_ptr_nonnull(b.data);
+    ck_assert_ptr_nonnull(b.ref);
+    return b;
+}
+
+void tbuf_free(tbuf *b)
+{
+    free(b->data);
+    free(b->ref);
+    b->data = NULL;
+    b->ref = NULL;
+}
+
+void tbuf_set(tbuf *b, int64_t i, double v)
+{
+    switch (b->dtype) {
+    case LM_F32: {
+        float f = (float)v;
+        ((float *)b->data)[i] = f;
+        b->ref[i] = f;
+        break;
+    }
+    case LM_BF16: {
+        uint16_t h = isnan(v) ? 0x7fc0 : bf16_round(v);
+        ((uint16_t *)b->data)[i] = h;
+        b->ref[i] = bf16_value(h);
+        break;
+    }
+    case LM_F16: {
+        uint16_t h = isnan(v) ? 0x7e00 : f16_round(v);
+        ((uint16_t *)b->data)[i] = h;
+        b->ref[i] = f16_value(h);
+        break;
+    }
+    case LM_BOOL:
+        ((uint8_t *)b->data)[i] = v != 0.0;
+        b->ref[i] = v != 0.0;
+        break;
+    }
+}
+
+double tbuf_get(const tbuf *b, int64_t i)
+{
+    switch (b->dtype) {
+    case LM_F32: return ((const float *)b->data)[i];
+    case LM_BF16: return bf16_value(((const uint16_t *)b->data)[i]);
+    case LM_F16: return f16_value(((const uint16_t *)b->data)[i]);
+    case LM_BOOL: return ((const uint8_t *)b->data)[i];
+    }
+    return NAN;
+}
+
+static uint64_t rng_state = 88172645463325252ull;
+
+void ref_seed(uint64_t seed)
+{
+    rng_state = seed * 2654435761ull + 88172645463325252ull;
+}
+
+double ref_uniform(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (double)(rng_state >> 11) / 9007199254740992.0;
+}
+
+void tbuf_random(tbuf *b, double lo, double hi)
+{
+    for (int64_t i = 0; i < b->n; i++)
+        tbuf_set(b, i, lo + (hi - lo) * ref_uniform());
+}
+
+void tbuf_poison(tbuf *b)
+{
+    if (b->dtype == LM_F32) {
+        for (int64_t i = 0; i < b->n; i++)
+            ((float *)b->data)[i] = NAN;
+    } else {
+        uint16_t nan16 = b->dtype == LM_BF16 ? 0x7fc0 : 0x7e00;
+        for (int64_t i = 0; i < b->n; i++)
+            ((uint16_t *)b->data)[i] = nan16;
+    }
+}
+
+/* ---- the float64 reference ---- */
+
+static double phi(double x, int fm)
+{
+    if (fm == LM_FEATURE_ELU1)
+        return x > 0 ? x + 1 : exp(x);
+    if (fm == LM_FEATURE_RELU)
+        return x > 0 ? x : 0;
+    return x;
+}
+
+static double at(const ref_view *v, int64_t i0, int64_t i1, int64_t i2, int64_t i3)
+{
+    return v->p[i0 * v->s[0] + i1 * v->s[1] + i2 * v->s[2] + i3 * v->s[3]];
+}
+
+/* o for query (b, t, h) from state S (Dk x Dv), z (Dk). */
+static void read_out(const ref_problem *p, const double *S, const double *z, int64_t b,
+                     int64_t t, int64_t h, double *o)
+{
+    double den = 0;
+    for (int64_t j = 0; j < p->Dv; j++)
+        o[j] = 0;
+    for (int64_t d = 0; d < p->Dk; d++) {
+        double fq = phi(at(&p->q, b, t, h, d), p->feature_map);
+        den += fq * z[d];
+        for (int64_t j = 0; j < p->Dv; j++)
+            o[j] += fq * S[d * p->Dv + j];
+    }
+    for (int64_t j = 0; j < p->Dv; j++)
+        o[j] = p->normalize ? o[j] / (den + p->eps) : o[j] * p->scale;
+}
+
+/* S = g S + phi(k_s) v_s^T, z = g z + phi(k_s), skipping masked keys. */
+static void absorb(const ref_problem *p, double *S, double *z, int64_t b, int64_t s,
+                   int64_t hk, double g)
+{
+    for (int64_t i = 0; i < p->Dk * p->Dv; i++)
+        S[i] *= g;
+    for (int64_t d = 0; d < p->Dk; d++)
+        z[d] *= g;
+    if (p->mask && p->mask[b * p->Lk + s])
+        return;
+    for (int64_t d = 0; d < p->Dk; d++) {
+        double fk = phi(at(&p->k, b, s, hk, d), p->feature_map);
+        z[d] += fk;
+        for (int64_t j = 0; j < p->Dv; j++)
+            S[d * p->Dv + j] += fk * at(&p->v, b, s, hk, j);
+    }
+}
+
+void ref_attend(const ref_problem *p, double *out, double *state_out, double *normalizer_out)
+{
+    const int64_t G = p->Hq / p->Hkv, SS = p->Dk * p->Dv;
+    double *S = malloc((size_t)SS * sizeof(double));
+    double *z = malloc((size_t)p->Dk * sizeof(double));
+    ck_assert_ptr_nonnull(S);
+    ck_assert_ptr_nonnull(z);
+    for (int64_t b = 0; b < p->B; b++)
+        for (int64_t h = 0; h < p->Hq; h++) {
+            const int64_t hk = h / G;
+            const double g = p->decay ? p->decay[hk] : 1.0;
+            for (int64_t i = 0; i < SS; i++)
+                S[i] = p->state ? p->state[(b * p->Hkv + hk) * SS + i] : 0;
+            for (int64_t d = 0; d < p->Dk; d++)
+                z[d] = p->normalizer ? p->normalizer[(b * p->Hkv + hk) * p->Dk + d] : 0;
+            double *o = out + (b * p->L * p->Hq + h) * p->Dv;
+            if (p->causal) {
+                for (int64_t t = 0; t < p->L; t++) {
+                    absorb(p, S, z, b, t, hk, g);
+                    read_out(p, S, z, b, t, h, o + t * p->Hq * p->Dv);
+                }
+            } else {
+                for (int64_t s = 0; s < p->Lk; s++)
+                    absorb(p, S, z, b, s, hk, 1.0);
+                for (int64_t t = 0; t < p->L; t++)
+                    read_out(p, S, z, b, t, h, o + t * p->Hq * p->Dv);
+            }
+            if (h % G == 0 && state_out) {
+                memcpy(state_out + (b * p->Hkv + hk) * SS, S, (size_t)SS * sizeof(double));
+                memcpy(normalizer_out + (b * p->Hkv + hk) * p->Dk, z,
+                       (size_t)p->Dk * sizeof(double));
+            }
+        }
+    free(S);
+    free(z);
+}
+
+/* ---- errors ---- */
+
+static ref_err compare(const tbuf *got, const float *gotf, const double *want, int64_t n)
+{
+    double num = 0, den = 0;
+    ref_err e = { 0, 0 };
+    for (int64_t i = 0; i < n; i++) {
+        double g = got ? tbuf_get(got, i) : gotf[i];
+        if (isnan(g) && isfinite(want[i])) {
+            e.unwritten++;
+            continue;
+        }
+        num += (g - want[i]) * (g - want[i]);
+        den += want[i] * want[i];
+    }
+    e.rel = den > 0 ? sqrt(num / den) : sqrt(num);
+    return e;
+}
+
+ref_err ref_compare(const tbuf *got, const double *want, int64_t n)
+{
+    return compare(got, NULL, want, n);
+}
+
+ref_err ref_compare_f32(const float *got, const double *want, int64_t n)
+{
+    return compare(NULL, got, want, n);
+}
+
+double ref_bound(lm_dtype dtype)
+{
+    switch (dtype) {
+    case LM_F32: return 2e-6;
+    case LM_F16: return 5e-4;
+    case LM_BF16: return 3e-3;
+    default: return 0;
+    }
+}
+
+static double worst[3];
+
+void ref_note(lm_dtype dtype, double rel)
+{
+    if ((int)dtype >= 0 && (int)dtype < 3 && rel > worst[dtype])
+        worst[dtype] = rel;
+}
+
+void ref_print_summary(void)
+{
+    printf("largest relative error vs float64: bf16 %.3g (bound %.0e), f16 %.3g (bound %.0e), "
+           "f32 %.3g (bound %.0e)\n",
+           worst[LM_BF16], ref_bound(LM_BF16), worst[LM_F16], ref_bound(LM_F16), worst[LM_F32],
+           ref_bound(LM_F32));
+}

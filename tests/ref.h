@@ -1,0 +1,89 @@
+/*
+ * ref.h - what the test suites share: typed test buffers with a float64
+ * shadow, random data, the float64 reference of DESIGN.md §2 (a direct
+ * evaluation of the recurrence, independent of the chunked code), and one
+ * tolerance helper.
+ */
+#ifndef LM_TEST_REF_H
+#define LM_TEST_REF_H
+
+#include "liquid_memory.h"
+
+#include <check.h>
+#include <stdint.h>
+
+/* A buffer of n elements of dtype plus a float64 copy of exactly the values
+ * stored (rounded to dtype), so the reference sees the library's inputs. */
+typedef struct tbuf {
+    lm_dtype dtype;
+    int64_t n;
+    void *data;
+    double *ref;
+} tbuf;
+
+tbuf tbuf_new(lm_dtype dtype, int64_t n);
+void tbuf_free(tbuf *b);
+/* Fills with uniform values in [lo, hi) from the test's random stream. */
+void tbuf_random(tbuf *b, double lo, double hi);
+/* Sets every element to NaN (outputs, before each call). */
+void tbuf_poison(tbuf *b);
+/* Reads element i back as double (for outputs). */
+double tbuf_get(const tbuf *b, int64_t i);
+/* Stores v (rounded to dtype) at i, updating the shadow. */
+void tbuf_set(tbuf *b, int64_t i, double v);
+
+/* Deterministic per-test random stream (xorshift), seeded by the test. */
+void ref_seed(uint64_t seed);
+double ref_uniform(void);
+
+/* Problem for the reference: [B, L, H, D] arrays indexed through strides
+ * (in elements) into the shadows. */
+typedef struct ref_view {
+    const double *p;
+    int64_t s[4];
+} ref_view;
+
+typedef struct ref_problem {
+    int64_t B, L, Lk, Hq, Hkv, Dk, Dv;
+    ref_view q, k, v;
+    const uint8_t *mask; /* [B, Lk] contiguous, or NULL */
+    const double *state; /* [B, Hkv, Dk, Dv] or NULL */
+    const double *normalizer;
+    const float *decay;
+    int causal, feature_map, normalize;
+    double eps, scale;
+} ref_problem;
+
+/* out [B, L, Hq, Dv] contiguous; state_out/normalizer_out may be NULL. */
+void ref_attend(const ref_problem *p, double *out, double *state_out, double *normalizer_out);
+
+/* ||got - want|| / ||want|| over n elements read through tbuf_get / an
+ * array, and whether every element of got is finite where want is. */
+typedef struct ref_err {
+    double rel;
+    int64_t unwritten; /* elements that are NaN in got but finite in want */
+} ref_err;
+ref_err ref_compare(const tbuf *got, const double *want, int64_t n);
+ref_err ref_compare_f32(const float *got, const double *want, int64_t n);
+
+/* Asserts err within bound, naming what; records the largest error per dtype. */
+#define REF_CHECK(err, bound, what, ...)                                                     \
+    do {                                                                                     \
+        ck_assert_msg((err).unwritten == 0, "%s: %lld outputs not written " what,            \
+                      __func__, (long long)(err).unwritten, ##__VA_ARGS__);                 \
+        ck_assert_msg((err).rel <= (bound), "%s: rel. error %.3g > %.3g " what, __func__,   \
+                      (err).rel, (double)(bound), ##__VA_ARGS__);                            \
+    } while (0)
+
+/* Error bounds against the float64 reference, per dtype of the inputs and
+ * outputs: f32 2e-6, f16 5e-4, bf16 3e-3. The inputs are exactly
+ * representable; what remains is fp32 arithmetic (seen: <= 2.4e-7) plus the
+ * rounding of the output to its dtype, norm-wise about 2^-9 / sqrt(3) for
+ * bf16 (seen: <= 1.9e-3) and 2^-12 / sqrt(3) for f16 (seen: <= 2.2e-4). */
+double ref_bound(lm_dtype dtype);
+
+/* Records the error for the summary printed at the end of lm-tests. */
+void ref_note(lm_dtype dtype, double rel);
+void ref_print_summary(void);
+
+#endif /* LM_TEST_REF_H */

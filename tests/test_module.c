@@ -1,0 +1,394 @@
+/*
+ * test_module.c - the module (lm_attn_*) on the CPU against a float64
+ * reference that projects, attends (ref_attend) and out-projects: self and
+ * cross attention, causal and not, GQA, layouts, biases, dtypes, and the
+ * state: forward hand-over, decode steps, save / restore / fork.
+ */
+#include "ref.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct mcase {
+    lm_dtype dtype;
+    int64_t B, L, Lk, E, Hq, Hkv, D, kdim, vdim;
+    int causal, cross, packed, bias, decay, mask, seq_first;
+} mcase;
+
+static mcase base(void)
+{
+    mcase c = { .dtype = LM_F32, .B = 2, .L = 100, .Lk = 100, .E = 64, .Hq = 4, .Hkv = 4,
+                .D = 16, .kdim = 64, .vdim = 64, .causal = 1, .packed = 1, .bias = 1 };
+    return c;
+}
+
+typedef struct mproblem {
+    mcase c;
+    lm_attn *a;
+    float decay[16];
+    tbuf xq, xk, xv, out, wq, wk, wv, wo, bin, bo;
+    uint8_t *mask;
+    double *want;
+    int64_t sx[3], sk[3], sv[3];
+} mproblem;
+
+static void strides3(int64_t *s, int64_t B, int64_t L, int64_t W, int seq_first)
+{
+    s[2] = 1;
+    if (seq_first)
+        s[0] = W, s[1] = B * W;
+    else
+        s[0] = L * W, s[1] = W;
+}
+
+static lm_tensor view3(const tbuf *b, const int64_t *s, int64_t B, int64_t L, int64_t W)
+{
+    lm_tensor t = { .data = b->data, .dtype = b->dtype, .device = LM_CPU, .ndim = 3,
+                    .shape = { B, L, W }, .stride = { s[0], s[1], s[2] } };
+    return t;
+}
+
+static lm_tensor tokens(lm_tensor t, int64_t t0, int64_t n)
+{
+    t.data = (char *)t.data + t0 * t.stride[1] * (int64_t)lm_dtype_size(t.dtype);
+    t.shape[1] = n;
+    return t;
+}
+
+/* y[r, :N] = x[r, :K] w[N, K]^T + b, in float64, x read through strides. */
+static void project(double *y, const double *x, const int64_t *sx, int64_t B, int64_t L,
+                    int64_t K, const double *w, int64_t N, const double *bias)
+{
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t t = 0; t < L; t++)
+            for (int64_t n = 0; n < N; n++) {
+                double acc = bias ? bias[n] : 0;
+                for (int64_t k = 0; k < K; k++)
+                    acc += x[b * sx[0] + t * sx[1] + k * sx[2]] * w[n * K + k];
+                y[(b * L + t) * N + n] = acc;
+            }
+}
+
+static void mproblem_init(mproblem *p, const mcase *c)
+{
+    memset(p, 0, sizeof *p);
+    p->c = *c;
+    const int64_t B = c->B, L = c->L, Lk = c->cross ? c->Lk : c->L, E = c->E;
+    const int64_t Dq = c->Hq * c->D, Dkv = c->Hkv * c->D;
+    const int64_t kdim = c->cross ? c->kdim : E, vdim = c->cross ? c->vdim : E;
+    p->c.Lk = Lk, p->c.kdim = kdim, p->c.vdim = vdim;
+
+    lm_attn_config cfg;
+    ck_assert(lm_attn_config_default(&cfg, (int)E, (int)c->Hq) == LM_OK);
+    cfg.num_kv_heads = (int)c->Hkv;
+    cfg.head_dim = (int)c->D;
+    cfg.kdim = (int)kdim, cfg.vdim = (int)vdim;
+    cfg.dtype = c->dtype;
+    for (int h = 0; h < c->Hkv; h++)
+        p->decay[h] = (float)(1.0 - ldexp(1.0, -4 - h % 5));
+    cfg.decay = c->decay ? p->decay : NULL;
+    ck_assert_msg(lm_attn_create(&cfg, &p->a) == LM_OK, "%s", lm_last_error());
+
+    const double ws = 1.0 / sqrt((double)E);
+    p->xq = tbuf_new(c->dtype, B * L * E);
+    p->out = tbuf_new(c->dtype, B * L * E);
+    tbuf_random(&p->xq, -1, 1);
+    if (c->cross) {
+        p->xk = tbuf_new(c->dtype, B * Lk * kdim);
+        p->xv = tbuf_new(c->dtype, B * Lk * vdim);
+        tbuf_random(&p->xk, -1, 1);
+        tbuf_random(&p->xv, -1, 1);
+    }
+    /* packed: one [Dq + 2 Dkv, E] matrix whose rows are q, k, v. */
+    p->wq = tbuf_new(c->dtype, (Dq + (c->packed ? 2 * Dkv : 0)) * E);
+    tbuf_random(&p->wq, -2 * ws, 2 * ws);
+    if (!c->packed) {
+        p->wk = tbuf_new(c->dtype, Dkv * kdim);
+        p->wv = tbuf_new(c->dtype, Dkv * vdim);
+        tbuf_random(&p->wk, -2 * ws, 2 * ws);
+        tbuf_random(&p->wv, -2 * ws, 2 * ws);
+    }
+    p->wo = tbuf_new(c->dtype, E * Dq);
+    tbuf_random(&p->wo, -2 * ws, 2 * ws);
+    p->bin = tbuf_new(c->dtype, Dq + 2 * Dkv);
+    p->bo = tbuf_new(c->dtype, E);
+    tbuf_random(&p->bin, -0.5, 0.5);
+    tbuf_random(&p->bo, -0.5, 0.5);
+    lm_weights w = { .out_proj_weight = p->wo.data };
+    if (c->packed) {
+        w.in_proj_weight = p->wq.data;
+    } else {
+        w.q_proj_weight = p->wq.data;
+        w.k_proj_weight = p->wk.data;
+        w.v_proj_weight = p->wv.data;
+    }
+    if (c->bias) {
+        w.in_proj_bias = p->bin.data;
+        w.out_proj_bias = p->bo.data;
+    }
+    ck_assert_msg(lm_attn_set_weights(p->a, &w) == LM_OK, "%s", lm_last_error());
+    if (c->mask) {
+        p->mask = malloc((size_t)(B * Lk));
+        for (int64_t i = 0; i < B * Lk; i++)
+            p->mask[i] = ref_uniform() < 0.3;
+    }
+    strides3(p->sx, B, L, E, c->seq_first);
+    strides3(p->sk, B, Lk, kdim, c->seq_first);
+    strides3(p->sv, B, Lk, vdim, c->seq_first);
+
+    /* The reference: project, attend, out-project, all in float64. */
+    double *q = malloc((size_t)(B * L * Dq) * sizeof(double));
+    double *k = malloc((size_t)(B * Lk * Dkv) * sizeof(double));
+    double *v = malloc((size_t)(B * Lk * Dkv) * sizeof(double));
+    double *o = malloc((size_t)(B * L * Dq) * sizeof(double));
+    const double *bq = c->bias ? p->bin.ref : NULL, *bk = c->bias ? p->bin.ref + Dq : NULL,
+                 *bv = c->bias ? p->bin.ref + Dq + Dkv : NULL, *bo = c->bias ? p->bo.ref : NULL;
+    const double *wk = c->packed ? p->wq.ref + Dq * E : p->wk.ref;
+    const double *wv = c->packed ? p->wq.ref + (Dq + Dkv) * E : p->wv.ref;
+    const tbuf *xk = c->cross ? &p->xk : &p->xq, *xv = c->cross ? &p->xv : &p->xq;
+    project(q, p->xq.ref, p->sx, B, L, E, p->wq.ref, Dq, bq);
+    project(k, xk->ref, c->cross ? p->sk : p->sx, B, Lk, kdim, wk, Dkv, bk);
+    project(v, xv->ref, c->cross ? p->sv : p->sx, B, Lk, vdim, wv, Dkv, bv);
+    ref_problem r = { .B = B, .L = L, .Lk = Lk, .Hq = c->Hq, .Hkv = c->Hkv, .Dk = c->D,
+                      .Dv = c->D, .q = { q, { L * Dq, Dq, c->D, 1 } },
+                      .k = { k, { Lk * Dkv, Dkv, c->D, 1 } }, .v = { v, { Lk * Dkv, Dkv, c->D, 1 } },
+                      .mask = p->mask, .decay = c->decay ? p->decay : NULL, .causal = c->causal,
+                      .feature_map = LM_FEATURE_ELU1, .normalize = 1, .eps = 1e-6,
+                      .scale = 1.0 / sqrt((double)c->D) };
+    ref_attend(&r, o, NULL, NULL);
+    p->want = malloc((size_t)(B * L * E) * sizeof(double));
+    int64_t so[3] = { L * Dq, Dq, 1 };
+    project(p->want, o, so, B, L, Dq, p->wo.ref, E, bo);
+    free(q), free(k), free(v), free(o);
+}
+
+static void mproblem_free(mproblem *p)
+{
+    lm_attn_destroy(p->a);
+    tbuf *bs[] = { &p->xq, &p->xk, &p->xv, &p->out, &p->wq, &p->wk, &p->wv, &p->wo, &p->bin, &p->bo };
+    for (size_t i = 0; i < sizeof bs / sizeof bs[0]; i++)
+        if (bs[i]->data)
+            tbuf_free(bs[i]);
+    free(p->mask);
+    free(p->want);
+}
+
+/* The want values of out are [B, L, E] contiguous; out is written contiguous. */
+static lm_tensor out_view(mproblem *p)
+{
+    int64_t s[3];
+    strides3(s, p->c.B, p->c.L, p->c.E, 0);
+    return view3(&p->out, s, p->c.B, p->c.L, p->c.E);
+}
+
+/* Forward over tokens [t0, t0 + n) (keys too when causal). */
+static lm_status forward_part(mproblem *p, int64_t t0, int64_t n, int use_state, int keep_state)
+{
+    const mcase *c = &p->c;
+    lm_tensor q = tokens(view3(&p->xq, p->sx, c->B, c->L, c->E), t0, n);
+    lm_tensor k = q, v = q, o = tokens(out_view(p), t0, n), m;
+    if (c->cross) {
+        k = view3(&p->xk, p->sk, c->B, c->Lk, c->kdim);
+        v = view3(&p->xv, p->sv, c->B, c->Lk, c->vdim);
+    }
+    lm_forward_opts opts = { .is_causal = c->causal, .use_state = use_state,
+                             .keep_state = keep_state };
+    if (p->mask) {
+        m = lm_tensor_2d(p->mask + (c->causal ? t0 : 0), LM_BOOL, LM_CPU, c->B,
+                         c->causal ? n : c->Lk);
+        m.stride[0] = c->Lk;
+        opts.key_padding_mask = &m;
+    }
+    return lm_attn_forward(p->a, &q, c->cross ? &k : &q, c->cross ? &v : &q, &opts, &o, NULL);
+}
+
+static void check_out(mproblem *p, const char *what)
+{
+    ref_err e = ref_compare(&p->out, p->want, p->out.n);
+    ref_note(p->c.dtype, e.rel);
+    REF_CHECK(e, ref_bound(p->c.dtype),
+              "(%s: dtype %d B %lld L %lld Lk %lld H %lld/%lld causal %d cross %d packed %d "
+              "bias %d decay %d mask %d seq_first %d)",
+              what, (int)p->c.dtype, (long long)p->c.B, (long long)p->c.L, (long long)p->c.Lk,
+              (long long)p->c.Hq, (long long)p->c.Hkv, p->c.causal, p->c.cross, p->c.packed,
+              p->c.bias, p->c.decay, p->c.mask, p->c.seq_first);
+}
+
+static void check_module(const mcase *c)
+{
+    mproblem p;
+    mproblem_init(&p, c);
+    tbuf_poison(&p.out);
+    ck_assert_msg(forward_part(&p, 0, c->L, 0, 0) == LM_OK, "%s", lm_last_error());
+    check_out(&p, "forward");
+    mproblem_free(&p);
+}
+
+START_TEST(test_self_attention)
+{
+    static const int64_t Ls[] = { 1, 2, 63, 65, 300 };
+    static const lm_dtype dts[] = { LM_F32, LM_BF16, LM_F16 };
+    ref_seed(21);
+    for (int d = 0; d < 3; d++)
+        for (size_t i = 0; i < sizeof Ls / sizeof Ls[0]; i++)
+            for (int causal = 0; causal < 2; causal++) {
+                mcase c = base();
+                c.dtype = dts[d];
+                c.L = Ls[i];
+                c.causal = causal;
+                check_module(&c);
+            }
+}
+END_TEST
+
+START_TEST(test_variants)
+{
+    ref_seed(22);
+    for (int v = 0; v < 7; v++) {
+        mcase c = base();
+        c.packed = v != 1;
+        c.bias = v != 2;
+        c.decay = v == 3;
+        c.mask = v == 4 || v == 6;
+        c.seq_first = v == 5 || v == 6;
+        c.causal = v != 6;
+        check_module(&c);
+    }
+}
+END_TEST
+
+START_TEST(test_cross_attention)
+{
+    ref_seed(23);
+    for (int v = 0; v < 4; v++) {
+        mcase c = base();
+        c.cross = 1, c.packed = 0, c.causal = 0;
+        c.kdim = 48, c.vdim = 24;
+        c.L = v & 1 ? 37 : 130, c.Lk = v & 1 ? 200 : 9;
+        c.mask = v >= 2;
+        c.seq_first = v == 3;
+        check_module(&c);
+    }
+}
+END_TEST
+
+/* GQA, and a head_dim that does not come from embed_dim / num_heads. */
+START_TEST(test_gqa_head_dim)
+{
+    static const int64_t hk[][3] = { { 8, 8, 8 }, { 8, 2, 8 }, { 8, 1, 8 }, { 4, 2, 24 } };
+    ref_seed(24);
+    for (int i = 0; i < 4; i++)
+        for (int causal = 0; causal < 2; causal++) {
+            mcase c = base();
+            c.Hq = hk[i][0], c.Hkv = hk[i][1], c.D = hk[i][2];
+            c.causal = causal;
+            check_module(&c);
+        }
+}
+END_TEST
+
+/* forward(L) == forward(L1) + forward(L - L1) == forward(L1) + steps, and the
+ * final state is the same after each. */
+START_TEST(test_handover)
+{
+    static const lm_dtype dts[] = { LM_F32, LM_BF16 };
+    ref_seed(25);
+    for (int d = 0; d < 2; d++)
+        for (int decay = 0; decay < 2; decay++) {
+            mcase c = base();
+            c.dtype = dts[d];
+            c.L = 150;
+            c.decay = decay;
+            c.Hkv = 2;
+            mproblem p;
+            mproblem_init(&p, &c);
+            const int64_t L1 = 70;
+            tbuf_poison(&p.out);
+            ck_assert(forward_part(&p, 0, L1, 0, 1) == LM_OK);
+            ck_assert_msg(forward_part(&p, L1, c.L - L1, 1, 1) == LM_OK, "%s", lm_last_error());
+            check_out(&p, "two forwards");
+            int64_t pos;
+            ck_assert(lm_attn_position(p.a, &pos) == LM_OK);
+            ck_assert_int_eq(pos, c.L);
+
+            tbuf_poison(&p.out);
+            ck_assert(forward_part(&p, 0, L1, 0, 1) == LM_OK);
+            for (int64_t t = L1; t < c.L; t++) {
+                /* x_t is [B, E] with the batch stride of the [B, L, E] input. */
+                lm_tensor x = tokens(view3(&p.xq, p.sx, c.B, c.L, c.E), t, 1);
+                lm_tensor o = tokens(out_view(&p), t, 1);
+                lm_tensor x2 = { .data = x.data, .dtype = x.dtype, .device = LM_CPU, .ndim = 2,
+                                 .shape = { c.B, c.E }, .stride = { x.stride[0], x.stride[2] } };
+                lm_tensor o2 = { .data = o.data, .dtype = o.dtype, .device = LM_CPU, .ndim = 2,
+                                 .shape = { c.B, c.E }, .stride = { o.stride[0], o.stride[2] } };
+                ck_assert_msg(lm_attn_step(p.a, &x2, &o2, NULL) == LM_OK, "%s", lm_last_error());
+            }
+            check_out(&p, "forward then steps");
+            mproblem_free(&p);
+        }
+}
+END_TEST
+
+/* get_state / set_state: restore replays a continuation bit for bit; a state
+ * moved to a second handle (fork) continues there identically. */
+START_TEST(test_save_restore_fork)
+{
+    ref_seed(26);
+    mcase c = base();
+    c.L = 120;
+    c.Hkv = 2;
+    mproblem p;
+    mproblem_init(&p, &c);
+    const int64_t L1 = 80, n = c.L - L1;
+    ck_assert(forward_part(&p, 0, L1, 0, 1) == LM_OK);
+    size_t bytes;
+    ck_assert(lm_attn_state_size(p.a, &bytes) == LM_OK);
+    void *blob = malloc(bytes);
+    ck_assert(lm_attn_get_state(p.a, blob, bytes) == LM_OK);
+
+    ck_assert(forward_part(&p, L1, n, 1, 1) == LM_OK);
+    const size_t ob = (size_t)p.out.n * lm_dtype_size(c.dtype);
+    void *first = malloc(ob);
+    memcpy(first, p.out.data, ob);
+    check_out(&p, "continuation");
+
+    ck_assert(lm_attn_set_state(p.a, blob, bytes) == LM_OK);
+    int64_t pos;
+    ck_assert(lm_attn_position(p.a, &pos) == LM_OK);
+    ck_assert_int_eq(pos, L1);
+    tbuf_poison(&p.out);
+    ck_assert(forward_part(&p, 0, L1, 0, 0) == LM_OK); /* rewrite the first part, state untouched */
+    ck_assert(forward_part(&p, L1, n, 1, 0) == LM_OK);
+    ck_assert_msg(!memcmp(first, p.out.data, ob), "restored state did not replay bit for bit");
+
+    /* fork: a second handle with the same config and weights */
+    mproblem q;
+    ref_seed(26);
+    mproblem_init(&q, &c);
+    ck_assert(lm_attn_set_state(q.a, blob, bytes) == LM_OK);
+    tbuf_poison(&q.out);
+    ck_assert(forward_part(&q, 0, L1, 0, 0) == LM_OK);
+    ck_assert(forward_part(&q, L1, n, 1, 0) == LM_OK);
+    ck_assert_msg(!memcmp(first, q.out.data, ob), "forked state did not continue identically");
+    mproblem_free(&q);
+    free(first);
+    free(blob);
+    mproblem_free(&p);
+}
+END_TEST
+
+Suite *module_suite(void)
+{
+    Suite *s = suite_create("module");
+    TCase *tc = tcase_create("module");
+    tcase_set_timeout(tc, 600);
+    tcase_add_test(tc, test_self_attention);
+    tcase_add_test(tc, test_variants);
+    tcase_add_test(tc, test_cross_attention);
+    tcase_add_test(tc, test_gqa_head_dim);
+    tcase_add_test(tc, test_handover);
+    tcase_add_test(tc, test_save_restore_fork);
+    suite_add_tcase(s, tc);
+    return s;
+}
