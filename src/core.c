@@ -35,9 +35,10 @@ static lm_status check_shape(const lm_tensor *t, const char *what, const int64_t
     return LM_OK;
 }
 
-static lm_status fill_params(const lm_core_args *a, int decode, lmi_core_params *p,
-                             const lmi_backend **be)
+lm_status lmi_core_fill(const lm_core_args *a, lmi_core_call call, lmi_core_params *p,
+                        const lmi_backend **be)
 {
+    const int decode = call == LMI_CORE_DECODE, need_out = call != LMI_CORE_BACKWARD;
     if (!a)
         return lmi_error(LM_ERR_INVALID_ARG, "args is NULL");
     if (!a->q)
@@ -46,12 +47,12 @@ static lm_status fill_params(const lm_core_args *a, int decode, lmi_core_params 
     lm_status st;
     if ((st = lmi_check_tensor(a->q, "q", 4, dev)) || (st = lmi_check_tensor(a->k, "k", 4, dev)) ||
         (st = lmi_check_tensor(a->v, "v", 4, dev)) ||
-        (st = lmi_check_tensor(a->out, "out", 4, dev)))
+        (need_out && (st = lmi_check_tensor(a->out, "out", 4, dev))))
         return st;
     const lm_dtype dt = a->q->dtype;
     if (dt == LM_BOOL)
         return lmi_error(LM_ERR_INVALID_ARG, "q must be BF16, F16 or F32");
-    if (a->k->dtype != dt || a->v->dtype != dt || a->out->dtype != dt)
+    if (a->k->dtype != dt || a->v->dtype != dt || (need_out && a->out->dtype != dt))
         return lmi_error(LM_ERR_INVALID_ARG, "q, k, v and out must have the same dtype");
     const int64_t B = a->q->shape[0], L = a->q->shape[1], Hq = a->q->shape[2],
                   Dk = a->q->shape[3], Lk = a->k->shape[1], Hkv = a->k->shape[2],
@@ -61,14 +62,15 @@ static lm_status fill_params(const lm_core_args *a, int decode, lmi_core_params 
                          LMI_MAX_HEAD_DIM);
     if ((st = check_shape(a->k, "k", (int64_t[]){ B, Lk, Hkv, Dk }, "[B, Lk, Hkv, Dk]")) ||
         (st = check_shape(a->v, "v", (int64_t[]){ B, Lk, Hkv, Dv }, "[B, Lk, Hkv, Dv]")) ||
-        (st = check_shape(a->out, "out", (int64_t[]){ B, L, Hq, Dv }, "[B, L, Hq, Dv]")))
+        (need_out &&
+         (st = check_shape(a->out, "out", (int64_t[]){ B, L, Hq, Dv }, "[B, L, Hq, Dv]"))))
         return st;
     if (Hq % Hkv)
         return lmi_error(LM_ERR_INVALID_ARG, "kv heads (%lld) must divide query heads (%lld)",
                          (long long)Hkv, (long long)Hq);
     const lm_tensor *ins[] = { a->q, a->k, a->v };
     const char *names[] = { "q", "k", "v" };
-    if ((st = lmi_check_no_alias(a->out, ins, names, 3)))
+    if (need_out && (st = lmi_check_no_alias(a->out, ins, names, 3)))
         return st;
     if (a->key_padding_mask && (st = lmi_check_mask(a->key_padding_mask, dev, B, Lk)))
         return st;
@@ -101,7 +103,8 @@ static lm_status fill_params(const lm_core_args *a, int decode, lmi_core_params 
     p->q = lmi_view_of(a->q);
     p->k = lmi_view_of(a->k);
     p->v = lmi_view_of(a->v);
-    p->out = lmi_view_of(a->out);
+    if (need_out)
+        p->out = lmi_view_of(a->out);
     if (a->key_padding_mask) {
         p->mask = a->key_padding_mask->data;
         p->mask_s[0] = a->key_padding_mask->stride[0];
@@ -123,7 +126,7 @@ lm_status lm_linear_attn_prefill(const lm_core_args *args, void *stream)
 {
     lmi_core_params p;
     const lmi_backend *be;
-    lm_status st = fill_params(args, 0, &p, &be);
+    lm_status st = lmi_core_fill(args, LMI_CORE_PREFILL, &p, &be);
     return st ? st : be->prefill(&p, stream);
 }
 
@@ -131,6 +134,6 @@ lm_status lm_linear_attn_decode(const lm_core_args *args, void *stream)
 {
     lmi_core_params p;
     const lmi_backend *be;
-    lm_status st = fill_params(args, 1, &p, &be);
+    lm_status st = lmi_core_fill(args, LMI_CORE_DECODE, &p, &be);
     return st ? st : be->decode(&p, stream);
 }

@@ -49,6 +49,14 @@ lm_status lmi_check_no_alias(const lm_tensor *out, const lm_tensor *const *input
 /* Whether a context of `tokens` tokens uses compensated accumulation. */
 int lmi_compensated(lm_precision precision, int64_t tokens);
 
+/* ---- core API (core.c) ---- */
+
+/* Which core call lmi_core_fill checks for: the backward reads no `out`. */
+typedef enum lmi_core_call { LMI_CORE_PREFILL, LMI_CORE_DECODE, LMI_CORE_BACKWARD } lmi_core_call;
+/* Validates core arguments, fills *p and picks the backend of the tensors' device. */
+lm_status lmi_core_fill(const lm_core_args *a, lmi_core_call call, lmi_core_params *p,
+                        const struct lmi_backend **be);
+
 /* ---- license (license/) ---- */
 
 /* LM_OK when a context of `tokens` tokens is allowed by the license in force
@@ -110,6 +118,9 @@ typedef struct lmi_backend {
     /* Core prefill / decode on projected q, k, v. */
     lm_status (*prefill)(const lmi_core_params *p, void *stream);
     lm_status (*decode)(const lmi_core_params *p, void *stream);
+    /* Core backward: dq, dk, dv (and the initial state's gradient). Optional:
+     * NULL = this backend cannot train (UNSUPPORTED). */
+    lm_status (*backward)(const lmi_core_params *p, const lmi_core_grad_params *g, void *stream);
 } lmi_backend;
 
 extern const lmi_backend lmi_cpu_backend;
@@ -120,5 +131,7 @@ lm_status lmi_cuda_backend(int cuda_device, const lmi_backend **out);
 
 /* Chunked attention on the CPU, parallel over batch x query heads. */
 lm_status lmi_cpu_attend(const lmi_core_params *p);
+/* Its backward, parallel over batch x kv heads. */
+lm_status lmi_cpu_backward(const lmi_core_params *p, const lmi_core_grad_params *g);
 
 #endif /* LM_IMPL_H */

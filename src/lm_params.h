@@ -37,4 +37,17 @@ typedef struct lmi_core_params {
     float scale;          /* resolved: unnormalised output factor */
 } lmi_core_params;
 
+/* What the core backward adds to lmi_core_params (whose state / normalizer
+ * then hold the initial state, read only). Views share the forward's dtype. */
+typedef struct lmi_core_grad_params {
+    lmi_view dout;                /* [B, L, Hq, Dv] */
+    lmi_view dq;                  /* [B, L, Hq, Dk]   written */
+    lmi_view dk;                  /* [B, Lk, Hkv, Dk] written */
+    lmi_view dv;                  /* [B, Lk, Hkv, Dv] written */
+    const float *dstate_out;      /* [B, Hkv, Dk, Dv] or NULL = 0 */
+    const float *dnormalizer_out; /* [B, Hkv, Dk], NULL with dstate_out */
+    float *dstate_in;             /* [B, Hkv, Dk, Dv] written, or NULL */
+    float *dnormalizer_in;        /* [B, Hkv, Dk], NULL with dstate_in */
+} lmi_core_grad_params;
+
 #endif /* LM_PARAMS_H */
