@@ -51,6 +51,7 @@ int lmi_compensated(lm_precision precision, int64_t tokens);
 
 /* ---- core API (core.c) ---- */
 
+struct lmi_backend;
 /* Which core call lmi_core_fill checks for: the backward reads no `out`. */
 typedef enum lmi_core_call { LMI_CORE_PREFILL, LMI_CORE_DECODE, LMI_CORE_BACKWARD } lmi_core_call;
 /* Validates core arguments, fills *p and picks the backend of the tensors' device. */
