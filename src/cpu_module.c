@@ -325,4 +325,5 @@ const lmi_backend lmi_cpu_backend = {
     .step = step,
     .prefill = cpu_core,
     .decode = cpu_core,
+    .backward = lmi_cpu_backward,
 };

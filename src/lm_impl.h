@@ -132,7 +132,7 @@ lm_status lmi_cuda_backend(int cuda_device, const lmi_backend **out);
 
 /* Chunked attention on the CPU, parallel over batch x query heads. */
 lm_status lmi_cpu_attend(const lmi_core_params *p);
-/* Its backward, parallel over batch x kv heads. */
-lm_status lmi_cpu_backward(const lmi_core_params *p, const lmi_core_grad_params *g);
+/* Its backward, parallel over batch x kv heads; synchronous, stream unused. */
+lm_status lmi_cpu_backward(const lmi_core_params *p, const lmi_core_grad_params *g, void *stream);
 
 #endif /* LM_IMPL_H */
