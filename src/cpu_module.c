@@ -19,8 +19,34 @@ typedef struct cpu_weights {
     const float *wq, *wk, *wv, *wo; /* [Dq,E] [Dkv,kdim] [Dkv,vdim] [E,Dq] */
     const float *bq, *bk, *bv, *bo; /* or NULL */
     int packed;                     /* wq, wk, wv (and biases) adjacent */
-    float *owned;
 } cpu_weights;
+
+/* Per-handle scratch memory kept between calls: fresh pages on every call
+ * (page faults, zeroing) cost more than the projections at small sizes. */
+typedef struct cpu_ctx {
+    float *buf;
+    size_t floats;
+} cpu_ctx;
+
+static float *scratch(lm_attn *a, size_t floats)
+{
+    cpu_ctx *c = a->be_ctx;
+    if (c->floats < floats) {
+        free(c->buf);
+        c->buf = malloc(floats * sizeof(float));
+        c->floats = c->buf ? floats : 0;
+    }
+    return c->buf;
+}
+
+/* Floats weights_get needs to convert the weights to fp32 (0 for F32). */
+static int64_t conversion_floats(const lm_attn *a)
+{
+    const int64_t E = a->E, Dq = a->Hq * a->D, Dkv = a->Hkv * a->D;
+    if (a->cfg.dtype == LM_F32)
+        return 0;
+    return Dq * E + Dkv * (a->kdim + a->vdim) + E * Dq + Dq + 2 * Dkv + E;
+}
 
 static const float *as_f32(const void *src, int64_t n, int dtype, float **cursor)
 {
@@ -32,7 +58,8 @@ static const float *as_f32(const void *src, int64_t n, int dtype, float **cursor
     return dst;
 }
 
-static lm_status weights_get(const lm_attn *a, cpu_weights *cw)
+/* Fills cw, converting into `conv` (conversion_floats(a) floats) when needed. */
+static void weights_get(const lm_attn *a, cpu_weights *cw, float *conv)
 {
     const int64_t E = a->E, Dq = a->Hq * a->D, Dkv = a->Hkv * a->D;
     const lm_weights *w = &a->w;
@@ -45,15 +72,8 @@ static lm_status weights_get(const lm_attn *a, cpu_weights *cw)
         wv = (const char *)wk + (size_t)(Dkv * E) * es;
         cw->packed = 1;
     }
-    float *cursor = NULL;
-    if (a->cfg.dtype != LM_F32) {
-        int64_t n = Dq * E + Dkv * (a->kdim + a->vdim) + E * Dq + Dq + 2 * Dkv + E;
-        cw->owned = malloc((size_t)n * sizeof(float));
-        if (!cw->owned)
-            return lmi_error(LM_ERR_OUT_OF_MEMORY, "cpu: no memory to convert the weights");
-        cursor = cw->owned;
-        /* Keep q, k, v adjacent so the fused projection still applies. */
-    }
+    /* Converted q, k, v stay adjacent so the fused projection still applies. */
+    float *cursor = conv;
     cw->wq = as_f32(wq, Dq * E, a->cfg.dtype, &cursor);
     cw->wk = as_f32(wk, Dkv * a->kdim, a->cfg.dtype, &cursor);
     cw->wv = as_f32(wv, Dkv * a->vdim, a->cfg.dtype, &cursor);
@@ -65,7 +85,6 @@ static lm_status weights_get(const lm_attn *a, cpu_weights *cw)
         cw->bv = as_f32(b + (size_t)(Dq + Dkv) * es, Dkv, a->cfg.dtype, &cursor);
     }
     cw->bo = as_f32(w->out_proj_bias, E, a->cfg.dtype, &cursor);
-    return LM_OK;
 }
 
 /* dst[b*n + i, :] = src[b, t0 + i, :] as fp32, for b < B, i < n. */
@@ -91,12 +110,18 @@ static void scatter(lm_tensor *dst, const float *src, int64_t B, int64_t t0, int
         }
 }
 
-/* y[rows, N] (row stride ldy) = x[rows, K] w[N, K]^T + bias. */
+/* y[rows, N] (row stride ldy) = x[rows, K] w[N, K]^T + bias. A few rows
+ * (decode) go through sgemv: sgemm would first pack all of w. */
 static void project(float *y, int64_t ldy, const float *x, int64_t rows, int64_t K,
                     const float *w, int64_t N, const float *bias)
 {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)N, (int)K, 1.0f, x,
-                (int)K, w, (int)K, 0.0f, y, (int)ldy);
+    if (rows <= 4)
+        for (int64_t r = 0; r < rows; r++)
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)N, (int)K, 1.0f, w, (int)K, x + r * K,
+                        1, 0.0f, y + r * ldy, 1);
+    else
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)N, (int)K, 1.0f,
+                    x, (int)K, w, (int)K, 0.0f, y, (int)ldy);
     if (bias)
         for (int64_t r = 0; r < rows; r++)
             for (int64_t c = 0; c < N; c++)
@@ -147,17 +172,14 @@ static lm_status forward(lm_attn *a, const lmi_forward *f, void *stream)
 {
     (void)stream;
     const int64_t B = f->B, E = a->E, D = a->D, Dq = a->Hq * D, Dkv = a->Hkv * D;
-    cpu_weights cw;
-    lm_status st = weights_get(a, &cw);
-    if (st)
-        return st;
-    const int fused = cw.packed && same_tensor(f->query, f->key) && same_tensor(f->key, f->value);
-
+    const int64_t conv = conversion_floats(a);
     const int64_t wmax = max3(E, a->kdim, a->vdim);
     const int64_t ld = Dq + 2 * Dkv;
     const int64_t per_row = wmax + ld + Dq + E;
-    int64_t rows = ((int64_t)1 << 24) / per_row;
-    rows = rows < 64 ? 64 : rows > 4096 ? 4096 : rows;
+    /* About 2048 rows per slab: sgemm is as fast as with more, and the
+     * scratch stays a few tens of MB whatever L is. */
+    int64_t rows = ((int64_t)1 << 23) / per_row;
+    rows = rows < 64 ? 64 : rows > 2048 ? 2048 : rows;
     int64_t n = rows / B / LMI_CPU_CHUNK * LMI_CPU_CHUNK;
     if (n < LMI_CPU_CHUNK)
         n = LMI_CPU_CHUNK;
@@ -166,13 +188,15 @@ static lm_status forward(lm_attn *a, const lmi_forward *f, void *stream)
         n = Lmax;
 
     slab_bufs s = { .ld = ld };
-    float *mem = malloc((size_t)(B * n * per_row) * sizeof(float));
-    if (!mem) {
-        free(cw.owned);
+    float *mem = scratch(a, (size_t)(conv + B * n * per_row));
+    if (!mem)
         return lmi_error(LM_ERR_OUT_OF_MEMORY, "cpu: no memory for a slab of %lld tokens",
                          (long long)n);
-    }
-    s.x = mem, s.qkv = s.x + B * n * wmax, s.o = s.qkv + B * n * ld, s.y = s.o + B * n * Dq;
+    cpu_weights cw;
+    weights_get(a, &cw, mem);
+    const int fused = cw.packed && same_tensor(f->query, f->key) && same_tensor(f->key, f->value);
+    s.x = mem + conv, s.qkv = s.x + B * n * wmax, s.o = s.qkv + B * n * ld, s.y = s.o + B * n * Dq;
+    lm_status st = LM_OK;
 
     lmi_core_params p;
     core_params(a, f, &p);
@@ -216,8 +240,6 @@ static lm_status forward(lm_attn *a, const lmi_forward *f, void *stream)
             }
         }
     }
-    free(mem);
-    free(cw.owned);
     return st;
 }
 
@@ -226,16 +248,13 @@ static lm_status step(lm_attn *a, const lm_tensor *x, lm_tensor *out, void *stre
     (void)stream;
     const int64_t B = x->shape[0], E = a->E, D = a->D, Dq = a->Hq * D, Dkv = a->Hkv * D;
     const int64_t ld = Dq + 2 * Dkv;
-    cpu_weights cw;
-    lm_status st = weights_get(a, &cw);
-    if (st)
-        return st;
-    float *mem = malloc((size_t)(B * (E + ld + Dq + E)) * sizeof(float));
-    if (!mem) {
-        free(cw.owned);
+    const int64_t conv = conversion_floats(a);
+    float *mem = scratch(a, (size_t)(conv + B * (E + ld + Dq + E)));
+    if (!mem)
         return lmi_error(LM_ERR_OUT_OF_MEMORY, "cpu: no memory for a decode step");
-    }
-    float *xs = mem, *qkv = xs + B * E, *o = qkv + B * ld, *y = o + B * Dq;
+    cpu_weights cw;
+    weights_get(a, &cw, mem);
+    float *xs = mem + conv, *qkv = xs + B * E, *o = qkv + B * ld, *y = o + B * Dq;
     for (int64_t b = 0; b < B; b++)
         lmi_load_row(xs + b * E, lmi_elem(x->data, x->dtype, b * x->stride[0]), x->dtype, E,
                      x->stride[1]);
@@ -255,15 +274,13 @@ static lm_status step(lm_attn *a, const lm_tensor *x, lm_tensor *out, void *stre
     p.k = rows_view(qkv, 1, ld, Dq, D);
     p.v = rows_view(qkv, 1, ld, Dq + Dkv, D);
     p.out = rows_view(o, 1, Dq, 0, D);
-    st = lmi_cpu_attend(&p);
+    lm_status st = lmi_cpu_attend(&p);
     if (st == LM_OK) {
         project(y, E, o, B, Dq, cw.wo, E, cw.bo);
         for (int64_t b = 0; b < B; b++)
             lmi_store_row(lmi_elem(out->data, out->dtype, b * out->stride[0]), out->dtype,
                           y + b * E, E, out->stride[1]);
     }
-    free(mem);
-    free(cw.owned);
     return st;
 }
 
@@ -271,13 +288,16 @@ static lm_status step(lm_attn *a, const lm_tensor *x, lm_tensor *out, void *stre
 
 static lm_status cpu_init(lm_attn *a)
 {
-    (void)a;
-    return LM_OK;
+    a->be_ctx = calloc(1, sizeof(cpu_ctx));
+    return a->be_ctx ? LM_OK : lmi_error(LM_ERR_OUT_OF_MEMORY, "cpu: cannot allocate a context");
 }
 
 static void cpu_fini(lm_attn *a)
 {
-    (void)a;
+    cpu_ctx *c = a->be_ctx;
+    if (c)
+        free(c->buf);
+    free(c);
 }
 
 static lm_status cpu_alloc(lm_attn *a, size_t bytes, void **ptr)
