@@ -1,0 +1,34 @@
+"""
+liquid_memory - linear-time attention for PyTorch, over libliquidmemory.
+
+    from liquid_memory import LiquidMemory
+    attn = LiquidMemory(512, 8, batch_first=True)      # was nn.MultiheadAttention(512, 8, ...)
+    out, _ = attn(x, x, x, is_causal=True, need_weights=False)
+    y = attn.step(x_next)                              # O(1) decode from the kept state
+
+The C library is found through LM_LIB_PATH, the package folder, then the
+system (see liquid_memory._ffi); it is loaded on first use, so importing the
+package never fails for want of it. `library_info()` says what was loaded.
+"""
+from ._core import (CudaError, InvalidArgumentError, LicenseError, LicenseWarning,
+                    LiquidMemoryError, LMOutOfMemoryError, NoDeviceError, StateError,
+                    UnsupportedError)
+from ._ffi import LibraryNotFoundError, MissingSymbolError
+from .module import (AttentionWeightsWarning, LiquidMemory, disable_fastpath,
+                     replace_attention)
+
+__version__ = "0.1.0"
+
+__all__ = ["LiquidMemory", "replace_attention", "disable_fastpath", "library_info",
+           "LiquidMemoryError", "InvalidArgumentError", "UnsupportedError", "LMOutOfMemoryError",
+           "NoDeviceError", "CudaError", "LicenseError", "StateError", "LicenseWarning",
+           "AttentionWeightsWarning", "LibraryNotFoundError", "MissingSymbolError"]
+
+
+def library_info():
+    """What was loaded: {'path', 'ffi', 'version', 'backward', 'custom_op'}.
+    Loads the library if needed (raises LibraryNotFoundError naming the paths tried)."""
+    from . import _ffi, _ops
+    lib = _ffi.binding()
+    return {"path": lib.path, "ffi": lib.kind, "version": lib.version(),
+            "backward": lib.has("lm_linear_attn_backward"), "custom_op": _ops.USE_CUSTOM_OP}

@@ -1,0 +1,321 @@
+"""
+_core.py - calls the C core (lm_linear_attn_prefill / _decode / _backward) on
+torch tensors, passing their data pointers and strides: nothing is copied
+that the C API can read through strides. No attention math here.
+
+Layout: q [B, L, Hq, Dk], k [B, Lk, Hkv, Dk], v [B, Lk, Hkv, Dv] (any
+strides), out [B, L, Hq, Dv]; state S [B, Hkv, Dk, Dv] and z [B, Hkv, Dk],
+fp32, contiguous, on the tensors' device. CPU tensors run on the CPU backend,
+CUDA tensors on the CUDA backend on torch's current stream of their device.
+"""
+import threading
+import warnings
+
+import torch
+
+from . import _ffi
+
+C = _ffi.CONSTANTS
+
+DTYPES = {torch.float32: C["LM_F32"], torch.bfloat16: C["LM_BF16"], torch.float16: C["LM_F16"],
+          torch.bool: C["LM_BOOL"]}
+FEATURE_MAPS = {"elu": C["LM_FEATURE_ELU1"], "elu1": C["LM_FEATURE_ELU1"],
+                "relu": C["LM_FEATURE_RELU"], "identity": C["LM_FEATURE_IDENTITY"]}
+PRECISIONS = {"auto": C["LM_PRECISION_AUTO"], "on": C["LM_PRECISION_ON"],
+              "off": C["LM_PRECISION_OFF"]}
+
+
+# --------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------
+
+class LiquidMemoryError(RuntimeError):
+    """A call into libliquidmemory failed. `status` is the lm_status value,
+    `status_name` its text, `detail` the library's lm_last_error()."""
+
+    def __init__(self, message, status=None, status_name="", detail=""):
+        super().__init__(message)
+        self.status, self.status_name, self.detail = status, status_name, detail
+
+
+class InvalidArgumentError(LiquidMemoryError, ValueError):
+    pass
+
+
+class UnsupportedError(LiquidMemoryError, NotImplementedError):
+    pass
+
+
+class LMOutOfMemoryError(LiquidMemoryError, MemoryError):
+    pass
+
+
+class NoDeviceError(LiquidMemoryError):
+    pass
+
+
+class CudaError(LiquidMemoryError):
+    pass
+
+
+class LicenseError(LiquidMemoryError):
+    pass
+
+
+class StateError(LiquidMemoryError):
+    pass
+
+
+_STATUS_ERRORS = {
+    C["LM_ERR_INVALID_ARG"]: InvalidArgumentError,
+    C["LM_ERR_UNSUPPORTED"]: UnsupportedError,
+    C["LM_ERR_OUT_OF_MEMORY"]: LMOutOfMemoryError,
+    C["LM_ERR_NO_DEVICE"]: NoDeviceError,
+    C["LM_ERR_CUDA"]: CudaError,
+    C["LM_ERR_LICENSE"]: LicenseError,
+    C["LM_ERR_STATE"]: StateError,
+}
+
+
+class LicenseWarning(UserWarning):
+    """Liquid Memory runs in evaluation mode (no valid license found)."""
+
+
+def check(status, what):
+    """Raises the exception of a failed lm_status, with the library's detail."""
+    if status == C["LM_OK"]:
+        return
+    lib = _ffi.binding()
+    name, detail = lib.status_string(status), lib.last_error()
+    cls = _STATUS_ERRORS.get(status, LiquidMemoryError)
+    raise cls("%s failed: %s: %s" % (what, name, detail or "(no detail)"), status, name, detail)
+
+
+_license_checked = False
+_license_lock = threading.Lock()
+
+
+def _license_notice():
+    """Warns once per process when the library runs in evaluation mode."""
+    global _license_checked
+    if _license_checked:
+        return
+    with _license_lock:
+        if _license_checked:
+            return
+        _license_checked = True
+        lib = _ffi.binding()
+        if not lib.has("lm_license_info"):
+            return
+        info = lib.new("lm_license_details")
+        if lib.call("lm_license_info", lib.ref(info)) != C["LM_OK"]:
+            return
+        if info.mode == C["LM_LICENSE_EVALUATION"]:
+            warnings.warn("Liquid Memory runs in evaluation mode: no license found, context "
+                          "is capped at %d tokens. Set LM_LICENSE (a token) or LM_LICENSE_FILE, "
+                          "or see README_INTEGRATION.md." % C["LM_EVAL_MAX_TOKENS"],
+                          LicenseWarning, stacklevel=4)
+        elif info.mode == C["LM_LICENSE_INVALID"]:
+            warnings.warn("Liquid Memory: the license was refused (%s); running in evaluation "
+                          "mode" % lib.string(info.reason), LicenseWarning, stacklevel=4)
+
+
+# --------------------------------------------------------------------------
+# Descriptors
+# --------------------------------------------------------------------------
+
+def _device_code(t):
+    if t.device.type == "cpu":
+        return C["LM_CPU"]
+    if t.device.type == "cuda":
+        return C["LM_CUDA"]
+    raise ValueError("Liquid Memory runs on CPU or CUDA tensors, not on %s" % t.device)
+
+
+def _dtype_code(t):
+    code = DTYPES.get(t.dtype)
+    if code is None:
+        raise TypeError("Liquid Memory takes float32, bfloat16 or float16 tensors, not %s"
+                        % t.dtype)
+    return code
+
+
+def tensor_desc(lib, t):
+    """An lm_tensor describing torch tensor t (its pointer, shape, strides)."""
+    d = lib.new("lm_tensor")
+    lib.set_ptr(d, "lm_tensor", "data", t.data_ptr())
+    d.dtype = _dtype_code(t)
+    d.device = _device_code(t)
+    d.ndim = t.dim()
+    for i, (n, s) in enumerate(zip(t.shape, t.stride())):
+        d.shape[i] = n
+        d.stride[i] = s
+    return d
+
+
+class _Stream:
+    """Device guard + the current stream's handle for CUDA tensors."""
+
+    def __init__(self, t):
+        self.cuda = t.device.type == "cuda"
+        self.device = t.device
+
+    def __enter__(self):
+        if not self.cuda:
+            return 0
+        self._guard = torch.cuda.device(self.device)
+        self._guard.__enter__()
+        return torch.cuda.current_stream(self.device).cuda_stream
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            self._guard.__exit__(*exc)
+
+
+class Options:
+    """The attention options as the C core takes them (plain values)."""
+    __slots__ = ("feature_map", "normalize", "eps", "scale", "decay", "precision")
+
+    def __init__(self, feature_map=C["LM_FEATURE_ELU1"], normalize=True, eps=1e-6, scale=0.0,
+                 decay=None, precision=C["LM_PRECISION_AUTO"]):
+        self.feature_map, self.normalize, self.eps = int(feature_map), bool(normalize), float(eps)
+        self.scale, self.precision = float(scale), int(precision)
+        self.decay = None if decay is None else [float(x) for x in decay]
+
+
+def _args(lib, keep, q, k, v, out, mask, state, normalizer, position, is_causal, opts):
+    """Fills an lm_core_args; `keep` holds every object it points to."""
+    a = lib.new("lm_core_args")
+    check(lib.call("lm_core_args_default", lib.ref(a)), "lm_core_args_default")
+    for name, t in (("q", q), ("k", k), ("v", v), ("out", out), ("key_padding_mask", mask)):
+        if t is None:
+            continue
+        d = tensor_desc(lib, t)
+        keep.append(d)
+        setattr(a, name, lib.ref(d))
+    if state is not None:
+        lib.set_ptr(a, "lm_core_args", "state", state.data_ptr())
+        lib.set_ptr(a, "lm_core_args", "normalizer", normalizer.data_ptr())
+    a.position = int(position)
+    a.is_causal = 1 if is_causal else 0
+    a.feature_map = opts.feature_map
+    a.normalize = 1 if opts.normalize else 0
+    a.eps = opts.eps
+    a.scale = opts.scale
+    a.precision = opts.precision
+    if opts.decay is not None:
+        buf = torch.tensor(opts.decay, dtype=torch.float32)  # host values, as the C API wants
+        keep.append(buf)
+        lib.set_ptr(a, "lm_core_args", "decay", buf.data_ptr())
+    return a
+
+
+def _check_state(S, z, q, k, v):
+    B, Hkv, Dk, Dv = q.shape[0], k.shape[2], k.shape[3], v.shape[3]
+    for t, shape, name in ((S, (B, Hkv, Dk, Dv), "state"), (z, (B, Hkv, Dk), "normalizer")):
+        if tuple(t.shape) != shape or t.dtype != torch.float32 or not t.is_contiguous() \
+                or t.device != q.device:
+            raise ValueError("%s must be a contiguous float32 tensor of shape %s on %s, got %s "
+                             "%s on %s" % (name, list(shape), q.device, t.dtype, list(t.shape),
+                                           t.device))
+
+
+def prefill(q, k, v, mask=None, S0=None, z0=None, position=0, is_causal=True, opts=None,
+            seq_first=False, want_state=False):
+    """Runs lm_linear_attn_prefill. Returns (out, S, z): out [B, L, Hq, Dv] in
+    q's dtype (laid out as [L, B, ...] in memory when seq_first), and the final
+    state when want_state or an initial state S0/z0 is given (else empty
+    tensors). The initial state is not modified."""
+    opts = opts or Options()
+    lib = _ffi.binding()
+    _license_notice()
+    B, L, Hq = q.shape[0], q.shape[1], q.shape[2]
+    Hkv, Dk, Dv = k.shape[2], k.shape[3], v.shape[3]
+    if seq_first:
+        out = torch.empty((L, B, Hq, Dv), dtype=q.dtype, device=q.device).transpose(0, 1)
+    else:
+        out = torch.empty((B, L, Hq, Dv), dtype=q.dtype, device=q.device)
+    S = z = None
+    if S0 is not None:
+        _check_state(S0, z0, q, k, v)
+        S, z = S0.clone(), z0.clone()  # the C core overwrites the state it reads
+    elif want_state:
+        S = torch.zeros((B, Hkv, Dk, Dv), dtype=torch.float32, device=q.device)
+        z = torch.zeros((B, Hkv, Dk), dtype=torch.float32, device=q.device)
+    keep = []
+    a = _args(lib, keep, q, k, v, out, mask, S, z, position if S0 is not None else 0,
+              is_causal, opts)
+    with _Stream(q) as stream:
+        check(lib.call("lm_linear_attn_prefill", lib.ref(a), lib.voidp(stream)),
+              "lm_linear_attn_prefill")
+    if S is None:
+        S = q.new_empty((0,), dtype=torch.float32)
+        z = q.new_empty((0,), dtype=torch.float32)
+    return out, S, z
+
+
+def decode(q, k, v, S, z, position, opts=None):
+    """Runs lm_linear_attn_decode: one token per batch row (L = 1), updating
+    S and z in place. Returns out [B, 1, Hq, Dv]."""
+    opts = opts or Options()
+    lib = _ffi.binding()
+    _license_notice()
+    _check_state(S, z, q, k, v)
+    B, Hq, Dv = q.shape[0], q.shape[2], v.shape[3]
+    out = torch.empty((B, 1, Hq, Dv), dtype=q.dtype, device=q.device)
+    keep = []
+    a = _args(lib, keep, q, k, v, out, None, S, z, position, True, opts)
+    with _Stream(q) as stream:
+        check(lib.call("lm_linear_attn_decode", lib.ref(a), lib.voidp(stream)),
+              "lm_linear_attn_decode")
+    return out
+
+
+def has_backward():
+    return _ffi.binding().has("lm_linear_attn_backward")
+
+
+def backward(dout, q, k, v, mask=None, S0=None, z0=None, dS=None, dz=None, position=0,
+             is_causal=True, opts=None, need_dstate=False):
+    """Runs lm_linear_attn_backward. Returns (dq, dk, dv, dS0, dz0); dS0/dz0
+    are empty tensors unless need_dstate (gradient of the initial state)."""
+    opts = opts or Options()
+    lib = _ffi.binding()
+    if not lib.has("lm_linear_attn_backward"):
+        raise _ffi.MissingSymbolError(
+            "LiquidMemory backward needs lm_linear_attn_backward, which %s does not have yet "
+            "(a build of Liquid Memory without training support); forward and step work."
+            % lib.path)
+    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+    if S0 is not None:
+        _check_state(S0, z0, q, k, v)
+    keep = []
+    a = _args(lib, keep, q, k, v, None, mask, S0, z0, position if S0 is not None else 0,
+              is_causal, opts)
+    g = lib.new("lm_core_grads")
+    for name, t in (("dout", dout), ("dq", dq), ("dk", dk), ("dv", dv)):
+        d = tensor_desc(lib, t)
+        keep.append(d)
+        setattr(g, name, lib.ref(d))
+    if dS is not None or dz is not None:
+        dS = torch.zeros((q.shape[0], k.shape[2], k.shape[3], v.shape[3]), dtype=torch.float32,
+                         device=q.device) if dS is None else dS.float().contiguous()
+        dz = torch.zeros((q.shape[0], k.shape[2], k.shape[3]), dtype=torch.float32,
+                         device=q.device) if dz is None else dz.float().contiguous()
+        keep += [dS, dz]
+        lib.set_ptr(g, "lm_core_grads", "dstate_out", dS.data_ptr())
+        lib.set_ptr(g, "lm_core_grads", "dnormalizer_out", dz.data_ptr())
+    dS0 = dz0 = q.new_empty((0,), dtype=torch.float32)
+    if need_dstate:
+        dS0 = torch.empty((q.shape[0], k.shape[2], k.shape[3], v.shape[3]), dtype=torch.float32,
+                          device=q.device)
+        dz0 = torch.empty((q.shape[0], k.shape[2], k.shape[3]), dtype=torch.float32,
+                          device=q.device)
+        lib.set_ptr(g, "lm_core_grads", "dstate_in", dS0.data_ptr())
+        lib.set_ptr(g, "lm_core_grads", "dnormalizer_in", dz0.data_ptr())
+    with _Stream(q) as stream:
+        check(lib.call("lm_linear_attn_backward", lib.ref(a), lib.ref(g), lib.voidp(stream)),
+              "lm_linear_attn_backward")
+    return dq, dk, dv, dS0, dz0

@@ -1,0 +1,591 @@
+"""
+module.py - LiquidMemory, a drop-in for torch.nn.MultiheadAttention whose
+attention runs in linear time through libliquidmemory.
+
+The projections are done in torch (F.linear with the module's own,
+MHA-named parameters), so autograd covers them; the attention between the
+projected q, k, v goes through the C core (see _ops / _core), reading the
+projections through their strides without copies.
+"""
+import math
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.init import constant_, xavier_normal_, xavier_uniform_
+from torch.nn.parameter import Parameter
+
+from . import _core, _ops
+
+try:
+    from torch.nn.modules.linear import NonDynamicallyQuantizableLinear as _OutProj
+except ImportError:  # pragma: no cover - very old torch
+    _OutProj = nn.Linear
+
+__all__ = ["LiquidMemory", "replace_attention", "disable_fastpath", "AttentionWeightsWarning"]
+
+
+class AttentionWeightsWarning(UserWarning):
+    """need_weights=True: linear attention never forms attention weights."""
+
+
+_warned = set()
+
+
+def _warn_once(key, message, category=UserWarning):
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, category, stacklevel=3)
+
+
+def _compiling():
+    try:
+        return torch.compiler.is_compiling()
+    except AttributeError:
+        try:
+            import torch._dynamo
+            return torch._dynamo.is_compiling()
+        except (ImportError, AttributeError):
+            return False
+
+
+def _keep_linear_attention(module, args):
+    """Forward pre-hook registered on every LiquidMemory. It does nothing
+    itself; its presence makes nn.TransformerEncoderLayer (torch versions that
+    check for hooks) skip its fused fast path, which would otherwise read
+    in_proj_weight and compute *softmax* attention without calling us."""
+    return None
+
+
+def _decay_values(decay, num_kv_heads):
+    if decay is None:
+        return None
+    if isinstance(decay, str):
+        if decay != "retnet":
+            raise ValueError("decay must be None, a float, a sequence of num_kv_heads floats or "
+                             "'retnet', not %r" % decay)
+        vals = [1.0 - 2.0 ** (-5 - h) for h in range(num_kv_heads)]
+    elif isinstance(decay, (int, float)):
+        vals = [float(decay)] * num_kv_heads
+    else:
+        vals = [float(x) for x in (decay.tolist() if torch.is_tensor(decay) else decay)]
+        if len(vals) != num_kv_heads:
+            raise ValueError("decay has %d values, expected one per kv head (%d)"
+                             % (len(vals), num_kv_heads))
+    for h, g in enumerate(vals):
+        if not (0.0 < g <= 1.0):
+            raise ValueError("decay[%d] = %r is not in (0, 1]" % (h, g))
+    return tuple(vals)
+
+
+class LiquidMemory(nn.Module):
+    r"""Multi-head attention in linear time: a drop-in for
+    :class:`torch.nn.MultiheadAttention`.
+
+    Same constructor, parameters and ``state_dict`` keys as MHA
+    (``in_proj_weight``/``in_proj_bias``, or ``q/k/v_proj_weight`` when kdim or
+    vdim differ from embed_dim; ``bias_k``/``bias_v``; ``out_proj``), so
+    ``load_state_dict`` works in both directions and :meth:`from_mha` converts
+    a trained MHA. Softmax is replaced by kernelised linear attention (per
+    head, feature map phi, fp32 state S and normaliser z):
+
+        o_t = phi(q_t)^T S_t / (phi(q_t)^T z_t + eps),
+        S_t = g S_{t-1} + phi(k_t) v_t^T,  z_t = g z_{t-1} + phi(k_t)
+
+    so prefill costs O(L) and each decode :meth:`step` O(1).
+
+    Args (as MHA): embed_dim, num_heads, dropout, bias, add_bias_kv,
+        add_zero_attn, kdim, vdim, batch_first, device, dtype.
+    Keyword-only:
+        feature_map: "elu" (elu(x)+1, default), "relu" or "identity".
+        normalize: divide by phi(q).z + eps (default True); else multiply by `scale`.
+        decay: None (default, plain linear attention), a float in (0, 1] for every
+            head, a sequence of num_kv_heads floats, or "retnet" (g_h = 1 - 2^(-5-h)).
+            Causal attention only.
+        precision: "auto" (compensated state accumulation above 64K tokens), "on", "off".
+        eps: normaliser epsilon (1e-6). scale: unnormalised output factor (None = 1/sqrt(D)).
+        num_kv_heads: grouped-query attention (None = num_heads). With fewer kv heads
+            in_proj_weight is [E + 2 Hkv D, E], which MHA cannot load.
+
+    Differences from MHA, by design:
+      * Returns ``(out, None)``: attention weights do not exist in linear
+        attention; ``need_weights=True`` warns once and is otherwise ignored.
+      * ``dropout`` is applied to the per-head attention output (before
+        out_proj) in training mode, not to attention weights (there are none).
+        It regularises similarly but is not the same random function as MHA's.
+      * ``attn_mask`` is accepted only when it is a causal mask (bool True above
+        the diagonal, or float -inf above / 0 on and below) or masks nothing;
+        any other mask raises NotImplementedError: a general additive mask has no
+        linear-time equivalent. ``is_causal=True`` also works without a mask;
+        given together with a mask it is trusted as a hint, as in PyTorch.
+      * ``key_padding_mask``: bool (True = ignore) or float (0 = keep, -inf = ignore;
+        other values raise). A query whose keys are all masked gets 0, not NaN.
+      * ``add_bias_kv`` / ``add_zero_attn``: the extra key/value is visible to every
+        query, as in MHA; it is absorbed into the initial state, so with causal
+        attention it precedes the sequence.
+      * The attention runs in float32, bfloat16 or float16 (the parameters' dtype).
+
+    Decode: a causal forward leaves its final state on the module; :meth:`step`
+    continues from it one token at a time; :meth:`reset_state`,
+    :meth:`get_state` / :meth:`set_state` save, restore or fork it. A
+    bidirectional forward drops the state. The state lives in non-persistent
+    buffers (``state_S``, ``state_z``), so it follows ``.to()`` but is not in
+    ``state_dict``.
+    """
+
+    __constants__ = ["batch_first"]
+
+    def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, add_bias_kv=False,
+                 add_zero_attn=False, kdim=None, vdim=None, batch_first=False, device=None,
+                 dtype=None, *, feature_map="elu", normalize=True, decay=None, precision="auto",
+                 eps=1e-6, scale=None, num_kv_heads=None):
+        if embed_dim <= 0 or num_heads <= 0:
+            raise ValueError("embed_dim and num_heads must be greater than 0, got "
+                             "embed_dim=%s and num_heads=%s" % (embed_dim, num_heads))
+        factory_kwargs = {"device": device, "dtype": dtype}
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.kdim = kdim if kdim is not None else embed_dim
+        self.vdim = vdim if vdim is not None else embed_dim
+        self._qkv_same_embed_dim = self.kdim == embed_dim and self.vdim == embed_dim
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.batch_first = batch_first
+        self.head_dim = embed_dim // num_heads
+        if self.head_dim * num_heads != embed_dim:
+            raise ValueError("embed_dim (%d) must be divisible by num_heads (%d)"
+                             % (embed_dim, num_heads))
+        self.num_kv_heads = num_heads if num_kv_heads is None else int(num_kv_heads)
+        if self.num_kv_heads <= 0 or num_heads % self.num_kv_heads:
+            raise ValueError("num_kv_heads (%s) must divide num_heads (%d)"
+                             % (num_kv_heads, num_heads))
+        kv = self.num_kv_heads * self.head_dim
+
+        if not self._qkv_same_embed_dim:
+            self.q_proj_weight = Parameter(torch.empty((embed_dim, embed_dim), **factory_kwargs))
+            self.k_proj_weight = Parameter(torch.empty((kv, self.kdim), **factory_kwargs))
+            self.v_proj_weight = Parameter(torch.empty((kv, self.vdim), **factory_kwargs))
+            self.register_parameter("in_proj_weight", None)
+        else:
+            self.in_proj_weight = Parameter(torch.empty((embed_dim + 2 * kv, embed_dim),
+                                                        **factory_kwargs))
+            self.register_parameter("q_proj_weight", None)
+            self.register_parameter("k_proj_weight", None)
+            self.register_parameter("v_proj_weight", None)
+        if bias:
+            self.in_proj_bias = Parameter(torch.empty(embed_dim + 2 * kv, **factory_kwargs))
+        else:
+            self.register_parameter("in_proj_bias", None)
+        self.out_proj = _OutProj(embed_dim, embed_dim, bias=bias, **factory_kwargs)
+        if add_bias_kv:
+            self.bias_k = Parameter(torch.empty((1, 1, kv), **factory_kwargs))
+            self.bias_v = Parameter(torch.empty((1, 1, kv), **factory_kwargs))
+        else:
+            self.bias_k = self.bias_v = None
+        self.add_zero_attn = add_zero_attn
+        self._reset_parameters()
+
+        if feature_map not in _core.FEATURE_MAPS:
+            raise ValueError("feature_map must be 'elu', 'relu' or 'identity', not %r"
+                             % (feature_map,))
+        if precision not in _core.PRECISIONS:
+            raise ValueError("precision must be 'auto', 'on' or 'off', not %r" % (precision,))
+        if not (eps > 0 and math.isfinite(eps)):
+            raise ValueError("eps must be finite and > 0, not %r" % (eps,))
+        if scale is not None and not (scale > 0 and math.isfinite(scale)):
+            raise ValueError("scale must be None or finite and > 0, not %r" % (scale,))
+        self.feature_map = feature_map
+        self.normalize = bool(normalize)
+        self.decay = _decay_values(decay, self.num_kv_heads)
+        self.precision = precision
+        self.eps = float(eps)
+        self.scale = scale
+        self._opts = _core.Options(_core.FEATURE_MAPS[feature_map], self.normalize, self.eps,
+                                   0.0 if scale is None else float(scale), self.decay,
+                                   _core.PRECISIONS[precision])
+
+        # Decode state: S [B, Hkv, D, D], z [B, Hkv, D], fp32; not part of state_dict.
+        self.register_buffer("state_S", torch.zeros(0, device=device), persistent=False)
+        self.register_buffer("state_z", torch.zeros(0, device=device), persistent=False)
+        self._position = 0     # tokens absorbed in the state
+        self._state_batch = 0  # batch the state holds; 0 = no state
+        self.register_forward_pre_hook(_keep_linear_attention)
+
+    def _reset_parameters(self):
+        if self._qkv_same_embed_dim:
+            xavier_uniform_(self.in_proj_weight)
+        else:
+            xavier_uniform_(self.q_proj_weight)
+            xavier_uniform_(self.k_proj_weight)
+            xavier_uniform_(self.v_proj_weight)
+        if self.in_proj_bias is not None:
+            constant_(self.in_proj_bias, 0.0)
+            constant_(self.out_proj.bias, 0.0)
+        if self.bias_k is not None:
+            xavier_normal_(self.bias_k)
+        if self.bias_v is not None:
+            xavier_normal_(self.bias_v)
+
+    def extra_repr(self):
+        s = "embed_dim=%d, num_heads=%d" % (self.embed_dim, self.num_heads)
+        if self.num_kv_heads != self.num_heads:
+            s += ", num_kv_heads=%d" % self.num_kv_heads
+        s += ", feature_map=%r, normalize=%s" % (self.feature_map, self.normalize)
+        if self.decay is not None:
+            s += ", decay=%s" % (self.decay,)
+        return s + ", batch_first=%s" % self.batch_first
+
+    # ------------------------------------------------------------------ MHA interop
+
+    @classmethod
+    def from_mha(cls, mha, **options):
+        """A LiquidMemory with the configuration and weights of an
+        nn.MultiheadAttention (copied). `options`: feature_map, normalize, ..."""
+        ref = mha.out_proj.weight
+        m = cls(mha.embed_dim, mha.num_heads, dropout=mha.dropout,
+                bias=mha.in_proj_bias is not None, add_bias_kv=mha.bias_k is not None,
+                add_zero_attn=mha.add_zero_attn, kdim=mha.kdim, vdim=mha.vdim,
+                batch_first=mha.batch_first, device=ref.device, dtype=ref.dtype, **options)
+        m.load_state_dict(mha.state_dict())
+        m.train(mha.training)
+        return m
+
+    def to_mha(self):
+        """An nn.MultiheadAttention with this module's configuration and weights."""
+        if self.num_kv_heads != self.num_heads:
+            raise ValueError("nn.MultiheadAttention has no grouped-query attention "
+                             "(num_kv_heads=%d != num_heads=%d)" % (self.num_kv_heads,
+                                                                  self.num_heads))
+        ref = self.out_proj.weight
+        mha = nn.MultiheadAttention(self.embed_dim, self.num_heads, dropout=self.dropout,
+                                    bias=self.in_proj_bias is not None,
+                                    add_bias_kv=self.bias_k is not None,
+                                    add_zero_attn=self.add_zero_attn, kdim=self.kdim,
+                                    vdim=self.vdim, batch_first=self.batch_first,
+                                    device=ref.device, dtype=ref.dtype)
+        mha.load_state_dict(self.state_dict())
+        mha.train(self.training)
+        return mha
+
+    # ------------------------------------------------------------------ pieces
+
+    def _project(self, query, key, value):
+        """q, k, v projections on the inputs' own layout ([..., E] last)."""
+        E, kv = self.embed_dim, self.num_kv_heads * self.head_dim
+        b = self.in_proj_bias
+        bq, bk, bv = (None, None, None) if b is None else (b[:E], b[E:E + kv], b[E + kv:])
+        if self._qkv_same_embed_dim:
+            w = self.in_proj_weight
+            if query is key and key is value:
+                return F.linear(query, w, b).split([E, kv, kv], dim=-1)
+            q = F.linear(query, w[:E], bq)
+            if key is value:
+                kvp = F.linear(key, w[E:], None if b is None else b[E:])
+                k, v = kvp.split([kv, kv], dim=-1)
+                return q, k, v
+            return q, F.linear(key, w[E:E + kv], bk), F.linear(value, w[E + kv:], bv)
+        return (F.linear(query, self.q_proj_weight, bq), F.linear(key, self.k_proj_weight, bk),
+                F.linear(value, self.v_proj_weight, bv))
+
+    def _heads(self, x, heads, seq_first):
+        """[L, B, H*D] or [B, L, H*D] (any strides, last dim unit) -> [B, L, H, D] view."""
+        x = x.view(x.shape[0], x.shape[1], heads, self.head_dim)
+        return x.transpose(0, 1) if seq_first else x
+
+    def _extra_state(self, B, like):
+        """Initial state holding bias_k/bias_v and the zero key of add_zero_attn
+        (visible to every query, as in MHA), or (None, None, 0)."""
+        ks, vs = [], []
+        H, D = self.num_kv_heads, self.head_dim
+        if self.bias_k is not None:
+            ks.append(self.bias_k.view(1, 1, H, D).expand(B, 1, H, D))
+            vs.append(self.bias_v.view(1, 1, H, D).expand(B, 1, H, D))
+        if self.add_zero_attn:
+            z = like.new_zeros((B, 1, H, D))
+            ks.append(z)
+            vs.append(z)
+        if not ks:
+            return None, None, 0
+        k = torch.cat(ks, dim=1) if len(ks) > 1 else ks[0]
+        v = torch.cat(vs, dim=1) if len(vs) > 1 else vs[0]
+        n = k.shape[1]
+        q = like.new_zeros((B, n, self.num_heads, D))  # outputs discarded
+        _, S0, z0 = _ops.prefill(q, k.to(like.dtype), v.to(like.dtype), is_causal=True,
+                                 opts=self._opts, want_state=True)
+        return S0, z0, n
+
+    def _store_state(self, S, z, position, batch):
+        with torch.no_grad():
+            if self.state_S.shape == S.shape and self.state_S.device == S.device:
+                self.state_S.copy_(S)
+                self.state_z.copy_(z)
+            else:
+                self.state_S = S.detach().clone()
+                self.state_z = z.detach().clone()
+        self._position = position
+        self._state_batch = batch
+
+    # ------------------------------------------------------------------ masks
+
+    @staticmethod
+    def _padding_mask(mask, B, Lk, device):
+        if mask.dim() == 1:
+            mask = mask.unsqueeze(0)
+        if tuple(mask.shape) != (B, Lk):
+            raise ValueError("key_padding_mask has shape %s, expected (batch, key length) = %s"
+                             % (tuple(mask.shape), (B, Lk)))
+        if mask.device != device:
+            raise ValueError("key_padding_mask is on %s, the inputs on %s" % (mask.device, device))
+        if mask.dtype == torch.bool:
+            return mask
+        if mask.dtype == torch.uint8:
+            _warn_once("uint8mask", "a uint8 key_padding_mask is read as bool (nonzero = "
+                       "ignore); pass a bool mask")
+            return mask.bool()
+        if mask.is_floating_point():
+            ignore = mask == float("-inf")
+            if not _compiling() and not bool(((mask == 0) | ignore).all()):
+                raise ValueError("a float key_padding_mask must hold only 0 (keep) or -inf "
+                                 "(ignore): linear attention cannot add other values to "
+                                 "attention logits; use a bool mask (True = ignore)")
+            return ignore
+        raise TypeError("key_padding_mask must be bool or floating point, not %s" % mask.dtype)
+
+    @staticmethod
+    def _mask_kind(mask, L, S):
+        """'causal' or 'none' for a mask linear attention can express; raises otherwise."""
+        if mask.dim() not in (2, 3) or tuple(mask.shape[-2:]) != (L, S):
+            raise ValueError("attn_mask has shape %s, expected (%d, %d) or (batch*heads, %d, %d)"
+                             % (tuple(mask.shape), L, S, L, S))
+        if mask.dtype == torch.bool:
+            blocked = mask
+        elif mask.is_floating_point():
+            blocked = mask == float("-inf")
+            if not bool(((mask == 0) | blocked).all()):
+                raise NotImplementedError(
+                    "attn_mask holds values other than 0 and -inf: an additive attention bias "
+                    "has no linear-time equivalent in linear attention (the state sums "
+                    "phi(k) v^T over keys without per-query weights); only a causal mask (or "
+                    "is_causal=True) and key_padding_mask are supported")
+        else:
+            raise TypeError("attn_mask must be bool or floating point, not %s" % mask.dtype)
+        if not bool(blocked.any()):
+            return "none"
+        if L == S:
+            causal = torch.ones((L, S), dtype=torch.bool, device=mask.device).triu(1)
+            if bool((blocked == causal).all()):
+                return "causal"
+        raise NotImplementedError(
+            "attn_mask is not a causal mask: linear attention keeps one running state per "
+            "head, so it can only express causal attention (each query sees keys 0..t), full "
+            "attention, and key padding; an arbitrary (L, S) mask would need per-query states, "
+            "i.e. quadratic cost. Pass is_causal=True or a causal mask, or key_padding_mask")
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True,
+                attn_mask=None, average_attn_weights=True, is_causal=False):
+        """Same arguments as nn.MultiheadAttention.forward; returns (out, None).
+
+        query [L, B, E] ([B, L, E] with batch_first, [L, E] unbatched), key and
+        value [S, B, kdim/vdim] likewise. is_causal=True: token t attends to
+        keys 0..t (needs L == S); it also works without attn_mask. A causal
+        forward leaves its final state for step()."""
+        if need_weights:
+            _warn_once("need_weights",
+                       "LiquidMemory: need_weights=True, but linear attention never forms "
+                       "attention weights; the second output is None (pass "
+                       "need_weights=False to silence this warning)", AttentionWeightsWarning)
+        for name, t in (("query", query), ("key", key), ("value", value)):
+            if getattr(t, "is_nested", False):
+                raise NotImplementedError(
+                    "LiquidMemory does not take nested tensors (%s); use key_padding_mask. "
+                    "In nn.TransformerEncoder pass enable_nested_tensor=False, or use "
+                    "liquid_memory.replace_attention(model)" % name)
+        if query.dim() not in (2, 3):
+            raise ValueError("query must be 2-D (unbatched) or 3-D, got %d-D" % query.dim())
+        if key.dim() != query.dim() or value.dim() != query.dim():
+            raise ValueError("query, key and value must all be batched (3-D) or all unbatched "
+                             "(2-D); got %d-D, %d-D, %d-D" % (query.dim(), key.dim(), value.dim()))
+        batched = query.dim() == 3
+        if not batched:
+            query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
+            seq_first = False
+        else:
+            seq_first = not self.batch_first
+        bdim, ldim = (1, 0) if seq_first else (0, 1)
+        B, L, Lk = query.shape[bdim], query.shape[ldim], key.shape[ldim]
+        if query.shape[-1] != self.embed_dim:
+            raise ValueError("query has embedding size %d, expected embed_dim = %d"
+                             % (query.shape[-1], self.embed_dim))
+        if key.shape[-1] != self.kdim or value.shape[-1] != self.vdim:
+            raise ValueError("key/value have sizes %d/%d, expected kdim/vdim = %d/%d"
+                             % (key.shape[-1], value.shape[-1], self.kdim, self.vdim))
+        if key.shape[:2] != value.shape[:2] or key.shape[bdim] != B:
+            raise ValueError("key %s and value %s must have the same batch and length as each "
+                             "other, and the batch of query %s"
+                             % (tuple(key.shape), tuple(value.shape), tuple(query.shape)))
+
+        causal = bool(is_causal)
+        if attn_mask is not None and not causal:
+            if _compiling():
+                raise NotImplementedError(
+                    "under torch.compile, an attn_mask cannot be inspected: pass "
+                    "is_causal=True with a causal mask (or drop the mask)")
+            causal = self._mask_kind(attn_mask, L, Lk) == "causal"
+        if causal and L != Lk:
+            raise ValueError("causal attention needs queries and keys of the same length, got "
+                             "%d and %d" % (L, Lk))
+        mask = None
+        if key_padding_mask is not None:
+            mask = self._padding_mask(key_padding_mask, B, Lk, query.device)
+
+        if L == 0 or B == 0:
+            out = query.new_zeros(query.shape)
+            return (out if batched else out.squeeze(0)), None
+        if Lk == 0:
+            raise ValueError("key and value have length 0: there is nothing to attend to")
+
+        q, k, v = self._project(query, key, value)
+        q = self._heads(q, self.num_heads, seq_first)
+        k = self._heads(k, self.num_kv_heads, seq_first)
+        v = self._heads(v, self.num_kv_heads, seq_first)
+        S0, z0, n_extra = self._extra_state(B, q)
+        o, S, z = _ops.prefill(q, k, v, mask, S0, z0, position=n_extra, is_causal=causal,
+                               opts=self._opts, seq_first=seq_first, want_state=causal)
+        if causal:
+            self._store_state(S, z, n_extra + Lk, B)
+        else:
+            self.reset_state()
+        if self.training and self.dropout > 0:
+            o = F.dropout(o, p=self.dropout)
+        # o is [B, L, H, D] laid out in the inputs' order: back to it without a copy.
+        o = o.transpose(0, 1) if seq_first else o
+        o = o.reshape(o.shape[0], o.shape[1], self.embed_dim)
+        out = F.linear(o, self.out_proj.weight, self.out_proj.bias)
+        return (out if batched else out.squeeze(0)), None
+
+    # ------------------------------------------------------------------ decode
+
+    @torch.no_grad()
+    def step(self, x):
+        """One decode token per batch row: x [B, E] (or [E]) -> [B, E] (or [E]).
+
+        Continues the state of the last causal forward (or of previous steps;
+        an empty state when there is none). Causal self-attention, O(1) per
+        token; no autograd, no dropout. A state of another batch size raises
+        StateError until reset_state()."""
+        if not self._qkv_same_embed_dim:
+            raise ValueError("step() is self-attention on x, so it needs kdim == vdim == "
+                             "embed_dim (got kdim=%d, vdim=%d)" % (self.kdim, self.vdim))
+        unbatched = x.dim() == 1
+        if unbatched:
+            x = x.unsqueeze(0)
+        if x.dim() != 2 or x.shape[1] != self.embed_dim:
+            raise ValueError("step() takes x of shape (batch, embed_dim=%d) or (embed_dim,), "
+                             "got %s" % (self.embed_dim, tuple(x.shape)))
+        B = x.shape[0]
+        if self._state_batch and self._state_batch != B:
+            raise _core.StateError(
+                "the decode state holds a batch of %d, but step() got a batch of %d: call "
+                "reset_state() first (or set_state() a state of that batch)"
+                % (self._state_batch, B))
+        x3 = x.unsqueeze(1)  # [B, 1, E]
+        q, k, v = self._project(x3, x3, x3)
+        q = self._heads(q, self.num_heads, False)
+        k = self._heads(k, self.num_kv_heads, False)
+        v = self._heads(v, self.num_kv_heads, False)
+        if not self._state_batch:
+            self._begin_state(B, q)
+        o = _ops.decode(q, k, v, self.state_S, self.state_z, self._position, opts=self._opts)
+        self._position += 1
+        out = F.linear(o.reshape(B, self.embed_dim), self.out_proj.weight, self.out_proj.bias)
+        return out.squeeze(0) if unbatched else out
+
+    def _begin_state(self, B, like):
+        """An empty state for batch B (holding bias_kv / zero_attn when set)."""
+        S0, z0, n = self._extra_state(B, like)
+        if S0 is None:
+            H, D = self.num_kv_heads, self.head_dim
+            S0 = torch.zeros((B, H, D, D), dtype=torch.float32, device=like.device)
+            z0 = torch.zeros((B, H, D), dtype=torch.float32, device=like.device)
+        self._store_state(S0, z0, n, B)
+
+    def reset_state(self):
+        """Drops the decode state: the next step() starts empty, any batch size.
+        The buffers keep their memory (zeroed), so captured CUDA graphs stay valid
+        for the same batch."""
+        with torch.no_grad():
+            self.state_S.zero_()
+            self.state_z.zero_()
+        self._position = 0
+        self._state_batch = 0
+
+    @property
+    def state_position(self):
+        """Number of tokens absorbed in the decode state (0 when there is none)."""
+        return self._position
+
+    def get_state(self):
+        """A copy of the decode state: {'S', 'z', 'position', 'batch'}, or None
+        when there is none. Use it to save, restore or fork a conversation."""
+        if not self._state_batch:
+            return None
+        return {"S": self.state_S.detach().clone(), "z": self.state_z.detach().clone(),
+                "position": self._position, "batch": self._state_batch}
+
+    def set_state(self, state):
+        """Restores a state from get_state() (of this module or one with the
+        same num_kv_heads and head_dim); None clears it."""
+        if state is None:
+            self.reset_state()
+            return
+        S, z, pos = state["S"], state["z"], int(state["position"])
+        H, D = self.num_kv_heads, self.head_dim
+        if S.dim() != 4 or tuple(S.shape[1:]) != (H, D, D) or tuple(z.shape) != tuple(S.shape[:3]):
+            raise ValueError("state S %s / z %s does not fit this module: expected S [B, %d, %d, "
+                             "%d] and z [B, %d, %d]" % (tuple(S.shape), tuple(z.shape), H, D, D,
+                                                        H, D))
+        if pos < 0:
+            raise ValueError("state position must be >= 0, not %d" % pos)
+        dev = self.out_proj.weight.device
+        self._store_state(S.to(dev, torch.float32).contiguous(),
+                          z.to(dev, torch.float32).contiguous(), pos, S.shape[0])
+
+    # ------------------------------------------------------------------ benchmark
+
+    @staticmethod
+    def benchmark(*args, **kwargs):
+        """The sequence-length sweep: see liquid_memory.benchmark.run."""
+        from . import benchmark
+        return benchmark.run(*args, **kwargs)
+
+
+# ---------------------------------------------------------------------- helpers
+
+def disable_fastpath(model):
+    """Makes every nn.TransformerEncoderLayer / nn.TransformerEncoder in
+    `model` take its regular path, which calls self_attn. Needed on torch
+    versions whose fused encoder fast path (eval mode, no grad) does not check
+    for hooks (e.g. 1.13): it would read self_attn.in_proj_weight and compute
+    softmax attention. Returns model."""
+    for m in model.modules():
+        if isinstance(m, nn.TransformerEncoderLayer):
+            m.activation_relu_or_gelu = 0  # only gates the fast path; the activation is kept
+        if isinstance(m, nn.TransformerEncoder):
+            m.enable_nested_tensor = False
+            if hasattr(m, "use_nested_tensor"):
+                m.use_nested_tensor = False
+    return model
+
+
+def replace_attention(model, **options):
+    """Replaces every nn.MultiheadAttention inside `model` by
+    LiquidMemory.from_mha(it, **options) (weights kept) and disables the
+    encoder fast paths (see disable_fastpath). Returns model."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.MultiheadAttention):
+                setattr(parent, name, LiquidMemory.from_mha(child, **options))
+    return disable_fastpath(model)
