@@ -57,10 +57,10 @@ RPATH = -Wl,-rpath,'$$ORIGIN/../lib'
 
 # Targets the included fragments add to.
 ALL_TARGETS = $(SO) $(AR_LIB) $(PC) $(BENCH_BIN) $(TEST_BIN)
-TEST_TARGETS = test-c
+TEST_TARGETS = test-c test-example
 TEST_ENV ?=
 
-.PHONY: all deps deps-test test test-c test-asan bench install clean
+.PHONY: all deps deps-test test test-c test-example test-asan bench install clean
 all: $(ALL_TARGETS)
 
 -include mk/license.mk
@@ -83,10 +83,14 @@ $(AR_LIB): $(LIB_OBJ)
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^
 
+# pkg-config file for prefix $(1), written to $(2).
+VERSION := $(shell sed -n 's/^\#define LM_VERSION_STRING "\(.*\)"/\1/p' include/liquid_memory.h)
+make_pc = sed -e 's|@PREFIX@|$(1)|' -e 's|@VERSION@|$(VERSION)|' \
+              -e 's|@LIBS_PRIVATE@|$(BLAS_LIBS) -lsodium -lm -fopenmp $(CUDA_LIBS)|' \
+              mk/liquid_memory.pc.in > $(2)
 $(PC): mk/liquid_memory.pc.in
 	@mkdir -p $(dir $@)
-	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(shell sed -n 's/^#define LM_VERSION_STRING "\(.*\)"/\1/p' include/liquid_memory.h)|' \
-	    -e 's|@LIBS_PRIVATE@|$(BLAS_LIBS) -lsodium -lm -fopenmp $(CUDA_LIBS)|' $< > $@
+	$(call make_pc,$(PREFIX),$@)
 
 # ---- tests ----
 TEST_SRC := $(wildcard tests/test_*.c) tests/main.c tests/ref.c
@@ -116,12 +120,24 @@ bench: deps
 	    --out bench/results
 
 # ---- install ----
-install: $(SO) $(AR_LIB) $(PC)
+install: $(SO) $(AR_LIB)
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig
 	install -m 644 include/liquid_memory.h $(DESTDIR)$(PREFIX)/include/
 	install -m 755 $(SO) $(DESTDIR)$(PREFIX)/lib/
 	install -m 644 $(AR_LIB) $(DESTDIR)$(PREFIX)/lib/
-	install -m 644 $(PC) $(DESTDIR)$(PREFIX)/lib/pkgconfig/
+	$(call make_pc,$(PREFIX),$(DESTDIR)$(PREFIX)/lib/pkgconfig/liquid_memory.pc)
+
+# The README's example: the same text as examples/quickstart.c, built through
+# an install and pkg-config as a user would, then run.
+STAGE = $(abspath $(BUILD)/stage)
+test-example: $(SO) $(AR_LIB)
+	@awk '/^```c quickstart/{f=1;next} /^```/{f=0} f' README.md | cmp -s - examples/quickstart.c || \
+	    { echo "README.md's example differs from examples/quickstart.c" >&2; exit 1; }
+	@$(MAKE) --no-print-directory install PREFIX=$(STAGE) >/dev/null
+	$(CC) -std=c11 -Wall -Wextra -Werror -o $(BUILD)/bin/quickstart examples/quickstart.c \
+	    $$(PKG_CONFIG_PATH=$(STAGE)/lib/pkgconfig pkg-config --cflags --libs liquid_memory) \
+	    -Wl,-rpath,$(STAGE)/lib
+	$(TEST_ENV) $(BUILD)/bin/quickstart
 
 clean:
 	rm -rf build
