@@ -24,6 +24,13 @@
 
 #define C LMI_CPU_CHUNK
 
+/* The hot loops are also compiled for AVX2 + FMA, picked at load time. */
+#if defined(__x86_64__) && defined(__GNUC__)
+#define HOT __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define HOT
+#endif
+
 typedef struct task {
     float *q, *k, *v; /* chunk rows: [C][Dk], [C][Dk], [C][Dv] */
     float *a;         /* [C][C] */
@@ -96,7 +103,7 @@ static void scale(float *x, float a, int64_t n)
 }
 
 /* S <- p^n S + sum_j p^(n-1-j) k_j v_j^T over the chunk's n keys; z likewise. */
-static void absorb(task *t, const lmi_core_params *p, int64_t n, int decayed)
+HOT static void absorb(task *t, const lmi_core_params *p, int64_t n, int decayed)
 {
     const int64_t Dk = p->Dk, Dv = p->Dv;
     float *S = t->S, *z = t->z;
@@ -137,7 +144,7 @@ static void absorb(task *t, const lmi_core_params *p, int64_t n, int decayed)
 }
 
 /* Output rows of a query chunk of n rows: o = phi(q) S (+ intra), normalised. */
-static void readout(task *t, const lmi_core_params *p, int64_t n, int causal, int decayed)
+HOT static void readout(task *t, const lmi_core_params *p, int64_t n, int causal, int decayed)
 {
     const int64_t Dk = p->Dk, Dv = p->Dv;
     for (int64_t i = 0; i < n; i++) {
