@@ -28,8 +28,8 @@ BLAS_RPATH = -Wl,-rpath,$(shell $(BLAS_PKG) --variable=libdir openblas)
 BLAS_LIBS := $(shell $(BLAS_PKG) --libs openblas 2>/dev/null || echo -lopenblas) \
              $(if $(BLAS_PC_DIR),$(BLAS_RPATH))
 
-CFLAGS ?= -O3 -g
-CFLAGS += -std=c11 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -Werror -fPIC -fopenmp \
+OPT ?= -O3 -g
+CFLAGS += $(OPT) -std=c11 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -Werror -fPIC -fopenmp \
           -fvisibility=hidden -Iinclude -Isrc -Ilicense $(BLAS_CFLAGS)
 LDLIBS += $(BLAS_LIBS) -lsodium -lm -fopenmp
 ifneq ($(SAN),)
@@ -107,7 +107,7 @@ test-c: $(TEST_BIN)
 	$(TEST_ENV) $(TEST_BIN)
 
 test-asan: deps
-	@$(MAKE) --no-print-directory BUILD=build/asan SAN=1 CUDA=0 CFLAGS="-O1 -g" test-c
+	@$(MAKE) --no-print-directory BUILD=build/asan SAN=1 CUDA=0 OPT="-O1 -g" test-c
 
 # ---- benchmark ----
 $(BENCH_BIN): bench/lm_bench.c $(SO)
