@@ -438,9 +438,10 @@ static void run_task(task *t, int64_t b, int64_t hk)
     const int64_t Dk = p->Dk, Dv = p->Dv, m = t->m, bh = b * p->Hkv + hk;
     const float gam = p->decay ? p->decay[hk] : 1.0f;
     t->b = b, t->hk = hk;
-    t->pw[0] = 1.0f;
-    for (int i = 1; i <= C; i++)
-        t->pw[i] = t->pw[i - 1] * gam;
+    /* powf, not repeated products: g^L is the product of L / C of these,
+     * and the state gradient's g^L dS_out term sees each one's error. */
+    for (int i = 0; i <= C; i++)
+        t->pw[i] = powf(gam, (float)i);
 
     /* The carries: the initial state, and the adjoint dS_out (or 0). */
     memset(t->st.s, 0, (size_t)m * sizeof(float));
@@ -489,7 +490,7 @@ static float *task_alloc(task *t, const lmi_core_params *p, const lmi_core_grad_
     t->p = p, t->g = g, t->m = m, t->G = p->Hq / p->Hkv;
     plan_blocks(t);
     const int64_t nscal = p->normalize ? (p->causal ? t->K * t->G : 1) * 2 * C : 0;
-    const int64_t n = 4 * C * Dk + 4 * C * Dv + Dk + Dv + m + 2 * nc * m + t->nck * nc * m +
+    const int64_t n = 5 * C * Dk + 3 * C * Dv + Dk + Dv + m + 2 * nc * m + t->nck * nc * m +
                       nscal;
     float *mem = malloc((size_t)n * sizeof(float));
     if (!mem)
