@@ -8,6 +8,7 @@ strides), out [B, L, Hq, Dv]; state S [B, Hkv, Dk, Dv] and z [B, Hkv, Dk],
 fp32, contiguous, on the tensors' device. CPU tensors run on the CPU backend,
 CUDA tensors on the CUDA backend on torch's current stream of their device.
 """
+import os
 import threading
 import warnings
 
@@ -23,6 +24,15 @@ FEATURE_MAPS = {"elu": C["LM_FEATURE_ELU1"], "elu1": C["LM_FEATURE_ELU1"],
                 "relu": C["LM_FEATURE_RELU"], "identity": C["LM_FEATURE_IDENTITY"]}
 PRECISIONS = {"auto": C["LM_PRECISION_AUTO"], "on": C["LM_PRECISION_ON"],
               "off": C["LM_PRECISION_OFF"]}
+
+# Debug aid for the tests: fill every output with NaN before the C call, so an
+# element the library fails to write cannot pass as a result.
+POISON = os.environ.get("LM_PY_POISON", "") not in ("", "0")
+
+
+def _new(shape, dtype, device):
+    t = torch.empty(shape, dtype=dtype, device=device)
+    return t.fill_(float("nan")) if POISON else t
 
 
 # --------------------------------------------------------------------------
@@ -232,9 +242,9 @@ def prefill(q, k, v, mask=None, S0=None, z0=None, position=0, is_causal=True, op
     B, L, Hq = q.shape[0], q.shape[1], q.shape[2]
     Hkv, Dk, Dv = k.shape[2], k.shape[3], v.shape[3]
     if seq_first:
-        out = torch.empty((L, B, Hq, Dv), dtype=q.dtype, device=q.device).transpose(0, 1)
+        out = _new((L, B, Hq, Dv), q.dtype, q.device).transpose(0, 1)
     else:
-        out = torch.empty((B, L, Hq, Dv), dtype=q.dtype, device=q.device)
+        out = _new((B, L, Hq, Dv), q.dtype, q.device)
     S = z = None
     if S0 is not None:
         _check_state(S0, z0, q, k, v)
@@ -262,7 +272,7 @@ def decode(q, k, v, S, z, position, opts=None):
     _license_notice()
     _check_state(S, z, q, k, v)
     B, Hq, Dv = q.shape[0], q.shape[2], v.shape[3]
-    out = torch.empty((B, 1, Hq, Dv), dtype=q.dtype, device=q.device)
+    out = _new((B, 1, Hq, Dv), q.dtype, q.device)
     keep = []
     a = _args(lib, keep, q, k, v, out, None, S, z, position, True, opts)
     with _Stream(q) as stream:
@@ -286,9 +296,9 @@ def backward(dout, q, k, v, mask=None, S0=None, z0=None, dS=None, dz=None, posit
             "LiquidMemory backward needs lm_linear_attn_backward, which %s does not have yet "
             "(a build of Liquid Memory without training support); forward and step work."
             % lib.path)
-    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
-    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+    dq = _new(q.shape, q.dtype, q.device)
+    dk = _new(k.shape, k.dtype, k.device)
+    dv = _new(v.shape, v.dtype, v.device)
     if S0 is not None:
         _check_state(S0, z0, q, k, v)
     keep = []
@@ -309,10 +319,8 @@ def backward(dout, q, k, v, mask=None, S0=None, z0=None, dS=None, dz=None, posit
         lib.set_ptr(g, "lm_core_grads", "dnormalizer_out", dz.data_ptr())
     dS0 = dz0 = q.new_empty((0,), dtype=torch.float32)
     if need_dstate:
-        dS0 = torch.empty((q.shape[0], k.shape[2], k.shape[3], v.shape[3]), dtype=torch.float32,
-                          device=q.device)
-        dz0 = torch.empty((q.shape[0], k.shape[2], k.shape[3]), dtype=torch.float32,
-                          device=q.device)
+        dS0 = _new((q.shape[0], k.shape[2], k.shape[3], v.shape[3]), torch.float32, q.device)
+        dz0 = _new((q.shape[0], k.shape[2], k.shape[3]), torch.float32, q.device)
         lib.set_ptr(g, "lm_core_grads", "dstate_in", dS0.data_ptr())
         lib.set_ptr(g, "lm_core_grads", "dnormalizer_in", dz0.data_ptr())
     with _Stream(q) as stream:

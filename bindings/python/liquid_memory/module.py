@@ -40,14 +40,12 @@ def _warn_once(key, message, category=UserWarning):
 
 
 def _compiling():
-    try:
-        return torch.compiler.is_compiling()
-    except AttributeError:
-        try:
-            import torch._dynamo
-            return torch._dynamo.is_compiling()
-        except (ImportError, AttributeError):
-            return False
+    """True while torch.compile traces (torch >= 2.0); data-dependent checks are skipped then."""
+    for owner in ("compiler", "_dynamo"):
+        fn = getattr(getattr(torch, owner, None), "is_compiling", None)
+        if fn is not None:
+            return fn()
+    return False
 
 
 def _keep_linear_attention(module, args):

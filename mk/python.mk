@@ -1,0 +1,19 @@
+# python.mk - the Python package (bindings/python/liquid_memory) and its tests.
+#   make python        copies the built library into the package folder, so that
+#                      `pip install --no-build-isolation ./bindings/python` bundles it
+#   make test-python   pytest tests/python against $(BUILD)/lib/libliquidmemory.so
+# Included by the Makefile after ALL_TARGETS / TEST_TARGETS are defined.
+
+PY_PKG = bindings/python/liquid_memory
+PYTEST_ARGS ?= -q -rs
+
+.PHONY: python test-python
+
+python: $(SO)
+	cp $(SO) $(PY_PKG)/libliquidmemory.so
+
+TEST_TARGETS += test-python
+
+test-python: $(SO)
+	$(TEST_ENV) LM_LIB_PATH=$(abspath $(SO)) PYTHONPATH=$(abspath bindings/python) \
+	    $(PYTHON) -m pytest $(PYTEST_ARGS) tests/python

@@ -1,0 +1,146 @@
+"""
+test_transformer.py - LiquidMemory as self_attn / multihead_attn of
+nn.TransformerEncoderLayer, nn.TransformerDecoderLayer and nn.Transformer,
+in training and in inference (where the encoder's fused fast path must not
+silently compute softmax attention instead).
+"""
+import inspect
+
+import pytest
+import torch
+from torch import nn
+
+from liquid_memory import LiquidMemory, replace_attention
+
+D_MODEL, NHEAD = 32, 4  # even head count: the encoder fast path would be eligible
+
+
+def x_(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _encoder_by_hand(layer, x, mask=None, kpm=None, is_causal=False):
+    sa, _ = layer.self_attn(x, x, x, attn_mask=mask, key_padding_mask=kpm, need_weights=False,
+                            is_causal=is_causal)
+    h = layer.norm1(x + sa)
+    return layer.norm2(h + layer.linear2(layer.activation(layer.linear1(h))))
+
+
+def _encoder_layer(batch_first=True):
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(D_MODEL, NHEAD, dim_feedforward=64, dropout=0.0,
+                                       batch_first=batch_first)
+    layer.self_attn = LiquidMemory(D_MODEL, NHEAD, batch_first=batch_first)
+    return layer
+
+
+def test_encoder_layer_training():
+    layer = _encoder_layer().train()
+    x = x_(2, 12, D_MODEL, seed=1).requires_grad_()
+    y = layer(x)
+    assert torch.allclose(y, _encoder_by_hand(layer, x), atol=1e-5)
+    y.square().mean().backward()
+    assert layer.self_attn.in_proj_weight.grad.abs().sum() > 0
+    assert layer.self_attn.out_proj.weight.grad.abs().sum() > 0
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_encoder_layer_causal_mask_training():
+    layer = _encoder_layer().train()
+    x = x_(2, 12, D_MODEL, seed=2)
+    mask = nn.Transformer.generate_square_subsequent_mask(12)
+    y = layer(x, src_mask=mask)
+    assert torch.allclose(y, _encoder_by_hand(layer, x, is_causal=True), atol=1e-5)
+
+
+HOOK_CHECK = "_forward_pre_hooks" in inspect.getsource(nn.TransformerEncoderLayer.forward)
+
+
+@pytest.mark.skipif(not HOOK_CHECK, reason="this torch's TransformerEncoderLayer fast path does "
+                    "not look at hooks, so plain assignment needs liquid_memory.replace_attention "
+                    "or disable_fastpath (tested below)")
+def test_encoder_layer_inference_plain_assignment():
+    layer = _encoder_layer().eval()
+    x = x_(2, 12, D_MODEL, seed=3)
+    with torch.no_grad():
+        y = layer(x)
+        assert torch.allclose(y, _encoder_by_hand(layer, x), atol=1e-5)
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_encoder_inference_after_replace_attention(batch_first):
+    torch.manual_seed(4)
+    enc_layer = nn.TransformerEncoderLayer(D_MODEL, NHEAD, dim_feedforward=64, dropout=0.0,
+                                           batch_first=batch_first)
+    enc = nn.TransformerEncoder(enc_layer, num_layers=2)
+    mha_ref = enc.layers[0].self_attn
+    replace_attention(enc)
+    assert isinstance(enc.layers[0].self_attn, LiquidMemory)
+    assert torch.equal(enc.layers[0].self_attn.in_proj_weight, mha_ref.in_proj_weight)
+    enc.eval()
+    x = x_(2, 10, D_MODEL, seed=5)
+    x = x if batch_first else x.transpose(0, 1)
+    kpm = torch.zeros(2, 10, dtype=torch.bool)
+    kpm[1, 7:] = True
+    with torch.no_grad():
+        y = enc(x, src_key_padding_mask=kpm)
+        h = x
+        for layer in enc.layers:
+            h = _encoder_by_hand(layer, h, kpm=kpm)
+    assert torch.allclose(y, h, atol=1e-5)
+    # and it is not what softmax attention gives
+    enc_mha = nn.TransformerEncoder(nn.TransformerEncoderLayer(
+        D_MODEL, NHEAD, dim_feedforward=64, dropout=0.0, batch_first=batch_first), 2)
+    enc_mha.load_state_dict(enc.state_dict())
+    with torch.no_grad():
+        assert not torch.allclose(enc_mha.eval()(x, src_key_padding_mask=kpm), y, atol=1e-3)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_decoder_layer(mode):
+    torch.manual_seed(6)
+    layer = nn.TransformerDecoderLayer(D_MODEL, NHEAD, dim_feedforward=64, dropout=0.0,
+                                       batch_first=True)
+    layer.self_attn = LiquidMemory(D_MODEL, NHEAD, batch_first=True)
+    layer.multihead_attn = LiquidMemory(D_MODEL, NHEAD, batch_first=True)
+    getattr(layer, mode)()
+    tgt, mem = x_(2, 9, D_MODEL, seed=7), x_(2, 15, D_MODEL, seed=8)
+    tgt_mask = nn.Transformer.generate_square_subsequent_mask(9)
+    mem_kpm = torch.zeros(2, 15, dtype=torch.bool)
+    mem_kpm[0, 12:] = True
+    with torch.set_grad_enabled(mode == "train"):
+        y = layer(tgt, mem, tgt_mask=tgt_mask, memory_key_padding_mask=mem_kpm)
+        sa, _ = layer.self_attn(tgt, tgt, tgt, is_causal=True, need_weights=False)
+        h = layer.norm1(tgt + sa)
+        ca, _ = layer.multihead_attn(h, mem, mem, key_padding_mask=mem_kpm, need_weights=False)
+        h = layer.norm2(h + ca)
+        want = layer.norm3(h + layer.linear2(layer.activation(layer.linear1(h))))
+    assert torch.allclose(y, want, atol=1e-5)
+    if mode == "train":
+        y.sum().backward()
+        assert layer.multihead_attn.in_proj_weight.grad.abs().sum() > 0
+
+
+def test_full_transformer_trains():
+    torch.manual_seed(9)
+    model = replace_attention(nn.Transformer(D_MODEL, NHEAD, num_encoder_layers=1,
+                                             num_decoder_layers=1, dim_feedforward=64,
+                                             dropout=0.1, batch_first=True))
+    n_lm = sum(isinstance(m, LiquidMemory) for m in model.modules())
+    assert n_lm == 3 and not any(isinstance(m, nn.MultiheadAttention) for m in model.modules())
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    src, tgt = x_(4, 10, D_MODEL, seed=10), x_(4, 8, D_MODEL, seed=11)
+    target = x_(4, 8, D_MODEL, seed=12)
+    mask = model.generate_square_subsequent_mask(8)
+    losses = []
+    for _ in range(15):
+        opt.zero_grad()
+        loss = (model(src, tgt, tgt_mask=mask) - target).square().mean()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert losses[-1] < losses[0] * 0.9, losses
+    model.eval()
+    with torch.no_grad():
+        out = model(src, tgt, tgt_mask=mask)
+    assert torch.isfinite(out).all()
