@@ -14,6 +14,7 @@ python: $(SO)
 
 TEST_TARGETS += test-python
 
-test-python: $(SO)
+# $(DEV_LICENSE) (from mk/license.mk, when present): TEST_ENV points LM_LICENSE_FILE at it.
+test-python: $(SO) $(DEV_LICENSE)
 	$(TEST_ENV) LM_LIB_PATH=$(abspath $(SO)) PYTHONPATH=$(abspath bindings/python) \
 	    $(PYTHON) -m pytest $(PYTEST_ARGS) tests/python
