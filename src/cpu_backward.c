@@ -53,6 +53,14 @@
 
 #define C LMI_CPU_CHUNK
 
+/* The hot loops are also compiled for AVX2 + FMA, picked at load time (as in
+ * cpu_attend.c). */
+#if defined(__x86_64__) && defined(__GNUC__)
+#define HOT __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define HOT
+#endif
+
 /* A carried fp32 sum of m floats (S then z, or R then r) and its Kahan
  * compensation (NULL when not compensated). */
 typedef struct carry {
@@ -188,7 +196,7 @@ static void fold(carry *x, const float *inc, int64_t m, float gn)
 
 /* inc[d][e] += sum_i w_i x_i[d] y_i[e] and inc[Dk Dv + d] += sum_i w_i c_i x_i[d]
  * (c NULL = 1) over n rows: the rank-n update of a state or an adjoint. */
-static void outer_acc(task *t, const float *x, const float *w, const float *y, const float *c,
+HOT static void outer_acc(task *t, const float *x, const float *w, const float *y, const float *c,
                       int64_t n)
 {
     const int64_t Dk = t->p->Dk, Dv = t->p->Dv;
@@ -217,7 +225,7 @@ static void absorb(task *t, int64_t n)
 
 /* Turns do into dn in place and fills dd, reading the forward's n_i, d_i off
  * the state (and the chunk, causal); keeps 1/d, dd in scal when normalised. */
-static void readout_dn(task *t, int64_t n, int causal, float *scal)
+HOT static void readout_dn(task *t, int64_t n, int causal, float *scal)
 {
     const lmi_core_params *p = t->p;
     const int64_t Dk = p->Dk, Dv = p->Dv;
@@ -259,7 +267,7 @@ static void scalars_dn(task *t, int64_t n, const float *scal)
 }
 
 /* dq rows of query head h: g^(i+1) (S dn_i + dd_i z) + sum_{j<=i} B[i][j] K_j. */
-static void dq_rows(task *t, int64_t h, int64_t t0, int64_t n, int causal)
+HOT static void dq_rows(task *t, int64_t h, int64_t t0, int64_t n, int causal)
 {
     const lmi_core_params *p = t->p;
     const int64_t Dk = p->Dk, Dv = p->Dv;
@@ -281,7 +289,7 @@ static void dq_rows(task *t, int64_t h, int64_t t0, int64_t n, int causal)
 
 /* dK, dV of the loaded key chunk from the adjoint after it:
  * g^(n-1-j) (R V_j + r) and g^(n-1-j) R^T K_j. */
-static void key_grads_init(task *t, int64_t n)
+HOT static void key_grads_init(task *t, int64_t n)
 {
     const int64_t Dk = t->p->Dk, Dv = t->p->Dv;
     const float *R = t->adj.s, *r = t->adj.s + Dk * Dv;
@@ -300,7 +308,7 @@ static void key_grads_init(task *t, int64_t n)
 
 /* One query head's share of the chunk's backward: the intra-chunk terms of
  * dK, dV (causal) and its increment of the adjoint, sum_i g^(i+1) Q_i dn_i^T. */
-static void head_adjoint(task *t, int64_t n, int causal)
+HOT static void head_adjoint(task *t, int64_t n, int causal)
 {
     const int64_t Dk = t->p->Dk, Dv = t->p->Dv;
     for (int64_t i = 0; causal && i < n; i++) {
