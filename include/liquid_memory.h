@@ -251,6 +251,33 @@ LM_API lm_status lm_attn_set_state(lm_attn *attn, const void *buf, size_t bytes)
 /* Number of tokens absorbed in the state (0 when there is none). */
 LM_API lm_status lm_attn_position(const lm_attn *attn, int64_t *tokens);
 
+/* Gradients of lm_attn_forward, for training. Tensors and weight buffers in
+ * the config's dtype on its device. */
+typedef struct lm_attn_grads {
+    const lm_tensor *dout; /* [B, Lq, E] gradient of out */
+    lm_tensor *dquery;     /* [B, Lq, E] written, or NULL when not wanted */
+    lm_tensor *dkey;       /* [B, Lk, kdim] written, or NULL */
+    lm_tensor *dvalue;     /* [B, Lk, vdim] written, or NULL; for self-attention
+                              dquery, dkey and dvalue may be one tensor: it gets
+                              the sum of the three */
+    /* Weight gradients in lm_weights' layout (contiguous); NULL skips one.
+     * in_proj_* exactly when the weights were set packed. */
+    void *in_proj_weight, *q_proj_weight, *k_proj_weight, *v_proj_weight;
+    void *in_proj_bias, *out_proj_weight, *out_proj_bias;
+    int accumulate; /* 1: add to the buffers (like torch's .grad); 0: overwrite */
+} lm_attn_grads;
+
+/* Backward of lm_attn_forward: query, key, value and opts as given to the
+ * forward; its output is not needed. Projections and attention are
+ * recomputed slab by slab in reverse, carrying the state gradient, so extra
+ * memory is O(slab), not O(L E). opts->use_state is UNSUPPORTED (the state
+ * the forward started from is gone); the handle's state is not changed.
+ * STATUS: designed, not implemented yet: returns LM_ERR_UNSUPPORTED. Train
+ * through lm_linear_attn_backward with your own projections meanwhile. */
+LM_API lm_status lm_attn_backward(lm_attn *attn, const lm_tensor *query, const lm_tensor *key,
+                                  const lm_tensor *value, const lm_forward_opts *opts,
+                                  const lm_attn_grads *grads, void *stream);
+
 /* ------------------------------------------------------------------------ */
 /* Core: attention on already-projected q, k, v                             */
 /* ------------------------------------------------------------------------ */
@@ -302,8 +329,16 @@ typedef struct lm_core_grads {
 /* Backward of lm_linear_attn_prefill: args exactly as given to the prefill,
  * except that args->state / args->normalizer hold the INITIAL state (or NULL
  * for an empty one) and are only read; args->out is not used (may be NULL).
- * Per-chunk states are recomputed, so extra memory is O(B H Dk Dv), not O(L).
- * Returns INVALID_ARG, UNSUPPORTED, OUT_OF_MEMORY, CUDA. */
+ * dq, dk, dv are overwritten (dk, dv summed over the query heads of a group,
+ * zero for masked keys) and may not alias the inputs, dout or each other;
+ * dstate_in may not overlap the state or dstate_out. A sequence split in two
+ * chains: the backward of the second part (from the state after the first)
+ * gives dstate_in, which is the dstate_out of the first part's backward.
+ * Nothing from the forward is needed: states are recomputed from a few
+ * checkpoints, so extra memory grows as sqrt(L), never as L (CPU: about
+ * 300 KB per thread at L = 128K, Dk = Dv = 64). CPU: synchronous, parallel
+ * over batch x kv heads. Returns INVALID_ARG, UNSUPPORTED (a backend without
+ * a backward), LICENSE, OUT_OF_MEMORY, CUDA. */
 LM_API lm_status lm_linear_attn_backward(const lm_core_args *args, const lm_core_grads *grads,
                                          void *stream);
 
