@@ -1,0 +1,741 @@
+"""
+benchmark.py - the sequence-length sweep of LiquidMemory against softmax attention.
+
+    python -m liquid_memory.benchmark [--device cuda] [--seq-lengths 2048,8192,...]
+    LiquidMemory.benchmark(embed_dim=4096, num_heads=32, ...)   # same thing from Python
+
+Prefill (the whole attention layer, projections included, causal, inference):
+time and peak extra memory per length L for
+  liquid_memory   LiquidMemory(..., batch_first=True)(x, x, x, is_causal=True)
+  mha_default     nn.MultiheadAttention's default call mha(x, x, x) (need_weights=True,
+                  no mask: bidirectional, weights materialised)
+  mha_fast        mha(x, x, x, attn_mask=causal bool mask, need_weights=False[, is_causal=True])
+                  in eval/no_grad, i.e. MHA's fast path where this torch has one
+  sdpa_flash / sdpa_cudnn / sdpa
+                  the same projections around F.scaled_dot_product_attention(is_causal=True)
+                  with the flash / cuDNN backend forced (CUDA), or torch's choice (CPU)
+Decode, per token, against the context length S:
+  liquid_memory_step        LiquidMemory.step after a causal prefill of S tokens (O(1))
+  liquid_memory_step_graph  the same step replayed from a CUDA graph (CUDA only)
+  kv_cache                  a softmax decoder with a preallocated KV cache: project the
+                            token, append k/v, attend over S+1 keys (SDPA where available)
+
+An out-of-memory is recorded as OOM and the sweep goes on (larger lengths of
+that method are then skipped as OOM); a method whose next length would take
+longer than --max-seconds per call (extrapolated) is skipped and said so.
+Every run writes, under --out: <stem>.json (records and fits), <stem>_prefill_time.png,
+<stem>_prefill_memory.png, <stem>_decode.png and <stem>_manifest.json (versions,
+device, config, files). Fits: the theory curve of each series (O(L) or O(L^2)
+for prefill, O(1) or O(S) for decode) by relative least squares, with R^2 on
+log10 values; a point more than 10% off its fit, or R^2 < 0.95, is flagged.
+
+Memory: CUDA = max_memory_allocated during the call minus before. CPU = the
+process's peak RSS during the call minus its RSS before (after malloc_trim),
+an approximation: allocator reuse can hide part of an allocation.
+"""
+import argparse
+import contextlib
+import ctypes
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import _ffi
+from .module import LiquidMemory
+
+GPU_DEFAULTS = dict(embed_dim=4096, num_heads=32, seq_lengths=(2048, 8192, 32768, 131072),
+                    decode_contexts=(1024, 4096, 16384, 65536, 131072), dtype=torch.bfloat16)
+CPU_DEFAULTS = dict(embed_dim=512, num_heads=8, seq_lengths=(256, 512, 1024, 2048, 4096),
+                    decode_contexts=(256, 1024, 4096), dtype=torch.float32)
+
+# Expected growth of each series: (time model, memory model); 1 = O(n), 2 = O(n^2), 0 = O(1).
+THEORY = {
+    "liquid_memory": (1, 1), "mha_default": (2, 2), "mha_fast": (2, 2),
+    "sdpa_flash": (2, 1), "sdpa_cudnn": (2, 1), "sdpa": (2, 1),
+    "liquid_memory_step": (0, 0), "liquid_memory_step_graph": (0, 0), "kv_cache": (1, 1),
+}
+MODEL_NAMES = {0: "O(1)", 1: "O(n)", 2: "O(n^2)"}
+DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "f16": torch.float16,
+          "float16": torch.float16, "fp16": torch.float16, "f32": torch.float32,
+          "float32": torch.float32, "fp32": torch.float32}
+
+
+class _Skip(Exception):
+    def __init__(self, status, note):
+        super().__init__(note)
+        self.status, self.note = status, note
+
+
+def _is_oom(e):
+    oom_types = tuple(t for t in (getattr(torch.cuda, "OutOfMemoryError", None), MemoryError)
+                      if t is not None)
+    return isinstance(e, oom_types) or "out of memory" in str(e).lower()
+
+
+# ---------------------------------------------------------------------------- measuring
+
+class _Meter:
+    """Timing (median of iters) and peak extra memory of one callable."""
+
+    def __init__(self, device):
+        self.cuda = device.type == "cuda"
+        self.device = device
+        self._libc = None
+        if not self.cuda:
+            with contextlib.suppress(OSError):
+                self._libc = ctypes.CDLL("libc.so.6")
+
+    def sync(self):
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+    def _rss(self, field):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field):
+                    return int(line.split()[1]) * 1024
+        return None
+
+    def memory(self, fn):
+        """Peak extra bytes while fn runs (None where it cannot be measured)."""
+        gc.collect()
+        if self.cuda:
+            torch.cuda.empty_cache()
+            self.sync()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            base = torch.cuda.memory_allocated(self.device)
+            out = fn()
+            self.sync()
+            peak = torch.cuda.max_memory_allocated(self.device) - base
+            del out
+            return peak
+        if self._libc is not None:
+            self._libc.malloc_trim(0)
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets VmHWM to the current RSS
+            base = self._rss("VmRSS:")
+        except OSError:
+            return None
+        out = fn()
+        peak = self._rss("VmHWM:")
+        del out
+        return None if base is None or peak is None else max(0, peak - base)
+
+    def time(self, fn, warmup, iters, budget):
+        """Median milliseconds of fn over iters runs (fewer when one run is slow)."""
+        t0 = time.perf_counter()
+        for _ in range(warmup):
+            fn()
+        self.sync()
+        first = (time.perf_counter() - t0) / max(warmup, 1)
+        if first > 0:
+            iters = max(1, min(iters, int(budget / first)))
+        times = []
+        for _ in range(iters):
+            if self.cuda:
+                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                a.record()
+                fn()
+                b.record()
+                b.synchronize()
+                times.append(a.elapsed_time(b))
+            else:
+                s = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - s) * 1e3)
+        return statistics.median(times), times
+
+
+# ---------------------------------------------------------------------------- peers
+
+def _sdpa_backends(device):
+    """{name: context-manager factory} of the SDPA backends this torch offers."""
+    if not hasattr(F, "scaled_dot_product_attention"):
+        return {}
+    if device.type != "cuda":
+        return {"sdpa": contextlib.nullcontext}
+    out = {}
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        for name, attr in (("sdpa_flash", "FLASH_ATTENTION"), ("sdpa_cudnn", "CUDNN_ATTENTION")):
+            if hasattr(SDPBackend, attr):
+                out[name] = (lambda b: (lambda: sdpa_kernel(b)))(getattr(SDPBackend, attr))
+    except ImportError:
+        out["sdpa_flash"] = lambda: torch.backends.cuda.sdp_kernel(
+            enable_flash=True, enable_math=False, enable_mem_efficient=False)
+    return out
+
+
+class _SDPALayer(nn.Module):
+    """MHA's projections around F.scaled_dot_product_attention (causal)."""
+
+    def __init__(self, mha, backend_ctx):
+        super().__init__()
+        self.mha, self.ctx = mha, backend_ctx
+
+    def forward(self, x):
+        m = self.mha
+        B, L, E = x.shape
+        H, D = m.num_heads, E // m.num_heads
+        qkv = F.linear(x, m.in_proj_weight, m.in_proj_bias).view(B, L, 3, H, D)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        with self.ctx():
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return F.linear(o.transpose(1, 2).reshape(B, L, E), m.out_proj.weight, m.out_proj.bias)
+
+
+class _KVCacheDecoder:
+    """Softmax decode with a preallocated KV cache (the peer of step())."""
+
+    def __init__(self, mha, batch, context, extra, device, dtype):
+        self.m = mha
+        E, H = mha.embed_dim, mha.num_heads
+        self.H, self.D = H, E // H
+        g = torch.Generator(device="cpu").manual_seed(0)
+        shape = (batch, H, context + extra, self.D)
+        self.k = torch.randn(shape, generator=g).to(device, dtype)
+        self.v = torch.randn(shape, generator=g).to(device, dtype)
+        self.pos = context
+        self.sdpa = hasattr(F, "scaled_dot_product_attention")
+
+    def cache_bytes(self):
+        return self.k.numel() * self.k.element_size() * 2
+
+    def step(self, x):
+        m, B = self.m, x.shape[0]
+        q, k, v = F.linear(x, m.in_proj_weight, m.in_proj_bias).view(B, 3, self.H, self.D).unbind(1)
+        self.k[:, :, self.pos] = k
+        self.v[:, :, self.pos] = v
+        n = self.pos + 1
+        self.pos = min(self.pos + 1, self.k.shape[2] - 1)
+        K, V = self.k[:, :, :n], self.v[:, :, :n]
+        q = q.unsqueeze(2)
+        if self.sdpa:
+            o = F.scaled_dot_product_attention(q, K, V)
+        else:
+            w = torch.softmax((q @ K.transpose(-1, -2)) * self.D ** -0.5, dim=-1)
+            o = w @ V
+        return F.linear(o.reshape(B, -1), m.out_proj.weight, m.out_proj.bias)
+
+
+def _causal_mask(L, device):
+    return torch.ones(L, L, dtype=torch.bool, device=device).triu(1)
+
+
+def _mha_call(mha, x, fast):
+    if not fast:
+        return mha(x, x, x)[0]
+    mask = _causal_mask(x.shape[1], x.device)
+    kw = {"is_causal": True} if "is_causal" in mha.forward.__code__.co_varnames else {}
+    return mha(x, x, x, attn_mask=mask, need_weights=False, **kw)[0]
+
+
+# ---------------------------------------------------------------------------- fits
+
+def fit(ns, ys, model):
+    """Fits y = a + b n^model (model 0: y = a) by least squares on relative
+    residuals, a, b >= 0. Returns dict(model, a, b, r2 (log10 values; None for
+    O(1)), max_dev (largest |y/f - 1|), flagged, curve(n) -> f)."""
+    pts = [(float(n), float(y)) for n, y in zip(ns, ys) if y is not None and y > 0]
+    if len(pts) < 2:
+        return None
+    n = [p[0] for p in pts]
+    y = [p[1] for p in pts]
+    if model == 0:
+        # minimise sum ((y - a) / y)^2: a = sum(1/y) / sum(1/y^2)
+        a = sum(1 / v for v in y) / sum(1 / v ** 2 for v in y)
+        b = 0.0
+    else:
+        x = [v ** model for v in n]
+        # weighted normal equations for [a, b] with weights 1/y^2
+        w = [1 / v ** 2 for v in y]
+        s1, sx, sxx = sum(w), sum(wi * xi for wi, xi in zip(w, x)), \
+            sum(wi * xi * xi for wi, xi in zip(w, x))
+        sy, sxy = sum(wi * yi for wi, yi in zip(w, y)), sum(wi * xi * yi for wi, xi, yi in zip(w, x, y))
+        det = s1 * sxx - sx * sx
+        a, b = ((sy * sxx - sx * sxy) / det, (s1 * sxy - sx * sy) / det) if det else (0.0, 0.0)
+        if a < 0:  # through the origin
+            a, b = 0.0, sxy / sxx
+        if b < 0:  # flat
+            a, b = sum(1 / v for v in y) / sum(1 / v ** 2 for v in y), 0.0
+    f = [a + b * (v ** model if model else 0.0) for v in n]
+    dev = max(abs(yi / fi - 1) for yi, fi in zip(y, f)) if all(fi > 0 for fi in f) else math.inf
+    r2 = None
+    if model != 0:
+        ly, lf = [math.log10(v) for v in y], [math.log10(max(v, 1e-30)) for v in f]
+        mean = sum(ly) / len(ly)
+        tot = sum((v - mean) ** 2 for v in ly)
+        r2 = 1 - sum((p - q) ** 2 for p, q in zip(ly, lf)) / tot if tot > 0 else None
+    flagged = dev > 0.10 or (r2 is not None and r2 < 0.95)
+    return {"model": MODEL_NAMES[model], "a": a, "b": b, "r2": r2, "max_dev": dev,
+            "flagged": flagged, "points": len(pts)}
+
+
+def fit_curve(f, n):
+    order = {"O(1)": 0, "O(n)": 1, "O(n^2)": 2}[f["model"]]
+    return f["a"] + f["b"] * (n ** order if order else 0.0)
+
+
+# ---------------------------------------------------------------------------- the sweep
+
+def _resolve(device, embed_dim, num_heads, seq_lengths, decode_contexts, dtype, notes):
+    device = torch.device(device) if device is not None else torch.device(
+        "cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        notes.append("CUDA asked for but not available: running on the CPU at small sizes")
+        device = torch.device("cpu")
+    d = GPU_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS
+    return (device, embed_dim or d["embed_dim"], num_heads or d["num_heads"],
+            tuple(seq_lengths or d["seq_lengths"]), tuple(decode_contexts or d["decode_contexts"]),
+            dtype or d["dtype"])
+
+
+def run(embed_dim=None, num_heads=None, batch_size=1, seq_lengths=None, dtype=None,
+        device="cuda", decode_contexts=None, methods=None, warmup=None, iters=None,
+        out_dir=os.path.join("bench", "results"), plots=True, progress=True, max_seconds=60.0,
+        tag=None, verbose=True, threads=None):
+    """Runs the sweep; returns {'config', 'records', 'fits', 'files', 'notes'}.
+
+    embed_dim / num_heads / seq_lengths / decode_contexts / dtype default to the
+    GPU sizes (4096, 32, 2K..128K, bf16) on CUDA and to small CPU sizes (512, 8,
+    256..4096, fp32) on the CPU; device="cuda" falls back to the CPU with a note
+    when there is no GPU. methods: a subset of the prefill and decode method
+    names (module docstring); max_seconds: per-call budget for skipping a
+    method's larger lengths; threads: torch.set_num_threads for CPU runs."""
+    notes = []
+    device, E, H, Ls, Ss, dtype = _resolve(device, embed_dim, num_heads, seq_lengths,
+                                           decode_contexts, dtype, notes)
+    if isinstance(dtype, str):
+        dtype = DTYPES[dtype]
+    if threads:
+        torch.set_num_threads(int(threads))
+    cuda = device.type == "cuda"
+    warmup = 2 if warmup is None and cuda else (1 if warmup is None else warmup)
+    iters = (10 if cuda else 3) if iters is None else iters
+    meter = _Meter(device)
+    sdpa = _sdpa_backends(device)
+    prefill_methods = ["liquid_memory", "mha_default", "mha_fast"] + list(sdpa)
+    decode_methods = ["liquid_memory_step"] + (["liquid_memory_step_graph"] if cuda else []) + \
+        ["kv_cache"]
+    if methods:
+        unknown = set(methods) - set(prefill_methods) - set(decode_methods)
+        if unknown:
+            raise ValueError("unknown or unavailable methods %s; here: %s"
+                             % (sorted(unknown), prefill_methods + decode_methods))
+        prefill_methods = [m for m in prefill_methods if m in methods]
+        decode_methods = [m for m in decode_methods if m in methods]
+    if not sdpa:
+        notes.append("torch %s has no scaled_dot_product_attention: SDPA peers not run"
+                     % torch.__version__)
+
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(E, H, batch_first=True, device=device, dtype=dtype).eval()
+    lm = LiquidMemory.from_mha(mha).eval()
+    config = {"embed_dim": E, "num_heads": H, "batch_size": batch_size,
+              "seq_lengths": list(Ls), "decode_contexts": list(Ss), "dtype": str(dtype),
+              "device": str(device), "causal": True, "warmup": warmup, "iters": iters,
+              "max_seconds": max_seconds, "threads": torch.get_num_threads(),
+              "prefill_methods": prefill_methods, "decode_methods": decode_methods}
+
+    records = []
+    total = len(prefill_methods) * len(Ls) + len(decode_methods) * len(Ss)
+    bar = _progress(total, progress)
+
+    def record(phase, method, n, status, ms=None, times=None, mem=None, note="", **extra):
+        r = {"phase": phase, "method": method, "n": n, "status": status, "ms": ms,
+             "times_ms": times, "peak_extra_bytes": mem, "note": note}
+        r.update(extra)
+        records.append(r)
+        bar.update(method, n, status, ms)
+
+    # ---- prefill
+    for method in prefill_methods:
+        last, blocked = None, None
+        for L in Ls:
+            if blocked:
+                record("prefill", method, L, blocked.status, note=blocked.note)
+                continue
+            try:
+                x = torch.randn(batch_size, L, E, device=device, dtype=dtype)
+                fn = _prefill_fn(method, lm, mha, sdpa, x)
+                if last is not None:
+                    est = last[1] / 1e3 * (L / last[0]) ** THEORY[method][0]
+                    if est > max_seconds:
+                        raise _Skip("skipped", "estimated %.0f s per call > max_seconds=%g"
+                                    % (est, max_seconds))
+                with torch.no_grad():
+                    ms, times = meter.time(fn, warmup, iters, max_seconds)
+                    mem = meter.memory(fn)
+                last = (L, ms)
+                record("prefill", method, L, "ok", ms, times, mem)
+            except _Skip as e:
+                blocked = e
+                record("prefill", method, L, e.status, note=e.note)
+            except Exception as e:  # noqa: BLE001 - recorded, the sweep goes on
+                status = "OOM" if _is_oom(e) else ("license" if "license" in str(e).lower()
+                                                   else "error")
+                record("prefill", method, L, status, note=_short(e))
+                if status in ("OOM", "license"):
+                    blocked = _Skip(status, "%s at L=%d" % (status, L))
+            finally:
+                x = fn = None
+                _free(cuda)
+
+    # ---- decode
+    for method in decode_methods:
+        blocked = None
+        for S in Ss:
+            if blocked:
+                record("decode", method, S, blocked.status, note=blocked.note)
+                continue
+            try:
+                ms, times, mem, persistent = _decode_one(method, lm, mha, S, batch_size, E,
+                                                         device, dtype, meter, warmup,
+                                                         max(iters, 20), max_seconds)
+                record("decode", method, S, "ok", ms, times, mem, state_bytes=persistent)
+            except _Skip as e:
+                record("decode", method, S, e.status, note=e.note)
+            except Exception as e:  # noqa: BLE001
+                status = "OOM" if _is_oom(e) else ("license" if "license" in str(e).lower()
+                                                   else "error")
+                record("decode", method, S, status, note=_short(e))
+                if status in ("OOM", "license"):
+                    blocked = _Skip(status, "%s at S=%d" % (status, S))
+            finally:
+                lm.reset_state()
+                _free(cuda)
+    bar.close()
+
+    fits = _fits(records)
+    result = {"config": config, "records": records, "fits": fits, "notes": notes, "files": []}
+    if verbose:
+        print(format_table(result))
+    if out_dir:
+        _write(result, out_dir, tag, device, plots)
+        if verbose:
+            print("wrote:\n  " + "\n  ".join(result["files"]))
+    return result
+
+
+def _prefill_fn(method, lm, mha, sdpa, x):
+    if method == "liquid_memory":
+        return lambda: lm(x, x, x, is_causal=True, need_weights=False)[0]
+    if method in ("mha_default", "mha_fast"):
+        fast = method == "mha_fast"
+        return lambda: _mha_call(mha, x, fast)
+    layer = _SDPALayer(mha, sdpa[method])
+    return lambda: layer(x)
+
+
+def _decode_one(method, lm, mha, S, B, E, device, dtype, meter, warmup, iters, budget):
+    g = torch.Generator(device="cpu").manual_seed(1)
+    tok = torch.randn(B, E, generator=g).to(device, dtype)
+    with torch.no_grad():
+        if method.startswith("liquid_memory"):
+            ctx = torch.randn(B, S, E, generator=g).to(device, dtype)
+            lm.reset_state()
+            lm(ctx, ctx, ctx, is_causal=True, need_weights=False)
+            del ctx
+            persistent = lm.state_S.numel() * 4 + lm.state_z.numel() * 4
+            if method == "liquid_memory_step_graph":
+                fn = _graphed_step(lm, tok)
+            else:
+                fn = lambda: lm.step(tok)  # noqa: E731
+        else:
+            dec = _KVCacheDecoder(mha, B, S, warmup + iters + 4, device, dtype)
+            persistent = dec.cache_bytes()
+            fn = lambda: dec.step(tok)  # noqa: E731
+        ms, times = meter.time(fn, warmup, iters, budget)
+        mem = meter.memory(fn)
+    return ms, times, mem, persistent
+
+
+def _graphed_step(lm, tok):
+    """lm.step(tok) captured in a CUDA graph (the state buffers are static)."""
+    static_in = tok.clone()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(2):
+            lm.step(static_in)
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = lm.step(static_in)
+
+    def replay():
+        graph.replay()
+        return static_out
+    return replay
+
+
+def _free(cuda):
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+
+
+def _short(e):
+    text = "%s: %s" % (type(e).__name__, e)
+    return text if len(text) < 300 else text[:297] + "..."
+
+
+def _fits(records):
+    out = []
+    for phase in ("prefill", "decode"):
+        methods = sorted({r["method"] for r in records if r["phase"] == phase})
+        for m in methods:
+            rs = [r for r in records if r["phase"] == phase and r["method"] == m and r["status"] == "ok"]
+            for qty, key, idx in (("time", "ms", 0), ("memory", "peak_extra_bytes", 1)):
+                if phase == "decode" and qty == "memory":
+                    key = "state_bytes"
+                f = fit([r["n"] for r in rs], [r.get(key) for r in rs], THEORY[m][idx])
+                if f:
+                    f.update(phase=phase, method=m, quantity=qty)
+                    out.append(f)
+    return out
+
+
+# ---------------------------------------------------------------------------- output
+
+class _progress:
+    def __init__(self, total, enabled):
+        self.bar = None
+        self.enabled = enabled
+        if enabled:
+            try:
+                from tqdm import tqdm
+                self.bar = tqdm(total=total, unit="run", file=sys.stderr)
+            except ImportError:
+                self.bar = None
+        self.done, self.total = 0, total
+
+    def update(self, method, n, status, ms):
+        self.done += 1
+        text = "%s n=%d %s" % (method, n, ("%.3g ms" % ms) if ms is not None else status)
+        if self.bar is not None:
+            self.bar.set_postfix_str(text)
+            self.bar.update(1)
+        elif self.enabled:
+            print("[%d/%d] %s" % (self.done, self.total, text), file=sys.stderr, flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _cell(r):
+    if r is None:
+        return "-"
+    if r["status"] != "ok":
+        return r["status"]
+    mem = r.get("peak_extra_bytes")
+    return "%.3g ms / %s" % (r["ms"], "n/a" if mem is None else "%.3g MB" % (mem / 1e6))
+
+
+def format_table(result):
+    recs, cfg = result["records"], result["config"]
+    lines = ["Liquid Memory sweep: E=%d, %d heads, batch %d, %s on %s, causal"
+             % (cfg["embed_dim"], cfg["num_heads"], cfg["batch_size"], cfg["dtype"], cfg["device"])]
+    for phase, key, label in (("prefill", "seq_lengths", "L"), ("decode", "decode_contexts", "S")):
+        methods = cfg["%s_methods" % phase]
+        if not methods:
+            continue
+        lines.append("")
+        lines.append("%s (ms / peak extra memory)%s" % (
+            phase, " per token" if phase == "decode" else ""))
+        width = 24
+        lines.append("%8s  " % label + "".join("%-*s" % (width, m) for m in methods))
+        for n in cfg[key]:
+            row = "%8d  " % n
+            for m in methods:
+                r = next((x for x in recs if x["phase"] == phase and x["method"] == m
+                          and x["n"] == n), None)
+                row += "%-*s" % (width, _cell(r))
+            lines.append(row)
+    notes = [r for r in recs if r["status"] != "ok" and r["note"]]
+    if notes or result["notes"]:
+        lines.append("")
+        lines.append("notes:")
+        lines += ["  " + n for n in result["notes"]]
+        seen = set()
+        for r in notes:
+            k = (r["method"], r["status"], r["note"])
+            if k not in seen:
+                seen.add(k)
+                lines.append("  %s %s n=%d: %s" % (r["method"], r["status"], r["n"], r["note"]))
+    lines.append("")
+    lines.append("fits (theory curve, R^2 on log10 values, largest deviation):")
+    for f in result["fits"]:
+        lines.append("  %-7s %-6s %-26s %-7s R^2=%s  max dev %4.0f%%%s" % (
+            f["phase"], f["quantity"], f["method"], f["model"],
+            "n/a " if f["r2"] is None else "%.3f" % f["r2"], 100 * f["max_dev"],
+            "  FLAGGED" if f["flagged"] else ""))
+    return "\n".join(lines)
+
+
+def _versions(device):
+    v = {"python": platform.python_version(), "torch": torch.__version__,
+         "platform": platform.platform(), "machine": platform.machine(),
+         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    v["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    try:
+        lib = _ffi.binding()
+        v["liquid_memory_library"] = lib.version()
+        v["liquid_memory_library_path"] = lib.path
+        v["ffi"] = lib.kind
+    except Exception as e:  # noqa: BLE001
+        v["liquid_memory_library"] = "unavailable: %s" % e
+    if device.type == "cuda":
+        v["cuda"] = torch.version.cuda
+        v["cudnn"] = torch.backends.cudnn.version()
+        v["gpu"] = torch.cuda.get_device_name(device)
+    return v
+
+
+def _write(result, out_dir, tag, device, plots):
+    os.makedirs(out_dir, exist_ok=True)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    stem = os.path.join(out_dir, "sweep_%s_%s%s" % (device.type, stamp, "_" + tag if tag else ""))
+    files = []
+    if plots:
+        try:
+            files += plot(result, stem)
+        except ImportError as e:
+            result["notes"].append("no plots: %s" % e)
+    data = stem + ".json"
+    files.insert(0, data)
+    manifest = stem + "_manifest.json"
+    files.append(manifest)
+    result["files"] = files
+    with open(data, "w") as f:
+        json.dump({k: result[k] for k in ("config", "records", "fits", "notes")}, f, indent=1)
+    with open(manifest, "w") as f:
+        json.dump({"created": datetime.datetime.now().isoformat(timespec="seconds"),
+                   "command": " ".join(sys.argv), "versions": _versions(device),
+                   "config": result["config"], "files": files}, f, indent=1)
+
+
+def plot(result, stem):
+    """PNG plots with the fitted theory curves; returns the files written."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs, fits, cfg = result["records"], result["fits"], result["config"]
+    title = "E=%d, %d heads, batch %d, %s, %s" % (cfg["embed_dim"], cfg["num_heads"],
+                                                 cfg["batch_size"], cfg["dtype"].replace("torch.", ""),
+                                                 cfg["device"])
+    files = []
+
+    def series(ax, phase, quantity, key, scale, ylabel, xlabel):
+        methods = cfg["%s_methods" % phase]
+        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        for i, m in enumerate(methods):
+            rs = [r for r in recs if r["phase"] == phase and r["method"] == m and r["status"] == "ok"
+                  and r.get(key) is not None and r[key] > 0]
+            c = colors[i % len(colors)]
+            bad = [r for r in recs if r["phase"] == phase and r["method"] == m and r["status"] != "ok"]
+            if rs:
+                ax.plot([r["n"] for r in rs], [r[key] * scale for r in rs], "o-", color=c,
+                        label=m + (" (%s beyond)" % bad[0]["status"] if bad else ""))
+            f = next((f for f in fits if f["phase"] == phase and f["method"] == m
+                      and f["quantity"] == quantity), None)
+            if f and rs:
+                lo, hi = min(r["n"] for r in rs), max(r["n"] for r in rs)
+                ns = [lo * (hi / lo) ** (j / 40) for j in range(41)]
+                ax.plot(ns, [fit_curve(f, n) * scale for n in ns], "--", color=c, alpha=0.6,
+                        label="  fit %s%s%s" % (f["model"], "" if f["r2"] is None else
+                                                 ", R²=%.3f" % f["r2"],
+                                                 " FLAGGED" if f["flagged"] else ""))
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+
+    for quantity, key, scale, ylabel, suffix in (
+            ("time", "ms", 1.0, "prefill time (ms)", "_prefill_time.png"),
+            ("memory", "peak_extra_bytes", 1e-6, "peak extra memory (MB)", "_prefill_memory.png")):
+        fig, ax = plt.subplots(figsize=(7, 5))
+        series(ax, "prefill", quantity, key, scale, ylabel, "sequence length L")
+        ax.set_title("Prefill %s vs L (%s)" % (quantity, title), fontsize=9)
+        fig.tight_layout()
+        fig.savefig(stem + suffix, dpi=120)
+        plt.close(fig)
+        files.append(stem + suffix)
+    if cfg["decode_methods"]:
+        fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+        series(axes[0], "decode", "time", "ms", 1.0, "latency per token (ms)", "context length S")
+        axes[0].set_title("Decode latency vs S (%s)" % title, fontsize=9)
+        series(axes[1], "decode", "memory", "state_bytes", 1e-6,
+               "state / KV cache (MB)", "context length S")
+        axes[1].set_title("Decode memory that persists between tokens", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(stem + "_decode.png", dpi=120)
+        plt.close(fig)
+        files.append(stem + "_decode.png")
+    return files
+
+
+# ---------------------------------------------------------------------------- CLI
+
+def _ints(text):
+    """'2048,8k' -> (2048, 8192)."""
+    out = []
+    for x in text.split(","):
+        x = x.strip().lower()
+        out.append(int(x[:-1]) * 1024 if x.endswith("k") else int(x))
+    return tuple(out)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(
+        prog="python -m liquid_memory.benchmark",
+        description="Sequence-length sweep of LiquidMemory against nn.MultiheadAttention and "
+                    "SDPA: prefill time and memory, decode latency; table, JSON, PNG plots.")
+    p.add_argument("--embed-dim", type=int)
+    p.add_argument("--num-heads", type=int)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--seq-lengths", type=_ints, help="e.g. 2048,8192 or 2k,8k")
+    p.add_argument("--decode-contexts", type=_ints)
+    p.add_argument("--dtype", choices=sorted(DTYPES))
+    p.add_argument("--device", default="cuda", help="cuda (default; falls back to cpu) or cpu")
+    p.add_argument("--methods", help="comma-separated subset of the methods")
+    p.add_argument("--warmup", type=int)
+    p.add_argument("--iters", type=int)
+    p.add_argument("--max-seconds", type=float, default=60.0)
+    p.add_argument("--threads", type=int, help="torch threads (CPU)")
+    p.add_argument("--out", default=os.path.join("bench", "results"))
+    p.add_argument("--tag")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    run(embed_dim=a.embed_dim, num_heads=a.num_heads, batch_size=a.batch_size,
+        seq_lengths=a.seq_lengths, decode_contexts=a.decode_contexts,
+        dtype=DTYPES[a.dtype] if a.dtype else None, device=a.device,
+        methods=a.methods.split(",") if a.methods else None, warmup=a.warmup, iters=a.iters,
+        max_seconds=a.max_seconds, threads=a.threads, out_dir=a.out, tag=a.tag,
+        plots=not a.no_plots, progress=not a.no_progress)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

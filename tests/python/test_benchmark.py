@@ -1,0 +1,107 @@
+"""
+test_benchmark.py - LiquidMemory.benchmark / python -m liquid_memory.benchmark
+at tiny sizes on the CPU: records, OOM and time-budget handling, fits, table,
+JSON, PNG plots and manifest.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT
+from liquid_memory import LiquidMemory, benchmark
+
+TINY = dict(embed_dim=32, num_heads=4, seq_lengths=(64, 128, 256), decode_contexts=(16, 64),
+            device="cpu", warmup=1, iters=2, progress=False, verbose=False)
+
+
+def test_fit_models():
+    ns = [256, 512, 1024, 2048, 4096]
+    lin = benchmark.fit(ns, [3 + 0.01 * n for n in ns], 1)
+    assert lin["model"] == "O(n)" and lin["r2"] > 0.999 and not lin["flagged"]
+    assert abs(lin["b"] - 0.01) < 1e-9 and abs(lin["a"] - 3) < 1e-6
+    quad = benchmark.fit(ns, [1 + 1e-6 * n * n for n in ns], 2)
+    assert quad["r2"] > 0.999 and not quad["flagged"]
+    wrong = benchmark.fit(ns, [1e-6 * n * n for n in ns], 1)  # quadratic data, linear theory
+    assert wrong["flagged"]
+    flat = benchmark.fit(ns, [2.0, 2.1, 1.9, 2.0, 2.05], 0)
+    assert flat["model"] == "O(1)" and flat["r2"] is None and not flat["flagged"]
+    assert not benchmark.fit(ns, [2.0, 2.1, 1.9, 2.0, 9.0], 0)["max_dev"] < 0.1
+    assert benchmark.fit([1], [1.0], 1) is None
+
+
+def test_sweep_writes_everything(tmp_path, capsys):
+    res = LiquidMemory.benchmark(out_dir=str(tmp_path), tag="t", **dict(TINY, verbose=True))
+    printed = capsys.readouterr().out
+    assert "prefill (ms / peak extra memory)" in printed and "fits" in printed
+    ok = [r for r in res["records"] if r["status"] == "ok"]
+    methods = {r["method"] for r in ok}
+    assert {"liquid_memory", "mha_default", "mha_fast", "liquid_memory_step", "kv_cache"} <= methods
+    for r in ok:
+        assert r["ms"] > 0 and len(r["times_ms"]) >= 1
+    lm = [r for r in ok if r["method"] == "liquid_memory"]
+    assert [r["n"] for r in lm] == [64, 128, 256]
+    files = res["files"]
+    assert len(files) == 5 and all(os.path.exists(f) for f in files)
+    data = json.load(open(files[0]))
+    assert data["config"]["embed_dim"] == 32 and len(data["records"]) == len(res["records"])
+    assert any(f["method"] == "liquid_memory" and f["model"] == "O(n)" for f in data["fits"])
+    for png in [f for f in files if f.endswith(".png")]:
+        assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    man = json.load(open(files[-1]))
+    assert man["versions"]["torch"] == torch.__version__
+    assert "liquid_memory_library" in man["versions"] and man["files"] == files
+    # decode: the state stays the same size, the KV cache grows with S
+    st = {r["n"]: r["state_bytes"] for r in ok if r["method"] == "liquid_memory_step"}
+    kv = {r["n"]: r["state_bytes"] for r in ok if r["method"] == "kv_cache"}
+    assert st[16] == st[64] and kv[64] > kv[16]
+
+
+def test_oom_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    real = benchmark._prefill_fn
+
+    def fake(method, lm, mha, sdpa, x):
+        if method == "mha_default" and x.shape[1] >= 128:
+            def boom():
+                raise RuntimeError("CUDA out of memory. Tried to allocate 9 GiB")
+            return boom
+        return real(method, lm, mha, sdpa, x)
+    monkeypatch.setattr(benchmark, "_prefill_fn", fake)
+    res = benchmark.run(out_dir=None, methods=["liquid_memory", "mha_default"],
+                        **dict(TINY, decode_contexts=(16,)))
+    st = {(r["method"], r["n"]): r["status"] for r in res["records"]}
+    assert st[("mha_default", 64)] == "ok"
+    assert st[("mha_default", 128)] == "OOM" and st[("mha_default", 256)] == "OOM"
+    assert st[("liquid_memory", 256)] == "ok"
+
+
+def test_time_budget_skips_larger_lengths():
+    res = benchmark.run(out_dir=None, methods=["mha_default"], max_seconds=1e-9,
+                        **dict(TINY, decode_contexts=(16,)))
+    st = [r["status"] for r in res["records"]]
+    assert st[0] == "ok" and st[1:] == ["skipped", "skipped"]
+    assert "max_seconds" in res["records"][1]["note"]
+    assert "skipped" in benchmark.format_table(res)
+
+
+def test_unknown_method():
+    with pytest.raises(ValueError, match="unknown or unavailable"):
+        benchmark.run(out_dir=None, methods=["flash9"], **TINY)
+
+
+def test_cli(tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "bindings", "python"))
+    p = subprocess.run([sys.executable, "-m", "liquid_memory.benchmark", "--device", "cpu",
+                        "--embed-dim", "32", "--num-heads", "4", "--seq-lengths", "64,128",
+                        "--decode-contexts", "16", "--iters", "1", "--warmup", "1",
+                        "--methods", "liquid_memory,liquid_memory_step", "--no-plots",
+                        "--no-progress", "--out", str(tmp_path)],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "liquid_memory" in p.stdout
+    written = sorted(os.listdir(tmp_path))
+    assert len(written) == 2 and written[0].endswith(".json") and written[1].endswith("manifest.json")
+    assert benchmark._ints("2k,8192") == (2048, 8192)
