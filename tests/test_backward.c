@@ -897,8 +897,10 @@ START_TEST(test_chaining)
         c.dtype = mode == 1 ? LM_BF16 : LM_F32;
         prob p;
         prob_init(&p, &c);
-        float *S = malloc((size_t)p.nS * sizeof(float)), *z = malloc((size_t)p.nz * sizeof(float));
-        float *dSm = malloc((size_t)p.nS * sizeof(float)), *dzm = malloc((size_t)p.nz * sizeof(float));
+        float *S = malloc((size_t)p.nS * sizeof(float));
+        float *z = malloc((size_t)p.nz * sizeof(float));
+        float *dSm = malloc((size_t)p.nS * sizeof(float));
+        float *dzm = malloc((size_t)p.nz * sizeof(float));
         for (size_t s = 0; s < sizeof splits / sizeof splits[0]; s++) {
             const int64_t L1 = splits[s];
             poison(&p);
@@ -954,6 +956,46 @@ START_TEST(test_masked_nan)
         poison(&p);
         ck_assert(lm_linear_attn_backward(&k.a, &k.g, NULL) == LM_OK);
         check_grads(&p, "masked NaN");
+        prob_free(&p);
+    }
+}
+END_TEST
+
+/* A NaN in one batch row's keys reaches that row's gradients only; the
+ * other rows stay exact. */
+START_TEST(test_nan_containment)
+{
+    seed(12);
+    for (int causal = 0; causal < 2; causal++) {
+        bcase c = base();
+        c.causal = causal, c.B = 3, c.L = c.Lk = 90, c.dstate_in = 0;
+        prob p;
+        prob_init(&p, &c);
+        put(p.tk.data, c.dtype, offset(&p.tk, 1, 40, 0, 0), NAN);
+        call k;
+        call_init(&k, &p, 0, c.L);
+        poison(&p);
+        ck_assert(lm_linear_attn_backward(&k.a, &k.g, NULL) == LM_OK);
+        const tens *ts[] = { &p.dq, &p.dk, &p.dv };
+        const double *want[] = { p.wq, p.wk, p.wv }, *mag[] = { p.mq, p.mk, p.mv };
+        for (int i = 0; i < 3; i++) {
+            const tens *t = ts[i];
+            int64_t nan_row1 = 0, j = 0;
+            for (int64_t b = 0; b < c.B; b++)
+                for (int64_t l = 0; l < t->shape[1]; l++)
+                    for (int64_t h = 0; h < t->shape[2]; h++)
+                        for (int64_t d = 0; d < t->shape[3]; d++, j++) {
+                            double g = get(t->data, t->dt, offset(t, b, l, h, d));
+                            if (b == 1) {
+                                nan_row1 += isnan(g);
+                                continue;
+                            }
+                            ck_assert_msg(fabs(g - want[i][j]) <= 1e-5 * (mag[i][j] + 1e-3),
+                                          "gradient %d of row %lld: %g, want %g", i,
+                                          (long long)b, g, want[i][j]);
+                        }
+            ck_assert_msg(nan_row1 > 0, "gradient %d of row 1 has no NaN", i);
+        }
         prob_free(&p);
     }
 }
@@ -1016,7 +1058,8 @@ START_TEST(test_errors)
     expect(lm_linear_attn_backward(&k.a, &k.g, NULL), LM_ERR_INVALID_ARG, "dk must have q's dtype");
     call_init(&k, &p, 0, c.L);
     k.dout.dtype = LM_BOOL;
-    expect(lm_linear_attn_backward(&k.a, &k.g, NULL), LM_ERR_INVALID_ARG, "dout must have q's dtype");
+    expect(lm_linear_attn_backward(&k.a, &k.g, NULL), LM_ERR_INVALID_ARG,
+           "dout must have q's dtype");
     call_init(&k, &p, 0, c.L);
     k.dv.device = LM_CUDA;
     expect(lm_linear_attn_backward(&k.a, &k.g, NULL), LM_ERR_INVALID_ARG, "dv is on cuda");
@@ -1093,6 +1136,7 @@ Suite *backward_suite(void)
     tcase_add_test(tc, test_blocks);
     tcase_add_test(tc, test_chaining);
     tcase_add_test(tc, test_masked_nan);
+    tcase_add_test(tc, test_nan_containment);
     tcase_add_test(tc, test_errors);
     suite_add_tcase(s, tc);
     return s;
