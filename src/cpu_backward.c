@@ -37,7 +37,8 @@
  * of scalars), and there is one task buffer per thread, not per task.
  * Unnormalised, dn and dd need nothing from the forward: K = N, one block,
  * whose only checkpoint is the initial state. The price is one extra sweep of
- * state updates; the whole backward costs about 3.5 forwards.
+ * state updates; the whole backward measures 2.0-2.9 forwards (2 cores,
+ * L = 4096, 8 heads, D = 64 or 128, fp32).
  * Bidirectional needs no checkpoints: S, z are full sums; one pass over the
  * queries gives dq and the total P, p; one pass over the keys gives dk, dv.
  *
