@@ -58,8 +58,8 @@ lml_result lml_license_check_fields(const lml_license *lic, char *why, size_t wh
         return bad(why, why_len, "licensee contains a control character");
     if (lic->issued < 0 || lic->not_before < 0 || lic->expires < 0)
         return bad(why, why_len, "times must be >= 0 (unix seconds)");
-    if (lic->expires && (lic->expires <= lic->not_before || lic->expires <= lic->issued))
-        return bad(why, why_len, "expires must be after issued and not-before (or 0 = never)");
+    if (lic->expires && lic->expires <= lic->not_before)
+        return bad(why, why_len, "expires must be after not-before (or 0 = never)");
     if (lic->max_seq_len < 0)
         return bad(why, why_len, "max sequence length must be >= 0 (0 = unlimited)");
     if (lic->host_bound != 0 && lic->host_bound != 1)

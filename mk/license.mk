@@ -18,8 +18,7 @@ LICENSE_CORE_SRC = license/sign.c license/payload.c license/token.c license/vali
                    license/hostid.c license/lookup.c
 LICENSE_CLI_OBJ = $(patsubst %.c,$(BUILD)/obj/%.o,$(LICENSE_CORE_SRC) $(wildcard license/cli/*.c))
 
-# override: the Makefile's sanitizer runs pass CFLAGS on the command line.
-override CFLAGS += -I$(BUILD)/gen
+CFLAGS += -I$(BUILD)/gen
 
 $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard license/*.c)): license/license.h
 $(BUILD)/obj/license/vendor_key.o: $(LICENSE_HEADER)
@@ -81,7 +80,7 @@ TEST_TARGETS += test-license
 # make test-asan runs the license suites under ASan + UBSan as well.
 test-asan: test-license-asan
 test-license-asan:
-	@$(MAKE) --no-print-directory BUILD=build/asan SAN=1 CUDA=0 test-license
+	@$(MAKE) --no-print-directory BUILD=build/asan SAN=1 CUDA=0 OPT="-O1 -g" test-license
 
 # ---- fuzzing (clang's libFuzzer) ----
 FUZZ_CC ?= clang

@@ -116,6 +116,8 @@ int cli_issue(int argc, char **argv)
     if (!out)
         printf("%s\n", token);
     /* The fields go to stderr, so that stdout holds the token alone. */
+    if (lic.expires && lic.expires <= lic.issued)
+        fprintf(stderr, "warning: this license has already expired\n");
     fprintf(stderr, "issued%s%s:\n", out ? " to " : "", out ? out : "");
     cli_print_license(stderr, &lic);
     return CLI_OK;

@@ -1,0 +1,306 @@
+/*
+ * test_eval.c - the gate as callers meet it, through the public API on the
+ * CPU backend: evaluation mode allows exactly LM_EVAL_MAX_TOKENS (4096)
+ * tokens of context in lm_attn_forward, lm_attn_step (whose position counts)
+ * and the core prefill / decode, and refuses 4097 with a message saying how
+ * to install a license, leaving the handle as it was; a license lifts the
+ * cap or sets its own; an invalid license refuses even short contexts.
+ */
+#include "lt.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define E 8
+#define H 2
+#define D (E / H)
+#define CAP LM_EVAL_MAX_TOKENS
+#define MAX_L (CAP + 1024)
+
+typedef struct model {
+    lm_attn *a;
+    float w_in[3 * E * E], w_out[E * E];
+    float *x, *y; /* [1, MAX_L, E] */
+    float tok[E], tok_out[E];
+} model;
+
+static float small_random(void)
+{
+    return (float)randombytes_uniform(2001) / 1000.0f - 1.0f;
+}
+
+static void model_init(model *m)
+{
+    lm_attn_config cfg;
+    ck_assert_int_eq(lm_attn_config_default(&cfg, E, H), LM_OK);
+    ck_assert_int_eq(lm_attn_create(&cfg, &m->a), LM_OK);
+    for (int i = 0; i < 3 * E * E; i++)
+        m->w_in[i] = small_random() * 0.3f;
+    for (int i = 0; i < E * E; i++)
+        m->w_out[i] = small_random() * 0.3f;
+    lm_weights w = { .in_proj_weight = m->w_in, .out_proj_weight = m->w_out };
+    ck_assert_int_eq(lm_attn_set_weights(m->a, &w), LM_OK);
+    m->x = malloc(sizeof(float) * MAX_L * E);
+    m->y = malloc(sizeof(float) * MAX_L * E);
+    ck_assert(m->x && m->y);
+    for (int i = 0; i < MAX_L * E; i++)
+        m->x[i] = small_random();
+    for (int i = 0; i < E; i++)
+        m->tok[i] = small_random();
+}
+
+static void model_free(model *m)
+{
+    lm_attn_destroy(m->a);
+    free(m->x);
+    free(m->y);
+}
+
+/* Causal self-attention over L tokens, continuing the state when use_state. */
+static lm_status forward(model *m, int64_t L, int use_state)
+{
+    lm_tensor x = lm_tensor_3d(m->x, LM_F32, LM_CPU, 1, L, E);
+    lm_tensor y = lm_tensor_3d(m->y, LM_F32, LM_CPU, 1, L, E);
+    lm_forward_opts o = { .is_causal = 1, .use_state = use_state, .keep_state = 1 };
+    return lm_attn_forward(m->a, &x, &x, &x, &o, &y, NULL);
+}
+
+static lm_status step(model *m)
+{
+    lm_tensor t = lm_tensor_2d(m->tok, LM_F32, LM_CPU, 1, E);
+    lm_tensor o = lm_tensor_2d(m->tok_out, LM_F32, LM_CPU, 1, E);
+    return lm_attn_step(m->a, &t, &o, NULL);
+}
+
+static int64_t position(const model *m)
+{
+    int64_t p;
+    ck_assert_int_eq(lm_attn_position(m->a, &p), LM_OK);
+    return p;
+}
+
+/* Asserts an evaluation-mode refusal that names the cap, the need and the fix. */
+#define EXPECT_EVAL_REFUSAL(call, need)                                                        \
+    do {                                                                                       \
+        char need_[32];                                                                        \
+        snprintf(need_, sizeof need_, "needs %d", (need));                                     \
+        LT_EXPECT((call), LM_ERR_LICENSE, "evaluation mode allows 4096 tokens");               \
+        ck_assert_msg(strstr(lm_last_error(), need_), "%s", lm_last_error());                 \
+        ck_assert(strstr(lm_last_error(), "lm_license_set()") &&                               \
+                  strstr(lm_last_error(), "LM_LICENSE_FILE"));                                 \
+    } while (0)
+
+START_TEST(forward_at_4096_and_4097)
+{
+    model m;
+    model_init(&m);
+    ck_assert_int_eq(forward(&m, CAP, 0), LM_OK);
+    ck_assert_msg(strstr(lm_last_error(), "evaluation mode"), "no notice: %s", lm_last_error());
+    ck_assert_int_eq(position(&m), CAP);
+    EXPECT_EVAL_REFUSAL(forward(&m, CAP + 1, 0), CAP + 1);
+    ck_assert_int_eq(position(&m), CAP); /* the refused call changed nothing */
+    model_free(&m);
+}
+END_TEST
+
+/* A step after a 4096-token forward is token 4097. */
+START_TEST(step_after_4096_is_token_4097)
+{
+    model m;
+    model_init(&m);
+    ck_assert_int_eq(forward(&m, CAP, 0), LM_OK);
+    EXPECT_EVAL_REFUSAL(step(&m), CAP + 1);
+    ck_assert_int_eq(position(&m), CAP);
+    ck_assert_int_eq(forward(&m, CAP - 1, 0), LM_OK);
+    ck_assert_int_eq(step(&m), LM_OK); /* token 4096 */
+    ck_assert_int_eq(position(&m), CAP);
+    EXPECT_EVAL_REFUSAL(step(&m), CAP + 1);
+    /* after a reset the context starts again */
+    ck_assert_int_eq(lm_attn_reset(m.a), LM_OK);
+    ck_assert_int_eq(step(&m), LM_OK);
+    model_free(&m);
+}
+END_TEST
+
+/* Continuing a state counts the tokens already in it. */
+START_TEST(forward_with_state_counts_position)
+{
+    model m;
+    model_init(&m);
+    ck_assert_int_eq(forward(&m, 4000, 0), LM_OK);
+    EXPECT_EVAL_REFUSAL(forward(&m, 97, 1), CAP + 1);
+    ck_assert_int_eq(position(&m), 4000);
+    ck_assert_int_eq(forward(&m, 96, 1), LM_OK);
+    ck_assert_int_eq(position(&m), CAP);
+    EXPECT_EVAL_REFUSAL(forward(&m, 1, 1), CAP + 1);
+    model_free(&m);
+}
+END_TEST
+
+/* Bidirectional cross-attention: the longer of queries and keys counts. */
+START_TEST(cross_attention_key_length_counts)
+{
+    model m;
+    model_init(&m);
+    lm_tensor q = lm_tensor_3d(m.tok, LM_F32, LM_CPU, 1, 1, E);
+    lm_tensor o = lm_tensor_3d(m.tok_out, LM_F32, LM_CPU, 1, 1, E);
+    for (int64_t Lk = CAP; Lk <= CAP + 1; Lk++) {
+        lm_tensor kv = lm_tensor_3d(m.x, LM_F32, LM_CPU, 1, Lk, E);
+        lm_status st = lm_attn_forward(m.a, &q, &kv, &kv, NULL, &o, NULL);
+        if (Lk == CAP)
+            ck_assert_int_eq(st, LM_OK);
+        else
+            EXPECT_EVAL_REFUSAL(st, CAP + 1);
+    }
+    model_free(&m);
+}
+END_TEST
+
+/* Projected q, k, v of L tokens, and a state, for the core API. */
+typedef struct core {
+    float *q, *k, *v, *o;
+    float state[H * D * D], norm[H * D];
+    lm_tensor tq, tk, tv, to;
+    lm_core_args args;
+} core;
+
+static void core_init(core *c, int64_t L, int with_state, int64_t position)
+{
+    const size_t n = (size_t)L * H * D;
+    c->q = malloc(n * sizeof(float));
+    c->k = malloc(n * sizeof(float));
+    c->v = malloc(n * sizeof(float));
+    c->o = malloc(n * sizeof(float));
+    ck_assert(c->q && c->k && c->v && c->o);
+    for (size_t i = 0; i < n; i++)
+        c->q[i] = small_random(), c->k[i] = small_random(), c->v[i] = small_random();
+    memset(c->state, 0, sizeof c->state);
+    memset(c->norm, 0, sizeof c->norm);
+    c->tq = lm_tensor_4d(c->q, LM_F32, LM_CPU, 1, L, H, D);
+    c->tk = lm_tensor_4d(c->k, LM_F32, LM_CPU, 1, L, H, D);
+    c->tv = lm_tensor_4d(c->v, LM_F32, LM_CPU, 1, L, H, D);
+    c->to = lm_tensor_4d(c->o, LM_F32, LM_CPU, 1, L, H, D);
+    ck_assert_int_eq(lm_core_args_default(&c->args), LM_OK);
+    c->args.q = &c->tq, c->args.k = &c->tk, c->args.v = &c->tv, c->args.out = &c->to;
+    if (with_state) {
+        c->args.state = c->state;
+        c->args.normalizer = c->norm;
+        c->args.position = position;
+    }
+}
+
+static void core_free(core *c)
+{
+    free(c->q), free(c->k), free(c->v), free(c->o);
+}
+
+START_TEST(core_prefill_at_4096_and_4097)
+{
+    core c;
+    core_init(&c, CAP, 0, 0);
+    ck_assert_int_eq(lm_linear_attn_prefill(&c.args, NULL), LM_OK);
+    core_free(&c);
+    core_init(&c, CAP + 1, 0, 0);
+    EXPECT_EVAL_REFUSAL(lm_linear_attn_prefill(&c.args, NULL), CAP + 1);
+    core_free(&c);
+    /* with a state already holding 4000 tokens */
+    core_init(&c, 96, 1, 4000);
+    ck_assert_int_eq(lm_linear_attn_prefill(&c.args, NULL), LM_OK);
+    core_free(&c);
+    core_init(&c, 97, 1, 4000);
+    EXPECT_EVAL_REFUSAL(lm_linear_attn_prefill(&c.args, NULL), CAP + 1);
+    core_free(&c);
+}
+END_TEST
+
+START_TEST(core_decode_at_4096_and_4097)
+{
+    core c;
+    core_init(&c, 1, 1, CAP - 1);
+    ck_assert_int_eq(lm_linear_attn_decode(&c.args, NULL), LM_OK);
+    c.args.position = CAP;
+    EXPECT_EVAL_REFUSAL(lm_linear_attn_decode(&c.args, NULL), CAP + 1);
+    core_free(&c);
+}
+END_TEST
+
+START_TEST(unlimited_license_lifts_the_cap)
+{
+    lml_license lic = lt_license();
+    char tok[LML_TOKEN_MAX + 1];
+    lt_issue(tok, &lic, NULL);
+    ck_assert_int_eq(lm_license_set(tok), LM_OK);
+    model m;
+    model_init(&m);
+    ck_assert_int_eq(forward(&m, CAP + 1, 0), LM_OK);
+    ck_assert_int_eq(forward(&m, CAP, 0), LM_OK);
+    ck_assert_int_eq(step(&m), LM_OK);
+    ck_assert_int_eq(position(&m), CAP + 1);
+    model_free(&m);
+    core c;
+    core_init(&c, 1, 1, 1 << 30);
+    ck_assert_int_eq(lm_linear_attn_decode(&c.args, NULL), LM_OK);
+    core_free(&c);
+}
+END_TEST
+
+START_TEST(licensed_cap_is_enforced)
+{
+    const int cap = 5000;
+    lml_license lic = lt_license();
+    lic.max_seq_len = cap;
+    char tok[LML_TOKEN_MAX + 1];
+    lt_issue(tok, &lic, NULL);
+    setenv("LM_LICENSE", tok, 1);
+    model m;
+    model_init(&m);
+    ck_assert_int_eq(forward(&m, cap, 0), LM_OK);
+    LT_EXPECT(step(&m), LM_ERR_LICENSE, "allows 5000 tokens");
+    ck_assert(strstr(lm_last_error(), "needs 5001"));
+    LT_EXPECT(forward(&m, cap + 1, 0), LM_ERR_LICENSE, "allows 5000 tokens");
+    ck_assert_int_eq(position(&m), cap);
+    model_free(&m);
+    core c;
+    core_init(&c, 1, 1, cap - 1);
+    ck_assert_int_eq(lm_linear_attn_decode(&c.args, NULL), LM_OK);
+    c.args.position = cap;
+    LT_EXPECT(lm_linear_attn_decode(&c.args, NULL), LM_ERR_LICENSE, "allows 5000 tokens");
+    core_free(&c);
+}
+END_TEST
+
+/* An expired license is refused, even for contexts evaluation mode allows. */
+START_TEST(invalid_license_refuses_short_contexts)
+{
+    lml_license lic = lt_license();
+    lic.issued = lic.not_before = 1000;
+    lic.expires = 2000;
+    char tok[LML_TOKEN_MAX + 1];
+    lt_issue(tok, &lic, NULL);
+    setenv("LM_LICENSE", tok, 1);
+    model m;
+    model_init(&m);
+    LT_EXPECT(forward(&m, 16, 0), LM_ERR_LICENSE, "expired");
+    LT_EXPECT(step(&m), LM_ERR_LICENSE, "expired");
+    model_free(&m);
+}
+END_TEST
+
+Suite *eval_suite(void)
+{
+    Suite *s = suite_create("eval");
+    TCase *tc = tcase_create("cap");
+    tcase_add_checked_fixture(tc, lt_setup, lt_teardown);
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, forward_at_4096_and_4097);
+    tcase_add_test(tc, step_after_4096_is_token_4097);
+    tcase_add_test(tc, forward_with_state_counts_position);
+    tcase_add_test(tc, cross_attention_key_length_counts);
+    tcase_add_test(tc, core_prefill_at_4096_and_4097);
+    tcase_add_test(tc, core_decode_at_4096_and_4097);
+    tcase_add_test(tc, unlimited_license_lifts_the_cap);
+    tcase_add_test(tc, licensed_cap_is_enforced);
+    tcase_add_test(tc, invalid_license_refuses_short_contexts);
+    suite_add_tcase(s, tc);
+    return s;
+}
