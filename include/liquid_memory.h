@@ -346,12 +346,39 @@ LM_API lm_status lm_linear_attn_backward(const lm_core_args *args, const lm_core
 /* License                                                                  */
 /* ------------------------------------------------------------------------ */
 
-/* Without a valid license the library runs in evaluation mode: at most
- * LM_EVAL_MAX_TOKENS tokens of context (prefill length, and state position
- * for decode). A license token comes from lm_license_set, else the
- * environment variable LM_LICENSE (the token), else LM_LICENSE_FILE (a path),
- * else ~/.config/liquid-memory/license. It is verified once, thread-safely,
- * and cached; expiry is re-checked. README_INTEGRATION.md has the format. */
+/* Liquid Memory is licensed per customer with signed tokens
+ * ("LM1.<payload>.<signature>", Ed25519; README_INTEGRATION.md, "Licensing
+ * and provisioning", has the format and how to get one).
+ *
+ * The token in force comes from, in this order: lm_license_set; else the
+ * environment variable LM_LICENSE (the token itself); else LM_LICENSE_FILE
+ * (the path of a file holding it); else ~/.config/liquid-memory/license.
+ * An empty variable counts as unset; whitespace around a token is ignored.
+ *
+ * Three modes:
+ *   - evaluation: no token anywhere. Everything works up to
+ *     LM_EVAL_MAX_TOKENS tokens of context; beyond, LM_ERR_LICENSE with a
+ *     message saying how to install a license. The first call on each
+ *     thread leaves an "evaluation mode" notice in lm_last_error().
+ *   - licensed: a valid token. Its max_seq_len (0 = unlimited) applies.
+ *   - invalid: a token was found but refused (altered or foreign signature,
+ *     unknown version, expired, not yet valid, bound to another machine, or
+ *     LM_LICENSE_FILE / the default file unreadable). Every call that the
+ *     gate guards then fails with LM_ERR_LICENSE and the reason: a broken
+ *     license is never quietly treated as evaluation. Remove it to evaluate.
+ * "Context" is the prefill length (the longer of queries and keys), plus
+ * the tokens already in the state when a forward continues it; a decode
+ * step needs position + 1 (a step after a 4096-token forward is token 4097).
+ * A refused call changes nothing.
+ *
+ * The token is looked up and its signature verified once per process, on
+ * first use; after that a check reads no file or variable (changing them
+ * has no effect until the process restarts or lm_license_set is called),
+ * costs a lock and a clock read, and makes no CUDA call, so it is safe in
+ * the decode hot path and inside CUDA graph capture. Expiry is checked on
+ * every call, so a license that expires during a run stops working then.
+ *
+ * Threads: every function in this section is thread-safe. */
 #define LM_EVAL_MAX_TOKENS 4096
 
 typedef enum lm_license_mode {
@@ -363,21 +390,29 @@ typedef enum lm_license_mode {
 typedef struct lm_license_details {
     lm_license_mode mode;
     int development_build;  /* 1: built with a development key, not the vendor's */
-    char licensee[129];     /* NUL-terminated, "" in evaluation mode */
-    char license_id[33];    /* 16 bytes as hex */
-    int64_t issued, not_before, expires; /* unix seconds; expires 0 = never */
-    int64_t max_seq_len;    /* tokens of context allowed; 0 = unlimited */
-    uint64_t features;      /* feature bits */
-    char source[256];       /* where the token came from */
-    char reason[256];       /* why it was refused, when mode is INVALID */
+    char licensee[129];     /* NUL-terminated UTF-8, "" when unknown */
+    char license_id[33];    /* 16 bytes as hex, "" when unknown */
+    int64_t issued, not_before, expires; /* unix seconds (UTC); expires 0 = never */
+    int64_t max_seq_len;    /* tokens of context: the license's (0 = unlimited), or
+                               LM_EVAL_MAX_TOKENS in evaluation mode */
+    uint64_t features;      /* feature bits of the license */
+    char source[256];       /* "lm_license_set", "LM_LICENSE", "LM_LICENSE_FILE=<path>",
+                               the default file's path, or "none" */
+    char reason[256];       /* why it was refused, when mode is INVALID; else "" */
 } lm_license_details;
 
-/* Installs a license token for this process (verified now). NULL forgets a
- * previously set token. Returns INVALID_ARG or LICENSE (reason in
- * lm_last_error) for a token that does not verify. Thread-safe. */
+/* Installs a license token for this process, verified now (signature,
+ * fields, validity window, host binding). It takes precedence over the
+ * environment and the default file. NULL forgets a token set before, so the
+ * lookup above applies again. On failure the license in force is unchanged.
+ * Returns INVALID_ARG when `token` is not a token at all (empty, too long,
+ * malformed, bad base64), LICENSE when it is refused (signature, version,
+ * fields, expired, not yet valid, other machine); lm_last_error says why. */
 LM_API lm_status lm_license_set(const char *token);
 
-/* Reports the license in force, for UIs. Thread-safe. */
+/* Fills *out with the license in force, for UIs and logs; in mode INVALID
+ * the fields are those of the refused token when its signature verified
+ * (e.g. an expired license), else empty. Returns INVALID_ARG for NULL. */
 LM_API lm_status lm_license_info(lm_license_details *out);
 
 #ifdef __cplusplus
