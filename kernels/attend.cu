@@ -1,0 +1,71 @@
+/*
+ * attend.cu - the extern "C" entry of the attention kernels: grid size,
+ * shared memory per instance, the alignment test that picks vector loads,
+ * and the dtype dispatch.
+ */
+#include "attend_launch.cuh"
+
+using namespace lmk;
+
+template <int DT> static size_t smem_of(int Dk)
+{
+    return Dk <= 64 ? Traits<64, DT>::SMEM : Dk <= 128 ? Traits<128, DT>::SMEM : Traits<256, DT>::SMEM;
+}
+
+static int value_columns(int Dk)
+{
+    return Dk <= 64 ? Traits<64, LM_BF16>::NV : Dk <= 128 ? Traits<128, LM_BF16>::NV : Traits<256, LM_BF16>::NV;
+}
+
+extern "C" size_t lmk_attend_smem(int dtype, int Dk)
+{
+    if (Dk < 1 || Dk > LMK_MAX_DK)
+        return 0;
+    switch (dtype) {
+    case LM_BF16: return smem_of<LM_BF16>(Dk);
+    case LM_F16: return smem_of<LM_F16>(Dk);
+    case LM_F32: return smem_of<LM_F32>(Dk);
+    }
+    return 0;
+}
+
+extern "C" int64_t lmk_attend_ctas(const lmk_attend *p, lmk_kind kind)
+{
+    const int64_t nvb = (p->Dv + value_columns(p->Dk) - 1) / value_columns(p->Dk);
+    return (int64_t)p->B * (kind == LMK_ABSORB ? p->Hkv : p->Hq) * p->nseg * nvb;
+}
+
+/* Rows of 16 bytes: base and every stride a multiple of 16 bytes, the head
+ * dims multiples of the 16-byte vector. */
+static bool aligned16(const void *base, const int64_t *s, size_t es)
+{
+    if (!base)
+        return true;
+    const int64_t v = (int64_t)(16 / es);
+    return (uintptr_t)base % 16 == 0 && s[0] % v == 0 && s[1] % v == 0 && s[2] % v == 0;
+}
+
+extern "C" lm_status lmk_attend_launch(const lmk_attend *p, lmk_kind kind, void *stream)
+{
+    if (p->Dk < 1 || p->Dk > LMK_MAX_DK || p->Dv < 1)
+        return lmi_error(LM_ERR_UNSUPPORTED, "cuda: head dims Dk %d, Dv %d (Dk must be 1..%d)", p->Dk,
+                         p->Dv, LMK_MAX_DK);
+    if (p->has_decay && p->Hkv > LMK_MAX_DECAY_HEADS)
+        return lmi_error(LM_ERR_UNSUPPORTED, "cuda: decay with %d kv heads (at most %d)", p->Hkv,
+                         LMK_MAX_DECAY_HEADS);
+    const int64_t ctas = lmk_attend_ctas(p, kind);
+    if (ctas < 1 || ctas > INT32_MAX)
+        return lmi_error(LM_ERR_UNSUPPORTED, "cuda: %lld blocks do not fit a grid", (long long)ctas);
+    lmk_attend k = *p;
+    const size_t es = k.dtype == LM_F32 ? 4 : 2;
+    const int64_t v = (int64_t)(16 / es);
+    k.aligned = k.Dk % v == 0 && k.Dv % v == 0 && aligned16(k.q, k.sq, es) && aligned16(k.k, k.sk, es) &&
+                aligned16(k.v, k.sv, es) && aligned16(k.out, k.so, es);
+    cudaStream_t s = (cudaStream_t)stream;
+    switch (k.dtype) {
+    case LM_BF16: return attend_bf16(k, kind, ctas, s);
+    case LM_F16: return attend_f16(k, kind, ctas, s);
+    case LM_F32: return attend_f32(k, kind, ctas, s);
+    }
+    return lmi_error(LM_ERR_INVALID_ARG, "cuda: dtype %d", k.dtype);
+}

@@ -1,0 +1,624 @@
+/*
+ * attend.cuh - the chunked linear-attention kernel (device code), included
+ * by the per-dtype instance files attend_{bf16,f16,f32}.cu.
+ *
+ * One CTA = one head x NV value columns x one segment of the sequence, four
+ * warps. Per 64-token chunk (i, j local; p = decay powers):
+ *   (a) A = phi(Q) phi(K)^T masked to j <= i, times p^(i-j)     warp r: rows 16r..
+ *   (c) O = p^(i+1) phi(Q) S,  den = p^(i+1) phi(Q).z           (S as bf16 in sb)
+ *   (b) O += A V, den += rowsum(A)       A split into bf16 hi + lo: A is the one
+ *       product whose rounding shows in the output (1.23x the bf16 floor if
+ *       rounded to bf16, measured in a float64 simulation at L = 8K)
+ *   (e) S = p^n S + (p^(n-1-j) phi(k_j))^T V, z likewise, fp32 in shared
+ *       memory (Kahan when compensated); units spread to balance (a)+(b).
+ * Three kinds share this: CAUSAL (all of it), ABSORB (keys only: (e)) and
+ * READOUT (queries only against a fixed state: (c)). Loads of bf16 inputs
+ * run 2-3 chunks ahead with cp.async and are converted in place; f16/f32
+ * inputs are split into bf16 hi + lo pairs on load (3 products each).
+ * Measured: see bench/NOTES.md.
+ */
+#ifndef LM_ATTEND_CUH
+#define LM_ATTEND_CUH
+
+#include "attend_traits.cuh"
+#include "mma.cuh"
+
+#include <cuda_fp16.h>
+
+namespace lmk {
+
+typedef __nv_bfloat16 bf16;
+
+template <int DT> struct Elem;
+template <> struct Elem<LM_BF16> {
+    typedef __nv_bfloat16 T;
+    static __device__ __forceinline__ float load(const T *p) { return __bfloat162float(*p); }
+    static __device__ __forceinline__ T from(float x) { return __float2bfloat16_rn(x); }
+};
+template <> struct Elem<LM_F16> {
+    typedef __half T;
+    static __device__ __forceinline__ float load(const T *p) { return __half2float(*p); }
+    static __device__ __forceinline__ T from(float x) { return __float2half_rn(x); }
+};
+template <> struct Elem<LM_F32> {
+    typedef float T;
+    static __device__ __forceinline__ float load(const T *p) { return *p; }
+    static __device__ __forceinline__ T from(float x) { return x; }
+};
+
+__device__ __forceinline__ float phi(float x, int fm)
+{
+    if (fm == LM_FEATURE_ELU1)
+        return x > 0.0f ? x + 1.0f : expf(x);
+    if (fm == LM_FEATURE_RELU)
+        return x < 0.0f ? 0.0f : x; /* NaN stays NaN */
+    return x;
+}
+
+__device__ __forceinline__ float bf(bf16 x) { return __bfloat162float(x); }
+
+__device__ __forceinline__ float quad_sum(float x)
+{
+    x += __shfl_xor_sync(0xffffffffu, x, 1);
+    x += __shfl_xor_sync(0xffffffffu, x, 2);
+    return x;
+}
+
+__device__ __forceinline__ int pick4(int w, int a, int b, int c, int d)
+{
+    return w == 0 ? a : w == 1 ? b : w == 2 ? c : d;
+}
+
+/* Where everything lives in shared memory. */
+template <class T> struct Layout {
+    unsigned char *base;
+    __device__ bf16 *q(int st, int pl) const
+    {
+        return (bf16 *)(base + st * T::STAGE_BYTES + pl * (2 * T::Q_BYTES + T::V_BYTES));
+    }
+    __device__ bf16 *k(int st, int pl) const { return (bf16 *)((unsigned char *)q(st, pl) + T::Q_BYTES); }
+    __device__ bf16 *v(int st, int pl) const { return (bf16 *)((unsigned char *)q(st, pl) + 2 * T::Q_BYTES); }
+    __device__ unsigned char *rest() const { return base + T::STAGES * T::STAGE_BYTES; }
+    __device__ float *S() const { return (float *)rest(); }
+    __device__ float *Sc() const { return S() + align128((size_t)T::DK * T::SP * 4) / 4; }
+    __device__ bf16 *sb(int pl) const
+    {
+        return (bf16 *)(Sc() + align128((size_t)T::DK * T::SP * 4) / 4) + pl * T::DK * T::VP;
+    }
+    __device__ float *zm() const
+    {
+        return (float *)((unsigned char *)sb(0) + align128(T::PLANES * (size_t)T::DK * T::VP * 2));
+    }
+    __device__ float *zc() const { return zm() + T::DK; }
+    __device__ float *zs() const { return zm() + 2 * T::DK; }
+    __device__ float *pw() const { return (float *)((unsigned char *)zm() + align128(3 * (size_t)T::DK * 4)); }
+    __device__ unsigned char *ostage() const { return (unsigned char *)pw() + align128((C + 1) * 4); }
+};
+
+/* Which head, columns and tokens this CTA owns. */
+struct Job {
+    int b, h, hk, vb, seg, e0;
+    int64_t t_begin, t_end;
+};
+
+template <class T> __device__ __forceinline__ Job job_of(const lmk_attend &p, int kind)
+{
+    Job j;
+    const int nvb = (p.Dv + T::NV - 1) / T::NV;
+    int64_t x = blockIdx.x;
+    j.vb = (int)(x % nvb), x /= nvb;
+    j.seg = (int)(x % p.nseg), x /= p.nseg;
+    const int H = kind == LMK_ABSORB ? p.Hkv : p.Hq;
+    j.h = (int)(x % H);
+    j.b = (int)(x / H);
+    j.hk = kind == LMK_ABSORB ? j.h : j.h / (p.Hq / p.Hkv);
+    j.e0 = j.vb * T::NV;
+    j.t_begin = (int64_t)j.seg * p.seg_len;
+    j.t_end = min(p.L, j.t_begin + p.seg_len);
+    return j;
+}
+
+/* Address of element [b, t, h, d] of a strided view. */
+template <class E>
+__device__ __forceinline__ const E *at(const void *base, const int64_t *s, int64_t b, int64_t t,
+                                       int64_t h, int64_t d)
+{
+    return (const E *)base + b * s[0] + t * s[1] + h * s[2] + d;
+}
+
+template <class T> struct Chunk {
+    const lmk_attend &p;
+    const Layout<T> &sm;
+    const Job &j;
+    int kind;
+    typedef typename Elem<T::DT>::T E;
+
+    __device__ bool masked(int64_t t) const
+    {
+        return p.mask && p.mask[j.b * p.mask_s[0] + t * p.mask_s[1]];
+    }
+
+    /* cp.async of one chunk's raw bf16 rows into stage st (zeros past the ends). */
+    __device__ void issue(int64_t t0, int st, bool use_q, bool use_kv) const
+    {
+        constexpr int QV = T::DK / 8, VV = T::NV / 8;
+        if (use_q) {
+            bf16 *dq = sm.q(st, 0);
+            for (int i = threadIdx.x; i < C * QV; i += THREADS) {
+                const int r = i / QV, d = (i % QV) * 8;
+                const int64_t t = t0 + r;
+                const bool ok = t < j.t_end && d < p.Dk;
+                cp_async16(dq + r * T::QP + d, ok ? at<E>(p.q, p.sq, j.b, t, j.h, d) : p.q, ok ? 16 : 0);
+            }
+        }
+        if (use_kv) {
+            bf16 *dk = sm.k(st, 0), *dv = sm.v(st, 0);
+            for (int i = threadIdx.x; i < C * QV; i += THREADS) {
+                const int r = i / QV, d = (i % QV) * 8;
+                const int64_t t = t0 + r;
+                const bool ok = t < j.t_end && d < p.Dk;
+                cp_async16(dk + r * T::QP + d, ok ? at<E>(p.k, p.sk, j.b, t, j.hk, d) : p.k, ok ? 16 : 0);
+            }
+            for (int i = threadIdx.x; i < C * VV; i += THREADS) {
+                const int r = i / VV, e = (i % VV) * 8;
+                const int64_t t = t0 + r;
+                const bool ok = t < j.t_end && j.e0 + e < p.Dv;
+                cp_async16(dv + r * T::VP + e, ok ? at<E>(p.v, p.sv, j.b, t, j.hk, j.e0 + e) : p.v,
+                           ok ? 16 : 0);
+            }
+        }
+    }
+
+    /* bf16 rows already in stage st: apply phi and the masks in place. */
+    __device__ void convert(int st, int64_t t0, int n, bool use_q, bool use_kv) const
+    {
+        constexpr int QV = T::DK / 8, VV = T::NV / 8;
+        if (use_q) {
+            bf16 *q = sm.q(st, 0);
+            for (int i = threadIdx.x; i < C * QV; i += THREADS) {
+                const int r = i / QV, d = (i % QV) * 8;
+                uint4 *ptr = (uint4 *)(q + r * T::QP + d);
+                uint4 raw = *ptr;
+                bf16 *x = (bf16 *)&raw;
+#pragma unroll
+                for (int u = 0; u < 8; u++)
+                    x[u] = __float2bfloat16_rn(r < n && d + u < p.Dk ? phi(bf(x[u]), p.feature_map) : 0.0f);
+                *ptr = raw;
+            }
+        }
+        if (!use_kv)
+            return;
+        bf16 *k = sm.k(st, 0), *v = sm.v(st, 0);
+        for (int i = threadIdx.x; i < C * QV; i += THREADS) {
+            const int r = i / QV, d = (i % QV) * 8;
+            const bool off = r >= n || masked(t0 + r);
+            uint4 *ptr = (uint4 *)(k + r * T::QP + d);
+            uint4 raw = *ptr;
+            bf16 *x = (bf16 *)&raw;
+#pragma unroll
+            for (int u = 0; u < 8; u++)
+                x[u] = __float2bfloat16_rn(!off && d + u < p.Dk ? phi(bf(x[u]), p.feature_map) : 0.0f);
+            *ptr = raw;
+        }
+        for (int i = threadIdx.x; i < C * VV; i += THREADS) {
+            const int r = i / VV, e = (i % VV) * 8;
+            if (r >= n || masked(t0 + r))
+                *(uint4 *)(v + r * T::VP + e) = make_uint4(0, 0, 0, 0);
+        }
+    }
+
+    /* Element-wise load of one chunk into stage 0 (f16/f32, or unaligned bf16). */
+    __device__ void load_direct(int64_t t0, int n, bool use_q, bool use_kv) const
+    {
+        if (use_q) {
+            bf16 *qh = sm.q(0, 0), *ql = sm.q(0, T::PLANES - 1);
+            for (int i = threadIdx.x; i < C * T::DK; i += THREADS) {
+                const int r = i / T::DK, d = i % T::DK;
+                float x = 0.0f;
+                if (r < n && d < p.Dk)
+                    x = phi(Elem<T::DT>::load(at<E>(p.q, p.sq, j.b, t0 + r, j.h, d)), p.feature_map);
+                store(qh, ql, r * T::QP + d, x);
+            }
+        }
+        if (!use_kv)
+            return;
+        bf16 *kh = sm.k(0, 0), *kl = sm.k(0, T::PLANES - 1);
+        for (int i = threadIdx.x; i < C * T::DK; i += THREADS) {
+            const int r = i / T::DK, d = i % T::DK;
+            float x = 0.0f;
+            if (r < n && d < p.Dk && !masked(t0 + r))
+                x = phi(Elem<T::DT>::load(at<E>(p.k, p.sk, j.b, t0 + r, j.hk, d)), p.feature_map);
+            store(kh, kl, r * T::QP + d, x);
+        }
+        bf16 *vh = sm.v(0, 0), *vl = sm.v(0, T::PLANES - 1);
+        for (int i = threadIdx.x; i < C * T::NV; i += THREADS) {
+            const int r = i / T::NV, e = i % T::NV;
+            float x = 0.0f;
+            if (r < n && j.e0 + e < p.Dv && !masked(t0 + r))
+                x = Elem<T::DT>::load(at<E>(p.v, p.sv, j.b, t0 + r, j.hk, j.e0 + e));
+            store(vh, vl, r * T::VP + e, x);
+        }
+    }
+
+    /* x as bf16 (hi) and, for split dtypes, its remainder (lo). */
+    __device__ static void store(bf16 *hi, bf16 *lo, int off, float x)
+    {
+        if constexpr (T::SPLIT) {
+            split_bf16(x, hi[off], lo[off]);
+        } else {
+            (void)lo;
+            hi[off] = __float2bfloat16_rn(x);
+        }
+    }
+};
+
+/* S (fp32 master) -> sb (bf16, + lo) and z -> zs, for this chunk's readout. */
+template <class T> __device__ void refresh_readout_state(const Layout<T> &sm)
+{
+    const float *S = sm.S();
+    bf16 *hi = sm.sb(0), *lo = sm.sb(T::PLANES - 1);
+    for (int i = threadIdx.x; i < T::DK * T::NV; i += THREADS) {
+        const int d = i / T::NV, e = i % T::NV;
+        Chunk<T>::store(hi, lo, d * T::VP + e, S[d * T::SP + e]);
+    }
+    for (int d = threadIdx.x; d < T::DK; d += THREADS)
+        sm.zs()[d] = sm.zm()[d];
+}
+
+/* Outputs of warp r's 16 rows of the chunk (kinds CAUSAL and READOUT). */
+template <class T>
+__device__ void readout_rows(const lmk_attend &p, const Layout<T> &sm, const Job &j, int st,
+                             int64_t t0, int n, bool causal)
+{
+    typedef typename Elem<T::DT>::T E;
+    const int lane = threadIdx.x & 31, r = threadIdx.x >> 5;
+    const int g8 = lane >> 2, t4 = lane & 3, row0 = 16 * r;
+    if (row0 >= n)
+        return;
+    const bf16 *qh = sm.q(st, 0), *ql = sm.q(st, T::PLANES - 1);
+    const bf16 *kh = sm.k(st, 0), *kl = sm.k(st, T::PLANES - 1);
+    const bf16 *vh = sm.v(st, 0), *vl = sm.v(st, T::PLANES - 1);
+    const bf16 *sbh = sm.sb(0), *sbl = sm.sb(T::PLANES - 1);
+    const float *zs = sm.zs(), *pw = sm.pw();
+
+    float acc[WARPS][2][4] = {};  /* A tiles (c, key half) of rows 16r.. */
+    float oi[T::NT][4] = {};      /* phi(q) S */
+    float den[2] = { 0.0f, 0.0f }; /* phi(q).z, rows g8 and g8 + 8 */
+#pragma unroll
+    for (int ks = 0; ks < T::KT; ks++) {
+        uint32_t qa[4], qal[4];
+        ldsm_x4(qa, qh + (row0 + (lane & 15)) * T::QP + ks * 16 + (lane >> 4) * 8);
+        if constexpr (T::SPLIT)
+            ldsm_x4(qal, ql + (row0 + (lane & 15)) * T::QP + ks * 16 + (lane >> 4) * 8);
+        {
+            const int c0 = ks * 16 + 2 * t4;
+            const float2 za = *(const float2 *)(zs + c0), zb = *(const float2 *)(zs + c0 + 8);
+#pragma unroll
+            for (int half = 0; half < 2; half++) {
+                const __nv_bfloat162 x = *(const __nv_bfloat162 *)&qa[half];
+                const __nv_bfloat162 y = *(const __nv_bfloat162 *)&qa[half + 2];
+                float s = __low2float(x) * za.x + __high2float(x) * za.y + __low2float(y) * zb.x +
+                          __high2float(y) * zb.y;
+                if constexpr (T::SPLIT) {
+                    const __nv_bfloat162 xl = *(const __nv_bfloat162 *)&qal[half];
+                    const __nv_bfloat162 yl = *(const __nv_bfloat162 *)&qal[half + 2];
+                    s += __low2float(xl) * za.x + __high2float(xl) * za.y + __low2float(yl) * zb.x +
+                         __high2float(yl) * zb.y;
+                }
+                den[half] += s;
+            }
+        }
+        if (causal) {
+#pragma unroll
+            for (int c = 0; c < WARPS; c++) {
+                if (c > r)
+                    continue;
+                const int off = (c * 16 + (lane & 7) + (lane >> 4) * 8) * T::QP + ks * 16 + ((lane >> 3) & 1) * 8;
+                uint32_t kb[4];
+                ldsm_x4(kb, kh + off);
+                mma(acc[c][0], qa, kb[0], kb[1]);
+                mma(acc[c][1], qa, kb[2], kb[3]);
+                if constexpr (T::SPLIT) {
+                    uint32_t kbl[4];
+                    ldsm_x4(kbl, kl + off);
+                    mma(acc[c][0], qa, kbl[0], kbl[1]);
+                    mma(acc[c][1], qa, kbl[2], kbl[3]);
+                    mma(acc[c][0], qal, kb[0], kb[1]);
+                    mma(acc[c][1], qal, kb[2], kb[3]);
+                }
+            }
+        }
+#pragma unroll
+        for (int np = 0; np < T::NT / 2; np++) {
+            const int off = (ks * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * T::VP + np * 16 + (lane >> 4) * 8;
+            uint32_t sf[4];
+            ldsm_x4_t(sf, sbh + off);
+            mma(oi[2 * np], qa, sf[0], sf[1]);
+            mma(oi[2 * np + 1], qa, sf[2], sf[3]);
+            if constexpr (T::SPLIT) {
+                uint32_t sfl[4];
+                ldsm_x4_t(sfl, sbl + off);
+                mma(oi[2 * np], qa, sfl[0], sfl[1]);
+                mma(oi[2 * np + 1], qa, sfl[2], sfl[3]);
+                mma(oi[2 * np], qal, sf[0], sf[1]);
+                mma(oi[2 * np + 1], qal, sf[2], sf[3]);
+            }
+        }
+    }
+
+    /* Causal mask and decay on A; its row sums join the normaliser. */
+    float rs[2] = { 0.0f, 0.0f };
+    float oa[T::NT][4] = {};
+    if (causal) {
+#pragma unroll
+        for (int c = 0; c < WARPS; c++) {
+            if (c > r)
+                continue;
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++)
+#pragma unroll
+                for (int q = 0; q < 4; q++) {
+                    const int i = row0 + g8 + (q >> 1) * 8, jj = c * 16 + hf * 8 + 2 * t4 + (q & 1);
+                    const float a = jj <= i ? acc[c][hf][q] * pw[max(i - jj, 0)] : 0.0f;
+                    acc[c][hf][q] = a;
+                    rs[q >> 1] += a;
+                }
+            /* (b): A (hi + lo) times v. */
+            uint32_t ah[4], al[4];
+            split_pack(acc[c][0][0], acc[c][0][1], ah[0], al[0]);
+            split_pack(acc[c][0][2], acc[c][0][3], ah[1], al[1]);
+            split_pack(acc[c][1][0], acc[c][1][1], ah[2], al[2]);
+            split_pack(acc[c][1][2], acc[c][1][3], ah[3], al[3]);
+#pragma unroll
+            for (int np = 0; np < T::NT / 2; np++) {
+                const int off = (c * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * T::VP + np * 16 + (lane >> 4) * 8;
+                uint32_t vf[4];
+                ldsm_x4_t(vf, vh + off);
+                mma(oa[2 * np], ah, vf[0], vf[1]);
+                mma(oa[2 * np + 1], ah, vf[2], vf[3]);
+                mma(oa[2 * np], al, vf[0], vf[1]);
+                mma(oa[2 * np + 1], al, vf[2], vf[3]);
+                if constexpr (T::SPLIT) {
+                    uint32_t vfl[4];
+                    ldsm_x4_t(vfl, vl + off);
+                    mma(oa[2 * np], ah, vfl[0], vfl[1]);
+                    mma(oa[2 * np + 1], ah, vfl[2], vfl[3]);
+                }
+            }
+        }
+    }
+    den[0] = quad_sum(den[0]);
+    den[1] = quad_sum(den[1]);
+    rs[0] = quad_sum(rs[0]);
+    rs[1] = quad_sum(rs[1]);
+
+    /* Combine, normalise, stage the warp's rows, then store 16-byte pieces. */
+    E *os = (E *)sm.ostage();
+#pragma unroll
+    for (int hr = 0; hr < 2; hr++) {
+        const int i = row0 + g8 + hr * 8;
+        const float gi = pw[i + 1];
+        const float dn = den[hr] * gi + rs[hr];
+        const float f = p.normalize ? 1.0f / (dn + p.eps) : p.scale;
+#pragma unroll
+        for (int nt = 0; nt < T::NT; nt++)
+#pragma unroll
+            for (int u = 0; u < 2; u++)
+                os[i * T::OP + nt * 8 + 2 * t4 + u] =
+                    Elem<T::DT>::from((oi[nt][hr * 2 + u] * gi + oa[nt][hr * 2 + u]) * f);
+    }
+    __syncwarp();
+    constexpr int EPV = 16 / sizeof(E), VPR = T::NV / EPV; /* elements per vector, vectors per row */
+    if (p.aligned) {
+        for (int x = lane; x < 16 * VPR; x += 32) {
+            const int i = row0 + x / VPR, e = (x % VPR) * EPV;
+            if (i < n && j.e0 + e < p.Dv)
+                *(uint4 *)at<E>(p.out, p.so, j.b, t0 + i, j.h, j.e0 + e) = *(const uint4 *)(os + i * T::OP + e);
+        }
+    } else {
+        for (int x = lane; x < 16 * T::NV; x += 32) {
+            const int i = row0 + x / T::NV, e = x % T::NV;
+            if (i < n && j.e0 + e < p.Dv)
+                *(E *)at<E>(p.out, p.so, j.b, t0 + i, j.h, j.e0 + e) = os[i * T::OP + e];
+        }
+    }
+}
+
+/* (e): this warp's units of dS = phi(K)^T (decayed) V, then S = g^n S + dS. */
+template <class T>
+__device__ void update_state(const lmk_attend &p, const Layout<T> &sm, int st, int n, bool causal)
+{
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    const int g8 = lane >> 2, t4 = lane & 3;
+    const int u0 = causal ? pick4(w, T::unit_begin(0, true), T::unit_begin(1, true), T::unit_begin(2, true),
+                                  T::unit_begin(3, true))
+                          : pick4(w, T::unit_begin(0, false), T::unit_begin(1, false),
+                                  T::unit_begin(2, false), T::unit_begin(3, false));
+    const int u1 = causal ? pick4(w, T::unit_begin(1, true), T::unit_begin(2, true), T::unit_begin(3, true),
+                                  T::UNITS)
+                          : pick4(w, T::unit_begin(1, false), T::unit_begin(2, false),
+                                  T::unit_begin(3, false), T::UNITS);
+    const bf16 *kh = sm.k(st, 0), *kl = sm.k(st, T::PLANES - 1);
+    const bf16 *vh = sm.v(st, 0), *vl = sm.v(st, T::PLANES - 1);
+    const float *pw = sm.pw();
+    float *S = sm.S(), *Sc = sm.Sc();
+    const float gn = sm.pw()[n];
+    constexpr int NP = T::NV / 16;
+    for (int u = u0; u < u1; u++) {
+        const int m = u / NP, np = u % NP;
+        float ds[2][4] = {};
+#pragma unroll
+        for (int ks = 0; ks < C / 16; ks++) {
+            const int ko = (ks * 16 + (lane & 7) + (lane >> 4) * 8) * T::QP + m * 16 + ((lane >> 3) & 1) * 8;
+            const int vo = (ks * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * T::VP + np * 16 + (lane >> 4) * 8;
+            uint32_t ka[4], vf[4], kal[4];
+            ldsm_x4_t(ka, kh + ko);
+            ldsm_x4_t(vf, vh + vo);
+            if constexpr (T::SPLIT)
+                ldsm_x4_t(kal, kl + ko);
+            if (p.has_decay) {
+                /* Key j weighs p^(n-1-j): scaling phi(k) (not v) spreads the
+                 * rounding over d, where the readout averages it away. */
+                const int j0 = n - 1 - (ks * 16 + 2 * t4);
+                const float w[4] = { pw[max(j0, 0)], pw[max(j0 - 1, 0)], pw[max(j0 - 8, 0)], pw[max(j0 - 9, 0)] };
+#pragma unroll
+                for (int x = 0; x < 4; x++) {
+                    const float2 h = __bfloat1622float2(*(const __nv_bfloat162 *)&ka[x]);
+                    float2 l = make_float2(0.0f, 0.0f);
+                    if constexpr (T::SPLIT)
+                        l = __bfloat1622float2(*(const __nv_bfloat162 *)&kal[x]);
+                    const float w0 = w[(x >> 1) * 2], w1 = w[(x >> 1) * 2 + 1];
+                    if constexpr (T::SPLIT)
+                        split_pack((h.x + l.x) * w0, (h.y + l.y) * w1, ka[x], kal[x]);
+                    else
+                        ka[x] = pack_bf16(h.x * w0, h.y * w1);
+                }
+            }
+            mma(ds[0], ka, vf[0], vf[1]);
+            mma(ds[1], ka, vf[2], vf[3]);
+            if constexpr (T::SPLIT) {
+                uint32_t vfl[4];
+                ldsm_x4_t(vfl, vl + vo);
+                mma(ds[0], kal, vf[0], vf[1]);
+                mma(ds[1], kal, vf[2], vf[3]);
+                mma(ds[0], ka, vfl[0], vfl[1]);
+                mma(ds[1], ka, vfl[2], vfl[3]);
+            }
+        }
+#pragma unroll
+        for (int hf = 0; hf < 2; hf++)
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                const int d = m * 16 + g8 + (q >> 1) * 8, e = (np * 2 + hf) * 8 + 2 * t4 + (q & 1);
+                float *s = S + d * T::SP + e;
+                if (p.compensated) {
+                    float *c = Sc + d * T::SP + e;
+                    const float base = *s * gn, y = ds[hf][q] - *c * gn, sum = base + y;
+                    *c = (sum - base) - y;
+                    *s = sum;
+                } else {
+                    *s = *s * gn + ds[hf][q];
+                }
+            }
+    }
+    /* z: column sums of the (decayed) keys, in order, from the same bf16 values. */
+    for (int d = threadIdx.x; d < T::DK; d += THREADS) {
+        float dz = 0.0f;
+        for (int r = 0; r < n; r++) {
+            float x = bf(kh[r * T::QP + d]);
+            if constexpr (T::SPLIT)
+                x += bf(kl[r * T::QP + d]);
+            dz += p.has_decay ? x * pw[n - 1 - r] : x;
+        }
+        float *z = sm.zm() + d;
+        if (p.compensated) {
+            float *c = sm.zc() + d;
+            const float base = *z * gn, y = dz - *c * gn, sum = base + y;
+            *c = (sum - base) - y;
+            *z = sum;
+        } else {
+            *z = *z * gn + dz;
+        }
+    }
+}
+
+template <int DK, int DT>
+__global__ void __launch_bounds__(THREADS, 1) attend_kernel(const __grid_constant__ lmk_attend p, int kind)
+{
+    typedef Traits<DK, DT> T;
+    extern __shared__ __align__(128) unsigned char smem[];
+    const Layout<T> sm = { smem };
+    const Job j = job_of<T>(p, kind);
+    const Chunk<T> ck = { p, sm, j, kind };
+    const bool causal = kind == LMK_CAUSAL, use_q = kind != LMK_ABSORB, use_kv = kind != LMK_READOUT;
+    const int64_t head = (int64_t)j.b * p.Hkv + j.hk;
+
+    if (threadIdx.x == 0) {
+        const float g = p.has_decay ? p.decay[j.hk] : 1.0f;
+        float a = 1.0f;
+        sm.pw()[0] = a;
+        for (int i = 1; i <= C; i++) /* repeated products, as the CPU backend */
+            sm.pw()[i] = a *= g;
+    }
+    {
+        const float *Si = kind == LMK_ABSORB || !p.in.S ? nullptr : p.in.S + j.seg * p.in.seg_S + head * p.Dk * p.Dv;
+        const float *zi = Si ? p.in.z + j.seg * p.in.seg_z + head * p.Dk : nullptr;
+        for (int i = threadIdx.x; i < DK * T::NV; i += THREADS) {
+            const int d = i / T::NV, e = i % T::NV;
+            sm.S()[d * T::SP + e] = Si && d < p.Dk && j.e0 + e < p.Dv ? Si[(int64_t)d * p.Dv + j.e0 + e] : 0.0f;
+            sm.Sc()[d * T::SP + e] = 0.0f;
+        }
+        for (int d = threadIdx.x; d < DK; d += THREADS) {
+            sm.zm()[d] = zi && d < p.Dk ? zi[d] : 0.0f;
+            sm.zc()[d] = 0.0f;
+        }
+    }
+    __syncthreads();
+    if (kind == LMK_READOUT)
+        refresh_readout_state(sm);
+
+    const int64_t nchunks = (j.t_end - j.t_begin + C - 1) / C;
+    const bool async = !T::SPLIT && p.aligned;
+    if constexpr (!T::SPLIT) {
+        if (async) {
+            for (int s = 0; s < T::STAGES - 1; s++) {
+                if (s < nchunks)
+                    ck.issue(j.t_begin + (int64_t)s * C, s, use_q, use_kv);
+                cp_async_commit();
+            }
+        }
+    }
+    for (int64_t ci = 0; ci < nchunks; ci++) {
+        const int64_t t0 = j.t_begin + ci * C;
+        const int n = (int)min((int64_t)C, j.t_end - t0);
+        int st = 0;
+        if constexpr (!T::SPLIT) {
+            if (async) {
+                st = (int)(ci % T::STAGES);
+                cp_async_wait<T::STAGES - 2>();
+                __syncthreads(); /* chunk ci landed; everyone is done with chunk ci - 1 */
+                const int64_t next = ci + T::STAGES - 1;
+                if (next < nchunks)
+                    ck.issue(j.t_begin + next * C, (int)(next % T::STAGES), use_q, use_kv);
+                cp_async_commit();
+                ck.convert(st, t0, n, use_q, use_kv);
+            }
+        }
+        if (!async) {
+            __syncthreads();
+            ck.load_direct(t0, n, use_q, use_kv);
+        }
+        if (causal)
+            refresh_readout_state(sm);
+        __syncthreads();
+        if (use_q)
+            readout_rows(p, sm, j, st, t0, n, causal);
+        if (use_kv)
+            update_state(p, sm, st, n, causal);
+    }
+    if constexpr (!T::SPLIT)
+        cp_async_wait<0>();
+    __syncthreads();
+
+    /* The final state (CAUSAL, last segment, first query head of its group) or
+     * the segment's increment (ABSORB). */
+    const bool write = kind == LMK_ABSORB ||
+                       (causal && p.out_state.S && j.seg == p.nseg - 1 && j.h % (p.Hq / p.Hkv) == 0);
+    if (write) {
+        const int64_t so = kind == LMK_ABSORB ? j.seg * p.out_state.seg_S : 0;
+        const int64_t zo = kind == LMK_ABSORB ? j.seg * p.out_state.seg_z : 0;
+        float *S = p.out_state.S + so + head * p.Dk * p.Dv;
+        for (int i = threadIdx.x; i < DK * T::NV; i += THREADS) {
+            const int d = i / T::NV, e = i % T::NV;
+            if (d < p.Dk && j.e0 + e < p.Dv)
+                S[(int64_t)d * p.Dv + j.e0 + e] = sm.S()[d * T::SP + e];
+        }
+        if (j.vb == 0)
+            for (int d = threadIdx.x; d < p.Dk; d += THREADS)
+                p.out_state.z[zo + head * p.Dk + d] = sm.zm()[d];
+    }
+}
+
+} // namespace lmk
+
+#endif /* LM_ATTEND_CUH */

@@ -1,0 +1,90 @@
+/*
+ * attend_traits.cuh - tile sizes and the shared-memory layout of the chunked
+ * attention kernels, per head dimension (DK, padded) and input dtype.
+ *
+ * A CTA owns one head and a block of NV value columns; 4 warps, warp r owns
+ * query rows [16r, 16r+16) of each 64-token chunk. Splitting Dv over CTAs
+ * (4 CTAs per head at Dv = 128) gives B = 1, 32 heads 128 CTAs on 132 SMs,
+ * and the sibling CTAs read the same q, k from L2.
+ */
+#ifndef LM_ATTEND_TRAITS_CUH
+#define LM_ATTEND_TRAITS_CUH
+
+#include "lm_kernels.h"
+
+#include <cuda_bf16.h>
+#include <stddef.h>
+
+namespace lmk {
+
+constexpr int C = LMK_CHUNK;
+constexpr int WARPS = 4;
+constexpr int THREADS = WARPS * 32;
+constexpr size_t SMEM_LIMIT = 232448; /* 227 KiB, sm_90 */
+
+__host__ __device__ constexpr size_t align128(size_t x) { return (x + 127) / 128 * 128; }
+
+template <int DK_, int DT_> struct Traits {
+    static constexpr int DK = DK_;
+    static constexpr int DT = DT_;
+    /* f16 and f32 inputs are held as bf16 hi + lo pairs: products keep ~16 bits. */
+    static constexpr bool SPLIT = DT != LM_BF16;
+    static constexpr int NV = DK == 256 ? 16 : 32; /* value columns per CTA */
+    static constexpr int NT = NV / 8;              /* n-tiles of 8 columns */
+    static constexpr int KT = DK / 16;             /* k-steps over the head dim */
+    static constexpr int QP = DK + 8;              /* pitches (elements), padded: */
+    static constexpr int VP = NV + 8;              /* ldmatrix rows hit distinct banks */
+    static constexpr int SP = NV + 8;              /* fp32 state rows */
+    static constexpr int OP = NV + 8;              /* output staging rows */
+    static constexpr int OUT_BYTES = DT == LM_F32 ? 4 : 2;
+    static constexpr int PLANES = SPLIT ? 2 : 1;   /* hi (and lo) */
+
+    /* One stage: q, k (C x QP) and v (C x VP) per plane. */
+    static constexpr size_t Q_BYTES = (size_t)C * QP * 2;
+    static constexpr size_t V_BYTES = (size_t)C * VP * 2;
+    static constexpr size_t STAGE_BYTES = align128(PLANES * (2 * Q_BYTES + V_BYTES));
+    static constexpr size_t REST_BYTES =
+        2 * align128((size_t)DK * SP * 4)              /* S master, Kahan c */
+        + align128(PLANES * (size_t)DK * VP * 2)       /* sb: S as bf16 for the readout */
+        + align128(3 * (size_t)DK * 4)                 /* z master, Kahan c, z copy */
+        + align128((C + 1) * 4)                        /* decay powers */
+        + align128((size_t)C * OP * OUT_BYTES);        /* output staging */
+    /* bf16 pipelines loads 2-3 chunks deep with cp.async; split dtypes load directly. */
+    static constexpr int STAGES = SPLIT ? 1 : (3 * STAGE_BYTES + REST_BYTES <= SMEM_LIMIT ? 3 : 2);
+    static constexpr size_t SMEM = STAGES * STAGE_BYTES + REST_BYTES;
+    static_assert(SMEM <= SMEM_LIMIT, "shared memory over the sm_90 limit");
+
+    /* Work units of the state update: (16 rows of d) x (16 columns). */
+    static constexpr int UNITS = KT * (NV / 16);
+    static constexpr int TERMS = SPLIT ? 3 : 1; /* products per bf16 pair product */
+    static constexpr int UNIT_COST = 8 * TERMS;
+    /* MMAs of warp r for A = phi(q) phi(k)^T, A v and phi(q) S. */
+    __host__ __device__ static constexpr int rows_cost(int r)
+    {
+        return (r + 1) * 2 * KT * TERMS + (r + 1) * NT * (SPLIT ? 3 : 2) + KT * NT * TERMS;
+    }
+    /* First state-update unit of warp w: units go to the least loaded warp,
+     * so the triangular intra-chunk work is balanced (causal). */
+    __host__ __device__ static constexpr int unit_begin(int w, bool causal)
+    {
+        int count[WARPS] = {}, cost[WARPS] = {};
+        for (int r = 0; r < WARPS; r++)
+            cost[r] = causal ? rows_cost(r) : 0;
+        for (int u = 0; u < UNITS; u++) {
+            int best = 0;
+            for (int r = 1; r < WARPS; r++)
+                if (cost[r] < cost[best])
+                    best = r;
+            count[best]++;
+            cost[best] += UNIT_COST;
+        }
+        int b = 0;
+        for (int r = 0; r < w; r++)
+            b += count[r];
+        return b;
+    }
+};
+
+} // namespace lmk
+
+#endif /* LM_ATTEND_TRAITS_CUH */

@@ -1,0 +1,120 @@
+/*
+ * lm_kernels.h - what the CUDA kernels take, in plain C: the parameter structs
+ * the host glue (src/cuda_*.c) fills, and the extern "C" launchers. Strides
+ * are in elements; every launcher queues work on `stream` and returns an
+ * lm_status (launch errors included), never synchronising.
+ */
+#ifndef LM_KERNELS_H
+#define LM_KERNELS_H
+
+#include "liquid_memory.h"
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Tokens per chunk of the chunked-parallel algorithm. */
+#define LMK_CHUNK 64
+/* Decay values travel by value in the kernel parameters (no copy to the
+ * device, so decode stays graph-capturable); this many kv heads at most. */
+#define LMK_MAX_DECAY_HEADS 1024
+/* Largest Dk the prefill kernels hold on chip. */
+#define LMK_MAX_DK 256
+
+/* fp32 state of n = B * Hkv heads: S [n][Dk][Dv], z [n][Dk]; one copy per
+ * segment, seg_S / seg_z floats apart (0 = the same copy for every segment). */
+typedef struct lmk_state {
+    float *S, *z;
+    int64_t seg_S, seg_z;
+} lmk_state;
+
+typedef enum lmk_kind {
+    LMK_CAUSAL = 0,  /* queries and keys: outputs, final state of the last segment */
+    LMK_ABSORB = 1,  /* keys only: each segment's state increment into out_state */
+    LMK_READOUT = 2  /* queries only, against the fixed state in `in` (bidirectional) */
+} lmk_kind;
+
+typedef struct lmk_attend {
+    const void *q, *k, *v; /* [B, L, Hq, Dk], [B, L, Hkv, Dk], [B, L, Hkv, Dv] */
+    void *out;             /* [B, L, Hq, Dv] */
+    int64_t sq[4], sk[4], sv[4], so[4];
+    const uint8_t *mask;   /* [B, L] nonzero = ignore key, or NULL */
+    int64_t mask_s[2];
+    int dtype;             /* lm_dtype of q, k, v, out */
+    int B, Hq, Hkv, Dk, Dv;
+    int64_t L;             /* tokens: queries (CAUSAL, READOUT) or keys (ABSORB) */
+    int64_t seg_len;       /* tokens per segment, a multiple of LMK_CHUNK */
+    int nseg;              /* segments: ceil(L / seg_len) */
+    lmk_state in;          /* state each segment starts from; S == NULL: empty */
+    lmk_state out_state;   /* CAUSAL: final state (S == NULL: none); ABSORB: increments */
+    int feature_map, normalize, compensated;
+    float eps, scale;
+    int aligned;           /* set by the launcher: 16-byte rows, vector loads */
+    int has_decay;
+    float decay[LMK_MAX_DECAY_HEADS]; /* per kv head, when has_decay */
+} lmk_attend;
+
+/* Prefix over segments of the state increments of LMK_ABSORB.
+ *   prefix = 1 (causal): part[s] becomes the state segment s starts from,
+ *     part[0] = the initial state, part[s+1] = g^len part[s] + increment[s];
+ *     increments are read from part[0 .. nseg-2].
+ *   prefix = 0 (bidirectional): total = initial + sum of part[0 .. nseg-1]. */
+typedef struct lmk_scan {
+    lmk_state part;
+    const float *S0, *z0; /* initial state, or NULL = empty */
+    float *S_total, *z_total;
+    int n, Hkv, Dk, Dv, nseg, prefix, compensated;
+    int64_t seg_chunks;   /* chunks per segment (decay over a segment) */
+    int has_decay;
+    float decay[LMK_MAX_DECAY_HEADS];
+} lmk_scan;
+
+/* One decode step, in place on the state. Views are [B, Hq, Dk] etc. (the
+ * token dimension dropped): s[0] batch stride, s[1] head stride. */
+typedef struct lmk_decode {
+    const void *q, *k, *v;
+    void *out;
+    int64_t sq[2], sk[2], sv[2], so[2];
+    const uint8_t *mask; /* [B] nonzero = ignore this token's key, or NULL */
+    int64_t mask_s0;
+    float *S, *z;        /* [B, Hkv, Dk, Dv], [B, Hkv, Dk] fp32, updated in place */
+    int dtype, B, Hq, Hkv, Dk, Dv;
+    int feature_map, normalize;
+    float eps, scale;
+    int has_decay;
+    float decay[LMK_MAX_DECAY_HEADS];
+} lmk_decode;
+
+/* Grid of an attention launch, for workspace sizing: number of CTAs. */
+int64_t lmk_attend_ctas(const lmk_attend *p, lmk_kind kind);
+/* Dynamic shared memory (bytes) the attention kernels need for dtype and Dk,
+ * or 0 when that combination is not built. */
+size_t lmk_attend_smem(int dtype, int Dk);
+
+lm_status lmk_attend_launch(const lmk_attend *p, lmk_kind kind, void *stream);
+lm_status lmk_scan_launch(const lmk_scan *p, void *stream);
+lm_status lmk_decode_launch(const lmk_decode *p, void *stream);
+
+/* ---- errors: a CUDA call that fails becomes an lm_status naming it ---- */
+
+/* src/error.c (also in lm_impl.h): records the message, returns status. */
+lm_status lmi_error(lm_status status, const char *fmt, ...);
+
+/* Maps a cudaError_t (as int) to OUT_OF_MEMORY / NO_DEVICE / CUDA, recording
+ * "what failed at file:line: the CUDA error" (src/cuda_error.c). */
+lm_status lmi_cuda_fail(int err, const char *what, const char *file, int line);
+
+#define LMI_CUDA_TRY(call)                                                  \
+    do {                                                                    \
+        int lmi_e_ = (int)(call);                                           \
+        if (lmi_e_ != 0)                                                    \
+            return lmi_cuda_fail(lmi_e_, #call, __FILE__, __LINE__);        \
+    } while (0)
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* LM_KERNELS_H */

@@ -1,0 +1,62 @@
+# cuda.mk - the CUDA backend (included by the Makefile when nvcc is found).
+#   kernels/*.cu -> $(BUILD)/obj/kernels/*.o with nvcc: sm_90a (wgmma-capable
+#   Hopper), sm_80, and compute_80 PTX for newer GPUs; src/cuda_*.c with the
+#   C flags plus the CUDA headers.
+#   make test-gpu          build and run the GPU suites (needs a GPU)
+#   make device-build      a self-contained build in build/device for a machine
+#                          without the build's libraries (static OpenBLAS and
+#                          libsodium, libgomp beside the library, no debug info)
+
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+NVCC_ARCH ?= -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_80,code=sm_80 \
+             -gencode=arch=compute_80,code=compute_80
+NVCCFLAGS ?= -O3 -lineinfo
+NVCCFLAGS += -std=c++17 $(NVCC_ARCH) -Werror all-warnings -Xcompiler -fPIC,-fvisibility=hidden,-Wall,-Wextra,-Werror \
+             -Iinclude -Isrc -Ikernels
+CFLAGS += -DLM_WITH_CUDA -I$(CUDA_HOME)/include -Ikernels
+
+CUDA_SRC := $(wildcard kernels/*.cu)
+CUDA_OBJ = $(patsubst kernels/%.cu,$(BUILD)/obj/kernels/%.o,$(CUDA_SRC))
+CUDA_HDR := $(wildcard kernels/*.cuh) kernels/lm_kernels.h include/liquid_memory.h src/lm_impl.h src/lm_params.h
+CUDA_LIBS = -L$(CUDA_HOME)/lib64 -lcublasLt -lcudart_static -lrt -ldl -lpthread \
+            -Wl,-rpath,$(CUDA_HOME)/lib64
+
+$(BUILD)/obj/kernels/%.o: kernels/%.cu $(CUDA_HDR)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+
+# The host glue also depends on the kernels' parameter structs.
+$(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard src/cuda_*.c)): src/cuda_impl.h kernels/lm_kernels.h
+
+# ---- GPU tests ----
+GPU_TEST_SRC := $(wildcard tests/gpu/*.c) tests/ref.c
+GPU_TEST_BIN = $(BUILD)/bin/lm-gpu-tests
+GPU_TEST_LIBS ?= $$(pkg-config --libs check)
+ALL_TARGETS += $(GPU_TEST_BIN)
+
+$(GPU_TEST_BIN): $(GPU_TEST_SRC) $(wildcard tests/gpu/*.h) tests/ref.h $(SO)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests -Itests/gpu -o $@ $(GPU_TEST_SRC) $(LDFLAGS) -L$(BUILD)/lib \
+	    -lliquidmemory $(RPATH) $(GPU_TEST_LIBS) -L$(CUDA_HOME)/lib64 -lcudart_static -lrt -ldl \
+	    -lpthread -lm -fopenmp
+
+.PHONY: test-gpu device-build
+test-gpu: $(GPU_TEST_BIN)
+	$(TEST_ENV) $(GPU_TEST_BIN)
+
+# ---- a build that runs where only the CUDA driver and toolkit are ----
+ifeq ($(DEVICE_BUILD),1)
+CFLAGS += -g0
+NVCCFLAGS += -g0
+LDLIBS := -L/usr/lib/x86_64-linux-gnu/openblas-pthread -Wl,-Bstatic -lopenblas -lsodium -Wl,-Bdynamic \
+          -lgfortran -lm -fopenmp
+CUDA_LIBS += -Wl,-rpath,'$$ORIGIN'
+GPU_TEST_LIBS = -Wl,-Bstatic -lcheck_pic -lsubunit -Wl,-Bdynamic
+endif
+
+device-build:
+	$(MAKE) --no-print-directory DEVICE_BUILD=1 BUILD=build/device CFLAGS=-O3 \
+	    build/device/lib/libliquidmemory.so build/device/bin/lm-gpu-tests
+	cp -L /usr/lib/x86_64-linux-gnu/libgomp.so.1 /usr/lib/x86_64-linux-gnu/libgfortran.so.5 \
+	    /usr/lib/x86_64-linux-gnu/libquadmath.so.0 build/device/lib/
+	strip --strip-debug build/device/lib/libliquidmemory.so build/device/bin/lm-gpu-tests

@@ -1,0 +1,257 @@
+/*
+ * cuda_attend.c - the attention core on the GPU: how a prefill is cut into
+ * kernel launches (kernels/lm_kernels.h), and the decode step.
+ *
+ * Causal: one CAUSAL launch, each CTA running through its sequence with the
+ * state on chip. When batch x heads x value blocks cannot fill half the SMs,
+ * the sequence is cut into segments: ABSORB computes each segment's state
+ * increment, a scan turns them into each segment's starting state, and
+ * CAUSAL runs the segments in parallel (keys are read twice: worth it only
+ * when the GPU would otherwise idle).
+ * Bidirectional: ABSORB over key segments, a scan to the total, then READOUT
+ * of every query block in parallel against it.
+ * The final state goes to scratch first and is copied out at the end, since
+ * CTAs that share a kv head still read the initial state from the same place.
+ */
+#include "cuda_impl.h"
+
+#include <string.h>
+
+typedef struct plan {
+    int64_t seg_len, nseg;   /* causal segments, or bidirectional query blocks */
+    int64_t kseg_len, nkseg; /* bidirectional key segments */
+    size_t ws_floats;
+} plan;
+
+static int64_t cdiv(int64_t a, int64_t b)
+{
+    return (a + b - 1) / b;
+}
+
+static int64_t clamp64(int64_t x, int64_t lo, int64_t hi)
+{
+    return x < lo ? lo : x > hi ? hi : x;
+}
+
+static int64_t value_blocks(const lmi_core_params *p)
+{
+    return cdiv(p->Dv, p->Dk <= 128 ? 32 : 16);
+}
+
+/* Cuts n tokens into about `want` segments of whole chunks; returns the length. */
+static int64_t segment(int64_t n, int64_t want)
+{
+    const int64_t chunks = cdiv(n, LMK_CHUNK);
+    return cdiv(chunks, clamp64(want, 1, chunks)) * LMK_CHUNK;
+}
+
+static plan plan_of(const lmi_core_params *p, int sms)
+{
+    plan pl = { 0 };
+    const int64_t heads = p->B * p->Hkv, per = p->Dk * p->Dv + p->Dk;
+    const int64_t nvb = value_blocks(p);
+    if (p->causal) {
+        const int64_t ctas = p->B * p->Hq * nvb, chunks = cdiv(p->L, LMK_CHUNK);
+        int64_t want = 1;
+        if (2 * ctas <= sms) /* segments of at least 8 chunks, so ABSORB pays off */
+            want = clamp64(cdiv(sms, ctas), 1, chunks / 8);
+        pl.seg_len = segment(p->L, want);
+        pl.nseg = cdiv(p->L, pl.seg_len);
+        pl.ws_floats = (size_t)((pl.nseg > 1 ? pl.nseg : 0) + (p->state ? 1 : 0)) * heads * per;
+    } else {
+        if (p->Lk > 0) {
+            const int64_t want = cdiv(sms, p->B * p->Hkv * nvb);
+            pl.kseg_len = segment(p->Lk, clamp64(want, 1, cdiv(p->Lk, 4 * LMK_CHUNK)));
+            pl.nkseg = cdiv(p->Lk, pl.kseg_len);
+        }
+        if (p->L > 0) {
+            pl.seg_len = segment(p->L, cdiv(2 * sms, p->B * p->Hq * nvb));
+            pl.nseg = cdiv(p->L, pl.seg_len);
+        }
+        pl.ws_floats = (size_t)(1 + pl.nkseg) * heads * per;
+    }
+    return pl;
+}
+
+size_t lmi_cuda_attend_ws(const lmi_core_params *p, int sms)
+{
+    return plan_of(p, sms).ws_floats * sizeof(float);
+}
+
+lm_status lmi_cuda_check_core(const lmi_core_params *p, int device)
+{
+    const lmi_view *v[] = { &p->q, &p->k, &p->v, &p->out };
+    const char *names[] = { "q", "k", "v", "out" };
+    for (int i = 0; i < 4; i++)
+        if (v[i]->data && v[i]->s[3] != 1)
+            return lmi_error(LM_ERR_UNSUPPORTED,
+                             "cuda: %s needs stride 1 on its last dimension (has %lld)", names[i],
+                             (long long)v[i]->s[3]);
+    if (p->Dk > LMK_MAX_DK)
+        return lmi_error(LM_ERR_UNSUPPORTED, "cuda: head dim Dk = %lld, at most %d",
+                         (long long)p->Dk, LMK_MAX_DK);
+    if (p->decay && p->Hkv > LMK_MAX_DECAY_HEADS)
+        return lmi_error(LM_ERR_UNSUPPORTED, "cuda: decay with %lld kv heads, at most %d",
+                         (long long)p->Hkv, LMK_MAX_DECAY_HEADS);
+    int optin = 0;
+    LMI_CUDA_TRY(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    const size_t need = lmk_attend_smem(p->q.dtype, (int)p->Dk);
+    if (need > (size_t)optin)
+        return lmi_error(LM_ERR_UNSUPPORTED,
+                         "cuda: this GPU gives a block %d bytes of shared memory, head dim %lld "
+                         "needs %zu (an sm_90 GPU has enough)",
+                         optin, (long long)p->Dk, need);
+    return LM_OK;
+}
+
+static void copy_view(int64_t *dst, const lmi_view *v)
+{
+    memcpy(dst, v->s, 4 * sizeof(int64_t));
+}
+
+static void base_params(const lmi_core_params *p, lmk_attend *k)
+{
+    memset(k, 0, offsetof(lmk_attend, decay));
+    k->q = p->q.data, k->k = p->k.data, k->v = p->v.data, k->out = p->out.data;
+    copy_view(k->sq, &p->q);
+    copy_view(k->sk, &p->k);
+    copy_view(k->sv, &p->v);
+    copy_view(k->so, &p->out);
+    k->mask = p->mask;
+    k->mask_s[0] = p->mask_s[0], k->mask_s[1] = p->mask_s[1];
+    k->dtype = p->q.dtype;
+    k->B = (int)p->B, k->Hq = (int)p->Hq, k->Hkv = (int)p->Hkv, k->Dk = (int)p->Dk, k->Dv = (int)p->Dv;
+    k->feature_map = p->feature_map, k->normalize = p->normalize, k->compensated = p->compensated;
+    k->eps = p->eps, k->scale = p->scale;
+    k->has_decay = p->decay != NULL;
+    if (p->decay)
+        memcpy(k->decay, p->decay, (size_t)p->Hkv * sizeof(float));
+}
+
+static lmk_state state_at(float *base, int64_t heads, const lmi_core_params *p, int64_t seg)
+{
+    lmk_state s = { base, base + heads * p->Dk * p->Dv, seg, seg };
+    return s;
+}
+
+static void scan_params(const lmi_core_params *p, lmk_scan *s)
+{
+    memset(s, 0, offsetof(lmk_scan, decay));
+    s->S0 = p->state, s->z0 = p->normalizer;
+    s->n = (int)(p->B * p->Hkv), s->Hkv = (int)p->Hkv, s->Dk = (int)p->Dk, s->Dv = (int)p->Dv;
+    s->compensated = p->compensated;
+    s->has_decay = p->decay != NULL;
+    if (p->decay)
+        memcpy(s->decay, p->decay, (size_t)p->Hkv * sizeof(float));
+}
+
+/* The final state from scratch into the caller's S and z. */
+static lm_status copy_out(const lmi_core_params *p, const lmk_state *fin, cudaStream_t stream)
+{
+    const size_t heads = (size_t)(p->B * p->Hkv);
+    LMI_CUDA_TRY(cudaMemcpyAsync(p->state, fin->S, heads * (size_t)(p->Dk * p->Dv) * sizeof(float),
+                                 cudaMemcpyDeviceToDevice, stream));
+    LMI_CUDA_TRY(cudaMemcpyAsync(p->normalizer, fin->z, heads * (size_t)p->Dk * sizeof(float),
+                                 cudaMemcpyDeviceToDevice, stream));
+    return LM_OK;
+}
+
+static lm_status causal(const lmi_core_params *p, const plan *pl, float *ws, cudaStream_t stream)
+{
+    const int64_t heads = p->B * p->Hkv, per = p->Dk * p->Dv + p->Dk;
+    lmk_attend k;
+    base_params(p, &k);
+    lm_status st;
+    lmk_state fin = { 0 };
+    if (pl->nseg > 1) {
+        const lmk_state part = state_at(ws, heads, p, heads * per);
+        lmk_attend a = k;
+        a.L = (pl->nseg - 1) * pl->seg_len, a.seg_len = pl->seg_len, a.nseg = (int)(pl->nseg - 1);
+        a.out_state = part;
+        if ((st = lmk_attend_launch(&a, LMK_ABSORB, stream)))
+            return st;
+        lmk_scan s;
+        scan_params(p, &s);
+        s.part = part, s.nseg = (int)pl->nseg, s.prefix = 1, s.seg_chunks = pl->seg_len / LMK_CHUNK;
+        if ((st = lmk_scan_launch(&s, stream)))
+            return st;
+        k.in = part;
+        ws += pl->nseg * heads * per;
+    } else {
+        k.in.S = p->state, k.in.z = p->normalizer;
+    }
+    if (p->state)
+        fin = state_at(ws, heads, p, 0);
+    k.out_state = fin;
+    k.L = p->L, k.seg_len = pl->seg_len, k.nseg = (int)pl->nseg;
+    if ((st = lmk_attend_launch(&k, LMK_CAUSAL, stream)))
+        return st;
+    return p->state ? copy_out(p, &fin, stream) : LM_OK;
+}
+
+static lm_status bidirectional(const lmi_core_params *p, const plan *pl, float *ws,
+                               cudaStream_t stream)
+{
+    const int64_t heads = p->B * p->Hkv, per = p->Dk * p->Dv + p->Dk;
+    const lmk_state total = state_at(ws, heads, p, 0);
+    lmk_attend k;
+    base_params(p, &k);
+    lm_status st;
+    if (p->Lk > 0) {
+        const lmk_state part = state_at(ws + heads * per, heads, p, heads * per);
+        lmk_attend a = k;
+        a.L = p->Lk, a.seg_len = pl->kseg_len, a.nseg = (int)pl->nkseg;
+        a.out_state = part;
+        if ((st = lmk_attend_launch(&a, LMK_ABSORB, stream)))
+            return st;
+        lmk_scan s;
+        scan_params(p, &s);
+        s.part = part, s.nseg = (int)pl->nkseg, s.prefix = 0;
+        s.S_total = total.S, s.z_total = total.z;
+        if ((st = lmk_scan_launch(&s, stream)))
+            return st;
+    } else if (p->state) {
+        LMI_CUDA_TRY(cudaMemcpyAsync(total.S, p->state, (size_t)(heads * p->Dk * p->Dv) * sizeof(float),
+                                     cudaMemcpyDeviceToDevice, stream));
+        LMI_CUDA_TRY(cudaMemcpyAsync(total.z, p->normalizer, (size_t)(heads * p->Dk) * sizeof(float),
+                                     cudaMemcpyDeviceToDevice, stream));
+    } else {
+        LMI_CUDA_TRY(cudaMemsetAsync(ws, 0, (size_t)(heads * per) * sizeof(float), stream));
+    }
+    if (p->L > 0) {
+        k.in = total;
+        k.L = p->L, k.seg_len = pl->seg_len, k.nseg = (int)pl->nseg;
+        if ((st = lmk_attend_launch(&k, LMK_READOUT, stream)))
+            return st;
+    }
+    return p->state ? copy_out(p, &total, stream) : LM_OK;
+}
+
+lm_status lmi_cuda_attend(const lmi_core_params *p, int sms, void *ws, cudaStream_t stream)
+{
+    const plan pl = plan_of(p, sms);
+    if (p->causal)
+        return p->L > 0 ? causal(p, &pl, ws, stream) : LM_OK;
+    return bidirectional(p, &pl, ws, stream);
+}
+
+lm_status lmi_cuda_decode(const lmi_core_params *p, cudaStream_t stream)
+{
+    lmk_decode d;
+    memset(&d, 0, offsetof(lmk_decode, decay));
+    /* [B, 1, H, D] views without the token dimension. */
+    d.q = p->q.data, d.k = p->k.data, d.v = p->v.data, d.out = p->out.data;
+    d.sq[0] = p->q.s[0], d.sq[1] = p->q.s[2];
+    d.sk[0] = p->k.s[0], d.sk[1] = p->k.s[2];
+    d.sv[0] = p->v.s[0], d.sv[1] = p->v.s[2];
+    d.so[0] = p->out.s[0], d.so[1] = p->out.s[2];
+    d.mask = p->mask, d.mask_s0 = p->mask_s[0];
+    d.S = p->state, d.z = p->normalizer;
+    d.dtype = p->q.dtype;
+    d.B = (int)p->B, d.Hq = (int)p->Hq, d.Hkv = (int)p->Hkv, d.Dk = (int)p->Dk, d.Dv = (int)p->Dv;
+    d.feature_map = p->feature_map, d.normalize = p->normalize, d.eps = p->eps, d.scale = p->scale;
+    d.has_decay = p->decay != NULL;
+    if (p->decay)
+        memcpy(d.decay, p->decay, (size_t)p->Hkv * sizeof(float));
+    return lmk_decode_launch(&d, stream);
+}
