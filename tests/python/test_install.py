@@ -1,0 +1,50 @@
+"""
+test_install.py - the package installs offline with Debian's setuptools
+(`pip install --no-build-isolation ./bindings/python`) and, after
+`make python`, carries the library in the package folder, where the loader
+finds it without LM_LIB_PATH.
+"""
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from liquid_memory import _ffi
+
+
+def _has_pip_and_venv():
+    for mod in ("pip", "venv", "setuptools"):
+        if subprocess.run([sys.executable, "-c", "import " + mod], capture_output=True).returncode:
+            return mod
+    return None
+
+
+@pytest.mark.skipif(_has_pip_and_venv() is not None,
+                    reason="this Python lacks pip, venv or setuptools (Debian: python3-pip, "
+                    "python3-setuptools)")
+def test_offline_install_bundles_the_library(tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(os.path.join(ROOT, "bindings", "python"), src,
+                    ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__", "*.so"))
+    shutil.copy(_ffi.binding().path, src / "liquid_memory" / "libliquidmemory.so")  # make python
+    venv = tmp_path / "venv"
+    # --without-pip: the system's pip is seen through --system-site-packages (no ensurepip needed)
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip",
+                    str(venv)], check=True)
+    py = str(venv / "bin" / "python")
+    p = subprocess.run([py, "-m", "pip", "install", "--no-build-isolation", "--no-index",
+                        "--no-cache-dir", str(src)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout + p.stderr
+    env = {k: v for k, v in os.environ.items() if k not in ("LM_LIB_PATH", "PYTHONPATH")}
+    code = ("import liquid_memory, torch; i = liquid_memory.library_info(); print(i['path']); "
+            "m = liquid_memory.LiquidMemory(16, 2); x = torch.randn(4, 1, 16); "
+            "print(bool(torch.isfinite(m(x, x, x, need_weights=False)[0]).all()))")
+    out = subprocess.run([py, "-c", code], env=env, cwd=str(tmp_path), capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stderr
+    path, ok = out.stdout.split()
+    assert path.startswith(str(venv)) and path.endswith("liquid_memory/libliquidmemory.so")
+    assert ok == "True"
