@@ -43,6 +43,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 
@@ -65,6 +66,7 @@ THEORY = {
     "liquid_memory_step": (0, 0), "liquid_memory_step_graph": (0, 0), "kv_cache": (1, 1),
 }
 MODEL_NAMES = {0: "O(1)", 1: "O(n)", 2: "O(n^2)"}
+_HERE = os.path.dirname(os.path.abspath(__file__))
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "f16": torch.float16,
           "float16": torch.float16, "fp16": torch.float16, "f32": torch.float32,
           "float32": torch.float32, "fp32": torch.float32}
@@ -312,15 +314,16 @@ def run(embed_dim=None, num_heads=None, batch_size=1, seq_lengths=None, dtype=No
     256..4096, fp32) on the CPU; device="cuda" falls back to the CPU with a note
     when there is no GPU. methods: a subset of the prefill and decode method
     names (module docstring); max_seconds: per-call budget for skipping a
-    method's larger lengths; threads: torch.set_num_threads for CPU runs."""
+    method's larger lengths; threads: torch.set_num_threads (CPU runs default to every
+    core, so torch and libliquidmemory, which share one OpenMP runtime, use the same)."""
     notes = []
     device, E, H, Ls, Ss, dtype = _resolve(device, embed_dim, num_heads, seq_lengths,
                                            decode_contexts, dtype, notes)
     if isinstance(dtype, str):
         dtype = DTYPES[dtype]
-    if threads:
-        torch.set_num_threads(int(threads))
     cuda = device.type == "cuda"
+    if threads or not cuda:  # CPU runs: every core unless told (torch and the library alike)
+        torch.set_num_threads(int(threads or os.cpu_count() or 1))
     warmup = 2 if warmup is None and cuda else (1 if warmup is None else warmup)
     iters = (10 if cuda else 3) if iters is None else iters
     meter = _Meter(device)
@@ -589,6 +592,10 @@ def _versions(device):
     v = {"python": platform.python_version(), "torch": torch.__version__,
          "platform": platform.platform(), "machine": platform.machine(),
          "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        v["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=_HERE,
+                                         capture_output=True, text=True,
+                                         timeout=10).stdout.strip() or None
     with contextlib.suppress(OSError):
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -600,6 +607,12 @@ def _versions(device):
         v["liquid_memory_library"] = lib.version()
         v["liquid_memory_library_path"] = lib.path
         v["ffi"] = lib.kind
+        if lib.has("lm_license_info"):
+            d = lib.new("lm_license_details")
+            if lib.call("lm_license_info", lib.ref(d)) == 0:
+                v["license"] = {"mode": ("evaluation", "licensed", "invalid")[d.mode],
+                                "development_build": bool(d.development_build),
+                                "max_seq_len": int(d.max_seq_len)}
     except Exception as e:  # noqa: BLE001
         v["liquid_memory_library"] = "unavailable: %s" % e
     if device.type == "cuda":
