@@ -22,11 +22,15 @@ def test_fit_models():
     ns = [256, 512, 1024, 2048, 4096]
     lin = benchmark.fit(ns, [3 + 0.01 * n for n in ns], 1)
     assert lin["model"] == "O(n)" and lin["r2"] > 0.999 and not lin["flagged"]
-    assert abs(lin["b"] - 0.01) < 1e-9 and abs(lin["a"] - 3) < 1e-6
-    quad = benchmark.fit(ns, [1 + 1e-6 * n * n for n in ns], 2)
+    assert abs(lin["coefs"][1] - 0.01) < 1e-9 and abs(lin["coefs"][0] - 3) < 1e-6
+    quad = benchmark.fit(ns, [1 + 0.002 * n + 1e-6 * n * n for n in ns], 2)
     assert quad["r2"] > 0.999 and not quad["flagged"]
+    assert abs(quad["coefs"][2] - 1e-6) < 1e-12
+    assert abs(benchmark.fit_curve(quad, 8192) - (1 + 0.002 * 8192 + 1e-6 * 8192 ** 2)) < 1e-6
     wrong = benchmark.fit(ns, [1e-6 * n * n for n in ns], 1)  # quadratic data, linear theory
     assert wrong["flagged"]
+    falling = benchmark.fit(ns, [10.0, 8.0, 6.0, 5.0, 4.0], 1)  # no negative slope is fitted
+    assert falling["coefs"][1] == 0.0 and falling["flagged"]
     flat = benchmark.fit(ns, [2.0, 2.1, 1.9, 2.0, 2.05], 0)
     assert flat["model"] == "O(1)" and flat["r2"] is None and not flat["flagged"]
     assert not benchmark.fit(ns, [2.0, 2.1, 1.9, 2.0, 9.0], 0)["max_dev"] < 0.1

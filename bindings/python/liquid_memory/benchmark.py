@@ -26,8 +26,10 @@ longer than --max-seconds per call (extrapolated) is skipped and said so.
 Every run writes, under --out: <stem>.json (records and fits), <stem>_prefill_time.png,
 <stem>_prefill_memory.png, <stem>_decode.png and <stem>_manifest.json (versions,
 device, config, files). Fits: the theory curve of each series (O(L) or O(L^2)
-for prefill, O(1) or O(S) for decode) by relative least squares, with R^2 on
-log10 values; a point more than 10% off its fit, or R^2 < 0.95, is flagged.
+for prefill, O(1) or O(S) for decode, with the lower-order terms for fixed
+costs and projections) by relative least squares, nonnegative coefficients,
+with R^2 on log10 values; a point more than 10% off its fit, or R^2 < 0.95, is
+flagged.
 
 Memory: CUDA = max_memory_allocated during the call minus before. CPU = the
 process's peak RSS during the call minus its RSS before (after malloc_trim),
@@ -246,47 +248,47 @@ def _mha_call(mha, x, fast):
 # ---------------------------------------------------------------------------- fits
 
 def fit(ns, ys, model):
-    """Fits y = a + b n^model (model 0: y = a) by least squares on relative
-    residuals, a, b >= 0. Returns dict(model, a, b, r2 (log10 values; None for
-    O(1)), max_dev (largest |y/f - 1|), flagged, curve(n) -> f)."""
+    """Fits the theory curve y = c0 + c1 n + ... + c_model n^model (model 0: a
+    constant; the lower terms are the fixed costs and projections) by least
+    squares on relative residuals, every coefficient >= 0 (a term that comes
+    out negative is dropped and the rest refitted). Returns dict(model, coefs,
+    r2 (on log10 values; None for O(1)), max_dev (largest |y/f - 1|), flagged)."""
     pts = [(float(n), float(y)) for n, y in zip(ns, ys) if y is not None and y > 0]
     if len(pts) < 2:
         return None
-    n = [p[0] for p in pts]
-    y = [p[1] for p in pts]
-    if model == 0:
-        # minimise sum ((y - a) / y)^2: a = sum(1/y) / sum(1/y^2)
-        a = sum(1 / v for v in y) / sum(1 / v ** 2 for v in y)
-        b = 0.0
-    else:
-        x = [v ** model for v in n]
-        # weighted normal equations for [a, b] with weights 1/y^2
-        w = [1 / v ** 2 for v in y]
-        s1, sx, sxx = sum(w), sum(wi * xi for wi, xi in zip(w, x)), \
-            sum(wi * xi * xi for wi, xi in zip(w, x))
-        sy, sxy = sum(wi * yi for wi, yi in zip(w, y)), sum(wi * xi * yi for wi, xi, yi in zip(w, x, y))
-        det = s1 * sxx - sx * sx
-        a, b = ((sy * sxx - sx * sxy) / det, (s1 * sxy - sx * sy) / det) if det else (0.0, 0.0)
-        if a < 0:  # through the origin
-            a, b = 0.0, sxy / sxx
-        if b < 0:  # flat
-            a, b = sum(1 / v for v in y) / sum(1 / v ** 2 for v in y), 0.0
-    f = [a + b * (v ** model if model else 0.0) for v in n]
-    dev = max(abs(yi / fi - 1) for yi, fi in zip(y, f)) if all(fi > 0 for fi in f) else math.inf
+    n = torch.tensor([p[0] for p in pts], dtype=torch.float64)
+    y = torch.tensor([p[1] for p in pts], dtype=torch.float64)
+    terms = list(range(model + 1))
+    if len(terms) > len(pts):  # too few points for the lower terms: keep the leading one
+        terms = [model]
+    while True:
+        scale = [float(n.max()) ** t for t in terms]  # columns of comparable size
+        A = torch.stack([(n ** t) / sc for t, sc in zip(terms, scale)], 1) / y[:, None]
+        sol = torch.linalg.lstsq(A, torch.ones_like(y)[:, None]).solution[:, 0]
+        coef = [float(c) / sc for c, sc in zip(sol, scale)]
+        neg = [t for t, c in zip(terms, coef) if c < 0]
+        if not neg or len(terms) == 1:
+            break
+        terms = [t for t in terms if t not in neg] or [model]
+    coefs = [0.0] * (model + 1)
+    for t, c in zip(terms, coef):
+        coefs[t] = max(c, 0.0)
+    f = [fit_curve({"coefs": coefs}, float(v)) for v in n]
+    dev = max(abs(yi / fi - 1) for yi, fi in zip(y.tolist(), f)) if all(fi > 0 for fi in f) \
+        else math.inf
     r2 = None
     if model != 0:
-        ly, lf = [math.log10(v) for v in y], [math.log10(max(v, 1e-30)) for v in f]
+        ly, lf = [math.log10(v) for v in y.tolist()], [math.log10(max(v, 1e-30)) for v in f]
         mean = sum(ly) / len(ly)
         tot = sum((v - mean) ** 2 for v in ly)
         r2 = 1 - sum((p - q) ** 2 for p, q in zip(ly, lf)) / tot if tot > 0 else None
     flagged = dev > 0.10 or (r2 is not None and r2 < 0.95)
-    return {"model": MODEL_NAMES[model], "a": a, "b": b, "r2": r2, "max_dev": dev,
+    return {"model": MODEL_NAMES[model], "coefs": coefs, "r2": r2, "max_dev": dev,
             "flagged": flagged, "points": len(pts)}
 
 
 def fit_curve(f, n):
-    order = {"O(1)": 0, "O(n)": 1, "O(n^2)": 2}[f["model"]]
-    return f["a"] + f["b"] * (n ** order if order else 0.0)
+    return sum(c * n ** t for t, c in enumerate(f["coefs"]))
 
 
 # ---------------------------------------------------------------------------- the sweep
