@@ -40,17 +40,18 @@ $(LICENSE_DEV_KEY).secret: | $(LICENSE_CLI)
 	$(LICENSE_CLI) keygen --out $(LICENSE_DEV_KEY)
 $(LICENSE_DEV_KEY).pub: $(LICENSE_DEV_KEY).secret
 $(LICENSE_HEADER): $(LICENSE_DEV_KEY).pub license/gen_key_header.sh license-key-always
-	sh license/gen_key_header.sh "$$(cat $<)" development $@
+	@sh license/gen_key_header.sh "$$(cat $<)" development $@
 else
 LICENSE_SIGNING_KEY = $(VENDOR_SECRET_KEY)
 $(LICENSE_HEADER): license/gen_key_header.sh license-key-always
-	sh license/gen_key_header.sh '$(VENDOR_PUBKEY)' release $@
+	@sh license/gen_key_header.sh '$(VENDOR_PUBKEY)' release $@
 endif
 
 ALL_TARGETS += $(LICENSE_CLI)
 
 ifneq ($(LICENSE_SIGNING_KEY),)
-$(DEV_LICENSE): $(LICENSE_SIGNING_KEY) | $(LICENSE_CLI)
+# The header changes exactly when the key does: a new key mints a new license.
+$(DEV_LICENSE): $(LICENSE_SIGNING_KEY) $(LICENSE_HEADER) | $(LICENSE_CLI)
 	$(LICENSE_CLI) issue --key $< --licensee "Liquid Memory build and test license" \
 	    --days 36500 --max-seq-len 0 --out $@
 ALL_TARGETS += $(DEV_LICENSE)
@@ -63,16 +64,17 @@ endif
 LICENSE_TEST_BIN = $(BUILD)/bin/lm-license-tests
 LICENSE_TEST_SRC = $(wildcard tests/license/*.c)
 # Linked statically: the suites test the internal token code (hidden in the .so)
-# beside the public API.
+# beside the public API. A static archive brings no dependencies along, so the
+# C++ runtime of the CUDA objects is named here.
 $(LICENSE_TEST_BIN): $(LICENSE_TEST_SRC) $(wildcard tests/license/*.h) license/license.h $(AR_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests/license -o $@ $(LICENSE_TEST_SRC) $(LDFLAGS) $(AR_LIB) \
-	    $(LDLIBS) $(CUDA_LIBS) $$(pkg-config --libs check) -lpthread
+	    $(LDLIBS) $(CUDA_LIBS) $(if $(filter 1,$(CUDA)),-lstdc++) $$(pkg-config --libs check) -lpthread
 
 # No license from the caller's environment reaches the suites: each test sets its own.
 .PHONY: test-license test-license-asan
-test-license: $(LICENSE_TEST_BIN) $(LICENSE_CLI) $(if $(LICENSE_SIGNING_KEY),$(LICENSE_SIGNING_KEY))
-	env -u LM_LICENSE -u LM_LICENSE_FILE -u CK_FORK \
+test-license: $(LICENSE_TEST_BIN) $(LICENSE_CLI) $(LICENSE_SIGNING_KEY)
+	env -u LM_LICENSE -u LM_LICENSE_FILE \
 	    LM_TEST_SIGNING_KEY=$(if $(LICENSE_SIGNING_KEY),$(abspath $(LICENSE_SIGNING_KEY))) \
 	    LM_TEST_CLI=$(abspath $(LICENSE_CLI)) $(LICENSE_TEST_BIN)
 TEST_TARGETS += test-license
