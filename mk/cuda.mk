@@ -7,6 +7,10 @@
 #                          without the build's libraries (static OpenBLAS and
 #                          libsodium, libgomp beside the library, no debug info)
 
+# The first rule here would become make's default goal: make it `all`
+# (the Makefile adds the rest of all's prerequisites after this file).
+all: $(BUILD)/bin/lm-gpu-tests
+
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
 NVCC_ARCH ?= -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_80,code=sm_80 \
              -gencode=arch=compute_80,code=compute_80
@@ -18,7 +22,7 @@ CFLAGS += -DLM_WITH_CUDA -I$(CUDA_HOME)/include -Ikernels
 CUDA_SRC := $(wildcard kernels/*.cu)
 CUDA_OBJ = $(patsubst kernels/%.cu,$(BUILD)/obj/kernels/%.o,$(CUDA_SRC))
 CUDA_HDR := $(wildcard kernels/*.cuh) kernels/lm_kernels.h include/liquid_memory.h src/lm_impl.h src/lm_params.h
-CUDA_LIBS = -L$(CUDA_HOME)/lib64 -lcublasLt -lcudart_static -lrt -ldl -lpthread \
+CUDA_LIBS = -L$(CUDA_HOME)/lib64 -lcublasLt -lcudart_static -lstdc++ -lrt -ldl -lpthread \
             -Wl,-rpath,$(CUDA_HOME)/lib64
 
 $(BUILD)/obj/kernels/%.o: kernels/%.cu $(CUDA_HDR)
@@ -32,9 +36,8 @@ $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard src/cuda_*.c)): src/cuda_impl.h kerne
 GPU_TEST_SRC := $(wildcard tests/gpu/*.c) tests/ref.c
 GPU_TEST_BIN = $(BUILD)/bin/lm-gpu-tests
 GPU_TEST_LIBS ?= $$(pkg-config --libs check)
-ALL_TARGETS += $(GPU_TEST_BIN)
 
-$(GPU_TEST_BIN): $(GPU_TEST_SRC) $(wildcard tests/gpu/*.h) tests/ref.h $(SO)
+$(GPU_TEST_BIN): $(GPU_TEST_SRC) $(wildcard tests/gpu/*.h) tests/ref.h $(BUILD)/lib/libliquidmemory.so
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests -Itests/gpu -o $@ $(GPU_TEST_SRC) $(LDFLAGS) -L$(BUILD)/lib \
 	    -lliquidmemory $(RPATH) $(GPU_TEST_LIBS) -L$(CUDA_HOME)/lib64 -lcudart_static -lrt -ldl \
@@ -43,6 +46,7 @@ $(GPU_TEST_BIN): $(GPU_TEST_SRC) $(wildcard tests/gpu/*.h) tests/ref.h $(SO)
 .PHONY: test-gpu device-build
 test-gpu: $(GPU_TEST_BIN)
 	$(TEST_ENV) $(GPU_TEST_BIN)
+	$(TEST_ENV) $(GPU_TEST_BIN) long
 
 # ---- a build that runs where only the CUDA driver and toolkit are ----
 ifeq ($(DEVICE_BUILD),1)
@@ -55,8 +59,8 @@ GPU_TEST_LIBS = -Wl,-Bstatic -lcheck_pic -lsubunit -Wl,-Bdynamic
 endif
 
 device-build:
-	$(MAKE) --no-print-directory DEVICE_BUILD=1 BUILD=build/device CFLAGS=-O3 \
-	    build/device/lib/libliquidmemory.so build/device/bin/lm-gpu-tests
+	$(MAKE) --no-print-directory DEVICE_BUILD=1 BUILD=build/device \
+	    build/device/lib/libliquidmemory.so build/device/bin/lm-gpu-tests build/device/dev-license
 	cp -L /usr/lib/x86_64-linux-gnu/libgomp.so.1 /usr/lib/x86_64-linux-gnu/libgfortran.so.5 \
 	    /usr/lib/x86_64-linux-gnu/libquadmath.so.0 build/device/lib/
 	strip --strip-debug build/device/lib/libliquidmemory.so build/device/bin/lm-gpu-tests

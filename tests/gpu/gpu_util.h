@@ -1,0 +1,49 @@
+/*
+ * gpu_util.h - what the GPU suites share: device copies of test buffers,
+ * NaN poisoning, the output-rounding floor and the error bounds, and a
+ * summary of the worst errors seen.
+ */
+#ifndef LM_GPU_UTIL_H
+#define LM_GPU_UTIL_H
+
+#include "ref.h"
+
+#include <cuda_runtime_api.h>
+
+/* 1 when the suites run on their reduced grid (the compute-sanitizer pass). */
+extern int gpu_small;
+
+#define CUDA_OK(call)                                                                       \
+    do {                                                                                    \
+        cudaError_t e_ = (call);                                                            \
+        ck_assert_msg(e_ == cudaSuccess, "%s: %s", #call, cudaGetErrorString(e_));          \
+    } while (0)
+
+/* Device memory of n bytes (at least 1). */
+void *dmalloc(size_t n);
+/* Device copy of a test buffer / of host bytes. */
+void *dupload(const tbuf *b);
+void *dupload_bytes(const void *p, size_t n);
+/* Reads device memory back into a test buffer / host bytes. */
+void ddownload(tbuf *b, const void *d);
+void ddownload_bytes(void *p, const void *d, size_t n);
+/* Fills n bytes with 0xff: NaN in bf16, f16 and f32. */
+void dpoison(void *d, size_t n);
+
+/* ||round_to_dtype(want) - want|| / ||want||: the error of a perfect result
+ * rounded to the output dtype, the floor every bound is stated against. */
+double out_floor(lm_dtype dtype, const double *want, int64_t n);
+
+/* Bound on the output error against float64: bf16/f16 1.2 x the floor (the
+ * product's precision target) plus sampling slack 3/sqrt(n) x floor for small
+ * outputs; f32 3e-5 (operands carried as bf16 hi + lo pairs: ~16 bits). */
+double out_bound(lm_dtype dtype, double floor, int64_t n);
+
+/* Bound on the final fp32 state: phi(k) is rounded to bf16 for bf16 inputs. */
+double state_bound(lm_dtype dtype);
+
+/* Records err / floor per dtype for the summary printed at the end. */
+void gpu_note(const char *what, lm_dtype dtype, double err, double floor);
+void gpu_print_summary(void);
+
+#endif /* LM_GPU_UTIL_H */

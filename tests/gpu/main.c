@@ -1,0 +1,44 @@
+/*
+ * main.c - lm-gpu-tests: the GPU suites, in this process (no fork: CUDA does
+ * not survive one).
+ *   lm-gpu-tests          core and module grids
+ *   lm-gpu-tests small    the reduced grid, for compute-sanitizer
+ *   lm-gpu-tests long     64K to 1M tokens
+ * Exit status 0 pass, 1 fail, 77 no GPU here.
+ */
+#include "gpu_util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+Suite *gpu_core_suite(void);
+Suite *gpu_module_suite(void);
+Suite *gpu_long_suite(void);
+
+int main(int argc, char **argv)
+{
+    const char *mode = argc > 1 ? argv[1] : "all";
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+        printf("lm-gpu-tests: no CUDA device here, nothing run\n");
+        return 77;
+    }
+    gpu_small = !strcmp(mode, "small");
+    SRunner *sr;
+    if (!strcmp(mode, "long")) {
+        sr = srunner_create(gpu_long_suite());
+    } else if (!strcmp(mode, "all") || gpu_small) {
+        sr = srunner_create(gpu_core_suite());
+        srunner_add_suite(sr, gpu_module_suite());
+    } else {
+        fprintf(stderr, "usage: lm-gpu-tests [all|small|long]\n");
+        return 2;
+    }
+    srunner_set_fork_status(sr, CK_NOFORK);
+    srunner_run_all(sr, CK_NORMAL);
+    const int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    gpu_print_summary();
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
