@@ -15,7 +15,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, os.path.join(ROOT, "bindings", "python"))
 
 import liquid_memory  # noqa: E402
-from liquid_memory import _core  # noqa: E402
+from liquid_memory import _core, _ffi  # noqa: E402
+
+try:  # one clear message instead of an error per test module
+    _ffi.binding()
+except (_ffi.LibraryNotFoundError, ImportError) as _e:
+    pytest.exit("tests/python need libliquidmemory: %s" % _e, returncode=2)
 
 HAS_CUDA = torch.cuda.is_available()
 requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device: torch.cuda.is_available() "
