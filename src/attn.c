@@ -175,7 +175,7 @@ lm_status lm_attn_set_weights(lm_attn *a, const lm_weights *w)
     return LM_OK;
 }
 
-static lm_status check_io(const lm_attn *a, const lm_tensor *t, const char *what, int ndim,
+lm_status lmi_attn_check_io(const lm_attn *a, const lm_tensor *t, const char *what, int ndim,
                           const int64_t *shape)
 {
     lm_status st = lmi_check_tensor(t, what, ndim, a->cfg.device);
@@ -199,30 +199,29 @@ static lm_status check_batch(const lm_attn *a, int64_t B)
     return LM_OK;
 }
 
-lm_status lm_attn_forward(lm_attn *a, const lm_tensor *query, const lm_tensor *key,
-                          const lm_tensor *value, const lm_forward_opts *opts, lm_tensor *out,
-                          void *stream)
+lm_status lmi_attn_check_inputs(const lm_attn *a, const lm_tensor *query, const lm_tensor *key,
+                                const lm_tensor *value, const lm_forward_opts *opts,
+                                const lm_tensor *out, lmi_forward *f)
 {
-    static const lm_forward_opts no_opts;
     if (!a)
         return lmi_error(LM_ERR_INVALID_ARG, "attn is NULL");
     if (!a->has_weights)
         return lmi_error(LM_ERR_INVALID_ARG, "no weights: call lm_attn_set_weights first");
-    if (!opts)
-        opts = &no_opts;
-    lm_status st = check_io(a, query, "query", 3, (int64_t[]){ -1, -1, a->E });
+    lm_status st = lmi_attn_check_io(a, query, "query", 3, (int64_t[]){ -1, -1, a->E });
     if (st)
         return st;
     const int64_t B = query->shape[0], Lq = query->shape[1];
-    if ((st = check_io(a, key, "key", 3, (int64_t[]){ B, -1, a->kdim })))
+    if ((st = lmi_attn_check_io(a, key, "key", 3, (int64_t[]){ B, -1, a->kdim })))
         return st;
     const int64_t Lk = key->shape[1];
-    if ((st = check_io(a, value, "value", 3, (int64_t[]){ B, Lk, a->vdim })) ||
-        (st = check_io(a, out, "out", 3, (int64_t[]){ B, Lq, a->E })))
+    if ((st = lmi_attn_check_io(a, value, "value", 3, (int64_t[]){ B, Lk, a->vdim })))
         return st;
     const lm_tensor *ins[] = { query, key, value };
     const char *names[] = { "query", "key", "value" };
-    if ((st = lmi_check_no_alias(out, ins, names, 3)) || (st = check_batch(a, B)))
+    if (out && ((st = lmi_attn_check_io(a, out, "out", 3, (int64_t[]){ B, Lq, a->E })) ||
+                (st = lmi_check_no_alias(out, ins, names, 3))))
+        return st;
+    if ((st = check_batch(a, B)))
         return st;
     if (opts->key_padding_mask &&
         (st = lmi_check_mask(opts->key_padding_mask, a->cfg.device, B, Lk)))
@@ -234,12 +233,32 @@ lm_status lm_attn_forward(lm_attn *a, const lm_tensor *query, const lm_tensor *k
     if (a->decay && !opts->is_causal)
         return lmi_error(LM_ERR_UNSUPPORTED,
                          "decay is defined for causal attention only; pass is_causal = 1");
+    *f = (lmi_forward){ .query = query, .key = key, .value = value, .out = (lm_tensor *)out,
+                        .key_padding_mask = opts->key_padding_mask, .B = B, .Lq = Lq, .Lk = Lk,
+                        .causal = opts->is_causal != 0 };
+    return LM_OK;
+}
+
+lm_status lm_attn_forward(lm_attn *a, const lm_tensor *query, const lm_tensor *key,
+                          const lm_tensor *value, const lm_forward_opts *opts, lm_tensor *out,
+                          void *stream)
+{
+    static const lm_forward_opts no_opts;
+    if (!opts)
+        opts = &no_opts;
+    if (!out)
+        return lmi_error(LM_ERR_INVALID_ARG, "out is NULL");
+    lmi_forward f;
+    lm_status st = lmi_attn_check_inputs(a, query, key, value, opts, out, &f);
+    if (st)
+        return st;
+    const int64_t B = f.B;
     const int use_state = opts->use_state && a->state_batch > 0;
     if (use_state && a->state_batch != B)
         return lmi_error(LM_ERR_STATE,
                          "the state holds batch %lld, this call has batch %lld: call lm_attn_reset first",
                          (long long)a->state_batch, (long long)B);
-    const int64_t ctx = (use_state ? a->position : 0) + (Lq > Lk ? Lq : Lk);
+    const int64_t ctx = (use_state ? a->position : 0) + (f.Lq > f.Lk ? f.Lq : f.Lk);
     if ((st = lmi_license_check(ctx)))
         return st;
 
@@ -249,10 +268,8 @@ lm_status lm_attn_forward(lm_attn *a, const lm_tensor *query, const lm_tensor *k
     st = use_state ? a->be->copy(a, a->work, a->state, bytes, 0) : a->be->zero(a, a->work, bytes);
     if (st)
         return st;
-    lmi_forward f = { .query = query, .key = key, .value = value, .out = out,
-                      .key_padding_mask = opts->key_padding_mask, .B = B, .Lq = Lq, .Lk = Lk,
-                      .causal = opts->is_causal != 0,
-                      .compensated = lmi_compensated(a->cfg.precision, ctx), .state = a->work };
+    f.compensated = lmi_compensated(a->cfg.precision, ctx);
+    f.state = a->work;
     if ((st = a->be->forward(a, &f, stream)))
         return st;
     if (!opts->keep_state)
@@ -277,13 +294,13 @@ lm_status lm_attn_step(lm_attn *a, const lm_tensor *x, lm_tensor *out, void *str
     if (a->kdim != a->E || a->vdim != a->E)
         return lmi_error(LM_ERR_UNSUPPORTED,
                          "step is causal self-attention and needs kdim == vdim == embed_dim");
-    lm_status st = check_io(a, x, "x", 2, (int64_t[]){ -1, a->E });
+    lm_status st = lmi_attn_check_io(a, x, "x", 2, (int64_t[]){ -1, a->E });
     if (st)
         return st;
     const int64_t B = x->shape[0];
     const lm_tensor *ins[] = { x };
     const char *names[] = { "x" };
-    if ((st = check_io(a, out, "out", 2, (int64_t[]){ B, a->E })) ||
+    if ((st = lmi_attn_check_io(a, out, "out", 2, (int64_t[]){ B, a->E })) ||
         (st = lmi_check_no_alias(out, ins, names, 1)) || (st = check_batch(a, B)))
         return st;
     if (a->state_batch && a->state_batch != B)

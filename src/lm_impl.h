@@ -100,6 +100,15 @@ typedef struct lmi_forward {
     float *state;                         /* [B, Hkv, D, D] then z; in/out, never NULL */
 } lmi_forward;
 
+/* Checks tensor t of the handle's dtype and device; shape entries < 0 are free. */
+lm_status lmi_attn_check_io(const lm_attn *a, const lm_tensor *t, const char *what, int ndim,
+                            const int64_t *shape);
+/* Checks a forward's inputs and options (out may be NULL: the backward has
+ * none) and fills the sizes and flags of *f; the state is not looked at. */
+lm_status lmi_attn_check_inputs(const lm_attn *a, const lm_tensor *query, const lm_tensor *key,
+                                const lm_tensor *value, const lm_forward_opts *opts,
+                                const lm_tensor *out, lmi_forward *f);
+
 /* A backend: the host side validates, then calls through this table. */
 typedef struct lmi_backend {
     const char *name;
