@@ -4,8 +4,8 @@
 #   C flags plus the CUDA headers.
 #   make test-gpu          build and run the GPU suites (needs a GPU)
 #   make device-build      a self-contained build in build/device for a machine
-#                          without the build's libraries (static OpenBLAS and
-#                          libsodium, libgomp beside the library, no debug info)
+#                          without the build's libraries (static OpenBLAS; libsodium,
+#                          libgomp, libgfortran beside the library; no debug info)
 
 # The first rule here would become make's default goal: make it `all`
 # (the Makefile adds the rest of all's prerequisites after this file).
@@ -51,8 +51,7 @@ test-gpu: $(GPU_TEST_BIN)
 # ---- a build that runs where only the CUDA driver and toolkit are ----
 ifeq ($(DEVICE_BUILD),1)
 CFLAGS += -g0
-NVCCFLAGS += -g0
-LDLIBS := -L/usr/lib/x86_64-linux-gnu/openblas-pthread -Wl,-Bstatic -lopenblas -lsodium -Wl,-Bdynamic \
+LDLIBS := -L/usr/lib/x86_64-linux-gnu/openblas-openmp -Wl,-Bstatic -lopenblas -Wl,-Bdynamic -lsodium \
           -lgfortran -lm -fopenmp
 CUDA_LIBS += -Wl,-rpath,'$$ORIGIN'
 GPU_TEST_LIBS = -Wl,-Bstatic -lcheck_pic -lsubunit -Wl,-Bdynamic
@@ -62,5 +61,6 @@ device-build:
 	$(MAKE) --no-print-directory DEVICE_BUILD=1 BUILD=build/device \
 	    build/device/lib/libliquidmemory.so build/device/bin/lm-gpu-tests build/device/dev-license
 	cp -L /usr/lib/x86_64-linux-gnu/libgomp.so.1 /usr/lib/x86_64-linux-gnu/libgfortran.so.5 \
-	    /usr/lib/x86_64-linux-gnu/libquadmath.so.0 build/device/lib/
+	    /usr/lib/x86_64-linux-gnu/libquadmath.so.0 /usr/lib/x86_64-linux-gnu/libsodium.so.23 build/device/lib/
 	strip --strip-debug build/device/lib/libliquidmemory.so build/device/bin/lm-gpu-tests
+	git rev-parse --short HEAD > build/device/COMMIT

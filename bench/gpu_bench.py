@@ -1,0 +1,427 @@
+#!/usr/bin/env python3
+"""gpu_bench.py - Liquid Memory on the GPU against its peers, in one run.
+
+Sweeps 2K ... 1M tokens at B = 1, E = 4096, 32 heads of 128, bf16, causal,
+elu+1 normalised (ANCHORS.md): module prefill (ms, extra device memory), core
+prefill (ms), decode step (us, core and module, replayed from a CUDA graph),
+and the error against float64 at 8K / 128K / 1M. Peers in the same run:
+PyTorch SDPA with the cuDNN and flash backends, and flash-linear-attention
+(peers/fla, imported only when present). Our library is loaded with ctypes.
+
+Timing: CUDA events, warm-up first, median of repeats; inputs rotate over
+several buffers when they would fit in L2. Writes one JSON (date, commit, GPU,
+versions, every record) to --out.
+
+    python3 bench/gpu_bench.py --lib build/device/lib/libliquidmemory.so --out results.json
+"""
+import argparse
+import ctypes as C
+import datetime
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+import types
+
+import torch
+import torch.nn.functional as F
+
+LM_BF16, LM_CUDA = 0, 1
+E, H, D = 4096, 32, 128
+
+# ---- the C API through ctypes (include/liquid_memory.h) ----
+
+
+class Tensor(C.Structure):
+    _fields_ = [("data", C.c_void_p), ("dtype", C.c_int), ("device", C.c_int), ("ndim", C.c_int),
+                ("shape", C.c_int64 * 4), ("stride", C.c_int64 * 4)]
+
+
+class CoreArgs(C.Structure):
+    _fields_ = [("q", C.POINTER(Tensor)), ("k", C.POINTER(Tensor)), ("v", C.POINTER(Tensor)),
+                ("out", C.POINTER(Tensor)), ("key_padding_mask", C.POINTER(Tensor)),
+                ("state", C.c_void_p), ("normalizer", C.c_void_p), ("position", C.c_int64),
+                ("is_causal", C.c_int), ("feature_map", C.c_int), ("normalize", C.c_int),
+                ("eps", C.c_float), ("scale", C.c_float), ("decay", C.c_void_p), ("precision", C.c_int)]
+
+
+class Config(C.Structure):
+    _fields_ = [("embed_dim", C.c_int), ("num_heads", C.c_int), ("num_kv_heads", C.c_int),
+                ("head_dim", C.c_int), ("kdim", C.c_int), ("vdim", C.c_int), ("feature_map", C.c_int),
+                ("normalize", C.c_int), ("eps", C.c_float), ("scale", C.c_float), ("decay", C.c_void_p),
+                ("precision", C.c_int), ("dtype", C.c_int), ("device", C.c_int), ("cuda_device", C.c_int),
+                ("max_batch", C.c_int)]
+
+
+class Weights(C.Structure):
+    _fields_ = [(n, C.c_void_p) for n in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight",
+                                          "in_proj_bias", "out_proj_weight", "out_proj_bias")]
+
+
+class Opts(C.Structure):
+    _fields_ = [("is_causal", C.c_int), ("key_padding_mask", C.POINTER(Tensor)), ("use_state", C.c_int),
+                ("keep_state", C.c_int)]
+
+
+class Lib:
+    def __init__(self, path):
+        self.so = C.CDLL(path)
+        self.so.lm_last_error.restype = C.c_char_p
+        self.so.lm_version.restype = C.c_char_p
+
+    def check(self, st, what):
+        if st != 0:
+            raise RuntimeError(f"{what}: status {st}: {self.so.lm_last_error().decode()}")
+
+    @staticmethod
+    def tensor(t):
+        x = Tensor(C.c_void_p(t.data_ptr()), LM_BF16, LM_CUDA, t.dim())
+        for i in range(t.dim()):
+            x.shape[i], x.stride[i] = t.shape[i], t.stride(i)
+        return x
+
+
+def stream_ptr():
+    return C.c_void_p(torch.cuda.current_stream().cuda_stream)
+
+
+# ---- timing ----
+
+def time_ms(fn, reps, warm=2):
+    """Median of `reps` event-timed calls of fn(i) (i picks a rotating input)."""
+    for i in range(warm):
+        fn(i)
+    torch.cuda.synchronize()
+    out = []
+    for i in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn(i)
+        b.record()
+        b.synchronize()
+        out.append(a.elapsed_time(b))
+    return statistics.median(out)
+
+
+def graph_us(fn, replays=2000):
+    """Per-call time of fn captured once in a CUDA graph, replayed many times."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    g.replay()
+    torch.cuda.synchronize()
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record()
+    for _ in range(replays):
+        g.replay()
+    b.record()
+    b.synchronize()
+    return a.elapsed_time(b) * 1000.0 / replays
+
+
+def peak_extra(fn):
+    """Extra device memory of fn: torch's peak over its allocated bytes, plus what
+    the device lost outside torch's allocator (our library allocates directly)."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before_alloc = torch.cuda.memory_allocated()
+    free_before = torch.cuda.mem_get_info()[0]
+    reserved_before = torch.cuda.memory_reserved()
+    fn()
+    torch.cuda.synchronize()
+    torch_peak = torch.cuda.max_memory_allocated() - before_alloc
+    outside = (free_before - torch.cuda.mem_get_info()[0]) - (torch.cuda.memory_reserved() - reserved_before)
+    return (torch_peak + max(outside, 0)) / 1e9
+
+
+# ---- peers ----
+
+def load_fla(root):
+    """fla's ops without its package __init__ (which imports models and transformers)."""
+    path = os.path.join(root, "fla")
+    if not os.path.isdir(path):
+        return None, "peers/fla not present"
+    try:
+        sys.path.insert(0, root)
+        for name, sub in (("fla", path), ("fla.ops", os.path.join(path, "ops"))):
+            m = types.ModuleType(name)
+            m.__path__ = [sub]
+            m.__version__ = "0.5.2"
+            sys.modules[name] = m
+        from fla.ops.linear_attn import chunk_linear_attn, fused_recurrent_linear_attn
+        return (chunk_linear_attn, fused_recurrent_linear_attn), None
+    except Exception as e:  # a peer that does not import is recorded, not fatal
+        return None, f"{type(e).__name__}: {e}"
+
+
+def sdpa(backend):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    b = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION}[backend]
+
+    def run(q, k, v):  # [B, H, L, D]
+        with sdpa_kernel(b):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return run
+
+
+def phi(x):
+    return F.elu(x) + 1
+
+
+# ---- float64 reference (causal, normalised elu+1), blocked over the sequence ----
+
+def reference64(q, k, v, block=1024):
+    """q, k, v [1, L, h, D] (any float dtype) -> float64 out [1, L, h, D]."""
+    _, L, h, d = q.shape
+    S = torch.zeros(h, d, d, dtype=torch.float64, device=q.device)
+    z = torch.zeros(h, d, dtype=torch.float64, device=q.device)
+    out = torch.empty(1, L, h, d, dtype=torch.float64, device=q.device)
+    for t0 in range(0, L, block):
+        fq = phi(q[0, t0:t0 + block].double()).transpose(0, 1)  # [h, n, D]
+        fk = phi(k[0, t0:t0 + block].double()).transpose(0, 1)
+        vv = v[0, t0:t0 + block].double().transpose(0, 1)
+        n = fq.shape[1]
+        A = torch.tril(fq @ fk.transpose(1, 2))
+        num = fq @ S + A @ vv
+        den = (fq * z[:, None, :]).sum(-1, keepdim=True) + A.sum(-1, keepdim=True)
+        out[0, t0:t0 + n] = (num / (den + 1e-6)).transpose(0, 1)
+        S += fk.transpose(1, 2) @ vv
+        z += fk.sum(1)
+    return out
+
+
+def rel(x, ref):
+    return ((x.double() - ref).norm() / ref.norm()).item()
+
+
+# ---- our library ----
+
+class Ours:
+    def __init__(self, lib):
+        self.lib = lib
+        self._keep = []
+
+    def core(self, q, k, v, o, state=None, causal=1):
+        tq, tk, tv, to = (Lib.tensor(t) for t in (q, k, v, o))
+        a = CoreArgs()
+        self.lib.check(self.lib.so.lm_core_args_default(C.byref(a)), "core_args_default")
+        a.q, a.k, a.v, a.out = C.pointer(tq), C.pointer(tk), C.pointer(tv), C.pointer(to)
+        a.is_causal = causal
+        if state is not None:
+            a.state, a.normalizer = state[0].data_ptr(), state[1].data_ptr()
+        self._keep.append((tq, tk, tv, to))  # the structs a points into stay alive
+        return a
+
+    def prefill(self, a):
+        self.lib.check(self.lib.so.lm_linear_attn_prefill(C.byref(a), stream_ptr()), "prefill")
+
+    def decode(self, a):
+        self.lib.check(self.lib.so.lm_linear_attn_decode(C.byref(a), stream_ptr()), "decode")
+
+    def module(self, w_in, b_in, w_out, b_out):
+        cfg = Config()
+        self.lib.check(self.lib.so.lm_attn_config_default(C.byref(cfg), E, H), "config")
+        cfg.dtype, cfg.device, cfg.cuda_device = LM_BF16, LM_CUDA, torch.cuda.current_device()
+        h = C.c_void_p()
+        self.lib.check(self.lib.so.lm_attn_create(C.byref(cfg), C.byref(h)), "create")
+        w = Weights(in_proj_weight=w_in.data_ptr(), in_proj_bias=b_in.data_ptr(),
+                    out_proj_weight=w_out.data_ptr(), out_proj_bias=b_out.data_ptr())
+        self.lib.check(self.lib.so.lm_attn_set_weights(h, C.byref(w)), "set_weights")
+        return h
+
+    def forward(self, h, x, y, keep=0):
+        tx, ty = Lib.tensor(x), Lib.tensor(y)
+        o = Opts(is_causal=1, keep_state=keep)
+        self.lib.check(self.lib.so.lm_attn_forward(h, C.byref(tx), C.byref(tx), C.byref(tx), C.byref(o),
+                                                   C.byref(ty), stream_ptr()), "forward")
+
+    def step(self, h, x, y):
+        tx, ty = Lib.tensor(x), Lib.tensor(y)
+        self.lib.check(self.lib.so.lm_attn_step(h, C.byref(tx), C.byref(ty), stream_ptr()), "step")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lib", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--peers", default=os.path.join(os.path.dirname(__file__), "..", "peers"))
+    ap.add_argument("--lengths", default="2048,8192,32768,131072,524288,1048576")
+    ap.add_argument("--commit", default=os.environ.get("LM_COMMIT", "unknown"))
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    dev = torch.device("cuda")
+    lib = Lib(args.lib)
+    ours = Ours(lib)
+    fla, fla_err = load_fla(os.path.abspath(args.peers))
+    recs = []
+    meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "commit": args.commit, "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
+            "library": lib.so.lm_version().decode(), "fla": "imported" if fla else fla_err,
+            "shape": {"B": 1, "E": E, "heads": H, "head_dim": D, "dtype": "bf16", "causal": True,
+                      "feature_map": "elu+1", "normalize": True}}
+    fla_commit = os.path.join(args.peers, "FLA_COMMIT")
+    if os.path.exists(fla_commit):
+        meta["fla_commit"] = open(fla_commit).read().strip()
+
+    def emit(**r):
+        recs.append(r)
+        print(json.dumps(r), flush=True)
+        with open(args.out, "w") as f:  # rewritten each time: a crash keeps what was measured
+            json.dump({"meta": meta, "records": recs}, f, indent=1)
+
+    def fla_ok(L, heads):  # fla indexes with int32: 1M x 32 x 128 hits an illegal address (ANCHORS)
+        return fla and L * heads * D < 2**31
+
+    bf = torch.bfloat16
+    sc = 1 / math.sqrt(E)
+    w_in = (torch.randn(3 * E, E, device=dev) * sc).to(bf)
+    b_in = (torch.randn(3 * E, device=dev) * 0.1).to(bf)
+    w_out = (torch.randn(E, E, device=dev) * sc).to(bf)
+    b_out = (torch.randn(E, device=dev) * 0.1).to(bf)
+
+    for L in [int(x) for x in args.lengths.split(",")]:
+        reps = 20 if L <= 32768 else 5 if L <= 131072 else 3
+        rot = 4 if L <= 8192 else 1
+        # ---- core prefill ----
+        qs = [torch.randn(1, L, H, D, device=dev, dtype=bf) for _ in range(rot)]
+        ks = [torch.randn(1, L, H, D, device=dev, dtype=bf) for _ in range(rot)]
+        vs = [torch.randn(1, L, H, D, device=dev, dtype=bf) for _ in range(rot)]
+        o = torch.empty(1, L, H, D, device=dev, dtype=bf)
+        argsets = [ours.core(qs[i], ks[i], vs[i], o) for i in range(rot)]
+        t = time_ms(lambda i: ours.prefill(argsets[i % rot]), reps)
+        emit(kind="core_prefill", impl="liquid_memory", L=L, ms=t)
+        if L <= 131072:
+            for be in ("cudnn", "flash"):
+                try:
+                    run = sdpa(be)
+                    qh = [x.transpose(1, 2).contiguous() for x in qs[:1]]
+                    kh = [x.transpose(1, 2).contiguous() for x in ks[:1]]
+                    vh = [x.transpose(1, 2).contiguous() for x in vs[:1]]
+                    t = time_ms(lambda i: run(qh[0], kh[0], vh[0]), max(3, reps // 4))
+                    emit(kind="core_prefill", impl=f"sdpa_{be}", L=L, ms=t)
+                    del qh, kh, vh
+                except Exception as e:
+                    emit(kind="core_prefill", impl=f"sdpa_{be}", L=L, error=str(e)[:200])
+        if fla_ok(L, H):
+            for norm in (True, False):
+                try:
+                    t = time_ms(lambda i: fla[0](phi(qs[i % rot]), phi(ks[i % rot]), vs[i % rot],
+                                                 normalize=norm), reps)
+                    emit(kind="core_prefill", impl="fla_chunk" + ("" if norm else "_unnormalised"), L=L, ms=t)
+                except Exception as e:
+                    emit(kind="core_prefill", impl="fla_chunk", L=L, error=str(e)[:200])
+        del qs, ks, vs, o, argsets
+        torch.cuda.empty_cache()
+
+        # ---- module prefill ----
+        xs = [torch.randn(1, L, E, device=dev, dtype=bf) for _ in range(rot)]
+        y = torch.empty(1, L, E, device=dev, dtype=bf)
+        h = [None]
+
+        def ours_module():
+            h[0] = ours.module(w_in, b_in, w_out, b_out)
+            ours.forward(h[0], xs[0], y)
+        try:
+            extra = peak_extra(ours_module)
+            t = time_ms(lambda i: ours.forward(h[0], xs[i % rot], y), reps)
+            emit(kind="module_prefill", impl="liquid_memory", L=L, ms=t, extra_gb=extra)
+        except Exception as e:
+            emit(kind="module_prefill", impl="liquid_memory", L=L, error=str(e)[:300])
+        if h[0]:
+            lib.so.lm_attn_destroy(h[0])
+        torch.cuda.empty_cache()
+
+        def torch_module(attn):
+            def run(i):
+                x = xs[i % rot]
+                q, k, v = F.linear(x, w_in, b_in).view(1, L, 3, H, D).permute(2, 0, 3, 1, 4)
+                a = attn(q, k, v)
+                return F.linear(a.transpose(1, 2).reshape(1, L, E), w_out, b_out)
+            return run
+        peers = []
+        if L <= 131072:
+            peers += [(f"sdpa_{be}", lambda q, k, v, r=sdpa(be): r(q, k, v)) for be in ("cudnn", "flash")]
+        if fla_ok(L, H):
+            def fla_attn(q, k, v):  # [1, H, L, D] -> fla's [1, L, H, D]
+                o, _ = fla[0](phi(q.transpose(1, 2)), phi(k.transpose(1, 2)), v.transpose(1, 2), normalize=True)
+                return o.transpose(1, 2)
+            peers.append(("fla_chunk", fla_attn))
+        for name, attn in peers:
+            try:
+                run = torch_module(attn)
+                extra = peak_extra(lambda: run(0))
+                t = time_ms(run, max(3, reps // 2))
+                emit(kind="module_prefill", impl=name, L=L, ms=t, extra_gb=extra)
+            except Exception as e:
+                emit(kind="module_prefill", impl=name, L=L, error=str(e)[:200])
+            torch.cuda.empty_cache()
+        del xs, y
+        torch.cuda.empty_cache()
+
+    # ---- decode steps (graphs) ----
+    q1, k1, v1 = (torch.randn(1, 1, H, D, device=dev, dtype=bf) for _ in range(3))
+    o1 = torch.empty(1, 1, H, D, device=dev, dtype=bf)
+    S = torch.zeros(1, H, D, D, device=dev)
+    z = torch.ones(1, H, D, device=dev)
+    a = ours.core(q1, k1, v1, o1, state=(S, z))
+    emit(kind="decode_step", impl="liquid_memory_core", us=graph_us(lambda: ours.decode(a)))
+    hdl = ours.module(w_in, b_in, w_out, b_out)
+    x0 = torch.randn(1, 1024, E, device=dev, dtype=bf)
+    y0 = torch.empty_like(x0)
+    ours.forward(hdl, x0, y0, keep=1)
+    x1, y1 = torch.randn(1, E, device=dev, dtype=bf), torch.empty(1, E, device=dev, dtype=bf)
+    torch.cuda.synchronize()
+    emit(kind="decode_step", impl="liquid_memory_module", us=graph_us(lambda: ours.step(hdl, x1, y1)))
+    lib.so.lm_attn_destroy(hdl)
+    for ctx in (1024, 8192, 131072):
+        kc = torch.randn(1, H, ctx, D, device=dev, dtype=bf)
+        vc = torch.randn(1, H, ctx, D, device=dev, dtype=bf)
+        qd = torch.randn(1, H, 1, D, device=dev, dtype=bf)
+        emit(kind="decode_step", impl="sdpa_kv_cache", context=ctx,
+             us=graph_us(lambda: F.scaled_dot_product_attention(qd, kc, vc), replays=500))
+        del kc, vc
+    if fla:
+        try:
+            st = (torch.zeros(1, H, D, D, device=dev), torch.ones(1, 1, H, D, device=dev))
+            fn = lambda: fla[1](phi(q1), phi(k1), v1, initial_state=st, output_final_state=True,
+                                normalize=True)
+            emit(kind="decode_step", impl="fla_fused_recurrent", us=graph_us(fn, replays=500))
+        except Exception as e:
+            emit(kind="decode_step", impl="fla_fused_recurrent", error=str(e)[:200])
+
+    # ---- precision vs float64: 4 heads, causal, normalised elu+1 ----
+    for L in (8192, 131072, 1048576):
+        hh = 4
+        q, k, v = (torch.randn(1, L, hh, D, device=dev, dtype=bf) for _ in range(3))
+        ref = reference64(q, k, v)
+        floor = rel(ref.to(bf), ref)
+        o = torch.empty(1, L, hh, D, device=dev, dtype=bf)
+        ours.prefill(ours.core(q, k, v, o))
+        torch.cuda.synchronize()
+        r = {"kind": "error_vs_float64", "L": L, "floor": floor, "liquid_memory": rel(o, ref)}
+        if fla_ok(L, hh):
+            try:
+                fo, _ = fla[0](phi(q), phi(k), v, normalize=True)
+                r["fla_chunk"] = rel(fo, ref)
+            except Exception as e:
+                r["fla_error"] = str(e)[:200]
+        r["ratios"] = {k2: v2 / floor for k2, v2 in r.items() if k2 in ("liquid_memory", "fla_chunk")}
+        emit(**r)
+        del q, k, v, ref, o
+        torch.cuda.empty_cache()
+
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

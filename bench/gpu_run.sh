@@ -1,0 +1,61 @@
+#!/bin/sh
+# gpu_run.sh - everything the GPU machine does in one call, from the carried
+# build (make device-build here; nothing is compiled there): the GPU test
+# suites, the benchmark with its peers, the long-sequence suite and the
+# compute-sanitizer pass on the reduced grid. Phases share one deadline so
+# the call ends inside the device's 10-minute limit; each one's log, a
+# summary and the benchmark's JSON go to $OUT.
+#   sh bench/gpu_run.sh [phase ...]      phases: tests bench long sanitize (default all)
+set -u
+OUT=${OUT:-/tmp/lm-gpu-out}
+B=${LM_BUILD:-build/device}
+DEADLINE=$(( $(date +%s) + ${LM_SECONDS:-570} ))
+PHASES=${*:-tests bench long sanitize}
+mkdir -p "$OUT"
+export LM_LICENSE_FILE="$PWD/$B/dev-license" PYTHONUNBUFFERED=1
+unset LM_LICENSE
+COMMIT=$(git rev-parse --short HEAD 2>/dev/null || cat "$B/COMMIT" 2>/dev/null || echo unknown)
+export LM_COMMIT="$COMMIT"
+# cuBLASLt comes from the toolkit; where its lib64 lacks it, from PyTorch's wheel.
+if ldd "$B/lib/libliquidmemory.so" | grep -q "not found"; then
+    extra=$(python3 -c 'import nvidia, os; r = os.path.dirname(nvidia.__path__[0]); print(":".join(os.path.join(d, "lib") for d, s, f in os.walk(r) if "libcublasLt.so.13" in f or "libcublasLt.so.13" in str(os.listdir(os.path.join(d, "lib")) if os.path.isdir(os.path.join(d, "lib")) else "")))' 2>/dev/null)
+    export LD_LIBRARY_PATH="${extra}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
+SUMMARY="$OUT/summary.txt"
+{ echo "commit $COMMIT  $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
+  python3 -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name())'
+  ldd "$B/lib/libliquidmemory.so" | grep -E "cublas|not found"; } > "$SUMMARY" 2>&1
+
+# phase NAME SECONDS LOG CMD...: runs CMD with at most SECONDS (and the deadline).
+phase() {
+    name=$1 want=$2 log=$3
+    shift 3
+    left=$(( DEADLINE - $(date +%s) ))
+    [ "$want" -gt "$left" ] && want=$left
+    if [ "$want" -lt 20 ]; then
+        echo "$name: skipped, ${left}s left" >> "$SUMMARY"
+        return
+    fi
+    t0=$(date +%s)
+    timeout "$want" "$@" >> "$log" 2>&1
+    rc=$?
+    echo "$name: rc $rc in $(( $(date +%s) - t0 ))s (limit ${want}s)" >> "$SUMMARY"
+    tail -n 4 "$log" | sed "s/^/  $name| /" >> "$SUMMARY"
+}
+
+for p in $PHASES; do
+    case $p in
+    tests) phase tests 240 "$OUT/tests.log" "$B/bin/lm-gpu-tests" ;;
+    bench) phase bench 200 "$OUT/bench.log" python3 bench/gpu_bench.py --lib "$B/lib/libliquidmemory.so" \
+               --out "$OUT/bench.json" --commit "$COMMIT" ;;
+    long) phase long 120 "$OUT/long.log" "$B/bin/lm-gpu-tests" long ;;
+    sanitize)
+        for tool in memcheck racecheck initcheck synccheck; do
+            echo "==== $tool" >> "$OUT/sanitize.log"
+            phase "sanitize-$tool" 60 "$OUT/sanitize.log" compute-sanitizer --tool "$tool" --error-exitcode 3 \
+                --print-limit 20 "$B/bin/lm-gpu-tests" small
+        done ;;
+    esac
+done
+cat "$SUMMARY"
