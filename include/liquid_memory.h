@@ -257,23 +257,27 @@ typedef struct lm_attn_grads {
     const lm_tensor *dout; /* [B, Lq, E] gradient of out */
     lm_tensor *dquery;     /* [B, Lq, E] written, or NULL when not wanted */
     lm_tensor *dkey;       /* [B, Lk, kdim] written, or NULL */
-    lm_tensor *dvalue;     /* [B, Lk, vdim] written, or NULL; for self-attention
-                              dquery, dkey and dvalue may be one tensor: it gets
-                              the sum of the three */
+    lm_tensor *dvalue;     /* [B, Lk, vdim] written, or NULL; when query, key and
+                              value are one tensor (self-attention), dquery, dkey
+                              and dvalue may be one tensor too: it gets the sum */
     /* Weight gradients in lm_weights' layout (contiguous); NULL skips one.
-     * in_proj_* exactly when the weights were set packed. */
+     * in_proj_weight exactly when the weights were set packed, q/k/v_proj_weight
+     * otherwise; a bias gradient only for a bias that was set. */
     void *in_proj_weight, *q_proj_weight, *k_proj_weight, *v_proj_weight;
     void *in_proj_bias, *out_proj_weight, *out_proj_bias;
-    int accumulate; /* 1: add to the buffers (like torch's .grad); 0: overwrite */
+    int accumulate; /* weights and biases: 1 adds to the buffers (like torch's
+                       .grad), 0 overwrites; input gradients are always written */
 } lm_attn_grads;
 
 /* Backward of lm_attn_forward: query, key, value and opts as given to the
- * forward; its output is not needed. Projections and attention are
- * recomputed slab by slab in reverse, carrying the state gradient, so extra
- * memory is O(slab), not O(L E). opts->use_state is UNSUPPORTED (the state
- * the forward started from is gone); the handle's state is not changed.
- * STATUS: designed, not implemented yet: returns LM_ERR_UNSUPPORTED. Train
- * through lm_linear_attn_backward with your own projections meanwhile. */
+ * forward, from an empty state (opts->use_state is UNSUPPORTED: the state the
+ * forward started from is gone; keep_state is ignored); its output is not
+ * needed. Projections and attention are recomputed slab by slab, the state
+ * gradient carried between slabs (causal: backwards from per-slab checkpoints
+ * of the state), so extra memory is O(slab + L/slab states), not O(L E). The
+ * handle's state is not changed. Gradient buffers may not overlap the inputs,
+ * the weights or each other (but for the one-tensor case above). CPU:
+ * synchronous. Returns INVALID_ARG, UNSUPPORTED, LICENSE, OUT_OF_MEMORY, CUDA. */
 LM_API lm_status lm_attn_backward(lm_attn *attn, const lm_tensor *query, const lm_tensor *key,
                                   const lm_tensor *value, const lm_forward_opts *opts,
                                   const lm_attn_grads *grads, void *stream);

@@ -2,7 +2,7 @@
  * backward.c - the backward APIs. The core (lm_linear_attn_backward) checks
  * the forward's arguments through lmi_core_fill, then the gradient tensors,
  * and dispatches to the backend's optional `backward` slot. The module's
- * (lm_attn_backward) is designed in the header but not built yet.
+ * backward is attn_backward.c.
  */
 #include "lm_impl.h"
 
@@ -106,14 +106,4 @@ lm_status lm_linear_attn_backward(const lm_core_args *args, const lm_core_grads 
         .dnormalizer_in = grads->dnormalizer_in,
     };
     return be->backward(&p, &g, stream);
-}
-
-lm_status lm_attn_backward(lm_attn *attn, const lm_tensor *query, const lm_tensor *key,
-                           const lm_tensor *value, const lm_forward_opts *opts,
-                           const lm_attn_grads *grads, void *stream)
-{
-    (void)attn, (void)query, (void)key, (void)value, (void)opts, (void)grads, (void)stream;
-    return lmi_error(LM_ERR_UNSUPPORTED,
-                     "lm_attn_backward is not implemented yet: project q, k, v yourself and "
-                     "train through lm_linear_attn_backward");
 }

@@ -206,13 +206,17 @@ static void run_task(task *t, const lmi_core_params *p, int64_t b, int64_t h, fl
     }
 
     if (p->causal) {
-        for (int64_t t0 = 0; t0 < p->L; t0 += C) {
-            int64_t n = p->L - t0 < C ? p->L - t0 : C;
-            load_rows(t->q, &p->q, b, t0, n, h, Dk);
-            feature_rows(t->q, n * Dk, p->feature_map);
+        /* L == Lk, or L == 0: keys only, the state advanced without outputs
+         * (the module backward's checkpoints). */
+        for (int64_t t0 = 0; t0 < p->Lk; t0 += C) {
+            int64_t n = p->Lk - t0 < C ? p->Lk - t0 : C;
             load_kv(t, p, b, hk, t0, n);
-            readout(t, p, n, 1, decayed);
-            store_rows(p, t->o, b, t0, n, h);
+            if (p->L) {
+                load_rows(t->q, &p->q, b, t0, n, h, Dk);
+                feature_rows(t->q, n * Dk, p->feature_map);
+                readout(t, p, n, 1, decayed);
+                store_rows(p, t->o, b, t0, n, h);
+            }
             absorb(t, p, n, decayed);
         }
     } else {

@@ -181,4 +181,5 @@ const lmi_backend lmi_cpu_backend = {
     .prefill = cpu_core,
     .decode = cpu_core,
     .backward = lmi_cpu_backward,
+    .attn_backward = lmi_cpu_attn_backward,
 };

@@ -131,6 +131,10 @@ typedef struct lmi_backend {
     /* Core backward: dq, dk, dv (and the initial state's gradient). Optional:
      * NULL = this backend cannot train (UNSUPPORTED). */
     lm_status (*backward)(const lmi_core_params *p, const lmi_core_grad_params *g, void *stream);
+    /* Module backward (optional): the gradients of forward f (from an empty
+     * state; f->state unused) for grads g, already checked. */
+    lm_status (*attn_backward)(lm_attn *a, const lmi_forward *f, const lm_attn_grads *g,
+                               void *stream);
 } lmi_backend;
 
 extern const lmi_backend lmi_cpu_backend;
@@ -143,5 +147,8 @@ lm_status lmi_cuda_backend(int cuda_device, const lmi_backend **out);
 lm_status lmi_cpu_attend(const lmi_core_params *p);
 /* Its backward, parallel over batch x kv heads; synchronous, stream unused. */
 lm_status lmi_cpu_backward(const lmi_core_params *p, const lmi_core_grad_params *g, void *stream);
+/* The module backward on the CPU (cpu_module_backward.c). */
+lm_status lmi_cpu_attn_backward(lm_attn *a, const lmi_forward *f, const lm_attn_grads *g,
+                                void *stream);
 
 #endif /* LM_IMPL_H */

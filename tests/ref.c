@@ -243,6 +243,43 @@ void ref_attend(const ref_problem *p, double *out, double *state_out, double *no
     free(z);
 }
 
+/* y[r, :N] = x[r, :K] w[N, K]^T + b, x read through strides [B, L, K]. */
+static void project(double *y, const double *x, const int64_t *sx, int64_t B, int64_t L,
+                    int64_t K, const double *w, int64_t N, const double *bias)
+{
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t t = 0; t < L; t++)
+            for (int64_t n = 0; n < N; n++) {
+                double acc = bias ? bias[n] : 0;
+                for (int64_t k = 0; k < K; k++)
+                    acc += x[b * sx[0] + t * sx[1] + k * sx[2]] * w[n * K + k];
+                y[(b * L + t) * N + n] = acc;
+            }
+}
+
+void ref_module_forward(const ref_module *m, double *out)
+{
+    const int64_t B = m->B, L = m->Lq, Lk = m->Lk, Dq = m->Hq * m->D, Dkv = m->Hkv * m->D;
+    double *q = malloc((size_t)(B * L * Dq) * sizeof(double));
+    double *k = malloc((size_t)(B * Lk * Dkv) * sizeof(double));
+    double *v = malloc((size_t)(B * Lk * Dkv) * sizeof(double));
+    double *o = malloc((size_t)(B * L * Dq) * sizeof(double));
+    ck_assert(q && k && v && o);
+    project(q, m->xq, m->sq, B, L, m->E, m->wq, Dq, m->bq);
+    project(k, m->xk, m->sk, B, Lk, m->kdim, m->wk, Dkv, m->bk);
+    project(v, m->xv, m->sv, B, Lk, m->vdim, m->wv, Dkv, m->bv);
+    ref_problem r = { .B = B, .L = L, .Lk = Lk, .Hq = m->Hq, .Hkv = m->Hkv, .Dk = m->D,
+                      .Dv = m->D, .q = { q, { L * Dq, Dq, m->D, 1 } },
+                      .k = { k, { Lk * Dkv, Dkv, m->D, 1 } }, .v = { v, { Lk * Dkv, Dkv, m->D, 1 } },
+                      .mask = m->mask, .decay = m->decay, .causal = m->causal,
+                      .feature_map = LM_FEATURE_ELU1, .normalize = 1, .eps = 1e-6,
+                      .scale = 1.0 / sqrt((double)m->D) };
+    ref_attend(&r, o, NULL, NULL);
+    const int64_t so[3] = { L * Dq, Dq, 1 };
+    project(out, o, so, B, L, Dq, m->wo, m->E, m->bo);
+    free(q), free(k), free(v), free(o);
+}
+
 /* ---- errors ---- */
 
 static ref_err compare(const tbuf *got, const float *gotf, const double *want, int64_t n)

@@ -57,6 +57,23 @@ typedef struct ref_problem {
 /* out [B, L, Hq, Dv] contiguous; state_out/normalizer_out may be NULL. */
 void ref_attend(const ref_problem *p, double *out, double *state_out, double *normalizer_out);
 
+/* The module of DESIGN.md §1-2 in float64 (elu+1, normalised, eps 1e-6):
+ * out = attend(x_q Wq^T + bq, x_k Wk^T + bk, x_v Wv^T + bv) Wo^T + bo.
+ * Inputs are read through strides (elements); biases may be NULL. */
+typedef struct ref_module {
+    int64_t B, Lq, Lk, E, kdim, vdim, Hq, Hkv, D;
+    const double *xq, *xk, *xv;
+    int64_t sq[3], sk[3], sv[3];
+    const double *wq, *wk, *wv, *wo; /* [Dq, E] [Dkv, kdim] [Dkv, vdim] [E, Dq] */
+    const double *bq, *bk, *bv, *bo;
+    const uint8_t *mask; /* [B, Lk] contiguous, or NULL */
+    const float *decay;
+    int causal;
+} ref_module;
+
+/* out [B, Lq, E] contiguous. */
+void ref_module_forward(const ref_module *m, double *out);
+
 /* ||got - want|| / ||want|| over n elements read through tbuf_get / an
  * array, and whether every element of got is finite where want is. */
 typedef struct ref_err {

@@ -56,20 +56,6 @@ static lm_tensor tokens(lm_tensor t, int64_t t0, int64_t n)
     return t;
 }
 
-/* y[r, :N] = x[r, :K] w[N, K]^T + b, in float64, x read through strides. */
-static void project(double *y, const double *x, const int64_t *sx, int64_t B, int64_t L,
-                    int64_t K, const double *w, int64_t N, const double *bias)
-{
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t t = 0; t < L; t++)
-            for (int64_t n = 0; n < N; n++) {
-                double acc = bias ? bias[n] : 0;
-                for (int64_t k = 0; k < K; k++)
-                    acc += x[b * sx[0] + t * sx[1] + k * sx[2]] * w[n * K + k];
-                y[(b * L + t) * N + n] = acc;
-            }
-}
-
 static void mproblem_init(mproblem *p, const mcase *c)
 {
     memset(p, 0, sizeof *p);
@@ -138,29 +124,19 @@ static void mproblem_init(mproblem *p, const mcase *c)
     strides3(p->sv, B, Lk, vdim, c->seq_first);
 
     /* The reference: project, attend, out-project, all in float64. */
-    double *q = malloc((size_t)(B * L * Dq) * sizeof(double));
-    double *k = malloc((size_t)(B * Lk * Dkv) * sizeof(double));
-    double *v = malloc((size_t)(B * Lk * Dkv) * sizeof(double));
-    double *o = malloc((size_t)(B * L * Dq) * sizeof(double));
-    const double *bq = c->bias ? p->bin.ref : NULL, *bk = c->bias ? p->bin.ref + Dq : NULL,
-                 *bv = c->bias ? p->bin.ref + Dq + Dkv : NULL, *bo = c->bias ? p->bo.ref : NULL;
-    const double *wk = c->packed ? p->wq.ref + Dq * E : p->wk.ref;
-    const double *wv = c->packed ? p->wq.ref + (Dq + Dkv) * E : p->wv.ref;
     const tbuf *xk = c->cross ? &p->xk : &p->xq, *xv = c->cross ? &p->xv : &p->xq;
-    project(q, p->xq.ref, p->sx, B, L, E, p->wq.ref, Dq, bq);
-    project(k, xk->ref, c->cross ? p->sk : p->sx, B, Lk, kdim, wk, Dkv, bk);
-    project(v, xv->ref, c->cross ? p->sv : p->sx, B, Lk, vdim, wv, Dkv, bv);
-    ref_problem r = { .B = B, .L = L, .Lk = Lk, .Hq = c->Hq, .Hkv = c->Hkv, .Dk = c->D,
-                      .Dv = c->D, .q = { q, { L * Dq, Dq, c->D, 1 } },
-                      .k = { k, { Lk * Dkv, Dkv, c->D, 1 } }, .v = { v, { Lk * Dkv, Dkv, c->D, 1 } },
-                      .mask = p->mask, .decay = c->decay ? p->decay : NULL, .causal = c->causal,
-                      .feature_map = LM_FEATURE_ELU1, .normalize = 1, .eps = 1e-6,
-                      .scale = 1.0 / sqrt((double)c->D) };
-    ref_attend(&r, o, NULL, NULL);
+    ref_module m = { .B = B, .Lq = L, .Lk = Lk, .E = E, .kdim = kdim, .vdim = vdim, .Hq = c->Hq,
+                     .Hkv = c->Hkv, .D = c->D, .xq = p->xq.ref, .xk = xk->ref, .xv = xv->ref,
+                     .wq = p->wq.ref, .wk = c->packed ? p->wq.ref + Dq * E : p->wk.ref,
+                     .wv = c->packed ? p->wq.ref + (Dq + Dkv) * E : p->wv.ref, .wo = p->wo.ref,
+                     .bq = c->bias ? p->bin.ref : NULL, .bk = c->bias ? p->bin.ref + Dq : NULL,
+                     .bv = c->bias ? p->bin.ref + Dq + Dkv : NULL, .bo = c->bias ? p->bo.ref : NULL,
+                     .mask = p->mask, .decay = c->decay ? p->decay : NULL, .causal = c->causal };
+    memcpy(m.sq, p->sx, sizeof m.sq);
+    memcpy(m.sk, c->cross ? p->sk : p->sx, sizeof m.sk);
+    memcpy(m.sv, c->cross ? p->sv : p->sx, sizeof m.sv);
     p->want = malloc((size_t)(B * L * E) * sizeof(double));
-    int64_t so[3] = { L * Dq, Dq, 1 };
-    project(p->want, o, so, B, L, Dq, p->wo.ref, E, bo);
-    free(q), free(k), free(v), free(o);
+    ref_module_forward(&m, p->want);
 }
 
 static void mproblem_free(mproblem *p)
