@@ -16,7 +16,7 @@ SAN ?=
 # Debian packages the build and the tests use (mk/deps.sh installs them).
 DEPS = gcc make pkg-config libopenblas-dev libopenblas-openmp-dev libsodium-dev check
 DEPS_TEST = $(DEPS) python3-cffi python3-numpy python3-pytest python3-torch \
-            python3-matplotlib python3-tqdm
+            python3-matplotlib python3-tqdm python3-setuptools python3-pip
 
 # OpenBLAS built for OpenMP shares the library's OpenMP thread pool; the
 # default pthread build's workers spin against it (measured on 2 cores, E=512:
@@ -120,12 +120,14 @@ bench: deps
 	    --out bench/results
 
 # ---- install ----
-install: $(SO) $(AR_LIB)
+install: $(SO) $(AR_LIB) $(BUILD)/bin/lm-license
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig
 	install -m 644 include/liquid_memory.h $(DESTDIR)$(PREFIX)/include/
 	install -m 755 $(SO) $(DESTDIR)$(PREFIX)/lib/
 	install -m 644 $(AR_LIB) $(DESTDIR)$(PREFIX)/lib/
 	$(call make_pc,$(PREFIX),$(DESTDIR)$(PREFIX)/lib/pkgconfig/liquid_memory.pc)
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 755 $(BUILD)/bin/lm-license $(DESTDIR)$(PREFIX)/bin/
 
 # The README's example: the same text as examples/quickstart.c, built through
 # an install and pkg-config as a user would, then run.

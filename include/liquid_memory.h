@@ -90,7 +90,8 @@ LM_API const char *lm_status_string(lm_status status);
  * NULL ("" when nothing was recorded). */
 LM_API const char *lm_last_error(void);
 
-/* Version text, e.g. "0.1.0 (cpu, cuda)" or with ", development build". */
+/* Version text, e.g. "0.1.0 (cpu, cuda)", or "0.1.0 (cpu) (development build)"
+ * when built with a development license key. */
 LM_API const char *lm_version(void);
 
 /* ------------------------------------------------------------------------ */

@@ -106,7 +106,8 @@ _license_lock = threading.Lock()
 
 
 def _license_notice():
-    """Warns once per process when the library runs in evaluation mode."""
+    """Warns once per process when the library runs in evaluation mode or its
+    license was refused."""
     global _license_checked
     if _license_checked:
         return
@@ -126,8 +127,10 @@ def _license_notice():
                           "or see README_INTEGRATION.md." % C["LM_EVAL_MAX_TOKENS"],
                           LicenseWarning, stacklevel=4)
         elif info.mode == C["LM_LICENSE_INVALID"]:
-            warnings.warn("Liquid Memory: the license was refused (%s); running in evaluation "
-                          "mode" % lib.string(info.reason), LicenseWarning, stacklevel=4)
+            warnings.warn("Liquid Memory: the license from %s was refused (%s); every call "
+                          "raises LicenseError until it is replaced or removed"
+                          % (lib.string(info.source), lib.string(info.reason)),
+                          LicenseWarning, stacklevel=4)
 
 
 # --------------------------------------------------------------------------
