@@ -257,11 +257,18 @@ def main():
     ap.add_argument("--peers", default=os.path.join(os.path.dirname(__file__), "..", "peers"))
     ap.add_argument("--lengths", default="2048,8192,32768,131072,524288,1048576")
     ap.add_argument("--commit", default=os.environ.get("LM_COMMIT", "unknown"))
+    ap.add_argument("--profile", type=int, default=0, help="only run one core prefill of this length (for ncu)")
     args = ap.parse_args()
     torch.manual_seed(0)
     dev = torch.device("cuda")
     lib = Lib(args.lib)
     ours = Ours(lib)
+    if args.profile:
+        q, k, v = (torch.randn(1, args.profile, H, D, device=dev, dtype=torch.bfloat16) for _ in range(3))
+        o = torch.empty_like(q)
+        ours.prefill(ours.core(q, k, v, o))
+        torch.cuda.synchronize()
+        return
     fla, fla_err = load_fla(os.path.abspath(args.peers))
     recs = []
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

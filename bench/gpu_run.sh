@@ -5,7 +5,8 @@
 # compute-sanitizer pass on the reduced grid. Phases share one deadline so
 # the call ends inside the device's 10-minute limit; each one's log, a
 # summary and the benchmark's JSON go to $OUT.
-#   sh bench/gpu_run.sh [phase ...]      phases: tests bench long sanitize (default all)
+#   sh bench/gpu_run.sh [phase ...]   phases: tests profile bench long sanitize (default
+#                                     all but profile: ncu and a SASS histogram of the kernel)
 set -u
 OUT=${OUT:-/tmp/lm-gpu-out}
 B=${LM_BUILD:-build/device}
@@ -50,8 +51,17 @@ for p in $PHASES; do
     bench) phase bench 200 "$OUT/bench.log" python3 bench/gpu_bench.py --lib "$B/lib/libliquidmemory.so" \
                --out "$OUT/bench.json" --commit "$COMMIT" ;;
     long) phase long 120 "$OUT/long.log" "$B/bin/lm-gpu-tests" long ;;
+    profile)
+        { cuobjdump -sass -fun '_ZN3lmk13attend_kernelILi128ELi0EEEv10lmk_attendi' "$B/lib/libliquidmemory.so" |
+              grep -oE '^ +/\*[0-9a-f]{4}\*/ +[A-Z0-9_.]+' | awk '{print $2}' | sort | uniq -c | sort -rn | head -40
+          echo "==== ncu"; } > "$OUT/profile.log" 2>&1
+        phase profile 100 "$OUT/profile.log" ncu --clock-control none -k regex:attend_kernel -c 1 \
+            --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+            --section SchedulerStats --section InstructionStats --section MemoryWorkloadAnalysis \
+            --section SourceCounters python3 bench/gpu_bench.py --lib "$B/lib/libliquidmemory.so" \
+            --out /dev/null --profile 8192 ;;
     sanitize)
-        for tool in memcheck racecheck initcheck synccheck; do
+        for tool in memcheck synccheck racecheck initcheck; do
             echo "==== $tool" >> "$OUT/sanitize.log"
             phase "sanitize-$tool" 60 "$OUT/sanitize.log" compute-sanitizer --tool "$tool" --error-exitcode 3 \
                 --print-limit 20 "$B/bin/lm-gpu-tests" small

@@ -2,15 +2,16 @@
  * attend.cuh - the chunked linear-attention kernel (device code), included
  * by the per-dtype instance files attend_{bf16,f16,f32}.cu.
  *
- * One CTA = one head x NV value columns x one segment of the sequence, four
- * warps. Per 64-token chunk (i, j local; p = decay powers):
+ * One CTA = one head x NV value columns x one segment of the sequence, eight
+ * warps. Per 64-token chunk (i, j local; p = decay powers), warps 0-3:
  *   (a) A = phi(Q) phi(K)^T masked to j <= i, times p^(i-j)     warp r: rows 16r..
  *   (c) O = p^(i+1) phi(Q) S,  den = p^(i+1) phi(Q).z           (S as bf16 in sb)
  *   (b) O += A V, den += rowsum(A)       A split into bf16 hi + lo: A is the one
  *       product whose rounding shows in the output (1.23x the bf16 floor if
  *       rounded to bf16, measured in a float64 simulation at L = 8K)
+ * and meanwhile warps 4-7:
  *   (e) S = p^n S + (p^(n-1-j) phi(k_j))^T V, z likewise, fp32 in shared
- *       memory (Kahan when compensated); units spread to balance (a)+(b).
+ *       memory (Kahan when compensated); the readout uses last chunk's S.
  * Three kinds share this: CAUSAL (all of it), ABSORB (keys only: (e)) and
  * READOUT (queries only against a fixed state: (c)). Loads of bf16 inputs
  * run 2-3 chunks ahead with cp.async and are converted in place; f16/f32
@@ -46,10 +47,12 @@ template <> struct Elem<LM_F32> {
     static __device__ __forceinline__ T from(float x) { return x; }
 };
 
+/* phi in fp32; __expf (2 ulp) is plenty for a value stored as bf16 or as a
+ * 16-bit hi + lo pair, and several times cheaper than expf. */
 __device__ __forceinline__ float phi(float x, int fm)
 {
     if (fm == LM_FEATURE_ELU1)
-        return x > 0.0f ? x + 1.0f : expf(x);
+        return x > 0.0f ? x + 1.0f : __expf(x);
     if (fm == LM_FEATURE_RELU)
         return x < 0.0f ? 0.0f : x; /* NaN stays NaN */
     return x;
@@ -62,11 +65,6 @@ __device__ __forceinline__ float quad_sum(float x)
     x += __shfl_xor_sync(0xffffffffu, x, 1);
     x += __shfl_xor_sync(0xffffffffu, x, 2);
     return x;
-}
-
-__device__ __forceinline__ int pick4(int w, int a, int b, int c, int d)
-{
-    return w == 0 ? a : w == 1 ? b : w == 2 ? c : d;
 }
 
 /* Where everything lives in shared memory. */
@@ -281,10 +279,11 @@ __device__ void readout_rows(const lmk_attend &p, const Layout<T> &sm, const Job
     const bf16 *sbh = sm.sb(0), *sbl = sm.sb(T::PLANES - 1);
     const float *zs = sm.zs(), *pw = sm.pw();
 
-    float acc[WARPS][2][4] = {};  /* A tiles (c, key half) of rows 16r.. */
+    float acc[ROW_WARPS][2][4] = {}; /* A tiles (c, key half) of rows 16r.. */
     float oi[T::NT][4] = {};      /* phi(q) S */
     float den[2] = { 0.0f, 0.0f }; /* phi(q).z, rows g8 and g8 + 8 */
-#pragma unroll
+    /* Fully unrolled unless split operands would not fit in registers. */
+#pragma unroll(T::SPLIT && T::DK == 256 ? 4 : T::KT)
     for (int ks = 0; ks < T::KT; ks++) {
         uint32_t qa[4], qal[4];
         ldsm_x4(qa, qh + (row0 + (lane & 15)) * T::QP + ks * 16 + (lane >> 4) * 8);
@@ -310,7 +309,7 @@ __device__ void readout_rows(const lmk_attend &p, const Layout<T> &sm, const Job
         }
         if (causal) {
 #pragma unroll
-            for (int c = 0; c < WARPS; c++) {
+            for (int c = 0; c < ROW_WARPS; c++) {
                 if (c > r)
                     continue;
                 const int off = (c * 16 + (lane & 7) + (lane >> 4) * 8) * T::QP + ks * 16 + ((lane >> 3) & 1) * 8;
@@ -351,7 +350,7 @@ __device__ void readout_rows(const lmk_attend &p, const Layout<T> &sm, const Job
     float oa[T::NT][4] = {};
     if (causal) {
 #pragma unroll
-        for (int c = 0; c < WARPS; c++) {
+        for (int c = 0; c < ROW_WARPS; c++) {
             if (c > r)
                 continue;
 #pragma unroll
@@ -424,20 +423,14 @@ __device__ void readout_rows(const lmk_attend &p, const Layout<T> &sm, const Job
     }
 }
 
-/* (e): this warp's units of dS = phi(K)^T (decayed) V, then S = g^n S + dS. */
+/* (e): update warp wi of nw folds its share of dS = (p^(n-1-j) phi(k_j))^T V
+ * into S = g^n S + dS, and its share of the d's into z. */
 template <class T>
-__device__ void update_state(const lmk_attend &p, const Layout<T> &sm, int st, int n, bool causal)
+__device__ void update_state(const lmk_attend &p, const Layout<T> &sm, int st, int n, int wi, int nw)
 {
-    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    const int lane = threadIdx.x & 31;
     const int g8 = lane >> 2, t4 = lane & 3;
-    const int u0 = causal ? pick4(w, T::unit_begin(0, true), T::unit_begin(1, true), T::unit_begin(2, true),
-                                  T::unit_begin(3, true))
-                          : pick4(w, T::unit_begin(0, false), T::unit_begin(1, false),
-                                  T::unit_begin(2, false), T::unit_begin(3, false));
-    const int u1 = causal ? pick4(w, T::unit_begin(1, true), T::unit_begin(2, true), T::unit_begin(3, true),
-                                  T::UNITS)
-                          : pick4(w, T::unit_begin(1, false), T::unit_begin(2, false),
-                                  T::unit_begin(3, false), T::UNITS);
+    const int u0 = wi * T::UNITS / nw, u1 = (wi + 1) * T::UNITS / nw;
     const bf16 *kh = sm.k(st, 0), *kl = sm.k(st, T::PLANES - 1);
     const bf16 *vh = sm.v(st, 0), *vl = sm.v(st, T::PLANES - 1);
     const float *pw = sm.pw();
@@ -501,15 +494,22 @@ __device__ void update_state(const lmk_attend &p, const Layout<T> &sm, int st, i
                 }
             }
     }
-    /* z: column sums of the (decayed) keys, in order, from the same bf16 values. */
-    for (int d = threadIdx.x; d < T::DK; d += THREADS) {
-        float dz = 0.0f;
-        for (int r = 0; r < n; r++) {
-            float x = bf(kh[r * T::QP + d]);
-            if constexpr (T::SPLIT)
-                x += bf(kl[r * T::QP + d]);
-            dz += p.has_decay ? x * pw[n - 1 - r] : x;
-        }
+    /* z: column sums of the (decayed) keys from the same bf16 values, four
+     * partial sums for latency, added in a fixed order (deterministic). */
+    for (int d = wi * 32 + lane; d < T::DK; d += nw * 32) {
+        float part[4] = { 0.0f, 0.0f, 0.0f, 0.0f };
+        for (int r0 = 0; r0 < n; r0 += 4)
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                const int r = r0 + u;
+                if (r < n) {
+                    float x = bf(kh[r * T::QP + d]);
+                    if constexpr (T::SPLIT)
+                        x += bf(kl[r * T::QP + d]);
+                    part[u] += p.has_decay ? x * pw[n - 1 - r] : x;
+                }
+            }
+        const float dz = (part[0] + part[1]) + (part[2] + part[3]);
         float *z = sm.zm() + d;
         if (p.compensated) {
             float *c = sm.zc() + d;
@@ -591,10 +591,13 @@ __global__ void __launch_bounds__(THREADS, 1) attend_kernel(const __grid_constan
         if (causal)
             refresh_readout_state(sm);
         __syncthreads();
-        if (use_q)
+        const int warp = threadIdx.x >> 5;
+        if (kind == LMK_ABSORB)
+            update_state(p, sm, st, n, warp, WARPS);
+        else if (warp < ROW_WARPS)
             readout_rows(p, sm, j, st, t0, n, causal);
-        if (use_kv)
-            update_state(p, sm, st, n, causal);
+        else if (causal)
+            update_state(p, sm, st, n, warp - ROW_WARPS, WARPS - ROW_WARPS);
     }
     if constexpr (!T::SPLIT)
         cp_async_wait<0>();

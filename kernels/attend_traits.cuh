@@ -2,8 +2,9 @@
  * attend_traits.cuh - tile sizes and the shared-memory layout of the chunked
  * attention kernels, per head dimension (DK, padded) and input dtype.
  *
- * A CTA owns one head and a block of NV value columns; 4 warps, warp r owns
- * query rows [16r, 16r+16) of each 64-token chunk. Splitting Dv over CTAs
+ * A CTA owns one head and a block of NV value columns; 8 warps: warp r < 4
+ * reads out query rows [16r, 16r+16) of each 64-token chunk while warps 4-7
+ * fold the chunk into the state (ABSORB: all 8 do). Splitting Dv over CTAs
  * (4 CTAs per head at Dv = 128) gives B = 1, 32 heads 128 CTAs on 132 SMs,
  * and the sibling CTAs read the same q, k from L2.
  */
@@ -18,7 +19,8 @@
 namespace lmk {
 
 constexpr int C = LMK_CHUNK;
-constexpr int WARPS = 4;
+constexpr int ROW_WARPS = 4;            /* readout: warp r owns rows [16r, 16r + 16) */
+constexpr int WARPS = 2 * ROW_WARPS;    /* the other four update the state meanwhile */
 constexpr int THREADS = WARPS * 32;
 constexpr size_t SMEM_LIMIT = 232448; /* 227 KiB, sm_90 */
 
@@ -56,33 +58,6 @@ template <int DK_, int DT_> struct Traits {
 
     /* Work units of the state update: (16 rows of d) x (16 columns). */
     static constexpr int UNITS = KT * (NV / 16);
-    static constexpr int TERMS = SPLIT ? 3 : 1; /* products per bf16 pair product */
-    static constexpr int UNIT_COST = 8 * TERMS;
-    /* MMAs of warp r for A = phi(q) phi(k)^T, A v and phi(q) S. */
-    __host__ __device__ static constexpr int rows_cost(int r)
-    {
-        return (r + 1) * 2 * KT * TERMS + (r + 1) * NT * (SPLIT ? 3 : 2) + KT * NT * TERMS;
-    }
-    /* First state-update unit of warp w: units go to the least loaded warp,
-     * so the triangular intra-chunk work is balanced (causal). */
-    __host__ __device__ static constexpr int unit_begin(int w, bool causal)
-    {
-        int count[WARPS] = {}, cost[WARPS] = {};
-        for (int r = 0; r < WARPS; r++)
-            cost[r] = causal ? rows_cost(r) : 0;
-        for (int u = 0; u < UNITS; u++) {
-            int best = 0;
-            for (int r = 1; r < WARPS; r++)
-                if (cost[r] < cost[best])
-                    best = r;
-            count[best]++;
-            cost[best] += UNIT_COST;
-        }
-        int b = 0;
-        for (int r = 0; r < w; r++)
-            b += count[r];
-        return b;
-    }
 };
 
 } // namespace lmk

@@ -74,8 +74,11 @@ static lm_status need_unit_stride(const lm_tensor *t, const char *what)
     return LM_OK;
 }
 
-/* Makes ctx->buf hold `bytes`; growing frees first, so peak memory stays low. */
-static lm_status reserve(lmi_cuda_ctx *ctx, size_t bytes)
+/* Makes ctx->buf hold `bytes`; growing frees first, so peak memory stays low.
+ * Zeroed once: columns a pass does not project (bidirectional) are never
+ * garbage, and compute-sanitizer's initcheck, which does not see cuBLASLt's
+ * bulk-copy stores, stays quiet. */
+static lm_status reserve(lmi_cuda_ctx *ctx, size_t bytes, cudaStream_t s)
 {
     if (ctx->buf_bytes >= bytes)
         return LM_OK;
@@ -84,6 +87,7 @@ static lm_status reserve(lmi_cuda_ctx *ctx, size_t bytes)
     ctx->buf_bytes = 0;
     LMI_CUDA_TRY(cudaMalloc(&ctx->buf, bytes));
     ctx->buf_bytes = bytes;
+    LMI_CUDA_TRY(cudaMemsetAsync(ctx->buf, 0, bytes, s));
     return LM_OK;
 }
 
@@ -136,7 +140,7 @@ static lm_status forward_on(lmi_cuda_ctx *ctx, lm_attn *a, const lmi_forward *f,
         ws = b > ws ? b : ws;
     }
     const size_t slab = (size_t)(B * n * (ld + Dq) * es);
-    if ((st = reserve(ctx, slab + ws)))
+    if ((st = reserve(ctx, slab + ws, s)))
         return st;
     char *qkv = ctx->buf, *o = qkv + B * n * ld * es;
     void *scratch = (char *)ctx->buf + slab;
@@ -223,6 +227,7 @@ static lm_status step_on(lmi_cuda_ctx *ctx, lm_attn *a, const lm_tensor *x, lm_t
         ctx->step_batch = 0;
         LMI_CUDA_TRY(cudaMalloc(&ctx->step_buf, (size_t)(B * (ld + Dq) * es)));
         ctx->step_batch = B;
+        LMI_CUDA_TRY(cudaMemsetAsync(ctx->step_buf, 0, (size_t)(B * (ld + Dq) * es), s));
     }
     char *qkv = ctx->step_buf, *o = qkv + ctx->step_batch * ld * es;
     const weights w = weights_of(a);

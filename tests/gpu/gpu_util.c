@@ -56,7 +56,7 @@ double out_bound(lm_dtype dtype, double floor, int64_t n)
 {
     if (dtype == LM_F32)
         return 3e-5;
-    return floor * (1.2 + 3.0 / sqrt((double)n)) + 1e-6;
+    return floor * (1.2 + 3.0 / sqrt((double)n)) + (dtype == LM_BF16 ? 4e-4 : 3e-5);
 }
 
 double state_bound(lm_dtype dtype)

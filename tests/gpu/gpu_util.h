@@ -35,8 +35,12 @@ void dpoison(void *d, size_t n);
 double out_floor(lm_dtype dtype, const double *want, int64_t n);
 
 /* Bound on the output error against float64: bf16/f16 1.2 x the floor (the
- * product's precision target) plus sampling slack 3/sqrt(n) x floor for small
- * outputs; f32 3e-5 (operands carried as bf16 hi + lo pairs: ~16 bits). */
+ * product's precision target), plus sampling slack 3/sqrt(n) x floor for small
+ * outputs, plus the kernels' own roundings (phi(k) and the state as bf16 in
+ * the readout: ~2^-9 / sqrt(Dk), 1-3e-4 measured at L = 1; f16 operands are
+ * hi + lo pairs: ~1e-5), which only show where the floor vanishes because
+ * the exact output is representable (L = 1: o = v). f32: 3e-5 (hi + lo
+ * pairs carry ~16 bits). */
 double out_bound(lm_dtype dtype, double floor, int64_t n);
 
 /* Bound on the final fp32 state: phi(k) is rounded to bf16 for bf16 inputs. */
