@@ -61,6 +61,12 @@ extern "C" lm_status lmk_attend_launch(const lmk_attend *p, lmk_kind kind, void 
     const int64_t v = (int64_t)(16 / es);
     k.aligned = k.Dk % v == 0 && k.Dv % v == 0 && aligned16(k.q, k.sq, es) && aligned16(k.k, k.sk, es) &&
                 aligned16(k.v, k.sv, es) && aligned16(k.out, k.so, es);
+    /* sm_90: the value blocks of a head share q, k loads as a cluster (2, 4, 8). */
+    int dev = 0, major = 0;
+    LMI_CUDA_TRY(cudaGetDevice(&dev));
+    LMI_CUDA_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+    const int nvb = (k.Dv + value_columns(k.Dk) - 1) / value_columns(k.Dk);
+    k.cluster = major >= 9 && (nvb == 2 || nvb == 4 || nvb == 8) ? nvb : 1;
     cudaStream_t s = (cudaStream_t)stream;
     switch (k.dtype) {
     case LM_BF16: return attend_bf16(k, kind, ctas, s);

@@ -16,6 +16,10 @@
  * READOUT (queries only against a fixed state: (c)). Loads of bf16 inputs
  * run 2-3 chunks ahead with cp.async and are converted in place; f16/f32
  * inputs are split into bf16 hi + lo pairs on load (3 products each).
+ * On sm_90 the CTAs of one head (its value blocks) form a cluster: each loads
+ * and converts 1/n of the q, k rows and stores them into its peers' shared
+ * memory, instead of all n doing all of it (v2, 8K: 3.4K instructions per
+ * warp per chunk, 40% of them loading and converting).
  * Measured: see bench/NOTES.md.
  */
 #ifndef LM_ATTEND_CUH
@@ -24,6 +28,7 @@
 #include "attend_traits.cuh"
 #include "mma.cuh"
 
+#include <cooperative_groups.h>
 #include <cuda_fp16.h>
 
 namespace lmk {
@@ -93,11 +98,32 @@ template <class T> struct Layout {
     __device__ unsigned char *ostage() const { return (unsigned char *)pw() + align128((C + 1) * 4); }
 };
 
-/* Which head, columns and tokens this CTA owns. */
+/* Which head, columns and tokens this CTA owns; which q, k rows of each
+ * chunk it loads for its cluster (all of them without one). */
 struct Job {
     int b, h, hk, vb, seg, e0;
     int64_t t_begin, t_end;
+    int rank, ranks, r0, r1;
+    const void *qb, *kb, *vb_; /* token 0 of this head (and columns) */
 };
+
+__device__ __forceinline__ void cluster_sync()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    cooperative_groups::this_cluster().sync();
+#endif
+}
+
+/* The same shared-memory address in CTA `rank` of the cluster. */
+template <class X> __device__ __forceinline__ X *peer(X *ptr, int rank)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    return cooperative_groups::this_cluster().map_shared_rank(ptr, rank);
+#else
+    (void)rank;
+    return ptr;
+#endif
+}
 
 template <class T> __device__ __forceinline__ Job job_of(const lmk_attend &p, int kind)
 {
@@ -113,6 +139,18 @@ template <class T> __device__ __forceinline__ Job job_of(const lmk_attend &p, in
     j.e0 = j.vb * T::NV;
     j.t_begin = (int64_t)j.seg * p.seg_len;
     j.t_end = min(p.L, j.t_begin + p.seg_len);
+    j.rank = 0, j.ranks = 1;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (p.cluster > 1) {
+        j.rank = (int)cooperative_groups::this_cluster().block_rank();
+        j.ranks = p.cluster;
+    }
+#endif
+    j.r0 = j.rank * (C / j.ranks), j.r1 = j.r0 + C / j.ranks;
+    typedef typename Elem<T::DT>::T E;
+    j.qb = p.q ? (const E *)p.q + j.b * p.sq[0] + j.h * p.sq[2] : nullptr;
+    j.kb = p.k ? (const E *)p.k + j.b * p.sk[0] + j.hk * p.sk[2] : nullptr;
+    j.vb_ = p.v ? (const E *)p.v + j.b * p.sv[0] + j.hk * p.sv[2] + j.e0 : nullptr;
     return j;
 }
 
@@ -136,68 +174,65 @@ template <class T> struct Chunk {
         return p.mask && p.mask[j.b * p.mask_s[0] + t * p.mask_s[1]];
     }
 
-    /* cp.async of one chunk's raw bf16 rows into stage st (zeros past the ends). */
+    /* cp.async of one chunk's raw bf16 rows into stage st (zeros past the
+     * ends): this CTA's share of the q, k rows, all rows of its v columns. */
     __device__ void issue(int64_t t0, int st, bool use_q, bool use_kv) const
     {
         constexpr int QV = T::DK / 8, VV = T::NV / 8;
+        const int nq = (j.r1 - j.r0) * QV;
         if (use_q) {
             bf16 *dq = sm.q(st, 0);
-            for (int i = threadIdx.x; i < C * QV; i += THREADS) {
-                const int r = i / QV, d = (i % QV) * 8;
-                const int64_t t = t0 + r;
-                const bool ok = t < j.t_end && d < p.Dk;
-                cp_async16(dq + r * T::QP + d, ok ? at<E>(p.q, p.sq, j.b, t, j.h, d) : p.q, ok ? 16 : 0);
+            for (int i = threadIdx.x; i < nq; i += THREADS) {
+                const int r = j.r0 + i / QV, d = (i % QV) * 8;
+                const bool ok = t0 + r < j.t_end && d < p.Dk;
+                const E *src = (const E *)j.qb + (t0 + r) * p.sq[1] + d;
+                cp_async16(dq + r * T::QP + d, ok ? src : p.q, ok ? 16 : 0);
             }
         }
         if (use_kv) {
             bf16 *dk = sm.k(st, 0), *dv = sm.v(st, 0);
-            for (int i = threadIdx.x; i < C * QV; i += THREADS) {
-                const int r = i / QV, d = (i % QV) * 8;
-                const int64_t t = t0 + r;
-                const bool ok = t < j.t_end && d < p.Dk;
-                cp_async16(dk + r * T::QP + d, ok ? at<E>(p.k, p.sk, j.b, t, j.hk, d) : p.k, ok ? 16 : 0);
+            for (int i = threadIdx.x; i < nq; i += THREADS) {
+                const int r = j.r0 + i / QV, d = (i % QV) * 8;
+                const bool ok = t0 + r < j.t_end && d < p.Dk;
+                const E *src = (const E *)j.kb + (t0 + r) * p.sk[1] + d;
+                cp_async16(dk + r * T::QP + d, ok ? src : p.k, ok ? 16 : 0);
             }
             for (int i = threadIdx.x; i < C * VV; i += THREADS) {
                 const int r = i / VV, e = (i % VV) * 8;
-                const int64_t t = t0 + r;
-                const bool ok = t < j.t_end && j.e0 + e < p.Dv;
-                cp_async16(dv + r * T::VP + e, ok ? at<E>(p.v, p.sv, j.b, t, j.hk, j.e0 + e) : p.v,
-                           ok ? 16 : 0);
+                const bool ok = t0 + r < j.t_end && j.e0 + e < p.Dv;
+                const E *src = (const E *)j.vb_ + (t0 + r) * p.sv[1] + e;
+                cp_async16(dv + r * T::VP + e, ok ? src : p.v, ok ? 16 : 0);
             }
         }
     }
 
-    /* bf16 rows already in stage st: apply phi and the masks in place. */
+    /* bf16 rows already in stage st: apply phi and the masks in place (q, k:
+     * this CTA's rows; v: all rows of its columns). */
     __device__ void convert(int st, int64_t t0, int n, bool use_q, bool use_kv) const
     {
         constexpr int QV = T::DK / 8, VV = T::NV / 8;
-        if (use_q) {
-            bf16 *q = sm.q(st, 0);
-            for (int i = threadIdx.x; i < C * QV; i += THREADS) {
-                const int r = i / QV, d = (i % QV) * 8;
-                uint4 *ptr = (uint4 *)(q + r * T::QP + d);
+        const int nq = (j.r1 - j.r0) * QV;
+        for (int pass = use_q ? 0 : 1; pass < (use_kv ? 2 : 1); pass++) {
+            bf16 *x0 = pass ? sm.k(st, 0) : sm.q(st, 0);
+            for (int i = threadIdx.x; i < nq; i += THREADS) {
+                const int r = j.r0 + i / QV, d = (i % QV) * 8;
+                const bool off = r >= n || (pass && masked(t0 + r));
+                const int lim = off ? 0 : min(8, p.Dk - d); /* phi(0) = 1: padding must stay 0 */
+                uint4 *ptr = (uint4 *)(x0 + r * T::QP + d);
                 uint4 raw = *ptr;
-                bf16 *x = (bf16 *)&raw;
+                __nv_bfloat162 *x = (__nv_bfloat162 *)&raw;
 #pragma unroll
-                for (int u = 0; u < 8; u++)
-                    x[u] = __float2bfloat16_rn(r < n && d + u < p.Dk ? phi(bf(x[u]), p.feature_map) : 0.0f);
+                for (int u = 0; u < 4; u++) {
+                    const float2 f = __bfloat1622float2(x[u]);
+                    x[u] = __floats2bfloat162_rn(2 * u < lim ? phi(f.x, p.feature_map) : 0.0f,
+                                                 2 * u + 1 < lim ? phi(f.y, p.feature_map) : 0.0f);
+                }
                 *ptr = raw;
             }
         }
         if (!use_kv)
             return;
-        bf16 *k = sm.k(st, 0), *v = sm.v(st, 0);
-        for (int i = threadIdx.x; i < C * QV; i += THREADS) {
-            const int r = i / QV, d = (i % QV) * 8;
-            const bool off = r >= n || masked(t0 + r);
-            uint4 *ptr = (uint4 *)(k + r * T::QP + d);
-            uint4 raw = *ptr;
-            bf16 *x = (bf16 *)&raw;
-#pragma unroll
-            for (int u = 0; u < 8; u++)
-                x[u] = __float2bfloat16_rn(!off && d + u < p.Dk ? phi(bf(x[u]), p.feature_map) : 0.0f);
-            *ptr = raw;
-        }
+        bf16 *v = sm.v(st, 0);
         for (int i = threadIdx.x; i < C * VV; i += THREADS) {
             const int r = i / VV, e = (i % VV) * 8;
             if (r >= n || masked(t0 + r))
@@ -205,27 +240,46 @@ template <class T> struct Chunk {
         }
     }
 
+    /* This CTA's converted q, k rows into the same place in its peers. */
+    __device__ void share(int st, bool use_q, bool use_kv) const
+    {
+        constexpr int QV = T::DK / 8;
+        const int nq = (j.r1 - j.r0) * QV;
+        for (int pl = 0; pl < T::PLANES; pl++)
+            for (int pass = use_q ? 0 : 1; pass < (use_kv ? 2 : 1); pass++) {
+                bf16 *x0 = pass ? sm.k(st, pl) : sm.q(st, pl);
+                for (int i = threadIdx.x; i < nq; i += THREADS) {
+                    uint4 *ptr = (uint4 *)(x0 + (j.r0 + i / QV) * T::QP + (i % QV) * 8);
+                    const uint4 val = *ptr;
+                    for (int pr = 0; pr < j.ranks; pr++)
+                        if (pr != j.rank)
+                            *peer(ptr, pr) = val;
+                }
+            }
+    }
+
     /* Element-wise load of one chunk into stage 0 (f16/f32, or unaligned bf16). */
     __device__ void load_direct(int64_t t0, int n, bool use_q, bool use_kv) const
     {
+        const int nq = (j.r1 - j.r0) * T::DK;
         if (use_q) {
             bf16 *qh = sm.q(0, 0), *ql = sm.q(0, T::PLANES - 1);
-            for (int i = threadIdx.x; i < C * T::DK; i += THREADS) {
-                const int r = i / T::DK, d = i % T::DK;
+            for (int i = threadIdx.x; i < nq; i += THREADS) {
+                const int r = j.r0 + i / T::DK, d = i % T::DK;
                 float x = 0.0f;
                 if (r < n && d < p.Dk)
-                    x = phi(Elem<T::DT>::load(at<E>(p.q, p.sq, j.b, t0 + r, j.h, d)), p.feature_map);
+                    x = phi(Elem<T::DT>::load((const E *)j.qb + (t0 + r) * p.sq[1] + d), p.feature_map);
                 store(qh, ql, r * T::QP + d, x);
             }
         }
         if (!use_kv)
             return;
         bf16 *kh = sm.k(0, 0), *kl = sm.k(0, T::PLANES - 1);
-        for (int i = threadIdx.x; i < C * T::DK; i += THREADS) {
-            const int r = i / T::DK, d = i % T::DK;
+        for (int i = threadIdx.x; i < nq; i += THREADS) {
+            const int r = j.r0 + i / T::DK, d = i % T::DK;
             float x = 0.0f;
             if (r < n && d < p.Dk && !masked(t0 + r))
-                x = phi(Elem<T::DT>::load(at<E>(p.k, p.sk, j.b, t0 + r, j.hk, d)), p.feature_map);
+                x = phi(Elem<T::DT>::load((const E *)j.kb + (t0 + r) * p.sk[1] + d), p.feature_map);
             store(kh, kl, r * T::QP + d, x);
         }
         bf16 *vh = sm.v(0, 0), *vl = sm.v(0, T::PLANES - 1);
@@ -233,7 +287,7 @@ template <class T> struct Chunk {
             const int r = i / T::NV, e = i % T::NV;
             float x = 0.0f;
             if (r < n && j.e0 + e < p.Dv && !masked(t0 + r))
-                x = Elem<T::DT>::load(at<E>(p.v, p.sv, j.b, t0 + r, j.hk, j.e0 + e));
+                x = Elem<T::DT>::load((const E *)j.vb_ + (t0 + r) * p.sv[1] + e);
             store(vh, vl, r * T::VP + e, x);
         }
     }
@@ -585,12 +639,23 @@ __global__ void __launch_bounds__(THREADS, 1) attend_kernel(const __grid_constan
             }
         }
         if (!async) {
-            __syncthreads();
+            /* One stage: the peers must be done with chunk ci - 1 before anyone
+             * writes chunk ci into it. */
+            if (j.ranks > 1)
+                cluster_sync();
+            else
+                __syncthreads();
             ck.load_direct(t0, n, use_q, use_kv);
         }
         if (causal)
             refresh_readout_state(sm);
-        __syncthreads();
+        if (j.ranks > 1) {
+            __syncthreads(); /* this CTA's rows converted */
+            ck.share(st, use_q, use_kv);
+            cluster_sync(); /* everyone's rows everywhere */
+        } else {
+            __syncthreads();
+        }
         const int warp = threadIdx.x >> 5;
         if (kind == LMK_ABSORB)
             update_state(p, sm, st, n, warp, WARPS);

@@ -11,11 +11,39 @@
 
 namespace lmk {
 
+/* With p.cluster > 1 the value blocks of a head run as one cluster; when the
+ * GPU cannot place such clusters, the same work runs without them. */
 template <int DK, int DT> lm_status launch(const lmk_attend &p, int kind, int64_t ctas, cudaStream_t s)
 {
     typedef Traits<DK, DT> T;
     LMI_CUDA_TRY(cudaFuncSetAttribute(attend_kernel<DK, DT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       (int)T::SMEM));
+    if (p.cluster > 1) {
+        LMI_CUDA_TRY(cudaFuncSetAttribute(attend_kernel<DK, DT>, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+        cudaLaunchConfig_t cfg = {};
+        cudaLaunchAttribute attr[1];
+        attr[0].id = cudaLaunchAttributeClusterDimension;
+        attr[0].val.clusterDim.x = (unsigned)p.cluster;
+        attr[0].val.clusterDim.y = 1;
+        attr[0].val.clusterDim.z = 1;
+        cfg.gridDim = dim3((unsigned)ctas);
+        cfg.blockDim = dim3(THREADS);
+        cfg.dynamicSmemBytes = T::SMEM;
+        cfg.stream = s;
+        cfg.attrs = attr;
+        cfg.numAttrs = 1;
+        int fits = 0;
+        if (cudaOccupancyMaxActiveClusters(&fits, attend_kernel<DK, DT>, &cfg) == cudaSuccess && fits > 0) {
+            LMI_CUDA_TRY(cudaLaunchKernelEx(&cfg, attend_kernel<DK, DT>, p, kind));
+            return LM_OK;
+        }
+        cudaGetLastError(); /* not sticky; run without clusters */
+        lmk_attend q = p;
+        q.cluster = 1;
+        attend_kernel<DK, DT><<<(unsigned)ctas, THREADS, T::SMEM, s>>>(q, kind);
+        LMI_CUDA_TRY(cudaGetLastError());
+        return LM_OK;
+    }
     attend_kernel<DK, DT><<<(unsigned)ctas, THREADS, T::SMEM, s>>>(p, kind);
     LMI_CUDA_TRY(cudaGetLastError());
     return LM_OK;

@@ -52,6 +52,7 @@ typedef struct lmk_attend {
     int feature_map, normalize, compensated;
     float eps, scale;
     int aligned;           /* set by the launcher: 16-byte rows, vector loads */
+    int cluster;           /* set by the launcher: CTAs of a head sharing q, k (1 = none) */
     int has_decay;
     float decay[LMK_MAX_DECAY_HEADS]; /* per kv head, when has_decay */
 } lmk_attend;
