@@ -20,15 +20,7 @@ static lm_status check_grad(const lm_tensor *t, const char *what, const lm_tenso
         return st;
     if (t->dtype != like->dtype)
         return lmi_error(LM_ERR_INVALID_ARG, "%s must have q's dtype", what);
-    for (int i = 0; i < 4; i++)
-        if (t->shape[i] != shape[i])
-            return lmi_error(LM_ERR_INVALID_ARG,
-                             "%s is [%lld, %lld, %lld, %lld], expected %s = [%lld, %lld, %lld, %lld]",
-                             what, (long long)t->shape[0], (long long)t->shape[1],
-                             (long long)t->shape[2], (long long)t->shape[3], names,
-                             (long long)shape[0], (long long)shape[1], (long long)shape[2],
-                             (long long)shape[3]);
-    return LM_OK;
+    return lmi_check_shape4(t, what, shape, names);
 }
 
 /* The gradient tensors must not alias what is read, nor each other. */

@@ -21,20 +21,6 @@ lm_status lm_core_args_default(lm_core_args *args)
     return LM_OK;
 }
 
-static lm_status check_shape(const lm_tensor *t, const char *what, const int64_t *shape,
-                             const char *names)
-{
-    for (int i = 0; i < 4; i++)
-        if (t->shape[i] != shape[i])
-            return lmi_error(LM_ERR_INVALID_ARG,
-                             "%s is [%lld, %lld, %lld, %lld], expected %s = [%lld, %lld, %lld, %lld]",
-                             what, (long long)t->shape[0], (long long)t->shape[1],
-                             (long long)t->shape[2], (long long)t->shape[3], names,
-                             (long long)shape[0], (long long)shape[1], (long long)shape[2],
-                             (long long)shape[3]);
-    return LM_OK;
-}
-
 lm_status lmi_core_fill(const lm_core_args *a, lmi_core_call call, lmi_core_params *p,
                         const lmi_backend **be)
 {
@@ -60,10 +46,10 @@ lm_status lmi_core_fill(const lm_core_args *a, lmi_core_call call, lmi_core_para
     if (Hq > LMI_MAX_HEADS || Dk > LMI_MAX_HEAD_DIM || Dv > LMI_MAX_HEAD_DIM)
         return lmi_error(LM_ERR_INVALID_ARG, "at most %d heads of dimension %d", LMI_MAX_HEADS,
                          LMI_MAX_HEAD_DIM);
-    if ((st = check_shape(a->k, "k", (int64_t[]){ B, Lk, Hkv, Dk }, "[B, Lk, Hkv, Dk]")) ||
-        (st = check_shape(a->v, "v", (int64_t[]){ B, Lk, Hkv, Dv }, "[B, Lk, Hkv, Dv]")) ||
+    if ((st = lmi_check_shape4(a->k, "k", (int64_t[]){ B, Lk, Hkv, Dk }, "[B, Lk, Hkv, Dk]")) ||
+        (st = lmi_check_shape4(a->v, "v", (int64_t[]){ B, Lk, Hkv, Dv }, "[B, Lk, Hkv, Dv]")) ||
         (need_out &&
-         (st = check_shape(a->out, "out", (int64_t[]){ B, L, Hq, Dv }, "[B, L, Hq, Dv]"))))
+         (st = lmi_check_shape4(a->out, "out", (int64_t[]){ B, L, Hq, Dv }, "[B, L, Hq, Dv]"))))
         return st;
     if (Hq % Hkv)
         return lmi_error(LM_ERR_INVALID_ARG, "kv heads (%lld) must divide query heads (%lld)",

@@ -42,6 +42,9 @@ lmi_view lmi_view_of(const lm_tensor *t);
 
 lm_status lmi_check_options(lm_feature_map fm, int normalize, float eps, float scale,
                             const float *decay, int64_t n_decay, lm_precision precision);
+/* INVALID_ARG unless t's 4 dims are shape; names spells the shape, e.g. "[B, L, H, D]". */
+lm_status lmi_check_shape4(const lm_tensor *t, const char *what, const int64_t *shape,
+                           const char *names);
 lm_status lmi_check_mask(const lm_tensor *mask, lm_device device, int64_t B, int64_t Lk);
 /* INVALID_ARG when out's memory overlaps one of the n inputs (NULLs skipped). */
 lm_status lmi_check_no_alias(const lm_tensor *out, const lm_tensor *const *inputs,

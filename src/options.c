@@ -30,6 +30,20 @@ lm_status lmi_check_options(lm_feature_map fm, int normalize, float eps, float s
     return LM_OK;
 }
 
+lm_status lmi_check_shape4(const lm_tensor *t, const char *what, const int64_t *shape,
+                           const char *names)
+{
+    for (int i = 0; i < 4; i++)
+        if (t->shape[i] != shape[i])
+            return lmi_error(LM_ERR_INVALID_ARG,
+                             "%s is [%lld, %lld, %lld, %lld], expected %s = [%lld, %lld, %lld, %lld]",
+                             what, (long long)t->shape[0], (long long)t->shape[1],
+                             (long long)t->shape[2], (long long)t->shape[3], names,
+                             (long long)shape[0], (long long)shape[1], (long long)shape[2],
+                             (long long)shape[3]);
+    return LM_OK;
+}
+
 lm_status lmi_check_mask(const lm_tensor *mask, lm_device device, int64_t B, int64_t Lk)
 {
     lm_status st = lmi_check_tensor(mask, "key_padding_mask", 2, device);
