@@ -63,7 +63,7 @@ for p in $PHASES; do
     sanitize)
         for tool in memcheck synccheck racecheck initcheck; do
             echo "==== $tool" >> "$OUT/sanitize.log"
-            phase "sanitize-$tool" 60 "$OUT/sanitize.log" compute-sanitizer --tool "$tool" --error-exitcode 3 \
+            phase "sanitize-$tool" 90 "$OUT/sanitize.log" compute-sanitizer --tool "$tool" --error-exitcode 3 \
                 --print-limit 20 "$B/bin/lm-gpu-tests" small
         done ;;
     esac

@@ -19,7 +19,8 @@
  * On sm_90 the CTAs of one head (its value blocks) form a cluster: each loads
  * and converts 1/n of the q, k rows and stores them into its peers' shared
  * memory, instead of all n doing all of it (v2, 8K: 3.4K instructions per
- * warp per chunk, 40% of them loading and converting).
+ * warp per chunk, 40% of them loading and converting; clusters of 4: 35%
+ * fewer instructions, see attend_launch.cuh for the cluster size).
  * Measured: see bench/NOTES.md.
  */
 #ifndef LM_ATTEND_CUH
@@ -583,6 +584,8 @@ __global__ void __launch_bounds__(THREADS, 1) attend_kernel(const __grid_constan
     extern __shared__ __align__(128) unsigned char smem[];
     const Layout<T> sm = { smem };
     const Job j = job_of<T>(p, kind);
+    if (j.ranks > 1)
+        cluster_sync(); /* peers' shared memory exists before anyone writes to it */
     const Chunk<T> ck = { p, sm, j, kind };
     const bool causal = kind == LMK_CAUSAL, use_q = kind != LMK_ABSORB, use_kv = kind != LMK_READOUT;
     const int64_t head = (int64_t)j.b * p.Hkv + j.hk;
