@@ -1,8 +1,9 @@
 """
 benchmark.py - the sequence-length sweep of LiquidMemory against softmax attention.
 
-    python -m liquid_memory.benchmark [--device cuda] [--seq-lengths 2048,8192,...]
+    python -m liquid_memory.benchmark [--device cuda] [--seq-lengths 2048,8192,...] [--train]
     LiquidMemory.benchmark(embed_dim=4096, num_heads=32, ...)   # same thing from Python
+    LiquidMemory.benchmark(..., mode="train")                   # forward + backward
 
 Prefill (the whole attention layer, projections included, causal, inference):
 time and peak extra memory per length L for
@@ -20,13 +21,27 @@ Decode, per token, against the context length S:
   kv_cache                  a softmax decoder with a preallocated KV cache: project the
                             token, append k/v, attend over S+1 keys (SDPA where available)
 
+Training (mode="train" or --train; mode="all" runs both): forward + backward of the whole
+layer (projections included, causal, training mode, x requiring grad, a fixed random
+gradient of the output; the gradients are dropped before each call so each call allocates
+them afresh) per length L for
+  liquid_memory   LiquidMemory: the projections' autograd around lm_linear_attn_(prefill|backward)
+  mha             nn.MultiheadAttention(x, x, x, attn_mask=causal bool mask, need_weights=False)
+  sdpa_flash / sdpa_cudnn / sdpa_math
+                  the same projections around F.scaled_dot_product_attention(is_causal=True),
+                  flash / cuDNN forced on CUDA, the math backend on the CPU
+Peak memory is the peak during the call above what was allocated before it (the
+weights, x, dout and the mask), so it includes the activations autograd saves and the
+gradients.
+
 An out-of-memory is recorded as OOM and the sweep goes on (larger lengths of
 that method are then skipped as OOM); a method whose next length would take
 longer than --max-seconds per call (extrapolated) is skipped and said so.
 Every run writes, under --out: <stem>.json (records and fits), <stem>_prefill_time.png,
 <stem>_prefill_memory.png, <stem>_decode.png and <stem>_manifest.json (versions,
-device, config, files). Fits: the theory curve of each series (O(L) or O(L^2)
-for prefill, O(1) or O(S) for decode, with the lower-order terms for fixed
+device, config, files); stem = sweep_<device>_<time> (sweep_train_... / sweep_all_... for
+the other modes), and training adds <stem>_train_time.png and <stem>_train_memory.png. Fits: the theory curve of each series (O(L) or O(L^2)
+for prefill and training, O(1) or O(S) for decode, with the lower-order terms for fixed
 costs and projections) by relative least squares, nonnegative coefficients,
 with R^2 on log10 values; a point more than 10% off its fit, or R^2 < 0.95, is
 flagged.
@@ -64,10 +79,12 @@ CPU_DEFAULTS = dict(embed_dim=512, num_heads=8, seq_lengths=(256, 512, 1024, 204
 # Expected growth of each series: (time model, memory model); 1 = O(n), 2 = O(n^2), 0 = O(1).
 THEORY = {
     "liquid_memory": (1, 1), "mha_default": (2, 2), "mha_fast": (2, 2),
-    "sdpa_flash": (2, 1), "sdpa_cudnn": (2, 1), "sdpa": (2, 1),
+    "sdpa_flash": (2, 1), "sdpa_cudnn": (2, 1), "sdpa": (2, 1), "mha": (2, 2), "sdpa_math": (2, 2),
     "liquid_memory_step": (0, 0), "liquid_memory_step_graph": (0, 0), "kv_cache": (1, 1),
 }
 MODEL_NAMES = {0: "O(1)", 1: "O(n)", 2: "O(n^2)"}
+MODES = ("inference", "train", "all")
+PHASE_TITLES = {"prefill": "prefill", "train": "forward + backward", "decode": "decode"}
 _HERE = os.path.dirname(os.path.abspath(__file__))
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "f16": torch.float16,
           "float16": torch.float16, "fp16": torch.float16, "f32": torch.float32,
@@ -163,10 +180,18 @@ class _Meter:
 
 # ---------------------------------------------------------------------------- peers
 
-def _sdpa_backends(device):
-    """{name: context-manager factory} of the SDPA backends this torch offers."""
+def _sdpa_backends(device, train=False):
+    """{name: context-manager factory} of the SDPA backends this torch offers
+    (training on the CPU: the math backend, forced)."""
     if not hasattr(F, "scaled_dot_product_attention"):
         return {}
+    if device.type != "cuda" and train:
+        try:
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+            return {"sdpa_math": lambda: sdpa_kernel(SDPBackend.MATH)}
+        except ImportError:
+            return {"sdpa_math": lambda: torch.backends.cuda.sdp_kernel(
+                enable_flash=False, enable_math=True, enable_mem_efficient=False)}
     if device.type != "cuda":
         return {"sdpa": contextlib.nullcontext}
     out = {}
@@ -308,16 +333,19 @@ def _resolve(device, embed_dim, num_heads, seq_lengths, decode_contexts, dtype, 
 def run(embed_dim=None, num_heads=None, batch_size=1, seq_lengths=None, dtype=None,
         device="cuda", decode_contexts=None, methods=None, warmup=None, iters=None,
         out_dir=os.path.join("bench", "results"), plots=True, progress=True, max_seconds=60.0,
-        tag=None, verbose=True, threads=None):
+        tag=None, verbose=True, threads=None, mode="inference"):
     """Runs the sweep; returns {'config', 'records', 'fits', 'files', 'notes'}.
 
     embed_dim / num_heads / seq_lengths / decode_contexts / dtype default to the
     GPU sizes (4096, 32, 2K..128K, bf16) on CUDA and to small CPU sizes (512, 8,
     256..4096, fp32) on the CPU; device="cuda" falls back to the CPU with a note
-    when there is no GPU. methods: a subset of the prefill and decode method
-    names (module docstring); max_seconds: per-call budget for skipping a
+    when there is no GPU. mode: "inference" (prefill and decode), "train" (forward +
+    backward of the layer) or "all". methods: a subset of the method names of
+    those phases (module docstring); max_seconds: per-call budget for skipping a
     method's larger lengths; threads: torch.set_num_threads (CPU runs default to every
     core, so torch and libliquidmemory, which share one OpenMP runtime, use the same)."""
+    if mode not in MODES:
+        raise ValueError("mode must be one of %s, not %r" % (MODES, mode))
     notes = []
     device, E, H, Ls, Ss, dtype = _resolve(device, embed_dim, num_heads, seq_lengths,
                                            decode_contexts, dtype, notes)
@@ -329,18 +357,24 @@ def run(embed_dim=None, num_heads=None, batch_size=1, seq_lengths=None, dtype=No
     warmup = 2 if warmup is None and cuda else (1 if warmup is None else warmup)
     iters = (10 if cuda else 3) if iters is None else iters
     meter = _Meter(device)
-    sdpa = _sdpa_backends(device)
-    prefill_methods = ["liquid_memory", "mha_default", "mha_fast"] + list(sdpa)
+    inference, training = mode in ("inference", "all"), mode in ("train", "all")
+    sdpa = _sdpa_backends(device) if inference else {}
+    sdpa_train = _sdpa_backends(device, train=True) if training else {}
+    prefill_methods = ["liquid_memory", "mha_default", "mha_fast"] + list(sdpa) \
+        if inference else []
     decode_methods = ["liquid_memory_step"] + (["liquid_memory_step_graph"] if cuda else []) + \
-        ["kv_cache"]
+        ["kv_cache"] if inference else []
+    train_methods = ["liquid_memory", "mha"] + list(sdpa_train) if training else []
     if methods:
-        unknown = set(methods) - set(prefill_methods) - set(decode_methods)
+        known = set(prefill_methods) | set(decode_methods) | set(train_methods)
+        unknown = set(methods) - known
         if unknown:
             raise ValueError("unknown or unavailable methods %s; here: %s"
-                             % (sorted(unknown), prefill_methods + decode_methods))
+                             % (sorted(unknown), sorted(known)))
         prefill_methods = [m for m in prefill_methods if m in methods]
         decode_methods = [m for m in decode_methods if m in methods]
-    if not sdpa:
+        train_methods = [m for m in train_methods if m in methods]
+    if not hasattr(F, "scaled_dot_product_attention"):
         notes.append("torch %s has no scaled_dot_product_attention: SDPA peers not run"
                      % torch.__version__)
 
@@ -350,11 +384,12 @@ def run(embed_dim=None, num_heads=None, batch_size=1, seq_lengths=None, dtype=No
     config = {"embed_dim": E, "num_heads": H, "batch_size": batch_size,
               "seq_lengths": list(Ls), "decode_contexts": list(Ss), "dtype": str(dtype),
               "device": str(device), "causal": True, "warmup": warmup, "iters": iters,
-              "max_seconds": max_seconds, "threads": torch.get_num_threads(),
-              "prefill_methods": prefill_methods, "decode_methods": decode_methods}
+              "max_seconds": max_seconds, "threads": torch.get_num_threads(), "mode": mode,
+              "prefill_methods": prefill_methods, "decode_methods": decode_methods,
+              "train_methods": train_methods}
 
     records = []
-    total = len(prefill_methods) * len(Ls) + len(decode_methods) * len(Ss)
+    total = (len(prefill_methods) + len(train_methods)) * len(Ls) + len(decode_methods) * len(Ss)
     bar = _progress(total, progress)
 
     def record(phase, method, n, status, ms=None, times=None, mem=None, note="", **extra):
@@ -364,38 +399,55 @@ def run(embed_dim=None, num_heads=None, batch_size=1, seq_lengths=None, dtype=No
         records.append(r)
         bar.update(method, n, status, ms)
 
-    # ---- prefill
-    for method in prefill_methods:
-        last, blocked = None, None
+    def length_sweep(phase, method, make_fn, grad, modules):
+        """One method over the lengths Ls: time and memory of make_fn(L)()."""
+        last, blocked, fn = None, None, None
         for L in Ls:
             if blocked:
-                record("prefill", method, L, blocked.status, note=blocked.note)
+                record(phase, method, L, blocked.status, note=blocked.note)
                 continue
             try:
-                x = torch.randn(batch_size, L, E, device=device, dtype=dtype)
-                fn = _prefill_fn(method, lm, mha, sdpa, x)
+                fn = make_fn(L)
                 if last is not None:
                     est = last[1] / 1e3 * (L / last[0]) ** THEORY[method][0]
                     if est > max_seconds:
                         raise _Skip("skipped", "estimated %.0f s per call > max_seconds=%g"
                                     % (est, max_seconds))
-                with torch.no_grad():
+                with torch.set_grad_enabled(grad):
                     ms, times = meter.time(fn, warmup, iters, max_seconds)
+                    getattr(fn, "reset", lambda: None)()
                     mem = meter.memory(fn)
                 last = (L, ms)
-                record("prefill", method, L, "ok", ms, times, mem)
+                record(phase, method, L, "ok", ms, times, mem)
             except _Skip as e:
                 blocked = e
-                record("prefill", method, L, e.status, note=e.note)
+                record(phase, method, L, e.status, note=e.note)
             except Exception as e:  # noqa: BLE001 - recorded, the sweep goes on
-                status = "OOM" if _is_oom(e) else ("license" if "license" in str(e).lower()
-                                                   else "error")
-                record("prefill", method, L, status, note=_short(e))
-                if status in ("OOM", "license"):
+                status = _status_of(e)
+                record(phase, method, L, status, note=_short(e))
+                if status in ("OOM", "license", "unsupported"):
                     blocked = _Skip(status, "%s at L=%d" % (status, L))
             finally:
-                x = fn = None
+                fn = None
+                for m in modules:
+                    m.zero_grad(set_to_none=True)
                 _free(cuda)
+
+    # ---- prefill
+    for method in prefill_methods:
+        length_sweep("prefill", method, lambda L, method=method: _prefill_fn(
+            method, lm, mha, sdpa, torch.randn(batch_size, L, E, device=device, dtype=dtype)),
+            False, ())
+
+    # ---- training: forward + backward
+    if train_methods:
+        lm.train()
+        mha.train()
+        for method in train_methods:
+            length_sweep("train", method, lambda L, method=method: _train_fn(
+                method, lm, mha, sdpa_train, batch_size, L, E, device, dtype), True, (lm, mha))
+        lm.eval()
+        mha.eval()
 
     # ---- decode
     for method in decode_methods:
@@ -412,8 +464,7 @@ def run(embed_dim=None, num_heads=None, batch_size=1, seq_lengths=None, dtype=No
             except _Skip as e:
                 record("decode", method, S, e.status, note=e.note)
             except Exception as e:  # noqa: BLE001
-                status = "OOM" if _is_oom(e) else ("license" if "license" in str(e).lower()
-                                                   else "error")
+                status = _status_of(e)
                 record("decode", method, S, status, note=_short(e))
                 if status in ("OOM", "license"):
                     blocked = _Skip(status, "%s at S=%d" % (status, S))
@@ -441,6 +492,44 @@ def _prefill_fn(method, lm, mha, sdpa, x):
         return lambda: _mha_call(mha, x, fast)
     layer = _SDPALayer(mha, sdpa[method])
     return lambda: layer(x)
+
+
+def _train_fn(method, lm, mha, sdpa, B, L, E, device, dtype):
+    """A callable running forward + backward of one layer at length L; its inputs
+    (x requiring grad, the output's gradient, MHA's mask) are made here, before timing."""
+    g = torch.Generator(device="cpu").manual_seed(2)
+    x = torch.randn(B, L, E, generator=g).to(device, dtype).requires_grad_(True)
+    dout = torch.randn(B, L, E, generator=g).to(device, dtype)
+    if method == "liquid_memory":
+        layer, mods = (lambda t: lm(t, t, t, is_causal=True, need_weights=False)[0]), lm
+    elif method == "mha":
+        mask = _causal_mask(L, device)
+        layer, mods = (lambda t: mha(t, t, t, attn_mask=mask, need_weights=False)[0]), mha
+    else:
+        layer, mods = _SDPALayer(mha, sdpa[method]), mha
+
+    def reset():
+        mods.zero_grad(set_to_none=True)
+        x.grad = None
+
+    def step():
+        reset()
+        out = layer(x)
+        out.backward(dout)
+        return out.detach()
+    step.reset = reset  # drops the gradients, so that memory() counts them afresh
+    return step
+
+
+def _status_of(e):
+    """The record status of an exception raised by a measured call."""
+    if _is_oom(e):
+        return "OOM"
+    if "license" in str(e).lower():
+        return "license"
+    if isinstance(e, NotImplementedError):  # e.g. a backend without a backward
+        return "unsupported"
+    return "error"
 
 
 def _decode_one(method, lm, mha, S, B, E, device, dtype, meter, warmup, iters, budget):
@@ -498,7 +587,7 @@ def _short(e):
 
 def _fits(records):
     out = []
-    for phase in ("prefill", "decode"):
+    for phase in ("prefill", "train", "decode"):
         methods = sorted({r["method"] for r in records if r["phase"] == phase})
         for m in methods:
             rs = [r for r in records if r["phase"] == phase and r["method"] == m and r["status"] == "ok"]
@@ -553,13 +642,14 @@ def format_table(result):
     recs, cfg = result["records"], result["config"]
     lines = ["Liquid Memory sweep: E=%d, %d heads, batch %d, %s on %s, causal"
              % (cfg["embed_dim"], cfg["num_heads"], cfg["batch_size"], cfg["dtype"], cfg["device"])]
-    for phase, key, label in (("prefill", "seq_lengths", "L"), ("decode", "decode_contexts", "S")):
-        methods = cfg["%s_methods" % phase]
+    for phase, key, label in (("prefill", "seq_lengths", "L"), ("train", "seq_lengths", "L"),
+                              ("decode", "decode_contexts", "S")):
+        methods = cfg.get("%s_methods" % phase)
         if not methods:
             continue
         lines.append("")
         lines.append("%s (ms / peak extra memory)%s" % (
-            phase, " per token" if phase == "decode" else ""))
+            PHASE_TITLES[phase], " per token" if phase == "decode" else ""))
         width = 24
         lines.append("%8s  " % label + "".join("%-*s" % (width, m) for m in methods))
         for n in cfg[key]:
@@ -627,7 +717,9 @@ def _versions(device):
 def _write(result, out_dir, tag, device, plots):
     os.makedirs(out_dir, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    stem = os.path.join(out_dir, "sweep_%s_%s%s" % (device.type, stamp, "_" + tag if tag else ""))
+    mode = result["config"].get("mode", "inference")
+    stem = os.path.join(out_dir, "sweep_%s%s_%s%s" % ("" if mode == "inference" else mode + "_",
+                                                     device.type, stamp, "_" + tag if tag else ""))
     files = []
     if plots:
         try:
@@ -686,16 +778,22 @@ def plot(result, stem):
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
 
-    for quantity, key, scale, ylabel, suffix in (
-            ("time", "ms", 1.0, "prefill time (ms)", "_prefill_time.png"),
-            ("memory", "peak_extra_bytes", 1e-6, "peak extra memory (MB)", "_prefill_memory.png")):
-        fig, ax = plt.subplots(figsize=(7, 5))
-        series(ax, "prefill", quantity, key, scale, ylabel, "sequence length L")
-        ax.set_title("Prefill %s vs L (%s)" % (quantity, title), fontsize=9)
-        fig.tight_layout()
-        fig.savefig(stem + suffix, dpi=120)
-        plt.close(fig)
-        files.append(stem + suffix)
+    for phase in ("prefill", "train"):
+        if not cfg.get("%s_methods" % phase):
+            continue
+        what = PHASE_TITLES[phase]
+        for quantity, key, scale, ylabel in (
+                ("time", "ms", 1.0, "%s time (ms)" % what),
+                ("memory", "peak_extra_bytes", 1e-6, "peak extra memory (MB)")):
+            fig, ax = plt.subplots(figsize=(7, 5))
+            series(ax, phase, quantity, key, scale, ylabel, "sequence length L")
+            ax.set_title("%s %s vs L (%s)" % (what[0].upper() + what[1:], quantity, title),
+                         fontsize=9)
+            fig.tight_layout()
+            suffix = "_%s_%s.png" % (phase, quantity)
+            fig.savefig(stem + suffix, dpi=120)
+            plt.close(fig)
+            files.append(stem + suffix)
     if cfg["decode_methods"]:
         fig, axes = plt.subplots(1, 2, figsize=(12, 5))
         series(axes[0], "decode", "time", "ms", 1.0, "latency per token (ms)", "context length S")
@@ -725,7 +823,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(
         prog="python -m liquid_memory.benchmark",
         description="Sequence-length sweep of LiquidMemory against nn.MultiheadAttention and "
-                    "SDPA: prefill time and memory, decode latency; table, JSON, PNG plots.")
+                    "SDPA: prefill time and memory, decode latency, or (--train) forward + "
+                    "backward time and memory; table, JSON, PNG plots.")
     p.add_argument("--embed-dim", type=int)
     p.add_argument("--num-heads", type=int)
     p.add_argument("--batch-size", type=int, default=1)
@@ -734,6 +833,11 @@ def main(argv=None):
     p.add_argument("--dtype", choices=sorted(DTYPES))
     p.add_argument("--device", default="cuda", help="cuda (default; falls back to cpu) or cpu")
     p.add_argument("--methods", help="comma-separated subset of the methods")
+    p.add_argument("--mode", choices=MODES, default="inference",
+                   help="inference: prefill and decode (default); train: forward + backward; "
+                        "all: both")
+    p.add_argument("--train", dest="mode", action="store_const", const="train",
+                   help="the same as --mode train")
     p.add_argument("--warmup", type=int)
     p.add_argument("--iters", type=int)
     p.add_argument("--max-seconds", type=float, default=60.0)
@@ -748,7 +852,7 @@ def main(argv=None):
         dtype=DTYPES[a.dtype] if a.dtype else None, device=a.device,
         methods=a.methods.split(",") if a.methods else None, warmup=a.warmup, iters=a.iters,
         max_seconds=a.max_seconds, threads=a.threads, out_dir=a.out, tag=a.tag,
-        plots=not a.no_plots, progress=not a.no_progress)
+        plots=not a.no_plots, progress=not a.no_progress, mode=a.mode)
     return 0
 
 
