@@ -26,10 +26,14 @@ position information cannot single out; no positional embedding is used.
 
 Training: AdamW, linear warm-up then a constant learning rate, until --steps or --seconds
 (per model, whichever comes first); the loss and accuracy of every step are logged.
---attention both (the CPU default) trains the LiquidMemory model, then the MHA model, with the
-same seed and the same data stream. CPU defaults (L=64, 16 pairs, 16 queries,
-64 keys, 64 values, d=64, 4 heads, batch 32, 30 s per model) take about a minute on 2 cores;
+--attention both (the CPU default) trains the LiquidMemory model, then the MHA model for as
+many steps as the first one made, with the same seed and the same data stream. CPU defaults
+(L=64, 16 pairs, 16 queries, 64 keys, 64 values, d=64, 4 heads, batch 32, 35 s for
+LiquidMemory, MHA being faster per step at this length) take about a minute on 2 cores;
 CUDA defaults: L=32768, 16 pairs, 256 queries, d=256, batch 8, LiquidMemory only, 600 s.
+CPU runs use every core (--threads) and set OMP_WAIT_POLICY=PASSIVE unless it is set: torch
+and the library alternate many short parallel calls, and spinning idle threads made a step
+2.7x slower on 2 cores.
 
 Writes bench/results/train_demo_<device>_<YYYYmmdd-HHMMSS>.json (config, per-step loss /
 accuracy / time, final evaluation, wall time, device, torch and library versions, date) and a
@@ -75,8 +79,8 @@ def parse(argv=None):
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--steps", type=int, default=100000, help="at most this many steps")
     p.add_argument("--seconds", type=float, help="at most this many seconds of training per "
-                   "model (default: 30 on the CPU, so --attention both takes about a minute; "
-                   "600 on CUDA)")
+                   "model (default: 35 on the CPU, where --attention both then takes about a "
+                   "minute; 600 on CUDA)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=("f32", "bf16"),
                    help="f32, or bf16 autocast (default: f32 on the CPU, bf16 on CUDA)")
@@ -91,7 +95,7 @@ def parse(argv=None):
     a.batch_size = a.batch_size or (8 if cuda else 32)
     a.num_queries = a.num_queries or (256 if cuda else 16)
     a.attention = a.attention or ("lm" if cuda else "both")
-    a.seconds = a.seconds if a.seconds is not None else (600.0 if cuda else 30.0)
+    a.seconds = a.seconds if a.seconds is not None else (600.0 if cuda else 35.0)
     a.d_model = a.d_model or (256 if cuda else 64)
     a.dtype = a.dtype or ("bf16" if cuda else "f32")
     a.threads = a.threads or (None if cuda else os.cpu_count())
@@ -239,8 +243,10 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def train(a, attention, device, log=print):
-    """Trains one model; returns its record (per-step log, final evaluation, timings)."""
+def train(a, attention, device, log=print, max_steps=None):
+    """Trains one model for at most max_steps (default a.steps) steps and a.seconds
+    seconds; returns its record (per-step log, final evaluation, timings)."""
+    max_steps = a.steps if max_steps is None else max_steps
     torch.manual_seed(a.seed)
     task = Task(a.seq_len, a.num_pairs, a.num_queries, a.key_vocab, a.value_vocab)
     model = Model(task.vocab, a.d_model, a.num_heads, attention).to(device)
@@ -257,7 +263,7 @@ def train(a, attention, device, log=print):
     t0 = time.perf_counter()
     step = 0
     try:
-        while step < a.steps and time.perf_counter() - t0 < a.seconds:
+        while step < max_steps and time.perf_counter() - t0 < a.seconds:
             model.train()
             tok, tgt = task.batch(a.batch_size, gen, device)
             with _autocast(device, a.dtype):
@@ -282,13 +288,17 @@ def train(a, attention, device, log=print):
     except NotImplementedError as e:  # MissingSymbolError, UnsupportedError
         status, error = "unsupported", "%s: %s" % (type(e).__name__, e)
     except RuntimeError as e:
-        if "out of memory" not in str(e).lower():
+        if "LM_ERR_" in str(e):  # the library's error, re-wrapped on its way through torch
+            status, error = "library error", str(e)
+        elif "out of memory" in str(e).lower():
+            status, error = "OOM", str(e).split("\n")[0]
+        else:
             raise
-        status, error = "OOM", str(e).split("\n")[0]
     _sync(device)
     train_s = time.perf_counter() - t0
     rec = {"attention": attention, "parameters": nparams, "status": status, "error": error,
-           "steps": steps, "train_seconds": train_s}
+           "max_steps": max_steps, "max_seconds": a.seconds, "steps": steps,
+           "train_seconds": train_s}
     if device.type == "cuda":
         rec["peak_memory_bytes"] = torch.cuda.max_memory_allocated(device)
     if status != "ok":
@@ -411,9 +421,11 @@ def main(a):
         "CPU, %d threads" % torch.get_num_threads()
     config = {k: v for k, v in vars(a).items() if k not in ("out", "no_files")}
     print("train_demo on %s: %s" % (name, json.dumps(config)))
-    runs = []
+    runs, limit = [], a.steps
     for att in (("lm", "mha") if a.attention == "both" else (a.attention,)):
-        runs.append(train(a, att, device, log=lambda s: print(s, flush=True)))
+        runs.append(train(a, att, device, log=lambda s: print(s, flush=True), max_steps=limit))
+        if att == "lm" and runs[-1]["status"] == "ok":
+            limit = min(limit, len(runs[-1]["steps"]))  # MHA: the same number of steps
     result = {"date": started.isoformat(timespec="seconds"), "command": " ".join(sys.argv),
               "config": config, "device": {"type": device.type, "name": name},
               "environment": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS",

@@ -73,13 +73,15 @@ def test_demo_trains_and_writes_log_and_plot(tmp_path, capsys):
         assert r["summary"]["steps"] == 60 and r["train_seconds"] > 0
 
 
-def test_library_error_stops_cleanly(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_library_error_stops_cleanly(tmp_path, monkeypatch, capsys, wrapped):
     """A backend without a backward (the CUDA one, until it has it) raises the
-    library's UnsupportedError: the demo logs it, writes its JSON, exits 2."""
+    library's UnsupportedError (or, wrapped, a RuntimeError with its text, as
+    torch's dispatcher may pass it on): the demo logs it, writes its JSON, exits 2."""
     msg = "lm_linear_attn_backward failed: LM_ERR_UNSUPPORTED: the cuda backend has no backward yet"
 
     def no_backward(*args, **kwargs):
-        raise UnsupportedError(msg)
+        raise (RuntimeError if wrapped else UnsupportedError)(msg)
     monkeypatch.setattr(_core, "backward", no_backward)
     a = train_demo.parse(TINY + ["--attention", "lm", "--steps", "5", "--out", str(tmp_path)])
     assert train_demo.main(a) == 2

@@ -527,7 +527,8 @@ def _status_of(e):
         return "OOM"
     if "license" in str(e).lower():
         return "license"
-    if isinstance(e, NotImplementedError):  # e.g. a backend without a backward
+    if isinstance(e, NotImplementedError) or "LM_ERR_UNSUPPORTED" in str(e):
+        # e.g. a backend without a backward (the text: where torch re-wraps the exception)
         return "unsupported"
     return "error"
 
