@@ -37,17 +37,6 @@ CFLAGS += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-rec
 LDFLAGS += -fsanitize=address,undefined
 endif
 
-LIB_SRC := $(wildcard src/*.c) $(wildcard license/*.c)
-NVCC ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
-CUDA ?= $(if $(and $(NVCC),$(wildcard mk/cuda.mk)),1,0)
-ifeq ($(CUDA),1)
-include mk/cuda.mk
-LIB_SRC := $(filter-out src/no_cuda.c,$(LIB_SRC))
-else
-LIB_SRC := $(filter-out src/cuda_%.c,$(LIB_SRC))
-endif
-LIB_OBJ = $(patsubst %.c,$(BUILD)/obj/%.o,$(LIB_SRC)) $(CUDA_OBJ)
-
 SO = $(BUILD)/lib/libliquidmemory.so
 AR_LIB = $(BUILD)/lib/libliquidmemory.a
 PC = $(BUILD)/liquid_memory.pc
@@ -61,7 +50,18 @@ TEST_TARGETS = test-c test-example
 TEST_ENV ?=
 
 .PHONY: all deps deps-test test test-c test-example test-asan bench install clean
-all: $(ALL_TARGETS)
+.DEFAULT_GOAL := all
+
+LIB_SRC := $(wildcard src/*.c) $(wildcard license/*.c)
+NVCC ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+CUDA ?= $(if $(and $(NVCC),$(wildcard mk/cuda.mk)),1,0)
+ifeq ($(CUDA),1)
+include mk/cuda.mk
+LIB_SRC := $(filter-out src/no_cuda.c,$(LIB_SRC))
+else
+LIB_SRC := $(filter-out src/cuda_%.c,$(LIB_SRC))
+endif
+LIB_OBJ = $(patsubst %.c,$(BUILD)/obj/%.o,$(LIB_SRC)) $(CUDA_OBJ)
 
 -include mk/license.mk
 -include mk/python.mk
@@ -143,3 +143,7 @@ test-example: $(SO) $(AR_LIB)
 
 clean:
 	rm -rf build
+
+# Last, so that every fragment's additions to ALL_TARGETS are in (prerequisites
+# are expanded when the rule is read).
+all: $(ALL_TARGETS)

@@ -7,10 +7,6 @@
 #                          without the build's libraries (static OpenBLAS; libsodium,
 #                          libgomp, libgfortran beside the library; no debug info)
 
-# The first rule here would become make's default goal: make it `all`
-# (the Makefile adds the rest of all's prerequisites after this file).
-all: $(BUILD)/bin/lm-gpu-tests
-
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
 NVCC_ARCH ?= -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_80,code=sm_80 \
              -gencode=arch=compute_80,code=compute_80
@@ -35,6 +31,7 @@ $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard src/cuda_*.c)): src/cuda_impl.h kerne
 # ---- GPU tests ----
 GPU_TEST_SRC := $(wildcard tests/gpu/*.c) tests/ref.c
 GPU_TEST_BIN = $(BUILD)/bin/lm-gpu-tests
+ALL_TARGETS += $(GPU_TEST_BIN)
 GPU_TEST_LIBS ?= $$(pkg-config --libs check)
 
 $(GPU_TEST_BIN): $(GPU_TEST_SRC) $(wildcard tests/gpu/*.h) tests/ref.h $(BUILD)/lib/libliquidmemory.so

@@ -121,7 +121,9 @@ typedef struct lmi_backend {
     /* Memory on the backend's device for states. */
     lm_status (*alloc)(lm_attn *a, size_t bytes, void **ptr);
     void (*free)(lm_attn *a, void *ptr);
-    /* dir: 0 device->device, 1 host->device, 2 device->host; synchronous. */
+    /* dir: 0 device->device, 1 host->device, 2 device->host. Copies that touch
+     * the host are synchronous; device->device copies and zeroing are ordered
+     * with the handle's work (CUDA: queued on the stream of its last call). */
     lm_status (*copy)(lm_attn *a, void *dst, const void *src, size_t bytes, int dir);
     lm_status (*zero)(lm_attn *a, void *ptr, size_t bytes);
     /* Module prefill with projections; state in f->state is read and updated. */
