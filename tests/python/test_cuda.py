@@ -25,7 +25,10 @@ def test_core_prefill_cuda(dtype, causal, L, D):
     assert out.device.type == "cuda" and out.dtype == dtype
     ref, S_ref, z_ref = ref_attention(q.cpu(), k.cpu(), v.cpu(), causal=causal)
     assert_close(out, ref, dtype, "out")
-    assert_close(S, S_ref, torch.float32, "state", factor=10)
+    # The tensor cores take phi(k) and v rounded to bf16 (accumulating in fp32),
+    # so with bf16 inputs the state carries bf16 rounding; the others fp32-like.
+    assert_close(S, S_ref, dtype if dtype == torch.bfloat16 else torch.float32, "state",
+                 factor=1 if dtype == torch.bfloat16 else 10)
     cpu, _, _ = _ops.prefill(q.cpu(), k.cpu(), v.cpu(), is_causal=causal)
     assert rel_err(out, cpu.double()) <= 2 * TOL[dtype]
 

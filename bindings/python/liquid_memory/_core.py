@@ -320,7 +320,9 @@ def backward(dout, q, k, v, mask=None, S0=None, z0=None, dS=None, dz=None, posit
         keep += [dS, dz]
         lib.set_ptr(g, "lm_core_grads", "dstate_out", dS.data_ptr())
         lib.set_ptr(g, "lm_core_grads", "dnormalizer_out", dz.data_ptr())
-    dS0 = dz0 = q.new_empty((0,), dtype=torch.float32)
+    # Two distinct empties: custom ops may not return one tensor twice.
+    dS0 = q.new_empty((0,), dtype=torch.float32)
+    dz0 = q.new_empty((0,), dtype=torch.float32)
     if need_dstate:
         dS0 = _new((q.shape[0], k.shape[2], k.shape[3], v.shape[3]), torch.float32, q.device)
         dz0 = _new((q.shape[0], k.shape[2], k.shape[3]), torch.float32, q.device)
