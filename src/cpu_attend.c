@@ -15,21 +15,13 @@
  * parallel; the first head of each group writes the final state, into a
  * scratch copy first, because its siblings may still be reading the input.
  */
-#include "lm_impl.h"
-#include "dtype.h"
+#include "cpu_chunk.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define C LMI_CPU_CHUNK
-
-/* The hot loops are also compiled for AVX2 + FMA, picked at load time. */
-#if defined(__x86_64__) && defined(__GNUC__)
-#define HOT __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define HOT
-#endif
 
 typedef struct task {
     float *q, *k, *v; /* chunk rows: [C][Dk], [C][Dk], [C][Dv] */
@@ -41,35 +33,13 @@ typedef struct task {
     float pw[C + 1];  /* decay^i */
 } task;
 
-static void feature_rows(float *x, int64_t n, int fm)
-{
-    if (fm == LM_FEATURE_ELU1) {
-        for (int64_t i = 0; i < n; i++)
-            x[i] = x[i] > 0.0f ? x[i] + 1.0f : expf(x[i]);
-    } else if (fm == LM_FEATURE_RELU) {
-        for (int64_t i = 0; i < n; i++)
-            x[i] = x[i] < 0.0f ? 0.0f : x[i]; /* NaN stays NaN */
-    }
-}
-
-/* Loads n rows of head h from view `src` ([B, L, H, D]) starting at t0. */
-static void load_rows(float *dst, const lmi_view *src, int64_t b, int64_t t0, int64_t n,
-                      int64_t h, int64_t D)
-{
-    for (int64_t i = 0; i < n; i++) {
-        int64_t off = b * src->s[0] + (t0 + i) * src->s[1] + h * src->s[2];
-        lmi_load_row(dst + i * D, lmi_elem(src->data, src->dtype, off), src->dtype, D,
-                     src->s[3]);
-    }
-}
-
 /* Loads a chunk of keys and values; masked keys become zero rows. */
 static void load_kv(task *t, const lmi_core_params *p, int64_t b, int64_t hk, int64_t t0,
                     int64_t n)
 {
-    load_rows(t->k, &p->k, b, t0, n, hk, p->Dk);
-    load_rows(t->v, &p->v, b, t0, n, hk, p->Dv);
-    feature_rows(t->k, n * p->Dk, p->feature_map);
+    lmi_chunk_load(t->k, &p->k, b, t0, n, hk, p->Dk);
+    lmi_chunk_load(t->v, &p->v, b, t0, n, hk, p->Dv);
+    lmi_phi(t->k, NULL, n * p->Dk, p->feature_map);
     if (!p->mask)
         return;
     for (int64_t j = 0; j < n; j++) {
@@ -80,30 +50,8 @@ static void load_kv(task *t, const lmi_core_params *p, int64_t b, int64_t hk, in
     }
 }
 
-static float dot(const float *restrict x, const float *restrict y, int64_t n)
-{
-    float acc = 0.0f;
-#pragma omp simd reduction(+ : acc)
-    for (int64_t i = 0; i < n; i++)
-        acc += x[i] * y[i];
-    return acc;
-}
-
-static void axpy(float *restrict y, float a, const float *restrict x, int64_t n)
-{
-#pragma omp simd
-    for (int64_t i = 0; i < n; i++)
-        y[i] += a * x[i];
-}
-
-static void scale(float *x, float a, int64_t n)
-{
-    for (int64_t i = 0; i < n; i++)
-        x[i] *= a;
-}
-
 /* S <- p^n S + sum_j p^(n-1-j) k_j v_j^T over the chunk's n keys; z likewise. */
-HOT static void absorb(task *t, const lmi_core_params *p, int64_t n, int decayed)
+LMI_HOT static void absorb(task *t, const lmi_core_params *p, int64_t n, int decayed)
 {
     const int64_t Dk = p->Dk, Dv = p->Dv;
     float *S = t->S, *z = t->z;
@@ -113,15 +61,15 @@ HOT static void absorb(task *t, const lmi_core_params *p, int64_t n, int decayed
         memset(S, 0, (size_t)(Dk * Dv) * sizeof(float));
         memset(z, 0, (size_t)Dk * sizeof(float));
     } else if (decayed) {
-        scale(S, t->pw[n], Dk * Dv);
-        scale(z, t->pw[n], Dk);
+        lmi_scale(S, t->pw[n], Dk * Dv);
+        lmi_scale(z, t->pw[n], Dk);
     }
     for (int64_t d = 0; d < Dk; d++) {
         float *row = S + d * Dv;
         float zs = 0.0f;
         for (int64_t j = 0; j < n; j++) {
             float kw = t->k[j * Dk + d] * (decayed ? t->pw[n - 1 - j] : 1.0f);
-            axpy(row, kw, t->v + j * Dv, Dv);
+            lmi_axpy(row, kw, t->v + j * Dv, Dv);
             zs += kw;
         }
         z[d] += zs;
@@ -144,7 +92,7 @@ HOT static void absorb(task *t, const lmi_core_params *p, int64_t n, int decayed
 }
 
 /* Output rows of a query chunk of n rows: o = phi(q) S (+ intra), normalised. */
-HOT static void readout(task *t, const lmi_core_params *p, int64_t n, int causal, int decayed)
+LMI_HOT static void readout(task *t, const lmi_core_params *p, int64_t n, int causal, int decayed)
 {
     const int64_t Dk = p->Dk, Dv = p->Dv;
     for (int64_t i = 0; i < n; i++) {
@@ -152,35 +100,25 @@ HOT static void readout(task *t, const lmi_core_params *p, int64_t n, int causal
         float *oi = t->o + i * Dv;
         memset(oi, 0, (size_t)Dv * sizeof(float));
         for (int64_t d = 0; d < Dk; d++)
-            axpy(oi, qi[d], t->S + d * Dv, Dv);
-        float den = dot(qi, t->z, Dk);
+            lmi_axpy(oi, qi[d], t->S + d * Dv, Dv);
+        float den = lmi_dot(qi, t->z, Dk);
         if (decayed) {
-            scale(oi, t->pw[i + 1], Dv);
+            lmi_scale(oi, t->pw[i + 1], Dv);
             den *= t->pw[i + 1];
         }
         if (causal) {
             float *ai = t->a + i * C;
             for (int64_t j = 0; j <= i; j++)
-                ai[j] = dot(qi, t->k + j * Dk, Dk) * (decayed ? t->pw[i - j] : 1.0f);
+                ai[j] = lmi_dot(qi, t->k + j * Dk, Dk) * (decayed ? t->pw[i - j] : 1.0f);
             for (int64_t j = 0; j <= i; j++) {
-                axpy(oi, ai[j], t->v + j * Dv, Dv);
+                lmi_axpy(oi, ai[j], t->v + j * Dv, Dv);
                 den += ai[j];
             }
         }
         if (p->normalize)
-            scale(oi, 1.0f / (den + p->eps), Dv);
+            lmi_scale(oi, 1.0f / (den + p->eps), Dv);
         else
-            scale(oi, p->scale, Dv);
-    }
-}
-
-static void store_rows(const lmi_core_params *p, const float *o, int64_t b, int64_t t0,
-                       int64_t n, int64_t h)
-{
-    for (int64_t i = 0; i < n; i++) {
-        int64_t off = b * p->out.s[0] + (t0 + i) * p->out.s[1] + h * p->out.s[2];
-        lmi_store_row(lmi_elem(p->out.data, p->out.dtype, off), p->out.dtype, o + i * p->Dv,
-                      p->Dv, p->out.s[3]);
+            lmi_scale(oi, p->scale, Dv);
     }
 }
 
@@ -212,10 +150,10 @@ static void run_task(task *t, const lmi_core_params *p, int64_t b, int64_t h, fl
             int64_t n = p->Lk - t0 < C ? p->Lk - t0 : C;
             load_kv(t, p, b, hk, t0, n);
             if (p->L) {
-                load_rows(t->q, &p->q, b, t0, n, h, Dk);
-                feature_rows(t->q, n * Dk, p->feature_map);
+                lmi_chunk_load(t->q, &p->q, b, t0, n, h, Dk);
+                lmi_phi(t->q, NULL, n * Dk, p->feature_map);
                 readout(t, p, n, 1, decayed);
-                store_rows(p, t->o, b, t0, n, h);
+                lmi_chunk_store(&p->out, t->o, b, t0, n, h, p->Dv);
             }
             absorb(t, p, n, decayed);
         }
@@ -227,10 +165,10 @@ static void run_task(task *t, const lmi_core_params *p, int64_t b, int64_t h, fl
         }
         for (int64_t t0 = 0; t0 < p->L; t0 += C) {
             int64_t n = p->L - t0 < C ? p->L - t0 : C;
-            load_rows(t->q, &p->q, b, t0, n, h, Dk);
-            feature_rows(t->q, n * Dk, p->feature_map);
+            lmi_chunk_load(t->q, &p->q, b, t0, n, h, Dk);
+            lmi_phi(t->q, NULL, n * Dk, p->feature_map);
             readout(t, p, n, 0, 0);
-            store_rows(p, t->o, b, t0, n, h);
+            lmi_chunk_store(&p->out, t->o, b, t0, n, h, p->Dv);
         }
     }
 

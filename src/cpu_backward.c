@@ -45,8 +45,7 @@
  * With compensated precision the carried S, z and R, r are Kahan sums (and
  * checkpoints keep the compensation too), as in the forward.
  */
-#include "lm_impl.h"
-#include "dtype.h"
+#include "cpu_chunk.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -54,13 +53,6 @@
 
 #define C LMI_CPU_CHUNK
 
-/* The hot loops are also compiled for AVX2 + FMA, picked at load time (as in
- * cpu_attend.c). */
-#if defined(__x86_64__) && defined(__GNUC__)
-#define HOT __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define HOT
-#endif
 
 /* A carried fp32 sum of m floats (S then z, or R then r) and its Kahan
  * compensation (NULL when not compensated). */
@@ -87,67 +79,6 @@ typedef struct task {
     float *scal;         /* [K][G][C][2] 1/d and dd of a block (normalised causal) */
 } task;
 
-/* phi in place; dphi (may be NULL) gets phi'. phi'(NaN) passes NaN (elu) or
- * the gradient (relu), as torch does. */
-static void features(float *x, float *dphi, int64_t n, int fm)
-{
-    for (int64_t i = 0; i < n; i++) {
-        float y = x[i], d = 1.0f;
-        if (fm == LM_FEATURE_ELU1) {
-            y = x[i] > 0.0f ? x[i] + 1.0f : expf(x[i]);
-            d = x[i] > 0.0f ? 1.0f : y;
-        } else if (fm == LM_FEATURE_RELU) {
-            y = x[i] < 0.0f ? 0.0f : x[i];
-            d = x[i] <= 0.0f ? 0.0f : 1.0f;
-        }
-        x[i] = y;
-        if (dphi)
-            dphi[i] = d;
-    }
-}
-
-static void load_rows(float *dst, const lmi_view *src, int64_t b, int64_t t0, int64_t n,
-                      int64_t h, int64_t D)
-{
-    for (int64_t i = 0; i < n; i++) {
-        int64_t off = b * src->s[0] + (t0 + i) * src->s[1] + h * src->s[2];
-        lmi_load_row(dst + i * D, lmi_elem(src->data, src->dtype, off), src->dtype, D,
-                     src->s[3]);
-    }
-}
-
-static void store_rows(const lmi_view *dst, const float *x, int64_t b, int64_t t0, int64_t n,
-                       int64_t h, int64_t D)
-{
-    for (int64_t i = 0; i < n; i++) {
-        int64_t off = b * dst->s[0] + (t0 + i) * dst->s[1] + h * dst->s[2];
-        lmi_store_row(lmi_elem(dst->data, dst->dtype, off), dst->dtype, x + i * D, D,
-                      dst->s[3]);
-    }
-}
-
-static float dot(const float *restrict x, const float *restrict y, int64_t n)
-{
-    float acc = 0.0f;
-#pragma omp simd reduction(+ : acc)
-    for (int64_t i = 0; i < n; i++)
-        acc += x[i] * y[i];
-    return acc;
-}
-
-static void axpy(float *restrict y, float a, const float *restrict x, int64_t n)
-{
-#pragma omp simd
-    for (int64_t i = 0; i < n; i++)
-        y[i] += a * x[i];
-}
-
-static void scale(float *x, float a, int64_t n)
-{
-    for (int64_t i = 0; i < n; i++)
-        x[i] *= a;
-}
-
 static int masked(const task *t, int64_t tok)
 {
     const lmi_core_params *p = t->p;
@@ -158,9 +89,9 @@ static int masked(const task *t, int64_t tok)
 static void load_keys(task *t, int64_t t0, int64_t n)
 {
     const lmi_core_params *p = t->p;
-    load_rows(t->k, &p->k, t->b, t0, n, t->hk, p->Dk);
-    load_rows(t->v, &p->v, t->b, t0, n, t->hk, p->Dv);
-    features(t->k, t->dk_phi, n * p->Dk, p->feature_map);
+    lmi_chunk_load(t->k, &p->k, t->b, t0, n, t->hk, p->Dk);
+    lmi_chunk_load(t->v, &p->v, t->b, t0, n, t->hk, p->Dv);
+    lmi_phi(t->k, t->dk_phi, n * p->Dk, p->feature_map);
     for (int64_t j = 0; j < n; j++) {
         if (masked(t, t0 + j)) {
             memset(t->k + j * p->Dk, 0, (size_t)p->Dk * sizeof(float));
@@ -173,9 +104,9 @@ static void load_keys(task *t, int64_t t0, int64_t n)
 static void load_queries(task *t, int64_t h, int64_t t0, int64_t n, int with_dphi)
 {
     const lmi_core_params *p = t->p;
-    load_rows(t->q, &p->q, t->b, t0, n, h, p->Dk);
-    features(t->q, with_dphi ? t->dq_phi : NULL, n * p->Dk, p->feature_map);
-    load_rows(t->dn, &t->g->dout, t->b, t0, n, h, p->Dv);
+    lmi_chunk_load(t->q, &p->q, t->b, t0, n, h, p->Dk);
+    lmi_phi(t->q, with_dphi ? t->dq_phi : NULL, n * p->Dk, p->feature_map);
+    lmi_chunk_load(t->dn, &t->g->dout, t->b, t0, n, h, p->Dv);
 }
 
 /* s <- gn s + inc over m floats, Kahan-compensated when c is not NULL. */
@@ -197,7 +128,7 @@ static void fold(carry *x, const float *inc, int64_t m, float gn)
 
 /* inc[d][e] += sum_i w_i x_i[d] y_i[e] and inc[Dk Dv + d] += sum_i w_i c_i x_i[d]
  * (c NULL = 1) over n rows: the rank-n update of a state or an adjoint. */
-HOT static void outer_acc(task *t, const float *x, const float *w, const float *y, const float *c,
+LMI_HOT static void outer_acc(task *t, const float *x, const float *w, const float *y, const float *c,
                       int64_t n)
 {
     const int64_t Dk = t->p->Dk, Dv = t->p->Dv;
@@ -206,7 +137,7 @@ HOT static void outer_acc(task *t, const float *x, const float *w, const float *
         float *row = t->inc + d * Dv, zs = 0.0f;
         for (int64_t i = 0; i < n; i++) {
             float xw = x[i * Dk + d] * w[i];
-            axpy(row, xw, y + i * Dv, Dv);
+            lmi_axpy(row, xw, y + i * Dv, Dv);
             zs += xw * (c ? c[i] : 1.0f);
         }
         z[d] += zs;
@@ -226,7 +157,7 @@ static void absorb(task *t, int64_t n)
 
 /* Turns do into dn in place and fills dd, reading the forward's n_i, d_i off
  * the state (and the chunk, causal); keeps 1/d, dd in scal when normalised. */
-HOT static void readout_dn(task *t, int64_t n, int causal, float *scal)
+LMI_HOT static void readout_dn(task *t, int64_t n, int causal, float *scal)
 {
     const lmi_core_params *p = t->p;
     const int64_t Dk = p->Dk, Dv = p->Dv;
@@ -234,24 +165,24 @@ HOT static void readout_dn(task *t, int64_t n, int causal, float *scal)
     for (int64_t i = 0; i < n; i++) {
         float *dn = t->dn + i * Dv;
         if (!p->normalize) {
-            scale(dn, p->scale, Dv);
+            lmi_scale(dn, p->scale, Dv);
             t->dd[i] = 0.0f;
             continue;
         }
         const float *qi = t->q + i * Dk;
         memset(t->num, 0, (size_t)Dv * sizeof(float));
         for (int64_t d = 0; d < Dk; d++)
-            axpy(t->num, qi[d], S + d * Dv, Dv);
-        scale(t->num, t->pw[i + 1], Dv);
-        float den = dot(qi, z, Dk) * t->pw[i + 1];
+            lmi_axpy(t->num, qi[d], S + d * Dv, Dv);
+        lmi_scale(t->num, t->pw[i + 1], Dv);
+        float den = lmi_dot(qi, z, Dk) * t->pw[i + 1];
         for (int64_t j = 0; causal && j <= i; j++) {
-            float a = dot(qi, t->k + j * Dk, Dk) * t->pw[i - j];
-            axpy(t->num, a, t->v + j * Dv, Dv);
+            float a = lmi_dot(qi, t->k + j * Dk, Dk) * t->pw[i - j];
+            lmi_axpy(t->num, a, t->v + j * Dv, Dv);
             den += a;
         }
         const float inv = 1.0f / (den + p->eps);
-        t->dd[i] = -dot(dn, t->num, Dv) * inv * inv;
-        scale(dn, inv, Dv);
+        t->dd[i] = -lmi_dot(dn, t->num, Dv) * inv * inv;
+        lmi_scale(dn, inv, Dv);
         scal[2 * i] = inv;
         scal[2 * i + 1] = t->dd[i];
     }
@@ -262,13 +193,13 @@ static void scalars_dn(task *t, int64_t n, const float *scal)
 {
     const lmi_core_params *p = t->p;
     for (int64_t i = 0; i < n; i++) {
-        scale(t->dn + i * p->Dv, p->normalize ? scal[2 * i] : p->scale, p->Dv);
+        lmi_scale(t->dn + i * p->Dv, p->normalize ? scal[2 * i] : p->scale, p->Dv);
         t->dd[i] = p->normalize ? scal[2 * i + 1] : 0.0f;
     }
 }
 
 /* dq rows of query head h: g^(i+1) (S dn_i + dd_i z) + sum_{j<=i} B[i][j] K_j. */
-HOT static void dq_rows(task *t, int64_t h, int64_t t0, int64_t n, int causal)
+LMI_HOT static void dq_rows(task *t, int64_t h, int64_t t0, int64_t n, int causal)
 {
     const lmi_core_params *p = t->p;
     const int64_t Dk = p->Dk, Dv = p->Dv;
@@ -276,21 +207,21 @@ HOT static void dq_rows(task *t, int64_t h, int64_t t0, int64_t n, int causal)
     for (int64_t i = 0; i < n; i++) {
         const float *dn = t->dn + i * Dv;
         for (int64_t d = 0; d < Dk; d++)
-            t->gq[d] = (dot(S + d * Dv, dn, Dv) + t->dd[i] * z[d]) * t->pw[i + 1];
+            t->gq[d] = (lmi_dot(S + d * Dv, dn, Dv) + t->dd[i] * z[d]) * t->pw[i + 1];
         for (int64_t j = 0; causal && j <= i; j++) {
-            float bij = (dot(t->v + j * Dv, dn, Dv) + t->dd[i]) * t->pw[i - j];
-            axpy(t->gq, bij, t->k + j * Dk, Dk);
+            float bij = (lmi_dot(t->v + j * Dv, dn, Dv) + t->dd[i]) * t->pw[i - j];
+            lmi_axpy(t->gq, bij, t->k + j * Dk, Dk);
         }
         const float *dphi = t->dq_phi + i * Dk;
         for (int64_t d = 0; d < Dk; d++)
             t->gq[d] *= dphi[d];
-        store_rows(&t->g->dq, t->gq, t->b, t0 + i, 1, h, Dk);
+        lmi_chunk_store(&t->g->dq, t->gq, t->b, t0 + i, 1, h, Dk);
     }
 }
 
 /* dK, dV of the loaded key chunk from the adjoint after it:
  * g^(n-1-j) (R V_j + r) and g^(n-1-j) R^T K_j. */
-HOT static void key_grads_init(task *t, int64_t n)
+LMI_HOT static void key_grads_init(task *t, int64_t n)
 {
     const int64_t Dk = t->p->Dk, Dv = t->p->Dv;
     const float *R = t->adj.s, *r = t->adj.s + Dk * Dv;
@@ -300,25 +231,25 @@ HOT static void key_grads_init(task *t, int64_t n)
         const float *kj = t->k + j * Dk, *vj = t->v + j * Dv;
         memset(gv, 0, (size_t)Dv * sizeof(float));
         for (int64_t d = 0; d < Dk; d++) {
-            gk[d] = (dot(R + d * Dv, vj, Dv) + r[d]) * w;
-            axpy(gv, kj[d], R + d * Dv, Dv);
+            gk[d] = (lmi_dot(R + d * Dv, vj, Dv) + r[d]) * w;
+            lmi_axpy(gv, kj[d], R + d * Dv, Dv);
         }
-        scale(gv, w, Dv);
+        lmi_scale(gv, w, Dv);
     }
 }
 
 /* One query head's share of the chunk's backward: the intra-chunk terms of
  * dK, dV (causal) and its increment of the adjoint, sum_i g^(i+1) Q_i dn_i^T. */
-HOT static void head_adjoint(task *t, int64_t n, int causal)
+LMI_HOT static void head_adjoint(task *t, int64_t n, int causal)
 {
     const int64_t Dk = t->p->Dk, Dv = t->p->Dv;
     for (int64_t i = 0; causal && i < n; i++) {
         const float *qi = t->q + i * Dk, *dn = t->dn + i * Dv;
         for (int64_t j = 0; j <= i; j++) {
-            float aij = dot(qi, t->k + j * Dk, Dk) * t->pw[i - j];
-            float bij = (dot(t->v + j * Dv, dn, Dv) + t->dd[i]) * t->pw[i - j];
-            axpy(t->gk + j * Dk, bij, qi, Dk);
-            axpy(t->gv + j * Dv, aij, dn, Dv);
+            float aij = lmi_dot(qi, t->k + j * Dk, Dk) * t->pw[i - j];
+            float bij = (lmi_dot(t->v + j * Dv, dn, Dv) + t->dd[i]) * t->pw[i - j];
+            lmi_axpy(t->gk + j * Dk, bij, qi, Dk);
+            lmi_axpy(t->gv + j * Dv, aij, dn, Dv);
         }
     }
     outer_acc(t, t->q, t->pw + 1, t->dn, t->dd, n);
@@ -338,8 +269,8 @@ static void store_keys(task *t, int64_t t0, int64_t n)
         for (int64_t d = 0; d < Dk; d++)
             gk[d] *= t->dk_phi[j * Dk + d];
     }
-    store_rows(&t->g->dk, t->gk, t->b, t0, n, t->hk, Dk);
-    store_rows(&t->g->dv, t->gv, t->b, t0, n, t->hk, Dv);
+    lmi_chunk_store(&t->g->dk, t->gk, t->b, t0, n, t->hk, Dk);
+    lmi_chunk_store(&t->g->dv, t->gv, t->b, t0, n, t->hk, Dv);
 }
 
 static void save_checkpoint(task *t, int64_t i)
