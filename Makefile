@@ -71,7 +71,7 @@ deps:
 deps-test:
 	@sh mk/deps.sh $(DEPS_TEST)
 
-$(BUILD)/obj/%.o: %.c include/liquid_memory.h src/lm_impl.h src/lm_params.h src/dtype.h
+$(BUILD)/obj/%.o: %.c include/liquid_memory.h $(wildcard src/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
