@@ -88,6 +88,49 @@ typedef struct lmk_decode {
     float decay[LMK_MAX_DECAY_HEADS];
 } lmk_decode;
 
+/* The core backward (kernels/backward.cu): one CTA per (batch row, kv head,
+ * segment) walks its segment's chunks, over the G query heads of the group.
+ * QUERIES goes forwards with the state S|z, KEYS backwards with the adjoint
+ * R|r (the gradient of the state); each has an ABSORB kind that computes
+ * only the segment's increment of its carry, for the scan. */
+typedef enum lmk_bwd_kind {
+    LMK_BWD_ABSORB_KEYS = 0,    /* keys: S|z increment of each segment into st (from 0) */
+    LMK_BWD_QUERIES = 1,        /* queries: 1/d and dd per token into scal, dq; S|z from st,
+                                   carried in place (causal) or fixed (bidirectional) */
+    LMK_BWD_ABSORB_QUERIES = 2, /* queries: R|r increment of each segment into st (from 0;
+                                   causal: the last segment from last_S|last_z) */
+    LMK_BWD_KEYS = 3            /* keys: dk, dv; R|r from st, carried in place (causal: the
+                                   last segment from last_S|last_z; segment 0 ends at fin) or
+                                   fixed (bidirectional) */
+} lmk_bwd_kind;
+
+typedef struct lmk_bwd {
+    const void *q, *k, *v, *dout; /* [B, L, Hq, Dk], [B, L, Hkv, Dk], [B, L, Hkv, Dv], [B, L, Hq, Dv] */
+    void *dq, *dk, *dv;           /* like q, k, v; any strides (all four dims) */
+    int64_t sq[4], sk[4], sv[4], sdo[4], sdq[4], sdk[4], sdv[4];
+    const uint8_t *mask;          /* [B, L] nonzero = ignore key, or NULL */
+    int64_t mask_s[2];
+    int dtype, B, Hq, Hkv, Dk, Dv;
+    int64_t L;                    /* tokens walked: queries (QUERIES kinds) or keys */
+    int64_t seg_len;              /* tokens per segment, a multiple of LMK_CHUNK */
+    int seg0, nseg;               /* this launch: segments seg0 .. seg0 + nseg - 1 */
+    int last_seg;                 /* causal: the sequence's last segment */
+    lmk_state st;                 /* carry per segment (seg_S = 0: one shared, read-only) */
+    float *comp;                  /* Kahan compensation, Dk * Dv floats per CTA, or NULL */
+    float *scal;                  /* [B, Hq, L, 2]: 1/(d + eps) (or scale) and dd per token */
+    const float *last_S, *last_z; /* adjoint after the last token (dS_out), or NULL = 0 */
+    float *fin_S, *fin_z;         /* causal KEYS: the adjoint before token 0 (dS_in), or NULL */
+    int causal, feature_map, normalize;
+    float eps, scale;
+    int has_decay;
+    float decay[LMK_MAX_DECAY_HEADS];
+} lmk_bwd;
+
+/* CTAs of the backward kernel that fit on one SM for these head dims (0:
+ * none, the GPU has too little shared memory), for planning segments. */
+lm_status lmk_backward_blocks_per_sm(int Dk, int Dv, int *blocks);
+lm_status lmk_backward_launch(const lmk_bwd *p, lmk_bwd_kind kind, void *stream);
+
 /* Grid of an attention launch, for workspace sizing: number of CTAs. */
 int64_t lmk_attend_ctas(const lmk_attend *p, lmk_kind kind);
 /* Dynamic shared memory (bytes) the attention kernels need for dtype and Dk,

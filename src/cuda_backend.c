@@ -2,7 +2,8 @@
  * cuda_backend.c - the CUDA backend table: device discovery, per-handle
  * resources (cuBLASLt handle and workspace, an event that orders work across
  * the caller's streams), device memory for states, and the core entry points
- * (prefill with stream-ordered scratch, decode with none).
+ * (prefill with stream-ordered scratch, decode with none, backward in
+ * cuda_backward.c).
  */
 #include "cuda_impl.h"
 
@@ -208,6 +209,7 @@ static const lmi_backend cuda_backend = {
     .step = lmi_cuda_step,
     .prefill = core_prefill,
     .decode = core_decode,
+    .backward = lmi_cuda_backward,
 };
 
 lm_status lmi_cuda_backend(int cuda_device, const lmi_backend **out)

@@ -75,6 +75,8 @@ size_t lmi_cuda_attend_ws(const lmi_core_params *p, int sms);
 lm_status lmi_cuda_attend(const lmi_core_params *p, int sms, void *ws, cudaStream_t stream);
 /* Core decode step (in place on p->state). */
 lm_status lmi_cuda_decode(const lmi_core_params *p, cudaStream_t stream);
+/* Core backward (cuda_backward.c), stream-ordered scratch. */
+lm_status lmi_cuda_backward(const lmi_core_params *p, const lmi_core_grad_params *g, void *stream);
 /* UNSUPPORTED unless the views suit the kernels (unit stride last, sizes). */
 lm_status lmi_cuda_check_core(const lmi_core_params *p, int device);
 
