@@ -6,12 +6,18 @@
 # the call ends inside the device's 10-minute limit; each one's log, a
 # summary and the benchmark's JSON go to $OUT.
 #   sh bench/gpu_run.sh [phase ...]   phases: tests profile bench long sanitize (default
-#                                     all but profile: ncu and a SASS histogram of the kernel)
+#                                     all but profile: ncu and a SASS histogram of the kernel),
+#                                     backward (its suite, the sanitizers on its small case,
+#                                     core forward vs backward time at 8K / 32K), train
+#                                     (bench/train_demo.py at 32K and the training benchmark
+#                                     at 8K-128K with peers, packed in train.tgz; skipped when
+#                                     the backward tests failed)
 set -u
 OUT=${OUT:-/tmp/lm-gpu-out}
 B=${LM_BUILD:-build/device}
 DEADLINE=$(( $(date +%s) + ${LM_SECONDS:-570} ))
 PHASES=${*:-tests bench long sanitize}
+FAILED=
 mkdir -p "$OUT"
 export LM_LICENSE_FILE="$PWD/$B/dev-license" PYTHONUNBUFFERED=1
 unset LM_LICENSE
@@ -41,6 +47,7 @@ phase() {
     t0=$(date +%s)
     timeout "$want" "$@" >> "$log" 2>&1
     rc=$?
+    [ "$rc" -ne 0 ] && FAILED="$FAILED $name"
     echo "$name: rc $rc in $(( $(date +%s) - t0 ))s (limit ${want}s)" >> "$SUMMARY"
     tail -n 4 "$log" | sed "s/^/  $name| /" >> "$SUMMARY"
 }
@@ -66,6 +73,38 @@ for p in $PHASES; do
             phase "sanitize-$tool" 90 "$OUT/sanitize.log" compute-sanitizer --tool "$tool" --error-exitcode 3 \
                 --print-limit 20 "$B/bin/lm-gpu-tests" small
         done ;;
+    backward)
+        phase backward-tests 240 "$OUT/backward.log" "$B/bin/lm-gpu-tests" backward
+        for tool in memcheck synccheck racecheck initcheck; do
+            echo "==== $tool" >> "$OUT/backward.log"
+            phase "backward-$tool" 60 "$OUT/backward.log" env CK_RUN_SUITE=gpu_backward \
+                compute-sanitizer --tool "$tool" --error-exitcode 3 --print-limit 20 "$B/bin/lm-gpu-tests" small
+        done
+        phase backward-time 60 "$OUT/backward.log" env LM_LIB_PATH="$PWD/$B/lib/libliquidmemory.so" \
+            PYTHONPATH="$PWD/bindings/python" python3 -c '
+import statistics, torch
+from liquid_memory import _core
+def ms(fn):
+    for _ in range(2): fn()
+    ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(10)]
+    for a, b in ev: a.record(); fn(); b.record()
+    torch.cuda.synchronize()
+    return statistics.median(a.elapsed_time(b) for a, b in ev)
+for L in (8192, 32768):  # B = 1, 32 heads of 128, bf16, causal, elu+1, normalised
+    q, k, v, do = (torch.randn(1, L, 32, 128, device="cuda", dtype=torch.bfloat16) for _ in range(4))
+    f = ms(lambda: _core.prefill(q, k, v))
+    b = ms(lambda: _core.backward(do, q, k, v))
+    print("core L=%d: forward %.3f ms, backward %.3f ms (%.2fx)" % (L, f, b, b / f))
+' ;;
+    train)
+        case "$FAILED" in *backward-tests*) echo "train: skipped, the backward tests failed" >> "$SUMMARY"; continue ;; esac
+        mkdir -p "$OUT/train"
+        export LM_LIB_PATH="$PWD/$B/lib/libliquidmemory.so" PYTHONPATH="$PWD/bindings/python"
+        phase train-demo 150 "$OUT/train.log" python3 bench/train_demo.py --device cuda --seq-len 32768 \
+            --seconds 60 --out "$OUT/train"
+        phase train-bench 240 "$OUT/train.log" python3 -m liquid_memory.benchmark --train \
+            --seq-lengths 8192,32768,131072 --out "$OUT/train" --no-progress
+        tar -C "$OUT" -czf "$OUT/train.tgz" train && rm -rf "$OUT/train" ;;
     esac
 done
 cat "$SUMMARY"

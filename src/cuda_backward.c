@@ -37,13 +37,13 @@ static int64_t cdiv(int64_t a, int64_t b)
     return (a + b - 1) / b;
 }
 
-/* n tokens as segments of whole chunks, about `want` of them (0 when n = 0). */
+/* n > 0 tokens as segments of whole chunks, about `want` of them. */
 static int64_t segments(int64_t n, int64_t want, int64_t *len)
 {
     const int64_t chunks = cdiv(n, LMK_CHUNK);
     want = want < 1 ? 1 : want > chunks ? chunks : want;
-    *len = n > 0 ? cdiv(chunks, want) * LMK_CHUNK : LMK_CHUNK;
-    return n > 0 ? cdiv(n, *len) : 0;
+    *len = cdiv(chunks, want) * LMK_CHUNK;
+    return cdiv(n, *len);
 }
 
 static bwd_plan plan_of(const lmi_core_params *p, int sms, int per_sm)
@@ -176,23 +176,6 @@ static lm_status bidirectional(const lmi_core_params *p, const lmi_core_grad_par
     return LM_OK;
 }
 
-/* Causal over no tokens: dS_in = dS_out (or 0). */
-static lm_status empty(const lmi_core_params *p, const lmi_core_grad_params *g, cudaStream_t s)
-{
-    if (!g->dstate_in)
-        return LM_OK;
-    const size_t nS = (size_t)(p->B * p->Hkv * p->Dk * p->Dv) * sizeof(float);
-    const size_t nz = (size_t)(p->B * p->Hkv * p->Dk) * sizeof(float);
-    if (g->dstate_out) {
-        LMI_CUDA_TRY(cudaMemcpyAsync(g->dstate_in, g->dstate_out, nS, cudaMemcpyDeviceToDevice, s));
-        LMI_CUDA_TRY(cudaMemcpyAsync(g->dnormalizer_in, g->dnormalizer_out, nz, cudaMemcpyDeviceToDevice, s));
-    } else {
-        LMI_CUDA_TRY(cudaMemsetAsync(g->dstate_in, 0, nS, s));
-        LMI_CUDA_TRY(cudaMemsetAsync(g->dnormalizer_in, 0, nz, s));
-    }
-    return LM_OK;
-}
-
 lm_status lmi_cuda_backward(const lmi_core_params *p, const lmi_core_grad_params *g, void *stream)
 {
     cudaStream_t s = (cudaStream_t)stream;
@@ -202,8 +185,6 @@ lm_status lmi_cuda_backward(const lmi_core_params *p, const lmi_core_grad_params
     if (p->decay && p->Hkv > LMK_MAX_DECAY_HEADS)
         return lmi_error(LM_ERR_UNSUPPORTED, "cuda: decay with %lld kv heads, at most %d",
                          (long long)p->Hkv, LMK_MAX_DECAY_HEADS);
-    if (p->causal && p->L == 0)
-        return empty(p, g, s);
     int dev, sms, per_sm = 0;
     LMI_CUDA_TRY(cudaGetDevice(&dev));
     LMI_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));

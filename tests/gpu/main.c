@@ -1,9 +1,10 @@
 /*
  * main.c - lm-gpu-tests: the GPU suites, in this process (no fork: CUDA does
  * not survive one).
- *   lm-gpu-tests          core and module grids
+ *   lm-gpu-tests          core, module and backward grids
  *   lm-gpu-tests small    the reduced grid, for compute-sanitizer
  *   lm-gpu-tests long     64K to 1M tokens
+ *   lm-gpu-tests backward the backward grid alone
  * Exit status 0 pass, 1 fail, 77 no GPU here.
  */
 #include "gpu_util.h"
@@ -15,6 +16,7 @@
 Suite *gpu_core_suite(void);
 Suite *gpu_module_suite(void);
 Suite *gpu_long_suite(void);
+Suite *gpu_backward_suite(void);
 
 int main(int argc, char **argv)
 {
@@ -28,11 +30,14 @@ int main(int argc, char **argv)
     SRunner *sr;
     if (!strcmp(mode, "long")) {
         sr = srunner_create(gpu_long_suite());
+    } else if (!strcmp(mode, "backward")) {
+        sr = srunner_create(gpu_backward_suite());
     } else if (!strcmp(mode, "all") || gpu_small) {
         sr = srunner_create(gpu_core_suite());
         srunner_add_suite(sr, gpu_module_suite());
+        srunner_add_suite(sr, gpu_backward_suite());
     } else {
-        fprintf(stderr, "usage: lm-gpu-tests [all|small|long]\n");
+        fprintf(stderr, "usage: lm-gpu-tests [all|small|long|backward]\n");
         return 2;
     }
     srunner_set_fork_status(sr, CK_NOFORK);

@@ -1,0 +1,838 @@
+/*
+ * test_gpu_backward.c - the core backward (lm_linear_attn_backward) on CUDA
+ * against a float64 reference where it is cheap and against the CPU backend
+ * always: ragged lengths, every mode of DESIGN.md section 2, GQA, head dims
+ * (Dk != Dv), dtypes, sequence-first strides, many segments, compensated
+ * precision, state gradients chained across a split, determinism. Gradient
+ * buffers are NaN-poisoned before each call and must be fully written.
+ *
+ * Reference: the quadratic form of tests/test_backward.c (which checks it by
+ * central differences), differentiated by hand in float64, O(L Lk); run when
+ * one (batch, kv head) costs at most REF_COST, in parallel over them.
+ *
+ * Error measure, per gradient: ||got - want|| / ||mag||, where mag is the
+ * reference run on absolute values (every factor |x|): the scale of rounding
+ * error in sums, meaningful also where terms cancel (with one key and no
+ * state, dq is ~eps / d^2 of noise in fp32). Bounds:
+ *   vs float64: floor (1.1 + 3/sqrt(n)) + 1e-5, floor = ||round(want) - want||
+ *     / ||mag||, the rounding of a perfect gradient to its dtype (the kernels
+ *     compute in fp32, so only the output rounding shows: ratios ~1.0);
+ *     1e-5 for fp32 sums over thousands of terms (fp32 state gradients: 1e-5);
+ *   vs the CPU backend: 2.2 floor + 1e-5 (each rounds once), and without a
+ *     reference, relative to ||cpu||: the dtype's unit roundoff (2^-8 bf16,
+ *     2^-11 f16) + 1e-5, state gradients 1e-4.
+ */
+#include "gpu_util.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define REF_COST 1.5e9
+
+typedef struct bcase {
+    lm_dtype dtype;
+    int64_t B, L, Lk, Hq, Hkv, Dk, Dv;
+    int causal, fm, normalize, decay, mask, state, seq_first;
+    lm_precision precision;
+} bcase;
+
+static bcase base_case(void)
+{
+    bcase c = { .dtype = LM_BF16, .B = 2, .L = 130, .Lk = 130, .Hq = 4, .Hkv = 2, .Dk = 64, .Dv = 64,
+                .causal = 1, .fm = LM_FEATURE_ELU1, .normalize = 1 };
+    return c;
+}
+
+static void describe(char *s, size_t n, const bcase *c)
+{
+    snprintf(s, n, "dt %d B %lld L %lld/%lld H %lld/%lld D %lld/%lld c%d fm%d n%d dec%d m%d st%d sf%d pr%d",
+             (int)c->dtype, (long long)c->B, (long long)c->L, (long long)c->Lk, (long long)c->Hq,
+             (long long)c->Hkv, (long long)c->Dk, (long long)c->Dv, c->causal, c->fm, c->normalize,
+             c->decay, c->mask, c->state, c->seq_first, (int)c->precision);
+}
+
+/* Failures are counted and printed, so one run shows all of them; each test
+ * asserts none at its end. Worst ratios to the floor are printed last. */
+static int fails;
+static struct {
+    double ratio, err;
+    char what[200];
+} worst[3][5];
+
+#define CHECK(cond, ...)                                                                    \
+    do {                                                                                    \
+        if (!(cond)) {                                                                      \
+            fails++;                                                                        \
+            printf("FAIL %s: ", __func__);                                                  \
+            printf(__VA_ARGS__);                                                            \
+            printf("\n");                                                                   \
+        }                                                                                   \
+    } while (0)
+
+static void end_test(void)
+{
+    const int f = fails;
+    fails = 0;
+    ck_assert_msg(f == 0, "%d checks failed (printed above)", f);
+}
+
+/* ---- one problem ---- */
+
+enum { GQ, GK, GV, GS, GZ };
+static const char *const grad_names[] = { "dq", "dk", "dv", "dS_in", "dz_in" };
+
+typedef struct grads {
+    tbuf g[3];      /* dq, dk, dv in the inputs' layout */
+    float *S, *z;   /* dS_in, dz_in (state cases) */
+} grads;
+
+typedef struct bprob {
+    bcase c;
+    tbuf q, k, v, dout;
+    int64_t sq[4], sk[4], sv[4], so[4];
+    uint8_t *mask;
+    float decay[64];
+    float *S0, *z0, *dSo, *dzo; /* NULL without a state */
+    int64_t n[5];               /* elements of dq, dk, dv, dS, dz */
+    void *dq, *dk, *dv, *ddo, *dmask;
+    float *dS0, *dz0, *ddSo, *ddzo;
+} bprob;
+
+static void strides(int64_t *s, int64_t B, int64_t L, int64_t H, int64_t D, int seq_first)
+{
+    s[3] = 1, s[2] = D;
+    if (seq_first)
+        s[0] = H * D, s[1] = B * H * D;
+    else
+        s[1] = H * D, s[0] = L * H * D;
+}
+
+static float *randoms_f32(int64_t n, double lo, double hi)
+{
+    float *x = malloc((size_t)n * sizeof(float));
+    for (int64_t i = 0; i < n; i++)
+        x[i] = (float)(lo + (hi - lo) * ref_uniform());
+    return x;
+}
+
+static void prob_init(bprob *p, const bcase *c)
+{
+    memset(p, 0, sizeof *p);
+    p->c = *c;
+    if (c->causal)
+        p->c.Lk = c->L;
+    const int64_t B = c->B, L = c->L, Lk = p->c.Lk;
+    /* relu and identity: inputs that keep the normaliser away from zero */
+    const double lo = c->fm == LM_FEATURE_ELU1 ? -2.0 : c->fm == LM_FEATURE_RELU ? -0.5
+                    : c->normalize ? 0.0 : -1.0;
+    const double hi = c->fm == LM_FEATURE_ELU1 ? 2.0 : 1.5;
+    p->q = tbuf_new(c->dtype, B * L * c->Hq * c->Dk);
+    p->k = tbuf_new(c->dtype, B * Lk * c->Hkv * c->Dk);
+    p->v = tbuf_new(c->dtype, B * Lk * c->Hkv * c->Dv);
+    p->dout = tbuf_new(c->dtype, B * L * c->Hq * c->Dv);
+    tbuf_random(&p->q, lo, hi);
+    tbuf_random(&p->k, lo, hi);
+    tbuf_random(&p->v, -1.0, 1.0);
+    tbuf_random(&p->dout, -1.0, 1.0);
+    strides(p->sq, B, L, c->Hq, c->Dk, c->seq_first);
+    strides(p->sk, B, Lk, c->Hkv, c->Dk, c->seq_first);
+    strides(p->sv, B, Lk, c->Hkv, c->Dv, c->seq_first);
+    strides(p->so, B, L, c->Hq, c->Dv, c->seq_first);
+    if (c->mask) {
+        p->mask = malloc((size_t)(B * Lk > 0 ? B * Lk : 1));
+        for (int64_t i = 0; i < B * Lk; i++)
+            p->mask[i] = ref_uniform() < 0.25;
+        p->dmask = dupload_bytes(p->mask, (size_t)(B * Lk > 0 ? B * Lk : 1));
+    }
+    for (int64_t h = 0; h < c->Hkv && h < 64; h++)
+        p->decay[h] = (float)(1.0 - ldexp(1.0, -3 - (int)(h % 6)));
+    p->n[GQ] = p->q.n, p->n[GK] = p->k.n, p->n[GV] = p->v.n;
+    p->n[GS] = B * c->Hkv * c->Dk * c->Dv, p->n[GZ] = B * c->Hkv * c->Dk;
+    if (c->state) {
+        p->S0 = randoms_f32(p->n[GS], -1.0, 1.0);
+        p->z0 = randoms_f32(p->n[GZ], 1.0, 5.0);
+        p->dSo = randoms_f32(p->n[GS], -0.1, 0.1);
+        p->dzo = randoms_f32(p->n[GZ], -0.1, 0.1);
+        p->dS0 = dupload_bytes(p->S0, (size_t)p->n[GS] * 4);
+        p->dz0 = dupload_bytes(p->z0, (size_t)p->n[GZ] * 4);
+        p->ddSo = dupload_bytes(p->dSo, (size_t)p->n[GS] * 4);
+        p->ddzo = dupload_bytes(p->dzo, (size_t)p->n[GZ] * 4);
+    }
+    p->dq = dupload(&p->q);
+    p->dk = dupload(&p->k);
+    p->dv = dupload(&p->v);
+    p->ddo = dupload(&p->dout);
+}
+
+static void prob_free(bprob *p)
+{
+    tbuf_free(&p->q);
+    tbuf_free(&p->k);
+    tbuf_free(&p->v);
+    tbuf_free(&p->dout);
+    free(p->mask);
+    free(p->S0), free(p->z0), free(p->dSo), free(p->dzo);
+    cudaFree(p->dq), cudaFree(p->dk), cudaFree(p->dv), cudaFree(p->ddo), cudaFree(p->dmask);
+    cudaFree(p->dS0), cudaFree(p->dz0), cudaFree(p->ddSo), cudaFree(p->ddzo);
+}
+
+static void grads_new(grads *g, const bprob *p)
+{
+    for (int i = 0; i < 3; i++) {
+        g->g[i] = tbuf_new(p->c.dtype, p->n[i]);
+        tbuf_poison(&g->g[i]);
+    }
+    g->S = malloc((size_t)(p->n[GS] > 0 ? p->n[GS] : 1) * sizeof(float));
+    g->z = malloc((size_t)(p->n[GZ] > 0 ? p->n[GZ] : 1) * sizeof(float));
+    for (int64_t i = 0; i < p->n[GS]; i++)
+        g->S[i] = NAN;
+    for (int64_t i = 0; i < p->n[GZ]; i++)
+        g->z[i] = NAN;
+}
+
+static void grads_free(grads *g)
+{
+    for (int i = 0; i < 3; i++)
+        tbuf_free(&g->g[i]);
+    free(g->S), free(g->z);
+}
+
+static lm_tensor view4(void *data, lm_dtype dt, lm_device dev, const int64_t *s, int64_t B, int64_t L,
+                       int64_t H, int64_t D)
+{
+    lm_tensor t = { .data = data, .dtype = dt, .device = dev, .ndim = 4, .shape = { B, L, H, D } };
+    memcpy(t.stride, s, sizeof t.stride);
+    return t;
+}
+
+/* Tokens [t0, t0 + n) of a [B, L, H, D] descriptor. */
+static lm_tensor tokens(lm_tensor t, int64_t t0, int64_t n)
+{
+    t.data = (char *)t.data + t0 * t.stride[1] * (int64_t)lm_dtype_size(t.dtype);
+    t.shape[1] = n;
+    return t;
+}
+
+/* Descriptors and arguments of one backward call on `dev` over query tokens
+ * [t0, t0 + n) (keys likewise when causal, all of them otherwise). */
+typedef struct call {
+    lm_tensor q, k, v, dout, dq, dk, dv, mask;
+    lm_core_args a;
+    lm_core_grads g;
+} call;
+
+static void call_init(call *k, const bprob *p, lm_device dev, void *gq, void *gk, void *gv,
+                      int64_t t0, int64_t n)
+{
+    const bcase *c = &p->c;
+    const int gpu = dev == LM_CUDA;
+    const int64_t nk = c->causal ? n : c->Lk, k0 = c->causal ? t0 : 0;
+    memset(k, 0, sizeof *k);
+    k->q = tokens(view4(gpu ? p->dq : p->q.data, c->dtype, dev, p->sq, c->B, c->L, c->Hq, c->Dk), t0, n);
+    k->k = tokens(view4(gpu ? p->dk : p->k.data, c->dtype, dev, p->sk, c->B, c->Lk, c->Hkv, c->Dk), k0, nk);
+    k->v = tokens(view4(gpu ? p->dv : p->v.data, c->dtype, dev, p->sv, c->B, c->Lk, c->Hkv, c->Dv), k0, nk);
+    k->dout = tokens(view4(gpu ? p->ddo : p->dout.data, c->dtype, dev, p->so, c->B, c->L, c->Hq, c->Dv), t0, n);
+    k->dq = tokens(view4(gq, c->dtype, dev, p->sq, c->B, c->L, c->Hq, c->Dk), t0, n);
+    k->dk = tokens(view4(gk, c->dtype, dev, p->sk, c->B, c->Lk, c->Hkv, c->Dk), k0, nk);
+    k->dv = tokens(view4(gv, c->dtype, dev, p->sv, c->B, c->Lk, c->Hkv, c->Dv), k0, nk);
+    lm_core_args_default(&k->a);
+    k->a.q = &k->q, k->a.k = &k->k, k->a.v = &k->v;
+    if (p->mask) {
+        k->mask = lm_tensor_2d((uint8_t *)(gpu ? p->dmask : p->mask) + k0, LM_BOOL, dev, c->B, nk);
+        k->mask.stride[0] = c->Lk;
+        k->a.key_padding_mask = &k->mask;
+    }
+    k->a.is_causal = c->causal;
+    k->a.feature_map = (lm_feature_map)c->fm;
+    k->a.normalize = c->normalize;
+    k->a.decay = c->decay ? p->decay : NULL;
+    k->a.precision = c->precision;
+    k->a.position = t0;
+    k->g.dout = &k->dout, k->g.dq = &k->dq, k->g.dk = &k->dk, k->g.dv = &k->dv;
+}
+
+/* The whole backward on `dev` (state cases: from S0, with dS_out, asking for dS_in). */
+static void run_backward(const bprob *p, lm_device dev, grads *out)
+{
+    const bcase *c = &p->c;
+    grads_new(out, p);
+    call k;
+    if (dev == LM_CPU) {
+        call_init(&k, p, dev, out->g[0].data, out->g[1].data, out->g[2].data, 0, c->L);
+        if (c->state) {
+            k.a.state = p->S0, k.a.normalizer = p->z0;
+            k.g.dstate_out = p->dSo, k.g.dnormalizer_out = p->dzo;
+            k.g.dstate_in = out->S, k.g.dnormalizer_in = out->z;
+        }
+        ck_assert_msg(lm_linear_attn_backward(&k.a, &k.g, NULL) == LM_OK, "cpu: %s", lm_last_error());
+        return;
+    }
+    void *d[3];
+    for (int i = 0; i < 3; i++) {
+        const size_t bytes = (size_t)p->n[i] * lm_dtype_size(c->dtype);
+        d[i] = dmalloc(bytes);
+        dpoison(d[i], bytes);
+    }
+    float *dS = dmalloc((size_t)p->n[GS] * 4), *dz = dmalloc((size_t)p->n[GZ] * 4);
+    dpoison(dS, (size_t)p->n[GS] * 4);
+    dpoison(dz, (size_t)p->n[GZ] * 4);
+    call_init(&k, p, dev, d[0], d[1], d[2], 0, c->L);
+    if (c->state) {
+        k.a.state = p->dS0, k.a.normalizer = p->dz0;
+        k.g.dstate_out = p->ddSo, k.g.dnormalizer_out = p->ddzo;
+        k.g.dstate_in = dS, k.g.dnormalizer_in = dz;
+    }
+    ck_assert_msg(lm_linear_attn_backward(&k.a, &k.g, NULL) == LM_OK, "gpu: %s", lm_last_error());
+    for (int i = 0; i < 3; i++) {
+        ddownload(&out->g[i], d[i]);
+        cudaFree(d[i]);
+    }
+    ddownload_bytes(out->S, dS, (size_t)p->n[GS] * 4);
+    ddownload_bytes(out->z, dz, (size_t)p->n[GZ] * 4);
+    cudaFree(dS);
+    cudaFree(dz);
+}
+
+/* ---- float64 reference ---- */
+
+static double phi64(int fm, double x)
+{
+    return fm == LM_FEATURE_ELU1 ? (x > 0 ? x + 1 : exp(x)) : fm == LM_FEATURE_RELU ? (x > 0 ? x : 0) : x;
+}
+
+static double dphi64(int fm, double x)
+{
+    return fm == LM_FEATURE_ELU1 ? (x > 0 ? 1 : exp(x)) : fm == LM_FEATURE_RELU ? (x > 0) : 1;
+}
+
+static int64_t off4(const int64_t *s, int64_t b, int64_t t, int64_t h, int64_t d)
+{
+    return b * s[0] + t * s[1] + h * s[2] + d * s[3];
+}
+
+static double ref_cost(const bcase *c)
+{
+    const double Lk = c->causal ? (double)c->L : (double)c->Lk;
+    return (double)(c->Hq / c->Hkv) * (double)c->L * Lk * (double)(c->Dk + c->Dv);
+}
+
+/* Gradients in float64 into w[GQ..GZ] (layout of the inputs), or with mag
+ * their magnitudes: every factor |x|, dden = +|do|.|n| / d^2 (the
+ * normaliser is a sum of non-negative terms in these tests). */
+static void reference(const bprob *p, int mag, double **w)
+{
+    const bcase *c = &p->c;
+    const int64_t L = c->L, Lk = c->causal ? c->L : c->Lk, Hkv = c->Hkv, Dk = c->Dk, Dv = c->Dv;
+    const int64_t G = c->Hq / c->Hkv;
+    const double eps = (double)1e-6f, sc = (double)(1.0f / sqrtf((float)Dk));
+    memset(w[GS], 0, (size_t)p->n[GS] * sizeof(double));
+    memset(w[GZ], 0, (size_t)p->n[GZ] * sizeof(double));
+#define M(x) (mag ? fabs(x) : (x))
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t task = 0; task < c->B * Hkv; task++) {
+        const int64_t b = task / Hkv, hk = task % Hkv;
+        const double g = c->decay ? (double)p->decay[hk] : 1.0;
+        double *K = malloc((size_t)(Lk * Dk + 1) * sizeof(double));
+        double *V = malloc((size_t)(Lk * Dv + 1) * sizeof(double));
+        double *dK = calloc((size_t)(Lk * Dk + 1), sizeof(double));
+        double *dV = calloc((size_t)(Lk * Dv + 1), sizeof(double));
+        double *a = malloc((size_t)(Lk + 1) * sizeof(double));
+        double *S0 = calloc((size_t)(Dk * Dv), sizeof(double));
+        double Q[256], dQ[256], num[256], dnum[256], z0[256] = { 0 }, dout[256];
+        double *dS0 = w[GS] + task * Dk * Dv, *dz0 = w[GZ] + task * Dk;
+        for (int64_t i = 0; p->S0 && i < Dk * Dv; i++)
+            S0[i] = M((double)p->S0[task * Dk * Dv + i]);
+        for (int64_t d = 0; p->z0 && d < Dk; d++)
+            z0[d] = M((double)p->z0[task * Dk + d]);
+        for (int64_t s = 0; s < Lk; s++) {
+            const int m = p->mask && p->mask[b * Lk + s];
+            for (int64_t d = 0; d < Dk; d++)
+                K[s * Dk + d] = m ? 0 : M(phi64(c->fm, p->k.ref[off4(p->sk, b, s, hk, d)]));
+            for (int64_t e = 0; e < Dv; e++)
+                V[s * Dv + e] = m ? 0 : M(p->v.ref[off4(p->sv, b, s, hk, e)]);
+        }
+        for (int64_t h = hk * G; h < (hk + 1) * G; h++)
+            for (int64_t t = 0; t < L; t++) {
+                const int64_t send = c->causal ? t + 1 : Lk;
+                const double gs = c->causal ? pow(g, (double)(t + 1)) : 1.0;
+                for (int64_t d = 0; d < Dk; d++)
+                    Q[d] = M(phi64(c->fm, p->q.ref[off4(p->sq, b, t, h, d)]));
+                for (int64_t e = 0; e < Dv; e++)
+                    dout[e] = M(p->dout.ref[off4(p->so, b, t, h, e)]);
+                double den = eps;
+                for (int64_t e = 0; e < Dv; e++) {
+                    num[e] = 0;
+                    for (int64_t d = 0; d < Dk; d++)
+                        num[e] += gs * Q[d] * S0[d * Dv + e];
+                }
+                for (int64_t d = 0; d < Dk; d++)
+                    den += gs * Q[d] * z0[d];
+                for (int64_t s = 0; s < send; s++) {
+                    double qk = 0;
+                    for (int64_t d = 0; d < Dk; d++)
+                        qk += Q[d] * K[s * Dk + d];
+                    a[s] = (c->causal ? pow(g, (double)(t - s)) : 1.0) * qk;
+                    for (int64_t e = 0; e < Dv; e++)
+                        num[e] += a[s] * V[s * Dv + e];
+                    den += a[s];
+                }
+                double dden = 0, don = 0;
+                for (int64_t e = 0; e < Dv; e++) {
+                    dnum[e] = c->normalize ? dout[e] / den : sc * dout[e];
+                    don += dout[e] * num[e];
+                }
+                if (c->normalize)
+                    dden = (mag ? don : -don) / (den * den);
+                for (int64_t d = 0; d < Dk; d++) {
+                    double x = 0;
+                    for (int64_t e = 0; e < Dv; e++)
+                        x += S0[d * Dv + e] * dnum[e];
+                    dQ[d] = gs * (x + dden * z0[d]);
+                    for (int64_t e = 0; e < Dv; e++)
+                        dS0[d * Dv + e] += gs * Q[d] * dnum[e];
+                    dz0[d] += gs * dden * Q[d];
+                }
+                for (int64_t s = 0; s < send; s++) {
+                    const double wt = c->causal ? pow(g, (double)(t - s)) : 1.0;
+                    double dw = dden;
+                    for (int64_t e = 0; e < Dv; e++)
+                        dw += dnum[e] * V[s * Dv + e];
+                    for (int64_t d = 0; d < Dk; d++) {
+                        dQ[d] += wt * dw * K[s * Dk + d];
+                        dK[s * Dk + d] += wt * dw * Q[d];
+                    }
+                    for (int64_t e = 0; e < Dv; e++)
+                        dV[s * Dv + e] += a[s] * dnum[e];
+                }
+                for (int64_t d = 0; d < Dk; d++) {
+                    const int64_t i = off4(p->sq, b, t, h, d);
+                    w[GQ][i] = dQ[d] * M(dphi64(c->fm, p->q.ref[i]));
+                }
+            }
+        /* the final state S_Lk = g^Lk S0 + sum_s g^(Lk-1-s) K_s V_s^T, z likewise */
+        for (int64_t s = 0; p->dSo && s < Lk; s++) {
+            const double wt = c->causal ? pow(g, (double)(Lk - 1 - s)) : 1.0;
+            for (int64_t d = 0; d < Dk; d++) {
+                double x = M((double)p->dzo[task * Dk + d]);
+                for (int64_t e = 0; e < Dv; e++) {
+                    const double dso = M((double)p->dSo[(task * Dk + d) * Dv + e]);
+                    x += dso * V[s * Dv + e];
+                    dV[s * Dv + e] += wt * dso * K[s * Dk + d];
+                }
+                dK[s * Dk + d] += wt * x;
+            }
+        }
+        const double gL = c->causal ? pow(g, (double)Lk) : 1.0;
+        for (int64_t i = 0; p->dSo && i < Dk * Dv; i++)
+            dS0[i] += gL * M((double)p->dSo[task * Dk * Dv + i]);
+        for (int64_t d = 0; p->dzo && d < Dk; d++)
+            dz0[d] += gL * M((double)p->dzo[task * Dk + d]);
+        for (int64_t s = 0; s < Lk; s++) {
+            const int m = p->mask && p->mask[b * Lk + s];
+            for (int64_t d = 0; d < Dk; d++) {
+                const int64_t i = off4(p->sk, b, s, hk, d);
+                w[GK][i] = m ? 0 : dK[s * Dk + d] * M(dphi64(c->fm, p->k.ref[i]));
+            }
+            for (int64_t e = 0; e < Dv; e++)
+                w[GV][off4(p->sv, b, s, hk, e)] = m ? 0 : dV[s * Dv + e];
+        }
+        free(K), free(V), free(dK), free(dV), free(a), free(S0);
+    }
+#undef M
+}
+
+/* ---- comparisons ---- */
+
+/* Element i of a gradient: dtype buffer for dq, dk, dv, fp32 for the state's. */
+static double grad_at(const grads *g, int which, int64_t i)
+{
+    return which < 3 ? tbuf_get(&g->g[which], i) : which == GS ? g->S[i] : g->z[i];
+}
+
+/* ||got - want|| / ||scale||; NaNs where want is finite count as unwritten. */
+static double error_of(const grads *got, int which, const double *want, const double *scale, int64_t n,
+                       int64_t *unwritten)
+{
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const double x = grad_at(got, which, i);
+        if (isnan(x) && isfinite(want[i]))
+            (*unwritten)++;
+        else
+            num += (x - want[i]) * (x - want[i]);
+        den += scale[i] * scale[i];
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+/* ||round(want) - want|| / ||mag||: rounding a perfect gradient to dt. */
+static double floor_of(lm_dtype dt, const double *want, const double *mag, int64_t n)
+{
+    tbuf r = tbuf_new(dt, n);
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < n; i++) {
+        tbuf_set(&r, i, want[i]);
+        num += (r.ref[i] - want[i]) * (r.ref[i] - want[i]);
+        den += mag[i] * mag[i];
+    }
+    tbuf_free(&r);
+    return den > 0 ? sqrt(num / den) : 0.0;
+}
+
+static double unit_roundoff(lm_dtype dt)
+{
+    return dt == LM_BF16 ? ldexp(1.0, -8) : dt == LM_F16 ? ldexp(1.0, -11) : 0.0;
+}
+
+/* The worst error per dtype and gradient: for bf16 / f16 as a multiple of
+ * the rounding floor (where it is not vanishing: L = 1 gradients are fp32
+ * noise far under it), for fp32 as itself. */
+static void note(lm_dtype dt, int which, double err, double floor, const char *desc)
+{
+    if (dt != LM_F32 && floor < 1e-4)
+        return;
+    const double ratio = dt == LM_F32 ? err : err / floor;
+    if (ratio > worst[dt][which].ratio) {
+        worst[dt][which].ratio = ratio;
+        worst[dt][which].err = err;
+        snprintf(worst[dt][which].what, sizeof worst[dt][which].what, "%s", desc);
+    }
+}
+
+/* The GPU backward of case c against float64 (when cheap) and the CPU. */
+static void check_case(const bcase *c)
+{
+    bprob p;
+    prob_init(&p, c);
+    char desc[200];
+    describe(desc, sizeof desc, &p.c);
+    grads gpu, cpu;
+    run_backward(&p, LM_CUDA, &gpu);
+    run_backward(&p, LM_CPU, &cpu);
+    const int nt = c->state ? 5 : 3, with_ref = ref_cost(&p.c) <= REF_COST;
+    double *want[5] = { 0 }, *mag[5] = { 0 };
+    if (with_ref) {
+        for (int i = 0; i < 5; i++) {
+            want[i] = calloc((size_t)(p.n[i] > 0 ? p.n[i] : 1), sizeof(double));
+            mag[i] = calloc((size_t)(p.n[i] > 0 ? p.n[i] : 1), sizeof(double));
+        }
+        reference(&p, 0, want);
+        reference(&p, 1, mag);
+    }
+    for (int i = 0; i < nt; i++) {
+        const int64_t n = p.n[i];
+        const lm_dtype dt = i < 3 ? p.c.dtype : LM_F32;
+        double *cpu_v = malloc((size_t)(n > 0 ? n : 1) * sizeof(double));
+        for (int64_t j = 0; j < n; j++)
+            cpu_v[j] = grad_at(&cpu, i, j);
+        int64_t unwritten = 0, cpu_unwritten = 0;
+        if (with_ref) {
+            const double fl = floor_of(dt, want[i], mag[i], n);
+            const double e = error_of(&gpu, i, want[i], mag[i], n, &unwritten);
+            const double bound = fl * (1.1 + 3.0 / sqrt((double)(n > 0 ? n : 1))) + 1e-5;
+            const double d = error_of(&gpu, i, cpu_v, mag[i], n, &cpu_unwritten);
+            note(dt, i, e, fl, desc);
+            CHECK(e <= bound, "%s error %.3g > %.3g (floor %.3g) (%s)", grad_names[i], e, bound, fl, desc);
+            CHECK(d <= 2.2 * fl + 1e-5, "%s vs cpu %.3g > %.3g (%s)", grad_names[i], d, 2.2 * fl + 1e-5, desc);
+        } else {
+            const double d = error_of(&gpu, i, cpu_v, cpu_v, n, &unwritten);
+            const double bound = i < 3 ? unit_roundoff(dt) + 1e-5 : 1e-4;
+            CHECK(d <= bound, "%s vs cpu %.3g > %.3g (%s)", grad_names[i], d, bound, desc);
+        }
+        CHECK(unwritten == 0, "%s: %lld elements not written (%s)", grad_names[i], (long long)unwritten, desc);
+        free(cpu_v);
+    }
+    for (int i = 0; i < 5; i++)
+        free(want[i]), free(mag[i]);
+    grads_free(&gpu);
+    grads_free(&cpu);
+    prob_free(&p);
+}
+
+/* ---- tests ---- */
+
+START_TEST(test_bwd_lengths)
+{
+    static const int64_t Ls[] = { 1, 63, 64, 65, 1000, 4097 };
+    ref_seed(201);
+    for (int i = 0; i < (gpu_small ? 3 : 6); i++)
+        for (int causal = 1; causal >= 0; causal--) {
+            bcase c = base_case();
+            c.L = c.Lk = Ls[i];
+            c.causal = causal;
+            c.B = Ls[i] > 1000 ? 1 : 2;
+            c.state = i % 2;
+            c.mask = i >= 4;
+            check_case(&c);
+        }
+    end_test();
+}
+END_TEST
+
+/* Every mode of DESIGN.md 2 (identity only unnormalised, decay only causal),
+ * cross-attention lengths for the bidirectional ones. */
+START_TEST(test_bwd_modes)
+{
+    ref_seed(202);
+    for (int causal = 0; causal < 2; causal++)
+        for (int norm = 0; norm < 2; norm++)
+            for (int fm = 0; fm < 3; fm++)
+                for (int decay = 0; decay <= causal; decay++)
+                    for (int mask = 0; mask < 2; mask++)
+                        for (int st = 0; st < 2; st++) {
+                            if (fm == LM_FEATURE_IDENTITY && norm)
+                                continue;
+                            bcase c = base_case();
+                            c.causal = causal, c.normalize = norm, c.fm = fm;
+                            c.decay = decay, c.mask = mask, c.state = st;
+                            c.L = 150;
+                            c.Lk = causal ? 150 : 77;
+                            check_case(&c);
+                        }
+    end_test();
+}
+END_TEST
+
+START_TEST(test_bwd_heads)
+{
+    static const int64_t heads[][2] = { { 8, 8 }, { 8, 2 }, { 8, 1 }, { 1, 1 } };
+    ref_seed(203);
+    for (int i = 0; i < 4; i++)
+        for (int causal = 1; causal >= 0; causal--) {
+            bcase c = base_case();
+            c.Hq = heads[i][0], c.Hkv = heads[i][1];
+            c.causal = causal, c.mask = 1, c.state = 1;
+            c.L = c.Lk = 300;
+            check_case(&c);
+        }
+    end_test();
+}
+END_TEST
+
+START_TEST(test_bwd_head_dims)
+{
+    static const int64_t dims[][2] = { { 64, 64 }, { 128, 128 }, { 256, 256 }, { 64, 128 }, { 128, 64 },
+                                       { 256, 64 }, { 32, 32 }, { 96, 40 }, { 60, 44 } };
+    ref_seed(204);
+    for (int i = 0; i < 9; i++)
+        for (int causal = 1; causal >= 0; causal--) {
+            bcase c = base_case();
+            c.B = 1, c.Hq = 2, c.Hkv = 1;
+            c.Dk = dims[i][0], c.Dv = dims[i][1];
+            c.causal = causal, c.decay = causal, c.state = 1;
+            c.L = c.Lk = 200;
+            check_case(&c);
+        }
+    end_test();
+}
+END_TEST
+
+START_TEST(test_bwd_dtypes)
+{
+    static const lm_dtype dts[] = { LM_BF16, LM_F16, LM_F32 };
+    static const int64_t Ls[] = { 1, 65, 1000 };
+    ref_seed(205);
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 3; j++)
+            for (int mode = 0; mode < 3; mode++) {
+                bcase c = base_case();
+                c.dtype = dts[i];
+                c.L = c.Lk = Ls[j];
+                c.causal = mode != 2;
+                c.decay = mode == 1, c.state = mode == 1, c.mask = mode == 2;
+                c.Dk = c.Dv = mode == 1 ? 128 : 64;
+                check_case(&c);
+            }
+    end_test();
+}
+END_TEST
+
+/* One kv head and long sequences: many segments (scans forwards and
+ * backwards, ragged last segment), sequence-first strides, compensated. */
+START_TEST(test_bwd_segments)
+{
+    ref_seed(206);
+    for (int sf = 0; sf < 2; sf++)
+        for (int causal = 1; causal >= 0; causal--) {
+            bcase c = base_case();
+            c.seq_first = sf, c.causal = causal;
+            c.B = 1, c.Hq = 2, c.Hkv = 1, c.Dk = c.Dv = 128;
+            c.L = c.Lk = 3000 + 37 * sf;
+            c.mask = 1, c.decay = causal, c.state = 1;
+            c.precision = sf ? LM_PRECISION_ON : LM_PRECISION_AUTO;
+            check_case(&c);
+        }
+    end_test();
+}
+END_TEST
+
+/* The backward of [cut, L) from the forward's state at cut gives dS_in,
+ * the dS_out of the backward of [0, cut): together they equal the backward
+ * over [0, L). f32, where the forward's state is near exact (5e-5). */
+START_TEST(test_bwd_chain)
+{
+    static const int64_t cuts[] = { 64, 100, 777 };
+    ref_seed(207);
+    for (int i = 0; i < 3; i++) {
+        bcase c = base_case();
+        c.dtype = LM_F32, c.L = c.Lk = 1000, c.decay = i % 2, c.mask = 1, c.state = 1;
+        bprob p;
+        prob_init(&p, &c);
+        grads whole;
+        run_backward(&p, LM_CUDA, &whole);
+        const int64_t nS = p.n[GS], nz = p.n[GZ], cut = cuts[i];
+        void *d[3];
+        for (int j = 0; j < 3; j++) {
+            d[j] = dmalloc((size_t)p.n[j] * 4);
+            dpoison(d[j], (size_t)p.n[j] * 4);
+        }
+        /* the state at cut: prefill of [0, cut) from S0 */
+        float *S = dupload_bytes(p.S0, (size_t)nS * 4), *z = dupload_bytes(p.z0, (size_t)nz * 4);
+        void *out = dmalloc((size_t)(c.B * c.L * c.Hq * c.Dv) * 4);
+        call k;
+        call_init(&k, &p, LM_CUDA, d[0], d[1], d[2], 0, cut);
+        lm_tensor o = tokens(view4(out, c.dtype, LM_CUDA, p.so, c.B, c.L, c.Hq, c.Dv), 0, cut);
+        k.a.out = &o, k.a.state = S, k.a.normalizer = z;
+        ck_assert_msg(lm_linear_attn_prefill(&k.a, NULL) == LM_OK, "%s", lm_last_error());
+        /* backward of [cut, L), then of [0, cut) */
+        float *dSm = dmalloc((size_t)nS * 4), *dzm = dmalloc((size_t)nz * 4);
+        float *dS0 = dmalloc((size_t)nS * 4), *dz0 = dmalloc((size_t)nz * 4);
+        call_init(&k, &p, LM_CUDA, d[0], d[1], d[2], cut, c.L - cut);
+        k.a.state = S, k.a.normalizer = z;
+        k.g.dstate_out = p.ddSo, k.g.dnormalizer_out = p.ddzo, k.g.dstate_in = dSm, k.g.dnormalizer_in = dzm;
+        ck_assert_msg(lm_linear_attn_backward(&k.a, &k.g, NULL) == LM_OK, "%s", lm_last_error());
+        call_init(&k, &p, LM_CUDA, d[0], d[1], d[2], 0, cut);
+        k.a.state = p.dS0, k.a.normalizer = p.dz0;
+        k.g.dstate_out = dSm, k.g.dnormalizer_out = dzm, k.g.dstate_in = dS0, k.g.dnormalizer_in = dz0;
+        ck_assert_msg(lm_linear_attn_backward(&k.a, &k.g, NULL) == LM_OK, "%s", lm_last_error());
+        grads chained;
+        grads_new(&chained, &p);
+        for (int j = 0; j < 3; j++)
+            ddownload(&chained.g[j], d[j]);
+        ddownload_bytes(chained.S, dS0, (size_t)nS * 4);
+        ddownload_bytes(chained.z, dz0, (size_t)nz * 4);
+        for (int j = 0; j < 5; j++) {
+            double *w = malloc((size_t)p.n[j] * sizeof(double));
+            for (int64_t x = 0; x < p.n[j]; x++)
+                w[x] = grad_at(&whole, j, x);
+            int64_t unwritten = 0;
+            const double e = error_of(&chained, j, w, w, p.n[j], &unwritten);
+            CHECK(e <= 3e-4 && unwritten == 0, "cut %lld: %s chained vs whole %.3g (%lld not written)",
+                  (long long)cut, grad_names[j], e, (long long)unwritten);
+            free(w);
+        }
+        grads_free(&chained);
+        grads_free(&whole);
+        for (int j = 0; j < 3; j++)
+            cudaFree(d[j]);
+        cudaFree(S), cudaFree(z), cudaFree(out), cudaFree(dSm), cudaFree(dzm), cudaFree(dS0), cudaFree(dz0);
+        prob_free(&p);
+    }
+    end_test();
+}
+END_TEST
+
+/* The same call twice gives the same bits (no atomics, fixed orders). */
+START_TEST(test_bwd_deterministic)
+{
+    ref_seed(208);
+    for (int causal = 1; causal >= 0; causal--) {
+        bcase c = base_case();
+        c.causal = causal, c.B = 1, c.Hq = 4, c.Hkv = 2, c.Dk = c.Dv = 128;
+        c.L = c.Lk = 5000, c.mask = 1, c.state = 1, c.decay = causal;
+        bprob p;
+        prob_init(&p, &c);
+        grads a, b;
+        run_backward(&p, LM_CUDA, &a);
+        run_backward(&p, LM_CUDA, &b);
+        for (int i = 0; i < 3; i++)
+            CHECK(!memcmp(a.g[i].data, b.g[i].data, (size_t)p.n[i] * lm_dtype_size(c.dtype)),
+                  "%s differs between runs (causal %d)", grad_names[i], causal);
+        CHECK(!memcmp(a.S, b.S, (size_t)p.n[GS] * 4) && !memcmp(a.z, b.z, (size_t)p.n[GZ] * 4),
+              "dS_in differs between runs (causal %d)", causal);
+        grads_free(&a);
+        grads_free(&b);
+        prob_free(&p);
+    }
+    end_test();
+}
+END_TEST
+
+/* Head dims the kernels do not hold: UNSUPPORTED with a message. */
+START_TEST(test_bwd_unsupported)
+{
+    ref_seed(209);
+    bcase c = base_case();
+    c.B = 1, c.L = c.Lk = 10, c.Hq = c.Hkv = 1, c.Dk = c.Dv = 320;
+    bprob p;
+    prob_init(&p, &c);
+    void *d[3];
+    for (int i = 0; i < 3; i++)
+        d[i] = dmalloc((size_t)p.n[i] * 2);
+    call k;
+    call_init(&k, &p, LM_CUDA, d[0], d[1], d[2], 0, c.L);
+    ck_assert_int_eq(lm_linear_attn_backward(&k.a, &k.g, NULL), LM_ERR_UNSUPPORTED);
+    ck_assert_msg(strstr(lm_last_error(), "head dims") != NULL, "message: %s", lm_last_error());
+    for (int i = 0; i < 3; i++)
+        cudaFree(d[i]);
+    prob_free(&p);
+}
+END_TEST
+
+/* The reduced grid of the compute-sanitizer pass: one causal and one
+ * bidirectional case with everything on. */
+START_TEST(test_bwd_small)
+{
+    ref_seed(210);
+    for (int causal = 1; causal >= 0; causal--) {
+        bcase c = base_case();
+        c.B = 1, c.causal = causal, c.decay = causal, c.mask = 1, c.state = 1;
+        c.L = 70, c.Lk = causal ? 70 : 45;
+        c.precision = LM_PRECISION_ON;
+        check_case(&c);
+    }
+    end_test();
+}
+END_TEST
+
+START_TEST(test_bwd_summary)
+{
+    static const char *dts[] = { "bf16", "f16", "f32" };
+    for (int dt = 0; dt < 3; dt++)
+        for (int i = 0; i < 5; i++) {
+            if (worst[dt][i].ratio <= 0)
+                continue;
+            if (dt == LM_F32)
+                printf("backward: worst %s %s error vs float64 %.3g (%s)\n", dts[dt], grad_names[i],
+                       worst[dt][i].err, worst[dt][i].what);
+            else
+                printf("backward: worst %s %s error vs float64 %.3g = %.3f x the rounding floor (%s)\n",
+                       dts[dt], grad_names[i], worst[dt][i].err, worst[dt][i].ratio, worst[dt][i].what);
+        }
+}
+END_TEST
+
+Suite *gpu_backward_suite(void)
+{
+    Suite *s = suite_create("gpu_backward");
+    TCase *tc = tcase_create("backward");
+    tcase_set_timeout(tc, 600);
+    if (gpu_small) {
+        tcase_add_test(tc, test_bwd_small);
+    } else {
+        tcase_add_test(tc, test_bwd_lengths);
+        tcase_add_test(tc, test_bwd_modes);
+        tcase_add_test(tc, test_bwd_heads);
+        tcase_add_test(tc, test_bwd_head_dims);
+        tcase_add_test(tc, test_bwd_dtypes);
+        tcase_add_test(tc, test_bwd_segments);
+        tcase_add_test(tc, test_bwd_chain);
+        tcase_add_test(tc, test_bwd_deterministic);
+        tcase_add_test(tc, test_bwd_unsupported);
+        tcase_add_test(tc, test_bwd_summary);
+    }
+    suite_add_tcase(s, tc);
+    return s;
+}
