@@ -103,8 +103,8 @@ for L in (8192, 32768):  # B = 1, 32 heads of 128, bf16, causal, elu+1, normalis
         export LM_LIB_PATH="$PWD/$B/lib/libliquidmemory.so" PYTHONPATH="$PWD/bindings/python"
         phase train-demo 120 "$OUT/train.log" python3 bench/train_demo.py --device cuda --seq-len 32768 \
             --seconds 60 --out "$OUT/train"
-        phase train-bench 120 "$OUT/train.log" python3 -m liquid_memory.benchmark --train \
-            --seq-lengths 8192,32768,131072 --warmup 1 --iters 5 --out "$OUT/train" --no-progress
+        phase train-bench 240 "$OUT/train.log" python3 -m liquid_memory.benchmark --train \
+            --seq-lengths 8192,32768,131072 --warmup 1 --iters 5 --max-seconds 10 --out "$OUT/train"
         tar -C "$OUT" -czf "$OUT/train.tgz" train && rm -rf "$OUT/train" ;;
     esac
 done
