@@ -65,7 +65,7 @@ __device__ inline int imin(int a, int b)
 /* The shared-memory layout, in floats: chunk bc, head dims padded to 4. */
 struct Shape {
     int bc, dk, dv, kp, vp, cp;
-    int q, k, v, o, x1, x2, a, bm, t, z, zc, pw, inv, dd, mk, total;
+    int q, k, v, o, x1, x2, a, bm, t, z, zc, pw, inv, dd, total;
 };
 
 __host__ __device__ inline Shape shape_of(int Dk, int Dv, int bc)
@@ -88,7 +88,6 @@ __host__ __device__ inline Shape shape_of(int Dk, int Dv, int bc)
     s.pw = off, off += bc + 1;    /* decay powers */
     s.inv = off, off += bc;
     s.dd = off, off += bc;
-    s.mk = off, off += bc;        /* 1 for the chunk's masked keys */
     s.total = off;
     return s;
 }
@@ -145,14 +144,13 @@ __device__ inline void fold(float &s, float *c, float inc, float gn)
     s = sum;
 }
 
-/* For each tile of the output: acc[r][c] = sum_k A(m0 + r, k) B(k, n0 + c nt)
- * with A(m, k) = A[m a0 + k a1], B(k, n) = B[k b0 + n b1], then epi(m0, n0,
- * nt, acc). A thread owns TM rows x TN columns (m0 .. m0+TM-1 by n0, n0 +
- * nt, ..., nt = N/TN), so neighbouring threads read neighbouring columns of
- * B and share the rows of A. */
+/* epi(m, n, sum_k A(m, k) B(k, n)) for m < M, n < N, with A(m, k) =
+ * A[m a0 + k a1], B(k, n) = B[k b0 + n b1]; a thread owns TM rows x TN
+ * columns (m0 .. m0+TM-1 by n0, n0 + N/TN, ...), so neighbouring threads
+ * read neighbouring columns of B and share the rows of A. */
 template <int TM, int TN, class F>
 __device__ inline void mm_tiles(int M, int N, int K, const float *A, int a0, int a1,
-                                const float *B, int b0, int b1, const F &epi)
+                                const float *B, int b0, int b1, F &epi)
 {
     const int nt = N / TN, tiles = M / TM * nt;
     for (int t = threadIdx.x; t < tiles; t += THREADS) {
@@ -172,15 +170,17 @@ __device__ inline void mm_tiles(int M, int N, int K, const float *A, int a0, int
                 for (int c = 0; c < TN; c++)
                     acc[r][c] = fmaf(a[r], b[c], acc[r][c]);
         }
-        epi(m0, n0, nt, acc);
+        for (int r = 0; r < TM; r++)
+            for (int c = 0; c < TN; c++)
+                epi(m0 + r, n0 + c * nt, acc[r][c]);
     }
 }
 
 /* The same with the tile picked from the output size (M, N multiples of 4):
  * the same M, N always give the same owners. */
 template <class F>
-__device__ inline void mm_any(int M, int N, int K, const float *A, int a0, int a1, const float *B,
-                              int b0, int b1, const F &epi)
+__device__ inline void mm(int M, int N, int K, const float *A, int a0, int a1, const float *B,
+                          int b0, int b1, F epi)
 {
     const int e = M * N;
     if (e >= 16 * THREADS)
@@ -193,80 +193,6 @@ __device__ inline void mm_any(int M, int N, int K, const float *A, int a0, int a
         mm_tiles<2, 1>(M, N, K, A, a0, a1, B, b0, b1, epi);
 }
 
-/* A tile epilogue from an element one, f(m, n, value). */
-template <class F> struct Each {
-    F f;
-    template <int TM, int TN>
-    __device__ void operator()(int m0, int n0, int nt, const float (&acc)[TM][TN]) const
-    {
-        for (int r = 0; r < TM; r++)
-            for (int c = 0; c < TN; c++)
-                f(m0 + r, n0 + c * nt, acc[r][c]);
-    }
-};
-
-template <class F>
-__device__ inline void mm(int M, int N, int K, const float *A, int a0, int a1, const float *B, int b0,
-                          int b1, F f)
-{
-    mm_any(M, N, K, A, a0, a1, B, b0, b1, Each<F>{ f });
-}
-
-/* put(i, get(i)) for i < n over the CTA, U loads issued before their stores:
- * a load after a store through a generic pointer waits for it, so one item
- * at a time would pay a global-memory round trip each (measured: the first
- * version spent most of its time so, 12x the forward). */
-template <int U, class Get, class Put> __device__ inline void batched(int n, Get get, Put put)
-{
-    for (int base = threadIdx.x; base < n; base += U * THREADS) {
-        float v[U];
-        for (int u = 0; u < U; u++) {
-            const int i = base + u * THREADS;
-            v[u] = i < n ? get(i) : 0.0f;
-        }
-        for (int u = 0; u < U; u++) {
-            const int i = base + u * THREADS;
-            if (i < n)
-                put(i, v[u]);
-        }
-    }
-}
-
-/* The state update's epilogue: S = gn S + acc over a tile in global memory
- * (Kahan when comp), the tile's loads issued before its stores. */
-struct Fold {
-    float *S, *comp;
-    int Dk, Dv;
-    float gn;
-    template <int TM, int TN>
-    __device__ void operator()(int m0, int n0, int nt, const float (&acc)[TM][TN]) const
-    {
-        float x[TM][TN], c[TM][TN];
-        for (int r = 0; r < TM; r++)
-            for (int j = 0; j < TN; j++) {
-                const int d = m0 + r, e = n0 + j * nt;
-                const bool ok = d < Dk && e < Dv;
-                const int64_t i = (int64_t)d * Dv + e;
-                x[r][j] = ok ? S[i] : 0.0f;
-                c[r][j] = ok && comp ? comp[i] : 0.0f;
-            }
-        for (int r = 0; r < TM; r++)
-            for (int j = 0; j < TN; j++) {
-                const int d = m0 + r, e = n0 + j * nt;
-                if (d >= Dk || e >= Dv)
-                    continue;
-                const int64_t i = (int64_t)d * Dv + e;
-                if (comp) { /* fold(), on registers */
-                    const float base = x[r][j] * gn, y = acc[r][j] - c[r][j] * gn, sum = base + y;
-                    comp[i] = (sum - base) - y;
-                    S[i] = sum;
-                } else {
-                    S[i] = x[r][j] * gn + acc[r][j];
-                }
-            }
-    }
-};
-
 /* One CTA's job and its shared memory. */
 struct Cta {
     const lmk_bwd &p;
@@ -275,7 +201,7 @@ struct Cta {
     int64_t head, t_begin, t_end;
     float *S, *zg;    /* this segment's carry in global memory: [Dk][Dv], [Dk] */
     float *comp;      /* its compensation, or NULL */
-    float *Q, *K, *V, *O, *X1, *X2, *A, *Bm, *T, *z, *zc, *pw, *inv, *dd, *mk;
+    float *Q, *K, *V, *O, *X1, *X2, *A, *Bm, *T, *z, *zc, *pw, *inv, *dd;
 
     __device__ Cta(const lmk_bwd &p_, int bc, float *sm) : p(p_), s(shape_of(p_.Dk, p_.Dv, bc))
     {
@@ -290,7 +216,7 @@ struct Cta {
         comp = p.comp ? p.comp + x * p.Dk * p.Dv : nullptr;
         Q = sm + s.q, K = sm + s.k, V = sm + s.v, O = sm + s.o, X1 = sm + s.x1, X2 = sm + s.x2;
         A = sm + s.a, Bm = sm + s.bm, T = sm + s.t, z = sm + s.z, zc = sm + s.zc, pw = sm + s.pw;
-        inv = sm + s.inv, dd = sm + s.dd, mk = sm + s.mk;
+        inv = sm + s.inv, dd = sm + s.dd;
     }
 
     __device__ bool masked(int64_t t) const
@@ -309,25 +235,22 @@ struct Cta {
     __device__ void load(float *dst, int pitch, int Dpad, const void *x, const int64_t *xs, int h,
                          int D, int64_t t0, int n, int fm, bool keys) const
     {
-        batched<8>(
-            s.bc * Dpad,
-            [&](int i) {
-                const int r = i / Dpad, d = i % Dpad;
-                if (r >= n || d >= D || (keys && masked(t0 + r)))
-                    return 0.0f;
-                const float val = ld(x, b * xs[0] + (t0 + r) * xs[1] + h * xs[2] + d * xs[3], p.dtype);
-                return fm >= 0 ? phi(val, fm) : val;
-            },
-            [&](int i, float val) { dst[i / Dpad * pitch + i % Dpad] = val; });
+        for (int i = threadIdx.x; i < s.bc * Dpad; i += THREADS) {
+            const int r = i / Dpad, d = i % Dpad;
+            float val = 0.0f;
+            if (r < n && d < D && !(keys && masked(t0 + r))) {
+                val = ld(x, b * xs[0] + (t0 + r) * xs[1] + h * xs[2] + d * xs[3], p.dtype);
+                if (fm >= 0)
+                    val = phi(val, fm);
+            }
+            dst[r * pitch + d] = val;
+        }
     }
 
-    /* phi(k) and v of the chunk, and which keys are masked (for the stores). */
     __device__ void load_keys(int64_t t0, int n) const
     {
         load(K, s.kp, s.dk, p.k, p.sk, hk, p.Dk, t0, n, p.feature_map, true);
         load(V, s.vp, s.dv, p.v, p.sv, hk, p.Dv, t0, n, -1, true);
-        for (int j = threadIdx.x; j < s.bc; j += THREADS)
-            mk[j] = j < n && masked(t0 + j) ? 1.0f : 0.0f;
     }
 
     __device__ void load_queries(int h, int64_t t0, int n) const
@@ -345,11 +268,10 @@ struct Cta {
      * zsrc into shared memory; compensations zeroed. */
     __device__ void init_carry(const float *src, bool copy_S, const float *zsrc) const
     {
-        const int n = p.Dk * p.Dv;
-        float *S_ = S;
-        if (copy_S)
-            batched<8>(n, [&](int i) { return src ? src[i] : 0.0f; }, [&](int i, float x) { S_[i] = x; });
-        for (int i = threadIdx.x; comp && i < n; i += THREADS)
+        const int64_t n = (int64_t)p.Dk * p.Dv;
+        for (int64_t i = threadIdx.x; copy_S && i < n; i += THREADS)
+            S[i] = src ? src[i] : 0.0f;
+        for (int64_t i = threadIdx.x; comp && i < n; i += THREADS)
             comp[i] = 0.0f;
         for (int d = threadIdx.x; d < s.dk; d += THREADS) {
             z[d] = zsrc && d < p.Dk ? zsrc[d] : 0.0f;
@@ -372,13 +294,10 @@ struct Cta {
         for (int d0 = 0; d0 < s.dk; d0 += TK) {
             const int tk = imin(TK, s.dk - d0);
             __syncthreads(); /* T is free */
-            batched<8>(
-                tk * s.dv,
-                [&](int i) {
-                    const int r = i / s.dv, e = i % s.dv;
-                    return d0 + r < p.Dk && e < p.Dv ? S[(int64_t)(d0 + r) * p.Dv + e] : 0.0f;
-                },
-                [&](int i, float x) { T[i / s.dv * s.vp + i % s.dv] = x; });
+            for (int i = threadIdx.x; i < tk * s.dv; i += THREADS) {
+                const int r = i / s.dv, e = i % s.dv;
+                T[r * s.vp + e] = d0 + r < p.Dk && e < p.Dv ? S[(int64_t)(d0 + r) * p.Dv + e] : 0.0f;
+            }
             __syncthreads();
             if (X)
                 mm(s.bc, s.dv, tk, X + d0, s.kp, 1, T, s.vp, 1, [&](int i, int e, float v) {
@@ -395,12 +314,20 @@ struct Cta {
      * over the chunk's rows (rows past the chunk are zero). */
     __device__ void update(const float *X, const float *Y, const float *w, float gn) const
     {
-        mm_any(s.dk, s.dv, s.bc, X, 1, s.kp, Y, s.vp, 1, Fold{ S, comp, p.Dk, p.Dv, gn });
-        for (int d = threadIdx.x; d < p.Dk; d += THREADS) {
+        float *c = comp;
+        float *Sg = S;
+        const int Dk = p.Dk, Dv = p.Dv;
+        mm(s.dk, s.dv, s.bc, X, 1, s.kp, Y, s.vp, 1, [&](int d, int e, float v) {
+            if (d < Dk && e < Dv) {
+                const int64_t i = (int64_t)d * Dv + e;
+                fold(Sg[i], c ? c + i : nullptr, v, gn);
+            }
+        });
+        for (int d = threadIdx.x; d < Dk; d += THREADS) {
             float acc = 0.0f;
             for (int j = 0; j < s.bc; j++)
                 acc = fmaf(X[j * s.kp + d], w ? w[j] : 1.0f, acc);
-            fold(z[d], comp ? zc + d : nullptr, acc, gn);
+            fold(z[d], c ? zc + d : nullptr, acc, gn);
         }
         __syncthreads();
     }
@@ -612,20 +539,19 @@ __device__ void keys(Cta &c)
             const int j = i / s.dk, d = i % s.dk;
             if (j < n && d < p.Dk)
                 st(p.dk, c.b * p.sdk[0] + (t0 + j) * p.sdk[1] + c.hk * p.sdk[2] + d * p.sdk[3], p.dtype,
-                   c.mk[j] != 0.0f ? 0.0f : c.X2[j * s.kp + d] * dphi(c.K[j * s.kp + d], p.feature_map));
+                   c.masked(t0 + j) ? 0.0f : c.X2[j * s.kp + d] * dphi(c.K[j * s.kp + d], p.feature_map));
         }
         for (int i = threadIdx.x; i < s.bc * s.dv; i += THREADS) {
             const int j = i / s.dv, e = i % s.dv;
             if (j < n && e < p.Dv)
                 st(p.dv, c.b * p.sdv[0] + (t0 + j) * p.sdv[1] + c.hk * p.sdv[2] + e * p.sdv[3], p.dtype,
-                   c.mk[j] != 0.0f ? 0.0f : c.X1[j * s.vp + e]);
+                   c.masked(t0 + j) ? 0.0f : c.X1[j * s.vp + e]);
         }
         __syncthreads();
     }
     if (causal && c.seg == 0 && p.fin_S) {
-        float *fin = p.fin_S + head_S;
-        const float *S = c.S;
-        batched<8>(p.Dk * p.Dv, [&](int i) { return S[i]; }, [&](int i, float x) { fin[i] = x; });
+        for (int64_t i = threadIdx.x; i < (int64_t)p.Dk * p.Dv; i += THREADS)
+            p.fin_S[head_S + i] = c.S[i];
         c.store_z(p.fin_z + head_z);
     }
 }
