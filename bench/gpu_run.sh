@@ -11,7 +11,9 @@
 #                                     8K / 32K), backward-sanitize (the sanitizers on its small
 #                                     case), train (bench/train_demo.py at 32K and the training
 #                                     benchmark at 8K-128K with peers, packed in train.tgz;
-#                                     skipped when the backward did not run from Python)
+#                                     skipped when the backward did not run from Python),
+#                                     python (pytest tests/python on the GPU, then the
+#                                     LiquidMemory.benchmark sweep --mode all, packed in sweep.tgz)
 set -u
 OUT=${OUT:-/tmp/lm-gpu-out}
 B=${LM_BUILD:-build/device}
@@ -97,6 +99,13 @@ for L in (8192, 32768):  # B = 1, 32 heads of 128, bf16, causal, elu+1, normalis
             phase "backward-$tool" 60 "$OUT/backward.log" env CK_RUN_SUITE=gpu_backward \
                 compute-sanitizer --tool "$tool" --error-exitcode 3 --print-limit 20 "$B/bin/lm-gpu-tests" small
         done ;;
+    python)
+        export LM_LIB_PATH="$PWD/$B/lib/libliquidmemory.so" PYTHONPATH="$PWD/bindings/python"
+        phase pytest 220 "$OUT/pytest.log" python3 -m pytest -q -rfEs -p no:cacheprovider tests/python
+        mkdir -p "$OUT/sweep"
+        phase sweep 240 "$OUT/sweep.log" python3 -m liquid_memory.benchmark --mode all --max-seconds 10 \
+            --no-progress --out "$OUT/sweep"
+        tar -C "$OUT" -czf "$OUT/sweep.tgz" sweep && rm -rf "$OUT/sweep" ;;
     train)
         case "$FAILED" in *backward-time*) echo "train: skipped, the backward did not run from Python" >> "$SUMMARY"; continue ;; esac
         mkdir -p "$OUT/train"
