@@ -29,7 +29,14 @@ def test_offline_install_bundles_the_library(tmp_path):
     src = tmp_path / "src"
     shutil.copytree(os.path.join(ROOT, "bindings", "python"), src,
                     ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__", "*.so"))
-    shutil.copy(_ffi.binding().path, src / "liquid_memory" / "libliquidmemory.so")  # make python
+    lib = _ffi.binding().path
+    shutil.copy(lib, src / "liquid_memory" / "libliquidmemory.so")  # make python
+    # A self-contained build (make device-build) keeps the libraries it needs
+    # beside it ($ORIGIN); the package carries them the same way.
+    folder = os.path.dirname(lib)
+    for name in os.listdir(folder):
+        if ".so." in name:
+            shutil.copy(os.path.join(folder, name), src / "liquid_memory" / name)
     # Installed into a folder of its own with this interpreter, whose torch the
     # package uses (--no-deps: an offline install does not fetch torch; a
     # nested venv may not see this interpreter's packages).
