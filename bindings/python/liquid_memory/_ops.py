@@ -25,6 +25,15 @@ USE_CUSTOM_OP = hasattr(torch.library, "custom_op") and \
     os.environ.get("LM_PY_CUSTOM_OP", "1") not in ("0", "false", "no")
 
 
+def compiling():
+    """True while torch.compile traces (torch >= 2.0)."""
+    for owner in ("compiler", "_dynamo"):
+        fn = getattr(getattr(torch, owner, None), "is_compiling", None)
+        if fn is not None:
+            return fn()
+    return False
+
+
 def _opts(fm, normalize, eps, scale, decay, precision):
     return _core.Options(fm, normalize, eps, scale, decay, precision)
 
@@ -177,5 +186,9 @@ def prefill(q, k, v, mask=None, S0=None, z0=None, position=0, is_causal=True, op
 def decode(q, k, v, S, z, position, opts=None):
     """One decode step, updating S and z in place (no autograd)."""
     o = opts or _core.Options()
+    if not compiling():
+        # Eagerly the custom op's dispatch would cost more host time than the
+        # step's kernel; the op is only needed for torch.compile to trace it.
+        return _core.decode(q, k, v, S, z, int(position), o)
     return _decode_call(q, k, v, S, z, int(position), o.feature_map, o.normalize, o.eps,
                         o.scale, o.decay, o.precision)

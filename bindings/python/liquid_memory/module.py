@@ -39,15 +39,6 @@ def _warn_once(key, message, category=UserWarning):
         warnings.warn(message, category, stacklevel=3)
 
 
-def _compiling():
-    """True while torch.compile traces (torch >= 2.0); data-dependent checks are skipped then."""
-    for owner in ("compiler", "_dynamo"):
-        fn = getattr(getattr(torch, owner, None), "is_compiling", None)
-        if fn is not None:
-            return fn()
-    return False
-
-
 def _keep_linear_attention(module, args):
     """Forward pre-hook registered on every LiquidMemory. It does nothing
     itself; its presence makes nn.TransformerEncoderLayer (torch versions that
@@ -343,7 +334,7 @@ class LiquidMemory(nn.Module):
             return mask.bool()
         if mask.is_floating_point():
             ignore = mask == float("-inf")
-            if not _compiling() and not bool(((mask == 0) | ignore).all()):
+            if not _ops.compiling() and not bool(((mask == 0) | ignore).all()):
                 raise ValueError("a float key_padding_mask must hold only 0 (keep) or -inf "
                                  "(ignore): linear attention cannot add other values to "
                                  "attention logits; use a bool mask (True = ignore)")
@@ -427,7 +418,7 @@ class LiquidMemory(nn.Module):
 
         causal = bool(is_causal)
         if attn_mask is not None and not causal:
-            if _compiling():
+            if _ops.compiling():
                 raise NotImplementedError(
                     "under torch.compile, an attn_mask cannot be inspected: pass "
                     "is_causal=True with a causal mask (or drop the mask)")
