@@ -74,6 +74,10 @@ def parse(argv=None):
     p.add_argument("--value-vocab", type=int, default=64)
     p.add_argument("--d-model", type=int, help="default: 64 on the CPU, 256 on CUDA")
     p.add_argument("--num-heads", type=int, default=4)
+    p.add_argument("--feature-map", default="elu", choices=("elu", "relu", "identity"),
+                   help="LiquidMemory's feature map (default elu: elu+1)")
+    p.add_argument("--no-normalize", dest="normalize", action="store_false",
+                   help="LiquidMemory without the normaliser (sum instead of weighted mean)")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--warmup", type=int, default=50, help="warm-up steps")
     p.add_argument("--weight-decay", type=float, default=0.01)
@@ -181,13 +185,13 @@ class ShortConv(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, d, heads, attention):
+    def __init__(self, d, heads, attention, lm_options):
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
         self.conv = ShortConv(d)
         self.kind = attention
         if attention == "lm":
-            self.attn = LiquidMemory(d, heads, batch_first=True)
+            self.attn = LiquidMemory(d, heads, batch_first=True, **lm_options)
         else:
             self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
         self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
@@ -203,11 +207,11 @@ class Block(nn.Module):
 
 
 class Model(nn.Module):
-    def __init__(self, vocab, d, heads, attention, layers=2):
+    def __init__(self, vocab, d, heads, attention, lm_options, layers=2):
         super().__init__()
         self.attention = attention
         self.emb = nn.Embedding(vocab, d)
-        self.blocks = nn.ModuleList(Block(d, heads, attention) for _ in range(layers))
+        self.blocks = nn.ModuleList(Block(d, heads, attention, lm_options) for _ in range(layers))
         self.ln = nn.LayerNorm(d)
         self.head = nn.Linear(d, vocab)
 
@@ -249,7 +253,8 @@ def train(a, attention, device, log=print, max_steps=None):
     max_steps = a.steps if max_steps is None else max_steps
     torch.manual_seed(a.seed)
     task = Task(a.seq_len, a.num_pairs, a.num_queries, a.key_vocab, a.value_vocab)
-    model = Model(task.vocab, a.d_model, a.num_heads, attention).to(device)
+    model = Model(task.vocab, a.d_model, a.num_heads, attention,
+                  {"feature_map": a.feature_map, "normalize": a.normalize}).to(device)
     nparams = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=a.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(a.warmup, 1)))
