@@ -141,8 +141,12 @@ typedef enum lm_feature_map {
     LM_FEATURE_IDENTITY = 2 /* x (use with normalize = 0) */
 } lm_feature_map;
 
+/* Context length (position + tokens of the call) above which
+ * LM_PRECISION_AUTO accumulates the state with compensation. */
+#define LM_PRECISION_AUTO_TOKENS 65536
+
 typedef enum lm_precision {
-    LM_PRECISION_AUTO = 0, /* compensated accumulation above 65536 tokens */
+    LM_PRECISION_AUTO = 0, /* compensated above LM_PRECISION_AUTO_TOKENS tokens */
     LM_PRECISION_ON = 1,   /* always compensated (Kahan) accumulation of the state */
     LM_PRECISION_OFF = 2   /* plain fp32 accumulation */
 } lm_precision;

@@ -13,8 +13,6 @@
 
 /* Chunk length of the chunked-parallel algorithm on the CPU. */
 #define LMI_CPU_CHUNK 64
-/* Above this many tokens precision=auto switches to compensated accumulation. */
-#define LMI_PRECISION_AUTO_TOKENS 65536
 /* Sanity limits on sizes, so products of sizes never overflow int64. */
 #define LMI_MAX_HEADS 4096
 #define LMI_MAX_HEAD_DIM 4096

@@ -355,3 +355,41 @@ def test_fast_path_guard_hook_present():
     m = LiquidMemory(E, H)
     assert len(m._forward_pre_hooks) == 1
     assert "LiquidMemory(" in repr(m) and "feature_map='elu'" in repr(m)
+
+
+# ---------------------------------------------------------------- slabs without autograd
+
+@pytest.mark.parametrize("cfg", [dict(), dict(batch_first=True, add_bias_kv=True),
+                                 dict(decay=0.97), dict(bias=False, batch_first=True)])
+@pytest.mark.parametrize("masked", [False, True])
+def test_no_grad_causal_forward_runs_in_slabs(monkeypatch, cfg, masked):
+    """Under no_grad a causal forward goes slab by slab (extra memory O(slab)); it
+    matches the float64 reference and the one-pass forward, state included."""
+    torch.manual_seed(21)
+    m = LiquidMemory(E, H, **cfg)
+    B, L = 2, 300  # 5 slabs of 64 tokens, the last one ragged
+    x = x_(B, L, E, seed=22) if m.batch_first else x_(L, B, E, seed=22)
+    pad = None
+    if masked:
+        pad = torch.zeros(B, L, dtype=torch.bool)
+        pad[0, 100:170] = True
+        pad[1, :5] = True
+    calls = []
+    attend = lm_module.LiquidMemory._attend
+    monkeypatch.setattr(lm_module.LiquidMemory, "_attend",
+                        lambda self, *a: calls.append(a[7]) or attend(self, *a))
+    monkeypatch.setattr(lm_module, "_SLAB_ROWS", 128)
+    monkeypatch.setattr(lm_module, "_SLAB_MIN", 64)
+    one, _ = m(x, x, x, key_padding_mask=pad, is_causal=True, need_weights=False)
+    S1, z1 = m.state_S.clone(), m.state_z.clone()
+    assert len(calls) == 1  # parameters require grad: one pass
+    with torch.no_grad():
+        out, _ = m(x, x, x, key_padding_mask=pad, is_causal=True, need_weights=False)
+    assert len(calls) == 1 + 5
+    xb = x if m.batch_first else x.transpose(0, 1)
+    want = ref_module(m, xb, xb, xb, causal=True, mask=pad)
+    assert_close(out if m.batch_first else out.transpose(0, 1), want, torch.float32, factor=5)
+    assert (out - one).abs().max() <= 1e-5 * one.abs().max()
+    assert m.state_position == L + (1 if cfg.get("add_bias_kv") else 0)
+    assert (m.state_S - S1).abs().max() <= 1e-5 * S1.abs().max()
+    assert (m.state_z - z1).abs().max() <= 1e-5 * z1.abs().max()

@@ -50,7 +50,7 @@ CONSTANTS = {
     # lm_license_mode
     "LM_LICENSE_EVALUATION": 0, "LM_LICENSE_LICENSED": 1, "LM_LICENSE_INVALID": 2,
     # macros
-    "LM_MAX_DIMS": 4, "LM_EVAL_MAX_TOKENS": 4096,
+    "LM_MAX_DIMS": 4, "LM_EVAL_MAX_TOKENS": 4096, "LM_PRECISION_AUTO_TOKENS": 65536,
 }
 
 # (struct name, ((C type, field name), ...)) in declaration order.

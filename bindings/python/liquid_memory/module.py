@@ -39,6 +39,12 @@ def _warn_once(key, message, category=UserWarning):
         warnings.warn(message, category, stacklevel=3)
 
 
+# The causal forward without autograd runs in slabs of about this many rows
+# (batch x tokens), at least _SLAB_MIN tokens: as the C module's slabs.
+_SLAB_ROWS = 8192
+_SLAB_MIN = 1024
+
+
 def _keep_linear_attention(module, args):
     """Forward pre-hook registered on every LiquidMemory. It does nothing
     itself; its presence makes nn.TransformerEncoderLayer (torch versions that
@@ -436,24 +442,78 @@ class LiquidMemory(nn.Module):
         if Lk == 0:
             raise ValueError("key and value have length 0: there is nothing to attend to")
 
-        q, k, v = self._project(query, key, value)
-        q = self._heads(q, self.num_heads, seq_first)
-        k = self._heads(k, self.num_kv_heads, seq_first)
-        v = self._heads(v, self.num_kv_heads, seq_first)
-        S0, z0, n_extra = self._extra_state(B, q)
-        o, S, z = _ops.prefill(q, k, v, mask, S0, z0, position=n_extra, is_causal=causal,
-                               opts=self._opts, seq_first=seq_first, want_state=causal)
+        S0, z0, n_extra = self._extra_state(B, query)
+        slab = self._slab_tokens(B, L, causal, query, key, value)
+        if slab:
+            out, S, z = self._forward_slabs(query, key, value, mask, S0, z0, n_extra, slab,
+                                            ldim)
+        else:
+            out, S, z = self._attend(query, key, value, mask, S0, z0, n_extra, causal,
+                                     seq_first, self._opts)
         if causal:
             self._store_state(S, z, n_extra + Lk, B)
         else:
             self.reset_state()
+        return (out if batched else out.squeeze(0)), None
+
+    def _attend(self, query, key, value, mask, S0, z0, position, causal, seq_first, opts):
+        """Projections, attention core and out-projection of one stretch of
+        tokens (inputs in their own layout). Returns (out, S, z)."""
+        q, k, v = self._project(query, key, value)
+        q = self._heads(q, self.num_heads, seq_first)
+        k = self._heads(k, self.num_kv_heads, seq_first)
+        v = self._heads(v, self.num_kv_heads, seq_first)
+        o, S, z = _ops.prefill(q, k, v, mask, S0, z0, position=position, is_causal=causal,
+                               opts=opts, seq_first=seq_first, want_state=causal)
         if self.training and self.dropout > 0:
             o = F.dropout(o, p=self.dropout)
         # o is [B, L, H, D] laid out in the inputs' order: back to it without a copy.
         o = o.transpose(0, 1) if seq_first else o
         o = o.reshape(o.shape[0], o.shape[1], self.embed_dim)
-        out = F.linear(o, self.out_proj.weight, self.out_proj.bias)
-        return (out if batched else out.squeeze(0)), None
+        return F.linear(o, self.out_proj.weight, self.out_proj.bias), S, z
+
+    def _slab_tokens(self, B, L, causal, *inputs):
+        """Tokens per slab for a causal forward without autograd, or 0 (one
+        pass). In slabs the projections and the core's output exist for one
+        slab at a time: extra memory O(slab), as in the C module, instead of
+        q, k, v and o for the whole sequence (4 L E elements). With autograd
+        every slab's tensors would be kept anyway, so it runs in one pass."""
+        if not causal or _ops.compiling() or (self.training and self.dropout > 0):
+            return 0
+        if torch.is_grad_enabled() and (any(t.requires_grad for t in inputs) or
+                                        any(p.requires_grad for p in self.parameters())):
+            return 0
+        slab = max(_SLAB_ROWS // max(B, 1), _SLAB_MIN) // 64 * 64
+        return slab if L > slab else 0
+
+    def _forward_slabs(self, query, key, value, mask, S, z, position, slab, ldim):
+        """The causal forward slab by slab, each continuing the state of the
+        one before. Returns (out, S, z) like _attend."""
+        L, B = query.shape[ldim], query.shape[1 - ldim]
+        opts = self._opts
+        if opts.precision == _core.C["LM_PRECISION_AUTO"] and \
+                position + L > _core.C["LM_PRECISION_AUTO_TOKENS"]:
+            # Compensated from the first slab, as one pass over L tokens would be.
+            opts = _core.Options(opts.feature_map, opts.normalize, opts.eps, opts.scale,
+                                 opts.decay, _core.C["LM_PRECISION_ON"])
+        if S is None:
+            H, D = self.num_kv_heads, self.head_dim
+            S = torch.zeros((B, H, D, D), dtype=torch.float32, device=query.device)
+            z = torch.zeros((B, H, D), dtype=torch.float32, device=query.device)
+        out = None
+        for t in range(0, L, slab):
+            n = min(slab, L - t)
+            piece = [x.narrow(ldim, t, n) for x in (query, key, value)]
+            if key is query:
+                piece[1] = piece[0]
+            if value is key:
+                piece[2] = piece[1]
+            o, S, z = self._attend(*piece, None if mask is None else mask[:, t:t + n], S, z,
+                                   position + t, True, ldim == 0, opts)
+            if out is None:  # the dtype autocast gives the out-projection
+                out = o.new_empty(query.shape[:2] + (self.embed_dim,))
+            out.narrow(ldim, t, n).copy_(o)
+        return out, S, z
 
     # ------------------------------------------------------------------ decode
 
