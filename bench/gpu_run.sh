@@ -12,13 +12,14 @@
 #                                     case), train (bench/train_demo.py at 32K and the training
 #                                     benchmark at 8K-128K with peers, packed in train.tgz;
 #                                     skipped when the backward did not run from Python),
-#                                     python (pytest tests/python on the GPU, then the
-#                                     LiquidMemory.benchmark sweep --mode all, packed in sweep.tgz)
+#                                     python: pytest (tests/python on the GPU), then sweep (the
+#                                     LiquidMemory.benchmark sweep --mode all, packed in sweep.tgz);
+#                                     LM_BENCH_LENGTHS=2048,... limits the bench phase's lengths
 set -u
 OUT=${OUT:-/tmp/lm-gpu-out}
 B=${LM_BUILD:-build/device}
 DEADLINE=$(( $(date +%s) + ${LM_SECONDS:-570} ))
-PHASES=${*:-tests bench long sanitize}
+PHASES=$(echo "${*:-tests bench long sanitize}" | sed 's/python/pytest sweep/')
 FAILED=
 mkdir -p "$OUT"
 export LM_LICENSE_FILE="$PWD/$B/dev-license" PYTHONUNBUFFERED=1
@@ -58,7 +59,7 @@ for p in $PHASES; do
     case $p in
     tests) phase tests 240 "$OUT/tests.log" "$B/bin/lm-gpu-tests" ;;
     bench) phase bench 200 "$OUT/bench.log" python3 bench/gpu_bench.py --lib "$B/lib/libliquidmemory.so" \
-               --out "$OUT/bench.json" --commit "$COMMIT" ;;
+               --out "$OUT/bench.json" --commit "$COMMIT" ${LM_BENCH_LENGTHS:+--lengths "$LM_BENCH_LENGTHS"} ;;
     long) phase long 120 "$OUT/long.log" "$B/bin/lm-gpu-tests" long ;;
     profile)
         { cuobjdump -sass -fun '_ZN3lmk13attend_kernelILi128ELi0EEEv10lmk_attendi' "$B/lib/libliquidmemory.so" |
@@ -99,9 +100,11 @@ for L in (8192, 32768):  # B = 1, 32 heads of 128, bf16, causal, elu+1, normalis
             phase "backward-$tool" 60 "$OUT/backward.log" env CK_RUN_SUITE=gpu_backward \
                 compute-sanitizer --tool "$tool" --error-exitcode 3 --print-limit 20 "$B/bin/lm-gpu-tests" small
         done ;;
-    python)
+    pytest)
         export LM_LIB_PATH="$PWD/$B/lib/libliquidmemory.so" PYTHONPATH="$PWD/bindings/python"
-        phase pytest 220 "$OUT/pytest.log" python3 -m pytest -q -rfEs -p no:cacheprovider tests/python
+        phase pytest 220 "$OUT/pytest.log" python3 -m pytest -q -rfEs -p no:cacheprovider tests/python ;;
+    sweep)
+        export LM_LIB_PATH="$PWD/$B/lib/libliquidmemory.so" PYTHONPATH="$PWD/bindings/python"
         mkdir -p "$OUT/sweep"
         phase sweep 240 "$OUT/sweep.log" python3 -m liquid_memory.benchmark --mode all --max-seconds 10 \
             --no-progress --out "$OUT/sweep"
