@@ -6,8 +6,7 @@
  * 32 heads of 128 x 128, floor ~1.4 us). On sm_90 the value columns of a
  * head are spread over a cluster of up to 8 CTAs (32 heads: 128 CTAs instead
  * of 32); every CTA reads z, and rank 0 writes it back only after the
- * cluster barrier. Measured (H100, graph replay): 1 CTA per head 7.6 us;
- * clusters 6.8 us (v4); loads issued together up front: see bench/NOTES.md.
+ * cluster barrier. Measured (H100, graph replay): 1 CTA per head 7.6 us.
  * No allocation, no host sync: graph-capturable. Query heads go in blocks of
  * 4 so registers and shared memory stay bounded for any GQA ratio.
  */
@@ -87,16 +86,6 @@ __device__ __forceinline__ void put4(float *row, int e, int Dv, bool vec, float4
     if (e + 3 < Dv) row[e + 3] = x.w;
 }
 
-/* phi(q) of query heads hq0 .. hq0 + min(n, GB) - 1 into phq [GB][Dk] (zeros past n). */
-template <int DT>
-__device__ __forceinline__ void load_queries(const lmk_decode &p, float *phq, int b, int hq0, int n, int Dk)
-{
-    for (int x = threadIdx.x; x < GB * Dk; x += DEC_THREADS) {
-        const int gi = x / Dk, d = x % Dk;
-        phq[x] = gi < n ? phi(ld<DT>(p.q, b * p.sq[0] + (hq0 + gi) * p.sq[1] + d), p.feature_map) : 0.0f;
-    }
-}
-
 template <int DT, bool CLUSTER>
 __global__ void __launch_bounds__(DEC_THREADS) decode_kernel(const __grid_constant__ lmk_decode p, int nvb)
 {
@@ -110,50 +99,34 @@ __global__ void __launch_bounds__(DEC_THREADS) decode_kernel(const __grid_consta
     const float g = p.has_decay ? p.decay[hk] : 1.0f;
     const bool off = p.mask && p.mask[b * p.mask_s0];
 
-    const int CG = (Dv + 3) / 4, RG = DEC_THREADS / CG; /* host: cols <= 4 * DEC_THREADS */
-    const int cg = tid % CG, rg = tid / CG, e = 4 * cg;
-    const bool active = rg < RG, vec = p.Dv % 4 == 0 && cols % 4 == 0;
-    const int64_t rs = p.Dv; /* row stride of the state */
-    float *S = p.S + (int64_t)head * Dk * rs + e0;
-    float *z = p.z + (int64_t)head * Dk;
-
-    /* Every global load that does not depend on another goes out first: this
-     * thread's state rows (all of them when Dk <= RB * RG, as for heads of
-     * 128), z, k, v and the first block of queries. The step is one round
-     * trip to memory plus the arithmetic, not four in a row (v4: 6.8 us). */
-    const bool pre = active && Dk <= RB * RG;
-    float4 s0[RB];
-#pragma unroll
-    for (int i = 0; i < RB; i++) {
-        const int d = rg + i * RG;
-        s0[i] = pre && d < Dk ? row4(S + (int64_t)d * rs, e, Dv, vec) : make_float4(0, 0, 0, 0);
-    }
-    for (int d = tid; d < Dk; d += DEC_THREADS)
-        zn[d] = z[d] * g;
     for (int d = tid; d < Dk; d += DEC_THREADS)
         phk[d] = off ? 0.0f : phi(ld<DT>(p.k, b * p.sk[0] + hk * p.sk[1] + d), p.feature_map);
-    for (int c = tid; c < Dv; c += DEC_THREADS)
-        vv[c] = off ? 0.0f : ld<DT>(p.v, b * p.sv[0] + hk * p.sv[1] + e0 + c);
-    load_queries<DT>(p, phq, b, hk * G, G, Dk);
+    for (int e = tid; e < Dv; e += DEC_THREADS)
+        vv[e] = off ? 0.0f : ld<DT>(p.v, b * p.sv[0] + hk * p.sv[1] + e0 + e);
     __syncthreads();
+    float *z = p.z + (int64_t)head * Dk;
     for (int d = tid; d < Dk; d += DEC_THREADS)
-        zn[d] += phk[d];
+        zn[d] = z[d] * g + phk[d];
     if constexpr (CLUSTER) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-        cooperative_groups::this_cluster().sync(); /* every CTA has read z; zn complete */
+        cooperative_groups::this_cluster().sync(); /* every CTA has read z */
 #endif
-    } else {
-        __syncthreads(); /* zn complete before den reads it */
     }
     if (vb == 0)
         for (int d = tid; d < Dk; d += DEC_THREADS)
             z[d] = zn[d];
 
+    const int CG = (Dv + 3) / 4, RG = DEC_THREADS / CG; /* host: cols <= 4 * DEC_THREADS */
+    const int cg = tid % CG, rg = tid / CG, e = 4 * cg;
+    const bool active = rg < RG, vec = p.Dv % 4 == 0 && cols % 4 == 0;
+    const int64_t rs = p.Dv; /* row stride of the state */
+    float *S = p.S + (int64_t)head * Dk * rs + e0;
     for (int gb = 0; gb < G; gb += GB) {
-        if (gb > 0) {
-            load_queries<DT>(p, phq, b, hk * G + gb, G - gb, Dk);
-            __syncthreads();
+        for (int x = tid; x < GB * Dk; x += DEC_THREADS) {
+            const int gi = x / Dk, d = x % Dk, hq = hk * G + gb + gi;
+            phq[x] = gb + gi < G ? phi(ld<DT>(p.q, b * p.sq[0] + hq * p.sq[1] + d), p.feature_map) : 0.0f;
         }
+        __syncthreads();
         if (tid < GB * 32) { /* warp gi: den[gi] = phi(q_gi) . z */
             const int gi = tid / 32, lane = tid % 32;
             float s = 0.0f;
@@ -172,10 +145,7 @@ __global__ void __launch_bounds__(DEC_THREADS) decode_kernel(const __grid_consta
 #pragma unroll
                 for (int i = 0; i < RB; i++) {
                     const int d = d0 + i * RG;
-                    if (pre && gb == 0)
-                        s[i] = s0[i];
-                    else
-                        s[i] = d < Dk ? row4(S + (int64_t)d * rs, e, Dv, vec) : make_float4(0, 0, 0, 0);
+                    s[i] = d < Dk ? row4(S + (int64_t)d * rs, e, Dv, vec) : make_float4(0, 0, 0, 0);
                 }
 #pragma unroll
                 for (int i = 0; i < RB; i++) {
