@@ -3,7 +3,7 @@
  * resources (cuBLASLt handle and workspace, an event that orders work across
  * the caller's streams), device memory for states, and the core entry points
  * (prefill with stream-ordered scratch, decode with none, backward in
- * cuda_backward.c).
+ * cuda_backward.c; the module is cuda_module.c).
  */
 #include "cuda_impl.h"
 
@@ -162,7 +162,7 @@ static lm_status dev_zero(lm_attn *a, void *ptr, size_t bytes)
     return st;
 }
 
-static lm_status run_prefill(const lmi_core_params *p, cudaStream_t s)
+lm_status lmi_cuda_prefill(const lmi_core_params *p, cudaStream_t s)
 {
     int dev, sms;
     LMI_CUDA_TRY(cudaGetDevice(&dev));
@@ -185,7 +185,7 @@ static lm_status run_prefill(const lmi_core_params *p, cudaStream_t s)
 
 static lm_status core_prefill(const lmi_core_params *p, void *stream)
 {
-    return run_prefill(p, (cudaStream_t)stream);
+    return lmi_cuda_prefill(p, (cudaStream_t)stream);
 }
 
 static lm_status core_decode(const lmi_core_params *p, void *stream)

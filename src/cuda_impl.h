@@ -1,6 +1,7 @@
 /*
  * cuda_impl.h - what the CUDA host sources (cuda_*.c) share: the per-handle
- * context, the cuBLASLt projection call and the prefill orchestration.
+ * context, the cuBLASLt calls, the prefill orchestration and the module's
+ * helpers.
  */
 #ifndef LM_CUDA_IMPL_H
 #define LM_CUDA_IMPL_H
@@ -24,20 +25,29 @@ lm_status lmi_cublas_fail(int status, const char *what, const char *file, int li
 lm_status lmi_cuda_enter(int device, int *prev);
 void lmi_cuda_leave(int device, int prev);
 
-/* Y[b] = X[b] W^T + bias for b < batch; row-major, strides in elements. */
+/* Y[b] = alpha X[b] W^T + beta Y[b] + bias for b < batch; row-major, strides
+ * in elements. X is [rows, K], or stored as its transpose [K, rows] when x_t;
+ * W is [N, K], or stored as [K, N] when w_t, and the same for every b. With
+ * these the module's backward is GEMMs too: dx = dy W (w_t), dW += dy^T x
+ * (x_t, w_t). X and W are in dtype; Y too, or fp32 when y_f32 (fp32
+ * accumulators of weight gradients). */
 typedef struct lmi_gemm {
     int64_t rows, N, K, batch;
     const void *X;
     int64_t ldx, sx; /* row stride, batch stride */
-    const void *W;   /* [N, K], row stride ldw */
-    int64_t ldw;
-    const void *bias; /* [N] or NULL */
+    const void *W;
+    int64_t ldw;     /* row stride */
+    const void *bias; /* [N] in dtype, or NULL */
     void *Y;
     int64_t ldy, sy;
     int dtype;
+    int x_t, w_t, y_f32;
+    float alpha, beta;
 } lmi_gemm;
 
-#define LMI_GEMM_CACHE 8
+/* Plans kept per handle: the module backward uses about 10 shapes per slab
+ * length, and a call has two lengths (the last slab is ragged). */
+#define LMI_GEMM_CACHE 32
 typedef struct lmi_gemm_plan {
     int used;
     int64_t key[12];
@@ -64,6 +74,10 @@ typedef struct lmi_cuda_ctx {
 
 lm_status lmi_cuda_gemm(lmi_cuda_ctx *ctx, const lmi_gemm *g, cudaStream_t stream);
 void lmi_cuda_gemm_release(lmi_cuda_ctx *ctx);
+/* dst = src, a row-major rows x cols matrix converted between dtypes (lm_dtype;
+ * LM_F32 for fp32), through cublasLtMatrixTransform. */
+lm_status lmi_cuda_convert(lmi_cuda_ctx *ctx, void *dst, int dst_dtype, const void *src, int src_dtype,
+                           int64_t rows, int64_t cols, cudaStream_t stream);
 
 /* Orders the handle's work on `stream` after everything it queued before
  * (on another stream), then makes `stream` the handle's stream. */
@@ -73,6 +87,9 @@ lm_status lmi_cuda_use_stream(lmi_cuda_ctx *ctx, cudaStream_t stream);
  * itself with that scratch (device memory, ws_bytes of it). */
 size_t lmi_cuda_attend_ws(const lmi_core_params *p, int sms);
 lm_status lmi_cuda_attend(const lmi_core_params *p, int sms, void *ws, cudaStream_t stream);
+/* The same after lmi_cuda_check_core, with stream-ordered scratch
+ * (cuda_backend.c). */
+lm_status lmi_cuda_prefill(const lmi_core_params *p, cudaStream_t stream);
 /* Core decode step (in place on p->state). */
 lm_status lmi_cuda_decode(const lmi_core_params *p, cudaStream_t stream);
 /* Core backward (cuda_backward.c), stream-ordered scratch. */
@@ -83,5 +100,25 @@ lm_status lmi_cuda_check_core(const lmi_core_params *p, int device);
 /* Module entry points (cuda_module.c). */
 lm_status lmi_cuda_forward(lm_attn *a, const lmi_forward *f, void *stream);
 lm_status lmi_cuda_step(lm_attn *a, const lm_tensor *x, lm_tensor *out, void *stream);
+
+/* What the module's forward and backward share (cuda_module.c). */
+typedef struct lmi_cuda_weights {
+    const char *w[3]; /* q, k, v projection weights [Dq, E], [Dkv, kdim], [Dkv, vdim] */
+    const char *b[3]; /* their biases, or NULL */
+    int packed;       /* in_proj_weight: w[0..2] adjacent rows of one matrix */
+} lmi_cuda_weights;
+lmi_cuda_weights lmi_cuda_weights_of(const lm_attn *a);
+/* Whether two descriptors are the same view (self-attention). */
+int lmi_cuda_same_tensor(const lm_tensor *x, const lm_tensor *y);
+/* Rows [t0, ..) of every batch row of a [B, L, W] tensor: their address, row
+ * and batch strides (elements). */
+void *lmi_cuda_rows_of(const lm_tensor *t, int64_t t0, int64_t *ld, int64_t *sb);
+/* UNSUPPORTED unless t has stride 1 on its last dimension. */
+lm_status lmi_cuda_need_unit_stride(const lm_tensor *t, const char *what);
+/* Core parameters of the handle's options for batch B and state (S then z,
+ * or NULL = empty); sizes, views and lengths are left to the caller. */
+void lmi_cuda_core_base(const lm_attn *a, int64_t B, float *state, int compensated, lmi_core_params *p);
+/* A [B*n, ld] row block of dtype as a [B, n, H, D] core view. */
+lmi_view lmi_cuda_view(void *base, int dtype, int64_t n, int64_t ld, int64_t D);
 
 #endif /* LM_CUDA_IMPL_H */

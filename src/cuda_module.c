@@ -15,63 +15,81 @@
 /* Slab size: projections of this many bytes at most (B x tokens x (q, k, v, o)). */
 #define SLAB_BYTES ((int64_t)256 << 20)
 
-typedef struct weights {
-    const char *wq, *wk, *wv, *bq, *bk, *bv;
-    int packed; /* wq, wk, wv adjacent (in_proj_weight), so one GEMM projects all three */
-} weights;
+/* ---- helpers the backward (cuda_module_backward.c) shares ---- */
 
-static weights weights_of(const lm_attn *a)
+lmi_cuda_weights lmi_cuda_weights_of(const lm_attn *a)
 {
     const int64_t es = (int64_t)lm_dtype_size(a->cfg.dtype), E = a->E;
     const int64_t Dq = a->Hq * a->D, Dkv = a->Hkv * a->D;
     const lm_weights *w = &a->w;
-    weights r = { w->q_proj_weight, w->k_proj_weight, w->v_proj_weight, NULL, NULL, NULL, 0 };
+    lmi_cuda_weights r = { .w = { w->q_proj_weight, w->k_proj_weight, w->v_proj_weight } };
     if (w->in_proj_weight) {
-        r.wq = w->in_proj_weight;
-        r.wk = r.wq + Dq * E * es;
-        r.wv = r.wk + Dkv * E * es;
+        r.w[0] = w->in_proj_weight;
+        r.w[1] = r.w[0] + Dq * E * es;
+        r.w[2] = r.w[1] + Dkv * E * es;
         r.packed = 1;
     }
     if (w->in_proj_bias) {
-        r.bq = w->in_proj_bias;
-        r.bk = r.bq + Dq * es;
-        r.bv = r.bk + Dkv * es;
+        r.b[0] = w->in_proj_bias;
+        r.b[1] = r.b[0] + Dq * es;
+        r.b[2] = r.b[1] + Dkv * es;
     }
     return r;
 }
 
-static int same_tensor(const lm_tensor *x, const lm_tensor *y)
+int lmi_cuda_same_tensor(const lm_tensor *x, const lm_tensor *y)
 {
     return x == y || (x->data == y->data && x->dtype == y->dtype &&
                       !memcmp(x->shape, y->shape, sizeof x->shape) &&
                       !memcmp(x->stride, y->stride, sizeof x->stride));
 }
 
-/* Rows [t0, t0 + m) of every batch row of a [B, L, W] tensor as a GEMM input/output. */
-static void rows_of(const lm_tensor *t, int64_t t0, const void **p, int64_t *ld, int64_t *sb)
+void *lmi_cuda_rows_of(const lm_tensor *t, int64_t t0, int64_t *ld, int64_t *sb)
 {
-    *p = (const char *)t->data + t0 * t->stride[1] * (int64_t)lm_dtype_size(t->dtype);
     *ld = t->stride[1];
     *sb = t->stride[0];
+    return (char *)t->data + t0 * t->stride[1] * (int64_t)lm_dtype_size(t->dtype);
 }
+
+lm_status lmi_cuda_need_unit_stride(const lm_tensor *t, const char *what)
+{
+    if (t->stride[t->ndim - 1] != 1)
+        return lmi_error(LM_ERR_UNSUPPORTED, "cuda: %s needs stride 1 on its last dimension", what);
+    return LM_OK;
+}
+
+void lmi_cuda_core_base(const lm_attn *a, int64_t B, float *state, int compensated, lmi_core_params *p)
+{
+    memset(p, 0, sizeof *p);
+    p->B = B, p->Hq = a->Hq, p->Hkv = a->Hkv, p->Dk = a->D, p->Dv = a->D;
+    p->state = state;
+    p->normalizer = state ? state + B * a->Hkv * a->D * a->D : NULL;
+    p->decay = a->decay;
+    p->feature_map = a->cfg.feature_map;
+    p->normalize = a->cfg.normalize;
+    p->compensated = compensated;
+    p->eps = a->cfg.eps;
+    p->scale = a->cfg.scale;
+}
+
+lmi_view lmi_cuda_view(void *base, int dtype, int64_t n, int64_t ld, int64_t D)
+{
+    lmi_view v = { .data = base, .dtype = dtype, .s = { n * ld, ld, D, 1 } };
+    return v;
+}
+
+/* ---- the forward ---- */
 
 static lm_status project(lmi_cuda_ctx *ctx, const lm_attn *a, const lm_tensor *x, int64_t t0,
                          int64_t m, int64_t B, const void *w, int64_t N, int64_t K, const void *bias,
                          void *y, int64_t ldy, cudaStream_t s)
 {
     lmi_gemm g = { .rows = m, .N = N, .K = K, .batch = B, .W = w, .ldw = K, .bias = bias, .Y = y,
-                   .ldy = ldy, .sy = m * ldy, .dtype = a->cfg.dtype };
-    rows_of(x, t0, &g.X, &g.ldx, &g.sx);
+                   .ldy = ldy, .sy = m * ldy, .dtype = a->cfg.dtype, .alpha = 1 };
+    g.X = lmi_cuda_rows_of(x, t0, &g.ldx, &g.sx);
     if (B == 1)
         g.sx = 0;
     return lmi_cuda_gemm(ctx, &g, s);
-}
-
-static lm_status need_unit_stride(const lm_tensor *t, const char *what)
-{
-    if (t->stride[t->ndim - 1] != 1)
-        return lmi_error(LM_ERR_UNSUPPORTED, "cuda: %s needs stride 1 on its last dimension", what);
-    return LM_OK;
 }
 
 /* Makes ctx->buf hold `bytes`; growing frees first, so peak memory stays low.
@@ -91,35 +109,18 @@ static lm_status reserve(lmi_cuda_ctx *ctx, size_t bytes, cudaStream_t s)
     return LM_OK;
 }
 
-static void core_base(const lm_attn *a, int64_t B, float *state, int compensated, lmi_core_params *p)
-{
-    memset(p, 0, sizeof *p);
-    p->B = B, p->Hq = a->Hq, p->Hkv = a->Hkv, p->Dk = a->D, p->Dv = a->D;
-    p->state = state;
-    p->normalizer = state + B * a->Hkv * a->D * a->D;
-    p->decay = a->decay;
-    p->feature_map = a->cfg.feature_map;
-    p->normalize = a->cfg.normalize;
-    p->compensated = compensated;
-    p->eps = a->cfg.eps;
-    p->scale = a->cfg.scale;
-}
-
-static lmi_view view(void *base, int dtype, int64_t n, int64_t ld, int64_t D)
-{
-    lmi_view v = { .data = base, .dtype = dtype, .s = { n * ld, ld, D, 1 } };
-    return v;
-}
-
 static lm_status forward_on(lmi_cuda_ctx *ctx, lm_attn *a, const lmi_forward *f, cudaStream_t s)
 {
     const int64_t B = f->B, E = a->E, D = a->D, Dq = a->Hq * D, Dkv = a->Hkv * D;
     const int64_t es = (int64_t)lm_dtype_size(a->cfg.dtype), ld = Dq + 2 * Dkv;
-    const weights w = weights_of(a);
-    const int fused = w.packed && same_tensor(f->query, f->key) && same_tensor(f->key, f->value);
+    const lmi_cuda_weights w = lmi_cuda_weights_of(a);
+    const int fused = w.packed && lmi_cuda_same_tensor(f->query, f->key) &&
+                      lmi_cuda_same_tensor(f->key, f->value);
     lm_status st;
-    if ((st = need_unit_stride(f->query, "query")) || (st = need_unit_stride(f->key, "key")) ||
-        (st = need_unit_stride(f->value, "value")) || (st = need_unit_stride(f->out, "out")))
+    if ((st = lmi_cuda_need_unit_stride(f->query, "query")) ||
+        (st = lmi_cuda_need_unit_stride(f->key, "key")) ||
+        (st = lmi_cuda_need_unit_stride(f->value, "value")) ||
+        (st = lmi_cuda_need_unit_stride(f->out, "out")))
         return st;
 
     /* Slab of n tokens (whole chunks): qkv [B, n, ld] and o [B, n, Dq]. */
@@ -128,7 +129,7 @@ static lm_status forward_on(lmi_cuda_ctx *ctx, lm_attn *a, const lmi_forward *f,
     n = n < LMK_CHUNK ? LMK_CHUNK : n;
     n = n > Lmax ? Lmax : n;
     lmi_core_params p;
-    core_base(a, B, f->state, f->compensated, &p);
+    lmi_cuda_core_base(a, B, f->state, f->compensated, &p);
     p.q.dtype = p.k.dtype = p.v.dtype = p.out.dtype = a->cfg.dtype;
     p.L = p.Lk = n, p.causal = f->causal;
     if ((st = lmi_cuda_check_core(&p, ctx->device)))
@@ -155,22 +156,23 @@ static lm_status forward_on(lmi_cuda_ctx *ctx, lm_attn *a, const lmi_forward *f,
             p.L = pass == 1 ? m : 0;
             p.Lk = keys ? m : 0;
             if (pass == 1 && f->causal && fused) {
-                st = project(ctx, a, f->query, t0, m, B, w.wq, ld, E, w.bq, qkv, ld, s);
+                st = project(ctx, a, f->query, t0, m, B, w.w[0], ld, E, w.b[0], qkv, ld, s);
             } else {
                 if (pass == 1)
-                    st = project(ctx, a, f->query, t0, m, B, w.wq, Dq, E, w.bq, qkv, ld, s);
+                    st = project(ctx, a, f->query, t0, m, B, w.w[0], Dq, E, w.b[0], qkv, ld, s);
                 if (st == LM_OK && keys)
-                    st = project(ctx, a, f->key, t0, m, B, w.wk, Dkv, a->kdim, w.bk, qkv + Dq * es, ld, s);
+                    st = project(ctx, a, f->key, t0, m, B, w.w[1], Dkv, a->kdim, w.b[1], qkv + Dq * es,
+                                 ld, s);
                 if (st == LM_OK && keys)
-                    st = project(ctx, a, f->value, t0, m, B, w.wv, Dkv, a->vdim, w.bv,
+                    st = project(ctx, a, f->value, t0, m, B, w.w[2], Dkv, a->vdim, w.b[2],
                                  qkv + (Dq + Dkv) * es, ld, s);
             }
             if (st)
                 return st;
-            p.q = view(qkv, a->cfg.dtype, m, ld, D);
-            p.k = view(qkv + Dq * es, a->cfg.dtype, m, ld, D);
-            p.v = view(qkv + (Dq + Dkv) * es, a->cfg.dtype, m, ld, D);
-            p.out = view(o, a->cfg.dtype, m, Dq, D);
+            p.q = lmi_cuda_view(qkv, a->cfg.dtype, m, ld, D);
+            p.k = lmi_cuda_view(qkv + Dq * es, a->cfg.dtype, m, ld, D);
+            p.v = lmi_cuda_view(qkv + (Dq + Dkv) * es, a->cfg.dtype, m, ld, D);
+            p.out = lmi_cuda_view(o, a->cfg.dtype, m, Dq, D);
             p.mask = NULL;
             if (f->key_padding_mask && keys) {
                 const lm_tensor *km = f->key_padding_mask;
@@ -182,10 +184,8 @@ static lm_status forward_on(lmi_cuda_ctx *ctx, lm_attn *a, const lmi_forward *f,
             if (pass == 1) {
                 lmi_gemm g = { .rows = m, .N = E, .K = Dq, .batch = B, .X = o, .ldx = Dq,
                                .sx = B == 1 ? 0 : m * Dq, .W = a->w.out_proj_weight, .ldw = Dq,
-                               .bias = a->w.out_proj_bias, .dtype = a->cfg.dtype };
-                const void *y;
-                rows_of(f->out, t0, &y, &g.ldy, &g.sy);
-                g.Y = (void *)y;
+                               .bias = a->w.out_proj_bias, .dtype = a->cfg.dtype, .alpha = 1 };
+                g.Y = lmi_cuda_rows_of(f->out, t0, &g.ldy, &g.sy);
                 if ((st = lmi_cuda_gemm(ctx, &g, s)))
                     return st;
             }
@@ -213,7 +213,7 @@ static lm_status step_on(lmi_cuda_ctx *ctx, lm_attn *a, const lm_tensor *x, lm_t
     const int64_t B = x->shape[0], E = a->E, D = a->D, Dq = a->Hq * D, Dkv = a->Hkv * D;
     const int64_t es = (int64_t)lm_dtype_size(a->cfg.dtype), ld = Dq + 2 * Dkv;
     lm_status st;
-    if ((st = need_unit_stride(x, "x")) || (st = need_unit_stride(out, "out")))
+    if ((st = lmi_cuda_need_unit_stride(x, "x")) || (st = lmi_cuda_need_unit_stride(out, "out")))
         return st;
     if (ctx->step_batch < B) {
         enum cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
@@ -230,34 +230,33 @@ static lm_status step_on(lmi_cuda_ctx *ctx, lm_attn *a, const lm_tensor *x, lm_t
         LMI_CUDA_TRY(cudaMemsetAsync(ctx->step_buf, 0, (size_t)(B * (ld + Dq) * es), s));
     }
     char *qkv = ctx->step_buf, *o = qkv + ctx->step_batch * ld * es;
-    const weights w = weights_of(a);
+    const lmi_cuda_weights w = lmi_cuda_weights_of(a);
     lmi_gemm g = { .rows = B, .K = E, .batch = 1, .X = x->data, .ldx = x->stride[0], .ldw = E,
-                   .ldy = ld, .dtype = a->cfg.dtype };
+                   .ldy = ld, .dtype = a->cfg.dtype, .alpha = 1 };
     if (w.packed) {
-        g.N = ld, g.W = w.wq, g.bias = w.bq, g.Y = qkv;
+        g.N = ld, g.W = w.w[0], g.bias = w.b[0], g.Y = qkv;
         st = lmi_cuda_gemm(ctx, &g, s);
     } else {
-        const char *ws[3] = { w.wq, w.wk, w.wv }, *bs[3] = { w.bq, w.bk, w.bv };
         const int64_t Ns[3] = { Dq, Dkv, Dkv }, offs[3] = { 0, Dq, Dq + Dkv };
         for (int i = 0; i < 3 && st == LM_OK; i++) {
-            g.N = Ns[i], g.W = ws[i], g.bias = bs[i], g.Y = qkv + offs[i] * es;
+            g.N = Ns[i], g.W = w.w[i], g.bias = w.b[i], g.Y = qkv + offs[i] * es;
             st = lmi_cuda_gemm(ctx, &g, s);
         }
     }
     if (st)
         return st;
     lmi_core_params p;
-    core_base(a, B, a->state, 0, &p);
+    lmi_cuda_core_base(a, B, a->state, 0, &p);
     p.L = p.Lk = 1, p.causal = 1;
-    p.q = view(qkv, a->cfg.dtype, 1, ld, D);
-    p.k = view(qkv + Dq * es, a->cfg.dtype, 1, ld, D);
-    p.v = view(qkv + (Dq + Dkv) * es, a->cfg.dtype, 1, ld, D);
-    p.out = view(o, a->cfg.dtype, 1, Dq, D);
+    p.q = lmi_cuda_view(qkv, a->cfg.dtype, 1, ld, D);
+    p.k = lmi_cuda_view(qkv + Dq * es, a->cfg.dtype, 1, ld, D);
+    p.v = lmi_cuda_view(qkv + (Dq + Dkv) * es, a->cfg.dtype, 1, ld, D);
+    p.out = lmi_cuda_view(o, a->cfg.dtype, 1, Dq, D);
     if ((st = lmi_cuda_decode(&p, s)))
         return st;
     lmi_gemm y = { .rows = B, .N = E, .K = Dq, .batch = 1, .X = o, .ldx = Dq, .W = a->w.out_proj_weight,
                    .ldw = Dq, .bias = a->w.out_proj_bias, .Y = out->data, .ldy = out->stride[0],
-                   .dtype = a->cfg.dtype };
+                   .dtype = a->cfg.dtype, .alpha = 1 };
     return lmi_cuda_gemm(ctx, &y, s);
 }
 
