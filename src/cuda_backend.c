@@ -3,7 +3,7 @@
  * resources (cuBLASLt handle and workspace, an event that orders work across
  * the caller's streams), device memory for states, and the core entry points
  * (prefill with stream-ordered scratch, decode with none, backward in
- * cuda_backward.c; the module is cuda_module.c).
+ * cuda_backward.c; the module's forward and backward are cuda_module*.c).
  */
 #include "cuda_impl.h"
 
@@ -210,6 +210,7 @@ static const lmi_backend cuda_backend = {
     .prefill = core_prefill,
     .decode = core_decode,
     .backward = lmi_cuda_backward,
+    .attn_backward = lmi_cuda_attn_backward,
 };
 
 lm_status lmi_cuda_backend(int cuda_device, const lmi_backend **out)

@@ -97,9 +97,11 @@ lm_status lmi_cuda_backward(const lmi_core_params *p, const lmi_core_grad_params
 /* UNSUPPORTED unless the views suit the kernels (unit stride last, sizes). */
 lm_status lmi_cuda_check_core(const lmi_core_params *p, int device);
 
-/* Module entry points (cuda_module.c). */
+/* Module entry points (cuda_module.c, cuda_module_backward.c). */
 lm_status lmi_cuda_forward(lm_attn *a, const lmi_forward *f, void *stream);
 lm_status lmi_cuda_step(lm_attn *a, const lm_tensor *x, lm_tensor *out, void *stream);
+lm_status lmi_cuda_attn_backward(lm_attn *a, const lmi_forward *f, const lm_attn_grads *g,
+                                 void *stream);
 
 /* What the module's forward and backward share (cuda_module.c). */
 typedef struct lmi_cuda_weights {
