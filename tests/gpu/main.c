@@ -1,10 +1,11 @@
 /*
  * main.c - lm-gpu-tests: the GPU suites, in this process (no fork: CUDA does
  * not survive one).
- *   lm-gpu-tests          core, module and backward grids
- *   lm-gpu-tests small    the reduced grid, for compute-sanitizer
- *   lm-gpu-tests long     64K to 1M tokens
- *   lm-gpu-tests backward the backward grid alone
+ *   lm-gpu-tests                  core, module, backward and module backward grids
+ *   lm-gpu-tests small            the reduced grid, for compute-sanitizer
+ *   lm-gpu-tests long             64K to 1M tokens
+ *   lm-gpu-tests backward         the (core) backward grid alone
+ *   lm-gpu-tests module_backward  the module backward's grid alone
  * Exit status 0 pass, 1 fail, 77 no GPU here.
  */
 #include "gpu_util.h"
@@ -17,6 +18,7 @@ Suite *gpu_core_suite(void);
 Suite *gpu_module_suite(void);
 Suite *gpu_long_suite(void);
 Suite *gpu_backward_suite(void);
+Suite *gpu_module_backward_suite(void);
 
 int main(int argc, char **argv)
 {
@@ -32,12 +34,15 @@ int main(int argc, char **argv)
         sr = srunner_create(gpu_long_suite());
     } else if (!strcmp(mode, "backward")) {
         sr = srunner_create(gpu_backward_suite());
+    } else if (!strcmp(mode, "module_backward")) {
+        sr = srunner_create(gpu_module_backward_suite());
     } else if (!strcmp(mode, "all") || gpu_small) {
         sr = srunner_create(gpu_core_suite());
         srunner_add_suite(sr, gpu_module_suite());
         srunner_add_suite(sr, gpu_backward_suite());
+        srunner_add_suite(sr, gpu_module_backward_suite());
     } else {
-        fprintf(stderr, "usage: lm-gpu-tests [all|small|long|backward]\n");
+        fprintf(stderr, "usage: lm-gpu-tests [all|small|long|backward|module_backward]\n");
         return 2;
     }
     srunner_set_fork_status(sr, CK_NOFORK);
