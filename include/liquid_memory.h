@@ -281,8 +281,13 @@ typedef struct lm_attn_grads {
  * gradient carried between slabs (causal: backwards from per-slab checkpoints
  * of the state), so extra memory is O(slab + L/slab states), not O(L E). The
  * handle's state is not changed. Gradient buffers may not overlap the inputs,
- * the weights or each other (but for the one-tensor case above). CPU:
- * synchronous. Returns INVALID_ARG, UNSUPPORTED, LICENSE, OUT_OF_MEMORY, CUDA. */
+ * the weights or each other (but for the one-tensor case above). Weight
+ * gradients are summed in fp32 and rounded to the dtype once. CPU:
+ * synchronous. CUDA: queued on `stream` (a cudaStream_t, NULL = default
+ * stream), no host sync, scratch from the stream-ordered allocator; tensors
+ * need stride 1 on their last dimension and rows at least their width apart
+ * (else UNSUPPORTED). Returns INVALID_ARG, UNSUPPORTED, LICENSE,
+ * OUT_OF_MEMORY, CUDA. */
 LM_API lm_status lm_attn_backward(lm_attn *attn, const lm_tensor *query, const lm_tensor *key,
                                   const lm_tensor *value, const lm_forward_opts *opts,
                                   const lm_attn_grads *grads, void *stream);
