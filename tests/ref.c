@@ -334,3 +334,12 @@ void ref_print_summary(void)
            worst[LM_BF16], ref_bound(LM_BF16), worst[LM_F16], ref_bound(LM_F16), worst[LM_F32],
            ref_bound(LM_F32));
 }
+
+void ref_strides3(int64_t *s, int64_t B, int64_t L, int64_t W, int seq_first)
+{
+    s[2] = 1;
+    if (seq_first)
+        s[0] = W, s[1] = B * W;
+    else
+        s[0] = L * W, s[1] = W;
+}

@@ -99,6 +99,10 @@ ref_err ref_compare_f32(const float *got, const double *want, int64_t n);
  * bf16 (seen: <= 1.9e-3) and 2^-12 / sqrt(3) for f16 (seen: <= 2.2e-4). */
 double ref_bound(lm_dtype dtype);
 
+/* Strides (elements) of a [B, L, W] view with unit last stride: batch-first,
+ * or sequence-first memory ([L, B, W]) when seq_first. */
+void ref_strides3(int64_t *s, int64_t B, int64_t L, int64_t W, int seq_first);
+
 /* Records the error for the summary printed at the end of lm-tests. */
 void ref_note(lm_dtype dtype, double rel);
 void ref_print_summary(void);

@@ -33,15 +33,6 @@ typedef struct mproblem {
     int64_t sx[3], sk[3], sv[3];
 } mproblem;
 
-static void strides3(int64_t *s, int64_t B, int64_t L, int64_t W, int seq_first)
-{
-    s[2] = 1;
-    if (seq_first)
-        s[0] = W, s[1] = B * W;
-    else
-        s[0] = L * W, s[1] = W;
-}
-
 static lm_tensor view3(const tbuf *b, const int64_t *s, int64_t B, int64_t L, int64_t W)
 {
     lm_tensor t = { .data = b->data, .dtype = b->dtype, .device = LM_CPU, .ndim = 3,
@@ -119,9 +110,9 @@ static void mproblem_init(mproblem *p, const mcase *c)
         for (int64_t i = 0; i < B * Lk; i++)
             p->mask[i] = ref_uniform() < 0.3;
     }
-    strides3(p->sx, B, L, E, c->seq_first);
-    strides3(p->sk, B, Lk, kdim, c->seq_first);
-    strides3(p->sv, B, Lk, vdim, c->seq_first);
+    ref_strides3(p->sx, B, L, E, c->seq_first);
+    ref_strides3(p->sk, B, Lk, kdim, c->seq_first);
+    ref_strides3(p->sv, B, Lk, vdim, c->seq_first);
 
     /* The reference: project, attend, out-project, all in float64. */
     const tbuf *xk = c->cross ? &p->xk : &p->xq, *xv = c->cross ? &p->xv : &p->xq;
@@ -154,7 +145,7 @@ static void mproblem_free(mproblem *p)
 static lm_tensor out_view(mproblem *p)
 {
     int64_t s[3];
-    strides3(s, p->c.B, p->c.L, p->c.E, 0);
+    ref_strides3(s, p->c.B, p->c.L, p->c.E, 0);
     return view3(&p->out, s, p->c.B, p->c.L, p->c.E);
 }
 

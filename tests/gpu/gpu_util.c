@@ -89,3 +89,12 @@ void gpu_print_summary(void)
             printf("worst %s error vs float64: %.3g = %.3f x the output-rounding floor (%s)\n",
                    names[i], worst[i].err, worst[i].ratio, worst[i].what);
 }
+
+int gpu_fails;
+
+void gpu_end_test(void)
+{
+    const int f = gpu_fails;
+    gpu_fails = 0;
+    ck_assert_msg(f == 0, "%d checks failed (printed above)", f);
+}

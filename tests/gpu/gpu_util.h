@@ -9,6 +9,7 @@
 #include "ref.h"
 
 #include <cuda_runtime_api.h>
+#include <stdio.h>
 
 /* 1 when the suites run on their reduced grid (the compute-sanitizer pass). */
 extern int gpu_small;
@@ -45,6 +46,20 @@ double out_bound(lm_dtype dtype, double floor, int64_t n);
 
 /* Bound on the final fp32 state: phi(k) is rounded to bf16 for bf16 inputs. */
 double state_bound(lm_dtype dtype);
+
+/* Failures are counted and printed, so one run shows all of them; each test
+ * asserts none at its end with gpu_end_test(). */
+extern int gpu_fails;
+#define CHECK(cond, ...)                                                                    \
+    do {                                                                                    \
+        if (!(cond)) {                                                                      \
+            gpu_fails++;                                                                    \
+            printf("FAIL %s: ", __func__);                                                  \
+            printf(__VA_ARGS__);                                                            \
+            printf("\n");                                                                   \
+        }                                                                                   \
+    } while (0)
+void gpu_end_test(void);
 
 /* Records err / floor per dtype for the summary printed at the end. */
 void gpu_note(const char *what, lm_dtype dtype, double err, double floor);

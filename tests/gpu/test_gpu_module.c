@@ -35,15 +35,6 @@ typedef struct mproblem {
     int64_t sx[3], sk[3], sv[3];
 } mproblem;
 
-static void strides3(int64_t *s, int64_t B, int64_t L, int64_t W, int seq_first)
-{
-    s[2] = 1;
-    if (seq_first)
-        s[0] = W, s[1] = B * W;
-    else
-        s[0] = L * W, s[1] = W;
-}
-
 static void project(double *y, const double *x, const int64_t *sx, int64_t B, int64_t L, int64_t K,
                     const double *w, int64_t N, const double *bias)
 {
@@ -101,9 +92,9 @@ static void mproblem_init(mproblem *p, const mcase *c)
             p->mask[i] = ref_uniform() < 0.3;
         p->dmask = dupload_bytes(p->mask, (size_t)(B * Lk));
     }
-    strides3(p->sx, B, L, E, c->seq_first);
-    strides3(p->sk, B, Lk, kdim, c->seq_first);
-    strides3(p->sv, B, Lk, vdim, c->seq_first);
+    ref_strides3(p->sx, B, L, E, c->seq_first);
+    ref_strides3(p->sk, B, Lk, kdim, c->seq_first);
+    ref_strides3(p->sv, B, Lk, vdim, c->seq_first);
     p->dxq = up(&p->xq), p->dxk = up(&p->xk), p->dxv = up(&p->xv);
     p->dwq = up(&p->wq), p->dwk = up(&p->wk), p->dwv = up(&p->wv), p->dwo = up(&p->wo);
     p->dbin = up(&p->bin), p->dbo = up(&p->bo);
@@ -199,7 +190,7 @@ static void forward_part(const mproblem *p, lm_attn *a, lm_device dev, void *out
     const mcase *c = &p->c;
     const int gpu = dev == LM_CUDA;
     int64_t so[3];
-    strides3(so, c->B, c->L, c->E, 0);
+    ref_strides3(so, c->B, c->L, c->E, 0);
     lm_tensor q = tokens(view3(gpu ? p->dxq : p->xq.data, c->dtype, dev, p->sx, c->B, c->L, c->E), t0, n);
     lm_tensor k = q, v = q, o = tokens(view3(out, c->dtype, dev, so, c->B, c->L, c->E), t0, n), m;
     if (c->cross) {

@@ -64,29 +64,11 @@ static void describe(char *s, size_t n, const bcase *c)
              c->shared, c->seq_first, c->stream, c->fm, c->normalize);
 }
 
-/* Failures are counted and printed, so one run shows all of them. */
-static int fails;
+/* Worst errors, printed last. */
 static struct {
     double err;
     char what[200];
 } worst_cmp[3], worst_dir[3];
-
-#define CHECK(cond, ...)                                                                    \
-    do {                                                                                    \
-        if (!(cond)) {                                                                      \
-            fails++;                                                                        \
-            printf("FAIL %s: ", __func__);                                                  \
-            printf(__VA_ARGS__);                                                            \
-            printf("\n");                                                                   \
-        }                                                                                   \
-    } while (0)
-
-static void end_test(void)
-{
-    const int f = fails;
-    fails = 0;
-    ck_assert_msg(f == 0, "%d checks failed (printed above)", f);
-}
 
 static void note(int dir, lm_dtype dt, double err, const char *desc)
 {
@@ -121,15 +103,6 @@ typedef struct bgrads {
     tbuf g[NSLOT]; /* one backend's gradients, on the host */
 } bgrads;
 
-static void strides3(int64_t *s, int64_t B, int64_t L, int64_t W, int seq_first)
-{
-    s[2] = 1;
-    if (seq_first)
-        s[0] = W, s[1] = B * W;
-    else
-        s[0] = L * W, s[1] = W;
-}
-
 static void prob_init(bprob *p, const bcase *c)
 {
     memset(p, 0, sizeof *p);
@@ -156,9 +129,9 @@ static void prob_init(bprob *p, const bcase *c)
     p->dout = tbuf_new(k->dtype, B * k->L * E);
     tbuf_random(&p->dout, -1, 1);
     p->ddout = dupload(&p->dout);
-    strides3(p->sx, B, k->L, E, c->seq_first);
-    strides3(p->sk, B, k->Lk, k->kdim, c->seq_first);
-    strides3(p->sv, B, k->Lk, k->vdim, c->seq_first);
+    ref_strides3(p->sx, B, k->L, E, c->seq_first);
+    ref_strides3(p->sk, B, k->Lk, k->kdim, c->seq_first);
+    ref_strides3(p->sv, B, k->Lk, k->vdim, c->seq_first);
     if (c->mask) {
         p->mask = malloc((size_t)(B * k->Lk));
         for (int64_t i = 0; i < B * k->Lk; i++)
@@ -236,7 +209,7 @@ static void call_init(call *k, const bprob *p, lm_device dev, void *const *gp, i
     const bcase *c = &p->c;
     const int gpu = dev == LM_CUDA;
     int64_t so[3];
-    strides3(so, c->B, c->L, c->E, 0);
+    ref_strides3(so, c->B, c->L, c->E, 0);
     memset(k, 0, sizeof *k);
     k->q = view3(gpu ? p->dval[XQ] : p->val[XQ].data, c, dev, p->sx, c->L, c->E);
     k->k = k->v = k->q;
@@ -458,7 +431,7 @@ START_TEST(test_mbwd_lengths)
             c.mask = i >= 2, c.decay = causal && i % 2, c.packed = (i + causal) % 2;
             check_case(&c);
         }
-    end_test();
+    gpu_end_test();
 }
 END_TEST
 
@@ -475,7 +448,7 @@ START_TEST(test_mbwd_slabs)
         c.mask = 1, c.decay = c.causal && i == 0, c.shared = i == 3;
         check_case(&c);
     }
-    end_test();
+    gpu_end_test();
 }
 END_TEST
 
@@ -506,7 +479,7 @@ START_TEST(test_mbwd_variants)
         }
         check_case(&c);
     }
-    end_test();
+    gpu_end_test();
 }
 END_TEST
 
@@ -557,7 +530,7 @@ START_TEST(test_mbwd_accumulate)
         cudaFree(gp[i]);
     lm_attn_destroy(a);
     prob_free(&p);
-    end_test();
+    gpu_end_test();
 }
 END_TEST
 
@@ -636,7 +609,7 @@ START_TEST(test_mbwd_small)
         c.causal = causal, c.decay = causal, c.mask = 1, c.shared = 1;
         check_case(&c);
     }
-    end_test();
+    gpu_end_test();
 }
 END_TEST
 
