@@ -497,9 +497,7 @@ class LiquidMemory(nn.Module):
             opts = _core.Options(opts.feature_map, opts.normalize, opts.eps, opts.scale,
                                  opts.decay, _core.C["LM_PRECISION_ON"])
         if S is None:
-            H, D = self.num_kv_heads, self.head_dim
-            S = torch.zeros((B, H, D, D), dtype=torch.float32, device=query.device)
-            z = torch.zeros((B, H, D), dtype=torch.float32, device=query.device)
+            S, z = self._zero_state(B, query.device)
         out = None
         for t in range(0, L, slab):
             n = min(slab, L - t)
@@ -556,10 +554,14 @@ class LiquidMemory(nn.Module):
         """An empty state for batch B (holding bias_kv / zero_attn when set)."""
         S0, z0, n = self._extra_state(B, like)
         if S0 is None:
-            H, D = self.num_kv_heads, self.head_dim
-            S0 = torch.zeros((B, H, D, D), dtype=torch.float32, device=like.device)
-            z0 = torch.zeros((B, H, D), dtype=torch.float32, device=like.device)
+            S0, z0 = self._zero_state(B, like.device)
         self._store_state(S0, z0, n, B)
+
+    def _zero_state(self, B, device):
+        """S [B, Hkv, D, D] and z [B, Hkv, D], fp32 zeros: the state of no tokens."""
+        H, D = self.num_kv_heads, self.head_dim
+        return (torch.zeros((B, H, D, D), dtype=torch.float32, device=device),
+                torch.zeros((B, H, D), dtype=torch.float32, device=device))
 
     def reset_state(self):
         """Drops the decode state: the next step() starts empty, any batch size.
