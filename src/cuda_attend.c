@@ -23,11 +23,6 @@ typedef struct plan {
     size_t ws_floats;
 } plan;
 
-static int64_t cdiv(int64_t a, int64_t b)
-{
-    return (a + b - 1) / b;
-}
-
 static int64_t clamp64(int64_t x, int64_t lo, int64_t hi)
 {
     return x < lo ? lo : x > hi ? hi : x;
@@ -35,14 +30,14 @@ static int64_t clamp64(int64_t x, int64_t lo, int64_t hi)
 
 static int64_t value_blocks(const lmi_core_params *p)
 {
-    return cdiv(p->Dv, p->Dk <= 128 ? 32 : 16);
+    return lmi_cdiv(p->Dv, p->Dk <= 128 ? 32 : 16);
 }
 
 /* Cuts n tokens into about `want` segments of whole chunks; returns the length. */
 static int64_t segment(int64_t n, int64_t want)
 {
-    const int64_t chunks = cdiv(n, LMK_CHUNK);
-    return cdiv(chunks, clamp64(want, 1, chunks)) * LMK_CHUNK;
+    const int64_t chunks = lmi_cdiv(n, LMK_CHUNK);
+    return lmi_cdiv(chunks, clamp64(want, 1, chunks)) * LMK_CHUNK;
 }
 
 static plan plan_of(const lmi_core_params *p, int sms)
@@ -51,22 +46,22 @@ static plan plan_of(const lmi_core_params *p, int sms)
     const int64_t heads = p->B * p->Hkv, per = p->Dk * p->Dv + p->Dk;
     const int64_t nvb = value_blocks(p);
     if (p->causal) {
-        const int64_t ctas = p->B * p->Hq * nvb, chunks = cdiv(p->L, LMK_CHUNK);
+        const int64_t ctas = p->B * p->Hq * nvb, chunks = lmi_cdiv(p->L, LMK_CHUNK);
         int64_t want = 1;
         if (2 * ctas <= sms) /* segments of at least 8 chunks, so ABSORB pays off */
-            want = clamp64(cdiv(sms, ctas), 1, chunks / 8);
+            want = clamp64(lmi_cdiv(sms, ctas), 1, chunks / 8);
         pl.seg_len = segment(p->L, want);
-        pl.nseg = cdiv(p->L, pl.seg_len);
+        pl.nseg = lmi_cdiv(p->L, pl.seg_len);
         pl.ws_floats = (size_t)((pl.nseg > 1 ? pl.nseg : 0) + (p->state ? 1 : 0)) * heads * per;
     } else {
         if (p->Lk > 0) {
-            const int64_t want = cdiv(sms, p->B * p->Hkv * nvb);
-            pl.kseg_len = segment(p->Lk, clamp64(want, 1, cdiv(p->Lk, 4 * LMK_CHUNK)));
-            pl.nkseg = cdiv(p->Lk, pl.kseg_len);
+            const int64_t want = lmi_cdiv(sms, p->B * p->Hkv * nvb);
+            pl.kseg_len = segment(p->Lk, clamp64(want, 1, lmi_cdiv(p->Lk, 4 * LMK_CHUNK)));
+            pl.nkseg = lmi_cdiv(p->Lk, pl.kseg_len);
         }
         if (p->L > 0) {
-            pl.seg_len = segment(p->L, cdiv(2 * sms, p->B * p->Hq * nvb));
-            pl.nseg = cdiv(p->L, pl.seg_len);
+            pl.seg_len = segment(p->L, lmi_cdiv(2 * sms, p->B * p->Hq * nvb));
+            pl.nseg = lmi_cdiv(p->L, pl.seg_len);
         }
         pl.ws_floats = (size_t)(1 + pl.nkseg) * heads * per;
     }

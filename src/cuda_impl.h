@@ -21,6 +21,12 @@ lm_status lmi_cublas_fail(int status, const char *what, const char *file, int li
             return lmi_cublas_fail(lmi_s_, #call, __FILE__, __LINE__);      \
     } while (0)
 
+/* ceil(a / b) for a >= 0, b > 0. */
+static inline int64_t lmi_cdiv(int64_t a, int64_t b)
+{
+    return (a + b - 1) / b;
+}
+
 /* Makes `device` current for the duration of a call; *prev restores it. */
 lm_status lmi_cuda_enter(int device, int *prev);
 void lmi_cuda_leave(int device, int prev);

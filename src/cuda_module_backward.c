@@ -84,11 +84,6 @@ typedef struct mbwd {
     uint8_t *ones;              /* [B]: the dummy key is masked */
 } mbwd;
 
-static int64_t cdiv(int64_t a, int64_t b)
-{
-    return (a + b - 1) / b;
-}
-
 /* Tokens of the slab starting at t0 of a sequence of L. */
 static int64_t slab_len(const mbwd *w, int64_t t0, int64_t L)
 {
@@ -335,7 +330,7 @@ static void dummy_query(const mbwd *w, lmi_core_params *p, lmi_core_grad_params 
 
 static lm_status causal(const mbwd *w)
 {
-    const int64_t L = w->f->Lq, n = w->n, ns = cdiv(L, n), sf = w->sf;
+    const int64_t L = w->f->Lq, n = w->n, ns = lmi_cdiv(L, n), sf = w->sf;
     float *ck = w->states, *carry[2] = { ck + (ns + 1) * sf, ck + (ns + 2) * sf };
     lmi_core_params p;
     lm_status st;
@@ -536,7 +531,7 @@ lm_status lmi_cuda_attn_backward(lm_attn *a, const lmi_forward *f, const lm_attn
                lmi_cuda_same_tensor(g->dkey, g->dvalue);
     w.inv_c = (float)(1.0 / u_value(w.dt));
     w.n = slab_tokens(&w);
-    w.nstates = f->causal ? cdiv(f->Lq, w.n) + 3 : 3;
+    w.nstates = f->causal ? lmi_cdiv(f->Lq, w.n) + 3 : 3;
 
     lmi_cuda_ctx *ctx = a->be_ctx;
     int prev;
