@@ -8,7 +8,7 @@
 #   sh bench/gpu_run.sh [phase ...]   phases: tests profile bench long sanitize (default
 #                                     all but profile: ncu and a SASS histogram of the kernel),
 #                                     backward (its suite; core forward vs backward time at
-#                                     8K / 32K), backward-sanitize (the sanitizers on its small
+#                                     8K / 32K, tensor-core and exact backward), backward-sanitize (the sanitizers on its small
 #                                     case), train (bench/train_demo.py at 32K and the training
 #                                     benchmark at 8K-128K with peers, packed in train.tgz;
 #                                     skipped when the backward did not run from Python),
@@ -92,7 +92,9 @@ for L in (8192, 32768):  # B = 1, 32 heads of 128, bf16, causal, elu+1, normalis
     q, k, v, do = (torch.randn(1, L, 32, 128, device="cuda", dtype=torch.bfloat16) for _ in range(4))
     f = ms(lambda: _core.prefill(q, k, v))
     b = ms(lambda: _core.backward(do, q, k, v))
-    print("core L=%d: forward %.3f ms, backward %.3f ms (%.2fx)" % (L, f, b, b / f))
+    x = ms(lambda: _core.backward(do, q, k, v, opts=_core.Options(precision=_core.C["LM_PRECISION_ON"])))
+    print("core L=%d: forward %.3f ms, backward %.3f ms (%.2fx) on the tensor cores, "
+          "%.3f ms (%.2fx) exact (LM_PRECISION_ON, fp32 kernel)" % (L, f, b, b / f, x, x / f))
 ' ;;
     backward-sanitize)
         for tool in memcheck racecheck synccheck initcheck; do

@@ -147,7 +147,9 @@ typedef enum lm_feature_map {
 
 typedef enum lm_precision {
     LM_PRECISION_AUTO = 0, /* compensated above LM_PRECISION_AUTO_TOKENS tokens */
-    LM_PRECISION_ON = 1,   /* always compensated (Kahan) accumulation of the state */
+    LM_PRECISION_ON = 1,   /* always compensated (Kahan) accumulation of the state; on
+                              CUDA the backward then uses its fp32 kernel (gradients at
+                              the rounding floor) rather than the faster tensor-core one */
     LM_PRECISION_OFF = 2   /* plain fp32 accumulation */
 } lm_precision;
 

@@ -126,6 +126,41 @@ typedef struct lmk_bwd {
     float decay[LMK_MAX_DECAY_HEADS];
 } lmk_bwd;
 
+/* The passes of the tensor-core backward (src/cuda_backward_tc.c) besides
+ * its attentions (kernels/bwd_parts.cu): causal, Hq == Hkv = H, bf16 views,
+ * one CTA per (batch row x head, chunk); nch = ceil(L / LMK_CHUNK). */
+typedef enum lmk_bp_kind {
+    LMK_BP_PREP = 0,  /* a = phi(q), b = phi(k) as bf16; zs = per-chunk sums of phi(k) */
+    LMK_BP_ROWS = 1,  /* g = dout / d (or scale dout) as bf16, h = -(g . o) (0 when
+                         unnormalised); rs = per-chunk sums of h phi(q); reads zc */
+    LMK_BP_FINISH = 2 /* dq = (da + h z) phi'(q), dk = (db + r) phi'(k); reads zc, rc */
+} lmk_bp_kind;
+
+typedef struct lmk_bparts {
+    const void *q, *k, *dout, *o; /* [B, L, H, Dk|Dk|Dv|Dv]; o only when normalised */
+    int64_t sq[4], sk[4], sdo[4], so[4];
+    void *dq, *dk;                /* [B, L, H, Dk] */
+    int64_t sdq[4], sdk[4];
+    void *a, *b, *g;              /* bf16 scratch [B, L, H, Dk|Dk|Dv], contiguous */
+    const void *da, *db;          /* bf16 scratch [B, L, H, Dk], contiguous */
+    float *h;                     /* [B H][L] */
+    float *zs, *zc;               /* [B H][nch][Dk]: sums of phi(k) per chunk; z before chunk c */
+    float *rs, *rc;               /* the same of h phi(q); its sum after chunk c plus dz_out */
+    int B, H, Dk, Dv;
+    int64_t L;
+    int feature_map, normalize;
+    float eps, scale;
+} lmk_bparts;
+
+lm_status lmk_bparts_launch(const lmk_bparts *p, lmk_bp_kind kind, void *stream);
+/* out[head][c] = init[head] + sums[head][c'] over the chunks c' before c
+ * (reverse: after c), for n heads x D columns; total = init + all of them
+ * (either pointer may be NULL: 0, none). */
+lm_status lmk_chunk_scan_launch(const float *sums, float *out, const float *init, float *total,
+                                int64_t n, int64_t nch, int D, int reverse, void *stream);
+/* dst[i] = src[i]^T for n row-major rows x cols fp32 matrices. */
+lm_status lmk_transpose_launch(const float *src, float *dst, int64_t n, int rows, int cols, void *stream);
+
 /* CTAs of the backward kernel that fit on one SM for these head dims (0:
  * none, the GPU has too little shared memory), for planning segments. */
 lm_status lmk_backward_blocks_per_sm(int Dk, int Dv, int *blocks);

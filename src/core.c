@@ -103,6 +103,7 @@ lm_status lmi_core_fill(const lm_core_args *a, lmi_core_call call, lmi_core_para
     p->feature_map = a->feature_map;
     p->normalize = a->normalize;
     p->compensated = lmi_compensated(a->precision, ctx);
+    p->exact = a->precision == LM_PRECISION_ON;
     p->eps = a->eps;
     p->scale = a->scale > 0.0f ? a->scale : 1.0f / sqrtf((float)Dk);
     return LM_OK;

@@ -18,6 +18,8 @@
  * Bidirectional: totals instead of prefixes: ABSORB_KEYS over key segments
  * and a sum from the initial state give S, z; QUERIES over query segments;
  * ABSORB_QUERIES and a sum from dS_out give the adjoint (= dS_in); KEYS.
+ * bf16 causal calls without GQA, mask or decay go to the tensor-core
+ * backward of cuda_backward_tc.c instead (unless LM_PRECISION_ON).
  * Workspace (stream-ordered): states at segment starts and adjoints at
  * segment ends, Kahan compensations per CTA when compensated, 2 floats per
  * query token and head.
@@ -182,6 +184,8 @@ lm_status lmi_cuda_backward(const lmi_core_params *p, const lmi_core_grad_params
     if (p->Dk > LMK_MAX_DK || p->Dv > LMK_MAX_DK)
         return lmi_error(LM_ERR_UNSUPPORTED, "cuda: the backward takes head dims up to %d (Dk %lld, Dv %lld)",
                          LMK_MAX_DK, (long long)p->Dk, (long long)p->Dv);
+    if (lmi_cuda_backward_tc_ok(p, g))
+        return lmi_cuda_backward_tc(p, g, s);
     if (p->decay && p->Hkv > LMK_MAX_DECAY_HEADS)
         return lmi_error(LM_ERR_UNSUPPORTED, "cuda: decay with %lld kv heads, at most %d",
                          (long long)p->Hkv, LMK_MAX_DECAY_HEADS);

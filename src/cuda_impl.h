@@ -98,8 +98,11 @@ lm_status lmi_cuda_attend(const lmi_core_params *p, int sms, void *ws, cudaStrea
 lm_status lmi_cuda_prefill(const lmi_core_params *p, cudaStream_t stream);
 /* Core decode step (in place on p->state). */
 lm_status lmi_cuda_decode(const lmi_core_params *p, cudaStream_t stream);
-/* Core backward (cuda_backward.c), stream-ordered scratch. */
+/* Core backward (cuda_backward.c), stream-ordered scratch: the tensor-core
+ * one of cuda_backward_tc.c where lmi_cuda_backward_tc_ok, else fp32 kernels. */
 lm_status lmi_cuda_backward(const lmi_core_params *p, const lmi_core_grad_params *g, void *stream);
+int lmi_cuda_backward_tc_ok(const lmi_core_params *p, const lmi_core_grad_params *g);
+lm_status lmi_cuda_backward_tc(const lmi_core_params *p, const lmi_core_grad_params *g, cudaStream_t stream);
 /* UNSUPPORTED unless the views suit the kernels (unit stride last, sizes). */
 lm_status lmi_cuda_check_core(const lmi_core_params *p, int device);
 

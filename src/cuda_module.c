@@ -68,6 +68,7 @@ void lmi_cuda_core_base(const lm_attn *a, int64_t B, float *state, int compensat
     p->feature_map = a->cfg.feature_map;
     p->normalize = a->cfg.normalize;
     p->compensated = compensated;
+    p->exact = a->cfg.precision == LM_PRECISION_ON;
     p->eps = a->cfg.eps;
     p->scale = a->cfg.scale;
 }

@@ -33,6 +33,8 @@ typedef struct lmi_core_params {
     int feature_map;      /* lm_feature_map */
     int normalize;
     int compensated;      /* Kahan accumulation of the carried state */
+    int exact;            /* LM_PRECISION_ON: the backward stays at the rounding floor
+                             (CUDA: its fp32 kernel, not the tensor-core one) */
     float eps;
     float scale;          /* resolved: unnormalised output factor */
 } lmi_core_params;

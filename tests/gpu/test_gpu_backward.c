@@ -21,6 +21,12 @@
  *   vs the CPU backend: 2.2 floor + 1e-5 (each rounds once), and without a
  *     reference, relative to ||cpu||: the dtype's unit roundoff (2^-8 bf16,
  *     2^-11 f16) + 1e-5, state gradients 1e-4.
+ * The tensor-core backward (bf16, causal, Hq == Hkv, no mask, no decay, not
+ * LM_PRECISION_ON: src/cuda_backward_tc.c) rounds its operands a, b, g to
+ * bf16 (2^-9 relative each) before the products, so its bound is
+ *   vs float64: 3 floor (1.1 + 3/sqrt(n)) + 2^-8 (bf16's unit roundoff, relative
+ *   to the magnitudes of the terms), vs the CPU that + 2.2 floor;
+ * its worst ratios are printed apart ("bf16 tensor cores").
  */
 #include "gpu_util.h"
 
@@ -57,7 +63,17 @@ static void describe(char *s, size_t n, const bcase *c)
 static struct {
     double ratio, err;
     char what[200];
-} worst[3][5];
+} worst[4][5];
+
+/* Slot of worst[] for the tensor-core backward. */
+#define TC 3
+
+/* Whether the GPU runs case c on the tensor-core backward. */
+static int uses_tc(const bcase *c)
+{
+    return c->dtype == LM_BF16 && c->causal && c->Hq == c->Hkv && !c->mask && !c->decay &&
+           c->precision != LM_PRECISION_ON;
+}
 
 /* ---- one problem ---- */
 
@@ -470,15 +486,15 @@ static double unit_roundoff(lm_dtype dt)
 /* The worst error per dtype and gradient: for bf16 / f16 as a multiple of
  * the rounding floor (where it is not vanishing: L = 1 gradients are fp32
  * noise far under it), for fp32 as itself. */
-static void note(lm_dtype dt, int which, double err, double floor, const char *desc)
+static void note(lm_dtype dt, int slot, int which, double err, double floor, const char *desc)
 {
     if (dt != LM_F32 && floor < 1e-4)
         return;
     const double ratio = dt == LM_F32 ? err : err / floor;
-    if (ratio > worst[dt][which].ratio) {
-        worst[dt][which].ratio = ratio;
-        worst[dt][which].err = err;
-        snprintf(worst[dt][which].what, sizeof worst[dt][which].what, "%s", desc);
+    if (ratio > worst[slot][which].ratio) {
+        worst[slot][which].ratio = ratio;
+        worst[slot][which].err = err;
+        snprintf(worst[slot][which].what, sizeof worst[slot][which].what, "%s", desc);
     }
 }
 
@@ -492,7 +508,7 @@ static void check_case(const bcase *c)
     grads gpu, cpu;
     run_backward(&p, LM_CUDA, &gpu);
     run_backward(&p, LM_CPU, &cpu);
-    const int nt = c->state ? 5 : 3, with_ref = ref_cost(&p.c) <= REF_COST;
+    const int nt = c->state ? 5 : 3, with_ref = ref_cost(&p.c) <= REF_COST, tc = uses_tc(c);
     double *want[5] = { 0 }, *mag[5] = { 0 };
     if (with_ref) {
         for (int i = 0; i < 5; i++) {
@@ -512,12 +528,15 @@ static void check_case(const bcase *c)
         if (with_ref) {
             const double fl = floor_of(dt, want[i], mag[i], n);
             const double e = error_of(&gpu, i, want[i], mag[i], n, &unwritten);
-            const double bound = fl * (1.1 + 3.0 / sqrt((double)(n > 0 ? n : 1))) + 1e-5;
+            const double grow = 1.1 + 3.0 / sqrt((double)(n > 0 ? n : 1));
+            const double bound = tc ? 3.0 * fl * grow + ldexp(1.0, -8) : fl * grow + 1e-5;
+            const double cbound = tc ? bound + 2.2 * fl : 2.2 * fl + 1e-5;
             const double d = error_of(&gpu, i, cpu_v, mag[i], n, &cpu_unwritten);
-            note(dt, i, e, fl, desc);
+            note(dt, tc ? TC : dt, i, e, fl, desc);
             CHECK(e <= bound, "%s error %.3g > %.3g (floor %.3g) (%s)", grad_names[i], e, bound, fl, desc);
-            CHECK(d <= 2.2 * fl + 1e-5, "%s vs cpu %.3g > %.3g (%s)", grad_names[i], d, 2.2 * fl + 1e-5, desc);
+            CHECK(d <= cbound, "%s vs cpu %.3g > %.3g (%s)", grad_names[i], d, cbound, desc);
         } else {
+            ck_assert_msg(!tc, "tensor-core cases are checked against float64 (%s)", desc);
             const double d = error_of(&gpu, i, cpu_v, cpu_v, n, &unwritten);
             const double bound = i < 3 ? unit_roundoff(dt) + 1e-5 : 1e-4;
             CHECK(d <= bound, "%s vs cpu %.3g > %.3g (%s)", grad_names[i], d, bound, desc);
@@ -762,6 +781,36 @@ START_TEST(test_bwd_unsupported)
 }
 END_TEST
 
+/* The tensor-core backward: ragged lengths, modes, head dims, states in and
+ * out, sequence-first strides, against float64 (every case has a reference). */
+START_TEST(test_bwd_tensor_core)
+{
+    static const int64_t Ls[] = { 1, 63, 64, 65, 1000, 4097 };
+    static const int64_t dims[][2] = { { 64, 64 }, { 128, 128 }, { 96, 40 }, { 256, 64 } };
+    ref_seed(211);
+    for (int i = 0; i < 6; i++)
+        for (int mode = 0; mode < 4; mode++) {
+            bcase c = base_case();
+            c.Hq = c.Hkv = Ls[i] > 1000 ? 1 : 2;
+            c.L = c.Lk = Ls[i];
+            static const int fms[] = { LM_FEATURE_ELU1, LM_FEATURE_RELU, LM_FEATURE_IDENTITY, LM_FEATURE_RELU };
+            c.normalize = mode < 2, c.fm = fms[mode];
+            c.state = (i + mode) % 2, c.seq_first = mode == 3;
+            check_case(&c);
+        }
+    for (int i = 0; i < 4; i++) {
+        bcase c = base_case();
+        c.B = 1, c.Hq = c.Hkv = 3, c.Dk = dims[i][0], c.Dv = dims[i][1];
+        c.L = c.Lk = 777, c.state = 1;
+        check_case(&c);
+    }
+    bcase c = base_case(); /* one head: the attentions run in segments */
+    c.B = 1, c.Hq = c.Hkv = 1, c.Dk = c.Dv = 128, c.L = c.Lk = 3000, c.state = 1;
+    check_case(&c);
+    gpu_end_test();
+}
+END_TEST
+
 /* The reduced grid of the compute-sanitizer pass: one causal and one
  * bidirectional case with everything on. */
 START_TEST(test_bwd_small)
@@ -774,14 +823,17 @@ START_TEST(test_bwd_small)
         c.precision = LM_PRECISION_ON;
         check_case(&c);
     }
+    bcase c = base_case(); /* the tensor-core backward's kernels */
+    c.B = 1, c.Hq = c.Hkv = 2, c.L = c.Lk = 70, c.state = 1;
+    check_case(&c);
     gpu_end_test();
 }
 END_TEST
 
 START_TEST(test_bwd_summary)
 {
-    static const char *dts[] = { "bf16", "f16", "f32" };
-    for (int dt = 0; dt < 3; dt++)
+    static const char *dts[] = { "bf16", "f16", "f32", "bf16 tensor cores" };
+    for (int dt = 0; dt < 4; dt++)
         for (int i = 0; i < 5; i++) {
             if (worst[dt][i].ratio <= 0)
                 continue;
@@ -811,6 +863,7 @@ Suite *gpu_backward_suite(void)
         tcase_add_test(tc, test_bwd_segments);
         tcase_add_test(tc, test_bwd_chain);
         tcase_add_test(tc, test_bwd_deterministic);
+        tcase_add_test(tc, test_bwd_tensor_core);
         tcase_add_test(tc, test_bwd_unsupported);
         tcase_add_test(tc, test_bwd_summary);
     }
