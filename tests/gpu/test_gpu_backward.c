@@ -792,6 +792,7 @@ START_TEST(test_bwd_tensor_core)
         for (int mode = 0; mode < 4; mode++) {
             bcase c = base_case();
             c.Hq = c.Hkv = Ls[i] > 1000 ? 1 : 2;
+            c.Dk = c.Dv = Ls[i] > 4000 ? 32 : 64; /* keeps the float64 reference under REF_COST */
             c.L = c.Lk = Ls[i];
             static const int fms[] = { LM_FEATURE_ELU1, LM_FEATURE_RELU, LM_FEATURE_IDENTITY, LM_FEATURE_RELU };
             c.normalize = mode < 2, c.fm = fms[mode];
@@ -805,7 +806,7 @@ START_TEST(test_bwd_tensor_core)
         check_case(&c);
     }
     bcase c = base_case(); /* one head: the attentions run in segments */
-    c.B = 1, c.Hq = c.Hkv = 1, c.Dk = c.Dv = 128, c.L = c.Lk = 3000, c.state = 1;
+    c.B = 1, c.Hq = c.Hkv = 1, c.L = c.Lk = 3000, c.state = 1;
     check_case(&c);
     gpu_end_test();
 }
@@ -837,7 +838,7 @@ START_TEST(test_bwd_summary)
         for (int i = 0; i < 5; i++) {
             if (worst[dt][i].ratio <= 0)
                 continue;
-            if (dt == LM_F32)
+            if (dt == LM_F32 || i >= 3) /* fp32 values: the error itself */
                 printf("backward: worst %s %s error vs float64 %.3g (%s)\n", dts[dt], grad_names[i],
                        worst[dt][i].err, worst[dt][i].what);
             else
