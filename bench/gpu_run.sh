@@ -24,7 +24,8 @@ FAILED=
 mkdir -p "$OUT"
 export LM_LICENSE_FILE="$PWD/$B/dev-license" PYTHONUNBUFFERED=1
 unset LM_LICENSE
-COMMIT=$(git rev-parse --short HEAD 2>/dev/null || cat "$B/COMMIT" 2>/dev/null || echo unknown)
+# The build's own record first: the device's copy of .git can lag the checkout.
+COMMIT=$(cat "$B/COMMIT" 2>/dev/null || git rev-parse --short HEAD 2>/dev/null || echo unknown)
 export LM_COMMIT="$COMMIT"
 # cuBLASLt comes from the toolkit; where its lib64 lacks it, from PyTorch's wheel.
 if ldd "$B/lib/libliquidmemory.so" | grep -q "not found"; then
