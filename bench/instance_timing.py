@@ -19,22 +19,6 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bindings", "python"))
 
 
-def timed(fn, reps):
-    """Median milliseconds of fn over reps runs, after two warm-ups."""
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(reps):
-        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        e0.record()
-        fn()
-        e1.record()
-        e1.synchronize()
-        times.append(e0.elapsed_time(e1))
-    times.sort()
-    return times[len(times) // 2]
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lib", required=True)
@@ -44,7 +28,13 @@ def main():
     a = ap.parse_args()
     os.environ["LM_LIB_PATH"] = a.lib
     from liquid_memory import _core
+    from liquid_memory.benchmark import _Meter
     C = _core.C
+    meter = _Meter(torch.device("cuda"))
+
+    def timed(fn, reps):
+        """Median milliseconds of fn over reps runs, after two warm-ups."""
+        return meter.time(fn, 2, reps, 1e9)[0]
 
     dev = torch.device("cuda")
     H, D = 32, 128

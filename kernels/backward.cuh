@@ -40,6 +40,7 @@
 #ifndef LM_BACKWARD_CUH
 #define LM_BACKWARD_CUH
 
+#include "feature_map.cuh"
 #include "lm_kernels.h"
 
 #include <cuda_bf16.h>
@@ -109,27 +110,6 @@ __device__ inline void st(void *base, int64_t i, int dt, float x)
         ((__half *)base)[i] = __float2half_rn(x);
     else
         ((float *)base)[i] = x;
-}
-
-/* phi as the CPU backend computes it (expf, not __expf: gradients in fp32). */
-__device__ inline float phi(float x, int fm)
-{
-    if (fm == LM_FEATURE_ELU1)
-        return x > 0.0f ? x + 1.0f : expf(x);
-    if (fm == LM_FEATURE_RELU)
-        return x < 0.0f ? 0.0f : x;
-    return x;
-}
-
-/* phi'(x) from y = phi(x): elu+1 has y > 1 exactly where x > 0, else y =
- * exp(x) = phi'(x); relu passes NaN's gradient, as torch and the CPU do. */
-__device__ inline float dphi(float y, int fm)
-{
-    if (fm == LM_FEATURE_ELU1)
-        return y > 1.0f ? 1.0f : y;
-    if (fm == LM_FEATURE_RELU)
-        return y > 0.0f || y != y ? 1.0f : 0.0f;
-    return 1.0f;
 }
 
 /* s <- gn s + inc, Kahan-compensated when c is not NULL. */
@@ -241,7 +221,7 @@ struct Cta {
             if (r < n && d < D && !(keys && masked(t0 + r))) {
                 val = ld(x, b * xs[0] + (t0 + r) * xs[1] + h * xs[2] + d * xs[3], p.dtype);
                 if (fm >= 0)
-                    val = phi(val, fm);
+                    val = phi_precise(val, fm);
             }
             dst[r * pitch + d] = val;
         }
@@ -422,7 +402,7 @@ __device__ void queries(Cta &c)
                 if (i < n && d < p.Dk) {
                     const float g = c.pw[i + 1] * (c.inv[i] * c.X2[i * s.kp + d] + c.dd[i] * c.z[d]) + v;
                     st(p.dq, c.b * p.sdq[0] + (t0 + i) * p.sdq[1] + h * p.sdq[2] + d * p.sdq[3], p.dtype,
-                       g * dphi(c.Q[i * s.kp + d], p.feature_map));
+                       g * dphi_of_phi(c.Q[i * s.kp + d], p.feature_map));
                 }
             };
             if (causal)
@@ -539,7 +519,7 @@ __device__ void keys(Cta &c)
             const int j = i / s.dk, d = i % s.dk;
             if (j < n && d < p.Dk)
                 st(p.dk, c.b * p.sdk[0] + (t0 + j) * p.sdk[1] + c.hk * p.sdk[2] + d * p.sdk[3], p.dtype,
-                   c.masked(t0 + j) ? 0.0f : c.X2[j * s.kp + d] * dphi(c.K[j * s.kp + d], p.feature_map));
+                   c.masked(t0 + j) ? 0.0f : c.X2[j * s.kp + d] * dphi_of_phi(c.K[j * s.kp + d], p.feature_map));
         }
         for (int i = threadIdx.x; i < s.bc * s.dv; i += THREADS) {
             const int j = i / s.dv, e = i % s.dv;

@@ -12,6 +12,7 @@
  * memory. Running sums start from a chunk's prefix, which a scan over chunks
  * (lmk_chunk_scan_launch) makes from per-chunk sums.
  */
+#include "feature_map.cuh"
 #include "lm_kernels.h"
 
 #include <cuda_bf16.h>
@@ -25,24 +26,8 @@ constexpr int THREADS = 128;
 constexpr int COLS = LMK_MAX_DK / THREADS; /* columns per thread */
 constexpr int WARPS = THREADS / 32;
 
-/* phi and phi' as the CPU backend has them (cpu_chunk.h). */
-__device__ __forceinline__ float phi(float x, int fm)
-{
-    if (fm == LM_FEATURE_ELU1)
-        return x > 0.0f ? x + 1.0f : expf(x);
-    if (fm == LM_FEATURE_RELU)
-        return x < 0.0f ? 0.0f : x;
-    return x;
-}
-
-__device__ __forceinline__ float dphi(float x, int fm)
-{
-    if (fm == LM_FEATURE_ELU1)
-        return x > 0.0f ? 1.0f : expf(x);
-    if (fm == LM_FEATURE_RELU)
-        return x <= 0.0f ? 0.0f : 1.0f;
-    return 1.0f;
-}
+using lmk::dphi_of_phi;
+using lmk::phi_precise;
 
 __device__ __forceinline__ float ld(const void *base, const int64_t *s, int b, int64_t t, int h, int j)
 {
@@ -106,8 +91,8 @@ __global__ void __launch_bounds__(THREADS) prep(const lmk_bparts p)
         float zs = 0.0f;
         for (int i = 0; i < x.n; i++) {
             const int64_t t = x.t0 + i;
-            const float a = phi(ld(p.q, p.sq, x.b, t, x.h, j), p.feature_map);
-            const float b = phi(ld(p.k, p.sk, x.b, t, x.h, j), p.feature_map);
+            const float a = phi_precise(ld(p.q, p.sq, x.b, t, x.h, j), p.feature_map);
+            const float b = phi_precise(ld(p.k, p.sk, x.b, t, x.h, j), p.feature_map);
             ((bf16 *)p.a)[at(p, x.b, t, x.h, p.Dk, j)] = __float2bfloat16_rn(a);
             ((bf16 *)p.b)[at(p, x.b, t, x.h, p.Dk, j)] = __float2bfloat16_rn(b);
             zs += b;
@@ -136,8 +121,8 @@ __global__ void __launch_bounds__(THREADS) rows(const lmk_bparts p)
             for (int u = 0; u < COLS; u++) {
                 const int j = threadIdx.x + u * THREADS;
                 if (j < p.Dk) {
-                    z[u] += phi(ld(p.k, p.sk, x.b, x.t0 + i, x.h, j), p.feature_map);
-                    part += phi(ld(p.q, p.sq, x.b, x.t0 + i, x.h, j), p.feature_map) * z[u];
+                    z[u] += phi_precise(ld(p.k, p.sk, x.b, x.t0 + i, x.h, j), p.feature_map);
+                    part += phi_precise(ld(p.q, p.sq, x.b, x.t0 + i, x.h, j), p.feature_map) * z[u];
                 }
             }
             row_sum(part, red, i);
@@ -177,7 +162,7 @@ __global__ void __launch_bounds__(THREADS) rows(const lmk_bparts p)
         float rs = 0.0f;
         if (p.normalize)
             for (int i = 0; i < x.n; i++)
-                rs += hh[i] * phi(ld(p.q, p.sq, x.b, x.t0 + i, x.h, j), p.feature_map);
+                rs += hh[i] * phi_precise(ld(p.q, p.sq, x.b, x.t0 + i, x.h, j), p.feature_map);
         p.rs[(x.head * nch + x.c) * p.Dk + j] = rs;
     }
 }
@@ -196,18 +181,18 @@ __global__ void __launch_bounds__(THREADS) finish(const lmk_bparts p)
         float z = p.zc[(x.head * nch + x.c) * p.Dk + j];
         for (int i = 0; i < x.n; i++) {
             const int64_t t = x.t0 + i;
-            const float qv = ld(p.q, p.sq, x.b, t, x.h, j);
-            z += phi(ld(p.k, p.sk, x.b, t, x.h, j), p.feature_map);
+            const float a = phi_precise(ld(p.q, p.sq, x.b, t, x.h, j), p.feature_map);
+            z += phi_precise(ld(p.k, p.sk, x.b, t, x.h, j), p.feature_map);
             const float da = __bfloat162float(((const bf16 *)p.da)[at(p, x.b, t, x.h, p.Dk, j)]);
-            st(p.dq, p.sdq, x.b, t, x.h, j, (da + h[i] * z) * dphi(qv, p.feature_map));
+            st(p.dq, p.sdq, x.b, t, x.h, j, (da + h[i] * z) * dphi_of_phi(a, p.feature_map));
         }
         float r = p.rc[(x.head * nch + x.c) * p.Dk + j];
         for (int i = x.n - 1; i >= 0; i--) {
             const int64_t t = x.t0 + i;
-            const float kv = ld(p.k, p.sk, x.b, t, x.h, j);
-            r += h[i] * phi(ld(p.q, p.sq, x.b, t, x.h, j), p.feature_map);
+            const float b = phi_precise(ld(p.k, p.sk, x.b, t, x.h, j), p.feature_map);
+            r += h[i] * phi_precise(ld(p.q, p.sq, x.b, t, x.h, j), p.feature_map);
             const float db = __bfloat162float(((const bf16 *)p.db)[at(p, x.b, t, x.h, p.Dk, j)]);
-            st(p.dk, p.sdk, x.b, t, x.h, j, (db + r) * dphi(kv, p.feature_map));
+            st(p.dk, p.sdk, x.b, t, x.h, j, (db + r) * dphi_of_phi(b, p.feature_map));
         }
     }
 }

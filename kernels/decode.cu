@@ -10,6 +10,7 @@
  * No allocation, no host sync: graph-capturable. Query heads go in blocks of
  * 4 so registers and shared memory stay bounded for any GQA ratio.
  */
+#include "feature_map.cuh"
 #include "lm_kernels.h"
 
 #include <cooperative_groups.h>
@@ -52,14 +53,6 @@ template <> __device__ __forceinline__ void st<LM_F32>(void *p, int64_t i, float
     ((float *)p)[i] = x;
 }
 
-__device__ __forceinline__ float phi(float x, int fm)
-{
-    if (fm == LM_FEATURE_ELU1)
-        return x > 0.0f ? x + 1.0f : expf(x);
-    if (fm == LM_FEATURE_RELU)
-        return x < 0.0f ? 0.0f : x;
-    return x;
-}
 
 /* Columns [4 cg, 4 cg + 4) of state row d: float4 when rows are 16-byte aligned. */
 __device__ __forceinline__ float4 row4(const float *row, int e, int Dv, bool vec)
@@ -100,7 +93,7 @@ __global__ void __launch_bounds__(DEC_THREADS) decode_kernel(const __grid_consta
     const bool off = p.mask && p.mask[b * p.mask_s0];
 
     for (int d = tid; d < Dk; d += DEC_THREADS)
-        phk[d] = off ? 0.0f : phi(ld<DT>(p.k, b * p.sk[0] + hk * p.sk[1] + d), p.feature_map);
+        phk[d] = off ? 0.0f : lmk::phi_precise(ld<DT>(p.k, b * p.sk[0] + hk * p.sk[1] + d), p.feature_map);
     for (int e = tid; e < Dv; e += DEC_THREADS)
         vv[e] = off ? 0.0f : ld<DT>(p.v, b * p.sv[0] + hk * p.sv[1] + e0 + e);
     __syncthreads();
@@ -124,7 +117,7 @@ __global__ void __launch_bounds__(DEC_THREADS) decode_kernel(const __grid_consta
     for (int gb = 0; gb < G; gb += GB) {
         for (int x = tid; x < GB * Dk; x += DEC_THREADS) {
             const int gi = x / Dk, d = x % Dk, hq = hk * G + gb + gi;
-            phq[x] = gb + gi < G ? phi(ld<DT>(p.q, b * p.sq[0] + hq * p.sq[1] + d), p.feature_map) : 0.0f;
+            phq[x] = gb + gi < G ? lmk::phi_precise(ld<DT>(p.q, b * p.sq[0] + hq * p.sq[1] + d), p.feature_map) : 0.0f;
         }
         __syncthreads();
         if (tid < GB * 32) { /* warp gi: den[gi] = phi(q_gi) . z */
