@@ -7,9 +7,9 @@
  *
  * One CTA of 128 threads per (head, 64-token chunk); thread j owns columns
  * j and j + 128 and walks the chunk's tokens in order, so its running sums
- * (z, the suffix of h phi(q)) need no communication; the two sums over a row
- * (d = phi(q).z + eps, g.o) are warp shuffles plus four partials in shared
- * memory. Running sums start from a chunk's prefix, which a scan over chunks
+ * (z, the suffix of h phi(q)) need no communication; the sums over a row
+ * (d = phi(q).z + eps, phi(q).da) are warp shuffles plus four partials in
+ * shared memory. Running sums start from a chunk's prefix, which a scan over chunks
  * (lmk_chunk_scan_launch) makes from per-chunk sums.
  */
 #include "feature_map.cuh"
@@ -101,15 +101,15 @@ __global__ void __launch_bounds__(THREADS) prep(const lmk_bparts p)
     }
 }
 
-/* g = dout / d (or scale dout) as bf16, h = -(g . o) with g as rounded (so
- * that h and the attentions see the same g and their sum cancels exactly
- * where the true gradient does); rs[head][c] = sum of h phi(q) over chunk c. */
-__global__ void __launch_bounds__(THREADS) rows(const lmk_bparts p)
+/* g = dout / d as bf16 (unnormalised: scale dout, and h = 0, rs = 0); when
+ * normalised, h holds 1 / d until LMK_BP_H. */
+__global__ void __launch_bounds__(THREADS) g_rows(const lmk_bparts p)
 {
     __shared__ float red[C][WARPS];
-    __shared__ float inv[C], hh[C];
+    __shared__ float inv[C];
     const Tile x = tile_of(p);
     const int nch = gridDim.x;
+    float *h = p.h + x.head * p.L + x.t0;
     if (p.normalize) {
         float z[COLS];
         for (int u = 0; u < COLS; u++) {
@@ -129,40 +129,49 @@ __global__ void __launch_bounds__(THREADS) rows(const lmk_bparts p)
         }
         __syncthreads();
         if ((int)threadIdx.x < x.n)
-            inv[threadIdx.x] = 1.0f / (row_total(red, threadIdx.x) + p.eps);
+            h[threadIdx.x] = inv[threadIdx.x] = 1.0f / (row_total(red, threadIdx.x) + p.eps);
         __syncthreads();
+    } else {
+        if ((int)threadIdx.x < x.n)
+            h[threadIdx.x] = 0.0f;
+        for (int j = threadIdx.x; j < p.Dk; j += THREADS)
+            p.rs[(x.head * nch + x.c) * p.Dk + j] = 0.0f;
     }
     for (int i = 0; i < x.n; i++) {
-        float part = 0.0f;
         const float w = p.normalize ? inv[i] : p.scale;
-        for (int u = 0; u < COLS; u++) {
-            const int j = threadIdx.x + u * THREADS;
-            if (j < p.Dv) {
-                const int64_t e = at(p, x.b, x.t0 + i, x.h, p.Dv, j);
-                const bf16 g = __float2bfloat16_rn(ld(p.dout, p.sdo, x.b, x.t0 + i, x.h, j) * w);
-                ((bf16 *)p.g)[e] = g;
-                if (p.normalize)
-                    part += __bfloat162float(g) * ld(p.o, p.so, x.b, x.t0 + i, x.h, j);
-            }
-        }
-        if (p.normalize)
-            row_sum(part, red, i);
+        for (int j = threadIdx.x; j < p.Dv; j += THREADS)
+            ((bf16 *)p.g)[at(p, x.b, x.t0 + i, x.h, p.Dv, j)] =
+                __float2bfloat16_rn(ld(p.dout, p.sdo, x.b, x.t0 + i, x.h, j) * w);
+    }
+}
+
+/* h = -(a . da) / d, with da = S g the causal attention's output before its
+ * h z term: that is -(dout . o) / d (o = a S / d), with o and g exactly as
+ * that attention saw them, so da + h z cancels where the true gradient does
+ * and no forward is needed for o. rs[head][c] = sum of h phi(q) over chunk c.
+ * Normalised only. */
+__global__ void __launch_bounds__(THREADS) h_rows(const lmk_bparts p)
+{
+    __shared__ float red[C][WARPS];
+    __shared__ float hh[C];
+    const Tile x = tile_of(p);
+    const int nch = gridDim.x;
+    float *h = p.h + x.head * p.L + x.t0;
+    for (int i = 0; i < x.n; i++) {
+        float part = 0.0f;
+        for (int j = threadIdx.x; j < p.Dk; j += THREADS)
+            part += phi_precise(ld(p.q, p.sq, x.b, x.t0 + i, x.h, j), p.feature_map) *
+                    __bfloat162float(((const bf16 *)p.da)[at(p, x.b, x.t0 + i, x.h, p.Dk, j)]);
+        row_sum(part, red, i);
     }
     __syncthreads();
-    if ((int)threadIdx.x < x.n) {
-        const float h = p.normalize ? -row_total(red, threadIdx.x) : 0.0f;
-        hh[threadIdx.x] = h;
-        p.h[x.head * p.L + x.t0 + threadIdx.x] = h;
-    }
+    if ((int)threadIdx.x < x.n)
+        h[threadIdx.x] = hh[threadIdx.x] = -row_total(red, threadIdx.x) * h[threadIdx.x];
     __syncthreads();
-    for (int u = 0; u < COLS; u++) {
-        const int j = threadIdx.x + u * THREADS;
-        if (j >= p.Dk)
-            break;
+    for (int j = threadIdx.x; j < p.Dk; j += THREADS) {
         float rs = 0.0f;
-        if (p.normalize)
-            for (int i = 0; i < x.n; i++)
-                rs += hh[i] * phi_precise(ld(p.q, p.sq, x.b, x.t0 + i, x.h, j), p.feature_map);
+        for (int i = 0; i < x.n; i++)
+            rs += hh[i] * phi_precise(ld(p.q, p.sq, x.b, x.t0 + i, x.h, j), p.feature_map);
         p.rs[(x.head * nch + x.c) * p.Dk + j] = rs;
     }
 }
@@ -256,7 +265,8 @@ extern "C" lm_status lmk_bparts_launch(const lmk_bparts *p, lmk_bp_kind kind, vo
     cudaStream_t s = (cudaStream_t)stream;
     switch (kind) {
     case LMK_BP_PREP: prep<<<grid, THREADS, 0, s>>>(*p); break;
-    case LMK_BP_ROWS: rows<<<grid, THREADS, 0, s>>>(*p); break;
+    case LMK_BP_G: g_rows<<<grid, THREADS, 0, s>>>(*p); break;
+    case LMK_BP_H: h_rows<<<grid, THREADS, 0, s>>>(*p); break;
     case LMK_BP_FINISH: finish<<<grid, THREADS, 0, s>>>(*p); break;
     default: return lmi_error(LM_ERR_INVALID_ARG, "cuda: backward part %d", (int)kind);
     }

@@ -131,14 +131,16 @@ typedef struct lmk_bwd {
  * one CTA per (batch row x head, chunk); nch = ceil(L / LMK_CHUNK). */
 typedef enum lmk_bp_kind {
     LMK_BP_PREP = 0,  /* a = phi(q), b = phi(k) as bf16; zs = per-chunk sums of phi(k) */
-    LMK_BP_ROWS = 1,  /* g = dout / d (or scale dout) as bf16, h = -(g . o) (0 when
-                         unnormalised); rs = per-chunk sums of h phi(q); reads zc */
-    LMK_BP_FINISH = 2 /* dq = (da + h z) phi'(q), dk = (db + r) phi'(k); reads zc, rc */
+    LMK_BP_G = 1,     /* g = dout / d (or scale dout) as bf16, h = 1 / d (or 0, rs = 0);
+                         reads zc */
+    LMK_BP_H = 2,     /* normalised, after the da attention: h = -(phi(q) . da) / d,
+                         rs = per-chunk sums of h phi(q) */
+    LMK_BP_FINISH = 3 /* dq = (da + h z) phi'(q), dk = (db + r) phi'(k); reads zc, rc */
 } lmk_bp_kind;
 
 typedef struct lmk_bparts {
-    const void *q, *k, *dout, *o; /* [B, L, H, Dk|Dk|Dv|Dv]; o only when normalised */
-    int64_t sq[4], sk[4], sdo[4], so[4];
+    const void *q, *k, *dout;     /* [B, L, H, Dk|Dk|Dv] */
+    int64_t sq[4], sk[4], sdo[4];
     void *dq, *dk;                /* [B, L, H, Dk] */
     int64_t sdq[4], sdk[4];
     void *a, *b, *g;              /* bf16 scratch [B, L, H, Dk|Dk|Dv], contiguous */

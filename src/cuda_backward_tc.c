@@ -8,22 +8,24 @@
  *   db_s = R v_s + sum_{t>=s} (g_t.v_s) a_t + r_s  anti-causal: q v, k g, v a, from R^T
  *   da_t = S0^T g_t + sum_{s<=t} (v_s.g_t) b_s + h_t z_t   causal: q g, k v, v b, from S0^T
  * with r_s = r + sum_{t>=s} h_t a_t; dq = da phi'(q), dk = db phi'(k). The
- * dv attention's final state is dS_in, r before token 0 is dz_in. Three
- * unnormalised attentions (identity feature map) on the bf16 tensor cores,
- * plus a forward for o when normalised; anti-causal is causal on the
- * reversed sequence (views with a negative token stride). Every attention
+ * dv attention's final state is dS_in, r before token 0 is dz_in. o is not
+ * recomputed: g.o = a.(S g) / d, and S g is the da attention's output before
+ * its h z term, so h comes from that output. Three unnormalised attentions
+ * (identity feature map) on the bf16 tensor cores; anti-causal is causal on
+ * the reversed sequence (views with a negative token stride). Every attention
  * runs the forward kernel, so this backward gains whatever the forward gains.
  *
  * Precision: a, b, g enter the tensor cores as bf16; h is computed from the
- * rounded g, so where the terms of da and db cancel (they are sums of
- * (v_s - o_t).g_t in disguise) they cancel exactly. The fp32 kernel of
+ * da attention's own output, so where the terms of da and db cancel (they
+ * are sums of (v_s - o_t).g_t in disguise) both sides carry the same
+ * roundings. The fp32 kernel of
  * cuda_backward.c stays at the rounding floor; this one is bounded in
  * tests/gpu/test_gpu_backward.c. It runs for bf16, causal, one kv head per
  * query head, no key mask and no decay, unless the caller asked for
  * LM_PRECISION_ON; everything else takes the fp32 kernel.
  *
- * Scratch (one cudaMallocAsync): a, b, g, o, da, db as bf16 (6 L E elements
- * per batch row), per-token h, per-chunk sums and prefixes, transposed states.
+ * Scratch (one cudaMallocAsync): a, b, g, da, db as bf16 (5 L E elements per
+ * batch row), per-token h, per-chunk sums and prefixes, transposed states.
  */
 #include "cuda_impl.h"
 
@@ -85,23 +87,19 @@ typedef struct tc {
     const lmi_core_grad_params *g;
     int64_t n, nch, Dk, Dv;
     lmk_bparts k;
-    lmi_view a, b, gg, o, da, db;
-    float *S0, *z0;       /* copy of the initial state for the forward (it is overwritten) */
+    lmi_view a, b, gg, da, db;
     float *S0t, *Rt, *zt; /* S0^T, R^T [n][Dv][Dk], normalisers for them [2][n][Dv] */
     float *Sdv, *zdv;     /* the dv attention's state: R in, dS_in out (or NULL) */
     void *ws;             /* the attentions' own scratch */
 } tc;
 
-enum { FWD, DA, DB, DV, NATT };
+enum { DA, DB, DV, NATT };
 
-/* The forward (o, normalised only) and the three attentions of the gradients. */
+/* The three attentions of the gradients. */
 static void attentions(const tc *t, lmi_core_params at[NATT])
 {
     const lmi_core_params *p = t->p;
     const int64_t L = p->L, n = t->n;
-    at[FWD] = *p;
-    at[FWD].out = t->o;
-    at[FWD].state = t->S0, at[FWD].normalizer = t->z0;
     at[DA] = plain(p, t->gg, p->v, t->b, t->da, t->Dv, t->Dk, t->S0t, t->S0t ? t->zt : NULL);
     at[DB] = plain(p, reversed(p->v, L), reversed(t->gg, L), reversed(t->a, L), reversed(t->db, L), t->Dv,
                    t->Dk, t->Rt, t->Rt ? t->zt + n * t->Dv : NULL);
@@ -115,11 +113,11 @@ static size_t layout(tc *t, char *base, int sms)
     const lmi_core_params *p = t->p;
     const lmi_core_grad_params *g = t->g;
     arena ar = { base, 0 };
-    const size_t rowsk = (size_t)(p->B * p->L * p->Hq * t->Dk) * 2, rowsv = (size_t)(p->B * p->L * p->Hq * t->Dv) * 2;
+    const size_t rowsk = (size_t)(p->B * p->L * p->Hq * t->Dk) * 2;
+    const size_t rowsv = (size_t)(p->B * p->L * p->Hq * t->Dv) * 2;
     t->a = scratch_view(take(&ar, rowsk), p, t->Dk);
     t->b = scratch_view(take(&ar, rowsk), p, t->Dk);
     t->gg = scratch_view(take(&ar, rowsv), p, t->Dv);
-    t->o = scratch_view(p->normalize ? take(&ar, rowsv) : NULL, p, t->Dv);
     t->da = scratch_view(take(&ar, rowsk), p, t->Dk);
     t->db = scratch_view(take(&ar, rowsk), p, t->Dk);
     const size_t perchunk = (size_t)(t->n * t->nch * t->Dk) * sizeof(float);
@@ -127,11 +125,7 @@ static size_t layout(tc *t, char *base, int sms)
     t->k.zs = take(&ar, perchunk), t->k.zc = take(&ar, perchunk);
     t->k.rs = take(&ar, perchunk), t->k.rc = take(&ar, perchunk);
     const size_t state = (size_t)(t->n * t->Dk * t->Dv) * sizeof(float);
-    t->S0 = t->z0 = t->S0t = t->Rt = t->Sdv = NULL;
-    if (p->state && p->normalize) {
-        t->S0 = take(&ar, state);
-        t->z0 = take(&ar, (size_t)(t->n * t->Dk) * sizeof(float));
-    }
+    t->S0t = t->Rt = t->Sdv = NULL;
     if (p->state)
         t->S0t = take(&ar, state);
     if (g->dstate_out)
@@ -158,11 +152,10 @@ static void parts_params(tc *t)
     const lmi_core_params *p = t->p;
     const lmi_core_grad_params *g = t->g;
     lmk_bparts *k = &t->k;
-    k->q = p->q.data, k->k = p->k.data, k->dout = g->dout.data, k->o = t->o.data;
+    k->q = p->q.data, k->k = p->k.data, k->dout = g->dout.data;
     memcpy(k->sq, p->q.s, sizeof k->sq);
     memcpy(k->sk, p->k.s, sizeof k->sk);
     memcpy(k->sdo, g->dout.s, sizeof k->sdo);
-    memcpy(k->so, t->o.s, sizeof k->so);
     k->dq = g->dq.data, k->dk = g->dk.data;
     memcpy(k->sdq, g->dq.s, sizeof k->sdq);
     memcpy(k->sdk, g->dk.s, sizeof k->sdk);
@@ -186,24 +179,15 @@ static lm_status run(tc *t, int sms, cudaStream_t s)
     const lmi_core_grad_params *g = t->g;
     const int64_t n = t->n, Dk = t->Dk, Dv = t->Dv;
     const size_t state = (size_t)(n * Dk * Dv) * sizeof(float), zk = (size_t)(n * Dk) * sizeof(float);
-    lm_status st;
     lmi_core_params at[NATT];
     attentions(t, at);
-    /* o for h (normalised only), from a copy of the initial state (it is overwritten). */
-    if (p->normalize) {
-        if (p->state && ((st = copy(t->S0, p->state, state, s)) || (st = copy(t->z0, p->normalizer, zk, s))))
-            return st;
-        if ((st = lmi_cuda_attend(&at[FWD], sms, t->ws, s)))
-            return st;
-    }
-    /* a, b; z before each chunk; g, h; the adjoint of z after each chunk (and dz_in). */
+    lm_status st;
+    /* a, b; z before each chunk; g (and 1/d); the states that start the attentions:
+     * transposed for the two whose state is [Dv][Dk], R in for the dv one. */
     if ((st = lmk_bparts_launch(&t->k, LMK_BP_PREP, s)) ||
         (st = lmk_chunk_scan_launch(t->k.zs, t->k.zc, p->normalizer, NULL, n, t->nch, (int)Dk, 0, s)) ||
-        (st = lmk_bparts_launch(&t->k, LMK_BP_ROWS, s)) ||
-        (st = lmk_chunk_scan_launch(t->k.rs, t->k.rc, g->dnormalizer_out, g->dnormalizer_in, n, t->nch,
-                                    (int)Dk, 1, s)))
+        (st = lmk_bparts_launch(&t->k, LMK_BP_G, s)))
         return st;
-    /* The three attentions; transposed states start the two whose state is [Dv][Dk]. */
     LMI_CUDA_TRY(cudaMemsetAsync(t->zt, 0, 2 * (size_t)(n * Dv) * sizeof(float), s));
     if (p->state && (st = lmk_transpose_launch(p->state, t->S0t, n, (int)Dk, (int)Dv, s)))
         return st;
@@ -216,9 +200,13 @@ static lm_status run(tc *t, int sms, cudaStream_t s)
         else if ((st = copy(t->Sdv, g->dstate_out, state, s)))
             return st;
     }
-    for (int i = DA; i < NATT; i++)
-        if ((st = lmi_cuda_attend(&at[i], sms, t->ws, s)))
-            return st;
+    /* da's attention, then h from it; the adjoint of z after each chunk (and dz_in). */
+    if ((st = lmi_cuda_attend(&at[DA], sms, t->ws, s)) ||
+        (p->normalize && (st = lmk_bparts_launch(&t->k, LMK_BP_H, s))) ||
+        (st = lmk_chunk_scan_launch(t->k.rs, t->k.rc, g->dnormalizer_out, g->dnormalizer_in, n, t->nch,
+                                    (int)Dk, 1, s)) ||
+        (st = lmi_cuda_attend(&at[DB], sms, t->ws, s)) || (st = lmi_cuda_attend(&at[DV], sms, t->ws, s)))
+        return st;
     return lmk_bparts_launch(&t->k, LMK_BP_FINISH, s);
 }
 
