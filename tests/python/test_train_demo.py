@@ -46,6 +46,25 @@ def test_more_queries_than_pairs():
     assert ((tgt != -100).sum(1) == 10).all()
 
 
+def test_curriculum(tmp_path, capsys):
+    """--start-len: batches as long as the step's length with the queries that fit, the
+    length doubling every --grow-steps steps up to --seq-len, where the evaluation runs."""
+    task = train_demo.Task(seq_len=64, num_pairs=4, num_queries=20, key_vocab=8, value_vocab=8)
+    tok, tgt = task.batch(4, torch.Generator().manual_seed(2), "cpu", L=16)
+    assert tok.shape == tgt.shape == (4, 16) and ((tgt != -100).sum(1) == 8).all()
+    args = TINY + ["--seq-len", "64", "--num-queries", "20", "--start-len", "16", "--grow-steps",
+                   "5", "--attention", "lm", "--steps", "20", "--log-every", "10",
+                   "--out", str(tmp_path)]
+    assert train_demo.main(train_demo.parse(args)) == 0
+    assert "L     64" in capsys.readouterr().out
+    (name,) = [f for f in os.listdir(tmp_path) if f.endswith(".json")]
+    log = json.load(open(tmp_path / name))
+    assert log["config"]["start_len"] == 16 and log["config"]["grow_steps"] == 5
+    run = log["runs"][0]
+    assert [s["seq_len"] for s in run["steps"]] == [16] * 5 + [32] * 5 + [64] * 10
+    assert run["status"] == "ok" and run["eval"]["sequences"] == 32
+
+
 def test_demo_trains_and_writes_log_and_plot(tmp_path, capsys):
     a = train_demo.parse(TINY + ["--attention", "both", "--steps", "60", "--out", str(tmp_path)])
     assert train_demo.main(a) == 0
@@ -98,6 +117,11 @@ def test_bad_arguments():
         train_demo.parse(["--seq-len", "8", "--num-pairs", "4", "--num-queries", "4"])
     with pytest.raises(SystemExit):
         train_demo.parse(["--d-model", "30", "--num-heads", "4"])
+    # 16 pairs need 33 tokens; a start above --seq-len; no growth
+    for bad in (["--start-len", "32"], ["--start-len", "128"],
+                ["--start-len", "48", "--grow-steps", "0"]):
+        with pytest.raises(SystemExit):
+            train_demo.parse(["--seq-len", "64"] + bad)
 
 
 def test_cuda_defaults():
