@@ -99,6 +99,9 @@ class LiquidMemory(nn.Module):
             head, a sequence of num_kv_heads floats, or "retnet" (g_h = 1 - 2^(-5-h)).
             Causal attention only.
         precision: "auto" (compensated state accumulation above 64K tokens), "on", "off".
+            "on" also keeps the CUDA backward on its fp32 kernel (gradients at the bf16
+            rounding floor); otherwise bf16 causal attention without GQA, mask or decay
+            trains on the tensor cores (within 2x that floor, 3.6x faster on the H100).
         eps: normaliser epsilon (1e-6). scale: unnormalised output factor (None = 1/sqrt(D)).
         num_kv_heads: grouped-query attention (None = num_heads). With fewer kv heads
             in_proj_weight is [E + 2 Hkv D, E], which MHA cannot load.
