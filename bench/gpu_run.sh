@@ -9,7 +9,7 @@
 #                                     all but profile: ncu and a SASS histogram of the kernel),
 #                                     backward (its suite; core forward vs backward time at
 #                                     8K / 32K, tensor-core and exact backward), backward-sanitize (the sanitizers on its small
-#                                     case), train (bench/train_demo.py at 32K and the training
+#                                     case), train (bench/train_demo.py up to 32K on a curriculum and the training
 #                                     benchmark at 8K-128K with peers, packed in train.tgz;
 #                                     skipped when the backward did not run from Python),
 #                                     python: pytest (tests/python on the GPU), then sweep (the
@@ -116,8 +116,9 @@ for L in (8192, 32768):  # B = 1, 32 heads of 128, bf16, causal, elu+1, normalis
         case "$FAILED" in *backward-time*) echo "train: skipped, the backward did not run from Python" >> "$SUMMARY"; continue ;; esac
         mkdir -p "$OUT/train"
         export LM_LIB_PATH="$PWD/$B/lib/libliquidmemory.so" PYTHONPATH="$PWD/bindings/python"
-        phase train-demo 120 "$OUT/train.log" python3 bench/train_demo.py --device cuda --seq-len 32768 \
-            --seconds 60 --out "$OUT/train"
+        phase train-demo 150 "$OUT/train.log" python3 bench/train_demo.py --device cuda --seq-len 32768 \
+            --start-len 64 --grow-steps 150 --d-model 64 --batch-size 32 --num-queries 64 \
+            --seconds 100 --eval-seqs 256 --out "$OUT/train"
         phase train-bench 240 "$OUT/train.log" python3 -m liquid_memory.benchmark --train \
             --seq-lengths 8192,32768,131072 --warmup 1 --iters 5 --max-seconds 10 --out "$OUT/train"
         tar -C "$OUT" -czf "$OUT/train.tgz" train && rm -rf "$OUT/train" ;;
