@@ -8,9 +8,11 @@
 #   sh bench/gpu_run.sh [phase ...]   phases: tests profile bench long sanitize (default
 #                                     all but profile: ncu and a SASS histogram of the kernel),
 #                                     backward (its suite; core forward vs backward time at
-#                                     8K / 32K, tensor-core and exact backward), backward-sanitize (the sanitizers on its small
-#                                     case), train (bench/train_demo.py up to 32K on a curriculum and the training
-#                                     benchmark at 8K-128K with peers, packed in train.tgz;
+#                                     8K / 32K, tensor-core and exact backward),
+#                                     backward-sanitize (the sanitizers on its small case),
+#                                     train (bench/train_demo.py up to 32K on a curriculum
+#                                     and the training benchmark at 8K-128K with peers,
+#                                     packed in train.tgz;
 #                                     skipped when the backward did not run from Python),
 #                                     python: pytest (tests/python on the GPU), then sweep (the
 #                                     LiquidMemory.benchmark sweep --mode all, packed in sweep.tgz);
