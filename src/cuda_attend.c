@@ -33,13 +33,6 @@ static int64_t value_blocks(const lmi_core_params *p)
     return lmi_cdiv(p->Dv, p->Dk <= 128 ? 32 : 16);
 }
 
-/* Cuts n tokens into about `want` segments of whole chunks; returns the length. */
-static int64_t segment(int64_t n, int64_t want)
-{
-    const int64_t chunks = lmi_cdiv(n, LMK_CHUNK);
-    return lmi_cdiv(chunks, clamp64(want, 1, chunks)) * LMK_CHUNK;
-}
-
 static plan plan_of(const lmi_core_params *p, int sms)
 {
     plan pl = { 0 };
@@ -50,17 +43,17 @@ static plan plan_of(const lmi_core_params *p, int sms)
         int64_t want = 1;
         if (2 * ctas <= sms) /* segments of at least 8 chunks, so ABSORB pays off */
             want = clamp64(lmi_cdiv(sms, ctas), 1, chunks / 8);
-        pl.seg_len = segment(p->L, want);
+        pl.seg_len = lmi_segment_len(p->L, want);
         pl.nseg = lmi_cdiv(p->L, pl.seg_len);
         pl.ws_floats = (size_t)((pl.nseg > 1 ? pl.nseg : 0) + (p->state ? 1 : 0)) * heads * per;
     } else {
         if (p->Lk > 0) {
             const int64_t want = lmi_cdiv(sms, p->B * p->Hkv * nvb);
-            pl.kseg_len = segment(p->Lk, clamp64(want, 1, lmi_cdiv(p->Lk, 4 * LMK_CHUNK)));
+            pl.kseg_len = lmi_segment_len(p->Lk, clamp64(want, 1, lmi_cdiv(p->Lk, 4 * LMK_CHUNK)));
             pl.nkseg = lmi_cdiv(p->Lk, pl.kseg_len);
         }
         if (p->L > 0) {
-            pl.seg_len = segment(p->L, lmi_cdiv(2 * sms, p->B * p->Hq * nvb));
+            pl.seg_len = lmi_segment_len(p->L, lmi_cdiv(2 * sms, p->B * p->Hq * nvb));
             pl.nseg = lmi_cdiv(p->L, pl.seg_len);
         }
         pl.ws_floats = (size_t)(1 + pl.nkseg) * heads * per;

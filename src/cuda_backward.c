@@ -34,18 +34,11 @@ typedef struct bwd_plan {
     int64_t S_slots, R_slots, comp_ctas;
 } bwd_plan;
 
-static int64_t cdiv(int64_t a, int64_t b)
-{
-    return (a + b - 1) / b;
-}
-
-/* n > 0 tokens as segments of whole chunks, about `want` of them. */
+/* n > 0 tokens as segments of whole chunks, about `want` of them: their count. */
 static int64_t segments(int64_t n, int64_t want, int64_t *len)
 {
-    const int64_t chunks = cdiv(n, LMK_CHUNK);
-    want = want < 1 ? 1 : want > chunks ? chunks : want;
-    *len = cdiv(chunks, want) * LMK_CHUNK;
-    return cdiv(n, *len);
+    *len = lmi_segment_len(n, want);
+    return lmi_cdiv(n, *len);
 }
 
 static bwd_plan plan_of(const lmi_core_params *p, int sms, int per_sm)

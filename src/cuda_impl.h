@@ -27,6 +27,14 @@ static inline int64_t lmi_cdiv(int64_t a, int64_t b)
     return (a + b - 1) / b;
 }
 
+/* Length of the segments of whole chunks (LMK_CHUNK tokens) that cut n > 0
+ * tokens into about `want` of them (clamped to 1 .. the chunks there are). */
+static inline int64_t lmi_segment_len(int64_t n, int64_t want)
+{
+    const int64_t chunks = lmi_cdiv(n, LMK_CHUNK);
+    return lmi_cdiv(chunks, want < 1 ? 1 : want > chunks ? chunks : want) * LMK_CHUNK;
+}
+
 /* Makes `device` current for the duration of a call; *prev restores it. */
 lm_status lmi_cuda_enter(int device, int *prev);
 void lmi_cuda_leave(int device, int prev);
