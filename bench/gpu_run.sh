@@ -83,14 +83,12 @@ for p in $PHASES; do
         phase backward-tests 120 "$OUT/backward.log" "$B/bin/lm-gpu-tests" backward
         phase backward-time 60 "$OUT/backward.log" env LM_LIB_PATH="$PWD/$B/lib/libliquidmemory.so" \
             PYTHONPATH="$PWD/bindings/python" python3 -c '
-import statistics, torch
+import torch
 from liquid_memory import _core
-def ms(fn):
-    for _ in range(2): fn()
-    ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(10)]
-    for a, b in ev: a.record(); fn(); b.record()
-    torch.cuda.synchronize()
-    return statistics.median(a.elapsed_time(b) for a, b in ev)
+from liquid_memory.benchmark import _Meter
+meter = _Meter(torch.device("cuda"))
+def ms(fn):  # median of 10 runs after 2 warm-ups
+    return meter.time(fn, 2, 10, 1e9)[0]
 for L in (8192, 32768):  # B = 1, 32 heads of 128, bf16, causal, elu+1, normalised
     q, k, v, do = (torch.randn(1, L, 32, 128, device="cuda", dtype=torch.bfloat16) for _ in range(4))
     f = ms(lambda: _core.prefill(q, k, v))
