@@ -6,14 +6,15 @@
 # the call ends inside the device's 10-minute limit; each one's log, a
 # summary and the benchmark's JSON go to $OUT.
 #   sh bench/gpu_run.sh [phase ...]   phases: tests profile bench long sanitize (default
-#                                     all but profile: ncu and a SASS histogram of the kernel),
+#                                     all but profile: a SASS histogram of the kernel, ncu's
+#                                     sections and its per-instruction stalls in source.csv.gz),
 #                                     backward (its suite; core forward vs backward time at
 #                                     8K / 32K, tensor-core and exact backward),
 #                                     backward-sanitize (the sanitizers on its small case),
-#                                     train (bench/train_demo.py up to 32K on a curriculum
-#                                     and the training benchmark at 8K-128K with peers,
-#                                     packed in train.tgz;
-#                                     skipped when the backward did not run from Python),
+#                                     train (bench/train_demo.py up to 32K on a curriculum,
+#                                     packed in train.tgz; skipped when the backward did not
+#                                     run from Python), train-bench (the training benchmark
+#                                     at 8K-128K with peers, packed in train-bench.tgz),
 #                                     python: pytest (tests/python on the GPU), then sweep (the
 #                                     LiquidMemory.benchmark sweep --mode all, packed in sweep.tgz);
 #                                     LM_BENCH_LENGTHS=2048,... limits the bench phase's lengths
@@ -69,10 +70,17 @@ for p in $PHASES; do
               grep -oE '^ +/\*[0-9a-f]{4}\*/ +[A-Z0-9_.]+' | awk '{print $2}' | sort | uniq -c | sort -rn | head -40
           echo "==== ncu"; } > "$OUT/profile.log" 2>&1
         phase profile 100 "$OUT/profile.log" ncu --clock-control none -k regex:attend_kernel -c 1 \
+            --import-source yes -f -o "$OUT/attend" \
             --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
             --section SchedulerStats --section InstructionStats --section MemoryWorkloadAnalysis \
             --section SourceCounters python3 bench/gpu_bench.py --lib "$B/lib/libliquidmemory.so" \
-            --out /dev/null --profile 8192 ;;
+            --out /dev/null --profile 8192
+        # The sections as text, and per SASS instruction (with its source line) the
+        # samples of each stall reason: which code the warps wait in.
+        ncu -i "$OUT/attend.ncu-rep" --page details >> "$OUT/profile.log" 2>&1
+        ncu -i "$OUT/attend.ncu-rep" --page source --csv --print-source cuda,sass > "$OUT/source.csv" 2>> "$OUT/profile.log" ||
+            ncu -i "$OUT/attend.ncu-rep" --page source --csv --print-source sass > "$OUT/source.csv" 2>> "$OUT/profile.log"
+        gzip -f "$OUT/source.csv" ;;
     sanitize)
         for tool in memcheck synccheck racecheck initcheck; do
             echo "==== $tool" >> "$OUT/sanitize.log"
@@ -119,9 +127,13 @@ for L in (8192, 32768):  # B = 1, 32 heads of 128, bf16, causal, elu+1, normalis
         phase train-demo 150 "$OUT/train.log" python3 bench/train_demo.py --device cuda --seq-len 32768 \
             --start-len 64 --grow-steps 150 --d-model 64 --batch-size 32 --num-queries 64 \
             --seconds 100 --eval-seqs 256 --out "$OUT/train"
-        phase train-bench 240 "$OUT/train.log" python3 -m liquid_memory.benchmark --train \
-            --seq-lengths 8192,32768,131072 --warmup 1 --iters 5 --max-seconds 10 --out "$OUT/train"
         tar -C "$OUT" -czf "$OUT/train.tgz" train && rm -rf "$OUT/train" ;;
+    train-bench)
+        mkdir -p "$OUT/train-bench"
+        export LM_LIB_PATH="$PWD/$B/lib/libliquidmemory.so" PYTHONPATH="$PWD/bindings/python"
+        phase train-bench 240 "$OUT/train-bench.log" python3 -m liquid_memory.benchmark --train \
+            --seq-lengths 8192,32768,131072 --warmup 1 --iters 5 --max-seconds 10 --out "$OUT/train-bench"
+        tar -C "$OUT" -czf "$OUT/train-bench.tgz" train-bench && rm -rf "$OUT/train-bench" ;;
     esac
 done
 cat "$SUMMARY"
