@@ -414,6 +414,17 @@ def plot(result, path):
             ys = [s[key] * scale for s in st]
             line, = ax.plot(x, ys, alpha=0.25, lw=0.8)
             ax.plot(x, smooth(ys), color=line.get_color(), lw=1.6, label=label)
+    # A curriculum: mark where the training length doubles (the title's L is the last one).
+    st = next((r["steps"] for r in result["runs"] if r["steps"]), [])
+    grow = [(a["step"], a["seq_len"]) for a, b in zip(st, [None] + st) if b and a["seq_len"] != b["seq_len"]]
+    for ax in (axl, axa):
+        for x, L in grow:
+            ax.axvline(x, color="gray", lw=0.6, ls="--", alpha=0.5)
+        if grow:
+            top = ax.secondary_xaxis("top")
+            top.set_xticks([x for x, L in grow])
+            top.set_xticklabels([str(L) if L < 1024 else "%dK" % (L // 1024) for x, L in grow], fontsize=7)
+            top.set_xlabel("training length from here", fontsize=8)
     axa.axhline(100.0 / c["value_vocab"], color="gray", ls=":", label="chance")
     axl.set_ylabel("cross-entropy at the query positions")
     axa.set_ylabel("accuracy at the query positions (%)")
@@ -421,8 +432,10 @@ def plot(result, path):
         ax.set_xlabel("step")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("Associative recall (MQAR): L=%d, %d pairs, %d queries, d=%d, %d heads, 2 layers, "
-                 "batch %d, %s, %s" % (c["seq_len"], c["num_pairs"], c["num_queries"],
+    lengths = "L=%d" % c["seq_len"] if not grow else "L=%d → %d (dashed: the length doubles)" % (
+        st[0]["seq_len"], c["seq_len"])
+    fig.suptitle("Associative recall (MQAR): %s, %d pairs, %d queries, d=%d, %d heads, 2 layers, "
+                 "batch %d, %s, %s" % (lengths, c["num_pairs"], c["num_queries"],
                                        c["d_model"], c["num_heads"], c["batch_size"], c["dtype"],
                                        result["device"]["name"]), fontsize=9)
     fig.tight_layout()
