@@ -10,8 +10,9 @@
  *       product whose rounding shows in the output (1.23x the bf16 floor if
  *       rounded to bf16, measured in a float64 simulation at L = 8K)
  * and meanwhile warps 4-7:
- *   (e) S = p^n S + (p^(n-1-j) phi(k_j))^T V, z likewise, fp32 in shared
- *       memory (Kahan when compensated); the readout uses last chunk's S.
+ *   (e) S = p^n S + (p^(n-1-j) phi(k_j))^T V, z likewise, fp32 in their
+ *       registers (Kahan when compensated), then S as bf16 into the buffer
+ *       the next chunk's readout reads (two buffers, alternating).
  * Three kinds share this: CAUSAL (all of it), ABSORB (keys only: (e)) and
  * READOUT (queries only against a fixed state: (c)). Loads of bf16 inputs
  * run 2-3 chunks ahead with cp.async and are converted in place; f16/f32
@@ -54,14 +55,24 @@ template <> struct Elem<LM_F32> {
 };
 
 /* phi in fp32; __expf (2 ulp) is plenty for a value stored as bf16 or as a
- * 16-bit hi + lo pair, and several times cheaper than expf. */
+ * 16-bit hi + lo pair, and several times cheaper than expf. Both sides of
+ * elu+1 are computed and one selected: no branch in the per-element loops. */
+template <int FM> __device__ __forceinline__ float phi_fm(float x)
+{
+    if constexpr (FM == LM_FEATURE_ELU1) {
+        const float e = __expf(x);
+        return x > 0.0f ? x + 1.0f : e;
+    } else if constexpr (FM == LM_FEATURE_RELU) {
+        return x < 0.0f ? 0.0f : x; /* NaN stays NaN */
+    } else {
+        return x;
+    }
+}
+
 __device__ __forceinline__ float phi(float x, int fm)
 {
-    if (fm == LM_FEATURE_ELU1)
-        return x > 0.0f ? x + 1.0f : __expf(x);
-    if (fm == LM_FEATURE_RELU)
-        return x < 0.0f ? 0.0f : x; /* NaN stays NaN */
-    return x;
+    return fm == LM_FEATURE_ELU1 ? phi_fm<LM_FEATURE_ELU1>(x)
+           : fm == LM_FEATURE_RELU ? phi_fm<LM_FEATURE_RELU>(x) : x;
 }
 
 __device__ __forceinline__ float bf(bf16 x) { return __bfloat162float(x); }
@@ -83,19 +94,12 @@ template <class T> struct Layout {
     __device__ bf16 *k(int st, int pl) const { return (bf16 *)((unsigned char *)q(st, pl) + T::Q_BYTES); }
     __device__ bf16 *v(int st, int pl) const { return (bf16 *)((unsigned char *)q(st, pl) + 2 * T::Q_BYTES); }
     __device__ unsigned char *rest() const { return base + T::STAGES * T::STAGE_BYTES; }
-    __device__ float *S() const { return (float *)rest(); }
-    __device__ float *Sc() const { return S() + align128((size_t)T::DK * T::SP * 4) / 4; }
-    __device__ bf16 *sb(int pl) const
+    __device__ bf16 *sb(int buf, int pl) const
     {
-        return (bf16 *)(Sc() + align128((size_t)T::DK * T::SP * 4) / 4) + pl * T::DK * T::VP;
+        return (bf16 *)(rest() + buf * T::SB_BYTES) + pl * T::DK * T::VP;
     }
-    __device__ float *zm() const
-    {
-        return (float *)((unsigned char *)sb(0) + align128(T::PLANES * (size_t)T::DK * T::VP * 2));
-    }
-    __device__ float *zc() const { return zm() + T::DK; }
-    __device__ float *zs() const { return zm() + 2 * T::DK; }
-    __device__ float *pw() const { return (float *)((unsigned char *)zm() + align128(3 * (size_t)T::DK * 4)); }
+    __device__ float *zs(int buf) const { return (float *)(rest() + 2 * T::SB_BYTES) + buf * T::DK; }
+    __device__ float *pw() const { return (float *)(rest() + 2 * T::SB_BYTES + align128(2 * (size_t)T::DK * 4)); }
     __device__ unsigned char *ostage() const { return (unsigned char *)pw() + align128((C + 1) * 4); }
 };
 
@@ -208,8 +212,17 @@ template <class T> struct Chunk {
     }
 
     /* bf16 rows already in stage st: apply phi and the masks in place (q, k:
-     * this CTA's rows; v: all rows of its columns). */
+     * this CTA's rows, stored to its peers too; v: all rows of its columns). */
     __device__ void convert(int st, int64_t t0, int n, bool use_q, bool use_kv) const
+    {
+        switch (p.feature_map) {
+        case LM_FEATURE_ELU1: convert_fm<LM_FEATURE_ELU1>(st, t0, n, use_q, use_kv); break;
+        case LM_FEATURE_RELU: convert_fm<LM_FEATURE_RELU>(st, t0, n, use_q, use_kv); break;
+        default: convert_fm<LM_FEATURE_IDENTITY>(st, t0, n, use_q, use_kv); break;
+        }
+    }
+
+    template <int FM> __device__ void convert_fm(int st, int64_t t0, int n, bool use_q, bool use_kv) const
     {
         constexpr int QV = T::DK / 8, VV = T::NV / 8;
         const int nq = (j.r1 - j.r0) * QV;
@@ -225,10 +238,13 @@ template <class T> struct Chunk {
 #pragma unroll
                 for (int u = 0; u < 4; u++) {
                     const float2 f = __bfloat1622float2(x[u]);
-                    x[u] = __floats2bfloat162_rn(2 * u < lim ? phi(f.x, p.feature_map) : 0.0f,
-                                                 2 * u + 1 < lim ? phi(f.y, p.feature_map) : 0.0f);
+                    const float a = phi_fm<FM>(f.x), b = phi_fm<FM>(f.y);
+                    x[u] = __floats2bfloat162_rn(2 * u < lim ? a : 0.0f, 2 * u + 1 < lim ? b : 0.0f);
                 }
                 *ptr = raw;
+                for (int pr = 0; pr < j.ranks; pr++)
+                    if (pr != j.rank)
+                        *peer(ptr, pr) = raw;
             }
         }
         if (!use_kv)
@@ -241,7 +257,7 @@ template <class T> struct Chunk {
         }
     }
 
-    /* This CTA's converted q, k rows into the same place in its peers. */
+    /* This CTA's q, k rows into the same place in its peers (load_direct's). */
     __device__ void share(int st, bool use_q, bool use_kv) const
     {
         constexpr int QV = T::DK / 8;
@@ -303,24 +319,69 @@ template <class T> struct Chunk {
             hi[off] = __float2bfloat16_rn(x);
         }
     }
-};
 
-/* S (fp32 master) -> sb (bf16, + lo) and z -> zs, for this chunk's readout. */
-template <class T> __device__ void refresh_readout_state(const Layout<T> &sm)
-{
-    const float *S = sm.S();
-    bf16 *hi = sm.sb(0), *lo = sm.sb(T::PLANES - 1);
-    for (int i = threadIdx.x; i < T::DK * T::NV; i += THREADS) {
-        const int d = i / T::NV, e = i % T::NV;
-        Chunk<T>::store(hi, lo, d * T::VP + e, S[d * T::SP + e]);
+    /* The loads of the first chunks, ahead of the loop (cp.async path). */
+    __device__ void start(int64_t nchunks, bool use_q, bool use_kv) const
+    {
+        if constexpr (!T::SPLIT) {
+            if (p.aligned) {
+                for (int s = 0; s < T::STAGES - 1; s++) {
+                    if (s < nchunks)
+                        issue(j.t_begin + (int64_t)s * C, s, use_q, use_kv);
+                    cp_async_commit();
+                }
+            }
+        }
     }
-    for (int d = threadIdx.x; d < T::DK; d += THREADS)
-        sm.zs()[d] = sm.zm()[d];
-}
+
+    /* Chunk ci in shared memory, converted, in every CTA of the cluster; its
+     * stage. Every thread of the CTA calls this once per chunk, in order:
+     * its barriers are the chunk loop's only ones. */
+    __device__ int step(int64_t ci, int64_t nchunks, int n, bool use_q, bool use_kv) const
+    {
+        const int64_t t0 = j.t_begin + ci * C;
+        if constexpr (!T::SPLIT) {
+            if (p.aligned) {
+                const int st = (int)(ci % T::STAGES);
+                cp_async_wait<T::STAGES - 2>();
+                __syncthreads(); /* chunk ci landed; everyone is done with chunk ci - 1 */
+                const int64_t next = ci + T::STAGES - 1;
+                if (next < nchunks)
+                    issue(j.t_begin + next * C, (int)(next % T::STAGES), use_q, use_kv);
+                cp_async_commit();
+                convert(st, t0, n, use_q, use_kv);
+                if (j.ranks > 1)
+                    cluster_sync(); /* everyone's rows everywhere */
+                else
+                    __syncthreads();
+                return st;
+            }
+        }
+        /* One stage: the peers must be done with chunk ci - 1 before anyone
+         * writes chunk ci into it. */
+        if (j.ranks > 1)
+            cluster_sync();
+        else
+            __syncthreads();
+        load_direct(t0, n, use_q, use_kv);
+        __syncthreads(); /* this CTA's rows stored */
+        if (j.ranks > 1) {
+            share(0, use_q, use_kv);
+            cluster_sync();
+        }
+        return 0;
+    }
+
+    __device__ void finish() const
+    {
+        if constexpr (!T::SPLIT)
+            cp_async_wait<0>();
+    }
+};
 
 /* Outputs of warp r's 16 rows of the chunk (kinds CAUSAL and READOUT). */
 template <class T>
-__device__ void readout_rows(const lmk_attend &p, const Layout<T> &sm, const Job &j, int st,
+__device__ void readout_rows(const lmk_attend &p, const Layout<T> &sm, const Job &j, int st, int buf,
                              int64_t t0, int n, bool causal)
 {
     typedef typename Elem<T::DT>::T E;
@@ -331,8 +392,8 @@ __device__ void readout_rows(const lmk_attend &p, const Layout<T> &sm, const Job
     const bf16 *qh = sm.q(st, 0), *ql = sm.q(st, T::PLANES - 1);
     const bf16 *kh = sm.k(st, 0), *kl = sm.k(st, T::PLANES - 1);
     const bf16 *vh = sm.v(st, 0), *vl = sm.v(st, T::PLANES - 1);
-    const bf16 *sbh = sm.sb(0), *sbl = sm.sb(T::PLANES - 1);
-    const float *zs = sm.zs(), *pw = sm.pw();
+    const bf16 *sbh = sm.sb(buf, 0), *sbl = sm.sb(buf, T::PLANES - 1);
+    const float *zs = sm.zs(buf), *pw = sm.pw();
 
     float acc[ROW_WARPS][2][4] = {}; /* A tiles (c, key half) of rows 16r.. */
     float oi[T::NT][4] = {};      /* phi(q) S */
@@ -478,104 +539,194 @@ __device__ void readout_rows(const lmk_attend &p, const Layout<T> &sm, const Job
     }
 }
 
-/* (e): update warp wi of nw folds its share of dS = (p^(n-1-j) phi(k_j))^T V
- * into S = g^n S + dS, and its share of the d's into z. */
-template <class T>
-__device__ void update_state(const lmk_attend &p, const Layout<T> &sm, int st, int n, int wi, int nw)
+/* x = g x + dx, Kahan-compensated (c) when asked. */
+__device__ __forceinline__ void fold1(float &x, float &c, float dx, float g, bool compensated)
 {
-    const int lane = threadIdx.x & 31;
-    const int g8 = lane >> 2, t4 = lane & 3;
-    const int u0 = wi * T::UNITS / nw, u1 = (wi + 1) * T::UNITS / nw;
-    const bf16 *kh = sm.k(st, 0), *kl = sm.k(st, T::PLANES - 1);
-    const bf16 *vh = sm.v(st, 0), *vl = sm.v(st, T::PLANES - 1);
-    const float *pw = sm.pw();
-    float *S = sm.S(), *Sc = sm.Sc();
-    const float gn = sm.pw()[n];
-    constexpr int NP = T::NV / 16;
-    for (int u = u0; u < u1; u++) {
-        const int m = u / NP, np = u % NP;
-        float ds[2][4] = {};
-#pragma unroll
-        for (int ks = 0; ks < C / 16; ks++) {
-            const int ko = (ks * 16 + (lane & 7) + (lane >> 4) * 8) * T::QP + m * 16 + ((lane >> 3) & 1) * 8;
-            const int vo = (ks * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * T::VP + np * 16 + (lane >> 4) * 8;
-            uint32_t ka[4], vf[4], kal[4];
-            ldsm_x4_t(ka, kh + ko);
-            ldsm_x4_t(vf, vh + vo);
-            if constexpr (T::SPLIT)
-                ldsm_x4_t(kal, kl + ko);
-            if (p.has_decay) {
-                /* Key j weighs p^(n-1-j): scaling phi(k) (not v) spreads the
-                 * rounding over d, where the readout averages it away. */
-                const int j0 = n - 1 - (ks * 16 + 2 * t4);
-                const float w[4] = { pw[max(j0, 0)], pw[max(j0 - 1, 0)], pw[max(j0 - 8, 0)], pw[max(j0 - 9, 0)] };
-#pragma unroll
-                for (int x = 0; x < 4; x++) {
-                    const float2 h = __bfloat1622float2(*(const __nv_bfloat162 *)&ka[x]);
-                    float2 l = make_float2(0.0f, 0.0f);
-                    if constexpr (T::SPLIT)
-                        l = __bfloat1622float2(*(const __nv_bfloat162 *)&kal[x]);
-                    const float w0 = w[(x >> 1) * 2], w1 = w[(x >> 1) * 2 + 1];
-                    if constexpr (T::SPLIT)
-                        split_pack((h.x + l.x) * w0, (h.y + l.y) * w1, ka[x], kal[x]);
-                    else
-                        ka[x] = pack_bf16(h.x * w0, h.y * w1);
-                }
-            }
-            mma(ds[0], ka, vf[0], vf[1]);
-            mma(ds[1], ka, vf[2], vf[3]);
-            if constexpr (T::SPLIT) {
-                uint32_t vfl[4];
-                ldsm_x4_t(vfl, vl + vo);
-                mma(ds[0], kal, vf[0], vf[1]);
-                mma(ds[1], kal, vf[2], vf[3]);
-                mma(ds[0], ka, vfl[0], vfl[1]);
-                mma(ds[1], ka, vfl[2], vfl[3]);
-            }
-        }
-#pragma unroll
-        for (int hf = 0; hf < 2; hf++)
-#pragma unroll
-            for (int q = 0; q < 4; q++) {
-                const int d = m * 16 + g8 + (q >> 1) * 8, e = (np * 2 + hf) * 8 + 2 * t4 + (q & 1);
-                float *s = S + d * T::SP + e;
-                if (p.compensated) {
-                    float *c = Sc + d * T::SP + e;
-                    const float base = *s * gn, y = ds[hf][q] - *c * gn, sum = base + y;
-                    *c = (sum - base) - y;
-                    *s = sum;
-                } else {
-                    *s = *s * gn + ds[hf][q];
-                }
-            }
-    }
-    /* z: column sums of the (decayed) keys from the same bf16 values, four
-     * partial sums for latency, added in a fixed order (deterministic). */
-    for (int d = wi * 32 + lane; d < T::DK; d += nw * 32) {
-        float part[4] = { 0.0f, 0.0f, 0.0f, 0.0f };
-        for (int r0 = 0; r0 < n; r0 += 4)
-#pragma unroll
-            for (int u = 0; u < 4; u++) {
-                const int r = r0 + u;
-                if (r < n) {
-                    float x = bf(kh[r * T::QP + d]);
-                    if constexpr (T::SPLIT)
-                        x += bf(kl[r * T::QP + d]);
-                    part[u] += p.has_decay ? x * pw[n - 1 - r] : x;
-                }
-            }
-        const float dz = (part[0] + part[1]) + (part[2] + part[3]);
-        float *z = sm.zm() + d;
-        if (p.compensated) {
-            float *c = sm.zc() + d;
-            const float base = *z * gn, y = dz - *c * gn, sum = base + y;
-            *c = (sum - base) - y;
-            *z = sum;
-        } else {
-            *z = *z * gn + dz;
-        }
+    if (compensated) {
+        const float base = x * g, y = dx - c * g, sum = base + y;
+        c = (sum - base) - y;
+        x = sum;
+    } else {
+        x = x * g + dx;
     }
 }
+
+/* (e): the part of the fp32 state that update warp wi of nw owns, held in
+ * registers for the whole segment: units [u0, u0 + nu) of (16 rows of d) x
+ * (16 columns) as mma accumulator fragments (row d = 16m + g8 + 8h, column
+ * e = 16np + 8hf + 2t4 + (q & 1)), and z for the rows of its units with
+ * np = 0, summed by the same mma against a B of ones. (v4 kept S and z in
+ * shared memory: the update warps, not the readout, set the chunk's pace,
+ * and a third of their time went to a scalar loop for z; ncu, 8K.) */
+template <class T> struct State {
+    static constexpr int NP = T::NV / 16;
+    float s[T::MAX_UNITS][2][4], sc[T::MAX_UNITS][2][4]; /* S, Kahan c */
+    float z[T::MAX_UNITS][2], zc[T::MAX_UNITS][2];       /* z at rows g8, g8 + 8 */
+    int u0, nu;
+
+    __device__ int row(int k, int h) const { return (u0 + k) / NP * 16 + ((threadIdx.x & 31) >> 2) + 8 * h; }
+    __device__ int col(int k, int hf, int q) const
+    {
+        return ((u0 + k) % NP * 2 + hf) * 8 + 2 * (threadIdx.x & 3) + (q & 1);
+    }
+
+    /* The state the segment starts from (zero for ABSORB's increments). */
+    __device__ void load(const lmk_attend &p, const Job &j, int64_t head, int kind, int wi, int nw)
+    {
+        u0 = wi * T::UNITS / nw;
+        nu = (wi + 1) * T::UNITS / nw - u0;
+        const float *Si = kind == LMK_ABSORB || !p.in.S ? nullptr : p.in.S + j.seg * p.in.seg_S + head * p.Dk * p.Dv;
+        const float *zi = Si ? p.in.z + j.seg * p.in.seg_z + head * p.Dk : nullptr;
+#pragma unroll
+        for (int k = 0; k < T::MAX_UNITS; k++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int d = row(k, h);
+                const bool in = Si && k < nu && d < p.Dk;
+#pragma unroll
+                for (int hf = 0; hf < 2; hf++)
+#pragma unroll
+                    for (int q = 0; q < 2; q++) {
+                        const int e = j.e0 + col(k, hf, q);
+                        s[k][hf][2 * h + q] = in && e < p.Dv ? Si[(int64_t)d * p.Dv + e] : 0.0f;
+                        sc[k][hf][2 * h + q] = 0.0f;
+                    }
+                z[k][h] = in && (u0 + k) % NP == 0 ? zi[d] : 0.0f;
+                zc[k][h] = 0.0f;
+            }
+    }
+
+    /* S = g^n S + (p^(n-1-j) phi(k_j))^T V, z likewise, for chunk stage st. */
+    __device__ void fold(const lmk_attend &p, const Layout<T> &sm, int st, int n)
+    {
+        const int lane = threadIdx.x & 31, t4 = lane & 3;
+        const bf16 *kh = sm.k(st, 0), *kl = sm.k(st, T::PLANES - 1);
+        const bf16 *vh = sm.v(st, 0), *vl = sm.v(st, T::PLANES - 1);
+        const float *pw = sm.pw();
+        const float gn = pw[n];
+        const uint32_t ones = 0x3f803f80u; /* bf16 1.0, twice */
+#pragma unroll
+        for (int k = 0; k < T::MAX_UNITS; k++) {
+            if (k >= nu)
+                break;
+            const int m = (u0 + k) / NP, np = (u0 + k) % NP;
+            float ds[2][4] = {}, dz[4] = {};
+            /* Unrolled by 2, not 4: fully unrolled, with every unit's loads
+             * in flight at once, ptxas spilled (80 bytes, Dk = 128). */
+#pragma unroll 2
+            for (int ks = 0; ks < C / 16; ks++) {
+                const int ko = (ks * 16 + (lane & 7) + (lane >> 4) * 8) * T::QP + m * 16 + ((lane >> 3) & 1) * 8;
+                const int vo = (ks * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * T::VP + np * 16 + (lane >> 4) * 8;
+                uint32_t ka[4], vf[4], kal[4];
+                ldsm_x4_t(ka, kh + ko);
+                ldsm_x4_t(vf, vh + vo);
+                if constexpr (T::SPLIT)
+                    ldsm_x4_t(kal, kl + ko);
+                if (p.has_decay) {
+                    /* Key j weighs p^(n-1-j): scaling phi(k) (not v) spreads the
+                     * rounding over d, where the readout averages it away. */
+                    const int j0 = n - 1 - (ks * 16 + 2 * t4);
+                    const float w[4] = { pw[max(j0, 0)], pw[max(j0 - 1, 0)], pw[max(j0 - 8, 0)], pw[max(j0 - 9, 0)] };
+#pragma unroll
+                    for (int x = 0; x < 4; x++) {
+                        const float2 h = __bfloat1622float2(*(const __nv_bfloat162 *)&ka[x]);
+                        float2 l = make_float2(0.0f, 0.0f);
+                        if constexpr (T::SPLIT)
+                            l = __bfloat1622float2(*(const __nv_bfloat162 *)&kal[x]);
+                        const float w0 = w[(x >> 1) * 2], w1 = w[(x >> 1) * 2 + 1];
+                        if constexpr (T::SPLIT)
+                            split_pack((h.x + l.x) * w0, (h.y + l.y) * w1, ka[x], kal[x]);
+                        else
+                            ka[x] = pack_bf16(h.x * w0, h.y * w1);
+                    }
+                }
+                mma(ds[0], ka, vf[0], vf[1]);
+                mma(ds[1], ka, vf[2], vf[3]);
+                if (np == 0)
+                    mma(dz, ka, ones, ones);
+                if constexpr (T::SPLIT) {
+                    uint32_t vfl[4];
+                    ldsm_x4_t(vfl, vl + vo);
+                    mma(ds[0], kal, vf[0], vf[1]);
+                    mma(ds[1], kal, vf[2], vf[3]);
+                    mma(ds[0], ka, vfl[0], vfl[1]);
+                    mma(ds[1], ka, vfl[2], vfl[3]);
+                    if (np == 0)
+                        mma(dz, kal, ones, ones);
+                }
+            }
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++)
+#pragma unroll
+                for (int q = 0; q < 4; q++)
+                    fold1(s[k][hf][q], sc[k][hf][q], ds[hf][q], gn, p.compensated);
+            if (np == 0)
+#pragma unroll
+                for (int h = 0; h < 2; h++)
+                    fold1(z[k][h], zc[k][h], dz[2 * h], gn, p.compensated);
+        }
+    }
+
+    /* S as bf16 (+ lo) and z into the readout's buffer buf. */
+    __device__ void publish(const Layout<T> &sm, int buf) const
+    {
+        bf16 *hi = sm.sb(buf, 0), *lo = sm.sb(buf, T::PLANES - 1);
+#pragma unroll
+        for (int k = 0; k < T::MAX_UNITS; k++) {
+            if (k >= nu)
+                break;
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int d = row(k, h);
+#pragma unroll
+                for (int hf = 0; hf < 2; hf++) {
+                    const int off = d * T::VP + col(k, hf, 0);
+                    const float x0 = s[k][hf][2 * h], x1 = s[k][hf][2 * h + 1];
+                    if constexpr (T::SPLIT) {
+                        uint32_t xh, xl;
+                        split_pack(x0, x1, xh, xl);
+                        *(uint32_t *)(hi + off) = xh;
+                        *(uint32_t *)(lo + off) = xl;
+                    } else {
+                        (void)lo;
+                        *(uint32_t *)(hi + off) = pack_bf16(x0, x1);
+                    }
+                }
+                if ((u0 + k) % NP == 0 && (threadIdx.x & 3) == 0)
+                    sm.zs(buf)[d] = z[k][h];
+            }
+        }
+    }
+
+    /* The final state (CAUSAL) or the segment's increment (ABSORB). */
+    __device__ void store(const lmk_attend &p, const Job &j, int64_t head, int kind) const
+    {
+        const int64_t so = kind == LMK_ABSORB ? j.seg * p.out_state.seg_S : 0;
+        const int64_t zo = kind == LMK_ABSORB ? j.seg * p.out_state.seg_z : 0;
+        float *S = p.out_state.S + so + head * p.Dk * p.Dv;
+#pragma unroll
+        for (int k = 0; k < T::MAX_UNITS; k++) {
+            if (k >= nu)
+                break;
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int d = row(k, h);
+                if (d >= p.Dk)
+                    continue;
+#pragma unroll
+                for (int hf = 0; hf < 2; hf++)
+#pragma unroll
+                    for (int q = 0; q < 2; q++) {
+                        const int e = j.e0 + col(k, hf, q);
+                        if (e < p.Dv)
+                            S[(int64_t)d * p.Dv + e] = s[k][hf][2 * h + q];
+                    }
+                if (j.vb == 0 && (u0 + k) % NP == 0 && (threadIdx.x & 3) == 0)
+                    p.out_state.z[zo + head * p.Dk + d] = z[k][h];
+            }
+        }
+    }
+};
 
 template <int DK, int DT>
 __global__ void __launch_bounds__(THREADS, 1) attend_kernel(const __grid_constant__ lmk_attend p, int kind)
@@ -590,104 +741,49 @@ __global__ void __launch_bounds__(THREADS, 1) attend_kernel(const __grid_constan
     const bool causal = kind == LMK_CAUSAL, use_q = kind != LMK_ABSORB, use_kv = kind != LMK_READOUT;
     const int64_t head = (int64_t)j.b * p.Hkv + j.hk;
 
-    if (threadIdx.x == 0) {
+    if (threadIdx.x == 0) { /* read after the first chunk's barrier */
         const float g = p.has_decay ? p.decay[j.hk] : 1.0f;
         float a = 1.0f;
         sm.pw()[0] = a;
         for (int i = 1; i <= C; i++) /* repeated products, as the CPU backend */
             sm.pw()[i] = a *= g;
     }
-    {
-        const float *Si = kind == LMK_ABSORB || !p.in.S ? nullptr : p.in.S + j.seg * p.in.seg_S + head * p.Dk * p.Dv;
-        const float *zi = Si ? p.in.z + j.seg * p.in.seg_z + head * p.Dk : nullptr;
-        for (int i = threadIdx.x; i < DK * T::NV; i += THREADS) {
-            const int d = i / T::NV, e = i % T::NV;
-            sm.S()[d * T::SP + e] = Si && d < p.Dk && j.e0 + e < p.Dv ? Si[(int64_t)d * p.Dv + j.e0 + e] : 0.0f;
-            sm.Sc()[d * T::SP + e] = 0.0f;
-        }
-        for (int d = threadIdx.x; d < DK; d += THREADS) {
-            sm.zm()[d] = zi && d < p.Dk ? zi[d] : 0.0f;
-            sm.zc()[d] = 0.0f;
-        }
-    }
-    __syncthreads();
-    if (kind == LMK_READOUT)
-        refresh_readout_state(sm);
-
     const int64_t nchunks = (j.t_end - j.t_begin + C - 1) / C;
-    const bool async = !T::SPLIT && p.aligned;
-    if constexpr (!T::SPLIT) {
-        if (async) {
-            for (int s = 0; s < T::STAGES - 1; s++) {
-                if (s < nchunks)
-                    ck.issue(j.t_begin + (int64_t)s * C, s, use_q, use_kv);
-                cp_async_commit();
-            }
+    ck.start(nchunks, use_q, use_kv);
+    const int warp = threadIdx.x >> 5;
+    /* Two loops, one per role, so that the readout's registers and the state's
+     * are not live at once; each runs every chunk's step (and its barriers). */
+    if (kind != LMK_ABSORB && warp < ROW_WARPS) {
+        for (int64_t ci = 0; ci < nchunks; ci++) {
+            const int64_t t0 = j.t_begin + ci * C;
+            const int n = (int)min((int64_t)C, j.t_end - t0);
+            const int st = ck.step(ci, nchunks, n, use_q, use_kv);
+            readout_rows(p, sm, j, st, causal ? (int)(ci & 1) : 0, t0, n, causal);
         }
+        ck.finish();
+        return;
     }
+    const int wi = kind == LMK_ABSORB ? warp : warp - ROW_WARPS;
+    State<T> s;
+    s.load(p, j, head, kind, wi, kind == LMK_ABSORB ? WARPS : WARPS - ROW_WARPS);
+    if (kind != LMK_ABSORB)
+        s.publish(sm, 0);
     for (int64_t ci = 0; ci < nchunks; ci++) {
         const int64_t t0 = j.t_begin + ci * C;
         const int n = (int)min((int64_t)C, j.t_end - t0);
-        int st = 0;
-        if constexpr (!T::SPLIT) {
-            if (async) {
-                st = (int)(ci % T::STAGES);
-                cp_async_wait<T::STAGES - 2>();
-                __syncthreads(); /* chunk ci landed; everyone is done with chunk ci - 1 */
-                const int64_t next = ci + T::STAGES - 1;
-                if (next < nchunks)
-                    ck.issue(j.t_begin + next * C, (int)(next % T::STAGES), use_q, use_kv);
-                cp_async_commit();
-                ck.convert(st, t0, n, use_q, use_kv);
-            }
-        }
-        if (!async) {
-            /* One stage: the peers must be done with chunk ci - 1 before anyone
-             * writes chunk ci into it. */
-            if (j.ranks > 1)
-                cluster_sync();
-            else
-                __syncthreads();
-            ck.load_direct(t0, n, use_q, use_kv);
-        }
+        const int st = ck.step(ci, nchunks, n, use_q, use_kv);
+        if (kind == LMK_READOUT)
+            continue;
+        s.fold(p, sm, st, n);
         if (causal)
-            refresh_readout_state(sm);
-        if (j.ranks > 1) {
-            __syncthreads(); /* this CTA's rows converted */
-            ck.share(st, use_q, use_kv);
-            cluster_sync(); /* everyone's rows everywhere */
-        } else {
-            __syncthreads();
-        }
-        const int warp = threadIdx.x >> 5;
-        if (kind == LMK_ABSORB)
-            update_state(p, sm, st, n, warp, WARPS);
-        else if (warp < ROW_WARPS)
-            readout_rows(p, sm, j, st, t0, n, causal);
-        else if (causal)
-            update_state(p, sm, st, n, warp - ROW_WARPS, WARPS - ROW_WARPS);
+            s.publish(sm, (int)((ci + 1) & 1));
     }
-    if constexpr (!T::SPLIT)
-        cp_async_wait<0>();
-    __syncthreads();
-
+    ck.finish();
     /* The final state (CAUSAL, last segment, first query head of its group) or
      * the segment's increment (ABSORB). */
-    const bool write = kind == LMK_ABSORB ||
-                       (causal && p.out_state.S && j.seg == p.nseg - 1 && j.h % (p.Hq / p.Hkv) == 0);
-    if (write) {
-        const int64_t so = kind == LMK_ABSORB ? j.seg * p.out_state.seg_S : 0;
-        const int64_t zo = kind == LMK_ABSORB ? j.seg * p.out_state.seg_z : 0;
-        float *S = p.out_state.S + so + head * p.Dk * p.Dv;
-        for (int i = threadIdx.x; i < DK * T::NV; i += THREADS) {
-            const int d = i / T::NV, e = i % T::NV;
-            if (d < p.Dk && j.e0 + e < p.Dv)
-                S[(int64_t)d * p.Dv + j.e0 + e] = sm.S()[d * T::SP + e];
-        }
-        if (j.vb == 0)
-            for (int d = threadIdx.x; d < p.Dk; d += THREADS)
-                p.out_state.z[zo + head * p.Dk + d] = sm.zm()[d];
-    }
+    if (kind == LMK_ABSORB ||
+        (causal && p.out_state.S && j.seg == p.nseg - 1 && j.h % (p.Hq / p.Hkv) == 0))
+        s.store(p, j, head, kind);
 }
 
 } // namespace lmk
