@@ -60,7 +60,8 @@ template <> struct Elem<LM_F32> {
 template <int FM> __device__ __forceinline__ float phi_fm(float x)
 {
     if constexpr (FM == LM_FEATURE_ELU1) {
-        const float e = __expf(x);
+        float e; /* __expf without its guard for results below 2^-126 (flushed to 0 here) */
+        asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(x * 1.44269504f));
         return x > 0.0f ? x + 1.0f : e;
     } else if constexpr (FM == LM_FEATURE_RELU) {
         return x < 0.0f ? 0.0f : x; /* NaN stays NaN */
@@ -112,10 +113,19 @@ struct Job {
     const void *qb, *kb, *vb_; /* token 0 of this head (and columns) */
 };
 
+/* Barriers of the CTA and of the cluster that warps may reach from different
+ * code (the readout's loop and the update's): not the .aligned forms that
+ * __syncthreads and cooperative_groups emit, which require every thread to
+ * execute the same instruction (synccheck flags it). */
+__device__ __forceinline__ void cta_sync()
+{
+    asm volatile("barrier.sync 0;\n" ::: "memory");
+}
+
 __device__ __forceinline__ void cluster_sync()
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    cooperative_groups::this_cluster().sync();
+    asm volatile("barrier.cluster.arrive.release;\n\tbarrier.cluster.wait.acquire;\n" ::: "memory");
 #endif
 }
 
@@ -230,16 +240,18 @@ template <class T> struct Chunk {
             bf16 *x0 = pass ? sm.k(st, 0) : sm.q(st, 0);
             for (int i = threadIdx.x; i < nq; i += THREADS) {
                 const int r = j.r0 + i / QV, d = (i % QV) * 8;
-                const bool off = r >= n || (pass && masked(t0 + r));
-                const int lim = off ? 0 : min(8, p.Dk - d); /* phi(0) = 1: padding must stay 0 */
                 uint4 *ptr = (uint4 *)(x0 + r * T::QP + d);
-                uint4 raw = *ptr;
-                __nv_bfloat162 *x = (__nv_bfloat162 *)&raw;
+                /* phi(0) = 1: padding must stay 0. Dk is a multiple of 8 here
+                 * (the cp.async path needs 16-byte rows): a vector is all in or out. */
+                uint4 raw = make_uint4(0, 0, 0, 0);
+                if (r < n && d < p.Dk && !(pass && masked(t0 + r))) {
+                    raw = *ptr;
+                    __nv_bfloat162 *x = (__nv_bfloat162 *)&raw;
 #pragma unroll
-                for (int u = 0; u < 4; u++) {
-                    const float2 f = __bfloat1622float2(x[u]);
-                    const float a = phi_fm<FM>(f.x), b = phi_fm<FM>(f.y);
-                    x[u] = __floats2bfloat162_rn(2 * u < lim ? a : 0.0f, 2 * u + 1 < lim ? b : 0.0f);
+                    for (int u = 0; u < 4; u++) {
+                        const float2 f = __bfloat1622float2(x[u]);
+                        x[u] = __floats2bfloat162_rn(phi_fm<FM>(f.x), phi_fm<FM>(f.y));
+                    }
                 }
                 *ptr = raw;
                 for (int pr = 0; pr < j.ranks; pr++)
@@ -344,7 +356,7 @@ template <class T> struct Chunk {
             if (p.aligned) {
                 const int st = (int)(ci % T::STAGES);
                 cp_async_wait<T::STAGES - 2>();
-                __syncthreads(); /* chunk ci landed; everyone is done with chunk ci - 1 */
+                cta_sync(); /* chunk ci landed; everyone is done with chunk ci - 1 */
                 const int64_t next = ci + T::STAGES - 1;
                 if (next < nchunks)
                     issue(j.t_begin + next * C, (int)(next % T::STAGES), use_q, use_kv);
@@ -353,7 +365,7 @@ template <class T> struct Chunk {
                 if (j.ranks > 1)
                     cluster_sync(); /* everyone's rows everywhere */
                 else
-                    __syncthreads();
+                    cta_sync();
                 return st;
             }
         }
@@ -362,9 +374,9 @@ template <class T> struct Chunk {
         if (j.ranks > 1)
             cluster_sync();
         else
-            __syncthreads();
+            cta_sync();
         load_direct(t0, n, use_q, use_kv);
-        __syncthreads(); /* this CTA's rows stored */
+        cta_sync(); /* this CTA's rows stored */
         if (j.ranks > 1) {
             share(0, use_q, use_kv);
             cluster_sync();
