@@ -70,16 +70,17 @@ for p in $PHASES; do
               grep -oE '^ +/\*[0-9a-f]{4}\*/ +[A-Z0-9_.]+' | awk '{print $2}' | sort | uniq -c | sort -rn | head -40
           echo "==== ncu"; } > "$OUT/profile.log" 2>&1
         phase profile 100 "$OUT/profile.log" ncu --clock-control none -k regex:attend_kernel -c 1 \
-            --import-source yes -f -o "$OUT/attend" \
+            --import-source yes -f -o /tmp/attend \
             --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
             --section SchedulerStats --section InstructionStats --section MemoryWorkloadAnalysis \
             --section SourceCounters python3 bench/gpu_bench.py --lib "$B/lib/libliquidmemory.so" \
             --out /dev/null --profile 8192
         # The sections as text, and per SASS instruction (with its source line) the
         # samples of each stall reason: which code the warps wait in.
-        ncu -i "$OUT/attend.ncu-rep" --page details >> "$OUT/profile.log" 2>&1
-        ncu -i "$OUT/attend.ncu-rep" --page source --csv --print-source cuda,sass > "$OUT/source.csv" 2>> "$OUT/profile.log" ||
-            ncu -i "$OUT/attend.ncu-rep" --page source --csv --print-source sass > "$OUT/source.csv" 2>> "$OUT/profile.log"
+        # (the report stays out of $OUT: the device returns a few files only)
+        ncu -i /tmp/attend.ncu-rep --page details >> "$OUT/profile.log" 2>&1
+        ncu -i /tmp/attend.ncu-rep --page source --csv --print-source cuda,sass > "$OUT/source.csv" 2>> "$OUT/profile.log" ||
+            ncu -i /tmp/attend.ncu-rep --page source --csv --print-source sass > "$OUT/source.csv" 2>> "$OUT/profile.log"
         gzip -f "$OUT/source.csv" ;;
     sanitize)
         for tool in memcheck synccheck racecheck initcheck; do
