@@ -679,35 +679,41 @@ template <class T> struct State {
         }
     }
 
-    /* S as bf16 (+ lo) and z into the readout's buffer buf. */
-    __device__ void publish(const Layout<T> &sm, int buf) const
+    /* f(k, h, d) for the rows d this thread holds: units k < nu, halves h. */
+    template <class F> __device__ void each_row(F &&f) const
     {
-        bf16 *hi = sm.sb(buf, 0), *lo = sm.sb(buf, T::PLANES - 1);
 #pragma unroll
         for (int k = 0; k < T::MAX_UNITS; k++) {
             if (k >= nu)
                 break;
 #pragma unroll
-            for (int h = 0; h < 2; h++) {
-                const int d = row(k, h);
-#pragma unroll
-                for (int hf = 0; hf < 2; hf++) {
-                    const int off = d * T::VP + col(k, hf, 0);
-                    const float x0 = s[k][hf][2 * h], x1 = s[k][hf][2 * h + 1];
-                    if constexpr (T::SPLIT) {
-                        uint32_t xh, xl;
-                        split_pack(x0, x1, xh, xl);
-                        *(uint32_t *)(hi + off) = xh;
-                        *(uint32_t *)(lo + off) = xl;
-                    } else {
-                        (void)lo;
-                        *(uint32_t *)(hi + off) = pack_bf16(x0, x1);
-                    }
-                }
-                if ((u0 + k) % NP == 0 && (threadIdx.x & 3) == 0)
-                    sm.zs(buf)[d] = z[k][h];
-            }
+            for (int h = 0; h < 2; h++)
+                f(k, h, row(k, h));
         }
+    }
+
+    /* S as bf16 (+ lo) and z into the readout's buffer buf. */
+    __device__ void publish(const Layout<T> &sm, int buf) const
+    {
+        bf16 *hi = sm.sb(buf, 0), *lo = sm.sb(buf, T::PLANES - 1);
+        each_row([&](int k, int h, int d) {
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++) {
+                const int off = d * T::VP + col(k, hf, 0);
+                const float x0 = s[k][hf][2 * h], x1 = s[k][hf][2 * h + 1];
+                if constexpr (T::SPLIT) {
+                    uint32_t xh, xl;
+                    split_pack(x0, x1, xh, xl);
+                    *(uint32_t *)(hi + off) = xh;
+                    *(uint32_t *)(lo + off) = xl;
+                } else {
+                    (void)lo;
+                    *(uint32_t *)(hi + off) = pack_bf16(x0, x1);
+                }
+            }
+            if ((u0 + k) % NP == 0 && (threadIdx.x & 3) == 0)
+                sm.zs(buf)[d] = z[k][h];
+        });
     }
 
     /* The final state (CAUSAL) or the segment's increment (ABSORB). */
@@ -716,27 +722,20 @@ template <class T> struct State {
         const int64_t so = kind == LMK_ABSORB ? j.seg * p.out_state.seg_S : 0;
         const int64_t zo = kind == LMK_ABSORB ? j.seg * p.out_state.seg_z : 0;
         float *S = p.out_state.S + so + head * p.Dk * p.Dv;
+        each_row([&](int k, int h, int d) {
+            if (d >= p.Dk)
+                return;
 #pragma unroll
-        for (int k = 0; k < T::MAX_UNITS; k++) {
-            if (k >= nu)
-                break;
+            for (int hf = 0; hf < 2; hf++)
 #pragma unroll
-            for (int h = 0; h < 2; h++) {
-                const int d = row(k, h);
-                if (d >= p.Dk)
-                    continue;
-#pragma unroll
-                for (int hf = 0; hf < 2; hf++)
-#pragma unroll
-                    for (int q = 0; q < 2; q++) {
-                        const int e = j.e0 + col(k, hf, q);
-                        if (e < p.Dv)
-                            S[(int64_t)d * p.Dv + e] = s[k][hf][2 * h + q];
-                    }
-                if (j.vb == 0 && (u0 + k) % NP == 0 && (threadIdx.x & 3) == 0)
-                    p.out_state.z[zo + head * p.Dk + d] = z[k][h];
-            }
-        }
+                for (int q = 0; q < 2; q++) {
+                    const int e = j.e0 + col(k, hf, q);
+                    if (e < p.Dv)
+                        S[(int64_t)d * p.Dv + e] = s[k][hf][2 * h + q];
+                }
+            if (j.vb == 0 && (u0 + k) % NP == 0 && (threadIdx.x & 3) == 0)
+                p.out_state.z[zo + head * p.Dk + d] = z[k][h];
+        });
     }
 };
 
