@@ -1,8 +1,8 @@
 /*
  * ref.h - what the test suites share: typed test buffers with a float64
  * shadow, random data, the float64 reference of DESIGN.md §2 (a direct
- * evaluation of the recurrence, independent of the chunked code), and one
- * tolerance helper.
+ * evaluation of the recurrence, independent of the chunked code), one
+ * tolerance helper and the check of a call's error status and message.
  */
 #ifndef LM_TEST_REF_H
 #define LM_TEST_REF_H
@@ -11,6 +11,7 @@
 
 #include <check.h>
 #include <stdint.h>
+#include <string.h>
 
 /* A buffer of n elements of dtype plus a float64 copy of exactly the values
  * stored (rounded to dtype), so the reference sees the library's inputs. */
@@ -106,5 +107,16 @@ void ref_strides3(int64_t *s, int64_t B, int64_t L, int64_t W, int seq_first);
 /* Records the error for the summary printed at the end of lm-tests. */
 void ref_note(lm_dtype dtype, double rel);
 void ref_print_summary(void);
+
+/* Asserts that call returns status st and that lm_last_error() mentions needle. */
+#define EXPECT_ERR(call, st, needle)                                                          \
+    do {                                                                                      \
+        lm_status got_ = (call);                                                              \
+        ck_assert_msg(got_ == (st), "%s: got %s (%s), expected %s", #call,                    \
+                      lm_status_string(got_), lm_last_error(), lm_status_string(st));         \
+        ck_assert_msg(strstr(lm_last_error(), (needle)) != NULL,                              \
+                      "%s: message \"%s\" does not mention \"%s\"", #call, lm_last_error(),   \
+                      (needle));                                                              \
+    } while (0)
 
 #endif /* LM_TEST_REF_H */

@@ -14,17 +14,6 @@
 #define L 20
 #define B 2
 
-/* Asserts status st and that lm_last_error() mentions `needle`. */
-#define EXPECT_ERR(call, st, needle)                                                          \
-    do {                                                                                      \
-        lm_status got_ = (call);                                                              \
-        ck_assert_msg(got_ == (st), "%s: got %s (%s), expected %s", #call,                    \
-                      lm_status_string(got_), lm_last_error(), lm_status_string(st));         \
-        ck_assert_msg(strstr(lm_last_error(), (needle)) != NULL,                              \
-                      "%s: message \"%s\" does not mention \"%s\"", #call, lm_last_error(),   \
-                      (needle));                                                              \
-    } while (0)
-
 /* A working handle with weights, and inputs for it. */
 typedef struct fixture {
     lm_attn *a;

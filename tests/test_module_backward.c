@@ -385,14 +385,6 @@ START_TEST(test_accumulate)
 }
 END_TEST
 
-#define EXPECT(call, st, needle)                                                              \
-    do {                                                                                      \
-        lm_status got_ = (call);                                                              \
-        ck_assert_msg(got_ == (st) && strstr(lm_last_error(), needle),                        \
-                      "%s: %s (%s), expected %s mentioning \"%s\"", #call,                    \
-                      lm_status_string(got_), lm_last_error(), lm_status_string(st), needle); \
-    } while (0)
-
 START_TEST(test_errors)
 {
     ref_seed(67);
@@ -414,29 +406,29 @@ START_TEST(test_errors)
     ck_assert(lm_attn_get_state(b.a, before, bytes) == LM_OK);
 
     lm_attn_grads g = { .dout = &dout, .dquery = &dx };
-    EXPECT(lm_attn_backward(NULL, &x, &x, &x, &causal, &g, NULL), LM_ERR_INVALID_ARG, "attn");
-    EXPECT(lm_attn_backward(b.a, &x, &x, &x, &causal, NULL, NULL), LM_ERR_INVALID_ARG, "grads");
-    EXPECT(lm_attn_backward(b.a, &x, &x, &x, &cont, &g, NULL), LM_ERR_UNSUPPORTED, "use_state");
+    EXPECT_ERR(lm_attn_backward(NULL, &x, &x, &x, &causal, &g, NULL), LM_ERR_INVALID_ARG, "attn");
+    EXPECT_ERR(lm_attn_backward(b.a, &x, &x, &x, &causal, NULL, NULL), LM_ERR_INVALID_ARG, "grads");
+    EXPECT_ERR(lm_attn_backward(b.a, &x, &x, &x, &cont, &g, NULL), LM_ERR_UNSUPPORTED, "use_state");
     lm_attn_grads bad = g;
     bad.dout = NULL;
-    EXPECT(lm_attn_backward(b.a, &x, &x, &x, &causal, &bad, NULL), LM_ERR_INVALID_ARG, "dout");
+    EXPECT_ERR(lm_attn_backward(b.a, &x, &x, &x, &causal, &bad, NULL), LM_ERR_INVALID_ARG, "dout");
     lm_tensor short_dout = dout;
     short_dout.shape[1] = c.L - 1;
     bad.dout = &short_dout;
-    EXPECT(lm_attn_backward(b.a, &x, &x, &x, &causal, &bad, NULL), LM_ERR_INVALID_ARG, "dout");
+    EXPECT_ERR(lm_attn_backward(b.a, &x, &x, &x, &causal, &bad, NULL), LM_ERR_INVALID_ARG, "dout");
     bad = g;
     bad.q_proj_weight = p[WQ].grad.data;
-    EXPECT(lm_attn_backward(b.a, &x, &x, &x, &causal, &bad, NULL), LM_ERR_INVALID_ARG, "packed");
+    EXPECT_ERR(lm_attn_backward(b.a, &x, &x, &x, &causal, &bad, NULL), LM_ERR_INVALID_ARG, "packed");
     bad = g;
     bad.dquery = &x;
-    EXPECT(lm_attn_backward(b.a, &x, &x, &x, &causal, &bad, NULL), LM_ERR_INVALID_ARG, "overlaps");
+    EXPECT_ERR(lm_attn_backward(b.a, &x, &x, &x, &causal, &bad, NULL), LM_ERR_INVALID_ARG, "overlaps");
     bad = g;
     bad.out_proj_weight = p[WO].val.data;
-    EXPECT(lm_attn_backward(b.a, &x, &x, &x, &causal, &bad, NULL), LM_ERR_INVALID_ARG,
+    EXPECT_ERR(lm_attn_backward(b.a, &x, &x, &x, &causal, &bad, NULL), LM_ERR_INVALID_ARG,
            "the out_proj_weight");
     bad = g;
     bad.dkey = &dx, bad.dvalue = &dk; /* two of three share a tensor */
-    EXPECT(lm_attn_backward(b.a, &x, &x, &x, &causal, &bad, NULL), LM_ERR_INVALID_ARG, "overlaps");
+    EXPECT_ERR(lm_attn_backward(b.a, &x, &x, &x, &causal, &bad, NULL), LM_ERR_INVALID_ARG, "overlaps");
     ck_assert(lm_attn_get_state(b.a, after, bytes) == LM_OK);
     ck_assert_msg(!memcmp(before, after, bytes), "the state changed");
     ck_assert_msg(lm_attn_backward(b.a, &x, &x, &x, &causal, &g, NULL) == LM_OK, "%s",
@@ -452,7 +444,7 @@ START_TEST(test_errors)
     bprob_init(&b, &c);
     lm_tensor x2 = t3(&b.p[XQ].val, c.B, c.L, c.E), d2 = t3(&b.dout, c.B, c.L, c.E);
     lm_attn_grads g2 = { .dout = &d2, .out_proj_bias = b.p[BO].grad.data };
-    EXPECT(lm_attn_backward(b.a, &x2, &x2, &x2, &causal, &g2, NULL), LM_ERR_INVALID_ARG,
+    EXPECT_ERR(lm_attn_backward(b.a, &x2, &x2, &x2, &causal, &g2, NULL), LM_ERR_INVALID_ARG,
            "no out_proj_bias");
     bprob_free(&b);
 }

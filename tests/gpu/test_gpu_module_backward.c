@@ -534,14 +534,6 @@ START_TEST(test_mbwd_accumulate)
 }
 END_TEST
 
-#define EXPECT(call, st, needle)                                                              \
-    do {                                                                                      \
-        lm_status got_ = (call);                                                              \
-        ck_assert_msg(got_ == (st) && strstr(lm_last_error(), needle),                        \
-                      "%s: %s (%s), expected %s mentioning \"%s\"", #call,                    \
-                      lm_status_string(got_), lm_last_error(), lm_status_string(st), needle); \
-    } while (0)
-
 /* Bad calls, and the handle's state untouched by a backward. */
 START_TEST(test_mbwd_errors)
 {
@@ -570,20 +562,20 @@ START_TEST(test_mbwd_errors)
 
     call bad = k;
     bad.opts.use_state = 1;
-    EXPECT(call_run(&bad, a, NULL), LM_ERR_UNSUPPORTED, "use_state");
+    EXPECT_ERR(call_run(&bad, a, NULL), LM_ERR_UNSUPPORTED, "use_state");
     bad = k;
     bad.dq.device = LM_CPU;
     bad.g.dquery = &bad.dq;
-    EXPECT(call_run(&bad, a, NULL), LM_ERR_INVALID_ARG, "dquery is on");
+    EXPECT_ERR(call_run(&bad, a, NULL), LM_ERR_INVALID_ARG, "dquery is on");
     bad = k; /* every other element of a buffer twice the size */
     void *wide = dmalloc(2 * bytes);
     bad.dq.data = wide, bad.dq.stride[0] *= 2, bad.dq.stride[1] *= 2, bad.dq.stride[2] = 2;
     bad.g.dquery = &bad.dq;
-    EXPECT(call_run(&bad, a, NULL), LM_ERR_UNSUPPORTED, "stride 1");
+    EXPECT_ERR(call_run(&bad, a, NULL), LM_ERR_UNSUPPORTED, "stride 1");
     bad = k; /* one row of dout for every token */
     bad.dout.stride[1] = 0;
     bad.g.dout = &bad.dout;
-    EXPECT(call_run(&bad, a, NULL), LM_ERR_UNSUPPORTED, "width apart");
+    EXPECT_ERR(call_run(&bad, a, NULL), LM_ERR_UNSUPPORTED, "width apart");
     ck_assert(lm_attn_get_state(a, after, sz) == LM_OK);
     ck_assert_msg(!memcmp(before, after, sz), "a failed backward changed the state");
     ck_assert_msg(call_run(&k, a, NULL) == LM_OK, "%s", lm_last_error());
