@@ -76,8 +76,6 @@ __device__ __forceinline__ float phi(float x, int fm)
            : fm == LM_FEATURE_RELU ? phi_fm<LM_FEATURE_RELU>(x) : x;
 }
 
-__device__ __forceinline__ float bf(bf16 x) { return __bfloat162float(x); }
-
 __device__ __forceinline__ float quad_sum(float x)
 {
     x += __shfl_xor_sync(0xffffffffu, x, 1);
