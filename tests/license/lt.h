@@ -12,6 +12,7 @@
 
 #include "liquid_memory.h"
 #include "license.h"
+#include "../ref.h" /* EXPECT_ERR */
 
 #include <check.h>
 #include <stdint.h>
@@ -43,16 +44,5 @@ const char *lt_home(void);
 const char *lt_write_file(const char *rel, const char *text);
 /* Installs tok as ~/.config/liquid-memory/license. */
 void lt_install_home_license(const char *tok);
-
-/* Asserts st and that lm_last_error() contains needle. */
-#define LT_EXPECT(call, st, needle)                                                             \
-    do {                                                                                        \
-        lm_status got_ = (call);                                                                \
-        ck_assert_msg(got_ == (st), "%s: got %s (%s), expected %s", #call,                      \
-                      lm_status_string(got_), lm_last_error(), lm_status_string(st));           \
-        ck_assert_msg(strstr(lm_last_error(), (needle)) != NULL,                                \
-                      "%s: message \"%s\" does not mention \"%s\"", #call, lm_last_error(),     \
-                      (needle));                                                                \
-    } while (0)
 
 #endif /* LM_TEST_LT_H */

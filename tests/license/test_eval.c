@@ -84,7 +84,7 @@ static int64_t position(const model *m)
     do {                                                                                       \
         char need_[32];                                                                        \
         snprintf(need_, sizeof need_, "needs %d", (need));                                     \
-        LT_EXPECT((call), LM_ERR_LICENSE, "evaluation mode allows 4096 tokens");               \
+        EXPECT_ERR((call), LM_ERR_LICENSE, "evaluation mode allows 4096 tokens");               \
         ck_assert_msg(strstr(lm_last_error(), need_), "%s", lm_last_error());                 \
         ck_assert(strstr(lm_last_error(), "lm_license_set()") &&                               \
                   strstr(lm_last_error(), "LM_LICENSE_FILE"));                                 \
@@ -255,16 +255,16 @@ START_TEST(licensed_cap_is_enforced)
     model m;
     model_init(&m);
     ck_assert_int_eq(forward(&m, cap, 0), LM_OK);
-    LT_EXPECT(step(&m), LM_ERR_LICENSE, "allows 5000 tokens");
+    EXPECT_ERR(step(&m), LM_ERR_LICENSE, "allows 5000 tokens");
     ck_assert(strstr(lm_last_error(), "needs 5001"));
-    LT_EXPECT(forward(&m, cap + 1, 0), LM_ERR_LICENSE, "allows 5000 tokens");
+    EXPECT_ERR(forward(&m, cap + 1, 0), LM_ERR_LICENSE, "allows 5000 tokens");
     ck_assert_int_eq(position(&m), cap);
     model_free(&m);
     core c;
     core_init(&c, 1, 1, cap - 1);
     ck_assert_int_eq(lm_linear_attn_decode(&c.args, NULL), LM_OK);
     c.args.position = cap;
-    LT_EXPECT(lm_linear_attn_decode(&c.args, NULL), LM_ERR_LICENSE, "allows 5000 tokens");
+    EXPECT_ERR(lm_linear_attn_decode(&c.args, NULL), LM_ERR_LICENSE, "allows 5000 tokens");
     core_free(&c);
 }
 END_TEST
@@ -280,8 +280,8 @@ START_TEST(invalid_license_refuses_short_contexts)
     setenv("LM_LICENSE", tok, 1);
     model m;
     model_init(&m);
-    LT_EXPECT(forward(&m, 16, 0), LM_ERR_LICENSE, "expired");
-    LT_EXPECT(step(&m), LM_ERR_LICENSE, "expired");
+    EXPECT_ERR(forward(&m, 16, 0), LM_ERR_LICENSE, "expired");
+    EXPECT_ERR(step(&m), LM_ERR_LICENSE, "expired");
     model_free(&m);
 }
 END_TEST

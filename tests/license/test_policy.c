@@ -42,7 +42,7 @@ START_TEST(no_license_is_evaluation)
     ck_assert_int_eq(d.development_build, lml_development_build);
     ck_assert_int_eq(lmi_license_check(LM_EVAL_MAX_TOKENS), LM_OK);
     ck_assert(strstr(lm_last_error(), "evaluation mode"));
-    LT_EXPECT(lmi_license_check(LM_EVAL_MAX_TOKENS + 1), LM_ERR_LICENSE, "LM_LICENSE_FILE");
+    EXPECT_ERR(lmi_license_check(LM_EVAL_MAX_TOKENS + 1), LM_ERR_LICENSE, "LM_LICENSE_FILE");
     ck_assert(strstr(lm_last_error(), "4096") && strstr(lm_last_error(), "4097"));
     ck_assert(strstr(lm_last_error(), "~/.config/liquid-memory/license"));
 }
@@ -78,7 +78,7 @@ START_TEST(license_from_env_token)
     ck_assert_uint_eq(d.features, 0x5);
     ck_assert_str_eq(d.reason, "");
     ck_assert_int_eq(lmi_license_check(5000), LM_OK);
-    LT_EXPECT(lmi_license_check(5001), LM_ERR_LICENSE, "allows 5000 tokens");
+    EXPECT_ERR(lmi_license_check(5001), LM_ERR_LICENSE, "allows 5000 tokens");
     ck_assert(strstr(lm_last_error(), "Test Customer") && strstr(lm_last_error(), "5001"));
 }
 END_TEST
@@ -199,7 +199,7 @@ START_TEST(invalid_license_is_not_evaluation)
     lm_license_details d = info();
     ck_assert_int_eq(d.mode, LM_LICENSE_INVALID);
     ck_assert_msg(*d.reason, "no reason given");
-    LT_EXPECT(lmi_license_check(1), LM_ERR_LICENSE, want);
+    EXPECT_ERR(lmi_license_check(1), LM_ERR_LICENSE, want);
     ck_assert(!strstr(lm_last_error(), "evaluation mode allows"));
 }
 END_TEST
@@ -217,7 +217,7 @@ START_TEST(verified_once_and_cached)
     ck_assert(unlink(saved) == 0);
     setenv("LM_LICENSE", "garbage", 1);
     ck_assert_int_eq(lmi_license_check(100), LM_OK);
-    LT_EXPECT(lmi_license_check(101), LM_ERR_LICENSE, "Cached");
+    EXPECT_ERR(lmi_license_check(101), LM_ERR_LICENSE, "Cached");
     ck_assert_str_eq(info().licensee, "Cached");
     ck_assert_int_eq(info().mode, LM_LICENSE_LICENSED);
 }
@@ -237,7 +237,7 @@ START_TEST(expiry_during_run)
     const struct timespec tick = { 0, 50 * 1000 * 1000 };
     while (lt_now() < lic.expires)
         nanosleep(&tick, NULL);
-    LT_EXPECT(lmi_license_check(10), LM_ERR_LICENSE, "expired");
+    EXPECT_ERR(lmi_license_check(10), LM_ERR_LICENSE, "expired");
     lm_license_details d = info();
     ck_assert_int_eq(d.mode, LM_LICENSE_INVALID);
     ck_assert(strstr(d.reason, "expired"));
@@ -268,24 +268,24 @@ START_TEST(set_refuses_bad_tokens)
     char good[LML_TOKEN_MAX + 1], tok[LML_TOKEN_MAX + 1];
     token_for(good, "Good", 0);
     ck_assert_int_eq(lm_license_set(good), LM_OK);
-    LT_EXPECT(lm_license_set(""), LM_ERR_INVALID_ARG, "empty");
-    LT_EXPECT(lm_license_set("hello"), LM_ERR_INVALID_ARG, "malformed");
+    EXPECT_ERR(lm_license_set(""), LM_ERR_INVALID_ARG, "empty");
+    EXPECT_ERR(lm_license_set("hello"), LM_ERR_INVALID_ARG, "malformed");
     uint8_t pk[LML_PUBLIC_KEY_BYTES], sk[LML_SECRET_KEY_BYTES];
     lt_random_key(pk, sk);
     lml_license lic = lt_license();
     lt_issue(tok, &lic, sk);
-    LT_EXPECT(lm_license_set(tok), LM_ERR_LICENSE, "bad signature");
+    EXPECT_ERR(lm_license_set(tok), LM_ERR_LICENSE, "bad signature");
     lic.issued = lic.not_before = 1000;
     lic.expires = 2000;
     lt_issue(tok, &lic, NULL);
-    LT_EXPECT(lm_license_set(tok), LM_ERR_LICENSE, "expired");
+    EXPECT_ERR(lm_license_set(tok), LM_ERR_LICENSE, "expired");
     ck_assert(strstr(lm_last_error(), "unchanged"));
     size_t mb = 1 << 20;
     char *big = malloc(mb + 1);
     ck_assert(big != NULL);
     memset(big, 'A', mb);
     big[mb] = '\0';
-    LT_EXPECT(lm_license_set(big), LM_ERR_INVALID_ARG, "longer than");
+    EXPECT_ERR(lm_license_set(big), LM_ERR_INVALID_ARG, "longer than");
     free(big);
     lm_license_details d = info();
     ck_assert_int_eq(d.mode, LM_LICENSE_LICENSED);
@@ -310,7 +310,7 @@ END_TEST
 
 START_TEST(info_null)
 {
-    LT_EXPECT(lm_license_info(NULL), LM_ERR_INVALID_ARG, "NULL");
+    EXPECT_ERR(lm_license_info(NULL), LM_ERR_INVALID_ARG, "NULL");
 }
 END_TEST
 
