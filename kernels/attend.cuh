@@ -70,6 +70,27 @@ template <int FM> __device__ __forceinline__ float phi_fm(float x)
     }
 }
 
+/* phi of a bf16 pair, as bf16. elu+1 on sm_90 in packed bf16 arithmetic:
+ * x log2(e) and its ex2 rounded to bf16 add 0.001-0.011 to the output's
+ * error ratio (bench/phi_precision_sim.py, 8K) for half the instructions of
+ * the fp32 path (unpack, scale, ex2, add, compare, select per element). */
+template <int FM> __device__ __forceinline__ __nv_bfloat162 phi_pair(__nv_bfloat162 x)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if constexpr (FM == LM_FEATURE_ELU1) {
+        const __nv_bfloat162 a = __hmul2(x, __float2bfloat162_rn(1.44269504f));
+        uint32_t e;
+        asm("ex2.approx.ftz.bf16x2 %0, %1;" : "=r"(e) : "r"(*reinterpret_cast<const uint32_t *>(&a)));
+        const __nv_bfloat162 p1 = __hadd2(x, __float2bfloat162_rn(1.0f));
+        const uint32_t m = __hgt2_mask(x, __float2bfloat162_rn(0.0f)); /* NaN: 0, takes ex2(NaN) */
+        const uint32_t r = (*reinterpret_cast<const uint32_t *>(&p1) & m) | (e & ~m);
+        return *reinterpret_cast<const __nv_bfloat162 *>(&r);
+    }
+#endif
+    const float2 f = __bfloat1622float2(x);
+    return __floats2bfloat162_rn(phi_fm<FM>(f.x), phi_fm<FM>(f.y));
+}
+
 __device__ __forceinline__ float phi(float x, int fm)
 {
     return fm == LM_FEATURE_ELU1 ? phi_fm<LM_FEATURE_ELU1>(x)
@@ -100,6 +121,11 @@ template <class T> struct Layout {
     __device__ float *zs(int buf) const { return (float *)(rest() + 2 * T::SB_BYTES) + buf * T::DK; }
     __device__ float *pw() const { return (float *)(rest() + 2 * T::SB_BYTES + align128(2 * (size_t)T::DK * 4)); }
     __device__ unsigned char *ostage() const { return (unsigned char *)pw() + align128((C + 1) * 4); }
+    /* Per stage: completes when the peers' converted rows have landed. */
+    __device__ uint64_t *full(int st) const
+    {
+        return (uint64_t *)(ostage() + align128((size_t)C * T::OP * T::OUT_BYTES)) + st;
+    }
 };
 
 /* Which head, columns and tokens this CTA owns; which q, k rows of each
@@ -234,27 +260,39 @@ template <class T> struct Chunk {
     {
         constexpr int QV = T::DK / 8, VV = T::NV / 8;
         const int nq = (j.r1 - j.r0) * QV;
+        /* Two vectors at a time: both loads, then phi, then the stores (more
+         * in flight spills: the update warps hold the state meanwhile). */
         for (int pass = use_q ? 0 : 1; pass < (use_kv ? 2 : 1); pass++) {
             bf16 *x0 = pass ? sm.k(st, 0) : sm.q(st, 0);
-            for (int i = threadIdx.x; i < nq; i += THREADS) {
-                const int r = j.r0 + i / QV, d = (i % QV) * 8;
-                uint4 *ptr = (uint4 *)(x0 + r * T::QP + d);
-                /* phi(0) = 1: padding must stay 0. Dk is a multiple of 8 here
-                 * (the cp.async path needs 16-byte rows): a vector is all in or out. */
-                uint4 raw = make_uint4(0, 0, 0, 0);
-                if (r < n && d < p.Dk && !(pass && masked(t0 + r))) {
-                    raw = *ptr;
-                    __nv_bfloat162 *x = (__nv_bfloat162 *)&raw;
+            for (int i0 = threadIdx.x; i0 < nq; i0 += 2 * THREADS) {
+                uint4 x[2];
 #pragma unroll
-                    for (int u = 0; u < 4; u++) {
-                        const float2 f = __bfloat1622float2(x[u]);
-                        x[u] = __floats2bfloat162_rn(phi_fm<FM>(f.x), phi_fm<FM>(f.y));
-                    }
+                for (int u = 0; u < 2; u++) {
+                    const int i = i0 + u * THREADS, r = j.r0 + i / QV, d = (i % QV) * 8;
+                    /* phi(0) = 1: padding must stay 0. Dk is a multiple of 8 here
+                     * (the cp.async path needs 16-byte rows): a vector is all in or out. */
+                    x[u] = make_uint4(0, 0, 0, 0);
+                    if (i < nq && r < n && d < p.Dk && !(pass && masked(t0 + r)))
+                        x[u] = *(const uint4 *)(x0 + r * T::QP + d);
                 }
-                *ptr = raw;
-                for (int pr = 0; pr < j.ranks; pr++)
-                    if (pr != j.rank)
-                        *peer(ptr, pr) = raw;
+#pragma unroll
+                for (int u = 0; u < 2; u++) {
+                    __nv_bfloat162 *h = (__nv_bfloat162 *)&x[u];
+#pragma unroll
+                    for (int e = 0; e < 4; e++)
+                        h[e] = phi_pair<FM>(h[e]);
+                }
+#pragma unroll
+                for (int u = 0; u < 2; u++) {
+                    const int i = i0 + u * THREADS;
+                    if (i >= nq)
+                        break;
+                    uint4 *ptr = (uint4 *)(x0 + (j.r0 + i / QV) * T::QP + (i % QV) * 8);
+                    *ptr = x[u];
+                    for (int pr = 0; pr < j.ranks; pr++)
+                        if (pr != j.rank)
+                            st_async16(cluster_addr(ptr, pr), x[u], cluster_addr(sm.full(st), pr));
+                }
             }
         }
         if (!use_kv)
@@ -265,6 +303,12 @@ template <class T> struct Chunk {
             if (r >= n || masked(t0 + r))
                 *(uint4 *)(v + r * T::VP + e) = make_uint4(0, 0, 0, 0);
         }
+    }
+
+    /* Bytes the peers store into this CTA's stage per chunk (convert_fm). */
+    __device__ uint32_t peer_bytes(bool use_q, bool use_kv) const
+    {
+        return (uint32_t)((j.ranks - 1) * ((int)use_q + (int)use_kv) * (C / j.ranks) * T::DK * 2);
     }
 
     /* This CTA's q, k rows into the same place in its peers (load_direct's). */
@@ -359,11 +403,17 @@ template <class T> struct Chunk {
                 if (next < nchunks)
                     issue(j.t_begin + next * C, (int)(next % T::STAGES), use_q, use_kv);
                 cp_async_commit();
+                /* The peers' rows arrive by st.async on this stage's mbarrier:
+                 * no cluster barrier, whose release waited for this thread's
+                 * loads in flight (0.7 us per chunk, measured). A peer writes
+                 * chunk ci here only after it saw this CTA's rows of chunk ci - 1,
+                 * converted after this CTA was done with ci - 2 (and ci - STAGES). */
+                if (j.ranks > 1 && threadIdx.x == 0)
+                    mbar_expect_tx(sm.full(st), peer_bytes(use_q, use_kv));
                 convert(st, t0, n, use_q, use_kv);
+                cta_sync(); /* this CTA's rows */
                 if (j.ranks > 1)
-                    cluster_sync(); /* everyone's rows everywhere */
-                else
-                    cta_sync();
+                    mbar_wait(sm.full(st), (uint32_t)((ci / T::STAGES) & 1)); /* the peers' rows */
                 return st;
             }
         }
@@ -389,8 +439,10 @@ template <class T> struct Chunk {
     }
 };
 
-/* Outputs of warp r's 16 rows of the chunk (kinds CAUSAL and READOUT). */
-template <class T>
+/* Outputs of warp r's 16 rows of the chunk (kinds CAUSAL and READOUT).
+ * DECAY: the intra-chunk weights p^(i-j) are read per element only when
+ * there is a decay (32 shared loads per tile for warp 3's four tiles). */
+template <class T, bool DECAY>
 __device__ void readout_rows(const lmk_attend &p, const Layout<T> &sm, const Job &j, int st, int buf,
                              int64_t t0, int n, bool causal)
 {
@@ -484,7 +536,7 @@ __device__ void readout_rows(const lmk_attend &p, const Layout<T> &sm, const Job
 #pragma unroll
                 for (int q = 0; q < 4; q++) {
                     const int i = row0 + g8 + (q >> 1) * 8, jj = c * 16 + hf * 8 + 2 * t4 + (q & 1);
-                    const float a = jj <= i ? acc[c][hf][q] * pw[max(i - jj, 0)] : 0.0f;
+                    const float a = jj > i ? 0.0f : DECAY ? acc[c][hf][q] * pw[i - jj] : acc[c][hf][q];
                     acc[c][hf][q] = a;
                     rs[q >> 1] += a;
                 }
@@ -744,8 +796,14 @@ __global__ void __launch_bounds__(THREADS, 1) attend_kernel(const __grid_constan
     extern __shared__ __align__(128) unsigned char smem[];
     const Layout<T> sm = { smem };
     const Job j = job_of<T>(p, kind);
-    if (j.ranks > 1)
-        cluster_sync(); /* peers' shared memory exists before anyone writes to it */
+    if (j.ranks > 1) {
+        if (threadIdx.x == 0) {
+            for (int st = 0; st < T::STAGES; st++)
+                mbar_init(sm.full(st), 1);
+            mbar_init_fence();
+        }
+        cluster_sync(); /* peers' shared memory and barriers exist before anyone writes to them */
+    }
     const Chunk<T> ck = { p, sm, j, kind };
     const bool causal = kind == LMK_CAUSAL, use_q = kind != LMK_ABSORB, use_kv = kind != LMK_READOUT;
     const int64_t head = (int64_t)j.b * p.Hkv + j.hk;
@@ -767,7 +825,11 @@ __global__ void __launch_bounds__(THREADS, 1) attend_kernel(const __grid_constan
             const int64_t t0 = j.t_begin + ci * C;
             const int n = (int)min((int64_t)C, j.t_end - t0);
             const int st = ck.step(ci, nchunks, n, use_q, use_kv);
-            readout_rows(p, sm, j, st, causal ? (int)(ci & 1) : 0, t0, n, causal);
+            const int buf = causal ? (int)(ci & 1) : 0;
+            if (p.has_decay)
+                readout_rows<T, true>(p, sm, j, st, buf, t0, n, causal);
+            else
+                readout_rows<T, false>(p, sm, j, st, buf, t0, n, causal);
         }
         ck.finish();
         return;

@@ -1,7 +1,8 @@
 /*
  * mma.cuh - thin wrappers over the PTX the kernels use: bf16 tensor-core
- * products (mma.sync m16n8k16, fp32 accumulate), ldmatrix, cp.async, and the
- * hi/lo bf16 split that keeps products near fp32 precision.
+ * products (mma.sync m16n8k16, fp32 accumulate), ldmatrix, cp.async, the
+ * cluster hand-off (st.async, mbarrier), and the hi/lo bf16 split that keeps
+ * products near fp32 precision.
  *
  * Fragment layouts (PTX ISA, m16n8k16; g = lane / 4, t = lane % 4):
  *   A 16x16 row-major: a0 (g, 2t..2t+1)  a1 (g+8, 2t..)  a2 (g, 2t+8..)  a3 (g+8, 2t+8..)
@@ -62,6 +63,66 @@ __device__ __forceinline__ void cp_async_commit()
 template <int n> __device__ __forceinline__ void cp_async_wait()
 {
     asm volatile("cp.async.wait_group %0;\n" : : "n"(n));
+}
+
+/* Cluster hand-off (sm_90; the kernels take these paths only in a cluster,
+ * so other targets compile them empty). */
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define LMK_SM90(x) x
+#else
+#define LMK_SM90(x)
+#endif
+
+/* The shared::cluster address of p's place in CTA `rank` of the cluster. */
+__device__ __forceinline__ uint32_t cluster_addr(const void *p, int rank)
+{
+    uint32_t r = 0;
+    LMK_SM90(asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(r) : "r"(smem_addr(p)), "r"(rank)));
+    return r;
+}
+
+/* 16 bytes into a peer's shared memory; their arrival counts on the peer's
+ * mbarrier. */
+__device__ __forceinline__ void st_async16(uint32_t addr, uint4 v, uint32_t mbar)
+{
+    LMK_SM90(asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.b32 [%0], {%1, %2, %3, %4}, [%5];\n"
+                          :
+                          : "r"(addr), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w), "r"(mbar)
+                          : "memory"));
+}
+
+__device__ __forceinline__ void mbar_init(uint64_t *b, int count)
+{
+    LMK_SM90(asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" : : "r"(smem_addr(b)), "r"(count) : "memory"));
+}
+
+/* The inits visible to the cluster (before the cluster barrier that follows). */
+__device__ __forceinline__ void mbar_init_fence()
+{
+    LMK_SM90(asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"));
+}
+
+/* One arrival, and `bytes` more to wait for in this phase. */
+__device__ __forceinline__ void mbar_expect_tx(uint64_t *b, uint32_t bytes)
+{
+    LMK_SM90(asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n"
+                          :
+                          : "r"(smem_addr(b)), "r"(bytes)
+                          : "memory"));
+}
+
+/* Until the phase of the given parity has completed. */
+__device__ __forceinline__ void mbar_wait(uint64_t *b, uint32_t parity)
+{
+    uint32_t done = 1;
+    do {
+        LMK_SM90(asm volatile("{\n\t.reg .pred p;\n\t"
+                              "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n\t"
+                              "selp.u32 %0, 1, 0, p;\n\t}\n"
+                              : "=r"(done)
+                              : "r"(smem_addr(b)), "r"(parity)
+                              : "memory"));
+    } while (!done);
 }
 
 __device__ __forceinline__ uint32_t pack_bf16(float lo_elem, float hi_elem)
