@@ -266,14 +266,14 @@ template <class T> struct Chunk {
             bf16 *x0 = pass ? sm.k(st, 0) : sm.q(st, 0);
             for (int i0 = threadIdx.x; i0 < nq; i0 += 2 * THREADS) {
                 uint4 x[2];
+                bool in[2];
 #pragma unroll
                 for (int u = 0; u < 2; u++) {
                     const int i = i0 + u * THREADS, r = j.r0 + i / QV, d = (i % QV) * 8;
-                    /* phi(0) = 1: padding must stay 0. Dk is a multiple of 8 here
-                     * (the cp.async path needs 16-byte rows): a vector is all in or out. */
-                    x[u] = make_uint4(0, 0, 0, 0);
-                    if (i < nq && r < n && d < p.Dk && !(pass && masked(t0 + r)))
-                        x[u] = *(const uint4 *)(x0 + r * T::QP + d);
+                    /* Dk is a multiple of 8 here (the cp.async path needs 16-byte
+                     * rows): a vector is all in or all out. */
+                    in[u] = i < nq && r < n && d < p.Dk && !(pass && masked(t0 + r));
+                    x[u] = in[u] ? *(const uint4 *)(x0 + r * T::QP + d) : make_uint4(0, 0, 0, 0);
                 }
 #pragma unroll
                 for (int u = 0; u < 2; u++) {
@@ -281,6 +281,8 @@ template <class T> struct Chunk {
 #pragma unroll
                     for (int e = 0; e < 4; e++)
                         h[e] = phi_pair<FM>(h[e]);
+                    if (!in[u]) /* phi(0) = 1: padding must stay 0 */
+                        x[u] = make_uint4(0, 0, 0, 0);
                 }
 #pragma unroll
                 for (int u = 0; u < 2; u++) {
