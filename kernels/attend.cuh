@@ -19,9 +19,10 @@
  * inputs are split into bf16 hi + lo pairs on load (3 products each).
  * On sm_90 the CTAs of one head (its value blocks) form a cluster: each loads
  * and converts 1/n of the q, k rows and stores them into its peers' shared
- * memory, instead of all n doing all of it (v2, 8K: 3.4K instructions per
- * warp per chunk, 40% of them loading and converting; clusters of 4: 35%
- * fewer instructions, see attend_launch.cuh for the cluster size).
+ * memory (st.async, counted on the peer's mbarrier), instead of all n doing
+ * all of it (v2, 8K: 3.4K instructions per warp per chunk, 40% of them
+ * loading and converting; clusters of 4: 35% fewer instructions, see
+ * attend_launch.cuh for the cluster size).
  * Measured: see bench/NOTES.md.
  */
 #ifndef LM_ATTEND_CUH
@@ -405,9 +406,9 @@ template <class T> struct Chunk {
                 if (next < nchunks)
                     issue(j.t_begin + next * C, (int)(next % T::STAGES), use_q, use_kv);
                 cp_async_commit();
-                /* The peers' rows arrive by st.async on this stage's mbarrier:
-                 * no cluster barrier, whose release waited for this thread's
-                 * loads in flight (0.7 us per chunk, measured). A peer writes
+                /* The peers' rows arrive by st.async on this stage's mbarrier,
+                 * not behind a cluster barrier (0.73 us per chunk on its own:
+                 * bench/results/ablation-h100-20261123-de15cc1). A peer writes
                  * chunk ci here only after it saw this CTA's rows of chunk ci - 1,
                  * converted after this CTA was done with ci - 2 (and ci - STAGES). */
                 if (j.ranks > 1 && threadIdx.x == 0)
