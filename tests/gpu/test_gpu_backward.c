@@ -97,15 +97,6 @@ typedef struct bprob {
     float *dS0, *dz0, *ddSo, *ddzo;
 } bprob;
 
-static void strides(int64_t *s, int64_t B, int64_t L, int64_t H, int64_t D, int seq_first)
-{
-    s[3] = 1, s[2] = D;
-    if (seq_first)
-        s[0] = H * D, s[1] = B * H * D;
-    else
-        s[1] = H * D, s[0] = L * H * D;
-}
-
 static float *randoms_f32(int64_t n, double lo, double hi)
 {
     float *x = malloc((size_t)n * sizeof(float));
@@ -133,10 +124,10 @@ static void prob_init(bprob *p, const bcase *c)
     tbuf_random(&p->k, lo, hi);
     tbuf_random(&p->v, -1.0, 1.0);
     tbuf_random(&p->dout, -1.0, 1.0);
-    strides(p->sq, B, L, c->Hq, c->Dk, c->seq_first);
-    strides(p->sk, B, Lk, c->Hkv, c->Dk, c->seq_first);
-    strides(p->sv, B, Lk, c->Hkv, c->Dv, c->seq_first);
-    strides(p->so, B, L, c->Hq, c->Dv, c->seq_first);
+    strides4(p->sq, B, L, c->Hq, c->Dk, c->seq_first);
+    strides4(p->sk, B, Lk, c->Hkv, c->Dk, c->seq_first);
+    strides4(p->sv, B, Lk, c->Hkv, c->Dv, c->seq_first);
+    strides4(p->so, B, L, c->Hq, c->Dv, c->seq_first);
     if (c->mask) {
         p->mask = malloc((size_t)(B * Lk > 0 ? B * Lk : 1));
         for (int64_t i = 0; i < B * Lk; i++)
@@ -194,22 +185,6 @@ static void grads_free(grads *g)
     for (int i = 0; i < 3; i++)
         tbuf_free(&g->g[i]);
     free(g->S), free(g->z);
-}
-
-static lm_tensor view4(void *data, lm_dtype dt, lm_device dev, const int64_t *s, int64_t B, int64_t L,
-                       int64_t H, int64_t D)
-{
-    lm_tensor t = { .data = data, .dtype = dt, .device = dev, .ndim = 4, .shape = { B, L, H, D } };
-    memcpy(t.stride, s, sizeof t.stride);
-    return t;
-}
-
-/* Tokens [t0, t0 + n) of a [B, L, H, D] descriptor. */
-static lm_tensor tokens(lm_tensor t, int64_t t0, int64_t n)
-{
-    t.data = (char *)t.data + t0 * t.stride[1] * (int64_t)lm_dtype_size(t.dtype);
-    t.shape[1] = n;
-    return t;
 }
 
 /* Descriptors and arguments of one backward call on `dev` over query tokens

@@ -46,15 +46,6 @@ typedef struct problem {
     void *dq, *dk, *dv, *dmask;
 } problem;
 
-static void strides(int64_t *s, int64_t B, int64_t L, int64_t H, int64_t D, int seq_first)
-{
-    s[3] = 1, s[2] = D;
-    if (seq_first)
-        s[0] = H * D, s[1] = B * H * D;
-    else
-        s[1] = H * D, s[0] = L * H * D;
-}
-
 static void problem_init(problem *p, const gcase *c)
 {
     memset(p, 0, sizeof *p);
@@ -68,10 +59,10 @@ static void problem_init(problem *p, const gcase *c)
     tbuf_random(&p->q, lo, hi);
     tbuf_random(&p->k, lo, hi);
     tbuf_random(&p->v, -1.0, 1.0);
-    strides(p->sq, B, c->L, c->Hq, c->Dk, c->seq_first);
-    strides(p->sk, B, Lk, c->Hkv, c->Dk, c->seq_first);
-    strides(p->sv, B, Lk, c->Hkv, c->Dv, c->seq_first);
-    strides(p->so, B, c->L, c->Hq, c->Dv, 0);
+    strides4(p->sq, B, c->L, c->Hq, c->Dk, c->seq_first);
+    strides4(p->sk, B, Lk, c->Hkv, c->Dk, c->seq_first);
+    strides4(p->sv, B, Lk, c->Hkv, c->Dv, c->seq_first);
+    strides4(p->so, B, c->L, c->Hq, c->Dv, 0);
     if (c->mask) {
         p->mask = malloc((size_t)(B * Lk));
         for (int64_t i = 0; i < B * Lk; i++)
@@ -123,21 +114,6 @@ static void problem_free(problem *p)
     cudaFree(p->dk);
     cudaFree(p->dv);
     cudaFree(p->dmask);
-}
-
-static lm_tensor view4(void *data, lm_dtype dt, lm_device dev, const int64_t *s, int64_t B, int64_t L,
-                       int64_t H, int64_t D)
-{
-    lm_tensor t = { .data = data, .dtype = dt, .device = dev, .ndim = 4, .shape = { B, L, H, D } };
-    memcpy(t.stride, s, sizeof t.stride);
-    return t;
-}
-
-static lm_tensor tokens(lm_tensor t, int64_t t0, int64_t n)
-{
-    t.data = (char *)t.data + t0 * t.stride[1] * (int64_t)lm_dtype_size(t.dtype);
-    t.shape[1] = n;
-    return t;
 }
 
 /* Arguments of a call over tokens [t0, t0 + n) on `dev`, writing out / S / z. */

@@ -137,50 +137,20 @@ static void mproblem_free(mproblem *p)
     free(p->want);
 }
 
-/* A handle on `dev` with the problem's weights (device copies on CUDA). */
+/* A handle on `dev` with the problem's weights (device copies on CUDA);
+ * elu+1 and normalised, the config's defaults, as the reference computes. */
 static lm_attn *make_handle(const mproblem *p, lm_device dev)
 {
     const mcase *c = &p->c;
     const int gpu = dev == LM_CUDA;
-    lm_attn_config cfg;
-    ck_assert(lm_attn_config_default(&cfg, (int)c->E, (int)c->Hq) == LM_OK);
-    cfg.num_kv_heads = (int)c->Hkv;
-    cfg.head_dim = (int)c->D;
-    cfg.kdim = (int)c->kdim, cfg.vdim = (int)c->vdim;
-    cfg.dtype = c->dtype;
-    cfg.device = dev;
-    cfg.decay = c->decay ? p->decay : NULL;
-    lm_attn *a;
-    ck_assert_msg(lm_attn_create(&cfg, &a) == LM_OK, "create: %s", lm_last_error());
-    lm_weights w = { .out_proj_weight = gpu ? p->dwo : p->wo.data };
-    if (c->packed) {
-        w.in_proj_weight = gpu ? p->dwq : p->wq.data;
-    } else {
-        w.q_proj_weight = gpu ? p->dwq : p->wq.data;
-        w.k_proj_weight = gpu ? p->dwk : p->wk.data;
-        w.v_proj_weight = gpu ? p->dwv : p->wv.data;
-    }
-    if (c->bias) {
-        w.in_proj_bias = gpu ? p->dbin : p->bin.data;
-        w.out_proj_bias = gpu ? p->dbo : p->bo.data;
-    }
-    ck_assert_msg(lm_attn_set_weights(a, &w) == LM_OK, "%s", lm_last_error());
-    return a;
-}
-
-static lm_tensor view3(void *data, lm_dtype dt, lm_device dev, const int64_t *s, int64_t B, int64_t L,
-                       int64_t W)
-{
-    lm_tensor t = { .data = data, .dtype = dt, .device = dev, .ndim = 3, .shape = { B, L, W },
-                    .stride = { s[0], s[1], s[2] } };
-    return t;
-}
-
-static lm_tensor tokens(lm_tensor t, int64_t t0, int64_t n)
-{
-    t.data = (char *)t.data + t0 * t.stride[1] * (int64_t)lm_dtype_size(t.dtype);
-    t.shape[1] = n;
-    return t;
+    const gpu_attn_spec s = {
+        .dtype = c->dtype, .device = dev, .E = c->E, .Hq = c->Hq, .Hkv = c->Hkv, .D = c->D, .kdim = c->kdim,
+        .vdim = c->vdim, .feature_map = LM_FEATURE_ELU1, .normalize = 1, .decay = c->decay ? p->decay : NULL,
+        .packed = c->packed, .wq = gpu ? p->dwq : p->wq.data, .wk = gpu ? p->dwk : p->wk.data,
+        .wv = gpu ? p->dwv : p->wv.data, .wo = gpu ? p->dwo : p->wo.data,
+        .bin = c->bias ? (gpu ? p->dbin : p->bin.data) : NULL, .bo = c->bias ? (gpu ? p->dbo : p->bo.data) : NULL
+    };
+    return gpu_attn_new(&s);
 }
 
 /* Forward over tokens [t0, t0 + n) into out (contiguous [B, L, E] on dev). */

@@ -162,39 +162,21 @@ static void grads_free(bgrads *g)
             tbuf_free(&g->g[i]);
 }
 
+/* A handle on `dev` with the problem's weights (device copies on CUDA). */
 static lm_attn *make_handle(const bprob *p, lm_device dev)
 {
     const bcase *c = &p->c;
     const int gpu = dev == LM_CUDA;
-    lm_attn_config cfg;
-    ck_assert(lm_attn_config_default(&cfg, (int)c->E, (int)c->Hq) == LM_OK);
-    cfg.num_kv_heads = (int)c->Hkv;
-    cfg.head_dim = (int)c->D;
-    cfg.kdim = (int)c->kdim, cfg.vdim = (int)c->vdim;
-    cfg.feature_map = (lm_feature_map)c->fm;
-    cfg.normalize = c->normalize;
-    cfg.dtype = c->dtype;
-    cfg.device = dev;
-    cfg.decay = c->decay ? p->decay : NULL;
-    lm_attn *a;
-    ck_assert_msg(lm_attn_create(&cfg, &a) == LM_OK, "create: %s", lm_last_error());
     const void *v[NSLOT];
     for (int i = 0; i < NSLOT; i++)
         v[i] = p->nv[i] ? (gpu ? p->dval[i] : p->val[i].data) : NULL;
-    lm_weights w = { .in_proj_bias = v[BIN], .out_proj_weight = v[WO], .out_proj_bias = v[BO] };
-    if (c->packed)
-        w.in_proj_weight = v[WQ];
-    else
-        w.q_proj_weight = v[WQ], w.k_proj_weight = v[WK], w.v_proj_weight = v[WV];
-    ck_assert_msg(lm_attn_set_weights(a, &w) == LM_OK, "%s", lm_last_error());
-    return a;
-}
-
-static lm_tensor view3(void *data, const bcase *c, lm_device dev, const int64_t *s, int64_t L, int64_t W)
-{
-    lm_tensor t = { .data = data, .dtype = c->dtype, .device = dev, .ndim = 3, .shape = { c->B, L, W },
-                    .stride = { s[0], s[1], s[2] } };
-    return t;
+    const gpu_attn_spec s = {
+        .dtype = c->dtype, .device = dev, .E = c->E, .Hq = c->Hq, .Hkv = c->Hkv, .D = c->D, .kdim = c->kdim,
+        .vdim = c->vdim, .feature_map = (lm_feature_map)c->fm, .normalize = c->normalize,
+        .decay = c->decay ? p->decay : NULL, .packed = c->packed, .wq = v[WQ], .wk = v[WK], .wv = v[WV],
+        .bin = v[BIN], .wo = v[WO], .bo = v[BO]
+    };
+    return gpu_attn_new(&s);
 }
 
 /* Descriptors of one lm_attn_backward call on dev, gradients into gp[]. */
@@ -211,16 +193,16 @@ static void call_init(call *k, const bprob *p, lm_device dev, void *const *gp, i
     int64_t so[3];
     ref_strides3(so, c->B, c->L, c->E, 0);
     memset(k, 0, sizeof *k);
-    k->q = view3(gpu ? p->dval[XQ] : p->val[XQ].data, c, dev, p->sx, c->L, c->E);
+    k->q = view3(gpu ? p->dval[XQ] : p->val[XQ].data, c->dtype, dev, p->sx, c->B, c->L, c->E);
     k->k = k->v = k->q;
     if (c->cross) {
-        k->k = view3(gpu ? p->dval[XK] : p->val[XK].data, c, dev, p->sk, c->Lk, c->kdim);
-        k->v = view3(gpu ? p->dval[XV] : p->val[XV].data, c, dev, p->sv, c->Lk, c->vdim);
+        k->k = view3(gpu ? p->dval[XK] : p->val[XK].data, c->dtype, dev, p->sk, c->B, c->Lk, c->kdim);
+        k->v = view3(gpu ? p->dval[XV] : p->val[XV].data, c->dtype, dev, p->sv, c->B, c->Lk, c->vdim);
     }
-    k->dout = view3(gpu ? p->ddout : p->dout.data, c, dev, so, c->L, c->E);
-    k->dq = view3(gp[XQ], c, dev, p->sx, c->L, c->E);
-    k->dk = view3(gp[XK], c, dev, c->cross ? p->sk : p->sx, c->Lk, c->kdim);
-    k->dv = view3(gp[XV], c, dev, c->cross ? p->sv : p->sx, c->Lk, c->vdim);
+    k->dout = view3(gpu ? p->ddout : p->dout.data, c->dtype, dev, so, c->B, c->L, c->E);
+    k->dq = view3(gp[XQ], c->dtype, dev, p->sx, c->B, c->L, c->E);
+    k->dk = view3(gp[XK], c->dtype, dev, c->cross ? p->sk : p->sx, c->B, c->Lk, c->kdim);
+    k->dv = view3(gp[XV], c->dtype, dev, c->cross ? p->sv : p->sx, c->B, c->Lk, c->vdim);
     k->opts.is_causal = c->causal;
     if (p->mask) {
         k->mask = lm_tensor_2d(gpu ? p->dmask : p->mask, LM_BOOL, dev, c->B, c->Lk);
