@@ -435,8 +435,16 @@ template <class T> struct Chunk {
         return 0;
     }
 
-    __device__ void finish() const
+    /* Every chunk in order: its step, then f(ci, t0, n, stage), then the end
+     * of the loads. Both role loops run this, so every thread meets every
+     * barrier of the chunk loop. */
+    template <class F> __device__ void each(int64_t nchunks, bool use_q, bool use_kv, F &&f) const
     {
+        for (int64_t ci = 0; ci < nchunks; ci++) {
+            const int64_t t0 = j.t_begin + ci * C;
+            const int n = (int)min((int64_t)C, j.t_end - t0);
+            f(ci, t0, n, step(ci, nchunks, n, use_q, use_kv));
+        }
         if constexpr (!T::SPLIT)
             cp_async_wait<0>();
     }
@@ -824,17 +832,13 @@ __global__ void __launch_bounds__(THREADS, 1) attend_kernel(const __grid_constan
     /* Two loops, one per role, so that the readout's registers and the state's
      * are not live at once; each runs every chunk's step (and its barriers). */
     if (kind != LMK_ABSORB && warp < ROW_WARPS) {
-        for (int64_t ci = 0; ci < nchunks; ci++) {
-            const int64_t t0 = j.t_begin + ci * C;
-            const int n = (int)min((int64_t)C, j.t_end - t0);
-            const int st = ck.step(ci, nchunks, n, use_q, use_kv);
+        ck.each(nchunks, use_q, use_kv, [&](int64_t ci, int64_t t0, int n, int st) {
             const int buf = causal ? (int)(ci & 1) : 0;
             if (p.has_decay)
                 readout_rows<T, true>(p, sm, j, st, buf, t0, n, causal);
             else
                 readout_rows<T, false>(p, sm, j, st, buf, t0, n, causal);
-        }
-        ck.finish();
+        });
         return;
     }
     const int wi = kind == LMK_ABSORB ? warp : warp - ROW_WARPS;
@@ -842,17 +846,13 @@ __global__ void __launch_bounds__(THREADS, 1) attend_kernel(const __grid_constan
     s.load(p, j, head, kind, wi, kind == LMK_ABSORB ? WARPS : WARPS - ROW_WARPS);
     if (kind != LMK_ABSORB)
         s.publish(sm, 0);
-    for (int64_t ci = 0; ci < nchunks; ci++) {
-        const int64_t t0 = j.t_begin + ci * C;
-        const int n = (int)min((int64_t)C, j.t_end - t0);
-        const int st = ck.step(ci, nchunks, n, use_q, use_kv);
+    ck.each(nchunks, use_q, use_kv, [&](int64_t ci, int64_t, int n, int st) {
         if (kind == LMK_READOUT)
-            continue;
+            return;
         s.fold(p, sm, st, n);
         if (causal)
             s.publish(sm, (int)((ci + 1) & 1));
-    }
-    ck.finish();
+    });
     /* The final state (CAUSAL, last segment, first query head of its group) or
      * the segment's increment (ABSORB). */
     if (kind == LMK_ABSORB ||
