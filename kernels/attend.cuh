@@ -55,9 +55,10 @@ template <> struct Elem<LM_F32> {
     static __device__ __forceinline__ T from(float x) { return x; }
 };
 
-/* phi in fp32; __expf (2 ulp) is plenty for a value stored as bf16 or as a
- * 16-bit hi + lo pair, and several times cheaper than expf. Both sides of
- * elu+1 are computed and one selected: no branch in the per-element loops. */
+/* phi in fp32; an approximate ex2 (2 ulp) is plenty for a value stored as
+ * bf16 or as a 16-bit hi + lo pair, and several times cheaper than expf.
+ * Both sides of elu+1 are computed and one selected: no branch in the
+ * per-element loops. */
 template <int FM> __device__ __forceinline__ float phi_fm(float x)
 {
     if constexpr (FM == LM_FEATURE_ELU1) {

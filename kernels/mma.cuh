@@ -125,6 +125,8 @@ __device__ __forceinline__ void mbar_wait(uint64_t *b, uint32_t parity)
     } while (!done);
 }
 
+#undef LMK_SM90
+
 __device__ __forceinline__ uint32_t pack_bf16(float lo_elem, float hi_elem)
 {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo_elem, hi_elem);
