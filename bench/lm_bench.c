@@ -192,7 +192,7 @@ static int measure(const lm_attn_config *cfg, const lm_weights *w, const opts *o
     lm_tensor ty = lm_tensor_3d(y, o->dtype, LM_CPU, B, L, E);
     lm_tensor txs = lm_tensor_2d(xs, o->dtype, LM_CPU, B, E);
     lm_tensor tys = lm_tensor_2d(ys, o->dtype, LM_CPU, B, E);
-    lm_forward_opts fo = { .is_causal = 1, .keep_state = 1 };
+    lm_forward_opts fo = { LM_SIZED(lm_forward_opts), .is_causal = 1, .keep_state = 1 };
 
     /* The warm-up call on a fresh handle is where the library allocates what
      * it keeps (slab scratch, state): the growth of the heap is its extra memory. */
@@ -279,7 +279,7 @@ int main(int argc, char **argv)
     unsigned seed = 7;
     fill_random(w_in, o.dtype, 3 * E * E, 1.0 / sqrt((double)E), &seed);
     fill_random(w_out, o.dtype, E * E, 1.0 / sqrt((double)E), &seed);
-    lm_weights w = { .in_proj_weight = w_in, .out_proj_weight = w_out };
+    lm_weights w = { LM_SIZED(lm_weights), .in_proj_weight = w_in, .out_proj_weight = w_out };
 
     printf("lm-bench %s: module prefill (causal, elu+1, normalised), CPU, E=%d, %d heads, "
            "batch %d, %s\n",

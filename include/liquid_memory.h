@@ -54,14 +54,34 @@ extern "C" {
 
 #if defined(__GNUC__)
 #define LM_API __attribute__((visibility("default")))
+/* On every function that returns a status: ignoring one is a compile warning. */
+#define LM_NODISCARD __attribute__((warn_unused_result))
 #else
 #define LM_API
+#define LM_NODISCARD
 #endif
 
+/* The release this header belongs to. LM_VERSION_NUMBER orders releases
+ * (MAJOR * 10000 + MINOR * 100 + PATCH); lm_version_number() gives the
+ * library's, so a program can refuse a library older than its header. */
 #define LM_VERSION_MAJOR 0
-#define LM_VERSION_MINOR 1
+#define LM_VERSION_MINOR 2
 #define LM_VERSION_PATCH 0
-#define LM_VERSION_STRING "0.1.0"
+#define LM_VERSION_STRING "0.2.0"
+#define LM_VERSION_NUMBER (LM_VERSION_MAJOR * 10000 + LM_VERSION_MINOR * 100 + LM_VERSION_PATCH)
+/* The ABI: the number in the library's soname (libliquidmemory.so.0). It
+ * changes only when a call compiled against an older header could break. */
+#define LM_ABI_VERSION 0
+
+/* ABI rule for structs: every public struct that can grow starts with
+ * `uint32_t struct_size`, which the caller sets to sizeof(the struct) as its
+ * header declares it (the *_default() initialisers and LM_SIZED do). The
+ * library reads and writes only that many bytes: fields a caller's older
+ * header does not have count as zero, and nothing is written past the
+ * caller's struct. A struct_size of 0, or smaller than the struct's first
+ * release, is LM_ERR_INVALID_ARG. New fields are only ever added at the end.
+ *     lm_forward_opts o = { LM_SIZED(lm_forward_opts), .is_causal = 1 };   */
+#define LM_SIZED(type) .struct_size = (uint32_t)sizeof(type)
 
 /* Largest number of dimensions a tensor descriptor holds. */
 #define LM_MAX_DIMS 4
@@ -93,6 +113,10 @@ LM_API const char *lm_last_error(void);
 /* Version text, e.g. "0.1.0 (cpu, cuda)", or "0.1.0 (cpu) (development build)"
  * when built with a development license key. */
 LM_API const char *lm_version(void);
+
+/* LM_VERSION_NUMBER of the library that is loaded (which may differ from
+ * the header a program was compiled with). */
+LM_API int lm_version_number(void);
 
 /* ------------------------------------------------------------------------ */
 /* Tensors                                                                  */
@@ -160,6 +184,7 @@ typedef enum lm_precision {
 typedef struct lm_attn lm_attn; /* opaque handle */
 
 typedef struct lm_attn_config {
+    uint32_t struct_size; /* sizeof(lm_attn_config): see "ABI rule for structs" */
     int embed_dim;    /* E: width of query input and output, > 0 */
     int num_heads;    /* Hq, > 0 */
     int num_kv_heads; /* Hkv: 0 = num_heads; num_heads % num_kv_heads == 0 (GQA/MQA) */
@@ -179,14 +204,14 @@ typedef struct lm_attn_config {
 } lm_attn_config;
 
 /* Fills cfg with defaults: E = embed_dim, num_heads heads, elu+1, normalised,
- * eps 1e-6, no decay, precision auto, F32 on the CPU.
+ * eps 1e-6, no decay, precision auto, F32 on the CPU; sets struct_size.
  * Returns LM_ERR_INVALID_ARG when cfg is NULL. */
-LM_API lm_status lm_attn_config_default(lm_attn_config *cfg, int embed_dim, int num_heads);
+LM_API LM_NODISCARD lm_status lm_attn_config_default(lm_attn_config *cfg, int embed_dim, int num_heads);
 
 /* Creates a handle. Checks the configuration, copies it (decay included) and
  * allocates what the backend needs up front. *out is set on success only.
  * Returns INVALID_ARG, UNSUPPORTED, NO_DEVICE, OUT_OF_MEMORY, CUDA. */
-LM_API lm_status lm_attn_create(const lm_attn_config *cfg, lm_attn **out);
+LM_API LM_NODISCARD lm_status lm_attn_create(const lm_attn_config *cfg, lm_attn **out);
 
 /* Frees the handle and everything it owns; NULL is ignored. */
 LM_API void lm_attn_destroy(lm_attn *attn);
@@ -197,6 +222,7 @@ LM_API void lm_attn_destroy(lm_attn *attn);
  * updates to the memory (training) are seen by the next call.
  * With Dq = num_heads*head_dim and Dkv = num_kv_heads*head_dim: */
 typedef struct lm_weights {
+    uint32_t struct_size; /* sizeof(lm_weights): see "ABI rule for structs" */
     const void *in_proj_weight;  /* [Dq + 2 Dkv, E] packed q;k;v (kdim = vdim = E),
                                     or NULL to use the three below */
     const void *q_proj_weight;   /* [Dq, E] */
@@ -209,9 +235,10 @@ typedef struct lm_weights {
 
 /* Sets (borrows) the weights. Returns INVALID_ARG when a required pointer is
  * missing or in_proj_weight is given while kdim or vdim differ from E. */
-LM_API lm_status lm_attn_set_weights(lm_attn *attn, const lm_weights *w);
+LM_API LM_NODISCARD lm_status lm_attn_set_weights(lm_attn *attn, const lm_weights *w);
 
 typedef struct lm_forward_opts {
+    uint32_t struct_size; /* sizeof(lm_forward_opts): see "ABI rule for structs" */
     int is_causal;                     /* 1: token t sees keys 0..t (needs Lq == Lk) */
     const lm_tensor *key_padding_mask; /* [B, Lk] LM_BOOL, nonzero = ignore; NULL = none */
     int use_state;  /* 1: continue from the handle's state instead of an empty one */
@@ -229,38 +256,39 @@ typedef struct lm_forward_opts {
  * On the CPU the call is synchronous; on CUDA it is queued on `stream`
  * (a cudaStream_t, NULL = default stream). `out` may not alias the inputs.
  * Returns INVALID_ARG, UNSUPPORTED, STATE, LICENSE, OUT_OF_MEMORY, CUDA. */
-LM_API lm_status lm_attn_forward(lm_attn *attn, const lm_tensor *query, const lm_tensor *key,
-                                 const lm_tensor *value, const lm_forward_opts *opts,
-                                 lm_tensor *out, void *stream);
+LM_API LM_NODISCARD lm_status lm_attn_forward(lm_attn *attn, const lm_tensor *query, const lm_tensor *key,
+                                              const lm_tensor *value, const lm_forward_opts *opts,
+                                              lm_tensor *out, void *stream);
 
 /* One decode step: x [B, E] -> out [B, E], causal self-attention continuing
  * the handle's state (an empty one if none). A state of another batch size
  * is LM_ERR_STATE until lm_attn_reset. On CUDA it allocates nothing and does
  * not synchronise, so it can be captured in a CUDA graph once the state
  * exists. Returns INVALID_ARG, STATE, LICENSE, OUT_OF_MEMORY, CUDA. */
-LM_API lm_status lm_attn_step(lm_attn *attn, const lm_tensor *x, lm_tensor *out, void *stream);
+LM_API LM_NODISCARD lm_status lm_attn_step(lm_attn *attn, const lm_tensor *x, lm_tensor *out, void *stream);
 
 /* Drops the state: the next forward/step starts empty, any batch size. */
-LM_API lm_status lm_attn_reset(lm_attn *attn);
+LM_API LM_NODISCARD lm_status lm_attn_reset(lm_attn *attn);
 
 /* Size in bytes of the state blob of lm_attn_get_state (header + fp32 S and
  * z for every batch row and kv head). LM_ERR_STATE when there is no state. */
-LM_API lm_status lm_attn_state_size(const lm_attn *attn, size_t *bytes);
+LM_API LM_NODISCARD lm_status lm_attn_state_size(const lm_attn *attn, size_t *bytes);
 
 /* Copies the state into host memory buf of `bytes` bytes (at least
  * lm_attn_state_size). Synchronous. Save, restore or fork a conversation. */
-LM_API lm_status lm_attn_get_state(const lm_attn *attn, void *buf, size_t bytes);
+LM_API LM_NODISCARD lm_status lm_attn_get_state(const lm_attn *attn, void *buf, size_t bytes);
 
 /* Replaces the state with a blob from lm_attn_get_state of a handle with the
  * same num_kv_heads and head_dim. Checks the blob before changing anything. */
-LM_API lm_status lm_attn_set_state(lm_attn *attn, const void *buf, size_t bytes);
+LM_API LM_NODISCARD lm_status lm_attn_set_state(lm_attn *attn, const void *buf, size_t bytes);
 
 /* Number of tokens absorbed in the state (0 when there is none). */
-LM_API lm_status lm_attn_position(const lm_attn *attn, int64_t *tokens);
+LM_API LM_NODISCARD lm_status lm_attn_position(const lm_attn *attn, int64_t *tokens);
 
 /* Gradients of lm_attn_forward, for training. Tensors and weight buffers in
  * the config's dtype on its device. */
 typedef struct lm_attn_grads {
+    uint32_t struct_size; /* sizeof(lm_attn_grads): see "ABI rule for structs" */
     const lm_tensor *dout; /* [B, Lq, E] gradient of out */
     lm_tensor *dquery;     /* [B, Lq, E] written, or NULL when not wanted */
     lm_tensor *dkey;       /* [B, Lk, kdim] written, or NULL */
@@ -290,15 +318,16 @@ typedef struct lm_attn_grads {
  * need stride 1 on their last dimension and rows at least their width apart
  * (else UNSUPPORTED). Returns INVALID_ARG, UNSUPPORTED, LICENSE,
  * OUT_OF_MEMORY, CUDA. */
-LM_API lm_status lm_attn_backward(lm_attn *attn, const lm_tensor *query, const lm_tensor *key,
-                                  const lm_tensor *value, const lm_forward_opts *opts,
-                                  const lm_attn_grads *grads, void *stream);
+LM_API LM_NODISCARD lm_status lm_attn_backward(lm_attn *attn, const lm_tensor *query, const lm_tensor *key,
+                                               const lm_tensor *value, const lm_forward_opts *opts,
+                                               const lm_attn_grads *grads, void *stream);
 
 /* ------------------------------------------------------------------------ */
 /* Core: attention on already-projected q, k, v                             */
 /* ------------------------------------------------------------------------ */
 
 typedef struct lm_core_args {
+    uint32_t struct_size; /* sizeof(lm_core_args): see "ABI rule for structs" */
     const lm_tensor *q;                /* [B, L, Hq, Dk]   BF16/F16/F32 */
     const lm_tensor *k;                /* [B, Lk, Hkv, Dk] same dtype as q */
     const lm_tensor *v;                /* [B, Lk, Hkv, Dv] same dtype as q */
@@ -318,20 +347,21 @@ typedef struct lm_core_args {
 } lm_core_args;
 
 /* Fills the options of args with defaults (elu+1, normalised, eps 1e-6,
- * causal, precision auto) and clears its pointers. */
-LM_API lm_status lm_core_args_default(lm_core_args *args);
+ * causal, precision auto), clears its pointers and sets struct_size. */
+LM_API LM_NODISCARD lm_status lm_core_args_default(lm_core_args *args);
 
 /* Prefill on projected q, k, v. Hq % Hkv == 0 (query head h reads kv head
  * h / (Hq / Hkv)). Causal needs L == Lk. CPU: synchronous; CUDA: queued on
  * `stream`. Returns INVALID_ARG, UNSUPPORTED, LICENSE, OUT_OF_MEMORY, CUDA. */
-LM_API lm_status lm_linear_attn_prefill(const lm_core_args *args, void *stream);
+LM_API LM_NODISCARD lm_status lm_linear_attn_prefill(const lm_core_args *args, void *stream);
 
 /* One decode step for all B x H heads: L = Lk = 1, causal, state required.
  * On CUDA: no allocation, no host synchronisation, graph-capturable. */
-LM_API lm_status lm_linear_attn_decode(const lm_core_args *args, void *stream);
+LM_API LM_NODISCARD lm_status lm_linear_attn_decode(const lm_core_args *args, void *stream);
 
 /* Gradients of lm_linear_attn_prefill, for training. */
 typedef struct lm_core_grads {
+    uint32_t struct_size; /* sizeof(lm_core_grads): see "ABI rule for structs" */
     const lm_tensor *dout;         /* [B, L, Hq, Dv]   gradient of out, q's dtype */
     lm_tensor *dq;                 /* [B, L, Hq, Dk]   written */
     lm_tensor *dk;                 /* [B, Lk, Hkv, Dk] written */
@@ -355,8 +385,8 @@ typedef struct lm_core_grads {
  * 300 KB per thread at L = 128K, Dk = Dv = 64). CPU: synchronous, parallel
  * over batch x kv heads. Returns INVALID_ARG, UNSUPPORTED (a backend without
  * a backward), LICENSE, OUT_OF_MEMORY, CUDA. */
-LM_API lm_status lm_linear_attn_backward(const lm_core_args *args, const lm_core_grads *grads,
-                                         void *stream);
+LM_API LM_NODISCARD lm_status lm_linear_attn_backward(const lm_core_args *args, const lm_core_grads *grads,
+                                                      void *stream);
 
 /* ------------------------------------------------------------------------ */
 /* License                                                                  */
@@ -404,6 +434,7 @@ typedef enum lm_license_mode {
 } lm_license_mode;
 
 typedef struct lm_license_details {
+    uint32_t struct_size; /* sizeof(lm_license_details): see "ABI rule for structs" */
     lm_license_mode mode;
     int development_build;  /* 1: built with a development key, not the vendor's */
     char licensee[129];     /* NUL-terminated UTF-8, "" when unknown */
@@ -424,12 +455,12 @@ typedef struct lm_license_details {
  * Returns INVALID_ARG when `token` is not a token at all (empty, too long,
  * malformed, bad base64), LICENSE when it is refused (signature, version,
  * fields, expired, not yet valid, other machine); lm_last_error says why. */
-LM_API lm_status lm_license_set(const char *token);
+LM_API LM_NODISCARD lm_status lm_license_set(const char *token);
 
 /* Fills *out with the license in force, for UIs and logs; in mode INVALID
  * the fields are those of the refused token when its signature verified
  * (e.g. an expired license), else empty. Returns INVALID_ARG for NULL. */
-LM_API lm_status lm_license_info(lm_license_details *out);
+LM_API LM_NODISCARD lm_status lm_license_info(lm_license_details *out);
 
 #ifdef __cplusplus
 }

@@ -173,10 +173,11 @@ static void copy_fields(lm_license_details *out, const lml_license *lic)
     out->features = lic->features;
 }
 
-lm_status lm_license_info(lm_license_details *out)
+lm_status lm_license_info(lm_license_details *caller)
 {
-    if (!out)
+    if (!caller)
         return lmi_error(LM_ERR_INVALID_ARG, "out is NULL");
+    lm_license_details full, *out = &full;
     memset(out, 0, sizeof *out);
     out->development_build = lml_development_build;
     pthread_mutex_lock(&lock);
@@ -197,5 +198,6 @@ lm_status lm_license_info(lm_license_details *out)
         out->mode = r == LML_VALID ? LM_LICENSE_LICENSED : LM_LICENSE_INVALID;
     }
     pthread_mutex_unlock(&lock);
-    return LM_OK;
+    return lmi_sized_out(caller, out, sizeof *out, LMI_SIZE_UNTIL(lm_license_details, reason),
+                         "lm_license_details");
 }

@@ -23,6 +23,7 @@ lm_status lm_attn_config_default(lm_attn_config *cfg, int embed_dim, int num_hea
     if (!cfg)
         return lmi_error(LM_ERR_INVALID_ARG, "cfg is NULL");
     memset(cfg, 0, sizeof *cfg);
+    cfg->struct_size = sizeof *cfg;
     cfg->embed_dim = embed_dim;
     cfg->num_heads = num_heads;
     cfg->feature_map = LM_FEATURE_ELU1;
@@ -93,13 +94,15 @@ static lm_status reserve(lm_attn *a, float **buf, int64_t *cap, int64_t batch)
     return LM_OK;
 }
 
-lm_status lm_attn_create(const lm_attn_config *cfg, lm_attn **out)
+lm_status lm_attn_create(const lm_attn_config *config, lm_attn **out)
 {
-    if (!cfg || !out)
-        return lmi_error(LM_ERR_INVALID_ARG, "%s is NULL", cfg ? "out" : "cfg");
-    lm_status st = check_config(cfg);
-    if (st)
+    if (!config || !out)
+        return lmi_error(LM_ERR_INVALID_ARG, "%s is NULL", config ? "out" : "cfg");
+    lm_attn_config full;
+    lm_status st = LMI_SIZED_IN(&full, config, lm_attn_config, max_batch);
+    if (st || (st = check_config(&full)))
         return st;
+    const lm_attn_config *cfg = &full;
     const lmi_backend *be = &lmi_cpu_backend;
     if (cfg->device == LM_CUDA && (st = lmi_cuda_backend(cfg->cuda_device, &be)))
         return st;
@@ -153,10 +156,15 @@ void lm_attn_destroy(lm_attn *a)
     free(a);
 }
 
-lm_status lm_attn_set_weights(lm_attn *a, const lm_weights *w)
+lm_status lm_attn_set_weights(lm_attn *a, const lm_weights *weights)
 {
-    if (!a || !w)
+    if (!a || !weights)
         return lmi_error(LM_ERR_INVALID_ARG, "%s is NULL", a ? "weights" : "attn");
+    lm_weights full;
+    lm_status st = LMI_SIZED_IN(&full, weights, lm_weights, out_proj_bias);
+    if (st)
+        return st;
+    const lm_weights *w = &full;
     int separate = w->q_proj_weight || w->k_proj_weight || w->v_proj_weight;
     if (w->in_proj_weight && separate)
         return lmi_error(LM_ERR_INVALID_ARG,
@@ -197,6 +205,15 @@ static lm_status check_batch(const lm_attn *a, int64_t B)
         return lmi_error(LM_ERR_INVALID_ARG, "batch %lld exceeds max_batch %d", (long long)B,
                          a->cfg.max_batch);
     return LM_OK;
+}
+
+lm_status lmi_forward_opts_in(lm_forward_opts *full, const lm_forward_opts *opts)
+{
+    if (!opts) {
+        *full = (lm_forward_opts){ LM_SIZED(lm_forward_opts) };
+        return LM_OK;
+    }
+    return LMI_SIZED_IN(full, opts, lm_forward_opts, keep_state);
 }
 
 lm_status lmi_attn_check_inputs(const lm_attn *a, const lm_tensor *query, const lm_tensor *key,
@@ -240,17 +257,18 @@ lm_status lmi_attn_check_inputs(const lm_attn *a, const lm_tensor *query, const 
 }
 
 lm_status lm_attn_forward(lm_attn *a, const lm_tensor *query, const lm_tensor *key,
-                          const lm_tensor *value, const lm_forward_opts *opts, lm_tensor *out,
+                          const lm_tensor *value, const lm_forward_opts *options, lm_tensor *out,
                           void *stream)
 {
-    static const lm_forward_opts no_opts;
-    if (!opts)
-        opts = &no_opts;
+    lm_forward_opts full;
+    lm_status st = lmi_forward_opts_in(&full, options);
+    if (st)
+        return st;
+    const lm_forward_opts *opts = &full;
     if (!out)
         return lmi_error(LM_ERR_INVALID_ARG, "out is NULL");
     lmi_forward f;
-    lm_status st = lmi_attn_check_inputs(a, query, key, value, opts, out, &f);
-    if (st)
+    if ((st = lmi_attn_check_inputs(a, query, key, value, opts, out, &f)))
         return st;
     const int64_t B = f.B;
     const int use_state = opts->use_state && a->state_batch > 0;

@@ -117,22 +117,27 @@ static lm_status check_aliasing(const lm_attn *a, const lmi_forward *f, const lm
 }
 
 lm_status lm_attn_backward(lm_attn *a, const lm_tensor *query, const lm_tensor *key,
-                           const lm_tensor *value, const lm_forward_opts *opts,
-                           const lm_attn_grads *grads, void *stream)
+                           const lm_tensor *value, const lm_forward_opts *options,
+                           const lm_attn_grads *gradients, void *stream)
 {
-    static const lm_forward_opts no_opts;
-    if (!opts)
-        opts = &no_opts;
-    lmi_forward f;
-    lm_status st = lmi_attn_check_inputs(a, query, key, value, opts, NULL, &f);
+    lm_forward_opts opts_full;
+    lm_attn_grads grads_full;
+    lm_status st = lmi_forward_opts_in(&opts_full, options);
     if (st)
+        return st;
+    const lm_forward_opts *opts = &opts_full;
+    lmi_forward f;
+    if ((st = lmi_attn_check_inputs(a, query, key, value, opts, NULL, &f)))
         return st;
     if (opts->use_state)
         return lmi_error(LM_ERR_UNSUPPORTED, "lm_attn_backward starts from an empty state: "
                                              "use_state is not supported (the state the forward "
                                              "continued from is gone)");
-    if (!grads)
+    if (!gradients)
         return lmi_error(LM_ERR_INVALID_ARG, "grads is NULL");
+    if ((st = LMI_SIZED_IN(&grads_full, gradients, lm_attn_grads, accumulate)))
+        return st;
+    const lm_attn_grads *grads = &grads_full;
     if ((st = lmi_attn_check_io(a, grads->dout, "dout", 3, (int64_t[]){ f.B, f.Lq, a->E })))
         return st;
     if ((grads->dquery &&

@@ -63,16 +63,22 @@ static lm_status check_state_grads(const lm_core_args *a, const lm_core_grads *g
     return LM_OK;
 }
 
-lm_status lm_linear_attn_backward(const lm_core_args *args, const lm_core_grads *grads,
+lm_status lm_linear_attn_backward(const lm_core_args *arguments, const lm_core_grads *gradients,
                                   void *stream)
 {
+    lm_core_args args_full;
+    lm_core_grads grads_full;
     lmi_core_params p;
     const lmi_backend *be;
-    lm_status st = lmi_core_fill(args, LMI_CORE_BACKWARD, &p, &be);
+    lm_status st = lmi_core_fill(arguments, LMI_CORE_BACKWARD, &args_full, &p, &be);
     if (st)
         return st;
-    if (!grads)
+    if (!gradients)
         return lmi_error(LM_ERR_INVALID_ARG, "grads is NULL");
+    if ((st = LMI_SIZED_IN(&grads_full, gradients, lm_core_grads, dnormalizer_in)))
+        return st;
+    const lm_core_args *args = &args_full;
+    const lm_core_grads *grads = &grads_full;
     const lm_tensor *q = args->q;
     if ((st = check_grad(grads->dout, "dout", q, (int64_t[]){ p.B, p.L, p.Hq, p.Dv },
                          "[B, L, Hq, Dv]")) ||

@@ -13,6 +13,7 @@ lm_status lm_core_args_default(lm_core_args *args)
     if (!args)
         return lmi_error(LM_ERR_INVALID_ARG, "args is NULL");
     memset(args, 0, sizeof *args);
+    args->struct_size = sizeof *args;
     args->is_causal = 1;
     args->feature_map = LM_FEATURE_ELU1;
     args->normalize = 1;
@@ -21,16 +22,19 @@ lm_status lm_core_args_default(lm_core_args *args)
     return LM_OK;
 }
 
-lm_status lmi_core_fill(const lm_core_args *a, lmi_core_call call, lmi_core_params *p,
-                        const lmi_backend **be)
+lm_status lmi_core_fill(const lm_core_args *args, lmi_core_call call, lm_core_args *full,
+                        lmi_core_params *p, const lmi_backend **be)
 {
     const int decode = call == LMI_CORE_DECODE, need_out = call != LMI_CORE_BACKWARD;
-    if (!a)
+    if (!args)
         return lmi_error(LM_ERR_INVALID_ARG, "args is NULL");
+    lm_status st = LMI_SIZED_IN(full, args, lm_core_args, precision);
+    if (st)
+        return st;
+    const lm_core_args *a = full;
     if (!a->q)
         return lmi_error(LM_ERR_INVALID_ARG, "q is NULL");
     const lm_device dev = a->q->device;
-    lm_status st;
     if ((st = lmi_check_tensor(a->q, "q", 4, dev)) || (st = lmi_check_tensor(a->k, "k", 4, dev)) ||
         (st = lmi_check_tensor(a->v, "v", 4, dev)) ||
         (need_out && (st = lmi_check_tensor(a->out, "out", 4, dev))))
@@ -111,16 +115,18 @@ lm_status lmi_core_fill(const lm_core_args *a, lmi_core_call call, lmi_core_para
 
 lm_status lm_linear_attn_prefill(const lm_core_args *args, void *stream)
 {
+    lm_core_args full;
     lmi_core_params p;
     const lmi_backend *be;
-    lm_status st = lmi_core_fill(args, LMI_CORE_PREFILL, &p, &be);
+    lm_status st = lmi_core_fill(args, LMI_CORE_PREFILL, &full, &p, &be);
     return st ? st : be->prefill(&p, stream);
 }
 
 lm_status lm_linear_attn_decode(const lm_core_args *args, void *stream)
 {
+    lm_core_args full;
     lmi_core_params p;
     const lmi_backend *be;
-    lm_status st = lmi_core_fill(args, LMI_CORE_DECODE, &p, &be);
+    lm_status st = lmi_core_fill(args, LMI_CORE_DECODE, &full, &p, &be);
     return st ? st : be->decode(&p, stream);
 }

@@ -10,6 +10,7 @@
 #include "lm_params.h"
 
 #include <stdarg.h>
+#include <stddef.h>
 
 /* Chunk length of the chunked-parallel algorithm on the CPU. */
 #define LMI_CPU_CHUNK 64
@@ -25,6 +26,24 @@ lm_status lmi_error(lm_status status, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 /* Records a notice (e.g. evaluation mode) without failing. */
 void lmi_notice(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* ---- sized public structs (sized.c) ---- */
+
+/* Copies the caller's struct src (src->struct_size bytes) into dst, a full
+ * struct of dst_size bytes: missing trailing fields become zero, dst's
+ * struct_size becomes dst_size. INVALID_ARG (naming `type`) when struct_size
+ * is 0 or below min_size, the size of the struct's first release. */
+lm_status lmi_sized_in(void *dst, size_t dst_size, size_t min_size, const void *src,
+                       const char *type);
+/* Writes src (a full struct of src_size bytes) into the caller's dst, at most
+ * dst->struct_size bytes; same checks. */
+lm_status lmi_sized_out(void *dst, const void *src, size_t src_size, size_t min_size,
+                        const char *type);
+/* The size of a struct's first release: up to and including its field `last`. */
+#define LMI_SIZE_UNTIL(type, last) (offsetof(type, last) + sizeof(((type *)0)->last))
+/* dst = the caller's *src of type T, whose first release ended at field `last`. */
+#define LMI_SIZED_IN(dst, src, T, last) \
+    lmi_sized_in((dst), sizeof(T), LMI_SIZE_UNTIL(T, last), (src), #T)
 
 /* ---- tensors (tensor.c) ---- */
 
@@ -55,9 +74,10 @@ int lmi_compensated(lm_precision precision, int64_t tokens);
 struct lmi_backend;
 /* Which core call lmi_core_fill checks for: the backward reads no `out`. */
 typedef enum lmi_core_call { LMI_CORE_PREFILL, LMI_CORE_DECODE, LMI_CORE_BACKWARD } lmi_core_call;
-/* Validates core arguments, fills *p and picks the backend of the tensors' device. */
-lm_status lmi_core_fill(const lm_core_args *a, lmi_core_call call, lmi_core_params *p,
-                        const struct lmi_backend **be);
+/* Validates the caller's core arguments (copied into *full, the ABI rule),
+ * fills *p and picks the backend of the tensors' device. */
+lm_status lmi_core_fill(const lm_core_args *args, lmi_core_call call, lm_core_args *full,
+                        lmi_core_params *p, const struct lmi_backend **be);
 
 /* ---- license (license/) ---- */
 
@@ -104,6 +124,8 @@ typedef struct lmi_forward {
 /* Checks tensor t of the handle's dtype and device; shape entries < 0 are free. */
 lm_status lmi_attn_check_io(const lm_attn *a, const lm_tensor *t, const char *what, int ndim,
                             const int64_t *shape);
+/* The caller's options (NULL = all defaults) as a full struct. */
+lm_status lmi_forward_opts_in(lm_forward_opts *full, const lm_forward_opts *opts);
 /* Checks a forward's inputs and options (out may be NULL: the backward has
  * none) and fills the sizes and flags of *f; the state is not looked at. */
 lm_status lmi_attn_check_inputs(const lm_attn *a, const lm_tensor *query, const lm_tensor *key,

@@ -24,3 +24,8 @@ const char *lm_version(void)
     call_once(&text_once, make_text);
     return text;
 }
+
+int lm_version_number(void)
+{
+    return LM_VERSION_NUMBER;
+}

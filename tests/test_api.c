@@ -42,13 +42,13 @@ static void fixture_init(fixture *f)
     fill(f->w_out, E * E, 0.3);
     fill(f->b_out, E, 0.1);
     fill(f->x, B * L * E, 1.0);
-    lm_weights w = { .in_proj_weight = f->w_in, .in_proj_bias = f->b_in,
+    lm_weights w = { LM_SIZED(lm_weights), .in_proj_weight = f->w_in, .in_proj_bias = f->b_in,
                      .out_proj_weight = f->w_out, .out_proj_bias = f->b_out };
     ck_assert(lm_attn_set_weights(f->a, &w) == LM_OK);
     f->tx = lm_tensor_3d(f->x, LM_F32, LM_CPU, B, L, E);
     f->ty = lm_tensor_3d(f->y, LM_F32, LM_CPU, B, L, E);
     /* A state to protect: a causal forward that keeps it. */
-    lm_forward_opts o = { .is_causal = 1, .keep_state = 1 };
+    lm_forward_opts o = { LM_SIZED(lm_forward_opts), .is_causal = 1, .keep_state = 1 };
     ck_assert(lm_attn_forward(f->a, &f->tx, &f->tx, &f->tx, &o, &f->ty, NULL) == LM_OK);
     memcpy(f->y0, f->y, sizeof f->y);
     ck_assert(lm_attn_state_size(f->a, &f->blob_bytes) == LM_OK);
@@ -72,7 +72,7 @@ static void fixture_check(fixture *f)
     ck_assert_int_eq(pos, f->pos);
     for (int i = 0; i < B * L * E; i++)
         f->y[i] = NAN;
-    lm_forward_opts o = { .is_causal = 1 };
+    lm_forward_opts o = { LM_SIZED(lm_forward_opts), .is_causal = 1 };
     ck_assert_msg(lm_attn_forward(f->a, &f->tx, &f->tx, &f->tx, &o, &f->ty, NULL) == LM_OK, "%s",
                   lm_last_error());
     ck_assert_msg(!memcmp(f->y, f->y0, sizeof f->y), "the handle computes differently now");
@@ -115,12 +115,12 @@ START_TEST(test_create_errors)
     lm_attn *a = (lm_attn *)&c; /* a sentinel: must stay untouched on failure */
     EXPECT_ERR(lm_attn_config_default(NULL, E, H), LM_ERR_INVALID_ARG, "cfg");
     EXPECT_ERR(lm_attn_create(NULL, &a), LM_ERR_INVALID_ARG, "cfg");
-    lm_attn_config_default(&c, E, H);
+    ck_assert_int_eq(lm_attn_config_default(&c, E, H), LM_OK);
     EXPECT_ERR(lm_attn_create(&c, NULL), LM_ERR_INVALID_ARG, "out");
 
 #define BAD(field, value, st, needle)                                                         \
     do {                                                                                      \
-        lm_attn_config_default(&c, E, H);                                                     \
+        ck_assert_int_eq(lm_attn_config_default(&c, E, H), LM_OK);                                                     \
         c.field = value;                                                                      \
         EXPECT_ERR(lm_attn_create(&c, &a), st, needle);                                       \
         ck_assert_ptr_eq(a, (lm_attn *)&c);                                                   \
@@ -152,7 +152,7 @@ START_TEST(test_create_errors)
     BAD(decay, zero_decay, LM_ERR_INVALID_ARG, "decay[3]");
 #undef BAD
     /* A GPU that is absent (or a build without CUDA) is LM_ERR_NO_DEVICE. */
-    lm_attn_config_default(&c, E, H);
+    ck_assert_int_eq(lm_attn_config_default(&c, E, H), LM_OK);
     c.device = LM_CUDA;
     lm_status st = lm_attn_create(&c, &a);
     if (st == LM_OK)
@@ -167,20 +167,20 @@ START_TEST(test_weights_errors)
     fixture f;
     fixture_init(&f);
     float wk[E * E];
-    lm_weights w = { .in_proj_weight = f.w_in, .out_proj_weight = f.w_out };
+    lm_weights w = { LM_SIZED(lm_weights), .in_proj_weight = f.w_in, .out_proj_weight = f.w_out };
     EXPECT_ERR(lm_attn_set_weights(NULL, &w), LM_ERR_INVALID_ARG, "attn");
     EXPECT_ERR(lm_attn_set_weights(f.a, NULL), LM_ERR_INVALID_ARG, "weights");
-    lm_weights no_out = { .in_proj_weight = f.w_in };
+    lm_weights no_out = { LM_SIZED(lm_weights), .in_proj_weight = f.w_in };
     EXPECT_ERR(lm_attn_set_weights(f.a, &no_out), LM_ERR_INVALID_ARG, "out_proj_weight");
-    lm_weights both = { .in_proj_weight = f.w_in, .k_proj_weight = wk, .out_proj_weight = f.w_out };
+    lm_weights both = { LM_SIZED(lm_weights), .in_proj_weight = f.w_in, .k_proj_weight = wk, .out_proj_weight = f.w_out };
     EXPECT_ERR(lm_attn_set_weights(f.a, &both), LM_ERR_INVALID_ARG, "not both");
-    lm_weights partial = { .q_proj_weight = wk, .k_proj_weight = wk, .out_proj_weight = f.w_out };
+    lm_weights partial = { LM_SIZED(lm_weights), .q_proj_weight = wk, .k_proj_weight = wk, .out_proj_weight = f.w_out };
     EXPECT_ERR(lm_attn_set_weights(f.a, &partial), LM_ERR_INVALID_ARG, "q/k/v_proj_weight");
     fixture_check(&f);
 
     lm_attn_config c;
     lm_attn *x;
-    lm_attn_config_default(&c, E, H);
+    ck_assert_int_eq(lm_attn_config_default(&c, E, H), LM_OK);
     c.kdim = 16;
     ck_assert(lm_attn_create(&c, &x) == LM_OK);
     EXPECT_ERR(lm_attn_set_weights(x, &w), LM_ERR_INVALID_ARG, "kdim == vdim == embed_dim");
@@ -195,7 +195,7 @@ START_TEST(test_forward_errors)
 {
     fixture f;
     fixture_init(&f);
-    lm_forward_opts causal = { .is_causal = 1 }, keep = { .is_causal = 1, .keep_state = 1 };
+    lm_forward_opts causal = { LM_SIZED(lm_forward_opts), .is_causal = 1 }, keep = { LM_SIZED(lm_forward_opts), .is_causal = 1, .keep_state = 1 };
     float other[B * L * E];
     lm_tensor x = f.tx, y = f.ty, t;
 #define FWD(q, k, v, o, opts, st, needle)                                                     \
@@ -237,13 +237,13 @@ START_TEST(test_forward_errors)
     FWD(&x, &shorter, &shorter, &y, &keep, LM_ERR_INVALID_ARG, "as many queries as keys");
     uint8_t m[B * L] = { 0 };
     lm_tensor mask = lm_tensor_2d(m, LM_F32, LM_CPU, B, L);
-    lm_forward_opts om = { .is_causal = 1, .keep_state = 1, .key_padding_mask = &mask };
+    lm_forward_opts om = { LM_SIZED(lm_forward_opts), .is_causal = 1, .keep_state = 1, .key_padding_mask = &mask };
     FWD(&x, &x, &x, &y, &om, LM_ERR_INVALID_ARG, "LM_BOOL");
     mask = lm_tensor_2d(m, LM_BOOL, LM_CPU, B, L - 1);
     FWD(&x, &x, &x, &y, &om, LM_ERR_INVALID_ARG, "key_padding_mask is [2, 19]");
     /* continuing a state of batch 2 with batch 1 */
     lm_tensor x1 = lm_tensor_3d(f.x, LM_F32, LM_CPU, 1, L, E), y1 = lm_tensor_3d(other, LM_F32, LM_CPU, 1, L, E);
-    lm_forward_opts cont = { .is_causal = 1, .use_state = 1, .keep_state = 1 };
+    lm_forward_opts cont = { LM_SIZED(lm_forward_opts), .is_causal = 1, .use_state = 1, .keep_state = 1 };
     FWD(&x1, &x1, &x1, &y1, &cont, LM_ERR_STATE, "lm_attn_reset");
     fixture_free(&f);
 
@@ -251,12 +251,12 @@ START_TEST(test_forward_errors)
     float decay[H] = { 0.9f, 0.9f, 0.9f, 0.9f };
     lm_attn_config c;
     lm_attn *a;
-    lm_attn_config_default(&c, E, H);
+    ck_assert_int_eq(lm_attn_config_default(&c, E, H), LM_OK);
     c.decay = decay;
     c.max_batch = 1;
     ck_assert(lm_attn_create(&c, &a) == LM_OK);
     float w_in[3 * E * E] = { 0 }, w_out[E * E] = { 0 };
-    lm_weights w = { .in_proj_weight = w_in, .out_proj_weight = w_out };
+    lm_weights w = { LM_SIZED(lm_weights), .in_proj_weight = w_in, .out_proj_weight = w_out };
     ck_assert(lm_attn_set_weights(a, &w) == LM_OK);
     EXPECT_ERR(lm_attn_forward(a, &x1, &x1, &x1, NULL, &y1, NULL), LM_ERR_UNSUPPORTED, "causal");
     EXPECT_ERR(lm_attn_forward(a, &x, &x, &x, &causal, &y, NULL), LM_ERR_INVALID_ARG, "max_batch");
@@ -303,11 +303,11 @@ START_TEST(test_step_errors)
     /* step is self-attention: a cross-attention handle refuses it */
     lm_attn_config c;
     lm_attn *a;
-    lm_attn_config_default(&c, E, H);
+    ck_assert_int_eq(lm_attn_config_default(&c, E, H), LM_OK);
     c.kdim = 8;
     ck_assert(lm_attn_create(&c, &a) == LM_OK);
     float wq[E * E] = { 0 }, wk[E * 8] = { 0 }, wv[E * E] = { 0 }, wo[E * E] = { 0 };
-    lm_weights w = { .q_proj_weight = wq, .k_proj_weight = wk, .v_proj_weight = wv, .out_proj_weight = wo };
+    lm_weights w = { LM_SIZED(lm_weights), .q_proj_weight = wq, .k_proj_weight = wk, .v_proj_weight = wv, .out_proj_weight = wo };
     ck_assert(lm_attn_set_weights(a, &w) == LM_OK);
     EXPECT_ERR(lm_attn_step(a, &x, &y, NULL), LM_ERR_UNSUPPORTED, "kdim == vdim");
     lm_attn_destroy(a);
@@ -342,7 +342,7 @@ START_TEST(test_state_errors)
     /* a blob from a handle of another shape */
     lm_attn_config c;
     lm_attn *a;
-    lm_attn_config_default(&c, E, H / 2);
+    ck_assert_int_eq(lm_attn_config_default(&c, E, H / 2), LM_OK);
     ck_assert(lm_attn_create(&c, &a) == LM_OK);
     EXPECT_ERR(lm_attn_set_state(a, f.blob, f.blob_bytes), LM_ERR_STATE, "kv heads");
     EXPECT_ERR(lm_attn_state_size(a, &n), LM_ERR_STATE, "no state");
@@ -371,7 +371,7 @@ START_TEST(test_core_errors)
     lm_tensor tv = lm_tensor_4d(v, LM_F32, LM_CPU, 1, CL, CH, CD), to = lm_tensor_4d(o, LM_F32, LM_CPU, 1, CL, CH, CD), t;
     lm_core_args a, good;
     EXPECT_ERR(lm_core_args_default(NULL), LM_ERR_INVALID_ARG, "args");
-    lm_core_args_default(&good);
+    ck_assert_int_eq(lm_core_args_default(&good), LM_OK);
     good.q = &tq, good.k = &tk, good.v = &tv, good.out = &to;
     good.state = S, good.normalizer = z;
 #define CORE(fn, st, needle)                                                                  \

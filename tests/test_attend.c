@@ -146,7 +146,7 @@ static void call_init(call *k, problem *p, int64_t t0, int64_t n, int with_state
     int64_t so[4];
     strides(so, c->B, c->L, c->Hq, c->Dv, 0);
     k->out = tokens(view(&p->out, so, c->B, c->L, c->Hq, c->Dv), t0, n);
-    lm_core_args_default(&k->a);
+    ck_assert_int_eq(lm_core_args_default(&k->a), LM_OK);
     k->a.q = &k->q, k->a.k = &k->k, k->a.v = &k->v, k->a.out = &k->out;
     if (p->mask) {
         k->mask = lm_tensor_2d(p->mask + (c->causal ? t0 : 0), LM_BOOL, LM_CPU, c->B, nk);

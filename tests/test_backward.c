@@ -563,7 +563,7 @@ static void call_init(call *k, prob *p, int64_t t0, int64_t n)
     k->dq = tens_view(&p->dq, t0, n);
     k->dk = tens_view(&p->dk, k0, nk);
     k->dv = tens_view(&p->dv, k0, nk);
-    lm_core_args_default(&k->a);
+    ck_assert_int_eq(lm_core_args_default(&k->a), LM_OK);
     k->a.q = &k->q, k->a.k = &k->k, k->a.v = &k->v;
     if (p->mask) {
         k->mask = lm_tensor_2d(p->mask + k0, LM_BOOL, LM_CPU, c->B, nk);
@@ -577,6 +577,7 @@ static void call_init(call *k, prob *p, int64_t t0, int64_t n)
     k->a.decay = c->decay ? p->decay : NULL;
     k->a.precision = c->precision;
     memset(&k->g, 0, sizeof k->g);
+    k->g.struct_size = sizeof k->g;
     k->g.dout = &k->dout, k->g.dq = &k->dq, k->g.dk = &k->dk, k->g.dv = &k->dv;
     k->g.dstate_out = p->dSo, k->g.dnormalizer_out = p->dzo;
     if (c->dstate_in)

@@ -92,7 +92,7 @@ static void mproblem_init(mproblem *p, const mcase *c)
     p->bo = tbuf_new(c->dtype, E);
     tbuf_random(&p->bin, -0.5, 0.5);
     tbuf_random(&p->bo, -0.5, 0.5);
-    lm_weights w = { .out_proj_weight = p->wo.data };
+    lm_weights w = { LM_SIZED(lm_weights), .out_proj_weight = p->wo.data };
     if (c->packed) {
         w.in_proj_weight = p->wq.data;
     } else {
@@ -159,7 +159,7 @@ static lm_status forward_part(mproblem *p, int64_t t0, int64_t n, int use_state,
         k = view3(&p->xk, p->sk, c->B, c->Lk, c->kdim);
         v = view3(&p->xv, p->sv, c->B, c->Lk, c->vdim);
     }
-    lm_forward_opts opts = { .is_causal = c->causal, .use_state = use_state,
+    lm_forward_opts opts = { LM_SIZED(lm_forward_opts), .is_causal = c->causal, .use_state = use_state,
                              .keep_state = keep_state };
     if (p->mask) {
         m = lm_tensor_2d(p->mask + (c->causal ? t0 : 0), LM_BOOL, LM_CPU, c->B,

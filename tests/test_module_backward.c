@@ -126,14 +126,14 @@ static void bprob_init(bprob *b, const bcase *c)
         b->decay[h] = (float)(1.0 - ldexp(1.0, -3 - h % 4));
 
     lm_attn_config cfg;
-    lm_attn_config_default(&cfg, (int)E, (int)k->Hq);
+    ck_assert_int_eq(lm_attn_config_default(&cfg, (int)E, (int)k->Hq), LM_OK);
     cfg.num_kv_heads = (int)k->Hkv;
     cfg.head_dim = (int)k->D;
     cfg.kdim = (int)k->kdim, cfg.vdim = (int)k->vdim;
     cfg.dtype = dt;
     cfg.decay = c->decay ? b->decay : NULL;
     ck_assert_msg(lm_attn_create(&cfg, &b->a) == LM_OK, "%s", lm_last_error());
-    lm_weights w = { .out_proj_weight = p[WO].val.data,
+    lm_weights w = { LM_SIZED(lm_weights), .out_proj_weight = p[WO].val.data,
                      .out_proj_bias = c->bias ? p[BO].val.data : NULL };
     if (c->packed) {
         const size_t es = lm_dtype_size(dt);
@@ -198,7 +198,7 @@ static lm_status run_backward(bprob *b, int accumulate)
     if (!accumulate)
         for (int i = 0; i < NPARAM; i++)
             tbuf_poison(&p[i].grad);
-    lm_attn_grads g = { .dout = &dout, .dquery = &dq, .dkey = &dk, .dvalue = &dv,
+    lm_attn_grads g = { LM_SIZED(lm_attn_grads), .dout = &dout, .dquery = &dq, .dkey = &dk, .dvalue = &dv,
                         .out_proj_weight = p[WO].grad.data, .accumulate = accumulate };
     if (c->shared)
         g.dkey = g.dvalue = &dq;
@@ -218,7 +218,7 @@ static lm_status run_backward(bprob *b, int accumulate)
         if (c->packed)
             tbuf_poison(&packed_gw);
     }
-    lm_forward_opts o = { .is_causal = c->causal };
+    lm_forward_opts o = { LM_SIZED(lm_forward_opts), .is_causal = c->causal };
     if (b->mask) {
         m = lm_tensor_2d(b->mask, LM_BOOL, LM_CPU, c->B, c->Lk);
         o.key_padding_mask = &m;
@@ -394,9 +394,9 @@ START_TEST(test_errors)
     param *p = b.p;
     lm_tensor x = t3(&p[XQ].val, c.B, c.L, c.E), dout = t3(&b.dout, c.B, c.L, c.E);
     lm_tensor dx = t3(&p[XQ].grad, c.B, c.L, c.E), dk = t3(&p[XK].grad, c.B, c.L, c.E);
-    lm_forward_opts causal = { .is_causal = 1 }, cont = { .is_causal = 1, .use_state = 1 };
+    lm_forward_opts causal = { LM_SIZED(lm_forward_opts), .is_causal = 1 }, cont = { LM_SIZED(lm_forward_opts), .is_causal = 1, .use_state = 1 };
     /* a state on the handle, which the backward must leave alone */
-    lm_forward_opts keep = { .is_causal = 1, .keep_state = 1 };
+    lm_forward_opts keep = { LM_SIZED(lm_forward_opts), .is_causal = 1, .keep_state = 1 };
     tbuf y = tbuf_new(c.dtype, x.shape[0] * x.shape[1] * x.shape[2]);
     lm_tensor ty = t3(&y, c.B, c.L, c.E);
     ck_assert(lm_attn_forward(b.a, &x, &x, &x, &keep, &ty, NULL) == LM_OK);
@@ -405,7 +405,7 @@ START_TEST(test_errors)
     char *before = malloc(bytes), *after = malloc(bytes);
     ck_assert(lm_attn_get_state(b.a, before, bytes) == LM_OK);
 
-    lm_attn_grads g = { .dout = &dout, .dquery = &dx };
+    lm_attn_grads g = { LM_SIZED(lm_attn_grads), .dout = &dout, .dquery = &dx };
     EXPECT_ERR(lm_attn_backward(NULL, &x, &x, &x, &causal, &g, NULL), LM_ERR_INVALID_ARG, "attn");
     EXPECT_ERR(lm_attn_backward(b.a, &x, &x, &x, &causal, NULL, NULL), LM_ERR_INVALID_ARG, "grads");
     EXPECT_ERR(lm_attn_backward(b.a, &x, &x, &x, &cont, &g, NULL), LM_ERR_UNSUPPORTED, "use_state");
@@ -443,7 +443,7 @@ START_TEST(test_errors)
     c.bias = 0;
     bprob_init(&b, &c);
     lm_tensor x2 = t3(&b.p[XQ].val, c.B, c.L, c.E), d2 = t3(&b.dout, c.B, c.L, c.E);
-    lm_attn_grads g2 = { .dout = &d2, .out_proj_bias = b.p[BO].grad.data };
+    lm_attn_grads g2 = { LM_SIZED(lm_attn_grads), .dout = &d2, .out_proj_bias = b.p[BO].grad.data };
     EXPECT_ERR(lm_attn_backward(b.a, &x2, &x2, &x2, &causal, &g2, NULL), LM_ERR_INVALID_ARG,
            "no out_proj_bias");
     bprob_free(&b);

@@ -24,15 +24,15 @@ static void *run(void *arg)
     job *j = arg;
     lm_attn_config c;
     lm_attn *a;
-    lm_attn_config_default(&c, E, j->heads);
+    ck_assert_int_eq(lm_attn_config_default(&c, E, j->heads), LM_OK);
     if ((j->st = lm_attn_create(&c, &a)))
         return NULL;
-    lm_weights w = { .in_proj_weight = j->w_in, .out_proj_weight = j->w_out };
+    lm_weights w = { LM_SIZED(lm_weights), .in_proj_weight = j->w_in, .out_proj_weight = j->w_out };
     lm_tensor x = lm_tensor_3d(j->x, LM_F32, LM_CPU, B, L, E);
     lm_tensor y = lm_tensor_3d(j->y, LM_F32, LM_CPU, B, L, E);
     lm_tensor xs = lm_tensor_2d(j->x, LM_F32, LM_CPU, B, E), ys = lm_tensor_2d(j->steps, LM_F32, LM_CPU, B, E);
     xs.stride[0] = L * E;
-    lm_forward_opts o = { .is_causal = 1, .keep_state = 1 };
+    lm_forward_opts o = { LM_SIZED(lm_forward_opts), .is_causal = 1, .keep_state = 1 };
     if (!(j->st = lm_attn_set_weights(a, &w)) && !(j->st = lm_attn_forward(a, &x, &x, &x, &o, &y, NULL)))
         for (int t = 0; t < 5 && !j->st; t++)
             j->st = lm_attn_step(a, &xs, &ys, NULL);
@@ -77,20 +77,21 @@ END_TEST
 /* The error text is per thread: a failure on one thread is not seen on another. */
 static void *fail_create(void *arg)
 {
-    (void)arg;
-    lm_attn_create(NULL, NULL);
+    *(lm_status *)arg = lm_attn_create(NULL, NULL);
     return NULL;
 }
 
 START_TEST(test_error_text_per_thread)
 {
-    lm_attn_config_default(NULL, 1, 1);
+    ck_assert_int_eq(lm_attn_config_default(NULL, 1, 1), LM_ERR_INVALID_ARG);
     char mine[256];
     strncpy(mine, lm_last_error(), sizeof mine - 1);
     mine[sizeof mine - 1] = 0;
     pthread_t t;
-    ck_assert(pthread_create(&t, NULL, fail_create, NULL) == 0);
+    lm_status theirs = LM_OK;
+    ck_assert(pthread_create(&t, NULL, fail_create, &theirs) == 0);
     pthread_join(t, NULL);
+    ck_assert_int_eq(theirs, LM_ERR_INVALID_ARG);
     ck_assert_str_eq(mine, lm_last_error());
 }
 END_TEST

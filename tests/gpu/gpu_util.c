@@ -88,7 +88,7 @@ lm_attn *gpu_attn_new(const gpu_attn_spec *s)
     cfg.decay = s->decay;
     lm_attn *a;
     ck_assert_msg(lm_attn_create(&cfg, &a) == LM_OK, "create: %s", lm_last_error());
-    lm_weights w = { .in_proj_bias = s->bin, .out_proj_weight = s->wo, .out_proj_bias = s->bo };
+    lm_weights w = { LM_SIZED(lm_weights), .in_proj_bias = s->bin, .out_proj_weight = s->wo, .out_proj_bias = s->bo };
     if (s->packed)
         w.in_proj_weight = s->wq;
     else

@@ -209,7 +209,7 @@ static void call_init(call *k, const bprob *p, lm_device dev, void *gq, void *gk
     k->dq = tokens(view4(gq, c->dtype, dev, p->sq, c->B, c->L, c->Hq, c->Dk), t0, n);
     k->dk = tokens(view4(gk, c->dtype, dev, p->sk, c->B, c->Lk, c->Hkv, c->Dk), k0, nk);
     k->dv = tokens(view4(gv, c->dtype, dev, p->sv, c->B, c->Lk, c->Hkv, c->Dv), k0, nk);
-    lm_core_args_default(&k->a);
+    ck_assert_int_eq(lm_core_args_default(&k->a), LM_OK);
     k->a.q = &k->q, k->a.k = &k->k, k->a.v = &k->v;
     if (p->mask) {
         k->mask = lm_tensor_2d((uint8_t *)(gpu ? p->dmask : p->mask) + k0, LM_BOOL, dev, c->B, nk);
@@ -222,6 +222,7 @@ static void call_init(call *k, const bprob *p, lm_device dev, void *gq, void *gk
     k->a.decay = c->decay ? p->decay : NULL;
     k->a.precision = c->precision;
     k->a.position = t0;
+    k->g.struct_size = sizeof k->g;
     k->g.dout = &k->dout, k->g.dq = &k->dq, k->g.dk = &k->dk, k->g.dv = &k->dv;
 }
 

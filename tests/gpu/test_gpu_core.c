@@ -132,7 +132,7 @@ static void call_init(call *k, const problem *p, lm_device dev, void *out, float
     k->k = tokens(view4(gpu ? p->dk : p->k.data, c->dtype, dev, p->sk, c->B, c->Lk, c->Hkv, c->Dk), k0, nk);
     k->v = tokens(view4(gpu ? p->dv : p->v.data, c->dtype, dev, p->sv, c->B, c->Lk, c->Hkv, c->Dv), k0, nk);
     k->out = tokens(view4(out, c->dtype, dev, p->so, c->B, c->L, c->Hq, c->Dv), t0, n);
-    lm_core_args_default(&k->a);
+    ck_assert_int_eq(lm_core_args_default(&k->a), LM_OK);
     k->a.q = &k->q, k->a.k = &k->k, k->a.v = &k->v, k->a.out = &k->out;
     if (p->mask) {
         k->mask = lm_tensor_2d((uint8_t *)(gpu ? p->dmask : p->mask) + k0, LM_BOOL, dev, c->B, nk);

@@ -73,7 +73,7 @@ static void run_long(int64_t L, int causal)
     CUDA_OK(cudaMemset(dS, 0, H * D * D * sizeof(float)));
     CUDA_OK(cudaMemset(dz, 0, H * D * sizeof(float)));
     lm_core_args a;
-    lm_core_args_default(&a);
+    ck_assert_int_eq(lm_core_args_default(&a), LM_OK);
     a.q = &tq, a.k = &tk, a.v = &tv, a.out = &to, a.state = dS, a.normalizer = dz;
     a.is_causal = causal;
     ck_assert_msg(lm_linear_attn_prefill(&a, NULL) == LM_OK, "prefill L %lld: %s", (long long)L, lm_last_error());

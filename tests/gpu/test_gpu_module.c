@@ -167,7 +167,7 @@ static void forward_part(const mproblem *p, lm_attn *a, lm_device dev, void *out
         k = view3(gpu ? p->dxk : p->xk.data, c->dtype, dev, p->sk, c->B, c->Lk, c->kdim);
         v = view3(gpu ? p->dxv : p->xv.data, c->dtype, dev, p->sv, c->B, c->Lk, c->vdim);
     }
-    lm_forward_opts opts = { .is_causal = c->causal, .use_state = use_state, .keep_state = keep_state };
+    lm_forward_opts opts = { LM_SIZED(lm_forward_opts), .is_causal = c->causal, .use_state = use_state, .keep_state = keep_state };
     if (p->mask) {
         m = lm_tensor_2d((uint8_t *)(gpu ? p->dmask : p->mask) + (c->causal ? t0 : 0), LM_BOOL, dev, c->B,
                          c->causal ? n : c->Lk);
@@ -308,7 +308,7 @@ START_TEST(test_forward_then_steps)
         ck_assert(lm_attn_state_size(a, &sz) == LM_OK);
         void *blob = malloc(sz);
         ck_assert_msg(lm_attn_get_state(a, blob, sz) == LM_OK, "%s", lm_last_error());
-        lm_attn_reset(a);
+        ck_assert_int_eq(lm_attn_reset(a), LM_OK);
         ck_assert_msg(lm_attn_set_state(a, blob, sz) == LM_OK, "%s", lm_last_error());
         void *blob2 = malloc(sz);
         ck_assert_msg(lm_attn_get_state(a, blob2, sz) == LM_OK, "%s", lm_last_error());

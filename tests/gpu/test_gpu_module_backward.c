@@ -203,12 +203,14 @@ static void call_init(call *k, const bprob *p, lm_device dev, void *const *gp, i
     k->dq = view3(gp[XQ], c->dtype, dev, p->sx, c->B, c->L, c->E);
     k->dk = view3(gp[XK], c->dtype, dev, c->cross ? p->sk : p->sx, c->B, c->Lk, c->kdim);
     k->dv = view3(gp[XV], c->dtype, dev, c->cross ? p->sv : p->sx, c->B, c->Lk, c->vdim);
+    k->opts.struct_size = sizeof k->opts;
     k->opts.is_causal = c->causal;
     if (p->mask) {
         k->mask = lm_tensor_2d(gpu ? p->dmask : p->mask, LM_BOOL, dev, c->B, c->Lk);
         k->opts.key_padding_mask = &k->mask;
     }
     lm_attn_grads *g = &k->g;
+    g->struct_size = sizeof *g;
     g->dout = &k->dout, g->dquery = &k->dq, g->dkey = &k->dk, g->dvalue = &k->dv;
     if (c->shared)
         g->dkey = g->dvalue = &k->dq;
@@ -535,7 +537,7 @@ START_TEST(test_mbwd_errors)
     void *dy = dmalloc(bytes);
     lm_tensor y = k.dout;
     y.data = dy;
-    lm_forward_opts keep = { .is_causal = 1, .keep_state = 1 };
+    lm_forward_opts keep = { LM_SIZED(lm_forward_opts), .is_causal = 1, .keep_state = 1 };
     ck_assert_msg(lm_attn_forward(a, &k.q, &k.q, &k.q, &keep, &y, NULL) == LM_OK, "%s", lm_last_error());
     size_t sz;
     ck_assert(lm_attn_state_size(a, &sz) == LM_OK);

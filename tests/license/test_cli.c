@@ -383,7 +383,7 @@ START_TEST(tool_token_is_accepted_by_the_library)
     char tok[LML_INPUT_MAX + 1];
     first_line(r.out, tok, sizeof tok);
     ck_assert_int_eq(lm_license_set(tok), LM_OK);
-    lm_license_details d;
+    lm_license_details d = { LM_SIZED(lm_license_details) };
     ck_assert_int_eq(lm_license_info(&d), LM_OK);
     ck_assert_int_eq(d.mode, LM_LICENSE_LICENSED);
     ck_assert_str_eq(d.licensee, "From The Tool");

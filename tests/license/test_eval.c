@@ -38,7 +38,7 @@ static void model_init(model *m)
         m->w_in[i] = small_random() * 0.3f;
     for (int i = 0; i < E * E; i++)
         m->w_out[i] = small_random() * 0.3f;
-    lm_weights w = { .in_proj_weight = m->w_in, .out_proj_weight = m->w_out };
+    lm_weights w = { LM_SIZED(lm_weights), .in_proj_weight = m->w_in, .out_proj_weight = m->w_out };
     ck_assert_int_eq(lm_attn_set_weights(m->a, &w), LM_OK);
     m->x = malloc(sizeof(float) * MAX_L * E);
     m->y = malloc(sizeof(float) * MAX_L * E);
@@ -61,7 +61,7 @@ static lm_status forward(model *m, int64_t L, int use_state)
 {
     lm_tensor x = lm_tensor_3d(m->x, LM_F32, LM_CPU, 1, L, E);
     lm_tensor y = lm_tensor_3d(m->y, LM_F32, LM_CPU, 1, L, E);
-    lm_forward_opts o = { .is_causal = 1, .use_state = use_state, .keep_state = 1 };
+    lm_forward_opts o = { LM_SIZED(lm_forward_opts), .is_causal = 1, .use_state = use_state, .keep_state = 1 };
     return lm_attn_forward(m->a, &x, &x, &x, &o, &y, NULL);
 }
 

@@ -27,7 +27,7 @@ static void token_for(char tok[LML_TOKEN_MAX + 1], const char *who, int64_t max_
 
 static lm_license_details info(void)
 {
-    lm_license_details d;
+    lm_license_details d = { LM_SIZED(lm_license_details) };
     ck_assert_int_eq(lm_license_info(&d), LM_OK);
     return d;
 }
@@ -321,7 +321,7 @@ static pthread_barrier_t start;
 static atomic_int stop;
 
 typedef struct first_use {
-    lm_status at_cap, over_cap;
+    lm_status at_cap, over_cap, status_info;
     lm_license_details d;
     char message[512];
 } first_use;
@@ -333,7 +333,8 @@ static void *first_use_thread(void *arg)
     r->at_cap = lmi_license_check(5000);
     r->over_cap = lmi_license_check(5001);
     snprintf(r->message, sizeof r->message, "%s", lm_last_error());
-    lm_license_info(&r->d);
+    r->d.struct_size = sizeof r->d;
+    r->status_info = lm_license_info(&r->d);
     return NULL;
 }
 
@@ -354,6 +355,7 @@ START_TEST(first_use_from_8_threads)
     for (int i = 0; i < N_THREADS; i++) {
         ck_assert_int_eq(r[i].at_cap, LM_OK);
         ck_assert_int_eq(r[i].over_cap, LM_ERR_LICENSE);
+        ck_assert_int_eq(r[i].status_info, LM_OK);
         ck_assert(strstr(r[i].message, "allows 5000 tokens"));
         ck_assert_int_eq(r[i].d.mode, LM_LICENSE_LICENSED);
         ck_assert_str_eq(r[i].d.licensee, "Threads");

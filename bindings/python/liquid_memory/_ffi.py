@@ -64,6 +64,7 @@ STRUCTS = (
         ("int64_t[4]", "stride"),
     )),
     ("lm_core_args", (
+        ("uint32_t", "struct_size"),
         ("const lm_tensor *", "q"),
         ("const lm_tensor *", "k"),
         ("const lm_tensor *", "v"),
@@ -81,6 +82,7 @@ STRUCTS = (
         ("lm_precision", "precision"),
     )),
     ("lm_core_grads", (
+        ("uint32_t", "struct_size"),
         ("const lm_tensor *", "dout"),
         ("lm_tensor *", "dq"),
         ("lm_tensor *", "dk"),
@@ -91,6 +93,7 @@ STRUCTS = (
         ("float *", "dnormalizer_in"),
     )),
     ("lm_license_details", (
+        ("uint32_t", "struct_size"),
         ("lm_license_mode", "mode"),
         ("int", "development_build"),
         ("char[129]", "licensee"),
@@ -110,6 +113,7 @@ FUNCTIONS = (
     ("lm_status_string", "const char *", ("lm_status",), True),
     ("lm_last_error", "const char *", (), True),
     ("lm_version", "const char *", (), True),
+    ("lm_version_number", "int", (), False),
     ("lm_dtype_size", "size_t", ("lm_dtype",), True),
     ("lm_core_args_default", "lm_status", ("lm_core_args *",), True),
     ("lm_linear_attn_prefill", "lm_status", ("const lm_core_args *", "void *"), True),
@@ -277,7 +281,11 @@ class CffiBinding(_Binding):
             raise self._missing(name) from None
 
     def new(self, struct):
-        return self.ffi.new(struct + " *")
+        """A zeroed struct; a sized one (the header's ABI rule) gets its struct_size."""
+        obj = self.ffi.new(struct + " *")
+        if "struct_size" in FIELD_TYPES[struct]:
+            obj.struct_size = self.ffi.sizeof(struct)
+        return obj
 
     def ref(self, obj):
         return obj
@@ -306,6 +314,7 @@ class CffiBinding(_Binding):
 
 _CT_BASE = {
     "int": ctypes.c_int, "int64_t": ctypes.c_int64, "uint64_t": ctypes.c_uint64,
+    "uint32_t": ctypes.c_uint32,
     "float": ctypes.c_float, "size_t": ctypes.c_size_t, "char": ctypes.c_char,
 }
 _CT_STRUCTS = {}
@@ -357,7 +366,11 @@ class CtypesBinding(_Binding):
         return fn
 
     def new(self, struct):
-        return _CT_STRUCTS[struct]()
+        """A zeroed struct; a sized one (the header's ABI rule) gets its struct_size."""
+        obj = _CT_STRUCTS[struct]()
+        if "struct_size" in FIELD_TYPES[struct]:
+            obj.struct_size = ctypes.sizeof(obj)
+        return obj
 
     def ref(self, obj):
         return ctypes.pointer(obj)
