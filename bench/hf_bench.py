@@ -415,11 +415,12 @@ def plot(res, path):
               ("decode_max", "tokens_per_s", "aggregate decode tokens/s, largest batch", 1.0),
               ("prefill", "cache_bytes_per_seq", "cache MB per sequence", 1e-6)]
     for ax, (what, key, title, scale) in zip(axes, panels):
-        for method in ("lm", "lm_graph", "hf_sdpa", "hf_static"):
+        for method, color in (("lm", "C0"), ("lm_graph", "C2"), ("hf_sdpa", "C1"),
+                              ("hf_static", "C3")):
             pts = sorted((r["context"], r[key] * scale) for r in res["records"]
                          if r["method"] == method and r["what"] == what and r.get(key))
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=method)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=color, label=method)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("context (tokens)")
