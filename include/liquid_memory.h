@@ -393,8 +393,11 @@ LM_API LM_NODISCARD lm_status lm_linear_attn_backward(const lm_core_args *args, 
 /* ------------------------------------------------------------------------ */
 
 /* Liquid Memory is licensed per customer with signed tokens
- * ("LM1.<payload>.<signature>", Ed25519; README_INTEGRATION.md, "Licensing
- * and provisioning", has the format and how to get one).
+ * ("LM2.<payload>.<signature>", Ed25519; "LM1." tokens are still read;
+ * README_INTEGRATION.md, "Licensing and provisioning", has the format and
+ * how to get one). The library trusts a small compiled-in keyring (the
+ * vendor's current key and, during a rotation, the next one) and refuses
+ * the license ids on a compiled-in revocation list.
  *
  * The token in force comes from, in this order: lm_license_set; else the
  * environment variable LM_LICENSE (the token itself); else LM_LICENSE_FILE
@@ -408,8 +411,9 @@ LM_API LM_NODISCARD lm_status lm_linear_attn_backward(const lm_core_args *args, 
  *     thread leaves an "evaluation mode" notice in lm_last_error().
  *   - licensed: a valid token. Its max_seq_len (0 = unlimited) applies.
  *   - invalid: a token was found but refused (altered or foreign signature,
- *     unknown version, expired, not yet valid, bound to another machine, or
- *     LM_LICENSE_FILE / the default file unreadable). Every call that the
+ *     unknown version or key, revoked, expired, not yet valid, clock set
+ *     back, bound to another machine, or LM_LICENSE_FILE / the default file
+ *     unreadable). Every call that the
  *     gate guards then fails with LM_ERR_LICENSE and the reason: a broken
  *     license is never quietly treated as evaluation. Remove it to evaluate.
  * "Context" is the prefill length (the longer of queries and keys), plus
@@ -419,10 +423,14 @@ LM_API LM_NODISCARD lm_status lm_linear_attn_backward(const lm_core_args *args, 
  *
  * The token is looked up and its signature verified once per process, on
  * first use; after that a check reads no file or variable (changing them
- * has no effect until the process restarts or lm_license_set is called),
+ * has no effect until lm_license_reload, lm_license_set or a restart),
  * costs a lock and a clock read, and makes no CUDA call, so it is safe in
  * the decode hot path and inside CUDA graph capture. Expiry is checked on
  * every call, so a license that expires during a run stops working then.
+ * Clock: a license that expires is refused while the clock is more than a
+ * day behind its issue time or behind the latest time already seen (in this
+ * process, or recorded in ~/.config/liquid-memory/clock, which the library
+ * keeps best-effort when that directory can be written).
  *
  * Threads: every function in this section is thread-safe. */
 #define LM_EVAL_MAX_TOKENS 4096
@@ -461,6 +469,23 @@ LM_API LM_NODISCARD lm_status lm_license_set(const char *token);
  * the fields are those of the refused token when its signature verified
  * (e.g. an expired license), else empty. Returns INVALID_ARG for NULL. */
 LM_API LM_NODISCARD lm_status lm_license_info(lm_license_details *out);
+
+#ifndef LM_NODISCARD /* defined with the ABI conventions; until then here */
+#define LM_NODISCARD __attribute__((warn_unused_result))
+#endif
+
+/* Looks up the license again (LM_LICENSE, LM_LICENSE_FILE, the default
+ * file: the order above) and verifies it, for long-running servers that
+ * receive a renewed license (e.g. on SIGHUP) without restarting. The found
+ * license replaces the one from the environment only when it is in force
+ * now; otherwise nothing changes, so a bad or missing file never takes away
+ * a license that still works. A token installed with lm_license_set keeps
+ * precedence (lm_license_set(NULL) lets the reloaded one apply). Reads the
+ * environment: do not call it while another thread changes variables.
+ * Returns LICENSE when no license is found or the found one is refused
+ * (lm_last_error says why, as for lm_license_set), INVALID_ARG when the
+ * text found is not a token at all. */
+LM_API LM_NODISCARD lm_status lm_license_reload(void);
 
 #ifdef __cplusplus
 }

@@ -78,6 +78,15 @@ lml_result lml_read_small_file(const char *path, char *out, size_t *len, char *w
     return LML_VALID;
 }
 
+int lml_config_path(char *out, size_t cap, const char *name)
+{
+    const char *home = getenv("HOME");
+    if (!home || !*home)
+        return -1;
+    int w = snprintf(out, cap, "%s/.config/liquid-memory%s%s", home, *name ? "/" : "", name);
+    return w < 0 || (size_t)w >= cap ? -1 : 0;
+}
+
 void lml_lookup(lml_found *f)
 {
     memset(f, 0, sizeof *f);
@@ -101,12 +110,8 @@ void lml_lookup(lml_found *f)
     if (file && *file) {
         snprintf(f->source, sizeof f->source, "LM_LICENSE_FILE=%s", file);
     } else {
-        const char *home = getenv("HOME");
-        if (!home || !*home)
-            return;
-        int w = snprintf(path, sizeof path, "%s/.config/liquid-memory/license", home);
         struct stat st;
-        if (w < 0 || (size_t)w >= sizeof path ||
+        if (lml_config_path(path, sizeof path, "license") != 0 ||
             (stat(path, &st) != 0 && (errno == ENOENT || errno == ENOTDIR)))
             return;
         file = path;

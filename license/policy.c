@@ -2,13 +2,17 @@
  * policy.c - the license in force, and the gate the rest of the library
  * calls (lmi_license_check) before every prefill and decode step.
  *
- * The token is looked up and verified once per process (signature, payload,
- * host binding: the only I/O), then kept in a cache guarded by one mutex. A
- * check afterwards is a lock, a clock read and two comparisons, so it is
- * cheap enough for every decode step, also inside CUDA graph capture (it
- * makes no CUDA call). The time window is checked on every call, so expiry
- * is honoured during long runs. The cache is the library's only mutable
- * global besides the thread-local error text.
+ * The token is looked up and verified once per process, and again at each
+ * lm_license_reload (signature against the keyring, payload, revocation
+ * list, host binding, clock mark: the only I/O), then kept in a cache
+ * guarded by one mutex. A check afterwards is a lock, a clock read and a few
+ * comparisons, so it is cheap enough for every decode step, also inside CUDA
+ * graph capture (it makes no CUDA call). The time window and the clock are
+ * checked on every call, so expiry is honoured during long runs, and a clock
+ * set back more than LML_CLOCK_SKEW behind the latest time seen (in this
+ * process, or recorded in the clock mark file) refuses a license that
+ * expires. The cache is the library's only mutable global besides the
+ * thread-local error text.
  */
 #include "lm_impl.h"
 #include "license.h"
@@ -33,17 +37,56 @@ typedef struct held {
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static held from_set;   /* installed by lm_license_set; wins when present */
-static held from_env;   /* found by lml_lookup on first need */
+static held from_env;   /* found by lml_lookup on first need or lm_license_reload */
 static int env_looked;  /* from_env is filled */
+static int64_t latest;  /* the latest time seen: clocks, and the mark file */
 static _Thread_local int eval_noticed; /* this thread was told about evaluation mode */
 
 /* Verifies len bytes of tok into h: everything but the time window. */
 static void verify(held *h, const char *tok, size_t len)
 {
-    h->result = lml_token_verify(tok, len, lml_vendor_public_key, &h->lic, h->reason,
+    h->result = lml_token_verify(tok, len, lml_keyring, lml_keyring_size, &h->lic, h->reason,
                                  sizeof h->reason);
     if (h->result == LML_VALID)
+        h->result = lml_license_check_revoked(&h->lic, h->reason, sizeof h->reason);
+    if (h->result == LML_VALID)
         h->result = lml_license_check_host(&h->lic, h->reason, sizeof h->reason);
+}
+
+/* The environment's license (LM_LICENSE, LM_LICENSE_FILE, the default file)
+ * into h, verified: I/O, done without the lock. */
+static void look_up(held *h)
+{
+    lml_found f;
+    lml_lookup(&f);
+    memset(h, 0, sizeof *h);
+    h->present = f.present;
+    snprintf(h->source, sizeof h->source, "%s", f.source);
+    if (f.present && f.error != LML_VALID) {
+        h->result = f.error;
+        snprintf(h->reason, sizeof h->reason, "%s", f.why);
+    } else if (f.present) {
+        verify(h, f.token, f.len);
+    }
+}
+
+/* A license that expires is what a clock set back would stretch: for one,
+ * the latest time recorded on this machine joins the ones seen here, and
+ * now joins the record. I/O, done without the lock. */
+static int64_t clock_mark_for(const held *h, int64_t now)
+{
+    if (!h->present || h->result != LML_VALID || !h->lic.expires)
+        return 0;
+    int64_t mark = lml_clock_mark_read();
+    lml_clock_mark_write(now);
+    return mark;
+}
+
+/* Adopts the latest time seen. Locked. */
+static void see(int64_t t)
+{
+    if (t > latest)
+        latest = t;
 }
 
 /* The license in force; looks in the environment the first time. Locked. */
@@ -52,19 +95,28 @@ static const held *in_force(void)
     if (from_set.present)
         return &from_set;
     if (!env_looked) {
-        lml_found f;
-        lml_lookup(&f);
-        from_env.present = f.present;
-        snprintf(from_env.source, sizeof from_env.source, "%s", f.source);
-        if (f.present && f.error != LML_VALID) {
-            from_env.result = f.error;
-            snprintf(from_env.reason, sizeof from_env.reason, "%s", f.why);
-        } else if (f.present) {
-            verify(&from_env, f.token, f.len);
-        }
+        look_up(&from_env);
+        see(clock_mark_for(&from_env, (int64_t)time(NULL)));
         env_looked = 1;
     }
     return &from_env;
+}
+
+/* The time window and the clock of h's license at now. Locked. */
+static lml_result check_clock(const held *h, int64_t now, char *why, size_t why_len)
+{
+    lml_result r = lml_license_check_time(&h->lic, now, why, why_len);
+    if (r == LML_VALID && h->lic.expires && now < latest - LML_CLOCK_SKEW) {
+        char when[64];
+        lml_format_time(when, sizeof when, latest);
+        snprintf(why, why_len,
+                 "the clock is more than a day behind %s, a time this machine has already "
+                 "seen: set the clock right",
+                 when);
+        r = LML_ERR_CLOCK;
+    }
+    see(now);
+    return r;
 }
 
 static lm_status check_locked(int64_t tokens)
@@ -89,8 +141,8 @@ static lm_status check_locked(int64_t tokens)
                          "the license from %s was refused (%s): %s. Install a valid license, "
                          "or remove this one to run in evaluation mode",
                          h->source, lml_result_string(h->result), h->reason);
-    char why[128];
-    lml_result r = lml_license_check_time(&h->lic, (int64_t)time(NULL), why, sizeof why);
+    char why[192];
+    lml_result r = check_clock(h, (int64_t)time(NULL), why, sizeof why);
     if (r != LML_VALID)
         return lmi_error(LM_ERR_LICENSE, "the license from %s for %s is %s: %s", h->source,
                          h->lic.licensee, lml_result_string(r), why);
@@ -127,6 +179,31 @@ static lm_status status_of(lml_result r)
     }
 }
 
+/* Installs h (verified, not yet checked against the clock) into *slot, and
+ * marks the environment as looked at when `looked` is given, if h is in force
+ * now; else leaves both as they were and says why. */
+static lm_status adopt(held *h, held *slot, int *looked, const char *caller)
+{
+    const int64_t now = (int64_t)time(NULL), mark = clock_mark_for(h, now);
+    pthread_mutex_lock(&lock);
+    see(mark);
+    if (h->result == LML_VALID)
+        h->result = check_clock(h, now, h->reason, sizeof h->reason);
+    if (h->result == LML_VALID) {
+        *slot = *h;
+        if (looked)
+            *looked = 1;
+    }
+    pthread_mutex_unlock(&lock);
+    if (h->result != LML_VALID)
+        return lmi_error(status_of(h->result),
+                         "%s: the token%s%s was refused (%s): %s; the license in force is "
+                         "unchanged",
+                         caller, looked ? " from " : "", looked ? h->source : "",
+                         lml_result_string(h->result), h->reason);
+    return LM_OK;
+}
+
 lm_status lm_license_set(const char *token)
 {
     if (!token) {
@@ -149,17 +226,20 @@ lm_status lm_license_set(const char *token)
     h.present = 1;
     snprintf(h.source, sizeof h.source, "lm_license_set");
     verify(&h, text, n);
-    if (h.result == LML_VALID)
-        h.result = lml_license_check_time(&h.lic, (int64_t)time(NULL), h.reason, sizeof h.reason);
-    if (h.result != LML_VALID)
-        return lmi_error(status_of(h.result),
-                         "lm_license_set: the token was refused (%s): %s; the license in force "
-                         "is unchanged",
-                         lml_result_string(h.result), h.reason);
-    pthread_mutex_lock(&lock);
-    from_set = h;
-    pthread_mutex_unlock(&lock);
-    return LM_OK;
+    return adopt(&h, &from_set, NULL, "lm_license_set");
+}
+
+lm_status lm_license_reload(void)
+{
+    /* Looked up and verified before taking the lock, as in lm_license_set. */
+    held h;
+    look_up(&h);
+    if (!h.present)
+        return lmi_error(LM_ERR_LICENSE,
+                         "lm_license_reload: no license found to reload (LM_LICENSE, "
+                         "LM_LICENSE_FILE, ~/.config/liquid-memory/license); the license in "
+                         "force is unchanged");
+    return adopt(&h, &from_env, &env_looked, "lm_license_reload");
 }
 
 static void copy_fields(lm_license_details *out, const lml_license *lic)
@@ -192,8 +272,7 @@ lm_status lm_license_info(lm_license_details *caller)
         snprintf(out->reason, sizeof out->reason, "%s", h->reason);
         if (r == LML_VALID) {
             copy_fields(out, &h->lic);
-            r = lml_license_check_time(&h->lic, (int64_t)time(NULL), out->reason,
-                                       sizeof out->reason);
+            r = check_clock(h, (int64_t)time(NULL), out->reason, sizeof out->reason);
         }
         out->mode = r == LML_VALID ? LM_LICENSE_LICENSED : LM_LICENSE_INVALID;
     }

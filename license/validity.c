@@ -1,6 +1,7 @@
 /*
  * validity.c - whether a verified license applies here and now: its time
- * window against the clock, and its host binding against this machine.
+ * window against the clock (and the clock against the license's issue
+ * time), and its host binding against this machine.
  */
 #include "license.h"
 
@@ -19,6 +20,17 @@ void lml_format_time(char *out, size_t len, int64_t t)
 lml_result lml_license_check_time(const lml_license *lic, int64_t now, char *why, size_t why_len)
 {
     char when[64];
+    /* Only a license that expires gains from a clock set back, so only such
+     * a license is refused for it: a wrong clock never locks out a license
+     * without an expiry. issued >= 0, so the subtraction cannot overflow. */
+    if (lic->expires && now < lic->issued - LML_CLOCK_SKEW) {
+        lml_format_time(when, sizeof when, lic->issued);
+        snprintf(why, why_len,
+                 "the clock is more than a day behind the license's issue time %s: set the "
+                 "clock right",
+                 when);
+        return LML_ERR_CLOCK;
+    }
     if (now < lic->not_before) {
         lml_format_time(when, sizeof when, lic->not_before);
         snprintf(why, why_len, "the license is not valid before %s", when);

@@ -4,8 +4,10 @@
 #   C flags plus the CUDA headers.
 #   make test-gpu          build and run the GPU suites (needs a GPU)
 #   make device-build      a self-contained build in build/device for a machine
-#                          without the build's libraries (static OpenBLAS; libsodium,
-#                          libgomp, libgfortran beside the library; no debug info)
+#                          without the build's libraries (static OpenBLAS and libsodium;
+#                          libgomp, libgfortran beside the library; no debug info). A
+#                          test build: it says DEV_BUILD_OK=1 itself, and holds the
+#                          development license and public keys, never a secret key.
 
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
 NVCC_ARCH ?= -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_80,code=sm_80 \
@@ -48,16 +50,22 @@ test-gpu: $(GPU_TEST_BIN)
 # ---- a build that runs where only the CUDA driver and toolkit are ----
 ifeq ($(DEVICE_BUILD),1)
 CFLAGS += -g0
-LDLIBS := -L/usr/lib/x86_64-linux-gnu/openblas-openmp -Wl,-Bstatic -lopenblas -Wl,-Bdynamic -lsodium \
-          -lgfortran -lm -fopenmp
+LDLIBS := -L/usr/lib/x86_64-linux-gnu/openblas-openmp -Wl,-Bstatic -lopenblas -Wl,-Bdynamic \
+          $(SODIUM_LIBS) -lgfortran -lm -fopenmp
 CUDA_LIBS += -Wl,-rpath,'$$ORIGIN'
 GPU_TEST_LIBS = -Wl,-Bstatic -lcheck_pic -lsubunit -Wl,-Bdynamic
 endif
 
-device-build:
+device-build: DEV_BUILD_OK = 1
+device-build: dev-build-guard
+	@echo "device-build: a development (test) build for the GPU machine (DEV_BUILD_OK=1)"
+	rm -rf build/device/dev-key
 	$(MAKE) --no-print-directory DEVICE_BUILD=1 BUILD=build/device \
 	    build/device/lib/libliquidmemory.so build/device/bin/lm-gpu-tests build/device/dev-license
+	cp $(DEV_KEY_DIR)/vendor.pub $(DEV_KEY_DIR)/vendor-next.pub build/device/
 	cp -L /usr/lib/x86_64-linux-gnu/libgomp.so.1 /usr/lib/x86_64-linux-gnu/libgfortran.so.5 \
-	    /usr/lib/x86_64-linux-gnu/libquadmath.so.0 /usr/lib/x86_64-linux-gnu/libsodium.so.23 build/device/lib/
+	    /usr/lib/x86_64-linux-gnu/libquadmath.so.0 build/device/lib/
+	@! grep -rlI "LM-SECRET-KEY" build/device || \
+	    { echo "device-build: a secret key is under build/device" >&2; exit 1; }
 	strip --strip-debug build/device/lib/libliquidmemory.so build/device/bin/lm-gpu-tests
 	git rev-parse --short HEAD > build/device/COMMIT

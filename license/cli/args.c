@@ -1,6 +1,8 @@
 /*
- * args.c - lm-license's option parsing (long options only, so that every
- * command line reads the same), numbers, dates, hex, and token input.
+ * args.c - the license tools' option parsing (long options only, so that
+ * every command line reads the same), numbers, dates, hex, public keys and
+ * token input. Numbers and dates are strict: the whole text, digits only
+ * (no spaces, no '+'), in range, or refused.
  */
 #include "cli.h"
 
@@ -20,8 +22,8 @@ int cli_parse(int argc, char **argv, const cli_opt *opts, const char **pos, int 
             return -1;
         if (a[0] != '-' || a[1] != '-' || !a[2]) {
             if (npos == max_pos) {
-                fprintf(stderr, "lm-license %s: unexpected argument '%s' (see --help)\n", argv[0],
-                        a);
+                fprintf(stderr, "%s %s: unexpected argument '%s' (see --help)\n", cli_tool,
+                        argv[0], a);
                 return CLI_USAGE;
             }
             pos[npos++] = a;
@@ -33,13 +35,13 @@ int cli_parse(int argc, char **argv, const cli_opt *opts, const char **pos, int 
         while (o->name && (strlen(o->name) != nl || strncmp(o->name, name, nl)))
             o++;
         if (!o->name) {
-            fprintf(stderr, "lm-license %s: unknown option --%.*s (see --help)\n", argv[0],
+            fprintf(stderr, "%s %s: unknown option --%.*s (see --help)\n", cli_tool, argv[0],
                     (int)nl, name);
             return CLI_USAGE;
         }
         if (o->flag) {
             if (eq) {
-                fprintf(stderr, "lm-license %s: --%s takes no value\n", argv[0], o->name);
+                fprintf(stderr, "%s %s: --%s takes no value\n", cli_tool, argv[0], o->name);
                 return CLI_USAGE;
             }
             *o->flag = 1;
@@ -48,15 +50,22 @@ int cli_parse(int argc, char **argv, const cli_opt *opts, const char **pos, int 
         } else if (i + 1 < argc) {
             *o->value = argv[++i];
         } else {
-            fprintf(stderr, "lm-license %s: --%s needs a value\n", argv[0], o->name);
+            fprintf(stderr, "%s %s: --%s needs a value\n", cli_tool, argv[0], o->name);
             return CLI_USAGE;
         }
     }
     return CLI_OK;
 }
 
+static int digit(char c)
+{
+    return c >= '0' && c <= '9';
+}
+
 int cli_parse_i64(const char *s, int64_t *out)
 {
+    if (!digit(s[s[0] == '-']))
+        return -1;
     char *end;
     errno = 0;
     long long v = strtoll(s, &end, 10);
@@ -92,13 +101,25 @@ static int64_t days_from_civil(int64_t y, int m, int d)
     return era * 146097 + doe - 719468;
 }
 
+/* The number of the n digits at s. */
+static int digits(const char *s, int n)
+{
+    int v = 0;
+    for (int i = 0; i < n; i++)
+        v = 10 * v + (s[i] - '0');
+    return v;
+}
+
 int cli_parse_time(const char *s, int64_t *out)
 {
     if (strlen(s) != 10 || s[4] != '-' || s[7] != '-')
         return cli_parse_i64(s, out);
-    int y, m, d;
-    char tail;
-    if (sscanf(s, "%4d-%2d-%2d%c", &y, &m, &d, &tail) != 3 || m < 1 || m > 12 || d < 1 || d > 31)
+    for (int i = 0; i < 10; i++)
+        if (i != 4 && i != 7 && !digit(s[i]))
+            return -1;
+    /* Four-digit years: the product below stays far inside int64. */
+    const int y = digits(s, 4), m = digits(s + 5, 2), d = digits(s + 8, 2);
+    if (m < 1 || m > 12 || d < 1 || d > 31)
         return -1;
     int64_t t = days_from_civil(y, m, d) * 86400;
     /* Reject dates like 2025-02-30 by reading the result back. */
@@ -144,30 +165,48 @@ int cli_read_token(const char *token, const char *path, char out[LML_INPUT_MAX +
 {
     char why[256];
     if (token && path) {
-        fprintf(stderr, "lm-license: give the token or --file, not both\n");
-        return CLI_FAIL;
+        fprintf(stderr, "%s: give the token or --file, not both\n", cli_tool);
+        return CLI_USAGE;
     }
     if (token) {
         *len = strnlen(token, LML_INPUT_MAX + 1);
         if (*len > LML_INPUT_MAX) {
-            fprintf(stderr, "lm-license: the token is longer than %d bytes\n", LML_INPUT_MAX);
+            fprintf(stderr, "%s: the token is longer than %d bytes\n", cli_tool, LML_INPUT_MAX);
             return CLI_FAIL;
         }
         memcpy(out, token, *len);
     } else if (!path) {
-        fprintf(stderr, "lm-license: give a token, or --file PATH (- for standard input)\n");
-        return CLI_FAIL;
+        fprintf(stderr, "%s: give a token, or --file PATH (- for standard input)\n", cli_tool);
+        return CLI_USAGE;
     } else if (!strcmp(path, "-")) {
         if (read_stdin(out, len)) {
-            fprintf(stderr, "lm-license: cannot read a token of at most %d bytes from standard "
-                            "input\n", LML_INPUT_MAX);
+            fprintf(stderr, "%s: cannot read a token of at most %d bytes from standard input\n",
+                    cli_tool, LML_INPUT_MAX);
             return CLI_FAIL;
         }
     } else if (lml_read_small_file(path, out, len, why, sizeof why) != LML_VALID) {
-        fprintf(stderr, "lm-license: %s\n", why);
+        fprintf(stderr, "%s: %s\n", cli_tool, why);
         return CLI_FAIL;
     }
     out[*len] = '\0';
     lml_trim(out, len);
+    return CLI_OK;
+}
+
+int cli_pubkey_load(const char *arg, uint8_t pk[LML_PUBLIC_KEY_BYTES])
+{
+    if (cli_parse_hex(arg, pk, LML_PUBLIC_KEY_BYTES) == 0)
+        return CLI_OK;
+    char text[LML_INPUT_MAX + 1], why[256];
+    size_t n;
+    if (lml_read_small_file(arg, text, &n, why, sizeof why) != LML_VALID) {
+        fprintf(stderr, "%s: --pubkey is neither 64 hex digits nor a readable file: %s\n",
+                cli_tool, why);
+        return CLI_USAGE;
+    }
+    if (cli_parse_hex(text, pk, LML_PUBLIC_KEY_BYTES) != 0) {
+        fprintf(stderr, "%s: %s does not hold a public key (64 hex digits)\n", cli_tool, arg);
+        return CLI_USAGE;
+    }
     return CLI_OK;
 }

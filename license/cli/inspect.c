@@ -1,38 +1,13 @@
 /*
- * inspect.c - `lm-license verify` (signature with a given public key, then
- * time and host, as the library checks them) and `lm-license show` (decodes
- * without checking anything, and says so), and the printing of fields.
+ * inspect.c - `lm-license verify` (signature against the built-in keyring or
+ * a given public key, then revocation, time, clock and host, as the library
+ * checks them) and `lm-license show` (decodes without checking anything, and
+ * says so).
  */
 #include "cli.h"
 
 #include <string.h>
 #include <time.h>
-
-void cli_print_license(FILE *f, const lml_license *lic)
-{
-    char id[2 * LML_ID_BYTES + 1], t[64];
-    sodium_bin2hex(id, sizeof id, lic->id, LML_ID_BYTES);
-    fprintf(f, "licensee:     %s\n", lic->licensee);
-    fprintf(f, "license id:   %s\n", id);
-    lml_format_time(t, sizeof t, lic->issued);
-    fprintf(f, "issued:       %s\n", t);
-    lml_format_time(t, sizeof t, lic->not_before);
-    fprintf(f, "not before:   %s\n", t);
-    lml_format_time(t, sizeof t, lic->expires);
-    fprintf(f, "expires:      %s\n", lic->expires ? t : "never");
-    if (lic->max_seq_len)
-        fprintf(f, "max seq len:  %lld tokens\n", (long long)lic->max_seq_len);
-    else
-        fprintf(f, "max seq len:  unlimited\n");
-    fprintf(f, "features:     0x%016llx\n", (unsigned long long)lic->features);
-    if (lic->host_bound) {
-        char host[2 * LML_HOST_BYTES + 1];
-        sodium_bin2hex(host, sizeof host, lic->host, LML_HOST_BYTES);
-        fprintf(f, "host:         %s\n", host);
-    } else {
-        fprintf(f, "host:         any\n");
-    }
-}
 
 int cli_verify(int argc, char **argv)
 {
@@ -42,19 +17,23 @@ int cli_verify(int argc, char **argv)
     int st = cli_parse(argc, argv, opts, pos, 1);
     if (st)
         return st;
-    if (!pubkey) {
-        fprintf(stderr, "lm-license verify: --pubkey HEX|FILE (the vendor public key) is "
-                        "required\n");
-        return CLI_USAGE;
+    lml_key given;
+    const lml_key *keys = lml_keyring;
+    size_t n_keys = lml_keyring_size;
+    if (pubkey) {
+        if ((st = cli_pubkey_load(pubkey, given.pk)))
+            return st;
+        keys = &given, n_keys = 1;
     }
-    uint8_t pk[LML_PUBLIC_KEY_BYTES];
     char token[LML_INPUT_MAX + 1], why[256];
     size_t n;
-    if ((st = cli_pubkey_load(pubkey, pk)) || (st = cli_read_token(pos[0], file, token, &n)))
+    if ((st = cli_read_token(pos[0], file, token, &n)))
         return st;
     lml_license lic;
-    lml_result r = lml_token_verify(token, n, pk, &lic, why, sizeof why);
+    lml_result r = lml_token_verify(token, n, keys, n_keys, &lic, why, sizeof why);
     const int signed_ok = r == LML_VALID;
+    if (r == LML_VALID)
+        r = lml_license_check_revoked(&lic, why, sizeof why);
     if (r == LML_VALID)
         r = lml_license_check_time(&lic, (int64_t)time(NULL), why, sizeof why);
     if (r == LML_VALID)
