@@ -1,8 +1,9 @@
 /*
- * lt.h - what the license suites share: the key that signs for the library's
- * compiled-in public key (from LM_TEST_SIGNING_KEY), licenses and tokens made
- * from it, a clean environment per test (no license variables, HOME in an
- * empty temporary directory) and files in it.
+ * lt.h - what the license suites share: the keys that sign for the library's
+ * compiled-in keyring (the current key from LM_TEST_SIGNING_KEY, the next
+ * one from LM_TEST_NEXT_SIGNING_KEY), licenses and tokens made from them, a
+ * clean environment per test (no license variables, HOME in an empty
+ * temporary directory) and files in it.
  *
  * The runner uses Check's fork mode: every test runs in a fresh child, so the
  * library's process-wide license cache starts empty in each.
@@ -12,6 +13,7 @@
 
 #include "liquid_memory.h"
 #include "license.h"
+#include "vendor.h" /* signing: the tests issue tokens */
 #include "../ref.h" /* EXPECT_ERR */
 
 #include <check.h>
@@ -19,23 +21,29 @@
 
 /* 1 when LM_TEST_SIGNING_KEY names a key file (dev builds always do). */
 int lt_have_signing_key(void);
-/* The signing key; fails the test unless it signs for the compiled-in key. */
+/* The signing key of keyring entry 0 (current) or 1 (next); fails the test
+ * unless it signs for that compiled-in key. */
+const uint8_t *lt_key(int which);
+/* lt_key(0). */
 const uint8_t *lt_signing_key(void);
 
-/* A license in force now: "Test Customer", random id, issued an hour ago,
- * no expiry, unlimited, no features, any host. */
+/* A license in force now: format 2, "Test Customer", random id, issued an
+ * hour ago, no expiry, unlimited, no features, any host. */
 lml_license lt_license(void);
-/* Signs lic with sk (the build's key when sk is NULL); asserts success. */
+/* Signs lic with sk (the build's current key when sk is NULL), naming sk's
+ * key id when lic is of format 2; asserts success. */
 void lt_issue(char out[LML_TOKEN_MAX + 1], const lml_license *lic, const uint8_t *sk);
-/* Signs raw payload bytes (any content) with the build's key, as issuing
- * would, so that the checks behind the signature can be reached. */
-void lt_sign_payload(char out[LML_TOKEN_MAX + 1], const uint8_t *payload, size_t n);
+/* Signs raw payload bytes (any content) with the build's current key, as
+ * issuing a token of format `version` would, so that the checks behind the
+ * signature can be reached. */
+void lt_sign_payload(char out[LML_TOKEN_MAX + 1], int version, const uint8_t *payload,
+                     size_t n);
 /* A fresh random key pair. */
 void lt_random_key(uint8_t pk[LML_PUBLIC_KEY_BYTES], uint8_t sk[LML_SECRET_KEY_BYTES]);
 int64_t lt_now(void);
 
 /* Checked fixture: clean environment and an empty temporary HOME, removed
- * afterwards with every file made by lt_write_file. */
+ * afterwards with everything in it. */
 void lt_setup(void);
 void lt_teardown(void);
 const char *lt_home(void);

@@ -1,8 +1,11 @@
 /*
- * test_policy.c - the license in force (license/policy.c, lookup.c): the
- * lookup order, caching (verified once, no I/O afterwards), expiry during a
- * run, invalid licenses reported as such and never treated as evaluation,
- * lm_license_set / lm_license_info, and first use from 8 threads at once.
+ * test_policy.c - the license in force (license/policy.c, lookup.c,
+ * clock.c): the lookup order, caching (verified once, no I/O afterwards),
+ * expiry during a run, invalid licenses reported as such and never treated
+ * as evaluation, lm_license_set / lm_license_info, the keyring (format 1,
+ * the next key, an unknown key) and revocation, the clock rules and the
+ * high-water mark file, lm_license_reload, and first use from 8 threads at
+ * once.
  * Every test runs in its own process (fork mode), so the cache starts empty.
  */
 #include "lm_impl.h"
@@ -162,6 +165,7 @@ START_TEST(invalid_license_is_not_evaluation)
         break;
     case 1:
         lt_random_key(pk, sk);
+        lic.version = 1; /* names no key: the signature is what fails */
         lt_issue(tok, &lic, sk);
         setenv("LM_LICENSE", tok, 1);
         want = "bad signature";
@@ -274,7 +278,11 @@ START_TEST(set_refuses_bad_tokens)
     lt_random_key(pk, sk);
     lml_license lic = lt_license();
     lt_issue(tok, &lic, sk);
+    EXPECT_ERR(lm_license_set(tok), LM_ERR_LICENSE, "unknown key");
+    lic.version = 1;
+    lt_issue(tok, &lic, sk);
     EXPECT_ERR(lm_license_set(tok), LM_ERR_LICENSE, "bad signature");
+    lic.version = 2;
     lic.issued = lic.not_before = 1000;
     lic.expires = 2000;
     lt_issue(tok, &lic, NULL);
@@ -311,6 +319,232 @@ END_TEST
 START_TEST(info_null)
 {
     EXPECT_ERR(lm_license_info(NULL), LM_ERR_INVALID_ARG, "NULL");
+}
+END_TEST
+
+/* ---- keys, revocation, clock ---- */
+
+/* The library takes format 1 tokens (the key that signed them is in the
+ * ring) and tokens of the next key; it refuses an unknown key and a revoked
+ * license, each with its reason. */
+START_TEST(keyring_and_revocation)
+{
+    char tok[LML_TOKEN_MAX + 1];
+    lml_license lic = lt_license();
+    uint8_t pk[LML_PUBLIC_KEY_BYTES], sk[LML_SECRET_KEY_BYTES];
+    const char *want_reason = NULL;
+    lm_license_mode want = LM_LICENSE_LICENSED;
+    switch (_i) {
+    case 0: lic.version = 1; lt_issue(tok, &lic, NULL); break;     /* format 1, current key */
+    case 1: lt_issue(tok, &lic, lt_key(1)); break;                 /* the next key */
+    case 2: lic.version = 1; lt_issue(tok, &lic, lt_key(1)); break; /* format 1, next key */
+    case 3:
+        lt_random_key(pk, sk);
+        lt_issue(tok, &lic, sk);
+        want = LM_LICENSE_INVALID, want_reason = "unknown key";
+        break;
+    case 4:
+        memcpy(lic.id, lml_revoked_ids[0], LML_ID_BYTES);
+        lt_issue(tok, &lic, NULL);
+        want = LM_LICENSE_INVALID, want_reason = "revoked";
+        break;
+    }
+    setenv("LM_LICENSE", tok, 1);
+    lm_license_details d = info();
+    ck_assert_int_eq(d.mode, want);
+    if (want_reason) {
+        EXPECT_ERR(lmi_license_check(1), LM_ERR_LICENSE, want_reason);
+        EXPECT_ERR(lm_license_set(tok), LM_ERR_LICENSE, want_reason);
+    } else {
+        ck_assert_int_eq(lmi_license_check(1 << 20), LM_OK);
+        ck_assert_int_eq(lm_license_set(tok), LM_OK);
+    }
+}
+END_TEST
+
+/* A license issued in the future (the clock set back to before it was
+ * issued) is refused when it expires, not when it never does. */
+START_TEST(clock_behind_issue_time_refuses_expiring_licenses)
+{
+    char tok[LML_TOKEN_MAX + 1];
+    lml_license lic = lt_license();
+    lic.issued = lt_now() + 3 * 86400;
+    lic.not_before = lt_now() - 86400;
+    lic.expires = _i ? 0 : lt_now() + 30 * 86400;
+    lt_issue(tok, &lic, NULL);
+    setenv("LM_LICENSE", tok, 1);
+    if (_i) {
+        ck_assert_int_eq(lmi_license_check(10), LM_OK);
+        ck_assert_int_eq(info().mode, LM_LICENSE_LICENSED);
+    } else {
+        EXPECT_ERR(lmi_license_check(10), LM_ERR_LICENSE, "clock");
+        ck_assert_int_eq(info().mode, LM_LICENSE_INVALID);
+        EXPECT_ERR(lm_license_set(tok), LM_ERR_LICENSE, "clock rolled back");
+    }
+}
+END_TEST
+
+static int64_t read_mark(void)
+{
+    char path[600], text[64];
+    snprintf(path, sizeof path, "%s/.config/liquid-memory/clock", lt_home());
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    fclose(f);
+    text[n] = '\0';
+    int64_t t;
+    ck_assert_int_eq(lml_clock_mark_parse(text, n, &t), 0);
+    return t;
+}
+
+/* The high-water mark: a time recorded on this machine later than the
+ * clock by more than a day refuses a license that expires (the clock was
+ * set back after it was recorded); one without expiry is not refused. A
+ * license that expires records now. */
+START_TEST(clock_mark_file)
+{
+    char tok[LML_TOKEN_MAX + 1], text[64];
+    lml_license lic = lt_license();
+    lic.expires = _i == 1 ? 0 : lt_now() + 30 * 86400;
+    lt_issue(tok, &lic, NULL);
+    setenv("LM_LICENSE", tok, 1);
+    if (_i == 2) {
+        /* no mark yet: using the license records the time (~/.config exists) */
+        lt_write_file(".config/placeholder", "");
+        const int64_t before = lt_now();
+        ck_assert_int_eq(lmi_license_check(10), LM_OK);
+        const int64_t mark = read_mark();
+        ck_assert(mark >= before && mark <= lt_now());
+        return;
+    }
+    snprintf(text, sizeof text, "%lld\n", (long long)(lt_now() + 2 * 86400));
+    lt_write_file(".config/liquid-memory/clock", text);
+    if (_i == 1) {
+        ck_assert_int_eq(lmi_license_check(10), LM_OK);
+        return;
+    }
+    EXPECT_ERR(lmi_license_check(10), LM_ERR_LICENSE, "already seen");
+    lm_license_details d = info();
+    ck_assert_int_eq(d.mode, LM_LICENSE_INVALID);
+    ck_assert(strstr(d.reason, "clock"));
+    /* the mark is never moved backwards */
+    ck_assert(read_mark() > lt_now() + 86400);
+}
+END_TEST
+
+/* The mark is replaced by renaming, so a symbolic link in its place is
+ * replaced, never written through. */
+START_TEST(clock_mark_never_follows_a_link)
+{
+    char tok[LML_TOKEN_MAX + 1], link_path[600];
+    const char *target = lt_write_file("target", "untouched\n");
+    char target_copy[600];
+    snprintf(target_copy, sizeof target_copy, "%s", target);
+    lt_write_file(".config/liquid-memory/placeholder", "");
+    snprintf(link_path, sizeof link_path, "%s/.config/liquid-memory/clock", lt_home());
+    ck_assert(symlink(target_copy, link_path) == 0);
+    lml_license lic = lt_license();
+    lic.expires = lt_now() + 86400;
+    lt_issue(tok, &lic, NULL);
+    ck_assert_int_eq(lm_license_set(tok), LM_OK);
+    FILE *f = fopen(target_copy, "r");
+    char text[64] = "";
+    ck_assert(f && fgets(text, sizeof text, f));
+    fclose(f);
+    ck_assert_str_eq(text, "untouched\n");
+    ck_assert(read_mark() >= lt_now() - 5); /* the link became the mark file */
+    unlink(link_path);
+}
+END_TEST
+
+/* ---- lm_license_reload ---- */
+
+/* A renewed license file is picked up without a restart. */
+START_TEST(reload_picks_up_a_renewed_file)
+{
+    char a[LML_TOKEN_MAX + 1], b[LML_TOKEN_MAX + 1], path[600];
+    token_for(a, "First Year", 5000);
+    token_for(b, "Second Year", 9000);
+    snprintf(path, sizeof path, "%s", lt_write_file("lic", a));
+    setenv("LM_LICENSE_FILE", path, 1);
+    ck_assert_str_eq(info().licensee, "First Year");
+    EXPECT_ERR(lmi_license_check(9000), LM_ERR_LICENSE, "allows 5000");
+    lt_write_file("lic", b);
+    ck_assert_str_eq(info().licensee, "First Year"); /* cached until reloaded */
+    ck_assert_int_eq(lm_license_reload(), LM_OK);
+    ck_assert_str_eq(info().licensee, "Second Year");
+    ck_assert_int_eq(lmi_license_check(9000), LM_OK);
+}
+END_TEST
+
+/* An expired license is replaced by its renewal: INVALID -> LICENSED. */
+START_TEST(reload_renews_an_expired_license)
+{
+    char tok[LML_TOKEN_MAX + 1];
+    lml_license lic = lt_license();
+    lic.issued = lic.not_before = lt_now() - 10 * 86400;
+    lic.expires = lt_now() - 86400;
+    lt_issue(tok, &lic, NULL);
+    lt_install_home_license(tok);
+    ck_assert_int_eq(info().mode, LM_LICENSE_INVALID);
+    lic = lt_license();
+    lic.expires = lt_now() + 365 * 86400;
+    lt_issue(tok, &lic, NULL);
+    lt_install_home_license(tok);
+    ck_assert_int_eq(lm_license_reload(), LM_OK);
+    ck_assert_int_eq(info().mode, LM_LICENSE_LICENSED);
+    ck_assert_int_eq(lmi_license_check(10), LM_OK);
+}
+END_TEST
+
+/* A reload that finds nothing usable leaves the license in force as it was. */
+START_TEST(reload_keeps_a_working_license)
+{
+    char good[LML_TOKEN_MAX + 1], tok[LML_TOKEN_MAX + 1], path[600];
+    token_for(good, "Working", 0);
+    snprintf(path, sizeof path, "%s", lt_write_file("lic", good));
+    setenv("LM_LICENSE_FILE", path, 1);
+    ck_assert_int_eq(lmi_license_check(1 << 20), LM_OK);
+    lml_license lic = lt_license();
+    switch (_i) {
+    case 0: lt_write_file("lic", "garbage"); break;
+    case 1: unlink(path); break;
+    case 2:
+        lic.issued = lic.not_before = 1000, lic.expires = 2000;
+        lt_issue(tok, &lic, NULL);
+        lt_write_file("lic", tok);
+        break;
+    case 3: unsetenv("LM_LICENSE_FILE"); break; /* no source at all */
+    }
+    static const char *const want[] = { "malformed", "cannot open", "expired", "no license found" };
+    static const lm_status want_st[] = { LM_ERR_INVALID_ARG, LM_ERR_LICENSE, LM_ERR_LICENSE,
+                                         LM_ERR_LICENSE };
+    EXPECT_ERR(lm_license_reload(), want_st[_i], want[_i]);
+    ck_assert(strstr(lm_last_error(), "unchanged"));
+    lm_license_details d = info();
+    ck_assert_int_eq(d.mode, LM_LICENSE_LICENSED);
+    ck_assert_str_eq(d.licensee, "Working");
+    ck_assert_int_eq(lmi_license_check(1 << 20), LM_OK);
+}
+END_TEST
+
+/* lm_license_set keeps precedence; the reloaded license applies once it is
+ * forgotten. A reload before first use works as the first lookup would. */
+START_TEST(reload_and_set)
+{
+    char s[LML_TOKEN_MAX + 1], e[LML_TOKEN_MAX + 1];
+    token_for(s, "Set", 0);
+    token_for(e, "Env", 0);
+    setenv("LM_LICENSE", e, 1);
+    ck_assert_int_eq(lm_license_reload(), LM_OK); /* before any other call */
+    ck_assert_str_eq(info().licensee, "Env");
+    ck_assert_int_eq(lm_license_set(s), LM_OK);
+    ck_assert_int_eq(lm_license_reload(), LM_OK);
+    ck_assert_str_eq(info().licensee, "Set");
+    ck_assert_int_eq(lm_license_set(NULL), LM_OK);
+    ck_assert_str_eq(info().licensee, "Env");
 }
 END_TEST
 
@@ -424,6 +658,20 @@ Suite *policy_suite(void)
     tcase_add_test(tc, set_overrides_invalid_env);
     tcase_add_test(tc, info_null);
     suite_add_tcase(s, tc);
+    TCase *tk = tcase_create("keys and clock");
+    tcase_add_checked_fixture(tk, lt_setup, lt_teardown);
+    tcase_add_loop_test(tk, keyring_and_revocation, 0, 5);
+    tcase_add_loop_test(tk, clock_behind_issue_time_refuses_expiring_licenses, 0, 2);
+    tcase_add_loop_test(tk, clock_mark_file, 0, 3);
+    tcase_add_test(tk, clock_mark_never_follows_a_link);
+    suite_add_tcase(s, tk);
+    TCase *tr = tcase_create("reload");
+    tcase_add_checked_fixture(tr, lt_setup, lt_teardown);
+    tcase_add_test(tr, reload_picks_up_a_renewed_file);
+    tcase_add_test(tr, reload_renews_an_expired_license);
+    tcase_add_loop_test(tr, reload_keeps_a_working_license, 0, 4);
+    tcase_add_test(tr, reload_and_set);
+    suite_add_tcase(s, tr);
     TCase *th = tcase_create("threads");
     tcase_add_checked_fixture(th, lt_setup, lt_teardown);
     tcase_set_timeout(th, 60);

@@ -1,9 +1,9 @@
 /*
- * test_sign.c - Ed25519 through our wrapper (license/sign.c) against the
- * known answers of RFC 8032, section 7.1 (TEST 1, 2, 3, 1024, SHA(abc)):
- * key from seed, signature byte for byte, verification; then the negative
- * cases a verifier must refuse (any changed bit, a non-canonical S = S + L,
- * a small-order public key).
+ * test_sign.c - Ed25519 through our wrappers (license/verify.c, and the
+ * vendor side license/vendor/sign.c) against the known answers of RFC 8032,
+ * section 7.1 (TEST 1, 2, 3, 1024, SHA(abc)): key from seed, signature byte
+ * for byte, verification; then the negative cases a verifier must refuse
+ * (any changed bit, a non-canonical S = S + L, a small-order public key).
  */
 #include "lt.h"
 
