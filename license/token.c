@@ -76,7 +76,8 @@ static lml_result split(const char *tok, size_t len, parts *out, char *why, size
         unsigned char c = (unsigned char)tok[i];
         if (!b64url_char(c) && c != '.')
             return fail(LML_ERR_FORMAT, why, why_len,
-                        "unexpected byte 0x%02x at offset %zu (a token is LM2.<base64url>.<base64url>)",
+                        "unexpected byte 0x%02x at offset %zu (a token is "
+                        "LM2.<base64url>.<base64url>)",
                         c, i);
     }
     out->version = prefix_version(tok, len);
@@ -139,8 +140,9 @@ static lml_result decode(const parts *pt, lml_license *lic, char *why, size_t wh
     lml_result r = lml_payload_decode(pt->payload, pt->payload_len, lic, why, why_len);
     if (r == LML_VALID && lic->version != pt->version) {
         memset(lic, 0, sizeof *lic);
-        return fail(LML_ERR_VERSION, why, why_len, "the token says LM%d but its payload is version %d",
-                    pt->version, pt->payload[0]);
+        return fail(LML_ERR_VERSION, why, why_len,
+                    "the token says LM%d but its payload is version %d", pt->version,
+                    pt->payload[0]);
     }
     return r;
 }

@@ -127,7 +127,8 @@ LICENSE_TEST_SRC = $(wildcard tests/license/*.c)
 $(LICENSE_TEST_BIN): $(LICENSE_TEST_SRC) $(wildcard tests/license/*.h) license/license.h \
                      license/vendor/vendor.h $(AR_LIB) $(call obj_of,$(LICENSE_VENDOR_SRC))
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -Itests/license -Ilicense/cli -Ilicense/vendor -o $@ $(LICENSE_TEST_SRC) $(LDFLAGS) \
+	$(CC) $(CFLAGS) -Itests/license -Ilicense/cli -Ilicense/vendor -o $@ $(LICENSE_TEST_SRC) \
+	    $(LDFLAGS) \
 	    $(call obj_of,$(filter-out license/vendor/main.c,$(LICENSE_VENDOR_SRC))) \
 	    $(call obj_of,$(LICENSE_TOOL_SRC)) $(AR_LIB) \
 	    $(LDLIBS) $(CUDA_LIBS) $(if $(filter 1,$(CUDA)),-lstdc++) $$(pkg-config --libs check) -lpthread
@@ -138,7 +139,7 @@ test-license: $(LICENSE_TEST_BIN) $(LICENSE_CLI) $(LICENSE_VENDOR_CLI) $(LICENSE
               $(LICENSE_NEXT_SIGNING_KEY)
 	env -u LM_LICENSE -u LM_LICENSE_FILE \
 	    LM_TEST_SIGNING_KEY=$(if $(LICENSE_SIGNING_KEY),$(abspath $(LICENSE_SIGNING_KEY))) \
-	    LM_TEST_NEXT_SIGNING_KEY=$(if $(LICENSE_NEXT_SIGNING_KEY),$(abspath $(LICENSE_NEXT_SIGNING_KEY))) \
+	    LM_TEST_NEXT_SIGNING_KEY=$(abspath $(LICENSE_NEXT_SIGNING_KEY)) \
 	    LM_TEST_CLI=$(abspath $(LICENSE_CLI)) LM_TEST_VENDOR_CLI=$(abspath $(LICENSE_VENDOR_CLI)) \
 	    $(LICENSE_TEST_BIN)
 TEST_TARGETS += test-license test-license-build

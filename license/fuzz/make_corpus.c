@@ -104,9 +104,9 @@ static int token_corpus(const fuzz_keys *keys)
 
 static int lookup_corpus(void)
 {
-    return in("lookup") || put_text("token", "  LM2.abc.def\r\n") || put_text("clock", "1700000000\n") ||
-           put_text("clock-max", "9223372036854775807") || put_text("spaces", " \t\v\f\r\n") ||
-           put("nul", "LM2.a\0b", 7);
+    return in("lookup") || put_text("token", "  LM2.abc.def\r\n") ||
+           put_text("clock", "1700000000\n") || put_text("clock-max", "9223372036854775807") ||
+           put_text("spaces", " \t\v\f\r\n") || put("nul", "LM2.a\0b", 7);
 }
 
 static int keyfile_corpus(const fuzz_keys *keys)
@@ -134,19 +134,21 @@ static int cli_corpus(void)
                                    "9223372036854775807\0--days\0" "1";
     static const char host[] = "--host\0" "0123456789abcdef0123456789abcdef"
                                "0123456789abcdef0123456789abcdef";
-    return in("cli") || put("issue", issue, sizeof issue - 1) || put("out", out, sizeof out - 1) ||
-           put("dates", dates, sizeof dates - 1) || put("overflow", overflow, sizeof overflow - 1) ||
-           put("host", host, sizeof host - 1);
+    return in("cli") || put("issue", issue, sizeof issue - 1) ||
+           put("out", out, sizeof out - 1) || put("dates", dates, sizeof dates - 1) ||
+           put("overflow", overflow, sizeof overflow - 1) || put("host", host, sizeof host - 1);
 }
 
 static int release_corpus(void)
 {
+#define Z64 "0000000000000000000000000000000000000000000000000000000000000000"
     static const char manifest[] =
-        "0000000000000000000000000000000000000000000000000000000000000000  RELEASE\n"
+        Z64 "  RELEASE\n"
         "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855  doc/README.md\n"
         "ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff  lib/libliquidmemory.so\n";
     return in("release") || put_text("manifest", manifest) ||
-           put_text("dotdot", "0000000000000000000000000000000000000000000000000000000000000000  a/../b\n");
+           put_text("dotdot", Z64 "  a/../b\n");
+#undef Z64
 }
 
 int main(int argc, char **argv)

@@ -20,7 +20,8 @@
 
 static const char key_comment[] =
     "# Liquid Memory license signing key (Ed25519 seed). Keep it secret: whoever holds it can\n"
-    "# issue licenses. Never ship it; the library needs only the public key (lm-license-vendor pubkey).\n";
+    "# issue licenses. Never ship it; the library needs only the public key\n"
+    "# (lm-license-vendor pubkey).\n";
 
 static int write_all(int fd, const char *p, size_t n)
 {
@@ -157,14 +158,14 @@ int cli_key_load(const char *path, cli_key *key)
     }
     struct stat sb;
     if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) || sb.st_size > KEY_FILE_MAX) {
-        fprintf(stderr, "lm-license-vendor: %s is not a key file written by lm-license-vendor keygen\n", path);
+        fprintf(stderr, "lm-license-vendor: %s is not a key file written by keygen\n", path);
         close(fd);
         return CLI_FAIL;
     }
     if (sb.st_mode & (S_IRWXG | S_IRWXO)) {
         fprintf(stderr,
-                "lm-license-vendor: refusing the key %s: its mode %04o lets others read or change it; "
-                "treat it as leaked, or if it is not, run: chmod 600 %s\n",
+                "lm-license-vendor: refusing the key %s: its mode %04o lets others read or "
+                "change it; treat it as leaked, or if it is not, run: chmod 600 %s\n",
                 path, (unsigned)(sb.st_mode & 07777), path);
         close(fd);
         return CLI_FAIL;
@@ -181,8 +182,7 @@ int cli_key_load(const char *path, cli_key *key)
     if (n >= 0) {
         text[n] = '\0';
         if (cli_key_parse_text(text, seed) != 0)
-            fprintf(stderr, "lm-license-vendor: %s is not a key file written by lm-license-vendor keygen\n",
-                    path);
+            fprintf(stderr, "lm-license-vendor: %s is not a key file written by keygen\n", path);
         else if (lml_keypair_from_seed(key->pk, key->sk, seed) != 0)
             fprintf(stderr, "lm-license-vendor: cannot derive the key pair\n");
         else

@@ -18,6 +18,12 @@ int lt_have_signing_key(void)
     return p && *p;
 }
 
+int lt_have_keyring(void)
+{
+    const char *p = getenv("LM_TEST_NEXT_SIGNING_KEY");
+    return p && *p && lml_keyring_size == 2 && lml_revoked_count >= 1;
+}
+
 const uint8_t *lt_key(int which)
 {
     static uint8_t sk[2][LML_SECRET_KEY_BYTES];

@@ -18,9 +18,23 @@
 
 #include <check.h>
 #include <stdint.h>
+#include <stdio.h>
 
 /* 1 when LM_TEST_SIGNING_KEY names a key file (dev builds always do). */
 int lt_have_signing_key(void);
+/* 1 when the build has a next key whose secret LM_TEST_NEXT_SIGNING_KEY
+ * names and revokes at least one id: development builds always do; a
+ * release build with VENDOR_NEXT_SECRET_KEY and a revocation list. */
+int lt_have_keyring(void);
+/* Adds test t to tc when lt_have_keyring(), else reports it NOT RUN. */
+#define LT_ADD_KEYRING_TEST(tc, t)                                                             \
+    do {                                                                                       \
+        if (lt_have_keyring())                                                                 \
+            tcase_add_test(tc, t);                                                             \
+        else                                                                                   \
+            printf("NOT RUN: %s needs a next key (VENDOR_NEXT_SECRET_KEY=...) and a revoked "  \
+                   "id\n", #t);                                                                \
+    } while (0)
 /* The signing key of keyring entry 0 (current) or 1 (next); fails the test
  * unless it signs for that compiled-in key. */
 const uint8_t *lt_key(int which);

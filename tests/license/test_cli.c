@@ -370,7 +370,8 @@ START_TEST(help_for_every_command)
         ck_assert_int_eq(r.status, 0);
         for (size_t i = 0; i < 4; i++) {
             ck_assert(strstr(r.out, commands[i]));
-            run_result h = run_tool(tool, NULL, (const char *const[]){ commands[i], "--help", NULL });
+            const char *const args[] = { commands[i], "--help", NULL };
+            run_result h = run_tool(tool, NULL, args);
             char want[64];
             snprintf(want, sizeof want, "usage: %s %s", name, commands[i]);
             ck_assert_int_eq(h.status, 0);
@@ -713,7 +714,7 @@ Suite *cli_suite(void)
     tcase_add_test(tc, dates_do_not_overflow);
     tcase_add_test(tc, out_never_overwrites);
     tcase_add_test(tc, licensee_text_rule);
-    tcase_add_test(tc, verify_with_the_built_in_keyring);
+    LT_ADD_KEYRING_TEST(tc, verify_with_the_built_in_keyring);
     tcase_add_test(tc, release_tampering_is_refused);
     tcase_add_test(tc, tool_token_is_accepted_by_the_library);
     suite_add_tcase(s, tc);

@@ -660,7 +660,10 @@ Suite *policy_suite(void)
     suite_add_tcase(s, tc);
     TCase *tk = tcase_create("keys and clock");
     tcase_add_checked_fixture(tk, lt_setup, lt_teardown);
-    tcase_add_loop_test(tk, keyring_and_revocation, 0, 5);
+    if (lt_have_keyring())
+        tcase_add_loop_test(tk, keyring_and_revocation, 0, 5);
+    else
+        printf("NOT RUN: keyring_and_revocation needs a next key and a revoked id\n");
     tcase_add_loop_test(tk, clock_behind_issue_time_refuses_expiring_licenses, 0, 2);
     tcase_add_loop_test(tk, clock_mark_file, 0, 3);
     tcase_add_test(tk, clock_mark_never_follows_a_link);

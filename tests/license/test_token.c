@@ -682,13 +682,13 @@ Suite *token_suite(void)
     tcase_add_test(tc, malformed_inputs_are_refused);
     tcase_add_test(tc, oversized_input_is_refused);
     tcase_add_test(tc, other_keys_are_refused);
-    tcase_add_test(tc, key_id_only_picks_the_key);
-    tcase_add_test(tc, rotation_current_and_next_key);
+    LT_ADD_KEYRING_TEST(tc, key_id_only_picks_the_key);
+    LT_ADD_KEYRING_TEST(tc, rotation_current_and_next_key);
     tcase_add_test(tc, format_1_still_reads);
     tcase_add_test(tc, signature_without_domain_is_refused);
     tcase_add_loop_test(tc, payload_fields_are_bounds_checked, 0, 2);
     tcase_add_test(tc, text_rule);
-    tcase_add_test(tc, revocation_list);
+    LT_ADD_KEYRING_TEST(tc, revocation_list);
     tcase_add_test(tc, time_window);
     tcase_add_test(tc, clock_behind_issue_time);
     tcase_add_test(tc, host_binding);
