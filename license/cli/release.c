@@ -185,6 +185,21 @@ static void listing_free(listing *l)
     l->n = 0;
 }
 
+/* Appends a copy of path; 0, or -1 when out of memory. */
+static int listing_add(listing *l, const char *path)
+{
+    char **grown = realloc(l->paths, (l->n + 1) * sizeof *grown);
+    char *copy = strdup(path);
+    if (grown)
+        l->paths = grown;
+    if (!grown || !copy) {
+        free(copy);
+        return -1;
+    }
+    l->paths[l->n++] = copy;
+    return 0;
+}
+
 static int by_bytes(const void *a, const void *b)
 {
     return strcmp(*(char *const *)a, *(char *const *)b);
@@ -227,17 +242,8 @@ static int list_dir(int fd, const char *prefix, int depth, listing *l, char *why
                       S_ISLNK(sb.st_mode) ? "a symbolic link" : "not a regular file");
         } else if (l->n == MAX_FILES) {
             st = fail(why, why_len, "more than %d files", MAX_FILES);
-        } else {
-            char **grown = realloc(l->paths, (l->n + 1) * sizeof *grown);
-            char *copy = strdup(rel);
-            if (grown)
-                l->paths = grown;
-            if (!grown || !copy) {
-                free(copy);
-                st = fail(why, why_len, "out of memory");
-            } else {
-                l->paths[l->n++] = copy;
-            }
+        } else if (listing_add(l, rel) != 0) {
+            st = fail(why, why_len, "out of memory");
         }
     }
     if (!st && errno)
@@ -274,17 +280,7 @@ typedef struct check {
 
 static int collect(const char *path, void *ctx)
 {
-    listing *l = &((check *)ctx)->files;
-    char **grown = realloc(l->paths, (l->n + 1) * sizeof *grown);
-    char *copy = strdup(path);
-    if (grown)
-        l->paths = grown;
-    if (!grown || !copy) {
-        free(copy);
-        return -1;
-    }
-    l->paths[l->n++] = copy;
-    return 0;
+    return listing_add(&((check *)ctx)->files, path);
 }
 
 static int check_line(const cli_manifest_entry *e, void *ctx)

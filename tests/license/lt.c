@@ -90,13 +90,18 @@ void lt_sign_payload(char out[LML_TOKEN_MAX + 1], int version, const uint8_t *pa
     ck_assert(n <= LML_TOKEN_MAX);
     const size_t m = lml_signed_message(msg, version, payload, n);
     ck_assert(lml_sign(sig, msg, m, lt_signing_key()) == 0);
-    snprintf(out, LML_TOKEN_MAX + 1, "LM%d.", version);
-    sodium_bin2base64(out + 4, LML_TOKEN_MAX + 1 - 4, payload, n,
-                      sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+    lt_token_text(out, LML_TOKEN_MAX + 1, version, payload, n, sig);
+}
+
+void lt_token_text(char *out, size_t cap, int version, const uint8_t *payload, size_t n,
+                   const uint8_t sig[LML_SIGNATURE_BYTES])
+{
+    ck_assert(4 + LML_B64_LEN(n) + 1 + LML_SIG_B64_LEN < cap);
+    snprintf(out, cap, "LM%d.", version);
+    sodium_bin2base64(out + 4, cap - 4, payload, n, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
     size_t at = strlen(out);
-    ck_assert(at + 1 + LML_SIG_B64_LEN <= LML_TOKEN_MAX);
     out[at++] = '.';
-    sodium_bin2base64(out + at, LML_TOKEN_MAX + 1 - at, sig, sizeof sig,
+    sodium_bin2base64(out + at, cap - at, sig, LML_SIGNATURE_BYTES,
                       sodium_base64_VARIANT_URLSAFE_NO_PADDING);
 }
 

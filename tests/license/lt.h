@@ -52,6 +52,10 @@ void lt_issue(char out[LML_TOKEN_MAX + 1], const lml_license *lic, const uint8_t
  * signature can be reached. */
 void lt_sign_payload(char out[LML_TOKEN_MAX + 1], int version, const uint8_t *payload,
                      size_t n);
+/* "LM<version>." base64url(payload) "." base64url(sig) into out (cap bytes),
+ * whatever the bytes: tokens no issuer would make. */
+void lt_token_text(char *out, size_t cap, int version, const uint8_t *payload, size_t n,
+                   const uint8_t sig[LML_SIGNATURE_BYTES]);
 /* A fresh random key pair. */
 void lt_random_key(uint8_t pk[LML_PUBLIC_KEY_BYTES], uint8_t sk[LML_SECRET_KEY_BYTES]);
 int64_t lt_now(void);

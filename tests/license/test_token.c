@@ -325,12 +325,7 @@ START_TEST(key_id_only_picks_the_key)
     const size_t n = lml_payload_encode(payload, &lic);
     ck_assert(lml_sign(sig, msg, lml_signed_message(msg, 2, payload, n), lt_key(1)) == 0);
     char tok[LML_TOKEN_MAX + 1];
-    strcpy(tok, "LM2.");
-    sodium_bin2base64(tok + 4, sizeof tok - 4, payload, n,
-                      sodium_base64_VARIANT_URLSAFE_NO_PADDING);
-    strcat(tok, ".");
-    sodium_bin2base64(tok + strlen(tok), sizeof tok - strlen(tok), sig, sizeof sig,
-                      sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+    lt_token_text(tok, sizeof tok, 2, payload, n, sig);
     EXPECT_RESULT(tok, strlen(tok), LML_ERR_SIGNATURE);
 }
 END_TEST
@@ -407,12 +402,7 @@ START_TEST(signature_without_domain_is_refused)
                                 : lml_signed_message(msg, k, payload, n); /* v1 domain, or v2 */
         ck_assert(lml_sign(sig, msg, m, lt_signing_key()) == 0);
         char tok[LML_TOKEN_MAX + 1];
-        strcpy(tok, "LM2.");
-        sodium_bin2base64(tok + 4, sizeof tok - 4, payload, n,
-                          sodium_base64_VARIANT_URLSAFE_NO_PADDING);
-        strcat(tok, ".");
-        sodium_bin2base64(tok + strlen(tok), sizeof tok - strlen(tok), sig, sizeof sig,
-                          sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+        lt_token_text(tok, sizeof tok, 2, payload, n, sig);
         EXPECT_RESULT(tok, strlen(tok), k == 2 ? LML_VALID : LML_ERR_SIGNATURE);
     }
 }
@@ -482,12 +472,7 @@ START_TEST(payload_fields_are_bounds_checked)
     memset(p + at + LML_REL_NAME, 'n', LML_LICENSEE_MAX + 1);
     uint8_t sig[LML_SIGNATURE_BYTES] = { 0 };
     char long_tok[2 * LML_TOKEN_MAX];
-    snprintf(long_tok, sizeof long_tok, "LM%d.", v);
-    sodium_bin2base64(long_tok + 4, sizeof long_tok - 4, p, at + LML_REL_NAME + 129,
-                      sodium_base64_VARIANT_URLSAFE_NO_PADDING);
-    strcat(long_tok, ".");
-    sodium_bin2base64(long_tok + strlen(long_tok), sizeof long_tok - strlen(long_tok), sig,
-                      sizeof sig, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+    lt_token_text(long_tok, sizeof long_tok, v, p, at + LML_REL_NAME + 129, sig);
     EXPECT_RESULT(long_tok, strlen(long_tok), v == 2 ? LML_ERR_TOO_LONG : LML_ERR_SIGNATURE);
 #undef NAME
 #undef PAYLOAD_CASE
