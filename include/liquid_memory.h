@@ -413,9 +413,9 @@ LM_API LM_NODISCARD lm_status lm_linear_attn_backward(const lm_core_args *args, 
  *   - invalid: a token was found but refused (altered or foreign signature,
  *     unknown version or key, revoked, expired, not yet valid, clock set
  *     back, bound to another machine, or LM_LICENSE_FILE / the default file
- *     unreadable). Every call that the
- *     gate guards then fails with LM_ERR_LICENSE and the reason: a broken
- *     license is never quietly treated as evaluation. Remove it to evaluate.
+ *     unreadable). Every call that the gate guards then fails with
+ *     LM_ERR_LICENSE and the reason: a broken license is never quietly
+ *     treated as evaluation. Remove it to evaluate.
  * "Context" is the prefill length (the longer of queries and keys), plus
  * the tokens already in the state when a forward continues it; a decode
  * step needs position + 1 (a step after a 4096-token forward is token 4097).
@@ -469,10 +469,6 @@ LM_API LM_NODISCARD lm_status lm_license_set(const char *token);
  * the fields are those of the refused token when its signature verified
  * (e.g. an expired license), else empty. Returns INVALID_ARG for NULL. */
 LM_API LM_NODISCARD lm_status lm_license_info(lm_license_details *out);
-
-#ifndef LM_NODISCARD /* defined with the ABI conventions; until then here */
-#define LM_NODISCARD __attribute__((warn_unused_result))
-#endif
 
 /* Looks up the license again (LM_LICENSE, LM_LICENSE_FILE, the default
  * file: the order above) and verifies it, for long-running servers that
