@@ -125,7 +125,7 @@ bench: deps
 	    --out bench/results
 
 # ---- install ----
-install: $(SO) $(AR_LIB) $(BUILD)/bin/lm-license
+install: dev-build-guard $(SO) $(AR_LIB) $(BUILD)/bin/lm-license
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig
 	install -m 644 include/liquid_memory.h $(DESTDIR)$(PREFIX)/include/
 	install -m 755 $(SO) $(DESTDIR)$(PREFIX)/lib/

@@ -37,7 +37,7 @@ DIST_COMMIT = $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 DIST_TIME = $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 
 .PHONY: dist
-dist: $(DIST_SOURCES) $(LICENSE_VENDOR_CLI) $(RELEASE_KEY) $(LICENSE_HEADER)
+dist: dev-build-guard $(DIST_SOURCES) $(LICENSE_VENDOR_CLI) $(RELEASE_KEY) $(LICENSE_HEADER)
 	@test -n "$(RELEASE_KEY)" || { echo "dist: give RELEASE_KEY=<release.secret>, the" \
 	    "vendor's release signing key (lm-license-vendor keygen --out release)" >&2; exit 2; }
 	rm -rf $(DIST_STAGE) $(DIST_TAR) && mkdir -p $(DIST_STAGE)/lib/pkgconfig
