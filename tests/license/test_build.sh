@@ -101,6 +101,7 @@ refuses "... and make dist wants the release key" "RELEASE_KEY" \
 echo "== the signed release archive"
 refuses "make dist refuses a license key as the release key" "is a license key" \
     $MAKE --no-print-directory BUILD="$BUILD" dist DEV_BUILD_OK=1 RELEASE_KEY="$KEYS/vendor.secret"
+rm -rf "$BUILD/dist" # archives of other versions
 check "make dist DEV_BUILD_OK=1" $MAKE --no-print-directory BUILD="$BUILD" dist DEV_BUILD_OK=1
 tar=$(ls "$BUILD"/dist/liquid-memory-*.tar.gz)
 mkdir "$TMP/unpacked"
