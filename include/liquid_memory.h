@@ -462,7 +462,8 @@ typedef struct lm_license_details {
  * lookup above applies again. On failure the license in force is unchanged.
  * Returns INVALID_ARG when `token` is not a token at all (empty, too long,
  * malformed, bad base64), LICENSE when it is refused (signature, version,
- * fields, expired, not yet valid, other machine); lm_last_error says why. */
+ * unknown key, fields, revoked, expired, not yet valid, clock set back,
+ * other machine); lm_last_error says why. */
 LM_API LM_NODISCARD lm_status lm_license_set(const char *token);
 
 /* Fills *out with the license in force, for UIs and logs; in mode INVALID

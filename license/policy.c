@@ -54,7 +54,8 @@ static void verify(held *h, const char *tok, size_t len)
 }
 
 /* The environment's license (LM_LICENSE, LM_LICENSE_FILE, the default file)
- * into h, verified: I/O, done without the lock. */
+ * into h, verified. I/O: lm_license_reload does it before taking the lock;
+ * the first lookup (in_force) does it under the lock, once. */
 static void look_up(held *h)
 {
     lml_found f;
@@ -71,8 +72,8 @@ static void look_up(held *h)
 }
 
 /* A license that expires is what a clock set back would stretch: for one,
- * the latest time recorded on this machine joins the ones seen here, and
- * now joins the record. I/O, done without the lock. */
+ * returns the latest time recorded on this machine (to join the ones seen
+ * here) and records now. I/O, as look_up. */
 static int64_t clock_mark_for(const held *h, int64_t now)
 {
     if (!h->present || h->result != LML_VALID || !h->lic.expires)
