@@ -158,27 +158,31 @@ test-license-asan:
 # the long runs).
 FUZZ_CC ?= clang
 FUZZ_SECONDS ?= 600
-FUZZ_SMOKE_SECONDS ?= 6
+FUZZ_SMOKE_SECONDS ?= 4
 FUZZERS ?= token lookup keyfile cli release
 FUZZ_DIR = $(BUILD)/fuzz
 FUZZ_CORPUS_BIN = $(FUZZ_DIR)/make-corpus
 FUZZ_FLAGS = -std=c11 -D_POSIX_C_SOURCE=200809L -g -O1 -Wall -Wextra -Werror -Ilicense \
              -Ilicense/cli -Ilicense/vendor -Ilicense/fuzz \
-             -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
+             -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all
 # -close_fd_mask=3: the tools' own messages go nowhere; libFuzzer and the sanitizers
 # keep theirs.
 FUZZ_RUN = -max_len=4096 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 -close_fd_mask=3
 # Everything but the gate, the keyring (the fuzzers bring their own keys), the
-# commands that use it and the mains.
+# commands that use it and the mains; compiled once for all the targets.
 FUZZ_SRC = $(LICENSE_VERIFY_SRC) $(LICENSE_TOOL_SRC) \
            $(filter-out license/vendor/main.c,$(LICENSE_VENDOR_SRC))
-FUZZ_DEPS = $(FUZZ_SRC) $(wildcard license/*.h license/cli/*.h license/vendor/*.h license/fuzz/*.h)
+FUZZ_OBJ = $(patsubst %.c,$(FUZZ_DIR)/obj/%.o,$(FUZZ_SRC))
+FUZZ_HDR = $(wildcard license/*.h license/cli/*.h license/vendor/*.h license/fuzz/*.h)
 
-$(FUZZ_DIR)/fuzz-%: license/fuzz/fuzz_%.c $(FUZZ_DEPS)
+$(FUZZ_DIR)/obj/%.o: %.c $(FUZZ_HDR)
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $< $(FUZZ_SRC) -lsodium
+	$(FUZZ_CC) $(FUZZ_FLAGS) -c $< -o $@
 
-$(FUZZ_CORPUS_BIN): license/fuzz/make_corpus.c $(FUZZ_DEPS)
+$(FUZZ_DIR)/fuzz-%: license/fuzz/fuzz_%.c $(FUZZ_OBJ) $(FUZZ_HDR)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -fsanitize=fuzzer -o $@ $< $(FUZZ_OBJ) -lsodium
+
+$(FUZZ_CORPUS_BIN): license/fuzz/make_corpus.c $(FUZZ_SRC) $(FUZZ_HDR)
 	@mkdir -p $(dir $@)
 	$(CC) -std=c11 -D_POSIX_C_SOURCE=200809L -g -Wall -Wextra -Werror -Ilicense -Ilicense/cli \
 	    -Ilicense/vendor -Ilicense/fuzz -o $@ $< $(FUZZ_SRC) -lsodium
