@@ -63,6 +63,7 @@ device-build: dev-build-guard
 	$(MAKE) --no-print-directory DEVICE_BUILD=1 BUILD=build/device \
 	    build/device/lib/libliquidmemory.so build/device/bin/lm-gpu-tests build/device/dev-license
 	cp $(DEV_KEY_DIR)/vendor.pub $(DEV_KEY_DIR)/vendor-next.pub build/device/
+	rm -f build/device/bin/lm-license-vendor # signed dev-license above; the GPU needs no signer
 	cp -L /usr/lib/x86_64-linux-gnu/libgomp.so.1 /usr/lib/x86_64-linux-gnu/libgfortran.so.5 \
 	    /usr/lib/x86_64-linux-gnu/libquadmath.so.0 build/device/lib/
 	@! grep -rlI "LM-SECRET-KEY" build/device || \
