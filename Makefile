@@ -4,6 +4,7 @@
 #   make test-asan     the C suites under AddressSanitizer + UndefinedBehaviorSanitizer
 #   make bench         install, build, run the sequence-length sweep (JSON in bench/results/)
 #   make install PREFIX=/usr/local      make clean
+#   make dist          the signed release archive (mk/dist.mk; a release build, or DEV_BUILD_OK=1)
 # Everything is written under build/. nvcc, when found, adds the CUDA backend
 # (mk/cuda.mk); CUDA=0 builds the CPU backend alone.
 
