@@ -2,7 +2,7 @@
  * attend_v2.cu - the v2 prefill (sm_90a): one CTA per (batch row, head,
  * segment) with all value columns and three warpgroups, FA3-style:
  *   warpgroup 0  loads and phi (v2_loads.cuh)        72 registers
- *   warpgroup 1  readout: v2_intra.cuh, v2_epilogue   208 registers
+ *   warpgroup 1  readout: v2_intra.cuh, v2_epilogue   200 registers
  *   warpgroup 2  state: v2_state.cuh                  232 registers
  * ordered by mbarriers: full / empty per stage (3 stages of q, k, v), and
  * s_full / s_free around the one bf16 copy of the state the readout reads.
