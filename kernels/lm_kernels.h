@@ -53,7 +53,7 @@ typedef struct lmk_attend {
     float eps, scale;
     int aligned;           /* set by the launcher: 16-byte rows, vector loads */
     int cluster;           /* set by the launcher: CTAs of a head sharing q, k (1 = none) */
-    int v2;                /* host: run the v2 kernel where it takes the call (LM_ATTEND_KERNEL) */
+    int v2;                /* host: run the v2 kernel where it takes the call (unless LM_ATTEND_KERNEL=v1) */
     int has_decay;
     float decay[LMK_MAX_DECAY_HEADS]; /* per kv head, when has_decay */
 } lmk_attend;

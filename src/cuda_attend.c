@@ -14,8 +14,9 @@
  * CTAs that share a kv head still read the initial state from the same place.
  * Two prefill kernels: v1 (kernels/attend.cuh: a head's value columns over 4
  * CTAs) and v2 (kernels/attend_v2.cu: sm_90a, one CTA per head and segment).
- * LM_ATTEND_KERNEL=v2 selects v2 where it takes the call (lmk_attend_v2_takes;
- * the rest stays on v1); unset or v1: v1 everywhere.
+ * v2 runs every call it takes (lmk_attend_v2_takes; the rest stays on v1);
+ * LM_ATTEND_KERNEL=v1 keeps every call on v1 (v2 became the default after it
+ * passed the GPU suites and the sanitizers on the H200: bench/NOTES.md).
  */
 #include "cuda_impl.h"
 
@@ -46,7 +47,7 @@ static pthread_once_t env_once = PTHREAD_ONCE_INIT;
 static void read_env(void)
 {
     const char *e = getenv("LM_ATTEND_KERNEL");
-    env_v2 = e && strcmp(e, "v2") == 0;
+    env_v2 = !(e && strcmp(e, "v1") == 0);
 }
 
 static void base_params(const lmi_core_params *p, lmk_attend *k);
