@@ -1,8 +1,11 @@
 /*
  * mma.cuh - thin wrappers over the PTX the kernels use: bf16 tensor-core
  * products (mma.sync m16n8k16, fp32 accumulate), ldmatrix, cp.async, the
- * cluster hand-off (st.async, mbarrier), and the hi/lo bf16 split that keeps
- * products near fp32 precision.
+ * cluster hand-off (st.async, mbarrier), the hi/lo bf16 split that keeps
+ * products near fp32 precision, and for v2 (sm_90a, at the end) warpgroup
+ * MMA on 128-byte-swizzled tiles: the swizzle, descriptors, wgmma and its
+ * fences, setmaxnreg (cuda::ptx wraps none of these; v2's mbarriers and
+ * proxy fences come from <cuda/ptx>).
  *
  * Fragment layouts (PTX ISA, m16n8k16; g = lane / 4, t = lane % 4):
  *   A 16x16 row-major: a0 (g, 2t..2t+1)  a1 (g+8, 2t..)  a2 (g, 2t+8..)  a3 (g+8, 2t+8..)
