@@ -17,6 +17,9 @@
 #                                     at 8K-128K with peers, packed in train-bench.tgz),
 #                                     python: pytest (tests/python on the GPU), then sweep (the
 #                                     LiquidMemory.benchmark sweep --mode all, packed in sweep.tgz);
+#                                     kernels: bench/v2_probe.py under LM_ATTEND_KERNEL=v1 and v2,
+#                                     and the core benchmark again under v1 (bench-v1.json), beside
+#                                     the bench phase's default (v2 where it takes the call);
 #                                     LM_BENCH_LENGTHS=2048,... limits the bench phase's lengths
 set -u
 OUT=${OUT:-/tmp/lm-gpu-out}
@@ -65,6 +68,15 @@ for p in $PHASES; do
     bench) phase bench 200 "$OUT/bench.log" python3 bench/gpu_bench.py --lib "$B/lib/libliquidmemory.so" \
                --out "$OUT/bench.json" --commit "$COMMIT" ${LM_BENCH_LENGTHS:+--lengths "$LM_BENCH_LENGTHS"} ;;
     long) phase long 120 "$OUT/long.log" "$B/bin/lm-gpu-tests" long ;;
+    kernels)
+        export LM_LIB_PATH="$PWD/$B/lib/libliquidmemory.so" PYTHONPATH="$PWD/bindings/python"
+        for k in v1 v2; do
+            echo "==== LM_ATTEND_KERNEL=$k" >> "$OUT/kernels.log"
+            phase "probe-$k" 60 "$OUT/kernels.log" env LM_ATTEND_KERNEL=$k python3 bench/v2_probe.py
+        done
+        phase bench-v1 200 "$OUT/kernels.log" env LM_ATTEND_KERNEL=v1 python3 bench/gpu_bench.py \
+            --lib "$B/lib/libliquidmemory.so" --out "$OUT/bench-v1.json" --commit "$COMMIT" \
+            ${LM_BENCH_LENGTHS:+--lengths "$LM_BENCH_LENGTHS"} ;;
     profile)
         { cuobjdump -sass -fun '_ZN3lmk13attend_kernelILi128ELi0EEEv10lmk_attendi' "$B/lib/libliquidmemory.so" |
               grep -oE '^ +/\*[0-9a-f]{4}\*/ +[A-Z0-9_.]+' | awk '{print $2}' | sort | uniq -c | sort -rn | head -40

@@ -61,6 +61,8 @@ extern "C" lm_status lmk_attend_launch(const lmk_attend *p, lmk_kind kind, void 
     const int64_t v = (int64_t)(16 / es);
     k.aligned = k.Dk % v == 0 && k.Dv % v == 0 && aligned16(k.q, k.sq, es) && aligned16(k.k, k.sk, es) &&
                 aligned16(k.v, k.sv, es) && aligned16(k.out, k.so, es);
+    if (k.v2 && k.aligned && lmk_attend_v2_takes(&k, kind))
+        return lmk_attend_v2_launch(&k, kind, stream);
     /* sm_90: the value blocks of a head share q, k loads as a cluster (2, 4, 8). */
     int dev = 0, major = 0;
     LMI_CUDA_TRY(cudaGetDevice(&dev));

@@ -29,6 +29,7 @@
 #define LM_ATTEND_CUH
 
 #include "attend_traits.cuh"
+#include "feature_map.cuh"
 #include "mma.cuh"
 
 #include <cooperative_groups.h>
@@ -54,44 +55,6 @@ template <> struct Elem<LM_F32> {
     static __device__ __forceinline__ float load(const T *p) { return *p; }
     static __device__ __forceinline__ T from(float x) { return x; }
 };
-
-/* phi in fp32; an approximate ex2 (2 ulp) is plenty for a value stored as
- * bf16 or as a 16-bit hi + lo pair, and several times cheaper than expf.
- * Both sides of elu+1 are computed and one selected: no branch in the
- * per-element loops. */
-template <int FM> __device__ __forceinline__ float phi_fm(float x)
-{
-    if constexpr (FM == LM_FEATURE_ELU1) {
-        float e; /* __expf without its guard for results below 2^-126 (flushed to 0 here) */
-        asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(x * 1.44269504f));
-        return x > 0.0f ? x + 1.0f : e;
-    } else if constexpr (FM == LM_FEATURE_RELU) {
-        return x < 0.0f ? 0.0f : x; /* NaN stays NaN */
-    } else {
-        return x;
-    }
-}
-
-/* phi of a bf16 pair, as bf16. elu+1 on sm_90 in packed bf16 arithmetic:
- * x log2(e) and its ex2 rounded to bf16 add 0.001-0.011 to the output's
- * error ratio (bench/phi_precision_sim.py, 8K) for half the instructions of
- * the fp32 path (unpack, scale, ex2, add, compare, select per element). */
-template <int FM> __device__ __forceinline__ __nv_bfloat162 phi_pair(__nv_bfloat162 x)
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    if constexpr (FM == LM_FEATURE_ELU1) {
-        const __nv_bfloat162 a = __hmul2(x, __float2bfloat162_rn(1.44269504f));
-        uint32_t e;
-        asm("ex2.approx.ftz.bf16x2 %0, %1;" : "=r"(e) : "r"(*reinterpret_cast<const uint32_t *>(&a)));
-        const __nv_bfloat162 p1 = __hadd2(x, __float2bfloat162_rn(1.0f));
-        const uint32_t m = __hgt2_mask(x, __float2bfloat162_rn(0.0f)); /* NaN: 0, takes ex2(NaN) */
-        const uint32_t r = (*reinterpret_cast<const uint32_t *>(&p1) & m) | (e & ~m);
-        return *reinterpret_cast<const __nv_bfloat162 *>(&r);
-    }
-#endif
-    const float2 f = __bfloat1622float2(x);
-    return __floats2bfloat162_rn(phi_fm<FM>(f.x), phi_fm<FM>(f.y));
-}
 
 __device__ __forceinline__ float phi(float x, int fm)
 {

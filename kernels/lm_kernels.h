@@ -53,6 +53,7 @@ typedef struct lmk_attend {
     float eps, scale;
     int aligned;           /* set by the launcher: 16-byte rows, vector loads */
     int cluster;           /* set by the launcher: CTAs of a head sharing q, k (1 = none) */
+    int v2;                /* host: run the v2 kernel where it takes the call (unless LM_ATTEND_KERNEL=v1) */
     int has_decay;
     float decay[LMK_MAX_DECAY_HEADS]; /* per kv head, when has_decay */
 } lmk_attend;
@@ -175,6 +176,13 @@ int64_t lmk_attend_ctas(const lmk_attend *p, lmk_kind kind);
 size_t lmk_attend_smem(int dtype, int Dk);
 
 lm_status lmk_attend_launch(const lmk_attend *p, lmk_kind kind, void *stream);
+/* The v2 prefill (kernels/attend_v2.cu, sm_90a): whether it takes calls of
+ * this shape and kind on the current GPU (bf16, Dk = Dv = 64 or 128, no decay,
+ * not compensated, CAUSAL or ABSORB, compute capability 9.0), judged on the
+ * structure alone; lmk_attend_launch also needs 16-byte rows for it and
+ * falls back to v1 otherwise. */
+int lmk_attend_v2_takes(const lmk_attend *p, lmk_kind kind);
+lm_status lmk_attend_v2_launch(const lmk_attend *p, lmk_kind kind, void *stream);
 lm_status lmk_scan_launch(const lmk_scan *p, void *stream);
 lm_status lmk_decode_launch(const lmk_decode *p, void *stream);
 

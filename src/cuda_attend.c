@@ -12,9 +12,16 @@
  * of every query block in parallel against it.
  * The final state goes to scratch first and is copied out at the end, since
  * CTAs that share a kv head still read the initial state from the same place.
+ * Two prefill kernels: v1 (kernels/attend.cuh: a head's value columns over 4
+ * CTAs) and v2 (kernels/attend_v2.cu: sm_90a, one CTA per head and segment).
+ * v2 runs every call it takes (lmk_attend_v2_takes; the rest stays on v1);
+ * LM_ATTEND_KERNEL=v1 keeps every call on v1 (v2 became the default after it
+ * passed the GPU suites and the sanitizers on the H200: bench/NOTES.md).
  */
 #include "cuda_impl.h"
 
+#include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 
 typedef struct plan {
@@ -33,22 +40,53 @@ static int64_t value_blocks(const lmi_core_params *p)
     return lmi_cdiv(p->Dv, p->Dk <= 128 ? 32 : 16);
 }
 
+/* LM_ATTEND_KERNEL, read once per process. */
+static int env_v2;
+static pthread_once_t env_once = PTHREAD_ONCE_INIT;
+
+static void read_env(void)
+{
+    const char *e = getenv("LM_ATTEND_KERNEL");
+    env_v2 = !(e && strcmp(e, "v1") == 0);
+}
+
+static void base_params(const lmi_core_params *p, lmk_attend *k);
+
+/* v2 runs this call's CAUSAL or ABSORB launches (planned for one CTA per head). */
+static int takes_v2(const lmi_core_params *p)
+{
+    pthread_once(&env_once, read_env);
+    if (!env_v2)
+        return 0;
+    lmk_attend k;
+    base_params(p, &k);
+    return lmk_attend_v2_takes(&k, p->causal ? LMK_CAUSAL : LMK_ABSORB);
+}
+
+/* Segments that spread `ctas` CTAs over the SMs: v2 takes a whole SM per CTA,
+ * so it rounds down (one wave), v1 up. */
+static int64_t fill(int sms, int64_t ctas, int v2)
+{
+    return v2 ? (sms / ctas > 1 ? sms / ctas : 1) : lmi_cdiv(sms, ctas);
+}
+
 static plan plan_of(const lmi_core_params *p, int sms)
 {
     plan pl = { 0 };
     const int64_t heads = p->B * p->Hkv, per = p->Dk * p->Dv + p->Dk;
+    const int v2 = takes_v2(p);
     const int64_t nvb = value_blocks(p);
     if (p->causal) {
-        const int64_t ctas = p->B * p->Hq * nvb, chunks = lmi_cdiv(p->L, LMK_CHUNK);
+        const int64_t ctas = p->B * p->Hq * (v2 ? 1 : nvb), chunks = lmi_cdiv(p->L, LMK_CHUNK);
         int64_t want = 1;
         if (2 * ctas <= sms) /* segments of at least 8 chunks, so ABSORB pays off */
-            want = clamp64(lmi_cdiv(sms, ctas), 1, chunks / 8);
+            want = clamp64(fill(sms, ctas, v2), 1, chunks / 8);
         pl.seg_len = lmi_segment_len(p->L, want);
         pl.nseg = lmi_cdiv(p->L, pl.seg_len);
         pl.ws_floats = (size_t)((pl.nseg > 1 ? pl.nseg : 0) + (p->state ? 1 : 0)) * heads * per;
     } else {
         if (p->Lk > 0) {
-            const int64_t want = lmi_cdiv(sms, p->B * p->Hkv * nvb);
+            const int64_t want = fill(sms, p->B * p->Hkv * (v2 ? 1 : nvb), v2);
             pl.kseg_len = lmi_segment_len(p->Lk, clamp64(want, 1, lmi_cdiv(p->Lk, 4 * LMK_CHUNK)));
             pl.nkseg = lmi_cdiv(p->Lk, pl.kseg_len);
         }
@@ -114,6 +152,8 @@ static void base_params(const lmi_core_params *p, lmk_attend *k)
     k->has_decay = p->decay != NULL;
     if (p->decay)
         memcpy(k->decay, p->decay, (size_t)p->Hkv * sizeof(float));
+    pthread_once(&env_once, read_env);
+    k->v2 = env_v2;
 }
 
 static lmk_state state_at(float *base, int64_t heads, const lmi_core_params *p, int64_t seg)

@@ -1,0 +1,149 @@
+/*
+ * v2_state.cuh - the state warpgroup of the v2 prefill. S (D x D fp32) and z
+ * live in wgmma accumulators for the whole segment, one m64 block per 64 rows
+ * of d: S += phi(K)^T V with phi(K)^T the transposed k tile (MN-major A) and
+ * V the v tile (MN-major B); z += phi(K)^T 1 against the ones tile, in
+ * column 0 of an m64n8 accumulator. After each chunk, once the readout has
+ * freed the buffer, it publishes S and z as bf16 hi + lo for the next
+ * chunk's readout (the split keeps ~16 bits, as v1's).
+ */
+#ifndef LM_V2_STATE_CUH
+#define LM_V2_STATE_CUH
+
+#include "v2_scheduler.cuh"
+
+namespace lmk {
+namespace v2 {
+
+template <class T> struct State {
+    static constexpr int MB = T::D / 64; /* m64 blocks of d */
+    static constexpr int NR = T::D / 2;  /* accumulator registers of one block */
+    float s[MB][NR];
+    float z[MB][4]; /* column 0 (lanes with t = 0, registers 0 and 2) is z */
+
+    /* Row d of register r of block mb; column e of register r. */
+    static __device__ int row(int mb, int r)
+    {
+        const int w = ((threadIdx.x & (GROUP - 1)) >> 5), g = (threadIdx.x & 31) >> 2;
+        return 64 * mb + 16 * w + g + 8 * ((r >> 1) & 1);
+    }
+    static __device__ int col(int r) { return 8 * (r >> 2) + 2 * (threadIdx.x & 3) + (r & 1); }
+
+    /* The state the segment starts from (ABSORB: zero, its increment). */
+    __device__ void load(const lmk_attend &p, const Job &j)
+    {
+        const float *Si = !j.causal || !p.in.S ? nullptr : p.in.S + j.seg * p.in.seg_S + j.head * T::D * T::D;
+        const float *zi = Si ? p.in.z + j.seg * p.in.seg_z + j.head * T::D : nullptr;
+#pragma unroll
+        for (int mb = 0; mb < MB; mb++) {
+#pragma unroll
+            for (int r = 0; r < NR; r += 2) {
+                const float2 x = Si ? *(const float2 *)(Si + row(mb, r) * T::D + col(r)) : make_float2(0.0f, 0.0f);
+                s[mb][r] = x.x, s[mb][r + 1] = x.y;
+            }
+            const bool t0 = (threadIdx.x & 3) == 0;
+#pragma unroll
+            for (int r = 0; r < 4; r++)
+                z[mb][r] = zi && t0 && (r & 1) == 0 ? zi[row(mb, r)] : 0.0f;
+        }
+    }
+
+    /* S += phi(K)^T V, z += phi(K)^T 1 for the chunk in stage st. */
+    __device__ void fold(const Smem<T> &sm, int st)
+    {
+        wg_fence();
+#pragma unroll
+        for (int mb = 0; mb < MB; mb++) {
+            wg_hold(s[mb]);
+            wg_hold(z[mb]);
+#pragma unroll
+            for (int kk = 0; kk < C / 16; kk++) {
+                const uint64_t kt = desc_mnmajor(sm.a + sm.k(st) + mb * T::BLOCK + kk * 2048, T::BLOCK);
+                WgmmaSS<T::D, 1, 1>::run(s[mb], kt, desc_mnmajor(sm.a + sm.v(st) + kk * 2048, T::BLOCK), 1);
+                WgmmaSS<8, 1, 0>::run(z[mb], kt, desc_kmajor(sm.a + T::ONES + kk * 32), 1);
+            }
+        }
+        wg_commit();
+        wg_wait<0>();
+#pragma unroll
+        for (int mb = 0; mb < MB; mb++) {
+            wg_hold(s[mb]);
+            wg_hold(z[mb]);
+        }
+    }
+
+    /* S and z as bf16 hi + lo into the readout's buffers (conflict-free:
+     * the eight rows of a register sit in eight different pieces). */
+    __device__ void publish(const Smem<T> &sm) const
+    {
+#pragma unroll
+        for (int mb = 0; mb < MB; mb++) {
+#pragma unroll
+            for (int r = 0; r < NR; r += 2) {
+                uint32_t hi, lo;
+                split_pack(s[mb][r], s[mb][r + 1], hi, lo);
+                const uint32_t o = T::at(T::SBLOCK, row(mb, r), col(r));
+                *(uint32_t *)(sm.p + T::S_HI + o) = hi;
+                *(uint32_t *)(sm.p + T::S_LO + o) = lo;
+            }
+            if ((threadIdx.x & 3) == 0)
+#pragma unroll
+                for (int r = 0; r < 4; r += 2) {
+                    bf16 hi, lo;
+                    split_bf16(z[mb][r], hi, lo);
+                    *(bf16 *)(sm.p + T::ZT + T::at(1024, 0, row(mb, r))) = hi;
+                    *(bf16 *)(sm.p + T::ZT + T::at(1024, 1, row(mb, r))) = lo;
+                }
+        }
+        to_async_proxy();
+    }
+
+    /* The final state (CAUSAL) or the segment's increment (ABSORB). */
+    __device__ void store(const lmk_attend &p, const Job &j) const
+    {
+        const int64_t so = j.causal ? 0 : j.seg * p.out_state.seg_S;
+        const int64_t zo = j.causal ? 0 : j.seg * p.out_state.seg_z;
+        float *S = p.out_state.S + so + j.head * T::D * T::D;
+        float *zz = p.out_state.z + zo + j.head * T::D;
+#pragma unroll
+        for (int mb = 0; mb < MB; mb++) {
+#pragma unroll
+            for (int r = 0; r < NR; r += 2)
+                *(float2 *)(S + row(mb, r) * T::D + col(r)) = make_float2(s[mb][r], s[mb][r + 1]);
+            if ((threadIdx.x & 3) == 0)
+#pragma unroll
+                for (int r = 0; r < 4; r += 2)
+                    zz[row(mb, r)] = z[mb][r];
+        }
+    }
+
+    /* The segment: publish S_0, then fold each chunk and publish the state
+     * before the next one (CAUSAL), and store the result. */
+    __device__ void run(const lmk_attend &p, const Job &j, const Smem<T> &sm)
+    {
+        load(p, j);
+        if (j.causal) {
+            publish(sm);
+            arrive(sm.s_full());
+        }
+        for (int c = 0; c < j.nch; c++) {
+            const int st = c % STAGES;
+            wait(sm.full(st), (uint32_t)((c / STAGES) & 1));
+            fold(sm, st);
+            arrive(sm.empty(st));
+            if (j.causal && c + 1 < j.nch) {
+                wait(sm.s_free(), (uint32_t)(c & 1)); /* the readout is done with S_c */
+                publish(sm);
+                arrive(sm.s_full());
+            }
+        }
+        if (!j.causal ||
+            (p.out_state.S && j.seg == p.nseg - 1 && j.h % (p.Hq / p.Hkv) == 0))
+            store(p, j);
+    }
+};
+
+} // namespace v2
+} // namespace lmk
+
+#endif /* LM_V2_STATE_CUH */
