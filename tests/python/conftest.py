@@ -1,7 +1,7 @@
 """
 conftest.py - what the pytest suites share: the package on sys.path, the
-float64 reference of DESIGN.md §2 (written here, independent of the library),
-random inputs, one tolerance helper, and the CUDA marker.
+float64 reference of docs/DESIGN.md "The maths" (written here, independent of
+the library), random inputs, one tolerance helper, and the CUDA marker.
 
 Run: make test-python (sets LM_LIB_PATH to build/lib/libliquidmemory.so).
 """
@@ -42,7 +42,7 @@ def _quiet_license(recwarn):
 
 
 # ---------------------------------------------------------------------------
-# float64 reference of §2
+# float64 reference of docs/DESIGN.md, "The maths"
 # ---------------------------------------------------------------------------
 
 def phi(x, feature_map):
@@ -150,13 +150,13 @@ def rand_qkv(B, L, Hq, D, Lk=None, Hkv=None, Dv=None, dtype=torch.float32, devic
 
 def ref_module(m, query, key, value, causal=False, mask=None):
     """LiquidMemory's forward in float64 from its own parameters (batch-first
-    [B, L, E] inputs): projections, §2 with the extra bias/zero keys first,
+    [B, L, E] inputs): projections, the maths with the extra bias/zero keys first,
     out projection. Differentiable with respect to the float64 inputs."""
     E, H, Hkv, D = m.embed_dim, m.num_heads, m.num_kv_heads, m.head_dim
     kv = Hkv * D
     dbl = (lambda t: None if t is None else t.double())
     b = dbl(m.in_proj_bias)
-    if m._qkv_same_embed_dim:
+    if m.in_proj_weight is not None:
         w = m.in_proj_weight.double()
         wq, wk, wv = w[:E], w[E:E + kv], w[E + kv:]
     else:

@@ -42,8 +42,12 @@ def test_parameters_and_state_dict_match_mha(cfg):
     for (n1, p1), (n2, p2) in zip(mha.named_parameters(), lm.named_parameters()):
         assert n1 == n2 and p1.shape == p2.shape
     for attr in ("embed_dim", "num_heads", "head_dim", "kdim", "vdim", "batch_first",
-                 "_qkv_same_embed_dim", "dropout", "add_zero_attn"):
+                 "dropout", "add_zero_attn"):
         assert getattr(mha, attr) == getattr(lm, attr), attr
+    # MHA's flag means "one packed in_proj_weight"; ours reads False on purpose
+    # (torch's fused softmax fast paths check it), the packing is the same.
+    assert (lm.in_proj_weight is not None) == mha._qkv_same_embed_dim
+    assert lm._qkv_same_embed_dim is False
     # both ways
     lm.load_state_dict(mha.state_dict())
     for a, b in zip(mha.state_dict().values(), lm.state_dict().values()):
@@ -263,16 +267,92 @@ def test_key_padding_mask(kind, causal):
     assert_close(out, ref_module(m, x, x, x, causal=causal, mask=pad), torch.float32, factor=5)
 
 
+# Float "ignore" values in the idioms people write (Hugging Face's -1e4 /
+# finfo.min, -1e9, -inf), in the mask dtypes they come in: each must mean
+# exactly what a bool True means (MASK_IGNORE_AT = -1e4, compared in the mask's
+# own dtype: bfloat16 rounds -1e4 to -9984).
+IGNORE_VALUES = [(-1e4, torch.float32), (-1e4, torch.bfloat16), (-1e4, torch.float16),
+                 (-1e9, torch.float32), (None, torch.float32), (None, torch.bfloat16),
+                 (None, torch.float16), (float("-inf"), torch.float16)]
+
+
+def _ignore_value(value, dtype):
+    return torch.finfo(dtype).min if value is None else value
+
+
+@pytest.mark.parametrize("value,dtype", IGNORE_VALUES)
+def test_float_key_padding_mask_large_negatives_mean_ignore(value, dtype):
+    torch.manual_seed(8)
+    m = LiquidMemory(E, H, batch_first=True)
+    x = x_(2, 20, E, seed=16)
+    pad = torch.zeros(2, 20, dtype=torch.bool)
+    pad[0, 13:] = True
+    pad[1, :3] = True
+    kpm = torch.zeros(2, 20, dtype=dtype).masked_fill(pad, _ignore_value(value, dtype))
+    for causal in (False, True):
+        got, _ = m(x, x, x, key_padding_mask=kpm, need_weights=False, is_causal=causal)
+        want, _ = m(x, x, x, key_padding_mask=pad, need_weights=False, is_causal=causal)
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("value,dtype", IGNORE_VALUES)
+def test_float_causal_attn_mask_large_negatives(value, dtype):
+    m = LiquidMemory(E, H, batch_first=True)
+    x = x_(2, 12, E, seed=17)
+    mask = torch.zeros(12, 12, dtype=dtype).masked_fill(_causal_bool(12),
+                                                         _ignore_value(value, dtype))
+    a, _ = m(x, x, x, attn_mask=mask, need_weights=False)
+    b, _ = m(x, x, x, is_causal=True, need_weights=False)
+    assert torch.equal(a, b)
+
+
+def test_uint8_attn_mask_is_read_as_bool_like_mha():
+    m = LiquidMemory(E, H, batch_first=True)
+    x = x_(2, 12, E, seed=18)
+    a, _ = m(x, x, x, attn_mask=_causal_bool(12).to(torch.uint8), need_weights=False)
+    b, _ = m(x, x, x, is_causal=True, need_weights=False)
+    assert torch.equal(a, b)
+    band = (_causal_bool(12) | torch.ones(12, 12, dtype=torch.bool).tril(-3)).to(torch.uint8)
+    with pytest.raises(NotImplementedError, match="not a causal mask"):
+        m(x, x, x, attn_mask=band, need_weights=False)
+
+
+def test_3d_attn_mask_needs_batch_times_heads():
+    """As MHA: a 3-D mask is (batch * num_heads, L, S); another first size is refused."""
+    m = LiquidMemory(E, H, batch_first=True)
+    x = x_(2, 12, E, seed=19)
+    good = _causal_bool(12).expand(2 * H, 12, 12)
+    a, _ = m(x, x, x, attn_mask=good, need_weights=False)
+    assert torch.equal(a, m(x, x, x, is_causal=True, need_weights=False)[0])
+    for first in (1, 2, H, 2 * H + 1):
+        with pytest.raises(ValueError, match=r"\(batch \* num_heads, L, S\) = \(8, 12, 12\)"):
+            m(x, x, x, attn_mask=_causal_bool(12).expand(first, 12, 12), need_weights=False)
+    # unbatched input: (num_heads, L, S)
+    u, _ = m(x[0], x[0], x[0], attn_mask=_causal_bool(12).expand(H, 12, 12), need_weights=False)
+    assert torch.allclose(u, a[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("value", [-1.0, -9000.0, 0.5, 1e9, float("inf"), float("nan")])
+def test_float_masks_with_a_bias_are_refused(value):
+    """Anything but 0 (keep) and <= -1e4 (ignore) would be an additive bias."""
+    m = LiquidMemory(E, H, batch_first=True)
+    x = x_(2, 10, E)
+    kpm = torch.zeros(2, 10)
+    kpm[0, 3] = value
+    with pytest.raises(ValueError, match="values other than 0 \\(keep\\) and <= -10000"):
+        m(x, x, x, key_padding_mask=kpm, need_weights=False)
+    am = _causal_float(10)
+    am[5, 2] = value
+    with pytest.raises(NotImplementedError, match="additive attention bias"):
+        m(x, x, x, attn_mask=am, need_weights=False)
+
+
 def test_key_padding_mask_errors():
     m = LiquidMemory(E, H, batch_first=True)
     x = x_(2, 10, E)
-    bad = torch.zeros(2, 10)
-    bad[0, 3] = -1e4
-    with pytest.raises(ValueError, match="only 0 \\(keep\\) or -inf"):
-        m(x, x, x, key_padding_mask=bad, need_weights=False)
     with pytest.raises(ValueError, match="key_padding_mask has shape"):
         m(x, x, x, key_padding_mask=torch.zeros(2, 9, dtype=torch.bool), need_weights=False)
-    with pytest.raises(TypeError, match="bool or floating"):
+    with pytest.raises(TypeError, match="bool, uint8 or floating"):
         m(x, x, x, key_padding_mask=torch.zeros(2, 10, dtype=torch.int64), need_weights=False)
 
 
@@ -351,9 +431,8 @@ def test_gqa_module_state_dict_not_mha():
         m.to_mha()
 
 
-def test_fast_path_guard_hook_present():
+def test_repr():
     m = LiquidMemory(E, H)
-    assert len(m._forward_pre_hooks) == 1
     assert "LiquidMemory(" in repr(m) and "feature_map='elu'" in repr(m)
 
 
@@ -380,7 +459,8 @@ def test_no_grad_causal_forward_runs_in_slabs(monkeypatch, cfg, masked):
                         lambda self, *a: calls.append(a[7]) or attend(self, *a))
     monkeypatch.setattr(lm_module, "_SLAB_ROWS", 128)
     monkeypatch.setattr(lm_module, "_SLAB_MIN", 64)
-    one, _ = m(x, x, x, key_padding_mask=pad, is_causal=True, need_weights=False)
+    one, _ = m(x, x, x, key_padding_mask=pad, is_causal=True, need_weights=False,
+               keep_state=True)
     S1, z1 = m.state_S.clone(), m.state_z.clone()
     assert len(calls) == 1  # parameters require grad: one pass
     with torch.no_grad():

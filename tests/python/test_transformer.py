@@ -2,10 +2,9 @@
 test_transformer.py - LiquidMemory as self_attn / multihead_attn of
 nn.TransformerEncoderLayer, nn.TransformerDecoderLayer and nn.Transformer,
 in training and in inference (where the encoder's fused fast path must not
-silently compute softmax attention instead).
+silently compute softmax attention instead, also when the module is assigned
+by hand), and nested-tensor inputs.
 """
-import inspect
-
 import pytest
 import torch
 from torch import nn
@@ -53,18 +52,112 @@ def test_encoder_layer_causal_mask_training():
     assert torch.allclose(y, _encoder_by_hand(layer, x, is_causal=True), atol=1e-5)
 
 
-HOOK_CHECK = "_forward_pre_hooks" in inspect.getsource(nn.TransformerEncoderLayer.forward)
+class _Calls:
+    """Counts LiquidMemory forwards (the fused fast path would make none)."""
+
+    def __init__(self, monkeypatch):
+        self.n = 0
+        real = LiquidMemory.forward
+
+        def counted(m, *a, **k):
+            self.n += 1
+            return real(m, *a, **k)
+        monkeypatch.setattr(LiquidMemory, "forward", counted)
 
 
-@pytest.mark.skipif(not HOOK_CHECK, reason="this torch's TransformerEncoderLayer fast path does "
-                    "not look at hooks, so plain assignment needs liquid_memory.replace_attention "
-                    "or disable_fastpath (tested below)")
-def test_encoder_layer_inference_plain_assignment():
-    layer = _encoder_layer().eval()
+def _by_hand_stack(layers, x, kpm=None):
+    for layer in layers:
+        x = _encoder_by_hand(layer, x, kpm=kpm)
+    return x
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("kv_heads", [None, 2])
+def test_encoder_layer_inference_plain_assignment(monkeypatch, batch_first, kv_heads):
+    """The README's one-line swap, in eval mode without grad: torch's fused
+    fast path (softmax on in_proj_weight) must not run in our place."""
+    layer = _encoder_layer(batch_first).eval()
+    layer.self_attn = LiquidMemory(D_MODEL, NHEAD, batch_first=batch_first,
+                                   num_kv_heads=kv_heads).eval()
+    calls = _Calls(monkeypatch)
     x = x_(2, 12, D_MODEL, seed=3)
+    x = x if batch_first else x.transpose(0, 1)
+    kpm = torch.zeros(2, 12, dtype=torch.bool)
+    kpm[0, 9:] = True
     with torch.no_grad():
-        y = layer(x)
-        assert torch.allclose(y, _encoder_by_hand(layer, x), atol=1e-5)
+        for mask in (None, kpm):
+            y = layer(x, src_key_padding_mask=mask)
+            assert torch.allclose(y, _encoder_by_hand(layer, x, kpm=mask), atol=1e-5)
+    assert calls.n == 4  # two by the layer, two by hand
+
+
+@pytest.mark.parametrize("kv_heads", [None, 2])
+def test_encoder_inference_plain_assignment(monkeypatch, kv_heads):
+    """nn.TransformerEncoder (built with an MHA, nested tensors enabled), its
+    layers' self_attn swapped by hand, eval, no grad, with a padding mask."""
+    torch.manual_seed(30)
+    enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(
+        D_MODEL, NHEAD, dim_feedforward=64, dropout=0.0, batch_first=True), num_layers=2)
+    for layer in enc.layers:
+        layer.self_attn = LiquidMemory(D_MODEL, NHEAD, batch_first=True, num_kv_heads=kv_heads)
+    enc.eval()
+    calls = _Calls(monkeypatch)
+    x = x_(3, 10, D_MODEL, seed=31)
+    kpm = torch.zeros(3, 10, dtype=torch.bool)
+    kpm[1, 6:] = True
+    with torch.no_grad():
+        y = enc(x, src_key_padding_mask=kpm)
+        n = calls.n
+        want = _by_hand_stack(enc.layers, x, kpm)
+    assert n == 2
+    keep = ~kpm  # padded positions are unspecified (a nested-tensor encoder zeroes them)
+    assert torch.allclose(y[keep], want[keep], atol=1e-5)
+
+
+def test_transformer_inference_plain_assignment(monkeypatch):
+    torch.manual_seed(32)
+    model = nn.Transformer(D_MODEL, NHEAD, num_encoder_layers=1, num_decoder_layers=1,
+                           dim_feedforward=64, dropout=0.0, batch_first=True)
+    ref = nn.Transformer(D_MODEL, NHEAD, num_encoder_layers=1, num_decoder_layers=1,
+                         dim_feedforward=64, dropout=0.0, batch_first=True)
+    ref.load_state_dict(model.state_dict())
+    model.encoder.layers[0].self_attn = LiquidMemory.from_mha(model.encoder.layers[0].self_attn)
+    dec = model.decoder.layers[0]
+    dec.self_attn = LiquidMemory.from_mha(dec.self_attn)
+    dec.multihead_attn = LiquidMemory.from_mha(dec.multihead_attn)
+    model.eval()
+    ref.eval()
+    calls = _Calls(monkeypatch)
+    src, tgt = x_(2, 10, D_MODEL, seed=33), x_(2, 7, D_MODEL, seed=34)
+    mask = model.generate_square_subsequent_mask(7)
+    with torch.no_grad():
+        y = model(src, tgt, tgt_mask=mask)
+        softmax = ref(src, tgt, tgt_mask=mask)
+    assert calls.n == 3 and torch.isfinite(y).all()
+    assert not torch.allclose(y, softmax, atol=1e-3)
+
+
+def test_nested_input_is_padded_and_masked():
+    """Nested (ragged) inputs, as a torch 2.x encoder may pass them: the same
+    as padding with key_padding_mask, nested again."""
+    torch.manual_seed(35)
+    m = LiquidMemory(D_MODEL, NHEAD, batch_first=True).eval()
+    rows = [x_(5, D_MODEL, seed=36), x_(9, D_MODEL, seed=37)]
+    nt = torch.nested.nested_tensor(rows)
+    padded = torch.nested.to_padded_tensor(nt, 0.0)
+    kpm = torch.tensor([[False] * 5 + [True] * 4, [False] * 9])
+    for causal in (False, True):
+        with torch.no_grad():
+            out, _ = m(nt, nt, nt, is_causal=causal, need_weights=False)
+            want, _ = m(padded, padded, padded, key_padding_mask=kpm, is_causal=causal,
+                        need_weights=False)
+        assert out.is_nested
+        for got, w, n in zip(out.unbind(), want, (5, 9)):
+            assert got.shape == (n, D_MODEL) and torch.equal(got, w[:n])
+    with pytest.raises(ValueError, match="batch_first=True"):
+        LiquidMemory(D_MODEL, NHEAD)(nt, nt, nt, need_weights=False)
+    with pytest.raises(ValueError, match="all nested tensors or none"):
+        m(nt, padded, padded, need_weights=False)
 
 
 @pytest.mark.parametrize("batch_first", [True, False])

@@ -166,34 +166,61 @@ def tensor_desc(lib, t):
     return d
 
 
-class _Stream:
-    """Device guard + the current stream's handle for CUDA tensors."""
+def _raw_stream_fn():
+    """torch's cheapest way to the current stream's handle of a device index:
+    torch._C._cuda_getCurrentRawStream (torch >= 2.0), else the Stream object."""
+    raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+    if raw is not None:
+        return raw
+    return lambda index: torch.cuda.current_stream(index).cuda_stream
 
-    def __init__(self, t):
-        self.cuda = t.device.type == "cuda"
-        self.device = t.device
 
-    def __enter__(self):
-        if not self.cuda:
-            return 0
-        self._guard = torch.cuda.device(self.device)
-        self._guard.__enter__()
-        return torch.cuda.current_stream(self.device).cuda_stream
+_raw_stream = None
 
-    def __exit__(self, *exc):
-        if self.cuda:
-            self._guard.__exit__(*exc)
+
+def launch(lib, fn, args, t):
+    """fn(args, stream) on the device of tensor t: torch's current stream of
+    that device (0 on the CPU). The device is made current only when it is
+    not already (the common case costs one query)."""
+    global _raw_stream
+    if not t.is_cuda:
+        return fn(args, lib.null)
+    index = t.get_device()
+    if _raw_stream is None:
+        _raw_stream = _raw_stream_fn()
+    if torch.cuda.current_device() == index:
+        return fn(args, lib.stream(_raw_stream(index)))
+    with torch.cuda.device(index):
+        return fn(args, lib.stream(_raw_stream(index)))
 
 
 class Options:
-    """The attention options as the C core takes them (plain values)."""
-    __slots__ = ("feature_map", "normalize", "eps", "scale", "decay", "precision")
+    """The attention options as the C core takes them (plain values; treat an
+    instance as immutable: `key` identifies its values for the call plans)."""
+    __slots__ = ("feature_map", "normalize", "eps", "scale", "decay", "precision", "key")
 
     def __init__(self, feature_map=C["LM_FEATURE_ELU1"], normalize=True, eps=1e-6, scale=0.0,
                  decay=None, precision=C["LM_PRECISION_AUTO"]):
         self.feature_map, self.normalize, self.eps = int(feature_map), bool(normalize), float(eps)
         self.scale, self.precision = float(scale), int(precision)
         self.decay = None if decay is None else [float(x) for x in decay]
+        self.key = (self.feature_map, self.normalize, self.eps, self.scale,
+                    None if decay is None else tuple(self.decay), self.precision)
+
+
+DEFAULT_OPTIONS = Options()
+
+
+def _set_options(lib, a, keep, opts):
+    a.feature_map = opts.feature_map
+    a.normalize = 1 if opts.normalize else 0
+    a.eps = opts.eps
+    a.scale = opts.scale
+    a.precision = opts.precision
+    if opts.decay is not None:
+        buf = torch.tensor(opts.decay, dtype=torch.float32)  # host values, as the C API wants
+        keep.append(buf)
+        lib.set_ptr(a, "lm_core_args", "decay", buf.data_ptr())
 
 
 def _args(lib, keep, q, k, v, out, mask, state, normalizer, position, is_causal, opts):
@@ -211,15 +238,7 @@ def _args(lib, keep, q, k, v, out, mask, state, normalizer, position, is_causal,
         lib.set_ptr(a, "lm_core_args", "normalizer", normalizer.data_ptr())
     a.position = int(position)
     a.is_causal = 1 if is_causal else 0
-    a.feature_map = opts.feature_map
-    a.normalize = 1 if opts.normalize else 0
-    a.eps = opts.eps
-    a.scale = opts.scale
-    a.precision = opts.precision
-    if opts.decay is not None:
-        buf = torch.tensor(opts.decay, dtype=torch.float32)  # host values, as the C API wants
-        keep.append(buf)
-        lib.set_ptr(a, "lm_core_args", "decay", buf.data_ptr())
+    _set_options(lib, a, keep, opts)
     return a
 
 
@@ -239,7 +258,7 @@ def prefill(q, k, v, mask=None, S0=None, z0=None, position=0, is_causal=True, op
     q's dtype (laid out as [L, B, ...] in memory when seq_first), and the final
     state when want_state or an initial state S0/z0 is given (else empty
     tensors). The initial state is not modified."""
-    opts = opts or Options()
+    opts = opts or DEFAULT_OPTIONS
     lib = _ffi.binding()
     _license_notice()
     B, L, Hq = q.shape[0], q.shape[1], q.shape[2]
@@ -258,29 +277,141 @@ def prefill(q, k, v, mask=None, S0=None, z0=None, position=0, is_causal=True, op
     keep = []
     a = _args(lib, keep, q, k, v, out, mask, S, z, position if S0 is not None else 0,
               is_causal, opts)
-    with _Stream(q) as stream:
-        check(lib.call("lm_linear_attn_prefill", lib.ref(a), lib.voidp(stream)),
-              "lm_linear_attn_prefill")
+    check(launch(lib, lib.fn("lm_linear_attn_prefill"), lib.ref(a), q), "lm_linear_attn_prefill")
     if S is None:
         S = q.new_empty((0,), dtype=torch.float32)
         z = q.new_empty((0,), dtype=torch.float32)
     return out, S, z
 
 
+# --------------------------------------------------------------------------
+# The decode step: one call plan per layout
+# --------------------------------------------------------------------------
+
+class _Plan:
+    """An lm_core_args with its lm_tensor descriptors, made once for calls of
+    one layout (shapes, strides, dtypes, device, options): per call only the
+    data pointers and the position are written. This is what keeps an eager
+    decode step's host time near the cost of the C call itself."""
+    __slots__ = ("args", "ref", "fn", "slots", "keep")
+
+    def __init__(self, lib, fn_name, descs, opts):
+        """descs: ((field, shape, strides, dtype code, device code), ...) in the
+        order run() receives their addresses; then state and normalizer."""
+        a = lib.new("lm_core_args")
+        check(lib.call("lm_core_args_default", lib.ref(a)), "lm_core_args_default")
+        self.keep, slots = [], []
+        for field, shape, strides, dtype, device in descs:
+            d = lib.new("lm_tensor")
+            d.dtype, d.device, d.ndim = dtype, device, len(shape)
+            for i, (n, st) in enumerate(zip(shape, strides)):
+                d.shape[i] = n
+                d.stride[i] = st
+            self.keep.append(d)
+            setattr(a, field, lib.ref(d))
+            slots.append(lib.ptr_slot(d, "lm_tensor", "data"))
+        slots.append(lib.ptr_slot(a, "lm_core_args", "state"))
+        slots.append(lib.ptr_slot(a, "lm_core_args", "normalizer"))
+        a.is_causal = 1
+        _set_options(lib, a, self.keep, opts)
+        self.args, self.ref, self.fn, self.slots = a, lib.ref(a), lib.fn(fn_name), tuple(slots)
+
+    def run(self, lib, addresses, position, on, what):
+        """Writes the addresses (descs order, then state, normalizer) and the
+        position, and calls on the device of tensor `on`."""
+        for slot, address in zip(self.slots, addresses):
+            slot[0] = address
+        self.args.position = position
+        check(launch(lib, self.fn, self.ref, on), what)
+
+
+_MAX_PLANS = 64  # layouts kept per thread (a server decoding a few batch sizes needs a few)
+
+
+def _plan(lib, key, make):
+    """The calling thread's plan for `key` in this binding (each thread its
+    own: the C call runs without the GIL while the struct is in use)."""
+    table = getattr(lib.plans, "table", None)
+    if table is None:
+        table = lib.plans.table = {}
+    p = table.get(key)
+    if p is None:
+        if len(table) >= _MAX_PLANS:
+            table.clear()
+        p = table[key] = make()
+    return p
+
+
+def _layout(t):
+    return (tuple(t.shape), t.stride(), _dtype_code(t), _device_code(t))
+
+
+def _check_decode_state(S, z, B, Hkv, Dk, Dv, like):
+    """The state must be exactly what the C core will write: fp32, contiguous,
+    [B, Hkv, Dk, Dv] / [B, Hkv, Dk], on the inputs' device."""
+    if S.dtype is not torch.float32 or z.dtype is not torch.float32 or \
+            S.numel() != B * Hkv * Dk * Dv or z.numel() != B * Hkv * Dk or \
+            not (S.is_contiguous() and z.is_contiguous()) or S.device != like.device or \
+            z.device != like.device:
+        shape = (B, Hkv, Dk, Dv)
+        raise ValueError("state must be a contiguous float32 tensor of shape %s and normalizer "
+                         "one of %s on %s, got %s %s and %s %s on %s, %s (a LiquidMemory's "
+                         "reset_state() or set_state() gives it a float32 state again)"
+                         % (list(shape), list(shape[:3]), like.device, S.dtype, list(S.shape),
+                            z.dtype, list(z.shape), S.device, z.device))
+
+
 def decode(q, k, v, S, z, position, opts=None):
     """Runs lm_linear_attn_decode: one token per batch row (L = 1), updating
     S and z in place. Returns out [B, 1, Hq, Dv]."""
-    opts = opts or Options()
+    opts = opts or DEFAULT_OPTIONS
     lib = _ffi.binding()
     _license_notice()
-    _check_state(S, z, q, k, v)
-    B, Hq, Dv = q.shape[0], q.shape[2], v.shape[3]
+    B, Hq, Hkv, Dk, Dv = q.shape[0], q.shape[2], k.shape[2], k.shape[3], v.shape[3]
+    _check_decode_state(S, z, B, Hkv, Dk, Dv, q)
+    if k.device != q.device or v.device != q.device:
+        raise ValueError("q, k and v must be on one device, got %s, %s, %s"
+                         % (q.device, k.device, v.device))
     out = _new((B, 1, Hq, Dv), q.dtype, q.device)
-    keep = []
-    a = _args(lib, keep, q, k, v, out, None, S, z, position, True, opts)
-    with _Stream(q) as stream:
-        check(lib.call("lm_linear_attn_decode", lib.ref(a), lib.voidp(stream)),
-              "lm_linear_attn_decode")
+    key = ("decode", q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype,
+           k.dtype, v.dtype, q.device, opts.key)
+    plan = _plan(lib, key, lambda: _Plan(lib, "lm_linear_attn_decode", (
+        ("q",) + _layout(q), ("k",) + _layout(k), ("v",) + _layout(v),
+        ("out",) + _layout(out)), opts))
+    plan.run(lib, (q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), S.data_ptr(),
+                   z.data_ptr()), position, q, "lm_linear_attn_decode")
+    return out
+
+
+def decode_packed(qkv, heads, kv_heads, head_dim, S, z, position, opts=None):
+    """The module's decode step on its packed projection: qkv [B, (Hq + 2 Hkv) D]
+    (contiguous: q heads, then k heads, then v heads, as in_proj_weight
+    stacks them) read in place as q, k, v. Updates S and z; returns out
+    [B, Hq D] (the heads side by side, ready for out_proj)."""
+    opts = opts or DEFAULT_OPTIONS
+    lib = _ffi.binding()
+    _license_notice()
+    B, width = qkv.shape
+    _check_decode_state(S, z, B, kv_heads, head_dim, head_dim, qkv)
+    if not qkv.is_contiguous() or width != (heads + 2 * kv_heads) * head_dim:
+        raise ValueError("qkv must be a contiguous [B, (heads + 2 kv_heads) head_dim] tensor, "
+                         "got %s" % (list(qkv.shape),))
+    E = heads * head_dim
+    out = _new((B, E), qkv.dtype, qkv.device)
+    key = ("decode_packed", B, heads, kv_heads, head_dim, qkv.dtype, qkv.device, opts.key)
+
+    def make():
+        dt, dev = _dtype_code(qkv), _device_code(qkv)
+        row = (width, width, head_dim, 1)
+        return _Plan(lib, "lm_linear_attn_decode", (
+            ("q", (B, 1, heads, head_dim), row, dt, dev),
+            ("k", (B, 1, kv_heads, head_dim), row, dt, dev),
+            ("v", (B, 1, kv_heads, head_dim), row, dt, dev),
+            ("out", (B, 1, heads, head_dim), (E, E, head_dim, 1), dt, dev)), opts)
+    plan = _plan(lib, key, make)
+    base, es = qkv.data_ptr(), qkv.element_size()
+    plan.run(lib, (base, base + E * es, base + (E + kv_heads * head_dim) * es, out.data_ptr(),
+                   S.data_ptr(), z.data_ptr()), position, qkv, "lm_linear_attn_decode")
     return out
 
 
@@ -292,7 +423,7 @@ def backward(dout, q, k, v, mask=None, S0=None, z0=None, dS=None, dz=None, posit
              is_causal=True, opts=None, need_dstate=False):
     """Runs lm_linear_attn_backward. Returns (dq, dk, dv, dS0, dz0); dS0/dz0
     are empty tensors unless need_dstate (gradient of the initial state)."""
-    opts = opts or Options()
+    opts = opts or DEFAULT_OPTIONS
     lib = _ffi.binding()
     if not lib.has("lm_linear_attn_backward"):
         raise _ffi.MissingSymbolError(
@@ -328,7 +459,7 @@ def backward(dout, q, k, v, mask=None, S0=None, z0=None, dS=None, dz=None, posit
         dz0 = _new((q.shape[0], k.shape[2], k.shape[3]), torch.float32, q.device)
         lib.set_ptr(g, "lm_core_grads", "dstate_in", dS0.data_ptr())
         lib.set_ptr(g, "lm_core_grads", "dnormalizer_in", dz0.data_ptr())
-    with _Stream(q) as stream:
-        check(lib.call("lm_linear_attn_backward", lib.ref(a), lib.ref(g), lib.voidp(stream)),
-              "lm_linear_attn_backward")
+    bwd = lib.fn("lm_linear_attn_backward")
+    check(launch(lib, lambda args, stream: bwd(args, lib.ref(g), stream), lib.ref(a), q),
+          "lm_linear_attn_backward")
     return dq, dk, dv, dS0, dz0

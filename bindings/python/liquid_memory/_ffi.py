@@ -223,13 +223,17 @@ class _Binding:
     new(struct) -> struct object with attribute access;
     ref(obj) -> pointer to it, for a pointer field or argument;
     set_ptr(obj, struct, field, address) -> store an integer address;
-    call(name, *args); has(name); string(c_char_result)."""
+    ptr_slot(obj, struct, field) -> s, where `s[0] = address` stores an integer
+        address into that pointer field (the cheap way for fields written per call);
+    stream(address) -> the `void *` argument for a CUDA stream handle (0: none);
+    call(name, *args); fn(name) -> the function itself; has(name); string(c_char_result)."""
     kind = None
 
     def __init__(self, path):
         self.path = path
         self._fns = {}
         self._lock = threading.Lock()
+        self.plans = threading.local()  # _core's call plans, per thread, for this binding
 
     def has(self, name):
         try:
@@ -240,6 +244,10 @@ class _Binding:
 
     def call(self, name, *args):
         return self._fn(name)(*args)
+
+    def fn(self, name):
+        """The bound function (raises MissingSymbolError when absent)."""
+        return self._fn(name)
 
     def _fn(self, name):
         fn = self._fns.get(name)
@@ -273,6 +281,7 @@ class CffiBinding(_Binding):
         self.ffi.cdef(cdef_text())
         self.lib = self.ffi.dlopen(path)
         self.null = self.ffi.NULL
+        self._streams = {0: self.ffi.NULL}  # stream handles as cdata, made once each
 
     def _resolve(self, name):
         try:
@@ -296,6 +305,15 @@ class CffiBinding(_Binding):
 
     def voidp(self, address):
         return self.ffi.cast("void *", address or 0)
+
+    def ptr_slot(self, obj, struct, field):
+        return self.ffi.cast("uintptr_t *", self.ffi.addressof(obj[0], field))
+
+    def stream(self, address):
+        s = self._streams.get(address)
+        if s is None:
+            s = self._streams[address] = self.ffi.cast("void *", address)
+        return s
 
     def cstr(self, text):
         return self.ffi.new("char[]", text.encode())
@@ -379,6 +397,13 @@ class CtypesBinding(_Binding):
         setattr(obj, field, address or None)
 
     def voidp(self, address):
+        return address or None
+
+    def ptr_slot(self, obj, struct, field):
+        addr = ctypes.addressof(obj) + getattr(_CT_STRUCTS[struct], field).offset
+        return ctypes.cast(addr, ctypes.POINTER(ctypes.c_size_t))
+
+    def stream(self, address):
         return address or None
 
     def cstr(self, text):

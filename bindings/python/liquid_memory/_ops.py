@@ -25,13 +25,17 @@ USE_CUSTOM_OP = hasattr(torch.library, "custom_op") and \
     os.environ.get("LM_PY_CUSTOM_OP", "1") not in ("0", "false", "no")
 
 
-def compiling():
-    """True while torch.compile traces (torch >= 2.0)."""
+def _find_is_compiling():
     for owner in ("compiler", "_dynamo"):
         fn = getattr(getattr(torch, owner, None), "is_compiling", None)
         if fn is not None:
-            return fn()
-    return False
+            return fn
+    return lambda: False
+
+
+# compiling() is True while torch.compile traces (torch >= 2.0): torch's own
+# function, looked up once here (the lookup costs more than the call).
+compiling = _find_is_compiling()
 
 
 def _opts(fm, normalize, eps, scale, decay, precision):
@@ -177,7 +181,7 @@ else:
 def prefill(q, k, v, mask=None, S0=None, z0=None, position=0, is_causal=True, opts=None,
             seq_first=False, want_state=False):
     """Differentiable prefill (see _core.prefill). Returns (out, S, z)."""
-    o = opts or _core.Options()
+    o = opts or _core.DEFAULT_OPTIONS
     return _prefill_call(q, k, v, mask, S0, z0, int(position), bool(is_causal), o.feature_map,
                          o.normalize, o.eps, o.scale, o.decay, o.precision, bool(seq_first),
                          bool(want_state))
@@ -185,7 +189,7 @@ def prefill(q, k, v, mask=None, S0=None, z0=None, position=0, is_causal=True, op
 
 def decode(q, k, v, S, z, position, opts=None):
     """One decode step, updating S and z in place (no autograd)."""
-    o = opts or _core.Options()
+    o = opts or _core.DEFAULT_OPTIONS
     if not compiling():
         # Eagerly the custom op's dispatch would cost more host time than the
         # step's kernel; the op is only needed for torch.compile to trace it.

@@ -7,7 +7,6 @@ MHA-named parameters), so autograd covers them; the attention between the
 projected q, k, v goes through the C core (see _ops / _core), reading the
 projections through their strides without copies.
 """
-import math
 import warnings
 
 import torch
@@ -17,13 +16,15 @@ from torch.nn.init import constant_, xavier_normal_, xavier_uniform_
 from torch.nn.parameter import Parameter
 
 from . import _core, _ops
+from .functional import decay_values, make_options
 
 try:
     from torch.nn.modules.linear import NonDynamicallyQuantizableLinear as _OutProj
 except ImportError:  # pragma: no cover - very old torch
     _OutProj = nn.Linear
 
-__all__ = ["LiquidMemory", "replace_attention", "disable_fastpath", "AttentionWeightsWarning"]
+__all__ = ["LiquidMemory", "replace_attention", "disable_fastpath", "AttentionWeightsWarning",
+           "MASK_IGNORE_AT"]
 
 
 class AttentionWeightsWarning(UserWarning):
@@ -45,33 +46,35 @@ _SLAB_ROWS = 8192
 _SLAB_MIN = 1024
 
 
+# A float mask value at or below this (compared in the mask's own dtype; -inf
+# included) means "ignore this key": added to a softmax logit it leaves a weight
+# of exp(-1e4) = 0 in every floating format, which is what the idioms -1e4,
+# -1e9, finfo(dtype).min and -inf are written for. 0 means "keep"; any other
+# value is an additive bias, which linear attention cannot apply.
+MASK_IGNORE_AT = -1e4
+
+_STATE_BUFFERS = ("state_S", "state_z")
+
+
 def _keep_linear_attention(module, args):
-    """Forward pre-hook registered on every LiquidMemory. It does nothing
-    itself; its presence makes nn.TransformerEncoderLayer (torch versions that
-    check for hooks) skip its fused fast path, which would otherwise read
-    in_proj_weight and compute *softmax* attention without calling us."""
+    """A no-op forward pre-hook that LiquidMemory 0.1.0 registered (to keep
+    torch's encoder fast path away); kept so that modules pickled then still
+    load. The fast path is now refused by _qkv_same_embed_dim reading False."""
     return None
 
 
-def _decay_values(decay, num_kv_heads):
-    if decay is None:
-        return None
-    if isinstance(decay, str):
-        if decay != "retnet":
-            raise ValueError("decay must be None, a float, a sequence of num_kv_heads floats or "
-                             "'retnet', not %r" % decay)
-        vals = [1.0 - 2.0 ** (-5 - h) for h in range(num_kv_heads)]
-    elif isinstance(decay, (int, float)):
-        vals = [float(decay)] * num_kv_heads
-    else:
-        vals = [float(x) for x in (decay.tolist() if torch.is_tensor(decay) else decay)]
-        if len(vals) != num_kv_heads:
-            raise ValueError("decay has %d values, expected one per kv head (%d)"
-                             % (len(vals), num_kv_heads))
-    for h, g in enumerate(vals):
-        if not (0.0 < g <= 1.0):
-            raise ValueError("decay[%d] = %r is not in (0, 1]" % (h, g))
-    return tuple(vals)
+def _float_mask_ignore(mask, what, error):
+    """The 'ignore' positions of a float mask (MASK_IGNORE_AT); raises `error`
+    when a value is neither 0 nor an ignore value (not checkable under compile)."""
+    ignore = mask <= MASK_IGNORE_AT
+    if not _ops.compiling() and not bool(((mask == 0) | ignore).all()):
+        bad = mask[~((mask == 0) | ignore)][:3].tolist()
+        raise error(
+            "%s holds values other than 0 (keep) and <= %g (ignore; -inf, -1e9, finfo.min ...), "
+            "e.g. %s: an additive attention bias has no linear-time equivalent in linear "
+            "attention (the state sums phi(k) v^T over keys without per-query weights); use a "
+            "bool mask (True = ignore) or those two kinds of value" % (what, MASK_IGNORE_AT, bad))
+    return ignore
 
 
 class LiquidMemory(nn.Module):
@@ -146,7 +149,7 @@ class LiquidMemory(nn.Module):
         self.embed_dim = embed_dim
         self.kdim = kdim if kdim is not None else embed_dim
         self.vdim = vdim if vdim is not None else embed_dim
-        self._qkv_same_embed_dim = self.kdim == embed_dim and self.vdim == embed_dim
+        packed = self.kdim == embed_dim and self.vdim == embed_dim
         self.num_heads = num_heads
         self.dropout = dropout
         self.batch_first = batch_first
@@ -160,7 +163,7 @@ class LiquidMemory(nn.Module):
                              % (num_kv_heads, num_heads))
         kv = self.num_kv_heads * self.head_dim
 
-        if not self._qkv_same_embed_dim:
+        if not packed:
             self.q_proj_weight = Parameter(torch.empty((embed_dim, embed_dim), **factory_kwargs))
             self.k_proj_weight = Parameter(torch.empty((kv, self.kdim), **factory_kwargs))
             self.v_proj_weight = Parameter(torch.empty((kv, self.vdim), **factory_kwargs))
@@ -183,35 +186,61 @@ class LiquidMemory(nn.Module):
             self.bias_k = self.bias_v = None
         self.add_zero_attn = add_zero_attn
         self._reset_parameters()
+        self._configure_attention(feature_map=feature_map, normalize=normalize, decay=decay,
+                                  precision=precision, eps=eps, scale=scale)
 
-        if feature_map not in _core.FEATURE_MAPS:
-            raise ValueError("feature_map must be 'elu', 'relu' or 'identity', not %r"
-                             % (feature_map,))
-        if precision not in _core.PRECISIONS:
-            raise ValueError("precision must be 'auto', 'on' or 'off', not %r" % (precision,))
-        if not (eps > 0 and math.isfinite(eps)):
-            raise ValueError("eps must be finite and > 0, not %r" % (eps,))
-        if scale is not None and not (scale > 0 and math.isfinite(scale)):
-            raise ValueError("scale must be None or finite and > 0, not %r" % (scale,))
-        self.feature_map = feature_map
-        self.normalize = bool(normalize)
-        self.decay = _decay_values(decay, self.num_kv_heads)
-        self.precision = precision
-        self.eps = float(eps)
-        self.scale = scale
-        self._opts = _core.Options(_core.FEATURE_MAPS[feature_map], self.normalize, self.eps,
-                                   0.0 if scale is None else float(scale), self.decay,
-                                   _core.PRECISIONS[precision])
-
-        # Decode state: S [B, Hkv, D, D], z [B, Hkv, D], fp32; not part of state_dict.
+        # Decode state: S [B, Hkv, D, D], z [B, Hkv, D], fp32 whatever the
+        # parameters' dtype (see _apply); not part of state_dict.
         self.register_buffer("state_S", torch.zeros(0, device=device), persistent=False)
         self.register_buffer("state_z", torch.zeros(0, device=device), persistent=False)
         self._position = 0     # tokens absorbed in the state
         self._state_batch = 0  # batch the state holds; 0 = no state
-        self.register_forward_pre_hook(_keep_linear_attention)
+
+    def _configure_attention(self, *, feature_map, normalize, decay, precision, eps, scale):
+        """Checks and stores the attention options (the keyword-only extras);
+        self._opts is what the C core receives. One place for a new kind of
+        attention to add its own options."""
+        self._opts = make_options(feature_map, normalize, decay, self.num_kv_heads, precision,
+                                  eps, scale)
+        self.feature_map = feature_map
+        self.normalize = bool(normalize)
+        self.decay = decay_values(decay, self.num_kv_heads)
+        self.precision = precision
+        self.eps = float(eps)
+        self.scale = scale
+
+    @property
+    def _qkv_same_embed_dim(self):
+        """Always False, on purpose. nn.TransformerEncoderLayer and
+        nn.TransformerEncoder (torch 1.13 and 2.x) take a fused fast path in
+        eval mode without grad that reads self_attn.in_proj_weight and
+        computes *softmax* attention without calling self_attn; every version
+        checks this flag first and stays on the regular path (which calls us)
+        when it is False. Whether q, k and v share one packed in_proj_weight
+        (as MHA's flag means) is `self.in_proj_weight is not None`."""
+        return False
+
+    @_qkv_same_embed_dim.setter
+    def _qkv_same_embed_dim(self, value):
+        raise AttributeError("LiquidMemory._qkv_same_embed_dim is always False (it keeps torch's "
+                             "fused softmax fast path away); the packed projection is "
+                             "in_proj_weight, present when kdim == vdim == embed_dim")
+
+    def _apply(self, fn, *args, **kwargs):
+        """nn.Module._apply, behind .to(), .cuda(), .half(), .bfloat16(), ...:
+        the decode state follows a change of device but never of dtype. It is
+        fp32 by design (the C core reads and writes fp32); a cast would make
+        every later step() fail and would round the state it holds."""
+        before = {n: self._buffers[n] for n in _STATE_BUFFERS}
+        out = super()._apply(fn, *args, **kwargs)
+        for n, old in before.items():
+            new = self._buffers[n]
+            if new is not None and old is not None and new.dtype != torch.float32:
+                self._buffers[n] = old.to(device=new.device, dtype=torch.float32)
+        return out
 
     def _reset_parameters(self):
-        if self._qkv_same_embed_dim:
+        if self.in_proj_weight is not None:
             xavier_uniform_(self.in_proj_weight)
         else:
             xavier_uniform_(self.q_proj_weight)
@@ -273,8 +302,8 @@ class LiquidMemory(nn.Module):
         E, kv = self.embed_dim, self.num_kv_heads * self.head_dim
         b = self.in_proj_bias
         bq, bk, bv = (None, None, None) if b is None else (b[:E], b[E:E + kv], b[E + kv:])
-        if self._qkv_same_embed_dim:
-            w = self.in_proj_weight
+        w = self.in_proj_weight
+        if w is not None:
             if query is key and key is value:
                 return F.linear(query, w, b).split([E, kv, kv], dim=-1)
             q = F.linear(query, w[:E], bq)
@@ -313,16 +342,29 @@ class LiquidMemory(nn.Module):
                                  opts=self._opts, want_state=True)
         return S0, z0, n
 
+    def _state_writable(self):
+        """The state buffers can be written in place (fp32, and not inference
+        tensors outside inference mode, which torch refuses to modify)."""
+        S = self.state_S
+        return S.dtype == torch.float32 and self.state_z.dtype == torch.float32 and \
+            (torch.is_inference_mode_enabled() or not S.is_inference())
+
     def _store_state(self, S, z, position, batch):
         with torch.no_grad():
-            if self.state_S.shape == S.shape and self.state_S.device == S.device:
+            if self.state_S.shape == S.shape and self.state_S.device == S.device and \
+                    self._state_writable():
                 self.state_S.copy_(S)
                 self.state_z.copy_(z)
             else:
-                self.state_S = S.detach().clone()
-                self.state_z = z.detach().clone()
+                self.state_S = S.detach().to(torch.float32, copy=True).contiguous()
+                self.state_z = z.detach().to(torch.float32, copy=True).contiguous()
         self._position = position
         self._state_batch = batch
+
+    def _recording(self, *inputs):
+        """Whether autograd records a call on these inputs (a training call)."""
+        return torch.is_grad_enabled() and (any(t.requires_grad for t in inputs) or
+                                            any(p.requires_grad for p in self.parameters()))
 
     # ------------------------------------------------------------------ masks
 
@@ -342,32 +384,29 @@ class LiquidMemory(nn.Module):
                        "ignore); pass a bool mask")
             return mask.bool()
         if mask.is_floating_point():
-            ignore = mask == float("-inf")
-            if not _ops.compiling() and not bool(((mask == 0) | ignore).all()):
-                raise ValueError("a float key_padding_mask must hold only 0 (keep) or -inf "
-                                 "(ignore): linear attention cannot add other values to "
-                                 "attention logits; use a bool mask (True = ignore)")
-            return ignore
-        raise TypeError("key_padding_mask must be bool or floating point, not %s" % mask.dtype)
+            return _float_mask_ignore(mask, "key_padding_mask", ValueError)
+        raise TypeError("key_padding_mask must be bool, uint8 or floating point, not %s"
+                        % mask.dtype)
 
-    @staticmethod
-    def _mask_kind(mask, L, S):
-        """'causal' or 'none' for a mask linear attention can express; raises otherwise."""
-        if mask.dim() not in (2, 3) or tuple(mask.shape[-2:]) != (L, S):
-            raise ValueError("attn_mask has shape %s, expected (%d, %d) or (batch*heads, %d, %d)"
-                             % (tuple(mask.shape), L, S, L, S))
+    def _mask_kind(self, mask, B, L, S):
+        """'causal' or 'none' for an attn_mask linear attention can express
+        (as MHA: (L, S) or (batch * num_heads, L, S); bool or uint8 nonzero =
+        ignore; float 0 = keep, <= MASK_IGNORE_AT = ignore); raises otherwise."""
+        if mask.dim() not in (2, 3) or tuple(mask.shape[-2:]) != (L, S) or \
+                (mask.dim() == 3 and mask.shape[0] != B * self.num_heads):
+            raise ValueError("attn_mask has shape %s, expected (L, S) = (%d, %d) or (batch * "
+                             "num_heads, L, S) = (%d, %d, %d)"
+                             % (tuple(mask.shape), L, S, B * self.num_heads, L, S))
         if mask.dtype == torch.bool:
             blocked = mask
+        elif mask.dtype == torch.uint8:
+            _warn_once("uint8attn", "a uint8 attn_mask is read as bool (nonzero = ignore), as "
+                       "nn.MultiheadAttention does; pass a bool mask")
+            blocked = mask.bool()
         elif mask.is_floating_point():
-            blocked = mask == float("-inf")
-            if not bool(((mask == 0) | blocked).all()):
-                raise NotImplementedError(
-                    "attn_mask holds values other than 0 and -inf: an additive attention bias "
-                    "has no linear-time equivalent in linear attention (the state sums "
-                    "phi(k) v^T over keys without per-query weights); only a causal mask (or "
-                    "is_causal=True) and key_padding_mask are supported")
+            blocked = _float_mask_ignore(mask, "attn_mask", NotImplementedError)
         else:
-            raise TypeError("attn_mask must be bool or floating point, not %s" % mask.dtype)
+            raise TypeError("attn_mask must be bool, uint8 or floating point, not %s" % mask.dtype)
         if not bool(blocked.any()):
             return "none"
         if L == S:
@@ -383,24 +422,33 @@ class LiquidMemory(nn.Module):
     # ------------------------------------------------------------------ forward
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True,
-                attn_mask=None, average_attn_weights=True, is_causal=False):
+                attn_mask=None, average_attn_weights=True, is_causal=False, *,
+                keep_state=None):
         """Same arguments as nn.MultiheadAttention.forward; returns (out, None).
 
         query [L, B, E] ([B, L, E] with batch_first, [L, E] unbatched), key and
-        value [S, B, kdim/vdim] likewise. is_causal=True: token t attends to
-        keys 0..t (needs L == S); it also works without attn_mask. A causal
-        forward leaves its final state for step()."""
+        value [S, B, kdim/vdim] likewise; nested tensors (batch-first) too, as
+        nn.TransformerEncoder makes them. is_causal=True: token t attends to
+        keys 0..t (needs L == S); it also works without attn_mask.
+
+        keep_state (keyword only) says what happens to the decode state that
+        step() continues from:
+          None (default): an inference forward (one autograd does not record:
+              under torch.no_grad() / inference_mode(), or nothing requires grad)
+              leaves its final state when causal and drops the state when
+              bidirectional; a training forward leaves the decode state alone.
+          True: a causal forward leaves its final state even while training
+              (detached: step() never carries a gradient).
+          False: the decode state is left alone."""
         if need_weights:
             _warn_once("need_weights",
                        "LiquidMemory: need_weights=True, but linear attention never forms "
                        "attention weights; the second output is None (pass "
                        "need_weights=False to silence this warning)", AttentionWeightsWarning)
-        for name, t in (("query", query), ("key", key), ("value", value)):
-            if getattr(t, "is_nested", False):
-                raise NotImplementedError(
-                    "LiquidMemory does not take nested tensors (%s); use key_padding_mask. "
-                    "In nn.TransformerEncoder pass enable_nested_tensor=False, or use "
-                    "liquid_memory.replace_attention(model)" % name)
+        nested = [getattr(t, "is_nested", False) for t in (query, key, value)]
+        if any(nested):
+            return self._forward_nested(query, key, value, key_padding_mask, attn_mask,
+                                        is_causal, keep_state, all(nested))
         if query.dim() not in (2, 3):
             raise ValueError("query must be 2-D (unbatched) or 3-D, got %d-D" % query.dim())
         if key.dim() != query.dim() or value.dim() != query.dim():
@@ -431,10 +479,13 @@ class LiquidMemory(nn.Module):
                 raise NotImplementedError(
                     "under torch.compile, an attn_mask cannot be inspected: pass "
                     "is_causal=True with a causal mask (or drop the mask)")
-            causal = self._mask_kind(attn_mask, L, Lk) == "causal"
+            causal = self._mask_kind(attn_mask, B, L, Lk) == "causal"
         if causal and L != Lk:
             raise ValueError("causal attention needs queries and keys of the same length, got "
                              "%d and %d" % (L, Lk))
+        if keep_state and not causal:
+            raise ValueError("keep_state=True needs a causal forward: the decode state "
+                             "continues causal self-attention")
         mask = None
         if key_padding_mask is not None:
             mask = self._padding_mask(key_padding_mask, B, Lk, query.device)
@@ -445,21 +496,51 @@ class LiquidMemory(nn.Module):
         if Lk == 0:
             raise ValueError("key and value have length 0: there is nothing to attend to")
 
+        recording = self._recording(query, key, value)
+        keep = (not recording) if keep_state is None else bool(keep_state)
         S0, z0, n_extra = self._extra_state(B, query)
-        slab = self._slab_tokens(B, L, causal, query, key, value)
+        slab = self._slab_tokens(B, L, causal, recording)
         if slab:
             out, S, z = self._forward_slabs(query, key, value, mask, S0, z0, n_extra, slab,
                                             ldim)
         else:
             out, S, z = self._attend(query, key, value, mask, S0, z0, n_extra, causal,
-                                     seq_first, self._opts)
-        if causal:
+                                     seq_first, self._opts, causal and keep)
+        if keep and causal:
             self._store_state(S, z, n_extra + Lk, B)
-        else:
+        elif keep:
             self.reset_state()
         return (out if batched else out.squeeze(0)), None
 
-    def _attend(self, query, key, value, mask, S0, z0, position, causal, seq_first, opts):
+    def _forward_nested(self, query, key, value, key_padding_mask, attn_mask, is_causal,
+                        keep_state, all_nested):
+        """Nested (ragged, batch-first) inputs, as nn.TransformerEncoder passes
+        them in eval mode: padded, run with the padding as key_padding_mask,
+        and nested again."""
+        if not all_nested:
+            raise ValueError("query, key and value must be all nested tensors or none")
+        if not self.batch_first:
+            raise ValueError("nested tensors are batch-first: they need a LiquidMemory with "
+                             "batch_first=True")
+        if key_padding_mask is not None:
+            raise ValueError("a nested input carries its own lengths: key_padding_mask must be "
+                             "None")
+        padded = {}
+
+        def pad(t):
+            if id(t) not in padded:
+                lens = [x.shape[0] for x in t.unbind()]
+                padded[id(t)] = (torch.nested.to_padded_tensor(t, 0.0), lens)
+            return padded[id(t)]
+        (q, qlens), (k, klens), (v, _) = pad(query), pad(key), pad(value)
+        ar = torch.arange(k.shape[1], device=k.device)
+        kpm = ar[None, :] >= torch.tensor(klens, device=k.device)[:, None]
+        out, _ = self.forward(q, k, v, key_padding_mask=kpm, need_weights=False,
+                              attn_mask=attn_mask, is_causal=is_causal, keep_state=keep_state)
+        return torch.nested.as_nested_tensor([o[:n] for o, n in zip(out.unbind(0), qlens)]), None
+
+    def _attend(self, query, key, value, mask, S0, z0, position, causal, seq_first, opts,
+                want_state=True):
         """Projections, attention core and out-projection of one stretch of
         tokens (inputs in their own layout). Returns (out, S, z)."""
         q, k, v = self._project(query, key, value)
@@ -467,7 +548,7 @@ class LiquidMemory(nn.Module):
         k = self._heads(k, self.num_kv_heads, seq_first)
         v = self._heads(v, self.num_kv_heads, seq_first)
         o, S, z = _ops.prefill(q, k, v, mask, S0, z0, position=position, is_causal=causal,
-                               opts=opts, seq_first=seq_first, want_state=causal)
+                               opts=opts, seq_first=seq_first, want_state=want_state)
         if self.training and self.dropout > 0:
             o = F.dropout(o, p=self.dropout)
         # o is [B, L, H, D] laid out in the inputs' order: back to it without a copy.
@@ -475,16 +556,13 @@ class LiquidMemory(nn.Module):
         o = o.reshape(o.shape[0], o.shape[1], self.embed_dim)
         return F.linear(o, self.out_proj.weight, self.out_proj.bias), S, z
 
-    def _slab_tokens(self, B, L, causal, *inputs):
+    def _slab_tokens(self, B, L, causal, recording):
         """Tokens per slab for a causal forward without autograd, or 0 (one
         pass). In slabs the projections and the core's output exist for one
         slab at a time: extra memory O(slab), as in the C module, instead of
         q, k, v and o for the whole sequence (4 L E elements). With autograd
         every slab's tensors would be kept anyway, so it runs in one pass."""
-        if not causal or _ops.compiling() or (self.training and self.dropout > 0):
-            return 0
-        if torch.is_grad_enabled() and (any(t.requires_grad for t in inputs) or
-                                        any(p.requires_grad for p in self.parameters())):
+        if not causal or recording or _ops.compiling() or (self.training and self.dropout > 0):
             return 0
         slab = max(_SLAB_ROWS // max(B, 1), _SLAB_MIN) // 64 * 64
         return slab if L > slab else 0
@@ -518,15 +596,30 @@ class LiquidMemory(nn.Module):
 
     # ------------------------------------------------------------------ decode
 
-    @torch.no_grad()
     def step(self, x):
         """One decode token per batch row: x [B, E] (or [E]) -> [B, E] (or [E]).
 
-        Continues the state of the last causal forward (or of previous steps;
-        an empty state when there is none). Causal self-attention, O(1) per
-        token; no autograd, no dropout. A state of another batch size raises
-        StateError until reset_state()."""
-        if not self._qkv_same_embed_dim:
+        Continues the state of the last causal inference forward (or of
+        previous steps; an empty state when there is none). Causal
+        self-attention, O(1) per token, no dropout. A state of another batch
+        size raises StateError until reset_state().
+
+        Inference only: the state is updated in place and carries no history,
+        so a gradient through step() would miss every earlier token. While
+        autograd records (x or a parameter requires grad, grad mode on) it
+        raises instead of returning an output without a gradient: decode under
+        torch.no_grad() or torch.inference_mode(); train with a causal forward
+        over the sequence, or continue a state differentiably with
+        liquid_memory.linear_attention(..., initial_state=...)."""
+        if torch.is_grad_enabled() and (x.requires_grad or
+                                        any(p.requires_grad for p in self.parameters())):
+            raise RuntimeError(
+                "LiquidMemory.step() is inference only and autograd is recording (x or a "
+                "parameter requires grad): its output would carry no gradient. Call it under "
+                "torch.no_grad() or torch.inference_mode(); to train, run the causal forward "
+                "over the sequence (or liquid_memory.linear_attention with initial_state)")
+        w = self.in_proj_weight
+        if w is None:
             raise ValueError("step() is self-attention on x, so it needs kdim == vdim == "
                              "embed_dim (got kdim=%d, vdim=%d)" % (self.kdim, self.vdim))
         unbatched = x.dim() == 1
@@ -536,26 +629,32 @@ class LiquidMemory(nn.Module):
             raise ValueError("step() takes x of shape (batch, embed_dim=%d) or (embed_dim,), "
                              "got %s" % (self.embed_dim, tuple(x.shape)))
         B = x.shape[0]
-        if self._state_batch and self._state_batch != B:
-            raise _core.StateError(
-                "the decode state holds a batch of %d, but step() got a batch of %d: call "
-                "reset_state() first (or set_state() a state of that batch)"
-                % (self._state_batch, B))
-        x3 = x.unsqueeze(1)  # [B, 1, E]
-        q, k, v = self._project(x3, x3, x3)
-        q = self._heads(q, self.num_heads, False)
-        k = self._heads(k, self.num_kv_heads, False)
-        v = self._heads(v, self.num_kv_heads, False)
-        if not self._state_batch:
-            self._begin_state(B, q)
-        o = _ops.decode(q, k, v, self.state_S, self.state_z, self._position, opts=self._opts)
+        if self._state_batch != B:
+            if self._state_batch:
+                raise _core.StateError(
+                    "the decode state holds a batch of %d, but step() got a batch of %d: call "
+                    "reset_state() first (or set_state() a state of that batch)"
+                    % (self._state_batch, B))
+            self._begin_state(B, x)
+        qkv = F.linear(x, w, self.in_proj_bias)  # [B, (H + 2 Hkv) D]: q, k, v heads
+        if _ops.compiling():  # traced through the custom op (it declares the state mutation)
+            H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
+            q, k, v = qkv.split([H * D, Hkv * D, Hkv * D], dim=-1)
+            o = _ops.decode(q.view(B, 1, H, D), k.view(B, 1, Hkv, D), v.view(B, 1, Hkv, D),
+                            self.state_S, self.state_z, self._position, opts=self._opts)
+            o = o.view(B, H * D)
+        else:  # eagerly: the C call reads q, k, v in place (one cached call plan)
+            o = _core.decode_packed(qkv, self.num_heads, self.num_kv_heads, self.head_dim,
+                                    self.state_S, self.state_z, self._position, self._opts)
         self._position += 1
-        out = F.linear(o.reshape(B, self.embed_dim), self.out_proj.weight, self.out_proj.bias)
+        out_proj = self.out_proj
+        out = F.linear(o, out_proj.weight, out_proj.bias)
         return out.squeeze(0) if unbatched else out
 
     def _begin_state(self, B, like):
         """An empty state for batch B (holding bias_kv / zero_attn when set)."""
-        S0, z0, n = self._extra_state(B, like)
+        with torch.no_grad():
+            S0, z0, n = self._extra_state(B, like)
         if S0 is None:
             S0, z0 = self._zero_state(B, like.device)
         self._store_state(S0, z0, n, B)
@@ -569,10 +668,16 @@ class LiquidMemory(nn.Module):
     def reset_state(self):
         """Drops the decode state: the next step() starts empty, any batch size.
         The buffers keep their memory (zeroed), so captured CUDA graphs stay valid
-        for the same batch."""
+        for the same batch; buffers that are not fp32 (a module pickled before
+        the state was exempt from dtype casts) are replaced by fp32 ones."""
         with torch.no_grad():
-            self.state_S.zero_()
-            self.state_z.zero_()
+            if self._state_writable():
+                self.state_S.zero_()
+                self.state_z.zero_()
+            else:
+                dev = self.state_S.device
+                self.state_S = torch.zeros(0, dtype=torch.float32, device=dev)
+                self.state_z = torch.zeros(0, dtype=torch.float32, device=dev)
         self._position = 0
         self._state_batch = 0
 
