@@ -55,6 +55,39 @@ def test_decode_cuda(dtype):
     assert_close(torch.cat(outs, 1), ref[:, 30:], dtype)
 
 
+@torch.no_grad()
+def test_eager_decode_plans_on_streams_and_layouts():
+    """The cached call plans (one per layout) on CUDA: the core decode and the
+    module step on a side stream and on the default one, two batch sizes, the
+    same as the CPU."""
+    torch.manual_seed(8)
+    m = LiquidMemory(256, 4, batch_first=True, num_kv_heads=2).eval()
+    x = torch.randn(3, 12, 256)
+    want = torch.stack([m.step(x[:, t]) for t in range(12)], 1)
+    m.reset_state()
+    m.cuda()
+    s = torch.cuda.Stream()
+    outs = []
+    for t in range(12):
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s if t % 2 else torch.cuda.current_stream()):
+            outs.append(m.step(x[:, t].cuda()))
+        torch.cuda.current_stream().wait_stream(s)
+    assert_close(torch.stack(outs, 1), want, torch.float32, factor=50)
+    m.reset_state()
+    one = torch.stack([m.step(x[:1, t].cuda()) for t in range(4)], 1)  # another batch
+    assert_close(one, want[:1, :4], torch.float32, factor=50)
+    q, k, v = rand_qkv(2, 6, 8, 64, Hkv=2, device="cuda", seed=9)
+    _, S, z = _ops.prefill(q[:, :3], k[:, :3], v[:, :3], want_state=True)
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        outs = [_ops.decode(q[:, t:t + 1], k[:, t:t + 1], v[:, t:t + 1], S, z, t)
+                for t in range(3, 6)]
+    torch.cuda.current_stream().wait_stream(s)
+    ref, _, _ = ref_attention(q.cpu(), k.cpu(), v.cpu(), causal=True)
+    assert_close(torch.cat(outs, 1), ref[:, 3:], torch.float32, factor=10)
+
+
 def test_runs_on_the_current_stream():
     q, k, v = rand_qkv(4, 4096, 8, 64, device="cuda", dtype=torch.bfloat16, seed=3)
     s = torch.cuda.Stream()
@@ -80,6 +113,7 @@ def test_module_cuda_matches_cpu_and_reference(dtype):
     assert_close(out, ref, dtype, factor=4 if dtype != torch.float32 else 50)
 
 
+@torch.no_grad()  # decoding is inference (step() refuses to run while autograd records)
 def test_step_cuda_and_graph_capture():
     torch.manual_seed(5)
     m = LiquidMemory(256, 4, batch_first=True, device="cuda").eval()

@@ -166,37 +166,48 @@ def tensor_desc(lib, t):
     return d
 
 
-def _raw_stream_fn():
-    """torch's cheapest way to the current stream's handle of a device index:
-    torch._C._cuda_getCurrentRawStream (torch >= 2.0), else the Stream object."""
-    raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
-    if raw is not None:
-        return raw
-    return lambda index: torch.cuda.current_stream(index).cuda_stream
+_cuda = None  # (current device index, current raw stream of an index), found on first use
 
 
-_raw_stream = None
+def _cuda_fns():
+    """torch's cheapest queries for the current device and its current
+    stream's handle (torch._C's, else the public ones)."""
+    torch.cuda.init()
+    get = getattr(torch._C, "_cuda_getDevice", None) or torch.cuda.current_device
+    raw = getattr(torch._C, "_cuda_getCurrentRawStream", None) or \
+        (lambda index: torch.cuda.current_stream(index).cuda_stream)
+    return get, raw
+
+
+def launch_on(lib, fn, args, index):
+    """fn(args, stream): on the CPU (index < 0) with no stream; on CUDA device
+    `index` with torch's current stream of that device, made the current
+    device only when it is not already (the common case costs one query)."""
+    global _cuda
+    if index < 0:
+        return fn(args, lib.null)
+    if _cuda is None:
+        _cuda = _cuda_fns()
+    get, raw = _cuda
+    if get() == index:
+        return fn(args, lib.stream(raw(index)))
+    with torch.cuda.device(index):
+        return fn(args, lib.stream(raw(index)))
 
 
 def launch(lib, fn, args, t):
-    """fn(args, stream) on the device of tensor t: torch's current stream of
-    that device (0 on the CPU). The device is made current only when it is
-    not already (the common case costs one query)."""
-    global _raw_stream
-    if not t.is_cuda:
-        return fn(args, lib.null)
-    index = t.get_device()
-    if _raw_stream is None:
-        _raw_stream = _raw_stream_fn()
-    if torch.cuda.current_device() == index:
-        return fn(args, lib.stream(_raw_stream(index)))
-    with torch.cuda.device(index):
-        return fn(args, lib.stream(_raw_stream(index)))
+    """launch_on the device of tensor t."""
+    return launch_on(lib, fn, args, t.get_device() if t.is_cuda else -1)
+
+
+_OPTION_KEYS = {}  # the values of every Options made -> a small int (cheap to hash)
+_OPTION_LOCK = threading.Lock()
 
 
 class Options:
     """The attention options as the C core takes them (plain values; treat an
-    instance as immutable: `key` identifies its values for the call plans)."""
+    instance as immutable: `key`, one int per distinct set of values, stands
+    for them in the call plans' keys)."""
     __slots__ = ("feature_map", "normalize", "eps", "scale", "decay", "precision", "key")
 
     def __init__(self, feature_map=C["LM_FEATURE_ELU1"], normalize=True, eps=1e-6, scale=0.0,
@@ -204,8 +215,13 @@ class Options:
         self.feature_map, self.normalize, self.eps = int(feature_map), bool(normalize), float(eps)
         self.scale, self.precision = float(scale), int(precision)
         self.decay = None if decay is None else [float(x) for x in decay]
-        self.key = (self.feature_map, self.normalize, self.eps, self.scale,
-                    None if decay is None else tuple(self.decay), self.precision)
+        values = (self.feature_map, self.normalize, self.eps, self.scale,
+                  None if decay is None else tuple(self.decay), self.precision)
+        key = _OPTION_KEYS.get(values)
+        if key is None:
+            with _OPTION_LOCK:  # len() and the insertion together: one int per set of values
+                key = _OPTION_KEYS.setdefault(values, len(_OPTION_KEYS))
+        self.key = key
 
 
 DEFAULT_OPTIONS = Options()
@@ -289,19 +305,20 @@ def prefill(q, k, v, mask=None, S0=None, z0=None, position=0, is_causal=True, op
 # --------------------------------------------------------------------------
 
 class _Plan:
-    """An lm_core_args with its lm_tensor descriptors, made once for calls of
-    one layout (shapes, strides, dtypes, device, options): per call only the
-    data pointers and the position are written. This is what keeps an eager
-    decode step's host time near the cost of the C call itself."""
-    __slots__ = ("args", "ref", "fn", "slots", "keep")
+    """An lm_core_args with its lm_tensor descriptors for q, k, v and out,
+    made once for calls of one layout (shapes, strides, dtypes, device,
+    options): per call only the six data pointers and the position are
+    written. This is what keeps an eager decode step's host time near the
+    cost of the C call itself."""
+    __slots__ = ("args", "ref", "fn", "index", "keep", "q", "k", "v", "out", "S", "z")
 
-    def __init__(self, lib, fn_name, descs, opts):
-        """descs: ((field, shape, strides, dtype code, device code), ...) in the
-        order run() receives their addresses; then state and normalizer."""
+    def __init__(self, lib, fn_name, descs, opts, index):
+        """descs: ((shape, strides), ...) of q, k, v and out, all of one dtype
+        and device (codes dtype, device; CUDA index or -1)."""
         a = lib.new("lm_core_args")
         check(lib.call("lm_core_args_default", lib.ref(a)), "lm_core_args_default")
         self.keep, slots = [], []
-        for field, shape, strides, dtype, device in descs:
+        for field, (shape, strides, dtype, device) in zip(("q", "k", "v", "out"), descs):
             d = lib.new("lm_tensor")
             d.dtype, d.device, d.ndim = dtype, device, len(shape)
             for i, (n, st) in enumerate(zip(shape, strides)):
@@ -310,19 +327,25 @@ class _Plan:
             self.keep.append(d)
             setattr(a, field, lib.ref(d))
             slots.append(lib.ptr_slot(d, "lm_tensor", "data"))
-        slots.append(lib.ptr_slot(a, "lm_core_args", "state"))
-        slots.append(lib.ptr_slot(a, "lm_core_args", "normalizer"))
+        self.q, self.k, self.v, self.out = slots
+        self.S = lib.ptr_slot(a, "lm_core_args", "state")
+        self.z = lib.ptr_slot(a, "lm_core_args", "normalizer")
         a.is_causal = 1
         _set_options(lib, a, self.keep, opts)
-        self.args, self.ref, self.fn, self.slots = a, lib.ref(a), lib.fn(fn_name), tuple(slots)
+        self.args, self.ref, self.fn, self.index = a, lib.ref(a), lib.fn(fn_name), index
 
-    def run(self, lib, addresses, position, on, what):
-        """Writes the addresses (descs order, then state, normalizer) and the
-        position, and calls on the device of tensor `on`."""
-        for slot, address in zip(self.slots, addresses):
-            slot[0] = address
+    def run(self, lib, q, k, v, out, S, z, position, what):
+        """Writes the data addresses and the position, and calls."""
+        self.q[0] = q
+        self.k[0] = k
+        self.v[0] = v
+        self.out[0] = out
+        self.S[0] = S
+        self.z[0] = z
         self.args.position = position
-        check(launch(lib, self.fn, self.ref, on), what)
+        st = launch_on(lib, self.fn, self.ref, self.index)
+        if st:
+            check(st, what)
 
 
 _MAX_PLANS = 64  # layouts kept per thread (a server decoding a few batch sizes needs a few)
@@ -346,19 +369,20 @@ def _layout(t):
     return (tuple(t.shape), t.stride(), _dtype_code(t), _device_code(t))
 
 
-def _check_decode_state(S, z, B, Hkv, Dk, Dv, like):
-    """The state must be exactly what the C core will write: fp32, contiguous,
-    [B, Hkv, Dk, Dv] / [B, Hkv, Dk], on the inputs' device."""
-    if S.dtype is not torch.float32 or z.dtype is not torch.float32 or \
-            S.numel() != B * Hkv * Dk * Dv or z.numel() != B * Hkv * Dk or \
-            not (S.is_contiguous() and z.is_contiguous()) or S.device != like.device or \
-            z.device != like.device:
-        shape = (B, Hkv, Dk, Dv)
-        raise ValueError("state must be a contiguous float32 tensor of shape %s and normalizer "
-                         "one of %s on %s, got %s %s and %s %s on %s, %s (a LiquidMemory's "
-                         "reset_state() or set_state() gives it a float32 state again)"
-                         % (list(shape), list(shape[:3]), like.device, S.dtype, list(S.shape),
-                            z.dtype, list(z.shape), S.device, z.device))
+def _state_error(S, z, shape, like):
+    return ValueError("state must be a contiguous float32 tensor of shape %s and normalizer one "
+                      "of %s on %s, got %s %s and %s %s on %s, %s (a LiquidMemory's "
+                      "reset_state() or set_state() gives it a float32 state again)"
+                      % (list(shape), list(shape[:3]), like.device, S.dtype, list(S.shape),
+                         z.dtype, list(z.shape), S.device, z.device))
+
+
+def _state_ok(S, z, nS, nz, index):
+    """S and z are what the C core will write: fp32, contiguous, nS and nz
+    elements, on device `index` (as get_device() says: -1 = CPU)."""
+    return S.dtype is torch.float32 and z.dtype is torch.float32 and S.numel() == nS and \
+        z.numel() == nz and S.is_contiguous() and z.is_contiguous() and \
+        S.get_device() == index and z.get_device() == index
 
 
 def decode(q, k, v, S, z, position, opts=None):
@@ -367,20 +391,29 @@ def decode(q, k, v, S, z, position, opts=None):
     opts = opts or DEFAULT_OPTIONS
     lib = _ffi.binding()
     _license_notice()
+    key = ("decode", q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype,
+           k.dtype, v.dtype, q.device, k.device, v.device, opts.key)
+    plan = _plan(lib, key, lambda: _decode_plan(lib, q, k, v, opts))
     B, Hq, Hkv, Dk, Dv = q.shape[0], q.shape[2], k.shape[2], k.shape[3], v.shape[3]
-    _check_decode_state(S, z, B, Hkv, Dk, Dv, q)
+    if not _state_ok(S, z, B * Hkv * Dk * Dv, B * Hkv * Dk, plan.index):
+        raise _state_error(S, z, (B, Hkv, Dk, Dv), q)
+    out = q.new_empty((B, 1, Hq, Dv))
+    if POISON:
+        out.fill_(float("nan"))
+    plan.run(lib, q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), S.data_ptr(),
+             z.data_ptr(), position, "lm_linear_attn_decode")
+    return out
+
+
+def _decode_plan(lib, q, k, v, opts):
     if k.device != q.device or v.device != q.device:
         raise ValueError("q, k and v must be on one device, got %s, %s, %s"
                          % (q.device, k.device, v.device))
-    out = _new((B, 1, Hq, Dv), q.dtype, q.device)
-    key = ("decode", q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype,
-           k.dtype, v.dtype, q.device, opts.key)
-    plan = _plan(lib, key, lambda: _Plan(lib, "lm_linear_attn_decode", (
-        ("q",) + _layout(q), ("k",) + _layout(k), ("v",) + _layout(v),
-        ("out",) + _layout(out)), opts))
-    plan.run(lib, (q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), S.data_ptr(),
-                   z.data_ptr()), position, q, "lm_linear_attn_decode")
-    return out
+    B, Hq, Dv = q.shape[0], q.shape[2], v.shape[3]
+    out = (B, 1, Hq, Dv)  # as decode allocates it
+    descs = [_layout(q), _layout(k), _layout(v),
+             (out, (Hq * Dv, Hq * Dv, Dv, 1), _dtype_code(q), _device_code(q))]
+    return _Plan(lib, "lm_linear_attn_decode", descs, opts, q.get_device() if q.is_cuda else -1)
 
 
 def decode_packed(qkv, heads, kv_heads, head_dim, S, z, position, opts=None):
@@ -392,27 +425,34 @@ def decode_packed(qkv, heads, kv_heads, head_dim, S, z, position, opts=None):
     lib = _ffi.binding()
     _license_notice()
     B, width = qkv.shape
-    _check_decode_state(S, z, B, kv_heads, head_dim, head_dim, qkv)
-    if not qkv.is_contiguous() or width != (heads + 2 * kv_heads) * head_dim:
+    kv = kv_heads * head_dim
+    E = width - 2 * kv
+    if not qkv.is_contiguous() or E != heads * head_dim:
         raise ValueError("qkv must be a contiguous [B, (heads + 2 kv_heads) head_dim] tensor, "
                          "got %s" % (list(qkv.shape),))
-    E = heads * head_dim
-    out = _new((B, E), qkv.dtype, qkv.device)
     key = ("decode_packed", B, heads, kv_heads, head_dim, qkv.dtype, qkv.device, opts.key)
-
-    def make():
-        dt, dev = _dtype_code(qkv), _device_code(qkv)
-        row = (width, width, head_dim, 1)
-        return _Plan(lib, "lm_linear_attn_decode", (
-            ("q", (B, 1, heads, head_dim), row, dt, dev),
-            ("k", (B, 1, kv_heads, head_dim), row, dt, dev),
-            ("v", (B, 1, kv_heads, head_dim), row, dt, dev),
-            ("out", (B, 1, heads, head_dim), (E, E, head_dim, 1), dt, dev)), opts)
-    plan = _plan(lib, key, make)
+    plan = _plan(lib, key, lambda: _packed_plan(lib, qkv, heads, kv_heads, head_dim, opts))
+    if not _state_ok(S, z, B * kv * head_dim, B * kv, plan.index):
+        raise _state_error(S, z, (B, kv_heads, head_dim, head_dim), qkv)
+    out = qkv.new_empty((B, E))
+    if POISON:
+        out.fill_(float("nan"))
     base, es = qkv.data_ptr(), qkv.element_size()
-    plan.run(lib, (base, base + E * es, base + (E + kv_heads * head_dim) * es, out.data_ptr(),
-                   S.data_ptr(), z.data_ptr()), position, qkv, "lm_linear_attn_decode")
+    plan.run(lib, base, base + E * es, base + (E + kv) * es, out.data_ptr(), S.data_ptr(),
+             z.data_ptr(), position, "lm_linear_attn_decode")
     return out
+
+
+def _packed_plan(lib, qkv, heads, kv_heads, head_dim, opts):
+    B, width = qkv.shape
+    E = heads * head_dim
+    dt, dev = _dtype_code(qkv), _device_code(qkv)
+    row = (width, width, head_dim, 1)
+    descs = [((B, 1, heads, head_dim), row, dt, dev), ((B, 1, kv_heads, head_dim), row, dt, dev),
+             ((B, 1, kv_heads, head_dim), row, dt, dev),
+             ((B, 1, heads, head_dim), (E, E, head_dim, 1), dt, dev)]
+    return _Plan(lib, "lm_linear_attn_decode", descs, opts,
+                 qkv.get_device() if qkv.is_cuda else -1)
 
 
 def has_backward():

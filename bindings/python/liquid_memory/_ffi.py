@@ -312,6 +312,8 @@ class CffiBinding(_Binding):
     def stream(self, address):
         s = self._streams.get(address)
         if s is None:
+            if len(self._streams) > 64:  # a program that makes streams in a loop
+                self._streams = {0: self.ffi.NULL}
             s = self._streams[address] = self.ffi.cast("void *", address)
         return s
 

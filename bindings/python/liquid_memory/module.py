@@ -56,6 +56,16 @@ MASK_IGNORE_AT = -1e4
 _STATE_BUFFERS = ("state_S", "state_z")
 
 
+class _Cursor:
+    """Where the decode state stands: tokens absorbed (position) and the batch
+    it holds (0 = no state). A plain object, because step() updates it per
+    token and nn.Module.__setattr__ would cost more than the C call."""
+
+    def __init__(self):
+        self.position = 0
+        self.batch = 0
+
+
 def _keep_linear_attention(module, args):
     """A no-op forward pre-hook that LiquidMemory 0.1.0 registered (to keep
     torch's encoder fast path away); kept so that modules pickled then still
@@ -193,8 +203,7 @@ class LiquidMemory(nn.Module):
         # parameters' dtype (see _apply); not part of state_dict.
         self.register_buffer("state_S", torch.zeros(0, device=device), persistent=False)
         self.register_buffer("state_z", torch.zeros(0, device=device), persistent=False)
-        self._position = 0     # tokens absorbed in the state
-        self._state_batch = 0  # batch the state holds; 0 = no state
+        self._cursor = _Cursor()
 
     def _configure_attention(self, *, feature_map, normalize, decay, precision, eps, scale):
         """Checks and stores the attention options (the keyword-only extras);
@@ -358,8 +367,8 @@ class LiquidMemory(nn.Module):
             else:
                 self.state_S = S.detach().to(torch.float32, copy=True).contiguous()
                 self.state_z = z.detach().to(torch.float32, copy=True).contiguous()
-        self._position = position
-        self._state_batch = batch
+        self._cursor.position = position
+        self._cursor.batch = batch
 
     def _recording(self, *inputs):
         """Whether autograd records a call on these inputs (a training call)."""
@@ -629,24 +638,25 @@ class LiquidMemory(nn.Module):
             raise ValueError("step() takes x of shape (batch, embed_dim=%d) or (embed_dim,), "
                              "got %s" % (self.embed_dim, tuple(x.shape)))
         B = x.shape[0]
-        if self._state_batch != B:
-            if self._state_batch:
+        cur = self._cursor
+        if cur.batch != B:
+            if cur.batch:
                 raise _core.StateError(
                     "the decode state holds a batch of %d, but step() got a batch of %d: call "
                     "reset_state() first (or set_state() a state of that batch)"
-                    % (self._state_batch, B))
+                    % (cur.batch, B))
             self._begin_state(B, x)
         qkv = F.linear(x, w, self.in_proj_bias)  # [B, (H + 2 Hkv) D]: q, k, v heads
         if _ops.compiling():  # traced through the custom op (it declares the state mutation)
             H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
             q, k, v = qkv.split([H * D, Hkv * D, Hkv * D], dim=-1)
             o = _ops.decode(q.view(B, 1, H, D), k.view(B, 1, Hkv, D), v.view(B, 1, Hkv, D),
-                            self.state_S, self.state_z, self._position, opts=self._opts)
+                            self.state_S, self.state_z, cur.position, opts=self._opts)
             o = o.view(B, H * D)
         else:  # eagerly: the C call reads q, k, v in place (one cached call plan)
             o = _core.decode_packed(qkv, self.num_heads, self.num_kv_heads, self.head_dim,
-                                    self.state_S, self.state_z, self._position, self._opts)
-        self._position += 1
+                                    self.state_S, self.state_z, cur.position, self._opts)
+        cur.position += 1
         out_proj = self.out_proj
         out = F.linear(o, out_proj.weight, out_proj.bias)
         return out.squeeze(0) if unbatched else out
@@ -678,21 +688,21 @@ class LiquidMemory(nn.Module):
                 dev = self.state_S.device
                 self.state_S = torch.zeros(0, dtype=torch.float32, device=dev)
                 self.state_z = torch.zeros(0, dtype=torch.float32, device=dev)
-        self._position = 0
-        self._state_batch = 0
+        self._cursor.position = 0
+        self._cursor.batch = 0
 
     @property
     def state_position(self):
         """Number of tokens absorbed in the decode state (0 when there is none)."""
-        return self._position
+        return self._cursor.position
 
     def get_state(self):
         """A copy of the decode state: {'S', 'z', 'position', 'batch'}, or None
         when there is none. Use it to save, restore or fork a conversation."""
-        if not self._state_batch:
+        if not self._cursor.batch:
             return None
         return {"S": self.state_S.detach().clone(), "z": self.state_z.detach().clone(),
-                "position": self._position, "batch": self._state_batch}
+                "position": self._cursor.position, "batch": self._cursor.batch}
 
     def set_state(self, state):
         """Restores a state from get_state() (of this module or one with the
