@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import HAS_CUDA, TORCH_VERSION, rand_qkv
-from liquid_memory import LiquidMemory, _core, _ops
+from liquid_memory import LiquidMemory, _core, _ops, linear_attention
 
 HAS_CUSTOM_OP = hasattr(torch.library, "custom_op")
 needs_custom_op = pytest.mark.skipif(
@@ -119,3 +119,27 @@ def test_compiled_mask_is_not_inspected():
     assert any("is_causal=True" in str(c) for c in chain if c is not None), repr(e.value)
     out, _ = cm(x, x, x, attn_mask=mask, is_causal=True, need_weights=False)
     assert torch.allclose(out, m(x, x, x, is_causal=True, need_weights=False)[0], atol=1e-6)
+
+
+@needs_custom_op
+@pytest.mark.parametrize("device", DEVICES)
+def test_linear_attention_compiles_fullgraph(device):
+    """The functional API traces through the custom op: outputs, final state
+    and gradients (inputs and initial state) as eager."""
+    q, k, v = rand_qkv(2, 50, 4, 16, Hkv=2, device=device, seed=10, scale=0.5)
+    S0 = torch.rand(2, 2, 16, 16, device=device)
+    z0 = torch.rand(2, 2, 16, device=device) + 1
+
+    def f(q, k, v, S0, z0):
+        o, (S, z) = linear_attention(q, k, v, decay=0.95, initial_state=(S0, z0),
+                                     output_final_state=True, position=7)
+        return o, S, z
+    compiled = torch.compile(f, fullgraph=True)
+    results = []
+    for fn in (f, compiled):
+        ins = [t.clone().requires_grad_() for t in (q, k, v, S0, z0)]
+        o, S, z = fn(*ins)
+        grads = torch.autograd.grad(o.square().sum() + S.sum() + z.sum(), ins)
+        results.append([o, S, z] + list(grads))
+    for a, b in zip(*results):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)

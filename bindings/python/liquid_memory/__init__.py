@@ -4,7 +4,11 @@ liquid_memory - linear-time attention for PyTorch, over libliquidmemory.
     from liquid_memory import LiquidMemory
     attn = LiquidMemory(512, 8, batch_first=True)      # was nn.MultiheadAttention(512, 8, ...)
     out, _ = attn(x, x, x, is_causal=True, need_weights=False)
-    y = attn.step(x_next)                              # O(1) decode from the kept state
+    with torch.no_grad():
+        y = attn.step(x_next)                          # O(1) decode from the kept state
+
+    from liquid_memory import linear_attention         # the core on projected q, k, v
+    o, (S, z) = linear_attention(q, k, v, output_final_state=True)   # [B, L, H, D]
 
 The C library is found through LM_LIB_PATH, the package folder, then the
 system (see liquid_memory._ffi); it is loaded on first use, so importing the
@@ -14,12 +18,14 @@ from ._core import (CudaError, InvalidArgumentError, LicenseError, LicenseWarnin
                     LiquidMemoryError, LMOutOfMemoryError, NoDeviceError, StateError,
                     UnsupportedError)
 from ._ffi import LibraryNotFoundError, MissingSymbolError
+from .functional import linear_attention
 from .module import (AttentionWeightsWarning, LiquidMemory, disable_fastpath,
                      replace_attention)
 
 __version__ = "0.1.0"
 
-__all__ = ["LiquidMemory", "replace_attention", "disable_fastpath", "library_info",
+__all__ = ["LiquidMemory", "linear_attention", "replace_attention", "disable_fastpath",
+           "library_info",
            "LiquidMemoryError", "InvalidArgumentError", "UnsupportedError", "LMOutOfMemoryError",
            "NoDeviceError", "CudaError", "LicenseError", "StateError", "LicenseWarning",
            "AttentionWeightsWarning", "LibraryNotFoundError", "MissingSymbolError"]

@@ -182,9 +182,19 @@ def prefill(q, k, v, mask=None, S0=None, z0=None, position=0, is_causal=True, op
             seq_first=False, want_state=False):
     """Differentiable prefill (see _core.prefill). Returns (out, S, z)."""
     o = opts or _core.DEFAULT_OPTIONS
-    return _prefill_call(q, k, v, mask, S0, z0, int(position), bool(is_causal), o.feature_map,
-                         o.normalize, o.eps, o.scale, o.decay, o.precision, bool(seq_first),
-                         bool(want_state))
+    return prefill_values(q, k, v, mask, S0, z0, position, is_causal,
+                          (o.feature_map, o.normalize, o.eps, o.scale, o.decay, o.precision),
+                          seq_first, want_state)
+
+
+def prefill_values(q, k, v, mask, S0, z0, position, is_causal, values, seq_first=False,
+                   want_state=False):
+    """prefill with the options as plain values (feature_map code, normalize,
+    eps, scale, decay list or None, precision code): what torch.compile traces
+    without building an Options object."""
+    fm, normalize, eps, scale, decay, precision = values
+    return _prefill_call(q, k, v, mask, S0, z0, int(position), bool(is_causal), fm, normalize,
+                         eps, scale, decay, precision, bool(seq_first), bool(want_state))
 
 
 def decode(q, k, v, S, z, position, opts=None):

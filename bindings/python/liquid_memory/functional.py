@@ -40,9 +40,11 @@ def decay_values(decay, num_kv_heads):
     return tuple(vals)
 
 
-def make_options(feature_map="elu1", normalize=True, decay=None, num_kv_heads=1,
-                 precision="auto", eps=1e-6, scale=None):
-    """Checks the attention options and returns them as _core.Options."""
+def option_values(feature_map="elu1", normalize=True, decay=None, num_kv_heads=1,
+                  precision="auto", eps=1e-6, scale=None):
+    """Checks the attention options; returns them as the C core takes them, in
+    plain values: (feature_map code, normalize, eps, scale (0 = 1/sqrt(Dk)),
+    decay list or None, precision code)."""
     if feature_map not in _core.FEATURE_MAPS:
         raise ValueError("feature_map must be one of %s, not %r"
                          % (", ".join(repr(f) for f in FEATURE_MAP_NAMES), feature_map))
@@ -52,9 +54,15 @@ def make_options(feature_map="elu1", normalize=True, decay=None, num_kv_heads=1,
         raise ValueError("eps must be finite and > 0, not %r" % (eps,))
     if scale is not None and not (scale > 0 and math.isfinite(scale)):
         raise ValueError("scale must be None or finite and > 0, not %r" % (scale,))
-    return _core.Options(_core.FEATURE_MAPS[feature_map], bool(normalize), float(eps),
-                         0.0 if scale is None else float(scale),
-                         decay_values(decay, num_kv_heads), _core.PRECISIONS[precision])
+    d = decay_values(decay, num_kv_heads)
+    return (_core.FEATURE_MAPS[feature_map], bool(normalize), float(eps),
+            0.0 if scale is None else float(scale), None if d is None else list(d),
+            _core.PRECISIONS[precision])
+
+
+def make_options(*args, **kwargs):
+    """option_values(...) as a _core.Options (what the eager calls take)."""
+    return _core.Options(*option_values(*args, **kwargs))
 
 
 def _state_pair(state, B, Hkv, Dk, Dv, normalize, like):
@@ -109,7 +117,7 @@ def _sequences(cu_seqlens, total):
     return list(zip(bounds[:-1], bounds[1:]))
 
 
-def _prefill_varlen(q, k, v, cu_seqlens, S0, z0, position, causal, opts, want_state):
+def _prefill_varlen(q, k, v, cu_seqlens, S0, z0, position, causal, values, want_state):
     """Packed sequences (q [1, T, H, D], sequence i = tokens cu_seqlens[i] to
     cu_seqlens[i+1]), each attending only to itself from its own initial state:
     returns (out [1, T, Hq, Dv], S [N, ...], z [N, ...]). The slow path: one
@@ -127,9 +135,8 @@ def _prefill_varlen(q, k, v, cu_seqlens, S0, z0, position, causal, opts, want_st
                 zs.append(z_i if z_i is not None else q.new_zeros((1, Hkv, Dk),
                                                                   dtype=torch.float32))
             continue
-        o, S, z = _ops.prefill(q[:, s:e], k[:, s:e], v[:, s:e], None, S_i, z_i,
-                               position=position, is_causal=causal, opts=opts,
-                               want_state=want_state)
+        o, S, z = _ops.prefill_values(q[:, s:e], k[:, s:e], v[:, s:e], None, S_i, z_i, position,
+                                      causal, values, want_state=want_state)
         outs.append(o)
         Ss.append(S)
         zs.append(z)
@@ -186,7 +193,7 @@ def linear_attention(q, k, v, *, causal=True, feature_map="elu1", normalize=True
     _check_qkv(q, k, v, causal)
     B, L, Hq, Dk = q.shape
     Hkv, Dv = k.shape[2], v.shape[3]
-    opts = make_options(feature_map, normalize, decay, Hkv, precision, eps, scale)
+    values = option_values(feature_map, normalize, decay, Hkv, precision, eps, scale)
     if position < 0:
         raise ValueError("position must be >= 0, not %r" % (position,))
     n_states = B
@@ -198,13 +205,13 @@ def linear_attention(q, k, v, *, causal=True, feature_map="elu1", normalize=True
     S0, z0 = _state_pair(initial_state, n_states, Hkv, Dk, Dv, normalize, q)
     want = bool(output_final_state)
     if cu_seqlens is not None:
-        o, S, z = _prefill_varlen(q, k, v, cu_seqlens, S0, z0, position, causal, opts, want)
+        o, S, z = _prefill_varlen(q, k, v, cu_seqlens, S0, z0, position, causal, values, want)
     elif L == 0 and k.shape[1] == 0:  # nothing to attend: the state passes through
         o, S, z = q.new_empty((B, 0, Hq, Dv)), S0, z0
         if want and S is None:
             S = q.new_zeros((B, Hkv, Dk, Dv), dtype=torch.float32)
             z = q.new_zeros((B, Hkv, Dk), dtype=torch.float32)
     else:
-        o, S, z = _ops.prefill(q, k, v, None, S0, z0, position=position, is_causal=causal,
-                               opts=opts, want_state=want)
+        o, S, z = _ops.prefill_values(q, k, v, None, S0, z0, position, causal, values,
+                                      want_state=want)
     return o, ((S, z) if want else None)
