@@ -1,6 +1,10 @@
 # python.mk - the Python package (bindings/python/liquid_memory) and its tests.
-#   make python        copies the built library into the package folder, so that
-#                      `pip install --no-build-isolation ./bindings/python` bundles it
+#   make python        copies the built library (and any library of its own it loads
+#                      beside it, libliquidmemory*.so*) into the package folder, so that
+#                      the documented install bundles it (README_INTEGRATION.md, "Python"):
+#                        python3 -m venv --system-site-packages ~/.venvs/lm
+#                        ~/.venvs/lm/bin/python -m pip install --no-build-isolation --no-deps \
+#                            ./bindings/python
 #   make test-python   pytest tests/python against $(BUILD)/lib/libliquidmemory.so
 # Included by the Makefile after ALL_TARGETS / TEST_TARGETS are defined.
 
@@ -10,7 +14,7 @@ PYTEST_ARGS ?= -q -rs
 .PHONY: python test-python
 
 python: $(SO)
-	cp $(SO) $(PY_PKG)/libliquidmemory.so
+	cp $(dir $(SO))libliquidmemory*.so* $(PY_PKG)/
 
 TEST_TARGETS += test-python
 
