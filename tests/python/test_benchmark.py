@@ -109,3 +109,78 @@ def test_cli(tmp_path):
     written = sorted(os.listdir(tmp_path))
     assert len(written) == 2 and written[0].endswith(".json") and written[1].endswith("manifest.json")
     assert benchmark._ints("2k,8192") == (2048, 8192)
+
+
+# ---------------------------------------------------------------- presentation
+
+def test_table_explains_methods_flags_and_decode_memory(tmp_path, capsys):
+    res = LiquidMemory.benchmark(out_dir=str(tmp_path), plots=False,
+                                 **dict(TINY, verbose=True))
+    printed = capsys.readouterr().out
+    assert "output folder: %s" % tmp_path in printed and "wrote (in %s)" % tmp_path in printed
+    table = benchmark.format_table(res)
+    legend = table.split("\nmethods:\n", 1)[1]
+    for m in ("liquid_memory", "mha_default", "mha_fast", "liquid_memory_step", "kv_cache"):
+        assert "  " + m + " " in legend and benchmark.METHOD_NOTES[m][:30] in legend, m
+    # decode: the memory column is what persists between tokens, as on the plot
+    assert "decode per token (ms / state or KV cache kept between tokens)" in table
+    decode = table.split("decode per token", 1)[1].split("\n\n", 1)[0]
+    for r in res["records"]:
+        if r["phase"] == "decode" and r["status"] == "ok":
+            assert "%.3g MB" % (r["state_bytes"] / 1e6) in decode, (r["method"], r["n"])
+    # FLAGGED is said in words wherever it appears
+    flagged = dict(res, fits=[dict(res["fits"][0], flagged=True)])
+    assert "FLAGGED: the theory curve does not fit" in benchmark.format_table(flagged)
+    unflagged = dict(res, fits=[dict(f, flagged=False) for f in res["fits"]])
+    assert "FLAGGED" not in benchmark.format_table(unflagged)
+
+
+def test_help_gives_every_option_its_meaning_and_default():
+    p = benchmark.parser()
+    for a in p._actions:
+        if a.dest == "help":
+            continue
+        assert a.help and len(a.help) > 15, a.option_strings
+        assert "default" in a.help or a.const is not None, a.option_strings
+    text = p.format_help()
+    assert "output folder" in text and "bench/results, relative to the current folder" in text
+    for m in benchmark.METHOD_NOTES:
+        assert m in text
+    assert "FLAGGED:" in text
+
+
+def test_log_axes_label_sizes_and_minor_ticks():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots()
+    ns = [2048, 8192, 32768, 131072]
+    ax.plot(ns, [0.7, 2.3, 9.4, 36.0])  # 1.7 decades: minor ticks labelled
+    benchmark.log_axes(ax, ns)
+    fig.canvas.draw()
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["2K", "8K", "32K", "128K"]
+    minor = [t.get_text() for t in ax.get_yticklabels(minor=True) if t.get_text()]
+    assert {"2", "3", "5", "20", "30"} <= set(minor), minor
+    fig2, ax2 = plt.subplots()
+    ax2.plot(ns, [1e-3, 1.0, 1e3, 1e6])  # 9 decades: the decades alone
+    benchmark.log_axes(ax2, ns)
+    fig2.canvas.draw()
+    assert not [t.get_text() for t in ax2.get_yticklabels(minor=True) if t.get_text()]
+    plt.close(fig)
+    plt.close(fig2)
+
+
+def test_plots_explain_the_method_names(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+    texts = []
+    real = Figure.text
+
+    def text(fig, x, y, s, *a, **k):
+        texts.append(s)
+        return real(fig, x, y, s, *a, **k)
+    monkeypatch.setattr(Figure, "text", text)
+    res = benchmark.run(out_dir=str(tmp_path), **TINY)
+    assert len([f for f in res["files"] if f.endswith(".png")]) == 3
+    joined = " ".join(" ".join(t.split()) for t in texts)
+    for m in ("mha_default", "mha_fast", "kv_cache", "liquid_memory_step"):
+        assert "%s: %s" % (m, " ".join(benchmark.METHOD_NOTES[m].split())) in joined, m

@@ -62,6 +62,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import textwrap
 import time
 
 import torch
@@ -83,6 +84,31 @@ THEORY = {
     "liquid_memory_step": (0, 0), "liquid_memory_step_graph": (0, 0), "kv_cache": (1, 1),
 }
 MODEL_NAMES = {0: "O(1)", 1: "O(n)", 2: "O(n^2)"}
+
+# What each method name means, printed under the table and on the plots.
+METHOD_NOTES = {
+    "liquid_memory": "LiquidMemory, causal (prefill: inference; train: forward + backward)",
+    "mha_default": "nn.MultiheadAttention as most code calls it: mha(x, x, x), no mask "
+                   "(bidirectional), need_weights=True (the L x L weights are formed)",
+    "mha_fast": "nn.MultiheadAttention with a causal bool mask, need_weights=False, eval, "
+                "no grad: its fused fast path where this torch has one",
+    "mha": "nn.MultiheadAttention with a causal bool mask, need_weights=False (training)",
+    "sdpa_flash": "MHA's projections around scaled_dot_product_attention, causal, flash "
+                  "backend forced",
+    "sdpa_cudnn": "MHA's projections around scaled_dot_product_attention, causal, cuDNN "
+                  "backend forced",
+    "sdpa": "MHA's projections around scaled_dot_product_attention, causal, torch's choice",
+    "sdpa_math": "MHA's projections around scaled_dot_product_attention, causal, math "
+                 "backend",
+    "liquid_memory_step": "LiquidMemory.step after a causal prefill of S tokens (eager)",
+    "liquid_memory_step_graph": "the same step replayed from a CUDA graph",
+    "kv_cache": "softmax decode: project the token, write k/v into a preallocated KV cache, "
+                "attend over S + 1 keys",
+}
+FLAGGED_NOTE = ("FLAGGED: the theory curve does not fit the measurements (a point more than "
+                "10% off the fit, or R^2 < 0.95 on log values): that series does not grow as "
+                "its O() says at these sizes (fixed costs, caching, a change of kernel or "
+                "noise); read it with care")
 MODES = ("inference", "train", "all")
 PHASE_TITLES = {"prefill": "prefill", "train": "forward + backward", "decode": "decode"}
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -388,6 +414,8 @@ def run(embed_dim=None, num_heads=None, batch_size=1, seq_lengths=None, dtype=No
               "prefill_methods": prefill_methods, "decode_methods": decode_methods,
               "train_methods": train_methods}
 
+    if verbose and out_dir:
+        print("output folder: %s" % os.path.abspath(out_dir))
     records = []
     total = (len(prefill_methods) + len(train_methods)) * len(Ls) + len(decode_methods) * len(Ss)
     bar = _progress(total, progress)
@@ -480,7 +508,8 @@ def run(embed_dim=None, num_heads=None, batch_size=1, seq_lengths=None, dtype=No
     if out_dir:
         _write(result, out_dir, tag, device, plots)
         if verbose:
-            print("wrote:\n  " + "\n  ".join(result["files"]))
+            print("wrote (in %s):\n  %s" % (os.path.abspath(out_dir), "\n  ".join(
+                os.path.basename(f) for f in result["files"])))
     return result
 
 
@@ -630,27 +659,37 @@ class _progress:
             self.bar.close()
 
 
-def _cell(r):
+def _cell(r, phase):
+    """time / memory of one record; decode shows the memory that persists
+    between tokens (state or KV cache), as the decode plot does."""
     if r is None:
         return "-"
     if r["status"] != "ok":
         return r["status"]
-    mem = r.get("peak_extra_bytes")
+    mem = r.get("state_bytes") if phase == "decode" else r.get("peak_extra_bytes")
     return "%.3g ms / %s" % (r["ms"], "n/a" if mem is None else "%.3g MB" % (mem / 1e6))
+
+
+TABLE_TITLES = {
+    "prefill": "prefill (ms / peak extra memory)",
+    "train": "forward + backward (ms / peak extra memory)",
+    "decode": "decode per token (ms / state or KV cache kept between tokens)",
+}
 
 
 def format_table(result):
     recs, cfg = result["records"], result["config"]
     lines = ["Liquid Memory sweep: E=%d, %d heads, batch %d, %s on %s, causal"
              % (cfg["embed_dim"], cfg["num_heads"], cfg["batch_size"], cfg["dtype"], cfg["device"])]
+    shown = []
     for phase, key, label in (("prefill", "seq_lengths", "L"), ("train", "seq_lengths", "L"),
                               ("decode", "decode_contexts", "S")):
         methods = cfg.get("%s_methods" % phase)
         if not methods:
             continue
+        shown += [m for m in methods if m not in shown]
         lines.append("")
-        lines.append("%s (ms / peak extra memory)%s" % (
-            PHASE_TITLES[phase], " per token" if phase == "decode" else ""))
+        lines.append(TABLE_TITLES[phase])
         width = 24
         lines.append("%8s  " % label + "".join("%-*s" % (width, m) for m in methods))
         for n in cfg[key]:
@@ -658,8 +697,14 @@ def format_table(result):
             for m in methods:
                 r = next((x for x in recs if x["phase"] == phase and x["method"] == m
                           and x["n"] == n), None)
-                row += "%-*s" % (width, _cell(r))
+                row += "%-*s" % (width, _cell(r, phase))
             lines.append(row)
+    lines.append("")
+    lines.append("methods:")
+    lines += [textwrap.fill(METHOD_NOTES.get(m, ""), 100, initial_indent="  %-25s" % m,
+                            subsequent_indent=" " * 27) for m in shown]
+    lines.append("  peak extra memory: the peak during the call above what was allocated "
+                 "before it")
     notes = [r for r in recs if r["status"] != "ok" and r["note"]]
     if notes or result["notes"]:
         lines.append("")
@@ -678,6 +723,9 @@ def format_table(result):
             f["phase"], f["quantity"], f["method"], f["model"],
             "n/a " if f["r2"] is None else "%.3f" % f["r2"], 100 * f["max_dev"],
             "  FLAGGED" if f["flagged"] else ""))
+    if any(f["flagged"] for f in result["fits"]):
+        lines.append(textwrap.fill(FLAGGED_NOTE, 100, initial_indent="  ",
+                                   subsequent_indent="  "))
     return "\n".join(lines)
 
 
@@ -740,6 +788,50 @@ def _write(result, out_dir, tag, device, plots):
                    "config": result["config"], "files": files}, f, indent=1)
 
 
+def _size_label(n, _pos=None):
+    """2048 -> '2K', 131072 -> '128K', 1048576 -> '1M', 300 -> '300'."""
+    n = int(round(n))
+    for div, unit in ((1 << 20, "M"), (1 << 10, "K")):
+        if n >= div and n % div == 0:
+            return "%d%s" % (n // div, unit)
+    return str(n)
+
+
+def log_axes(ax, ns):
+    """Log-log axes that can be read (call after plotting): x ticks at the
+    measured sizes, labelled 2K / 8K / ...; y labelled in plain numbers on
+    the decades and, where the data spans at most 3 of them, on the minor
+    ticks too (2, 3, 5 x 10^k)."""
+    from matplotlib import ticker
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    if ns:
+        ax.xaxis.set_major_locator(ticker.FixedLocator(sorted(set(ns))))
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(_size_label))
+        ax.xaxis.set_minor_locator(ticker.NullLocator())
+    plain = ticker.FuncFormatter(lambda y, _pos: "%g" % float("%.3g" % y))
+    ax.yaxis.set_major_locator(ticker.LogLocator(base=10))
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_locator(ticker.LogLocator(base=10, subs=(2.0, 3.0, 5.0)))
+    lo, hi = ax.get_ylim()
+    few = lo > 0 and math.log10(hi / lo) <= 3
+    ax.yaxis.set_minor_formatter(plain if few else ticker.NullFormatter())
+    ax.tick_params(axis="y", which="minor", labelsize=7)
+
+
+def _caption(fig, methods, flagged):
+    """The method names' meaning (and FLAGGED's) under the plot."""
+    width = int(fig.get_figwidth() * 72 / 3.3)  # characters of 6-point text across
+    text = [textwrap.fill("%s: %s" % (m, METHOD_NOTES.get(m, "")), width,
+                          subsequent_indent="    ") for m in methods]
+    if flagged:
+        text.append(textwrap.fill(FLAGGED_NOTE, width, subsequent_indent="    "))
+    text = "\n".join(text)
+    fig.text(0.01, 0.005, text, fontsize=6, va="bottom", ha="left")
+    lines = text.count("\n") + 1
+    fig.subplots_adjust(bottom=min(0.5, 0.1 + lines * 9.0 / (fig.get_figheight() * 72)))
+
+
 def plot(result, stem):
     """PNG plots with the fitted theory curves; returns the files written."""
     import matplotlib
@@ -753,31 +845,35 @@ def plot(result, stem):
     files = []
 
     def series(ax, phase, quantity, key, scale, ylabel, xlabel):
+        """One panel; returns whether a fit on it is flagged."""
         methods = cfg["%s_methods" % phase]
         colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        flagged, ns = False, []
         for i, m in enumerate(methods):
             rs = [r for r in recs if r["phase"] == phase and r["method"] == m and r["status"] == "ok"
                   and r.get(key) is not None and r[key] > 0]
             c = colors[i % len(colors)]
             bad = [r for r in recs if r["phase"] == phase and r["method"] == m and r["status"] != "ok"]
             if rs:
+                ns += [r["n"] for r in rs]
                 ax.plot([r["n"] for r in rs], [r[key] * scale for r in rs], "o-", color=c,
                         label=m + (" (%s beyond)" % bad[0]["status"] if bad else ""))
             f = next((f for f in fits if f["phase"] == phase and f["method"] == m
                       and f["quantity"] == quantity), None)
             if f and rs:
+                flagged = flagged or f["flagged"]
                 lo, hi = min(r["n"] for r in rs), max(r["n"] for r in rs)
-                ns = [lo * (hi / lo) ** (j / 40) for j in range(41)]
-                ax.plot(ns, [fit_curve(f, n) * scale for n in ns], "--", color=c, alpha=0.6,
-                        label="  fit %s%s%s" % (f["model"], "" if f["r2"] is None else
-                                                 ", R²=%.3f" % f["r2"],
-                                                 " FLAGGED" if f["flagged"] else ""))
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
+                ns_fit = [lo * (hi / lo) ** (j / 40) for j in range(41)]
+                ax.plot(ns_fit, [fit_curve(f, n) * scale for n in ns_fit], "--", color=c,
+                        alpha=0.6, label="  fit %s%s%s" % (f["model"], "" if f["r2"] is None else
+                                                           ", R²=%.3f" % f["r2"],
+                                                           " FLAGGED" if f["flagged"] else ""))
+        log_axes(ax, ns)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
+        return flagged
 
     for phase in ("prefill", "train"):
         if not cfg.get("%s_methods" % phase):
@@ -786,23 +882,26 @@ def plot(result, stem):
         for quantity, key, scale, ylabel in (
                 ("time", "ms", 1.0, "%s time (ms)" % what),
                 ("memory", "peak_extra_bytes", 1e-6, "peak extra memory (MB)")):
-            fig, ax = plt.subplots(figsize=(7, 5))
-            series(ax, phase, quantity, key, scale, ylabel, "sequence length L")
+            fig, ax = plt.subplots(figsize=(7, 5.8))
+            flagged = series(ax, phase, quantity, key, scale, ylabel, "sequence length L")
             ax.set_title("%s %s vs L (%s)" % (what[0].upper() + what[1:], quantity, title),
                          fontsize=9)
             fig.tight_layout()
+            _caption(fig, cfg["%s_methods" % phase], flagged)
             suffix = "_%s_%s.png" % (phase, quantity)
             fig.savefig(stem + suffix, dpi=120)
             plt.close(fig)
             files.append(stem + suffix)
     if cfg["decode_methods"]:
-        fig, axes = plt.subplots(1, 2, figsize=(12, 5))
-        series(axes[0], "decode", "time", "ms", 1.0, "latency per token (ms)", "context length S")
+        fig, axes = plt.subplots(1, 2, figsize=(12, 5.6))
+        flagged = series(axes[0], "decode", "time", "ms", 1.0, "latency per token (ms)",
+                         "context length S")
         axes[0].set_title("Decode latency vs S (%s)" % title, fontsize=9)
-        series(axes[1], "decode", "memory", "state_bytes", 1e-6,
-               "state / KV cache (MB)", "context length S")
+        flagged |= series(axes[1], "decode", "memory", "state_bytes", 1e-6,
+                          "state / KV cache (MB)", "context length S")
         axes[1].set_title("Decode memory that persists between tokens", fontsize=9)
         fig.tight_layout()
+        _caption(fig, cfg["decode_methods"], flagged)
         fig.savefig(stem + "_decode.png", dpi=120)
         plt.close(fig)
         files.append(stem + "_decode.png")
@@ -820,34 +919,70 @@ def _ints(text):
     return tuple(out)
 
 
-def main(argv=None):
+def parser():
+    """The command line (python -m liquid_memory.benchmark, liquid-memory-benchmark)."""
+    methods = "\n".join(textwrap.fill(n, 78, initial_indent="  %-25s" % m,
+                                      subsequent_indent=" " * 27)
+                        for m, n in METHOD_NOTES.items())
     p = argparse.ArgumentParser(
         prog="python -m liquid_memory.benchmark",
-        description="Sequence-length sweep of LiquidMemory against nn.MultiheadAttention and "
-                    "SDPA: prefill time and memory, decode latency, or (--train) forward + "
-                    "backward time and memory; table, JSON, PNG plots.")
-    p.add_argument("--embed-dim", type=int)
-    p.add_argument("--num-heads", type=int)
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--seq-lengths", type=_ints, help="e.g. 2048,8192 or 2k,8k")
-    p.add_argument("--decode-contexts", type=_ints)
-    p.add_argument("--dtype", choices=sorted(DTYPES))
-    p.add_argument("--device", default="cuda", help="cuda (default; falls back to cpu) or cpu")
-    p.add_argument("--methods", help="comma-separated subset of the methods")
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.fill(
+            "Sequence-length sweep of LiquidMemory against nn.MultiheadAttention and SDPA: "
+            "prefill time and peak extra memory, decode latency per token and the memory kept "
+            "between tokens, or (--train) forward + backward time and memory. Prints a table "
+            "and writes a JSON, PNG plots (log-log, with fitted theory curves) and a manifest "
+            "into the output folder (--out).", 78),
+        epilog="methods:\n%s\n\n%s" % (methods, textwrap.fill(FLAGGED_NOTE, 78)))
+    p.add_argument("--embed-dim", type=int, metavar="E",
+                   help="model width E (default: 4096 on CUDA, 512 on the CPU)")
+    p.add_argument("--num-heads", type=int, metavar="H",
+                   help="attention heads (default: 32 on CUDA, 8 on the CPU)")
+    p.add_argument("--batch-size", type=int, default=1, metavar="B",
+                   help="sequences per call (default: 1)")
+    p.add_argument("--seq-lengths", type=_ints, metavar="L,L,...",
+                   help="prefill / training lengths, e.g. 2048,8192 or 2k,8k (default: "
+                        "2k,8k,32k,128k on CUDA; 256,512,1k,2k,4k on the CPU)")
+    p.add_argument("--decode-contexts", type=_ints, metavar="S,S,...",
+                   help="context lengths before the timed decode step (default: "
+                        "1k,4k,16k,64k,128k on CUDA; 256,1k,4k on the CPU)")
+    p.add_argument("--dtype", choices=sorted(DTYPES),
+                   help="parameter and activation dtype (default: bf16 on CUDA, f32 on the CPU)")
+    p.add_argument("--device", default="cuda",
+                   help="cuda or cpu; cuda falls back to cpu, with a note, when there is no GPU "
+                        "(default: cuda)")
+    p.add_argument("--methods", metavar="NAME,...",
+                   help="a comma-separated subset of the methods below (default: all that this "
+                        "torch and device offer)")
     p.add_argument("--mode", choices=MODES, default="inference",
-                   help="inference: prefill and decode (default); train: forward + backward; "
-                        "all: both")
+                   help="inference: prefill and decode; train: forward + backward; all: both "
+                        "(default: inference)")
     p.add_argument("--train", dest="mode", action="store_const", const="train",
                    help="the same as --mode train")
-    p.add_argument("--warmup", type=int)
-    p.add_argument("--iters", type=int)
-    p.add_argument("--max-seconds", type=float, default=60.0)
-    p.add_argument("--threads", type=int, help="torch threads (CPU)")
-    p.add_argument("--out", default=os.path.join("bench", "results"))
-    p.add_argument("--tag")
-    p.add_argument("--no-plots", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
-    a = p.parse_args(argv)
+    p.add_argument("--warmup", type=int,
+                   help="untimed calls before timing (default: 2 on CUDA, 1 on the CPU)")
+    p.add_argument("--iters", type=int,
+                   help="timed calls per point, the median is reported (default: 10 on CUDA, "
+                        "3 on the CPU; decode at least 20)")
+    p.add_argument("--max-seconds", type=float, default=60.0, metavar="SECONDS",
+                   help="per-call time budget: a method's larger lengths whose extrapolated "
+                        "time exceeds it are skipped and said so (default: 60)")
+    p.add_argument("--threads", type=int,
+                   help="torch threads, which libliquidmemory shares (default: every core on "
+                        "the CPU, torch's setting on CUDA)")
+    p.add_argument("--out", default=os.path.join("bench", "results"), metavar="DIR",
+                   help="output folder for <stem>.json, the PNG plots and <stem>_manifest.json, "
+                        "created if missing; stem = sweep[_train|_all]_<device>_<time>[_<tag>] "
+                        "(default: bench/results, relative to the current folder)")
+    p.add_argument("--tag", help="a suffix for the file names (default: none)")
+    p.add_argument("--no-plots", action="store_true", help="write no PNG plots (default: plots)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar on stderr (default: a tqdm bar, or a line per point)")
+    return p
+
+
+def main(argv=None):
+    a = parser().parse_args(argv)
     run(embed_dim=a.embed_dim, num_heads=a.num_heads, batch_size=a.batch_size,
         seq_lengths=a.seq_lengths, decode_contexts=a.decode_contexts,
         dtype=DTYPES[a.dtype] if a.dtype else None, device=a.device,
