@@ -1,6 +1,6 @@
 /*
  * ref.h - what the test suites share: typed test buffers with a float64
- * shadow, random data, the float64 reference of DESIGN.md §2 (a direct
+ * shadow, random data, the float64 reference of docs/DESIGN.md §2 (a direct
  * evaluation of the recurrence, independent of the chunked code), one
  * tolerance helper and the check of a call's error status and message.
  */
@@ -58,7 +58,7 @@ typedef struct ref_problem {
 /* out [B, L, Hq, Dv] contiguous; state_out/normalizer_out may be NULL. */
 void ref_attend(const ref_problem *p, double *out, double *state_out, double *normalizer_out);
 
-/* The module of DESIGN.md §1-2 in float64 (elu+1, normalised, eps 1e-6):
+/* The module of docs/DESIGN.md §2 in float64 (elu+1, normalised, eps 1e-6):
  * out = attend(x_q Wq^T + bq, x_k Wk^T + bk, x_v Wv^T + bv) Wo^T + bo.
  * Inputs are read through strides (elements); biases may be NULL. */
 typedef struct ref_module {

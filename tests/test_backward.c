@@ -8,7 +8,7 @@
  *   o_t = (g^(t+1) phi(q_t)S_0 + sum_{s<=t} g^(t-s) (phi q_t . phi k_s) v_s) / den_t
  * differentiated by hand in float64, O(L^2), with no chunks. It is itself
  * checked against central differences of a float64 forward that runs the
- * recurrence of DESIGN.md §2 directly (test_reference_fd).
+ * recurrence of docs/DESIGN.md §2 directly (test_reference_fd).
  *
  * Inputs are multiples of 1/64 (q, k) or 1/128 (v, dout) small enough to be
  * exact in bf16, f16 and f32, so all dtypes see the same problem and the

@@ -1,7 +1,7 @@
 /*
  * test_gpu_backward.c - the core backward (lm_linear_attn_backward) on CUDA
  * against a float64 reference where it is cheap and against the CPU backend
- * always: ragged lengths, every mode of DESIGN.md section 2, GQA, head dims
+ * always: ragged lengths, every mode of docs/DESIGN.md section 2, GQA, head dims
  * (Dk != Dv), dtypes, sequence-first strides, many segments, compensated
  * precision, state gradients chained across a split, determinism. Gradient
  * buffers are NaN-poisoned before each call and must be fully written.
@@ -547,7 +547,7 @@ START_TEST(test_bwd_lengths)
 }
 END_TEST
 
-/* Every mode of DESIGN.md 2 (identity only unnormalised, decay only causal),
+/* Every mode of docs/DESIGN.md §2 (identity only unnormalised, decay only causal),
  * cross-attention lengths for the bidirectional ones. */
 START_TEST(test_bwd_modes)
 {

@@ -1,7 +1,7 @@
 /*
  * test_gpu_core.c - the attention core on CUDA against the CPU backend and the
  * float64 reference over the shape grid: lengths around the chunk size, head
- * dims, GQA, every mode of DESIGN.md section 2, dtypes, layouts; outputs
+ * dims, GQA, every mode of docs/DESIGN.md section 2, dtypes, layouts; outputs
  * NaN-poisoned before each run; 10 runs bit-identical; state hand-over
  * between prefills and from prefill to decode steps, also inside a CUDA graph.
  */
@@ -282,7 +282,7 @@ START_TEST(test_heads)
 }
 END_TEST
 
-/* Every mode of DESIGN.md 2 (identity only unnormalised, decay only causal),
+/* Every mode of docs/DESIGN.md §2 (identity only unnormalised, decay only causal),
  * cross-attention lengths for the bidirectional ones. */
 START_TEST(test_modes)
 {
