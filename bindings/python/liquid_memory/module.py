@@ -18,6 +18,8 @@ from torch.nn.parameter import Parameter
 from . import _core, _ops
 from .functional import decay_values, make_options
 
+_decay_values = decay_values  # the name hf.py imports from here
+
 try:
     from torch.nn.modules.linear import NonDynamicallyQuantizableLinear as _OutProj
 except ImportError:  # pragma: no cover - very old torch
