@@ -263,3 +263,23 @@ def test_keep_state_false_and_true():
     assert torch.equal(m.state_S, ref.state_S)
     with pytest.raises(ValueError, match="keep_state=True needs a causal forward"):
         m(y, y, y, need_weights=False, keep_state=True)
+
+
+def test_a_module_pickled_by_0_1_0_loads_and_recovers():
+    """0.1.0 kept the position in plain attributes, registered a pre-hook and
+    could have cast its state: such a pickle loads, says what is wrong, recovers."""
+    import pickle
+    from liquid_memory import module as lm_module
+    m = _prefilled()
+    m.register_forward_pre_hook(lm_module._keep_linear_attention)
+    cursor = m.__dict__.pop("_cursor")
+    m.__dict__.update(_position=cursor.position, _state_batch=cursor.batch)
+    m._buffers["state_S"] = m.state_S.bfloat16()
+    m._buffers["state_z"] = m.state_z.bfloat16()
+    old = pickle.loads(pickle.dumps(m))
+    assert old.state_position == 10 and old.get_state()["batch"] == 2
+    t = x_(2, E, seed=30)
+    with pytest.raises(ValueError, match="float32.*reset_state"):
+        old.step(t)
+    old.reset_state()
+    assert torch.isfinite(old.step(t)).all() and old.state_position == 1

@@ -127,23 +127,28 @@ class LiquidMemory(nn.Module):
       * ``dropout`` is applied to the per-head attention output (before
         out_proj) in training mode, not to attention weights (there are none).
         It regularises similarly but is not the same random function as MHA's.
-      * ``attn_mask`` is accepted only when it is a causal mask (bool True above
-        the diagonal, or float -inf above / 0 on and below) or masks nothing;
-        any other mask raises NotImplementedError: a general additive mask has no
-        linear-time equivalent. ``is_causal=True`` also works without a mask;
-        given together with a mask it is trusted as a hint, as in PyTorch.
-      * ``key_padding_mask``: bool (True = ignore) or float (0 = keep, -inf = ignore;
-        other values raise). A query whose keys are all masked gets 0, not NaN.
+      * ``attn_mask`` is accepted only when it is a causal mask or masks nothing,
+        ``(L, S)`` or ``(batch * num_heads, L, S)``; any other mask raises
+        NotImplementedError: a general additive mask has no linear-time
+        equivalent. ``is_causal=True`` also works without a mask; given together
+        with a mask it is trusted as a hint, as in PyTorch.
+      * Masks, ``attn_mask`` and ``key_padding_mask`` alike: bool or uint8 nonzero =
+        ignore; float 0 = keep and any value <= MASK_IGNORE_AT (-1e4, in the mask's
+        dtype: -inf, -1e9, finfo.min) = ignore; other float values raise. A query
+        whose keys are all masked gets 0, not NaN.
       * ``add_bias_kv`` / ``add_zero_attn``: the extra key/value is visible to every
         query, as in MHA; it is absorbed into the initial state, so with causal
         attention it precedes the sequence.
       * The attention runs in float32, bfloat16 or float16 (the parameters' dtype).
+      * ``_qkv_same_embed_dim`` reads False, so that torch's fused encoder fast
+        path (softmax on in_proj_weight) never runs in our place.
 
-    Decode: a causal forward leaves its final state on the module; :meth:`step`
-    continues from it one token at a time; :meth:`reset_state`,
-    :meth:`get_state` / :meth:`set_state` save, restore or fork it. A
-    bidirectional forward drops the state. The state lives in non-persistent
-    buffers (``state_S``, ``state_z``), so it follows ``.to()`` but is not in
+    Decode: an inference forward (autograd not recording) that is causal leaves
+    its final state on the module (``keep_state`` overrides: see forward);
+    :meth:`step` continues from it one token at a time, inference only;
+    :meth:`reset_state`, :meth:`get_state` / :meth:`set_state` save, restore or
+    fork it. The state lives in non-persistent fp32 buffers (``state_S``,
+    ``state_z``): it follows ``.to(device)``, never a dtype cast, and is not in
     ``state_dict``.
     """
 
@@ -219,6 +224,13 @@ class LiquidMemory(nn.Module):
         self.precision = precision
         self.eps = float(eps)
         self.scale = scale
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if "_cursor" not in self.__dict__:  # pickled by 0.1.0, which kept plain attributes
+            self._cursor = _Cursor()
+            self._cursor.position = self.__dict__.pop("_position", 0)
+            self._cursor.batch = self.__dict__.pop("_state_batch", 0)
 
     @property
     def _qkv_same_embed_dim(self):
