@@ -276,6 +276,10 @@ IGNORE_VALUES = [(-1e4, torch.float32), (-1e4, torch.bfloat16), (-1e4, torch.flo
                  (None, torch.float16), (float("-inf"), torch.float16)]
 
 
+def test_mask_threshold_is_exported():
+    assert liquid_memory.MASK_IGNORE_AT == -1e4 and "MASK_IGNORE_AT" in liquid_memory.__all__
+
+
 def _ignore_value(value, dtype):
     return torch.finfo(dtype).min if value is None else value
 
