@@ -1,7 +1,8 @@
 # python.mk - the Python package (bindings/python/liquid_memory) and its tests.
 #   make python        copies the built library (and any library of its own it loads
 #                      beside it, libliquidmemory*.so*) into the package folder, so that
-#                      the documented install bundles it (README_INTEGRATION.md, "Python"):
+#                      the documented install bundles it (README_INTEGRATION.md, "Python";
+#                      a development build needs DEV_BUILD_OK=1, mk/license.mk):
 #                        python3 -m venv --system-site-packages ~/.venvs/lm
 #                        ~/.venvs/lm/bin/python -m pip install --no-build-isolation --no-deps \
 #                            ./bindings/python
