@@ -388,6 +388,21 @@ typedef struct lm_core_grads {
 LM_API LM_NODISCARD lm_status lm_linear_attn_backward(const lm_core_args *args, const lm_core_grads *grads,
                                                       void *stream);
 
+/* Folds keys and values into a state, with no queries and no outputs:
+ *     S <- g^Lk S + sum_s g^(Lk-1-s) phi(k_s) v_s^T,   z <- g^Lk z + sum_s g^(Lk-1-s) phi(k_s)
+ * per batch row and kv head (masked keys add nothing): the final state a
+ * causal prefill over these keys would leave, for the cost of its state
+ * update alone. From a zero state it is one segment's contribution, which
+ * is how context parallelism (liquid_memory.distributed) combines segments
+ * held by different GPUs. Reads args->k, v, key_padding_mask, state and
+ * normalizer (both required: [B, Hkv, Dk, Dv] and [B, Hkv, Dk] fp32 on k's
+ * device, read then overwritten), position (license), feature_map, decay and
+ * precision; q, out and is_causal are not read (q and out may be NULL), and
+ * normalize, eps and scale do not change the result. CPU: synchronous; CUDA:
+ * queued on `stream`. Returns INVALID_ARG, UNSUPPORTED, LICENSE,
+ * OUT_OF_MEMORY, CUDA; a failed call leaves the state as it was. */
+LM_API LM_NODISCARD lm_status lm_linear_attn_absorb(const lm_core_args *args, void *stream);
+
 /* ------------------------------------------------------------------------ */
 /* License                                                                  */
 /* ------------------------------------------------------------------------ */

@@ -62,13 +62,18 @@ typedef struct lmk_attend {
  *   prefix = 1 (causal): part[s] becomes the state segment s starts from,
  *     part[0] = the initial state, part[s+1] = g^len part[s] + increment[s];
  *     increments are read from part[0 .. nseg-2].
- *   prefix = 0 (bidirectional): total = initial + sum of part[0 .. nseg-1]. */
+ *   prefix = 0 (fold): total = the initial state carried through every
+ *     segment, run = g^len run + increment[s] for part[0 .. nseg-1] (no decay,
+ *     bidirectional: initial + sum); the last segment has last_tokens tokens.
+ *     total may be the initial state itself (each element is read, then
+ *     written, by one thread). */
 typedef struct lmk_scan {
     lmk_state part;
     const float *S0, *z0; /* initial state, or NULL = empty */
     float *S_total, *z_total;
     int n, Hkv, Dk, Dv, nseg, prefix, compensated;
     int64_t seg_chunks;   /* chunks per segment (decay over a segment) */
+    int64_t last_tokens;  /* prefix = 0 with decay: tokens of the last segment */
     int has_decay;
     float decay[LMK_MAX_DECAY_HEADS];
 } lmk_scan;

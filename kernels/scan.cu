@@ -1,5 +1,6 @@
 /*
- * scan.cu - the prefix over sequence segments of the state increments that
+ * scan.cu - the prefix (causal segments) or the fold (bidirectional keys,
+ * lm_linear_attn_absorb) over sequence segments of the state increments that
  * LMK_ABSORB writes (see lmk_scan in lm_kernels.h). One thread per element of
  * S and z, sequential over segments in fp32 (Kahan when compensated). It
  * moves nseg x 66 KiB per head (Dk = Dv = 128) once: cheap next to the pass
@@ -33,8 +34,9 @@ __global__ void scan_kernel(const __grid_constant__ lmk_scan p)
         init = p.z0 ? p.z0 + head * p.Dk + (i - SS) : nullptr;
         total = p.z_total ? p.z_total + head * p.Dk + (i - SS) : nullptr;
     }
-    /* Decay over a whole segment: its chunks' g^64, multiplied as the chunks do. */
-    float gs = 1.0f;
+    /* Decay over a whole segment: its chunks' g^64, multiplied as the chunks
+     * do; over the last one (fold): its whole chunks', then g per token. */
+    float gs = 1.0f, gl = 1.0f;
     if (p.has_decay) {
         const float g = p.decay[head % p.Hkv];
         float g64 = 1.0f;
@@ -42,6 +44,12 @@ __global__ void scan_kernel(const __grid_constant__ lmk_scan p)
             g64 *= g;
         for (int64_t k = 0; k < p.seg_chunks; k++)
             gs *= g64;
+        if (!p.prefix) {
+            for (int64_t k = 0; k < p.last_tokens / LMK_CHUNK; k++)
+                gl *= g64;
+            for (int64_t k = 0; k < p.last_tokens % LMK_CHUNK; k++)
+                gl *= g;
+        }
     }
     float run = init ? *init : 0.0f, c = 0.0f;
     for (int s = 0; s < p.nseg; s++) {
@@ -55,7 +63,7 @@ __global__ void scan_kernel(const __grid_constant__ lmk_scan p)
         } else {
             d = *ps;
         }
-        const float g = p.prefix ? gs : 1.0f;
+        const float g = p.prefix || s < p.nseg - 1 ? gs : gl;
         if (p.compensated) {
             const float base = run * g, y = d - c * g, sum = base + y;
             c = (sum - base) - y;

@@ -10,6 +10,8 @@
  * when the GPU would otherwise idle).
  * Bidirectional: ABSORB over key segments, a scan to the total, then READOUT
  * of every query block in parallel against it.
+ * Causal with keys alone (L = 0: lm_linear_attn_absorb): the same ABSORB
+ * over key segments, the scan folding them into the caller's state in place.
  * The final state goes to scratch first and is copied out at the end, since
  * CTAs that share a kv head still read the initial state from the same place.
  * Two prefill kernels: v1 (kernels/attend.cuh: a head's value columns over 4
@@ -60,7 +62,7 @@ static int takes_v2(const lmi_core_params *p)
         return 0;
     lmk_attend k;
     base_params(p, &k);
-    return lmk_attend_v2_takes(&k, p->causal ? LMK_CAUSAL : LMK_ABSORB);
+    return lmk_attend_v2_takes(&k, p->causal && p->L > 0 ? LMK_CAUSAL : LMK_ABSORB);
 }
 
 /* Segments that spread `ctas` CTAs over the SMs: v2 takes a whole SM per CTA,
@@ -76,7 +78,7 @@ static plan plan_of(const lmi_core_params *p, int sms)
     const int64_t heads = p->B * p->Hkv, per = p->Dk * p->Dv + p->Dk;
     const int v2 = takes_v2(p);
     const int64_t nvb = value_blocks(p);
-    if (p->causal) {
+    if (p->causal && p->L > 0) {
         const int64_t ctas = p->B * p->Hq * (v2 ? 1 : nvb), chunks = lmi_cdiv(p->L, LMK_CHUNK);
         int64_t want = 1;
         if (2 * ctas <= sms) /* segments of at least 8 chunks, so ABSORB pays off */
@@ -84,7 +86,7 @@ static plan plan_of(const lmi_core_params *p, int sms)
         pl.seg_len = lmi_segment_len(p->L, want);
         pl.nseg = lmi_cdiv(p->L, pl.seg_len);
         pl.ws_floats = (size_t)((pl.nseg > 1 ? pl.nseg : 0) + (p->state ? 1 : 0)) * heads * per;
-    } else {
+    } else { /* bidirectional, or causal keys alone (L = 0) */
         if (p->Lk > 0) {
             const int64_t want = fill(sms, p->B * p->Hkv * (v2 ? 1 : nvb), v2);
             pl.kseg_len = lmi_segment_len(p->Lk, clamp64(want, 1, lmi_cdiv(p->Lk, 4 * LMK_CHUNK)));
@@ -94,7 +96,8 @@ static plan plan_of(const lmi_core_params *p, int sms)
             pl.seg_len = lmi_segment_len(p->L, lmi_cdiv(2 * sms, p->B * p->Hq * nvb));
             pl.nseg = lmi_cdiv(p->L, pl.seg_len);
         }
-        pl.ws_floats = (size_t)(1 + pl.nkseg) * heads * per;
+        /* The increments, and the bidirectional total (keys alone fold into p->state). */
+        pl.ws_floats = (size_t)((p->causal ? 0 : 1) + pl.nkseg) * heads * per;
     }
     return pl;
 }
@@ -217,6 +220,30 @@ static lm_status causal(const lmi_core_params *p, const plan *pl, float *ws, cud
     return p->state ? copy_out(p, &fin, stream) : LM_OK;
 }
 
+/* ABSORB of the key segments of pl into scratch `part` (their increments),
+ * then the scan folds them into the initial state (p->state, or empty) and
+ * writes the result to S_total, z_total (which may be p->state itself). */
+static lm_status fold_keys(const lmi_core_params *p, const plan *pl, float *part_ws, float *S_total,
+                           float *z_total, cudaStream_t stream)
+{
+    const int64_t heads = p->B * p->Hkv, per = p->Dk * p->Dv + p->Dk;
+    const lmk_state part = state_at(part_ws, heads, p, heads * per);
+    lmk_attend a;
+    base_params(p, &a);
+    a.L = p->Lk, a.seg_len = pl->kseg_len, a.nseg = (int)pl->nkseg;
+    a.out_state = part;
+    lm_status st = lmk_attend_launch(&a, LMK_ABSORB, stream);
+    if (st)
+        return st;
+    lmk_scan s;
+    scan_params(p, &s);
+    s.part = part, s.nseg = (int)pl->nkseg, s.prefix = 0;
+    s.seg_chunks = pl->kseg_len / LMK_CHUNK;
+    s.last_tokens = p->Lk - (pl->nkseg - 1) * pl->kseg_len;
+    s.S_total = S_total, s.z_total = z_total;
+    return lmk_scan_launch(&s, stream);
+}
+
 static lm_status bidirectional(const lmi_core_params *p, const plan *pl, float *ws,
                                cudaStream_t stream)
 {
@@ -226,17 +253,7 @@ static lm_status bidirectional(const lmi_core_params *p, const plan *pl, float *
     base_params(p, &k);
     lm_status st;
     if (p->Lk > 0) {
-        const lmk_state part = state_at(ws + heads * per, heads, p, heads * per);
-        lmk_attend a = k;
-        a.L = p->Lk, a.seg_len = pl->kseg_len, a.nseg = (int)pl->nkseg;
-        a.out_state = part;
-        if ((st = lmk_attend_launch(&a, LMK_ABSORB, stream)))
-            return st;
-        lmk_scan s;
-        scan_params(p, &s);
-        s.part = part, s.nseg = (int)pl->nkseg, s.prefix = 0;
-        s.S_total = total.S, s.z_total = total.z;
-        if ((st = lmk_scan_launch(&s, stream)))
+        if ((st = fold_keys(p, pl, ws + heads * per, total.S, total.z, stream)))
             return st;
     } else if (p->state) {
         LMI_CUDA_TRY(cudaMemcpyAsync(total.S, p->state, (size_t)(heads * p->Dk * p->Dv) * sizeof(float),
@@ -258,8 +275,10 @@ static lm_status bidirectional(const lmi_core_params *p, const plan *pl, float *
 lm_status lmi_cuda_attend(const lmi_core_params *p, int sms, void *ws, cudaStream_t stream)
 {
     const plan pl = plan_of(p, sms);
-    if (p->causal)
-        return p->L > 0 ? causal(p, &pl, ws, stream) : LM_OK;
+    if (p->causal && p->L > 0)
+        return causal(p, &pl, ws, stream);
+    if (p->causal) /* keys alone: folded into the caller's state in place */
+        return p->Lk > 0 && p->state ? fold_keys(p, &pl, ws, p->state, p->normalizer, stream) : LM_OK;
     return bidirectional(p, &pl, ws, stream);
 }
 
