@@ -505,3 +505,18 @@ def backward(dout, q, k, v, mask=None, S0=None, z0=None, dS=None, dz=None, posit
     check(launch(lib, lambda args, stream: bwd(args, lib.ref(g), stream), lib.ref(a), q),
           "lm_linear_attn_backward")
     return dq, dk, dv, dS0, dz0
+
+
+def absorb(k, v, mask, S, z, position=0, opts=None):
+    """Runs lm_linear_attn_absorb: folds the keys and values of k [B, Lk, Hkv,
+    Dk], v [B, Lk, Hkv, Dv] into the state S, z in place (S <- g^Lk S +
+    sum_s g^(Lk-1-s) phi(k_s) v_s^T, z likewise; masked keys add nothing)."""
+    opts = opts or Options()
+    lib = _ffi.binding()
+    _license_notice()
+    _check_state(S, z, k, k, v)
+    keep = []
+    a = _args(lib, keep, None, k, v, None, mask, S, z, position, True, opts)
+    with _Stream(k) as stream:
+        check(lib.call("lm_linear_attn_absorb", lib.ref(a), lib.voidp(stream)),
+              "lm_linear_attn_absorb")

@@ -120,6 +120,7 @@ FUNCTIONS = (
     ("lm_linear_attn_decode", "lm_status", ("const lm_core_args *", "void *"), True),
     ("lm_linear_attn_backward", "lm_status",
      ("const lm_core_args *", "const lm_core_grads *", "void *"), False),
+    ("lm_linear_attn_absorb", "lm_status", ("const lm_core_args *", "void *"), False),
     ("lm_license_set", "lm_status", ("const char *",), False),
     ("lm_license_info", "lm_status", ("lm_license_details *",), False),
 )

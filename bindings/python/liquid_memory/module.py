@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn.init import constant_, xavier_normal_, xavier_uniform_
 from torch.nn.parameter import Parameter
 
-from . import _core, _ops
+from . import _core, _ops, distributed
 from .functional import decay_values, make_options
 
 _decay_values = decay_values  # the name hf.py imports from here
@@ -120,6 +120,10 @@ class LiquidMemory(nn.Module):
         eps: normaliser epsilon (1e-6). scale: unnormalised output factor (None = 1/sqrt(D)).
         num_kv_heads: grouped-query attention (None = num_heads). With fewer kv heads
             in_proj_weight is [E + 2 Hkv D, E], which MHA cannot load.
+        context_parallel_group: a torch.distributed group over which ONE sequence is
+            split, each rank passing its contiguous segment (rank order, any lengths);
+            outputs and gradients are those of one process over the whole sequence
+            (see liquid_memory.distributed; every rank must call forward together).
 
     Differences from MHA, by design:
       * Returns ``(out, None)``: attention weights do not exist in linear
@@ -153,11 +157,12 @@ class LiquidMemory(nn.Module):
     """
 
     __constants__ = ["batch_first"]
+    context_parallel_group = None  # what modules pickled before it was an argument read
 
     def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, add_bias_kv=False,
                  add_zero_attn=False, kdim=None, vdim=None, batch_first=False, device=None,
                  dtype=None, *, feature_map="elu", normalize=True, decay=None, precision="auto",
-                 eps=1e-6, scale=None, num_kv_heads=None):
+                 eps=1e-6, scale=None, num_kv_heads=None, context_parallel_group=None):
         if embed_dim <= 0 or num_heads <= 0:
             raise ValueError("embed_dim and num_heads must be greater than 0, got "
                              "embed_dim=%s and num_heads=%s" % (embed_dim, num_heads))
@@ -170,6 +175,7 @@ class LiquidMemory(nn.Module):
         self.num_heads = num_heads
         self.dropout = dropout
         self.batch_first = batch_first
+        self.context_parallel_group = context_parallel_group  # see liquid_memory.distributed
         self.head_dim = embed_dim // num_heads
         if self.head_dim * num_heads != embed_dim:
             raise ValueError("embed_dim (%d) must be divisible by num_heads (%d)"
@@ -513,10 +519,10 @@ class LiquidMemory(nn.Module):
         if key_padding_mask is not None:
             mask = self._padding_mask(key_padding_mask, B, Lk, query.device)
 
-        if L == 0 or B == 0:
+        if B == 0 or (L == 0 and self.context_parallel_group is None):
             out = query.new_zeros(query.shape)
             return (out if batched else out.squeeze(0)), None
-        if Lk == 0:
+        if Lk == 0 and self.context_parallel_group is None:
             raise ValueError("key and value have length 0: there is nothing to attend to")
 
         recording = self._recording(query, key, value)
@@ -530,7 +536,8 @@ class LiquidMemory(nn.Module):
             out, S, z = self._attend(query, key, value, mask, S0, z0, n_extra, causal,
                                      seq_first, self._opts, causal and keep)
         if keep and causal:
-            self._store_state(S, z, n_extra + Lk, B)
+            tokens = distributed.total(self.context_parallel_group, Lk, query.device)
+            self._store_state(S, z, n_extra + tokens, B)
         elif keep:
             self.reset_state()
         return (out if batched else out.squeeze(0)), None
@@ -570,8 +577,9 @@ class LiquidMemory(nn.Module):
         q = self._heads(q, self.num_heads, seq_first)
         k = self._heads(k, self.num_kv_heads, seq_first)
         v = self._heads(v, self.num_kv_heads, seq_first)
-        o, S, z = _ops.prefill(q, k, v, mask, S0, z0, position=position, is_causal=causal,
-                               opts=opts, seq_first=seq_first, want_state=want_state)
+        o, S, z = distributed.prefill(self.context_parallel_group, q, k, v, mask, S0, z0,
+                                      position=position, is_causal=causal, opts=opts,
+                                      seq_first=seq_first, want_state=want_state)
         if self.training and self.dropout > 0:
             o = F.dropout(o, p=self.dropout)
         # o is [B, L, H, D] laid out in the inputs' order: back to it without a copy.
@@ -588,7 +596,7 @@ class LiquidMemory(nn.Module):
         if not causal or recording or _ops.compiling() or (self.training and self.dropout > 0):
             return 0
         slab = max(_SLAB_ROWS // max(B, 1), _SLAB_MIN) // 64 * 64
-        return slab if L > slab else 0
+        return slab if L > slab and self.context_parallel_group is None else 0
 
     def _forward_slabs(self, query, key, value, mask, S, z, position, slab, ldim):
         """The causal forward slab by slab, each continuing the state of the

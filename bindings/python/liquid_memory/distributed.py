@@ -1,0 +1,440 @@
+"""
+distributed.py - context parallelism: one sequence split over the ranks of a
+torch.distributed group (NCCL on GPUs, gloo on CPUs), each rank holding a
+contiguous segment in rank order, every rank getting exactly the output of
+its segment that one process over the whole sequence would compute.
+
+Linear attention carries the past in a state of fixed size, so ranks only
+exchange states, never keys or values. Causal (decay g per kv head):
+  1. absorb: each rank folds its segment's keys into a state from zero,
+       A_r = sum_s g^(L_r-1-s) phi(k_s) v_s^T,  a_r likewise
+     (lm_linear_attn_absorb: the state update alone, no queries, no outputs);
+  2. all_gather of (A_r, a_r, L_r): 4 (Dk Dv + Dk) bytes per batch row and kv
+     head whatever the length (2 MiB per layer at 32 kv heads of 128);
+  3. each rank's exclusive prefix, P_r = sum_{i<r} (prod_{i<m<r} g^L_m) A_i
+     (an initial state S0 sits before rank 0);
+  4. the ordinary prefill of the segment from P_r (position = tokens before
+     it): normalised or not, the outputs are those of the single pass.
+  Backward: the core backward from P_r gives dq, dk, dv and dP_r; all_gather
+  of the dP; G_r = sum_{m>r} (prod_{r<j<m} g^L_j) dP_m is the gradient of A_r,
+  whose own backward is local (two batched matmuls per block of tokens):
+    dv_s = w_s G^T phi(k_s),  dk_s = phi'(k_s) w_s (G v_s + G_z),  w_s = g^(L_r-1-s).
+Bidirectional and cross-attention: all_reduce (sum) of the A_r, then each
+rank reads its queries out against the total; backward: all_reduce of dS.
+
+Gradients follow data-parallel conventions: each rank's loss is its own, the
+total loss is their sum, so gradients of replicated parameters are summed
+over the group afterwards (DDP / FSDP over the same ranks do it). An initial
+state (replicated) gets its whole gradient on rank 0 and zero elsewhere; the
+final state, replicated on every rank, may feed every rank's loss.
+
+At world size 1 (or when torch.distributed is not initialised and no group is
+given) this is the plain single-process path: no absorb, no collective.
+Eager only: torch.compile sees the collectives as a graph break.
+
+Hybrid attention (a sliding window of exact softmax beside the state, branch
+`hybrid`) would add one exchange: rank r sends its last W keys and values to
+rank r + 1 (which sees them through the window; with a segment shorter than W,
+from several ranks back), before its prefill. Not built until hybrid lands:
+the module refuses it (UnsupportedError).
+"""
+import torch
+import torch.distributed as dist
+
+from . import _core, _ops
+
+__all__ = ["linear_attention", "prefill", "total", "state_bytes"]
+
+# The options context parallelism handles: a new kind of attention (a new
+# _core.Options field, e.g. hybrid's window) must add its own exchange first.
+_LINEAR_OPTIONS = ("feature_map", "normalize", "eps", "scale", "decay", "precision")
+
+# Token blocks of the local absorb backward: about this many elements of a
+# [B, T, Hkv, D] temporary at a time.
+_BLOCK_ELEMS = 1 << 24
+
+
+def _world(group):
+    """(rank, size) in group; (0, 1) without one."""
+    if group is None:
+        return 0, 1
+    return dist.get_rank(group), dist.get_world_size(group)
+
+
+def total(group, n, device):
+    """The sum of n over the group's ranks (n itself without a group)."""
+    if _world(group)[1] == 1:
+        return n
+    t = _encode([n], device)
+    dist.all_reduce(t, group=group)
+    return int(_decode(t).item())
+
+
+def state_bytes(batch, num_kv_heads, dk, dv):
+    """Bytes one rank contributes to the state exchange of one causal forward
+    (the backward exchanges as much again): fp32 S and z per batch row and kv
+    head, plus the segment length."""
+    return 4 * (batch * num_kv_heads * (dk * dv + dk) + 4 + 4 * batch)
+
+
+# ---------------------------------------------------------------------------
+# Exact integers through an fp32 collective
+# ---------------------------------------------------------------------------
+
+def _encode(counts, device):
+    """Integers < 2^48 as four fp32 digits of base 2^12: exact, and so are
+    their sums over up to 4096 ranks (all_reduce), every digit sum < 2^24."""
+    vals = []
+    for n in counts:
+        vals += [float((n >> sh) & 0xFFF) for sh in (36, 24, 12, 0)]
+    return torch.tensor(vals, dtype=torch.float32, device=device)
+
+
+def _decode(t):
+    """Inverse of _encode on a 1-d tensor: float64 on its device."""
+    t = t.double().view(-1, 4)
+    return ((t[:, 0] * 4096.0 + t[:, 1]) * 4096.0 + t[:, 2]) * 4096.0 + t[:, 3]
+
+
+def _decay_steps(mask, B, L):
+    """Steps of the recurrence each batch row's state takes over L tokens:
+    every token decays the state (a masked key adds nothing but still
+    counts), as in the C core's chunk loop (cpu_attend.c, attend.cuh)."""
+    del mask
+    return [L] * B
+
+
+def _key_weights(mask, decay, B, t0, t1, L, device):
+    """w[b, s, h] = g_h^(L-1-s) for tokens s in [t0, t1) of a segment of L,
+    0 where masked: the weight of key s in the segment's absorbed state."""
+    s = torch.arange(t0, t1, device=device, dtype=torch.float64)
+    if decay is None:
+        w = torch.ones((1, t1 - t0, 1), dtype=torch.float64, device=device)
+    else:
+        g = torch.tensor(decay, dtype=torch.float64, device=device)
+        w = torch.pow(g[None, None, :], (L - 1 - s)[None, :, None])
+    w = w.expand(B, t1 - t0, w.shape[2]).float()
+    if mask is not None:
+        w = w * (~mask[:, t0:t1]).float()[:, :, None]
+    return w
+
+
+# ---------------------------------------------------------------------------
+# Feature map and its derivative (matching the C core's, from fp32 inputs)
+# ---------------------------------------------------------------------------
+
+def _phi_and_grad(x, fm):
+    """phi(x), phi'(x) in fp32."""
+    C = _core.C
+    if fm == C["LM_FEATURE_ELU1"]:
+        e = torch.exp(torch.clamp(x, max=0.0))
+        return torch.where(x > 0, x + 1.0, e), torch.where(x > 0, torch.ones_like(x), e)
+    if fm == C["LM_FEATURE_RELU"]:
+        return torch.relu(x), (x > 0).float()
+    return x, torch.ones_like(x)
+
+
+def _parts(G, dtype):
+    """G (fp32) as operands of dtype whose sum is G: itself for fp32, a
+    rounded head and its remainder for 16-bit types (so the matmuls run on
+    the tensor cores and lose about 2^-17 of G, not 2^-8)."""
+    if dtype == torch.float32:
+        return [G]
+    hi = G.to(dtype)
+    return [hi, (G - hi.float()).to(dtype)]
+
+
+def _absorb_backward(k, v, mask, G, Gz, opts, dk, dv):
+    """Adds to dk, dv the gradient that G (dS), Gz (dz) of the absorbed
+    state A = sum_s w_s phi(k_s) v_s^T, a = sum_s w_s phi(k_s) send back."""
+    B, L, Hkv, Dk = k.shape
+    Dv = v.shape[3]
+    step = max(1, _BLOCK_ELEMS // max(1, B * Hkv * max(Dk, Dv)))
+    Gs, Gts = _parts(G, k.dtype), _parts(G.transpose(2, 3), k.dtype)
+    for t0 in range(0, L, step):
+        t1 = min(L, t0 + step)
+        w = _key_weights(mask, opts.decay, B, t0, t1, L, k.device)[..., None]  # [B, T, Hkv, 1]
+        phi, dphi = _phi_and_grad(k[:, t0:t1].float(), opts.feature_map)
+        pk, vk = phi.to(k.dtype), v[:, t0:t1]
+        gv = sum(torch.einsum("bthd,bhde->bthe", pk, g).float() for g in Gs)
+        gk = sum(torch.einsum("bthe,bhed->bthd", vk, g).float() for g in Gts)
+        dv[:, t0:t1] += (w * gv).to(dv.dtype)
+        dk[:, t0:t1] += (dphi * w * (gk + Gz[:, None])).to(dk.dtype)
+
+
+# ---------------------------------------------------------------------------
+# The autograd functions
+# ---------------------------------------------------------------------------
+
+class _Setup:
+    """What both passes need besides tensors (plain values)."""
+
+    def __init__(self, group, rank, world, opts, position, seq_first, want_state, has_S0):
+        self.group, self.rank, self.world = group, rank, world
+        self.opts, self.position, self.seq_first = opts, position, seq_first
+        self.want_state, self.has_S0 = want_state, has_S0
+
+
+def _flat(*ts):
+    return torch.cat([t.reshape(-1) for t in ts])
+
+
+def _gather(buf, group, world):
+    out = [torch.empty_like(buf) for _ in range(world)]
+    dist.all_gather(out, buf.contiguous(), group=group)
+    return out
+
+
+def _zero_state(B, Hkv, Dk, Dv, device):
+    return (torch.zeros((B, Hkv, Dk, Dv), dtype=torch.float32, device=device),
+            torch.zeros((B, Hkv, Dk), dtype=torch.float32, device=device))
+
+
+def _empty(x):
+    return x.new_empty((0,), dtype=torch.float32)
+
+
+def _out_like(q, Dv, seq_first):
+    B, L, Hq = q.shape[0], q.shape[1], q.shape[2]
+    if seq_first:
+        return q.new_zeros((L, B, Hq, Dv)).transpose(0, 1)
+    return q.new_zeros((B, L, Hq, Dv))
+
+
+def _auto_precision(opts, tokens):
+    """As one pass over `tokens` would: compensated from the first token when
+    the whole context passes LM_PRECISION_AUTO_TOKENS (as the module's slabs)."""
+    C = _core.C
+    if opts.precision == C["LM_PRECISION_AUTO"] and tokens > C["LM_PRECISION_AUTO_TOKENS"]:
+        return _core.Options(opts.feature_map, opts.normalize, opts.eps, opts.scale, opts.decay,
+                             C["LM_PRECISION_ON"])
+    return opts
+
+
+class _Causal(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, mask, S0, z0, su):
+        B, L, Hkv, Dk = k.shape
+        Dv = v.shape[3]
+        dev = q.device
+        A, a = _zero_state(B, Hkv, Dk, Dv, dev)
+        if L:
+            _core.absorb(k, v, mask, A, a, 0, su.opts)
+        meta = _encode([L] + _decay_steps(mask, B, L), dev)
+        parts = _gather(_flat(A, a, meta), su.group, su.world)
+        nS, nz = A.numel(), a.numel()
+        counts = [_decode(p[nS + nz:]) for p in parts]
+        lengths = [int(n) for n in torch.stack([c[0] for c in counts]).tolist()]
+        # Decay of each rank's whole segment: f[i][b, h] = g_h^steps_i[b] (float64 pow).
+        g = torch.tensor(su.opts.decay, dtype=torch.float64, device=dev) if su.opts.decay else None
+        f = [None if g is None else torch.pow(g[None, :], c[1:, None]).float()[..., None]
+             for c in counts]
+        run = (S0.float(), z0.float()) if S0 is not None else _zero_state(B, Hkv, Dk, Dv, dev)
+        P = None
+        for i, p in enumerate(parts + [None]):
+            if i == su.rank:
+                P = (run[0].clone(), run[1].clone())
+            if p is None:
+                break
+            Ai, ai = p[:nS].view(B, Hkv, Dk, Dv), p[nS:nS + nz].view(B, Hkv, Dk)
+            if f[i] is not None:
+                run = (run[0] * f[i][..., None] + Ai, run[1] * f[i] + ai)
+            else:
+                run = (run[0] + Ai, run[1] + ai)
+        before = su.position + sum(lengths[:su.rank])
+        opts = _auto_precision(su.opts, su.position + sum(lengths))
+        if L:
+            out, _, _ = _core.prefill(q, k, v, mask, P[0], P[1], before, True, opts, su.seq_first)
+        else:
+            out = _out_like(q, Dv, su.seq_first)
+        ctx.save_for_backward(q, k, v, mask, P[0], P[1])
+        ctx.su, ctx.f, ctx.before, ctx.opts = su, f, before, opts
+        if su.want_state:
+            return out, run[0], run[1]
+        S, z = _empty(q), _empty(q)
+        ctx.mark_non_differentiable(S, z)
+        return out, S, z
+
+    @staticmethod
+    def backward(ctx, dout, dF, dFz):
+        q, k, v, mask, P, Pz = ctx.saved_tensors
+        su, f = ctx.su, ctx.f
+        B, L, Hkv, Dk = k.shape
+        Dv = v.shape[3]
+        dev = q.device
+        if L:
+            if dout.stride(-1) != 1:
+                dout = dout.contiguous()
+            dq, dk, dv, dP, dPz = _core.backward(dout, q, k, v, mask, P, Pz, None, None, ctx.before,
+                                                 True, ctx.opts, need_dstate=True)
+        else:
+            dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+            dP, dPz = _zero_state(B, Hkv, Dk, Dv, dev)
+        pieces = [dP, dPz]
+        if su.want_state:
+            pieces += [dF if dF is not None and dF.numel() else torch.zeros_like(dP),
+                       dFz if dFz is not None and dFz.numel() else torch.zeros_like(dPz)]
+        parts = _gather(_flat(*pieces), su.group, su.world)
+        nS, nz = dP.numel(), dPz.numel()
+
+        def grad(i, off):  # rank i's piece at offset off: (S part, z part)
+            p = parts[i][off:off + nS + nz]
+            return p[:nS].view(B, Hkv, Dk, Dv), p[nS:].view(B, Hkv, Dk)
+
+        # G_m, the gradient of rank m's absorbed state: G_{R-1} = the final
+        # state's (summed over ranks), G_{m-1} = dP_m + f_m G_m; G_{-1} is S0's.
+        G, Gz = _zero_state(B, Hkv, Dk, Dv, dev)
+        if su.want_state:
+            for i in range(su.world):
+                dS_i, dz_i = grad(i, nS + nz)
+                G, Gz = G + dS_i, Gz + dz_i
+        for m in range(su.world - 1, su.rank - 1, -1):
+            if m == su.rank and L:
+                _absorb_backward(k, v, mask, G, Gz, su.opts, dk, dv)
+            dP_m, dPz_m = grad(m, 0)
+            if f[m] is not None:
+                G, Gz = dP_m + f[m][..., None] * G, dPz_m + f[m] * Gz
+            else:
+                G, Gz = dP_m + G, dPz_m + Gz
+        dS0 = dz0 = None
+        if su.has_S0:
+            if su.rank == 0:
+                dS0, dz0 = G, Gz  # the gradient before rank 0's segment
+            else:
+                dS0, dz0 = _zero_state(B, Hkv, Dk, Dv, dev)
+        return dq, dk, dv, None, dS0, dz0, None
+
+
+class _Bidirectional(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, mask, S0, z0, su):
+        B, Lk, Hkv, Dk = k.shape
+        Dv = v.shape[3]
+        dev = q.device
+        A, a = _zero_state(B, Hkv, Dk, Dv, dev)
+        if Lk:
+            _core.absorb(k, v, mask, A, a, 0, su.opts)
+        buf = _flat(A, a, _encode([q.shape[1], Lk], dev))
+        dist.all_reduce(buf, group=su.group)
+        nS, nz = A.numel(), a.numel()
+        S, z = buf[:nS].view(B, Hkv, Dk, Dv), buf[nS:nS + nz].view(B, Hkv, Dk)
+        # The license counts the context of the whole call, max(queries, keys).
+        total = int(_decode(buf[nS + nz:]).max().item())
+        position = su.position + max(total - q.shape[1], 0)
+        if S0 is not None:
+            S, z = S + S0.float(), z + z0.float()
+        # The readout against the total: a prefill whose only key is masked.
+        kd, vd = k.new_zeros((B, 1, Hkv, Dk)), v.new_zeros((B, 1, Hkv, Dv))
+        md = torch.ones((B, 1), dtype=torch.bool, device=dev)
+        if q.shape[1]:
+            out, _, _ = _core.prefill(q, kd, vd, md, S, z, position, False, su.opts, su.seq_first)
+        else:
+            out = _out_like(q, Dv, su.seq_first)
+        ctx.save_for_backward(q, k, v, mask, S, z, kd, vd, md)
+        ctx.su, ctx.position = su, position
+        if su.want_state:
+            return out, S, z
+        S, z = _empty(q), _empty(q)
+        ctx.mark_non_differentiable(S, z)
+        return out, S, z
+
+    @staticmethod
+    def backward(ctx, dout, dF, dFz):
+        q, k, v, mask, S, z, kd, vd, md = ctx.saved_tensors
+        su = ctx.su
+        if q.shape[1]:
+            if dout.stride(-1) != 1:
+                dout = dout.contiguous()
+            dq, _, _, dS, dz = _core.backward(dout, q, kd, vd, md, S, z, None, None, ctx.position,
+                                              False, su.opts, need_dstate=True)
+        else:
+            dq = torch.zeros_like(q)
+            dS, dz = torch.zeros_like(S), torch.zeros_like(z)
+        if su.want_state and dF is not None and dF.numel():
+            dS, dz = dS + dF, dz + dFz
+        buf = _flat(dS, dz)
+        dist.all_reduce(buf, group=su.group)
+        nS = dS.numel()
+        G, Gz = buf[:nS].view(dS.shape), buf[nS:].view(dz.shape)
+        dk, dv = torch.zeros_like(k), torch.zeros_like(v)
+        if k.shape[1]:
+            _absorb_backward(k, v, mask, G, Gz, su.opts, dk, dv)
+        dS0 = dz0 = None
+        if su.has_S0:
+            dS0, dz0 = (G, Gz) if su.rank == 0 else (torch.zeros_like(G), torch.zeros_like(Gz))
+        return dq, dk, dv, None, dS0, dz0, None
+
+
+# ---------------------------------------------------------------------------
+# Entry points
+# ---------------------------------------------------------------------------
+
+def prefill(group, q, k, v, mask=None, S0=None, z0=None, position=0, is_causal=True, opts=None,
+            seq_first=False, want_state=False):
+    """_ops.prefill over the group's segments (the module's entry point).
+    Returns (out, S, z); S, z (when want_state) are the state after the whole
+    sequence, the same on every rank. group None (the module's default: no
+    context parallelism) or of one rank: the plain single-process call."""
+    rank, world = _world(group)
+    if world == 1:
+        return _ops.prefill(q, k, v, mask, S0, z0, position, is_causal, opts, seq_first, want_state)
+    o = opts or _core.Options()
+    extra = [n for n in getattr(type(o), "__slots__", ()) if n not in _LINEAR_OPTIONS and getattr(o, n)]
+    if extra:
+        raise _core.UnsupportedError(
+            "context parallelism runs linear attention only, not with %s: hybrid attention's "
+            "window would need each rank's last W keys and values sent to the next rank, which "
+            "is not built yet (see liquid_memory.distributed)" % ", ".join(extra))
+    if is_causal and q.shape[1] != k.shape[1]:
+        raise ValueError("causal attention needs each rank's queries and keys of the same length, "
+                         "got %d and %d" % (q.shape[1], k.shape[1]))
+    if not is_causal and o.decay is not None:
+        raise _core.UnsupportedError("decay is defined for causal attention only")
+    su = _Setup(group, rank, world, o, int(position), bool(seq_first), bool(want_state),
+                S0 is not None)
+    fn = _Causal if is_causal else _Bidirectional
+    return fn.apply(q, k, v, mask, S0, z0, su)
+
+
+def linear_attention(q, k, v, group=None, causal=True, feature_map="elu1", normalize=True,
+                     decay=None, eps=1e-6, scale=None, precision="auto", key_padding_mask=None,
+                     initial_state=None, output_final_state=False):
+    """Linear attention over one sequence split across the ranks of `group`.
+
+    Each rank passes its own contiguous segment, in rank order: q [B, L_r, Hq,
+    Dk], k [B, Lk_r, Hkv, Dk], v [B, Lk_r, Hkv, Dv] (Hq % Hkv == 0; any
+    lengths, 0 included; causal needs L_r == Lk_r) and key_padding_mask
+    [B, Lk_r] (True = ignore). Every rank must call it together with the same
+    options. Returns the rank's output [B, L_r, Hq, Dv], exactly what one
+    process over the concatenated sequence gives (within rounding), and with
+    output_final_state also (S, z), the state after the whole sequence, the
+    same on every rank. Differentiable in q, k, v and initial_state (an
+    (S, z) pair, the same on every rank, before rank 0's segment).
+
+    Options as LiquidMemory's: feature_map "elu1" / "relu" / "identity",
+    normalize, decay (None, a float or Hkv floats; causal only), eps, scale,
+    precision "auto" / "on" / "off". group: a torch.distributed group (None:
+    the default one; a single process when torch.distributed is not
+    initialised). Costs per call beyond the single-process prefill of the
+    segment: the absorb pass (state update alone) and one all_gather of
+    state_bytes(...) per rank (bidirectional: one all_reduce); the backward
+    as much again plus a local absorb backward.
+    """
+    from .module import _decay_values
+    if feature_map not in _core.FEATURE_MAPS:
+        raise ValueError("feature_map must be 'elu1', 'relu' or 'identity', not %r" % (feature_map,))
+    if precision not in _core.PRECISIONS:
+        raise ValueError("precision must be 'auto', 'on' or 'off', not %r" % (precision,))
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError("q, k, v must be [B, L, H, D]")
+    opts = _core.Options(_core.FEATURE_MAPS[feature_map], normalize, eps,
+                         0.0 if scale is None else scale, _decay_values(decay, k.shape[2]),
+                         _core.PRECISIONS[precision])
+    if group is None and dist.is_available() and dist.is_initialized():
+        group = dist.group.WORLD
+    S0 = z0 = None
+    if initial_state is not None:
+        S0, z0 = (t.float().contiguous() for t in initial_state)
+    out, S, z = prefill(group, q, k, v, key_padding_mask, S0, z0, 0, causal, opts, False,
+                        output_final_state)
+    return (out, (S, z)) if output_final_state else out

@@ -1,0 +1,254 @@
+"""
+test_distributed.py - liquid_memory.distributed on the CPU with gloo: one
+sequence split over 2 and 4 processes (torch.multiprocessing spawn, file://
+rendezvous) in ragged segments, one of them empty, against the single-process
+library over the whole sequence (_ops.prefill, the path LiquidMemory takes
+without a group): outputs, gradients of q, k, v, of the initial state and of
+the final state; causal (normalised or not, decay, GQA, masks, feature maps,
+Dk != Dv), bidirectional, cross-attention, and the module
+(LiquidMemory(context_parallel_group=...)) with its parameter gradients
+summed over the ranks, as data parallelism would. fp32 throughout, so the
+only differences are the order of fp32 sums: bounds 2e-5 (outputs, states)
+and 5e-5 (gradients), norm-wise relative.
+
+Each world size is spawned once and runs every case (starting processes is
+most of the cost); each rank writes its verdicts, the tests read them.
+"""
+import json
+import os
+import tempfile
+import traceback
+import warnings
+from datetime import timedelta
+
+import pytest
+import torch
+
+from liquid_memory import LiquidMemory, UnsupportedError, _core, _ops, distributed
+
+OUT_BOUND, GRAD_BOUND = 2e-5, 5e-5
+
+# name: options. lengths[world] = the ranks' segment lengths (queries; keys
+# in klengths for cross-attention).
+CASES = {
+    "causal": dict(lengths={2: [70, 59], 4: [37, 0, 64, 28]}),
+    "causal_decay_gqa_mask": dict(Hq=4, Hkv=2, decay=[0.9, 0.97], mask=True,
+                                  lengths={2: [1, 130], 4: [65, 64, 0, 3]}),
+    "causal_unnormalised_relu": dict(fm="relu", normalize=False, decay=[0.95, 0.8], Dv=8,
+                                     lengths={2: [100, 27], 4: [10, 20, 30, 40]}),
+    "causal_identity": dict(fm="identity", normalize=False, lengths={2: [0, 90], 4: [23, 23, 0, 23]}),
+    "causal_states": dict(Hq=4, Hkv=2, decay=[0.93, 0.99], mask=True, state=True,
+                          lengths={2: [77, 51], 4: [0, 50, 1, 77]}),
+    "bidirectional": dict(causal=False, mask=True, state=True, Hq=4, Hkv=2,
+                          lengths={2: [40, 41], 4: [0, 30, 20, 31]}),
+    "cross": dict(causal=False, lengths={2: [10, 33], 4: [5, 0, 9, 19]},
+                  klengths={2: [50, 0], 4: [20, 21, 0, 17]}),
+    "module": dict(module=True, lengths={2: [60, 45], 4: [31, 0, 40, 34]}),
+    "module_bias_kv": dict(module=True, bias_kv=True, lengths={2: [20, 70], 4: [25, 25, 25, 15]}),
+    "hybrid_refused": dict(refuse=True, lengths={2: [5, 5], 4: [5, 5, 5, 5]}),
+}
+
+
+def _rel(got, want):
+    got, want = got.double(), want.double()
+    return float((got - want).norm() / want.norm().clamp(min=1e-30))
+
+
+def _check_all(checks):
+    """Asserts every (what, got, want, bound), after the case's last
+    collective: a rank that failed early would leave the others waiting."""
+    bad = []
+    for what, got, want, bound in checks:
+        e = _rel(got, want) if torch.isfinite(got).all() else float("nan")
+        if not e <= bound:
+            bad.append("%s: relative error %.3g > %.3g" % (what, e, bound))
+    assert not bad, "; ".join(bad)
+
+
+def _segment(x, lengths, rank, dim=1):
+    start = sum(lengths[:rank])
+    return x.narrow(dim, start, lengths[rank])
+
+
+def _sum_over_ranks(t):
+    t = t.clone()
+    torch.distributed.all_reduce(t)
+    return t
+
+
+def _function_case(c, rank, world):
+    B, Hq, Hkv, Dk, Dv = 2, c.get("Hq", 2), c.get("Hkv", 2), 16, c.get("Dv", 16)
+    ql, kl = c["lengths"][world], c.get("klengths", c["lengths"])[world]
+    causal = c.get("causal", True)
+    L, Lk = sum(ql), sum(kl)
+    q = torch.randn(B, L, Hq, Dk)
+    k = torch.randn(B, Lk, Hkv, Dk)
+    v = torch.randn(B, Lk, Hkv, Dv)
+    mask = torch.rand(B, Lk) < 0.2 if c.get("mask") else None
+    S0 = torch.randn(B, Hkv, Dk, Dv) if c.get("state") else None
+    z0 = torch.rand(B, Hkv, Dk) + 0.5 if c.get("state") else None
+    w_out = torch.randn(B, L, Hq, Dv)
+    w_S, w_z = torch.randn(B, Hkv, Dk, Dv), torch.randn(B, Hkv, Dk)
+    fm = c.get("fm", "elu1")
+    opts = _core.Options(_core.FEATURE_MAPS[fm], c.get("normalize", True), 1e-6, 0.0,
+                         c.get("decay"), _core.PRECISIONS["auto"])
+    want_state = bool(c.get("state"))
+    # The single process over the whole sequence. Each rank's loss weighs its
+    # copy of the final state by rank + 1, so the total weighs it by the sum.
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    s_leaves = [t.clone().requires_grad_() for t in (S0, z0)] if S0 is not None else [None, None]
+    out_ref, S_ref, z_ref = _ops.prefill(*leaves, mask, *s_leaves, 0, causal, opts, False, want_state)
+    loss = (out_ref * w_out).sum()
+    if want_state:
+        loss = loss + world * (world + 1) / 2 * ((S_ref * w_S).sum() + (z_ref * w_z).sum())
+    loss.backward()
+    # This rank's segment through the group.
+    mine = [_segment(q, ql, rank).clone().requires_grad_(),
+            _segment(k, kl, rank).clone().requires_grad_(),
+            _segment(v, kl, rank).clone().requires_grad_()]
+    s_mine = [t.clone().requires_grad_() for t in (S0, z0)] if S0 is not None else None
+    out = distributed.linear_attention(
+        *mine, group=None, causal=causal, feature_map=fm, normalize=c.get("normalize", True),
+        decay=c.get("decay"), key_padding_mask=None if mask is None else _segment(mask, kl, rank),
+        initial_state=s_mine, output_final_state=want_state)
+    checks = []
+    if want_state:
+        out, (S, z) = out
+        checks += [("final S", S, S_ref.detach(), OUT_BOUND), ("final z", z, z_ref.detach(), OUT_BOUND)]
+    loss = (out * _segment(w_out, ql, rank)).sum()
+    if want_state:
+        loss = loss + (rank + 1) * ((S * w_S).sum() + (z * w_z).sum())
+    loss.backward()
+    if S0 is not None:  # the whole gradient on rank 0, summed: the single process's
+        checks += [("dS0", _sum_over_ranks(s_mine[0].grad), s_leaves[0].grad, GRAD_BOUND),
+                   ("dz0", _sum_over_ranks(s_mine[1].grad), s_leaves[1].grad, GRAD_BOUND)]
+    assert out.shape == (B, ql[rank], Hq, Dv)
+    if ql[rank]:
+        checks.append(("out", out.detach(), _segment(out_ref.detach(), ql, rank), OUT_BOUND))
+    for name, got, ref, lens in (("dq", mine[0], leaves[0], ql), ("dk", mine[1], leaves[1], kl),
+                                 ("dv", mine[2], leaves[2], kl)):
+        if lens[rank]:
+            checks.append((name, got.grad, _segment(ref.grad, lens, rank), GRAD_BOUND))
+    _check_all(checks)
+
+
+def _module_case(c, rank, world, group):
+    lengths = c["lengths"][world]
+    E, H, B = 32, 4, 2
+    kw = dict(batch_first=True, num_kv_heads=2, decay=0.95, add_bias_kv=c.get("bias_kv", False))
+    ref = LiquidMemory(E, H, **kw)
+    cp = LiquidMemory(E, H, context_parallel_group=group, **kw)
+    cp.load_state_dict(ref.state_dict())
+    x = torch.randn(B, sum(lengths), E)
+    w = torch.randn(B, sum(lengths), E)
+    xr = x.clone().requires_grad_()
+    out_ref, _ = ref(xr, xr, xr, is_causal=True, need_weights=False)
+    (out_ref * w).sum().backward()
+    xs = _segment(x, lengths, rank).clone().requires_grad_()
+    out, _ = cp(xs, xs, xs, is_causal=True, need_weights=False)
+    (out * _segment(w, lengths, rank)).sum().backward()
+    checks = [("d" + name, _sum_over_ranks(p.grad), p_ref.grad, GRAD_BOUND)
+              for (name, p), p_ref in zip(cp.named_parameters(), ref.parameters())]
+    if lengths[rank]:
+        checks += [("out", out.detach(), _segment(out_ref.detach(), lengths, rank), OUT_BOUND),
+                   ("dx", xs.grad, _segment(xr.grad, lengths, rank), GRAD_BOUND)]
+    # Inference: the decode state after the whole sequence, on every rank.
+    with torch.no_grad():
+        ref(x, x, x, is_causal=True, need_weights=False)
+        xs = _segment(x, lengths, rank)
+        cp(xs, xs, xs, is_causal=True, need_weights=False)
+    st, st_ref = cp.get_state(), ref.get_state()
+    x1 = torch.randn(B, E)
+    checks += [("decode S", st["S"], st_ref["S"], OUT_BOUND), ("decode z", st["z"], st_ref["z"], OUT_BOUND),
+               ("step", cp.step(x1), ref.step(x1), OUT_BOUND)]
+    _check_all(checks)
+    assert st["position"] == st_ref["position"], (st["position"], st_ref["position"])
+
+
+class _HybridOptions(_core.Options):
+    """Options with a field context parallelism does not know (as hybrid's would be)."""
+    __slots__ = ("window",)
+
+
+def _refusal_case(c, rank, world):
+    opts = _HybridOptions()
+    opts.window = 64
+    q = torch.randn(1, c["lengths"][world][rank], 2, 8)
+    with pytest.raises(UnsupportedError, match="window"):
+        distributed.prefill(torch.distributed.group.WORLD, q, q, q, opts=opts)
+
+
+def _worker(rank, world, init_file, out_dir):
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+    _core.POISON = True  # every output the library writes starts as NaN
+    torch.distributed.init_process_group("gloo", init_method="file://" + init_file, rank=rank,
+                                         world_size=world, timeout=timedelta(seconds=60))
+    verdicts = {}
+    for i, (name, c) in enumerate(CASES.items()):
+        torch.manual_seed(1000 + i)  # the same data on every rank
+        try:
+            if c.get("module"):
+                _module_case(c, rank, world, torch.distributed.group.WORLD)
+            elif c.get("refuse"):
+                _refusal_case(c, rank, world)
+            else:
+                _function_case(c, rank, world)
+            verdicts[name] = ""
+        except Exception:  # noqa: BLE001 - reported to the test
+            verdicts[name] = traceback.format_exc()
+        torch.distributed.barrier()
+    with open(os.path.join(out_dir, "rank%d.json" % rank), "w") as f:
+        json.dump(verdicts, f)
+    torch.distributed.destroy_process_group()
+
+
+@pytest.fixture(scope="module", params=[2, 4], ids=lambda w: "world%d" % w)
+def verdicts(request):
+    world = request.param
+    env = {"OMP_NUM_THREADS": "1"}  # 4 processes share the machine's cores
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            init_file = os.path.join(tmp, "rendezvous")
+            torch.multiprocessing.spawn(_worker, args=(world, init_file, tmp), nprocs=world,
+                                        join=True)
+            out = []
+            for r in range(world):
+                with open(os.path.join(tmp, "rank%d.json" % r)) as f:
+                    out.append(json.load(f))
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return world, out
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_matches_single_process(verdicts, case):
+    world, per_rank = verdicts
+    failures = ["rank %d:\n%s" % (r, v[case]) for r, v in enumerate(per_rank) if v[case]]
+    assert not failures, "world %d, case %s:\n%s" % (world, case, "\n".join(failures))
+
+
+def test_world_size_one_is_the_plain_path():
+    """Without torch.distributed (and without a group) nothing is exchanged
+    and nothing is absorbed: the same call, the same bits."""
+    assert not torch.distributed.is_initialized()
+    torch.manual_seed(7)
+    q, k, v = torch.randn(2, 50, 4, 16), torch.randn(2, 50, 2, 16), torch.randn(2, 50, 2, 16)
+    opts = _core.Options(decay=[0.9, 0.99])
+    want, S_want, z_want = _ops.prefill(q, k, v, opts=opts, want_state=True)
+    got, S, z = distributed.prefill(None, q, k, v, opts=opts, want_state=True)
+    assert torch.equal(got, want) and torch.equal(S, S_want) and torch.equal(z, z_want)
+    out, (S2, _) = distributed.linear_attention(q, k, v, decay=[0.9, 0.99], output_final_state=True)
+    assert torch.equal(out, want) and torch.equal(S2, S_want)
+
+
+def test_state_bytes():
+    """The exchange of one causal forward: fp32 S and z per row and kv head,
+    plus 4 + 4 B counts: 2 MiB and a little at 32 kv heads of 128."""
+    assert distributed.state_bytes(1, 32, 128, 128) == 4 * (32 * (128 * 128 + 128) + 8)
