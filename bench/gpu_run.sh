@@ -22,7 +22,12 @@
 #                                     the bench phase's default (v2 where it takes the call);
 #                                     eager (bench/eager_step.py: host cost of an eager core decode
 #                                     and module step, E=4096, 32 heads, bf16, with their floors),
-#                                     LM_BENCH_LENGTHS=2048,... limits the bench phase's lengths
+#                                     LM_BENCH_LENGTHS=2048,... limits the bench phase's lengths;
+#                                     cp1 (context parallelism at world size 1 on one GPU: the
+#                                     wrapper's cost, and the pieces' costs at 512K / 1M),
+#                                     cp (several GPUs: bench/cp_bench.py under torchrun, 1M
+#                                     tokens on 2 GPUs against one, and 8M forward + backward
+#                                     on 8 when there are 8)
 set -u
 OUT=${OUT:-/tmp/lm-gpu-out}
 B=${LM_BUILD:-build/device}
@@ -146,6 +151,20 @@ for L in (8192, 32768):  # B = 1, 32 heads of 128, bf16, causal, elu+1, normalis
     eager)
         export LM_LIB_PATH="$PWD/$B/lib/libliquidmemory.so" PYTHONPATH="$PWD/bindings/python"
         phase eager 120 "$OUT/eager.log" python3 bench/eager_step.py --device cuda --out "$OUT" ;;
+    cp1)
+        export LM_LIB_PATH="$PWD/$B/lib/libliquidmemory.so" PYTHONPATH="$PWD/bindings/python"
+        phase cp1 300 "$OUT/cp1.log" python3 bench/cp_bench.py --single --tokens 1048576 --out "$OUT" ;;
+    cp)
+        export LM_LIB_PATH="$PWD/$B/lib/libliquidmemory.so" PYTHONPATH="$PWD/bindings/python"
+        n=$(nvidia-smi -L | wc -l)
+        if [ "$n" -lt 2 ]; then
+            echo "cp: skipped, $n GPU (needs 2 or more)" >> "$SUMMARY"
+            continue
+        fi
+        phase cp-1m 240 "$OUT/cp.log" torchrun --standalone --nproc_per_node 2 bench/cp_bench.py \
+            --tokens 1048576 --out "$OUT"
+        [ "$n" -ge 8 ] && phase cp-8m 300 "$OUT/cp.log" torchrun --standalone --nproc_per_node 8 \
+            bench/cp_bench.py --tokens 8388608 --kv-heads 8 --backward --no-baseline --repeat 3 --out "$OUT" ;;
     train-bench)
         mkdir -p "$OUT/train-bench"
         export LM_LIB_PATH="$PWD/$B/lib/libliquidmemory.so" PYTHONPATH="$PWD/bindings/python"
