@@ -134,32 +134,24 @@ def _phi_and_grad(x, fm):
     return x, torch.ones_like(x)
 
 
-def _parts(G, dtype):
-    """G (fp32) as operands of dtype whose sum is G: itself for fp32, a
-    rounded head and its remainder for 16-bit types (so the matmuls run on
-    the tensor cores and lose about 2^-17 of G, not 2^-8)."""
-    if dtype == torch.float32:
-        return [G]
-    hi = G.to(dtype)
-    return [hi, (G - hi.float()).to(dtype)]
-
-
 def _absorb_backward(k, v, mask, G, Gz, opts, dk, dv):
     """Adds to dk, dv the gradient that G (dS), Gz (dz) of the absorbed
-    state A = sum_s w_s phi(k_s) v_s^T, a = sum_s w_s phi(k_s) send back."""
+    state A = sum_s w_s phi(k_s) v_s^T, a = sum_s w_s phi(k_s) send back.
+    The two products run in the inputs' dtype (16-bit types: on the tensor
+    cores, G and the products rounded once each, about 2^-9; the sums with
+    the core's gradients are fp32, rounded to the dtype once)."""
     B, L, Hkv, Dk = k.shape
     Dv = v.shape[3]
     step = max(1, _BLOCK_ELEMS // max(1, B * Hkv * max(Dk, Dv)))
-    Gs, Gts = _parts(G, k.dtype), _parts(G.transpose(2, 3), k.dtype)
+    Gc, Gtc = G.to(k.dtype), G.transpose(2, 3).to(k.dtype)
     for t0 in range(0, L, step):
         t1 = min(L, t0 + step)
         w = _key_weights(mask, opts.decay, B, t0, t1, L, k.device)[..., None]  # [B, T, Hkv, 1]
         phi, dphi = _phi_and_grad(k[:, t0:t1].float(), opts.feature_map)
-        pk, vk = phi.to(k.dtype), v[:, t0:t1]
-        gv = sum(torch.einsum("bthd,bhde->bthe", pk, g).float() for g in Gs)
-        gk = sum(torch.einsum("bthe,bhed->bthd", vk, g).float() for g in Gts)
-        dv[:, t0:t1] += (w * gv).to(dv.dtype)
-        dk[:, t0:t1] += (dphi * w * (gk + Gz[:, None])).to(dk.dtype)
+        gv = torch.einsum("bthd,bhde->bthe", phi.to(k.dtype), Gc).float()
+        gk = torch.einsum("bthe,bhed->bthd", v[:, t0:t1], Gtc).float()
+        dv[:, t0:t1] = (dv[:, t0:t1].float() + w * gv).to(dv.dtype)
+        dk[:, t0:t1] = (dk[:, t0:t1].float() + dphi * w * (gk + Gz[:, None])).to(dk.dtype)
 
 
 # ---------------------------------------------------------------------------
