@@ -243,6 +243,16 @@ void ref_attend(const ref_problem *p, double *out, double *state_out, double *no
     free(z);
 }
 
+void ref_absorb(const ref_problem *p, double *state_out, double *normalizer_out)
+{
+    ref_problem r = *p; /* the keys as queries: one query head per kv head */
+    r.q = p->k, r.L = p->Lk, r.Hq = p->Hkv, r.causal = 1;
+    double *out = malloc((size_t)(r.B * r.L * r.Hq * r.Dv) * sizeof(double) + 1);
+    ck_assert_ptr_nonnull(out);
+    ref_attend(&r, out, state_out, normalizer_out);
+    free(out);
+}
+
 /* y[r, :N] = x[r, :K] w[N, K]^T + b, x read through strides [B, L, K]. */
 static void project(double *y, const double *x, const int64_t *sx, int64_t B, int64_t L,
                     int64_t K, const double *w, int64_t N, const double *bias)

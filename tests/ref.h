@@ -58,6 +58,11 @@ typedef struct ref_problem {
 /* out [B, L, Hq, Dv] contiguous; state_out/normalizer_out may be NULL. */
 void ref_attend(const ref_problem *p, double *out, double *state_out, double *normalizer_out);
 
+/* The state lm_linear_attn_absorb leaves: that of a causal pass over p's
+ * keys (p->q, L, Hq, causal are not read; p->state / normalizer are the
+ * initial state or NULL). */
+void ref_absorb(const ref_problem *p, double *state_out, double *normalizer_out);
+
 /* The module of docs/DESIGN.md §2 in float64 (elu+1, normalised, eps 1e-6):
  * out = attend(x_q Wq^T + bq, x_k Wk^T + bk, x_v Wv^T + bv) Wo^T + bo.
  * Inputs are read through strides (elements); biases may be NULL. */

@@ -78,19 +78,15 @@ static void problem_init(problem *p, const bcase *c)
         S0[i] = p->S[i] = c->state_in ? (float)(ref_uniform() * 2 - 1) : 0.0f;
     for (int64_t i = 0; i < p->nz; i++)
         z0[i] = p->z[i] = c->state_in ? (float)(1 + 4 * ref_uniform()) : 0.0f;
-    /* The reference: a causal pass with the keys as queries (its outputs unused). */
-    double *out = malloc((size_t)(B * L * c->Hkv * c->Dv) * sizeof(double));
     p->want_S = malloc((size_t)p->nS * sizeof(double));
     p->want_z = malloc((size_t)p->nz * sizeof(double));
-    ck_assert(S0 && z0 && out && p->S && p->z && p->want_S && p->want_z);
-    const ref_view kv = { p->k.ref, { p->sk[0], p->sk[1], p->sk[2], p->sk[3] } };
-    ref_problem r = { .B = B, .L = L, .Lk = L, .Hq = c->Hkv, .Hkv = c->Hkv, .Dk = c->Dk, .Dv = c->Dv,
-                      .q = kv, .k = kv, .v = { p->v.ref, { p->sv[0], p->sv[1], p->sv[2], p->sv[3] } },
+    ck_assert(S0 && z0 && p->S && p->z && p->want_S && p->want_z);
+    ref_problem r = { .B = B, .Lk = L, .Hkv = c->Hkv, .Dk = c->Dk, .Dv = c->Dv,
+                      .k = { p->k.ref, { p->sk[0], p->sk[1], p->sk[2], p->sk[3] } },
+                      .v = { p->v.ref, { p->sv[0], p->sv[1], p->sv[2], p->sv[3] } },
                       .mask = p->mask, .state = S0, .normalizer = z0,
-                      .decay = c->decay ? p->decay : NULL, .causal = 1, .feature_map = c->fm,
-                      .normalize = 0, .eps = 1e-6, .scale = 1.0 };
-    ref_attend(&r, out, p->want_S, p->want_z);
-    free(out);
+                      .decay = c->decay ? p->decay : NULL, .feature_map = c->fm };
+    ref_absorb(&r, p->want_S, p->want_z);
     free(S0);
     free(z0);
 }
@@ -104,6 +100,16 @@ static void problem_free(problem *p)
     free(p->z);
     free(p->want_S);
     free(p->want_z);
+}
+
+/* *S, *z = copies of the problem's state as it is now (malloc'd). */
+static void state_copy(const problem *p, float **S, float **z)
+{
+    *S = malloc((size_t)p->nS * sizeof(float));
+    *z = malloc((size_t)p->nz * sizeof(float));
+    ck_assert(*S && *z);
+    memcpy(*S, p->S, (size_t)p->nS * sizeof(float));
+    memcpy(*z, p->z, (size_t)p->nz * sizeof(float));
 }
 
 typedef struct call {
@@ -252,10 +258,8 @@ START_TEST(test_segments)
         c.decay = c.mask = c.state_in = mode;
         problem p;
         problem_init(&p, &c);
-        float *S0 = malloc((size_t)p.nS * sizeof(float)), *z0 = malloc((size_t)p.nz * sizeof(float));
-        ck_assert(S0 && z0);
-        memcpy(S0, p.S, (size_t)p.nS * sizeof(float));
-        memcpy(z0, p.z, (size_t)p.nz * sizeof(float));
+        float *S0, *z0;
+        state_copy(&p, &S0, &z0);
         for (size_t i = 0; i < sizeof cuts / sizeof cuts[0]; i++) {
             memcpy(p.S, S0, (size_t)p.nS * sizeof(float));
             memcpy(p.z, z0, (size_t)p.nz * sizeof(float));
@@ -284,12 +288,10 @@ START_TEST(test_same_as_prefill)
         c.decay = c.mask = c.state_in = mode;
         problem p;
         problem_init(&p, &c);
-        float *S = malloc((size_t)p.nS * sizeof(float)), *z = malloc((size_t)p.nz * sizeof(float));
+        float *S, *z;
+        state_copy(&p, &S, &z);
         tbuf q = tbuf_new(c.dtype, c.B * c.L * 2 * c.Hkv * c.Dk), out = tbuf_new(c.dtype, c.B * c.L * 2 * c.Hkv * c.Dv);
-        ck_assert(S && z);
         tbuf_random(&q, -1.0, 1.0);
-        memcpy(S, p.S, (size_t)p.nS * sizeof(float));
-        memcpy(z, p.z, (size_t)p.nz * sizeof(float));
         call k;
         call_init(&k, &p, 0, c.L);
         ck_assert_msg(lm_linear_attn_absorb(&k.a, NULL) == LM_OK, "%s", lm_last_error());
@@ -335,10 +337,8 @@ START_TEST(test_refusals)
     c.state_in = 1;
     problem p;
     problem_init(&p, &c);
-    float *S0 = malloc((size_t)p.nS * sizeof(float)), *z0 = malloc((size_t)p.nz * sizeof(float));
-    ck_assert(S0 && z0);
-    memcpy(S0, p.S, (size_t)p.nS * sizeof(float));
-    memcpy(z0, p.z, (size_t)p.nz * sizeof(float));
+    float *S0, *z0;
+    state_copy(&p, &S0, &z0);
     const float bad_decay[2] = { 0.5f, 1.5f };
     lm_tensor v_short, mask_bad, k_bool;
     for (int i = 0; i < 11; i++) {

@@ -72,17 +72,14 @@ static void problem_init(problem *p, const bcase *c)
         S0d[i] = p->S0[i] = (float)(ref_uniform() * 2 - 1);
     for (int64_t i = 0; c->state_in && i < p->nz; i++)
         z0d[i] = p->z0[i] = (float)(1 + 4 * ref_uniform());
-    double *out = malloc((size_t)(B * L * c->Hkv * c->Dv) * sizeof(double));
     p->want_S = malloc((size_t)p->nS * sizeof(double));
     p->want_z = malloc((size_t)p->nz * sizeof(double));
-    const ref_view kv = { p->k.ref, { p->s4k[0], p->s4k[1], p->s4k[2], p->s4k[3] } };
-    ref_problem r = { .B = B, .L = L, .Lk = L, .Hq = c->Hkv, .Hkv = c->Hkv, .Dk = c->Dk, .Dv = c->Dv,
-                      .q = kv, .k = kv, .v = { p->v.ref, { p->s4v[0], p->s4v[1], p->s4v[2], p->s4v[3] } },
+    ref_problem r = { .B = B, .Lk = L, .Hkv = c->Hkv, .Dk = c->Dk, .Dv = c->Dv,
+                      .k = { p->k.ref, { p->s4k[0], p->s4k[1], p->s4k[2], p->s4k[3] } },
+                      .v = { p->v.ref, { p->s4v[0], p->s4v[1], p->s4v[2], p->s4v[3] } },
                       .mask = p->mask, .state = S0d, .normalizer = z0d,
-                      .decay = c->decay ? p->decay : NULL, .causal = 1, .feature_map = c->fm,
-                      .normalize = 0, .eps = 1e-6, .scale = 1.0 };
-    ref_attend(&r, out, p->want_S, p->want_z);
-    free(out);
+                      .decay = c->decay ? p->decay : NULL, .feature_map = c->fm };
+    ref_absorb(&r, p->want_S, p->want_z);
     free(S0d);
     free(z0d);
     p->dk = dupload(&p->k);

@@ -182,6 +182,15 @@ def _zero_state(B, Hkv, Dk, Dv, device):
             torch.zeros((B, Hkv, Dk), dtype=torch.float32, device=device))
 
 
+def _absorbed(k, v, mask, opts):
+    """This rank's keys folded into a state from zero (lm_linear_attn_absorb)."""
+    B, L, Hkv, Dk = k.shape
+    A, a = _zero_state(B, Hkv, Dk, v.shape[3], k.device)
+    if L:
+        _core.absorb(k, v, mask, A, a, 0, opts)
+    return A, a
+
+
 def _empty(x):
     return x.new_empty((0,), dtype=torch.float32)
 
@@ -209,9 +218,7 @@ class _Causal(torch.autograd.Function):
         B, L, Hkv, Dk = k.shape
         Dv = v.shape[3]
         dev = q.device
-        A, a = _zero_state(B, Hkv, Dk, Dv, dev)
-        if L:
-            _core.absorb(k, v, mask, A, a, 0, su.opts)
+        A, a = _absorbed(k, v, mask, su.opts)
         meta = _encode([L] + _decay_steps(mask, B, L), dev)
         parts = _gather(_flat(A, a, meta), su.group, su.world)
         nS, nz = A.numel(), a.numel()
@@ -303,9 +310,7 @@ class _Bidirectional(torch.autograd.Function):
         B, Lk, Hkv, Dk = k.shape
         Dv = v.shape[3]
         dev = q.device
-        A, a = _zero_state(B, Hkv, Dk, Dv, dev)
-        if Lk:
-            _core.absorb(k, v, mask, A, a, 0, su.opts)
+        A, a = _absorbed(k, v, mask, su.opts)
         buf = _flat(A, a, _encode([q.shape[1], Lk], dev))
         dist.all_reduce(buf, group=su.group)
         nS, nz = A.numel(), a.numel()
