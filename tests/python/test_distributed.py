@@ -252,3 +252,129 @@ def test_state_bytes():
     """The exchange of one causal forward: fp32 S and z per row and kv head,
     plus 4 + 4 B counts: 2 MiB and a little at 32 kv heads of 128."""
     assert distributed.state_bytes(1, 32, 128, 128) == 4 * (32 * (128 * 128 + 128) + 8)
+
+
+# ---------------------------------------------------------------------------
+# Ranks as threads of one process: the same autograd functions on one device
+# (the CPU here; on the GPU machine one GPU, where NCCL cannot put two ranks),
+# with the collectives distributed.py calls done over a thread barrier. The
+# functions' forward and backward are called directly: the autograd engine
+# runs a device's backward on one thread, which the ranks' collectives would
+# deadlock.
+# ---------------------------------------------------------------------------
+
+class _ThreadRanks:
+    """Stands in for torch.distributed for `world` threads."""
+
+    def __init__(self, world):
+        import threading
+        self.world, self.barrier, self.local = world, threading.Barrier(world), threading.local()
+        self.slots = [None] * world
+        self.group = type("G", (), {"WORLD": object()})
+
+    def is_available(self):
+        return True
+
+    def is_initialized(self):
+        return True
+
+    def get_rank(self, group=None):
+        return self.local.rank
+
+    def get_world_size(self, group=None):
+        return self.world
+
+    def _share(self, t):
+        self.slots[self.local.rank] = t.clone()
+        self.barrier.wait()
+        got = list(self.slots)
+        self.barrier.wait()
+        return got
+
+    def all_gather(self, out, t, group=None):
+        for o, s in zip(out, self._share(t)):
+            o.copy_(s)
+
+    def all_reduce(self, t, group=None):
+        t.copy_(sum(self._share(t)))
+
+
+class _Ctx:
+    def save_for_backward(self, *ts):
+        self.saved_tensors = ts
+
+    def mark_non_differentiable(self, *ts):
+        pass
+
+
+def _threaded(device, dtype, lengths, causal, decay, mask_on, bound_out, bound_grad):
+    import threading
+    torch.manual_seed(5)
+    B, Hq, Hkv, D = 2, 4, 2, 64
+    L = sum(lengths)
+    make = (lambda *s: torch.randn(*s).to(device, dtype))
+    q, k, v, w = make(B, L, Hq, D), make(B, L, Hkv, D), make(B, L, Hkv, D), make(B, L, Hq, D)
+    mask = (torch.rand(B, L) < 0.2).to(device) if mask_on else None
+    opts = _core.Options(decay=decay)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    ref = _ops.prefill(*leaves, mask, None, None, 0, causal, opts)[0]
+    ref.backward(w)
+    ranks = _ThreadRanks(len(lengths))
+    fn = distributed._Causal if causal else distributed._Bidirectional
+    results, errors = [None] * len(lengths), []
+
+    def run(r):
+        ranks.local.rank = r
+        try:
+            seg = [_segment(t, lengths, r) for t in (q, k, v, w)]
+            su = distributed._Setup(ranks.group.WORLD, r, len(lengths), opts, 0, False, False, False)
+            ctx = _Ctx()
+            out = fn.forward(ctx, *seg[:3], None if mask is None else _segment(mask, lengths, r),
+                             None, None, su)[0]
+            grads = fn.backward(ctx, seg[3], None, None)[:3]
+            results[r] = (out, grads)
+        except Exception:  # noqa: BLE001 - reported below
+            errors.append(traceback.format_exc())
+            ranks.barrier.abort()
+
+    real = distributed.dist
+    distributed.dist = ranks
+    try:
+        threads = [threading.Thread(target=run, args=(r,)) for r in range(len(lengths))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    finally:
+        distributed.dist = real
+    assert not errors, errors[0]
+    checks = []
+    for r, (out, grads) in enumerate(results):
+        if lengths[r]:
+            checks.append(("rank %d out" % r, out, _segment(ref.detach(), lengths, r), bound_out))
+            for name, g, leaf in zip(("dq", "dk", "dv"), grads, leaves):
+                checks.append(("rank %d %s" % (r, name), g, _segment(leaf.grad, lengths, r), bound_grad))
+    _check_all(checks)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_threaded_ranks_cpu(causal):
+    """The thread stand-in on the CPU, against the same bounds as the processes."""
+    _threaded("cpu", torch.float32, [65, 0, 130, 7], causal, [0.9, 0.99] if causal else None, True,
+              OUT_BOUND, GRAD_BOUND)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: torch.cuda.is_available() "
+                    "is False (these run on the GPU machine)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("causal", [True, False])
+def test_threaded_ranks_cuda(causal, dtype):
+    """The CUDA path (absorb kernel, prefill from a state, core backward, the
+    absorb backward's matmuls) for four ranks on one GPU, against the single
+    process on the same GPU. Bounds: fp32 1e-3 (the kernels carry fp32 as
+    bf16 hi + lo pairs, ~1e-5 each against float64, and the two sides round
+    differently); bf16 3e-2 (both sides within a few times the bf16 output
+    floor, ~3e-3). A wrong prefix or decay moves the outputs by 0.1 or more."""
+    fp32 = dtype == torch.float32
+    _threaded("cuda", dtype, [1000, 0, 1500, 300], causal, [0.999, 0.9999] if causal else None, True,
+              1e-3 if fp32 else 3e-2, 1e-3 if fp32 else 3e-2)
