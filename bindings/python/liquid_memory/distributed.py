@@ -106,7 +106,8 @@ def _decay_steps(mask, B, L):
 
 def _key_weights(mask, decay, B, t0, t1, L, device):
     """w[b, s, h] = g_h^(L-1-s) for tokens s in [t0, t1) of a segment of L,
-    0 where masked: the weight of key s in the segment's absorbed state."""
+    0 where masked: the weight of key s in the segment's absorbed state
+    (the exponent counts steps as _decay_steps does)."""
     s = torch.arange(t0, t1, device=device, dtype=torch.float64)
     if decay is None:
         w = torch.ones((1, t1 - t0, 1), dtype=torch.float64, device=device)
@@ -424,6 +425,9 @@ def linear_attention(q, k, v, group=None, causal=True, feature_map="elu1", norma
         raise ValueError("precision must be 'auto', 'on' or 'off', not %r" % (precision,))
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError("q, k, v must be [B, L, H, D]")
+    if key_padding_mask is not None and key_padding_mask.dtype != torch.bool:
+        raise TypeError("key_padding_mask must be a bool tensor (True = ignore), not %s"
+                        % key_padding_mask.dtype)
     opts = _core.Options(_core.FEATURE_MAPS[feature_map], normalize, eps,
                          0.0 if scale is None else scale, _decay_values(decay, k.shape[2]),
                          _core.PRECISIONS[precision])
