@@ -127,9 +127,9 @@ def pieces(L, H, Hkv, repeat, group, backward):
 
 
 def multi(args):
+    torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))  # before NCCL starts on it
     dist.init_process_group("nccl")
     rank, world = dist.get_rank(), dist.get_world_size()
-    torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)))
     group = dist.group.WORLD
     H, Hkv, L = args.heads, args.kv_heads or args.heads, args.tokens
     seg = L // world

@@ -161,9 +161,9 @@ for L in (8192, 32768):  # B = 1, 32 heads of 128, bf16, causal, elu+1, normalis
             echo "cp: skipped, $n GPU (needs 2 or more)" >> "$SUMMARY"
             continue
         fi
-        phase cp-1m 240 "$OUT/cp.log" torchrun --standalone --nproc_per_node 2 bench/cp_bench.py \
+        phase cp-1m 240 "$OUT/cp.log" python3 -m torch.distributed.run --standalone --nproc_per_node 2 bench/cp_bench.py \
             --tokens 1048576 --out "$OUT"
-        [ "$n" -ge 8 ] && phase cp-8m 300 "$OUT/cp.log" torchrun --standalone --nproc_per_node 8 \
+        [ "$n" -ge 8 ] && phase cp-8m 300 "$OUT/cp.log" python3 -m torch.distributed.run --standalone --nproc_per_node 8 \
             bench/cp_bench.py --tokens 8388608 --kv-heads 8 --backward --no-baseline --repeat 3 --out "$OUT" ;;
     train-bench)
         mkdir -p "$OUT/train-bench"
