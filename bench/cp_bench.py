@@ -93,7 +93,7 @@ def qkv(L, H, Hkv, grad=False):
 def core_fn(q, k, v, group, backward):
     """One step: the attention core (forward, or forward + backward of sum(out * w))."""
     def step():
-        out = distributed.linear_attention(q, k, v, group=group) if group is not None else \
+        out = distributed.linear_attention(q, k, v, group=group)[0] if group is not None else \
             _ops.prefill(q, k, v)[0]
         if backward:
             torch.autograd.backward(out, out.detach())

@@ -112,8 +112,10 @@ def _function_case(c, rank, world):
         decay=c.get("decay"), key_padding_mask=None if mask is None else _segment(mask, kl, rank),
         initial_state=s_mine, output_final_state=want_state)
     checks = []
+    out, final = out
+    assert (final is not None) == want_state
     if want_state:
-        out, (S, z) = out
+        S, z = final
         checks += [("final S", S, S_ref.detach(), OUT_BOUND), ("final z", z, z_ref.detach(), OUT_BOUND)]
     loss = (out * _segment(w_out, ql, rank)).sum()
     if want_state:
@@ -153,14 +155,15 @@ def _module_case(c, rank, world, group):
         checks += [("out", out.detach(), _segment(out_ref.detach(), lengths, rank), OUT_BOUND),
                    ("dx", xs.grad, _segment(xr.grad, lengths, rank), GRAD_BOUND)]
     # Inference: the decode state after the whole sequence, on every rank.
+    x1 = torch.randn(B, E)
     with torch.no_grad():
         ref(x, x, x, is_causal=True, need_weights=False)
         xs = _segment(x, lengths, rank)
         cp(xs, xs, xs, is_causal=True, need_weights=False)
-    st, st_ref = cp.get_state(), ref.get_state()
-    x1 = torch.randn(B, E)
-    checks += [("decode S", st["S"], st_ref["S"], OUT_BOUND), ("decode z", st["z"], st_ref["z"], OUT_BOUND),
-               ("step", cp.step(x1), ref.step(x1), OUT_BOUND)]
+        st, st_ref = cp.get_state(), ref.get_state()
+        checks += [("decode S", st["S"], st_ref["S"], OUT_BOUND),
+                   ("decode z", st["z"], st_ref["z"], OUT_BOUND),
+                   ("step", cp.step(x1), ref.step(x1), OUT_BOUND)]
     _check_all(checks)
     assert st["position"] == st_ref["position"], (st["position"], st_ref["position"])
 
@@ -245,6 +248,7 @@ def test_world_size_one_is_the_plain_path():
     got, S, z = distributed.prefill(None, q, k, v, opts=opts, want_state=True)
     assert torch.equal(got, want) and torch.equal(S, S_want) and torch.equal(z, z_want)
     out, (S2, _) = distributed.linear_attention(q, k, v, decay=[0.9, 0.99], output_final_state=True)
+    assert out.dtype == want.dtype
     assert torch.equal(out, want) and torch.equal(S2, S_want)
 
 

@@ -1,7 +1,7 @@
 """
-_core.py - calls the C core (lm_linear_attn_prefill / _decode / _backward) on
-torch tensors, passing their data pointers and strides: nothing is copied
-that the C API can read through strides. No attention math here.
+_core.py - calls the C core (lm_linear_attn_prefill / _decode / _backward /
+_absorb) on torch tensors, passing their data pointers and strides: nothing
+is copied that the C API can read through strides. No attention math here.
 
 Layout: q [B, L, Hq, Dk], k [B, Lk, Hkv, Dk], v [B, Lk, Hkv, Dv] (any
 strides), out [B, L, Hq, Dv]; state S [B, Hkv, Dk, Dv] and z [B, Hkv, Dk],
@@ -511,12 +511,10 @@ def absorb(k, v, mask, S, z, position=0, opts=None):
     """Runs lm_linear_attn_absorb: folds the keys and values of k [B, Lk, Hkv,
     Dk], v [B, Lk, Hkv, Dv] into the state S, z in place (S <- g^Lk S +
     sum_s g^(Lk-1-s) phi(k_s) v_s^T, z likewise; masked keys add nothing)."""
-    opts = opts or Options()
+    opts = opts or DEFAULT_OPTIONS
     lib = _ffi.binding()
     _license_notice()
     _check_state(S, z, k, k, v)
     keep = []
     a = _args(lib, keep, None, k, v, None, mask, S, z, position, True, opts)
-    with _Stream(k) as stream:
-        check(lib.call("lm_linear_attn_absorb", lib.ref(a), lib.voidp(stream)),
-              "lm_linear_attn_absorb")
+    check(launch(lib, lib.fn("lm_linear_attn_absorb"), lib.ref(a), k), "lm_linear_attn_absorb")

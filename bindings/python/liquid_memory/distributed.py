@@ -42,12 +42,14 @@ import torch
 import torch.distributed as dist
 
 from . import _core, _ops
+from .functional import _check_qkv, _state_pair, make_options
 
 __all__ = ["linear_attention", "prefill", "total", "state_bytes"]
 
-# The options context parallelism handles: a new kind of attention (a new
-# _core.Options field, e.g. hybrid's window) must add its own exchange first.
-_LINEAR_OPTIONS = ("feature_map", "normalize", "eps", "scale", "decay", "precision")
+# The _core.Options fields context parallelism handles (and `key`, the call
+# plans' id of a set of values): a new kind of attention (a new field, e.g.
+# hybrid's window) must add its own exchange first.
+_LINEAR_OPTIONS = ("feature_map", "normalize", "eps", "scale", "decay", "precision", "key")
 
 # Token blocks of the local absorb backward: about this many elements of a
 # [B, T, Hkv, D] temporary at a time.
@@ -394,48 +396,38 @@ def prefill(group, q, k, v, mask=None, S0=None, z0=None, position=0, is_causal=T
     return fn.apply(q, k, v, mask, S0, z0, su)
 
 
-def linear_attention(q, k, v, group=None, causal=True, feature_map="elu1", normalize=True,
-                     decay=None, eps=1e-6, scale=None, precision="auto", key_padding_mask=None,
-                     initial_state=None, output_final_state=False):
-    """Linear attention over one sequence split across the ranks of `group`.
+def linear_attention(q, k, v, *, group=None, causal=True, feature_map="elu1", normalize=True,
+                     decay=None, initial_state=None, output_final_state=False, scale=None,
+                     eps=1e-6, precision="auto", key_padding_mask=None):
+    r"""liquid_memory.linear_attention over one sequence split across the
+    ranks of `group`; returns ``(o, final_state)`` as it does.
 
     Each rank passes its own contiguous segment, in rank order: q [B, L_r, Hq,
-    Dk], k [B, Lk_r, Hkv, Dk], v [B, Lk_r, Hkv, Dv] (Hq % Hkv == 0; any
-    lengths, 0 included; causal needs L_r == Lk_r) and key_padding_mask
-    [B, Lk_r] (True = ignore). Every rank must call it together with the same
-    options. Returns the rank's output [B, L_r, Hq, Dv], exactly what one
-    process over the concatenated sequence gives (within rounding), and with
-    output_final_state also (S, z), the state after the whole sequence, the
-    same on every rank. Differentiable in q, k, v and initial_state (an
-    (S, z) pair, the same on every rank, before rank 0's segment).
+    Dk], k [B, Lk_r, Hkv, Dk], v [B, Lk_r, Hkv, Dv] (any lengths, 0 included;
+    causal needs L_r == Lk_r) and key_padding_mask [B, Lk_r] (bool, True =
+    ignore). Every rank calls it together, with the same options (these are
+    collectives). o is the rank's output [B, L_r, Hq, Dv], what one process
+    over the concatenated sequence gives (within rounding); final_state (with
+    output_final_state) is (S, z) after the whole sequence, the same on every
+    rank. initial_state: (S, z) before rank 0's segment, the same on every
+    rank; its gradient arrives on rank 0. Differentiable in q, k, v and
+    initial_state; the options are linear_attention's (no cu_seqlens).
 
-    Options as LiquidMemory's: feature_map "elu1" / "relu" / "identity",
-    normalize, decay (None, a float or Hkv floats; causal only), eps, scale,
-    precision "auto" / "on" / "off". group: a torch.distributed group (None:
-    the default one; a single process when torch.distributed is not
-    initialised). Costs per call beyond the single-process prefill of the
-    segment: the absorb pass (state update alone) and one all_gather of
-    state_bytes(...) per rank (bidirectional: one all_reduce); the backward
-    as much again plus a local absorb backward.
+    group: a torch.distributed group (None: the default one, or a single
+    process when torch.distributed is not initialised). Costs per call beyond
+    the prefill of the segment: the absorb pass (the state update alone) and
+    one all_gather of state_bytes(...) per rank (bidirectional: one
+    all_reduce); the backward as much again plus a local absorb backward.
     """
-    from .module import _decay_values
-    if feature_map not in _core.FEATURE_MAPS:
-        raise ValueError("feature_map must be 'elu1', 'relu' or 'identity', not %r" % (feature_map,))
-    if precision not in _core.PRECISIONS:
-        raise ValueError("precision must be 'auto', 'on' or 'off', not %r" % (precision,))
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError("q, k, v must be [B, L, H, D]")
+    _check_qkv(q, k, v, False)
     if key_padding_mask is not None and key_padding_mask.dtype != torch.bool:
         raise TypeError("key_padding_mask must be a bool tensor (True = ignore), not %s"
                         % key_padding_mask.dtype)
-    opts = _core.Options(_core.FEATURE_MAPS[feature_map], normalize, eps,
-                         0.0 if scale is None else scale, _decay_values(decay, k.shape[2]),
-                         _core.PRECISIONS[precision])
+    B, Hkv, Dk, Dv = q.shape[0], k.shape[2], k.shape[3], v.shape[3]
+    opts = make_options(feature_map, normalize, decay, Hkv, precision, eps, scale)
     if group is None and dist.is_available() and dist.is_initialized():
         group = dist.group.WORLD
-    S0 = z0 = None
-    if initial_state is not None:
-        S0, z0 = (t.float().contiguous() for t in initial_state)
+    S0, z0 = _state_pair(initial_state, B, Hkv, Dk, Dv, normalize, q)
     out, S, z = prefill(group, q, k, v, key_padding_mask, S0, z0, 0, causal, opts, False,
                         output_final_state)
-    return (out, (S, z)) if output_final_state else out
+    return out, ((S, z) if output_final_state else None)
