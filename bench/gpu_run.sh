@@ -36,7 +36,9 @@ unset LM_LICENSE
 COMMIT=$(cat "$B/COMMIT" 2>/dev/null || git rev-parse --short HEAD 2>/dev/null || echo unknown)
 export LM_COMMIT="$COMMIT"
 # cuBLASLt comes from the toolkit; where its lib64 lacks it, from PyTorch's wheel.
-if ldd "$B/lib/libliquidmemory.so" | grep -q "not found"; then
+# (The CUDA backend is its own library, which the core loads on first use.)
+CUDA_LIB="$B/lib/libliquidmemory_cuda.so.0"
+if ldd "$CUDA_LIB" | grep -q "not found"; then
     extra=$(python3 -c 'import nvidia, os; r = os.path.dirname(nvidia.__path__[0]); print(":".join(os.path.join(d, "lib") for d, s, f in os.walk(r) if "libcublasLt.so.13" in f or "libcublasLt.so.13" in str(os.listdir(os.path.join(d, "lib")) if os.path.isdir(os.path.join(d, "lib")) else "")))' 2>/dev/null)
     export LD_LIBRARY_PATH="${extra}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 fi
@@ -44,7 +46,7 @@ SUMMARY="$OUT/summary.txt"
 { echo "commit $COMMIT  $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
   python3 -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name())'
-  ldd "$B/lib/libliquidmemory.so" | grep -E "cublas|not found"; } > "$SUMMARY" 2>&1
+  ldd "$CUDA_LIB" | grep -E "cublas|not found"; } > "$SUMMARY" 2>&1
 
 # phase NAME SECONDS LOG CMD...: runs CMD with at most SECONDS (and the deadline).
 phase() {
@@ -80,7 +82,7 @@ for p in $PHASES; do
             --lib "$B/lib/libliquidmemory.so" --out "$OUT/bench-v1.json" --commit "$COMMIT" \
             ${LM_BENCH_LENGTHS:+--lengths "$LM_BENCH_LENGTHS"} ;;
     profile)
-        { cuobjdump -sass -fun '_ZN3lmk13attend_kernelILi128ELi0EEEv10lmk_attendi' "$B/lib/libliquidmemory.so" |
+        { cuobjdump -sass -fun '_ZN3lmk13attend_kernelILi128ELi0EEEv10lmk_attendi' "$CUDA_LIB" |
               grep -oE '^ +/\*[0-9a-f]{4}\*/ +[A-Z0-9_.]+' | awk '{print $2}' | sort | uniq -c | sort -rn | head -40
           echo "==== ncu"; } > "$OUT/profile.log" 2>&1
         phase profile 100 "$OUT/profile.log" ncu --clock-control none -k regex:attend_kernel -c 1 \

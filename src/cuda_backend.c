@@ -213,7 +213,7 @@ static const lmi_backend cuda_backend = {
     .attn_backward = lmi_cuda_attn_backward,
 };
 
-lm_status lmi_cuda_backend(int cuda_device, const lmi_backend **out)
+lm_status lmi_cuda_open_backend(int cuda_device, const lmi_backend **out)
 {
     int n = 0;
     cudaError_t e = cudaGetDeviceCount(&n);

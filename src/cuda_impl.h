@@ -35,6 +35,10 @@ static inline int64_t lmi_segment_len(int64_t n, int64_t want)
     return lmi_cdiv(chunks, want < 1 ? 1 : want > chunks ? chunks : want) * LMK_CHUNK;
 }
 
+/* The backend table for cuda_device (-1: current), handed to the core
+ * through plugin.h; NO_DEVICE / UNSUPPORTED when the GPU cannot serve. */
+lm_status lmi_cuda_open_backend(int cuda_device, const lmi_backend **out);
+
 /* Makes `device` current for the duration of a call; *prev restores it. */
 lm_status lmi_cuda_enter(int device, int *prev);
 void lmi_cuda_leave(int device, int prev);

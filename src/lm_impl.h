@@ -24,6 +24,9 @@
 /* Records a printf-style message for lm_last_error and returns status. */
 lm_status lmi_error(lm_status status, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+/* The same with a va_list (the CUDA backend's messages come through it). */
+lm_status lmi_verror(lm_status status, const char *fmt, va_list ap)
+    __attribute__((format(printf, 2, 0)));
 /* Records a notice (e.g. evaluation mode) without failing. */
 void lmi_notice(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
@@ -46,6 +49,12 @@ lm_status lmi_sized_out(void *dst, const void *src, size_t src_size, size_t min_
     lmi_sized_in((dst), sizeof(T), LMI_SIZE_UNTIL(T, last), (src), #T)
 
 /* ---- tensors (tensor.c) ---- */
+
+/* lm_dtype_size, inline: the CUDA backend links to no symbol of the core. */
+static inline size_t lmi_dtype_bytes(lm_dtype dtype)
+{
+    return dtype == LM_BF16 || dtype == LM_F16 ? 2 : dtype == LM_F32 ? 4 : dtype == LM_BOOL ? 1 : 0;
+}
 
 /* Checks that t is a usable descriptor of ndim dims of one of the float
  * dtypes on device; `what` names it in messages. */
@@ -108,7 +117,10 @@ struct lm_attn {
 };
 
 /* Number of floats of the state for batch B. */
-int64_t lmi_state_floats(const lm_attn *a, int64_t batch);
+static inline int64_t lmi_state_floats(const lm_attn *a, int64_t batch)
+{
+    return batch * a->Hkv * (a->D * a->D + a->D);
+}
 
 /* What the module forward hands a backend, after validation. */
 typedef struct lmi_forward {
@@ -163,7 +175,8 @@ typedef struct lmi_backend {
 } lmi_backend;
 
 extern const lmi_backend lmi_cpu_backend;
-/* The CUDA backend, or NULL (with a message) when it is not built or no GPU. */
+/* The CUDA backend (loaded on first use, load_cuda.c), or NO_DEVICE /
+ * UNSUPPORTED with a message when it is not built, not installed or no GPU. */
 lm_status lmi_cuda_backend(int cuda_device, const lmi_backend **out);
 
 /* ---- CPU backend pieces (cpu_*.c) ---- */
