@@ -351,8 +351,10 @@ typedef struct lm_core_args {
 LM_API LM_NODISCARD lm_status lm_core_args_default(lm_core_args *args);
 
 /* Prefill on projected q, k, v. Hq % Hkv == 0 (query head h reads kv head
- * h / (Hq / Hkv)). Causal needs L == Lk. CPU: synchronous; CUDA: queued on
- * `stream`. Returns INVALID_ARG, UNSUPPORTED, LICENSE, OUT_OF_MEMORY, CUDA. */
+ * h / (Hq / Hkv)). Causal needs L == Lk. A masked key (key_padding_mask)
+ * leaves the state exactly as it was, decay included. CPU: synchronous;
+ * CUDA: queued on `stream`. Returns INVALID_ARG, UNSUPPORTED, LICENSE,
+ * OUT_OF_MEMORY, CUDA. */
 LM_API LM_NODISCARD lm_status lm_linear_attn_prefill(const lm_core_args *args, void *stream);
 
 /* One decode step for all B x H heads: L = Lk = 1, causal, state required.

@@ -7,8 +7,11 @@
  *   num_i   = p^(i+1) phi(q_i) S + sum_j A[i][j] v_j        (inter + intra)
  *   den_i   = p^(i+1) phi(q_i).z + sum_j A[i][j]
  *   S      <- p^n S + sum_j p^(n-1-j) phi(k_j) v_j^T,  z likewise
- * so the cost is O(L C (Dk + Dv) + L Dk Dv), never O(L^2). Bidirectional
- * first folds every key into S, z, then reads them out for every query.
+ * so the cost is O(L C (Dk + Dv) + L Dk Dv), never O(L^2). With a key
+ * padding mask the exponents count unmasked keys only (a masked key is no
+ * step of the recurrence: cnt of lmi_chunk_counts), so p^(i-j) is
+ * p^(cnt[i+1] - cnt[j+1]). Bidirectional first folds every key into S, z,
+ * then reads them out for every query.
  *
  * Tasks of the query heads that share a kv head each rebuild that head's
  * state (cheap next to the readout) so that batch x query heads all run in
@@ -31,6 +34,7 @@ typedef struct task {
     float *cS, *cz;   /* Kahan compensation, when compensated */
     float *dS, *dz;   /* chunk increment, when compensated */
     float pw[C + 1];  /* decay^i */
+    int cnt[C + 1];   /* decay exponents of the chunk's rows (lmi_chunk_counts) */
 } task;
 
 /* Loads a chunk of keys and values; masked keys become zero rows. */
@@ -40,6 +44,7 @@ static void load_kv(task *t, const lmi_core_params *p, int64_t b, int64_t hk, in
     lmi_chunk_load(t->k, &p->k, b, t0, n, hk, p->Dk);
     lmi_chunk_load(t->v, &p->v, b, t0, n, hk, p->Dv);
     lmi_phi(t->k, NULL, n * p->Dk, p->feature_map);
+    lmi_chunk_counts(t->cnt, p, b, t0, n);
     if (!p->mask)
         return;
     for (int64_t j = 0; j < n; j++) {
@@ -50,7 +55,8 @@ static void load_kv(task *t, const lmi_core_params *p, int64_t b, int64_t hk, in
     }
 }
 
-/* S <- p^n S + sum_j p^(n-1-j) k_j v_j^T over the chunk's n keys; z likewise. */
+/* S <- p^n S + sum_j p^(n-1-j) k_j v_j^T over the chunk's n keys; z likewise
+ * (exponents counted over unmasked keys). */
 LMI_HOT static void absorb(task *t, const lmi_core_params *p, int64_t n, int decayed)
 {
     const int64_t Dk = p->Dk, Dv = p->Dv;
@@ -61,14 +67,14 @@ LMI_HOT static void absorb(task *t, const lmi_core_params *p, int64_t n, int dec
         memset(S, 0, (size_t)(Dk * Dv) * sizeof(float));
         memset(z, 0, (size_t)Dk * sizeof(float));
     } else if (decayed) {
-        lmi_scale(S, t->pw[n], Dk * Dv);
-        lmi_scale(z, t->pw[n], Dk);
+        lmi_scale(S, t->pw[t->cnt[n]], Dk * Dv);
+        lmi_scale(z, t->pw[t->cnt[n]], Dk);
     }
     for (int64_t d = 0; d < Dk; d++) {
         float *row = S + d * Dv;
         float zs = 0.0f;
         for (int64_t j = 0; j < n; j++) {
-            float kw = t->k[j * Dk + d] * (decayed ? t->pw[n - 1 - j] : 1.0f);
+            float kw = t->k[j * Dk + d] * (decayed ? t->pw[t->cnt[n] - t->cnt[j + 1]] : 1.0f);
             lmi_axpy(row, kw, t->v + j * Dv, Dv);
             zs += kw;
         }
@@ -77,7 +83,7 @@ LMI_HOT static void absorb(task *t, const lmi_core_params *p, int64_t n, int dec
     if (!p->compensated)
         return;
     /* Kahan: S += dS with the rounding error carried in cS. */
-    const float g = decayed ? t->pw[n] : 1.0f;
+    const float g = decayed ? t->pw[t->cnt[n]] : 1.0f;
     const int64_t m = Dk * Dv;
     for (int64_t i = 0; i < m + Dk; i++) {
         float *s = i < m ? &t->S[i] : &t->z[i - m];
@@ -103,13 +109,14 @@ LMI_HOT static void readout(task *t, const lmi_core_params *p, int64_t n, int ca
             lmi_axpy(oi, qi[d], t->S + d * Dv, Dv);
         float den = lmi_dot(qi, t->z, Dk);
         if (decayed) {
-            lmi_scale(oi, t->pw[i + 1], Dv);
-            den *= t->pw[i + 1];
+            lmi_scale(oi, t->pw[t->cnt[i + 1]], Dv);
+            den *= t->pw[t->cnt[i + 1]];
         }
         if (causal) {
             float *ai = t->a + i * C;
             for (int64_t j = 0; j <= i; j++)
-                ai[j] = lmi_dot(qi, t->k + j * Dk, Dk) * (decayed ? t->pw[i - j] : 1.0f);
+                ai[j] = lmi_dot(qi, t->k + j * Dk, Dk) *
+                        (decayed ? t->pw[t->cnt[i + 1] - t->cnt[j + 1]] : 1.0f);
             for (int64_t j = 0; j <= i; j++) {
                 lmi_axpy(oi, ai[j], t->v + j * Dv, Dv);
                 den += ai[j];

@@ -41,6 +41,18 @@ static inline void lmi_chunk_store(const lmi_view *dst, const float *x, int64_t 
     }
 }
 
+/* Decay exponents of a chunk of n keys from t0 in batch row b: cnt[i] = the
+ * unmasked keys among its rows 0 .. i-1 (cnt[i] = i without a mask). A
+ * masked key leaves the state exactly as it was, decay included, so the
+ * decay between rows j < i is g^(cnt[i] - cnt[j]), not g^(i - j). */
+static inline void lmi_chunk_counts(int *cnt, const lmi_core_params *p, int64_t b, int64_t t0,
+                                    int64_t n)
+{
+    cnt[0] = 0;
+    for (int64_t i = 0; i < n; i++)
+        cnt[i + 1] = cnt[i] + !(p->mask && p->mask[b * p->mask_s[0] + (t0 + i) * p->mask_s[1]]);
+}
+
 /* x <- phi(x) in place; dphi (when given) <- phi'(x). NaN stays NaN. */
 static inline void lmi_phi(float *x, float *dphi, int64_t n, int fm)
 {
