@@ -89,8 +89,9 @@ __global__ void __launch_bounds__(DEC_THREADS) decode_kernel(const __grid_consta
     const int Dv = min(cols, p.Dv - e0); /* this CTA's columns [e0, e0 + Dv) */
     float *phk = sm, *vv = phk + Dk, *zn = vv + cols, *phq = zn + Dk, *den = phq + GB * Dk, *red = den + GB;
     const int tid = threadIdx.x;
-    const float g = p.has_decay ? p.decay[hk] : 1.0f;
     const bool off = p.mask && p.mask[b * p.mask_s0];
+    /* A masked key leaves the state exactly as it was: no decay either. */
+    const float g = p.has_decay && !off ? p.decay[hk] : 1.0f;
 
     for (int d = tid; d < Dk; d += DEC_THREADS)
         phk[d] = off ? 0.0f : lmk::phi_precise(ld<DT>(p.k, b * p.sk[0] + hk * p.sk[1] + d), p.feature_map);

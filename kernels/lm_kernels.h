@@ -69,9 +69,28 @@ typedef struct lmk_scan {
     float *S_total, *z_total;
     int n, Hkv, Dk, Dv, nseg, prefix, compensated;
     int64_t seg_chunks;   /* chunks per segment (decay over a segment) */
+    /* With a key padding mask, the decay over each step's segment (it counts
+     * unmasked tokens only, lmk_seg_decay): head h, step s reads
+     * seg_g[h * seg_g_h + s * seg_g_s]; NULL = g^(seg_chunks * LMK_CHUNK). */
+    const float *seg_g;
+    int64_t seg_g_h, seg_g_s;
     int has_decay;
     float decay[LMK_MAX_DECAY_HEADS];
 } lmk_scan;
+
+/* The decay over each segment of a masked sequence: out[(b * Hkv + h) *
+ * nseg + s] = decay[h]^(the unmasked tokens of batch row b in segment s),
+ * segments of seg_len tokens over L (a masked key does not decay the state). */
+typedef struct lmk_seg_decay {
+    const uint8_t *mask;
+    int64_t mask_s[2];
+    float *out;
+    int B, Hkv, nseg;
+    int64_t L, seg_len;
+    float decay[LMK_MAX_DECAY_HEADS];
+} lmk_seg_decay;
+
+lm_status lmk_seg_decay_launch(const lmk_seg_decay *p, void *stream);
 
 /* One decode step, in place on the state. Views are [B, Hq, Dk] etc. (the
  * token dimension dropped): s[0] batch stride, s[1] head stride. */

@@ -33,9 +33,11 @@ __global__ void scan_kernel(const __grid_constant__ lmk_scan p)
         init = p.z0 ? p.z0 + head * p.Dk + (i - SS) : nullptr;
         total = p.z_total ? p.z_total + head * p.Dk + (i - SS) : nullptr;
     }
-    /* Decay over a whole segment: its chunks' g^64, multiplied as the chunks do. */
+    /* Decay over a whole segment: its chunks' g^64, multiplied as the chunks do
+     * (with a mask: per segment, from lmk_seg_decay). */
     float gs = 1.0f;
-    if (p.has_decay) {
+    const float *seg_g = p.seg_g ? p.seg_g + head * p.seg_g_h : nullptr;
+    if (p.has_decay && !seg_g) {
         const float g = p.decay[head % p.Hkv];
         float g64 = 1.0f;
         for (int k = 0; k < LMK_CHUNK; k++)
@@ -55,7 +57,7 @@ __global__ void scan_kernel(const __grid_constant__ lmk_scan p)
         } else {
             d = *ps;
         }
-        const float g = p.prefix ? gs : 1.0f;
+        const float g = !p.prefix ? 1.0f : seg_g ? seg_g[s * p.seg_g_s] : gs;
         if (p.compensated) {
             const float base = run * g, y = d - c * g, sum = base + y;
             c = (sum - base) - y;

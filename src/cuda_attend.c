@@ -17,6 +17,8 @@
  * v2 runs every call it takes (lmk_attend_v2_takes; the rest stays on v1);
  * LM_ATTEND_KERNEL=v1 keeps every call on v1 (v2 became the default after it
  * passed the GPU suites and the sanitizers on the H200: bench/NOTES.md).
+ * With a mask and a decay, a segment decays the state by g^(its unmasked
+ * tokens): those factors come from lmk_seg_decay, for the scan.
  */
 #include "cuda_impl.h"
 
@@ -84,6 +86,8 @@ static plan plan_of(const lmi_core_params *p, int sms)
         pl.seg_len = lmi_segment_len(p->L, want);
         pl.nseg = lmi_cdiv(p->L, pl.seg_len);
         pl.ws_floats = (size_t)((pl.nseg > 1 ? pl.nseg : 0) + (p->state ? 1 : 0)) * heads * per;
+        if (pl.nseg > 1 && p->mask && p->decay)
+            pl.ws_floats += (size_t)(heads * pl.nseg); /* segment decays */
     } else {
         if (p->Lk > 0) {
             const int64_t want = fill(sms, p->B * p->Hkv * (v2 ? 1 : nvb), v2);
@@ -201,10 +205,16 @@ static lm_status causal(const lmi_core_params *p, const plan *pl, float *ws, cud
         lmk_scan s;
         scan_params(p, &s);
         s.part = part, s.nseg = (int)pl->nseg, s.prefix = 1, s.seg_chunks = pl->seg_len / LMK_CHUNK;
+        ws += pl->nseg * heads * per;
+        if (p->mask && p->decay) {
+            if ((st = lmi_cuda_seg_decay(p, p->L, pl->seg_len, pl->nseg, ws, stream)))
+                return st;
+            s.seg_g = ws, s.seg_g_h = pl->nseg, s.seg_g_s = 1;
+            ws += heads * pl->nseg;
+        }
         if ((st = lmk_scan_launch(&s, stream)))
             return st;
         k.in = part;
-        ws += pl->nseg * heads * per;
     } else {
         k.in.S = p->state, k.in.z = p->normalizer;
     }
@@ -253,6 +263,19 @@ static lm_status bidirectional(const lmi_core_params *p, const plan *pl, float *
             return st;
     }
     return p->state ? copy_out(p, &total, stream) : LM_OK;
+}
+
+lm_status lmi_cuda_seg_decay(const lmi_core_params *p, int64_t L, int64_t seg_len, int64_t nseg, float *out,
+                             cudaStream_t stream)
+{
+    lmk_seg_decay d;
+    memset(&d, 0, offsetof(lmk_seg_decay, decay));
+    d.mask = p->mask, d.mask_s[0] = p->mask_s[0], d.mask_s[1] = p->mask_s[1];
+    d.out = out;
+    d.B = (int)p->B, d.Hkv = (int)p->Hkv, d.nseg = (int)nseg;
+    d.L = L, d.seg_len = seg_len;
+    memcpy(d.decay, p->decay, (size_t)p->Hkv * sizeof(float));
+    return lmk_seg_decay_launch(&d, stream);
 }
 
 lm_status lmi_cuda_attend(const lmi_core_params *p, int sms, void *ws, cudaStream_t stream)

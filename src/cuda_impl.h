@@ -105,6 +105,10 @@ lm_status lmi_cuda_use_stream(lmi_cuda_ctx *ctx, cudaStream_t stream);
  * itself with that scratch (device memory, ws_bytes of it). */
 size_t lmi_cuda_attend_ws(const lmi_core_params *p, int sms);
 lm_status lmi_cuda_attend(const lmi_core_params *p, int sms, void *ws, cudaStream_t stream);
+/* out[(b * Hkv + h) * nseg + s] = decay over segment s of batch row b with
+ * p's mask (a masked key does not decay the state), segments of seg_len of L. */
+lm_status lmi_cuda_seg_decay(const lmi_core_params *p, int64_t L, int64_t seg_len, int64_t nseg, float *out,
+                             cudaStream_t stream);
 /* The same after lmi_cuda_check_core, with stream-ordered scratch
  * (cuda_backend.c). */
 lm_status lmi_cuda_prefill(const lmi_core_params *p, cudaStream_t stream);
