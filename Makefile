@@ -54,14 +54,16 @@ AR_LIB = $(BUILD)/lib/libliquidmemory.a
 PC = $(BUILD)/liquid_memory.pc
 TEST_BIN = $(BUILD)/bin/lm-tests
 BENCH_BIN = $(BUILD)/bin/lm-bench
+ENGINE_BIN = $(BUILD)/bin/engine
+ENGINE_BENCH_BIN = $(BUILD)/bin/lm-engine-bench
 RPATH = -Wl,-rpath,'$$ORIGIN/../lib'
 
 # Targets the included fragments add to.
-ALL_TARGETS = $(SO) $(AR_LIB) $(PC) $(BENCH_BIN) $(TEST_BIN)
-TEST_TARGETS = test-c test-example
+ALL_TARGETS = $(SO) $(AR_LIB) $(PC) $(BENCH_BIN) $(TEST_BIN) $(ENGINE_BIN) $(ENGINE_BENCH_BIN)
+TEST_TARGETS = test-c test-example test-engine
 TEST_ENV ?=
 
-.PHONY: all deps deps-test test test-c test-example test-asan bench install clean
+.PHONY: all deps deps-test test test-c test-example test-engine test-asan bench bench-engine install clean
 .DEFAULT_GOAL := all
 
 # The core: everything but the CUDA backend (src/cuda_*.c, kernels/: mk/cuda.mk).
@@ -114,8 +116,8 @@ $(PC): mk/liquid_memory.pc.in
 	$(call make_pc,$(PREFIX),$@)
 
 # ---- tests ----
-TEST_SRC := $(wildcard tests/test_*.c) tests/main.c tests/ref.c
-$(TEST_BIN): $(TEST_SRC) tests/ref.h $(SO)
+TEST_SRC := $(wildcard tests/test_*.c) tests/main.c tests/ref.c tests/pool_cases.c
+$(TEST_BIN): $(TEST_SRC) tests/ref.h tests/pool_cases.h $(SO)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests -o $@ $(TEST_SRC) $(LDFLAGS) -L$(BUILD)/lib \
 	    -lliquidmemory $(RPATH) $$(pkg-config --libs check) -lpthread -lm -fopenmp
@@ -124,16 +126,38 @@ test: deps-test
 	@$(MAKE) --no-print-directory all
 	@$(MAKE) --no-print-directory $(TEST_TARGETS)
 
+# The pool's license suite runs again in evaluation mode (no license anywhere).
 test-c: $(TEST_BIN)
 	$(TEST_ENV) $(TEST_BIN)
+	env -u LM_LICENSE -u LM_LICENSE_FILE HOME=$(abspath $(BUILD))/no-home LM_TEST_EVALUATION=1 \
+	    CK_RUN_SUITE=pool_license $(TEST_BIN)
 
 test-asan: deps
 	@$(MAKE) --no-print-directory BUILD=build/asan SAN=1 CUDA=0 OPT="-O1 -g" test-c
+
+# ---- the engine example (examples/engine.c): continuous batching, checked ----
+$(ENGINE_BIN): examples/engine.c $(SO)
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -O2 -Wall -Wextra -Werror -Iinclude -o $@ $< $(LDFLAGS) -L$(BUILD)/lib -lliquidmemory \
+	    $(RPATH) -lm
+
+test-engine: $(ENGINE_BIN)
+	$(TEST_ENV) $(ENGINE_BIN)
 
 # ---- benchmark ----
 $(BENCH_BIN): bench/lm_bench.c $(SO)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< $(LDFLAGS) -L$(BUILD)/lib -lliquidmemory $(RPATH) -lm -fopenmp
+
+# The CPU engine benchmark: 16 slots decoded in one indexed call against 16
+# separate calls, 2 threads (JSON in bench/results/).
+$(ENGINE_BENCH_BIN): bench/engine_bench.c $(SO)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< $(LDFLAGS) -L$(BUILD)/lib -lliquidmemory $(RPATH) -lm -fopenmp
+
+bench-engine: $(ENGINE_BENCH_BIN) $(DEV_LICENSE)
+	$(TEST_ENV) $(ENGINE_BENCH_BIN) --commit $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown) \
+	    --out bench/results
 
 bench: deps
 	@$(MAKE) --no-print-directory all

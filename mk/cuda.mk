@@ -60,17 +60,33 @@ $(BUILD)/obj/kernels/%.o: kernels/%.cu $(CUDA_HDR)
 $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard src/cuda_*.c)): src/cuda_impl.h kernels/lm_kernels.h
 
 # ---- GPU tests ----
-GPU_TEST_SRC := $(wildcard tests/gpu/*.c) tests/ref.c
+GPU_TEST_SRC := $(wildcard tests/gpu/*.c) tests/ref.c tests/pool_cases.c
 GPU_TEST_BIN = $(BUILD)/bin/lm-gpu-tests
 ALL_TARGETS += $(GPU_TEST_BIN)
 GPU_TEST_LIBS ?= $$(pkg-config --libs check)
 
-$(GPU_TEST_BIN): $(GPU_TEST_SRC) $(wildcard tests/gpu/*.h) tests/ref.h $(BUILD)/lib/libliquidmemory.so \
+$(GPU_TEST_BIN): $(GPU_TEST_SRC) $(wildcard tests/gpu/*.h) tests/ref.h tests/pool_cases.h $(BUILD)/lib/libliquidmemory.so \
                  $(CUDA_PLUGIN)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests -Itests/gpu -o $@ $(GPU_TEST_SRC) $(LDFLAGS) -L$(BUILD)/lib \
 	    -lliquidmemory $(RPATH) $(GPU_TEST_LIBS) -L$(CUDA_HOME)/lib64 -lcudart_static -lrt -ldl \
 	    -lpthread -lm -fopenmp
+
+# ---- the engine on the GPU: the example's CUDA copy and the benchmark ----
+ENGINE_CUDA_BIN = $(BUILD)/bin/engine-cuda
+ENGINE_GPU_BENCH_BIN = $(BUILD)/bin/lm-engine-gpu-bench
+ALL_TARGETS += $(ENGINE_CUDA_BIN) $(ENGINE_GPU_BENCH_BIN)
+CUDA_PROGRAM_LIBS = -L$(CUDA_HOME)/lib64 -lcudart_static -lrt -ldl -lpthread -lm
+
+$(ENGINE_CUDA_BIN): examples/engine.c $(BUILD)/lib/libliquidmemory.so
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -O2 -Wall -Wextra -Werror -DENGINE_CUDA -Iinclude -I$(CUDA_HOME)/include -o $@ $< \
+	    $(LDFLAGS) -L$(BUILD)/lib -lliquidmemory $(RPATH) $(CUDA_PROGRAM_LIBS)
+
+$(ENGINE_GPU_BENCH_BIN): bench/engine_gpu_bench.c $(BUILD)/lib/libliquidmemory.so
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -O2 -Wall -Wextra -Werror -Iinclude -I$(CUDA_HOME)/include -o $@ $< \
+	    $(LDFLAGS) -L$(BUILD)/lib -lliquidmemory $(RPATH) $(CUDA_PROGRAM_LIBS)
 
 .PHONY: test-gpu device-build
 test-gpu: $(GPU_TEST_BIN)
@@ -92,7 +108,8 @@ device-build: dev-build-guard
 	rm -rf build/device/dev-key
 	$(MAKE) --no-print-directory DEVICE_BUILD=1 BUILD=build/device \
 	    build/device/lib/libliquidmemory.so build/device/lib/libliquidmemory_cuda.so.$(ABI) \
-	    build/device/bin/lm-gpu-tests build/device/dev-license
+	    build/device/bin/lm-gpu-tests build/device/dev-license build/device/bin/engine-cuda \
+	    build/device/bin/lm-engine-gpu-bench build/device/bin/lm-engine-bench
 	cp $(DEV_KEY_DIR)/vendor.pub $(DEV_KEY_DIR)/vendor-next.pub build/device/
 	rm -f build/device/bin/lm-license-vendor # signed dev-license above; the GPU needs no signer
 	cp -L /usr/lib/x86_64-linux-gnu/libgomp.so.1 /usr/lib/x86_64-linux-gnu/libgfortran.so.5 \

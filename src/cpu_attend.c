@@ -138,7 +138,7 @@ static void run_task(task *t, const lmi_core_params *p, int64_t b, int64_t h, fl
     for (int i = 1; i <= C; i++)
         t->pw[i] = t->pw[i - 1] * g;
 
-    if (p->state) {
+    if (p->state && !p->fresh) {
         memcpy(t->S, p->state + (b * p->Hkv + hk) * Dk * Dv, (size_t)(Dk * Dv) * sizeof(float));
         memcpy(t->z, p->normalizer + (b * p->Hkv + hk) * Dk, (size_t)Dk * sizeof(float));
     } else {
@@ -186,16 +186,17 @@ static void run_task(task *t, const lmi_core_params *p, int64_t b, int64_t h, fl
     }
 }
 
-static float *task_alloc(task *t, const lmi_core_params *p)
+/* Floats of one task buffer (per thread) for the head dims of p. */
+static int64_t task_floats(const lmi_core_params *p, int compensated)
 {
     const int64_t Dk = p->Dk, Dv = p->Dv;
     int64_t n = C * (2 * Dk + 2 * Dv) + C * C + Dk * Dv + Dk;
-    if (p->compensated)
-        n += 2 * (Dk * Dv + Dk);
-    float *m = malloc((size_t)n * sizeof(float));
-    if (!m)
-        return NULL;
-    float *c = m;
+    return compensated ? n + 2 * (Dk * Dv + Dk) : n;
+}
+
+static void task_carve(task *t, const lmi_core_params *p, int compensated, float *c)
+{
+    const int64_t Dk = p->Dk, Dv = p->Dv;
     t->q = c, c += C * Dk;
     t->k = c, c += C * Dk;
     t->v = c, c += C * Dv;
@@ -204,51 +205,115 @@ static float *task_alloc(task *t, const lmi_core_params *p)
     t->S = c, c += Dk * Dv;
     t->z = c, c += Dk;
     t->cS = t->cz = t->dS = t->dz = NULL;
-    if (p->compensated) {
+    if (compensated) {
         t->cS = c, c += Dk * Dv;
         t->cz = c, c += Dk;
         t->dS = c, c += Dk * Dv;
         t->dz = c;
     }
-    return m;
+}
+
+/* The work of lmi_cpu_attend_many: its calls (same head dims), their tasks
+ * (batch row x query head of each) numbered one after the other, and the
+ * scratch: where each call's tasks and final state start, the final states,
+ * then one task buffer per thread. */
+typedef struct plan {
+    const lmi_core_params *ps;
+    int64_t n, ntask, per_task, threads, work, states;
+    int compensated;
+    size_t bytes;
+} plan;
+
+static plan plan_of(const lmi_core_params *ps, int64_t n)
+{
+    plan pl = { .ps = ps, .n = n };
+    for (int64_t i = 0; i < n; i++) {
+        const lmi_core_params *p = &ps[i];
+        pl.ntask += p->B * p->Hq;
+        pl.work += p->B * p->Hq * (p->L + p->Lk) * p->Dk * p->Dv;
+        pl.compensated |= p->compensated;
+        if (p->state)
+            pl.states += p->B * p->Hkv * (p->Dk * p->Dv + p->Dk);
+    }
+    pl.threads = lmi_cpu_threads(ps[0].num_threads);
+    pl.per_task = task_floats(&ps[0], pl.compensated);
+    pl.bytes = (size_t)(2 * n + 1) * sizeof(int64_t) +
+               (size_t)(pl.states + pl.threads * pl.per_task) * sizeof(float);
+    return pl;
+}
+
+size_t lmi_cpu_attend_ws(const lmi_core_params *ps, int64_t n)
+{
+    return n ? plan_of(ps, n).bytes : 0;
+}
+
+/* The call and (b, h) of task x: the calls' tasks follow one another. */
+static const lmi_core_params *task_of(const plan *pl, const int64_t *first, int64_t x, int64_t *b,
+                                      int64_t *h)
+{
+    int64_t lo = 0, hi = pl->n - 1;
+    while (lo < hi) { /* the last call whose first task is <= x */
+        const int64_t mid = (lo + hi + 1) / 2;
+        if (first[mid] <= x)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    const lmi_core_params *p = &pl->ps[lo];
+    *b = (x - first[lo]) / p->Hq;
+    *h = (x - first[lo]) % p->Hq;
+    return p;
+}
+
+lm_status lmi_cpu_attend_many(const lmi_core_params *ps, int64_t n, void *ws, size_t ws_bytes)
+{
+    if (n == 0)
+        return LM_OK;
+    const plan pl = plan_of(ps, n);
+    if (ws && ws_bytes < pl.bytes)
+        return lmi_error(LM_ERR_INVALID_ARG, "the workspace has %zu bytes, this call needs %zu", ws_bytes,
+                         pl.bytes);
+    void *mem = ws ? ws : malloc(pl.bytes);
+    if (!mem)
+        return lmi_error(LM_ERR_OUT_OF_MEMORY, "cpu: no memory for the attention's scratch (%zu bytes)",
+                         pl.bytes);
+    int64_t *first = mem, *soff = first + n + 1;
+    float *states = (float *)(soff + n), *bufs = states + pl.states;
+    first[0] = 0;
+    for (int64_t i = 0, off = 0; i < n; i++) {
+        first[i + 1] = first[i] + ps[i].B * ps[i].Hq;
+        soff[i] = off;
+        off += ps[i].state ? ps[i].B * ps[i].Hkv * (ps[i].Dk * ps[i].Dv + ps[i].Dk) : 0;
+    }
+    /* Small calls (decode steps) are not worth waking a thread team for. */
+    const int team = pl.ntask > 1 && pl.work > (1 << 20) ? (int)pl.threads : 1;
+#pragma omp parallel num_threads(team)
+    {
+        task t;
+        task_carve(&t, &ps[0], pl.compensated, bufs + (int64_t)omp_get_thread_num() * pl.per_task);
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t x = 0; x < pl.ntask; x++) {
+            int64_t b, h;
+            const lmi_core_params *p = task_of(&pl, first, x, &b, &h);
+            /* Final states go to scratch first: the sibling heads of a kv
+             * head may still be reading the initial state. */
+            run_task(&t, p, b, h, p->state ? states + soff[p - ps] : NULL);
+        }
+    }
+    float *so = states;
+    for (int64_t i = 0; i < n; i++) {
+        const lmi_core_params *p = &ps[i];
+        for (int64_t r = 0; p->state && r < p->B * p->Hkv; r++, so += p->Dk * p->Dv + p->Dk) {
+            memcpy(p->state + r * p->Dk * p->Dv, so, (size_t)(p->Dk * p->Dv) * sizeof(float));
+            memcpy(p->normalizer + r * p->Dk, so + p->Dk * p->Dv, (size_t)p->Dk * sizeof(float));
+        }
+    }
+    if (!ws)
+        free(mem);
+    return LM_OK;
 }
 
 lm_status lmi_cpu_attend(const lmi_core_params *p)
 {
-    const int64_t per_head = p->Dk * p->Dv + p->Dk;
-    const int64_t ntask = p->B * p->Hq;
-    float *state_out = NULL;
-    if (p->state) {
-        state_out = malloc((size_t)(p->B * p->Hkv * per_head) * sizeof(float));
-        if (!state_out)
-            return lmi_error(LM_ERR_OUT_OF_MEMORY, "cpu: no memory for the state");
-    }
-    /* Small calls (decode steps) are not worth waking a thread team for. */
-    const int64_t work = ntask * (p->L + p->Lk) * p->Dk * p->Dv;
-    int failed = 0;
-#pragma omp parallel if (ntask > 1 && work > (1 << 20)) reduction(| : failed)
-    {
-        task t;
-        float *mem = task_alloc(&t, p);
-        if (!mem)
-            failed = 1;
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t i = 0; i < ntask; i++)
-            if (mem)
-                run_task(&t, p, i / p->Hq, i % p->Hq, state_out);
-        free(mem);
-    }
-    if (failed) {
-        free(state_out);
-        return lmi_error(LM_ERR_OUT_OF_MEMORY, "cpu: no memory for chunk buffers");
-    }
-    if (p->state) {
-        for (int64_t i = 0; i < p->B * p->Hkv; i++) {
-            const float *so = state_out + i * per_head;
-            memcpy(p->state + i * p->Dk * p->Dv, so, (size_t)(p->Dk * p->Dv) * sizeof(float));
-            memcpy(p->normalizer + i * p->Dk, so + p->Dk * p->Dv, (size_t)p->Dk * sizeof(float));
-        }
-        free(state_out);
-    }
-    return LM_OK;
+    return lmi_cpu_attend_many(p, 1, p->ws, p->ws_bytes);
 }

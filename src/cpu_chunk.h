@@ -11,6 +11,7 @@
 #include "dtype.h"
 
 #include <math.h>
+#include <omp.h>
 
 /* The hot loops are also compiled for AVX2 + FMA, picked at load time. */
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -18,6 +19,12 @@
 #else
 #define LMI_HOT
 #endif
+
+/* OpenMP threads of a call: num_threads, or the OpenMP default for 0. */
+static inline int64_t lmi_cpu_threads(int num_threads)
+{
+    return num_threads > 0 ? num_threads : omp_get_max_threads();
+}
 
 /* dst[i][:D] = src[b, t0 + i, h, :] as fp32, for i < n ([B, L, H, D] view). */
 static inline void lmi_chunk_load(float *dst, const lmi_view *src, int64_t b, int64_t t0,

@@ -169,7 +169,8 @@ static lmk_state state_at(float *base, int64_t heads, const lmi_core_params *p, 
 static void scan_params(const lmi_core_params *p, lmk_scan *s)
 {
     memset(s, 0, offsetof(lmk_scan, decay));
-    s->S0 = p->state, s->z0 = p->normalizer;
+    if (!p->fresh) /* fresh: the state is written only */
+        s->S0 = p->state, s->z0 = p->normalizer;
     s->n = (int)(p->B * p->Hkv), s->Hkv = (int)p->Hkv, s->Dk = (int)p->Dk, s->Dv = (int)p->Dv;
     s->compensated = p->compensated;
     s->has_decay = p->decay != NULL;
@@ -215,7 +216,7 @@ static lm_status causal(const lmi_core_params *p, const plan *pl, float *ws, cud
         if ((st = lmk_scan_launch(&s, stream)))
             return st;
         k.in = part;
-    } else {
+    } else if (!p->fresh) {
         k.in.S = p->state, k.in.z = p->normalizer;
     }
     if (p->state)
@@ -248,7 +249,7 @@ static lm_status bidirectional(const lmi_core_params *p, const plan *pl, float *
         s.S_total = total.S, s.z_total = total.z;
         if ((st = lmk_scan_launch(&s, stream)))
             return st;
-    } else if (p->state) {
+    } else if (p->state && !p->fresh) {
         LMI_CUDA_TRY(cudaMemcpyAsync(total.S, p->state, (size_t)(heads * p->Dk * p->Dv) * sizeof(float),
                                      cudaMemcpyDeviceToDevice, stream));
         LMI_CUDA_TRY(cudaMemcpyAsync(total.z, p->normalizer, (size_t)(heads * p->Dk) * sizeof(float),

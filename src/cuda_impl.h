@@ -122,6 +122,9 @@ lm_status lmi_cuda_backward_tc(const lmi_core_params *p, const lmi_core_grad_par
 /* UNSUPPORTED unless the views suit the kernels (unit stride last, sizes). */
 lm_status lmi_cuda_check_core(const lmi_core_params *p, int device);
 
+/* The engine pool on the GPU (cuda_pool.c). */
+extern const lmi_pool_ops lmi_cuda_pool;
+
 /* Module entry points (cuda_module.c, cuda_module_backward.c). */
 lm_status lmi_cuda_forward(lm_attn *a, const lmi_forward *f, void *stream);
 lm_status lmi_cuda_step(lm_attn *a, const lm_tensor *x, lm_tensor *out, void *stream);

@@ -53,7 +53,7 @@ static void load(void)
     void *h = open_plugin(why, sizeof why);
     if (!h) {
         snprintf(load_error, sizeof load_error,
-                 "no CUDA backend: %s could not be loaded (%s); it must be installed beside "
+                 "no CUDA backend: %s could not be loaded (%.400s); it must be installed beside "
                  "libliquidmemory, with the CUDA runtime and cuBLASLt it needs",
                  LMI_CUDA_PLUGIN_FILE, why);
         return;

@@ -29,8 +29,9 @@
 /* A fingerprint of the internal structs both halves share: a backend
  * compiled against other definitions is refused. */
 #define LMI_PLUGIN_LAYOUT                                                                   \
-    ((uint64_t)sizeof(lm_attn) | (uint64_t)sizeof(lmi_backend) << 16 |                       \
-     (uint64_t)sizeof(lmi_core_params) << 32 | (uint64_t)sizeof(lmi_forward) << 48)
+    ((uint64_t)sizeof(lm_attn) ^ (uint64_t)sizeof(lm_pool) << 8 ^ (uint64_t)sizeof(lmi_backend) << 16 ^ \
+     (uint64_t)sizeof(lmi_varlen) << 24 ^ (uint64_t)sizeof(lmi_core_params) << 32 ^                   \
+     (uint64_t)sizeof(lmi_rows) << 40 ^ (uint64_t)sizeof(lmi_forward) << 48)
 
 /* What the core hands the backend. */
 typedef struct lmi_plugin_host {
