@@ -9,7 +9,7 @@
  * fp32, 2 threads (--threads) through the API (num_threads), for two layer shapes: 8
  * heads of 64 (states in cache) and 32 heads of 128 (33 MB of states, read
  * and written every step). Median of --iters steps after warm-up; one JSON
- * record per shape in bench/results/engine-cpu-<date>-<commit>.json with the
+ * record per shape in bench/results/engine-cpu-<date>-<commit>-t<threads>.json with the
  * CPU, the thread count and the three times. make bench-engine runs it.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -208,7 +208,7 @@ int main(int argc, char **argv)
         return 0;
     char path[512], day[16];
     strftime(day, sizeof day, "%Y%m%d", gmtime(&now));
-    snprintf(path, sizeof path, "%s/engine-cpu-%s-%s.json", out, day, commit);
+    snprintf(path, sizeof path, "%s/engine-cpu-%s-%s-t%d.json", out, day, commit, THREADS);
     FILE *f = fopen(path, "w");
     if (!f) {
         perror(path);

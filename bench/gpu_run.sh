@@ -22,7 +22,12 @@
 #                                     the bench phase's default (v2 where it takes the call);
 #                                     eager (bench/eager_step.py: host cost of an eager core decode
 #                                     and module step, E=4096, 32 heads, bf16, with their floors),
-#                                     LM_BENCH_LENGTHS=2048,... limits the bench phase's lengths
+#                                     LM_BENCH_LENGTHS=2048,... limits the bench phase's lengths;
+#                                     engine: the pool's GPU suite, examples/engine.c on the GPU,
+#                                     lm-engine-gpu-bench (indexed decode of 256 slots vs its byte
+#                                     floor, decode at B = 1 in a graph, varlen prefill of 64
+#                                     sequences vs one 128K prefill: engine-gpu.json) and the CPU
+#                                     engine benchmark on this machine's cores (engine-cpu-*.json)
 set -u
 OUT=${OUT:-/tmp/lm-gpu-out}
 B=${LM_BUILD:-build/device}
@@ -128,6 +133,13 @@ for L in (8192, 32768):  # B = 1, 32 heads of 128, bf16, causal, elu+1, normalis
             phase "backward-$tool" 60 "$OUT/backward.log" env CK_RUN_SUITE=gpu_backward \
                 compute-sanitizer --tool "$tool" --error-exitcode 3 --print-limit 20 "$B/bin/lm-gpu-tests" small
         done ;;
+    engine)
+        phase engine-tests 200 "$OUT/engine.log" "$B/bin/lm-gpu-tests" pool
+        phase engine-example 30 "$OUT/engine.log" "$B/bin/engine-cuda"
+        phase engine-bench 120 "$OUT/engine.log" "$B/bin/lm-engine-gpu-bench" --out "$OUT/engine-gpu.json" \
+            --commit "$COMMIT"
+        phase engine-cpu 90 "$OUT/engine.log" "$B/bin/lm-engine-bench" --threads 2 --out "$OUT" --commit "$COMMIT"
+        grep -A8 "^engine on\|^CPU decode" "$OUT/engine.log" >> "$SUMMARY" ;;
     pytest)
         export LM_LIB_PATH="$PWD/$B/lib/libliquidmemory.so" PYTHONPATH="$PWD/bindings/python"
         phase pytest 220 "$OUT/pytest.log" python3 -m pytest -q -rfEs -p no:cacheprovider tests/python ;;
