@@ -49,8 +49,11 @@ install-cuda: $(CUDA_PLUGIN_INSTALL)
 	install -d $(DESTDIR)$(PREFIX)/lib
 	install -m 755 $< $(DESTDIR)$(PREFIX)/lib/
 
-# The Python package copies libliquidmemory*.so* (mk/python.mk): the backend too.
+# The Python package copies libliquidmemory*.so* (mk/python.mk): the backend too;
+# the release archive (mk/dist.mk) holds it beside both copies of the core.
 python: $(CUDA_PLUGIN)
+DIST_FILES += lib/$(CUDA_PLUGIN_NAME):$(CUDA_PLUGIN_INSTALL) \
+              python/liquid_memory/$(CUDA_PLUGIN_NAME):$(CUDA_PLUGIN_INSTALL)
 
 $(BUILD)/obj/kernels/%.o: kernels/%.cu $(CUDA_HDR)
 	@mkdir -p $(dir $@)

@@ -12,21 +12,30 @@
 CMAKE_PKG_DIR = lib/cmake/LiquidMemory
 empty :=
 space := $(empty) $(empty)
-make_cmake = sed -e 's|@VERSION@|$(VERSION)|g' -e 's|@SO_FILE@|$(notdir $(SO_FILE))|' \
+make_cmake = sed -e 's|@VERSION@|$(VERSION)|g' \
                  -e 's|@SO_NAME@|$(SO_NAME)|' -e 's|@LIBS_PRIVATE@|$(subst $(space),;,$(strip $(LIBS_PRIVATE)))|' \
                  -e 's|@VERSION_MAJOR@|$(word 1,$(subst ., ,$(VERSION)))|g' \
                  -e 's|@VERSION_MINOR@|$(word 2,$(subst ., ,$(VERSION)))|g' $(1) > $(2)
 
+# The package files (relocatable: they find the prefix from where they are).
+CMAKE_FILES = $(BUILD)/cmake/LiquidMemoryConfig.cmake $(BUILD)/cmake/LiquidMemoryConfigVersion.cmake
+$(BUILD)/cmake/%.cmake: mk/%.cmake.in include/liquid_memory.h Makefile mk/package.mk
+	@mkdir -p $(dir $@)
+	$(call make_cmake,$<,$@)
+
 .PHONY: install-cmake test-package
 install: install-cmake
-install-cmake:
+install-cmake: $(CMAKE_FILES)
 	install -d $(DESTDIR)$(PREFIX)/$(CMAKE_PKG_DIR)
-	$(call make_cmake,mk/LiquidMemoryConfig.cmake.in,$(DESTDIR)$(PREFIX)/$(CMAKE_PKG_DIR)/LiquidMemoryConfig.cmake)
-	$(call make_cmake,mk/LiquidMemoryConfigVersion.cmake.in,$(DESTDIR)$(PREFIX)/$(CMAKE_PKG_DIR)/LiquidMemoryConfigVersion.cmake)
+	install -m 644 $(CMAKE_FILES) $(DESTDIR)$(PREFIX)/$(CMAKE_PKG_DIR)/
+
+# The release archive (mk/dist.mk) holds them too, and the library under its
+# soname (the name programs linked against it look for).
+DIST_FILES += $(foreach f,$(CMAKE_FILES),$(CMAKE_PKG_DIR)/$(notdir $(f)):$(f)) lib/$(SO_NAME):$(SO_FILE)
 
 TEST_TARGETS += test-package
 test-package: $(SO) $(AR_LIB)
 	@rm -rf $(STAGE)
-	@$(MAKE) --no-print-directory install PREFIX=$(STAGE) >/dev/null
+	@$(MAKE) --no-print-directory install PREFIX=$(STAGE) DEV_BUILD_OK=1 >/dev/null
 	$(TEST_ENV) CC="$(CC)" sh tests/package/check.sh "$(STAGE)" "$(VERSION)" "$(ABI)" "$(abspath $(BUILD))" \
 	    "$(CUDA)"
