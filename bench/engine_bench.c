@@ -6,7 +6,8 @@
  *   pool-1    16 calls of lm_pool_decode with one row each;
  *   indexed   one lm_pool_decode of 16 rows naming the slots in a shuffled
  *             order (the pool's batched decode).
- * fp32, 2 threads (--threads) through the API (num_threads), for two layer shapes: 8
+ * fp32, 2 threads (--threads: the pool's num_threads, and OpenMP's for the
+ * core calls, which take OpenMP's count), for two layer shapes: 8
  * heads of 64 (states in cache) and 32 heads of 128 (33 MB of states, read
  * and written every step). Median of --iters steps after warm-up; one JSON
  * record per shape in bench/results/engine-cpu-<date>-<commit>-t<threads>.json with the
@@ -15,6 +16,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include <liquid_memory.h>
 
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -93,7 +95,7 @@ static result run(int H, int D, int iters)
         to[b] = lm_tensor_4d(o + b * row, LM_F32, LM_CPU, 1, 1, H, D);
         CHECK(lm_core_args_default(&a[b]));
         a[b].q = &tq[b], a[b].k = &tk[b], a[b].v = &tv[b], a[b].out = &to[b];
-        a[b].state = S + b * nS, a[b].normalizer = z + b * nz, a[b].num_threads = THREADS;
+        a[b].state = S + b * nS, a[b].normalizer = z + b * nz; /* OpenMP's threads: see main */
     }
     for (int i = -3; i < iters; i++) {
         const double t0 = now_us();
@@ -192,6 +194,7 @@ int main(int argc, char **argv)
     }
     if (iters < 1)
         iters = 1;
+    omp_set_num_threads(THREADS); /* the core calls' threads */
     result rs[2] = { run(8, 64, iters), run(32, 128, iters / 4 > 10 ? iters / 4 : 10) };
     char cpu[256], date[32];
     cpu_name(cpu, sizeof cpu);

@@ -344,22 +344,12 @@ typedef struct lm_core_args {
     float scale;        /* 0 = 1/sqrt(Dk) */
     const float *decay; /* NULL or Hkv host values in (0, 1] */
     lm_precision precision;
-    void *workspace;        /* prefill: scratch of lm_linear_attn_prefill_workspace bytes
-                               on q's device, or NULL: the call allocates its own */
-    size_t workspace_bytes; /* its size; smaller than the query's answer: INVALID_ARG */
-    int num_threads;        /* CPU: OpenMP threads of this call, 0 = the OpenMP default */
 } lm_core_args;
 
 /* Fills the options of args with defaults (elu+1, normalised, eps 1e-6,
  * causal, precision auto), clears its pointers and sets struct_size. */
 LM_API LM_NODISCARD lm_status lm_core_args_default(lm_core_args *args);
 
-/* Bytes of scratch lm_linear_attn_prefill needs for these args (their
- * shapes, options, device and num_threads; no data is read), into *bytes.
- * Given that much in args->workspace the prefill allocates nothing, and on
- * CUDA it can be captured in a graph. 0 is a valid answer (no workspace
- * needed). Returns the argument checks' statuses. */
-LM_API LM_NODISCARD lm_status lm_linear_attn_prefill_workspace(const lm_core_args *args, size_t *bytes);
 
 /* Prefill on projected q, k, v. Hq % Hkv == 0 (query head h reads kv head
  * h / (Hq / Hkv)). Causal needs L == Lk. A masked key (key_padding_mask)
@@ -367,6 +357,19 @@ LM_API LM_NODISCARD lm_status lm_linear_attn_prefill_workspace(const lm_core_arg
  * CUDA: queued on `stream`. Returns INVALID_ARG, UNSUPPORTED, LICENSE,
  * OUT_OF_MEMORY, CUDA. */
 LM_API LM_NODISCARD lm_status lm_linear_attn_prefill(const lm_core_args *args, void *stream);
+
+/* Bytes of scratch lm_linear_attn_prefill needs for these args (their
+ * shapes, options and device; no data is read; on the CPU also OpenMP's
+ * thread count), into *bytes. 0 is a valid answer (none needed). Returns
+ * the argument checks' statuses. */
+LM_API LM_NODISCARD lm_status lm_linear_attn_prefill_workspace(const lm_core_args *args, size_t *bytes);
+
+/* lm_linear_attn_prefill with the caller's scratch: `workspace` of
+ * workspace_bytes bytes on q's device, at least the query's answer (else
+ * INVALID_ARG). It then allocates nothing, and on CUDA it can be captured
+ * in a CUDA graph. */
+LM_API LM_NODISCARD lm_status lm_linear_attn_prefill_ws(const lm_core_args *args, void *workspace,
+                                                        size_t workspace_bytes, void *stream);
 
 /* One decode step for all B x H heads: L = Lk = 1, causal, state required.
  * On CUDA: no allocation, no host synchronisation, graph-capturable. */

@@ -68,12 +68,6 @@ lm_status lmi_core_fill(const lm_core_args *args, lmi_core_call call, lm_core_ar
         return lmi_error(LM_ERR_INVALID_ARG, "state and normalizer go together: give both or neither");
     if (a->position < 0)
         return lmi_error(LM_ERR_INVALID_ARG, "position must be >= 0");
-    if (a->num_threads < 0)
-        return lmi_error(LM_ERR_INVALID_ARG, "num_threads must be >= 0 (0 = the OpenMP default), not %d",
-                         a->num_threads);
-    if (!a->workspace && a->workspace_bytes)
-        return lmi_error(LM_ERR_INVALID_ARG, "workspace is NULL but workspace_bytes is %zu",
-                         a->workspace_bytes);
     const int causal = decode || a->is_causal;
     if (decode && (L != 1 || Lk != 1 || !a->state))
         return lmi_error(LM_ERR_INVALID_ARG,
@@ -116,9 +110,6 @@ lm_status lmi_core_fill(const lm_core_args *args, lmi_core_call call, lm_core_ar
     p->exact = a->precision == LM_PRECISION_ON;
     p->eps = a->eps;
     p->scale = a->scale > 0.0f ? a->scale : 1.0f / sqrtf((float)Dk);
-    p->num_threads = a->num_threads;
-    p->ws = a->workspace;
-    p->ws_bytes = a->workspace_bytes;
     return LM_OK;
 }
 
@@ -129,6 +120,22 @@ lm_status lm_linear_attn_prefill(const lm_core_args *args, void *stream)
     const lmi_backend *be;
     lm_status st = lmi_core_fill(args, LMI_CORE_PREFILL, &full, &p, &be);
     return st ? st : be->prefill(&p, stream);
+}
+
+lm_status lm_linear_attn_prefill_ws(const lm_core_args *args, void *workspace, size_t workspace_bytes,
+                                    void *stream)
+{
+    lm_core_args full;
+    lmi_core_params p;
+    const lmi_backend *be;
+    lm_status st = lmi_core_fill(args, LMI_CORE_PREFILL, &full, &p, &be);
+    if (st)
+        return st;
+    if (!workspace)
+        return lmi_error(LM_ERR_INVALID_ARG, "workspace is NULL (lm_linear_attn_prefill allocates its own)");
+    p.ws = workspace;
+    p.ws_bytes = workspace_bytes;
+    return be->prefill(&p, stream);
 }
 
 lm_status lm_linear_attn_prefill_workspace(const lm_core_args *args, size_t *bytes)

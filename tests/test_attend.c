@@ -471,6 +471,46 @@ START_TEST(test_masked_keys_keep_state)
 }
 END_TEST
 
+/* lm_linear_attn_prefill_ws with a workspace of the queried size gives the
+ * allocating call's outputs and state bit for bit; one byte less is refused
+ * with nothing written. */
+START_TEST(test_caller_workspace)
+{
+    ref_seed(12);
+    acase c = base_case();
+    c.B = 2, c.L = c.Lk = 300, c.decay = 1, c.state_in = 1;
+    problem p;
+    problem_init(&p, &c);
+    const int64_t nS = c.B * c.Hkv * c.Dk * c.Dv, nz = c.B * c.Hkv * c.Dk;
+    float *S0 = malloc((size_t)nS * sizeof(float)), *z0 = malloc((size_t)nz * sizeof(float));
+    memcpy(S0, p.S, (size_t)nS * sizeof(float)), memcpy(z0, p.z, (size_t)nz * sizeof(float));
+    call k;
+    call_init(&k, &p, 0, c.L, 1);
+    tbuf_poison(&p.out);
+    ck_assert_msg(lm_linear_attn_prefill(&k.a, NULL) == LM_OK, "%s", lm_last_error());
+    tbuf want = tbuf_new(c.dtype, p.out.n);
+    memcpy(want.data, p.out.data, (size_t)p.out.n * sizeof(float));
+    float *wS = malloc((size_t)nS * sizeof(float));
+    memcpy(wS, p.S, (size_t)nS * sizeof(float));
+
+    memcpy(p.S, S0, (size_t)nS * sizeof(float)), memcpy(p.z, z0, (size_t)nz * sizeof(float));
+    tbuf_poison(&p.out);
+    size_t bytes = 0;
+    ck_assert_int_eq(lm_linear_attn_prefill_workspace(&k.a, &bytes), LM_OK);
+    ck_assert_uint_gt(bytes, 0);
+    void *ws = malloc(bytes);
+    EXPECT_ERR(lm_linear_attn_prefill_ws(&k.a, ws, bytes - 1, NULL), LM_ERR_INVALID_ARG, "workspace has");
+    ck_assert(isnan(tbuf_get(&p.out, 0)) && !memcmp(p.S, S0, (size_t)nS * sizeof(float)));
+    EXPECT_ERR(lm_linear_attn_prefill_ws(&k.a, NULL, bytes, NULL), LM_ERR_INVALID_ARG, "workspace is NULL");
+    ck_assert_msg(lm_linear_attn_prefill_ws(&k.a, ws, bytes, NULL) == LM_OK, "%s", lm_last_error());
+    ck_assert(!memcmp(want.data, p.out.data, (size_t)p.out.n * sizeof(float)));
+    ck_assert(!memcmp(wS, p.S, (size_t)nS * sizeof(float)));
+    free(ws), free(wS), free(S0), free(z0);
+    tbuf_free(&want);
+    problem_free(&p);
+}
+END_TEST
+
 Suite *attend_suite(void)
 {
     Suite *s = suite_create("attend");
@@ -487,6 +527,7 @@ Suite *attend_suite(void)
     tcase_add_test(tc, test_precision);
     tcase_add_test(tc, test_nan_containment);
     tcase_add_test(tc, test_masked_keys_keep_state);
+    tcase_add_test(tc, test_caller_workspace);
     suite_add_tcase(s, tc);
     return s;
 }
