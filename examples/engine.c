@@ -29,7 +29,10 @@
 static void *dev_alloc(size_t n)
 {
     void *p = NULL;
-    return cudaMalloc(&p, n) == cudaSuccess ? p : NULL;
+    const cudaError_t e = cudaMalloc(&p, n);
+    if (e != cudaSuccess)
+        fprintf(stderr, "engine: cudaMalloc: %s\n", cudaGetErrorString(e));
+    return e == cudaSuccess ? p : NULL;
 }
 static void dev_free(void *p) { cudaFree(p); }
 static void to_dev(void *d, const void *h, size_t n) { cudaMemcpy(d, h, n, cudaMemcpyHostToDevice); }
@@ -127,7 +130,7 @@ int main(void)
     b.q = dev_alloc(sizeof b.hq), b.k = dev_alloc(sizeof b.hk), b.v = dev_alloc(sizeof b.hv);
     b.o = dev_alloc(sizeof b.ho);
     if (!S || !z || !dslots || !b.q || !b.k || !b.v || !b.o) {
-        fprintf(stderr, "engine: out of memory\n");
+        fprintf(stderr, "engine: no memory for the pool and the batch\n");
         return 1;
     }
     lm_pool_config cfg;
