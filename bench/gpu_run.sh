@@ -28,6 +28,11 @@
 #                                     cp (several GPUs: bench/cp_bench.py under torchrun, 1M
 #                                     tokens on 2 GPUs against one, and 8M forward + backward
 #                                     on 8 when there are 8)
+#                                     engine: the pool's GPU suite, examples/engine.c on the GPU,
+#                                     lm-engine-gpu-bench (indexed decode of 256 slots vs its byte
+#                                     floor, decode at B = 1 in a graph, varlen prefill of 64
+#                                     sequences vs one 128K prefill: engine-gpu.json) and the CPU
+#                                     engine benchmark on this machine's cores (engine-cpu-*.json)
 set -u
 OUT=${OUT:-/tmp/lm-gpu-out}
 B=${LM_BUILD:-build/device}
@@ -41,7 +46,9 @@ unset LM_LICENSE
 COMMIT=$(cat "$B/COMMIT" 2>/dev/null || git rev-parse --short HEAD 2>/dev/null || echo unknown)
 export LM_COMMIT="$COMMIT"
 # cuBLASLt comes from the toolkit; where its lib64 lacks it, from PyTorch's wheel.
-if ldd "$B/lib/libliquidmemory.so" | grep -q "not found"; then
+# (The CUDA backend is its own library, which the core loads on first use.)
+CUDA_LIB="$B/lib/libliquidmemory_cuda.so.0"
+if ldd "$CUDA_LIB" | grep -q "not found"; then
     extra=$(python3 -c 'import nvidia, os; r = os.path.dirname(nvidia.__path__[0]); print(":".join(os.path.join(d, "lib") for d, s, f in os.walk(r) if "libcublasLt.so.13" in f or "libcublasLt.so.13" in str(os.listdir(os.path.join(d, "lib")) if os.path.isdir(os.path.join(d, "lib")) else "")))' 2>/dev/null)
     export LD_LIBRARY_PATH="${extra}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 fi
@@ -49,7 +56,7 @@ SUMMARY="$OUT/summary.txt"
 { echo "commit $COMMIT  $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
   python3 -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name())'
-  ldd "$B/lib/libliquidmemory.so" | grep -E "cublas|not found"; } > "$SUMMARY" 2>&1
+  ldd "$CUDA_LIB" | grep -E "cublas|not found"; } > "$SUMMARY" 2>&1
 
 # phase NAME SECONDS LOG CMD...: runs CMD with at most SECONDS (and the deadline).
 phase() {
@@ -85,7 +92,7 @@ for p in $PHASES; do
             --lib "$B/lib/libliquidmemory.so" --out "$OUT/bench-v1.json" --commit "$COMMIT" \
             ${LM_BENCH_LENGTHS:+--lengths "$LM_BENCH_LENGTHS"} ;;
     profile)
-        { cuobjdump -sass -fun '_ZN3lmk13attend_kernelILi128ELi0EEEv10lmk_attendi' "$B/lib/libliquidmemory.so" |
+        { cuobjdump -sass -fun '_ZN3lmk13attend_kernelILi128ELi0EEEv10lmk_attendi' "$CUDA_LIB" |
               grep -oE '^ +/\*[0-9a-f]{4}\*/ +[A-Z0-9_.]+' | awk '{print $2}' | sort | uniq -c | sort -rn | head -40
           echo "==== ncu"; } > "$OUT/profile.log" 2>&1
         phase profile 100 "$OUT/profile.log" ncu --clock-control none -k regex:attend_kernel -c 1 \
@@ -131,6 +138,13 @@ for L in (8192, 32768):  # B = 1, 32 heads of 128, bf16, causal, elu+1, normalis
             phase "backward-$tool" 60 "$OUT/backward.log" env CK_RUN_SUITE=gpu_backward \
                 compute-sanitizer --tool "$tool" --error-exitcode 3 --print-limit 20 "$B/bin/lm-gpu-tests" small
         done ;;
+    engine)
+        phase engine-tests 200 "$OUT/engine.log" "$B/bin/lm-gpu-tests" pool
+        phase engine-example 30 "$OUT/engine.log" "$B/bin/engine-cuda"
+        phase engine-bench 120 "$OUT/engine.log" "$B/bin/lm-engine-gpu-bench" --out "$OUT/engine-gpu.json" \
+            --commit "$COMMIT"
+        phase engine-cpu 90 "$OUT/engine.log" "$B/bin/lm-engine-bench" --threads 2 --out "$OUT" --commit "$COMMIT"
+        grep -A8 "^engine on\|^CPU decode" "$OUT/engine.log" >> "$SUMMARY" ;;
     pytest)
         export LM_LIB_PATH="$PWD/$B/lib/libliquidmemory.so" PYTHONPATH="$PWD/bindings/python"
         phase pytest 220 "$OUT/pytest.log" python3 -m pytest -q -rfEs -p no:cacheprovider tests/python ;;

@@ -350,10 +350,26 @@ typedef struct lm_core_args {
  * causal, precision auto), clears its pointers and sets struct_size. */
 LM_API LM_NODISCARD lm_status lm_core_args_default(lm_core_args *args);
 
+
 /* Prefill on projected q, k, v. Hq % Hkv == 0 (query head h reads kv head
- * h / (Hq / Hkv)). Causal needs L == Lk. CPU: synchronous; CUDA: queued on
- * `stream`. Returns INVALID_ARG, UNSUPPORTED, LICENSE, OUT_OF_MEMORY, CUDA. */
+ * h / (Hq / Hkv)). Causal needs L == Lk. A masked key (key_padding_mask)
+ * leaves the state exactly as it was, decay included. CPU: synchronous;
+ * CUDA: queued on `stream`. Returns INVALID_ARG, UNSUPPORTED, LICENSE,
+ * OUT_OF_MEMORY, CUDA. */
 LM_API LM_NODISCARD lm_status lm_linear_attn_prefill(const lm_core_args *args, void *stream);
+
+/* Bytes of scratch lm_linear_attn_prefill needs for these args (their
+ * shapes, options and device; no data is read; on the CPU also OpenMP's
+ * thread count), into *bytes. 0 is a valid answer (none needed). Returns
+ * the argument checks' statuses. */
+LM_API LM_NODISCARD lm_status lm_linear_attn_prefill_workspace(const lm_core_args *args, size_t *bytes);
+
+/* lm_linear_attn_prefill with the caller's scratch: `workspace` of
+ * workspace_bytes bytes on q's device, at least the query's answer (else
+ * INVALID_ARG). It then allocates nothing, and on CUDA it can be captured
+ * in a CUDA graph. */
+LM_API LM_NODISCARD lm_status lm_linear_attn_prefill_ws(const lm_core_args *args, void *workspace,
+                                                        size_t workspace_bytes, void *stream);
 
 /* One decode step for all B x H heads: L = Lk = 1, causal, state required.
  * On CUDA: no allocation, no host synchronisation, graph-capturable. */
@@ -402,6 +418,188 @@ LM_API LM_NODISCARD lm_status lm_linear_attn_backward(const lm_core_args *args, 
  * queued on `stream`. Returns INVALID_ARG, UNSUPPORTED, LICENSE,
  * OUT_OF_MEMORY, CUDA; a failed call leaves the state as it was. */
 LM_API LM_NODISCARD lm_status lm_linear_attn_absorb(const lm_core_args *args, void *stream);
+
+/* ------------------------------------------------------------------------ */
+/* Engine: a state pool, packed variable-length prefill, indexed decode     */
+/* ------------------------------------------------------------------------ */
+
+/* For inference servers with continuous batching: many sequences at once,
+ * joining and leaving every step, prompts packed back to back.
+ *
+ *   - A pool (lm_pool) holds the recurrent states of N slots of ONE layer in
+ *     memory the caller owns: S [N, Hkv, Dk, Dv] and z [N, Hkv, Dk], fp32,
+ *     with any distance between slots. The library keeps how many tokens
+ *     each slot has absorbed (its position; CUDA: in device memory, updated
+ *     by the kernels). A sequence holds one slot per layer for its life.
+ *   - lm_pool_prefill takes q, k, v packed as [T, H, D] with cu_seqlens:
+ *     sequence i is tokens cu_seqlens[i] .. cu_seqlens[i+1]-1, continuing
+ *     the state of slots[i] (or starting it afresh), causal. A decode row is
+ *     a sequence of length 1, so prefills and decodes mix in one call.
+ *   - lm_pool_decode: one token for each of B rows, row b continuing slot
+ *     slots[b] (-1: a padding row, nothing read or written). No allocation,
+ *     no host synchronisation; on CUDA the slot indices are read from device
+ *     memory by the kernel, so the call can be captured in a CUDA graph
+ *     once and replayed with new indices and inputs every step.
+ *   - Slots are copied (fork, prefix caching), zeroed, and exported to /
+ *     imported from a versioned host blob (save, migrate, swap to host).
+ * A pool does no cross-stream ordering: queue a pool's calls on one stream,
+ * or order them with events. Pools are independent: one per layer, each its
+ * own thread's if wanted; one pool is used by one thread at a time.
+ *
+ * Per-row failure. Arguments are checked first, whole: a bad pointer, shape,
+ * cu_seqlens, slot index (out of range, or one slot twice in a call) or
+ * workspace fails the call with nothing written. After that, one row can
+ * fail alone only on the license (its context over the limit):
+ *   - row_status NULL: the call fails with LM_ERR_LICENSE, nothing written;
+ *   - row_status given: the other rows run; the failed row's slot, position
+ *     and outputs are left as they were; row_status[i] says LM_OK or
+ *     LM_ERR_LICENSE per row (prefill: per sequence); the call returns LM_OK.
+ * CUDA decode reads its indices on the device, so its checks run there: a
+ * row whose index is out of range, or whose slot is at the license's limit,
+ * is skipped (nothing written) and marked in row_status when given (device
+ * memory then); two rows naming one slot are not detected there. */
+
+typedef struct lm_pool lm_pool; /* opaque */
+
+typedef struct lm_pool_config {
+    uint32_t struct_size; /* sizeof(lm_pool_config): see "ABI rule for structs" */
+    int64_t num_slots;    /* N > 0 */
+    int num_kv_heads;     /* Hkv > 0 */
+    int head_dim;         /* Dk > 0 */
+    int head_dim_v;       /* Dv: 0 = head_dim */
+    lm_device device;
+    int cuda_device;      /* CUDA device ordinal of the memory, -1 = the current one */
+    /* The caller's memory, fp32 on `device`, borrowed for the pool's life:
+     * slot i's S [Hkv, Dk, Dv] (contiguous) starts at state + i * state_stride,
+     * its z [Hkv, Dk] at normalizer + i * normalizer_stride (the slots may
+     * interleave with other data, e.g. every layer's slot i side by side). */
+    float *state;
+    float *normalizer;
+    int64_t state_stride;      /* floats between slots of S: 0 = Hkv * Dk * Dv */
+    int64_t normalizer_stride; /* floats between slots of z: 0 = Hkv * Dk */
+    /* The attention of every call on the pool (the layer's options). */
+    lm_feature_map feature_map;
+    int normalize;
+    float eps;
+    float scale;          /* 0 = 1/sqrt(Dk) */
+    const float *decay;   /* NULL or Hkv host values in (0, 1]; copied */
+    lm_precision precision;
+    int num_threads;      /* CPU: OpenMP threads per call, 0 = the OpenMP default */
+} lm_pool_config;
+
+/* Fills cfg with defaults (elu+1, normalised, eps 1e-6, no decay, precision
+ * auto, CPU, contiguous slots, no memory: set state and normalizer) and
+ * sets struct_size. Returns INVALID_ARG when cfg is NULL. */
+LM_API LM_NODISCARD lm_status lm_pool_config_default(lm_pool_config *cfg, int64_t num_slots,
+                                                      int num_kv_heads, int head_dim);
+
+/* Creates a pool over the caller's memory: checks the configuration,
+ * allocates the per-slot positions (CUDA: N int64 in device memory) and
+ * empties every slot (zeroes the slots' bytes of S and z, nothing between
+ * them; synchronous).
+ * Returns INVALID_ARG, NO_DEVICE, OUT_OF_MEMORY, CUDA. */
+LM_API LM_NODISCARD lm_status lm_pool_create(const lm_pool_config *cfg, lm_pool **out);
+
+/* Frees the pool (not the caller's memory); NULL is ignored. CUDA: call it
+ * once the pool's queued work is done. */
+LM_API void lm_pool_destroy(lm_pool *pool);
+
+/* Sequence flag of lm_prefill_args.flags. */
+#define LM_SEQ_FRESH 1u /* start from an empty state: the slot's state and position are dropped */
+
+typedef struct lm_prefill_args {
+    uint32_t struct_size;  /* sizeof(lm_prefill_args): see "ABI rule for structs" */
+    const lm_tensor *q;    /* [T, Hq, Dk]  BF16/F16/F32 on the pool's device, packed */
+    const lm_tensor *k;    /* [T, Hkv, Dk] same dtype */
+    const lm_tensor *v;    /* [T, Hkv, Dv] same dtype */
+    lm_tensor *out;        /* [T, Hq, Dv]  same dtype; may not overlap q, k, v */
+    int32_t num_seqs;      /* N >= 1 sequences */
+    const int32_t *cu_seqlens; /* host, N + 1: 0 = cu_seqlens[0] <= ... <= cu_seqlens[N] = T */
+    const int32_t *slots;  /* host, N: sequence i's slot, each slot at most once per call;
+                              -1 = no slot (starts empty, its final state is dropped) */
+    const uint8_t *flags;  /* host, N: LM_SEQ_* bits per sequence, or NULL = all 0
+                              (every sequence continues its slot) */
+    void *workspace;       /* lm_pool_prefill_workspace bytes on the pool's device, or NULL:
+                              the call allocates its own (CPU malloc, CUDA stream-ordered) */
+    size_t workspace_bytes;
+    lm_status *row_status; /* host, N, or NULL: see "Per-row failure" */
+} lm_prefill_args;
+
+/* Bytes of workspace lm_pool_prefill needs for args (their lengths, shapes
+ * and the pool's thread count; no tensor data is read). 0 is a valid answer. */
+LM_API LM_NODISCARD lm_status lm_pool_prefill_workspace(const lm_pool *pool, const lm_prefill_args *args,
+                                                        size_t *bytes);
+
+/* Causal attention over every sequence of args, each from its slot's state
+ * (or an empty one: LM_SEQ_FRESH, slot -1), leaving its final state in the
+ * slot and the slot's position advanced by its length (set to it when
+ * fresh). A sequence of length 0 with LM_SEQ_FRESH empties its slot. The
+ * result equals each sequence run alone through lm_linear_attn_prefill
+ * from the slot's state, within rounding. Precision auto is decided per
+ * sequence. CPU: synchronous. CUDA: queued on `stream` (a cudaStream_t, NULL
+ * = default); tensors need stride 1 on their last dimension; sequences of
+ * length 1 continuing a slot run as one decode launch, longer ones as
+ * prefills of their own. Returns INVALID_ARG, UNSUPPORTED, LICENSE,
+ * OUT_OF_MEMORY, CUDA. */
+LM_API LM_NODISCARD lm_status lm_pool_prefill(lm_pool *pool, const lm_prefill_args *args, void *stream);
+
+typedef struct lm_decode_args {
+    uint32_t struct_size;  /* sizeof(lm_decode_args): see "ABI rule for structs" */
+    const lm_tensor *q;    /* [B, Hq, Dk]  one token per row, BF16/F16/F32 */
+    const lm_tensor *k;    /* [B, Hkv, Dk] */
+    const lm_tensor *v;    /* [B, Hkv, Dv] */
+    lm_tensor *out;        /* [B, Hq, Dv]; a padding row's is not written */
+    const int32_t *slots;  /* B indices on the pool's device (CUDA: device memory): row b
+                              continues slot slots[b]; -1 = padding row; distinct otherwise */
+    void *workspace;       /* lm_pool_decode_workspace bytes (CPU; CUDA needs none), or
+                              NULL: the call allocates its own */
+    size_t workspace_bytes;
+    int32_t *row_status;   /* B lm_status values on the pool's device, or NULL: see
+                              "Per-row failure" (padding rows: LM_OK) */
+} lm_decode_args;
+
+/* Bytes of workspace lm_pool_decode needs for B rows (CPU: scratch per
+ * thread; CUDA: 0). */
+LM_API LM_NODISCARD lm_status lm_pool_decode_workspace(const lm_pool *pool, const lm_decode_args *args,
+                                                       size_t *bytes);
+
+/* One decode step for every non-padding row, in place on its slot: the
+ * state absorbs the row's key and value, the output reads it, the slot's
+ * position grows by one. CPU: synchronous, parallel over rows x kv heads.
+ * CUDA: queued on `stream`, no allocation, no host synchronisation, no
+ * host read of the indices: graph-capturable (the license's limit and the
+ * pool's options are taken when the call is made, or captured). Returns
+ * INVALID_ARG, UNSUPPORTED, LICENSE, OUT_OF_MEMORY, CUDA. */
+LM_API LM_NODISCARD lm_status lm_pool_decode(lm_pool *pool, const lm_decode_args *args, void *stream);
+
+/* Empties slot `slot` (state and position 0). CUDA: queued on `stream`. */
+LM_API LM_NODISCARD lm_status lm_pool_slot_zero(lm_pool *pool, int64_t slot, void *stream);
+
+/* Slot dst becomes a copy of slot src, state and position (fork a sequence,
+ * or reuse a cached prefix). dst == src does nothing. CUDA: queued on
+ * `stream`, no host synchronisation. */
+LM_API LM_NODISCARD lm_status lm_pool_slot_copy(lm_pool *pool, int64_t dst, int64_t src, void *stream);
+
+/* Tokens absorbed in slot `slot`, into *tokens. CUDA: waits for `stream`. */
+LM_API LM_NODISCARD lm_status lm_pool_slot_position(const lm_pool *pool, int64_t slot, int64_t *tokens,
+                                                    void *stream);
+
+/* Size in bytes of a slot's blob (header, position, fp32 S and z). */
+LM_API LM_NODISCARD lm_status lm_pool_slot_blob_size(const lm_pool *pool, size_t *bytes);
+
+/* Copies slot `slot` into host memory buf (at least lm_pool_slot_blob_size
+ * bytes): a versioned blob ("LMSLOT01", format version, head counts and
+ * dims, position, then S and z), readable by lm_pool_slot_import of any
+ * pool with the same Hkv, Dk and Dv, on any device. CUDA: waits for
+ * `stream`. */
+LM_API LM_NODISCARD lm_status lm_pool_slot_export(const lm_pool *pool, int64_t slot, void *buf, size_t bytes,
+                                                  void *stream);
+
+/* Replaces slot `slot` with a blob of lm_pool_slot_export; the blob is
+ * checked (magic, version, sizes, position) before anything changes.
+ * CUDA: the copy is queued on `stream` and complete when the call returns. */
+LM_API LM_NODISCARD lm_status lm_pool_slot_import(lm_pool *pool, int64_t slot, const void *buf, size_t bytes,
+                                                  void *stream);
 
 /* ------------------------------------------------------------------------ */
 /* License                                                                  */

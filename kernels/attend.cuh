@@ -13,6 +13,10 @@
  *   (e) S = p^n S + (p^(n-1-j) phi(k_j))^T V, z likewise, fp32 in their
  *       registers (Kahan when compensated), then S as bf16 into the buffer
  *       the next chunk's readout reads (two buffers, alternating).
+ * With a key padding mask and a decay, the powers count unmasked keys only
+ * (a masked key is no step of the recurrence, so it does not decay the
+ * state either): p^(i-j) is p to the number of unmasked rows in (j, i],
+ * read off a bit mask of the chunk's unmasked rows (Chunk::mark_rows).
  * Three kinds share this: CAUSAL (all of it), ABSORB (keys only: (e)) and
  * READOUT (queries only against a fixed state: (c)). Loads of bf16 inputs
  * run 2-3 chunks ahead with cp.async and are converted in place; f16/f32
@@ -91,7 +95,16 @@ template <class T> struct Layout {
     {
         return (uint64_t *)(ostage() + align128((size_t)C * T::OP * T::OUT_BYTES)) + st;
     }
+    /* Per stage, with a mask and a decay: bit r set when row r is an unmasked key. */
+    __device__ uint64_t *rows(int st) const { return full(3) + st; }
 };
+
+/* Bits [a, b) of a 64-bit row mask (0 <= a <= b <= 64). */
+__device__ __forceinline__ uint64_t bit_range(int a, int b)
+{
+    const uint64_t hi = b >= 64 ? ~0ull : (1ull << b) - 1, lo = a >= 64 ? ~0ull : (1ull << a) - 1;
+    return hi & ~lo;
+}
 
 /* Which head, columns and tokens this CTA owns; which q, k rows of each
  * chunk it loads for its cluster (all of them without one). */
@@ -176,6 +189,20 @@ template <class T> struct Chunk {
     __device__ bool masked(int64_t t) const
     {
         return p.mask && p.mask[j.b * p.mask_s[0] + t * p.mask_s[1]];
+    }
+
+    /* With a mask and a decay: which of the chunk's n rows from t0 are
+     * unmasked keys, as bits, for the decay powers (warp 0; read after the
+     * step's next barrier). */
+    __device__ void mark_rows(int st, int64_t t0, int n) const
+    {
+        if (!(p.mask && p.has_decay) || threadIdx.x >= 32)
+            return;
+        const int r = threadIdx.x;
+        const uint32_t lo = __ballot_sync(0xffffffffu, r < n && !masked(t0 + r));
+        const uint32_t hi = __ballot_sync(0xffffffffu, r + 32 < n && !masked(t0 + r + 32));
+        if (r == 0)
+            *sm.rows(st) = (uint64_t)hi << 32 | lo;
     }
 
     /* cp.async of one chunk's raw bf16 rows into stage st (zeros past the
@@ -377,6 +404,7 @@ template <class T> struct Chunk {
                  * converted after this CTA was done with ci - 2 (and ci - STAGES). */
                 if (j.ranks > 1 && threadIdx.x == 0)
                     mbar_expect_tx(sm.full(st), peer_bytes(use_q, use_kv));
+                mark_rows(st, t0, n);
                 convert(st, t0, n, use_q, use_kv);
                 cta_sync(); /* this CTA's rows */
                 if (j.ranks > 1)
@@ -390,6 +418,7 @@ template <class T> struct Chunk {
             cluster_sync();
         else
             cta_sync();
+        mark_rows(0, t0, n);
         load_direct(t0, n, use_q, use_kv);
         cta_sync(); /* this CTA's rows stored */
         if (j.ranks > 1) {
@@ -414,10 +443,14 @@ template <class T> struct Chunk {
     }
 };
 
+/* Decay modes of the readout: none; powers of the row distance; powers of
+ * the unmasked rows in between (a mask and a decay). */
+enum { DECAY_NONE = 0, DECAY_PLAIN = 1, DECAY_MASKED = 2 };
+
 /* Outputs of warp r's 16 rows of the chunk (kinds CAUSAL and READOUT).
  * DECAY: the intra-chunk weights p^(i-j) are read per element only when
  * there is a decay (32 shared loads per tile for warp 3's four tiles). */
-template <class T, bool DECAY>
+template <class T, int DECAY>
 __device__ void readout_rows(const lmk_attend &p, const Layout<T> &sm, const Job &j, int st, int buf,
                              int64_t t0, int n, bool causal)
 {
@@ -431,6 +464,7 @@ __device__ void readout_rows(const lmk_attend &p, const Layout<T> &sm, const Job
     const bf16 *vh = sm.v(st, 0), *vl = sm.v(st, T::PLANES - 1);
     const bf16 *sbh = sm.sb(buf, 0), *sbl = sm.sb(buf, T::PLANES - 1);
     const float *zs = sm.zs(buf), *pw = sm.pw();
+    const uint64_t unmasked = DECAY == DECAY_MASKED ? *sm.rows(st) : 0;
 
     float acc[ROW_WARPS][2][4] = {}; /* A tiles (c, key half) of rows 16r.. */
     float oi[T::NT][4] = {};      /* phi(q) S */
@@ -511,7 +545,9 @@ __device__ void readout_rows(const lmk_attend &p, const Layout<T> &sm, const Job
 #pragma unroll
                 for (int q = 0; q < 4; q++) {
                     const int i = row0 + g8 + (q >> 1) * 8, jj = c * 16 + hf * 8 + 2 * t4 + (q & 1);
-                    const float a = jj > i ? 0.0f : DECAY ? acc[c][hf][q] * pw[i - jj] : acc[c][hf][q];
+                    const float a = jj > i ? 0.0f
+                                    : DECAY == DECAY_MASKED ? acc[c][hf][q] * pw[__popcll(unmasked & bit_range(jj + 1, i + 1))]
+                                    : DECAY == DECAY_PLAIN ? acc[c][hf][q] * pw[i - jj] : acc[c][hf][q];
                     acc[c][hf][q] = a;
                     rs[q >> 1] += a;
                 }
@@ -549,7 +585,7 @@ __device__ void readout_rows(const lmk_attend &p, const Layout<T> &sm, const Job
 #pragma unroll
     for (int hr = 0; hr < 2; hr++) {
         const int i = row0 + g8 + hr * 8;
-        const float gi = pw[i + 1];
+        const float gi = DECAY == DECAY_MASKED ? pw[__popcll(unmasked & bit_range(0, i + 1))] : pw[i + 1];
         const float dn = den[hr] * gi + rs[hr];
         const float f = p.normalize ? 1.0f / (dn + p.eps) : p.scale;
 #pragma unroll
@@ -640,7 +676,10 @@ template <class T> struct State {
         const bf16 *kh = sm.k(st, 0), *kl = sm.k(st, T::PLANES - 1);
         const bf16 *vh = sm.v(st, 0), *vl = sm.v(st, T::PLANES - 1);
         const float *pw = sm.pw();
-        const float gn = pw[n];
+        /* With a mask: key j weighs p^(unmasked rows after it), the chunk p^(unmasked rows). */
+        const bool by_rows = p.mask && p.has_decay;
+        const uint64_t unmasked = by_rows ? *sm.rows(st) : 0;
+        const float gn = by_rows ? pw[__popcll(unmasked)] : pw[n];
         const uint32_t ones = 0x3f803f80u; /* bf16 1.0, twice */
 #pragma unroll
         for (int k = 0; k < T::MAX_UNITS; k++) {
@@ -662,8 +701,17 @@ template <class T> struct State {
                 if (p.has_decay) {
                     /* Key j weighs p^(n-1-j): scaling phi(k) (not v) spreads the
                      * rounding over d, where the readout averages it away. */
-                    const int j0 = n - 1 - (ks * 16 + 2 * t4);
-                    const float w[4] = { pw[max(j0, 0)], pw[max(j0 - 1, 0)], pw[max(j0 - 8, 0)], pw[max(j0 - 9, 0)] };
+                    const int j0 = n - 1 - (ks * 16 + 2 * t4), k0 = ks * 16 + 2 * t4 + 1;
+                    float w[4];
+                    if (by_rows) {
+                        w[0] = pw[__popcll(unmasked & bit_range(k0, 64))];
+                        w[1] = pw[__popcll(unmasked & bit_range(k0 + 1, 64))];
+                        w[2] = pw[__popcll(unmasked & bit_range(k0 + 8, 64))];
+                        w[3] = pw[__popcll(unmasked & bit_range(k0 + 9, 64))];
+                    } else {
+                        w[0] = pw[max(j0, 0)], w[1] = pw[max(j0 - 1, 0)];
+                        w[2] = pw[max(j0 - 8, 0)], w[3] = pw[max(j0 - 9, 0)];
+                    }
 #pragma unroll
                     for (int x = 0; x < 4; x++) {
                         const float2 h = __bfloat1622float2(*(const __nv_bfloat162 *)&ka[x]);
@@ -798,10 +846,12 @@ __global__ void __launch_bounds__(THREADS, 1) attend_kernel(const __grid_constan
     if (kind != LMK_ABSORB && warp < ROW_WARPS) {
         ck.each(nchunks, use_q, use_kv, [&](int64_t ci, int64_t t0, int n, int st) {
             const int buf = causal ? (int)(ci & 1) : 0;
-            if (p.has_decay)
-                readout_rows<T, true>(p, sm, j, st, buf, t0, n, causal);
+            if (p.has_decay && p.mask)
+                readout_rows<T, DECAY_MASKED>(p, sm, j, st, buf, t0, n, causal);
+            else if (p.has_decay)
+                readout_rows<T, DECAY_PLAIN>(p, sm, j, st, buf, t0, n, causal);
             else
-                readout_rows<T, false>(p, sm, j, st, buf, t0, n, causal);
+                readout_rows<T, DECAY_NONE>(p, sm, j, st, buf, t0, n, causal);
         });
         return;
     }

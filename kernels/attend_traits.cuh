@@ -52,7 +52,8 @@ template <int DK_, int DT_> struct Traits {
         + align128(2 * (size_t)DK * 4)                 /* z, two buffers likewise */
         + align128((C + 1) * 4)                        /* decay powers */
         + align128((size_t)C * OP * OUT_BYTES)         /* output staging */
-        + align128(3 * 8);                             /* an mbarrier per stage */
+        + align128(6 * 8);                             /* an mbarrier and the unmasked
+                                                          rows (a bit each) per stage */
     /* bf16 pipelines loads 2-3 chunks deep with cp.async; split dtypes load directly. */
     static constexpr int STAGES = SPLIT ? 1 : (3 * STAGE_BYTES + REST_BYTES <= SMEM_LIMIT ? 3 : 2);
     static constexpr size_t SMEM = STAGES * STAGE_BYTES + REST_BYTES;

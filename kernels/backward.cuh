@@ -16,6 +16,9 @@
  *   dV_j = p^(n-1-j) R^T K_j + sum_heads sum_{i>=j} A_ij dn_i
  *   S <- p^n S + sum_j p^(n-1-j) K_j V_j^T,  R <- p^n R + sum_heads sum_i p^(i+1) Q_i dn_i^T
  * Bidirectional: S, z and R, r are totals, p = 1, no intra-chunk terms.
+ * With a key padding mask, exponents count unmasked keys only (a masked key
+ * is no step of the recurrence): p^(i-j) is p^(ex[i+1] - ex[j+1]), ex[i] the
+ * unmasked keys among the chunk's rows 0..i-1 (Cta::exponents).
  *
  * Memory: the forward's state is needed at every chunk (dq, and d_t, do.o_t
  * of every token for dk, dv), and the adjoint too. Keeping fp32 states of
@@ -66,7 +69,7 @@ __device__ inline int imin(int a, int b)
 /* The shared-memory layout, in floats: chunk bc, head dims padded to 4. */
 struct Shape {
     int bc, dk, dv, kp, vp, cp;
-    int q, k, v, o, x1, x2, a, bm, t, z, zc, pw, inv, dd, total;
+    int q, k, v, o, x1, x2, a, bm, t, z, zc, pw, ex, inv, dd, total;
 };
 
 __host__ __device__ inline Shape shape_of(int Dk, int Dv, int bc)
@@ -87,6 +90,7 @@ __host__ __device__ inline Shape shape_of(int Dk, int Dv, int bc)
     s.z = off, off += s.dk;       /* z or r */
     s.zc = off, off += s.dk;      /* its compensation */
     s.pw = off, off += bc + 1;    /* decay powers */
+    s.ex = off, off += bc + 1;    /* decay exponents of the chunk's rows (ints) */
     s.inv = off, off += bc;
     s.dd = off, off += bc;
     s.total = off;
@@ -182,6 +186,7 @@ struct Cta {
     float *S, *zg;    /* this segment's carry in global memory: [Dk][Dv], [Dk] */
     float *comp;      /* its compensation, or NULL */
     float *Q, *K, *V, *O, *X1, *X2, *A, *Bm, *T, *z, *zc, *pw, *inv, *dd;
+    int *ex;
 
     __device__ Cta(const lmk_bwd &p_, int bc, float *sm) : p(p_), s(shape_of(p_.Dk, p_.Dv, bc))
     {
@@ -196,12 +201,32 @@ struct Cta {
         comp = p.comp ? p.comp + x * p.Dk * p.Dv : nullptr;
         Q = sm + s.q, K = sm + s.k, V = sm + s.v, O = sm + s.o, X1 = sm + s.x1, X2 = sm + s.x2;
         A = sm + s.a, Bm = sm + s.bm, T = sm + s.t, z = sm + s.z, zc = sm + s.zc, pw = sm + s.pw;
+        ex = (int *)(sm + s.ex);
         inv = sm + s.inv, dd = sm + s.dd;
     }
 
     __device__ bool masked(int64_t t) const
     {
         return p.mask && p.mask[b * p.mask_s[0] + t * p.mask_s[1]];
+    }
+
+    /* ex[i] = the unmasked keys among rows 0 .. i-1 of the chunk of n rows
+     * from t0 (i without a mask); read after the caller's next barrier. */
+    __device__ void exponents(int64_t t0, int n) const
+    {
+        if (threadIdx.x != 0)
+            return;
+        int c = 0;
+        for (int i = 0; i <= s.bc; i++) {
+            ex[i] = c;
+            c += i < n && !masked(t0 + i);
+        }
+    }
+
+    /* Decay from after row j to after row i (j <= i; j = -1: the chunk's start). */
+    __device__ float dec(int i, int j) const
+    {
+        return pw[ex[i + 1] - ex[j + 1]];
     }
 
     __device__ int chunk_len(int64_t t0) const
@@ -229,6 +254,7 @@ struct Cta {
 
     __device__ void load_keys(int64_t t0, int n) const
     {
+        exponents(t0, n);
         load(K, s.kp, s.dk, p.k, p.sk, hk, p.Dk, t0, n, p.feature_map, true);
         load(V, s.vp, s.dv, p.v, p.sv, hk, p.Dv, t0, n, -1, true);
     }
@@ -312,13 +338,12 @@ struct Cta {
         __syncthreads();
     }
 
-    /* Rows of X (pitch, D columns) times w[row] (row < n, else 0). */
-    __device__ void scale_rows(float *X, int pitch, int D, const float *w, int shift, int n,
-                               bool reverse) const
+    /* Rows of X (pitch, D columns) times w(row) (row < n, else 0). */
+    template <class W> __device__ void scale_rows(float *X, int pitch, int D, int n, W &&w) const
     {
         for (int i = threadIdx.x; i < s.bc * D; i += THREADS) {
             const int r = i / D, d = i % D;
-            X[r * pitch + d] *= r < n ? w[reverse ? n - 1 - r : r + shift] : 0.0f;
+            X[r * pitch + d] *= r < n ? w(r) : 0.0f;
         }
     }
 
@@ -326,14 +351,14 @@ struct Cta {
     __device__ void intra(bool want_a) const
     {
         const int cp = s.cp;
-        const float *pw_ = pw, *dd_ = dd;
+        const float *dd_ = dd;
         float *A_ = A, *Bm_ = Bm;
         if (want_a)
             mm(s.bc, s.bc, s.dk, Q, s.kp, 1, K, 1, s.kp, [&](int i, int j, float v) {
-                A_[i * cp + j] = j <= i ? v * pw_[i - j] : 0.0f;
+                A_[i * cp + j] = j <= i ? v * dec(i, j) : 0.0f;
             });
         mm(s.bc, s.bc, s.dv, O, s.vp, 1, V, 1, s.vp, [&](int i, int j, float v) {
-            Bm_[i * cp + j] = j <= i ? (v + dd_[i]) * pw_[i - j] : 0.0f;
+            Bm_[i * cp + j] = j <= i ? (v + dd_[i]) * dec(i, j) : 0.0f;
         });
         __syncthreads();
     }
@@ -356,7 +381,7 @@ __device__ void queries(Cta &c)
             __syncthreads();
             if (norm && causal) {
                 mm(s.bc, s.bc, s.dk, c.Q, s.kp, 1, c.K, 1, s.kp, [&](int i, int j, float v) {
-                    c.A[i * s.cp + j] = j <= i ? v * c.pw[i - j] : 0.0f;
+                    c.A[i * s.cp + j] = j <= i ? v * c.dec(i, j) : 0.0f;
                 });
                 __syncthreads();
             }
@@ -364,7 +389,7 @@ __device__ void queries(Cta &c)
                 float qz = 0.0f, den;
                 for (int d = 0; d < s.dk; d++)
                     qz = fmaf(c.Q[i * s.kp + d], c.z[d], qz);
-                den = qz * c.pw[i + 1];
+                den = qz * c.dec(i, -1);
                 for (int j = 0; causal && j <= i; j++)
                     den += c.A[i * s.cp + j];
                 c.inv[i] = den; /* the denominator, for now */
@@ -373,7 +398,7 @@ __device__ void queries(Cta &c)
             if (norm && causal) {
                 mm(s.bc, s.dv, s.bc, c.A, s.cp, 1, c.V, s.vp, 1, [&](int i, int e, float v) {
                     float &y = c.X1[i * s.vp + e];
-                    y = y * c.pw[i + 1] + v;
+                    y = y * c.dec(i, -1) + v;
                 });
                 __syncthreads();
             }
@@ -394,13 +419,13 @@ __device__ void queries(Cta &c)
                 }
             }
             __syncthreads();
-            c.scale_rows(c.O, s.vp, s.dv, c.inv, 0, s.bc, false); /* dn */
+            c.scale_rows(c.O, s.vp, s.dv, s.bc, [&](int i) { return c.inv[i]; }); /* dn */
             __syncthreads();
             if (causal)
                 c.intra(false);
             auto out = [&](int i, int d, float v) {
                 if (i < n && d < p.Dk) {
-                    const float g = c.pw[i + 1] * (c.inv[i] * c.X2[i * s.kp + d] + c.dd[i] * c.z[d]) + v;
+                    const float g = c.dec(i, -1) * (c.inv[i] * c.X2[i * s.kp + d] + c.dd[i] * c.z[d]) + v;
                     st(p.dq, c.b * p.sdq[0] + (t0 + i) * p.sdq[1] + h * p.sdq[2] + d * p.sdq[3], p.dtype,
                        g * dphi_of_phi(c.Q[i * s.kp + d], p.feature_map));
                 }
@@ -413,9 +438,9 @@ __device__ void queries(Cta &c)
             __syncthreads();
         }
         if (causal && t0 + s.bc < c.t_end) {
-            c.scale_rows(c.K, s.kp, s.dk, c.pw, 0, n, true); /* p^(n-1-j) K_j */
+            c.scale_rows(c.K, s.kp, s.dk, n, [&](int j) { return c.dec(n - 1, j); }); /* p^(n-1-j) K_j */
             __syncthreads();
-            c.update(c.K, c.V, nullptr, c.pw[n]);
+            c.update(c.K, c.V, nullptr, c.dec(n - 1, -1));
         }
     }
 }
@@ -429,9 +454,9 @@ __device__ void absorb_keys(Cta &c)
         const int n = c.chunk_len(t0);
         c.load_keys(t0, n);
         __syncthreads();
-        c.scale_rows(c.K, s.kp, s.dk, c.pw, 0, n, true);
+        c.scale_rows(c.K, s.kp, s.dk, n, [&](int j) { return c.dec(n - 1, j); });
         __syncthreads();
-        c.update(c.K, c.V, nullptr, c.pw[n]);
+        c.update(c.K, c.V, nullptr, c.dec(n - 1, -1));
     }
     c.store_z(c.zg);
 }
@@ -448,7 +473,7 @@ __device__ void load_adjoint_rows(Cta &c, int h, int64_t t0, int n)
         c.dd[i] = sc ? sc[1] : 0.0f;
     }
     __syncthreads();
-    c.scale_rows(c.O, s.vp, s.dv, c.inv, 0, s.bc, false);
+    c.scale_rows(c.O, s.vp, s.dv, s.bc, [&](int i) { return c.inv[i]; });
     __syncthreads();
 }
 
@@ -465,11 +490,12 @@ __device__ void absorb_queries(Cta &c)
     for (int64_t ci = nch - 1; ci >= 0; ci--) {
         const int64_t t0 = c.t_begin + ci * s.bc;
         const int n = c.chunk_len(t0);
+        c.exponents(t0, n); /* no keys loaded here; read after the next barrier */
         for (int gi = 0; gi < c.G; gi++) {
             load_adjoint_rows(c, c.hk * c.G + gi, t0, n);
-            c.scale_rows(c.Q, s.kp, s.dk, c.pw, 1, n, false);
+            c.scale_rows(c.Q, s.kp, s.dk, n, [&](int i) { return c.dec(i, -1); });
             __syncthreads();
-            c.update(c.Q, c.O, c.dd, gi == 0 ? c.pw[n] : 1.0f);
+            c.update(c.Q, c.O, c.dd, gi == 0 ? c.dec(n - 1, -1) : 1.0f);
         }
     }
     c.store_z(c.zg);
@@ -495,12 +521,12 @@ __device__ void keys(Cta &c)
         c.stream(c.K, c.V, c.X1, c.X2); /* X1 = K R, X2 = V R^T */
         for (int i = threadIdx.x; i < s.bc * s.dv; i += THREADS) {
             const int j = i / s.dv;
-            c.X1[j * s.vp + i % s.dv] *= j < n ? c.pw[n - 1 - j] : 0.0f;
+            c.X1[j * s.vp + i % s.dv] *= j < n ? c.dec(n - 1, j) : 0.0f;
         }
         for (int i = threadIdx.x; i < s.bc * s.dk; i += THREADS) {
             const int j = i / s.dk, d = i % s.dk;
             float &y = c.X2[j * s.kp + d];
-            y = j < n ? (y + c.z[d]) * c.pw[n - 1 - j] : 0.0f;
+            y = j < n ? (y + c.z[d]) * c.dec(n - 1, j) : 0.0f;
         }
         __syncthreads();
         for (int gi = 0; causal && gi < c.G; gi++) {
@@ -511,9 +537,9 @@ __device__ void keys(Cta &c)
             mm(s.bc, s.dv, s.bc, c.A, 1, s.cp, c.O, s.vp, 1,
                [&](int j, int e, float v) { c.X1[j * s.vp + e] += v; });
             __syncthreads();
-            c.scale_rows(c.Q, s.kp, s.dk, c.pw, 1, n, false);
+            c.scale_rows(c.Q, s.kp, s.dk, n, [&](int i) { return c.dec(i, -1); });
             __syncthreads();
-            c.update(c.Q, c.O, c.dd, gi == 0 ? c.pw[n] : 1.0f);
+            c.update(c.Q, c.O, c.dd, gi == 0 ? c.dec(n - 1, -1) : 1.0f);
         }
         for (int i = threadIdx.x; i < s.bc * s.dk; i += THREADS) {
             const int j = i / s.dk, d = i % s.dk;
@@ -545,6 +571,8 @@ __device__ inline void run(const lmk_bwd &p, int kind, int bc, float *smem)
         c.pw[0] = a;
         for (int i = 1; i <= bc; i++) /* repeated products, as the forward */
             c.pw[i] = a *= g;
+        for (int i = 0; i <= bc; i++) /* replaced per chunk where keys are loaded */
+            c.ex[i] = i;
     }
     __syncthreads();
     switch (kind) {

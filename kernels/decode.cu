@@ -9,6 +9,12 @@
  * cluster barrier. Measured (H100, graph replay): 1 CTA per head 7.6 us.
  * No allocation, no host sync: graph-capturable. Query heads go in blocks of
  * 4 so registers and shared memory stay bounded for any GQA ratio.
+ * Pool rows (lm_pool_decode): row b continues a slot named in device memory
+ * (-1: a padding row, every CTA of it returns at once), or in a table passed
+ * by value (the decode rows of a varlen prefill: token, slot, fresh). Every
+ * CTA of a row decides alike whether it runs (slot in range, position under
+ * the license's limit), since the row's last CTA to arrive, counted on the
+ * slot's arrival counter, is the one that advances the slot's position.
  */
 #include "feature_map.cuh"
 #include "lm_kernels.h"
@@ -79,27 +85,88 @@ __device__ __forceinline__ void put4(float *row, int e, int Dv, bool vec, float4
     if (e + 3 < Dv) row[e + 3] = x.w;
 }
 
-template <int DT, bool CLUSTER>
-__global__ void __launch_bounds__(DEC_THREADS) decode_kernel(const __grid_constant__ lmk_decode p, int nvb)
+/* What a CTA's row is: its token (row of q, k, v, out), its slot, whether
+ * it starts from an empty state. */
+struct Row {
+    int64_t tok;
+    int slot;
+    bool fresh;
+};
+
+__device__ __forceinline__ const lmk_decode &base(const lmk_decode &p) { return p; }
+__device__ __forceinline__ const lmk_decode &base(const lmk_decode_table &p) { return p.d; }
+
+__device__ __forceinline__ Row row_of(const lmk_decode &p, int b)
+{
+    return Row{ b, p.slots ? p.slots[b] : b, false };
+}
+
+__device__ __forceinline__ Row row_of(const lmk_decode_table &p, int b)
+{
+    return Row{ p.row[b].tok, p.row[b].slot, p.row[b].fresh != 0 };
+}
+
+/* Whether this CTA's row runs (the same answer in every CTA of the row);
+ * the row's status and, from its last CTA, the slot's position. */
+__device__ bool admit(const lmk_decode &p, const Row &r, int b, bool first, int ctas_per_row)
+{
+    __shared__ int verdict;
+    if (threadIdx.x == 0) {
+        int st = LM_OK;
+        if (p.nslots && r.slot >= p.nslots)
+            st = LM_ERR_INVALID_ARG;
+        else if (p.pos && p.limit && !r.fresh && p.pos[r.slot] + 1 > p.limit)
+            st = LM_ERR_LICENSE;
+        if (first && p.status)
+            p.status[b] = st;
+        if (st == LM_OK && p.pos) {
+            const int64_t pos = r.fresh ? 0 : p.pos[r.slot];
+            __threadfence(); /* the read above is done before this CTA is counted */
+            if (atomicAdd(&p.arrive[r.slot], 1) == ctas_per_row - 1) {
+                p.arrive[r.slot] = 0;
+                p.pos[r.slot] = pos + 1;
+            }
+        }
+        verdict = st;
+    }
+    __syncthreads();
+    return verdict == LM_OK;
+}
+
+template <int DT, bool CLUSTER, class P>
+__global__ void __launch_bounds__(DEC_THREADS) decode_kernel(const __grid_constant__ P pp, int nvb)
 {
     extern __shared__ float sm[];
+    const lmk_decode &p = base(pp);
     const int Dk = p.Dk, G = p.Hq / p.Hkv;
-    const int vb = blockIdx.x % nvb, head = blockIdx.x / nvb, b = head / p.Hkv, hk = head % p.Hkv;
+    const int vb = blockIdx.x % nvb, b = blockIdx.x / nvb / p.Hkv, hk = blockIdx.x / nvb % p.Hkv;
+    const Row r = row_of(pp, b);
+    if (r.slot < 0) { /* a padding row: every CTA of it (and of its cluster) leaves */
+        if (vb == 0 && hk == 0 && threadIdx.x == 0 && p.status)
+            p.status[b] = LM_OK;
+        return;
+    }
+    if (!admit(p, r, b, vb == 0 && hk == 0, p.Hkv * nvb))
+        return; /* the same for the whole cluster: no CTA of it reaches its barrier */
+    const int64_t head = (int64_t)r.slot * p.Hkv + hk; /* of the contiguous S, z (no pool) */
+    const int64_t tok = r.tok;
     const int cols = (p.Dv + nvb - 1) / nvb, e0 = vb * cols;
     const int Dv = min(cols, p.Dv - e0); /* this CTA's columns [e0, e0 + Dv) */
     float *phk = sm, *vv = phk + Dk, *zn = vv + cols, *phq = zn + Dk, *den = phq + GB * Dk, *red = den + GB;
     const int tid = threadIdx.x;
-    const float g = p.has_decay ? p.decay[hk] : 1.0f;
-    const bool off = p.mask && p.mask[b * p.mask_s0];
+    const bool off = p.mask && p.mask[tok * p.mask_s0];
+    /* A masked key leaves the state exactly as it was: no decay either. A
+     * fresh row starts from zero whatever the slot held. */
+    const float g = p.has_decay && !off ? p.decay[hk] : 1.0f;
 
     for (int d = tid; d < Dk; d += DEC_THREADS)
-        phk[d] = off ? 0.0f : lmk::phi_precise(ld<DT>(p.k, b * p.sk[0] + hk * p.sk[1] + d), p.feature_map);
+        phk[d] = off ? 0.0f : lmk::phi_precise(ld<DT>(p.k, tok * p.sk[0] + hk * p.sk[1] + d), p.feature_map);
     for (int e = tid; e < Dv; e += DEC_THREADS)
-        vv[e] = off ? 0.0f : ld<DT>(p.v, b * p.sv[0] + hk * p.sv[1] + e0 + e);
+        vv[e] = off ? 0.0f : ld<DT>(p.v, tok * p.sv[0] + hk * p.sv[1] + e0 + e);
     __syncthreads();
-    float *z = p.z + (int64_t)head * Dk;
+    float *z = p.z + (p.S_slot ? r.slot * p.z_slot + hk * Dk : head * Dk);
     for (int d = tid; d < Dk; d += DEC_THREADS)
-        zn[d] = z[d] * g + phk[d];
+        zn[d] = (r.fresh ? 0.0f : z[d] * g) + phk[d];
     if constexpr (CLUSTER) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
         cooperative_groups::this_cluster().sync(); /* every CTA has read z */
@@ -113,11 +180,11 @@ __global__ void __launch_bounds__(DEC_THREADS) decode_kernel(const __grid_consta
     const int cg = tid % CG, rg = tid / CG, e = 4 * cg;
     const bool active = rg < RG, vec = p.Dv % 4 == 0 && cols % 4 == 0;
     const int64_t rs = p.Dv; /* row stride of the state */
-    float *S = p.S + (int64_t)head * Dk * rs + e0;
+    float *S = p.S + (p.S_slot ? r.slot * p.S_slot + hk * Dk * rs : head * Dk * rs) + e0;
     for (int gb = 0; gb < G; gb += GB) {
         for (int x = tid; x < GB * Dk; x += DEC_THREADS) {
             const int gi = x / Dk, d = x % Dk, hq = hk * G + gb + gi;
-            phq[x] = gb + gi < G ? lmk::phi_precise(ld<DT>(p.q, b * p.sq[0] + hq * p.sq[1] + d), p.feature_map) : 0.0f;
+            phq[x] = gb + gi < G ? lmk::phi_precise(ld<DT>(p.q, tok * p.sq[0] + hq * p.sq[1] + d), p.feature_map) : 0.0f;
         }
         __syncthreads();
         if (tid < GB * 32) { /* warp gi: den[gi] = phi(q_gi) . z */
@@ -138,7 +205,7 @@ __global__ void __launch_bounds__(DEC_THREADS) decode_kernel(const __grid_consta
 #pragma unroll
                 for (int i = 0; i < RB; i++) {
                     const int d = d0 + i * RG;
-                    s[i] = d < Dk ? row4(S + (int64_t)d * rs, e, Dv, vec) : make_float4(0, 0, 0, 0);
+                    s[i] = d < Dk && !r.fresh ? row4(S + (int64_t)d * rs, e, Dv, vec) : make_float4(0, 0, 0, 0);
                 }
 #pragma unroll
                 for (int i = 0; i < RB; i++) {
@@ -179,7 +246,7 @@ __global__ void __launch_bounds__(DEC_THREADS) decode_kernel(const __grid_consta
             for (int r = 0; r < RG; r++)
                 s += red[(r * GB + gi) * Dv + ee];
             const float o = p.normalize ? s * (1.0f / (den[gi] + p.eps)) : s * p.scale;
-            st<DT>(p.out, b * p.so[0] + hq * p.so[1] + e0 + ee, o);
+            st<DT>(p.out, tok * p.so[0] + hq * p.so[1] + e0 + ee, o);
         }
         __syncthreads();
     }
@@ -187,12 +254,12 @@ __global__ void __launch_bounds__(DEC_THREADS) decode_kernel(const __grid_consta
 
 } // namespace
 
-template <int DT>
-static void launch(const lmk_decode &p, int nvb, size_t smem, cudaStream_t s, cudaError_t *err)
+template <int DT, class P>
+static void launch(const P &p, int nvb, size_t smem, cudaStream_t s, cudaError_t *err)
 {
-    const unsigned blocks = (unsigned)((int64_t)p.B * p.Hkv * nvb);
+    const unsigned blocks = (unsigned)((int64_t)base(p).B * base(p).Hkv * nvb);
     if (nvb == 1) {
-        decode_kernel<DT, false><<<blocks, DEC_THREADS, smem, s>>>(p, 1);
+        decode_kernel<DT, false, P><<<blocks, DEC_THREADS, smem, s>>>(p, 1);
         *err = cudaGetLastError();
         return;
     }
@@ -208,37 +275,52 @@ static void launch(const lmk_decode &p, int nvb, size_t smem, cudaStream_t s, cu
     cfg.stream = s;
     cfg.attrs = attr;
     cfg.numAttrs = 1;
-    *err = cudaLaunchKernelEx(&cfg, decode_kernel<DT, true>, p, nvb);
+    *err = cudaLaunchKernelEx(&cfg, decode_kernel<DT, true, P>, p, nvb);
 }
 
-extern "C" lm_status lmk_decode_launch(const lmk_decode *p, void *stream)
+template <class P> static lm_status launch_any(const P &p, void *stream)
 {
-    if (p->Dk > 4096)
-        return lmi_error(LM_ERR_UNSUPPORTED, "cuda decode: Dk %d, at most 4096", p->Dk);
-    if (p->has_decay && p->Hkv > LMK_MAX_DECAY_HEADS)
-        return lmi_error(LM_ERR_UNSUPPORTED, "cuda: decay with %d kv heads (at most %d)", p->Hkv,
+    const lmk_decode &d = base(p);
+    if (d.Dk > 4096)
+        return lmi_error(LM_ERR_UNSUPPORTED, "cuda decode: Dk %d, at most 4096", d.Dk);
+    if (d.has_decay && d.Hkv > LMK_MAX_DECAY_HEADS)
+        return lmi_error(LM_ERR_UNSUPPORTED, "cuda: decay with %d kv heads (at most %d)", d.Hkv,
                          LMK_MAX_DECAY_HEADS);
+    if (d.B < 1)
+        return LM_OK;
+    if ((int64_t)d.B * d.Hkv * 8 > INT32_MAX)
+        return lmi_error(LM_ERR_UNSUPPORTED, "cuda decode: %d rows of %d kv heads", d.B, d.Hkv);
     /* Clusters (sm_90) of CTAs of COLS columns each, at most 8 per head. */
     int dev = 0, major = 0;
     LMI_CUDA_TRY(cudaGetDevice(&dev));
     LMI_CUDA_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-    int nvb = major >= 9 ? (p->Dv + COLS - 1) / COLS : 1;
+    int nvb = major >= 9 ? (d.Dv + COLS - 1) / COLS : 1;
     nvb = nvb > 8 ? 8 : nvb;
-    const int cols = (p->Dv + nvb - 1) / nvb;
+    const int cols = (d.Dv + nvb - 1) / nvb;
     if (cols > 4 * DEC_THREADS)
-        return lmi_error(LM_ERR_UNSUPPORTED, "cuda decode: Dv %d too large", p->Dv);
+        return lmi_error(LM_ERR_UNSUPPORTED, "cuda decode: Dv %d too large", d.Dv);
     /* red holds RG x GB x Dv partial sums, RG x Dv <= 4 x DEC_THREADS. */
-    const size_t smem = sizeof(float) * ((size_t)(2 + GB) * p->Dk + cols + GB + (size_t)GB * 4 * DEC_THREADS);
+    const size_t smem = sizeof(float) * ((size_t)(2 + GB) * d.Dk + cols + GB + (size_t)GB * 4 * DEC_THREADS);
     if (smem > 48 * 1024)
-        return lmi_error(LM_ERR_UNSUPPORTED, "cuda decode: head dims %d x %d too large", p->Dk, p->Dv);
+        return lmi_error(LM_ERR_UNSUPPORTED, "cuda decode: head dims %d x %d too large", d.Dk, d.Dv);
     cudaStream_t s = (cudaStream_t)stream;
     cudaError_t err = cudaSuccess;
-    switch (p->dtype) {
-    case LM_BF16: launch<LM_BF16>(*p, nvb, smem, s, &err); break;
-    case LM_F16: launch<LM_F16>(*p, nvb, smem, s, &err); break;
-    case LM_F32: launch<LM_F32>(*p, nvb, smem, s, &err); break;
-    default: return lmi_error(LM_ERR_INVALID_ARG, "cuda: dtype %d", p->dtype);
+    switch (d.dtype) {
+    case LM_BF16: launch<LM_BF16>(p, nvb, smem, s, &err); break;
+    case LM_F16: launch<LM_F16>(p, nvb, smem, s, &err); break;
+    case LM_F32: launch<LM_F32>(p, nvb, smem, s, &err); break;
+    default: return lmi_error(LM_ERR_INVALID_ARG, "cuda: dtype %d", d.dtype);
     }
     LMI_CUDA_TRY(err);
     return LM_OK;
+}
+
+extern "C" lm_status lmk_decode_launch(const lmk_decode *p, void *stream)
+{
+    return launch_any(*p, stream);
+}
+
+extern "C" lm_status lmk_decode_table_launch(const lmk_decode_table *p, void *stream)
+{
+    return launch_any(*p, stream);
 }

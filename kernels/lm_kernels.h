@@ -74,9 +74,28 @@ typedef struct lmk_scan {
     int n, Hkv, Dk, Dv, nseg, prefix, compensated;
     int64_t seg_chunks;   /* chunks per segment (decay over a segment) */
     int64_t last_tokens;  /* prefix = 0 with decay: tokens of the last segment */
+    /* With a key padding mask, the decay over each step's segment (it counts
+     * unmasked tokens only, lmk_seg_decay): head h, step s reads
+     * seg_g[h * seg_g_h + s * seg_g_s]; NULL = g^(seg_chunks * LMK_CHUNK). */
+    const float *seg_g;
+    int64_t seg_g_h, seg_g_s;
     int has_decay;
     float decay[LMK_MAX_DECAY_HEADS];
 } lmk_scan;
+
+/* The decay over each segment of a masked sequence: out[(b * Hkv + h) *
+ * nseg + s] = decay[h]^(the unmasked tokens of batch row b in segment s),
+ * segments of seg_len tokens over L (a masked key does not decay the state). */
+typedef struct lmk_seg_decay {
+    const uint8_t *mask;
+    int64_t mask_s[2];
+    float *out;
+    int B, Hkv, nseg;
+    int64_t L, seg_len;
+    float decay[LMK_MAX_DECAY_HEADS];
+} lmk_seg_decay;
+
+lm_status lmk_seg_decay_launch(const lmk_seg_decay *p, void *stream);
 
 /* One decode step, in place on the state. Views are [B, Hq, Dk] etc. (the
  * token dimension dropped): s[0] batch stride, s[1] head stride. */
@@ -86,13 +105,49 @@ typedef struct lmk_decode {
     int64_t sq[2], sk[2], sv[2], so[2];
     const uint8_t *mask; /* [B] nonzero = ignore this token's key, or NULL */
     int64_t mask_s0;
-    float *S, *z;        /* [B, Hkv, Dk, Dv], [B, Hkv, Dk] fp32, updated in place */
+    float *S, *z;        /* [B, Hkv, Dk, Dv], [B, Hkv, Dk] fp32, updated in place; or a pool: */
+    /* Pool rows: row b continues slot slots[b] (device; -1 = padding, nothing
+     * read or written; >= nslots: refused), whose S [Hkv, Dk, Dv] is at
+     * S + slot * S_slot (z likewise). slots NULL: row b is slot b of the
+     * contiguous S, z above (S_slot = 0). */
+    const int32_t *slots;
+    int64_t S_slot, z_slot;
+    int nslots;
+    int64_t *pos;        /* tokens per slot, advanced by one per row, or NULL */
+    int32_t *arrive;     /* per slot, 0 between calls: the row's CTAs counted in */
+    int64_t limit;       /* a slot at limit tokens is refused (0: none) */
+    int32_t *status;     /* per row: LM_OK, LM_ERR_LICENSE, LM_ERR_INVALID_ARG; or NULL */
     int dtype, B, Hq, Hkv, Dk, Dv;
     int feature_map, normalize;
     float eps, scale;
     int has_decay;
     float decay[LMK_MAX_DECAY_HEADS];
 } lmk_decode;
+
+/* Rows given by value (the decode rows of a varlen prefill): row b is token
+ * row[b].tok of q, k, v, out, continues slot row[b].slot, from an empty
+ * state when row[b].fresh. d.B rows, at most LMK_DECODE_TABLE. */
+#define LMK_DECODE_TABLE 1024
+typedef struct lmk_decode_row {
+    int32_t tok, slot, fresh;
+} lmk_decode_row;
+typedef struct lmk_decode_table {
+    lmk_decode d;
+    lmk_decode_row row[LMK_DECODE_TABLE];
+} lmk_decode_table;
+
+/* Positions of a varlen prefill's sequences: pos[slot] = (fresh ? 0 :
+ * pos[slot]) + len for each of n entries (at most LMK_POS_TABLE). */
+#define LMK_POS_TABLE 1024
+typedef struct lmk_pos_update {
+    int64_t *pos;
+    int n;
+    struct {
+        int32_t slot, len, fresh;
+    } e[LMK_POS_TABLE];
+} lmk_pos_update;
+
+lm_status lmk_pos_update_launch(const lmk_pos_update *p, void *stream);
 
 /* The core backward (kernels/backward.cu): one CTA per (batch row, kv head,
  * segment) walks its segment's chunks, over the G query heads of the group.
@@ -190,6 +245,7 @@ int lmk_attend_v2_takes(const lmk_attend *p, lmk_kind kind);
 lm_status lmk_attend_v2_launch(const lmk_attend *p, lmk_kind kind, void *stream);
 lm_status lmk_scan_launch(const lmk_scan *p, void *stream);
 lm_status lmk_decode_launch(const lmk_decode *p, void *stream);
+lm_status lmk_decode_table_launch(const lmk_decode_table *p, void *stream);
 
 /* ---- errors: a CUDA call that fails becomes an lm_status naming it ---- */
 

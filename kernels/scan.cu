@@ -35,9 +35,11 @@ __global__ void scan_kernel(const __grid_constant__ lmk_scan p)
         total = p.z_total ? p.z_total + head * p.Dk + (i - SS) : nullptr;
     }
     /* Decay over a whole segment: its chunks' g^64, multiplied as the chunks
-     * do; over the last one (fold): its whole chunks', then g per token. */
+     * do; over the last one (fold): its whole chunks', then g per token. With
+     * a mask, per segment from lmk_seg_decay (a masked key is no step). */
     float gs = 1.0f, gl = 1.0f;
-    if (p.has_decay) {
+    const float *seg_g = p.seg_g ? p.seg_g + head * p.seg_g_h : nullptr;
+    if (p.has_decay && !seg_g) {
         const float g = p.decay[head % p.Hkv];
         float g64 = 1.0f;
         for (int k = 0; k < LMK_CHUNK; k++)
@@ -63,7 +65,7 @@ __global__ void scan_kernel(const __grid_constant__ lmk_scan p)
         } else {
             d = *ps;
         }
-        const float g = p.prefix || s < p.nseg - 1 ? gs : gl;
+        const float g = seg_g ? seg_g[s * p.seg_g_s] : p.prefix || s < p.nseg - 1 ? gs : gl;
         if (p.compensated) {
             const float base = run * g, y = d - c * g, sum = base + y;
             c = (sum - base) - y;

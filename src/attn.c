@@ -35,11 +35,6 @@ lm_status lm_attn_config_default(lm_attn_config *cfg, int embed_dim, int num_hea
     return LM_OK;
 }
 
-int64_t lmi_state_floats(const lm_attn *a, int64_t batch)
-{
-    return batch * a->Hkv * (a->D * a->D + a->D);
-}
-
 static lm_status check_config(const lm_attn_config *c)
 {
     if (c->embed_dim <= 0 || c->embed_dim > LMI_MAX_WIDTH)

@@ -122,6 +122,35 @@ lm_status lm_linear_attn_prefill(const lm_core_args *args, void *stream)
     return st ? st : be->prefill(&p, stream);
 }
 
+lm_status lm_linear_attn_prefill_ws(const lm_core_args *args, void *workspace, size_t workspace_bytes,
+                                    void *stream)
+{
+    lm_core_args full;
+    lmi_core_params p;
+    const lmi_backend *be;
+    lm_status st = lmi_core_fill(args, LMI_CORE_PREFILL, &full, &p, &be);
+    if (st)
+        return st;
+    if (!workspace)
+        return lmi_error(LM_ERR_INVALID_ARG, "workspace is NULL (lm_linear_attn_prefill allocates its own)");
+    p.ws = workspace;
+    p.ws_bytes = workspace_bytes;
+    return be->prefill(&p, stream);
+}
+
+lm_status lm_linear_attn_prefill_workspace(const lm_core_args *args, size_t *bytes)
+{
+    if (!bytes)
+        return lmi_error(LM_ERR_INVALID_ARG, "bytes is NULL");
+    lm_core_args full;
+    lmi_core_params p;
+    const lmi_backend *be;
+    lm_status st = lmi_core_fill(args, LMI_CORE_PREFILL, &full, &p, &be);
+    if (st)
+        return st;
+    return be->prefill_ws(&p, bytes);
+}
+
 lm_status lm_linear_attn_decode(const lm_core_args *args, void *stream)
 {
     lm_core_args full;

@@ -7,8 +7,11 @@
  *   num_i   = p^(i+1) phi(q_i) S + sum_j A[i][j] v_j        (inter + intra)
  *   den_i   = p^(i+1) phi(q_i).z + sum_j A[i][j]
  *   S      <- p^n S + sum_j p^(n-1-j) phi(k_j) v_j^T,  z likewise
- * so the cost is O(L C (Dk + Dv) + L Dk Dv), never O(L^2). Bidirectional
- * first folds every key into S, z, then reads them out for every query.
+ * so the cost is O(L C (Dk + Dv) + L Dk Dv), never O(L^2). With a key
+ * padding mask the exponents count unmasked keys only (a masked key is no
+ * step of the recurrence: cnt of lmi_chunk_counts), so p^(i-j) is
+ * p^(cnt[i+1] - cnt[j+1]). Bidirectional first folds every key into S, z,
+ * then reads them out for every query.
  *
  * Tasks of the query heads that share a kv head each rebuild that head's
  * state (cheap next to the readout) so that batch x query heads all run in
@@ -31,6 +34,7 @@ typedef struct task {
     float *cS, *cz;   /* Kahan compensation, when compensated */
     float *dS, *dz;   /* chunk increment, when compensated */
     float pw[C + 1];  /* decay^i */
+    int cnt[C + 1];   /* decay exponents of the chunk's rows (lmi_chunk_counts) */
 } task;
 
 /* Loads a chunk of keys and values; masked keys become zero rows. */
@@ -40,6 +44,7 @@ static void load_kv(task *t, const lmi_core_params *p, int64_t b, int64_t hk, in
     lmi_chunk_load(t->k, &p->k, b, t0, n, hk, p->Dk);
     lmi_chunk_load(t->v, &p->v, b, t0, n, hk, p->Dv);
     lmi_phi(t->k, NULL, n * p->Dk, p->feature_map);
+    lmi_chunk_counts(t->cnt, p, b, t0, n);
     if (!p->mask)
         return;
     for (int64_t j = 0; j < n; j++) {
@@ -50,7 +55,8 @@ static void load_kv(task *t, const lmi_core_params *p, int64_t b, int64_t hk, in
     }
 }
 
-/* S <- p^n S + sum_j p^(n-1-j) k_j v_j^T over the chunk's n keys; z likewise. */
+/* S <- p^n S + sum_j p^(n-1-j) k_j v_j^T over the chunk's n keys; z likewise
+ * (exponents counted over unmasked keys). */
 LMI_HOT static void absorb(task *t, const lmi_core_params *p, int64_t n, int decayed)
 {
     const int64_t Dk = p->Dk, Dv = p->Dv;
@@ -61,14 +67,14 @@ LMI_HOT static void absorb(task *t, const lmi_core_params *p, int64_t n, int dec
         memset(S, 0, (size_t)(Dk * Dv) * sizeof(float));
         memset(z, 0, (size_t)Dk * sizeof(float));
     } else if (decayed) {
-        lmi_scale(S, t->pw[n], Dk * Dv);
-        lmi_scale(z, t->pw[n], Dk);
+        lmi_scale(S, t->pw[t->cnt[n]], Dk * Dv);
+        lmi_scale(z, t->pw[t->cnt[n]], Dk);
     }
     for (int64_t d = 0; d < Dk; d++) {
         float *row = S + d * Dv;
         float zs = 0.0f;
         for (int64_t j = 0; j < n; j++) {
-            float kw = t->k[j * Dk + d] * (decayed ? t->pw[n - 1 - j] : 1.0f);
+            float kw = t->k[j * Dk + d] * (decayed ? t->pw[t->cnt[n] - t->cnt[j + 1]] : 1.0f);
             lmi_axpy(row, kw, t->v + j * Dv, Dv);
             zs += kw;
         }
@@ -77,7 +83,7 @@ LMI_HOT static void absorb(task *t, const lmi_core_params *p, int64_t n, int dec
     if (!p->compensated)
         return;
     /* Kahan: S += dS with the rounding error carried in cS. */
-    const float g = decayed ? t->pw[n] : 1.0f;
+    const float g = decayed ? t->pw[t->cnt[n]] : 1.0f;
     const int64_t m = Dk * Dv;
     for (int64_t i = 0; i < m + Dk; i++) {
         float *s = i < m ? &t->S[i] : &t->z[i - m];
@@ -103,13 +109,14 @@ LMI_HOT static void readout(task *t, const lmi_core_params *p, int64_t n, int ca
             lmi_axpy(oi, qi[d], t->S + d * Dv, Dv);
         float den = lmi_dot(qi, t->z, Dk);
         if (decayed) {
-            lmi_scale(oi, t->pw[i + 1], Dv);
-            den *= t->pw[i + 1];
+            lmi_scale(oi, t->pw[t->cnt[i + 1]], Dv);
+            den *= t->pw[t->cnt[i + 1]];
         }
         if (causal) {
             float *ai = t->a + i * C;
             for (int64_t j = 0; j <= i; j++)
-                ai[j] = lmi_dot(qi, t->k + j * Dk, Dk) * (decayed ? t->pw[i - j] : 1.0f);
+                ai[j] = lmi_dot(qi, t->k + j * Dk, Dk) *
+                        (decayed ? t->pw[t->cnt[i + 1] - t->cnt[j + 1]] : 1.0f);
             for (int64_t j = 0; j <= i; j++) {
                 lmi_axpy(oi, ai[j], t->v + j * Dv, Dv);
                 den += ai[j];
@@ -131,7 +138,7 @@ static void run_task(task *t, const lmi_core_params *p, int64_t b, int64_t h, fl
     for (int i = 1; i <= C; i++)
         t->pw[i] = t->pw[i - 1] * g;
 
-    if (p->state) {
+    if (p->state && !p->fresh) {
         memcpy(t->S, p->state + (b * p->Hkv + hk) * Dk * Dv, (size_t)(Dk * Dv) * sizeof(float));
         memcpy(t->z, p->normalizer + (b * p->Hkv + hk) * Dk, (size_t)Dk * sizeof(float));
     } else {
@@ -179,16 +186,17 @@ static void run_task(task *t, const lmi_core_params *p, int64_t b, int64_t h, fl
     }
 }
 
-static float *task_alloc(task *t, const lmi_core_params *p)
+/* Floats of one task buffer (per thread) for the head dims of p. */
+static int64_t task_floats(const lmi_core_params *p, int compensated)
 {
     const int64_t Dk = p->Dk, Dv = p->Dv;
     int64_t n = C * (2 * Dk + 2 * Dv) + C * C + Dk * Dv + Dk;
-    if (p->compensated)
-        n += 2 * (Dk * Dv + Dk);
-    float *m = malloc((size_t)n * sizeof(float));
-    if (!m)
-        return NULL;
-    float *c = m;
+    return compensated ? n + 2 * (Dk * Dv + Dk) : n;
+}
+
+static void task_carve(task *t, const lmi_core_params *p, int compensated, float *c)
+{
+    const int64_t Dk = p->Dk, Dv = p->Dv;
     t->q = c, c += C * Dk;
     t->k = c, c += C * Dk;
     t->v = c, c += C * Dv;
@@ -197,51 +205,115 @@ static float *task_alloc(task *t, const lmi_core_params *p)
     t->S = c, c += Dk * Dv;
     t->z = c, c += Dk;
     t->cS = t->cz = t->dS = t->dz = NULL;
-    if (p->compensated) {
+    if (compensated) {
         t->cS = c, c += Dk * Dv;
         t->cz = c, c += Dk;
         t->dS = c, c += Dk * Dv;
         t->dz = c;
     }
-    return m;
+}
+
+/* The work of lmi_cpu_attend_many: its calls (same head dims), their tasks
+ * (batch row x query head of each) numbered one after the other, and the
+ * scratch: where each call's tasks and final state start, the final states,
+ * then one task buffer per thread. */
+typedef struct plan {
+    const lmi_core_params *ps;
+    int64_t n, ntask, per_task, threads, work, states;
+    int compensated;
+    size_t bytes;
+} plan;
+
+static plan plan_of(const lmi_core_params *ps, int64_t n)
+{
+    plan pl = { .ps = ps, .n = n };
+    for (int64_t i = 0; i < n; i++) {
+        const lmi_core_params *p = &ps[i];
+        pl.ntask += p->B * p->Hq;
+        pl.work += p->B * p->Hq * (p->L + p->Lk) * p->Dk * p->Dv;
+        pl.compensated |= p->compensated;
+        if (p->state)
+            pl.states += p->B * p->Hkv * (p->Dk * p->Dv + p->Dk);
+    }
+    pl.threads = lmi_cpu_threads(ps[0].num_threads);
+    pl.per_task = task_floats(&ps[0], pl.compensated);
+    pl.bytes = (size_t)(2 * n + 1) * sizeof(int64_t) +
+               (size_t)(pl.states + pl.threads * pl.per_task) * sizeof(float);
+    return pl;
+}
+
+size_t lmi_cpu_attend_ws(const lmi_core_params *ps, int64_t n)
+{
+    return n ? plan_of(ps, n).bytes : 0;
+}
+
+/* The call and (b, h) of task x: the calls' tasks follow one another. */
+static const lmi_core_params *task_of(const plan *pl, const int64_t *first, int64_t x, int64_t *b,
+                                      int64_t *h)
+{
+    int64_t lo = 0, hi = pl->n - 1;
+    while (lo < hi) { /* the last call whose first task is <= x */
+        const int64_t mid = (lo + hi + 1) / 2;
+        if (first[mid] <= x)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    const lmi_core_params *p = &pl->ps[lo];
+    *b = (x - first[lo]) / p->Hq;
+    *h = (x - first[lo]) % p->Hq;
+    return p;
+}
+
+lm_status lmi_cpu_attend_many(const lmi_core_params *ps, int64_t n, void *ws, size_t ws_bytes)
+{
+    if (n == 0)
+        return LM_OK;
+    const plan pl = plan_of(ps, n);
+    if (ws && ws_bytes < pl.bytes)
+        return lmi_error(LM_ERR_INVALID_ARG, "the workspace has %zu bytes, this call needs %zu", ws_bytes,
+                         pl.bytes);
+    void *mem = ws ? ws : malloc(pl.bytes);
+    if (!mem)
+        return lmi_error(LM_ERR_OUT_OF_MEMORY, "cpu: no memory for the attention's scratch (%zu bytes)",
+                         pl.bytes);
+    int64_t *first = mem, *soff = first + n + 1;
+    float *states = (float *)(soff + n), *bufs = states + pl.states;
+    first[0] = 0;
+    for (int64_t i = 0, off = 0; i < n; i++) {
+        first[i + 1] = first[i] + ps[i].B * ps[i].Hq;
+        soff[i] = off;
+        off += ps[i].state ? ps[i].B * ps[i].Hkv * (ps[i].Dk * ps[i].Dv + ps[i].Dk) : 0;
+    }
+    /* Small calls (decode steps) are not worth waking a thread team for. */
+    const int team = pl.ntask > 1 && pl.work > (1 << 20) ? (int)pl.threads : 1;
+#pragma omp parallel num_threads(team)
+    {
+        task t;
+        task_carve(&t, &ps[0], pl.compensated, bufs + (int64_t)omp_get_thread_num() * pl.per_task);
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t x = 0; x < pl.ntask; x++) {
+            int64_t b, h;
+            const lmi_core_params *p = task_of(&pl, first, x, &b, &h);
+            /* Final states go to scratch first: the sibling heads of a kv
+             * head may still be reading the initial state. */
+            run_task(&t, p, b, h, p->state ? states + soff[p - ps] : NULL);
+        }
+    }
+    float *so = states;
+    for (int64_t i = 0; i < n; i++) {
+        const lmi_core_params *p = &ps[i];
+        for (int64_t r = 0; p->state && r < p->B * p->Hkv; r++, so += p->Dk * p->Dv + p->Dk) {
+            memcpy(p->state + r * p->Dk * p->Dv, so, (size_t)(p->Dk * p->Dv) * sizeof(float));
+            memcpy(p->normalizer + r * p->Dk, so + p->Dk * p->Dv, (size_t)p->Dk * sizeof(float));
+        }
+    }
+    if (!ws)
+        free(mem);
+    return LM_OK;
 }
 
 lm_status lmi_cpu_attend(const lmi_core_params *p)
 {
-    const int64_t per_head = p->Dk * p->Dv + p->Dk;
-    const int64_t ntask = p->B * p->Hq;
-    float *state_out = NULL;
-    if (p->state) {
-        state_out = malloc((size_t)(p->B * p->Hkv * per_head) * sizeof(float));
-        if (!state_out)
-            return lmi_error(LM_ERR_OUT_OF_MEMORY, "cpu: no memory for the state");
-    }
-    /* Small calls (decode steps) are not worth waking a thread team for. */
-    const int64_t work = ntask * (p->L + p->Lk) * p->Dk * p->Dv;
-    int failed = 0;
-#pragma omp parallel if (ntask > 1 && work > (1 << 20)) reduction(| : failed)
-    {
-        task t;
-        float *mem = task_alloc(&t, p);
-        if (!mem)
-            failed = 1;
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t i = 0; i < ntask; i++)
-            if (mem)
-                run_task(&t, p, i / p->Hq, i % p->Hq, state_out);
-        free(mem);
-    }
-    if (failed) {
-        free(state_out);
-        return lmi_error(LM_ERR_OUT_OF_MEMORY, "cpu: no memory for chunk buffers");
-    }
-    if (p->state) {
-        for (int64_t i = 0; i < p->B * p->Hkv; i++) {
-            const float *so = state_out + i * per_head;
-            memcpy(p->state + i * p->Dk * p->Dv, so, (size_t)(p->Dk * p->Dv) * sizeof(float));
-            memcpy(p->normalizer + i * p->Dk, so + p->Dk * p->Dv, (size_t)p->Dk * sizeof(float));
-        }
-        free(state_out);
-    }
-    return LM_OK;
+    return lmi_cpu_attend_many(p, 1, p->ws, p->ws_bytes);
 }

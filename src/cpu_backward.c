@@ -20,7 +20,10 @@
  *   dV_j = g^(n-1-j) R^T K_j + sum_heads sum_{i>=j} A[i][j] dn_i
  *   R <- g^n R + sum_heads sum_i g^(i+1) Q_i dn_i^T, r likewise with dd_i Q_i
  * where R, r = g P, g p just after the chunk (dS_out, dz_out after the last
- * one, dS_0, dz_0 after the first). Cost O(L C (Dk + Dv) + L Dk Dv).
+ * one, dS_0, dz_0 after the first). Cost O(L C (Dk + Dv) + L Dk Dv). With a
+ * key padding mask, a masked key is no step of the recurrence (no decay
+ * either): exponents count the unmasked keys (lmi_chunk_counts), so g^(i-j)
+ * is g^(cnt[i+1] - cnt[j+1]), g^(i+1) is g^cnt[i+1], g^n is g^cnt[n].
  *
  * Memory. dQ is computed forwards and dK, dV backwards, and (normalised) both
  * need the forward's d_t and do_t.o_t, so the reverse sweep needs the state at
@@ -66,6 +69,8 @@ typedef struct task {
     int64_t b, hk, G, m; /* m = Dk Dv + Dk floats of a state */
     int64_t K, nck;      /* chunks per block, checkpoints */
     float pw[C + 1];     /* decay^i */
+    int cnt[C + 1];      /* decay exponents of the loaded chunk (lmi_chunk_counts) */
+    float wq[C];         /* g^cnt[i+1]: query row i's weight on the state before the chunk */
     float *q, *dq_phi;   /* [C][Dk] phi(q) and phi'(q) of one query head */
     float *k, *dk_phi;   /* [C][Dk] */
     float *v;            /* [C][Dv] */
@@ -92,6 +97,9 @@ static void load_keys(task *t, int64_t t0, int64_t n)
     lmi_chunk_load(t->k, &p->k, t->b, t0, n, t->hk, p->Dk);
     lmi_chunk_load(t->v, &p->v, t->b, t0, n, t->hk, p->Dv);
     lmi_phi(t->k, t->dk_phi, n * p->Dk, p->feature_map);
+    lmi_chunk_counts(t->cnt, p, t->b, t0, n);
+    for (int64_t j = 0; j < n; j++)
+        t->wq[j] = t->pw[t->cnt[j + 1]];
     for (int64_t j = 0; j < n; j++) {
         if (masked(t, t0 + j)) {
             memset(t->k + j * p->Dk, 0, (size_t)p->Dk * sizeof(float));
@@ -149,10 +157,10 @@ static void absorb(task *t, int64_t n)
 {
     float w[C];
     for (int64_t j = 0; j < n; j++)
-        w[j] = t->pw[n - 1 - j];
+        w[j] = t->pw[t->cnt[n] - t->cnt[j + 1]];
     memset(t->inc, 0, (size_t)t->m * sizeof(float));
     outer_acc(t, t->k, w, t->v, NULL, n);
-    fold(&t->st, t->inc, t->m, t->pw[n]);
+    fold(&t->st, t->inc, t->m, t->pw[t->cnt[n]]);
 }
 
 /* Turns do into dn in place and fills dd, reading the forward's n_i, d_i off
@@ -173,10 +181,10 @@ LMI_HOT static void readout_dn(task *t, int64_t n, int causal, float *scal)
         memset(t->num, 0, (size_t)Dv * sizeof(float));
         for (int64_t d = 0; d < Dk; d++)
             lmi_axpy(t->num, qi[d], S + d * Dv, Dv);
-        lmi_scale(t->num, t->pw[i + 1], Dv);
-        float den = lmi_dot(qi, z, Dk) * t->pw[i + 1];
+        lmi_scale(t->num, t->wq[i], Dv);
+        float den = lmi_dot(qi, z, Dk) * t->wq[i];
         for (int64_t j = 0; causal && j <= i; j++) {
-            float a = lmi_dot(qi, t->k + j * Dk, Dk) * t->pw[i - j];
+            float a = lmi_dot(qi, t->k + j * Dk, Dk) * t->pw[t->cnt[i + 1] - t->cnt[j + 1]];
             lmi_axpy(t->num, a, t->v + j * Dv, Dv);
             den += a;
         }
@@ -207,9 +215,9 @@ LMI_HOT static void dq_rows(task *t, int64_t h, int64_t t0, int64_t n, int causa
     for (int64_t i = 0; i < n; i++) {
         const float *dn = t->dn + i * Dv;
         for (int64_t d = 0; d < Dk; d++)
-            t->gq[d] = (lmi_dot(S + d * Dv, dn, Dv) + t->dd[i] * z[d]) * t->pw[i + 1];
+            t->gq[d] = (lmi_dot(S + d * Dv, dn, Dv) + t->dd[i] * z[d]) * t->wq[i];
         for (int64_t j = 0; causal && j <= i; j++) {
-            float bij = (lmi_dot(t->v + j * Dv, dn, Dv) + t->dd[i]) * t->pw[i - j];
+            float bij = (lmi_dot(t->v + j * Dv, dn, Dv) + t->dd[i]) * t->pw[t->cnt[i + 1] - t->cnt[j + 1]];
             lmi_axpy(t->gq, bij, t->k + j * Dk, Dk);
         }
         const float *dphi = t->dq_phi + i * Dk;
@@ -226,7 +234,7 @@ LMI_HOT static void key_grads_init(task *t, int64_t n)
     const int64_t Dk = t->p->Dk, Dv = t->p->Dv;
     const float *R = t->adj.s, *r = t->adj.s + Dk * Dv;
     for (int64_t j = 0; j < n; j++) {
-        const float w = t->pw[n - 1 - j];
+        const float w = t->pw[t->cnt[n] - t->cnt[j + 1]];
         float *gk = t->gk + j * Dk, *gv = t->gv + j * Dv;
         const float *kj = t->k + j * Dk, *vj = t->v + j * Dv;
         memset(gv, 0, (size_t)Dv * sizeof(float));
@@ -246,13 +254,14 @@ LMI_HOT static void head_adjoint(task *t, int64_t n, int causal)
     for (int64_t i = 0; causal && i < n; i++) {
         const float *qi = t->q + i * Dk, *dn = t->dn + i * Dv;
         for (int64_t j = 0; j <= i; j++) {
-            float aij = lmi_dot(qi, t->k + j * Dk, Dk) * t->pw[i - j];
-            float bij = (lmi_dot(t->v + j * Dv, dn, Dv) + t->dd[i]) * t->pw[i - j];
+            const float w = t->pw[t->cnt[i + 1] - t->cnt[j + 1]];
+            float aij = lmi_dot(qi, t->k + j * Dk, Dk) * w;
+            float bij = (lmi_dot(t->v + j * Dv, dn, Dv) + t->dd[i]) * w;
             lmi_axpy(t->gk + j * Dk, bij, qi, Dk);
             lmi_axpy(t->gv + j * Dv, aij, dn, Dv);
         }
     }
-    outer_acc(t, t->q, t->pw + 1, t->dn, t->dd, n);
+    outer_acc(t, t->q, t->wq, t->dn, t->dd, n);
 }
 
 /* dk = dK phi'(k), dv = dV; zero for masked keys. */
@@ -337,7 +346,7 @@ static void causal_task(task *t)
                 scalars_dn(t, n, block_scalars(t, c - c0, i));
                 head_adjoint(t, n, 1);
             }
-            fold(&t->adj, t->inc, t->m, t->pw[n]);
+            fold(&t->adj, t->inc, t->m, t->pw[t->cnt[n]]);
             store_keys(t, t0, n);
         }
     }
@@ -382,6 +391,8 @@ static void run_task(task *t, int64_t b, int64_t hk)
      * and the state gradient's g^L dS_out term sees each one's error. */
     for (int i = 0; i <= C; i++)
         t->pw[i] = powf(gam, (float)i);
+    for (int i = 0; i < C; i++) /* bidirectional queries: no keys loaded with them */
+        t->wq[i] = t->pw[i + 1];
 
     /* The carries: the initial state, and the adjoint dS_out (or 0). */
     memset(t->st.s, 0, (size_t)m * sizeof(float));

@@ -11,6 +11,7 @@
 #include "dtype.h"
 
 #include <math.h>
+#include <omp.h>
 
 /* The hot loops are also compiled for AVX2 + FMA, picked at load time. */
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -18,6 +19,12 @@
 #else
 #define LMI_HOT
 #endif
+
+/* OpenMP threads of a call: num_threads, or the OpenMP default for 0. */
+static inline int64_t lmi_cpu_threads(int num_threads)
+{
+    return num_threads > 0 ? num_threads : omp_get_max_threads();
+}
 
 /* dst[i][:D] = src[b, t0 + i, h, :] as fp32, for i < n ([B, L, H, D] view). */
 static inline void lmi_chunk_load(float *dst, const lmi_view *src, int64_t b, int64_t t0,
@@ -39,6 +46,18 @@ static inline void lmi_chunk_store(const lmi_view *dst, const float *x, int64_t 
         lmi_store_row(lmi_elem(dst->data, dst->dtype, off), dst->dtype, x + i * D, D,
                       dst->s[3]);
     }
+}
+
+/* Decay exponents of a chunk of n keys from t0 in batch row b: cnt[i] = the
+ * unmasked keys among its rows 0 .. i-1 (cnt[i] = i without a mask). A
+ * masked key leaves the state exactly as it was, decay included, so the
+ * decay between rows j < i is g^(cnt[i] - cnt[j]), not g^(i - j). */
+static inline void lmi_chunk_counts(int *cnt, const lmi_core_params *p, int64_t b, int64_t t0,
+                                    int64_t n)
+{
+    cnt[0] = 0;
+    for (int64_t i = 0; i < n; i++)
+        cnt[i + 1] = cnt[i] + !(p->mask && p->mask[b * p->mask_s[0] + (t0 + i) * p->mask_s[1]]);
 }
 
 /* x <- phi(x) in place; dphi (when given) <- phi'(x). NaN stays NaN. */

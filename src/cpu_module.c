@@ -168,6 +168,12 @@ static lm_status cpu_core(const lmi_core_params *p, void *stream)
     return lmi_cpu_attend(p);
 }
 
+static lm_status cpu_core_ws(const lmi_core_params *p, size_t *bytes)
+{
+    *bytes = lmi_cpu_attend_ws(p, 1);
+    return LM_OK;
+}
+
 const lmi_backend lmi_cpu_backend = {
     .name = "cpu",
     .init = cpu_init,
@@ -179,7 +185,9 @@ const lmi_backend lmi_cpu_backend = {
     .forward = forward,
     .step = step,
     .prefill = cpu_core,
+    .prefill_ws = cpu_core_ws,
     .decode = cpu_core,
     .backward = lmi_cpu_backward,
     .attn_backward = lmi_cpu_attn_backward,
+    .pool = &lmi_cpu_pool,
 };

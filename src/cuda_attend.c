@@ -19,6 +19,8 @@
  * v2 runs every call it takes (lmk_attend_v2_takes; the rest stays on v1);
  * LM_ATTEND_KERNEL=v1 keeps every call on v1 (v2 became the default after it
  * passed the GPU suites and the sanitizers on the H200: bench/NOTES.md).
+ * With a mask and a decay, a segment decays the state by g^(its unmasked
+ * tokens): those factors come from lmk_seg_decay, for the scan.
  */
 #include "cuda_impl.h"
 
@@ -86,6 +88,8 @@ static plan plan_of(const lmi_core_params *p, int sms)
         pl.seg_len = lmi_segment_len(p->L, want);
         pl.nseg = lmi_cdiv(p->L, pl.seg_len);
         pl.ws_floats = (size_t)((pl.nseg > 1 ? pl.nseg : 0) + (p->state ? 1 : 0)) * heads * per;
+        if (pl.nseg > 1 && p->mask && p->decay)
+            pl.ws_floats += (size_t)(heads * pl.nseg); /* segment decays */
     } else { /* bidirectional, or causal keys alone (L = 0) */
         if (p->Lk > 0) {
             const int64_t want = fill(sms, p->B * p->Hkv * (v2 ? 1 : nvb), v2);
@@ -98,6 +102,8 @@ static plan plan_of(const lmi_core_params *p, int sms)
         }
         /* The increments, and the bidirectional total (keys alone fold into p->state). */
         pl.ws_floats = (size_t)((p->causal ? 0 : 1) + pl.nkseg) * heads * per;
+        if (p->mask && p->decay) /* keys alone: each key segment's decay */
+            pl.ws_floats += (size_t)(heads * pl.nkseg);
     }
     return pl;
 }
@@ -168,7 +174,8 @@ static lmk_state state_at(float *base, int64_t heads, const lmi_core_params *p, 
 static void scan_params(const lmi_core_params *p, lmk_scan *s)
 {
     memset(s, 0, offsetof(lmk_scan, decay));
-    s->S0 = p->state, s->z0 = p->normalizer;
+    if (!p->fresh) /* fresh: the state is written only */
+        s->S0 = p->state, s->z0 = p->normalizer;
     s->n = (int)(p->B * p->Hkv), s->Hkv = (int)p->Hkv, s->Dk = (int)p->Dk, s->Dv = (int)p->Dv;
     s->compensated = p->compensated;
     s->has_decay = p->decay != NULL;
@@ -204,11 +211,17 @@ static lm_status causal(const lmi_core_params *p, const plan *pl, float *ws, cud
         lmk_scan s;
         scan_params(p, &s);
         s.part = part, s.nseg = (int)pl->nseg, s.prefix = 1, s.seg_chunks = pl->seg_len / LMK_CHUNK;
+        ws += pl->nseg * heads * per;
+        if (p->mask && p->decay) {
+            if ((st = lmi_cuda_seg_decay(p, p->L, pl->seg_len, pl->nseg, ws, stream)))
+                return st;
+            s.seg_g = ws, s.seg_g_h = pl->nseg, s.seg_g_s = 1;
+            ws += heads * pl->nseg;
+        }
         if ((st = lmk_scan_launch(&s, stream)))
             return st;
         k.in = part;
-        ws += pl->nseg * heads * per;
-    } else {
+    } else if (!p->fresh) {
         k.in.S = p->state, k.in.z = p->normalizer;
     }
     if (p->state)
@@ -222,7 +235,9 @@ static lm_status causal(const lmi_core_params *p, const plan *pl, float *ws, cud
 
 /* ABSORB of the key segments of pl into scratch `part` (their increments),
  * then the scan folds them into the initial state (p->state, or empty) and
- * writes the result to S_total, z_total (which may be p->state itself). */
+ * writes the result to S_total, z_total (which may be p->state itself). With
+ * a mask and a decay, each segment decays by its unmasked keys alone (their
+ * decays follow the increments in the scratch). */
 static lm_status fold_keys(const lmi_core_params *p, const plan *pl, float *part_ws, float *S_total,
                            float *z_total, cudaStream_t stream)
 {
@@ -241,6 +256,12 @@ static lm_status fold_keys(const lmi_core_params *p, const plan *pl, float *part
     s.seg_chunks = pl->kseg_len / LMK_CHUNK;
     s.last_tokens = p->Lk - (pl->nkseg - 1) * pl->kseg_len;
     s.S_total = S_total, s.z_total = z_total;
+    if (p->mask && p->decay) {
+        float *seg_g = part_ws + pl->nkseg * heads * per;
+        if ((st = lmi_cuda_seg_decay(p, p->Lk, pl->kseg_len, pl->nkseg, seg_g, stream)))
+            return st;
+        s.seg_g = seg_g, s.seg_g_h = pl->nkseg, s.seg_g_s = 1;
+    }
     return lmk_scan_launch(&s, stream);
 }
 
@@ -255,7 +276,7 @@ static lm_status bidirectional(const lmi_core_params *p, const plan *pl, float *
     if (p->Lk > 0) {
         if ((st = fold_keys(p, pl, ws + heads * per, total.S, total.z, stream)))
             return st;
-    } else if (p->state) {
+    } else if (p->state && !p->fresh) {
         LMI_CUDA_TRY(cudaMemcpyAsync(total.S, p->state, (size_t)(heads * p->Dk * p->Dv) * sizeof(float),
                                      cudaMemcpyDeviceToDevice, stream));
         LMI_CUDA_TRY(cudaMemcpyAsync(total.z, p->normalizer, (size_t)(heads * p->Dk) * sizeof(float),
@@ -270,6 +291,19 @@ static lm_status bidirectional(const lmi_core_params *p, const plan *pl, float *
             return st;
     }
     return p->state ? copy_out(p, &total, stream) : LM_OK;
+}
+
+lm_status lmi_cuda_seg_decay(const lmi_core_params *p, int64_t L, int64_t seg_len, int64_t nseg, float *out,
+                             cudaStream_t stream)
+{
+    lmk_seg_decay d;
+    memset(&d, 0, offsetof(lmk_seg_decay, decay));
+    d.mask = p->mask, d.mask_s[0] = p->mask_s[0], d.mask_s[1] = p->mask_s[1];
+    d.out = out;
+    d.B = (int)p->B, d.Hkv = (int)p->Hkv, d.nseg = (int)nseg;
+    d.L = L, d.seg_len = seg_len;
+    memcpy(d.decay, p->decay, (size_t)p->Hkv * sizeof(float));
+    return lmk_seg_decay_launch(&d, stream);
 }
 
 lm_status lmi_cuda_attend(const lmi_core_params *p, int sms, void *ws, cudaStream_t stream)

@@ -171,6 +171,12 @@ lm_status lmi_cuda_prefill(const lmi_core_params *p, cudaStream_t s)
         return st;
     LMI_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
     const size_t bytes = lmi_cuda_attend_ws(p, sms);
+    if (p->ws) { /* the caller's: nothing allocated, capturable */
+        if (p->ws_bytes < bytes)
+            return lmi_error(LM_ERR_INVALID_ARG, "the workspace has %zu bytes, this call needs %zu",
+                             p->ws_bytes, bytes);
+        return lmi_cuda_attend(p, sms, p->ws, s);
+    }
     void *ws = NULL;
     if (bytes)
         LMI_CUDA_TRY(cudaMallocAsync(&ws, bytes, s));
@@ -186,6 +192,15 @@ lm_status lmi_cuda_prefill(const lmi_core_params *p, cudaStream_t s)
 static lm_status core_prefill(const lmi_core_params *p, void *stream)
 {
     return lmi_cuda_prefill(p, (cudaStream_t)stream);
+}
+
+static lm_status core_prefill_ws(const lmi_core_params *p, size_t *bytes)
+{
+    int dev, sms;
+    LMI_CUDA_TRY(cudaGetDevice(&dev));
+    LMI_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    *bytes = lmi_cuda_attend_ws(p, sms);
+    return LM_OK;
 }
 
 static lm_status core_decode(const lmi_core_params *p, void *stream)
@@ -208,12 +223,14 @@ static const lmi_backend cuda_backend = {
     .forward = lmi_cuda_forward,
     .step = lmi_cuda_step,
     .prefill = core_prefill,
+    .prefill_ws = core_prefill_ws,
     .decode = core_decode,
     .backward = lmi_cuda_backward,
     .attn_backward = lmi_cuda_attn_backward,
+    .pool = &lmi_cuda_pool,
 };
 
-lm_status lmi_cuda_backend(int cuda_device, const lmi_backend **out)
+lm_status lmi_cuda_open_backend(int cuda_device, const lmi_backend **out)
 {
     int n = 0;
     cudaError_t e = cudaGetDeviceCount(&n);

@@ -18,6 +18,8 @@
  * Bidirectional: totals instead of prefixes: ABSORB_KEYS over key segments
  * and a sum from the initial state give S, z; QUERIES over query segments;
  * ABSORB_QUERIES and a sum from dS_out give the adjoint (= dS_in); KEYS.
+ * With a mask and a decay, both scans apply each segment's decay over its
+ * unmasked tokens only (lmk_seg_decay; a masked key does not decay).
  * bf16 causal calls without GQA, mask or decay go to the tensor-core
  * backward of cuda_backward_tc.c instead (unless LM_PRECISION_ON).
  * Workspace (stream-ordered): states at segment starts and adjoints at
@@ -114,7 +116,8 @@ static lm_status launch(lmk_bwd *k, lmk_bwd_kind kind, int64_t L, int64_t seg_le
     return lmk_backward_launch(k, kind, s);
 }
 
-static lm_status causal(const lmi_core_params *p, const bwd_plan *pl, lmk_bwd *k, float *ws,
+/* Causal; seg_g: room for the segments' decays (with a mask and a decay). */
+static lm_status causal(const lmi_core_params *p, const bwd_plan *pl, lmk_bwd *k, float *ws, float *seg_g,
                         cudaStream_t s)
 {
     const int64_t n = pl->nseg, seg = p->B * p->Hkv * (p->Dk * p->Dv + p->Dk);
@@ -125,6 +128,11 @@ static lm_status causal(const lmi_core_params *p, const bwd_plan *pl, lmk_bwd *k
     sc.nseg = (int)n, sc.prefix = 1, sc.seg_chunks = pl->seg_len / LMK_CHUNK;
     sc.part = S, sc.S0 = p->state, sc.z0 = p->normalizer;
     lm_status st;
+    if (seg_g) { /* step s of the forward scan spans segment s */
+        if ((st = lmi_cuda_seg_decay(p, p->L, pl->seg_len, n, seg_g, s)))
+            return st;
+        sc.seg_g = seg_g, sc.seg_g_h = n, sc.seg_g_s = 1;
+    }
     if ((st = launch(k, LMK_BWD_ABSORB_KEYS, p->L, pl->seg_len, 0, n - 1, S, s)) ||
         (st = lmk_scan_launch(&sc, s)) ||
         (st = launch(k, LMK_BWD_QUERIES, p->L, pl->seg_len, 0, n, S, s)) ||
@@ -133,6 +141,8 @@ static lm_status causal(const lmi_core_params *p, const bwd_plan *pl, lmk_bwd *k
     if (n > 1) {
         const lmk_state rev = { R.S + (n - 1) * seg, R.z + (n - 1) * seg, -seg, -seg };
         sc.part = rev, sc.S0 = NULL, sc.z0 = NULL;
+        if (seg_g) /* step s of the reverse scan spans segment n - 1 - s */
+            sc.seg_g = seg_g + (n - 1), sc.seg_g_s = -1;
         if ((st = lmk_scan_launch(&sc, s)))
             return st;
     }
@@ -192,14 +202,16 @@ lm_status lmi_cuda_backward(const lmi_core_params *p, const lmi_core_grad_params
     const int64_t heads = p->B * p->Hkv, per = p->Dk * p->Dv + p->Dk;
     const int64_t comp = p->compensated ? pl.comp_ctas * heads * p->Dk * p->Dv : 0;
     const int64_t carries = (pl.S_slots + pl.R_slots) * heads * per;
-    const size_t bytes = (size_t)(carries + comp + 2 * p->B * p->Hq * p->L) * sizeof(float);
+    const int64_t segs = p->causal && p->mask && p->decay ? heads * pl.nseg : 0;
+    const size_t bytes = (size_t)(carries + comp + 2 * p->B * p->Hq * p->L + segs) * sizeof(float);
     float *ws = NULL;
     LMI_CUDA_TRY(cudaMallocAsync((void **)&ws, bytes, s));
     lmk_bwd k;
     kernel_params(p, g, &k);
     k.comp = comp ? ws + carries : NULL;
     k.scal = ws + carries + comp;
-    st = p->causal ? causal(p, &pl, &k, ws, s) : bidirectional(p, g, &pl, &k, ws, s);
+    float *seg_g = segs ? k.scal + 2 * p->B * p->Hq * p->L : NULL;
+    st = p->causal ? causal(p, &pl, &k, ws, seg_g, s) : bidirectional(p, g, &pl, &k, ws, s);
     cudaError_t e = cudaFreeAsync(ws, s);
     if (st == LM_OK && e != cudaSuccess)
         st = lmi_cuda_fail(e, "cudaFreeAsync(backward workspace)", __FILE__, __LINE__);

@@ -35,6 +35,10 @@ static inline int64_t lmi_segment_len(int64_t n, int64_t want)
     return lmi_cdiv(chunks, want < 1 ? 1 : want > chunks ? chunks : want) * LMK_CHUNK;
 }
 
+/* The backend table for cuda_device (-1: current), handed to the core
+ * through plugin.h; NO_DEVICE / UNSUPPORTED when the GPU cannot serve. */
+lm_status lmi_cuda_open_backend(int cuda_device, const lmi_backend **out);
+
 /* Makes `device` current for the duration of a call; *prev restores it. */
 lm_status lmi_cuda_enter(int device, int *prev);
 void lmi_cuda_leave(int device, int prev);
@@ -101,6 +105,10 @@ lm_status lmi_cuda_use_stream(lmi_cuda_ctx *ctx, cudaStream_t stream);
  * itself with that scratch (device memory, ws_bytes of it). */
 size_t lmi_cuda_attend_ws(const lmi_core_params *p, int sms);
 lm_status lmi_cuda_attend(const lmi_core_params *p, int sms, void *ws, cudaStream_t stream);
+/* out[(b * Hkv + h) * nseg + s] = decay over segment s of batch row b with
+ * p's mask (a masked key does not decay the state), segments of seg_len of L. */
+lm_status lmi_cuda_seg_decay(const lmi_core_params *p, int64_t L, int64_t seg_len, int64_t nseg, float *out,
+                             cudaStream_t stream);
 /* The same after lmi_cuda_check_core, with stream-ordered scratch
  * (cuda_backend.c). */
 lm_status lmi_cuda_prefill(const lmi_core_params *p, cudaStream_t stream);
@@ -113,6 +121,9 @@ int lmi_cuda_backward_tc_ok(const lmi_core_params *p, const lmi_core_grad_params
 lm_status lmi_cuda_backward_tc(const lmi_core_params *p, const lmi_core_grad_params *g, cudaStream_t stream);
 /* UNSUPPORTED unless the views suit the kernels (unit stride last, sizes). */
 lm_status lmi_cuda_check_core(const lmi_core_params *p, int device);
+
+/* The engine pool on the GPU (cuda_pool.c). */
+extern const lmi_pool_ops lmi_cuda_pool;
 
 /* Module entry points (cuda_module.c, cuda_module_backward.c). */
 lm_status lmi_cuda_forward(lm_attn *a, const lmi_forward *f, void *stream);

@@ -19,7 +19,7 @@
 
 lmi_cuda_weights lmi_cuda_weights_of(const lm_attn *a)
 {
-    const int64_t es = (int64_t)lm_dtype_size(a->cfg.dtype), E = a->E;
+    const int64_t es = (int64_t)lmi_dtype_bytes(a->cfg.dtype), E = a->E;
     const int64_t Dq = a->Hq * a->D, Dkv = a->Hkv * a->D;
     const lm_weights *w = &a->w;
     lmi_cuda_weights r = { .w = { w->q_proj_weight, w->k_proj_weight, w->v_proj_weight } };
@@ -48,7 +48,7 @@ void *lmi_cuda_rows_of(const lm_tensor *t, int64_t t0, int64_t *ld, int64_t *sb)
 {
     *ld = t->stride[1];
     *sb = t->stride[0];
-    return (char *)t->data + t0 * t->stride[1] * (int64_t)lm_dtype_size(t->dtype);
+    return (char *)t->data + t0 * t->stride[1] * (int64_t)lmi_dtype_bytes(t->dtype);
 }
 
 lm_status lmi_cuda_need_unit_stride(const lm_tensor *t, const char *what)
@@ -113,7 +113,7 @@ static lm_status reserve(lmi_cuda_ctx *ctx, size_t bytes, cudaStream_t s)
 static lm_status forward_on(lmi_cuda_ctx *ctx, lm_attn *a, const lmi_forward *f, cudaStream_t s)
 {
     const int64_t B = f->B, E = a->E, D = a->D, Dq = a->Hq * D, Dkv = a->Hkv * D;
-    const int64_t es = (int64_t)lm_dtype_size(a->cfg.dtype), ld = Dq + 2 * Dkv;
+    const int64_t es = (int64_t)lmi_dtype_bytes(a->cfg.dtype), ld = Dq + 2 * Dkv;
     const lmi_cuda_weights w = lmi_cuda_weights_of(a);
     const int fused = w.packed && lmi_cuda_same_tensor(f->query, f->key) &&
                       lmi_cuda_same_tensor(f->key, f->value);
@@ -212,7 +212,7 @@ static lm_status step_on(lmi_cuda_ctx *ctx, lm_attn *a, const lm_tensor *x, lm_t
                          cudaStream_t s)
 {
     const int64_t B = x->shape[0], E = a->E, D = a->D, Dq = a->Hq * D, Dkv = a->Hkv * D;
-    const int64_t es = (int64_t)lm_dtype_size(a->cfg.dtype), ld = Dq + 2 * Dkv;
+    const int64_t es = (int64_t)lmi_dtype_bytes(a->cfg.dtype), ld = Dq + 2 * Dkv;
     lm_status st;
     if ((st = lmi_cuda_need_unit_stride(x, "x")) || (st = lmi_cuda_need_unit_stride(out, "out")))
         return st;

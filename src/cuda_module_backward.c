@@ -520,7 +520,7 @@ lm_status lmi_cuda_attn_backward(lm_attn *a, const lmi_forward *f, const lm_attn
                .B = f->B, .E = a->E, .D = a->D, .Dq = a->Hq * a->D, .Dkv = a->Hkv * a->D };
     w.w = lmi_cuda_weights_of(a);
     w.ld = w.Dq + 2 * w.Dkv;
-    w.es = (int64_t)lm_dtype_size(a->cfg.dtype);
+    w.es = (int64_t)lmi_dtype_bytes(a->cfg.dtype);
     w.sf = lmi_state_floats(a, f->B);
     w.col[PQ] = 0, w.col[PK] = w.Dq, w.col[PV] = w.Dq + w.Dkv, w.col[NPART] = w.ld;
     w.width[PQ] = a->E, w.width[PK] = a->kdim, w.width[PV] = a->vdim;

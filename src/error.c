@@ -34,6 +34,12 @@ static void record(const char *fmt, va_list ap)
     vsnprintf(last_error, sizeof last_error, fmt, ap);
 }
 
+lm_status lmi_verror(lm_status status, const char *fmt, va_list ap)
+{
+    record(fmt, ap);
+    return status;
+}
+
 lm_status lmi_error(lm_status status, const char *fmt, ...)
 {
     va_list ap;

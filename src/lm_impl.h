@@ -24,6 +24,9 @@
 /* Records a printf-style message for lm_last_error and returns status. */
 lm_status lmi_error(lm_status status, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+/* The same with a va_list (the CUDA backend's messages come through it). */
+lm_status lmi_verror(lm_status status, const char *fmt, va_list ap)
+    __attribute__((format(printf, 2, 0)));
 /* Records a notice (e.g. evaluation mode) without failing. */
 void lmi_notice(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
@@ -47,6 +50,12 @@ lm_status lmi_sized_out(void *dst, const void *src, size_t src_size, size_t min_
 
 /* ---- tensors (tensor.c) ---- */
 
+/* lm_dtype_size, inline: the CUDA backend links to no symbol of the core. */
+static inline size_t lmi_dtype_bytes(lm_dtype dtype)
+{
+    return dtype == LM_BF16 || dtype == LM_F16 ? 2 : dtype == LM_F32 ? 4 : dtype == LM_BOOL ? 1 : 0;
+}
+
 /* Checks that t is a usable descriptor of ndim dims of one of the float
  * dtypes on device; `what` names it in messages. */
 lm_status lmi_check_tensor(const lm_tensor *t, const char *what, int ndim, lm_device device);
@@ -66,8 +75,13 @@ lm_status lmi_check_mask(const lm_tensor *mask, lm_device device, int64_t B, int
 /* INVALID_ARG when out's memory overlaps one of the n inputs (NULLs skipped). */
 lm_status lmi_check_no_alias(const lm_tensor *out, const lm_tensor *const *inputs,
                              const char *const *names, int n);
-/* Whether a context of `tokens` tokens uses compensated accumulation. */
-int lmi_compensated(lm_precision precision, int64_t tokens);
+/* Whether a context of `tokens` tokens uses compensated accumulation
+ * (inline: the CUDA backend links to no symbol of the core). */
+static inline int lmi_compensated(lm_precision precision, int64_t tokens)
+{
+    return precision == LM_PRECISION_ON ||
+           (precision == LM_PRECISION_AUTO && tokens > LM_PRECISION_AUTO_TOKENS);
+}
 
 /* ---- core API (core.c) ---- */
 
@@ -108,7 +122,10 @@ struct lm_attn {
 };
 
 /* Number of floats of the state for batch B. */
-int64_t lmi_state_floats(const lm_attn *a, int64_t batch);
+static inline int64_t lmi_state_floats(const lm_attn *a, int64_t batch)
+{
+    return batch * a->Hkv * (a->D * a->D + a->D);
+}
 
 /* What the module forward hands a backend, after validation. */
 typedef struct lmi_forward {
@@ -132,6 +149,78 @@ lm_status lmi_attn_check_inputs(const lm_attn *a, const lm_tensor *query, const 
                                 const lm_tensor *value, const lm_forward_opts *opts,
                                 const lm_tensor *out, lmi_forward *f);
 
+/* ---- the engine's state pool (pool.c) ---- */
+
+struct lm_pool {
+    lm_pool_config cfg;       /* copy; cfg.decay points at decay below */
+    float *decay;             /* owned copy, Hkv values, or NULL */
+    int64_t N, Hkv, Dk, Dv;   /* resolved sizes */
+    int64_t S_stride, z_stride; /* floats between slots */
+    float scale;              /* resolved */
+    /* Tokens absorbed per slot. CPU: the truth. CUDA: the truth is pos_dev,
+     * kept by the kernels; pos is what the host has seen (prefills, slot
+     * operations), refreshed from the device when a license limit needs it. */
+    int64_t *pos;
+    int64_t *pos_dev;
+    uint32_t *mark, epoch;    /* duplicate-slot check: mark[slot] == epoch */
+    const struct lmi_pool_ops *ops; /* the backend's */
+    void *ctx;                /* the backend's per-pool state */
+};
+
+/* A checked lm_pool_prefill call, for the backend. Sequence i is tokens
+ * cu[i] .. cu[i+1]-1 of the [1, T, H, D] views; slot[i] (-1: none); fresh[i]
+ * (or NULL); skip[i] nonzero: refused by the license, not run (or NULL). */
+typedef struct lmi_varlen {
+    lmi_view q, k, v, out;
+    int64_t T, Hq, n;
+    const int32_t *cu, *slot;
+    const uint8_t *flags;
+    const lm_status *skip;
+    void *ws;
+    size_t ws_bytes;
+} lmi_varlen;
+
+
+/* A checked lm_pool_decode call (or the length-1 sequences of a prefill):
+ * row b reads token tok[b] (NULL: b) of the [B, 1, H, D] views and
+ * continues slot slot[b] (-1: padding), from empty when fresh[b]; skip[b]
+ * nonzero (host, CPU): refused, not run. On CUDA slot and status are in
+ * device memory and the kernel applies limit (0: none) itself. */
+typedef struct lmi_rows {
+    lmi_view q, k, v, out;
+    int64_t B, Hq;
+    const int32_t *tok, *slot;
+    const uint8_t *fresh;
+    const int32_t *skip;
+    int32_t *status;
+    int64_t limit;
+    void *ws;
+    size_t ws_bytes;
+} lmi_rows;
+
+/* A backend's engine pools: what lm_pool_* calls after its checks. */
+typedef struct lmi_pool_ops {
+    /* Positions and empty slots at creation; their release. */
+    lm_status (*init)(lm_pool *pool);
+    void (*fini)(lm_pool *pool);
+    /* Varlen prefill and indexed decode (checked), and their scratch bytes. */
+    lm_status (*prefill)(lm_pool *pool, const lmi_varlen *v, void *stream);
+    lm_status (*prefill_ws)(const lm_pool *pool, const lmi_varlen *v, size_t *bytes);
+    lm_status (*decode)(lm_pool *pool, const lmi_rows *r, void *stream);
+    lm_status (*decode_ws)(const lm_pool *pool, const lmi_rows *r, size_t *bytes);
+    /* Slot operations (indices checked); positions included. get/set move a
+     * slot's S, z and position to / from host memory, synchronously. */
+    lm_status (*slot_zero)(lm_pool *pool, int64_t slot, void *stream);
+    lm_status (*slot_copy)(lm_pool *pool, int64_t dst, int64_t src, void *stream);
+    lm_status (*slot_get)(const lm_pool *pool, int64_t slot, float *S, float *z, int64_t *pos,
+                          void *stream);
+    lm_status (*slot_set)(lm_pool *pool, int64_t slot, const float *S, const float *z, int64_t pos,
+                          void *stream);
+    /* Optional (CUDA): pool->pos refreshed from the device's positions,
+     * synchronously (the license's limit needs them). */
+    lm_status (*positions)(lm_pool *pool, void *stream);
+} lmi_pool_ops;
+
 /* A backend: the host side validates, then calls through this table. */
 typedef struct lmi_backend {
     const char *name;
@@ -150,8 +239,10 @@ typedef struct lmi_backend {
     lm_status (*forward)(lm_attn *a, const lmi_forward *f, void *stream);
     /* Module decode step: x [B, E] -> out [B, E], updates a->state in place. */
     lm_status (*step)(lm_attn *a, const lm_tensor *x, lm_tensor *out, void *stream);
-    /* Core prefill / decode on projected q, k, v. */
+    /* Core prefill / decode on projected q, k, v; the prefill's scratch
+     * bytes (p->ws, when given, holds at least that many). */
     lm_status (*prefill)(const lmi_core_params *p, void *stream);
+    lm_status (*prefill_ws)(const lmi_core_params *p, size_t *bytes);
     lm_status (*decode)(const lmi_core_params *p, void *stream);
     /* Core backward: dq, dk, dv (and the initial state's gradient). Optional:
      * NULL = this backend cannot train (UNSUPPORTED). */
@@ -160,16 +251,25 @@ typedef struct lmi_backend {
      * state; f->state unused) for grads g, already checked. */
     lm_status (*attn_backward)(lm_attn *a, const lmi_forward *f, const lm_attn_grads *g,
                                void *stream);
+    /* Engine pools (pool.c), or NULL: this backend has none. */
+    const struct lmi_pool_ops *pool;
 } lmi_backend;
 
 extern const lmi_backend lmi_cpu_backend;
-/* The CUDA backend, or NULL (with a message) when it is not built or no GPU. */
+extern const lmi_pool_ops lmi_cpu_pool; /* cpu_pool.c */
+/* The CUDA backend (loaded on first use, load_cuda.c), or NO_DEVICE /
+ * UNSUPPORTED with a message when it is not built, not installed or no GPU. */
 lm_status lmi_cuda_backend(int cuda_device, const lmi_backend **out);
 
 /* ---- CPU backend pieces (cpu_*.c) ---- */
 
 /* Chunked attention on the CPU, parallel over batch x query heads. */
 lm_status lmi_cpu_attend(const lmi_core_params *p);
+/* n calls of the same head dims in one parallel region, over all their
+ * batch rows x query heads (ps[0].num_threads threads; scratch ws of
+ * ws_bytes, or NULL: allocated); and the scratch bytes it needs. */
+lm_status lmi_cpu_attend_many(const lmi_core_params *ps, int64_t n, void *ws, size_t ws_bytes);
+size_t lmi_cpu_attend_ws(const lmi_core_params *ps, int64_t n);
 /* Its backward, parallel over batch x kv heads; synchronous, stream unused. */
 lm_status lmi_cpu_backward(const lmi_core_params *p, const lmi_core_grad_params *g, void *stream);
 /* The module backward on the CPU (cpu_module_backward.c). */

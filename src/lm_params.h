@@ -37,6 +37,10 @@ typedef struct lmi_core_params {
                              (CUDA: its fp32 kernel, not the tensor-core one) */
     float eps;
     float scale;          /* resolved: unnormalised output factor */
+    int fresh;            /* state is written only: the call starts from an empty one */
+    int num_threads;      /* CPU: OpenMP threads, 0 = the default */
+    void *ws;             /* caller's scratch on the device, or NULL = allocate */
+    size_t ws_bytes;
 } lmi_core_params;
 
 /* What the core backward adds to lmi_core_params (whose state / normalizer

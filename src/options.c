@@ -76,9 +76,3 @@ lm_status lmi_check_no_alias(const lm_tensor *out, const lm_tensor *const *input
                              names[i]);
     return LM_OK;
 }
-
-int lmi_compensated(lm_precision precision, int64_t tokens)
-{
-    return precision == LM_PRECISION_ON ||
-           (precision == LM_PRECISION_AUTO && tokens > LM_PRECISION_AUTO_TOKENS);
-}

@@ -3,13 +3,7 @@
 
 size_t lm_dtype_size(lm_dtype dtype)
 {
-    switch (dtype) {
-    case LM_BF16:
-    case LM_F16: return 2;
-    case LM_F32: return 4;
-    case LM_BOOL: return 1;
-    }
-    return 0;
+    return lmi_dtype_bytes(dtype);
 }
 
 static lm_tensor contiguous(void *data, lm_dtype dtype, lm_device device, int ndim,

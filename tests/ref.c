@@ -188,16 +188,17 @@ static void read_out(const ref_problem *p, const double *S, const double *z, int
         o[j] = p->normalize ? o[j] / (den + p->eps) : o[j] * p->scale;
 }
 
-/* S = g S + phi(k_s) v_s^T, z = g z + phi(k_s), skipping masked keys. */
+/* S = g S + phi(k_s) v_s^T, z = g z + phi(k_s); a masked key leaves S, z
+ * exactly as they were (no decay either: it is no step of the sequence). */
 static void absorb(const ref_problem *p, double *S, double *z, int64_t b, int64_t s,
                    int64_t hk, double g)
 {
+    if (p->mask && p->mask[b * p->Lk + s])
+        return;
     for (int64_t i = 0; i < p->Dk * p->Dv; i++)
         S[i] *= g;
     for (int64_t d = 0; d < p->Dk; d++)
         z[d] *= g;
-    if (p->mask && p->mask[b * p->Lk + s])
-        return;
     for (int64_t d = 0; d < p->Dk; d++) {
         double fk = phi(at(&p->k, b, s, hk, d), p->feature_map);
         z[d] += fk;

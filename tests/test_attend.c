@@ -407,6 +407,110 @@ START_TEST(test_nan_containment)
 }
 END_TEST
 
+/* With decay, a masked (padding) key leaves the state exactly as it was:
+ * a right-padded prefill ends in the state of the unpadded one, and a
+ * masked decode step changes nothing. (It used to decay the state: 0.63
+ * apart at L = 100.) */
+START_TEST(test_masked_keys_keep_state)
+{
+    ref_seed(11);
+    acase c = base_case();
+    c.B = 2, c.L = c.Lk = 100, c.decay = 1;
+    problem p;
+    problem_init(&p, &c);
+    const int64_t keep = 60, nS = c.Hkv * c.Dk * c.Dv, nz = c.Hkv * c.Dk;
+    uint8_t mask[200] = { 0 };
+    for (int64_t t = keep; t < c.L; t++)
+        mask[c.L + t] = 1; /* row 1 padded after `keep` tokens */
+    call k;
+    call_init(&k, &p, 0, c.L, 1);
+    lm_tensor m = lm_tensor_2d(mask, LM_BOOL, LM_CPU, c.B, c.L);
+    k.a.key_padding_mask = &m;
+    ck_assert_msg(lm_linear_attn_prefill(&k.a, NULL) == LM_OK, "%s", lm_last_error());
+    float *S1 = malloc((size_t)nS * sizeof(float)), *z1 = malloc((size_t)nz * sizeof(float));
+    memcpy(S1, p.S + nS, (size_t)nS * sizeof(float));
+    memcpy(z1, p.z + nz, (size_t)nz * sizeof(float));
+
+    /* Row 1 alone, its `keep` tokens only, from the same initial state (0). */
+    lm_tensor q1 = tokens(view(&p.q, p.sq, c.B, c.L, c.Hq, c.Dk), 0, keep), k1, v1, o1;
+    k1 = tokens(view(&p.k, p.sk, c.B, c.L, c.Hkv, c.Dk), 0, keep);
+    v1 = tokens(view(&p.v, p.sv, c.B, c.L, c.Hkv, c.Dv), 0, keep);
+    int64_t so[4];
+    strides(so, c.B, c.L, c.Hq, c.Dv, 0);
+    o1 = tokens(view(&p.out, so, c.B, c.L, c.Hq, c.Dv), 0, keep);
+    lm_tensor *ts[] = { &q1, &k1, &v1, &o1 };
+    for (int i = 0; i < 4; i++) {
+        ts[i]->data = (char *)ts[i]->data + ts[i]->stride[0] * (int64_t)lm_dtype_size(ts[i]->dtype);
+        ts[i]->shape[0] = 1;
+    }
+    float *S2 = calloc((size_t)nS, sizeof(float)), *z2 = calloc((size_t)nz, sizeof(float));
+    lm_core_args a = k.a;
+    a.q = &q1, a.k = &k1, a.v = &v1, a.out = &o1, a.key_padding_mask = NULL;
+    a.state = S2, a.normalizer = z2;
+    ck_assert_msg(lm_linear_attn_prefill(&a, NULL) == LM_OK, "%s", lm_last_error());
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < nS; i++)
+        num += (S1[i] - S2[i]) * (double)(S1[i] - S2[i]), den += (double)S2[i] * S2[i];
+    for (int64_t i = 0; i < nz; i++)
+        num += (z1[i] - z2[i]) * (double)(z1[i] - z2[i]), den += (double)z2[i] * z2[i];
+    ck_assert_msg(sqrt(num / den) <= 1e-6, "padded and unpadded final states differ by %.3g",
+                  sqrt(num / den));
+
+    /* A masked decode step: the state stays bit for bit. */
+    memcpy(S1, S2, (size_t)nS * sizeof(float));
+    memcpy(z1, z2, (size_t)nz * sizeof(float));
+    uint8_t one = 1;
+    lm_tensor m1 = lm_tensor_2d(&one, LM_BOOL, LM_CPU, 1, 1);
+    q1.shape[1] = k1.shape[1] = v1.shape[1] = o1.shape[1] = 1;
+    a.key_padding_mask = &m1;
+    ck_assert_msg(lm_linear_attn_decode(&a, NULL) == LM_OK, "%s", lm_last_error());
+    ck_assert_msg(!memcmp(S1, S2, (size_t)nS * sizeof(float)) && !memcmp(z1, z2, (size_t)nz * sizeof(float)),
+                  "a masked decode step changed the state");
+    free(S1), free(z1), free(S2), free(z2);
+    problem_free(&p);
+}
+END_TEST
+
+/* lm_linear_attn_prefill_ws with a workspace of the queried size gives the
+ * allocating call's outputs and state bit for bit; one byte less is refused
+ * with nothing written. */
+START_TEST(test_caller_workspace)
+{
+    ref_seed(12);
+    acase c = base_case();
+    c.B = 2, c.L = c.Lk = 300, c.decay = 1, c.state_in = 1;
+    problem p;
+    problem_init(&p, &c);
+    const int64_t nS = c.B * c.Hkv * c.Dk * c.Dv, nz = c.B * c.Hkv * c.Dk;
+    float *S0 = malloc((size_t)nS * sizeof(float)), *z0 = malloc((size_t)nz * sizeof(float));
+    memcpy(S0, p.S, (size_t)nS * sizeof(float)), memcpy(z0, p.z, (size_t)nz * sizeof(float));
+    call k;
+    call_init(&k, &p, 0, c.L, 1);
+    tbuf_poison(&p.out);
+    ck_assert_msg(lm_linear_attn_prefill(&k.a, NULL) == LM_OK, "%s", lm_last_error());
+    tbuf want = tbuf_new(c.dtype, p.out.n);
+    memcpy(want.data, p.out.data, (size_t)p.out.n * sizeof(float));
+    float *wS = malloc((size_t)nS * sizeof(float));
+    memcpy(wS, p.S, (size_t)nS * sizeof(float));
+
+    memcpy(p.S, S0, (size_t)nS * sizeof(float)), memcpy(p.z, z0, (size_t)nz * sizeof(float));
+    tbuf_poison(&p.out);
+    size_t bytes = 0;
+    ck_assert_int_eq(lm_linear_attn_prefill_workspace(&k.a, &bytes), LM_OK);
+    ck_assert_uint_gt(bytes, 0);
+    void *ws = malloc(bytes);
+    EXPECT_ERR(lm_linear_attn_prefill_ws(&k.a, ws, bytes - 1, NULL), LM_ERR_INVALID_ARG, "workspace has");
+    ck_assert(isnan(tbuf_get(&p.out, 0)) && !memcmp(p.S, S0, (size_t)nS * sizeof(float)));
+    EXPECT_ERR(lm_linear_attn_prefill_ws(&k.a, NULL, bytes, NULL), LM_ERR_INVALID_ARG, "workspace is NULL");
+    ck_assert_msg(lm_linear_attn_prefill_ws(&k.a, ws, bytes, NULL) == LM_OK, "%s", lm_last_error());
+    ck_assert(!memcmp(want.data, p.out.data, (size_t)p.out.n * sizeof(float)));
+    ck_assert(!memcmp(wS, p.S, (size_t)nS * sizeof(float)));
+    free(ws), free(wS), free(S0), free(z0);
+    tbuf_free(&want);
+    problem_free(&p);
+}
+END_TEST
+
 Suite *attend_suite(void)
 {
     Suite *s = suite_create("attend");
@@ -422,6 +526,8 @@ Suite *attend_suite(void)
     tcase_add_test(tc, test_handover);
     tcase_add_test(tc, test_precision);
     tcase_add_test(tc, test_nan_containment);
+    tcase_add_test(tc, test_masked_keys_keep_state);
+    tcase_add_test(tc, test_caller_workspace);
     suite_add_tcase(s, tc);
     return s;
 }

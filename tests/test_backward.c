@@ -5,7 +5,9 @@
  * gradients chained across a split, and bad arguments.
  *
  * The reference is self-contained (no ref.h): the quadratic form
- *   o_t = (g^(t+1) phi(q_t)S_0 + sum_{s<=t} g^(t-s) (phi q_t . phi k_s) v_s) / den_t
+ *   o_t = (g^(c_t) phi(q_t)S_0 + sum_{s<=t} g^(c_t-c_s) (phi q_t . phi k_s) v_s) / den_t
+ * with c_t the unmasked keys among 0..t (t + 1 without a mask: a masked key
+ * is no step of the recurrence, so it does not decay the state either)
  * differentiated by hand in float64, O(L^2), with no chunks. It is itself
  * checked against central differences of a float64 forward that runs the
  * recurrence of docs/DESIGN.md §2 directly (test_reference_fd).
@@ -339,6 +341,7 @@ static void reference(prob *p, int mag)
     double *dK = malloc((size_t)(Lk * Dk) * sizeof(double));
     double *dV = malloc((size_t)(Lk * Dv) * sizeof(double));
     double *a = malloc((size_t)Lk * sizeof(double));
+    double *ce = malloc((size_t)Lk * sizeof(double)); /* c_s: unmasked keys among 0..s */
     double *S0 = malloc((size_t)(Dk * Dv) * sizeof(double));
     double Q[256], dQ[256], num[256], dnum[256], z0[256], dout[256];
     for (int64_t b = 0; b < B; b++)
@@ -350,6 +353,8 @@ static void reference(prob *p, int mag)
             for (int64_t d = 0; d < Dk; d++)
                 z0[d] = M(p->z0d[bh * Dk + d]);
             double *dS0 = wS + bh * Dk * Dv, *dz0 = wz + bh * Dk;
+            for (int64_t s = 0; s < Lk; s++)
+                ce[s] = (s ? ce[s - 1] : 0) + !(p->mask && p->mask[b * Lk + s]);
             for (int64_t s = 0; s < Lk; s++) {
                 const int m = p->mask && p->mask[b * Lk + s];
                 for (int64_t d = 0; d < Dk; d++)
@@ -363,7 +368,7 @@ static void reference(prob *p, int mag)
                 for (int64_t t = 0; t < L; t++) {
                     const double *qr = p->q + ((b * L + t) * Hq + h) * Dk;
                     const int64_t send = c->causal ? t + 1 : Lk;
-                    const double gs = c->causal ? pow(g, (double)(t + 1)) : 1.0;
+                    const double gs = c->causal ? pow(g, ce[t]) : 1.0;
                     for (int64_t d = 0; d < Dk; d++)
                         Q[d] = M(phi(c->fm, qr[d]));
                     for (int64_t e = 0; e < Dv; e++)
@@ -378,7 +383,7 @@ static void reference(prob *p, int mag)
                     for (int64_t d = 0; d < Dk; d++)
                         den += gs * Q[d] * z0[d];
                     for (int64_t s = 0; s < send; s++) {
-                        double w = c->causal ? pow(g, (double)(t - s)) : 1.0, qk = 0;
+                        double w = c->causal ? pow(g, ce[t] - ce[s]) : 1.0, qk = 0;
                         for (int64_t d = 0; d < Dk; d++)
                             qk += Q[d] * K[s * Dk + d];
                         a[s] = w * qk;
@@ -404,7 +409,7 @@ static void reference(prob *p, int mag)
                         dz0[d] += gs * dden * Q[d];
                     }
                     for (int64_t s = 0; s < send; s++) {
-                        double w = c->causal ? pow(g, (double)(t - s)) : 1.0, dw = dden;
+                        double w = c->causal ? pow(g, ce[t] - ce[s]) : 1.0, dw = dden;
                         for (int64_t e = 0; e < Dv; e++)
                             dw += dnum[e] * V[s * Dv + e];
                         for (int64_t d = 0; d < Dk; d++) {
@@ -417,10 +422,11 @@ static void reference(prob *p, int mag)
                     for (int64_t d = 0; d < Dk; d++)
                         wq[((b * L + t) * Hq + h) * Dk + d] = dQ[d] * dphi(c->fm, qr[d]);
                 }
-            /* the final state S_Lk = g^Lk S0 + sum_s g^(Lk-1-s) K_s V_s^T, z likewise */
+            /* the final state S_Lk = g^c S0 + sum_s g^(c-c_s) K_s V_s^T (c = c_(Lk-1)),
+             * z likewise */
             const double *dSo = p->dSod + bh * Dk * Dv, *dzo = p->dzod + bh * Dk;
             for (int64_t s = 0; s < Lk; s++) {
-                double w = c->causal ? pow(g, (double)(Lk - 1 - s)) : 1.0;
+                double w = c->causal ? pow(g, ce[Lk - 1] - ce[s]) : 1.0;
                 for (int64_t d = 0; d < Dk; d++) {
                     double x = M(dzo[d]);
                     for (int64_t e = 0; e < Dv; e++) {
@@ -430,7 +436,7 @@ static void reference(prob *p, int mag)
                     dK[s * Dk + d] += w * x;
                 }
             }
-            const double gL = c->causal ? pow(g, (double)Lk) : 1.0;
+            const double gL = c->causal && Lk ? pow(g, ce[Lk - 1]) : 1.0;
             for (int64_t i = 0; i < Dk * Dv; i++)
                 dS0[i] += gL * M(dSo[i]);
             for (int64_t d = 0; d < Dk; d++)
@@ -446,7 +452,7 @@ static void reference(prob *p, int mag)
             }
         }
 #undef M
-    free(K), free(V), free(dK), free(dV), free(a), free(S0);
+    free(K), free(V), free(dK), free(dV), free(a), free(S0), free(ce);
 }
 
 static void prob_init(prob *p, const bcase *c)
@@ -641,16 +647,15 @@ static double direct_loss(const prob *p)
             const int64_t bh = b * Hkv + hk;
             memcpy(S, p->S0d + bh * Dk * Dv, (size_t)(Dk * Dv) * sizeof(double));
             memcpy(z, p->z0d + bh * Dk, (size_t)Dk * sizeof(double));
-            /* absorbs key s into S, z */
+            /* absorbs key s into S, z; a masked key leaves them as they were */
 #define ABSORB(s)                                                                          \
     do {                                                                                   \
         const int m_ = p->mask && p->mask[b * Lk + (s)];                                   \
-        for (int64_t d = 0; d < Dk; d++) {                                                 \
-            double kd = m_ ? 0 : phi(c->fm, p->k[((b * Lk + (s)) * Hkv + hk) * Dk + d]);   \
+        for (int64_t d = 0; d < Dk && !m_; d++) {                                          \
+            double kd = phi(c->fm, p->k[((b * Lk + (s)) * Hkv + hk) * Dk + d]);            \
             z[d] = g * z[d] + kd;                                                          \
             for (int64_t e = 0; e < Dv; e++)                                               \
-                S[d * Dv + e] = g * S[d * Dv + e] +                                        \
-                                kd * (m_ ? 0 : p->v[((b * Lk + (s)) * Hkv + hk) * Dv + e]); \
+                S[d * Dv + e] = g * S[d * Dv + e] + kd * p->v[((b * Lk + (s)) * Hkv + hk) * Dv + e]; \
         }                                                                                  \
     } while (0)
             if (!c->causal)

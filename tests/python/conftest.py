@@ -60,6 +60,8 @@ def ref_attention(q, k, v, mask=None, causal=True, feature_map="elu", normalize=
     """Linear attention in float64, straight from the recurrence's closed form.
     q [B, L, Hq, Dk], k [B, Lk, Hkv, Dk], v [B, Lk, Hkv, Dv]; mask [B, Lk] bool
     (True = ignore); decay: Hkv values or None; S0 [B, Hkv, Dk, Dv], z0 [B, Hkv, Dk].
+    A masked key is no step of the recurrence: it does not decay the state either,
+    so decay exponents count unmasked keys (c_t, the unmasked keys among 0..t).
     Returns (out [B, L, Hq, Dv], S_final, z_final), all float64, differentiable."""
     q, k, v = q.double(), k.double(), v.double()
     B, L, Hq, Dk = q.shape
@@ -81,15 +83,21 @@ def ref_attention(q, k, v, mask=None, causal=True, feature_map="elu", normalize=
     if S0 is not None:
         S0q = S0.double().repeat_interleave(G, dim=1)   # [B, H, Dk, Dv]
         z0q = z0.double().repeat_interleave(G, dim=1)   # [B, H, Dk]
+    # c_t per batch row [B, Lk]: t + 1 without a mask
+    c = torch.ones(B, Lk, dtype=torch.float64, device=q.device)
+    if mask is not None:
+        c = (~mask).double().to(q.device)
+    c = c.cumsum(-1)
     if causal:
         i = torch.arange(L, device=q.device, dtype=torch.float64)
         diff = i[:, None] - i[None, :]
-        w = torch.where(diff >= 0, gq ** diff.clamp(min=0), torch.zeros_like(diff))  # [1,H,L,L]
+        cd = (c[:, :, None] - c[:, None, :])[:, None]                  # [B,1,L,L]
+        w = torch.where(diff >= 0, gq ** cd.clamp(min=0), torch.zeros_like(cd))  # [B,H,L,L]
         a = (fq @ fk.transpose(-1, -2)) * w
         num = a @ vv
         den = a.sum(-1)
         if S0q is not None:
-            p = gq[..., 0] ** (i + 1)[None, None, :]               # [1, H, L]
+            p = gq[..., 0] ** c[:, None, :]                        # [B, H, L]
             num = num + p[..., None] * (fq @ S0q)
             den = den + p * (fq @ z0q[..., None])[..., 0]
     else:
@@ -104,15 +112,15 @@ def ref_attention(q, k, v, mask=None, causal=True, feature_map="elu", normalize=
     else:
         out = num * (scale if scale else Dk ** -0.5)
     # final state per kv head
-    j = torch.arange(Lk, device=q.device, dtype=torch.float64)
-    gk = g[None, :, None] ** (Lk - 1 - j)[None, None, :] if causal else \
-        torch.ones(1, Hkv, Lk, dtype=torch.float64, device=q.device)  # [1, Hkv, Lk]
+    cL = c[:, -1:] if Lk else torch.zeros(B, 1, dtype=torch.float64, device=q.device)
+    gk = g[None, :, None] ** (cL - c)[:, None, :] if causal else \
+        torch.ones(1, Hkv, Lk, dtype=torch.float64, device=q.device)  # [B, Hkv, Lk]
     fk_kv = (phi(k, feature_map) * (1.0 if mask is None else keep)).transpose(1, 2)
     v_kv = v.transpose(1, 2)
     S_fin = (fk_kv * gk[..., None]).transpose(-1, -2) @ v_kv
     z_fin = (fk_kv * gk[..., None]).sum(-2)
     if S0 is not None:
-        glen = g[None, :, None] ** (Lk if causal else 0)
+        glen = g[None, :, None] ** (cL[:, None, :] if causal else 0)   # [B, Hkv, 1]
         S_fin = S_fin + glen[..., None] * S0.double()
         z_fin = z_fin + glen * z0.double()
     return out.transpose(1, 2), S_fin, z_fin

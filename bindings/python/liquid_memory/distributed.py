@@ -100,22 +100,28 @@ def _decode(t):
 
 def _decay_steps(mask, B, L):
     """Steps of the recurrence each batch row's state takes over L tokens:
-    every token decays the state (a masked key adds nothing but still
-    counts), as in the C core's chunk loop (cpu_attend.c, attend.cuh)."""
-    del mask
-    return [L] * B
+    its unmasked keys (a masked key is no step: it neither adds to nor decays
+    the state, docs/DESIGN.md section 2)."""
+    if mask is None:
+        return [L] * B
+    return [int(n) for n in (~mask[:, :L]).sum(dim=1).tolist()]
 
 
 def _key_weights(mask, decay, B, t0, t1, L, device):
-    """w[b, s, h] = g_h^(L-1-s) for tokens s in [t0, t1) of a segment of L,
-    0 where masked: the weight of key s in the segment's absorbed state
-    (the exponent counts steps as _decay_steps does)."""
-    s = torch.arange(t0, t1, device=device, dtype=torch.float64)
+    """w[b, s, h] = g_h^(steps after s) for tokens s in [t0, t1) of a segment
+    of L, 0 where masked: the weight of key s in the segment's absorbed state
+    (steps counted as _decay_steps does: unmasked keys only)."""
     if decay is None:
         w = torch.ones((1, t1 - t0, 1), dtype=torch.float64, device=device)
     else:
         g = torch.tensor(decay, dtype=torch.float64, device=device)
-        w = torch.pow(g[None, None, :], (L - 1 - s)[None, :, None])
+        if mask is None:
+            after = (L - 1 - torch.arange(t0, t1, device=device, dtype=torch.float64))[None, :]
+        else:
+            kept = (~mask[:, :L]).to(torch.float64)
+            suffix = kept.flip(1).cumsum(1).flip(1)  # unmasked keys at s and after
+            after = suffix[:, t0:t1] - kept[:, t0:t1]
+        w = torch.pow(g[None, None, :], after[:, :, None])
     w = w.expand(B, t1 - t0, w.shape[2]).float()
     if mask is not None:
         w = w * (~mask[:, t0:t1]).float()[:, :, None]

@@ -1,0 +1,412 @@
+/*
+ * cuda_pool.c - the engine pool on the GPU. Positions live in device memory
+ * (with a per-slot arrival counter for the decode kernel), so that a decode
+ * reads its slot indices on the device and is graph-capturable.
+ *   decode   one launch of the decode kernel over the rows (decode.cu);
+ *   prefill  its sequences of length 1 that continue a slot: decode launches
+ *            from a table passed by value (up to LMK_DECODE_TABLE rows each);
+ *            every other sequence: the core prefill on its tokens and slot
+ *            (cuda_attend.c), one after the other on the stream, with one
+ *            workspace (the largest any of them needs); then the positions
+ *            (pool_pos.cu). Nothing is copied from the host.
+ * Slot operations are stream-ordered copies and memsets.
+ */
+#include "cuda_impl.h"
+#include "pool_seq.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct pool_ctx {
+    int device, sms;
+    int64_t *pos;     /* [N] tokens per slot */
+    int32_t *arrive;  /* [N] decode: CTAs of the slot's row counted in, 0 between calls */
+} pool_ctx;
+
+static pool_ctx *ctx_of(const lm_pool *p)
+{
+    return (pool_ctx *)p->ctx;
+}
+
+static size_t S_bytes(const lm_pool *p)
+{
+    return (size_t)(p->Hkv * p->Dk * p->Dv) * sizeof(float);
+}
+
+static size_t z_bytes(const lm_pool *p)
+{
+    return (size_t)(p->Hkv * p->Dk) * sizeof(float);
+}
+
+/* INVALID_ARG unless ptr is memory of `device` the GPU can address. */
+static lm_status check_memory(const void *ptr, int device, const char *what)
+{
+    struct cudaPointerAttributes a;
+    cudaError_t e = cudaPointerGetAttributes(&a, ptr);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        return lmi_cuda_fail(e, "cudaPointerGetAttributes of the pool's memory", __FILE__, __LINE__);
+    }
+    if (a.type != cudaMemoryTypeDevice && a.type != cudaMemoryTypeManaged)
+        return lmi_error(LM_ERR_INVALID_ARG, "cuda pool: %s is not device memory", what);
+    if (a.type == cudaMemoryTypeDevice && a.device != device)
+        return lmi_error(LM_ERR_INVALID_ARG, "cuda pool: %s is memory of device %d, the pool's is %d", what,
+                         a.device, device);
+    return LM_OK;
+}
+
+static lm_status setup(lm_pool *p, pool_ctx *c)
+{
+    lm_status st;
+    if ((st = check_memory(p->cfg.state, c->device, "state")) ||
+        (st = check_memory(p->cfg.normalizer, c->device, "normalizer")))
+        return st;
+    LMI_CUDA_TRY(cudaDeviceGetAttribute(&c->sms, cudaDevAttrMultiProcessorCount, c->device));
+    LMI_CUDA_TRY(cudaMalloc((void **)&c->pos, (size_t)p->N * sizeof(int64_t)));
+    LMI_CUDA_TRY(cudaMalloc((void **)&c->arrive, (size_t)p->N * sizeof(int32_t)));
+    LMI_CUDA_TRY(cudaMemset(c->pos, 0, (size_t)p->N * sizeof(int64_t)));
+    LMI_CUDA_TRY(cudaMemset(c->arrive, 0, (size_t)p->N * sizeof(int32_t)));
+    /* Every slot empty: its bytes only, not what lies between slots. */
+    LMI_CUDA_TRY(cudaMemset2D(p->cfg.state, (size_t)p->S_stride * sizeof(float), 0, S_bytes(p), (size_t)p->N));
+    LMI_CUDA_TRY(cudaMemset2D(p->cfg.normalizer, (size_t)p->z_stride * sizeof(float), 0, z_bytes(p),
+                              (size_t)p->N));
+    LMI_CUDA_TRY(cudaDeviceSynchronize());
+    return LM_OK;
+}
+
+static void release(pool_ctx *c)
+{
+    cudaFree(c->pos);
+    cudaFree(c->arrive);
+    free(c);
+}
+
+static lm_status pool_init(lm_pool *p)
+{
+    pool_ctx *c = calloc(1, sizeof *c);
+    if (!c)
+        return lmi_error(LM_ERR_OUT_OF_MEMORY, "cuda pool: cannot allocate its context");
+    c->device = p->cfg.cuda_device;
+    int prev;
+    lm_status st = LM_OK;
+    if (c->device < 0 && cudaGetDevice(&c->device) != cudaSuccess)
+        st = lmi_error(LM_ERR_NO_DEVICE, "cuda: no current device");
+    if (st || (st = lmi_cuda_enter(c->device, &prev))) {
+        free(c);
+        return st;
+    }
+    st = setup(p, c);
+    lmi_cuda_leave(c->device, prev);
+    if (st) {
+        release(c);
+        return st;
+    }
+    p->ctx = c;
+    p->pos_dev = c->pos;
+    return LM_OK;
+}
+
+static void pool_fini(lm_pool *p)
+{
+    pool_ctx *c = ctx_of(p);
+    const int device = c->device;
+    int prev;
+    const int entered = lmi_cuda_enter(device, &prev) == LM_OK;
+    release(c);
+    if (entered)
+        lmi_cuda_leave(device, prev);
+}
+
+/* ---- decode ---- */
+
+/* The kernel's parameters for the pool's slots, views of rows (s[0]) and
+ * heads (s[2]); B, Hq and the rows' slots are the caller's to set. */
+static void decode_params(const lm_pool *p, const lmi_view *q, const lmi_view *k, const lmi_view *v,
+                          const lmi_view *out, lmk_decode *d)
+{
+    memset(d, 0, offsetof(lmk_decode, decay));
+    d->q = q->data, d->k = k->data, d->v = v->data, d->out = out->data;
+    d->sq[0] = q->s[0], d->sq[1] = q->s[2];
+    d->sk[0] = k->s[0], d->sk[1] = k->s[2];
+    d->sv[0] = v->s[0], d->sv[1] = v->s[2];
+    d->so[0] = out->s[0], d->so[1] = out->s[2];
+    d->S = p->cfg.state, d->z = p->cfg.normalizer;
+    d->S_slot = p->S_stride, d->z_slot = p->z_stride;
+    d->nslots = (int)p->N;
+    d->pos = ctx_of(p)->pos, d->arrive = ctx_of(p)->arrive;
+    d->dtype = q->dtype;
+    d->Hkv = (int)p->Hkv, d->Dk = (int)p->Dk, d->Dv = (int)p->Dv;
+    d->feature_map = p->cfg.feature_map, d->normalize = p->cfg.normalize;
+    d->eps = p->cfg.eps, d->scale = p->scale;
+    d->has_decay = p->decay != NULL;
+    if (p->decay)
+        memcpy(d->decay, p->decay, (size_t)p->Hkv * sizeof(float));
+}
+
+static lm_status pool_decode(lm_pool *p, const lmi_rows *r, void *stream)
+{
+    int prev;
+    lm_status st = lmi_cuda_enter(ctx_of(p)->device, &prev);
+    if (st)
+        return st;
+    lmk_decode d;
+    decode_params(p, &r->q, &r->k, &r->v, &r->out, &d);
+    d.Hq = (int)r->Hq, d.B = (int)r->B;
+    d.slots = r->slot, d.limit = r->limit, d.status = r->status;
+    st = lmk_decode_launch(&d, stream);
+    lmi_cuda_leave(ctx_of(p)->device, prev);
+    return st;
+}
+
+static lm_status pool_decode_ws(const lm_pool *p, const lmi_rows *r, size_t *bytes)
+{
+    (void)p, (void)r;
+    *bytes = 0;
+    return LM_OK;
+}
+
+/* ---- varlen prefill ---- */
+
+static int runs(const lmi_varlen *v, int64_t i)
+{
+    return !(v->skip && v->skip[i]);
+}
+
+/* Sequences of length 1 continuing (or starting) a slot run as decode rows. */
+static int is_step(const lmi_varlen *v, int64_t i)
+{
+    return v->cu[i + 1] - v->cu[i] == 1 && v->slot[i] >= 0;
+}
+
+/* Whether sequence i runs as a prefill of its own. */
+static int is_prefill(const lmi_varlen *v, int64_t i)
+{
+    return runs(v, i) && !is_step(v, i) && v->cu[i + 1] > v->cu[i];
+}
+
+/* Checks the views once, and the workspace the prefills need (the largest). */
+static lm_status plan(const lm_pool *p, const lmi_varlen *v, size_t *bytes)
+{
+    *bytes = 0;
+    int checked = 0;
+    for (int64_t i = 0; i < v->n; i++) {
+        if (!is_prefill(v, i))
+            continue;
+        lmi_core_params cp;
+        lmi_pool_seq_params(p, v, i, &cp);
+        lm_status st;
+        if (!checked++ && (st = lmi_cuda_check_core(&cp, ctx_of(p)->device)))
+            return st;
+        const size_t b = lmi_cuda_attend_ws(&cp, ctx_of(p)->sms);
+        *bytes = b > *bytes ? b : *bytes;
+    }
+    return LM_OK;
+}
+
+static lm_status pool_prefill_ws(const lm_pool *p, const lmi_varlen *v, size_t *bytes)
+{
+    int prev;
+    lm_status st = lmi_cuda_enter(ctx_of(p)->device, &prev);
+    if (st)
+        return st;
+    st = plan(p, v, bytes);
+    lmi_cuda_leave(ctx_of(p)->device, prev);
+    return st;
+}
+
+/* The decode rows of the call, LMK_DECODE_TABLE at a time. */
+static lm_status steps(lm_pool *p, const lmi_varlen *v, cudaStream_t s)
+{
+    lmk_decode_table *t = malloc(sizeof *t); /* too large for the stack; host memory only */
+    if (!t)
+        return lmi_error(LM_ERR_OUT_OF_MEMORY, "cuda pool: no host memory for a launch's parameters");
+    lmi_view q = v->q, k = v->k, vv = v->v, out = v->out; /* token x is row x */
+    q.s[0] = q.s[1], k.s[0] = k.s[1], vv.s[0] = vv.s[1], out.s[0] = out.s[1];
+    decode_params(p, &q, &k, &vv, &out, &t->d);
+    t->d.Hq = (int)v->Hq;
+    lm_status st = LM_OK;
+    int n = 0;
+    for (int64_t i = 0; i <= v->n && st == LM_OK; i++) {
+        if (i < v->n && runs(v, i) && is_step(v, i))
+            t->row[n++] = (lmk_decode_row){ v->cu[i], v->slot[i], lmi_pool_seq_fresh(v, i) };
+        if (n && (n == LMK_DECODE_TABLE || i == v->n)) {
+            t->d.B = n;
+            st = lmk_decode_table_launch(t, s);
+            n = 0;
+        }
+    }
+    free(t);
+    return st;
+}
+
+/* The positions after the prefills (the decode rows advance their own). */
+static lm_status positions(lm_pool *p, const lmi_varlen *v, cudaStream_t s)
+{
+    lmk_pos_update *u = malloc(sizeof *u);
+    if (!u)
+        return lmi_error(LM_ERR_OUT_OF_MEMORY, "cuda pool: no host memory for a launch's parameters");
+    u->pos = ctx_of(p)->pos;
+    u->n = 0;
+    lm_status st = LM_OK;
+    for (int64_t i = 0; i <= v->n && st == LM_OK; i++) {
+        if (i < v->n && runs(v, i) && v->slot[i] >= 0 && !is_step(v, i)) {
+            u->e[u->n].slot = v->slot[i];
+            u->e[u->n].len = v->cu[i + 1] - v->cu[i];
+            u->e[u->n++].fresh = lmi_pool_seq_fresh(v, i);
+        }
+        if (u->n && (u->n == LMK_POS_TABLE || i == v->n)) {
+            st = lmk_pos_update_launch(u, s);
+            u->n = 0;
+        }
+    }
+    free(u);
+    return st;
+}
+
+static lm_status prefill_on(lm_pool *p, const lmi_varlen *v, cudaStream_t s)
+{
+    size_t bytes;
+    lm_status st = plan(p, v, &bytes);
+    if (st)
+        return st;
+    void *ws = v->ws;
+    if (ws && v->ws_bytes < bytes)
+        return lmi_error(LM_ERR_INVALID_ARG, "the workspace has %zu bytes, this call needs %zu (see "
+                         "lm_pool_prefill_workspace)", v->ws_bytes, bytes);
+    if (!ws && bytes)
+        LMI_CUDA_TRY(cudaMallocAsync(&ws, bytes, s));
+    for (int64_t i = 0; i < v->n && st == LM_OK; i++) {
+        if (runs(v, i) && v->slot[i] >= 0 && v->cu[i + 1] == v->cu[i] && lmi_pool_seq_fresh(v, i)) {
+            const int64_t slot = v->slot[i]; /* fresh, no tokens: the slot emptied */
+            if (cudaMemsetAsync(p->cfg.state + slot * p->S_stride, 0, S_bytes(p), s) != cudaSuccess ||
+                cudaMemsetAsync(p->cfg.normalizer + slot * p->z_stride, 0, z_bytes(p), s) != cudaSuccess)
+                st = lmi_cuda_fail(cudaGetLastError(), "cudaMemsetAsync of a fresh slot", __FILE__, __LINE__);
+        } else if (is_prefill(v, i)) {
+            lmi_core_params cp;
+            lmi_pool_seq_params(p, v, i, &cp);
+            st = lmi_cuda_attend(&cp, ctx_of(p)->sms, ws, s);
+        }
+    }
+    if (st == LM_OK)
+        st = steps(p, v, s);
+    if (st == LM_OK)
+        st = positions(p, v, s);
+    if (ws && !v->ws) {
+        cudaError_t e = cudaFreeAsync(ws, s);
+        if (st == LM_OK && e != cudaSuccess)
+            st = lmi_cuda_fail(e, "cudaFreeAsync(prefill workspace)", __FILE__, __LINE__);
+    }
+    return st;
+}
+
+static lm_status pool_prefill(lm_pool *p, const lmi_varlen *v, void *stream)
+{
+    int prev;
+    lm_status st = lmi_cuda_enter(ctx_of(p)->device, &prev);
+    if (st)
+        return st;
+    st = prefill_on(p, v, (cudaStream_t)stream);
+    lmi_cuda_leave(ctx_of(p)->device, prev);
+    return st;
+}
+
+/* ---- slots ---- */
+
+static lm_status zero_on(lm_pool *p, int64_t slot, cudaStream_t s)
+{
+    LMI_CUDA_TRY(cudaMemsetAsync(p->cfg.state + slot * p->S_stride, 0, S_bytes(p), s));
+    LMI_CUDA_TRY(cudaMemsetAsync(p->cfg.normalizer + slot * p->z_stride, 0, z_bytes(p), s));
+    LMI_CUDA_TRY(cudaMemsetAsync(ctx_of(p)->pos + slot, 0, sizeof(int64_t), s));
+    return LM_OK;
+}
+
+static lm_status copy_on(lm_pool *p, int64_t dst, int64_t src, cudaStream_t s)
+{
+    const enum cudaMemcpyKind dd = cudaMemcpyDeviceToDevice;
+    LMI_CUDA_TRY(cudaMemcpyAsync(p->cfg.state + dst * p->S_stride, p->cfg.state + src * p->S_stride,
+                                 S_bytes(p), dd, s));
+    LMI_CUDA_TRY(cudaMemcpyAsync(p->cfg.normalizer + dst * p->z_stride, p->cfg.normalizer + src * p->z_stride,
+                                 z_bytes(p), dd, s));
+    LMI_CUDA_TRY(cudaMemcpyAsync(ctx_of(p)->pos + dst, ctx_of(p)->pos + src, sizeof(int64_t), dd, s));
+    return LM_OK;
+}
+
+static lm_status get_on(const lm_pool *p, int64_t slot, float *S, float *z, int64_t *pos, cudaStream_t s)
+{
+    const enum cudaMemcpyKind dh = cudaMemcpyDeviceToHost;
+    if (S)
+        LMI_CUDA_TRY(cudaMemcpyAsync(S, p->cfg.state + slot * p->S_stride, S_bytes(p), dh, s));
+    if (z)
+        LMI_CUDA_TRY(cudaMemcpyAsync(z, p->cfg.normalizer + slot * p->z_stride, z_bytes(p), dh, s));
+    LMI_CUDA_TRY(cudaMemcpyAsync(pos, ctx_of(p)->pos + slot, sizeof(int64_t), dh, s));
+    LMI_CUDA_TRY(cudaStreamSynchronize(s));
+    return LM_OK;
+}
+
+static lm_status set_on(lm_pool *p, int64_t slot, const float *S, const float *z, int64_t pos, cudaStream_t s)
+{
+    const enum cudaMemcpyKind hd = cudaMemcpyHostToDevice;
+    LMI_CUDA_TRY(cudaMemcpyAsync(p->cfg.state + slot * p->S_stride, S, S_bytes(p), hd, s));
+    LMI_CUDA_TRY(cudaMemcpyAsync(p->cfg.normalizer + slot * p->z_stride, z, z_bytes(p), hd, s));
+    LMI_CUDA_TRY(cudaMemcpyAsync(ctx_of(p)->pos + slot, &pos, sizeof(int64_t), hd, s));
+    LMI_CUDA_TRY(cudaStreamSynchronize(s)); /* &pos and the caller's blob are read by then */
+    return LM_OK;
+}
+
+static lm_status all_positions_on(lm_pool *p, cudaStream_t s)
+{
+    LMI_CUDA_TRY(cudaMemcpyAsync(p->pos, ctx_of(p)->pos, (size_t)p->N * sizeof(int64_t), cudaMemcpyDeviceToHost, s));
+    LMI_CUDA_TRY(cudaStreamSynchronize(s));
+    return LM_OK;
+}
+
+/* Each slot operation on the pool's device. */
+#define ON_DEVICE(p, call)                                             \
+    do {                                                               \
+        int prev_;                                                     \
+        lm_status st_ = lmi_cuda_enter(ctx_of(p)->device, &prev_);     \
+        if (st_)                                                       \
+            return st_;                                                \
+        st_ = (call);                                                  \
+        lmi_cuda_leave(ctx_of(p)->device, prev_);                      \
+        return st_;                                                    \
+    } while (0)
+
+static lm_status slot_zero(lm_pool *p, int64_t slot, void *stream)
+{
+    ON_DEVICE(p, zero_on(p, slot, (cudaStream_t)stream));
+}
+
+static lm_status slot_copy(lm_pool *p, int64_t dst, int64_t src, void *stream)
+{
+    ON_DEVICE(p, copy_on(p, dst, src, (cudaStream_t)stream));
+}
+
+static lm_status slot_get(const lm_pool *p, int64_t slot, float *S, float *z, int64_t *pos, void *stream)
+{
+    ON_DEVICE(p, get_on(p, slot, S, z, pos, (cudaStream_t)stream));
+}
+
+static lm_status slot_set(lm_pool *p, int64_t slot, const float *S, const float *z, int64_t pos, void *stream)
+{
+    ON_DEVICE(p, set_on(p, slot, S, z, pos, (cudaStream_t)stream));
+}
+
+static lm_status all_positions(lm_pool *p, void *stream)
+{
+    ON_DEVICE(p, all_positions_on(p, (cudaStream_t)stream));
+}
+
+const lmi_pool_ops lmi_cuda_pool = {
+    .init = pool_init,
+    .fini = pool_fini,
+    .prefill = pool_prefill,
+    .prefill_ws = pool_prefill_ws,
+    .decode = pool_decode,
+    .decode_ws = pool_decode_ws,
+    .slot_zero = slot_zero,
+    .slot_copy = slot_copy,
+    .slot_get = slot_get,
+    .slot_set = slot_set,
+    .positions = all_positions,
+};

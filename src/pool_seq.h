@@ -1,0 +1,50 @@
+/*
+ * pool_seq.h - one sequence of a checked varlen prefill (lmi_varlen) as the
+ * core's parameters, for pool.c and both backends' pools; inline because
+ * the CUDA backend links to no symbol of the core.
+ */
+#ifndef LM_POOL_SEQ_H
+#define LM_POOL_SEQ_H
+
+#include "lm_impl.h"
+
+#include <string.h>
+
+/* Whether sequence i starts empty: no slot, or LM_SEQ_FRESH. */
+static inline int lmi_pool_seq_fresh(const lmi_varlen *v, int64_t i)
+{
+    return v->slot[i] < 0 || (v->flags && (v->flags[i] & LM_SEQ_FRESH));
+}
+
+/* Sequence i as core parameters: B = 1 over its tokens of the packed views,
+ * causal, the slot's state (written only when fresh), the pool's options,
+ * precision decided on its own context. */
+static inline void lmi_pool_seq_params(const lm_pool *pool, const lmi_varlen *v, int64_t i, lmi_core_params *p)
+{
+    const int64_t t0 = v->cu[i], len = v->cu[i + 1] - t0, slot = v->slot[i];
+    const int fresh = lmi_pool_seq_fresh(v, i);
+    memset(p, 0, sizeof *p);
+    p->B = 1, p->L = p->Lk = len, p->Hq = v->Hq, p->Hkv = pool->Hkv, p->Dk = pool->Dk, p->Dv = pool->Dv;
+    const lmi_view *src[] = { &v->q, &v->k, &v->v, &v->out };
+    lmi_view *dst[] = { &p->q, &p->k, &p->v, &p->out };
+    for (int x = 0; x < 4; x++) {
+        *dst[x] = *src[x];
+        dst[x]->data = (char *)src[x]->data + t0 * src[x]->s[1] * (int64_t)lmi_dtype_bytes((lm_dtype)src[x]->dtype);
+    }
+    if (slot >= 0) {
+        p->state = pool->cfg.state + slot * pool->S_stride;
+        p->normalizer = pool->cfg.normalizer + slot * pool->z_stride;
+        p->fresh = fresh;
+    }
+    p->decay = pool->decay;
+    p->causal = 1;
+    p->feature_map = pool->cfg.feature_map;
+    p->normalize = pool->cfg.normalize;
+    p->compensated = lmi_compensated(pool->cfg.precision, (fresh ? 0 : pool->pos[slot]) + len);
+    p->exact = pool->cfg.precision == LM_PRECISION_ON;
+    p->eps = pool->cfg.eps;
+    p->scale = pool->scale;
+    p->num_threads = pool->cfg.num_threads;
+}
+
+#endif /* LM_POOL_SEQ_H */

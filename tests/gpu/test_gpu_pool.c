@@ -1,0 +1,253 @@
+/*
+ * test_gpu_pool.c - the engine pool on CUDA: the shared scenarios of
+ * pool_cases.c against the float64 reference (bounds of gpu_util.h); the
+ * indexed decode captured in a CUDA graph and replayed with new indices and
+ * inputs (positions advanced on the device, outputs as the CPU pool's); the
+ * checks the decode kernel makes itself (an index out of range: the row is
+ * refused in row_status and nothing of it written; padding rows LM_OK); a
+ * right-padded prefill long enough for segments ends in the unpadded state.
+ */
+#include "gpu_util.h"
+#include "pool_cases.h"
+
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void *d_alloc(size_t n)
+{
+    return dmalloc(n);
+}
+
+static void d_release(void *p)
+{
+    CUDA_OK(cudaFree(p));
+}
+
+static void d_upload(void *dst, const void *src, size_t n)
+{
+    CUDA_OK(cudaMemcpy(dst, src, n, cudaMemcpyHostToDevice));
+}
+
+static double d_out_bound(lm_dtype dtype, const double *want, int64_t n)
+{
+    return out_bound(dtype, out_floor(dtype, want, n), n);
+}
+
+static const pool_dev gpu = { LM_CUDA, d_alloc, d_release, d_upload, ddownload_bytes, d_out_bound, state_bound };
+
+START_TEST(test_gpu_pool_batching)
+{
+    pool_case_batching(&gpu);
+}
+END_TEST
+
+START_TEST(test_gpu_pool_fork_blob)
+{
+    pool_case_fork_blob(&gpu);
+}
+END_TEST
+
+START_TEST(test_gpu_pool_workspace)
+{
+    pool_case_workspace(&gpu);
+}
+END_TEST
+
+enum { GN = 8, GH = 4, GD = 64, GB = 5 };
+
+/* A pool of GN slots of [GH, GD, GD] on `dev` over memory of its own. */
+static lm_pool *pool_on(lm_device dev, float **S, float **z)
+{
+    const size_t nS = (size_t)GN * GH * GD * GD, nz = (size_t)GN * GH * GD;
+    if (dev == LM_CUDA) {
+        *S = dmalloc(nS * sizeof(float)), *z = dmalloc(nz * sizeof(float));
+    } else {
+        *S = malloc(nS * sizeof(float)), *z = malloc(nz * sizeof(float));
+    }
+    lm_pool_config cfg;
+    ck_assert_int_eq(lm_pool_config_default(&cfg, GN, GH, GD), LM_OK);
+    cfg.device = dev, cfg.state = *S, cfg.normalizer = *z;
+    lm_pool *p;
+    ck_assert_msg(lm_pool_create(&cfg, &p) == LM_OK, "%s", lm_last_error());
+    return p;
+}
+
+/* lm_pool_decode captured once in a graph, replayed with other indices and
+ * inputs: the CPU pool given the same steps one call at a time agrees. */
+START_TEST(test_gpu_pool_graph)
+{
+    ref_seed(31);
+    float *S, *z, *hS, *hz;
+    lm_pool *gp = pool_on(LM_CUDA, &S, &z), *cp = pool_on(LM_CPU, &hS, &hz);
+    const int64_t row = GH * GD;
+    float *q = malloc(GB * row * sizeof(float)), *k = malloc(GB * row * sizeof(float));
+    float *v = malloc(GB * row * sizeof(float)), *o = malloc(GB * row * sizeof(float));
+    float *go = malloc(GB * row * sizeof(float));
+    void *dq = dmalloc(GB * row * sizeof(float)), *dk = dmalloc(GB * row * sizeof(float));
+    void *dv = dmalloc(GB * row * sizeof(float)), *dout = dmalloc(GB * row * sizeof(float));
+    int32_t *dslots = dmalloc(GB * sizeof(int32_t));
+    lm_tensor tq = lm_tensor_3d(dq, LM_F32, LM_CUDA, GB, GH, GD), tk = lm_tensor_3d(dk, LM_F32, LM_CUDA, GB, GH, GD);
+    lm_tensor tv = lm_tensor_3d(dv, LM_F32, LM_CUDA, GB, GH, GD), to = lm_tensor_3d(dout, LM_F32, LM_CUDA, GB, GH, GD);
+    lm_tensor hq = lm_tensor_3d(q, LM_F32, LM_CPU, GB, GH, GD), hk = lm_tensor_3d(k, LM_F32, LM_CPU, GB, GH, GD);
+    lm_tensor hv = lm_tensor_3d(v, LM_F32, LM_CPU, GB, GH, GD), ho = lm_tensor_3d(o, LM_F32, LM_CPU, GB, GH, GD);
+    lm_decode_args gd = { LM_SIZED(lm_decode_args), .q = &tq, .k = &tk, .v = &tv, .out = &to, .slots = dslots };
+    cudaStream_t s;
+    CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    static const int32_t steps[4][GB] = { { 0, 1, 2, 3, 4 }, { 5, -1, 2, 7, 0 }, { 3, 6, -1, -1, 1 },
+                                          { 7, 5, 4, 2, 0 } };
+    cudaGraphExec_t exec = NULL;
+    for (int st = 0; st < 4; st++) {
+        for (int64_t i = 0; i < GB * row; i++) {
+            q[i] = (float)(4 * ref_uniform() - 2), k[i] = (float)(4 * ref_uniform() - 2);
+            v[i] = (float)(2 * ref_uniform() - 1);
+        }
+        CUDA_OK(cudaMemcpyAsync(dq, q, GB * row * sizeof(float), cudaMemcpyHostToDevice, s));
+        CUDA_OK(cudaMemcpyAsync(dk, k, GB * row * sizeof(float), cudaMemcpyHostToDevice, s));
+        CUDA_OK(cudaMemcpyAsync(dv, v, GB * row * sizeof(float), cudaMemcpyHostToDevice, s));
+        CUDA_OK(cudaMemcpyAsync(dslots, steps[st], sizeof steps[st], cudaMemcpyHostToDevice, s));
+        CUDA_OK(cudaMemsetAsync(dout, 0xff, GB * row * sizeof(float), s));
+        if (!exec) { /* the first step is the capture's, replayed like the others */
+            cudaGraph_t g;
+            CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+            lm_status r = lm_pool_decode(gp, &gd, s);
+            CUDA_OK(cudaStreamEndCapture(s, &g));
+            ck_assert_msg(r == LM_OK, "captured decode: %s", lm_last_error());
+            CUDA_OK(cudaGraphInstantiate(&exec, g, 0));
+            CUDA_OK(cudaGraphDestroy(g));
+        }
+        CUDA_OK(cudaGraphLaunch(exec, s));
+        CUDA_OK(cudaStreamSynchronize(s));
+        CUDA_OK(cudaMemcpy(go, dout, GB * row * sizeof(float), cudaMemcpyDeviceToHost));
+        for (int64_t i = 0; i < GB * row; i++)
+            o[i] = NAN;
+        lm_decode_args cd = { LM_SIZED(lm_decode_args), .q = &hq, .k = &hk, .v = &hv, .out = &ho,
+                              .slots = steps[st] };
+        ck_assert_msg(lm_pool_decode(cp, &cd, NULL) == LM_OK, "%s", lm_last_error());
+        double num = 0, den = 0;
+        for (int64_t i = 0; i < GB * row; i++) {
+            if (steps[st][i / row] < 0) { /* padding: the poison stays */
+                CHECK(isnan(go[i]), "step %d: padding row %lld written", st, (long long)(i / row));
+                continue;
+            }
+            num += (go[i] - o[i]) * (double)(go[i] - o[i]), den += (double)o[i] * o[i];
+        }
+        CHECK(sqrt(num / den) <= 1e-5, "step %d: graph replay vs CPU pool: rel. error %.3g", st, sqrt(num / den));
+    }
+    for (int64_t slot = 0; slot < GN; slot++) {
+        int64_t pg = -1, pc = -2;
+        ck_assert_int_eq(lm_pool_slot_position(gp, slot, &pg, s), LM_OK);
+        ck_assert_int_eq(lm_pool_slot_position(cp, slot, &pc, NULL), LM_OK);
+        CHECK(pg == pc, "slot %lld: position %lld on the GPU (graph replays), %lld on the CPU", (long long)slot,
+              (long long)pg, (long long)pc);
+    }
+    CUDA_OK(cudaGraphExecDestroy(exec));
+    CUDA_OK(cudaStreamDestroy(s));
+    lm_pool_destroy(gp), lm_pool_destroy(cp);
+    cudaFree(S), cudaFree(z), free(hS), free(hz);
+    cudaFree(dq), cudaFree(dk), cudaFree(dv), cudaFree(dout), cudaFree(dslots);
+    free(q), free(k), free(v), free(o), free(go);
+    gpu_end_test();
+}
+END_TEST
+
+/* Indices are checked by the kernel: out of range, the row is refused in
+ * row_status (LM_ERR_INVALID_ARG) and nothing of it is written. */
+START_TEST(test_gpu_pool_row_status)
+{
+    float *S, *z;
+    lm_pool *gp = pool_on(LM_CUDA, &S, &z);
+    const int64_t row = GH * GD;
+    float *h = malloc(3 * row * sizeof(float)), *out = malloc(3 * row * sizeof(float));
+    for (int64_t i = 0; i < 3 * row; i++)
+        h[i] = (float)((i % 17) - 8) / 8.0f;
+    void *dx = dupload_bytes(h, 3 * row * sizeof(float)), *dout = dmalloc(3 * row * sizeof(float));
+    dpoison(dout, 3 * row * sizeof(float));
+    const int32_t slots[3] = { 2, GN + 3, -1 };
+    int32_t status[3] = { -7, -7, -7 };
+    int32_t *dslots = dupload_bytes(slots, sizeof slots), *dstatus = dupload_bytes(status, sizeof status);
+    lm_tensor t = lm_tensor_3d(dx, LM_F32, LM_CUDA, 3, GH, GD), to = lm_tensor_3d(dout, LM_F32, LM_CUDA, 3, GH, GD);
+    lm_decode_args d = { LM_SIZED(lm_decode_args), .q = &t, .k = &t, .v = &t, .out = &to, .slots = dslots,
+                         .row_status = dstatus };
+    ck_assert_msg(lm_pool_decode(gp, &d, NULL) == LM_OK, "%s", lm_last_error());
+    ddownload_bytes(status, dstatus, sizeof status);
+    ddownload_bytes(out, dout, 3 * row * sizeof(float));
+    CHECK(status[0] == LM_OK && status[1] == LM_ERR_INVALID_ARG && status[2] == LM_OK,
+          "row statuses %d %d %d, expected ok, invalid argument, ok", status[0], status[1], status[2]);
+    for (int64_t i = 0; i < 3 * row; i++)
+        CHECK(i < row ? isfinite(out[i]) : isnan(out[i]), "output %lld of row %lld: %g", (long long)i,
+              (long long)(i / row), out[i]);
+    int64_t pos = -1;
+    ck_assert_int_eq(lm_pool_slot_position(gp, 2, &pos, NULL), LM_OK);
+    CHECK(pos == 1, "slot 2 at position %lld after one step", (long long)pos);
+    lm_pool_destroy(gp);
+    cudaFree(S), cudaFree(z), cudaFree(dx), cudaFree(dout), cudaFree(dslots), cudaFree(dstatus);
+    free(h), free(out);
+    gpu_end_test();
+}
+END_TEST
+
+/* With decay, a right-padded prefill ends in the state of the unpadded one,
+ * also when the sequence is cut into segments (few heads: the GPU would
+ * idle otherwise) and across chunks of the backward's length. */
+START_TEST(test_gpu_masked_keys_keep_state)
+{
+    static const int64_t lengths[][2] = { { 100, 60 }, { 5000, 3001 }, { 20000, 9999 } };
+    ref_seed(32);
+    for (int li = 0; li < (gpu_small ? 1 : 3); li++) {
+        const int64_t L = lengths[li][0], keep = lengths[li][1], H = 2, D = 64;
+        tbuf q = tbuf_new(LM_BF16, L * H * D), k = tbuf_new(LM_BF16, L * H * D), v = tbuf_new(LM_BF16, L * H * D);
+        tbuf_random(&q, -2, 2), tbuf_random(&k, -2, 2), tbuf_random(&v, -1, 1);
+        void *dq = dupload(&q), *dk = dupload(&k), *dv = dupload(&v), *dout = dmalloc(L * H * D * 2);
+        uint8_t *mask = calloc((size_t)L, 1);
+        for (int64_t t = keep; t < L; t++)
+            mask[t] = 1;
+        void *dmask = dupload_bytes(mask, (size_t)L);
+        const float decay[2] = { 0.999f, 0.9f };
+        float *st[2], *hs[2];
+        for (int pass = 0; pass < 2; pass++) { /* padded (mask), then the first `keep` tokens alone */
+            const int64_t n = pass ? keep : L;
+            st[pass] = dmalloc((size_t)(H * D * D + H * D) * sizeof(float));
+            CUDA_OK(cudaMemset(st[pass], 0, (size_t)(H * D * D + H * D) * sizeof(float)));
+            lm_tensor tq = lm_tensor_4d(dq, LM_BF16, LM_CUDA, 1, n, H, D), tk = lm_tensor_4d(dk, LM_BF16, LM_CUDA, 1, n, H, D);
+            lm_tensor tv = lm_tensor_4d(dv, LM_BF16, LM_CUDA, 1, n, H, D), to = lm_tensor_4d(dout, LM_BF16, LM_CUDA, 1, n, H, D);
+            lm_tensor tm = lm_tensor_2d(dmask, LM_BOOL, LM_CUDA, 1, L);
+            lm_core_args a;
+            ck_assert_int_eq(lm_core_args_default(&a), LM_OK);
+            a.q = &tq, a.k = &tk, a.v = &tv, a.out = &to, a.decay = decay;
+            a.key_padding_mask = pass ? NULL : &tm;
+            a.state = st[pass], a.normalizer = st[pass] + H * D * D;
+            ck_assert_msg(lm_linear_attn_prefill(&a, NULL) == LM_OK, "%s", lm_last_error());
+            hs[pass] = malloc((size_t)(H * D * D + H * D) * sizeof(float));
+            ddownload_bytes(hs[pass], st[pass], (size_t)(H * D * D + H * D) * sizeof(float));
+        }
+        double num = 0, den = 0;
+        for (int64_t i = 0; i < H * D * D + H * D; i++)
+            num += (hs[0][i] - hs[1][i]) * (double)(hs[0][i] - hs[1][i]), den += (double)hs[1][i] * hs[1][i];
+        CHECK(sqrt(num / den) <= 5e-5, "L %lld padded after %lld: final state %.3g from the unpadded one",
+              (long long)L, (long long)keep, sqrt(num / den));
+        for (int pass = 0; pass < 2; pass++)
+            cudaFree(st[pass]), free(hs[pass]);
+        cudaFree(dq), cudaFree(dk), cudaFree(dv), cudaFree(dout), cudaFree(dmask);
+        free(mask);
+        tbuf_free(&q), tbuf_free(&k), tbuf_free(&v);
+    }
+    gpu_end_test();
+}
+END_TEST
+
+Suite *gpu_pool_suite(void)
+{
+    Suite *s = suite_create("gpu_pool");
+    TCase *tc = tcase_create("pool");
+    tcase_set_timeout(tc, 600);
+    tcase_add_test(tc, test_gpu_pool_batching);
+    tcase_add_test(tc, test_gpu_pool_fork_blob);
+    tcase_add_test(tc, test_gpu_pool_workspace);
+    tcase_add_test(tc, test_gpu_pool_graph);
+    tcase_add_test(tc, test_gpu_pool_row_status);
+    tcase_add_test(tc, test_gpu_masked_keys_keep_state);
+    suite_add_tcase(s, tc);
+    return s;
+}

@@ -1,0 +1,422 @@
+/*
+ * pool_cases.c - the engine pool's scenarios (pool_cases.h), for any backend.
+ *
+ * Every sequence is checked against ref_attend run on it alone (B = 1) from a
+ * float64 model of its slot, which then takes the reference's final state:
+ * the pool must carry each sequence exactly as separate calls would. Slots
+ * live in one buffer, interleaved (slot i: S, z, then a guard), so that
+ * writes outside a slot's S and z are seen; the buffer starts as NaN, which
+ * lm_pool_create must clear. Outputs are NaN-poisoned before each call.
+ */
+#include "pool_cases.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define GUARD 3            /* floats after each slot's S and z */
+#define GUARD_VALUE 1234.5f
+
+/* The pool, its memory (on the device, and a host copy) and the float64
+ * model of every slot. */
+typedef struct fixture {
+    const pool_dev *dev;
+    pcase c;
+    int64_t nS, nz, blk;  /* floats of a slot's S, z; between slots */
+    float *mem, *dmem;
+    double *S, *z;        /* model: [N][nS], [N][nz] */
+    int64_t *pos;
+    float decay[8];
+    lm_pool *pool;
+} fixture;
+
+static void fixture_init(fixture *f, const pool_dev *dev, const pcase *c)
+{
+    memset(f, 0, sizeof *f);
+    f->dev = dev;
+    f->c = *c;
+    f->nS = c->Hkv * c->Dk * c->Dv, f->nz = c->Hkv * c->Dk, f->blk = f->nS + f->nz + GUARD;
+    const size_t bytes = (size_t)(c->N * f->blk) * sizeof(float);
+    f->mem = malloc(bytes);
+    f->dmem = dev->alloc(bytes);
+    for (int64_t i = 0; i < c->N * f->blk; i++) /* anything: the pool empties every slot */
+        f->mem[i] = (i % f->blk) < f->nS + f->nz ? NAN : GUARD_VALUE;
+    dev->upload(f->dmem, f->mem, bytes);
+    f->S = calloc((size_t)(c->N * f->nS), sizeof(double));
+    f->z = calloc((size_t)(c->N * f->nz), sizeof(double));
+    f->pos = calloc((size_t)c->N, sizeof(int64_t));
+    for (int64_t h = 0; h < c->Hkv; h++)
+        f->decay[h] = (float)(1.0 - ldexp(1.0, -3 - (int)(h % 5)));
+    lm_pool_config cfg;
+    ck_assert_int_eq(lm_pool_config_default(&cfg, c->N, (int)c->Hkv, (int)c->Dk), LM_OK);
+    cfg.head_dim_v = (int)c->Dv;
+    cfg.device = dev->device;
+    cfg.state = f->dmem, cfg.normalizer = f->dmem + f->nS;
+    cfg.state_stride = cfg.normalizer_stride = f->blk;
+    cfg.decay = c->decay ? f->decay : NULL;
+    cfg.num_threads = c->num_threads;
+    ck_assert_msg(lm_pool_create(&cfg, &f->pool) == LM_OK, "%s", lm_last_error());
+}
+
+static void fixture_free(fixture *f)
+{
+    lm_pool_destroy(f->pool);
+    f->dev->release(f->dmem);
+    free(f->mem), free(f->S), free(f->z), free(f->pos);
+}
+
+/* The host copy of the slots' memory, fresh from the device. */
+static void fixture_sync(fixture *f)
+{
+    f->dev->download(f->mem, f->dmem, (size_t)(f->c.N * f->blk) * sizeof(float));
+}
+
+/* The library's slot states against the model, the guards, the positions. */
+static void fixture_check(fixture *f, const char *when)
+{
+    fixture_sync(f);
+    float *S = malloc((size_t)(f->c.N * f->nS) * sizeof(float));
+    float *z = malloc((size_t)(f->c.N * f->nz) * sizeof(float));
+    for (int64_t i = 0; i < f->c.N; i++) {
+        const float *m = f->mem + i * f->blk;
+        memcpy(S + i * f->nS, m, (size_t)f->nS * sizeof(float));
+        memcpy(z + i * f->nz, m + f->nS, (size_t)f->nz * sizeof(float));
+        for (int g = 0; g < GUARD; g++)
+            ck_assert_msg(m[f->nS + f->nz + g] == GUARD_VALUE, "%s: slot %lld's guard was written", when,
+                          (long long)i);
+        int64_t pos = -1;
+        ck_assert_int_eq(lm_pool_slot_position(f->pool, i, &pos, NULL), LM_OK);
+        ck_assert_msg(pos == f->pos[i], "%s: slot %lld at position %lld, expected %lld", when, (long long)i,
+                      (long long)pos, (long long)f->pos[i]);
+    }
+    ref_err es = ref_compare_f32(S, f->S, f->c.N * f->nS), ez = ref_compare_f32(z, f->z, f->c.N * f->nz);
+    REF_CHECK(es, f->dev->state_bound(f->c.dtype), "(slot states S, %s)", when);
+    REF_CHECK(ez, f->dev->state_bound(f->c.dtype), "(slot states z, %s)", when);
+    free(S), free(z);
+}
+
+/* Packed tokens of one call: q [T, Hq, Dk], k, v [T, Hkv, D], out [T, Hq, Dv]
+ * on the host (with float64 shadows) and on the device. */
+typedef struct packed {
+    const pool_dev *dev;
+    int64_t T;
+    tbuf q, k, v, out;
+    void *dq, *dk, *dv, *dout;
+    lm_tensor tq, tk, tv, to;
+    double *want;
+} packed;
+
+static size_t bytes_of(const tbuf *b)
+{
+    return (size_t)b->n * lm_dtype_size(b->dtype);
+}
+
+static void packed_init(packed *p, const pool_dev *dev, const pcase *c, int64_t T)
+{
+    p->dev = dev;
+    p->T = T;
+    p->q = tbuf_new(c->dtype, T * c->Hq * c->Dk);
+    p->k = tbuf_new(c->dtype, T * c->Hkv * c->Dk);
+    p->v = tbuf_new(c->dtype, T * c->Hkv * c->Dv);
+    p->out = tbuf_new(c->dtype, T * c->Hq * c->Dv);
+    tbuf_random(&p->q, -2, 2);
+    tbuf_random(&p->k, -2, 2);
+    tbuf_random(&p->v, -1, 1);
+    tbuf_poison(&p->out);
+    tbuf *bs[] = { &p->q, &p->k, &p->v, &p->out };
+    void **ds[] = { &p->dq, &p->dk, &p->dv, &p->dout };
+    for (int i = 0; i < 4; i++) {
+        *ds[i] = dev->alloc(bytes_of(bs[i]) + 1);
+        dev->upload(*ds[i], bs[i]->data, bytes_of(bs[i]));
+    }
+    p->tq = lm_tensor_3d(p->dq, c->dtype, dev->device, T, c->Hq, c->Dk);
+    p->tk = lm_tensor_3d(p->dk, c->dtype, dev->device, T, c->Hkv, c->Dk);
+    p->tv = lm_tensor_3d(p->dv, c->dtype, dev->device, T, c->Hkv, c->Dv);
+    p->to = lm_tensor_3d(p->dout, c->dtype, dev->device, T, c->Hq, c->Dv);
+    p->want = malloc((size_t)(p->out.n ? p->out.n : 1) * sizeof(double));
+    for (int64_t i = 0; i < p->out.n; i++)
+        p->want[i] = NAN; /* rows no sequence writes stay unwritten */
+}
+
+/* The outputs as the call left them, into p->out. */
+static void packed_fetch(packed *p)
+{
+    p->dev->download(p->out.data, p->dout, bytes_of(&p->out));
+}
+
+/* Sets output value i (host and device) before a call. */
+static void packed_set_out(packed *p, int64_t i, double x)
+{
+    tbuf_set(&p->out, i, x);
+    const size_t es = lm_dtype_size(p->out.dtype);
+    p->dev->upload((char *)p->dout + i * (int64_t)es, (char *)p->out.data + i * (int64_t)es, es);
+}
+
+static void packed_free(packed *p)
+{
+    void *ds[] = { p->dq, p->dk, p->dv, p->dout };
+    for (int i = 0; i < 4; i++)
+        p->dev->release(ds[i]);
+    tbuf_free(&p->q), tbuf_free(&p->k), tbuf_free(&p->v), tbuf_free(&p->out);
+    free(p->want);
+}
+
+/* The reference of tokens [t0, t0 + len) as one sequence continuing slot
+ * (-1 or fresh: from empty), into p->want; the model takes its final state. */
+static void reference(fixture *f, packed *p, int64_t t0, int64_t len, int32_t slot, int fresh)
+{
+    const pcase *c = &f->c;
+    if (slot >= 0 && fresh) {
+        memset(f->S + slot * f->nS, 0, (size_t)f->nS * sizeof(double));
+        memset(f->z + slot * f->nz, 0, (size_t)f->nz * sizeof(double));
+        f->pos[slot] = 0;
+    }
+    if (len == 0)
+        return;
+    double *S = malloc((size_t)f->nS * sizeof(double)), *z = malloc((size_t)f->nz * sizeof(double));
+    ref_problem r = { .B = 1, .L = len, .Lk = len, .Hq = c->Hq, .Hkv = c->Hkv, .Dk = c->Dk, .Dv = c->Dv,
+                      .q = { p->q.ref + t0 * c->Hq * c->Dk, { 0, c->Hq * c->Dk, c->Dk, 1 } },
+                      .k = { p->k.ref + t0 * c->Hkv * c->Dk, { 0, c->Hkv * c->Dk, c->Dk, 1 } },
+                      .v = { p->v.ref + t0 * c->Hkv * c->Dv, { 0, c->Hkv * c->Dv, c->Dv, 1 } },
+                      .state = slot >= 0 ? f->S + slot * f->nS : NULL,
+                      .normalizer = slot >= 0 ? f->z + slot * f->nz : NULL,
+                      .decay = c->decay ? f->decay : NULL, .causal = 1, .feature_map = LM_FEATURE_ELU1,
+                      .normalize = 1, .eps = 1e-6, .scale = 1.0 / sqrt((double)c->Dk) };
+    ref_attend(&r, p->want + t0 * c->Hq * c->Dv, S, z);
+    if (slot >= 0) {
+        memcpy(f->S + slot * f->nS, S, (size_t)f->nS * sizeof(double));
+        memcpy(f->z + slot * f->nz, z, (size_t)f->nz * sizeof(double));
+        f->pos[slot] += len;
+    }
+    free(S), free(z);
+}
+
+static void check_out(fixture *f, packed *p, const char *what)
+{
+    packed_fetch(p);
+    ref_err e = ref_compare(&p->out, p->want, p->out.n);
+    ref_note(f->c.dtype, e.rel);
+    REF_CHECK(e, f->dev->out_bound(f->c.dtype, p->want, p->out.n),
+              "(%s, dtype %d, decay %d, H %lld/%lld, D %lld/%lld)", what, (int)f->c.dtype, f->c.decay,
+              (long long)f->c.Hq, (long long)f->c.Hkv, (long long)f->c.Dk, (long long)f->c.Dv);
+}
+
+/* One lm_pool_prefill of n sequences (lengths len, slots, flags), checked. */
+static void prefill(fixture *f, int64_t n, const int32_t *len, const int32_t *slots, const uint8_t *flags)
+{
+    int32_t cu[64];
+    cu[0] = 0;
+    for (int64_t i = 0; i < n; i++)
+        cu[i + 1] = cu[i] + len[i];
+    packed p;
+    packed_init(&p, f->dev, &f->c, cu[n]);
+    lm_prefill_args a = { LM_SIZED(lm_prefill_args), .q = &p.tq, .k = &p.tk, .v = &p.tv, .out = &p.to,
+                          .num_seqs = (int32_t)n, .cu_seqlens = cu, .slots = slots, .flags = flags };
+    ck_assert_msg(lm_pool_prefill(f->pool, &a, NULL) == LM_OK, "%s", lm_last_error());
+    for (int64_t i = 0; i < n; i++)
+        reference(f, &p, cu[i], len[i], slots[i], flags && (flags[i] & LM_SEQ_FRESH));
+    check_out(f, &p, "a packed prefill");
+    packed_free(&p);
+    fixture_check(f, "after a prefill");
+}
+
+/* One lm_pool_decode of B rows (indices on the device); padding rows'
+ * outputs stay as they were. */
+static void decode(fixture *f, int64_t B, const int32_t *slots)
+{
+    packed p;
+    packed_init(&p, f->dev, &f->c, B);
+    const int64_t row = f->c.Hq * f->c.Dv;
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t i = 0; slots[b] < 0 && i < row; i++)
+            packed_set_out(&p, b * row + i, 0.25); /* a padding row's output: kept */
+    int32_t *dslots = f->dev->alloc((size_t)B * sizeof(int32_t));
+    f->dev->upload(dslots, slots, (size_t)B * sizeof(int32_t));
+    lm_decode_args a = { LM_SIZED(lm_decode_args), .q = &p.tq, .k = &p.tk, .v = &p.tv, .out = &p.to,
+                         .slots = dslots };
+    ck_assert_msg(lm_pool_decode(f->pool, &a, NULL) == LM_OK, "%s", lm_last_error());
+    for (int64_t b = 0; b < B; b++) {
+        if (slots[b] >= 0)
+            reference(f, &p, b, 1, slots[b], 0);
+        else
+            for (int64_t i = 0; i < row; i++)
+                p.want[b * row + i] = 0.25;
+    }
+    check_out(f, &p, "an indexed decode");
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t i = 0; slots[b] < 0 && i < row; i++)
+            ck_assert_msg(tbuf_get(&p.out, b * row + i) == 0.25, "padding row %lld was written", (long long)b);
+    f->dev->release(dslots);
+    packed_free(&p);
+    fixture_check(f, "after a decode");
+}
+
+void pool_case_batching(const pool_dev *dev)
+{
+    static const pcase cases[] = {
+        { LM_F32, 9, 4, 2, 32, 32, 0, 0 },  { LM_F32, 9, 4, 2, 32, 32, 1, 0 },
+        { LM_BF16, 9, 2, 2, 32, 16, 1, 0 }, { LM_F16, 9, 8, 1, 32, 40, 0, 0 },
+        { LM_BF16, 9, 4, 4, 64, 64, 1, 2 }, { LM_F32, 9, 2, 2, 128, 128, 0, 0 },
+    };
+    ref_seed(21);
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        fixture f;
+        fixture_init(&f, dev, &cases[ci]);
+        fixture_check(&f, "at creation");
+        const int32_t len1[] = { 65, 1, 0, 130, 7, 64 }, slots1[] = { 4, 0, -1, 8, 2, 6 };
+        const uint8_t fresh1[] = { LM_SEQ_FRESH, 0, 0, LM_SEQ_FRESH, 0, 0 };
+        prefill(&f, 6, len1, slots1, fresh1);
+        /* Decode rows (length 1) among prefills; slot 8 emptied; 3 started fresh; 5 joins. */
+        const int32_t len2[] = { 1, 1, 63, 1, 0, 200, 1 }, slots2[] = { 0, 4, 2, 6, 8, 3, 5 };
+        const uint8_t fresh2[] = { 0, 0, 0, 0, LM_SEQ_FRESH, LM_SEQ_FRESH, 0 };
+        prefill(&f, 7, len2, slots2, fresh2);
+        const int32_t rows[] = { 2, -1, 0, 4, -1, 6, 3 };
+        decode(&f, 7, rows);
+        const int32_t rows2[] = { 5, 3, 2 }; /* 0, 4 and 6 finished: left alone */
+        decode(&f, 3, rows2);
+        const int32_t len3[] = { 3 }, slots3[] = { 0 };
+        prefill(&f, 1, len3, slots3, NULL);
+        fixture_free(&f);
+    }
+}
+
+void pool_case_fork_blob(const pool_dev *dev)
+{
+    const pcase c = { LM_F32, 6, 4, 2, 32, 32, 1, 0 };
+    ref_seed(22);
+    fixture f, g;
+    fixture_init(&f, dev, &c);
+    const int32_t len[] = { 50 }, slot0[] = { 0 };
+    prefill(&f, 1, len, slot0, NULL);
+    ck_assert_int_eq(lm_pool_slot_copy(f.pool, 3, 0, NULL), LM_OK);
+    memcpy(f.S + 3 * f.nS, f.S, (size_t)f.nS * sizeof(double));
+    memcpy(f.z + 3 * f.nz, f.z, (size_t)f.nz * sizeof(double));
+    f.pos[3] = f.pos[0];
+    fixture_check(&f, "after a copy");
+    const int32_t len2[] = { 9, 17 }, slots2[] = { 3, 0 };
+    prefill(&f, 2, len2, slots2, NULL);
+
+    size_t bytes = 0;
+    ck_assert_int_eq(lm_pool_slot_blob_size(f.pool, &bytes), LM_OK);
+    ck_assert_uint_eq(bytes, 56 + (size_t)(f.nS + f.nz) * sizeof(float)); /* a 56-byte header */
+    unsigned char *blob = malloc(bytes), *bad = malloc(bytes);
+    ck_assert_int_eq(lm_pool_slot_export(f.pool, 3, blob, bytes, NULL), LM_OK);
+    pcase c2 = c;
+    c2.N = 2;
+    fixture_init(&g, dev, &c2);
+    ck_assert_int_eq(lm_pool_slot_import(g.pool, 1, blob, bytes, NULL), LM_OK);
+    fixture_sync(&f);
+    fixture_sync(&g);
+    ck_assert(!memcmp(g.mem + g.blk, f.mem + 3 * f.blk, (size_t)(f.nS + f.nz) * sizeof(float)));
+    int64_t pos = 0;
+    ck_assert_int_eq(lm_pool_slot_position(g.pool, 1, &pos, NULL), LM_OK);
+    ck_assert_int_eq(pos, f.pos[3]);
+
+    /* Refused blobs change nothing. */
+    memcpy(bad, blob, bytes);
+    bad[0] = 'X';
+    EXPECT_ERR(lm_pool_slot_import(g.pool, 0, bad, bytes, NULL), LM_ERR_INVALID_ARG, "bad magic");
+    memcpy(bad, blob, bytes);
+    bad[8] = 9; /* format version */
+    EXPECT_ERR(lm_pool_slot_import(g.pool, 0, bad, bytes, NULL), LM_ERR_UNSUPPORTED, "format 9");
+    EXPECT_ERR(lm_pool_slot_import(g.pool, 0, blob, bytes - 4, NULL), LM_ERR_INVALID_ARG, "bytes");
+    memcpy(bad, blob, bytes);
+    int64_t dk = 16;
+    memcpy(bad + 32, &dk, sizeof dk); /* kv_heads at 24, dk at 32 */
+    EXPECT_ERR(lm_pool_slot_import(g.pool, 0, bad, bytes, NULL), LM_ERR_STATE, "kv heads");
+    EXPECT_ERR(lm_pool_slot_export(g.pool, 0, blob, bytes - 1, NULL), LM_ERR_INVALID_ARG, "needs");
+    EXPECT_ERR(lm_pool_slot_export(g.pool, 2, blob, bytes, NULL), LM_ERR_INVALID_ARG, "not a slot");
+    fixture_sync(&g);
+    for (int64_t i = 0; i < g.nS + g.nz; i++)
+        ck_assert(g.mem[i] == 0.0f); /* slot 0 still empty */
+    ck_assert_int_eq(lm_pool_slot_position(g.pool, 0, &pos, NULL), LM_OK);
+    ck_assert_int_eq(pos, 0);
+
+    /* The same tokens after the original and after the imported copy: equal. */
+    packed p;
+    packed_init(&p, dev, &c, 5);
+    void *dout2 = dev->alloc(bytes_of(&p.out));
+    lm_tensor to2 = p.to;
+    to2.data = dout2;
+    const int32_t cu[] = { 0, 5 }, s3[] = { 3 }, s1[] = { 1 };
+    lm_prefill_args a = { LM_SIZED(lm_prefill_args), .q = &p.tq, .k = &p.tk, .v = &p.tv, .out = &p.to,
+                          .num_seqs = 1, .cu_seqlens = cu, .slots = s3 };
+    ck_assert_int_eq(lm_pool_prefill(f.pool, &a, NULL), LM_OK);
+    a.slots = s1, a.out = &to2;
+    ck_assert_int_eq(lm_pool_prefill(g.pool, &a, NULL), LM_OK);
+    packed_fetch(&p);
+    tbuf out2 = tbuf_new(c.dtype, p.out.n);
+    dev->download(out2.data, dout2, bytes_of(&out2));
+    ck_assert(!memcmp(p.out.data, out2.data, bytes_of(&out2)));
+    fixture_sync(&f);
+    fixture_sync(&g);
+    ck_assert(!memcmp(g.mem + g.blk, f.mem + 3 * f.blk, (size_t)(f.nS + f.nz) * sizeof(float)));
+
+    ck_assert_int_eq(lm_pool_slot_zero(f.pool, 3, NULL), LM_OK);
+    ck_assert_int_eq(lm_pool_slot_position(f.pool, 3, &pos, NULL), LM_OK);
+    ck_assert_int_eq(pos, 0);
+    fixture_sync(&f);
+    for (int64_t i = 0; i < f.nS + f.nz; i++)
+        ck_assert(f.mem[3 * f.blk + i] == 0.0f);
+    tbuf_free(&out2);
+    dev->release(dout2);
+    packed_free(&p);
+    free(blob), free(bad);
+    fixture_free(&g);
+    fixture_free(&f);
+}
+
+void pool_case_workspace(const pool_dev *dev)
+{
+    const pcase c = { LM_F32, 4, 4, 2, 32, 32, 1, 0 };
+    ref_seed(23);
+    fixture f[2];
+    for (int i = 0; i < 2; i++)
+        fixture_init(&f[i], dev, &c);
+    packed p;
+    packed_init(&p, dev, &c, 300);
+    const int32_t cu[] = { 0, 1, 200, 299, 300 }, slots[] = { 2, 0, 1, 3 };
+    tbuf outs[2];
+    int32_t rows[] = { 3, -1, 1 };
+    int32_t *drows = dev->alloc(sizeof rows);
+    dev->upload(drows, rows, sizeof rows);
+    for (int i = 0; i < 2; i++) {
+        outs[i] = tbuf_new(c.dtype, p.out.n);
+        lm_prefill_args a = { LM_SIZED(lm_prefill_args), .q = &p.tq, .k = &p.tk, .v = &p.tv, .out = &p.to,
+                              .num_seqs = 4, .cu_seqlens = cu, .slots = slots };
+        void *ws = NULL;
+        size_t bytes = 0;
+        if (i == 1) {
+            ck_assert_int_eq(lm_pool_prefill_workspace(f[i].pool, &a, &bytes), LM_OK);
+            ws = dev->alloc(bytes + 1);
+            if (bytes) {
+                a.workspace = ws, a.workspace_bytes = bytes - 1;
+                EXPECT_ERR(lm_pool_prefill(f[i].pool, &a, NULL), LM_ERR_INVALID_ARG, "workspace");
+            }
+            a.workspace = ws, a.workspace_bytes = bytes;
+        }
+        ck_assert_msg(lm_pool_prefill(f[i].pool, &a, NULL) == LM_OK, "%s", lm_last_error());
+        lm_tensor tq = p.tq, tk = p.tk, tv = p.tv, to = p.to;
+        tq.shape[0] = tk.shape[0] = tv.shape[0] = to.shape[0] = 3;
+        lm_decode_args d = { LM_SIZED(lm_decode_args), .q = &tq, .k = &tk, .v = &tv, .out = &to, .slots = drows };
+        if (i == 1) {
+            ck_assert_int_eq(lm_pool_decode_workspace(f[i].pool, &d, &bytes), LM_OK);
+            dev->release(ws);
+            ws = dev->alloc(bytes + 1);
+            d.workspace = ws, d.workspace_bytes = bytes;
+        }
+        ck_assert_msg(lm_pool_decode(f[i].pool, &d, NULL) == LM_OK, "%s", lm_last_error());
+        dev->download(outs[i].data, p.dout, bytes_of(&outs[i]));
+        fixture_sync(&f[i]);
+        dev->release(ws);
+    }
+    ck_assert_msg(!memcmp(outs[0].data, outs[1].data, bytes_of(&outs[0])), "outputs differ with a workspace");
+    ck_assert_msg(!memcmp(f[0].mem, f[1].mem, (size_t)(c.N * f[0].blk) * sizeof(float)),
+                  "states differ with a workspace");
+    for (int i = 0; i < 2; i++) {
+        tbuf_free(&outs[i]);
+        fixture_free(&f[i]);
+    }
+    dev->release(drows);
+    packed_free(&p);
+}
