@@ -32,7 +32,10 @@
 #                                     lm-engine-gpu-bench (indexed decode of 256 slots vs its byte
 #                                     floor, decode at B = 1 in a graph, varlen prefill of 64
 #                                     sequences vs one 128K prefill: engine-gpu.json) and the CPU
-#                                     engine benchmark on this machine's cores (engine-cpu-*.json)
+#                                     engine benchmark on this machine's cores (engine-cpu-*.json),
+#                                     hybrid (hybrid attention, issue #16: its GPU suite, its pytest
+#                                     file, bench/hybrid_bench.py into hybrid.json), hybrid-sanitize
+#                                     (memcheck, racecheck, synccheck on its reduced grid)
 set -u
 OUT=${OUT:-/tmp/lm-gpu-out}
 B=${LM_BUILD:-build/device}
@@ -179,6 +182,19 @@ for L in (8192, 32768):  # B = 1, 32 heads of 128, bf16, causal, elu+1, normalis
             --tokens 1048576 --out "$OUT"
         [ "$n" -ge 8 ] && phase cp-8m 300 "$OUT/cp.log" python3 -m torch.distributed.run --standalone --nproc_per_node 8 \
             bench/cp_bench.py --tokens 8388608 --kv-heads 8 --backward --no-baseline --repeat 3 --out "$OUT" ;;
+    hybrid)
+        phase hybrid-tests 200 "$OUT/hybrid.log" "$B/bin/lm-gpu-tests" hybrid
+        export LM_LIB_PATH="$PWD/$B/lib/libliquidmemory.so" PYTHONPATH="$PWD/bindings/python"
+        phase hybrid-pytest 120 "$OUT/hybrid.log" python3 -m pytest -q -rfEs -p no:cacheprovider \
+            tests/python/test_hybrid.py
+        phase hybrid-bench 180 "$OUT/hybrid.log" python3 bench/hybrid_bench.py --out "$OUT/hybrid.json" \
+            --commit "$COMMIT" ;;
+    hybrid-sanitize)
+        for tool in memcheck racecheck synccheck; do
+            echo "==== $tool" >> "$OUT/hybrid-sanitize.log"
+            phase "hybrid-$tool" 170 "$OUT/hybrid-sanitize.log" env CK_RUN_SUITE=gpu_hybrid \
+                compute-sanitizer --tool "$tool" --error-exitcode 3 --print-limit 20 "$B/bin/lm-gpu-tests" small
+        done ;;
     train-bench)
         mkdir -p "$OUT/train-bench"
         export LM_LIB_PATH="$PWD/$B/lib/libliquidmemory.so" PYTHONPATH="$PWD/bindings/python"

@@ -177,6 +177,18 @@ typedef enum lm_precision {
     LM_PRECISION_OFF = 2   /* plain fp32 accumulation */
 } lm_precision;
 
+/* Which attention the module or the core computes (docs/DESIGN.md §9). */
+typedef enum lm_attention {
+    LM_ATTENTION_LINEAR = 0, /* kernelised linear attention over every key: the default */
+    LM_ATTENTION_HYBRID = 1  /* exact softmax over the first `sinks` tokens and the last
+                                `window` tokens, linear attention over every token that
+                                left the window; causal only, normalised, no decay */
+} lm_attention;
+
+/* Defaults of the hybrid's window W and sinks s (the _default() initialisers). */
+#define LM_HYBRID_WINDOW_DEFAULT 64
+#define LM_HYBRID_SINKS_DEFAULT 4
+
 /* ------------------------------------------------------------------------ */
 /* Module: a drop-in for torch.nn.MultiheadAttention                        */
 /* ------------------------------------------------------------------------ */
@@ -201,10 +213,21 @@ typedef struct lm_attn_config {
     lm_device device;
     int cuda_device; /* CUDA device ordinal */
     int max_batch;   /* 0 = any; else the largest batch, so CUDA can preallocate */
+    /* Hybrid attention (docs/DESIGN.md §9): o_t = (sum over the window of a_j v_j + sum over
+     * the evicted tokens of phi(q_t).phi(k_j) v_j) / (the same sums of the weights + eps),
+     * a_j = sigmoid(g_h) exp(scale q_t.k_j - max); the window of token t is the first
+     * `sinks` tokens and the tokens (t - window, t]. Read only when attention is
+     * LM_ATTENTION_HYBRID; then scale is the softmax scale (0 = 1/sqrt(head_dim)), forwards
+     * must be causal, lm_attn_backward is UNSUPPORTED (train through the Python package). */
+    lm_attention attention;   /* LM_ATTENTION_LINEAR (default) or LM_ATTENTION_HYBRID */
+    int window;               /* W >= 1 (default LM_HYBRID_WINDOW_DEFAULT) */
+    int sinks;                /* s >= 0 (default LM_HYBRID_SINKS_DEFAULT) */
+    const float *window_gate; /* num_heads logits g_h, NULL = all 0 (gamma = 1/2); copied */
 } lm_attn_config;
 
 /* Fills cfg with defaults: E = embed_dim, num_heads heads, elu+1, normalised,
- * eps 1e-6, no decay, precision auto, F32 on the CPU; sets struct_size.
+ * eps 1e-6, no decay, precision auto, F32 on the CPU, linear attention (the
+ * hybrid's W and s at their defaults); sets struct_size.
  * Returns LM_ERR_INVALID_ARG when cfg is NULL. */
 LM_API LM_NODISCARD lm_status lm_attn_config_default(lm_attn_config *cfg, int embed_dim, int num_heads);
 
@@ -271,7 +294,8 @@ LM_API LM_NODISCARD lm_status lm_attn_step(lm_attn *attn, const lm_tensor *x, lm
 LM_API LM_NODISCARD lm_status lm_attn_reset(lm_attn *attn);
 
 /* Size in bytes of the state blob of lm_attn_get_state (header + fp32 S and
- * z for every batch row and kv head). LM_ERR_STATE when there is no state. */
+ * z for every batch row and kv head; in hybrid mode also the window's keys,
+ * values and positions, docs/DESIGN.md §9). LM_ERR_STATE when there is no state. */
 LM_API LM_NODISCARD lm_status lm_attn_state_size(const lm_attn *attn, size_t *bytes);
 
 /* Copies the state into host memory buf of `bytes` bytes (at least
@@ -279,7 +303,9 @@ LM_API LM_NODISCARD lm_status lm_attn_state_size(const lm_attn *attn, size_t *by
 LM_API LM_NODISCARD lm_status lm_attn_get_state(const lm_attn *attn, void *buf, size_t bytes);
 
 /* Replaces the state with a blob from lm_attn_get_state of a handle with the
- * same num_kv_heads and head_dim. Checks the blob before changing anything. */
+ * same num_kv_heads and head_dim (hybrid: and the same attention, window and
+ * sinks; a linear handle also reads a linear blob of the newer format).
+ * Checks the blob before changing anything. */
 LM_API LM_NODISCARD lm_status lm_attn_set_state(lm_attn *attn, const void *buf, size_t bytes);
 
 /* Number of tokens absorbed in the state (0 when there is none). */
@@ -344,10 +370,29 @@ typedef struct lm_core_args {
     float scale;        /* 0 = 1/sqrt(Dk) */
     const float *decay; /* NULL or Hkv host values in (0, 1] */
     lm_precision precision;
+    /* Hybrid attention (docs/DESIGN.md §9; see lm_attn_config). With LM_ATTENTION_HYBRID the
+     * call is causal and normalised, without decay; scale is the softmax scale (0 =
+     * 1/sqrt(Dk)); state/normalizer hold the evicted tokens only. The window buffers are
+     * given exactly when state is, on q's device, read then overwritten like the state
+     * (zeros: the empty state). Slot i < sinks holds the sink at position i, slot
+     * sinks + (p mod window) the token at position p among the last `window`. A prefill
+     * places tokens by `position`, which must be the number of tokens every batch row of
+     * the state has seen; a decode step reads each row's own count from its window_pos
+     * (so a replayed CUDA graph continues correctly; `position` then only serves the
+     * license check). */
+    lm_attention attention;    /* LM_ATTENTION_LINEAR (default) or LM_ATTENTION_HYBRID */
+    int window;                /* W >= 1 (default LM_HYBRID_WINDOW_DEFAULT) */
+    int sinks;                 /* s >= 0 (default LM_HYBRID_SINKS_DEFAULT) */
+    const float *window_gate;  /* Hq host logits g_h, NULL = all 0; read per call */
+    float *window_keys;        /* [B, Hkv, s + W, Dk] fp32 */
+    float *window_values;      /* [B, Hkv, s + W, Dv] fp32 */
+    int32_t *window_pos;       /* [B, Hkv, s + W]: 0 = empty, p + 1 = holds the token at
+                                  position p, -(p + 1) = position p, whose key was masked */
 } lm_core_args;
 
 /* Fills the options of args with defaults (elu+1, normalised, eps 1e-6,
- * causal, precision auto), clears its pointers and sets struct_size. */
+ * causal, precision auto, linear attention; the hybrid's W and s at their
+ * defaults), clears its pointers and sets struct_size. */
 LM_API LM_NODISCARD lm_status lm_core_args_default(lm_core_args *args);
 
 
@@ -400,7 +445,7 @@ typedef struct lm_core_grads {
  * checkpoints, so extra memory grows as sqrt(L), never as L (CPU: about
  * 300 KB per thread at L = 128K, Dk = Dv = 64). CPU: synchronous, parallel
  * over batch x kv heads. Returns INVALID_ARG, UNSUPPORTED (a backend without
- * a backward), LICENSE, OUT_OF_MEMORY, CUDA. */
+ * a backward; hybrid attention), LICENSE, OUT_OF_MEMORY, CUDA. */
 LM_API LM_NODISCARD lm_status lm_linear_attn_backward(const lm_core_args *args, const lm_core_grads *grads,
                                                       void *stream);
 

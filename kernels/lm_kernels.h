@@ -247,6 +247,73 @@ lm_status lmk_scan_launch(const lmk_scan *p, void *stream);
 lm_status lmk_decode_launch(const lmk_decode *p, void *stream);
 lm_status lmk_decode_table_launch(const lmk_decode_table *p, void *stream);
 
+/* ---- hybrid attention (docs/DESIGN.md §9; kernels/hybrid_*.cu) ---- */
+
+/* Query heads whose gates travel by value in the kernel parameters. */
+#define LMK_MAX_HYBRID_HEADS 1024
+
+/* What the hybrid prefill kernels share. The call covers positions P0 ..
+ * P0 + L - 1; row r of q, k, v, out is position P0 + r. The window slots are
+ * the state's (slot i < s: sink i; slot s + p % W: position p), read before
+ * lmk_hybrid_ring writes the call's tokens into them. */
+typedef struct lmk_hybrid {
+    const void *q, *k, *v;  /* [B, L, Hq, Dk], [B, L, Hkv, Dk], [B, L, Hkv, Dv] */
+    void *out;              /* [B, L, Hq, Dv] */
+    int64_t sq[4], sk[4], sv[4], so[4];
+    const uint8_t *mask;    /* [B, L] nonzero = ignore key, or NULL */
+    int64_t mask_s[2];
+    int dtype, B, Hq, Hkv, Dk, Dv, feature_map;
+    int64_t L, P0, W, s;    /* the call's tokens, its first position, window, sinks */
+    int64_t sh;             /* rows of the call that are sinks: max(0, min(L, s - P0)) */
+    int64_t r0, r1;         /* rows this launch computes */
+    float *S, *z;           /* [B, Hkv, Dk, Dv], [B, Hkv, Dk] the evicted tokens' state,
+                               or NULL (head: read; fold: updated) */
+    float *win_k, *win_v;   /* [B, Hkv, s + W, Dk | Dv], or NULL (no state) */
+    int32_t *win_pos;       /* [B, Hkv, s + W] */
+    float *zs;              /* [B Hkv][nch][Dk]: zsum writes the sums of phi(k) of each
+                               64-row chunk of the delayed keys (rows sh .. L - W - 1) */
+    const float *zc;        /* body: z before each of those chunks (lmk_chunk_scan_launch) */
+    int qb;                 /* body: query rows per CTA, 16, 32 or 64 (set by the launcher) */
+    float eps, scale;       /* scale: the softmax scale */
+    float gamma[LMK_MAX_HYBRID_HEADS]; /* sigmoid(g_h) per query head */
+} lmk_hybrid;
+
+typedef enum lmk_hybrid_kind {
+    LMK_HYBRID_HEAD = 0, /* rows [r0, r1) complete: window, S and z, the evicted ring slots */
+    LMK_HYBRID_BODY = 1, /* rows [r0, r1) >= W + sh: window + the linear numerator already in
+                            out (the linear kernel's) + phi(q) . (zc + the chunk's sum) */
+    LMK_HYBRID_ZSUM = 2, /* zs: per-chunk sums of phi(k) of the delayed keys */
+    LMK_HYBRID_FOLD = 3, /* S, z += the ring slots of positions P0 - W .. P0 - W + min(L, W) - 1 */
+    LMK_HYBRID_RING = 4  /* the call's tokens into the window slots (sinks, the last W) */
+} lmk_hybrid_kind;
+
+/* Bytes of shared memory the body kernel needs for these sizes and qb rows,
+ * for the launcher's choice of qb (0: the window does not fit). */
+size_t lmk_hybrid_body_smem(const lmk_hybrid *p, int qb);
+/* UNSUPPORTED (with the reason) when some pass of the prefill cannot run
+ * these sizes on the current GPU: checked before anything is queued. */
+lm_status lmk_hybrid_check(const lmk_hybrid *p);
+lm_status lmk_hybrid_launch(const lmk_hybrid *p, lmk_hybrid_kind kind, void *stream);
+
+/* One hybrid decode step for every (batch row, kv head), in place on the
+ * state; each row's position is the largest |win_pos| of its slots, so a
+ * replayed graph continues. Views are [B, H, D] (token dimension dropped). */
+typedef struct lmk_hybrid_decode {
+    const void *q, *k, *v;
+    void *out;
+    int64_t sq[2], sk[2], sv[2], so[2];
+    const uint8_t *mask;    /* [B], or NULL */
+    int64_t mask_s0;
+    float *S, *z, *win_k, *win_v;
+    int32_t *win_pos;
+    int dtype, B, Hq, Hkv, Dk, Dv, feature_map;
+    int W, s;
+    float eps, scale;
+    float gamma[LMK_MAX_HYBRID_HEADS];
+} lmk_hybrid_decode;
+
+lm_status lmk_hybrid_decode_launch(const lmk_hybrid_decode *p, void *stream);
+
 /* ---- errors: a CUDA call that fails becomes an lm_status naming it ---- */
 
 /* src/error.c (also in lm_impl.h): records the message, returns status. */

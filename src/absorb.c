@@ -41,6 +41,9 @@ lm_status lm_linear_attn_absorb(const lm_core_args *args, void *stream)
     const lmi_backend *be;
     if ((st = lmi_core_fill(&call, LMI_CORE_BACKWARD, &full, &p, &be)))
         return st;
+    if ((st = lmi_hybrid_linear_only(p.hybrid, "lm_linear_attn_absorb",
+                                     "hybrid attention's window is not a sum over keys")))
+        return st;
     p.L = 0; /* keys alone: the state advances, nothing is read out */
     return be->prefill(&p, stream);
 }

@@ -10,14 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Header of the blob of lm_attn_get_state; S and z follow as fp32. */
-typedef struct state_header {
-    char magic[8]; /* "LMSTATE1" */
-    int64_t batch, kv_heads, dk, dv, position;
-} state_header;
-
-static const char state_magic[8] = { 'L', 'M', 'S', 'T', 'A', 'T', 'E', '1' };
-
 lm_status lm_attn_config_default(lm_attn_config *cfg, int embed_dim, int num_heads)
 {
     if (!cfg)
@@ -32,6 +24,8 @@ lm_status lm_attn_config_default(lm_attn_config *cfg, int embed_dim, int num_hea
     cfg->precision = LM_PRECISION_AUTO;
     cfg->dtype = LM_F32;
     cfg->device = LM_CPU;
+    cfg->window = LM_HYBRID_WINDOW_DEFAULT;
+    cfg->sinks = LM_HYBRID_SINKS_DEFAULT;
     return LM_OK;
 }
 
@@ -69,8 +63,9 @@ static lm_status check_config(const lm_attn_config *c)
     if (c->max_batch < 0)
         return lmi_error(LM_ERR_INVALID_ARG, "max_batch must be >= 0, not %d", c->max_batch);
     int hkv = c->num_kv_heads ? c->num_kv_heads : c->num_heads;
-    return lmi_check_options(c->feature_map, c->normalize, c->eps, c->scale, c->decay, hkv,
-                             c->precision);
+    lm_status st = lmi_check_options(c->feature_map, c->normalize, c->eps, c->scale, c->decay, hkv,
+                                     c->precision);
+    return st ? st : lmi_hybrid_check_config(c);
 }
 
 /* Makes *buf hold at least `batch` rows of state; keeps the old buffer on failure. */
@@ -124,6 +119,11 @@ lm_status lm_attn_create(const lm_attn_config *config, lm_attn **out)
         memcpy(a->decay, cfg->decay, (size_t)a->Hkv * sizeof(float));
     }
     a->cfg.decay = a->decay;
+    if ((st = lmi_hybrid_create(a))) {
+        free(a->decay);
+        free(a);
+        return st;
+    }
     st = be->init(a);
     if (st == LM_OK && cfg->max_batch > 0) {
         st = reserve(a, &a->state, &a->state_cap, cfg->max_batch);
@@ -148,6 +148,7 @@ void lm_attn_destroy(lm_attn *a)
         a->be->free(a, a->work);
     a->be->fini(a);
     free(a->decay);
+    lmi_hybrid_destroy(a);
     free(a);
 }
 
@@ -245,6 +246,8 @@ lm_status lmi_attn_check_inputs(const lm_attn *a, const lm_tensor *query, const 
     if (a->decay && !opts->is_causal)
         return lmi_error(LM_ERR_UNSUPPORTED,
                          "decay is defined for causal attention only; pass is_causal = 1");
+    if ((st = lmi_hybrid_check_forward(a, opts->is_causal)))
+        return st;
     *f = (lmi_forward){ .query = query, .key = key, .value = value, .out = (lm_tensor *)out,
                         .key_padding_mask = opts->key_padding_mask, .B = B, .Lq = Lq, .Lk = Lk,
                         .causal = opts->is_causal != 0 };
@@ -283,6 +286,7 @@ lm_status lm_attn_forward(lm_attn *a, const lm_tensor *query, const lm_tensor *k
         return st;
     f.compensated = lmi_compensated(a->cfg.precision, ctx);
     f.state = a->work;
+    f.position = use_state ? a->position : 0;
     if ((st = a->be->forward(a, &f, stream)))
         return st;
     if (!opts->keep_state)
@@ -352,7 +356,7 @@ lm_status lm_attn_state_size(const lm_attn *a, size_t *bytes)
     if (!a->state_batch)
         return lmi_error(LM_ERR_STATE, "there is no state: run a forward with keep_state, a step, "
                                        "or lm_attn_set_state first");
-    *bytes = sizeof(state_header) + (size_t)lmi_state_floats(a, a->state_batch) * sizeof(float);
+    *bytes = lmi_blob_header_bytes(a) + (size_t)lmi_state_floats(a, a->state_batch) * sizeof(float);
     return LM_OK;
 }
 
@@ -367,24 +371,19 @@ lm_status lm_attn_get_state(const lm_attn *a, void *buf, size_t bytes)
     if (bytes < need)
         return lmi_error(LM_ERR_INVALID_ARG, "buf holds %zu bytes, the state needs %zu", bytes,
                          need);
-    state_header h = { .batch = a->state_batch, .kv_heads = a->Hkv, .dk = a->D, .dv = a->D,
-                       .position = a->position };
-    memcpy(h.magic, state_magic, sizeof h.magic);
-    memcpy(buf, &h, sizeof h);
-    return a->be->copy((lm_attn *)a, (char *)buf + sizeof h, a->state, need - sizeof h, 2);
+    const size_t hb = lmi_blob_header_bytes(a);
+    lmi_blob_header_write(a, buf);
+    return a->be->copy((lm_attn *)a, (char *)buf + hb, a->state, need - hb, 2);
 }
 
 lm_status lm_attn_set_state(lm_attn *a, const void *buf, size_t bytes)
 {
     if (!a || !buf)
         return lmi_error(LM_ERR_INVALID_ARG, "%s is NULL", a ? "buf" : "attn");
-    state_header h;
-    if (bytes < sizeof h)
-        return lmi_error(LM_ERR_INVALID_ARG, "a state blob has at least %zu bytes, got %zu",
-                         sizeof h, bytes);
-    memcpy(&h, buf, sizeof h);
-    if (memcmp(h.magic, state_magic, sizeof h.magic))
-        return lmi_error(LM_ERR_INVALID_ARG, "not a Liquid Memory state blob (bad magic)");
+    lmi_blob_info h;
+    lm_status st = lmi_blob_header_read(a, buf, bytes, &h);
+    if (st)
+        return st;
     if (h.kv_heads != a->Hkv || h.dk != a->D || h.dv != a->D)
         return lmi_error(LM_ERR_STATE,
                          "the blob has %lld kv heads of %lldx%lld, the handle %lld of %lldx%lld",
@@ -393,16 +392,15 @@ lm_status lm_attn_set_state(lm_attn *a, const void *buf, size_t bytes)
     if (h.batch <= 0 || h.batch > ((int64_t)1 << 24) || h.position < 0)
         return lmi_error(LM_ERR_INVALID_ARG, "the blob has batch %lld, position %lld",
                          (long long)h.batch, (long long)h.position);
-    lm_status st = check_batch(a, h.batch);
-    if (st)
+    if ((st = check_batch(a, h.batch)))
         return st;
     const size_t need = (size_t)lmi_state_floats(a, h.batch) * sizeof(float);
-    if (bytes - sizeof h != need)
+    if (bytes - h.header_bytes != need)
         return lmi_error(LM_ERR_INVALID_ARG, "the blob has %zu bytes of state, expected %zu",
-                         bytes - sizeof h, need);
+                         bytes - h.header_bytes, need);
     if ((st = reserve(a, &a->state, &a->state_cap, h.batch)))
         return st;
-    if ((st = a->be->copy(a, a->state, (const char *)buf + sizeof h, need, 1))) {
+    if ((st = a->be->copy(a, a->state, (const char *)buf + h.header_bytes, need, 1))) {
         a->state_batch = 0;
         return st;
     }

@@ -127,7 +127,8 @@ lm_status lm_attn_backward(lm_attn *a, const lm_tensor *query, const lm_tensor *
         return st;
     const lm_forward_opts *opts = &opts_full;
     lmi_forward f;
-    if ((st = lmi_attn_check_inputs(a, query, key, value, opts, NULL, &f)))
+    if ((st = lmi_attn_check_inputs(a, query, key, value, opts, NULL, &f)) ||
+        (st = lmi_hybrid_no_backward(a->cfg.attention == LM_ATTENTION_HYBRID, "lm_attn_backward")))
         return st;
     if (opts->use_state)
         return lmi_error(LM_ERR_UNSUPPORTED, "lm_attn_backward starts from an empty state: "

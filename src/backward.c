@@ -71,7 +71,7 @@ lm_status lm_linear_attn_backward(const lm_core_args *arguments, const lm_core_g
     lmi_core_params p;
     const lmi_backend *be;
     lm_status st = lmi_core_fill(arguments, LMI_CORE_BACKWARD, &args_full, &p, &be);
-    if (st)
+    if (st || (st = lmi_hybrid_no_backward(p.hybrid, "lm_linear_attn_backward")))
         return st;
     if (!gradients)
         return lmi_error(LM_ERR_INVALID_ARG, "grads is NULL");

@@ -19,6 +19,8 @@ lm_status lm_core_args_default(lm_core_args *args)
     args->normalize = 1;
     args->eps = 1e-6f;
     args->precision = LM_PRECISION_AUTO;
+    args->window = LM_HYBRID_WINDOW_DEFAULT;
+    args->sinks = LM_HYBRID_SINKS_DEFAULT;
     return LM_OK;
 }
 
@@ -79,6 +81,8 @@ lm_status lmi_core_fill(const lm_core_args *args, lmi_core_call call, lm_core_ar
     if ((st = lmi_check_options(a->feature_map, a->normalize, a->eps, a->scale, a->decay, Hkv,
                                 a->precision)))
         return st;
+    if (a->attention != LM_ATTENTION_LINEAR && (st = lmi_hybrid_check_core(a, causal, Hq)))
+        return st;
     if (a->decay && !causal)
         return lmi_error(LM_ERR_UNSUPPORTED, "decay is defined for causal attention only");
     const int64_t ctx = (a->state ? a->position : 0) + (L > Lk ? L : Lk);
@@ -110,6 +114,8 @@ lm_status lmi_core_fill(const lm_core_args *args, lmi_core_call call, lm_core_ar
     p->exact = a->precision == LM_PRECISION_ON;
     p->eps = a->eps;
     p->scale = a->scale > 0.0f ? a->scale : 1.0f / sqrtf((float)Dk);
+    if (a->attention != LM_ATTENTION_LINEAR)
+        lmi_hybrid_fill(a, p);
     return LM_OK;
 }
 
@@ -119,7 +125,9 @@ lm_status lm_linear_attn_prefill(const lm_core_args *args, void *stream)
     lmi_core_params p;
     const lmi_backend *be;
     lm_status st = lmi_core_fill(args, LMI_CORE_PREFILL, &full, &p, &be);
-    return st ? st : be->prefill(&p, stream);
+    if (st)
+        return st;
+    return p.hybrid ? lmi_hybrid_run(be, &p, 0, stream) : be->prefill(&p, stream);
 }
 
 lm_status lm_linear_attn_prefill_ws(const lm_core_args *args, void *workspace, size_t workspace_bytes,
@@ -129,7 +137,8 @@ lm_status lm_linear_attn_prefill_ws(const lm_core_args *args, void *workspace, s
     lmi_core_params p;
     const lmi_backend *be;
     lm_status st = lmi_core_fill(args, LMI_CORE_PREFILL, &full, &p, &be);
-    if (st)
+    if (st || (st = lmi_hybrid_linear_only(p.hybrid, "lm_linear_attn_prefill_ws",
+                                           "a hybrid prefill allocates its own scratch")))
         return st;
     if (!workspace)
         return lmi_error(LM_ERR_INVALID_ARG, "workspace is NULL (lm_linear_attn_prefill allocates its own)");
@@ -146,7 +155,8 @@ lm_status lm_linear_attn_prefill_workspace(const lm_core_args *args, size_t *byt
     lmi_core_params p;
     const lmi_backend *be;
     lm_status st = lmi_core_fill(args, LMI_CORE_PREFILL, &full, &p, &be);
-    if (st)
+    if (st || (st = lmi_hybrid_linear_only(p.hybrid, "lm_linear_attn_prefill_workspace",
+                                           "a hybrid prefill allocates its own scratch")))
         return st;
     return be->prefill_ws(&p, bytes);
 }
@@ -157,5 +167,7 @@ lm_status lm_linear_attn_decode(const lm_core_args *args, void *stream)
     lmi_core_params p;
     const lmi_backend *be;
     lm_status st = lmi_core_fill(args, LMI_CORE_DECODE, &full, &p, &be);
-    return st ? st : be->decode(&p, stream);
+    if (st)
+        return st;
+    return p.hybrid ? lmi_hybrid_run(be, &p, 1, stream) : be->decode(&p, stream);
 }

@@ -26,16 +26,7 @@
 
 #define C LMI_CPU_CHUNK
 
-typedef struct task {
-    float *q, *k, *v; /* chunk rows: [C][Dk], [C][Dk], [C][Dv] */
-    float *a;         /* [C][C] */
-    float *o;         /* [C][Dv] */
-    float *S, *z;     /* running state [Dk][Dv], [Dk] */
-    float *cS, *cz;   /* Kahan compensation, when compensated */
-    float *dS, *dz;   /* chunk increment, when compensated */
-    float pw[C + 1];  /* decay^i */
-    int cnt[C + 1];   /* decay exponents of the chunk's rows (lmi_chunk_counts) */
-} task;
+typedef lmi_cpu_task task;
 
 /* Loads a chunk of keys and values; masked keys become zero rows. */
 static void load_kv(task *t, const lmi_core_params *p, int64_t b, int64_t hk, int64_t t0,
@@ -138,17 +129,7 @@ static void run_task(task *t, const lmi_core_params *p, int64_t b, int64_t h, fl
     for (int i = 1; i <= C; i++)
         t->pw[i] = t->pw[i - 1] * g;
 
-    if (p->state && !p->fresh) {
-        memcpy(t->S, p->state + (b * p->Hkv + hk) * Dk * Dv, (size_t)(Dk * Dv) * sizeof(float));
-        memcpy(t->z, p->normalizer + (b * p->Hkv + hk) * Dk, (size_t)Dk * sizeof(float));
-    } else {
-        memset(t->S, 0, (size_t)(Dk * Dv) * sizeof(float));
-        memset(t->z, 0, (size_t)Dk * sizeof(float));
-    }
-    if (p->compensated) {
-        memset(t->cS, 0, (size_t)(Dk * Dv) * sizeof(float));
-        memset(t->cz, 0, (size_t)Dk * sizeof(float));
-    }
+    lmi_cpu_task_start(t, p, b, hk);
 
     if (p->causal) {
         /* L == Lk, or L == 0: keys only, the state advanced without outputs
@@ -186,15 +167,37 @@ static void run_task(task *t, const lmi_core_params *p, int64_t b, int64_t h, fl
     }
 }
 
-/* Floats of one task buffer (per thread) for the head dims of p. */
-static int64_t task_floats(const lmi_core_params *p, int compensated)
+/* Not a target clone itself: the clones' ifunc would be exported from the
+ * library (GCC gives it default visibility). */
+void lmi_cpu_absorb(task *t, const lmi_core_params *p, int64_t n, int decayed)
+{
+    absorb(t, p, n, decayed);
+}
+
+void lmi_cpu_task_start(task *t, const lmi_core_params *p, int64_t b, int64_t hk)
+{
+    const int64_t Dk = p->Dk, Dv = p->Dv;
+    if (p->state && !p->fresh) {
+        memcpy(t->S, p->state + (b * p->Hkv + hk) * Dk * Dv, (size_t)(Dk * Dv) * sizeof(float));
+        memcpy(t->z, p->normalizer + (b * p->Hkv + hk) * Dk, (size_t)Dk * sizeof(float));
+    } else {
+        memset(t->S, 0, (size_t)(Dk * Dv) * sizeof(float));
+        memset(t->z, 0, (size_t)Dk * sizeof(float));
+    }
+    if (p->compensated) {
+        memset(t->cS, 0, (size_t)(Dk * Dv) * sizeof(float));
+        memset(t->cz, 0, (size_t)Dk * sizeof(float));
+    }
+}
+
+int64_t lmi_cpu_task_floats(const lmi_core_params *p, int compensated)
 {
     const int64_t Dk = p->Dk, Dv = p->Dv;
     int64_t n = C * (2 * Dk + 2 * Dv) + C * C + Dk * Dv + Dk;
     return compensated ? n + 2 * (Dk * Dv + Dk) : n;
 }
 
-static void task_carve(task *t, const lmi_core_params *p, int compensated, float *c)
+void lmi_cpu_task_carve(task *t, const lmi_core_params *p, int compensated, float *c)
 {
     const int64_t Dk = p->Dk, Dv = p->Dv;
     t->q = c, c += C * Dk;
@@ -236,7 +239,7 @@ static plan plan_of(const lmi_core_params *ps, int64_t n)
             pl.states += p->B * p->Hkv * (p->Dk * p->Dv + p->Dk);
     }
     pl.threads = lmi_cpu_threads(ps[0].num_threads);
-    pl.per_task = task_floats(&ps[0], pl.compensated);
+    pl.per_task = lmi_cpu_task_floats(&ps[0], pl.compensated);
     pl.bytes = (size_t)(2 * n + 1) * sizeof(int64_t) +
                (size_t)(pl.states + pl.threads * pl.per_task) * sizeof(float);
     return pl;
@@ -290,7 +293,7 @@ lm_status lmi_cpu_attend_many(const lmi_core_params *ps, int64_t n, void *ws, si
 #pragma omp parallel num_threads(team)
     {
         task t;
-        task_carve(&t, &ps[0], pl.compensated, bufs + (int64_t)omp_get_thread_num() * pl.per_task);
+        lmi_cpu_task_carve(&t, &ps[0], pl.compensated, bufs + (int64_t)omp_get_thread_num() * pl.per_task);
 #pragma omp for schedule(dynamic, 1)
         for (int64_t x = 0; x < pl.ntask; x++) {
             int64_t b, h;

@@ -20,6 +20,30 @@
 #define LMI_HOT
 #endif
 
+/* One task's chunk buffers (cpu_attend.c; the hybrid's linear part too). */
+typedef struct lmi_cpu_task {
+    float *q, *k, *v; /* chunk rows: [C][Dk], [C][Dk], [C][Dv] (phi applied to q, k) */
+    float *a;         /* [C][C] */
+    float *o;         /* [C][Dv] */
+    float *S, *z;     /* running state [Dk][Dv], [Dk] */
+    float *cS, *cz;   /* Kahan compensation, when compensated */
+    float *dS, *dz;   /* chunk increment, when compensated */
+    float pw[LMI_CPU_CHUNK + 1]; /* decay^i */
+    int cnt[LMI_CPU_CHUNK + 1];  /* decay exponents of the chunk's rows (lmi_chunk_counts) */
+} lmi_cpu_task;
+
+/* Floats of one task's buffers for the head dims of p, and t's buffers
+ * carved from c (that many floats). */
+int64_t lmi_cpu_task_floats(const lmi_core_params *p, int compensated);
+void lmi_cpu_task_carve(lmi_cpu_task *t, const lmi_core_params *p, int compensated, float *c);
+/* t's S, z := the state of (batch row b, kv head hk), or zeros without one
+ * (or a fresh call); the Kahan compensation zeroed. */
+void lmi_cpu_task_start(lmi_cpu_task *t, const lmi_core_params *p, int64_t b, int64_t hk);
+/* S <- p^n S + sum_j p^(n-1-j) k_j v_j^T over the chunk's n keys in t->k,
+ * t->v; z likewise (Kahan compensated when p->compensated; pw and cnt
+ * unread unless decayed). */
+void lmi_cpu_absorb(lmi_cpu_task *t, const lmi_core_params *p, int64_t n, int decayed);
+
 /* OpenMP threads of a call: num_threads, or the OpenMP default for 0. */
 static inline int64_t lmi_cpu_threads(int num_threads)
 {

@@ -68,7 +68,8 @@ static lm_status forward(lm_attn *a, const lmi_forward *f, void *stream)
             p.v = lmi_cpu_rows_view(s.qkv, m, ld, Dq + Dkv, D);
             p.out = lmi_cpu_rows_view(s.o, m, Dq, 0, D);
             lmi_cpu_slab_mask(&p, p.Lk ? f->key_padding_mask : NULL, t0);
-            st = lmi_cpu_attend(&p);
+            p.position = f->position + t0; /* hybrid: where the slab starts */
+            st = lmi_cpu_core_run(&p, 0);
             if (st == LM_OK && pass == 1) {
                 lmi_cpu_project(s.y, E, s.o, R, Dq, cw.wo, E, cw.bo);
                 lmi_cpu_scatter(f->out, s.y, B, t0, m, 0);
@@ -100,7 +101,7 @@ static lm_status step(lm_attn *a, const lm_tensor *x, lm_tensor *out, void *stre
         lmi_cpu_project(qkv + Dq, ld, xs, B, E, cw.wk, Dkv, cw.bk);
         lmi_cpu_project(qkv + Dq + Dkv, ld, xs, B, E, cw.wv, Dkv, cw.bv);
     }
-    lmi_forward f = { .B = B, .state = a->state };
+    lmi_forward f = { .B = B, .state = a->state, .position = a->position };
     lmi_core_params p;
     lmi_cpu_core_params(a, &f, &p);
     p.L = p.Lk = 1;
@@ -109,7 +110,7 @@ static lm_status step(lm_attn *a, const lm_tensor *x, lm_tensor *out, void *stre
     p.k = lmi_cpu_rows_view(qkv, 1, ld, Dq, D);
     p.v = lmi_cpu_rows_view(qkv, 1, ld, Dq + Dkv, D);
     p.out = lmi_cpu_rows_view(o, 1, Dq, 0, D);
-    lm_status st = lmi_cpu_attend(&p);
+    lm_status st = lmi_cpu_core_run(&p, 1);
     if (st == LM_OK) {
         lmi_cpu_project(y, E, o, B, Dq, cw.wo, E, cw.bo);
         for (int64_t b = 0; b < B; b++)
@@ -174,6 +175,18 @@ static lm_status cpu_core_ws(const lmi_core_params *p, size_t *bytes)
     return LM_OK;
 }
 
+static lm_status cpu_hybrid_prefill(const lmi_core_params *p, void *stream)
+{
+    (void)stream;
+    return lmi_cpu_hybrid(p, 0);
+}
+
+static lm_status cpu_hybrid_decode(const lmi_core_params *p, void *stream)
+{
+    (void)stream;
+    return lmi_cpu_hybrid(p, 1);
+}
+
 const lmi_backend lmi_cpu_backend = {
     .name = "cpu",
     .init = cpu_init,
@@ -190,4 +203,6 @@ const lmi_backend lmi_cpu_backend = {
     .backward = lmi_cpu_backward,
     .attn_backward = lmi_cpu_attn_backward,
     .pool = &lmi_cpu_pool,
+    .hybrid_prefill = cpu_hybrid_prefill,
+    .hybrid_decode = cpu_hybrid_decode,
 };

@@ -134,6 +134,7 @@ void lmi_cpu_core_params(const lm_attn *a, const lmi_forward *f, lmi_core_params
     p->compensated = f->compensated;
     p->eps = a->cfg.eps;
     p->scale = a->cfg.scale;
+    lmi_hybrid_module_params(a, f->state, f->B, f->position, p);
 }
 
 int lmi_cpu_same_tensor(const lm_tensor *x, const lm_tensor *y)

@@ -44,6 +44,12 @@ int64_t lmi_cpu_slab_tokens(int64_t B, int64_t per_row, int64_t L);
 void lmi_cpu_slab_mask(lmi_core_params *p, const lm_tensor *mask, int64_t t0);
 /* Whether two descriptors are the same view (self-attention). */
 int lmi_cpu_same_tensor(const lm_tensor *x, const lm_tensor *y);
+/* The core p asks for: hybrid (cpu_hybrid.c; a decode step when decode) or
+ * linear (cpu_attend.c). */
+static inline lm_status lmi_cpu_core_run(const lmi_core_params *p, int decode)
+{
+    return p->hybrid ? lmi_cpu_hybrid(p, decode) : lmi_cpu_attend(p);
+}
 
 /* The handle's backend context. */
 typedef struct lmi_cpu_ctx {

@@ -212,6 +212,20 @@ static lm_status core_decode(const lmi_core_params *p, void *stream)
     return lmi_cuda_decode(p, (cudaStream_t)stream);
 }
 
+static lm_status core_hybrid_prefill(const lmi_core_params *p, void *stream)
+{
+    return lmi_cuda_hybrid_prefill(p, (cudaStream_t)stream);
+}
+
+static lm_status core_hybrid_decode(const lmi_core_params *p, void *stream)
+{
+    const lmi_view *v[] = { &p->q, &p->k, &p->v, &p->out };
+    for (int i = 0; i < 4; i++)
+        if (v[i]->s[3] != 1)
+            return lmi_error(LM_ERR_UNSUPPORTED, "cuda: decode needs stride 1 on the last dimension");
+    return lmi_cuda_hybrid_decode(p, (cudaStream_t)stream);
+}
+
 static const lmi_backend cuda_backend = {
     .name = "cuda",
     .init = init,
@@ -228,6 +242,8 @@ static const lmi_backend cuda_backend = {
     .backward = lmi_cuda_backward,
     .attn_backward = lmi_cuda_attn_backward,
     .pool = &lmi_cuda_pool,
+    .hybrid_prefill = core_hybrid_prefill,
+    .hybrid_decode = core_hybrid_decode,
 };
 
 lm_status lmi_cuda_open_backend(int cuda_device, const lmi_backend **out)

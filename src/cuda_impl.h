@@ -121,6 +121,10 @@ int lmi_cuda_backward_tc_ok(const lmi_core_params *p, const lmi_core_grad_params
 lm_status lmi_cuda_backward_tc(const lmi_core_params *p, const lmi_core_grad_params *g, cudaStream_t stream);
 /* UNSUPPORTED unless the views suit the kernels (unit stride last, sizes). */
 lm_status lmi_cuda_check_core(const lmi_core_params *p, int device);
+/* Hybrid attention (cuda_hybrid.c): prefill (p->position places the tokens)
+ * and decode step (positions from the state), queued on the stream. */
+lm_status lmi_cuda_hybrid_prefill(const lmi_core_params *p, cudaStream_t stream);
+lm_status lmi_cuda_hybrid_decode(const lmi_core_params *p, cudaStream_t stream);
 
 /* The engine pool on the GPU (cuda_pool.c). */
 extern const lmi_pool_ops lmi_cuda_pool;

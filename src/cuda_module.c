@@ -131,6 +131,7 @@ static lm_status forward_on(lmi_cuda_ctx *ctx, lm_attn *a, const lmi_forward *f,
     n = n > Lmax ? Lmax : n;
     lmi_core_params p;
     lmi_cuda_core_base(a, B, f->state, f->compensated, &p);
+    lmi_hybrid_module_params(a, f->state, B, f->position, &p);
     p.q.dtype = p.k.dtype = p.v.dtype = p.out.dtype = a->cfg.dtype;
     p.L = p.Lk = n, p.causal = f->causal;
     if ((st = lmi_cuda_check_core(&p, ctx->device)))
@@ -180,7 +181,8 @@ static lm_status forward_on(lmi_cuda_ctx *ctx, lm_attn *a, const lmi_forward *f,
                 p.mask = (const uint8_t *)km->data + t0 * km->stride[1];
                 p.mask_s[0] = km->stride[0], p.mask_s[1] = km->stride[1];
             }
-            if ((st = lmi_cuda_attend(&p, ctx->sms, scratch, s)))
+            p.position = f->position + t0; /* hybrid: where the slab starts */
+            if ((st = p.hybrid ? lmi_cuda_hybrid_prefill(&p, s) : lmi_cuda_attend(&p, ctx->sms, scratch, s)))
                 return st;
             if (pass == 1) {
                 lmi_gemm g = { .rows = m, .N = E, .K = Dq, .batch = B, .X = o, .ldx = Dq,
@@ -248,12 +250,13 @@ static lm_status step_on(lmi_cuda_ctx *ctx, lm_attn *a, const lm_tensor *x, lm_t
         return st;
     lmi_core_params p;
     lmi_cuda_core_base(a, B, a->state, 0, &p);
+    lmi_hybrid_module_params(a, a->state, B, a->position, &p);
     p.L = p.Lk = 1, p.causal = 1;
     p.q = lmi_cuda_view(qkv, a->cfg.dtype, 1, ld, D);
     p.k = lmi_cuda_view(qkv + Dq * es, a->cfg.dtype, 1, ld, D);
     p.v = lmi_cuda_view(qkv + (Dq + Dkv) * es, a->cfg.dtype, 1, ld, D);
     p.out = lmi_cuda_view(o, a->cfg.dtype, 1, Dq, D);
-    if ((st = lmi_cuda_decode(&p, s)))
+    if ((st = p.hybrid ? lmi_cuda_hybrid_decode(&p, s) : lmi_cuda_decode(&p, s)))
         return st;
     lmi_gemm y = { .rows = B, .N = E, .K = Dq, .batch = 1, .X = o, .ldx = Dq, .W = a->w.out_proj_weight,
                    .ldw = Dq, .bias = a->w.out_proj_bias, .Y = out->data, .ldy = out->stride[0],

@@ -119,12 +119,44 @@ struct lm_attn {
 
     const struct lmi_backend *be;
     void *be_ctx;                /* backend's per-handle resources */
+    float *window_gate;          /* hybrid: owned copy of num_heads logits, or NULL */
 };
+
+/* Floats of the window part of the handle's state for batch B (hybrid: keys,
+ * values and int32 positions, 4 bytes each; 0 in linear mode). Inline, like
+ * the next two: the CUDA backend links to no symbol of the core. */
+static inline int64_t lmi_hybrid_window_floats(const lm_attn *a, int64_t batch)
+{
+    if (a->cfg.attention != LM_ATTENTION_HYBRID)
+        return 0;
+    return batch * a->Hkv * ((int64_t)a->cfg.sinks + a->cfg.window) * (2 * a->D + 1);
+}
 
 /* Number of floats of the state for batch B. */
 static inline int64_t lmi_state_floats(const lm_attn *a, int64_t batch)
 {
-    return batch * a->Hkv * (a->D * a->D + a->D);
+    return batch * a->Hkv * (a->D * a->D + a->D) + lmi_hybrid_window_floats(a, batch);
+}
+
+/* Sets the hybrid fields of p for the handle's state buffer `state` (S, z,
+ * then the window's keys, values and positions) of batch B, the call
+ * starting at `position`; nothing in linear mode. */
+static inline void lmi_hybrid_module_params(const lm_attn *a, float *state, int64_t B, int64_t position,
+                                            lmi_core_params *p)
+{
+    if (a->cfg.attention != LM_ATTENTION_HYBRID)
+        return;
+    const int64_t n = B * a->Hkv * ((int64_t)a->cfg.sinks + a->cfg.window);
+    float *w = state ? state + B * a->Hkv * (a->D * a->D + a->D) : NULL;
+    p->hybrid = 1;
+    p->window = a->cfg.window;
+    p->sinks = a->cfg.sinks;
+    p->position = position;
+    p->gate = a->window_gate;
+    p->decay = NULL;
+    p->win_k = w;
+    p->win_v = w ? w + n * a->D : NULL;
+    p->win_pos = w ? (int32_t *)(w + 2 * n * a->D) : NULL; /* int32, a float's 4 bytes */
 }
 
 /* What the module forward hands a backend, after validation. */
@@ -135,7 +167,9 @@ typedef struct lmi_forward {
     int64_t B, Lq, Lk;
     int causal;
     int compensated;                      /* precision-safe accumulation */
-    float *state;                         /* [B, Hkv, D, D] then z; in/out, never NULL */
+    float *state;                         /* [B, Hkv, D, D] then z; in/out, never NULL
+                                             (hybrid: then the window, hybrid.c) */
+    int64_t position;                     /* tokens the state has seen (hybrid places by it) */
 } lmi_forward;
 
 /* Checks tensor t of the handle's dtype and device; shape entries < 0 are free. */
@@ -253,6 +287,10 @@ typedef struct lmi_backend {
                                void *stream);
     /* Engine pools (pool.c), or NULL: this backend has none. */
     const struct lmi_pool_ops *pool;
+    /* Hybrid attention core prefill / decode (p->hybrid set). Optional: NULL =
+     * UNSUPPORTED. The module's forward and step handle hybrid themselves. */
+    lm_status (*hybrid_prefill)(const lmi_core_params *p, void *stream);
+    lm_status (*hybrid_decode)(const lmi_core_params *p, void *stream);
 } lmi_backend;
 
 extern const lmi_backend lmi_cpu_backend;
@@ -275,5 +313,48 @@ lm_status lmi_cpu_backward(const lmi_core_params *p, const lmi_core_grad_params 
 /* The module backward on the CPU (cpu_module_backward.c). */
 lm_status lmi_cpu_attn_backward(lm_attn *a, const lmi_forward *f, const lm_attn_grads *g,
                                 void *stream);
+/* Hybrid attention on the CPU (cpu_hybrid.c): prefill, or a decode step
+ * (positions from the window), synchronous, parallel over batch x query heads. */
+lm_status lmi_cpu_hybrid(const lmi_core_params *p, int decode);
+
+/* ---- hybrid attention (hybrid.c; docs/DESIGN.md §9) ---- */
+
+/* Checks the hybrid fields of a config when it asks for hybrid. */
+lm_status lmi_hybrid_check_config(const lm_attn_config *c);
+/* Checks the hybrid fields of core arguments (attention != LINEAR) for a call
+ * that is causal or not, with Hq query heads; then lmi_hybrid_fill copies
+ * them into p. */
+lm_status lmi_hybrid_check_core(const lm_core_args *a, int causal, int64_t Hq);
+void lmi_hybrid_fill(const lm_core_args *a, lmi_core_params *p);
+/* Runs a checked hybrid core call on backend be (decode: one step). */
+lm_status lmi_hybrid_run(const struct lmi_backend *be, const lmi_core_params *p, int decode,
+                         void *stream);
+/* The handle's hybrid parts: owned gate copy at create, freed at destroy. */
+lm_status lmi_hybrid_create(lm_attn *a);
+void lmi_hybrid_destroy(lm_attn *a);
+/* UNSUPPORTED for a bidirectional module forward in hybrid mode. */
+lm_status lmi_hybrid_check_forward(const lm_attn *a, int is_causal);
+/* UNSUPPORTED (naming `what`, saying `why`) when hybrid is set: for the calls
+ * that have no hybrid form. */
+lm_status lmi_hybrid_linear_only(int hybrid, const char *what, const char *why);
+/* UNSUPPORTED for any backward in hybrid mode (what = which API). */
+lm_status lmi_hybrid_no_backward(int hybrid, const char *what);
+
+/* ---- state blobs (state_blob.c) ---- */
+
+/* What a blob's header says. */
+typedef struct lmi_blob_info {
+    int64_t batch, kv_heads, dk, dv, position;
+    size_t header_bytes;
+} lmi_blob_info;
+/* Bytes of the header lm_attn_get_state writes for the handle: format 1
+ * ("LMSTATE1") in linear mode, format 2 ("LMSTATE2", with the attention, W
+ * and s) in hybrid mode. */
+size_t lmi_blob_header_bytes(const lm_attn *a);
+/* Writes that header for the handle's state into buf. */
+void lmi_blob_header_write(const lm_attn *a, void *buf);
+/* Reads the header of a blob of either format into *info; checks its magic
+ * and that its mode (and hybrid W, s) are the handle's. */
+lm_status lmi_blob_header_read(const lm_attn *a, const void *buf, size_t bytes, lmi_blob_info *info);
 
 #endif /* LM_IMPL_H */

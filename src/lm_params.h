@@ -36,11 +36,20 @@ typedef struct lmi_core_params {
     int exact;            /* LM_PRECISION_ON: the backward stays at the rounding floor
                              (CUDA: its fp32 kernel, not the tensor-core one) */
     float eps;
-    float scale;          /* resolved: unnormalised output factor */
+    float scale;          /* resolved: unnormalised output factor (hybrid: softmax scale) */
     int fresh;            /* state is written only: the call starts from an empty one */
     int num_threads;      /* CPU: OpenMP threads, 0 = the default */
     void *ws;             /* caller's scratch on the device, or NULL = allocate */
     size_t ws_bytes;
+    /* Hybrid attention (docs/DESIGN.md §9), when hybrid != 0: causal, normalised, no decay. */
+    int hybrid;
+    int64_t window, sinks; /* W >= 1, s >= 0 */
+    int64_t position;     /* prefill: tokens the state has seen (0 without a state);
+                             decode reads each row's count from win_pos instead */
+    const float *gate;    /* Hq host logits g_h (gamma = sigmoid(g)), or NULL = 0 */
+    float *win_k;         /* [B, Hkv, s + W, Dk] fp32 in/out, NULL with state */
+    float *win_v;         /* [B, Hkv, s + W, Dv] */
+    int32_t *win_pos;     /* [B, Hkv, s + W]: 0 empty, p + 1 position p, -(p + 1) masked */
 } lmi_core_params;
 
 /* What the core backward adds to lmi_core_params (whose state / normalizer

@@ -254,6 +254,123 @@ void ref_absorb(const ref_problem *p, double *state_out, double *normalizer_out)
     free(out);
 }
 
+static int masked(const ref_problem *p, int64_t b, int64_t j)
+{
+    return p->mask && p->mask[b * p->Lk + j];
+}
+
+/* The window part of query t: adds sum a_j v_j to o, returns sum a_j. */
+static double window_part(const ref_problem *p, int64_t b, int64_t t, int64_t h, int64_t hk,
+                          int64_t W, int64_t s, double gamma, double *o)
+{
+    /* The window's positions: the sinks j < min(s, t + 1), then (t - W, t] above them. */
+    const int64_t ns = s < t + 1 ? s : t + 1, lo = t - W + 1 > ns ? t - W + 1 : ns;
+    double m = -INFINITY;
+    for (int pass = 0; pass < 2; pass++) {
+        double sum = 0;
+        /* j runs over [0, ns) then [lo, t]. */
+        for (int64_t j = ns > 0 ? 0 : lo; j <= t; j = j + 1 == ns ? lo : j + 1) {
+            if (masked(p, b, j))
+                continue;
+            double l = 0;
+            for (int64_t d = 0; d < p->Dk; d++)
+                l += at(&p->q, b, t, h, d) * at(&p->k, b, j, hk, d);
+            l *= p->scale;
+            if (pass == 0) {
+                m = l > m ? l : m;
+                continue;
+            }
+            const double a = gamma * exp(l - m);
+            sum += a;
+            for (int64_t e = 0; e < p->Dv; e++)
+                o[e] += a * at(&p->v, b, j, hk, e);
+        }
+        if (pass == 1)
+            return sum;
+        if (m == -INFINITY)
+            return 0; /* no key in the window */
+    }
+    return 0;
+}
+
+void ref_hybrid(const ref_problem *p, int64_t W, int64_t s, const float *gate, double *out,
+                const ref_hybrid_state *final)
+{
+    const int64_t G = p->Hq / p->Hkv, SS = p->Dk * p->Dv, ns = s + W;
+    double *S = malloc((size_t)SS * sizeof(double));
+    double *z = malloc((size_t)p->Dk * sizeof(double));
+    ck_assert(S && z);
+    for (int64_t b = 0; b < p->B; b++)
+        for (int64_t h = 0; h < p->Hq; h++) {
+            const int64_t hk = h / G;
+            const double gamma = 1.0 / (1.0 + exp(-(gate ? (double)gate[h] : 0.0)));
+            memset(S, 0, (size_t)SS * sizeof(double));
+            memset(z, 0, (size_t)p->Dk * sizeof(double));
+            for (int64_t t = 0; t < p->L; t++) {
+                /* Ev_t = Ev_{t-1} plus position t - W when it is not a sink. */
+                if (t - W >= s && !masked(p, b, t - W))
+                    for (int64_t d = 0; d < p->Dk; d++) {
+                        const double fk = phi(at(&p->k, b, t - W, hk, d), p->feature_map);
+                        z[d] += fk;
+                        for (int64_t e = 0; e < p->Dv; e++)
+                            S[d * p->Dv + e] += fk * at(&p->v, b, t - W, hk, e);
+                    }
+                double *o = out + ((b * p->L + t) * p->Hq + h) * p->Dv, den = 0;
+                for (int64_t e = 0; e < p->Dv; e++)
+                    o[e] = 0;
+                for (int64_t d = 0; d < p->Dk; d++) {
+                    const double fq = phi(at(&p->q, b, t, h, d), p->feature_map);
+                    den += fq * z[d];
+                    for (int64_t e = 0; e < p->Dv; e++)
+                        o[e] += fq * S[d * p->Dv + e];
+                }
+                den += window_part(p, b, t, h, hk, W, s, gamma, o);
+                for (int64_t e = 0; e < p->Dv; e++)
+                    o[e] /= den + p->eps;
+            }
+            if (!final || h % G)
+                continue;
+            const int64_t bh = b * p->Hkv + hk;
+            memcpy(final->S + bh * SS, S, (size_t)SS * sizeof(double));
+            memcpy(final->z + bh * p->Dk, z, (size_t)p->Dk * sizeof(double));
+            double *keys = final->keys + bh * ns * p->Dk, *vals = final->values + bh * ns * p->Dv;
+            double *pos = final->pos + bh * ns;
+            memset(keys, 0, (size_t)(ns * p->Dk) * sizeof(double));
+            memset(vals, 0, (size_t)(ns * p->Dv) * sizeof(double));
+            memset(pos, 0, (size_t)ns * sizeof(double));
+            for (int64_t j = 0; j < p->L; j++) {
+                /* Sinks stay; of the rest, the last W positions are in the ring. */
+                const int64_t slot = j < s ? j : j > p->L - 1 - W ? s + j % W : -1;
+                if (slot < 0)
+                    continue;
+                pos[slot] = masked(p, b, j) ? -(double)(j + 1) : (double)(j + 1);
+                if (masked(p, b, j))
+                    continue;
+                for (int64_t d = 0; d < p->Dk; d++)
+                    keys[slot * p->Dk + d] = at(&p->k, b, j, hk, d);
+                for (int64_t e = 0; e < p->Dv; e++)
+                    vals[slot * p->Dv + e] = at(&p->v, b, j, hk, e);
+            }
+        }
+    free(S);
+    free(z);
+}
+
+void ref_hybrid_state_alloc(ref_hybrid_state *st, int64_t heads, int64_t Dk, int64_t Dv, int64_t slots)
+{
+    st->S = malloc((size_t)(heads * Dk * Dv) * sizeof(double));
+    st->z = malloc((size_t)(heads * Dk) * sizeof(double));
+    st->keys = malloc((size_t)(heads * slots * Dk) * sizeof(double));
+    st->values = malloc((size_t)(heads * slots * Dv) * sizeof(double));
+    st->pos = malloc((size_t)(heads * slots) * sizeof(double));
+    ck_assert(st->S && st->z && st->keys && st->values && st->pos);
+}
+
+void ref_hybrid_state_free(ref_hybrid_state *st)
+{
+    free(st->S), free(st->z), free(st->keys), free(st->values), free(st->pos);
+}
+
 /* y[r, :N] = x[r, :K] w[N, K]^T + b, x read through strides [B, L, K]. */
 static void project(double *y, const double *x, const int64_t *sx, int64_t B, int64_t L,
                     int64_t K, const double *w, int64_t N, const double *bias)
@@ -285,7 +402,10 @@ void ref_module_forward(const ref_module *m, double *out)
                       .mask = m->mask, .decay = m->decay, .causal = m->causal,
                       .feature_map = LM_FEATURE_ELU1, .normalize = 1, .eps = 1e-6,
                       .scale = 1.0 / sqrt((double)m->D) };
-    ref_attend(&r, o, NULL, NULL);
+    if (m->hybrid)
+        ref_hybrid(&r, m->window, m->sinks, m->gate, o, NULL);
+    else
+        ref_attend(&r, o, NULL, NULL);
     const int64_t so[3] = { L * Dq, Dq, 1 };
     project(out, o, so, B, L, Dq, m->wo, m->E, m->bo);
     free(q), free(k), free(v), free(o);
@@ -344,6 +464,30 @@ void ref_print_summary(void)
            "f32 %.3g (bound %.0e)\n",
            worst[LM_BF16], ref_bound(LM_BF16), worst[LM_F16], ref_bound(LM_F16), worst[LM_F32],
            ref_bound(LM_F32));
+}
+
+void ref_strides4(int64_t *s, int64_t B, int64_t L, int64_t H, int64_t D, int seq_first)
+{
+    s[3] = 1, s[2] = D;
+    if (seq_first)
+        s[0] = H * D, s[1] = B * H * D; /* memory [L, B, H, D] */
+    else
+        s[1] = H * D, s[0] = L * H * D;
+}
+
+lm_tensor ref_view4(const tbuf *b, const int64_t *s, int64_t B, int64_t L, int64_t H, int64_t D)
+{
+    lm_tensor t = { .data = b->data, .dtype = b->dtype, .device = LM_CPU, .ndim = 4,
+                    .shape = { B, L, H, D } };
+    memcpy(t.stride, s, sizeof t.stride);
+    return t;
+}
+
+lm_tensor ref_tokens(lm_tensor t, int64_t t0, int64_t n)
+{
+    t.data = (char *)t.data + t0 * t.stride[1] * (int64_t)lm_dtype_size(t.dtype);
+    t.shape[1] = n;
+    return t;
 }
 
 void ref_strides3(int64_t *s, int64_t B, int64_t L, int64_t W, int seq_first)

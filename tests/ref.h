@@ -63,6 +63,25 @@ void ref_attend(const ref_problem *p, double *out, double *state_out, double *no
  * initial state or NULL). */
 void ref_absorb(const ref_problem *p, double *state_out, double *normalizer_out);
 
+/* Hybrid attention (docs/DESIGN.md §9.1) straight from its definition:
+ * per query t the window {j < s} u (t - W, t] with softmax weights
+ * gamma_h exp(scale q.k - max) (p->scale is the softmax scale), the evicted
+ * keys s <= j <= t - W with phi(q).phi(k), one division. From position 0
+ * (p->state unused), causal, normalised, no decay. out [B, L, Hq, Dv]
+ * contiguous; `final` (or NULL) gets the state after the L tokens in the
+ * library's layout (section 2). gate: Hq logits or NULL (= 0). */
+typedef struct ref_hybrid_state {
+    double *S, *z;         /* [B, Hkv, Dk, Dv], [B, Hkv, Dk] */
+    double *keys, *values; /* [B, Hkv, s + W, Dk | Dv], zero in empty slots */
+    double *pos;           /* [B, Hkv, s + W]: 0, p + 1, or -(p + 1) when masked */
+} ref_hybrid_state;
+void ref_hybrid(const ref_problem *p, int64_t window, int64_t sinks, const float *gate,
+                double *out, const ref_hybrid_state *final);
+/* The buffers of a ref_hybrid_state for `heads` (batch x kv heads) of `slots`
+ * (s + W) slots, and their release. */
+void ref_hybrid_state_alloc(ref_hybrid_state *st, int64_t heads, int64_t Dk, int64_t Dv, int64_t slots);
+void ref_hybrid_state_free(ref_hybrid_state *st);
+
 /* The module of docs/DESIGN.md §2 in float64 (elu+1, normalised, eps 1e-6):
  * out = attend(x_q Wq^T + bq, x_k Wk^T + bk, x_v Wv^T + bv) Wo^T + bo.
  * Inputs are read through strides (elements); biases may be NULL. */
@@ -75,6 +94,9 @@ typedef struct ref_module {
     const uint8_t *mask; /* [B, Lk] contiguous, or NULL */
     const float *decay;
     int causal;
+    int hybrid;           /* 1: ref_hybrid with window, sinks, gate instead of ref_attend */
+    int64_t window, sinks;
+    const float *gate;
 } ref_module;
 
 /* out [B, Lq, E] contiguous. */
@@ -108,6 +130,14 @@ double ref_bound(lm_dtype dtype);
 /* Strides (elements) of a [B, L, W] view with unit last stride: batch-first,
  * or sequence-first memory ([L, B, W]) when seq_first. */
 void ref_strides3(int64_t *s, int64_t B, int64_t L, int64_t W, int seq_first);
+
+/* Strides (elements) of a [B, L, H, D] view with unit last stride:
+ * batch-first, or sequence-first memory ([L, B, H, D]) when seq_first. */
+void ref_strides4(int64_t *s, int64_t B, int64_t L, int64_t H, int64_t D, int seq_first);
+/* A CPU descriptor of test buffer b as [B, L, H, D] with strides s. */
+lm_tensor ref_view4(const tbuf *b, const int64_t *s, int64_t B, int64_t L, int64_t H, int64_t D);
+/* Tokens [t0, t0 + n) of a descriptor whose dimension 1 is the sequence. */
+lm_tensor ref_tokens(lm_tensor t, int64_t t0, int64_t n);
 
 /* Records the error for the summary printed at the end of lm-tests. */
 void ref_note(lm_dtype dtype, double rel);

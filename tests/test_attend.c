@@ -35,32 +35,6 @@ typedef struct problem {
     int64_t sq[4], sk[4], sv[4]; /* strides */
 } problem;
 
-static void strides(int64_t *s, int64_t B, int64_t L, int64_t H, int64_t D, int seq_first)
-{
-    s[3] = 1, s[2] = D;
-    if (seq_first)
-        s[0] = H * D, s[1] = B * H * D; /* memory [L, B, H, D] */
-    else
-        s[1] = H * D, s[0] = L * H * D;
-}
-
-static lm_tensor view(const tbuf *b, const int64_t *s, int64_t B, int64_t L, int64_t H,
-                      int64_t D)
-{
-    lm_tensor t = { .data = b->data, .dtype = b->dtype, .device = LM_CPU, .ndim = 4,
-                    .shape = { B, L, H, D } };
-    memcpy(t.stride, s, sizeof t.stride);
-    return t;
-}
-
-/* Sub-view of tokens [t0, t0 + n). */
-static lm_tensor tokens(lm_tensor t, int64_t t0, int64_t n)
-{
-    t.data = (char *)t.data + t0 * t.stride[1] * (int64_t)lm_dtype_size(t.dtype);
-    t.shape[1] = n;
-    return t;
-}
-
 static void problem_init(problem *p, const acase *c)
 {
     memset(p, 0, sizeof *p);
@@ -76,9 +50,9 @@ static void problem_init(problem *p, const acase *c)
     tbuf_random(&p->q, lo, hi);
     tbuf_random(&p->k, lo, hi);
     tbuf_random(&p->v, -1.0, 1.0);
-    strides(p->sq, B, c->L, c->Hq, c->Dk, c->seq_first);
-    strides(p->sk, B, Lk, c->Hkv, c->Dk, c->seq_first);
-    strides(p->sv, B, Lk, c->Hkv, c->Dv, c->seq_first);
+    ref_strides4(p->sq, B, c->L, c->Hq, c->Dk, c->seq_first);
+    ref_strides4(p->sk, B, Lk, c->Hkv, c->Dk, c->seq_first);
+    ref_strides4(p->sv, B, Lk, c->Hkv, c->Dv, c->seq_first);
     if (c->mask) {
         p->mask = malloc((size_t)(B * Lk));
         for (int64_t i = 0; i < B * Lk; i++)
@@ -140,12 +114,12 @@ static void call_init(call *k, problem *p, int64_t t0, int64_t n, int with_state
 {
     const acase *c = &p->c;
     const int64_t nk = c->causal ? n : c->Lk;
-    k->q = tokens(view(&p->q, p->sq, c->B, c->L, c->Hq, c->Dk), t0, n);
-    k->k = tokens(view(&p->k, p->sk, c->B, c->Lk, c->Hkv, c->Dk), c->causal ? t0 : 0, nk);
-    k->v = tokens(view(&p->v, p->sv, c->B, c->Lk, c->Hkv, c->Dv), c->causal ? t0 : 0, nk);
+    k->q = ref_tokens(ref_view4(&p->q, p->sq, c->B, c->L, c->Hq, c->Dk), t0, n);
+    k->k = ref_tokens(ref_view4(&p->k, p->sk, c->B, c->Lk, c->Hkv, c->Dk), c->causal ? t0 : 0, nk);
+    k->v = ref_tokens(ref_view4(&p->v, p->sv, c->B, c->Lk, c->Hkv, c->Dv), c->causal ? t0 : 0, nk);
     int64_t so[4];
-    strides(so, c->B, c->L, c->Hq, c->Dv, 0);
-    k->out = tokens(view(&p->out, so, c->B, c->L, c->Hq, c->Dv), t0, n);
+    ref_strides4(so, c->B, c->L, c->Hq, c->Dv, 0);
+    k->out = ref_tokens(ref_view4(&p->out, so, c->B, c->L, c->Hq, c->Dv), t0, n);
     ck_assert_int_eq(lm_core_args_default(&k->a), LM_OK);
     k->a.q = &k->q, k->a.k = &k->k, k->a.v = &k->v, k->a.out = &k->out;
     if (p->mask) {
@@ -432,12 +406,12 @@ START_TEST(test_masked_keys_keep_state)
     memcpy(z1, p.z + nz, (size_t)nz * sizeof(float));
 
     /* Row 1 alone, its `keep` tokens only, from the same initial state (0). */
-    lm_tensor q1 = tokens(view(&p.q, p.sq, c.B, c.L, c.Hq, c.Dk), 0, keep), k1, v1, o1;
-    k1 = tokens(view(&p.k, p.sk, c.B, c.L, c.Hkv, c.Dk), 0, keep);
-    v1 = tokens(view(&p.v, p.sv, c.B, c.L, c.Hkv, c.Dv), 0, keep);
+    lm_tensor q1 = ref_tokens(ref_view4(&p.q, p.sq, c.B, c.L, c.Hq, c.Dk), 0, keep), k1, v1, o1;
+    k1 = ref_tokens(ref_view4(&p.k, p.sk, c.B, c.L, c.Hkv, c.Dk), 0, keep);
+    v1 = ref_tokens(ref_view4(&p.v, p.sv, c.B, c.L, c.Hkv, c.Dv), 0, keep);
     int64_t so[4];
-    strides(so, c.B, c.L, c.Hq, c.Dv, 0);
-    o1 = tokens(view(&p.out, so, c.B, c.L, c.Hq, c.Dv), 0, keep);
+    ref_strides4(so, c.B, c.L, c.Hq, c.Dv, 0);
+    o1 = ref_tokens(ref_view4(&p.out, so, c.B, c.L, c.Hq, c.Dv), 0, keep);
     lm_tensor *ts[] = { &q1, &k1, &v1, &o1 };
     for (int i = 0; i < 4; i++) {
         ts[i]->data = (char *)ts[i]->data + ts[i]->stride[0] * (int64_t)lm_dtype_size(ts[i]->dtype);

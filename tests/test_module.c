@@ -14,6 +14,8 @@ typedef struct mcase {
     lm_dtype dtype;
     int64_t B, L, Lk, E, Hq, Hkv, D, kdim, vdim;
     int causal, cross, packed, bias, decay, mask, seq_first;
+    int hybrid;      /* hybrid attention with window W, sinks s and random gates */
+    int64_t W, s;
 } mcase;
 
 static mcase base(void)
@@ -27,6 +29,7 @@ typedef struct mproblem {
     mcase c;
     lm_attn *a;
     float decay[16];
+    float gate[16];
     tbuf xq, xk, xv, out, wq, wk, wv, wo, bin, bo;
     uint8_t *mask;
     double *want;
@@ -65,6 +68,12 @@ static void mproblem_init(mproblem *p, const mcase *c)
     for (int h = 0; h < c->Hkv; h++)
         p->decay[h] = (float)(1.0 - ldexp(1.0, -4 - h % 5));
     cfg.decay = c->decay ? p->decay : NULL;
+    if (c->hybrid) {
+        for (int h = 0; h < c->Hq; h++)
+            p->gate[h] = (float)(4 * ref_uniform() - 2);
+        cfg.attention = LM_ATTENTION_HYBRID;
+        cfg.window = (int)c->W, cfg.sinks = (int)c->s, cfg.window_gate = p->gate;
+    }
     ck_assert_msg(lm_attn_create(&cfg, &p->a) == LM_OK, "%s", lm_last_error());
 
     const double ws = 1.0 / sqrt((double)E);
@@ -122,7 +131,8 @@ static void mproblem_init(mproblem *p, const mcase *c)
                      .wv = c->packed ? p->wq.ref + (Dq + Dkv) * E : p->wv.ref, .wo = p->wo.ref,
                      .bq = c->bias ? p->bin.ref : NULL, .bk = c->bias ? p->bin.ref + Dq : NULL,
                      .bv = c->bias ? p->bin.ref + Dq + Dkv : NULL, .bo = c->bias ? p->bo.ref : NULL,
-                     .mask = p->mask, .decay = c->decay ? p->decay : NULL, .causal = c->causal };
+                     .mask = p->mask, .decay = c->decay ? p->decay : NULL, .causal = c->causal,
+                     .hybrid = c->hybrid, .window = c->W, .sinks = c->s, .gate = p->gate };
     memcpy(m.sq, p->sx, sizeof m.sq);
     memcpy(m.sk, c->cross ? p->sk : p->sx, sizeof m.sk);
     memcpy(m.sv, c->cross ? p->sv : p->sx, sizeof m.sv);
@@ -297,30 +307,28 @@ START_TEST(test_handover)
 }
 END_TEST
 
-/* get_state / set_state: restore replays a continuation bit for bit; a state
- * moved to a second handle (fork) continues there identically. */
-START_TEST(test_save_restore_fork)
+/* get_state / set_state of case c (built from random seed `seed`) after L1
+ * tokens: restore replays a continuation bit for bit; a state moved to a
+ * second handle (fork) continues there identically. Returns the blob
+ * (malloc'd, *bytes long). */
+static char *save_restore_fork(const mcase *c, uint64_t seed, int64_t L1, size_t *bytes)
 {
-    ref_seed(26);
-    mcase c = base();
-    c.L = 120;
-    c.Hkv = 2;
+    ref_seed(seed);
     mproblem p;
-    mproblem_init(&p, &c);
-    const int64_t L1 = 80, n = c.L - L1;
+    mproblem_init(&p, c);
+    const int64_t n = c->L - L1;
     ck_assert(forward_part(&p, 0, L1, 0, 1) == LM_OK);
-    size_t bytes;
-    ck_assert(lm_attn_state_size(p.a, &bytes) == LM_OK);
-    void *blob = malloc(bytes);
-    ck_assert(lm_attn_get_state(p.a, blob, bytes) == LM_OK);
+    ck_assert(lm_attn_state_size(p.a, bytes) == LM_OK);
+    char *blob = malloc(*bytes);
+    ck_assert(lm_attn_get_state(p.a, blob, *bytes) == LM_OK);
 
     ck_assert(forward_part(&p, L1, n, 1, 1) == LM_OK);
-    const size_t ob = (size_t)p.out.n * lm_dtype_size(c.dtype);
+    const size_t ob = (size_t)p.out.n * lm_dtype_size(c->dtype);
     void *first = malloc(ob);
     memcpy(first, p.out.data, ob);
     check_out(&p, "continuation");
 
-    ck_assert(lm_attn_set_state(p.a, blob, bytes) == LM_OK);
+    ck_assert(lm_attn_set_state(p.a, blob, *bytes) == LM_OK);
     int64_t pos;
     ck_assert(lm_attn_position(p.a, &pos) == LM_OK);
     ck_assert_int_eq(pos, L1);
@@ -331,16 +339,207 @@ START_TEST(test_save_restore_fork)
 
     /* fork: a second handle with the same config and weights */
     mproblem q;
-    ref_seed(26);
-    mproblem_init(&q, &c);
-    ck_assert(lm_attn_set_state(q.a, blob, bytes) == LM_OK);
+    ref_seed(seed);
+    mproblem_init(&q, c);
+    ck_assert(lm_attn_set_state(q.a, blob, *bytes) == LM_OK);
     tbuf_poison(&q.out);
     ck_assert(forward_part(&q, 0, L1, 0, 0) == LM_OK);
     ck_assert(forward_part(&q, L1, n, 1, 0) == LM_OK);
     ck_assert_msg(!memcmp(first, q.out.data, ob), "forked state did not continue identically");
     mproblem_free(&q);
     free(first);
+    mproblem_free(&p);
+    return blob;
+}
+
+START_TEST(test_save_restore_fork)
+{
+    mcase c = base();
+    c.L = 120;
+    c.Hkv = 2;
+    size_t bytes;
+    free(save_restore_fork(&c, 26, 80, &bytes));
+}
+END_TEST
+
+/* ---- hybrid attention (docs/DESIGN.md §9) through the module ---- */
+
+static mcase hybrid_base(void)
+{
+    mcase c = base();
+    c.hybrid = 1, c.W = 16, c.s = 3, c.L = 150, c.Hkv = 2;
+    return c;
+}
+
+/* x_t and out_t as [B, E] views of the [B, L, E] buffers. */
+static void step_views(mproblem *p, int64_t t, lm_tensor *x2, lm_tensor *o2)
+{
+    const mcase *c = &p->c;
+    lm_tensor x = tokens(view3(&p->xq, p->sx, c->B, c->L, c->E), t, 1);
+    lm_tensor o = tokens(out_view(p), t, 1);
+    *x2 = (lm_tensor){ .data = x.data, .dtype = x.dtype, .device = LM_CPU, .ndim = 2,
+                       .shape = { c->B, c->E }, .stride = { x.stride[0], x.stride[2] } };
+    *o2 = (lm_tensor){ .data = o.data, .dtype = o.dtype, .device = LM_CPU, .ndim = 2,
+                       .shape = { c->B, c->E }, .stride = { o.stride[0], o.stride[2] } };
+}
+
+START_TEST(test_hybrid_forward)
+{
+    ref_seed(31);
+    for (int v = 0; v < 6; v++) {
+        mcase c = hybrid_base();
+        c.dtype = v == 1 ? LM_BF16 : v == 2 ? LM_F16 : LM_F32;
+        c.mask = v == 3 || v == 5;
+        c.seq_first = v == 4 || v == 5;
+        c.packed = v != 4;
+        c.Hq = v == 5 ? 8 : 4, c.Hkv = v == 5 ? 1 : 2;
+        c.W = v == 2 ? 1 : 16, c.s = v == 3 ? 0 : 3;
+        check_module(&c);
+    }
+    /* Several slabs of the module's forward (about 1024 tokens each here). */
+    mcase c = hybrid_base();
+    c.L = 2500, c.mask = 1;
+    check_module(&c);
+}
+END_TEST
+
+/* forward(L) == forward(L1) + forward(L - L1) == forward(L1) + steps ==
+ * steps alone, against the reference. */
+START_TEST(test_hybrid_handover)
+{
+    ref_seed(32);
+    for (int mask = 0; mask < 2; mask++) {
+        mcase c = hybrid_base();
+        c.mask = mask;
+        mproblem p;
+        mproblem_init(&p, &c);
+        const int64_t L1 = 70;
+        tbuf_poison(&p.out);
+        ck_assert(forward_part(&p, 0, L1, 0, 1) == LM_OK);
+        ck_assert_msg(forward_part(&p, L1, c.L - L1, 1, 1) == LM_OK, "%s", lm_last_error());
+        check_out(&p, "hybrid: two forwards");
+        if (!mask) { /* lm_attn_step takes no mask */
+            for (int from = 0; from < 2; from++) {
+                tbuf_poison(&p.out);
+                ck_assert(lm_attn_reset(p.a) == LM_OK);
+                if (from)
+                    ck_assert(forward_part(&p, 0, L1, 0, 1) == LM_OK);
+                for (int64_t t = from ? L1 : 0; t < c.L; t++) {
+                    lm_tensor x, o;
+                    step_views(&p, t, &x, &o);
+                    ck_assert_msg(lm_attn_step(p.a, &x, &o, NULL) == LM_OK, "%s", lm_last_error());
+                }
+                check_out(&p, from ? "hybrid: forward then steps" : "hybrid: steps");
+            }
+        }
+        mproblem_free(&p);
+    }
+}
+END_TEST
+
+/* The state blob (format 2) restores and forks a hybrid conversation bit for
+ * bit; blobs of the other mode or another window are refused; a linear
+ * handle still reads format 1 and reads a linear blob of format 2. */
+START_TEST(test_hybrid_state_blob)
+{
+    mcase c = hybrid_base();
+    c.L = 120;
+    const int64_t L1 = 80;
+    size_t bytes;
+    char *blob = save_restore_fork(&c, 33, L1, &bytes);
+    const size_t floats = (size_t)(c.B * c.Hkv * (c.D * c.D + c.D + (c.W + c.s) * (2 * c.D + 1)));
+    ck_assert_uint_eq(bytes, 80 + floats * sizeof(float)); /* header of format 2: 8 + 9 x 8 bytes */
+    ck_assert(!memcmp(blob, "LMSTATE2", 8));
+
+    /* Another window, and linear mode, refuse it. */
+    mcase c2 = c;
+    c2.W = 8;
+    mproblem r;
+    mproblem_init(&r, &c2);
+    EXPECT_ERR(lm_attn_set_state(r.a, blob, bytes), LM_ERR_STATE, "W = 16, s = 3");
+    mproblem_free(&r);
+    mcase cl = c;
+    cl.hybrid = 0;
+    mproblem lin;
+    mproblem_init(&lin, &cl);
+    EXPECT_ERR(lm_attn_set_state(lin.a, blob, bytes), LM_ERR_STATE, "hybrid attention state");
+    /* A linear blob (format 1) is refused by a hybrid handle, which keeps its state. */
+    mproblem p;
+    mproblem_init(&p, &c);
+    ck_assert(forward_part(&p, 0, L1, 0, 1) == LM_OK);
+    ck_assert(forward_part(&lin, 0, L1, 0, 1) == LM_OK);
+    size_t lbytes;
+    ck_assert(lm_attn_state_size(lin.a, &lbytes) == LM_OK);
+    char *lblob = malloc(lbytes);
+    ck_assert(lm_attn_get_state(lin.a, lblob, lbytes) == LM_OK);
+    ck_assert(!memcmp(lblob, "LMSTATE1", 8));
+    int64_t pos;
+    EXPECT_ERR(lm_attn_set_state(p.a, lblob, lbytes), LM_ERR_STATE, "linear attention state");
+    ck_assert(lm_attn_position(p.a, &pos) == LM_OK);
+    ck_assert_int_eq(pos, L1);
+    /* The same linear state as format 2 (header grown by attention, W, s, reserved = 0). */
+    const int64_t n = c.L - L1;
+    const size_t ob = (size_t)lin.out.n * lm_dtype_size(c.dtype);
+    char *l2 = calloc(1, lbytes + 32);
+    memcpy(l2, lblob, 48);
+    memcpy(l2, "LMSTATE2", 8);
+    memcpy(l2 + 80, lblob + 48, lbytes - 48);
+    ck_assert(forward_part(&lin, L1, n, 1, 0) == LM_OK);
+    void *first = malloc(ob);
+    memcpy(first, lin.out.data, ob);
+    ck_assert(lm_attn_reset(lin.a) == LM_OK);
+    ck_assert_msg(lm_attn_set_state(lin.a, l2, lbytes + 32) == LM_OK, "%s", lm_last_error());
+    tbuf_poison(&lin.out);
+    ck_assert(forward_part(&lin, 0, L1, 0, 0) == LM_OK);
+    ck_assert(forward_part(&lin, L1, n, 1, 0) == LM_OK);
+    ck_assert_msg(!memcmp(first, lin.out.data, ob), "a linear blob of format 2 did not restore");
+    free(first);
+    free(l2);
+    free(lblob);
+    mproblem_free(&lin);
+    mproblem_free(&p);
     free(blob);
+}
+END_TEST
+
+/* What hybrid mode refuses, with a message, changing nothing. */
+START_TEST(test_hybrid_refusals)
+{
+    lm_attn_config cfg;
+    ck_assert(lm_attn_config_default(&cfg, 64, 4) == LM_OK);
+    cfg.attention = LM_ATTENTION_HYBRID;
+    lm_attn *a = NULL;
+    float decay[4] = { 0.9f, 0.9f, 0.9f, 0.9f }, gate[4] = { 0, INFINITY, 0, 0 };
+    for (int i = 0; i < 5; i++) {
+        lm_attn_config c = cfg;
+        lm_status want = LM_ERR_INVALID_ARG;
+        const char *needle = "";
+        switch (i) {
+        case 0: c.window = 0, needle = "window must be in 1.."; break;
+        case 1: c.sinks = -2, needle = "sinks must be in 0.."; break;
+        case 2: c.normalize = 0, needle = "set normalize = 1"; break;
+        case 3: c.decay = decay, want = LM_ERR_UNSUPPORTED, needle = "has no decay"; break;
+        case 4: c.window_gate = gate, needle = "window_gate[1]"; break;
+        }
+        EXPECT_ERR(lm_attn_create(&c, &a), want, needle);
+        ck_assert_ptr_null(a);
+    }
+    ref_seed(34);
+    mcase mc = hybrid_base();
+    mc.L = 40;
+    mproblem p;
+    mproblem_init(&p, &mc);
+    p.c.causal = 0;
+    EXPECT_ERR(forward_part(&p, 0, mc.L, 0, 1), LM_ERR_UNSUPPORTED, "hybrid attention is causal");
+    int64_t pos;
+    ck_assert(lm_attn_position(p.a, &pos) == LM_OK);
+    ck_assert_int_eq(pos, 0);
+    p.c.causal = 1;
+    lm_tensor x = view3(&p.xq, p.sx, mc.B, mc.L, mc.E), d = out_view(&p);
+    lm_forward_opts o = { LM_SIZED(lm_forward_opts), .is_causal = 1 };
+    lm_attn_grads g = { LM_SIZED(lm_attn_grads), .dout = &x, .dquery = &d };
+    EXPECT_ERR(lm_attn_backward(p.a, &x, &x, &x, &o, &g, NULL), LM_ERR_UNSUPPORTED,
+               "no backward in the C library");
     mproblem_free(&p);
 }
 END_TEST
@@ -356,6 +555,10 @@ Suite *module_suite(void)
     tcase_add_test(tc, test_gqa_head_dim);
     tcase_add_test(tc, test_handover);
     tcase_add_test(tc, test_save_restore_fork);
+    tcase_add_test(tc, test_hybrid_forward);
+    tcase_add_test(tc, test_hybrid_handover);
+    tcase_add_test(tc, test_hybrid_state_blob);
+    tcase_add_test(tc, test_hybrid_refusals);
     suite_add_tcase(s, tc);
     return s;
 }

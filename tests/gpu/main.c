@@ -8,6 +8,7 @@
  *   lm-gpu-tests module_backward  the module backward's grid alone
  *   lm-gpu-tests absorb           lm_linear_attn_absorb's grid alone
  *   lm-gpu-tests pool             the engine pool's suite alone
+ *   lm-gpu-tests hybrid           hybrid attention's grid alone
  * Exit status 0 pass, 1 fail, 77 no GPU here.
  */
 #include "gpu_util.h"
@@ -23,6 +24,7 @@ Suite *gpu_backward_suite(void);
 Suite *gpu_module_backward_suite(void);
 Suite *gpu_absorb_suite(void);
 Suite *gpu_pool_suite(void);
+Suite *gpu_hybrid_suite(void);
 
 int main(int argc, char **argv)
 {
@@ -42,6 +44,8 @@ int main(int argc, char **argv)
         sr = srunner_create(gpu_module_backward_suite());
     } else if (!strcmp(mode, "pool")) {
         sr = srunner_create(gpu_pool_suite());
+    } else if (!strcmp(mode, "hybrid")) {
+        sr = srunner_create(gpu_hybrid_suite());
     } else if (!strcmp(mode, "all") || gpu_small) {
         sr = srunner_create(gpu_core_suite());
         srunner_add_suite(sr, gpu_module_suite());
@@ -49,10 +53,11 @@ int main(int argc, char **argv)
         srunner_add_suite(sr, gpu_module_backward_suite());
         srunner_add_suite(sr, gpu_absorb_suite());
         srunner_add_suite(sr, gpu_pool_suite());
+        srunner_add_suite(sr, gpu_hybrid_suite());
     } else if (!strcmp(mode, "absorb")) {
         sr = srunner_create(gpu_absorb_suite());
     } else {
-        fprintf(stderr, "usage: lm-gpu-tests [all|small|long|backward|module_backward|absorb|pool]\n");
+        fprintf(stderr, "usage: lm-gpu-tests [all|small|long|backward|module_backward|absorb|pool|hybrid]\n");
         return 2;
     }
     srunner_set_fork_status(sr, CK_NOFORK);

@@ -19,13 +19,14 @@ from ._core import (CudaError, InvalidArgumentError, LicenseError, LicenseWarnin
                     UnsupportedError)
 from ._ffi import LibraryNotFoundError, MissingSymbolError
 from .functional import linear_attention
+from .hybrid import HybridState, hybrid_attention
 from .module import (MASK_IGNORE_AT, AttentionWeightsWarning, LiquidMemory, disable_fastpath,
                      replace_attention)
 
 __version__ = "0.1.0"
 
 __all__ = ["LiquidMemory", "linear_attention", "replace_attention", "disable_fastpath",
-           "library_info", "MASK_IGNORE_AT",
+           "library_info", "MASK_IGNORE_AT", "hybrid_attention", "HybridState",
            "LiquidMemoryError", "InvalidArgumentError", "UnsupportedError", "LMOutOfMemoryError",
            "NoDeviceError", "CudaError", "LicenseError", "StateError", "LicenseWarning",
            "AttentionWeightsWarning", "LibraryNotFoundError", "MissingSymbolError"]

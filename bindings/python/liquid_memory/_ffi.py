@@ -32,7 +32,7 @@ PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 # Enum types are passed as int (their size and alignment on every ABI we build for).
 ENUM_TYPES = ("lm_status", "lm_dtype", "lm_device", "lm_feature_map", "lm_precision",
-              "lm_license_mode")
+              "lm_license_mode", "lm_attention")
 
 CONSTANTS = {
     # lm_status
@@ -51,6 +51,9 @@ CONSTANTS = {
     "LM_LICENSE_EVALUATION": 0, "LM_LICENSE_LICENSED": 1, "LM_LICENSE_INVALID": 2,
     # macros
     "LM_MAX_DIMS": 4, "LM_EVAL_MAX_TOKENS": 4096, "LM_PRECISION_AUTO_TOKENS": 65536,
+    # lm_attention and the hybrid's defaults
+    "LM_ATTENTION_LINEAR": 0, "LM_ATTENTION_HYBRID": 1,
+    "LM_HYBRID_WINDOW_DEFAULT": 64, "LM_HYBRID_SINKS_DEFAULT": 4,
 }
 
 # (struct name, ((C type, field name), ...)) in declaration order.
@@ -80,6 +83,13 @@ STRUCTS = (
         ("float", "scale"),
         ("const float *", "decay"),
         ("lm_precision", "precision"),
+        ("lm_attention", "attention"),
+        ("int", "window"),
+        ("int", "sinks"),
+        ("const float *", "window_gate"),
+        ("float *", "window_keys"),
+        ("float *", "window_values"),
+        ("int32_t *", "window_pos"),
     )),
     ("lm_core_grads", (
         ("uint32_t", "struct_size"),
@@ -335,7 +345,7 @@ class CffiBinding(_Binding):
 
 _CT_BASE = {
     "int": ctypes.c_int, "int64_t": ctypes.c_int64, "uint64_t": ctypes.c_uint64,
-    "uint32_t": ctypes.c_uint32,
+    "uint32_t": ctypes.c_uint32, "int32_t": ctypes.c_int32,
     "float": ctypes.c_float, "size_t": ctypes.c_size_t, "char": ctypes.c_char,
 }
 _CT_STRUCTS = {}

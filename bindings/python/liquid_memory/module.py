@@ -17,6 +17,7 @@ from torch.nn.parameter import Parameter
 
 from . import _core, _ops, distributed
 from .functional import decay_values, make_options
+from . import hybrid as _hybrid
 
 _decay_values = decay_values  # the name hf.py imports from here
 
@@ -55,7 +56,8 @@ _SLAB_MIN = 1024
 # value is an additive bias, which linear attention cannot apply.
 MASK_IGNORE_AT = -1e4
 
-_STATE_BUFFERS = ("state_S", "state_z")
+# (hybrid attention adds the window's: state_window_keys, _values, _pos)
+_STATE_BUFFERS = ("state_S", "state_z") + _hybrid.STATE_BUFFERS
 
 
 class _Cursor:
@@ -124,6 +126,12 @@ class LiquidMemory(nn.Module):
             split, each rank passing its contiguous segment (rank order, any lengths);
             outputs and gradients are those of one process over the whole sequence
             (see liquid_memory.distributed; every rank must call forward together).
+        attention: "linear" (default) or "hybrid": exact softmax over the first `sinks`
+            tokens and the last `window` tokens, linear attention over the tokens that
+            left the window (docs/DESIGN.md §9; causal only). Adds the parameter
+            `window_gate` [num_heads] (softmax weight sigmoid(g_h), zeros = 1/2); a
+            state_dict without it (an MHA's) keeps the current gate.
+        window, sinks: the hybrid's W (64) and s (4).
 
     Differences from MHA, by design:
       * Returns ``(out, None)``: attention weights do not exist in linear
@@ -158,11 +166,14 @@ class LiquidMemory(nn.Module):
 
     __constants__ = ["batch_first"]
     context_parallel_group = None  # what modules pickled before it was an argument read
+    attention = "linear"  # (the instance's; modules pickled before hybrid attention have none)
 
     def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, add_bias_kv=False,
                  add_zero_attn=False, kdim=None, vdim=None, batch_first=False, device=None,
                  dtype=None, *, feature_map="elu", normalize=True, decay=None, precision="auto",
-                 eps=1e-6, scale=None, num_kv_heads=None, context_parallel_group=None):
+                 eps=1e-6, scale=None, num_kv_heads=None, context_parallel_group=None,
+                 attention="linear", window=_hybrid.C["LM_HYBRID_WINDOW_DEFAULT"],
+                 sinks=_hybrid.C["LM_HYBRID_SINKS_DEFAULT"]):
         if embed_dim <= 0 or num_heads <= 0:
             raise ValueError("embed_dim and num_heads must be greater than 0, got "
                              "embed_dim=%s and num_heads=%s" % (embed_dim, num_heads))
@@ -216,6 +227,7 @@ class LiquidMemory(nn.Module):
         # parameters' dtype (see _apply); not part of state_dict.
         self.register_buffer("state_S", torch.zeros(0, device=device), persistent=False)
         self.register_buffer("state_z", torch.zeros(0, device=device), persistent=False)
+        _hybrid.module_init(self, attention, window, sinks, factory_kwargs)
         self._cursor = _Cursor()
 
     def _configure_attention(self, *, feature_map, normalize, decay, precision, eps, scale):
@@ -260,11 +272,12 @@ class LiquidMemory(nn.Module):
         the decode state follows a change of device but never of dtype. It is
         fp32 by design (the C core reads and writes fp32); a cast would make
         every later step() fail and would round the state it holds."""
-        before = {n: self._buffers[n] for n in _STATE_BUFFERS}
+        before = {n: self._buffers[n] for n in _STATE_BUFFERS if n in self._buffers}
         out = super()._apply(fn, *args, **kwargs)
         for n, old in before.items():
             new = self._buffers[n]
-            if new is not None and old is not None and new.dtype != torch.float32:
+            if new is not None and old is not None and new.is_floating_point() and \
+                    new.dtype != torch.float32:
                 self._buffers[n] = old.to(device=new.device, dtype=torch.float32)
         return out
 
@@ -290,6 +303,7 @@ class LiquidMemory(nn.Module):
         s += ", feature_map=%r, normalize=%s" % (self.feature_map, self.normalize)
         if self.decay is not None:
             s += ", decay=%s" % (self.decay,)
+        s += _hybrid.extra_repr(self)
         return s + ", batch_first=%s" % self.batch_first
 
     # ------------------------------------------------------------------ MHA interop
@@ -320,7 +334,9 @@ class LiquidMemory(nn.Module):
                                     add_zero_attn=self.add_zero_attn, kdim=self.kdim,
                                     vdim=self.vdim, batch_first=self.batch_first,
                                     device=ref.device, dtype=ref.dtype)
-        mha.load_state_dict(self.state_dict())
+        sd = self.state_dict()
+        sd.pop("window_gate", None)  # hybrid attention's gate: MHA has none
+        mha.load_state_dict(sd)
         mha.train(self.training)
         return mha
 
@@ -527,6 +543,9 @@ class LiquidMemory(nn.Module):
 
         recording = self._recording(query, key, value)
         keep = (not recording) if keep_state is None else bool(keep_state)
+        if self.attention == "hybrid":
+            out = _hybrid.module_forward(self, query, key, value, mask, causal, seq_first, keep)
+            return (out if batched else out.squeeze(0)), None
         S0, z0, n_extra = self._extra_state(B, query)
         slab = self._slab_tokens(B, L, causal, recording)
         if slab:
@@ -661,6 +680,9 @@ class LiquidMemory(nn.Module):
                              "got %s" % (self.embed_dim, tuple(x.shape)))
         B = x.shape[0]
         cur = self._cursor
+        if self.attention == "hybrid":
+            out = _hybrid.module_step(self, x)
+            return out.squeeze(0) if unbatched else out
         if cur.batch != B:
             if cur.batch:
                 raise _core.StateError(
@@ -710,6 +732,7 @@ class LiquidMemory(nn.Module):
                 dev = self.state_S.device
                 self.state_S = torch.zeros(0, dtype=torch.float32, device=dev)
                 self.state_z = torch.zeros(0, dtype=torch.float32, device=dev)
+        _hybrid.module_reset(self)
         self._cursor.position = 0
         self._cursor.batch = 0
 
@@ -720,7 +743,10 @@ class LiquidMemory(nn.Module):
 
     def get_state(self):
         """A copy of the decode state: {'S', 'z', 'position', 'batch'}, or None
-        when there is none. Use it to save, restore or fork a conversation."""
+        when there is none. Use it to save, restore or fork a conversation.
+        Hybrid attention adds 'window_keys', 'window_values', 'window_pos'."""
+        if self.attention == "hybrid":
+            return _hybrid.module_get_state(self)
         if not self._cursor.batch:
             return None
         return {"S": self.state_S.detach().clone(), "z": self.state_z.detach().clone(),
@@ -731,6 +757,9 @@ class LiquidMemory(nn.Module):
         same num_kv_heads and head_dim); None clears it."""
         if state is None:
             self.reset_state()
+            return
+        if self.attention == "hybrid":
+            _hybrid.module_set_state(self, state)
             return
         S, z, pos = state["S"], state["z"], int(state["position"])
         H, D = self.num_kv_heads, self.head_dim

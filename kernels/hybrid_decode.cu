@@ -1,0 +1,245 @@
+/*
+ * hybrid_decode.cu - one hybrid attention decode step (docs/DESIGN.md
+ * §9.2) for every (batch row, kv head), in place on the state:
+ *   t = the row's position, the largest |window_pos| of its slots (read on the
+ *       device: a replayed CUDA graph continues where the state is);
+ *   the ring slot s + t % W, when it holds position t - W, leaves the window:
+ *       folded into S, z (fp32, in the same pass that reads S out);
+ *   the token goes to sink slot t (t < s) or to that ring slot;
+ *   each query head of the group: softmax over the slots that hold keys (the
+ *       new token included), phi(q) S and phi(q).z, one division.
+ * As kernels/decode.cu: on sm_90 the value columns of a head are spread over
+ * a cluster of up to 8 CTAs; every CTA reads z, the positions and the evicted
+ * key, and only after the cluster barrier does rank 0 write them back (each
+ * CTA writes its own columns of S and of the slot's value). Query heads go in
+ * blocks of 4. No allocation, no host sync: graph-capturable.
+ * Not measured yet: bench/gpu_run.sh phase hybrid (target <= 10 us at 32 heads
+ * of 128, W = 64, s = 4, flat in context).
+ */
+#include "hybrid.cuh"
+
+#include <cooperative_groups.h>
+
+namespace {
+
+using lmk::hload;
+using lmk::hstore;
+using lmk::phi_precise;
+
+constexpr int THREADS = 256;
+constexpr int COLS = 32; /* value columns per CTA in a cluster */
+constexpr int GB = 4;    /* query heads per pass */
+
+template <bool CLUSTER>
+__global__ void __launch_bounds__(THREADS) hdecode_kernel(const __grid_constant__ lmk_hybrid_decode p, int nvb)
+{
+    extern __shared__ float sm[];
+    __shared__ int tmax;
+    const int Dk = p.Dk, G = p.Hq / p.Hkv, ns = p.s + p.W, tid = threadIdx.x;
+    const int vb = blockIdx.x % nvb, head = blockIdx.x / nvb, b = head / p.Hkv;
+    const int cols = (p.Dv + nvb - 1) / nvb, e0 = vb * cols;
+    const int Dv = cols < p.Dv - e0 ? cols : p.Dv - e0; /* this CTA's columns [e0, e0 + Dv) */
+    const int CG = (Dv + 3) / 4, RG = THREADS / CG;     /* host: cols <= 4 * THREADS */
+    float *knew = sm, *fk = knew + Dk, *zn = fk + Dk, *vnew = zn + Dk, *vold = vnew + cols;
+    float *qr = vold + cols, *phq = qr + GB * Dk, *lg = phq + GB * Dk, *den = lg + GB * ns;
+    float *red = den + GB;
+    int *pos = (int *)(red + (size_t)GB * RG * cols);
+    const int64_t slot0 = (int64_t)head * ns;
+
+    /* The position: the largest |code| of the row's slots. */
+    if (tid == 0)
+        tmax = 0;
+    __syncthreads();
+    int mine = 0;
+    for (int x = tid; x < ns; x += THREADS) {
+        const int c = p.win_pos[slot0 + x];
+        pos[x] = c;
+        mine = max(mine, c < 0 ? -c : c);
+    }
+    atomicMax(&tmax, mine);
+    __syncthreads();
+    const int64_t t = tmax;
+    const int r = p.s + (int)(t % p.W), target = t < p.s ? (int)t : r;
+    const bool fold = t - p.W >= p.s && pos[r] == (int)(t - p.W + 1);
+    const bool masked = p.mask && p.mask[b * p.mask_s0];
+    for (int d = tid; d < Dk; d += THREADS) {
+        knew[d] = hload(p.k, p.dtype, b * p.sk[0] + (head % p.Hkv) * p.sk[1] + d);
+        fk[d] = fold ? phi_precise(p.win_k[(slot0 + r) * Dk + d], p.feature_map) : 0.0f;
+        zn[d] = p.z[(int64_t)head * Dk + d] + fk[d];
+    }
+    for (int e = tid; e < Dv; e += THREADS) {
+        vnew[e] = masked ? 0.0f : hload(p.v, p.dtype, b * p.sv[0] + (head % p.Hkv) * p.sv[1] + e0 + e);
+        vold[e] = fold ? p.win_v[(slot0 + r) * p.Dv + e0 + e] : 0.0f;
+    }
+    __syncthreads();
+    if constexpr (CLUSTER) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+        cooperative_groups::this_cluster().sync(); /* every CTA has read z, the slots, the evicted key */
+#endif
+    }
+    if (vb == 0) {
+        for (int d = tid; d < Dk; d += THREADS) {
+            p.win_k[(slot0 + target) * Dk + d] = masked ? 0.0f : knew[d];
+            p.z[(int64_t)head * Dk + d] = zn[d];
+        }
+        if (tid == 0)
+            p.win_pos[slot0 + target] = (int32_t)(masked ? -(t + 1) : t + 1);
+    }
+    for (int e = tid; e < Dv; e += THREADS)
+        p.win_v[(slot0 + target) * p.Dv + e0 + e] = vnew[e];
+
+    const int cg = tid % CG, rg = tid / CG, e = 4 * cg;
+    float *S = p.S + (int64_t)head * Dk * p.Dv + e0;
+    for (int gb = 0; gb < G; gb += GB) {
+        for (int x = tid; x < GB * Dk; x += THREADS) {
+            const int gi = x / Dk, d = x % Dk, hq = (head % p.Hkv) * G + gb + gi;
+            qr[x] = gb + gi < G ? hload(p.q, p.dtype, b * p.sq[0] + hq * p.sq[1] + d) : 0.0f;
+            phq[x] = phi_precise(qr[x], p.feature_map);
+        }
+        __syncthreads();
+        /* Logits of every slot that holds a key (a warp per slot and head, lanes
+         * over the key); the target slot is the new token. */
+        for (int x = tid / 32; x < GB * ns; x += THREADS / 32) {
+            const int gi = x / ns, sl = x % ns, lane = tid % 32;
+            const bool there = gb + gi < G && (sl == target ? !masked : pos[sl] > 0);
+            const float *key = sl == target ? knew : p.win_k + (slot0 + sl) * Dk;
+            float s = 0.0f;
+            for (int d = lane; there && d < Dk; d += 32)
+                s += qr[gi * Dk + d] * key[d];
+            s = lmk::warp_sum(s);
+            if (lane == 0)
+                lg[x] = there ? s * p.scale : -INFINITY;
+        }
+        __syncthreads();
+        if (tid < GB * 32) { /* warp gi: the softmax weights and the denominator */
+            const int gi = tid / 32, lane = tid % 32, hq = (head % p.Hkv) * G + gb + gi;
+            const float gamma = gb + gi < G ? p.gamma[hq] : 0.0f;
+            float m = -INFINITY;
+            for (int x = lane; x < ns; x += 32)
+                m = fmaxf(m, lg[gi * ns + x]);
+            m = lmk::warp_max(m);
+            float sum = 0.0f, zq = 0.0f;
+            for (int x = lane; x < ns; x += 32) {
+                const float l = lg[gi * ns + x];
+                const float a = m > -INFINITY && l > -INFINITY ? gamma * expf(l - m) : 0.0f;
+                lg[gi * ns + x] = a;
+                sum += a;
+            }
+            for (int d = lane; d < Dk; d += 32)
+                zq += phq[gi * Dk + d] * zn[d];
+            sum = lmk::warp_sum(sum + zq);
+            if (lane == 0)
+                den[gi] = sum;
+        }
+        /* phi(q) S over this CTA's columns, the fold applied in the first pass. */
+        float acc[GB][4] = {};
+        if (rg < RG && e < Dv)
+            for (int d = rg; d < Dk; d += RG) {
+                float4 sv;
+                float *row = S + (int64_t)d * p.Dv + e;
+                sv.x = row[0];
+                sv.y = e + 1 < Dv ? row[1] : 0.0f;
+                sv.z = e + 2 < Dv ? row[2] : 0.0f;
+                sv.w = e + 3 < Dv ? row[3] : 0.0f;
+                if (gb == 0 && fold) {
+                    sv.x += fk[d] * vold[e];
+                    sv.y += e + 1 < Dv ? fk[d] * vold[e + 1] : 0.0f;
+                    sv.z += e + 2 < Dv ? fk[d] * vold[e + 2] : 0.0f;
+                    sv.w += e + 3 < Dv ? fk[d] * vold[e + 3] : 0.0f;
+                    row[0] = sv.x;
+                    if (e + 1 < Dv) row[1] = sv.y;
+                    if (e + 2 < Dv) row[2] = sv.z;
+                    if (e + 3 < Dv) row[3] = sv.w;
+                }
+#pragma unroll
+                for (int gi = 0; gi < GB; gi++) {
+                    const float qd = phq[gi * Dk + d];
+                    acc[gi][0] += qd * sv.x;
+                    acc[gi][1] += qd * sv.y;
+                    acc[gi][2] += qd * sv.z;
+                    acc[gi][3] += qd * sv.w;
+                }
+            }
+        if (rg < RG && e < Dv)
+#pragma unroll
+            for (int gi = 0; gi < GB; gi++)
+#pragma unroll
+                for (int u = 0; u < 4; u++)
+                    if (e + u < Dv)
+                        red[((size_t)rg * GB + gi) * cols + e + u] = acc[gi][u];
+        __syncthreads();
+        for (int x = tid; x < GB * Dv; x += THREADS) {
+            const int gi = x / Dv, ee = x % Dv, hq = (head % p.Hkv) * G + gb + gi;
+            if (gb + gi >= G)
+                continue;
+            float num = 0.0f;
+            for (int g = 0; g < RG; g++)
+                num += red[((size_t)g * GB + gi) * cols + ee];
+            for (int sl = 0; sl < ns; sl++) {
+                const float a = lg[gi * ns + sl];
+                if (a != 0.0f)
+                    num += a * (sl == target ? vnew[ee] : p.win_v[(slot0 + sl) * p.Dv + e0 + ee]);
+            }
+            hstore(p.out, p.dtype, b * p.so[0] + hq * p.so[1] + e0 + ee, num / (den[gi] + p.eps));
+        }
+        __syncthreads();
+    }
+}
+
+template <bool CLUSTER>
+cudaError_t launch(const lmk_hybrid_decode &p, int nvb, size_t smem, cudaStream_t s)
+{
+    /* Only past the default 48 KB (W + s in the hundreds): inside a graph capture
+     * the step then queues its launch and nothing else. */
+    if (smem > 48 * 1024) {
+        const cudaError_t e = cudaFuncSetAttribute(hdecode_kernel<CLUSTER>,
+                                                   cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        if (e != cudaSuccess)
+            return e;
+    }
+    const unsigned blocks = (unsigned)((int64_t)p.B * p.Hkv * nvb);
+    if (!CLUSTER) {
+        hdecode_kernel<false><<<blocks, THREADS, smem, s>>>(p, 1);
+        return cudaGetLastError();
+    }
+    cudaLaunchConfig_t cfg = {};
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = (unsigned)nvb;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    cfg.gridDim = dim3(blocks);
+    cfg.blockDim = dim3(THREADS);
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = s;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    return cudaLaunchKernelEx(&cfg, hdecode_kernel<true>, p, nvb);
+}
+
+} // namespace
+
+extern "C" lm_status lmk_hybrid_decode_launch(const lmk_hybrid_decode *p, void *stream)
+{
+    if (p->Hq > LMK_MAX_HYBRID_HEADS)
+        return lmi_error(LM_ERR_UNSUPPORTED, "cuda hybrid decode: at most %d query heads (got %d)",
+                         LMK_MAX_HYBRID_HEADS, p->Hq);
+    int dev = 0, major = 0, optin = 0;
+    LMI_CUDA_TRY(cudaGetDevice(&dev));
+    LMI_CUDA_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+    LMI_CUDA_TRY(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    int nvb = major >= 9 ? (p->Dv + COLS - 1) / COLS : 1;
+    nvb = nvb > 8 ? 8 : nvb;
+    const int cols = (p->Dv + nvb - 1) / nvb, CG = (cols + 3) / 4;
+    if (CG > THREADS)
+        return lmi_error(LM_ERR_UNSUPPORTED, "cuda hybrid decode: Dv %d too large", p->Dv);
+    const int RG = THREADS / CG, ns = p->s + p->W;
+    const size_t smem = sizeof(float) * ((size_t)3 * p->Dk + 2 * (size_t)cols + 2 * (size_t)GB * p->Dk +
+                                         (size_t)GB * ns + GB + (size_t)GB * RG * cols) + sizeof(int) * (size_t)ns;
+    if (smem > (size_t)optin)
+        return lmi_error(LM_ERR_UNSUPPORTED, "cuda hybrid decode: W = %d, s = %d and head dims %d x %d need "
+                         "%zu bytes of shared memory, the GPU gives %d", p->W, p->s, p->Dk, p->Dv, smem, optin);
+    const cudaStream_t s = (cudaStream_t)stream;
+    LMI_CUDA_TRY(nvb > 1 ? launch<true>(*p, nvb, smem, s) : launch<false>(*p, 1, smem, s));
+    return LM_OK;
+}

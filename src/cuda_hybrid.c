@@ -1,0 +1,149 @@
+/*
+ * cuda_hybrid.c - hybrid attention (docs/DESIGN.md §9) on the GPU: how a prefill
+ * is cut into launches, and the decode step.
+ *
+ * A call of L tokens from position P0, sh = its rows that are sink positions:
+ *   1. head   rows [0, min(L, W + sh)): their evicted keys are the state's
+ *             (S0, z0 and ring slots leaving the window), computed whole by
+ *             one CTA per row from the state as it is;
+ *   2. fold   S, z += the ring slots that leave the window during the call;
+ *   3. zsum + chunk scan: z before each 64-row chunk of the delayed keys
+ *             (rows sh .. L - W - 1), from the folded z;
+ *   4. linear the existing prefill kernel on views shifted by W: queries rows
+ *             W + sh .., keys and values rows sh .. L - W - 1, unnormalised with
+ *             scale 1, from the folded state (its final state is the new S, z):
+ *             it writes each body row's linear numerator into out; no copy;
+ *   5. body   rows [W + sh, L): the window softmax (WMMA), the denominator from
+ *             step 3, combined with the numerator in out;
+ *   6. ring   the call's tokens into the window slots.
+ * Without a state, steps 2 and 6 do not run and the head rows have no linear
+ * part. Scratch (the chunk sums and their scan) is stream-ordered.
+ */
+#include "cuda_impl.h"
+
+#include <math.h>
+#include <string.h>
+
+static void gates(const lmi_core_params *p, float *gamma)
+{
+    for (int64_t h = 0; h < p->Hq; h++)
+        gamma[h] = 1.0f / (1.0f + expf(-(p->gate ? p->gate[h] : 0.0f)));
+}
+
+static void copy4(int64_t *dst, const lmi_view *v)
+{
+    memcpy(dst, v->s, 4 * sizeof(int64_t));
+}
+
+/* A view of rows [r, ..) of a [B, L, H, D] view. */
+static lmi_view rows_from(lmi_view v, int64_t r)
+{
+    v.data = (char *)v.data + r * v.s[1] * (int64_t)lm_dtype_size((lm_dtype)v.dtype);
+    return v;
+}
+
+static lm_status check(const lmi_core_params *p)
+{
+    if (p->Hq > LMK_MAX_HYBRID_HEADS)
+        return lmi_error(LM_ERR_UNSUPPORTED, "cuda: hybrid attention with %lld query heads, at most %d",
+                         (long long)p->Hq, LMK_MAX_HYBRID_HEADS);
+    if (p->position + p->L > INT32_MAX || p->window + p->sinks > INT32_MAX)
+        return lmi_error(LM_ERR_UNSUPPORTED, "cuda: hybrid positions beyond 2^31 tokens");
+    return LM_OK;
+}
+
+lm_status lmi_cuda_hybrid_prefill(const lmi_core_params *p, cudaStream_t s)
+{
+    lm_status st = check(p);
+    if (st || p->L == 0)
+        return st;
+    const int64_t L = p->L, W = p->window, P0 = p->position;
+    int64_t sh = p->sinks - P0;
+    sh = sh < 0 ? 0 : sh > L ? L : sh;
+    lmk_hybrid k;
+    memset(&k, 0, offsetof(lmk_hybrid, gamma));
+    k.q = p->q.data, k.k = p->k.data, k.v = p->v.data, k.out = p->out.data;
+    copy4(k.sq, &p->q), copy4(k.sk, &p->k), copy4(k.sv, &p->v), copy4(k.so, &p->out);
+    k.mask = p->mask;
+    k.mask_s[0] = p->mask_s[0], k.mask_s[1] = p->mask_s[1];
+    k.dtype = p->q.dtype;
+    k.B = (int)p->B, k.Hq = (int)p->Hq, k.Hkv = (int)p->Hkv, k.Dk = (int)p->Dk, k.Dv = (int)p->Dv;
+    k.feature_map = p->feature_map;
+    k.L = L, k.P0 = P0, k.W = W, k.s = p->sinks, k.sh = sh;
+    k.S = p->state, k.z = p->normalizer;
+    k.win_k = p->win_k, k.win_v = p->win_v, k.win_pos = p->win_pos;
+    k.eps = p->eps, k.scale = p->scale;
+    gates(p, k.gamma);
+
+    /* Everything refused is refused before any pass changes the state. */
+    const int64_t nb = L - W - sh; /* body rows, and delayed keys */
+    lmi_core_params c = *p;        /* linear attention of the body rows over the delayed keys */
+    c.hybrid = 0;
+    c.normalize = 0, c.scale = 1.0f, c.decay = NULL;
+    if (nb > 0) {
+        c.L = c.Lk = nb;
+        c.q = rows_from(p->q, W + sh);
+        c.out = rows_from(p->out, W + sh);
+        c.k = rows_from(p->k, sh);
+        c.v = rows_from(p->v, sh);
+        if (p->mask)
+            c.mask = p->mask + sh * p->mask_s[1];
+    }
+    int dev;
+    LMI_CUDA_TRY(cudaGetDevice(&dev));
+    if ((st = lmk_hybrid_check(&k)) || (nb > 0 && (st = lmi_cuda_check_core(&c, dev))))
+        return st;
+
+    k.r0 = 0, k.r1 = W + sh < L ? W + sh : L;
+    if ((st = lmk_hybrid_launch(&k, LMK_HYBRID_HEAD, s)))
+        return st;
+    if (p->state && (st = lmk_hybrid_launch(&k, LMK_HYBRID_FOLD, s)))
+        return st;
+    if (nb > 0) {
+        const int64_t nch = lmi_cdiv(nb, LMK_CHUNK), heads = p->B * p->Hkv;
+        const size_t bytes = 2 * (size_t)(heads * nch * p->Dk) * sizeof(float);
+        float *ws = NULL;
+        LMI_CUDA_TRY(cudaMallocAsync((void **)&ws, bytes, s));
+        k.zs = ws;
+        k.zc = ws + heads * nch * p->Dk;
+        st = lmk_hybrid_launch(&k, LMK_HYBRID_ZSUM, s);
+        if (st == LM_OK)
+            st = lmk_chunk_scan_launch(k.zs, (float *)k.zc, p->normalizer, NULL, heads, nch, (int)p->Dk, 0, s);
+        if (st == LM_OK)
+            st = lmi_cuda_prefill(&c, s);
+        if (st == LM_OK) {
+            k.r0 = W + sh, k.r1 = L;
+            st = lmk_hybrid_launch(&k, LMK_HYBRID_BODY, s);
+        }
+        const cudaError_t e = cudaFreeAsync(ws, s);
+        if (st == LM_OK && e != cudaSuccess)
+            st = lmi_cuda_fail(e, "cudaFreeAsync(hybrid scratch)", __FILE__, __LINE__);
+        if (st)
+            return st;
+    }
+    return p->state ? lmk_hybrid_launch(&k, LMK_HYBRID_RING, s) : LM_OK;
+}
+
+lm_status lmi_cuda_hybrid_decode(const lmi_core_params *p, cudaStream_t s)
+{
+    lm_status st = check(p);
+    if (st)
+        return st;
+    lmk_hybrid_decode d;
+    memset(&d, 0, offsetof(lmk_hybrid_decode, gamma));
+    /* [B, 1, H, D] views without the token dimension. */
+    d.q = p->q.data, d.k = p->k.data, d.v = p->v.data, d.out = p->out.data;
+    d.sq[0] = p->q.s[0], d.sq[1] = p->q.s[2];
+    d.sk[0] = p->k.s[0], d.sk[1] = p->k.s[2];
+    d.sv[0] = p->v.s[0], d.sv[1] = p->v.s[2];
+    d.so[0] = p->out.s[0], d.so[1] = p->out.s[2];
+    d.mask = p->mask, d.mask_s0 = p->mask_s[0];
+    d.S = p->state, d.z = p->normalizer, d.win_k = p->win_k, d.win_v = p->win_v, d.win_pos = p->win_pos;
+    d.dtype = p->q.dtype;
+    d.B = (int)p->B, d.Hq = (int)p->Hq, d.Hkv = (int)p->Hkv, d.Dk = (int)p->Dk, d.Dv = (int)p->Dv;
+    d.feature_map = p->feature_map;
+    d.W = (int)p->window, d.s = (int)p->sinks;
+    d.eps = p->eps, d.scale = p->scale;
+    gates(p, d.gamma);
+    return lmk_hybrid_decode_launch(&d, s);
+}
