@@ -1,0 +1,197 @@
+"""
+evict_plots.py - the figures of bench/eviction_bench.py from its JSON result:
+  <stem>_mqar.png         MQAR accuracy against the cache budget, one panel per context, one
+                          line per strategy (full and linear, which have no budget, as
+                          horizontal lines), and the memory each keeps per layer
+  <stem>_lm_budget.png    perplexity against the cache budget, one line per strategy
+  <stem>_lm_position.png  perplexity against the position in the context, one panel per budget
+"""
+import math
+
+COLORS = {"full": "black", "streaming": "tab:orange", "h2o": "tab:green", "linear": "tab:purple",
+          "hybrid": "tab:blue", "converted": "tab:red", "control": "gray",
+          "transferred": "tab:cyan"}
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _budget_axis(ax, budgets):
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(budgets)
+    ax.set_xticklabels([str(b) for b in budgets])
+    ax.set_xlabel("cache budget (exact K/V entries)")
+    ax.grid(True, alpha=0.3)
+
+
+def plot_mqar(res, meta, path):
+    plt = _plt()
+    recs = res["records"]
+    contexts = res["config"]["contexts"]
+    budgets = meta["budgets"]
+    n = len(contexts) + 1
+    cols = min(3, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.8 * rows), squeeze=False)
+    axes = [a for r in axes for a in r]
+
+    def pick(kind, L):
+        return sorted((r["metadata"]["cache_size"] or 0, 100 * r["results"]["accuracy"])
+                      for r in recs if r["metadata"]["strategy"] == kind and
+                      r["metadata"]["context"] == L)
+    for ax, L in zip(axes, contexts):
+        for kind in ("streaming", "h2o", "hybrid"):
+            pts = pick(kind, L)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=COLORS[kind],
+                    label=kind)
+        for kind, ls in (("full", "--"), ("linear", ":")):
+            pts = pick(kind, L)
+            if pts:
+                ax.axhline(pts[0][1], color=COLORS[kind], ls=ls,
+                           label="%s (no budget) %.1f%%" % (kind, pts[0][1]))
+        ax.set_title("context %d" % L, fontsize=10)
+        ax.set_ylabel("accuracy at the queries (%)")
+        ax.set_ylim(-2, 102)
+        _budget_axis(ax, budgets)
+        ax.legend(fontsize=7, loc="lower right")
+    ax = axes[len(contexts)]
+    L = max(contexts)
+    for kind in ("full", "streaming", "h2o", "linear", "hybrid"):
+        pts = sorted((r["metadata"]["cache_size"] or 0, r["results"]["memory_per_layer"]
+                      ["total_bytes"] / 1024) for r in recs
+                     if r["metadata"]["strategy"] == kind and r["metadata"]["context"] == L)
+        if kind in ("full", "linear"):
+            ax.axhline(pts[0][1], color=COLORS[kind], ls="--" if kind == "full" else ":",
+                       label="%s %.1f KiB" % (kind, pts[0][1]))
+        else:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=COLORS[kind],
+                    label=kind)
+    ax.set_yscale("log")
+    ax.set_ylabel("KiB per sequence per layer")
+    ax.set_title("decode memory at context %d (K/V %s, state fp32)" % (L, meta["kv_dtype"]),
+                 fontsize=10)
+    _budget_axis(ax, budgets)
+    ax.legend(fontsize=7)
+    for ax in axes[n:]:
+        ax.axis("off")
+    c = res["config"]
+    fig.suptitle("MQAR (Zoology): %d pairs, vocabulary %d, d %d, %d heads, 2 layers; trained "
+                 "%d..%d tokens; streaming / h2o: eviction on the full model; %s; %s"
+                 % (c["num_pairs"], c["vocab"], c["d_model"], c["heads"], c["start_len"],
+                    c["train_len"], meta["device"], meta["commit"]), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _lm_lines(recs):
+    """{line name: {budget: record}}, the lines of the LM plots."""
+    lines = {}
+    for r in recs:
+        m = r["metadata"]
+        name = m["strategy"] if m["model"] == "original" else m["model"]
+        if m["strategy"] == "hybrid" and m["model"] == "original":
+            name = "hybrid (no training)"
+        if m["model"] == "converted":
+            name = "hybrid converted"
+        if m["model"] == "transferred":
+            name = "hybrid, attention transfer only"
+        if m["model"] == "control":
+            name = "full, fine-tuned (control)"
+        lines.setdefault(name, {})[m["cache_size"] or 0] = r
+    return lines
+
+
+def _color(name):
+    for key in ("converted", "control", "transfer", "streaming", "h2o", "linear", "full"):
+        if key in name:
+            return COLORS["transferred" if key == "transfer" else key]
+    return COLORS["hybrid"]
+
+
+def plot_lm_budget(res, meta, path):
+    plt = _plt()
+    lines = _lm_lines(res["records"])
+    budgets = meta["budgets"]
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    top = 0.0
+    for name, pts in lines.items():
+        if 0 in pts:
+            ppl = pts[0]["results"]["perplexity"]
+            if name.startswith("linear"):
+                ax.plot([], [], ":", color=_color(name), label="linear, no training: %.3g (off "
+                        "the axis)" % ppl)
+                continue
+            ax.axhline(ppl, color=_color(name), ls="--", label="%s %.3f" % (name, ppl))
+            top = max(top, ppl)
+        else:
+            bs = sorted(pts)
+            ys = [pts[b]["results"]["perplexity"] for b in bs]
+            ax.plot(bs, ys, "o-", color=_color(name), label=name)
+            top = max(top, max(y for y in ys if math.isfinite(y)))
+    full = lines["full"][0]["results"]["perplexity"]
+    ax.set_ylim(full * 0.95, min(top * 1.05, full * 3))
+    ax.set_ylabel("perplexity (validation, whole context)")
+    _budget_axis(ax, budgets)
+    ax.legend(fontsize=7)
+    c = res["config"]
+    ax.set_title("Language model (%s, characters): d %d, %d layers, %d heads, context %d; %s"
+                 % (res["corpus"]["path"].split("/")[-1], c["d_model"], c["layers"],
+                    c["heads"], c["ctx"], meta["device"]), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_lm_position(res, meta, path):
+    plt = _plt()
+    lines = _lm_lines(res["records"])
+    budgets = meta["budgets"]
+    cols = min(3, len(budgets))
+    rows = -(-len(budgets) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.8 * rows), squeeze=False)
+    axes = [a for r in axes for a in r]
+    full = lines["full"][0]["results"]
+    for ax, b in zip(axes, budgets):
+        for name, pts in lines.items():
+            r = pts.get(b) or (pts.get(0) if name.startswith("full") else None)
+            if r is None:
+                continue
+            w = r["results"]["bin_width"]
+            ys = [math.exp(v) for v in r["results"]["nll_by_position"]]
+            xs = [w * (i + 0.5) for i in range(len(ys))]
+            ax.plot(xs, ys, color=_color(name), lw=1.2,
+                    ls="--" if name.startswith("full") else "-", label=name)
+        ax.axvline(b, color="gray", lw=0.6, ls=":")
+        ax.set_title("budget %d" % b, fontsize=10)
+        ax.set_xlabel("position in the context")
+        ax.set_ylabel("perplexity (bins of %d)" % full["bin_width"])
+        ax.set_ylim(min(math.exp(v) for v in full["nll_by_position"]) * 0.9,
+                    max(math.exp(v) for v in full["nll_by_position"]) * 1.6)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=6)
+    for ax in axes[len(budgets):]:
+        ax.axis("off")
+    fig.suptitle("Perplexity against the position (dotted: the budget; past it the strategies "
+                 "evict); %s" % meta["device"], fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_all(out, stem):
+    """Writes the figures of a result (what it has of them); returns their paths."""
+    files = []
+    meta = out["metadata"]
+    if "mqar" in out:
+        plot_mqar(out["mqar"], meta, stem + "_mqar.png")
+        files.append(stem + "_mqar.png")
+    if "lm" in out:
+        plot_lm_budget(out["lm"], meta, stem + "_lm_budget.png")
+        plot_lm_position(out["lm"], meta, stem + "_lm_position.png")
+        files += [stem + "_lm_budget.png", stem + "_lm_position.png"]
+    return files
