@@ -151,7 +151,8 @@ def h2o_attention(q, k, v, heavy, recent):
     entries including token t. Before token t enters a full cache, the entry with the least
     accumulated attention among those older than the last `recent - 1` tokens is evicted;
     then token t attends over the cache and every entry's accumulated attention grows by
-    the weight it just received. Vectorised over batch and heads, sequential over t."""
+    the weight it just received. Vectorised over batch and heads, sequential over t; an
+    inference-time policy, so the cache is updated in place (no autograd through it)."""
     B, H, L, D = q.shape
     budget = heavy + recent
     scale = 1.0 / math.sqrt(D)
@@ -167,14 +168,14 @@ def h2o_attention(q, k, v, heavy, recent):
         else:  # evict: the least accumulated attention outside the recent tokens
             old = pos <= t - recent
             slot = torch.where(old, acc, acc.new_full((), big)).argmin(-1, keepdim=True)
-        Kc = Kc.scatter(2, slot[..., None].expand(B, H, 1, D), k[:, :, t:t + 1])
-        Vc = Vc.scatter(2, slot[..., None].expand(B, H, 1, v.shape[-1]), v[:, :, t:t + 1])
-        acc = acc.scatter(2, slot, 0.0)
-        pos = pos.scatter(2, slot, t)
+        Kc.scatter_(2, slot[..., None].expand(B, H, 1, D), k[:, :, t:t + 1])
+        Vc.scatter_(2, slot[..., None].expand(B, H, 1, v.shape[-1]), v[:, :, t:t + 1])
+        acc.scatter_(2, slot, 0.0)
+        pos.scatter_(2, slot, t)
         s = torch.matmul(Kc, q[:, :, t, :, None])[..., 0] * scale
         s = s.masked_fill(pos < 0, float("-inf"))
         w = torch.softmax(s, -1)
-        acc = acc + w
+        acc += w
         outs.append(torch.matmul(w[:, :, None], Vc))
     return torch.cat(outs, 2)
 

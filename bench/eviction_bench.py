@@ -82,9 +82,9 @@ def parse(argv=None):
     g.add_argument("--mqar-vocab", type=int, help="vocabulary: keys below half, values "
                    "above (128; Zoology uses 8192, too slow to learn on 2 CPU cores)")
     g.add_argument("--mqar-start-len", type=int, help="curriculum's first length (64)")
-    g.add_argument("--mqar-train-len", type=int, help="curriculum's last length (256)")
+    g.add_argument("--mqar-train-len", type=int, help="curriculum's last length (128)")
     g.add_argument("--mqar-grow-steps", type=int, help="steps per curriculum length (150)")
-    g.add_argument("--mqar-steps", type=int, help="training steps per model (600)")
+    g.add_argument("--mqar-steps", type=int, help="training steps per model (450)")
     g.add_argument("--mqar-seconds", type=float, help="at most this long per model (900)")
     g.add_argument("--mqar-batch", type=int, help="training batch (32)")
     g.add_argument("--mqar-lr", type=float, default=3e-3)
@@ -119,9 +119,9 @@ def parse(argv=None):
     pick("mqar_pairs", 4, 16)
     pick("mqar_vocab", 32, 128)
     pick("mqar_start_len", 16, 64)
-    pick("mqar_train_len", 32, 256)
+    pick("mqar_train_len", 32, 128)
     pick("mqar_grow_steps", 2, 150)
-    pick("mqar_steps", 4, 600)
+    pick("mqar_steps", 4, 450)
     pick("mqar_seconds", 60.0, 900.0)
     pick("mqar_batch", 4, 32)
     pick("mqar_eval_seqs", 4, 128, 512)
@@ -129,12 +129,12 @@ def parse(argv=None):
     pick("lm_heads", 2, 4, 8)
     pick("lm_layers", 2, 2, 4)
     pick("lm_ctx", 64, 512, 1024)
-    pick("lm_batch", 2, 8, 32)
-    pick("lm_steps", 4, 600, 2500)
+    pick("lm_batch", 2, 4, 32)
+    pick("lm_steps", 4, 500, 2500)
     pick("lm_seconds", 60.0, 1200.0, 90.0)
-    pick("lm_eval_seqs", 2, 48, 96)
-    pick("transfer_steps", 2, 60, 150)
-    pick("finetune_steps", 2, 100, 250)
+    pick("lm_eval_seqs", 2, 32, 96)
+    pick("transfer_steps", 2, 40, 150)
+    pick("finetune_steps", 2, 60, 250)
     if a.convert_budgets is None:
         a.convert_budgets = list(a.budgets)
     if a.sinks < 0 or min(a.budgets) < 2 or min(a.budgets) <= a.sinks:
@@ -174,7 +174,7 @@ def commit():
     if os.environ.get("LM_COMMIT"):
         return os.environ["LM_COMMIT"]
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+        return subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
                               capture_output=True, text=True, timeout=10).stdout.strip() or None
     except OSError:
         return None
@@ -243,7 +243,7 @@ def run_mqar(a, device, common, impl):
         for L in a.contexts:
             t0 = time.perf_counter()
             acc, n = evict_mqar.accuracy(model, L, a.mqar_eval_seqs, cfg, device,
-                                         batch=max(1, min(64, (1 << 17) // L)))
+                                         batch=max(1, min(128, (1 << 19) // L)))
             mem = decode_bytes(strat, L, H, d // H, KV_BYTES[a.kv_dtype])
             records.append(record(common, strat, {
                 "task": "mqar", "context": L, "model_trained_with": trained_as,
@@ -387,8 +387,8 @@ def main(a):
     if not a.no_files:
         import evict_plots
         os.makedirs(a.out, exist_ok=True)
-        stem = os.path.join(a.out, "eviction_%s%s_%s" % (
-            device.type, "_quick" if a.quick else "", started.strftime("%Y%m%d-%H%M%S")))
+        stem = os.path.join(a.out, "eviction_%s_%s%s_%s" % (
+            device.type, a.part, "_quick" if a.quick else "", started.strftime("%Y%m%d-%H%M%S")))
         with open(stem + ".json", "w") as f:
             json.dump(out, f, indent=1)
         files = [stem + ".json"] + evict_plots.plot_all(out, stem)
