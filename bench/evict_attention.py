@@ -82,10 +82,12 @@ def phi(x):
 
 # ---------------------------------------------------------------------------- the parts
 
-def _query_block(B, H, keys):
-    """Queries per block so that one block's scores stay near 8M elements."""
-    blk = 256
-    while blk > 16 and B * H * blk * (keys + blk) > (1 << 23):
+def _query_block(B, H, keys, device):
+    """Queries per block so that one block's scores stay near 8M elements on the CPU (cache
+    sized; 128M on a GPU, where fewer, larger kernels are what matters)."""
+    limit = 1 << (27 if device.type == "cuda" else 23)
+    blk = 256 if device.type != "cuda" else 4096
+    while blk > 16 and B * H * blk * (keys + blk) > limit:
         blk //= 2
     return blk
 
@@ -97,7 +99,7 @@ def window_parts(q, k, v, sinks, window):
     B, H, L, D = q.shape
     scale = 1.0 / math.sqrt(D)
     window = min(window, L)
-    blk = _query_block(B, H, min(L, sinks + window))
+    blk = _query_block(B, H, min(L, sinks + window), q.device)
     nums, dens = [], []
     for t0 in range(0, L, blk):
         t1 = min(L, t0 + blk)

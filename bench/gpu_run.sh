@@ -35,7 +35,10 @@
 #                                     engine benchmark on this machine's cores (engine-cpu-*.json),
 #                                     hybrid (hybrid attention, issue #16: its GPU suite, its pytest
 #                                     file, bench/hybrid_bench.py into hybrid.json), hybrid-sanitize
-#                                     (memcheck, racecheck, synccheck on its reduced grid)
+#                                     (memcheck, racecheck, synccheck on its reduced grid),
+#                                     evict (bench/eviction_bench.py --part lm on CUDA, <= 4 min:
+#                                     needs build/corpus/tinyshakespeare.txt carried, or
+#                                     LM_CORPUS=path; packed in evict.tgz)
 set -u
 OUT=${OUT:-/tmp/lm-gpu-out}
 B=${LM_BUILD:-build/device}
@@ -201,6 +204,17 @@ for L in (8192, 32768):  # B = 1, 32 heads of 128, bf16, causal, elu+1, normalis
         phase train-bench 240 "$OUT/train-bench.log" python3 -m liquid_memory.benchmark --train \
             --seq-lengths 8192,32768,131072 --warmup 1 --iters 5 --max-seconds 10 --out "$OUT/train-bench"
         tar -C "$OUT" -czf "$OUT/train-bench.tgz" train-bench && rm -rf "$OUT/train-bench" ;;
+    evict)
+        corpus=${LM_CORPUS:-build/corpus/tinyshakespeare.txt}
+        if [ ! -f "$corpus" ]; then
+            echo "evict: skipped, no corpus at $corpus (carry build/corpus/tinyshakespeare.txt)" >> "$SUMMARY"
+            continue
+        fi
+        mkdir -p "$OUT/evict"
+        export LM_LIB_PATH="$PWD/$B/lib/libliquidmemory.so" PYTHONPATH="$PWD/bindings/python"
+        phase evict 240 "$OUT/evict.log" python3 bench/eviction_bench.py --part lm --device cuda \
+            --corpus "$corpus" --out "$OUT/evict"
+        tar -C "$OUT" -czf "$OUT/evict.tgz" evict && rm -rf "$OUT/evict" ;;
     esac
 done
 cat "$SUMMARY"
