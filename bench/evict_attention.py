@@ -106,7 +106,10 @@ def window_parts(q, k, v, sinks, window):
         lo = min(t1, max(sinks, t0 - window + 1))  # the band starts after the sinks
         ns = min(sinks, t1)
         idx = torch.cat([torch.arange(ns), torch.arange(lo, t1)]).to(q.device)
-        kk, vv = k.index_select(2, idx), v.index_select(2, idx)
+        if lo == ns:  # one contiguous range (full attention, or the window reaches the sinks)
+            kk, vv = k[:, :, :t1], v[:, :, :t1]
+        else:
+            kk, vv = k.index_select(2, idx), v.index_select(2, idx)
         s = torch.matmul(q[:, :, t0:t1], kk.transpose(-1, -2)) * scale
         t = torch.arange(t0, t1, device=q.device)[:, None]
         j = idx[None, :]

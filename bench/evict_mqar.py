@@ -138,8 +138,10 @@ def curriculum(step, start, end, grow):
 def train(model, cfg, device, log=print, windows=None):
     """AdamW with a linear warm-up, batches drawn fresh each step from the curriculum.
     cfg: dict with steps, seconds, batch, lr, warmup, weight_decay, start_len, train_len,
-    grow_steps, num_pairs, vocab, seed, log_every. windows: strategies taken in turn, one
-    per step (the hybrid trained over every budget at once). Returns the run's record."""
+    grow_steps, num_pairs, vocab, seed, log_every, stop_accuracy (stop once the curriculum
+    is at its last length and the mean accuracy of the last 20 steps reaches it; 0 = never).
+    windows: strategies taken in turn, one per step (the hybrid trained over every budget at
+    once). Returns the run's record."""
     torch.manual_seed(cfg["seed"])
     gen = torch.Generator().manual_seed(cfg["seed"])
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
@@ -168,13 +170,18 @@ def train(model, cfg, device, log=print, windows=None):
             status = "diverged at step %d" % step
             break
         recent = (recent + [acc])[-20:]
-        if step == 1 or step % cfg["log_every"] == 0 or step == cfg["steps"]:
+        done = 0 < cfg.get("stop_accuracy", 0) <= sum(recent) / len(recent) and \
+            L == cfg["train_len"] and len(recent) == 20
+        if step == 1 or step % cfg["log_every"] == 0 or step == cfg["steps"] or done:
             row = {"step": step, "seq_len": L, "loss": round(lv, 5),
                    "accuracy_mean20": round(sum(recent) / len(recent), 5),
                    "seconds": round(time.perf_counter() - t0, 2)}
             log_rows.append(row)
             log("  step %5d  L %4d  loss %.4f  accuracy (last 20) %5.1f%%  %6.1f s"
                 % (step, L, lv, 100 * row["accuracy_mean20"], row["seconds"]))
+        if done:
+            status = "ok, stopped at %.0f %% accuracy" % (100 * cfg["stop_accuracy"])
+            break
     return {"status": status, "steps": step, "train_seconds": round(time.perf_counter() - t0, 2),
             "final_train_accuracy_mean20": sum(recent) / max(len(recent), 1), "log": log_rows}
 

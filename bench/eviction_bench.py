@@ -82,10 +82,13 @@ def parse(argv=None):
     g.add_argument("--mqar-vocab", type=int, help="vocabulary: keys below half, values "
                    "above (128; Zoology uses 8192, too slow to learn on 2 CPU cores)")
     g.add_argument("--mqar-start-len", type=int, help="curriculum's first length (64)")
-    g.add_argument("--mqar-train-len", type=int, help="curriculum's last length (128)")
+    g.add_argument("--mqar-train-len", type=int, help="curriculum's last length (512)")
     g.add_argument("--mqar-grow-steps", type=int, help="steps per curriculum length (150)")
-    g.add_argument("--mqar-steps", type=int, help="training steps per model (450)")
-    g.add_argument("--mqar-seconds", type=float, help="at most this long per model (900)")
+    g.add_argument("--mqar-steps", type=int, help="at most this many training steps per "
+                   "model (1500)")
+    g.add_argument("--mqar-stop-accuracy", type=float, default=0.99, help="stop training "
+                   "once at the last length the mean accuracy of 20 steps reaches this (0.99)")
+    g.add_argument("--mqar-seconds", type=float, help="at most this long per model (1200)")
     g.add_argument("--mqar-batch", type=int, help="training batch (32)")
     g.add_argument("--mqar-lr", type=float, default=3e-3)
     g.add_argument("--mqar-eval-seqs", type=int, help="sequences per context (128)")
@@ -119,10 +122,10 @@ def parse(argv=None):
     pick("mqar_pairs", 4, 16)
     pick("mqar_vocab", 32, 128)
     pick("mqar_start_len", 16, 64)
-    pick("mqar_train_len", 32, 128)
+    pick("mqar_train_len", 32, 512)
     pick("mqar_grow_steps", 2, 150)
-    pick("mqar_steps", 4, 450)
-    pick("mqar_seconds", 60.0, 900.0)
+    pick("mqar_steps", 4, 1500)
+    pick("mqar_seconds", 60.0, 1200.0)
     pick("mqar_batch", 4, 32)
     pick("mqar_eval_seqs", 4, 128, 512)
     pick("lm_d_model", 16, 128, 256)
@@ -202,6 +205,7 @@ def run_mqar(a, device, common, impl):
            "weight_decay": 0.01, "start_len": a.mqar_start_len, "train_len": a.mqar_train_len,
            "grow_steps": a.mqar_grow_steps, "num_pairs": a.mqar_pairs, "vocab": a.mqar_vocab,
            "seed": a.seed, "log_every": 25 if not a.quick else 1,
+           "stop_accuracy": a.mqar_stop_accuracy,
            "d_model": a.mqar_d_model, "heads": a.mqar_heads, "layers": 2,
            "power_a": 0.01, "eval_seqs": a.mqar_eval_seqs, "contexts": a.contexts}
     d, H = a.mqar_d_model, a.mqar_heads
