@@ -44,10 +44,13 @@ class Strategy:
     window: int = 0
     heavy: int = 0
     recent: int = 0
+    prerope: bool = False   # hybrid, LM only: the linear part reads q, k before rotary
+
 
     def label(self):
         if self.kind in ("streaming", "hybrid"):
-            return "%s B=%d (s=%d, W=%d)" % (self.kind, self.budget, self.sinks, self.window)
+            return "%s%s B=%d (s=%d, W=%d)" % (self.kind, ", phi before RoPE" if self.prerope
+                                               else "", self.budget, self.sinks, self.window)
         if self.kind == "h2o":
             return "h2o B=%d (heavy %d, recent %d)" % (self.budget, self.heavy, self.recent)
         return self.kind
@@ -56,10 +59,12 @@ class Strategy:
         return {"strategy": self.kind, "cache_size": self.budget or None,
                 "window": self.window or None, "sinks": self.sinks if self.window else None,
                 "heavy_hitters": self.heavy if self.kind == "h2o" else None,
-                "recent": self.recent if self.kind == "h2o" else None}
+                "recent": self.recent if self.kind == "h2o" else None,
+                "linear_features": None if self.kind not in ("hybrid", "linear") else
+                "q, k before rotary positions" if self.prerope else "the attention's q, k"}
 
 
-def make_strategy(kind, budget=0, sinks=4):
+def make_strategy(kind, budget=0, sinks=4, prerope=False):
     """The split of a budget B: streaming and hybrid keep s = min(sinks, B - 1) sinks and a
     window W = B - s; h2o keeps B // 2 heavy hitters and B - B // 2 recent tokens (as the
     H2O paper's equal split). full and linear ignore the budget."""
@@ -72,7 +77,7 @@ def make_strategy(kind, budget=0, sinks=4):
     if kind == "h2o":
         return Strategy(kind, budget, heavy=budget // 2, recent=budget - budget // 2)
     s = min(sinks, budget - 1)
-    return Strategy(kind, budget, sinks=s, window=budget - s)
+    return Strategy(kind, budget, sinks=s, window=budget - s, prerope=prerope)
 
 
 def phi(x):
@@ -187,9 +192,10 @@ def h2o_attention(q, k, v, heavy, recent):
 
 # ---------------------------------------------------------------------------- dispatch
 
-def attend(q, k, v, strategy, gate=None, eps=EPS):
+def attend(q, k, v, strategy, gate=None, eps=EPS, features=None):
     """The strategy's output for q, k, v [B, H, L, D]. gate: the hybrid's per-head logits
-    g_h [H] (None = 0, i.e. sigmoid(g) = 1/2)."""
+    g_h [H] (None = 0, i.e. sigmoid(g) = 1/2). features: (q, k) for the hybrid's linear part
+    where it differs from the softmax part's (the pre-rotary variant); None = q, k."""
     kind = strategy.kind
     L = q.shape[2]
     if kind == "full":
@@ -205,7 +211,8 @@ def attend(q, k, v, strategy, gate=None, eps=EPS):
         return num / (den + eps)
     if kind == "hybrid":
         nw, dw = window_parts(q, k, v, strategy.sinks, strategy.window)
-        nl, dl = linear_parts(q, k, v, strategy.window, strategy.sinks)
+        fq, fk = features if features is not None else (q, k)
+        nl, dl = linear_parts(fq, fk, v, strategy.window, strategy.sinks)
         g = torch.zeros(q.shape[1], device=q.device) if gate is None else gate
         g = torch.sigmoid(g.to(q.dtype)).view(1, -1, 1, 1)
         return (g * nw + nl) / (g * dw + dl + eps)

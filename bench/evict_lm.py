@@ -116,11 +116,12 @@ class Attention(nn.Module):
         B, L, E = x.shape
         q, k, v = (p(x).reshape(B, L, self.heads, -1).transpose(1, 2)
                    for p in (self.q_proj, self.k_proj, self.v_proj))
+        features = (q, k) if strategy.prerope else None
         q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         if strategy.kind == "linear" and linear_fn is not None:
             o = linear_fn(q, k, v)
         else:
-            o = attend(q, k, v, strategy, self.window_gate)
+            o = attend(q, k, v, strategy, self.window_gate, features=features)
         return self.o_proj(o.transpose(1, 2).reshape(B, L, E))
 
 

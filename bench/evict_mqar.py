@@ -4,13 +4,20 @@ recall task, a small model whose attention is any strategy of evict_attention.py
 library's LiquidMemory module), its training on a length curriculum, and its accuracy.
 
 The task is zoology/data/multiquery_ar.py (HazyResearch/zoology, Arora et al. 2023) rewritten
-in torch: P key-value pairs first (distinct keys from the lower half of the vocabulary,
-distinct values from the upper half), then each of the P keys once more as a query, at
-even offsets 2 * gap after the pairs with gap drawn without replacement from a power law
-p(gap) ~ power_a * gap^(power_a - 1) (power_a = 0.01: most queries come soon after the pairs,
-a long tail comes late); every other position is a random token of the whole vocabulary.
-The target at a query position is the value that followed its key; loss and accuracy are
-taken there only (chance: 1 / (vocab / 2)).
+in torch: P key-value pairs first (distinct keys, distinct values), then each of the P keys
+once more as a query, at even offsets 2 * gap after the pairs with gap drawn without
+replacement from a power law p(gap) ~ power_a * gap^(power_a - 1) (power_a = 0.01: most
+queries come soon after the pairs, a long tail comes late); every other position is a
+random token. The target at a query position is the value that followed its key; loss and
+accuracy are taken there only (chance: 1 / (vocab / 4)).
+
+One change from Zoology: its vocabulary is halved into keys and values and the random
+tokens come from all of it, which with its 8192 symbols rarely repeats a key. Here the
+vocabulary is small (a 2-core CPU cannot learn 8192 embeddings in minutes), and the same
+draw would plant many false occurrences of the keys (at 4096 tokens and 128 symbols each key
+about 30 times, each followed by a random token), making the recall ambiguous and more so
+with length. So keys come from the first quarter, values from the second, and the random
+tokens from the second half, a noise range no key or value shares.
 
 The model is Zoology's MQAR model (two pre-LayerNorm blocks, each x += attn(shortconv(LN x)),
 no positional information, no MLP: Zoology's state mixer is the identity; mlp=True adds
@@ -35,20 +42,23 @@ from train_demo import ShortConv  # noqa: E402
 
 def mqar_batch(B, L, num_pairs, vocab, gen, power_a=0.01):
     """(tokens [B, L], targets [B, L] with -100 off the query positions), Zoology's layout
-    (random non-query tokens, one query per key). Needs L >= 4 * num_pairs."""
+    (random non-query tokens, one query per key): keys in [1, V/4), values in [V/4, V/2),
+    random tokens in [V/2, V). Needs L >= 4 * num_pairs."""
     P = num_pairs
     context = 2 * P
     if L < 2 * context or L % 2:
         raise ValueError("MQAR needs an even length of at least 4 x num_pairs (%d), got %d"
                          % (2 * context, L))
-    half = vocab // 2
-    keys = torch.rand(B, half - 1, generator=gen).argsort(1)[:, :P] + 1        # 1 .. half-1
-    vals = torch.rand(B, vocab - half, generator=gen).argsort(1)[:, :P] + half  # half .. V-1
+    quarter, half = vocab // 4, vocab // 2
+    if P > quarter - 1:
+        raise ValueError("%d pairs need a vocabulary of at least %d" % (P, 4 * (P + 1)))
+    keys = torch.rand(B, quarter - 1, generator=gen).argsort(1)[:, :P] + 1
+    vals = torch.rand(B, half - quarter, generator=gen).argsort(1)[:, :P] + quarter
     space = (L - context) // 2
     p = power_a * torch.arange(1, space + 1, dtype=torch.float64) ** (power_a - 1)
     gaps = torch.multinomial((p / p.sum()).expand(B, space), P, replacement=False,
                              generator=gen)
-    tok = torch.randint(vocab, (B, L), generator=gen)   # the random non-query tokens
+    tok = torch.randint(half, vocab, (B, L), generator=gen)   # the random non-query tokens
     tok[:, 0:context:2], tok[:, 1:context:2] = keys, vals
     where = context + 2 * gaps
     tok.scatter_(1, where, keys)

@@ -79,10 +79,11 @@ def parse(argv=None):
     g.add_argument("--mqar-d-model", type=int)
     g.add_argument("--mqar-heads", type=int)
     g.add_argument("--mqar-pairs", type=int, help="key-value pairs per sequence (16)")
-    g.add_argument("--mqar-vocab", type=int, help="vocabulary: keys below half, values "
-                   "above (128; Zoology uses 8192, too slow to learn on 2 CPU cores)")
+    g.add_argument("--mqar-vocab", type=int, help="vocabulary: keys in the first quarter, "
+                   "values in the second, random tokens in the second half (256; Zoology "
+                   "uses 8192, too slow to learn on 2 CPU cores)")
     g.add_argument("--mqar-start-len", type=int, help="curriculum's first length (64)")
-    g.add_argument("--mqar-train-len", type=int, help="curriculum's last length (512)")
+    g.add_argument("--mqar-train-len", type=int, help="curriculum's last length (256)")
     g.add_argument("--mqar-grow-steps", type=int, help="steps per curriculum length (150)")
     g.add_argument("--mqar-steps", type=int, help="at most this many training steps per "
                    "model (1500)")
@@ -120,9 +121,9 @@ def parse(argv=None):
     pick("mqar_d_model", 16, 64)
     pick("mqar_heads", 2, 4)
     pick("mqar_pairs", 4, 16)
-    pick("mqar_vocab", 32, 128)
+    pick("mqar_vocab", 32, 256)
     pick("mqar_start_len", 16, 64)
-    pick("mqar_train_len", 32, 512)
+    pick("mqar_train_len", 32, 256)
     pick("mqar_grow_steps", 2, 150)
     pick("mqar_steps", 4, 1500)
     pick("mqar_seconds", 60.0, 1200.0)

@@ -142,18 +142,25 @@ def test_hybrid_gate_gets_gradient():
 
 
 def test_mqar_batches_follow_zoology():
-    P, L, V = 5, 64, 40
+    """Pairs first, each key queried once at an even offset after them, the target its
+    value; keys, values and the random tokens in disjoint ranges (a key occurs only as a
+    key and as its query)."""
+    P, L, V = 5, 64, 48
     tok, tgt = mqar_batch(16, L, P, V, torch.Generator().manual_seed(3))
     assert tok.shape == tgt.shape == (16, L)
     for b in range(16):
         keys, vals = tok[b, 0:2 * P:2].tolist(), tok[b, 1:2 * P:2].tolist()
-        assert len(set(keys)) == P and all(1 <= x < V // 2 for x in keys)
-        assert len(set(vals)) == P and all(V // 2 <= x < V for x in vals)
+        assert len(set(keys)) == P and all(1 <= x < V // 4 for x in keys)
+        assert len(set(vals)) == P and all(V // 4 <= x < V // 2 for x in vals)
         where = (tgt[b] != -100).nonzero().flatten().tolist()
         assert len(where) == P and all(p >= 2 * P and p % 2 == 0 for p in where)
         assert sorted(tok[b, where].tolist()) == sorted(keys)  # every key queried once
         for p in where:
             assert tgt[b, p].item() == vals[keys.index(tok[b, p].item())]
+        rest = [p for p in range(2 * P, L) if p not in where]
+        assert all(V // 2 <= x < V for x in tok[b, rest].tolist())
+    with pytest.raises(ValueError):
+        mqar_batch(1, L, 12, V, torch.Generator())  # 12 keys do not fit in [1, 12)
 
 
 @pytest.fixture(scope="module")
