@@ -45,12 +45,15 @@ class Strategy:
     heavy: int = 0
     recent: int = 0
     prerope: bool = False   # hybrid, LM only: the linear part reads q, k before rotary
+    gate: str = "sigmoid"   # hybrid: gamma_h = sigmoid(g_h) (normative) or exp(g_h) (a variant)
 
 
     def label(self):
         if self.kind in ("streaming", "hybrid"):
-            return "%s%s B=%d (s=%d, W=%d)" % (self.kind, ", phi before RoPE" if self.prerope
-                                               else "", self.budget, self.sinks, self.window)
+            return "%s%s%s B=%d (s=%d, W=%d)" % (
+                self.kind, ", phi before RoPE" if self.prerope else "",
+                ", gate exp(g)" if self.gate == "exp" else "", self.budget, self.sinks,
+                self.window)
         if self.kind == "h2o":
             return "h2o B=%d (heavy %d, recent %d)" % (self.budget, self.heavy, self.recent)
         return self.kind
@@ -61,10 +64,12 @@ class Strategy:
                 "heavy_hitters": self.heavy if self.kind == "h2o" else None,
                 "recent": self.recent if self.kind == "h2o" else None,
                 "linear_features": None if self.kind not in ("hybrid", "linear") else
-                "q, k before rotary positions" if self.prerope else "the attention's q, k"}
+                "q, k before rotary positions" if self.prerope else "the attention's q, k",
+                "gate": ("sigmoid(g)" if self.gate == "sigmoid" else "exp(g)")
+                if self.kind == "hybrid" else None}
 
 
-def make_strategy(kind, budget=0, sinks=4, prerope=False):
+def make_strategy(kind, budget=0, sinks=4, prerope=False, gate="sigmoid"):
     """The split of a budget B: streaming and hybrid keep s = min(sinks, B - 1) sinks and a
     window W = B - s; h2o keeps B // 2 heavy hitters and B - B // 2 recent tokens (as the
     H2O paper's equal split). full and linear ignore the budget."""
@@ -77,7 +82,7 @@ def make_strategy(kind, budget=0, sinks=4, prerope=False):
     if kind == "h2o":
         return Strategy(kind, budget, heavy=budget // 2, recent=budget - budget // 2)
     s = min(sinks, budget - 1)
-    return Strategy(kind, budget, sinks=s, window=budget - s, prerope=prerope)
+    return Strategy(kind, budget, sinks=s, window=budget - s, prerope=prerope, gate=gate)
 
 
 def phi(x):
@@ -214,7 +219,8 @@ def attend(q, k, v, strategy, gate=None, eps=EPS, features=None):
         fq, fk = features if features is not None else (q, k)
         nl, dl = linear_parts(fq, fk, v, strategy.window, strategy.sinks)
         g = torch.zeros(q.shape[1], device=q.device) if gate is None else gate
-        g = torch.sigmoid(g.to(q.dtype)).view(1, -1, 1, 1)
+        g = (torch.sigmoid if strategy.gate == "sigmoid" else torch.exp)(g.to(q.dtype))
+        g = g.view(1, -1, 1, 1)
         return (g * nw + nl) / (g * dw + dl + eps)
     raise ValueError("unknown strategy %r" % (kind,))
 

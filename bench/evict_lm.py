@@ -34,6 +34,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from evict_attention import attend  # noqa: E402
 
+GATE_LR = 30.0  # the gates' learning rate over the weights' (see _run)
+
 CORPUS_HELP = (
     "the corpus is tinyshakespeare (karpathy/char-rnn, data/tinyshakespeare/input.txt, "
     "1115394 bytes, sha256 86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed); "
@@ -179,19 +181,24 @@ def _lr(step, steps, warmup, lr):
     return lr * (0.1 + 0.45 * (1 + math.cos(math.pi * min(p, 1.0))))
 
 
-def _run(params, steps, seconds, lr, warmup, loss_fn, log, name, log_every):
-    """A generic AdamW loop; loss_fn(step) -> loss. Returns the record."""
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0 if name != "train" else 0.1,
+def _run(params, steps, seconds, lr, warmup, loss_fn, log, name, log_every, gates=()):
+    """A generic AdamW loop; loss_fn(step) -> loss. gates: parameters that learn GATE_LR
+    times faster (the hybrid's logits: one number per head, which has to travel a few
+    units, where a weight moves by about lr per step). Returns the record."""
+    groups = [{"params": params, "scale": 1.0}]
+    if gates:
+        groups.append({"params": list(gates), "scale": GATE_LR})
+    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=0.0 if name != "train" else 0.1,
                             betas=(0.9, 0.95))
     t0 = time.perf_counter()
     rows, step, loss = [], 0, float("nan")
     while step < steps and time.perf_counter() - t0 < seconds:
         for g in opt.param_groups:
-            g["lr"] = _lr(step, steps, warmup, lr)
+            g["lr"] = _lr(step, steps, warmup, lr) * g["scale"]
         loss_t = loss_fn(step)
         opt.zero_grad(set_to_none=True)
         loss_t.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
         opt.step()
         step += 1
         loss = float(loss_t)
@@ -274,14 +281,16 @@ def _train_only(model, names, steps, seconds, lr, loss_fn, log, tag, log_every):
     for p in model.parameters():
         p.requires_grad_(False)
     params = [p for b in model.blocks for n, p in b.attn.named_parameters()
-              if n.split(".")[0] in names]
-    for p in params:
+              if n.split(".")[0] in names and n != "window_gate"]
+    gates = [b.attn.window_gate for b in model.blocks] if "window_gate" in names else []
+    for p in params + gates:
         p.requires_grad_(True)
-    rec = _run(params, steps, seconds, lr, max(1, steps // 10), loss_fn, log, tag, log_every)
+    rec = _run(params, steps, seconds, lr, max(1, steps // 10), loss_fn, log, tag, log_every,
+               gates)
     for p in model.parameters():
         p.requires_grad_(True)
-    rec["window_gate_sigmoid"] = [[round(float(g), 4) for g in torch.sigmoid(b.attn.window_gate)]
-                                  for b in model.blocks]
+    rec["window_gate_logits"] = [[round(float(g), 4) for g in b.attn.window_gate]
+                                 for b in model.blocks]
     return rec
 
 

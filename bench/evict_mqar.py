@@ -140,16 +140,27 @@ class Model(nn.Module):
 
 # ---------------------------------------------------------------------------- training
 
-def curriculum(step, start, end, grow):
-    """The training length at a step: start, doubled every `grow` steps, at most end."""
-    return min(end, start << min(step // grow, 30))
+class Curriculum:
+    """The training length: start, doubled once `grow` steps were taken at the current
+    length and the mean accuracy of the last 20 steps reached `ready` (or after 3 x grow
+    steps regardless, so a model that cannot reach it still sees every length), at most
+    end. The recall is learned at the short, cheap lengths, then carried."""
+
+    def __init__(self, start, end, grow, ready=0.9):
+        self.L, self.end, self.grow, self.ready, self.steps = start, end, grow, ready, 0
+
+    def advance(self, accuracy20):
+        self.steps += 1
+        if self.L < self.end and self.steps >= self.grow and (
+                accuracy20 >= self.ready or self.steps >= 3 * self.grow):
+            self.L, self.steps = min(self.end, 2 * self.L), 0
 
 
 def train(model, cfg, device, log=print, windows=None):
-    """AdamW with a linear warm-up, batches drawn fresh each step from the curriculum.
-    cfg: dict with steps, seconds, batch, lr, warmup, weight_decay, start_len, train_len,
-    grow_steps, num_pairs, vocab, seed, log_every, stop_accuracy (stop once the curriculum
-    is at its last length and the mean accuracy of the last 20 steps reaches it; 0 = never).
+    """AdamW with a linear warm-up, batches drawn fresh each step at the curriculum's
+    length. cfg: dict with steps, seconds, batch, lr, warmup, weight_decay, start_len,
+    train_len, grow_steps, num_pairs, vocab, seed, log_every, stop_accuracy (stop once at
+    the last length with the mean accuracy of the last 20 steps at least this; 0 = never).
     windows: strategies taken in turn, one per step (the hybrid trained over every budget at
     once). Returns the run's record."""
     torch.manual_seed(cfg["seed"])
@@ -157,11 +168,12 @@ def train(model, cfg, device, log=print, windows=None):
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / max(cfg["warmup"], 1)))
+    cur = Curriculum(cfg["start_len"], cfg["train_len"], cfg["grow_steps"])
     t0 = time.perf_counter()
     log_rows, recent, status = [], [], "ok"
     step = 0
     while step < cfg["steps"] and time.perf_counter() - t0 < cfg["seconds"]:
-        L = curriculum(step, cfg["start_len"], cfg["train_len"], cfg["grow_steps"])
+        L = cur.L
         tok, tgt = mqar_batch(cfg["batch"], L, cfg["num_pairs"], cfg["vocab"], gen,
                               cfg.get("power_a", 0.01))
         if windows:
@@ -180,20 +192,23 @@ def train(model, cfg, device, log=print, windows=None):
             status = "diverged at step %d" % step
             break
         recent = (recent + [acc])[-20:]
-        done = 0 < cfg.get("stop_accuracy", 0) <= sum(recent) / len(recent) and \
-            L == cfg["train_len"] and len(recent) == 20
+        acc20 = sum(recent) / len(recent)
+        done = 0 < cfg.get("stop_accuracy", 0) <= acc20 and L == cfg["train_len"] and \
+            len(recent) == 20
         if step == 1 or step % cfg["log_every"] == 0 or step == cfg["steps"] or done:
             row = {"step": step, "seq_len": L, "loss": round(lv, 5),
-                   "accuracy_mean20": round(sum(recent) / len(recent), 5),
+                   "accuracy_mean20": round(acc20, 5),
                    "seconds": round(time.perf_counter() - t0, 2)}
             log_rows.append(row)
             log("  step %5d  L %4d  loss %.4f  accuracy (last 20) %5.1f%%  %6.1f s"
-                % (step, L, lv, 100 * row["accuracy_mean20"], row["seconds"]))
+                % (step, L, lv, 100 * acc20, row["seconds"]))
         if done:
             status = "ok, stopped at %.0f %% accuracy" % (100 * cfg["stop_accuracy"])
             break
+        cur.advance(acc20)
     return {"status": status, "steps": step, "train_seconds": round(time.perf_counter() - t0, 2),
-            "final_train_accuracy_mean20": sum(recent) / max(len(recent), 1), "log": log_rows}
+            "final_length": L, "final_train_accuracy_mean20": sum(recent) / max(len(recent), 1),
+            "log": log_rows}
 
 
 @torch.no_grad()

@@ -4,7 +4,9 @@ evict_plots.py - the figures of bench/eviction_bench.py from its JSON result:
                           line per strategy (full and linear, which have no budget, as
                           horizontal lines), and the memory each keeps per layer
   <stem>_lm_budget.png    perplexity against the cache budget, one line per strategy
-  <stem>_lm_position.png  perplexity against the position in the context, one panel per budget
+  <stem>_lm_position.png  perplexity over full attention's against the position in the context
+                          (the same validation windows, so the text's own difficulty cancels),
+                          one panel per budget
 """
 import math
 
@@ -118,23 +120,24 @@ def plot_lm_budget(res, meta, path):
     lines = _lm_lines(res["records"])
     budgets = meta["budgets"]
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    top = 0.0
+    full = lines["full"][0]["results"]["perplexity"]
+    top = max(r["results"]["perplexity"] for pts in lines.values() for r in pts.values()
+              if math.isfinite(r["results"]["perplexity"]))
+    top = min(top * 1.05, full * 3)
     for name, pts in lines.items():
         if 0 in pts:
             ppl = pts[0]["results"]["perplexity"]
-            if name.startswith("linear"):
-                ax.plot([], [], ":", color=_color(name), label="linear, no training: %.3g (off "
-                        "the axis)" % ppl)
-                continue
-            ax.axhline(ppl, color=_color(name), ls="--", label="%s %.3f" % (name, ppl))
-            top = max(top, ppl)
+            if not ppl < top:
+                ax.plot([], [], ":", color=_color(name), label="%s: %.3g (off the axis)"
+                        % (name, ppl))
+            else:
+                ax.axhline(ppl, color=_color(name), ls="--" if name.startswith("full") else ":",
+                           label="%s %.3f" % (name, ppl))
         else:
             bs = sorted(pts)
-            ys = [pts[b]["results"]["perplexity"] for b in bs]
-            ax.plot(bs, ys, "o-", color=_color(name), label=name)
-            top = max(top, max(y for y in ys if math.isfinite(y)))
-    full = lines["full"][0]["results"]["perplexity"]
-    ax.set_ylim(full * 0.95, min(top * 1.05, full * 3))
+            ax.plot(bs, [pts[b]["results"]["perplexity"] for b in bs], "o-",
+                    color=_color(name), label=name)
+    ax.set_ylim(full * 0.95, top)
     ax.set_ylabel("perplexity (validation, whole context)")
     _budget_axis(ax, budgets)
     ax.legend(fontsize=7)
@@ -158,26 +161,27 @@ def plot_lm_position(res, meta, path):
     full = lines["full"][0]["results"]
     for ax, b in zip(axes, budgets):
         for name, pts in lines.items():
-            r = pts.get(b) or (pts.get(0) if name.startswith("full") else None)
-            if r is None:
+            r = pts.get(b) or (pts.get(0) if name.startswith("full, fine") else None)
+            if r is None or name.startswith("linear"):
                 continue
             w = r["results"]["bin_width"]
-            ys = [math.exp(v) for v in r["results"]["nll_by_position"]]
+            ys = [math.exp(x - f) for x, f in zip(r["results"]["nll_by_position"],
+                                                  full["nll_by_position"])]
             xs = [w * (i + 0.5) for i in range(len(ys))]
             ax.plot(xs, ys, color=_color(name), lw=1.2,
                     ls="--" if name.startswith("full") else "-", label=name)
+        ax.axhline(1.0, color="black", lw=0.8, ls="--", label="full attention")
         ax.axvline(b, color="gray", lw=0.6, ls=":")
         ax.set_title("budget %d" % b, fontsize=10)
         ax.set_xlabel("position in the context")
-        ax.set_ylabel("perplexity (bins of %d)" % full["bin_width"])
-        ax.set_ylim(min(math.exp(v) for v in full["nll_by_position"]) * 0.9,
-                    max(math.exp(v) for v in full["nll_by_position"]) * 1.6)
+        ax.set_ylabel("perplexity / full attention's (bins of %d)" % full["bin_width"])
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=6)
     for ax in axes[len(budgets):]:
         ax.axis("off")
-    fig.suptitle("Perplexity against the position (dotted: the budget; past it the strategies "
-                 "evict); %s" % meta["device"], fontsize=9)
+    fig.suptitle("Perplexity over full attention's at each position, same validation windows "
+                 "(dotted: the budget; past it the strategies evict; linear, far above, left "
+                 "out); %s" % meta["device"], fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

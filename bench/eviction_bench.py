@@ -84,7 +84,8 @@ def parse(argv=None):
                    "uses 8192, too slow to learn on 2 CPU cores)")
     g.add_argument("--mqar-start-len", type=int, help="curriculum's first length (64)")
     g.add_argument("--mqar-train-len", type=int, help="curriculum's last length (256)")
-    g.add_argument("--mqar-grow-steps", type=int, help="steps per curriculum length (150)")
+    g.add_argument("--mqar-grow-steps", type=int, help="curriculum: at least this many steps "
+                   "per length, and 90 %% accuracy (or 3x the steps) before the next (100)")
     g.add_argument("--mqar-steps", type=int, help="at most this many training steps per "
                    "model (1500)")
     g.add_argument("--mqar-stop-accuracy", type=float, default=0.99, help="stop training "
@@ -124,7 +125,7 @@ def parse(argv=None):
     pick("mqar_vocab", 32, 256)
     pick("mqar_start_len", 16, 64)
     pick("mqar_train_len", 32, 256)
-    pick("mqar_grow_steps", 2, 150)
+    pick("mqar_grow_steps", 1, 100)
     pick("mqar_steps", 4, 1500)
     pick("mqar_seconds", 60.0, 1200.0)
     pick("mqar_batch", 4, 32)
@@ -353,7 +354,7 @@ def run_lm(a, device, common, impl):
              "perplexity_after_transfer": mid["results"]["perplexity"],
              "perplexity_after": after["results"]["perplexity"],
              "after_over_original": after["results"]["perplexity"] / original,
-             "window_gate_sigmoid": rec2["window_gate_sigmoid"]}
+             "window_gate_logits": rec2["window_gate_logits"]}
         conversion.append(c)
         log("[lm] %s: perplexity %.3f before, %.3f after transfer, %.3f after fine-tuning; "
             "original %.3f (%+.1f %%), control %.3f" % (

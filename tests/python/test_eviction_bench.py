@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 import eviction_bench  # noqa: E402
 import evict_library  # noqa: E402
 from evict_attention import Strategy, attend, decode_bytes, make_strategy  # noqa: E402
-from evict_mqar import mqar_batch  # noqa: E402
+from evict_mqar import Curriculum, mqar_batch  # noqa: E402
 
 TOL64 = 1e-10  # float64: blocked / chunked sums against per-position sums
 
@@ -161,6 +161,19 @@ def test_mqar_batches_follow_zoology():
         assert all(V // 2 <= x < V for x in tok[b, rest].tolist())
     with pytest.raises(ValueError):
         mqar_batch(1, L, 12, V, torch.Generator())  # 12 keys do not fit in [1, 12)
+
+
+def test_curriculum_waits_for_the_recall():
+    """The length doubles after `grow` steps once the accuracy is there, else after 3 x
+    grow steps; it stops at the end length."""
+    c = Curriculum(16, 64, 5)
+    seen = []
+    for acc in [0.1] * 14 + [0.95] * 6 + [0.1] * 20:
+        seen.append(c.L)
+        c.advance(acc)
+    assert seen[:15] == [16] * 15 and seen[15] == 32      # no recall: 3 x 5 steps at 16
+    assert seen[15:20] == [32] * 5 and seen[20] == 64     # recall: 5 steps at 32
+    assert set(seen[20:]) == {64}
 
 
 @pytest.fixture(scope="module")
