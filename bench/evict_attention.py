@@ -18,6 +18,11 @@ strategy attends to at a decode step, the current token included:
              a_j = sigmoid(g_h) exp(scale q_t.k_j - m_t) on Win_t (m_t = their max), linear
              weights b_j = phi(q_t).phi(k_j) on Ev_t (every other j <= t), o_t = (sum a v +
              sum b v) / (sum a + sum b + eps). B = s + W.
+             Variant (gate="exp"): gamma_h = exp(g_h), unbounded. With sigmoid the window's
+             weights are at most 1 each, while an evicted token's phi(q).phi(k) is about 1
+             per feature whose input has no fixed sign (rotary positions give most of them
+             none); a model converted from softmax then cannot make the evicted tokens weigh
+             less than the window, and the exp gate lets it (bench/NOTES.md).
 
 The windowed softmax runs over blocks of queries against only the keys they can see (sinks
 plus a band), so streaming and hybrid cost O(L (s + W)); the evicted part of the hybrid is
@@ -44,16 +49,14 @@ class Strategy:
     window: int = 0
     heavy: int = 0
     recent: int = 0
-    prerope: bool = False   # hybrid, LM only: the linear part reads q, k before rotary
     gate: str = "sigmoid"   # hybrid: gamma_h = sigmoid(g_h) (normative) or exp(g_h) (a variant)
 
 
     def label(self):
         if self.kind in ("streaming", "hybrid"):
-            return "%s%s%s B=%d (s=%d, W=%d)" % (
-                self.kind, ", phi before RoPE" if self.prerope else "",
-                ", gate exp(g)" if self.gate == "exp" else "", self.budget, self.sinks,
-                self.window)
+            return "%s%s B=%d (s=%d, W=%d)" % (
+                self.kind, ", gate exp(g)" if self.gate == "exp" else "", self.budget,
+                self.sinks, self.window)
         if self.kind == "h2o":
             return "h2o B=%d (heavy %d, recent %d)" % (self.budget, self.heavy, self.recent)
         return self.kind
@@ -63,13 +66,11 @@ class Strategy:
                 "window": self.window or None, "sinks": self.sinks if self.window else None,
                 "heavy_hitters": self.heavy if self.kind == "h2o" else None,
                 "recent": self.recent if self.kind == "h2o" else None,
-                "linear_features": None if self.kind not in ("hybrid", "linear") else
-                "q, k before rotary positions" if self.prerope else "the attention's q, k",
                 "gate": ("sigmoid(g)" if self.gate == "sigmoid" else "exp(g)")
                 if self.kind == "hybrid" else None}
 
 
-def make_strategy(kind, budget=0, sinks=4, prerope=False, gate="sigmoid"):
+def make_strategy(kind, budget=0, sinks=4, gate="sigmoid"):
     """The split of a budget B: streaming and hybrid keep s = min(sinks, B - 1) sinks and a
     window W = B - s; h2o keeps B // 2 heavy hitters and B - B // 2 recent tokens (as the
     H2O paper's equal split). full and linear ignore the budget."""
@@ -82,7 +83,7 @@ def make_strategy(kind, budget=0, sinks=4, prerope=False, gate="sigmoid"):
     if kind == "h2o":
         return Strategy(kind, budget, heavy=budget // 2, recent=budget - budget // 2)
     s = min(sinks, budget - 1)
-    return Strategy(kind, budget, sinks=s, window=budget - s, prerope=prerope, gate=gate)
+    return Strategy(kind, budget, sinks=s, window=budget - s, gate=gate)
 
 
 def phi(x):
@@ -197,10 +198,9 @@ def h2o_attention(q, k, v, heavy, recent):
 
 # ---------------------------------------------------------------------------- dispatch
 
-def attend(q, k, v, strategy, gate=None, eps=EPS, features=None):
+def attend(q, k, v, strategy, gate=None, eps=EPS):
     """The strategy's output for q, k, v [B, H, L, D]. gate: the hybrid's per-head logits
-    g_h [H] (None = 0, i.e. sigmoid(g) = 1/2). features: (q, k) for the hybrid's linear part
-    where it differs from the softmax part's (the pre-rotary variant); None = q, k."""
+    g_h [H] (None = 0: gamma = sigmoid(0) = 1/2, or exp(0) = 1 in the exp variant)."""
     kind = strategy.kind
     L = q.shape[2]
     if kind == "full":
@@ -216,8 +216,7 @@ def attend(q, k, v, strategy, gate=None, eps=EPS, features=None):
         return num / (den + eps)
     if kind == "hybrid":
         nw, dw = window_parts(q, k, v, strategy.sinks, strategy.window)
-        fq, fk = features if features is not None else (q, k)
-        nl, dl = linear_parts(fq, fk, v, strategy.window, strategy.sinks)
+        nl, dl = linear_parts(q, k, v, strategy.window, strategy.sinks)
         g = torch.zeros(q.shape[1], device=q.device) if gate is None else gate
         g = (torch.sigmoid if strategy.gate == "sigmoid" else torch.exp)(g.to(q.dtype))
         g = g.view(1, -1, 1, 1)

@@ -17,7 +17,10 @@ error, the layer's input taken from the original model), the rest frozen; LoLCAT
 learnable feature map there, our phi is the fixed elu + 1, so what trains is what feeds it
 (the q and k projections) and the per-head gates g_h; (2) fine-tuning on the language-model
 loss, attention parameters only (q, k, v, o projections and the gates; LoLCATs uses LoRA on
-the same four projections).
+the same four projections). The per-head gates learn GATE_LR times faster than the weights:
+one logit per head has to travel several units where a weight moves about lr per step.
+Each conversion runs with the normative gate gamma = sigmoid(g) and with the exp(g) variant
+(evict_attention.py says why).
 """
 import copy
 import hashlib
@@ -118,12 +121,11 @@ class Attention(nn.Module):
         B, L, E = x.shape
         q, k, v = (p(x).reshape(B, L, self.heads, -1).transpose(1, 2)
                    for p in (self.q_proj, self.k_proj, self.v_proj))
-        features = (q, k) if strategy.prerope else None
         q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         if strategy.kind == "linear" and linear_fn is not None:
             o = linear_fn(q, k, v)
         else:
-            o = attend(q, k, v, strategy, self.window_gate, features=features)
+            o = attend(q, k, v, strategy, self.window_gate)
         return self.o_proj(o.transpose(1, 2).reshape(B, L, E))
 
 

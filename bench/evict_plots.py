@@ -11,8 +11,7 @@ evict_plots.py - the figures of bench/eviction_bench.py from its JSON result:
 import math
 
 COLORS = {"full": "black", "streaming": "tab:orange", "h2o": "tab:green", "linear": "tab:purple",
-          "hybrid": "tab:blue", "converted": "tab:red", "control": "gray",
-          "transferred": "tab:cyan"}
+          "hybrid": "tab:blue"}
 
 
 def _plt():
@@ -90,29 +89,35 @@ def plot_mqar(res, meta, path):
     plt.close(fig)
 
 
+def _lm_name(m):
+    """The line a language-model record belongs to."""
+    gate = "" if m["strategy"] != "hybrid" else \
+        ", exp gate" if m.get("gate") == "exp(g)" else ", sigmoid gate"
+    return {"original": "hybrid%s (no training)" % gate if m["strategy"] == "hybrid" else
+            "linear (no training)" if m["strategy"] == "linear" else m["strategy"],
+            "control": "full, fine-tuned (control)",
+            "transferred": "hybrid%s, attention transfer only" % gate,
+            "converted": "hybrid%s, converted" % gate}[m["model"]]
+
+
 def _lm_lines(recs):
-    """{line name: {budget: record}}, the lines of the LM plots."""
+    """{line name: {budget (0 = none): record}}."""
     lines = {}
     for r in recs:
-        m = r["metadata"]
-        name = m["strategy"] if m["model"] == "original" else m["model"]
-        if m["strategy"] == "hybrid" and m["model"] == "original":
-            name = "hybrid (no training)"
-        if m["model"] == "converted":
-            name = "hybrid converted"
-        if m["model"] == "transferred":
-            name = "hybrid, attention transfer only"
-        if m["model"] == "control":
-            name = "full, fine-tuned (control)"
-        lines.setdefault(name, {})[m["cache_size"] or 0] = r
+        lines.setdefault(_lm_name(r["metadata"]), {})[r["metadata"]["cache_size"] or 0] = r
     return lines
 
 
-def _color(name):
-    for key in ("converted", "control", "transfer", "streaming", "h2o", "linear", "full"):
+def _style(name):
+    """(color, line style): the exp-gate variant solid, the normative sigmoid gate dash-dot."""
+    ls = "-." if "sigmoid gate" in name else "-"
+    for key, color in (("converted", "tab:red"), ("transfer", "tab:cyan"),
+                       ("no training", "tab:blue"), ("control", "gray"),
+                       ("streaming", COLORS["streaming"]), ("h2o", COLORS["h2o"]),
+                       ("linear", COLORS["linear"]), ("full", "black")):
         if key in name:
-            return COLORS["transferred" if key == "transfer" else key]
-    return COLORS["hybrid"]
+            return color, ls
+    return COLORS["hybrid"], ls
 
 
 def plot_lm_budget(res, meta, path):
@@ -128,15 +133,16 @@ def plot_lm_budget(res, meta, path):
         if 0 in pts:
             ppl = pts[0]["results"]["perplexity"]
             if not ppl < top:
-                ax.plot([], [], ":", color=_color(name), label="%s: %.3g (off the axis)"
+                ax.plot([], [], ":", color=_style(name)[0], label="%s: %.3g (off the axis)"
                         % (name, ppl))
             else:
-                ax.axhline(ppl, color=_color(name), ls="--" if name.startswith("full") else ":",
-                           label="%s %.3f" % (name, ppl))
+                ax.axhline(ppl, color=_style(name)[0], ls="--" if name.startswith("full") else
+                           ":", label="%s %.3f" % (name, ppl))
         else:
             bs = sorted(pts)
-            ax.plot(bs, [pts[b]["results"]["perplexity"] for b in bs], "o-",
-                    color=_color(name), label=name)
+            color, ls = _style(name)
+            ax.plot(bs, [pts[b]["results"]["perplexity"] for b in bs], marker="o", ls=ls,
+                    color=color, label=name)
     ax.set_ylim(full * 0.95, top)
     ax.set_ylabel("perplexity (validation, whole context)")
     _budget_axis(ax, budgets)
@@ -162,14 +168,15 @@ def plot_lm_position(res, meta, path):
     for ax, b in zip(axes, budgets):
         for name, pts in lines.items():
             r = pts.get(b) or (pts.get(0) if name.startswith("full, fine") else None)
-            if r is None or name.startswith("linear"):
+            if r is None or "no training" in name or "transfer" in name:
                 continue
             w = r["results"]["bin_width"]
             ys = [math.exp(x - f) for x, f in zip(r["results"]["nll_by_position"],
                                                   full["nll_by_position"])]
             xs = [w * (i + 0.5) for i in range(len(ys))]
-            ax.plot(xs, ys, color=_color(name), lw=1.2,
-                    ls="--" if name.startswith("full") else "-", label=name)
+            color, ls = _style(name)
+            ax.plot(xs, ys, color=color, lw=1.2, ls="--" if name.startswith("full") else ls,
+                    label=name)
         ax.axhline(1.0, color="black", lw=0.8, ls="--", label="full attention")
         ax.axvline(b, color="gray", lw=0.6, ls=":")
         ax.set_title("budget %d" % b, fontsize=10)
@@ -180,8 +187,8 @@ def plot_lm_position(res, meta, path):
     for ax in axes[len(budgets):]:
         ax.axis("off")
     fig.suptitle("Perplexity over full attention's at each position, same validation windows "
-                 "(dotted: the budget; past it the strategies evict; linear, far above, left "
-                 "out); %s" % meta["device"], fontsize=9)
+                 "(dotted: the budget; past it the strategies evict); untrained hybrid and "
+                 "linear in the budget plot; %s" % meta["device"], fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

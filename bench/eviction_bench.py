@@ -32,7 +32,8 @@ score per entry and head.
    strategy at inference (perplexity against the position in the context), then the model
    converted to hybrid per budget (attention transfer, then fine-tuning, as LoLCATs) with
    perplexity before and after, beside the original fine-tuned the same way with full
-   attention (a control: the extra training alone).
+   attention (a control: the extra training alone). Each conversion runs twice: with the
+   normative gate sigmoid(g) and with an unbounded exp(g) variant (--gates).
 
 The linear strategy runs in the library (MQAR: liquid_memory.LiquidMemory; LM: the library's
 core op, liquid_memory.linear_attention where the package has it); the hybrid trains with
@@ -108,6 +109,10 @@ def parse(argv=None):
     g.add_argument("--lm-eval-seqs", type=int)
     g.add_argument("--convert-budgets", type=_ints, help="budgets to convert the model to "
                    "hybrid at (default: every budget)")
+    g.add_argument("--gates", type=lambda s: s.split(","), default=["sigmoid", "exp"],
+                   help="hybrid gates to convert with: sigmoid (gamma = sigmoid(g), the "
+                   "normative one, at most 1) and exp (gamma = exp(g), unbounded: a variant "
+                   "that can weigh the window above the evicted tokens); default both")
     g.add_argument("--transfer-steps", type=int)
     g.add_argument("--finetune-steps", type=int)
     a = p.parse_args(argv)
@@ -144,6 +149,8 @@ def parse(argv=None):
         a.convert_budgets = list(a.budgets)
     if a.sinks < 0 or min(a.budgets) < 2 or min(a.budgets) <= a.sinks:
         p.error("every budget must exceed --sinks (%d) and be at least 2" % a.sinks)
+    if not set(a.gates) <= {"sigmoid", "exp"}:
+        p.error("--gates takes sigmoid and / or exp")
     if any(b not in a.budgets for b in a.convert_budgets):
         p.error("--convert-budgets must be among --budgets")
     if max(a.budgets) >= a.lm_ctx and a.part != "mqar":
@@ -311,8 +318,8 @@ def run_lm(a, device, common, impl):
 
     records = [evaluate(model, full, "full", "original")]
     for b in a.budgets:
-        for k in ("streaming", "h2o", "hybrid"):
-            s = make_strategy(k, b, a.sinks)
+        for k, gate in [("streaming", None), ("h2o", None)] + [("hybrid", g) for g in a.gates]:
+            s = make_strategy(k, b, a.sinks, gate or "sigmoid")
             records.append(evaluate(model, s, s.label() + (" (no training)" if k == "hybrid"
                                                             else ""), "original"))
     lin = make_strategy("linear")
@@ -335,32 +342,36 @@ def run_lm(a, device, common, impl):
     original = records[0]["results"]["perplexity"]
     control_ppl = records[-1]["results"]["perplexity"]
     conversion = []
-    for b in a.convert_budgets:
-        s = make_strategy("hybrid", b, a.sinks)
-        log("[lm] converting to %s: attention transfer, then fine-tuning" % s.label())
-        before = next(x for x in records if x["metadata"]["model"] == "original" and
-                      x["metadata"]["strategy"] == "hybrid" and x["metadata"]["cache_size"] == b)
-        student, rec1 = evict_lm.attention_transfer(model, corpus, s, conv_cfg, device, full,
-                                                    log)
-        mid = evaluate(student, s, s.label() + " (attention transfer)", "transferred")
-        tuned, rec2 = evict_lm.finetune(student, corpus, s, conv_cfg, device, log)
-        after = evaluate(tuned, s, s.label() + " (converted)", "converted")
-        records += [mid, after]
-        training["convert_%d" % b] = {"attention_transfer": rec1, "finetune": rec2}
-        c = {"cache_size": b, "window": s.window, "sinks": s.sinks,
-             "perplexity_original": original,
-             "perplexity_control": control_ppl,
-             "perplexity_before": before["results"]["perplexity"],
-             "perplexity_after_transfer": mid["results"]["perplexity"],
-             "perplexity_after": after["results"]["perplexity"],
-             "after_over_original": after["results"]["perplexity"] / original,
-             "window_gate_logits": rec2["window_gate_logits"]}
-        conversion.append(c)
-        log("[lm] %s: perplexity %.3f before, %.3f after transfer, %.3f after fine-tuning; "
-            "original %.3f (%+.1f %%), control %.3f" % (
-                s.label(), c["perplexity_before"], c["perplexity_after_transfer"],
-                c["perplexity_after"], original, 100 * (c["after_over_original"] - 1),
-                c["perplexity_control"]))
+    for gate in a.gates:
+        for b in a.convert_budgets:
+            s = make_strategy("hybrid", b, a.sinks, gate)
+            log("[lm] converting to %s: attention transfer, then fine-tuning" % s.label())
+            before = next(x for x in records if x["metadata"]["model"] == "original" and
+                          x["metadata"]["strategy"] == "hybrid" and
+                          x["metadata"]["cache_size"] == b and
+                          x["metadata"]["gate"] == s.describe()["gate"])
+            student, rec1 = evict_lm.attention_transfer(model, corpus, s, conv_cfg, device,
+                                                        full, log)
+            mid = evaluate(student, s, s.label() + " (attention transfer)", "transferred")
+            tuned, rec2 = evict_lm.finetune(student, corpus, s, conv_cfg, device, log)
+            after = evaluate(tuned, s, s.label() + " (converted)", "converted")
+            records += [mid, after]
+            training["convert_%s_%d" % (gate, b)] = {"attention_transfer": rec1,
+                                                     "finetune": rec2}
+            c = {"cache_size": b, "window": s.window, "sinks": s.sinks,
+                 "gate": s.describe()["gate"], "perplexity_original": original,
+                 "perplexity_control": control_ppl,
+                 "perplexity_before": before["results"]["perplexity"],
+                 "perplexity_after_transfer": mid["results"]["perplexity"],
+                 "perplexity_after": after["results"]["perplexity"],
+                 "after_over_original": after["results"]["perplexity"] / original,
+                 "window_gate_logits": rec2["window_gate_logits"]}
+            conversion.append(c)
+            log("[lm] %s: perplexity %.3f before, %.3f after transfer, %.3f after "
+                "fine-tuning; original %.3f (%+.1f %%), control %.3f" % (
+                    s.label(), c["perplexity_before"], c["perplexity_after_transfer"],
+                    c["perplexity_after"], original, 100 * (c["after_over_original"] - 1),
+                    c["perplexity_control"]))
     return {"config": cfg, "corpus": corpus.describe(), "training": training,
             "records": records, "conversion": conversion}
 

@@ -231,7 +231,8 @@ def test_quick_run(tmp_path):
     lm = out["lm"]
     assert lm["corpus"]["sha256"] and all(
         math.isfinite(r["results"]["perplexity"]) for r in lm["records"])
-    assert [c["cache_size"] for c in lm["conversion"]] == a.budgets
+    assert [(c["gate"], c["cache_size"]) for c in lm["conversion"]] == \
+        [(g, b) for g in ("sigmoid(g)", "exp(g)") for b in a.budgets]
     for c in lm["conversion"]:
         for key in ("perplexity_before", "perplexity_after_transfer", "perplexity_after",
                     "perplexity_original", "perplexity_control"):
