@@ -24,14 +24,15 @@ from evict_mqar import Curriculum, mqar_batch  # noqa: E402
 TOL64 = 1e-10  # float64: blocked / chunked sums against per-position sums
 
 
-def ref_window_hybrid(q, k, v, kind, sinks, window, gate, eps=1e-6):
+def ref_window_hybrid(q, k, v, kind, sinks, window, gate, eps=1e-6, gate_fn=torch.sigmoid):
     """Per query t, straight from the definitions: Win_t = {j <= t: j < s or j > t - W},
     Ev_t the rest of j <= t; streaming / full: softmax over Win_t; hybrid: a_j =
-    sigmoid(g_h) exp(scale q.k_j - m_t) on Win_t, b_j = phi(q).phi(k_j) on Ev_t."""
+    sigmoid(g_h) exp(scale q.k_j - m_t) on Win_t (exp(g_h) in the variant), b_j =
+    phi(q).phi(k_j) on Ev_t."""
     B, H, L, D = q.shape
     scale = 1 / math.sqrt(D)
     out = torch.zeros_like(v)
-    g = torch.sigmoid(gate).view(1, H, 1)
+    g = gate_fn(gate).view(1, H, 1)
     for t in range(L):
         j = torch.arange(t + 1)
         win = (j < sinks) | (j > t - window)
@@ -90,6 +91,9 @@ def test_window_strategies_match_the_definitions(sinks, window):
             got = attend(q, k, v, Strategy(kind, sinks + window, sinks, window), gate)
             want = ref_window_hybrid(q, k, v, kind, sinks, window, gate)
             assert (got - want).abs().max() < TOL64, (kind, L)
+        got = attend(q, k, v, Strategy("hybrid", sinks + window, sinks, window, gate="exp"), gate)
+        want = ref_window_hybrid(q, k, v, "hybrid", sinks, window, gate, gate_fn=torch.exp)
+        assert (got - want).abs().max() < TOL64, ("hybrid, exp gate", L)
         want = ref_window_hybrid(q, k, v, "streaming", 0, L, gate)
         assert (attend(q, k, v, make_strategy("full")) - want).abs().max() < TOL64
 
