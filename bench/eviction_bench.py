@@ -287,7 +287,7 @@ def run_lm(a, device, common, impl):
            "warmup": max(1, min(100, a.lm_steps // 10)), "seed": a.seed,
            "log_every": 50 if not a.quick else 1, "eval_seqs": a.lm_eval_seqs,
            "transfer_steps": a.transfer_steps, "finetune_steps": a.finetune_steps,
-           "transfer_lr": 3e-3, "finetune_lr": 1e-3}
+           "transfer_lr": 1e-2, "finetune_lr": 1e-3}  # LoLCATs distils at 1e-2
     conv_cfg = dict(cfg, seconds=cfg["seconds"] / 8)  # per stage: 5 budgets x 2 stages + control
     torch.manual_seed(a.seed)
     model = evict_lm.LM(corpus.vocab, d, H, layers).to(device)
