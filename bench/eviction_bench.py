@@ -43,6 +43,7 @@ LiquidMemory(attention="hybrid") exists. Both are checked against the reference 
 """
 import argparse
 import datetime
+import hashlib
 import json
 import math
 import os
@@ -75,6 +76,8 @@ def parse(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
     p.add_argument("--no-files", action="store_true", help="print only, write no JSON / PNG")
+    p.add_argument("--retrain", action="store_true", help="train every model, even where "
+                   "build/eviction_cache/ holds one trained with the same configuration")
     g = p.add_argument_group("MQAR")
     g.add_argument("--contexts", type=_ints, help="evaluation lengths (256,512,...,4096)")
     g.add_argument("--mqar-d-model", type=int)
@@ -176,6 +179,7 @@ import evict_lm  # noqa: E402
 import evict_mqar  # noqa: E402
 
 KV_BYTES = {"bf16": 2, "f16": 2, "f32": 4}
+CACHE_VERSION = 1  # bump when training code changes what a configuration produces
 
 
 def log(s):
@@ -196,6 +200,26 @@ def device_name(device):
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return "CPU, %d threads" % torch.get_num_threads()
+
+
+def cached(a, name, cfg, model, fit):
+    """Trains `model` with fit() -> record, or loads the weights and record of an earlier
+    run with the same configuration from build/eviction_cache/ (--retrain: always train;
+    --quick never caches). The record says which."""
+    key = hashlib.sha256(json.dumps([name, cfg, torch.__version__, CACHE_VERSION],
+                                    sort_keys=True).encode()).hexdigest()[:16]
+    path = os.path.join(ROOT, "build", "eviction_cache", "%s_%s.pt" % (name, key))
+    if not a.quick and not a.retrain and os.path.isfile(path):
+        saved = torch.load(path, map_location="cpu")
+        model.load_state_dict(saved["state_dict"])
+        log("[cache] %s: trained weights from %s (trained %s)" % (name, path, saved["date"]))
+        return dict(saved["record"], loaded_from_cache=path, cached_on=saved["date"])
+    rec = fit()
+    if not a.quick:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        torch.save({"state_dict": model.state_dict(), "record": rec,
+                    "date": datetime.datetime.now().isoformat(timespec="seconds")}, path)
+    return rec
 
 
 def record(meta_common, strategy, extra_meta, results):
@@ -232,8 +256,12 @@ def run_mqar(a, device, common, impl):
             ", window drawn per step from budgets %s" % a.budgets if windows else ""))
         torch.manual_seed(a.seed)
         model = evict_mqar.Model(a.mqar_vocab, d, H, strat, library=library).to(device)
-        rec = evict_mqar.train(model, cfg, device, log=log, windows=windows)
-        rec["trained_with"] = "library LiquidMemory" if library else "reference"
+
+        def fit(model=model, windows=windows, library=library):
+            rec = evict_mqar.train(model, cfg, device, log=log, windows=windows)
+            rec["trained_with"] = "library LiquidMemory" if library else "reference"
+            return rec
+        rec = cached(a, "mqar_" + name, dict(cfg, budgets=a.budgets, sinks=a.sinks), model, fit)
         training[name], trained[name] = rec, model
         log("[mqar] %s: %d steps in %.0f s, %s, training accuracy (last 20) %.1f%%"
             % (name, rec["steps"], rec["train_seconds"], rec["status"],
@@ -256,7 +284,7 @@ def run_mqar(a, device, common, impl):
         for L in a.contexts:
             t0 = time.perf_counter()
             acc, n = evict_mqar.accuracy(model, L, a.mqar_eval_seqs, cfg, device,
-                                         batch=max(1, min(128, (1 << 19) // L)))
+                                         batch=max(1, min(128, (1 << 17) // L)))
             mem = decode_bytes(strat, L, H, d // H, KV_BYTES[a.kv_dtype])
             records.append(record(common, strat, {
                 "task": "mqar", "context": L, "model_trained_with": trained_as,
@@ -295,7 +323,12 @@ def run_lm(a, device, common, impl):
     log("[lm] training with full attention: %d parameters, d %d, %d layers of %d heads, "
         "context %d, batch %d" % (sum(p.numel() for p in model.parameters()), d, layers, H,
                                   ctx, a.lm_batch))
-    training = {"original": evict_lm.train_lm(model, corpus, cfg, device, full, log)}
+    base = {k: cfg[k] for k in ("d_model", "heads", "layers", "ctx", "batch", "steps", "seconds",
+                                "lr", "warmup", "seed")}
+    training = {"original": cached(a, "lm", dict(base, corpus=corpus.sha256,
+                                                 device=device.type), model,
+                                   lambda: evict_lm.train_lm(model, corpus, cfg, device, full,
+                                                             log))}
     linear_fn = lib.lm_linear_fn()[0] if impl["linear_lm"] != "reference" else None
     width = max(1, ctx // 32)
     eval_batch = a.lm_eval_seqs if device.type == "cuda" else max(1, min(a.lm_batch, 16))
