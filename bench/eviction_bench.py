@@ -116,6 +116,8 @@ def parse(argv=None):
                    help="hybrid gates to convert with: sigmoid (gamma = sigmoid(g), the "
                    "normative one, at most 1) and exp (gamma = exp(g), unbounded: a variant "
                    "that can weigh the window above the evicted tokens); default both")
+    g.add_argument("--convert-seconds", type=float, help="at most this long for all the "
+                   "conversions and the control together (3000 on the CPU, 60 on CUDA)")
     g.add_argument("--transfer-steps", type=int)
     g.add_argument("--finetune-steps", type=int)
     a = p.parse_args(argv)
@@ -146,6 +148,7 @@ def parse(argv=None):
     pick("lm_steps", 4, 500, 2500)
     pick("lm_seconds", 60.0, 1200.0, 60.0)
     pick("lm_eval_seqs", 2, 32, 96)
+    pick("convert_seconds", 60.0, 3000.0, 60.0)
     pick("transfer_steps", 2, 40, 150)
     pick("finetune_steps", 2, 60, 250)
     if a.convert_budgets is None:
@@ -316,7 +319,8 @@ def run_lm(a, device, common, impl):
            "log_every": 50 if not a.quick else 1, "eval_seqs": a.lm_eval_seqs,
            "transfer_steps": a.transfer_steps, "finetune_steps": a.finetune_steps,
            "transfer_lr": 1e-2, "finetune_lr": 1e-3}  # LoLCATs distils at 1e-2
-    conv_cfg = dict(cfg, seconds=cfg["seconds"] / 8)  # per stage: 5 budgets x 2 stages + control
+    stages = 2 * len(a.gates) * len(a.convert_budgets) + 1   # + the control's fine-tuning
+    conv_cfg = dict(cfg, seconds=a.convert_seconds / stages)
     torch.manual_seed(a.seed)
     model = evict_lm.LM(corpus.vocab, d, H, layers).to(device)
     full = make_strategy("full")
