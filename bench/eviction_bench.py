@@ -318,6 +318,7 @@ def run_lm(a, device, common, impl):
            "warmup": max(1, min(100, a.lm_steps // 10)), "seed": a.seed,
            "log_every": 50 if not a.quick else 1, "eval_seqs": a.lm_eval_seqs,
            "transfer_steps": a.transfer_steps, "finetune_steps": a.finetune_steps,
+           "convert_seconds": a.convert_seconds, "gates": a.gates,
            "transfer_lr": 1e-2, "finetune_lr": 1e-3}  # LoLCATs distils at 1e-2
     stages = 2 * len(a.gates) * len(a.convert_budgets) + 1   # + the control's fine-tuning
     conv_cfg = dict(cfg, seconds=a.convert_seconds / stages)
