@@ -203,9 +203,11 @@ def h2o_attention(q, k, v, heavy, recent):
 
 # ---------------------------------------------------------------------------- dispatch
 
-def attend(q, k, v, strategy, gate=None, eps=EPS):
+def attend(q, k, v, strategy, gate=None, eps=EPS, stats=None):
     """The strategy's output for q, k, v [B, H, L, D]. gate: the hybrid's per-head logits
-    g_h [H] (None = 0: gamma = sigmoid(0) = 1/2, or exp(0) = 1 in the exp variant)."""
+    g_h [H] (None = 0: gamma = sigmoid(0) = 1/2, or exp(0) = 1 in the exp variant).
+    stats: a list that receives, for the hybrid, the evicted tokens' share of each query's
+    total weight, sum_Ev b / (sum_Win a + sum_Ev b + eps), as [B, H, L] (a diagnostic)."""
     kind = strategy.kind
     L = q.shape[2]
     if kind == "full":
@@ -224,7 +226,10 @@ def attend(q, k, v, strategy, gate=None, eps=EPS):
         g = torch.zeros(q.shape[1], device=q.device) if gate is None else gate
         g = (torch.sigmoid if strategy.gate == "sigmoid" else torch.exp)(g.to(q.dtype))
         g = g.view(1, -1, 1, 1)
-        return (g * nw + nl) / (g * dw + dl + eps)
+        total = g * dw + dl + eps
+        if stats is not None:
+            stats.append((dl / total)[..., 0].detach())
+        return (g * nw + nl) / total
     raise ValueError("unknown strategy %r" % (kind,))
 
 

@@ -37,7 +37,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from evict_attention import attend  # noqa: E402
 
-GATE_LR = 30.0  # the gates' learning rate over the weights' (see _run)
+GATE_LR = 100.0  # the gates' learning rate over the weights' (see _run)
 
 CORPUS_HELP = (
     "the corpus is tinyshakespeare (karpathy/char-rnn, data/tinyshakespeare/input.txt, "
@@ -116,6 +116,7 @@ class Attention(nn.Module):
         self.q_proj, self.k_proj, self.v_proj, self.o_proj = (
             nn.Linear(d, d, bias=False) for _ in range(4))
         self.window_gate = nn.Parameter(torch.zeros(heads))
+        self.stats = None  # a list: the hybrid's evicted share per query (see attend)
 
     def forward(self, x, strategy, cos, sin, linear_fn=None):
         B, L, E = x.shape
@@ -125,7 +126,7 @@ class Attention(nn.Module):
         if strategy.kind == "linear" and linear_fn is not None:
             o = linear_fn(q, k, v)
         else:
-            o = attend(q, k, v, strategy, self.window_gate)
+            o = attend(q, k, v, strategy, self.window_gate, stats=self.stats)
         return self.o_proj(o.transpose(1, 2).reshape(B, L, E))
 
 
@@ -299,13 +300,25 @@ def _train_only(model, names, steps, seconds, lr, loss_fn, log, tag, log_every):
 @torch.no_grad()
 def position_nll(model, corpus, strategy, n, ctx, device, batch, linear_fn=None):
     """Mean next-token negative log-likelihood (nats) at every position of n validation
-    windows of ctx tokens: a list of ctx floats."""
+    windows of ctx tokens, and for the hybrid the evicted tokens' share of the attention
+    weight at every position (mean over sequences, layers and heads; else None):
+    (list of ctx floats, sequences, list of ctx floats or None)."""
     model.eval()
     x, y = corpus.val_windows(n, ctx)
     tot = torch.zeros(ctx, dtype=torch.float64)
+    share = torch.zeros(ctx, dtype=torch.float64)
+    for b in model.blocks:
+        b.attn.stats = [] if strategy.kind == "hybrid" else None
     for i in range(0, len(x), batch):
         xb, yb = x[i:i + batch].to(device), y[i:i + batch].to(device)
         lg = model(xb, strategy, linear_fn).float()
         nll = F.cross_entropy(lg.flatten(0, 1), yb.flatten(), reduction="none")
         tot += nll.view(len(xb), ctx).sum(0).double().cpu()
-    return (tot / len(x)).tolist(), len(x)
+        for b in model.blocks:
+            if b.attn.stats:
+                share += b.attn.stats.pop().sum((0, 1)).double().cpu()
+    for b in model.blocks:
+        b.attn.stats = None
+    layers_heads = len(model.blocks) * model.heads
+    return ((tot / len(x)).tolist(), len(x),
+            (share / (len(x) * layers_heads)).tolist() if strategy.kind == "hybrid" else None)

@@ -342,17 +342,22 @@ def run_lm(a, device, common, impl):
 
     def evaluate(m, strat, label, trained_as, implementation="reference", fn=None):
         t0 = time.perf_counter()
-        nll, n = evict_lm.position_nll(m, corpus, strat, a.lm_eval_seqs, ctx, device,
-                                       batch=eval_batch, linear_fn=fn)
+        nll, n, share = evict_lm.position_nll(m, corpus, strat, a.lm_eval_seqs, ctx, device,
+                                              batch=eval_batch, linear_fn=fn)
         mean = sum(nll) / len(nll)
         mem = decode_bytes(strat, ctx, H, d // H, KV_BYTES[a.kv_dtype])
-        log("[lm] %-44s perplexity %8.3f  last quarter %8.3f  (%d x %d tokens, %.1f s)"
-            % (label, math.exp(mean), math.exp(sum(nll[-ctx // 4:]) / (ctx // 4)), n, ctx,
+        q4 = ctx // 4
+        log("[lm] %-44s perplexity %8.3f  last quarter %8.3f%s  (%d x %d tokens, %.1f s)"
+            % (label, math.exp(mean), math.exp(sum(nll[-q4:]) / q4),
+               "  evicted share %.2f" % (sum(share[-q4:]) / q4) if share else "", n, ctx,
                time.perf_counter() - t0))
+        res = {"perplexity": math.exp(mean), "nll": mean, "sequences": n, "bin_width": width,
+               "nll_by_position": _bins(nll, width), "memory_per_layer": mem}
+        if share:
+            res["evicted_share_by_position"] = _bins(share, width)
+            res["evicted_share_last_quarter"] = sum(share[-q4:]) / q4
         return record(bench_meta, strat, {"model": trained_as, "implementation": implementation},
-                      {"perplexity": math.exp(mean), "nll": mean, "sequences": n,
-                       "bin_width": width, "nll_by_position": _bins(nll, width),
-                       "memory_per_layer": mem})
+                      res)
 
     records = [evaluate(model, full, "full", "original")]
     for b in a.budgets:

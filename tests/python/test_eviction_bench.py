@@ -98,6 +98,26 @@ def test_window_strategies_match_the_definitions(sinks, window):
         assert (attend(q, k, v, make_strategy("full")) - want).abs().max() < TOL64
 
 
+def test_hybrid_evicted_share():
+    """The diagnostic share of the evicted tokens: 0 while nothing is evicted (t < s + W),
+    then sum_Ev b / (gamma sum_Win a + sum_Ev b + eps), from the definitions."""
+    q, k, v = _qkv(50, seed=3)
+    gate = torch.tensor([0.5, -0.5, 2.0], dtype=torch.float64)
+    stats = []
+    attend(q, k, v, Strategy("hybrid", 10, 2, 8), gate, stats=stats)
+    (share,) = stats
+    assert share.shape == (2, 3, 50) and (share[..., :10] == 0).all()
+    D, t = 8, 30
+    j = torch.arange(t + 1)
+    win = (j < 2) | (j > t - 8)
+    s = (q[:, :, t:t + 1] @ k[:, :, :t + 1].transpose(-1, -2))[:, :, 0] / math.sqrt(D)
+    a = torch.exp(s - s.masked_fill(~win, -math.inf).amax(-1, keepdim=True))[..., win].sum(-1)
+    fq, fk = (torch.nn.functional.elu(x) + 1 for x in (q[:, :, t:t + 1], k[:, :, :t + 1]))
+    b = (fq @ fk.transpose(-1, -2))[:, :, 0][..., ~win].sum(-1)
+    want = b / (torch.sigmoid(gate) * a + b + 1e-6)
+    assert (share[..., t] - want).abs().max() < TOL64
+
+
 def test_linear_matches_the_suites_reference():
     q, k, v = _qkv(200)
     want = ref_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))[0]
@@ -242,6 +262,8 @@ def test_quick_run(tmp_path):
     assert contexts == set(a.contexts)
     assert all(0 <= r["results"]["accuracy"] <= 1 for r in out["mqar"]["records"])
     lm = out["lm"]
+    hybrid = [r for r in lm["records"] if r["metadata"]["strategy"] == "hybrid"]
+    assert hybrid and all(0 <= r["results"]["evicted_share_last_quarter"] <= 1 for r in hybrid)
     assert lm["corpus"]["sha256"] and all(
         math.isfinite(r["results"]["perplexity"]) for r in lm["records"])
     assert [(c["gate"], c["cache_size"]) for c in lm["conversion"]] == \
