@@ -121,36 +121,42 @@ def _style(name):
 
 
 def plot_lm_budget(res, meta, path):
+    """Two panels of the same lines: every line, and a close-up around full attention
+    (0.98x to 1.10x its perplexity), where the strategies that work differ."""
     plt = _plt()
     lines = _lm_lines(res["records"])
     budgets = meta["budgets"]
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5.2))
     full = lines["full"][0]["results"]["perplexity"]
     top = max(r["results"]["perplexity"] for pts in lines.values() for r in pts.values()
               if math.isfinite(r["results"]["perplexity"]))
     top = min(top * 1.05, full * 3)
-    for name, pts in lines.items():
-        if 0 in pts:
-            ppl = pts[0]["results"]["perplexity"]
-            if not ppl < top:
-                ax.plot([], [], ":", color=_style(name)[0], label="%s: %.3g (off the axis)"
-                        % (name, ppl))
-            else:
-                ax.axhline(ppl, color=_style(name)[0], ls="--" if name.startswith("full") else
-                           ":", label="%s %.3f" % (name, ppl))
-        else:
-            bs = sorted(pts)
+    for ax, (lo, hi) in zip(axes, ((full * 0.95, top), (full * 0.98, full * 1.10))):
+        for name, pts in lines.items():
             color, ls = _style(name)
-            ax.plot(bs, [pts[b]["results"]["perplexity"] for b in bs], marker="o", ls=ls,
-                    color=color, label=name)
-    ax.set_ylim(full * 0.95, top)
-    ax.set_ylabel("perplexity (validation, whole context)")
-    _budget_axis(ax, budgets)
-    ax.legend(fontsize=7)
+            if 0 in pts:
+                ppl = pts[0]["results"]["perplexity"]
+                if not lo < ppl < hi:
+                    ax.plot([], [], ":", color=color, label="%s: %.4g (off the axis)"
+                            % (name, ppl))
+                else:
+                    ax.axhline(ppl, color=color, ls="--" if name.startswith("full") else ":",
+                               label="%s %.3f" % (name, ppl))
+            else:
+                bs = sorted(pts)
+                ax.plot(bs, [pts[b]["results"]["perplexity"] for b in bs], marker="o", ls=ls,
+                        color=color, label=name)
+        ax.set_ylim(lo, hi)
+        ax.set_ylabel("perplexity (validation, whole context)")
+        _budget_axis(ax, budgets)
+    axes[0].set_title("every strategy", fontsize=9)
+    axes[1].set_title("close-up: 0.98x to 1.10x full attention's perplexity", fontsize=9)
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     c = res["config"]
-    ax.set_title("Language model (%s, characters): d %d, %d layers, %d heads, context %d; %s"
+    fig.suptitle("Language model (%s, characters): d %d, %d layers, %d heads, context %d; "
+                 "dash-dot: the normative sigmoid gate, solid: the exp(g) variant; %s"
                  % (res["corpus"]["path"].split("/")[-1], c["d_model"], c["layers"],
-                    c["heads"], c["ctx"], meta["device"]), fontsize=8)
+                    c["heads"], c["ctx"], meta["device"]), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -175,13 +181,16 @@ def plot_lm_position(res, meta, path):
                                                   full["nll_by_position"])]
             xs = [w * (i + 0.5) for i in range(len(ys))]
             color, ls = _style(name)
+            above = sum(ys) / len(ys) > 1.25
             ax.plot(xs, ys, color=color, lw=1.2, ls="--" if name.startswith("full") else ls,
-                    label=name)
+                    label=name + (" (off the top: mean %.2f)" % (sum(ys) / len(ys))
+                                  if above else ""))
         ax.axhline(1.0, color="black", lw=0.8, ls="--", label="full attention")
         ax.axvline(b, color="gray", lw=0.6, ls=":")
         ax.set_title("budget %d" % b, fontsize=10)
         ax.set_xlabel("position in the context")
         ax.set_ylabel("perplexity / full attention's (bins of %d)" % full["bin_width"])
+        ax.set_ylim(0.92, 1.25)  # a line above it is named in the legend with its mean
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=6)
     for ax in axes[len(budgets):]:
