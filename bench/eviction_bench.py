@@ -24,9 +24,10 @@ score per entry and head.
    (d 64, 4 heads, short convolution, no positional information) is trained with its own
    attention for full, linear and hybrid, on a length curriculum; streaming and h2o are
    inference-time eviction applied to the full-attention model (legitimate for them: that is
-   how both are deployed). The hybrid is ONE model trained with the window drawn per step
-   from the budgets (s = 4, W = B - 4), then evaluated at each budget. Accuracy at the query
-   positions on fixed sequences of every context length (256 .. 4096).
+   how both are deployed). The hybrid is ONE model trained with the budgets' windows taken
+   in turn, one per step (s = 4, W = B - 4), then evaluated at each budget. Accuracy at the
+   query positions on fixed sequences of every context length (256 .. 4096). Trained models
+   are kept in build/eviction_cache/ and reused by a run with the same configuration.
 2. Language modelling (bench/evict_lm.py): a small Llama-style model trained with full
    attention on a character-level corpus (tinyshakespeare; see --corpus), then every
    strategy at inference (perplexity against the position in the context), then the model
@@ -39,7 +40,7 @@ The linear strategy runs in the library (MQAR: liquid_memory.LiquidMemory; LM: t
 core op, liquid_memory.linear_attention where the package has it); the hybrid trains with
 the reference (bench/evict_attention.py) and is evaluated with the library's module where
 LiquidMemory(attention="hybrid") exists. Both are checked against the reference (JSON
-"checks"). Writes bench/results/eviction_<device>_<date>.json and plots (.png).
+"checks"). Writes bench/results/eviction_<device>_<part>_<date>.json and plots (.png).
 """
 import argparse
 import datetime
@@ -249,14 +250,14 @@ def run_mqar(a, device, common, impl):
     models = {
         "full": (make_strategy("full"), False, None),
         "linear": (make_strategy("linear"), impl["linear_mqar"] == "library", None),
-        # one hybrid model, its window drawn per step from the budgets
+        # one hybrid model, the budgets' windows taken in turn, one per step
         "hybrid": (hybrids[0], False, hybrids),
     }
     training, trained = {}, {}
     for name, (strat, library, windows) in models.items():
         log("[mqar] training the %s model (%s)%s" % (
             name, "library LiquidMemory" if library else "reference attention",
-            ", window drawn per step from budgets %s" % a.budgets if windows else ""))
+            ", the windows of budgets %s in turn" % a.budgets if windows else ""))
         torch.manual_seed(a.seed)
         model = evict_mqar.Model(a.mqar_vocab, d, H, strat, library=library).to(device)
 
@@ -275,7 +276,7 @@ def run_mqar(a, device, common, impl):
         evals += [("full", "inference-time eviction on the full-attention model",
                    make_strategy(k, b, a.sinks), None) for k in ("streaming", "h2o")]
     evals.append(("linear", "linear", make_strategy("linear"), None))
-    evals += [("hybrid", "hybrid (one model, windows drawn per step)", s, impl["hybrid"])
+    evals += [("hybrid", "hybrid (one model, the windows in turn)", s, impl["hybrid"])
               for s in hybrids]
     records = []
     for model_name, trained_as, strat, hybrid_impl in evals:
