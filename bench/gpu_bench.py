@@ -214,7 +214,7 @@ class Ours:
     def core(self, q, k, v, o, state=None, causal=1):
         tq, tk, tv, to = (Lib.tensor(t) for t in (q, k, v, o))
         a = CoreArgs()
-        self.lib.check(self.lib.so.lm_core_args_default(C.byref(a)), "core_args_default")
+        self.lib.check(self.lib.so.lm_core_args_init(C.byref(a), C.sizeof(a)), "core_args_init")
         a.q, a.k, a.v, a.out = C.pointer(tq), C.pointer(tk), C.pointer(tv), C.pointer(to)
         a.is_causal = causal
         if state is not None:
@@ -230,7 +230,7 @@ class Ours:
 
     def module(self, w_in, b_in, w_out, b_out):
         cfg = Config()
-        self.lib.check(self.lib.so.lm_attn_config_default(C.byref(cfg), E, H), "config")
+        self.lib.check(self.lib.so.lm_attn_config_init(C.byref(cfg), C.sizeof(cfg), E, H), "config")
         cfg.dtype, cfg.device, cfg.cuda_device = LM_BF16, LM_CUDA, torch.cuda.current_device()
         h = C.c_void_p()
         self.lib.check(self.lib.so.lm_attn_create(C.byref(cfg), C.byref(h)), "create")

@@ -75,7 +75,8 @@ extern "C" {
 
 /* ABI rule for structs: every public struct that can grow starts with
  * `uint32_t struct_size`, which the caller sets to sizeof(the struct) as its
- * header declares it (the *_default() initialisers and LM_SIZED do). The
+ * header declares it (the *_default() initialisers and LM_SIZED do; the
+ * initialisers are inline and hand that size to the library's *_init()). The
  * library reads and writes only that many bytes: fields a caller's older
  * header does not have count as zero, and nothing is written past the
  * caller's struct. A struct_size of 0, or smaller than the struct's first
@@ -228,8 +229,19 @@ typedef struct lm_attn_config {
 /* Fills cfg with defaults: E = embed_dim, num_heads heads, elu+1, normalised,
  * eps 1e-6, no decay, precision auto, F32 on the CPU, linear attention (the
  * hybrid's W and s at their defaults); sets struct_size.
- * Returns LM_ERR_INVALID_ARG when cfg is NULL. */
-LM_API LM_NODISCARD lm_status lm_attn_config_default(lm_attn_config *cfg, int embed_dim, int num_heads);
+ * Returns LM_ERR_INVALID_ARG when cfg is NULL.
+ * The _default() initialisers are inline: they pass sizeof the struct as this
+ * header declares it to the library's _init(), which writes only that many
+ * bytes (ABI rule above), so an older program's shorter struct is never
+ * overrun by a newer library. Call _init() directly only from bindings that
+ * know the struct's size (cffi's ffi.sizeof). */
+LM_API LM_NODISCARD lm_status lm_attn_config_init(lm_attn_config *cfg, size_t size, int embed_dim,
+                                                  int num_heads);
+LM_NODISCARD static inline lm_status lm_attn_config_default(lm_attn_config *cfg, int embed_dim,
+                                                            int num_heads)
+{
+    return lm_attn_config_init(cfg, sizeof *cfg, embed_dim, num_heads);
+}
 
 /* Creates a handle. Checks the configuration, copies it (decay included) and
  * allocates what the backend needs up front. *out is set on success only.
@@ -392,8 +404,13 @@ typedef struct lm_core_args {
 
 /* Fills the options of args with defaults (elu+1, normalised, eps 1e-6,
  * causal, precision auto, linear attention; the hybrid's W and s at their
- * defaults), clears its pointers and sets struct_size. */
-LM_API LM_NODISCARD lm_status lm_core_args_default(lm_core_args *args);
+ * defaults), clears its pointers and sets struct_size (inline, through
+ * lm_core_args_init: see lm_attn_config_default). */
+LM_API LM_NODISCARD lm_status lm_core_args_init(lm_core_args *args, size_t size);
+LM_NODISCARD static inline lm_status lm_core_args_default(lm_core_args *args)
+{
+    return lm_core_args_init(args, sizeof *args);
+}
 
 
 /* Prefill on projected q, k, v. Hq % Hkv == 0 (query head h reads kv head
@@ -534,9 +551,15 @@ typedef struct lm_pool_config {
 
 /* Fills cfg with defaults (elu+1, normalised, eps 1e-6, no decay, precision
  * auto, CPU, contiguous slots, no memory: set state and normalizer) and
- * sets struct_size. Returns INVALID_ARG when cfg is NULL. */
-LM_API LM_NODISCARD lm_status lm_pool_config_default(lm_pool_config *cfg, int64_t num_slots,
-                                                      int num_kv_heads, int head_dim);
+ * sets struct_size (inline, through lm_pool_config_init: see
+ * lm_attn_config_default). Returns INVALID_ARG when cfg is NULL. */
+LM_API LM_NODISCARD lm_status lm_pool_config_init(lm_pool_config *cfg, size_t size, int64_t num_slots,
+                                                  int num_kv_heads, int head_dim);
+LM_NODISCARD static inline lm_status lm_pool_config_default(lm_pool_config *cfg, int64_t num_slots,
+                                                            int num_kv_heads, int head_dim)
+{
+    return lm_pool_config_init(cfg, sizeof *cfg, num_slots, num_kv_heads, head_dim);
+}
 
 /* Creates a pool over the caller's memory: checks the configuration,
  * allocates the per-slot positions (CUDA: N int64 in device memory) and

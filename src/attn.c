@@ -10,23 +10,22 @@
 #include <stdlib.h>
 #include <string.h>
 
-lm_status lm_attn_config_default(lm_attn_config *cfg, int embed_dim, int num_heads)
+lm_status lm_attn_config_init(lm_attn_config *cfg, size_t size, int embed_dim, int num_heads)
 {
-    if (!cfg)
-        return lmi_error(LM_ERR_INVALID_ARG, "cfg is NULL");
-    memset(cfg, 0, sizeof *cfg);
-    cfg->struct_size = sizeof *cfg;
-    cfg->embed_dim = embed_dim;
-    cfg->num_heads = num_heads;
-    cfg->feature_map = LM_FEATURE_ELU1;
-    cfg->normalize = 1;
-    cfg->eps = 1e-6f;
-    cfg->precision = LM_PRECISION_AUTO;
-    cfg->dtype = LM_F32;
-    cfg->device = LM_CPU;
-    cfg->window = LM_HYBRID_WINDOW_DEFAULT;
-    cfg->sinks = LM_HYBRID_SINKS_DEFAULT;
-    return LM_OK;
+    const lm_attn_config d = {
+        LM_SIZED(lm_attn_config),
+        .embed_dim = embed_dim,
+        .num_heads = num_heads,
+        .feature_map = LM_FEATURE_ELU1,
+        .normalize = 1,
+        .eps = 1e-6f,
+        .precision = LM_PRECISION_AUTO,
+        .dtype = LM_F32,
+        .device = LM_CPU,
+        .window = LM_HYBRID_WINDOW_DEFAULT,
+        .sinks = LM_HYBRID_SINKS_DEFAULT,
+    };
+    return LMI_SIZED_INIT(cfg, size, &d, lm_attn_config, max_batch);
 }
 
 static lm_status check_config(const lm_attn_config *c)

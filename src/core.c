@@ -8,20 +8,19 @@
 #include <math.h>
 #include <string.h>
 
-lm_status lm_core_args_default(lm_core_args *args)
+lm_status lm_core_args_init(lm_core_args *args, size_t size)
 {
-    if (!args)
-        return lmi_error(LM_ERR_INVALID_ARG, "args is NULL");
-    memset(args, 0, sizeof *args);
-    args->struct_size = sizeof *args;
-    args->is_causal = 1;
-    args->feature_map = LM_FEATURE_ELU1;
-    args->normalize = 1;
-    args->eps = 1e-6f;
-    args->precision = LM_PRECISION_AUTO;
-    args->window = LM_HYBRID_WINDOW_DEFAULT;
-    args->sinks = LM_HYBRID_SINKS_DEFAULT;
-    return LM_OK;
+    const lm_core_args d = {
+        LM_SIZED(lm_core_args),
+        .is_causal = 1,
+        .feature_map = LM_FEATURE_ELU1,
+        .normalize = 1,
+        .eps = 1e-6f,
+        .precision = LM_PRECISION_AUTO,
+        .window = LM_HYBRID_WINDOW_DEFAULT,
+        .sinks = LM_HYBRID_SINKS_DEFAULT,
+    };
+    return LMI_SIZED_INIT(args, size, &d, lm_core_args, precision);
 }
 
 lm_status lmi_core_fill(const lm_core_args *args, lmi_core_call call, lm_core_args *full,

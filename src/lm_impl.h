@@ -47,6 +47,13 @@ lm_status lmi_sized_out(void *dst, const void *src, size_t src_size, size_t min_
 /* dst = the caller's *src of type T, whose first release ended at field `last`. */
 #define LMI_SIZED_IN(dst, src, T, last) \
     lmi_sized_in((dst), sizeof(T), LMI_SIZE_UNTIL(T, last), (src), #T)
+/* An initialiser's output: the library's defaults `src` copied into the
+ * caller's struct of `size` bytes (zero past what the library knows),
+ * struct_size = size; sizes below the first release are refused. */
+lm_status lmi_sized_init(void *dst, size_t size, size_t min_size, const void *src, size_t src_size,
+                         const char *type);
+#define LMI_SIZED_INIT(dst, size, src, T, last) \
+    lmi_sized_init((dst), (size), LMI_SIZE_UNTIL(T, last), (src), sizeof(T), #T)
 
 /* ---- tensors (tensor.c) ---- */
 

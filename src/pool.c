@@ -17,22 +17,22 @@
 
 /* ---- configuration and life ---- */
 
-lm_status lm_pool_config_default(lm_pool_config *cfg, int64_t num_slots, int num_kv_heads, int head_dim)
+lm_status lm_pool_config_init(lm_pool_config *cfg, size_t size, int64_t num_slots, int num_kv_heads,
+                              int head_dim)
 {
-    if (!cfg)
-        return lmi_error(LM_ERR_INVALID_ARG, "cfg is NULL");
-    memset(cfg, 0, sizeof *cfg);
-    cfg->struct_size = sizeof *cfg;
-    cfg->num_slots = num_slots;
-    cfg->num_kv_heads = num_kv_heads;
-    cfg->head_dim = head_dim;
-    cfg->device = LM_CPU;
-    cfg->cuda_device = -1;
-    cfg->feature_map = LM_FEATURE_ELU1;
-    cfg->normalize = 1;
-    cfg->eps = 1e-6f;
-    cfg->precision = LM_PRECISION_AUTO;
-    return LM_OK;
+    const lm_pool_config d = {
+        LM_SIZED(lm_pool_config),
+        .num_slots = num_slots,
+        .num_kv_heads = num_kv_heads,
+        .head_dim = head_dim,
+        .device = LM_CPU,
+        .cuda_device = -1,
+        .feature_map = LM_FEATURE_ELU1,
+        .normalize = 1,
+        .eps = 1e-6f,
+        .precision = LM_PRECISION_AUTO,
+    };
+    return LMI_SIZED_INIT(cfg, size, &d, lm_pool_config, num_threads);
 }
 
 static lm_status check_config(const lm_pool_config *c)

@@ -51,3 +51,18 @@ lm_status lmi_sized_out(void *dst, const void *src, size_t src_size, size_t min_
     memcpy(dst, &size, sizeof size); /* the caller's size stays what the caller set */
     return LM_OK;
 }
+
+lm_status lmi_sized_init(void *dst, size_t size, size_t min_size, const void *src, size_t src_size,
+                         const char *type)
+{
+    if (!dst)
+        return lmi_error(LM_ERR_INVALID_ARG, "the %s to initialise is NULL", type);
+    if (size < min_size || size > UINT32_MAX)
+        return lmi_error(LM_ERR_INVALID_ARG,
+                         "size %zu is not a size of %s (at least %zu bytes): pass sizeof(%s)",
+                         size, type, min_size, type);
+    memset(dst, 0, size);
+    memcpy(dst, src, size < src_size ? size : src_size);
+    memcpy(dst, &(uint32_t){ (uint32_t)size }, sizeof(uint32_t));
+    return LM_OK;
+}

@@ -120,6 +120,40 @@ START_TEST(test_struct_size_out)
 }
 END_TEST
 
+START_TEST(test_init_writes_caller_size)
+{
+    /* An older caller's struct ends at its first release's last field: the
+     * _init() behind its inline _default() writes that many bytes, no more,
+     * and a handle accepts what it wrote. */
+    const size_t old = offsetof(lm_core_args, precision) + sizeof(lm_precision);
+    unsigned char buf[sizeof(lm_core_args) + 32];
+    memset(buf, 0xa5, sizeof buf);
+    ck_assert_int_eq(lm_core_args_init((lm_core_args *)buf, old), LM_OK);
+    for (size_t i = old; i < sizeof buf; i++)
+        ck_assert_uint_eq(buf[i], 0xa5);
+    lm_core_args a;
+    memcpy(&a, buf, old);
+    ck_assert_uint_eq(a.struct_size, old);
+    ck_assert_int_eq(a.is_causal, 1);
+    ck_assert_int_eq(a.normalize, 1);
+
+    struct {
+        lm_pool_config c;
+        unsigned char guard[32];
+    } pc;
+    memset(&pc, 0xa5, sizeof pc);
+    ck_assert_int_eq(lm_pool_config_default(&pc.c, 4, 2, 8), LM_OK);
+    ck_assert_uint_eq(pc.c.struct_size, sizeof pc.c);
+    ck_assert_int_eq(pc.c.cuda_device, -1);
+    for (size_t i = 0; i < sizeof pc.guard; i++)
+        ck_assert_uint_eq(pc.guard[i], 0xa5);
+
+    lm_attn_config cfg;
+    EXPECT_ERR(lm_attn_config_init(&cfg, 4, 8, 2), LM_ERR_INVALID_ARG, "not a size of lm_attn_config");
+    EXPECT_ERR(lm_attn_config_init(NULL, sizeof cfg, 8, 2), LM_ERR_INVALID_ARG, "is NULL");
+}
+END_TEST
+
 Suite *abi_suite(void)
 {
     Suite *s = suite_create("abi");
@@ -127,6 +161,7 @@ Suite *abi_suite(void)
     tcase_add_test(tc, test_version_number);
     tcase_add_test(tc, test_struct_size_in);
     tcase_add_test(tc, test_struct_size_out);
+    tcase_add_test(tc, test_init_writes_caller_size);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -113,7 +113,7 @@ START_TEST(test_create_errors)
 {
     lm_attn_config c;
     lm_attn *a = (lm_attn *)&c; /* a sentinel: must stay untouched on failure */
-    EXPECT_ERR(lm_attn_config_default(NULL, E, H), LM_ERR_INVALID_ARG, "cfg");
+    EXPECT_ERR(lm_attn_config_default(NULL, E, H), LM_ERR_INVALID_ARG, "lm_attn_config to initialise is NULL");
     EXPECT_ERR(lm_attn_create(NULL, &a), LM_ERR_INVALID_ARG, "cfg");
     ck_assert_int_eq(lm_attn_config_default(&c, E, H), LM_OK);
     EXPECT_ERR(lm_attn_create(&c, NULL), LM_ERR_INVALID_ARG, "out");
@@ -370,7 +370,7 @@ START_TEST(test_core_errors)
     lm_tensor tq = lm_tensor_4d(q, LM_F32, LM_CPU, 1, CL, CH, CD), tk = lm_tensor_4d(k, LM_F32, LM_CPU, 1, CL, CH, CD);
     lm_tensor tv = lm_tensor_4d(v, LM_F32, LM_CPU, 1, CL, CH, CD), to = lm_tensor_4d(o, LM_F32, LM_CPU, 1, CL, CH, CD), t;
     lm_core_args a, good;
-    EXPECT_ERR(lm_core_args_default(NULL), LM_ERR_INVALID_ARG, "args");
+    EXPECT_ERR(lm_core_args_default(NULL), LM_ERR_INVALID_ARG, "lm_core_args to initialise is NULL");
     ck_assert_int_eq(lm_core_args_default(&good), LM_OK);
     good.q = &tq, good.k = &tk, good.v = &tv, good.out = &to;
     good.state = S, good.normalizer = z;

@@ -244,7 +244,7 @@ def _set_options(lib, a, keep, opts):
 def _args(lib, keep, q, k, v, out, mask, state, normalizer, position, is_causal, opts):
     """Fills an lm_core_args; `keep` holds every object it points to."""
     a = lib.new("lm_core_args")
-    check(lib.call("lm_core_args_default", lib.ref(a)), "lm_core_args_default")
+    check(lib.call("lm_core_args_init", lib.ref(a), lib.sizeof("lm_core_args")), "lm_core_args_init")
     for name, t in (("q", q), ("k", k), ("v", v), ("out", out), ("key_padding_mask", mask)):
         if t is None:
             continue
@@ -318,7 +318,7 @@ class _Plan:
         """descs: ((shape, strides), ...) of q, k, v and out, all of one dtype
         and device (codes dtype, device; CUDA index or -1)."""
         a = lib.new("lm_core_args")
-        check(lib.call("lm_core_args_default", lib.ref(a)), "lm_core_args_default")
+        check(lib.call("lm_core_args_init", lib.ref(a), lib.sizeof("lm_core_args")), "lm_core_args_init")
         self.keep, slots = [], []
         for field, (shape, strides, dtype, device) in zip(("q", "k", "v", "out"), descs):
             d = lib.new("lm_tensor")

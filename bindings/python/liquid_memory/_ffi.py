@@ -125,7 +125,7 @@ FUNCTIONS = (
     ("lm_version", "const char *", (), True),
     ("lm_version_number", "int", (), False),
     ("lm_dtype_size", "size_t", ("lm_dtype",), True),
-    ("lm_core_args_default", "lm_status", ("lm_core_args *",), True),
+    ("lm_core_args_init", "lm_status", ("lm_core_args *", "size_t"), True),
     ("lm_linear_attn_prefill", "lm_status", ("const lm_core_args *", "void *"), True),
     ("lm_linear_attn_decode", "lm_status", ("const lm_core_args *", "void *"), True),
     ("lm_linear_attn_backward", "lm_status",
