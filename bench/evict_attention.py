@@ -14,7 +14,7 @@ strategy attends to at a decode step, the current token included:
              greedy decode-time policy, so it is simulated token by token (h2o_attention).
   linear     normalised linear attention, phi = elu + 1 (DESIGN.md §2):
              o_t = sum_j phi(q_t).phi(k_j) v_j / (sum_j phi(q_t).phi(k_j) + eps).
-  hybrid     issue #16's normative hybrid (DESIGN.md §2.1): exact softmax weights
+  hybrid     issue #16's normative hybrid (DESIGN.md §9.1): exact softmax weights
              a_j = sigmoid(g_h) exp(scale q_t.k_j - m_t) on Win_t (m_t = their max), linear
              weights b_j = phi(q_t).phi(k_j) on Ev_t (every other j <= t), o_t = (sum a v +
              sum b v) / (sum a + sum b + eps). B = s + W.
