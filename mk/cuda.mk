@@ -24,7 +24,7 @@ CFLAGS += -DLM_WITH_CUDA -I$(CUDA_HOME)/include -Ikernels
 CUDA_SRC := $(wildcard kernels/*.cu)
 CUDA_OBJ = $(patsubst kernels/%.cu,$(BUILD)/obj/kernels/%.o,$(CUDA_SRC))
 CUDA_HDR := $(wildcard kernels/*.cuh) kernels/lm_kernels.h include/liquid_memory.h src/lm_impl.h src/lm_params.h
-CUDA_LINK = -L$(CUDA_HOME)/lib64 -lcublasLt -lcudart_static -lstdc++ -lrt -ldl -lpthread
+CUDA_LINK = -L$(CUDA_HOME)/lib64 -lcublasLt -lcudart_static -lstdc++ -lrt -ldl -lpthread -lm
 CUDA_LIBS = $(CUDA_LINK) -Wl,-rpath,$(CUDA_HOME)/lib64
 
 # The backend library: the build tree's (RUNPATH to the toolkit) and the

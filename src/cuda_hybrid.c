@@ -38,7 +38,7 @@ static void copy4(int64_t *dst, const lmi_view *v)
 /* A view of rows [r, ..) of a [B, L, H, D] view. */
 static lmi_view rows_from(lmi_view v, int64_t r)
 {
-    v.data = (char *)v.data + r * v.s[1] * (int64_t)lm_dtype_size((lm_dtype)v.dtype);
+    v.data = (char *)v.data + r * v.s[1] * (int64_t)lmi_dtype_bytes((lm_dtype)v.dtype);
     return v;
 }
 
