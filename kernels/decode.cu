@@ -93,8 +93,8 @@ struct Row {
     bool fresh;
 };
 
-__device__ __forceinline__ const lmk_decode &base(const lmk_decode &p) { return p; }
-__device__ __forceinline__ const lmk_decode &base(const lmk_decode_table &p) { return p.d; }
+__host__ __device__ __forceinline__ const lmk_decode &base(const lmk_decode &p) { return p; }
+__host__ __device__ __forceinline__ const lmk_decode &base(const lmk_decode_table &p) { return p.d; }
 
 __device__ __forceinline__ Row row_of(const lmk_decode &p, int b)
 {

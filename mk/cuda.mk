@@ -37,6 +37,7 @@ ALL_TARGETS += $(CUDA_PLUGIN)
 
 $(CUDA_PLUGIN): $(CUDA_PLUGIN_OBJ)
 	@mkdir -p $(dir $@)
+	sh mk/check_host_stubs.sh $(CUDA_OBJ)
 	$(CC) -shared -Wl,-soname,$(CUDA_PLUGIN_NAME) -Wl,--no-undefined $(LDFLAGS) -o $@ $^ $(CUDA_LIBS)
 
 $(CUDA_PLUGIN_INSTALL): $(CUDA_PLUGIN_OBJ)
