@@ -127,6 +127,8 @@ def main(argv=None):
     a = p.parse_args(argv)
     dev = torch.device(a.device)
     cuda = dev.type == "cuda"
+    if cuda and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())  # set_device needs an index
     E = a.embed_dim or (4096 if cuda else 64)
     H = a.num_heads or (32 if cuda else 4)
     dtype = DTYPES[a.dtype or ("bf16" if cuda else "f32")]
