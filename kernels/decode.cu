@@ -178,7 +178,11 @@ __global__ void __launch_bounds__(DEC_THREADS) decode_kernel(const __grid_consta
 
     const int CG = (Dv + 3) / 4, RG = DEC_THREADS / CG; /* host: cols <= 4 * DEC_THREADS */
     const int cg = tid % CG, rg = tid / CG, e = 4 * cg;
-    const bool active = rg < RG, vec = p.Dv % 4 == 0 && cols % 4 == 0;
+    /* float4 only where every row of every slot starts 16-byte aligned (a pool's
+     * slots may sit at any float stride). */
+    const bool vec = p.Dv % 4 == 0 && cols % 4 == 0 && p.S_slot % 4 == 0 &&
+                     ((uintptr_t)p.S & 15) == 0;
+    const bool active = rg < RG;
     const int64_t rs = p.Dv; /* row stride of the state */
     float *S = p.S + (p.S_slot ? r.slot * p.S_slot + hk * Dk * rs : head * Dk * rs) + e0;
     for (int gb = 0; gb < G; gb += GB) {

@@ -313,6 +313,13 @@ static void reference(const bprob *p, int mag, double **w)
         double *dV = calloc((size_t)(Lk * Dv + 1), sizeof(double));
         double *a = malloc((size_t)(Lk + 1) * sizeof(double));
         double *S0 = calloc((size_t)(Dk * Dv), sizeof(double));
+        /* u[s] = unmasked keys among 0 .. s-1: a masked key is no decay step
+         * (docs/DESIGN.md §2), so g's exponent from after key s to after
+         * position t is u[t + 1] - u[s + 1]. */
+        int64_t *u = malloc((size_t)(Lk + 1) * sizeof(int64_t));
+        u[0] = 0;
+        for (int64_t s = 0; s < Lk; s++)
+            u[s + 1] = u[s] + !(p->mask && p->mask[b * Lk + s]);
         double Q[256], dQ[256], num[256], dnum[256], z0[256] = { 0 }, dout[256];
         double *dS0 = w[GS] + task * Dk * Dv, *dz0 = w[GZ] + task * Dk;
         for (int64_t i = 0; p->S0 && i < Dk * Dv; i++)
@@ -329,7 +336,7 @@ static void reference(const bprob *p, int mag, double **w)
         for (int64_t h = hk * G; h < (hk + 1) * G; h++)
             for (int64_t t = 0; t < L; t++) {
                 const int64_t send = c->causal ? t + 1 : Lk;
-                const double gs = c->causal ? pow(g, (double)(t + 1)) : 1.0;
+                const double gs = c->causal ? pow(g, (double)u[t + 1]) : 1.0;
                 for (int64_t d = 0; d < Dk; d++)
                     Q[d] = M(phi64(c->fm, p->q.ref[off4(p->sq, b, t, h, d)]));
                 for (int64_t e = 0; e < Dv; e++)
@@ -346,7 +353,7 @@ static void reference(const bprob *p, int mag, double **w)
                     double qk = 0;
                     for (int64_t d = 0; d < Dk; d++)
                         qk += Q[d] * K[s * Dk + d];
-                    a[s] = (c->causal ? pow(g, (double)(t - s)) : 1.0) * qk;
+                    a[s] = (c->causal ? pow(g, (double)(u[t + 1] - u[s + 1])) : 1.0) * qk;
                     for (int64_t e = 0; e < Dv; e++)
                         num[e] += a[s] * V[s * Dv + e];
                     den += a[s];
@@ -368,7 +375,7 @@ static void reference(const bprob *p, int mag, double **w)
                     dz0[d] += gs * dden * Q[d];
                 }
                 for (int64_t s = 0; s < send; s++) {
-                    const double wt = c->causal ? pow(g, (double)(t - s)) : 1.0;
+                    const double wt = c->causal ? pow(g, (double)(u[t + 1] - u[s + 1])) : 1.0;
                     double dw = dden;
                     for (int64_t e = 0; e < Dv; e++)
                         dw += dnum[e] * V[s * Dv + e];
@@ -384,9 +391,9 @@ static void reference(const bprob *p, int mag, double **w)
                     w[GQ][i] = dQ[d] * M(dphi64(c->fm, p->q.ref[i]));
                 }
             }
-        /* the final state S_Lk = g^Lk S0 + sum_s g^(Lk-1-s) K_s V_s^T, z likewise */
+        /* the final state S_Lk = g^u[Lk] S0 + sum_s g^(u[Lk]-u[s+1]) K_s V_s^T, z likewise */
         for (int64_t s = 0; p->dSo && s < Lk; s++) {
-            const double wt = c->causal ? pow(g, (double)(Lk - 1 - s)) : 1.0;
+            const double wt = c->causal ? pow(g, (double)(u[Lk] - u[s + 1])) : 1.0;
             for (int64_t d = 0; d < Dk; d++) {
                 double x = M((double)p->dzo[task * Dk + d]);
                 for (int64_t e = 0; e < Dv; e++) {
@@ -397,7 +404,7 @@ static void reference(const bprob *p, int mag, double **w)
                 dK[s * Dk + d] += wt * x;
             }
         }
-        const double gL = c->causal ? pow(g, (double)Lk) : 1.0;
+        const double gL = c->causal ? pow(g, (double)u[Lk]) : 1.0;
         for (int64_t i = 0; p->dSo && i < Dk * Dv; i++)
             dS0[i] += gL * M((double)p->dSo[task * Dk * Dv + i]);
         for (int64_t d = 0; p->dzo && d < Dk; d++)
@@ -411,7 +418,7 @@ static void reference(const bprob *p, int mag, double **w)
             for (int64_t e = 0; e < Dv; e++)
                 w[GV][off4(p->sv, b, s, hk, e)] = m ? 0 : dV[s * Dv + e];
         }
-        free(K), free(V), free(dK), free(dV), free(a), free(S0);
+        free(K), free(V), free(dK), free(dV), free(a), free(S0), free(u);
     }
 #undef M
 }

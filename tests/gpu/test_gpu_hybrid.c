@@ -11,7 +11,8 @@
  * Bounds against float64: bf16 / f16 twice the module suites' out_bound
  * (the linear part's numerator is rounded to the output dtype once before
  * the division and the output once after it: at most sqrt(2) floors, plus
- * slack); f32 1e-4 (q, k, v and the weights as bf16 hi + lo: ~2^-17 per
+ * slack); the final state: state_bound (bf16: phi(k) rounded for the tensor
+ * cores, as in the linear suite); f32 1e-4 (q, k, v and the weights as bf16 hi + lo: ~2^-17 per
  * operand, which exp turns into a relative error of the weights of that
  * times the logits' size).
  */
@@ -188,8 +189,11 @@ static double check_outputs(const problem *p, const void *dout, const dstate *st
     ddownload_bytes(wv, st->wv, (size_t)p->nwv * 4);
     ddownload_bytes(pos, st->pos, (size_t)p->npos * 4);
     const ref_err es = ref_compare_f32(S, p->fin.S, p->nS), ez = ref_compare_f32(z, p->fin.z, p->nz);
-    CHECK(es.rel <= 2e-5 && es.unwritten == 0, "%s: final S error %.3g (%s)", what, es.rel, d);
-    CHECK(ez.rel <= 2e-5 && ez.unwritten == 0, "%s: final z error %.3g (%s)", what, ez.rel, d);
+    /* The evicted keys go through the linear prefill, whose bf16 path feeds
+     * phi(k) to the tensor cores in bf16: the linear suite's state_bound. */
+    const double sb = state_bound(c->dtype);
+    CHECK(es.rel <= sb && es.unwritten == 0, "%s: final S error %.3g > %.3g (%s)", what, es.rel, sb, d);
+    CHECK(ez.rel <= sb && ez.unwritten == 0, "%s: final z error %.3g > %.3g (%s)", what, ez.rel, sb, d);
     int64_t bad = 0;
     for (int64_t i = 0; i < p->npos; i++) {
         if (pos[i] != p->fin.pos[i]) {
