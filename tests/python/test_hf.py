@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from conftest import HAS_CUDA, ref_attention, rel_err
+from test_hybrid import ref_hybrid
 import liquid_memory
 from liquid_memory import UnsupportedError, _core, _ffi
 from liquid_memory import hf
@@ -102,9 +103,9 @@ def _module(bias=True, seed=0, **opts):
                                           apply_rotary_pos_emb)
 
 
-def _reference(orig, x, cos, sin, mask=None, rope=True, **opts):
+def _reference(orig, x, cos, sin, mask=None, rope=True, core=None, **opts):
     """The patched layer in float64: projections, RoPE, the recurrence of
-    conftest.ref_attention, o_proj."""
+    conftest.ref_attention (or core(q, k, v), float64), o_proj."""
     dbl = {n: getattr(orig, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")}
     lin = (lambda m, t: nn.functional.linear(
         t, m.weight.double(), None if m.bias is None else m.bias.double()))
@@ -115,7 +116,7 @@ def _reference(orig, x, cos, sin, mask=None, rope=True, **opts):
     v = lin(dbl["v_proj"], x).view(B, L, KV_HEADS, HEAD_DIM)
     if rope:
         q, k = apply_rotary_pos_emb(q, k, cos.double(), sin.double(), unsqueeze_dim=2)
-    o, _, _ = ref_attention(q, k, v, mask=mask, causal=True, **opts)
+    o = core(q, k, v) if core else ref_attention(q, k, v, mask=mask, causal=True, **opts)[0]
     return lin(dbl["o_proj"], o.reshape(B, L, HIDDEN))
 
 
@@ -167,11 +168,15 @@ def test_prefill_then_steps_equals_full_forward():
     assert rel_err(torch.cat(parts, 1), full) <= BOUND_F32
 
 
-def test_left_padding_matches_unpadded_row():
+@pytest.mark.parametrize("opts", [{}, dict(attention="hybrid", window=8, sinks=0)],
+                         ids=["linear", "hybrid-no-sinks"])
+def test_left_padding_matches_unpadded_row(opts):
     """A left-padded row (mask 0 on its padding, positions from its first
     real token) gives the outputs of the same tokens alone, then continues
-    the same way in decode."""
-    orig, attn = _module()
+    the same way in decode. Hybrid: without sinks only (its window is the
+    last W positions, the same real tokens either way; with sinks > 0 a
+    padded row's sinks are its masked first positions, so it has none)."""
+    orig, attn = _module(**opts)
     L, pad = 30, 11
     x = torch.randn(2, L, HIDDEN)
     mask = torch.ones(2, L, dtype=torch.bool)
@@ -207,8 +212,6 @@ def test_mask_function_of_the_implementation():
 
 
 def test_options_are_checked():
-    with pytest.raises(UnsupportedError, match="hybrid attention is not available yet"):
-        hf.Options(KV_HEADS, attention="hybrid")
     with pytest.raises(ValueError, match="attention must be"):
         hf.Options(KV_HEADS, attention="softmax")
     with pytest.raises(ValueError, match="feature_map"):
@@ -242,22 +245,32 @@ def test_unknown_architectures_name_what_is_missing(model, match):
     assert not hf.is_patched(model)
 
 
-def test_hybrid_is_refused_before_anything_changes():
+@pytest.mark.parametrize("opts, match", [
+    (dict(window=0), "window must be an int >= 1"),
+    (dict(window=2.5), "window must be an int >= 1"),
+    (dict(sinks=-1), "sinks must be an int >= 0"),
+    (dict(decay=0.9), "no decay"),
+    (dict(normalize=False), "normalised"),
+])
+def test_bad_hybrid_options_are_refused_before_anything_changes(opts, match):
     model = FakeModel()
     attn = model.layers[0].self_attn
-    with pytest.raises(UnsupportedError, match="hybrid attention is not available yet"):
-        hf.patch(model, attention="hybrid")
+    w = attn.q_proj.weight.clone()
+    with pytest.raises(ValueError, match=match):
+        hf.patch(model, attention="hybrid", **opts)
     _unchanged(model, attn)
+    assert torch.equal(attn.q_proj.weight, w)
 
 
-def test_library_error_before_any_weight_is_touched():
+@pytest.mark.parametrize("attention", ["linear", "hybrid"])
+def test_library_error_before_any_weight_is_touched(attention):
     """float64 is not a dtype of the core: the library's own error, raised
     by patch() before the model changes."""
     model = FakeModel().double()
     attn = model.layers[0].self_attn
     w = attn.q_proj.weight.clone()
     with pytest.raises(TypeError, match="float32, bfloat16 or float16"):
-        hf.patch(model)
+        hf.patch(model, attention=attention)
     _unchanged(model, attn)
     assert torch.equal(attn.q_proj.weight, w)
 
@@ -269,6 +282,145 @@ def test_without_transformers_a_clear_import_error():
         hf.LiquidMemoryCache
     with pytest.raises(ImportError, match="needs transformers"):
         hf.patch(FakeModel())
+
+
+# ---------------------------------------------------------------------------
+# Without transformers: attention="hybrid" (docs/DESIGN.md §9)
+# ---------------------------------------------------------------------------
+
+# A window well below the test lengths, so tokens are evicted into the state.
+HYB_W, HYB_S = 8, 2
+
+
+def _hybrid_module(seed=0, window=HYB_W, sinks=HYB_S, **opts):
+    """The module with random (non-zero) gate logits."""
+    orig, attn = _module(seed=seed, attention="hybrid", window=window, sinks=sinks, **opts)
+    with torch.no_grad():
+        attn.window_gate.copy_(torch.randn(HEADS, generator=torch.Generator().manual_seed(seed + 7)))
+    return orig, attn
+
+
+def _hybrid_core(gate, key_padding_mask=None, window=HYB_W, sinks=HYB_S):
+    """test_hybrid.ref_hybrid (the definition, float64) as _reference's core."""
+    return lambda q, k, v: ref_hybrid(q, k, v, window, sinks, gate, key_padding_mask)
+
+
+def _padded(B, L, pad):
+    """A 2-D mask (True = token) with `pad` padded positions at the left of the last row."""
+    keep = torch.ones(B, L, dtype=torch.bool)
+    keep[-1, :pad] = False
+    return keep
+
+
+@pytest.mark.parametrize("rope", [True, False])
+def test_hybrid_module_matches_float64_reference(rope):
+    """No gradient: the C core, against the definition in float64 (GQA, the
+    gate, a left-padded row; its all-masked queries give 0 both ways)."""
+    orig, attn = _hybrid_module(rope=rope)
+    B, L = 2, 45
+    x = torch.randn(B, L, HIDDEN)
+    keep = _padded(B, L, 6)
+    cos, sin = rope_tables(torch.arange(L).expand(B, L))
+    with torch.no_grad():
+        out, weights = attn(x, position_embeddings=(cos, sin), attention_mask=keep)
+    assert weights is None
+    want = _reference(orig, x, cos, sin, rope=rope,
+                      core=_hybrid_core(attn.window_gate.detach(), ~keep))
+    assert rel_err(out, want) <= BOUND_F32
+
+
+def test_hybrid_gradients_match_float64_including_the_gate():
+    """With gradients: the differentiable composition. d/dx, d/d window_gate
+    and d/d q_proj.weight of a random projection of the output, against
+    float64 autograd of the definition."""
+    GRAD_BOUND = 2e-4  # fp32 composition vs float64, through the projections
+    orig, attn = _hybrid_module()
+    B, L = 2, 37
+    x = torch.randn(B, L, HIDDEN, requires_grad=True)
+    keep = _padded(B, L, 5)
+    cos, sin = rope_tables(torch.arange(L).expand(B, L))
+    dout = torch.randn(B, L, HIDDEN)
+    out, _ = attn(x, position_embeddings=(cos, sin), attention_mask=keep)
+    got = torch.autograd.grad((out * dout).sum(), [x, attn.window_gate, orig.q_proj.weight])
+    x64 = x.detach().double().requires_grad_()
+    g64 = attn.window_gate.detach().double().requires_grad_()
+    want_out = _reference(orig, x64, cos, sin, core=_hybrid_core(g64, ~keep))
+    want = torch.autograd.grad((want_out * dout.double()).sum(), [x64, g64, orig.q_proj.weight])
+    assert rel_err(out, want_out) <= BOUND_F32
+    for name, a, b in zip(("x", "window_gate", "q_proj.weight"), got, want):
+        assert torch.isfinite(a).all() and a.abs().max() > 0, name
+        e = rel_err(a, b)
+        assert e <= GRAD_BOUND, "%s: relative error %.3g" % (name, e)
+
+
+def _hybrid_state_bytes(B, window=HYB_W, sinks=HYB_S, layers=1):
+    """What a hybrid cache holds: S, z, and the window's keys, values, positions (4 bytes each)."""
+    D = HEAD_DIM
+    return layers * B * KV_HEADS * (D * D + D + (sinks + window) * (2 * D + 1)) * 4
+
+
+def test_hybrid_prefill_then_steps_equals_full_forward():
+    """prefill(5) + prefill(14) + 26 decode steps through a RecurrentState ==
+    one forward of 45; the state's tensors keep their addresses and size."""
+    orig, attn = _hybrid_module()
+    B, L = 3, 45
+    x = torch.randn(B, L, HIDDEN)
+    cos, sin = rope_tables(torch.arange(L).expand(B, L))
+    pe = (lambda a, b: (cos[:, a:b], sin[:, a:b]))
+    cache = _Cache()
+    with torch.no_grad():
+        full, _ = attn(x, position_embeddings=(cos, sin))
+        parts = [attn(x[:, :5], position_embeddings=pe(0, 5), past_key_values=cache)[0],
+                 attn(x[:, 5:19], position_embeddings=pe(5, 19), past_key_values=cache)[0]]
+        state = cache.layers[0]
+        ptrs = [t.data_ptr() for t in state.recurrent_states.values()]
+        assert state.nbytes() == _hybrid_state_bytes(B)
+        for t in range(19, L):
+            parts.append(attn(x[:, t:t + 1], position_embeddings=pe(t, t + 1),
+                              past_key_values=cache)[0])
+    assert state.seen == L and int(state.window_pos.abs().max()) == L
+    assert state.window_keys.shape == (B, KV_HEADS, HYB_S + HYB_W, HEAD_DIM)
+    assert [t.data_ptr() for t in state.recurrent_states.values()] == ptrs  # in place
+    assert state.nbytes() == _hybrid_state_bytes(B)  # the same at 19 and at 45 tokens
+    assert rel_err(torch.cat(parts, 1), full) <= BOUND_F32
+
+
+def test_hybrid_gate_is_a_parameter_of_the_patched_module():
+    orig, attn = _module(attention="hybrid")
+    assert attn.window_gate.shape == (HEADS,) and not attn.window_gate.any()  # gamma = 1/2
+    assert "window_gate" in attn.state_dict()
+    assert any(p is attn.window_gate for p in attn.parameters())
+    assert "attention='hybrid', window=64, sinks=4" in repr(attn)  # the defaults
+    assert not hasattr(_module()[1], "window_gate")  # linear mode has none
+
+
+def test_hybrid_state_is_not_continued_by_a_linear_one():
+    """A cache layer that holds a linear state cannot be continued in hybrid mode."""
+    _, lin = _module()
+    _, hyb = _hybrid_module()
+    x = torch.randn(1, 4, HIDDEN)
+    cos, sin = rope_tables(torch.arange(4)[None])
+    cache = _Cache()
+    with torch.no_grad():
+        lin(x, position_embeddings=(cos, sin), past_key_values=cache)
+        with pytest.raises(UnsupportedError, match="linear attention state"):
+            hyb(x, position_embeddings=(cos, sin), past_key_values=cache)
+
+
+def test_hybrid_options_are_checked_and_saved():
+    with pytest.raises(ValueError, match="options of attention='hybrid'"):
+        hf.Options(KV_HEADS, window=8)
+    with pytest.raises(ValueError, match="options of attention='hybrid'"):
+        hf.Options(KV_HEADS, sinks=0)
+    o = hf.Options(KV_HEADS, attention="hybrid")
+    assert (o.window, o.sinks) == (64, 4)
+    o = hf.Options(KV_HEADS, attention="hybrid", feature_map="relu", window=16, sinks=0)
+    saved = o.saved(range(4))
+    assert (saved["attention"], saved["window"], saved["sinks"]) == ("hybrid", 16, 0)
+    assert hf.saved_options(types.SimpleNamespace(liquid_memory=saved)) == {
+        "attention": "hybrid", "feature_map": "relu", "rope": True, "normalize": True,
+        "eps": 1e-6, "decay": None, "precision": "auto", "window": 16, "sinks": 0}
+    assert "window" not in hf.Options(KV_HEADS).saved(range(1))  # linear: as before
 
 
 # ---------------------------------------------------------------------------

@@ -15,7 +15,14 @@ with grouped-query attention done by the core (K/V are never repeated).
 
 The decode cache holds per layer the core's recurrent state (S [B, Hkv, D, D]
 and z [B, Hkv, D], fp32) instead of keys and values: memory per sequence is
-constant in the context length. Its layer class is a transformers
+constant in the context length.
+
+attention="hybrid" (docs/DESIGN.md §9: exact softmax over `sinks` first tokens
+and the last `window` tokens, every older token in the linear state) gives
+each patched attention a learnable `window_gate` [num_heads] (logits, zeros:
+gamma = 1/2), saved in the state dict; its cache layer also holds the window:
+keys, values and positions of the s + W exact tokens (fp32), still constant
+in the context length. Its layer class is a transformers
 linear-attention cache layer (LinearAttentionCacheLayerMixin, the recurrent
 state of Mamba / Qwen3-Next) that also answers the attention-layer queries
 (tokens seen, mask sizes) that Llama-style models ask of their cache. generate()
@@ -32,12 +39,16 @@ transformers is imported only when a function here needs it; the rest of the
 package never imports this module.
 """
 import copy as _copy
+import json
+import os
+import re
 import sys
 
 import torch
 from torch import nn
 
 from . import _core, _ops
+from . import hybrid as _hybrid
 from ._core import UnsupportedError
 from .module import _decay_values
 
@@ -62,10 +73,15 @@ class RecurrentState:
     in recurrent_states[0] / [1], as transformers' linear-attention layers keep
     theirs) and `seen`, the tokens absorbed, padding included (the model's
     positions and masks count them). Decode steps update S and z in place, so
-    their addresses stay fixed for CUDA graphs."""
+    their addresses stay fixed for CUDA graphs. In hybrid mode
+    recurrent_states[2..4] hold the window (hybrid.HybridState's keys
+    [B, Hkv, s + W, Dk], values [B, Hkv, s + W, Dv] fp32, pos [B, Hkv, s + W]
+    int32); in linear mode they stay None."""
+
+    NUM_STATES = 5  # S, z, then the hybrid's window keys, values, positions
 
     def __init__(self):
-        self.recurrent_states = {0: None, 1: None}
+        self.recurrent_states = dict.fromkeys(range(self.NUM_STATES))
         self.seen = 0
 
     @property
@@ -76,14 +92,41 @@ class RecurrentState:
     def z(self):
         return self.recurrent_states[1]
 
-    def absorb(self, S, z, tokens):
-        """Takes the state after `tokens` more tokens (from a prefill)."""
-        old = self.recurrent_states[0]
-        if old is None or old.shape != S.shape or S.requires_grad or old.requires_grad:
-            self.recurrent_states[0], self.recurrent_states[1] = S, z
+    @property
+    def window_keys(self):
+        return self.recurrent_states[2]
+
+    @property
+    def window_values(self):
+        return self.recurrent_states[3]
+
+    @property
+    def window_pos(self):
+        return self.recurrent_states[4]
+
+    def hybrid(self):
+        """The state as a hybrid.HybridState (the same tensors), or None
+        before the first token."""
+        if not self.seen:
+            return None
+        st = self.recurrent_states
+        if st[2] is None:
+            raise UnsupportedError("this cache layer holds a linear attention state (no window): "
+                                   "a hybrid layer cannot continue it; start from a fresh cache")
+        return _hybrid.HybridState(st[0], st[1], st[2], st[3], st[4], self.seen)
+
+    def absorb(self, S, z, tokens, window=()):
+        """Takes the state after `tokens` more tokens (from a prefill);
+        window: the hybrid's (keys, values, pos)."""
+        new = (S, z) + tuple(window)
+        old = [self.recurrent_states[i] for i in range(len(new))]
+        if any(o is None or o.shape != n.shape or n.requires_grad or o.requires_grad
+               for o, n in zip(old, new)):
+            for i, t in enumerate(new):
+                self.recurrent_states[i] = t
         else:  # keep the buffers (and their addresses)
-            old.copy_(S)
-            self.recurrent_states[1].copy_(z)
+            for o, n in zip(old, new):
+                o.copy_(n)
         self.seen += int(tokens)
 
     def nbytes(self):
@@ -113,19 +156,52 @@ def _linear_attention(q, k, v, key_padding_mask, state, opts):
     return out
 
 
+def _hybrid_attention(q, k, v, key_padding_mask, state, gate, options, module=None):
+    """The hybrid counterpart of _linear_attention (docs/DESIGN.md §9): the
+    differentiable composition when a gradient is wanted (from an empty
+    state), else the C core; decode steps update the state in place. gate:
+    the module's window_gate; module: the LiquidMemoryAttention, whose host
+    copy of the gate a decode step reads (no device sync per step)."""
+    W, s, opts = options.window, options.sinks, options.core
+    if state is None:
+        return _hybrid.attend(q, k, v, key_padding_mask, W, s, gate, opts)[0]
+    L = q.shape[1]
+    prev = state.hybrid()
+    if L == 1 and key_padding_mask is None and prev is not None and \
+            not _hybrid._wants_grad(q, k, v, gate):
+        values = _hybrid._gate_values(module) if module is not None else \
+            [float(x) for x in gate.detach().float().cpu()]
+        out = _hybrid.decode(q, k, v, prev, W, s, values, opts)
+        state.seen += 1
+        return out
+    out, st = _hybrid.attend(q, k, v, key_padding_mask, W, s, gate, opts, state=prev,
+                             want_state=True)
+    state.absorb(st.S, st.z, L, window=(st.keys, st.values, st.pos))
+    return out
+
+
 class Options:
     """The patch's options, checked once: the saved form (`saved()`, JSON
     types, stored as config.liquid_memory) and the core's (`core`)."""
 
     def __init__(self, num_kv_heads, attention="linear", feature_map="elu1", rope=True,
-                 normalize=True, eps=1e-6, decay=None, precision="auto"):
+                 normalize=True, eps=1e-6, decay=None, precision="auto", window=None, sinks=None):
+        if attention not in ("linear", "hybrid"):
+            raise ValueError("attention must be 'linear' or 'hybrid', not %r" % (attention,))
         if attention == "hybrid":
-            # Hook for the hybrid attention (issue #16): it selects its module class here.
-            raise UnsupportedError("hybrid attention is not available yet in this version of "
-                                   "Liquid Memory: use attention='linear'")
-        if attention != "linear":
-            raise ValueError("attention must be 'linear' (or 'hybrid' once available), not %r"
+            window = _hybrid.C["LM_HYBRID_WINDOW_DEFAULT"] if window is None else window
+            sinks = _hybrid.C["LM_HYBRID_SINKS_DEFAULT"] if sinks is None else sinks
+            _hybrid.check_window(window, sinks)
+            if decay is not None:
+                raise ValueError("attention='hybrid' has no decay (its evicted tokens' state is "
+                                 "plain linear attention): pass decay=None")
+            if not normalize:
+                raise ValueError("attention='hybrid' is normalised (one denominator for the "
+                                 "window and the state): pass normalize=True")
+        elif window is not None or sinks is not None:
+            raise ValueError("window and sinks are options of attention='hybrid', not of %r"
                              % (attention,))
+        self.window, self.sinks = window, sinks
         if feature_map not in _core.FEATURE_MAPS:
             raise ValueError("feature_map must be 'elu1', 'relu' or 'identity', not %r"
                              % (feature_map,))
@@ -140,10 +216,13 @@ class Options:
                                   self.decay, _core.PRECISIONS[precision])
 
     def saved(self, layers):
-        return {"format": _FORMAT, "attention": self.attention, "feature_map": self.feature_map,
-                "rope": self.rope, "normalize": self.normalize, "eps": self.eps,
-                "decay": None if self.decay is None else list(self.decay),
-                "precision": self.precision, "layers": list(layers)}
+        saved = {"format": _FORMAT, "attention": self.attention, "feature_map": self.feature_map,
+                 "rope": self.rope, "normalize": self.normalize, "eps": self.eps,
+                 "decay": None if self.decay is None else list(self.decay),
+                 "precision": self.precision, "layers": list(layers)}
+        if self.attention == "hybrid":  # (the gates are weights: in the state dict)
+            saved.update(window=self.window, sinks=self.sinks)
+        return saved
 
 
 def _key_padding(attention_mask, L):
@@ -168,7 +247,9 @@ class LiquidMemoryAttention(nn.Module):
     rotary embedding function, and the replaced module itself (not as a
     submodule) for unpatch(). forward() has the signature of the module it
     replaces and returns (output, None): linear attention forms no attention
-    weights.
+    weights. In hybrid mode it also holds `window_gate` [num_heads], the
+    per-head logits of the window's weight (a parameter: it trains and is
+    saved with the model).
 
     RoPE (rope=True, the default) is applied to q and k before the feature
     map, as the pretrained layer did before its softmax: the projections then
@@ -192,13 +273,21 @@ class LiquidMemoryAttention(nn.Module):
         self.v_proj, self.o_proj = original.v_proj, original.o_proj
         self.options = options
         self._rotary = rotary if options.rope else None
+        if options.attention == "hybrid":
+            w = self.q_proj.weight
+            self.window_gate = nn.Parameter(torch.zeros(self.num_heads, dtype=w.dtype,
+                                                        device=w.device))
+            self._gate_cache = (None, None)  # hybrid._gate_values: the gate as host floats
         object.__setattr__(self, "_original", original)  # not a submodule: no second copy of weights
 
     def extra_repr(self):
         o = self.options
-        return ("layer_idx=%d, heads=%d, kv_heads=%d, head_dim=%d, feature_map=%r, rope=%s"
-                % (self.layer_idx, self.num_heads, self.num_kv_heads, self.head_dim,
-                   o.feature_map, o.rope))
+        s = ("layer_idx=%d, heads=%d, kv_heads=%d, head_dim=%d, feature_map=%r, rope=%s"
+             % (self.layer_idx, self.num_heads, self.num_kv_heads, self.head_dim,
+                o.feature_map, o.rope))
+        if o.attention == "hybrid":
+            s += ", attention='hybrid', window=%d, sinks=%d" % (o.window, o.sinks)
+        return s
 
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None,
                 past_key_values=None, **kwargs):
@@ -215,8 +304,11 @@ class LiquidMemoryAttention(nn.Module):
         if past_key_values is None:
             past_key_values = kwargs.get("past_key_value")  # transformers < 4.56 spelling
         state = _state_for(past_key_values, self.layer_idx, self.config.num_hidden_layers)
-        o = _linear_attention(q, k, v, _key_padding(attention_mask, L), state,
-                              self.options.core)
+        mask = _key_padding(attention_mask, L)
+        if self.options.attention == "hybrid":
+            o = _hybrid_attention(q, k, v, mask, state, self.window_gate, self.options, self)
+        else:
+            o = _linear_attention(q, k, v, mask, state, self.options.core)
         return self.o_proj(o.reshape(B, L, self.num_heads * D)), None
 
 
@@ -312,14 +404,14 @@ def _make_layer_class(cu):
         supports_early_init = False
 
         def __init__(self):
-            LinearMixin.__init__(self, number_of_states=2)
+            LinearMixin.__init__(self, number_of_states=RecurrentState.NUM_STATES)
             LayerMixin.__init__(self)
             self.seen = 0
 
-        def absorb(self, S, z, tokens):
-            RecurrentState.absorb(self, S, z, tokens)
+        def absorb(self, S, z, tokens, window=()):
+            RecurrentState.absorb(self, S, z, tokens, window)
             self.device, self.dtype = S.device, S.dtype
-            for i in (0, 1):
+            for i in range(2 + len(window)):
                 self.is_recurrent_states_initialized[i] = True
                 self.has_previous_state[i] = True
 
@@ -356,7 +448,7 @@ def _make_layer_class(cu):
             self.seen = 0
 
         def _map(self, fn):
-            for i in (0, 1):
+            for i in self.recurrent_states:
                 if self.recurrent_states[i] is not None:
                     self.recurrent_states[i] = fn(self.recurrent_states[i])
 
@@ -382,7 +474,9 @@ def _make_cache_class(cu, layer_cls):
         per decoder layer: LiquidMemoryCache(model) (or a config). Pass it as
         past_key_values to forward() or generate(); generate() makes one by
         itself when none is given. Memory per sequence is num_layers x
-        num_kv_heads x head_dim x (head_dim + 1) x 4 bytes, at any context."""
+        num_kv_heads x head_dim x (head_dim + 1) x 4 bytes, at any context
+        (hybrid: plus num_layers x num_kv_heads x (sinks + window) x
+        (2 head_dim + 1) x 4 bytes for the window's keys, values, positions)."""
 
         def __init__(self, model_or_config):
             config = getattr(model_or_config, "config", model_or_config)
@@ -513,7 +607,11 @@ def _probe(attn, options):
     q = torch.zeros(1, 1, cfg.num_attention_heads, D, dtype=w.dtype, device=w.device)
     kv = torch.zeros(1, 1, cfg.num_key_value_heads, D, dtype=w.dtype, device=w.device)
     with torch.no_grad():
-        _ops.prefill(q, kv, kv, opts=options.core, want_state=True)
+        if options.attention == "hybrid":
+            _hybrid.c_prefill(q, kv, kv, None, options.window, options.sinks, None, options.core,
+                              want_state=True)
+        else:
+            _ops.prefill(q, kv, kv, opts=options.core, want_state=True)
 
 
 def is_patched(model):
@@ -526,14 +624,17 @@ def is_patched(model):
 
 
 def patch(model, attention="linear", feature_map="elu1", *, rope=True, normalize=True, eps=1e-6,
-          decay=None, precision="auto", copy=False):
+          decay=None, precision="auto", window=None, sinks=None, copy=False):
     """Replaces the attention of every decoder layer of a Llama, Mistral or
     Qwen2 model (`*ForCausalLM` or the bare `*Model`) by Liquid Memory's
     causal linear attention, in place (copy=True: on a deep copy). Returns
     the model.
 
-    attention: "linear" ("hybrid" raises UnsupportedError until the hybrid
-        attention exists). feature_map: "elu1" (default), "relu", "identity".
+    attention: "linear" or "hybrid" (docs/DESIGN.md §9: exact softmax over
+        the first `sinks` tokens and the last `window` tokens, the older ones
+        in the linear state; window >= 1 (default 64), sinks >= 0 (default 4);
+        each layer gets a `window_gate` parameter [num_heads], zeros; no decay).
+        feature_map: "elu1" (default), "relu", "identity".
     rope: apply the model's rotary embedding to q and k before the feature
         map (default; see LiquidMemoryAttention). normalize, eps, decay,
         precision: as LiquidMemory (decay: None, a float, one per kv head, or
@@ -559,7 +660,7 @@ def patch(model, attention="linear", feature_map="elu1", *, rope=True, normalize
                          "first to patch it with other options")
     first = layers[0].self_attn
     options = Options(first.config.num_key_value_heads, attention, feature_map, rope, normalize,
-                      eps, decay, precision)
+                      eps, decay, precision, window, sinks)
     rotary = _rotary_of(first) if options.rope else None
     _probe(first, options)
     _hf()
@@ -582,7 +683,8 @@ def patch(model, attention="linear", feature_map="elu1", *, rope=True, normalize
 def unpatch(model):
     """Puts back the attention modules patch() replaced (with the weights as
     they are now: they are shared) and the model's attention implementation.
-    Returns the model."""
+    A hybrid layer's window_gate goes with the patched module. Returns the
+    model."""
     layers = _decoder_layers(model)
     patched = [layer for layer in layers if isinstance(layer.self_attn, LiquidMemoryAttention)]
     if not patched:
@@ -607,15 +709,71 @@ def saved_options(config):
     if saved.get("format") != _FORMAT:
         raise UnsupportedError("config.%s has format %r; this version reads format %d"
                                % (CONFIG_KEY, saved.get("format"), _FORMAT))
-    return {k: saved[k] for k in ("attention", "feature_map", "rope", "normalize", "eps",
+    opts = {k: saved[k] for k in ("attention", "feature_map", "rope", "normalize", "eps",
                                   "decay", "precision")}
+    if opts["attention"] == "hybrid":
+        opts.update(window=saved["window"], sinks=saved["sinks"])
+    return opts
+
+
+_GATE_KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.self_attn\.window_gate$")
+
+
+def _checkpoint_files(path, kwargs):
+    """The safetensors files of a saved model: a local folder (save_pretrained's)
+    or, through transformers' cached_file, a hub repository."""
+    sub = kwargs.get("subfolder") or ""
+
+    def find(name):
+        if os.path.isdir(path):
+            f = os.path.join(path, sub, name)
+            return f if os.path.isfile(f) else None
+        from transformers.utils import cached_file
+        hub = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only",
+                                      "subfolder") if k in kwargs}
+        return cached_file(path, name, _raise_exceptions_for_missing_entries=False, **hub)
+
+    index = find("model.safetensors.index.json")
+    if index:
+        with open(index) as f:
+            return [find(shard) for shard in sorted(set(json.load(f)["weight_map"].values()))]
+    single = find("model.safetensors")
+    return [single] if single else []
+
+
+def _load_gates(model, path, kwargs):
+    """Copies the hybrid layers' window_gate values from the checkpoint: the
+    model class transformers loads has no such parameter, so its loader
+    leaves them out (as unexpected keys); patch() made them zero."""
+    want = {}
+    for name, p in model.named_parameters():
+        m = _GATE_KEY.search(name)
+        if m:
+            want[int(m.group(1))] = p
+    found = {}
+    from safetensors import safe_open
+    for f in _checkpoint_files(str(path), kwargs):
+        with safe_open(f, framework="pt") as h:
+            for key in h.keys():
+                m = _GATE_KEY.search(key)
+                if m and int(m.group(1)) in want:
+                    found[int(m.group(1))] = h.get_tensor(key)
+    missing = sorted(set(want) - set(found))
+    if missing:
+        raise ValueError("%s was saved with attention='hybrid' but its weights (safetensors) lack "
+                         "the window_gate of layers %s" % (path, missing))
+    with torch.no_grad():
+        for i, p in want.items():
+            p.copy_(found[i].to(device=p.device, dtype=p.dtype))
 
 
 def from_pretrained(pretrained_model_name_or_path, *model_args, model_class=None, **kwargs):
     """Loads a model saved from a patched one (save_pretrained) and patches
     it again with the options in its config. model_class: the transformers
     class to load with (default AutoModelForCausalLM); other arguments go to
-    its from_pretrained."""
+    its from_pretrained. A hybrid model's window_gate values, which the
+    transformers class leaves out when it loads (it has no such parameter),
+    are then read from the checkpoint's safetensors files."""
     tf = _transformers()
     _hf()  # the "liquid_memory" implementation must be registered before loading
     cls = model_class or tf.AutoModelForCausalLM
@@ -627,4 +785,7 @@ def from_pretrained(pretrained_model_name_or_path, *model_args, model_class=None
                                                                  CONFIG_KEY))
     if getattr(model.config, "_attn_implementation", None) == ATTN_IMPLEMENTATION:
         model.config._attn_implementation = "sdpa"  # what unpatch() of the loaded model restores
-    return patch(model, **opts)
+    model = patch(model, **opts)
+    if opts["attention"] == "hybrid":
+        _load_gates(model, pretrained_model_name_or_path, kwargs)
+    return model
