@@ -461,12 +461,37 @@ def _licensed():
 # fp32 state in another order; through 4 layers and the head that stays
 # below this relative (Frobenius) error.
 LOGITS_BOUND = 2e-4
+# Hybrid: the window's softmax weights exp(scale q.k - m) carry the logits'
+# rounding relatively (|scale q.k| eps), on top of the linear part's.
+HYBRID_LOGITS_BOUND = 5e-4
+
+# The hybrid options of the model tests: a window well below their lengths.
+HYBRID = dict(attention="hybrid", window=16, sinks=2)
+
+
+def make_hybrid(family, dtype=torch.float32, seed=0, **opts):
+    """A hybrid-patched model whose window_gate logits are random (a gate
+    that a path ignores, or that is lost on the way, shows)."""
+    model = hf.patch(make_model(family, dtype, seed), **dict(HYBRID, **opts))
+    g = torch.Generator().manual_seed(seed + 100)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.window_gate.copy_(torch.randn(HEADS, generator=g))
+    return model
+
+
+def _hybrid_bytes(B):
+    """What a hybrid LiquidMemoryCache holds: per layer, batch row and kv
+    head S, z, and the window's keys, values, positions (4 bytes each)."""
+    D, n = HEAD_DIM, HYBRID["sinks"] + HYBRID["window"]
+    return LAYERS * B * KV_HEADS * (D * D + D + n * (2 * D + 1)) * 4
 
 
 @needs_transformers
+@pytest.mark.parametrize("attention", ["linear", "hybrid"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_full_forward_equals_prefill_plus_cached_steps(family):
-    model = hf.patch(make_model(family))
+def test_full_forward_equals_prefill_plus_cached_steps(family, attention):
+    model = make_hybrid(family) if attention == "hybrid" else hf.patch(make_model(family))
     ids = _ids(2, 300)
     with torch.no_grad():
         full = model(ids, use_cache=False).logits
@@ -477,16 +502,19 @@ def test_full_forward_equals_prefill_plus_cached_steps(family):
     assert all(isinstance(layer, hf.RecurrentState) for layer in cache.layers)
     assert cache.get_seq_length() == 300
     e = rel_err(torch.cat(parts, 1), full)
-    assert e <= LOGITS_BOUND, "%s: relative error %.3g" % (family, e)
+    bound = HYBRID_LOGITS_BOUND if attention == "hybrid" else LOGITS_BOUND
+    assert e <= bound, "%s %s: relative error %.3g" % (family, attention, e)
 
 
 @needs_transformers
 @pytest.mark.skipif(not HAS_CUDA, reason="torch.cuda.max_memory_allocated needs a CUDA device")
-def test_cache_memory_is_flat_from_1k_to_64k():
+@pytest.mark.parametrize("attention", ["linear", "hybrid"])
+def test_cache_memory_is_flat_from_1k_to_64k(attention):
     if not _licensed():
         pytest.skip("64K tokens of context need a license (evaluation mode stops at %d); set "
                     "LM_LICENSE_FILE=build/device/dev-license" % _core.C["LM_EVAL_MAX_TOKENS"])
-    model = hf.patch(make_model("llama", torch.bfloat16))
+    model = make_hybrid("llama", torch.bfloat16) if attention == "hybrid" else \
+        hf.patch(make_model("llama", torch.bfloat16))
     ids = _ids(1, 1 << 16)
     step = ids[:, :1].clone()
 
@@ -507,7 +535,8 @@ def test_cache_memory_is_flat_from_1k_to_64k():
     n1, bytes1, held1, peak1 = measure(1024)
     n64, bytes64, held64, peak64 = measure(1 << 16)
     assert (n1, n64) == (1024 + 32, (1 << 16) + 32)
-    assert bytes1 == bytes64 == LAYERS * KV_HEADS * HEAD_DIM * (HEAD_DIM + 1) * 4
+    assert bytes1 == bytes64 == (_hybrid_bytes(1) if attention == "hybrid" else
+                                 LAYERS * KV_HEADS * HEAD_DIM * (HEAD_DIM + 1) * 4)
     tokens = n64 - n1
     # A KV cache would grow by 2 x 4 layers x 2 heads x 32 x 2 bytes = 1 KiB a token.
     assert (held64 - held1) / tokens < 1.0, (held1, held64)
@@ -664,3 +693,144 @@ def test_state_dict_keys_are_unchanged():
     hf.patch(model)
     assert list(model.state_dict()) == keys
     assert type(model.model.layers[0].self_attn).__name__ == "LiquidMemoryAttention"
+
+
+# ---------------------------------------------------------------------------
+# With transformers: attention="hybrid" in the models
+# ---------------------------------------------------------------------------
+
+def _use_float64_hybrid(monkeypatch):
+    """Replaces the hybrid layers' call into the library by the definition
+    in float64 (test_hybrid.ref_hybrid, on the CPU: it builds its masks
+    there), for a float64 copy of a model run without a cache."""
+    def ref_core(q, k, v, key_padding_mask, state, gate, options, module=None):
+        assert state is None
+        cpu = (lambda t: None if t is None else t.cpu())
+        return ref_hybrid(cpu(q), cpu(k), cpu(v), options.window, options.sinks, cpu(gate),
+                          cpu(key_padding_mask)).to(q.device)
+
+    monkeypatch.setattr(hf, "_hybrid_attention", ref_core)
+
+
+def _left_padded_ids(B, L, pad, seed):
+    ids = _ids(B, L, seed=seed)
+    mask = torch.ones(B, L, dtype=torch.long, device=DEVICE)
+    mask[-1, :pad] = 0
+    return ids, mask
+
+
+@needs_transformers
+@pytest.mark.parametrize("family", FAMILIES)
+def test_hybrid_forward_matches_float64(family, monkeypatch):
+    """Logits of the patched fp32 model (the library's hybrid core, no
+    gradient; one row left-padded past the sinks) against the same model in
+    float64 with the definition in place of the core."""
+    model = make_hybrid(family)
+    ref = copy.deepcopy(model).double()
+    ids, mask = _left_padded_ids(2, 90, 11, seed=13)
+    with torch.no_grad():
+        got = model(ids, attention_mask=mask, use_cache=False).logits
+        _use_float64_hybrid(monkeypatch)
+        want = ref(ids, attention_mask=mask, use_cache=False).logits
+    e = rel_err(got, want)
+    assert e <= HYBRID_LOGITS_BOUND, "%s: relative error %.3g" % (family, e)
+
+
+@needs_transformers
+@pytest.mark.parametrize("family", FAMILIES)
+def test_hybrid_training_gradients_match_float64(family, monkeypatch):
+    """loss.backward through the hybrid model (the differentiable
+    composition; left padding in one row): every parameter's gradient,
+    window_gate included, within GRAD_BOUND of float64."""
+    GRAD_BOUND = 5e-4
+    model = make_hybrid(family).train()
+    ref = copy.deepcopy(model).double()
+    ids, mask = _left_padded_ids(2, 45, 9, seed=3)
+    labels = _ids(2, 45, seed=4)
+    labels[1, :9] = -100
+    model(ids, attention_mask=mask, labels=labels, use_cache=False).loss.backward()
+    _use_float64_hybrid(monkeypatch)
+    ref(ids, attention_mask=mask, labels=labels, use_cache=False).loss.backward()
+    grads = dict(ref.named_parameters())
+    gates = [n for n, _ in model.named_parameters() if n.endswith("self_attn.window_gate")]
+    assert len(gates) == LAYERS
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        e = rel_err(p.grad, grads[name].grad)
+        assert e <= GRAD_BOUND, "%s %s: relative error %.3g" % (family, name, e)
+    assert all(bool(dict(model.named_parameters())[n].grad.abs().max() > 0) for n in gates)
+
+
+@needs_transformers
+@pytest.mark.parametrize("family", FAMILIES)
+def test_hybrid_generate_with_cache_equals_recomputation(family):
+    """generate() (greedy, its own cache: prefill of the left-padded batch
+    in one call, then decode steps on the window and the state) gives the
+    tokens of a loop that recomputes the whole sequence without a cache."""
+    model = make_hybrid(family)
+    ids, mask = _left_pad([_ids(1, 37, seed=6)[0], _ids(1, 23, seed=7)[0]])
+    n = 16
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=mask, max_new_tokens=n, do_sample=False,
+                             pad_token_id=0, eos_token_id=None, return_dict_in_generate=True)
+        seq, m = ids, mask
+        for _ in range(n):
+            pos = (m.cumsum(-1) - 1).clamp(min=0)  # generate()'s positions of the real tokens
+            logits = model(seq, attention_mask=m, position_ids=pos, use_cache=False).logits
+            nxt = logits[:, -1].argmax(-1, keepdim=True)
+            seq, m = torch.cat([seq, nxt], 1), torch.cat([m, torch.ones_like(nxt)], 1)
+    assert torch.equal(out.sequences, seq), family
+    layers = out.past_key_values.layers
+    assert all(isinstance(layer, hf.RecurrentState) for layer in layers)
+    n_slots = HYBRID["sinks"] + HYBRID["window"]
+    assert layers[0].window_keys.shape == (2, KV_HEADS, n_slots, HEAD_DIM)
+    assert sum(layer.nbytes() for layer in layers) == _hybrid_bytes(2)
+
+
+@needs_transformers
+def test_hybrid_cache_is_constant_in_context_length():
+    """A LiquidMemoryCache of a hybrid model: the same bytes, the same
+    tensors, after 40 tokens, after a prefill of 3000 more in one call and
+    after decode steps."""
+    model = make_hybrid("llama")
+    ids = _ids(2, 3045, seed=14)
+    cache = hf.LiquidMemoryCache(model)
+    with torch.no_grad():
+        model(ids[:, :40], past_key_values=cache, use_cache=True)
+        ptrs = [[t.data_ptr() for t in layer.recurrent_states.values()] for layer in cache.layers]
+        sizes = [cache.nbytes()]
+        model(ids[:, 40:3040], past_key_values=cache, use_cache=True)
+        sizes.append(cache.nbytes())
+        for t in range(3040, 3045):
+            model(ids[:, t:t + 1], past_key_values=cache, use_cache=True)
+        sizes.append(cache.nbytes())
+    assert cache.get_seq_length() == 3045
+    assert sizes == [_hybrid_bytes(2)] * 3
+    assert [[t.data_ptr() for t in layer.recurrent_states.values()]
+            for layer in cache.layers] == ptrs
+    assert all(int(layer.window_pos.abs().max()) == 3045 for layer in cache.layers)
+
+
+@needs_transformers
+@pytest.mark.parametrize("family", FAMILIES)
+def test_hybrid_save_pretrained_round_trip(family, tmp_path):
+    """config.json keeps attention, window, sinks; the gates travel in the
+    weights and come back through hf.from_pretrained (a plain transformers
+    load leaves them out)."""
+    model = make_hybrid(family, feature_map="relu", window=24, sinks=3)
+    ids = _ids(1, 60, seed=15)
+    with torch.no_grad():
+        want = model(ids, use_cache=False).logits
+    model.save_pretrained(tmp_path)
+    loaded = hf.from_pretrained(tmp_path, dtype=torch.float32).to(DEVICE).eval()
+    assert hf.is_patched(loaded)
+    saved = getattr(loaded.config, hf.CONFIG_KEY)
+    assert saved == getattr(model.config, hf.CONFIG_KEY)
+    assert (saved["attention"], saved["window"], saved["sinks"]) == ("hybrid", 24, 3)
+    for a, b in zip(model.model.layers, loaded.model.layers):
+        assert (b.self_attn.options.window, b.self_attn.options.sinks) == (24, 3)
+        assert torch.equal(a.self_attn.window_gate, b.self_attn.window_gate)
+    with torch.no_grad():
+        got = loaded(ids, use_cache=False).logits
+    # The same weights and kernels: equal but for a kernel's run-to-run summation order.
+    assert rel_err(got, want) <= 1e-6
