@@ -15,14 +15,7 @@ with grouped-query attention done by the core (K/V are never repeated).
 
 The decode cache holds per layer the core's recurrent state (S [B, Hkv, D, D]
 and z [B, Hkv, D], fp32) instead of keys and values: memory per sequence is
-constant in the context length.
-
-attention="hybrid" (docs/DESIGN.md §9: exact softmax over `sinks` first tokens
-and the last `window` tokens, every older token in the linear state) gives
-each patched attention a learnable `window_gate` [num_heads] (logits, zeros:
-gamma = 1/2), saved in the state dict; its cache layer also holds the window:
-keys, values and positions of the s + W exact tokens (fp32), still constant
-in the context length. Its layer class is a transformers
+constant in the context length. Its layer class is a transformers
 linear-attention cache layer (LinearAttentionCacheLayerMixin, the recurrent
 state of Mamba / Qwen3-Next) that also answers the attention-layer queries
 (tokens seen, mask sizes) that Llama-style models ask of their cache. generate()
@@ -30,10 +23,21 @@ needs nothing passed: the empty key/value layers of the cache that generate()
 or the model creates are replaced by recurrent-state layers at the first
 forward; `LiquidMemoryCache(model)` makes one explicitly.
 
+attention="hybrid" (docs/DESIGN.md §9: exact softmax over `sinks` first tokens
+and the last `window` tokens, every older token in the linear state) gives
+each patched attention a learnable `window_gate` [num_heads] (logits, zeros:
+gamma = 1/2), saved in the state dict; its cache layer also holds the window:
+keys, values and positions of the s + W exact tokens (fp32), still constant
+in the context length.
+
 Masks: the patch registers an attention implementation "liquid_memory" whose
 mask is the 2-D key padding mask of the tokens of the current call (not the
 O(L^2) 4-D mask), and sets it on the model's config. Padded keys never enter
 the state; a left-padded row then decodes exactly as the same prompt alone.
+Hybrid: so it does with sinks=0; with sinks > 0 the sinks are the first s
+positions of the row, padding included, and masked positions hold nothing,
+so a row padded by p tokens keeps max(0, s - p) real sinks (its window and
+state are those of the prompt alone).
 
 transformers is imported only when a function here needs it; the rest of the
 package never imports this module.
@@ -156,7 +160,7 @@ def _linear_attention(q, k, v, key_padding_mask, state, opts):
     return out
 
 
-def _hybrid_attention(q, k, v, key_padding_mask, state, gate, options, module=None):
+def _hybrid_attention(q, k, v, key_padding_mask, state, gate, options, module):
     """The hybrid counterpart of _linear_attention (docs/DESIGN.md §9): the
     differentiable composition when a gradient is wanted (from an empty
     state), else the C core; decode steps update the state in place. gate:
@@ -169,9 +173,7 @@ def _hybrid_attention(q, k, v, key_padding_mask, state, gate, options, module=No
     prev = state.hybrid()
     if L == 1 and key_padding_mask is None and prev is not None and \
             not _hybrid._wants_grad(q, k, v, gate):
-        values = _hybrid._gate_values(module) if module is not None else \
-            [float(x) for x in gate.detach().float().cpu()]
-        out = _hybrid.decode(q, k, v, prev, W, s, values, opts)
+        out = _hybrid.decode(q, k, v, prev, W, s, _hybrid._gate_values(module), opts)
         state.seen += 1
         return out
     out, st = _hybrid.attend(q, k, v, key_padding_mask, W, s, gate, opts, state=prev,
