@@ -34,10 +34,10 @@ Masks: the patch registers an attention implementation "liquid_memory" whose
 mask is the 2-D key padding mask of the tokens of the current call (not the
 O(L^2) 4-D mask), and sets it on the model's config. Padded keys never enter
 the state; a left-padded row then decodes exactly as the same prompt alone.
-Hybrid: so it does with sinks=0; with sinks > 0 the sinks are the first s
-positions of the row, padding included, and masked positions hold nothing,
-so a row padded by p tokens keeps max(0, s - p) real sinks (its window and
-state are those of the prompt alone).
+Hybrid: so it does with sinks=0. With sinks > 0 the sinks are the first s
+positions of the row, padding included, and a masked position holds nothing:
+a row padded by p tokens has max(0, s - p) real sinks, and its first real
+tokens go to the linear state when they leave the window.
 
 transformers is imported only when a function here needs it; the rest of the
 package never imports this module.
