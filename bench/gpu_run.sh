@@ -38,7 +38,9 @@
 #                                     (memcheck, racecheck, synccheck on its reduced grid),
 #                                     evict (bench/eviction_bench.py --part lm on CUDA, <= 4 min:
 #                                     needs build/corpus/tinyshakespeare.txt carried, or
-#                                     LM_CORPUS=path; packed in evict.tgz)
+#                                     LM_CORPUS=path; packed in evict.tgz),
+#                                     hf (tests/python/test_hf.py: the Hugging Face patch, linear
+#                                     and hybrid, on transformers' models; needs transformers)
 set -u
 OUT=${OUT:-/tmp/lm-gpu-out}
 B=${LM_BUILD:-build/device}
@@ -215,6 +217,9 @@ for L in (8192, 32768):  # B = 1, 32 heads of 128, bf16, causal, elu+1, normalis
         phase evict 240 "$OUT/evict.log" python3 bench/eviction_bench.py --part lm --device cuda \
             --corpus "$corpus" --out "$OUT/evict"
         tar -C "$OUT" -czf "$OUT/evict.tgz" evict && rm -rf "$OUT/evict" ;;
+    hf)
+        export LM_LIB_PATH="$PWD/$B/lib/libliquidmemory.so" PYTHONPATH="$PWD/bindings/python"
+        phase hf 300 "$OUT/hf.log" python3 -m pytest -q -rfEs -p no:cacheprovider tests/python/test_hf.py ;;
     esac
 done
 cat "$SUMMARY"
