@@ -407,6 +407,25 @@ def test_hybrid_state_is_not_continued_by_a_linear_one():
             hyb(x, position_embeddings=(cos, sin), past_key_values=cache)
 
 
+def test_checkpoint_files_of_a_saved_folder(tmp_path):
+    """Where hf.from_pretrained reads a hybrid model's gates: the shards of
+    the index, else model.safetensors, else nothing (then it raises)."""
+    assert hf._checkpoint_files(str(tmp_path), {}) == []
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    assert hf._checkpoint_files(str(tmp_path), {}) == [str(tmp_path / "model.safetensors")]
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (sub / "model.safetensors.index.json").write_text(
+        '{"weight_map": {"a": "m-2.safetensors", "b": "m-1.safetensors", "c": "m-2.safetensors"}}')
+    for name in ("m-1.safetensors", "m-2.safetensors"):
+        (sub / name).write_bytes(b"")
+    assert hf._checkpoint_files(str(tmp_path), {"subfolder": "sub"}) == [
+        str(sub / "m-1.safetensors"), str(sub / "m-2.safetensors")]
+    assert [hf._GATE_KEY.search(k).group(1) for k in (
+        "model.layers.3.self_attn.window_gate", "layers.12.self_attn.window_gate")] == ["3", "12"]
+    assert hf._GATE_KEY.search("model.layers.3.self_attn.q_proj.weight") is None
+
+
 def test_hybrid_options_are_checked_and_saved():
     with pytest.raises(ValueError, match="options of attention='hybrid'"):
         hf.Options(KV_HEADS, window=8)
@@ -635,17 +654,24 @@ def test_generate_greedy_and_sampling_thousands_of_tokens():
     assert not torch.equal(new, out.sequences[:, ids.shape[1]:ids.shape[1] + 1000])
 
 
+def _round_trip(model, ids, path):
+    """save_pretrained, then hf.from_pretrained: (the logits before, the
+    loaded model, checked patched with the same configuration entry)."""
+    with torch.no_grad():
+        want = model(ids, use_cache=False).logits
+    model.save_pretrained(path)
+    loaded = hf.from_pretrained(path, dtype=torch.float32).to(DEVICE).eval()
+    assert hf.is_patched(loaded)
+    assert getattr(loaded.config, hf.CONFIG_KEY) == getattr(model.config, hf.CONFIG_KEY)
+    return want, loaded
+
+
 @needs_transformers
 @pytest.mark.parametrize("family", FAMILIES)
 def test_save_pretrained_round_trip(family, tmp_path):
     model = hf.patch(make_model(family), feature_map="relu", rope=False, decay=0.99)
     ids = _ids(1, 40, seed=10)
-    with torch.no_grad():
-        want = model(ids, use_cache=False).logits
-    model.save_pretrained(tmp_path)
-    loaded = hf.from_pretrained(tmp_path, dtype=torch.float32).to(DEVICE).eval()
-    assert hf.is_patched(loaded)
-    assert getattr(loaded.config, hf.CONFIG_KEY) == getattr(model.config, hf.CONFIG_KEY)
+    want, loaded = _round_trip(model, ids, tmp_path)
     attn = loaded.model.layers[0].self_attn
     assert (attn.options.feature_map, attn.options.rope, attn.options.decay) == \
         ("relu", False, (0.99,) * KV_HEADS)
@@ -819,13 +845,8 @@ def test_hybrid_save_pretrained_round_trip(family, tmp_path):
     load leaves them out)."""
     model = make_hybrid(family, feature_map="relu", window=24, sinks=3)
     ids = _ids(1, 60, seed=15)
-    with torch.no_grad():
-        want = model(ids, use_cache=False).logits
-    model.save_pretrained(tmp_path)
-    loaded = hf.from_pretrained(tmp_path, dtype=torch.float32).to(DEVICE).eval()
-    assert hf.is_patched(loaded)
+    want, loaded = _round_trip(model, ids, tmp_path)
     saved = getattr(loaded.config, hf.CONFIG_KEY)
-    assert saved == getattr(model.config, hf.CONFIG_KEY)
     assert (saved["attention"], saved["window"], saved["sinks"]) == ("hybrid", 24, 3)
     for a, b in zip(model.model.layers, loaded.model.layers):
         assert (b.self_attn.options.window, b.self_attn.options.sinks) == (24, 3)

@@ -738,7 +738,8 @@ def _checkpoint_files(path, kwargs):
     index = find("model.safetensors.index.json")
     if index:
         with open(index) as f:
-            return [find(shard) for shard in sorted(set(json.load(f)["weight_map"].values()))]
+            shards = [find(n) for n in sorted(set(json.load(f)["weight_map"].values()))]
+        return [shard for shard in shards if shard]  # (a gate in a missing one: _load_gates says)
     single = find("model.safetensors")
     return [single] if single else []
 
