@@ -296,7 +296,8 @@ def _hybrid_module(seed=0, window=HYB_W, sinks=HYB_S, **opts):
     """The module with random (non-zero) gate logits."""
     orig, attn = _module(seed=seed, attention="hybrid", window=window, sinks=sinks, **opts)
     with torch.no_grad():
-        attn.window_gate.copy_(torch.randn(HEADS, generator=torch.Generator().manual_seed(seed + 7)))
+        g = torch.Generator().manual_seed(seed + 7)
+        attn.window_gate.copy_(torch.randn(HEADS, generator=g))
     return orig, attn
 
 
