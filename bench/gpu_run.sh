@@ -155,7 +155,12 @@ for L in (8192, 32768):  # B = 1, 32 heads of 128, bf16, causal, elu+1, normalis
         grep -A8 "^engine on\|^CPU decode" "$OUT/engine.log" >> "$SUMMARY" ;;
     pytest)
         export LM_LIB_PATH="$PWD/$B/lib/libliquidmemory.so" PYTHONPATH="$PWD/bindings/python"
-        phase pytest 220 "$OUT/pytest.log" python3 -m pytest -q -rfEs -p no:cacheprovider tests/python ;;
+        # One process per file: a crash in one (an abort takes the process) loses only its file.
+        for f in tests/python/test_*.py; do
+            echo "==== $f" >> "$OUT/pytest.log"
+            phase "pytest-$(basename "$f" .py)" 120 "$OUT/pytest.log" \
+                python3 -m pytest -q -rfEs -p no:cacheprovider "$f"
+        done ;;
     sweep)
         export LM_LIB_PATH="$PWD/$B/lib/libliquidmemory.so" PYTHONPATH="$PWD/bindings/python"
         mkdir -p "$OUT/sweep"
