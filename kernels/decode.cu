@@ -16,6 +16,7 @@
  * the license's limit), since the row's last CTA to arrive, counted on the
  * slot's arrival counter, is the one that advances the slot's position.
  */
+#include "cluster_launch.cuh"
 #include "feature_map.cuh"
 #include "lm_kernels.h"
 
@@ -267,19 +268,8 @@ static void launch(const P &p, int nvb, size_t smem, cudaStream_t s, cudaError_t
         *err = cudaGetLastError();
         return;
     }
-    cudaLaunchConfig_t cfg = {};
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = (unsigned)nvb;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    cfg.gridDim = dim3(blocks);
-    cfg.blockDim = dim3(DEC_THREADS);
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = s;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    *err = cudaLaunchKernelEx(&cfg, decode_kernel<DT, true, P>, p, nvb);
+    *err = lmk::launch_clustered(decode_kernel<DT, true, P>, blocks, DEC_THREADS, smem, s, (unsigned)nvb, p,
+                                 nvb);
 }
 
 template <class P> static lm_status launch_any(const P &p, void *stream)

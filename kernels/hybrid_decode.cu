@@ -16,6 +16,7 @@
  * Not measured yet: bench/gpu_run.sh phase hybrid (target <= 10 us at 32 heads
  * of 128, W = 64, s = 4, flat in context).
  */
+#include "cluster_launch.cuh"
 #include "hybrid.cuh"
 
 #include <cooperative_groups.h>
@@ -202,19 +203,7 @@ cudaError_t launch(const lmk_hybrid_decode &p, int nvb, size_t smem, cudaStream_
         hdecode_kernel<false><<<blocks, THREADS, smem, s>>>(p, 1);
         return cudaGetLastError();
     }
-    cudaLaunchConfig_t cfg = {};
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = (unsigned)nvb;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    cfg.gridDim = dim3(blocks);
-    cfg.blockDim = dim3(THREADS);
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = s;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    return cudaLaunchKernelEx(&cfg, hdecode_kernel<true>, p, nvb);
+    return lmk::launch_clustered(hdecode_kernel<true>, blocks, THREADS, smem, s, (unsigned)nvb, p, nvb);
 }
 
 } // namespace
