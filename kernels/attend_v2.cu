@@ -6,6 +6,10 @@
  *   warpgroup 2  state: v2_state.cuh                  232 registers
  * ordered by mbarriers: full / empty per stage (3 stages of q, k, v), and
  * s_full / s_free around the one bf16 copy of the state the readout reads.
+ * Compensated calls run their own instantiation (COMP), whose state
+ * warpgroup folds each chunk's increment from a fresh accumulator
+ * (v2_state.cuh, fold_fresh); the host keeps their segments to at most
+ * LMK_V2_COMP_SEG tokens and sums them with Kahan in the scan.
  * The kernel body exists only in the sm_90a build; lmk_attend_launch calls
  * this launcher only on compute capability 9.0 (see lmk_attend_v2_takes).
  * Plan, budget and measurements: bench/NOTES.md, "Kernel v2".

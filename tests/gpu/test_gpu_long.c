@@ -230,22 +230,23 @@ START_TEST(test_comp)
 }
 END_TEST
 
-Suite *gpu_comp_suite(void)
+/* A suite of one test case holding one test. */
+static Suite *one_test(const char *name, const TTest *test, int timeout)
 {
-    Suite *s = suite_create("gpu_comp");
-    TCase *tc = tcase_create("comp");
-    tcase_set_timeout(tc, 600);
-    tcase_add_test(tc, test_comp);
+    Suite *s = suite_create(name);
+    TCase *tc = tcase_create(name);
+    tcase_set_timeout(tc, timeout);
+    tcase_add_test(tc, test);
     suite_add_tcase(s, tc);
     return s;
 }
 
+Suite *gpu_comp_suite(void)
+{
+    return one_test("gpu_comp", test_comp, 600);
+}
+
 Suite *gpu_long_suite(void)
 {
-    Suite *s = suite_create("gpu_long");
-    TCase *tc = tcase_create("long");
-    tcase_set_timeout(tc, 900);
-    tcase_add_test(tc, test_long);
-    suite_add_tcase(s, tc);
-    return s;
+    return one_test("gpu_long", test_long, 900);
 }
