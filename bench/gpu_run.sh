@@ -40,7 +40,7 @@
 #                                     needs build/corpus/tinyshakespeare.txt carried, or
 #                                     LM_CORPUS=path; packed in evict.tgz),
 #                                     hf (tests/python/test_hf.py: the Hugging Face patch, linear
-#                                     and hybrid, on transformers' models; needs transformers)
+#                                     and hybrid, on transformers' models; needs transformers),
 #                                     kern2 (compensated prefills on kernel v2, issue #18): the core
 #                                     and absorb grids, the comp suite under v2 and v1 and their
 #                                     errors compared (v2 <= 1.01 x v1 per case), the core prefill
