@@ -180,24 +180,41 @@ def phi(x):
 
 # ---- float64 reference (causal, normalised elu+1), blocked over the sequence ----
 
-def reference64(q, k, v, block=1024):
-    """q, k, v [1, L, h, D] (any float dtype) -> float64 out [1, L, h, D]."""
+def reference_blocks(q, k, v, block=1024):
+    """q, k, v [1, L, h, D] (any float dtype) -> (t0, float64 out [n, h, D]) per block of tokens."""
     _, L, h, d = q.shape
     S = torch.zeros(h, d, d, dtype=torch.float64, device=q.device)
     z = torch.zeros(h, d, dtype=torch.float64, device=q.device)
-    out = torch.empty(1, L, h, d, dtype=torch.float64, device=q.device)
     for t0 in range(0, L, block):
         fq = phi(q[0, t0:t0 + block].double()).transpose(0, 1)  # [h, n, D]
         fk = phi(k[0, t0:t0 + block].double()).transpose(0, 1)
         vv = v[0, t0:t0 + block].double().transpose(0, 1)
-        n = fq.shape[1]
         A = torch.tril(fq @ fk.transpose(1, 2))
         num = fq @ S + A @ vv
         den = (fq * z[:, None, :]).sum(-1, keepdim=True) + A.sum(-1, keepdim=True)
-        out[0, t0:t0 + n] = (num / (den + 1e-6)).transpose(0, 1)
+        yield t0, (num / (den + 1e-6)).transpose(0, 1)
         S += fk.transpose(1, 2) @ vv
         z += fk.sum(1)
+
+
+def reference64(q, k, v, block=1024):
+    """q, k, v [1, L, h, D] (any float dtype) -> float64 out [1, L, h, D]."""
+    out = torch.empty(*q.shape[:3], v.shape[3], dtype=torch.float64, device=q.device)
+    for t0, o in reference_blocks(q, k, v, block):
+        out[0, t0:t0 + o.shape[0]] = o
     return out
+
+
+def error_streamed(q, k, v, o, block=512):
+    """(rel, floor) of o against float64 block by block: no float64 copy of the whole output
+    (1M tokens x 32 heads would take 34 GB)."""
+    err = ref2 = flo = 0.0
+    for t0, r in reference_blocks(q, k, v, block):
+        got = o[0, t0:t0 + r.shape[0]].double()
+        err += (got - r).pow(2).sum().item()
+        flo += (r.to(o.dtype).double() - r).pow(2).sum().item()
+        ref2 += r.pow(2).sum().item()
+    return math.sqrt(err / ref2), math.sqrt(flo / ref2)
 
 
 def rel(x, ref):
@@ -258,6 +275,9 @@ def main():
     ap.add_argument("--lengths", default="2048,8192,32768,131072,524288,1048576")
     ap.add_argument("--commit", default=os.environ.get("LM_COMMIT", "unknown"))
     ap.add_argument("--profile", type=int, default=0, help="only run one core prefill of this length (for ncu)")
+    ap.add_argument("--core-only", action="store_true",
+                    help="only the core prefill at --lengths, each followed by its error against float64 "
+                         "on the timed shape (32 heads: the segments the timing ran)")
     args = ap.parse_args()
     torch.manual_seed(0)
     dev = torch.device("cuda")
@@ -269,7 +289,10 @@ def main():
         ours.prefill(ours.core(q, k, v, o))
         torch.cuda.synchronize()
         return
-    fla, fla_err = load_fla(os.path.abspath(args.peers))
+    if args.core_only:
+        fla, fla_err = None, "not run (--core-only)"
+    else:
+        fla, fla_err = load_fla(os.path.abspath(args.peers))
     recs = []
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "commit": args.commit, "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
@@ -295,6 +318,24 @@ def main():
     b_in = (torch.randn(3 * E, device=dev) * 0.1).to(bf)
     w_out = (torch.randn(E, E, device=dev) * sc).to(bf)
     b_out = (torch.randn(E, device=dev) * 0.1).to(bf)
+
+    if args.core_only:
+        for L in [int(x) for x in args.lengths.split(",")]:
+            reps, rot = (20 if L <= 32768 else 5 if L <= 131072 else 3), 4 if L <= 8192 else 1
+            qs, ks, vs = ([torch.randn(1, L, H, D, device=dev, dtype=torch.bfloat16) for _ in range(rot)]
+                          for _ in range(3))
+            o = torch.full((1, L, H, D), float("nan"), device=dev, dtype=torch.bfloat16)
+            argsets = [ours.core(qs[i], ks[i], vs[i], o) for i in range(rot)]
+            emit(kind="core_prefill", impl="liquid_memory", L=L, ms=time_ms(lambda i: ours.prefill(argsets[i % rot]), reps))
+            o.fill_(float("nan"))
+            ours.prefill(argsets[0])
+            torch.cuda.synchronize()
+            e, floor = error_streamed(qs[0], ks[0], vs[0], o)
+            emit(kind="error_vs_float64", L=L, heads=H, floor=floor, liquid_memory=e, ratios={"liquid_memory": e / floor})
+            del qs, ks, vs, o, argsets
+            torch.cuda.empty_cache()
+        print(f"wrote {args.out}")
+        return
 
     for L in [int(x) for x in args.lengths.split(",")]:
         reps = 20 if L <= 32768 else 5 if L <= 131072 else 3

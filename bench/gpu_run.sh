@@ -40,7 +40,13 @@
 #                                     needs build/corpus/tinyshakespeare.txt carried, or
 #                                     LM_CORPUS=path; packed in evict.tgz),
 #                                     hf (tests/python/test_hf.py: the Hugging Face patch, linear
-#                                     and hybrid, on transformers' models; needs transformers)
+#                                     and hybrid, on transformers' models; needs transformers),
+#                                     kern2 (compensated prefills on kernel v2, issue #18): the core
+#                                     and absorb grids, the comp suite under v2 and v1 and their
+#                                     errors compared (v2 <= 1.01 x v1 per case), the core prefill
+#                                     with its 32-head error at 32K / 128K / 1M under v2 and v1
+#                                     (kern2-bench-v*.json; LM_BENCH_LENGTHS overrides), then the
+#                                     long suite
 set -u
 OUT=${OUT:-/tmp/lm-gpu-out}
 B=${LM_BUILD:-build/device}
@@ -99,6 +105,26 @@ for p in $PHASES; do
         phase bench-v1 200 "$OUT/kernels.log" env LM_ATTEND_KERNEL=v1 python3 bench/gpu_bench.py \
             --lib "$B/lib/libliquidmemory.so" --out "$OUT/bench-v1.json" --commit "$COMMIT" \
             ${LM_BENCH_LENGTHS:+--lengths "$LM_BENCH_LENGTHS"} ;;
+    kern2)
+        export LM_LIB_PATH="$PWD/$B/lib/libliquidmemory.so" PYTHONPATH="$PWD/bindings/python"
+        phase kern2-core 90 "$OUT/kern2-core.log" "$B/bin/lm-gpu-tests" core
+        for k in v2 v1; do
+            phase "kern2-comp-$k" 60 "$OUT/kern2-comp-$k.log" env LM_ATTEND_KERNEL=$k "$B/bin/lm-gpu-tests" comp
+        done
+        # per case "comp <case>: err E ...": v2's error at most 1.01 x v1's, all four cases present
+        phase kern2-compare 20 "$OUT/kern2-compare.log" awk '/^comp /{ c = $2
+                if (FNR == NR) { v1[c] = $4; next }
+                n++; r = (c in v1) ? $4 / v1[c] : 99
+                printf "%s v1 %s v2 %s v2/v1 %.4f\n", c, v1[c], $4, r
+                if (r > 1.01) bad++ }
+            END { if (n < 4 || bad) { print "FAILED: " n " cases, " bad + 0 " over 1.01 x v1"; exit 1 } }' \
+            "$OUT/kern2-comp-v1.log" "$OUT/kern2-comp-v2.log"
+        for k in v2 v1; do
+            phase "kern2-bench-$k" 90 "$OUT/kern2-bench-$k.log" env LM_ATTEND_KERNEL=$k python3 bench/gpu_bench.py \
+                --core-only --lib "$B/lib/libliquidmemory.so" --out "$OUT/kern2-bench-$k.json" --commit "$COMMIT" \
+                --lengths "${LM_BENCH_LENGTHS:-32768,131072,1048576}"
+        done
+        phase kern2-long 120 "$OUT/kern2-long.log" "$B/bin/lm-gpu-tests" long ;;
     profile)
         { cuobjdump -sass -fun '_ZN3lmk13attend_kernelILi128ELi0EEEv10lmk_attendi' "$CUDA_LIB" |
               grep -oE '^ +/\*[0-9a-f]{4}\*/ +[A-Z0-9_.]+' | awk '{print $2}' | sort | uniq -c | sort -rn | head -40

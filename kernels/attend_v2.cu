@@ -6,6 +6,10 @@
  *   warpgroup 2  state: v2_state.cuh                  232 registers
  * ordered by mbarriers: full / empty per stage (3 stages of q, k, v), and
  * s_full / s_free around the one bf16 copy of the state the readout reads.
+ * Compensated calls run their own instantiation (COMP), whose state
+ * warpgroup folds each chunk's increment from a fresh accumulator
+ * (v2_state.cuh, fold_fresh); the host keeps their segments to at most
+ * LMK_V2_COMP_SEG tokens and sums them with Kahan in the scan.
  * The kernel body exists only in the sm_90a build; lmk_attend_launch calls
  * this launcher only on compute capability 9.0 (see lmk_attend_v2_takes).
  * Plan, budget and measurements: bench/NOTES.md, "Kernel v2".
@@ -19,7 +23,7 @@
 namespace lmk {
 namespace v2 {
 
-template <int D> __global__ void __launch_bounds__(THREADS, 1) kernel(const __grid_constant__ lmk_attend p, int kind)
+template <int D, bool COMP> __global__ void __launch_bounds__(THREADS, 1) kernel(const __grid_constant__ lmk_attend p, int kind)
 {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
     typedef Shape<D> T;
@@ -65,19 +69,19 @@ template <int D> __global__ void __launch_bounds__(THREADS, 1) kernel(const __gr
         }
     } else {
         regs_raise<REGS_STATE>();
-        State<T> s;
+        State<T, COMP> s;
         s.run(p, j, sm);
     }
 #endif
 }
 
-template <int D> lm_status launch(const lmk_attend &p, int kind, cudaStream_t stream)
+template <int D, bool COMP> lm_status launch(const lmk_attend &p, int kind, cudaStream_t stream)
 {
     const int64_t ctas = (int64_t)p.B * (kind == LMK_ABSORB ? p.Hkv : p.Hq) * p.nseg;
     if (ctas < 1 || ctas > INT32_MAX)
         return lmi_error(LM_ERR_UNSUPPORTED, "cuda: %lld blocks do not fit a grid", (long long)ctas);
-    LMI_CUDA_TRY(cudaFuncSetAttribute(kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)Shape<D>::SMEM));
-    kernel<D><<<(unsigned)ctas, THREADS, Shape<D>::SMEM, stream>>>(p, kind);
+    LMI_CUDA_TRY(cudaFuncSetAttribute(kernel<D, COMP>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)Shape<D>::SMEM));
+    kernel<D, COMP><<<(unsigned)ctas, THREADS, Shape<D>::SMEM, stream>>>(p, kind);
     LMI_CUDA_TRY(cudaGetLastError());
     return LM_OK;
 }
@@ -88,7 +92,7 @@ template <int D> lm_status launch(const lmk_attend &p, int kind, cudaStream_t st
 extern "C" int lmk_attend_v2_takes(const lmk_attend *p, lmk_kind kind)
 {
     if (kind == LMK_READOUT || p->dtype != LM_BF16 || p->Dk != p->Dv || (p->Dk != 64 && p->Dk != 128) ||
-        p->has_decay || p->compensated)
+        p->has_decay)
         return 0;
     int dev = 0, major = 0, minor = 0;
     if (cudaGetDevice(&dev) != cudaSuccess ||
@@ -100,6 +104,8 @@ extern "C" int lmk_attend_v2_takes(const lmk_attend *p, lmk_kind kind)
 
 extern "C" lm_status lmk_attend_v2_launch(const lmk_attend *p, lmk_kind kind, void *stream)
 {
-    return p->Dk == 64 ? lmk::v2::launch<64>(*p, kind, (cudaStream_t)stream)
-                       : lmk::v2::launch<128>(*p, kind, (cudaStream_t)stream);
+    const cudaStream_t s = (cudaStream_t)stream;
+    if (p->compensated) /* its own kernel: the state warpgroup's registers differ */
+        return p->Dk == 64 ? lmk::v2::launch<64, true>(*p, kind, s) : lmk::v2::launch<128, true>(*p, kind, s);
+    return p->Dk == 64 ? lmk::v2::launch<64, false>(*p, kind, s) : lmk::v2::launch<128, false>(*p, kind, s);
 }

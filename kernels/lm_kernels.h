@@ -17,6 +17,11 @@ extern "C" {
 
 /* Tokens per chunk of the chunked-parallel algorithm. */
 #define LMK_CHUNK 64
+/* The longest segment (tokens) of a compensated call on the v2 prefill: its
+ * state sums 1,024 chunk increments with plain fp32 adds (worst case
+ * 1,024 x 2^-24 relative), the segments are summed with Kahan by the scan
+ * (bench/NOTES.md, "Kernel v2 compensated"). */
+#define LMK_V2_COMP_SEG 65536
 /* Decay values travel by value in the kernel parameters (no copy to the
  * device, so decode stays graph-capturable); this many kv heads at most. */
 #define LMK_MAX_DECAY_HEADS 1024
@@ -238,7 +243,8 @@ size_t lmk_attend_smem(int dtype, int Dk);
 lm_status lmk_attend_launch(const lmk_attend *p, lmk_kind kind, void *stream);
 /* The v2 prefill (kernels/attend_v2.cu, sm_90a): whether it takes calls of
  * this shape and kind on the current GPU (bf16, Dk = Dv = 64 or 128, no decay,
- * not compensated, CAUSAL or ABSORB, compute capability 9.0), judged on the
+ * CAUSAL or ABSORB, compute capability 9.0; compensated calls too, with
+ * segments of at most LMK_V2_COMP_SEG tokens), judged on the
  * structure alone; lmk_attend_launch also needs 16-byte rows for it and
  * falls back to v1 otherwise. */
 int lmk_attend_v2_takes(const lmk_attend *p, lmk_kind kind);

@@ -5,7 +5,8 @@
  * V the v tile (MN-major B); z += phi(K)^T 1 against the ones tile, in
  * column 0 of an m64n8 accumulator. After each chunk, once the readout has
  * freed the buffer, it publishes S and z as bf16 hi + lo for the next
- * chunk's readout (the split keeps ~16 bits, as v1's).
+ * chunk's readout (the split keeps ~16 bits, as v1's). Compensated calls
+ * fold each chunk's increment from a fresh accumulator (fold_fresh).
  */
 #ifndef LM_V2_STATE_CUH
 #define LM_V2_STATE_CUH
@@ -15,7 +16,7 @@
 namespace lmk {
 namespace v2 {
 
-template <class T> struct State {
+template <class T, bool COMP> struct State {
     static constexpr int MB = T::D / 64; /* m64 blocks of d */
     static constexpr int NR = T::D / 2;  /* accumulator registers of one block */
     float s[MB][NR];
@@ -69,6 +70,51 @@ template <class T> struct State {
         for (int mb = 0; mb < MB; mb++) {
             wg_hold(s[mb]);
             wg_hold(z[mb]);
+        }
+    }
+
+    /* Compensated calls: the same products, but each chunk's increment of S
+     * in a fresh accumulator (64 rows x 64 columns at a time), added to S by
+     * round-to-nearest fp32 adds; z's increment summed on the CUDA cores
+     * from the same bf16 phi(k) (an m64n8 accumulator beside it made ptxas
+     * spill). Accumulating into S inside the wgmma truncates every k-step
+     * relative to all of S (one sign for z); this way the tensor core's
+     * rounding is relative to one chunk (bench/NOTES.md, "Kernel v2
+     * compensated"). */
+    __device__ void fold_fresh(const Smem<T> &sm, int st)
+    {
+#pragma unroll
+        for (int mb = 0; mb < MB; mb++) {
+#pragma unroll
+            for (int nh = 0; nh < T::D / 64; nh++) {
+                float inc[32] = {};
+                wg_fence();
+#pragma unroll
+                for (int kk = 0; kk < C / 16; kk++)
+                    WgmmaSS<64, 1, 1>::run(inc, desc_mnmajor(sm.a + sm.k(st) + mb * T::BLOCK + kk * 2048, T::BLOCK),
+                                           desc_mnmajor(sm.a + sm.v(st) + nh * T::BLOCK + kk * 2048, T::BLOCK), kk > 0);
+                wg_commit();
+                wg_wait<0>();
+                wg_hold(inc);
+#pragma unroll
+                for (int r = 0; r < 32; r++)
+                    s[mb][32 * nh + r] += inc[r];
+            }
+            /* z rows row(mb, 0) and row(mb, 2): lane t of a quad sums tokens
+             * 16 t .. 16 t + 15, the quad adds the four. */
+            const int t = threadIdx.x & 3;
+#pragma unroll
+            for (int r = 0; r < 4; r += 2) {
+                const unsigned char *kc = sm.p + sm.k(st);
+                float dz = 0.0f;
+#pragma unroll 4
+                for (int i = 0; i < 16; i++)
+                    dz += __bfloat162float(*(const bf16 *)(kc + T::at(T::BLOCK, 16 * t + i, row(mb, r))));
+                dz += __shfl_xor_sync(0xffffffffu, dz, 1);
+                dz += __shfl_xor_sync(0xffffffffu, dz, 2);
+                if (t == 0)
+                    z[mb][r] += dz;
+            }
         }
     }
 
@@ -129,7 +175,10 @@ template <class T> struct State {
         for (int c = 0; c < j.nch; c++) {
             const int st = c % STAGES;
             wait(sm.full(st), (uint32_t)((c / STAGES) & 1));
-            fold(sm, st);
+            if constexpr (COMP)
+                fold_fresh(sm, st);
+            else
+                fold(sm, st);
             arrive(sm.empty(st));
             if (j.causal && c + 1 < j.nch) {
                 wait(sm.s_free(), (uint32_t)(c & 1)); /* the readout is done with S_c */

@@ -16,7 +16,8 @@
  * CTAs that share a kv head still read the initial state from the same place.
  * Two prefill kernels: v1 (kernels/attend.cuh: a head's value columns over 4
  * CTAs) and v2 (kernels/attend_v2.cu: sm_90a, one CTA per head and segment).
- * v2 runs every call it takes (lmk_attend_v2_takes; the rest stays on v1);
+ * v2 runs every call it takes (lmk_attend_v2_takes; the rest stays on v1),
+ * compensated ones in segments of at most LMK_V2_COMP_SEG tokens;
  * LM_ATTEND_KERNEL=v1 keeps every call on v1 (v2 became the default after it
  * passed the GPU suites and the sanitizers on the H200: bench/NOTES.md).
  * With a mask and a decay, a segment decays the state by g^(its unmasked
@@ -74,6 +75,15 @@ static int64_t fill(int sms, int64_t ctas, int v2)
     return v2 ? (sms / ctas > 1 ? sms / ctas : 1) : lmi_cdiv(sms, ctas);
 }
 
+/* A compensated call on v2 sums each segment's chunks with plain fp32 adds
+ * and the segments with Kahan (the scan): at least enough segments of n
+ * tokens that none is longer than LMK_V2_COMP_SEG. */
+static int64_t comp_segments(const lmi_core_params *p, int v2, int64_t n, int64_t want)
+{
+    const int64_t least = v2 && p->compensated ? lmi_cdiv(n, LMK_V2_COMP_SEG) : 1;
+    return want > least ? want : least;
+}
+
 static plan plan_of(const lmi_core_params *p, int sms)
 {
     plan pl = { 0 };
@@ -85,6 +95,7 @@ static plan plan_of(const lmi_core_params *p, int sms)
         int64_t want = 1;
         if (2 * ctas <= sms) /* segments of at least 8 chunks, so ABSORB pays off */
             want = clamp64(fill(sms, ctas, v2), 1, chunks / 8);
+        want = comp_segments(p, v2, p->L, want);
         pl.seg_len = lmi_segment_len(p->L, want);
         pl.nseg = lmi_cdiv(p->L, pl.seg_len);
         pl.ws_floats = (size_t)((pl.nseg > 1 ? pl.nseg : 0) + (p->state ? 1 : 0)) * heads * per;
@@ -92,8 +103,9 @@ static plan plan_of(const lmi_core_params *p, int sms)
             pl.ws_floats += (size_t)(heads * pl.nseg); /* segment decays */
     } else { /* bidirectional, or causal keys alone (L = 0) */
         if (p->Lk > 0) {
-            const int64_t want = fill(sms, p->B * p->Hkv * (v2 ? 1 : nvb), v2);
-            pl.kseg_len = lmi_segment_len(p->Lk, clamp64(want, 1, lmi_cdiv(p->Lk, 4 * LMK_CHUNK)));
+            const int64_t want = clamp64(fill(sms, p->B * p->Hkv * (v2 ? 1 : nvb), v2), 1,
+                                         lmi_cdiv(p->Lk, 4 * LMK_CHUNK));
+            pl.kseg_len = lmi_segment_len(p->Lk, comp_segments(p, v2, p->Lk, want));
             pl.nkseg = lmi_cdiv(p->Lk, pl.kseg_len);
         }
         if (p->L > 0) {

@@ -4,6 +4,9 @@
  *   lm-gpu-tests                  core, module, backward and module backward grids
  *   lm-gpu-tests small            the reduced grid, for compute-sanitizer
  *   lm-gpu-tests long             64K to 1M tokens
+ *   lm-gpu-tests comp             compensated prefills at ragged lengths (and
+ *                                 their errors printed, for v1 against v2)
+ *   lm-gpu-tests core             the core and absorb grids alone
  *   lm-gpu-tests backward         the (core) backward grid alone
  *   lm-gpu-tests module_backward  the module backward's grid alone
  *   lm-gpu-tests absorb           lm_linear_attn_absorb's grid alone
@@ -20,6 +23,7 @@
 Suite *gpu_core_suite(void);
 Suite *gpu_module_suite(void);
 Suite *gpu_long_suite(void);
+Suite *gpu_comp_suite(void);
 Suite *gpu_backward_suite(void);
 Suite *gpu_module_backward_suite(void);
 Suite *gpu_absorb_suite(void);
@@ -38,6 +42,11 @@ int main(int argc, char **argv)
     SRunner *sr;
     if (!strcmp(mode, "long")) {
         sr = srunner_create(gpu_long_suite());
+    } else if (!strcmp(mode, "comp")) {
+        sr = srunner_create(gpu_comp_suite());
+    } else if (!strcmp(mode, "core")) {
+        sr = srunner_create(gpu_core_suite());
+        srunner_add_suite(sr, gpu_absorb_suite());
     } else if (!strcmp(mode, "backward")) {
         sr = srunner_create(gpu_backward_suite());
     } else if (!strcmp(mode, "module_backward")) {
@@ -57,7 +66,7 @@ int main(int argc, char **argv)
     } else if (!strcmp(mode, "absorb")) {
         sr = srunner_create(gpu_absorb_suite());
     } else {
-        fprintf(stderr, "usage: lm-gpu-tests [all|small|long|backward|module_backward|absorb|pool|hybrid]\n");
+        fprintf(stderr, "usage: lm-gpu-tests [all|small|long|comp|core|backward|module_backward|absorb|pool|hybrid]\n");
         return 2;
     }
     srunner_set_fork_status(sr, CK_NOFORK);

@@ -347,6 +347,27 @@ START_TEST(test_layouts_and_segments)
 }
 END_TEST
 
+/* Compensated accumulation (LM_PRECISION_ON) on the shapes the v2 prefill
+ * takes (bf16, Dk = Dv = 64 and 128, no decay): GQA, a key mask, an initial
+ * state, ragged lengths, segments (B * H small), every feature map, causal
+ * and bidirectional (whose key pass is v2's ABSORB). */
+START_TEST(test_compensated)
+{
+    ref_seed(108);
+    for (int dk = 64; dk <= 128; dk *= 2)
+        for (int fm = 0; fm < (gpu_small ? 1 : 3); fm++)
+            for (int causal = 1; causal >= 0; causal--) {
+                gcase c = base_case();
+                c.B = 1, c.Hq = 4, c.Hkv = 2, c.Dk = c.Dv = dk;
+                c.L = c.Lk = gpu_small ? 1100 : 3000 + 17 * fm;
+                c.causal = causal, c.mask = 1, c.state_in = 1;
+                c.fm = fm, c.normalize = fm != LM_FEATURE_IDENTITY;
+                c.precision = LM_PRECISION_ON;
+                check_case(&c);
+            }
+}
+END_TEST
+
 /* 10 runs of the same call give the same bits (no atomics, fixed orders). */
 START_TEST(test_deterministic)
 {
@@ -484,6 +505,7 @@ Suite *gpu_core_suite(void)
     tcase_add_test(tc, test_modes);
     tcase_add_test(tc, test_dtypes);
     tcase_add_test(tc, test_layouts_and_segments);
+    tcase_add_test(tc, test_compensated);
     tcase_add_test(tc, test_deterministic);
     tcase_add_test(tc, test_state_handover);
     tcase_add_test(tc, test_decode);
