@@ -41,7 +41,7 @@ class Tensor(C.Structure):
 
 
 class CoreArgs(C.Structure):
-    _fields_ = [("q", C.POINTER(Tensor)), ("k", C.POINTER(Tensor)), ("v", C.POINTER(Tensor)),
+    _fields_ = [("struct_size", C.c_uint32), ("q", C.POINTER(Tensor)), ("k", C.POINTER(Tensor)), ("v", C.POINTER(Tensor)),
                 ("out", C.POINTER(Tensor)), ("key_padding_mask", C.POINTER(Tensor)),
                 ("state", C.c_void_p), ("normalizer", C.c_void_p), ("position", C.c_int64),
                 ("is_causal", C.c_int), ("feature_map", C.c_int), ("normalize", C.c_int),
@@ -49,7 +49,7 @@ class CoreArgs(C.Structure):
 
 
 class Config(C.Structure):
-    _fields_ = [("embed_dim", C.c_int), ("num_heads", C.c_int), ("num_kv_heads", C.c_int),
+    _fields_ = [("struct_size", C.c_uint32), ("embed_dim", C.c_int), ("num_heads", C.c_int), ("num_kv_heads", C.c_int),
                 ("head_dim", C.c_int), ("kdim", C.c_int), ("vdim", C.c_int), ("feature_map", C.c_int),
                 ("normalize", C.c_int), ("eps", C.c_float), ("scale", C.c_float), ("decay", C.c_void_p),
                 ("precision", C.c_int), ("dtype", C.c_int), ("device", C.c_int), ("cuda_device", C.c_int),
@@ -57,12 +57,12 @@ class Config(C.Structure):
 
 
 class Weights(C.Structure):
-    _fields_ = [(n, C.c_void_p) for n in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight",
+    _fields_ = [("struct_size", C.c_uint32)] + [(n, C.c_void_p) for n in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight",
                                           "in_proj_bias", "out_proj_weight", "out_proj_bias")]
 
 
 class Opts(C.Structure):
-    _fields_ = [("is_causal", C.c_int), ("key_padding_mask", C.POINTER(Tensor)), ("use_state", C.c_int),
+    _fields_ = [("struct_size", C.c_uint32), ("is_causal", C.c_int), ("key_padding_mask", C.POINTER(Tensor)), ("use_state", C.c_int),
                 ("keep_state", C.c_int)]
 
 
@@ -251,14 +251,14 @@ class Ours:
         cfg.dtype, cfg.device, cfg.cuda_device = LM_BF16, LM_CUDA, torch.cuda.current_device()
         h = C.c_void_p()
         self.lib.check(self.lib.so.lm_attn_create(C.byref(cfg), C.byref(h)), "create")
-        w = Weights(in_proj_weight=w_in.data_ptr(), in_proj_bias=b_in.data_ptr(),
+        w = Weights(struct_size=C.sizeof(Weights), in_proj_weight=w_in.data_ptr(), in_proj_bias=b_in.data_ptr(),
                     out_proj_weight=w_out.data_ptr(), out_proj_bias=b_out.data_ptr())
         self.lib.check(self.lib.so.lm_attn_set_weights(h, C.byref(w)), "set_weights")
         return h
 
     def forward(self, h, x, y, keep=0):
         tx, ty = Lib.tensor(x), Lib.tensor(y)
-        o = Opts(is_causal=1, keep_state=keep)
+        o = Opts(struct_size=C.sizeof(Opts), is_causal=1, keep_state=keep)
         self.lib.check(self.lib.so.lm_attn_forward(h, C.byref(tx), C.byref(tx), C.byref(tx), C.byref(o),
                                                    C.byref(ty), stream_ptr()), "forward")
 
