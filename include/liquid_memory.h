@@ -400,6 +400,14 @@ typedef struct lm_core_args {
     float *window_values;      /* [B, Hkv, s + W, Dv] fp32 */
     int32_t *window_pos;       /* [B, Hkv, s + W]: 0 = empty, p + 1 = holds the token at
                                   position p, -(p + 1) = position p, whose key was masked */
+    /* 1: the call starts a sequence: the library empties state, normalizer (and the
+     * window buffers) itself before running, then writes them as usual; position must
+     * be 0. Under a context cap (evaluation mode, or a license with max_seq_len) a state
+     * is accepted only this way: the core cannot verify the position of a state the
+     * caller carries (LM_ERR_LICENSE); sequences continue through an lm_attn handle or
+     * an lm_pool, whose positions the library keeps (docs/DESIGN.md, "Per-sequence
+     * entitlements"). 0 (default): state holds `position` tokens already. */
+    int fresh_state;
 } lm_core_args;
 
 /* Fills the options of args with defaults (elu+1, normalised, eps 1e-6,
@@ -735,6 +743,8 @@ typedef struct lm_license_details {
     char source[256];       /* "lm_license_set", "LM_LICENSE", "LM_LICENSE_FILE=<path>",
                                the default file's path, or "none" */
     char reason[256];       /* why it was refused, when mode is INVALID; else "" */
+    char key_id[17];        /* the signing key's id as hex (payload format 2), "" for a
+                               format 1 token or when unknown */
 } lm_license_details;
 
 /* Installs a license token for this process, verified now (signature,

@@ -163,6 +163,19 @@ lm_status lmi_license_check(int64_t tokens)
     return st;
 }
 
+lm_status lmi_license_limits(lmi_limits *out)
+{
+    pthread_mutex_lock(&lock);
+    lm_status st = check_locked(1);
+    const held *h = in_force();
+    if (!h->present)
+        *out = (lmi_limits){ .cap = LM_EVAL_MAX_TOKENS, .evaluation = 1 };
+    else
+        *out = (lmi_limits){ .cap = h->lic.max_seq_len, .expiring = h->lic.expires != 0 };
+    pthread_mutex_unlock(&lock);
+    return st;
+}
+
 const char *lmi_license_build_note(void)
 {
     return lml_development_build ? " (development build)" : "";
@@ -252,6 +265,8 @@ static void copy_fields(lm_license_details *out, const lml_license *lic)
     out->expires = lic->expires;
     out->max_seq_len = lic->max_seq_len;
     out->features = lic->features;
+    if (lic->version >= 2)
+        sodium_bin2hex(out->key_id, sizeof out->key_id, lic->key_id, LML_KEY_ID_BYTES);
 }
 
 lm_status lm_license_info(lm_license_details *caller)

@@ -45,5 +45,5 @@ lm_status lm_linear_attn_absorb(const lm_core_args *args, void *stream)
                                      "hybrid attention's window is not a sum over keys")))
         return st;
     p.L = 0; /* keys alone: the state advances, nothing is read out */
-    return be->prefill(&p, stream);
+    return (st = lmi_core_fresh(&full, be, &p, stream)) ? st : be->prefill(&p, stream);
 }

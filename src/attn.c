@@ -273,8 +273,10 @@ lm_status lm_attn_forward(lm_attn *a, const lm_tensor *query, const lm_tensor *k
         return lmi_error(LM_ERR_STATE,
                          "the state holds batch %lld, this call has batch %lld: call lm_attn_reset first",
                          (long long)a->state_batch, (long long)B);
-    const int64_t ctx = (use_state ? a->position : 0) + (f.Lq > f.Lk ? f.Lq : f.Lk);
-    if ((st = lmi_license_check(ctx)))
+    int64_t ctx;
+    if ((st = lmi_context(use_state ? a->position : 0, f.Lq > f.Lk ? f.Lq : f.Lk,
+                          "lm_attn_forward", &ctx)) ||
+        (st = lmi_license_check(ctx)) || (st = lmi_capture_check(a->be, stream, 0, "lm_attn_forward")))
         return st;
 
     if ((st = reserve(a, &a->work, &a->work_cap, B)))
@@ -324,7 +326,9 @@ lm_status lm_attn_step(lm_attn *a, const lm_tensor *x, lm_tensor *out, void *str
                          "the state holds batch %lld, this step has batch %lld: call lm_attn_reset first",
                          (long long)a->state_batch, (long long)B);
     const int64_t pos = a->state_batch ? a->position : 0;
-    if ((st = lmi_license_check(pos + 1)))
+    int64_t ctx;
+    if ((st = lmi_context(pos, 1, "lm_attn_step", &ctx)) || (st = lmi_license_check(ctx)) ||
+        (st = lmi_capture_check(a->be, stream, 0, "lm_attn_step")))
         return st;
     if (!a->state_batch) {
         if ((st = reserve(a, &a->state, &a->state_cap, B)) ||
@@ -355,7 +359,8 @@ lm_status lm_attn_state_size(const lm_attn *a, size_t *bytes)
     if (!a->state_batch)
         return lmi_error(LM_ERR_STATE, "there is no state: run a forward with keep_state, a step, "
                                        "or lm_attn_set_state first");
-    *bytes = lmi_blob_header_bytes(a) + (size_t)lmi_state_floats(a, a->state_batch) * sizeof(float);
+    *bytes = lmi_blob_header_bytes(a) + (size_t)lmi_state_floats(a, a->state_batch) * sizeof(float) +
+             LMI_BLOB_TAG_BYTES;
     return LM_OK;
 }
 
@@ -370,9 +375,11 @@ lm_status lm_attn_get_state(const lm_attn *a, void *buf, size_t bytes)
     if (bytes < need)
         return lmi_error(LM_ERR_INVALID_ARG, "buf holds %zu bytes, the state needs %zu", bytes,
                          need);
-    const size_t hb = lmi_blob_header_bytes(a);
+    const size_t hb = lmi_blob_header_bytes(a), body = need - LMI_BLOB_TAG_BYTES;
     lmi_blob_header_write(a, buf);
-    return a->be->copy((lm_attn *)a, (char *)buf + hb, a->state, need - hb, 2);
+    /* The copy to the host is synchronous: the tag covers the final bytes. */
+    st = a->be->copy((lm_attn *)a, (char *)buf + hb, a->state, body - hb, 2);
+    return st ? st : lmi_blob_sign(buf, body);
 }
 
 lm_status lm_attn_set_state(lm_attn *a, const void *buf, size_t bytes)
@@ -380,26 +387,10 @@ lm_status lm_attn_set_state(lm_attn *a, const void *buf, size_t bytes)
     if (!a || !buf)
         return lmi_error(LM_ERR_INVALID_ARG, "%s is NULL", a ? "buf" : "attn");
     lmi_blob_info h;
-    lm_status st = lmi_blob_header_read(a, buf, bytes, &h);
-    if (st)
+    lm_status st = lmi_blob_read(a, buf, bytes, &h);
+    if (st || (st = reserve(a, &a->state, &a->state_cap, h.batch)))
         return st;
-    if (h.kv_heads != a->Hkv || h.dk != a->D || h.dv != a->D)
-        return lmi_error(LM_ERR_STATE,
-                         "the blob has %lld kv heads of %lldx%lld, the handle %lld of %lldx%lld",
-                         (long long)h.kv_heads, (long long)h.dk, (long long)h.dv,
-                         (long long)a->Hkv, (long long)a->D, (long long)a->D);
-    if (h.batch <= 0 || h.batch > ((int64_t)1 << 24) || h.position < 0)
-        return lmi_error(LM_ERR_INVALID_ARG, "the blob has batch %lld, position %lld",
-                         (long long)h.batch, (long long)h.position);
-    if ((st = check_batch(a, h.batch)))
-        return st;
-    const size_t need = (size_t)lmi_state_floats(a, h.batch) * sizeof(float);
-    if (bytes - h.header_bytes != need)
-        return lmi_error(LM_ERR_INVALID_ARG, "the blob has %zu bytes of state, expected %zu",
-                         bytes - h.header_bytes, need);
-    if ((st = reserve(a, &a->state, &a->state_cap, h.batch)))
-        return st;
-    if ((st = a->be->copy(a, a->state, (const char *)buf + h.header_bytes, need, 1))) {
+    if ((st = a->be->copy(a, a->state, (const char *)buf + h.header_bytes, h.data_bytes, 1))) {
         a->state_batch = 0;
         return st;
     }

@@ -103,5 +103,5 @@ lm_status lm_linear_attn_backward(const lm_core_args *arguments, const lm_core_g
         .dstate_in = grads->dstate_in,
         .dnormalizer_in = grads->dnormalizer_in,
     };
-    return be->backward(&p, &g, stream);
+    return (st = lmi_core_fresh(&args_full, be, &p, stream)) ? st : be->backward(&p, &g, stream);
 }

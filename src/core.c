@@ -84,8 +84,10 @@ lm_status lmi_core_fill(const lm_core_args *args, lmi_core_call call, lm_core_ar
         return st;
     if (a->decay && !causal)
         return lmi_error(LM_ERR_UNSUPPORTED, "decay is defined for causal attention only");
-    const int64_t ctx = (a->state ? a->position : 0) + (L > Lk ? L : Lk);
-    if ((st = lmi_license_check(ctx)))
+    int64_t ctx;
+    if ((st = lmi_context(a->state && !a->fresh_state ? a->position : 0, L > Lk ? L : Lk,
+                          "the core call", &ctx)) ||
+        (st = lmi_license_check(ctx)) || (st = lmi_core_entitle(a)))
         return st;
     *be = &lmi_cpu_backend;
     if (dev == LM_CUDA && (st = lmi_cuda_backend(-1, be)))
@@ -124,7 +126,7 @@ lm_status lm_linear_attn_prefill(const lm_core_args *args, void *stream)
     lmi_core_params p;
     const lmi_backend *be;
     lm_status st = lmi_core_fill(args, LMI_CORE_PREFILL, &full, &p, &be);
-    if (st)
+    if (st || (st = lmi_core_fresh(&full, be, &p, stream)))
         return st;
     return p.hybrid ? lmi_hybrid_run(be, &p, 0, stream) : be->prefill(&p, stream);
 }
@@ -143,7 +145,7 @@ lm_status lm_linear_attn_prefill_ws(const lm_core_args *args, void *workspace, s
         return lmi_error(LM_ERR_INVALID_ARG, "workspace is NULL (lm_linear_attn_prefill allocates its own)");
     p.ws = workspace;
     p.ws_bytes = workspace_bytes;
-    return be->prefill(&p, stream);
+    return (st = lmi_core_fresh(&full, be, &p, stream)) ? st : be->prefill(&p, stream);
 }
 
 lm_status lm_linear_attn_prefill_workspace(const lm_core_args *args, size_t *bytes)
@@ -166,7 +168,7 @@ lm_status lm_linear_attn_decode(const lm_core_args *args, void *stream)
     lmi_core_params p;
     const lmi_backend *be;
     lm_status st = lmi_core_fill(args, LMI_CORE_DECODE, &full, &p, &be);
-    if (st)
+    if (st || (st = lmi_core_fresh(&full, be, &p, stream)))
         return st;
     return p.hybrid ? lmi_hybrid_run(be, &p, 1, stream) : be->decode(&p, stream);
 }

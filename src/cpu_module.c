@@ -163,6 +163,13 @@ static lm_status cpu_zero(lm_attn *a, void *ptr, size_t bytes)
     return LM_OK;
 }
 
+static lm_status cpu_zero_async(void *ptr, size_t bytes, void *stream)
+{
+    (void)stream;
+    memset(ptr, 0, bytes);
+    return LM_OK;
+}
+
 static lm_status cpu_core(const lmi_core_params *p, void *stream)
 {
     (void)stream;
@@ -205,4 +212,5 @@ const lmi_backend lmi_cpu_backend = {
     .pool = &lmi_cpu_pool,
     .hybrid_prefill = cpu_hybrid_prefill,
     .hybrid_decode = cpu_hybrid_decode,
+    .zero_async = cpu_zero_async, /* no .capturing: nothing on the CPU is captured */
 };

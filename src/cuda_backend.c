@@ -226,6 +226,21 @@ static lm_status core_hybrid_decode(const lmi_core_params *p, void *stream)
     return lmi_cuda_hybrid_decode(p, (cudaStream_t)stream);
 }
 
+static lm_status core_capturing(void *stream, int *yes)
+{
+    enum cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    LMI_CUDA_TRY(cudaStreamIsCapturing((cudaStream_t)stream, &cs));
+    *yes = cs != cudaStreamCaptureStatusNone;
+    return LM_OK;
+}
+
+/* The core's fresh_state: on the current device, the caller's stream. */
+static lm_status core_zero_async(void *ptr, size_t bytes, void *stream)
+{
+    LMI_CUDA_TRY(cudaMemsetAsync(ptr, 0, bytes, (cudaStream_t)stream));
+    return LM_OK;
+}
+
 static const lmi_backend cuda_backend = {
     .name = "cuda",
     .init = init,
@@ -244,6 +259,8 @@ static const lmi_backend cuda_backend = {
     .pool = &lmi_cuda_pool,
     .hybrid_prefill = core_hybrid_prefill,
     .hybrid_decode = core_hybrid_decode,
+    .capturing = core_capturing,
+    .zero_async = core_zero_async,
 };
 
 lm_status lmi_cuda_open_backend(int cuda_device, const lmi_backend **out)

@@ -105,6 +105,16 @@ lm_status lmi_core_fill(const lm_core_args *args, lmi_core_call call, lm_core_ar
 /* LM_OK when a context of `tokens` tokens is allowed by the license in force
  * (or evaluation mode); else LM_ERR_LICENSE with a message. */
 lm_status lmi_license_check(int64_t tokens);
+/* The entitlements in force, for the checks that a bare context length does
+ * not cover (state blobs, carried core states, CUDA graph capture). */
+typedef struct lmi_limits {
+    int64_t cap;    /* tokens of context per sequence; 0 = unlimited */
+    int evaluation; /* no license: cap = LM_EVAL_MAX_TOKENS */
+    int expiring;   /* the license has an expiry date */
+} lmi_limits;
+/* Fills *out and returns what lmi_license_check(1) returns: LM_ERR_LICENSE
+ * when nothing may run (a refused or expired license). */
+lm_status lmi_license_limits(lmi_limits *out);
 /* " (development build)" or "", for lm_version. */
 const char *lmi_license_build_note(void);
 
@@ -206,6 +216,7 @@ struct lm_pool {
     uint32_t *mark, epoch;    /* duplicate-slot check: mark[slot] == epoch */
     const struct lmi_pool_ops *ops; /* the backend's */
     void *ctx;                /* the backend's per-pool state */
+    const struct lmi_backend *be; /* the backend: capture queries */
 };
 
 /* A checked lm_pool_prefill call, for the backend. Sequence i is tokens
@@ -298,6 +309,11 @@ typedef struct lmi_backend {
      * UNSUPPORTED. The module's forward and step handle hybrid themselves. */
     lm_status (*hybrid_prefill)(const lmi_core_params *p, void *stream);
     lm_status (*hybrid_decode)(const lmi_core_params *p, void *stream);
+    /* Whether `stream` is being captured into a CUDA graph (NULL: never). */
+    lm_status (*capturing)(void *stream, int *yes);
+    /* Zeroes bytes at ptr on the backend's device, ordered on `stream` (a
+     * core call's fresh_state). */
+    lm_status (*zero_async)(void *ptr, size_t bytes, void *stream);
 } lmi_backend;
 
 extern const lmi_backend lmi_cpu_backend;
@@ -352,7 +368,7 @@ lm_status lmi_hybrid_no_backward(int hybrid, const char *what);
 /* What a blob's header says. */
 typedef struct lmi_blob_info {
     int64_t batch, kv_heads, dk, dv, position;
-    size_t header_bytes;
+    size_t header_bytes, data_bytes;
 } lmi_blob_info;
 /* Bytes of the header lm_attn_get_state writes for the handle: format 1
  * ("LMSTATE1") in linear mode, format 2 ("LMSTATE2", with the attention, W
@@ -360,8 +376,63 @@ typedef struct lmi_blob_info {
 size_t lmi_blob_header_bytes(const lm_attn *a);
 /* Writes that header for the handle's state into buf. */
 void lmi_blob_header_write(const lm_attn *a, void *buf);
-/* Reads the header of a blob of either format into *info; checks its magic
- * and that its mode (and hybrid W, s) are the handle's. */
-lm_status lmi_blob_header_read(const lm_attn *a, const void *buf, size_t bytes, lmi_blob_info *info);
+/* Parses a blob of either format coming back to the handle into *info:
+ * magic, mode (and hybrid W, s), shapes, batch, position and size are the
+ * handle's and in bounds, and lmi_blob_admit lets it in. */
+lm_status lmi_blob_read(const lm_attn *a, const void *buf, size_t bytes, lmi_blob_info *info);
+#define LMI_MAX_BLOB_BATCH (1 << 24)
+
+/* ---- the pool's slot blob (slot_blob.c) ---- */
+
+#define LMI_SLOT_HEADER_BYTES 56
+/* Bytes of a slot blob of pool p: header, S and z, tag. */
+size_t lmi_slot_blob_bytes(const lm_pool *p);
+/* Writes the header (the slot at `position`) into buf, whose S and z are
+ * written, and the tag over both. */
+lm_status lmi_slot_blob_seal(const lm_pool *p, int64_t position, void *buf);
+/* Parses a slot blob coming back to pool p (magic, byte order, format,
+ * shapes, position, size) and lets lmi_blob_admit judge it; *position is
+ * the slot's. S and z follow the header. */
+lm_status lmi_slot_blob_read(const lm_pool *p, const void *buf, size_t bytes, int64_t *position);
+
+/* ---- blob authentication (blob_auth.c) ---- */
+
+/* Bytes of the keyed BLAKE2b tag that ends every state blob. */
+#define LMI_BLOB_TAG_BYTES 32
+/* Writes the tag of blob[0..body_bytes) at blob + body_bytes. */
+lm_status lmi_blob_sign(void *blob, size_t body_bytes);
+/* Whether a blob of `bytes` bytes, whose body (everything but the tag) has
+ * body_bytes, may come back: its size is the body's with or without a tag,
+ * and under a context cap the tag must be this process's (LICENSE
+ * otherwise, naming `what` and the blob's position). */
+lm_status lmi_blob_admit(const void *blob, size_t bytes, size_t body_bytes, int64_t position,
+                         const char *what);
+
+/* ---- entitlements beyond a context length (entitle.c) ---- */
+
+/* Under a context cap, refuses (LICENSE, naming `what`) a call being
+ * captured into a CUDA graph whose count the host keeps (fixed = 0: it
+ * continues a sequence, so each replay would add tokens the library never
+ * sees). Calls of fixed = 1 start fresh with the lengths the graph bakes
+ * in: counted at capture, they count the same on every replay. */
+lm_status lmi_capture_check(const struct lmi_backend *be, void *stream, int fixed, const char *what);
+/* The core API's rule for a state the caller carries (docs/DESIGN.md): under
+ * a context cap a state is accepted only with fresh_state (the library
+ * empties it: position 0); a carried state's position cannot be verified.
+ * fresh_state needs a state and position 0. Called after the context check. */
+lm_status lmi_core_entitle(const lm_core_args *a);
+/* With a->fresh_state, empties the state, normalizer and window buffers of
+ * p on `stream`, just before the call runs. */
+lm_status lmi_core_fresh(const lm_core_args *a, const struct lmi_backend *be, const lmi_core_params *p,
+                         void *stream);
+
+/* ---- positions ---- */
+
+/* The largest position a state may claim: far beyond any real context, and
+ * far enough from INT64_MAX that position + a call's tokens cannot overflow. */
+#define LMI_MAX_POSITION ((int64_t)1 << 62)
+/* *ctx = position + tokens, or INVALID_ARG (naming `what`) when position is
+ * outside 0..LMI_MAX_POSITION or the sum would overflow. */
+lm_status lmi_context(int64_t position, int64_t tokens, const char *what, int64_t *ctx);
 
 #endif /* LM_IMPL_H */

@@ -88,6 +88,7 @@ lm_status lm_pool_create(const lm_pool_config *config, lm_pool **out)
     p->z_stride = cfg.normalizer_stride ? cfg.normalizer_stride : p->Hkv * p->Dk;
     p->scale = cfg.scale > 0.0f ? cfg.scale : 1.0f / sqrtf((float)p->Dk);
     p->ops = be->pool;
+    p->be = be;
     p->pos = calloc((size_t)p->N, sizeof *p->pos);
     p->mark = calloc((size_t)p->N, sizeof *p->mark);
     if (cfg.decay && (p->decay = malloc((size_t)p->Hkv * sizeof(float))))
@@ -184,16 +185,10 @@ static lmi_view rows_view(const lm_tensor *t)
  * may run (an invalid or expired license). Checked on every call. */
 static lm_status license_limit(int64_t *limit)
 {
-    lm_status st = lmi_license_check(1);
-    if (st)
-        return st;
-    lm_license_details d;
-    memset(&d, 0, sizeof d);
-    d.struct_size = sizeof d;
-    if ((st = lm_license_info(&d)))
-        return st;
-    *limit = d.max_seq_len;
-    return LM_OK;
+    lmi_limits lim;
+    lm_status st = lmi_license_limits(&lim);
+    *limit = lim.cap;
+    return st;
 }
 
 /* ---- varlen prefill ---- */
@@ -286,7 +281,8 @@ lm_status lm_pool_prefill(lm_pool *pool, const lm_prefill_args *args, void *stre
     lmi_varlen v;
     int refused;
     lm_status st = check_prefill(pool, args, &a, &v);
-    if (st || (st = prefill_license(pool, &v, a.row_status, stream, &refused)))
+    if (st || (st = lmi_capture_check(pool->be, stream, 0, "lm_pool_prefill")) ||
+        (st = prefill_license(pool, &v, a.row_status, stream, &refused)))
         return st;
     v.skip = refused ? a.row_status : NULL;
     if ((st = pool->ops->prefill(pool, &v, stream)))
@@ -422,31 +418,11 @@ lm_status lm_pool_slot_position(const lm_pool *pool, int64_t slot, int64_t *toke
     return pool->ops->slot_get(pool, slot, NULL, NULL, tokens, stream);
 }
 
-/* The slot blob: this header, then S [Hkv][Dk][Dv] and z [Hkv][Dk] as fp32
- * in the byte order of the machine that wrote it (the header's endian mark
- * says which). */
-typedef struct slot_header {
-    char magic[8];          /* "LMSLOT01" */
-    uint32_t version;       /* BLOB_VERSION */
-    uint32_t header_bytes;  /* sizeof(slot_header) */
-    uint32_t endian;        /* 0x01020304 as written */
-    uint32_t reserved;
-    int64_t kv_heads, dk, dv, position;
-} slot_header;
-
-#define BLOB_VERSION 1u
-static const char blob_magic[8] = { 'L', 'M', 'S', 'L', 'O', 'T', '0', '1' };
-
-static size_t blob_floats(const lm_pool *p)
-{
-    return (size_t)(p->Hkv * p->Dk * p->Dv + p->Hkv * p->Dk);
-}
-
 lm_status lm_pool_slot_blob_size(const lm_pool *pool, size_t *bytes)
 {
     if (!pool || !bytes)
         return lmi_error(LM_ERR_INVALID_ARG, "%s is NULL", pool ? "bytes" : "pool");
-    *bytes = sizeof(slot_header) + blob_floats(pool) * sizeof(float);
+    *bytes = lmi_slot_blob_bytes(pool);
     return LM_OK;
 }
 
@@ -459,45 +435,25 @@ lm_status lm_pool_slot_export(const lm_pool *pool, int64_t slot, void *buf, size
     if (!buf || bytes < need)
         return lmi_error(LM_ERR_INVALID_ARG, "buf holds %zu bytes, a slot's blob needs %zu",
                          buf ? bytes : 0, need);
-    slot_header h = { .version = BLOB_VERSION, .header_bytes = sizeof h, .endian = 0x01020304u,
-                      .kv_heads = pool->Hkv, .dk = pool->Dk, .dv = pool->Dv };
-    memcpy(h.magic, blob_magic, sizeof h.magic);
-    float *S = (float *)((char *)buf + sizeof h), *z = S + pool->Hkv * pool->Dk * pool->Dv;
-    if ((st = pool->ops->slot_get(pool, slot, S, z, &h.position, stream)))
+    float *S = (float *)((char *)buf + LMI_SLOT_HEADER_BYTES), *z = S + pool->Hkv * pool->Dk * pool->Dv;
+    int64_t position;
+    if ((st = pool->ops->slot_get(pool, slot, S, z, &position, stream)))
         return st;
-    memcpy(buf, &h, sizeof h);
-    return LM_OK;
+    return lmi_slot_blob_seal(pool, position, buf);
 }
 
 lm_status lm_pool_slot_import(lm_pool *pool, int64_t slot, const void *buf, size_t bytes, void *stream)
 {
-    size_t need;
-    lm_status st = lm_pool_slot_blob_size(pool, &need);
-    if (st || (st = check_slot(pool, slot, "slot")))
+    if (!pool)
+        return lmi_error(LM_ERR_INVALID_ARG, "pool is NULL");
+    lm_status st = check_slot(pool, slot, "slot");
+    int64_t position;
+    if (st || (st = lmi_slot_blob_read(pool, buf, bytes, &position)))
         return st;
-    slot_header h;
-    if (!buf || bytes < sizeof h)
-        return lmi_error(LM_ERR_INVALID_ARG, "a slot blob has at least %zu bytes, got %zu", sizeof h,
-                         buf ? bytes : 0);
-    memcpy(&h, buf, sizeof h);
-    if (memcmp(h.magic, blob_magic, sizeof h.magic))
-        return lmi_error(LM_ERR_INVALID_ARG, "not a Liquid Memory slot blob (bad magic)");
-    if (h.endian != 0x01020304u)
-        return lmi_error(LM_ERR_UNSUPPORTED, "the slot blob was written on a machine of the other byte order");
-    if (h.version != BLOB_VERSION || h.header_bytes != sizeof h)
-        return lmi_error(LM_ERR_UNSUPPORTED, "slot blob format %u (header %u bytes); this library reads "
-                         "format %u", h.version, h.header_bytes, BLOB_VERSION);
-    if (h.kv_heads != pool->Hkv || h.dk != pool->Dk || h.dv != pool->Dv)
-        return lmi_error(LM_ERR_STATE, "the blob holds %lld kv heads of %lld x %lld, the pool %lld of "
-                         "%lld x %lld", (long long)h.kv_heads, (long long)h.dk, (long long)h.dv,
-                         (long long)pool->Hkv, (long long)pool->Dk, (long long)pool->Dv);
-    if (h.position < 0)
-        return lmi_error(LM_ERR_INVALID_ARG, "the blob's position is %lld", (long long)h.position);
-    if (bytes != need)
-        return lmi_error(LM_ERR_INVALID_ARG, "the blob has %zu bytes, a slot's has %zu", bytes, need);
-    const float *S = (const float *)((const char *)buf + sizeof h), *z = S + pool->Hkv * pool->Dk * pool->Dv;
-    if ((st = pool->ops->slot_set(pool, slot, S, z, h.position, stream)))
+    const float *S = (const float *)((const char *)buf + LMI_SLOT_HEADER_BYTES),
+                *z = S + pool->Hkv * pool->Dk * pool->Dv;
+    if ((st = pool->ops->slot_set(pool, slot, S, z, position, stream)))
         return st;
-    pool->pos[slot] = h.position;
+    pool->pos[slot] = position;
     return LM_OK;
 }

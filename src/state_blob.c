@@ -4,7 +4,10 @@
  * position; then S and z as fp32. Format 2 ("LMSTATE2", docs/DESIGN.md §9):
  * the same plus the attention mode, W and s, then S, z and in hybrid mode the
  * window's keys and values (fp32) and positions (int32). Linear handles keep writing format
- * 1 (older libraries read it) and read both; hybrid handles use format 2.
+ * 1 and read both; hybrid handles use format 2. Either ends in the tag of
+ * blob_auth.c (LMI_BLOB_TAG_BYTES): an older library reads the blob without
+ * its last LMI_BLOB_TAG_BYTES bytes. lmi_blob_read is the whole parser of a
+ * blob coming back (the fuzzer fuzz_blob drives it).
  */
 #include "lm_impl.h"
 
@@ -56,7 +59,7 @@ static const char *mode_name(int64_t attention)
            : attention == LM_ATTENTION_HYBRID ? "hybrid" : "unknown";
 }
 
-lm_status lmi_blob_header_read(const lm_attn *a, const void *buf, size_t bytes, lmi_blob_info *info)
+static lm_status header_read(const lm_attn *a, const void *buf, size_t bytes, lmi_blob_info *info)
 {
     if (bytes < sizeof(header1))
         return lmi_error(LM_ERR_INVALID_ARG, "a state blob has at least %zu bytes, got %zu",
@@ -84,4 +87,27 @@ lm_status lmi_blob_header_read(const lm_attn *a, const void *buf, size_t bytes, 
     info->batch = h.batch, info->kv_heads = h.kv_heads, info->dk = h.dk, info->dv = h.dv;
     info->position = h.position;
     return LM_OK;
+}
+
+lm_status lmi_blob_read(const lm_attn *a, const void *buf, size_t bytes, lmi_blob_info *h)
+{
+    lm_status st = header_read(a, buf, bytes, h);
+    if (st)
+        return st;
+    if (h->kv_heads != a->Hkv || h->dk != a->D || h->dv != a->D)
+        return lmi_error(LM_ERR_STATE,
+                         "the blob has %lld kv heads of %lldx%lld, the handle %lld of %lldx%lld",
+                         (long long)h->kv_heads, (long long)h->dk, (long long)h->dv,
+                         (long long)a->Hkv, (long long)a->D, (long long)a->D);
+    if (h->batch <= 0 || h->batch > LMI_MAX_BLOB_BATCH || h->position < 0 ||
+        h->position > LMI_MAX_POSITION)
+        return lmi_error(LM_ERR_INVALID_ARG,
+                         "the blob has batch %lld (1..%d), position %lld (0..2^62)",
+                         (long long)h->batch, LMI_MAX_BLOB_BATCH, (long long)h->position);
+    if (a->cfg.max_batch > 0 && h->batch > a->cfg.max_batch)
+        return lmi_error(LM_ERR_INVALID_ARG, "the blob's batch %lld exceeds max_batch %d",
+                         (long long)h->batch, a->cfg.max_batch);
+    h->data_bytes = (size_t)lmi_state_floats(a, h->batch) * sizeof(float);
+    return lmi_blob_admit(buf, bytes, h->header_bytes + h->data_bytes, h->position,
+                          "lm_attn_set_state");
 }

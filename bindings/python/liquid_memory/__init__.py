@@ -29,7 +29,16 @@ __all__ = ["LiquidMemory", "linear_attention", "replace_attention", "disable_fas
            "library_info", "MASK_IGNORE_AT", "hybrid_attention", "HybridState",
            "LiquidMemoryError", "InvalidArgumentError", "UnsupportedError", "LMOutOfMemoryError",
            "NoDeviceError", "CudaError", "LicenseError", "StateError", "LicenseWarning",
-           "AttentionWeightsWarning", "LibraryNotFoundError", "MissingSymbolError"]
+           "AttentionWeightsWarning", "LibraryNotFoundError", "MissingSymbolError",
+           "license_reload"]
+
+
+def license_reload():
+    """Looks up the license again (LM_LICENSE, LM_LICENSE_FILE, the default
+    file) without a restart, e.g. after a renewal; raises LicenseError when none
+    is found or it is refused, and the license in force stays."""
+    from . import _core
+    _core.license_reload()
 
 
 def library_info():

@@ -135,6 +135,38 @@ def _license_notice():
                           LicenseWarning, stacklevel=4)
 
 
+def context_cap():
+    """Tokens of context per sequence that the license in force counts (the
+    evaluation cap without a license), or 0 when nothing is counted. Under a
+    cap the library takes no state it cannot verify (docs/DESIGN.md,
+    "Per-sequence entitlements")."""
+    lib = _ffi.binding()
+    if not lib.has("lm_license_info"):
+        return 0
+    info = lib.new("lm_license_details")
+    check(lib.call("lm_license_info", lib.ref(info)), "lm_license_info")
+    return int(info.max_seq_len) if info.mode != C["LM_LICENSE_INVALID"] else 0
+
+
+def refuse_carried_state(what):
+    """Raises LicenseError when a context cap applies: `what` would hand the
+    library a state whose position it cannot verify."""
+    cap = context_cap()
+    if cap:
+        raise LicenseError("%s failed: LM_ERR_LICENSE: a license with a context cap (%d tokens "
+                           "per sequence; evaluation mode without a license) takes no state "
+                           "from outside the library, whose position it cannot verify; install "
+                           "a license without a context cap" % (what, cap),
+                           C["LM_ERR_LICENSE"], "LM_ERR_LICENSE", None)
+
+
+def license_reload():
+    """lm_license_reload: looks up the license again (LM_LICENSE,
+    LM_LICENSE_FILE, the default file) for a long-running process; raises
+    LicenseError when none is found or it is refused (the one in force stays)."""
+    check(_ffi.binding().call("lm_license_reload"), "lm_license_reload")
+
+
 # --------------------------------------------------------------------------
 # Descriptors
 # --------------------------------------------------------------------------
@@ -295,6 +327,8 @@ def prefill(q, k, v, mask=None, S0=None, z0=None, position=0, is_causal=True, op
     keep = []
     a = _args(lib, keep, q, k, v, out, mask, S, z, position if S0 is not None else 0,
               is_causal, opts)
+    if S0 is None and S is not None:
+        a.fresh_state = 1  # a sequence that starts here: accepted under a context cap too
     check(launch(lib, lib.fn("lm_linear_attn_prefill"), lib.ref(a), q), "lm_linear_attn_prefill")
     if S is None:
         S = q.new_empty((0,), dtype=torch.float32)

@@ -90,6 +90,7 @@ STRUCTS = (
         ("float *", "window_keys"),
         ("float *", "window_values"),
         ("int32_t *", "window_pos"),
+        ("int", "fresh_state"),
     )),
     ("lm_core_grads", (
         ("uint32_t", "struct_size"),
@@ -115,6 +116,7 @@ STRUCTS = (
         ("uint64_t", "features"),
         ("char[256]", "source"),
         ("char[256]", "reason"),
+        ("char[17]", "key_id"),
     )),
 )
 
@@ -133,6 +135,7 @@ FUNCTIONS = (
     ("lm_linear_attn_absorb", "lm_status", ("const lm_core_args *", "void *"), False),
     ("lm_license_set", "lm_status", ("const char *",), False),
     ("lm_license_info", "lm_status", ("lm_license_details *",), False),
+    ("lm_license_reload", "lm_status", (), False),
 )
 
 STRUCT_NAMES = tuple(name for name, _ in STRUCTS)

@@ -529,6 +529,7 @@ def module_set_state(m, state):
         if name not in state:
             raise ValueError("a hybrid state needs %r (from get_state() of a module with "
                              "attention='hybrid')" % name)
+    _core.refuse_carried_state("LiquidMemory.set_state")
     dev = m.out_proj.weight.device
     S = state["S"].to(dev, torch.float32).contiguous()
     B = S.shape[0]

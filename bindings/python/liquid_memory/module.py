@@ -614,6 +614,8 @@ class LiquidMemory(nn.Module):
         every slab's tensors would be kept anyway, so it runs in one pass."""
         if not causal or recording or _ops.compiling() or (self.training and self.dropout > 0):
             return 0
+        if _core.context_cap():
+            return 0  # slabs carry a state from call to call, which a capped license refuses
         slab = max(_SLAB_ROWS // max(B, 1), _SLAB_MIN) // 64 * 64
         return slab if L > slab and self.context_parallel_group is None else 0
 
@@ -769,6 +771,7 @@ class LiquidMemory(nn.Module):
                                                         H, D))
         if pos < 0:
             raise ValueError("state position must be >= 0, not %d" % pos)
+        _core.refuse_carried_state("LiquidMemory.set_state")
         dev = self.out_proj.weight.device
         self._store_state(S.to(dev, torch.float32).contiguous(),
                           z.to(dev, torch.float32).contiguous(), pos, S.shape[0])
