@@ -298,7 +298,8 @@ void pool_case_fork_blob(const pool_dev *dev)
 
     size_t bytes = 0;
     ck_assert_int_eq(lm_pool_slot_blob_size(f.pool, &bytes), LM_OK);
-    ck_assert_uint_eq(bytes, 56 + (size_t)(f.nS + f.nz) * sizeof(float)); /* a 56-byte header */
+    /* a 56-byte header, S and z, a 32-byte tag */
+    ck_assert_uint_eq(bytes, 56 + (size_t)(f.nS + f.nz) * sizeof(float) + 32);
     unsigned char *blob = malloc(bytes), *bad = malloc(bytes);
     ck_assert_int_eq(lm_pool_slot_export(f.pool, 3, blob, bytes, NULL), LM_OK);
     pcase c2 = c;

@@ -448,7 +448,8 @@ START_TEST(test_hybrid_state_blob)
     size_t bytes;
     char *blob = save_restore_fork(&c, 33, L1, &bytes);
     const size_t floats = (size_t)(c.B * c.Hkv * (c.D * c.D + c.D + (c.W + c.s) * (2 * c.D + 1)));
-    ck_assert_uint_eq(bytes, 80 + floats * sizeof(float)); /* header of format 2: 8 + 9 x 8 bytes */
+    /* header of format 2 (8 + 9 x 8 bytes), the state, the 32-byte tag */
+    ck_assert_uint_eq(bytes, 80 + floats * sizeof(float) + 32);
     ck_assert(!memcmp(blob, "LMSTATE2", 8));
 
     /* Another window, and linear mode, refuse it. */

@@ -154,12 +154,66 @@ START_TEST(test_decode_per_row)
 }
 END_TEST
 
+/* Issue #19: a slot at the cap exported, its position rewritten to 0 and
+ * imported would give the sequence another cap's worth of tokens. Under a
+ * limit the tag refuses it (and a blob without its tag) and the slot stays
+ * as it was; an unlimited license counts nothing and takes it. The
+ * unaltered blob comes back at its own position, where decode is refused. */
+START_TEST(test_forged_slot_blob)
+{
+    ref_seed(43);
+    lic l;
+    lic_init(&l);
+    const int64_t cap = l.limit ? l.limit : LM_EVAL_MAX_TOKENS;
+    toks first;
+    toks_init(&first, cap);
+    const int32_t cu0[] = { 0, (int32_t)cap }, s0[] = { 0 };
+    lm_prefill_args a0 = { LM_SIZED(lm_prefill_args), .q = &first.t, .k = &first.t, .v = &first.t,
+                           .out = &first.to, .num_seqs = 1, .cu_seqlens = cu0, .slots = s0 };
+    ck_assert_msg(lm_pool_prefill(l.pool, &a0, NULL) == LM_OK, "%s", lm_last_error());
+    size_t bytes;
+    ck_assert_int_eq(lm_pool_slot_blob_size(l.pool, &bytes), LM_OK);
+    char *blob = malloc(bytes), *forged = malloc(bytes);
+    ck_assert_int_eq(lm_pool_slot_export(l.pool, 0, blob, bytes, NULL), LM_OK);
+    memcpy(forged, blob, bytes);
+    const int64_t zero = 0;
+    memcpy(forged + 48, &zero, sizeof zero); /* the header's position */
+    if (l.limit) {
+        EXPECT_ERR(lm_pool_slot_import(l.pool, 1, forged, bytes, NULL), LM_ERR_LICENSE, "was altered");
+        EXPECT_ERR(lm_pool_slot_import(l.pool, 1, blob, bytes - 32, NULL), LM_ERR_LICENSE, "has no tag");
+        ck_assert_int_eq(position(&l, 1), 0);
+        for (int64_t i = 0; i < HK * DH * DH; i++)
+            ck_assert(l.S[HK * DH * DH + i] == 0.0f); /* slot 1 untouched */
+    } else {
+        ck_assert_msg(lm_pool_slot_import(l.pool, 1, forged, bytes, NULL) == LM_OK, "%s", lm_last_error());
+        ck_assert_int_eq(position(&l, 1), 0);
+    }
+    ck_assert_msg(lm_pool_slot_import(l.pool, 1, blob, bytes, NULL) == LM_OK, "%s", lm_last_error());
+    ck_assert_int_eq(position(&l, 1), cap);
+    const int64_t huge = INT64_MAX;
+    memcpy(forged + 48, &huge, sizeof huge);
+    EXPECT_ERR(lm_pool_slot_import(l.pool, 2, forged, bytes, NULL), LM_ERR_INVALID_ARG, "0..2^62");
+    toks t;
+    toks_init(&t, 1);
+    const int32_t rows[] = { 1 };
+    lm_decode_args d = { LM_SIZED(lm_decode_args), .q = &t.t, .k = &t.t, .v = &t.t, .out = &t.to, .slots = rows };
+    if (l.limit)
+        EXPECT_ERR(lm_pool_decode(l.pool, &d, NULL), LM_ERR_LICENSE, "tokens of context");
+    else
+        ck_assert_msg(lm_pool_decode(l.pool, &d, NULL) == LM_OK, "%s", lm_last_error());
+    free(blob), free(forged);
+    toks_free(&first), toks_free(&t);
+    lm_pool_destroy(l.pool);
+}
+END_TEST
+
 Suite *pool_license_suite(void)
 {
     Suite *s = suite_create("pool_license");
     TCase *tc = tcase_create("pool_license");
     tcase_add_test(tc, test_prefill_per_row);
     tcase_add_test(tc, test_decode_per_row);
+    tcase_add_test(tc, test_forged_slot_blob);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -8,6 +8,7 @@
  */
 #include "lt.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -29,10 +30,11 @@ static float small_random(void)
     return (float)randombytes_uniform(2001) / 1000.0f - 1.0f;
 }
 
-static void model_init(model *m)
+static void model_init_mode(model *m, lm_attention attention)
 {
     lm_attn_config cfg;
     ck_assert_int_eq(lm_attn_config_default(&cfg, E, H), LM_OK);
+    cfg.attention = attention;
     ck_assert_int_eq(lm_attn_create(&cfg, &m->a), LM_OK);
     for (int i = 0; i < 3 * E * E; i++)
         m->w_in[i] = small_random() * 0.3f;
@@ -47,6 +49,11 @@ static void model_init(model *m)
         m->x[i] = small_random();
     for (int i = 0; i < E; i++)
         m->tok[i] = small_random();
+}
+
+static void model_init(model *m)
+{
+    model_init_mode(m, LM_ATTENTION_LINEAR);
 }
 
 static void model_free(model *m)
@@ -203,12 +210,46 @@ START_TEST(core_prefill_at_4096_and_4097)
     core_init(&c, CAP + 1, 0, 0);
     EXPECT_EVAL_REFUSAL(lm_linear_attn_prefill(&c.args, NULL), CAP + 1);
     core_free(&c);
-    /* with a state already holding 4000 tokens */
-    core_init(&c, 96, 1, 4000);
+    /* a sequence started with fresh_state: the library empties the state itself */
+    core_init(&c, CAP, 1, 0);
+    c.args.fresh_state = 1;
+    for (size_t i = 0; i < sizeof c.state / sizeof *c.state; i++)
+        c.state[i] = NAN; /* whatever the caller left there is not read */
     ck_assert_int_eq(lm_linear_attn_prefill(&c.args, NULL), LM_OK);
+    for (size_t i = 0; i < sizeof c.state / sizeof *c.state; i++)
+        ck_assert(isfinite(c.state[i]));
     core_free(&c);
-    core_init(&c, 97, 1, 4000);
+    core_init(&c, CAP + 1, 1, 0);
+    c.args.fresh_state = 1;
     EXPECT_EVAL_REFUSAL(lm_linear_attn_prefill(&c.args, NULL), CAP + 1);
+    core_free(&c);
+}
+END_TEST
+
+/* Issue #19: a carried state with a caller-supplied position (0, say, after
+ * 4096 tokens) cannot be verified, so under a cap the core takes none:
+ * prefill, decode, backward and absorb, whatever the position. */
+START_TEST(core_refuses_carried_state_under_cap)
+{
+    core c;
+    core_init(&c, 16, 1, 0);
+    EXPECT_ERR(lm_linear_attn_prefill(&c.args, NULL), LM_ERR_LICENSE, "cannot verify a state");
+    ck_assert(strstr(lm_last_error(), "evaluation mode counts 4096"));
+    c.args.position = 5;
+    c.args.fresh_state = 1; /* fresh means position 0 */
+    EXPECT_ERR(lm_linear_attn_prefill(&c.args, NULL), LM_ERR_INVALID_ARG, "position 0");
+    c.args.fresh_state = 0;
+    lm_tensor dq = c.tq, dk = c.tk, dv = c.tv;
+    lm_core_grads g = { LM_SIZED(lm_core_grads), .dout = &c.to, .dq = &dq, .dk = &dk, .dv = &dv };
+    float *gk = malloc(sizeof(float) * 16 * H * D), *gv = malloc(sizeof(float) * 16 * H * D);
+    float *gq = malloc(sizeof(float) * 16 * H * D);
+    dq.data = gq, dk.data = gk, dv.data = gv;
+    EXPECT_ERR(lm_linear_attn_backward(&c.args, &g, NULL), LM_ERR_LICENSE, "cannot verify");
+    EXPECT_ERR(lm_linear_attn_absorb(&c.args, NULL), LM_ERR_LICENSE, "cannot verify");
+    free(gq), free(gk), free(gv);
+    core_free(&c);
+    core_init(&c, 1, 1, 0);
+    EXPECT_ERR(lm_linear_attn_decode(&c.args, NULL), LM_ERR_LICENSE, "cannot verify");
     core_free(&c);
 }
 END_TEST
@@ -216,11 +257,118 @@ END_TEST
 START_TEST(core_decode_at_4096_and_4097)
 {
     core c;
-    core_init(&c, 1, 1, CAP - 1);
-    ck_assert_int_eq(lm_linear_attn_decode(&c.args, NULL), LM_OK);
-    c.args.position = CAP;
+    core_init(&c, 1, 1, CAP);
     EXPECT_EVAL_REFUSAL(lm_linear_attn_decode(&c.args, NULL), CAP + 1);
     core_free(&c);
+}
+END_TEST
+
+/* Header field offsets shared by both module blob formats. */
+#define BLOB_POSITION_AT 40
+
+static void *get_blob(model *m, size_t *bytes)
+{
+    ck_assert_int_eq(lm_attn_state_size(m->a, bytes), LM_OK);
+    void *b = malloc(*bytes);
+    ck_assert_int_eq(lm_attn_get_state(m->a, b, *bytes), LM_OK);
+    return b;
+}
+
+/* Issue #19: forwards of 4096 tokens chained through get_state -> position
+ * rewritten to 0 -> set_state. The tag refuses the rewritten blob (linear
+ * and hybrid), the handle keeps its state, and an unaltered blob comes back
+ * at its own position, where the next token is 4097. */
+START_TEST(chained_module_forwards_are_refused)
+{
+    const lm_attention modes[] = { LM_ATTENTION_LINEAR, LM_ATTENTION_HYBRID };
+    for (int i = 0; i < 2; i++) {
+        model m;
+        model_init_mode(&m, modes[i]);
+        ck_assert_int_eq(forward(&m, CAP, 0), LM_OK);
+        size_t bytes;
+        char *blob = get_blob(&m, &bytes);
+        const int64_t zero = 0;
+        char *forged = malloc(bytes);
+        memcpy(forged, blob, bytes);
+        memcpy(forged + BLOB_POSITION_AT, &zero, sizeof zero);
+        ck_assert_int_eq(lm_attn_reset(m.a), LM_OK);
+        EXPECT_ERR(lm_attn_set_state(m.a, forged, bytes), LM_ERR_LICENSE, "was altered");
+        ck_assert(strstr(lm_last_error(), "position 0"));
+        ck_assert_int_eq(position(&m), 0); /* refused: nothing changed */
+        /* the state bytes themselves are covered too */
+        memcpy(forged, blob, bytes);
+        forged[bytes / 2] ^= 1;
+        EXPECT_ERR(lm_attn_set_state(m.a, forged, bytes), LM_ERR_LICENSE, "was altered");
+        /* a blob without its tag (an older library's) is refused under the cap */
+        EXPECT_ERR(lm_attn_set_state(m.a, blob, bytes - 32), LM_ERR_LICENSE, "has no tag");
+        ck_assert_int_eq(lm_attn_set_state(m.a, blob, bytes), LM_OK);
+        ck_assert_int_eq(position(&m), CAP);
+        EXPECT_EVAL_REFUSAL(forward(&m, 1, 1), CAP + 1);
+        EXPECT_EVAL_REFUSAL(step(&m), CAP + 1);
+        free(forged);
+        free(blob);
+        model_free(&m);
+    }
+}
+END_TEST
+
+/* An unlimited license counts nothing: blobs move between processes, so a
+ * blob without its tag or with another process's is taken back. */
+START_TEST(unlimited_license_takes_foreign_blobs)
+{
+    lml_license lic = lt_license();
+    char tok[LML_TOKEN_MAX + 1];
+    lt_issue(tok, &lic, NULL);
+    ck_assert_int_eq(lm_license_set(tok), LM_OK);
+    model m;
+    model_init(&m);
+    ck_assert_int_eq(forward(&m, 64, 0), LM_OK);
+    size_t bytes;
+    char *blob = get_blob(&m, &bytes);
+    blob[bytes - 1] ^= 1; /* another process's tag */
+    ck_assert_int_eq(lm_attn_set_state(m.a, blob, bytes), LM_OK);
+    ck_assert_int_eq(lm_attn_set_state(m.a, blob, bytes - 32), LM_OK);
+    EXPECT_ERR(lm_attn_set_state(m.a, blob, bytes - 31), LM_ERR_INVALID_ARG, "expected");
+    ck_assert_int_eq(position(&m), 64);
+    /* a capped license refuses the same blob */
+    lic.max_seq_len = 8192;
+    lt_issue(tok, &lic, NULL);
+    ck_assert_int_eq(lm_license_set(tok), LM_OK);
+    EXPECT_ERR(lm_attn_set_state(m.a, blob, bytes), LM_ERR_LICENSE, "the license counts 8192");
+    free(blob);
+    model_free(&m);
+}
+END_TEST
+
+/* Positions near INT64_MAX: checked, never overflowed (UBSan in test-asan). */
+START_TEST(overflowing_positions_are_refused)
+{
+    lml_license lic = lt_license();
+    char tok[LML_TOKEN_MAX + 1];
+    lt_issue(tok, &lic, NULL);
+    ck_assert_int_eq(lm_license_set(tok), LM_OK);
+    core c;
+    core_init(&c, 4, 1, INT64_MAX);
+    EXPECT_ERR(lm_linear_attn_prefill(&c.args, NULL), LM_ERR_INVALID_ARG, "outside 0..2^62");
+    c.args.position = INT64_MAX - 2;
+    EXPECT_ERR(lm_linear_attn_prefill(&c.args, NULL), LM_ERR_INVALID_ARG, "outside 0..2^62");
+    core_free(&c);
+    core_init(&c, 1, 1, INT64_MAX);
+    EXPECT_ERR(lm_linear_attn_decode(&c.args, NULL), LM_ERR_INVALID_ARG, "outside 0..2^62");
+    c.args.position = (int64_t)1 << 62; /* the largest position: still runs */
+    ck_assert_int_eq(lm_linear_attn_decode(&c.args, NULL), LM_OK);
+    core_free(&c);
+    model m;
+    model_init(&m);
+    ck_assert_int_eq(forward(&m, 8, 0), LM_OK);
+    size_t bytes;
+    char *blob = get_blob(&m, &bytes);
+    const int64_t huge = INT64_MAX;
+    memcpy(blob + BLOB_POSITION_AT, &huge, sizeof huge);
+    EXPECT_ERR(lm_attn_set_state(m.a, blob, bytes), LM_ERR_INVALID_ARG, "position");
+    ck_assert_int_eq(position(&m), 8);
+    free(blob);
+    model_free(&m);
 }
 END_TEST
 
@@ -238,7 +386,7 @@ START_TEST(unlimited_license_lifts_the_cap)
     ck_assert_int_eq(position(&m), CAP + 1);
     model_free(&m);
     core c;
-    core_init(&c, 1, 1, 1 << 30);
+    core_init(&c, 1, 1, 1 << 30); /* an unlimited license counts nothing: any carried state */
     ck_assert_int_eq(lm_linear_attn_decode(&c.args, NULL), LM_OK);
     core_free(&c);
 }
@@ -261,8 +409,8 @@ START_TEST(licensed_cap_is_enforced)
     ck_assert_int_eq(position(&m), cap);
     model_free(&m);
     core c;
-    core_init(&c, 1, 1, cap - 1);
-    ck_assert_int_eq(lm_linear_attn_decode(&c.args, NULL), LM_OK);
+    core_init(&c, 1, 1, cap - 1); /* a capped license takes no carried state either */
+    EXPECT_ERR(lm_linear_attn_decode(&c.args, NULL), LM_ERR_LICENSE, "the license counts 5000");
     c.args.position = cap;
     EXPECT_ERR(lm_linear_attn_decode(&c.args, NULL), LM_ERR_LICENSE, "allows 5000 tokens");
     core_free(&c);
@@ -298,6 +446,10 @@ Suite *eval_suite(void)
     tcase_add_test(tc, cross_attention_key_length_counts);
     tcase_add_test(tc, core_prefill_at_4096_and_4097);
     tcase_add_test(tc, core_decode_at_4096_and_4097);
+    tcase_add_test(tc, core_refuses_carried_state_under_cap);
+    tcase_add_test(tc, chained_module_forwards_are_refused);
+    tcase_add_test(tc, unlimited_license_takes_foreign_blobs);
+    tcase_add_test(tc, overflowing_positions_are_refused);
     tcase_add_test(tc, unlimited_license_lifts_the_cap);
     tcase_add_test(tc, licensed_cap_is_enforced);
     tcase_add_test(tc, invalid_license_refuses_short_contexts);
