@@ -4,8 +4,10 @@
  * signed with the fuzz keys, their raw payloads and near misses (a bad
  * signature, another version, a cut token, an unknown key), so that fuzzing
  * starts past the signature and at the edges of each check; for the others,
- * well-formed inputs and their edges.
+ * well-formed inputs and their edges (blob: a well-formed blob of each
+ * format for the readers of fuzz_blob.h, tagged by the fuzzer, capped or not).
  */
+#include "fuzz_blob.h"
 #include "fuzz_key.h"
 
 #include <errno.h>
@@ -151,6 +153,48 @@ static int release_corpus(void)
 #undef Z64
 }
 
+/* Seed `name`: mode byte, then a blob of `head` header bytes (magic and
+ * int64 fields from `at` on), `floats` zero floats and a tag. */
+static int put_blob(const char *name, uint8_t mode, const char *magic, size_t head, size_t at,
+                    const int64_t *fields, int nfields, size_t floats)
+{
+    uint8_t buf[512] = { 0 };
+    const size_t n = 1 + head + floats * 4 + FUZZ_BLOB_TAG;
+    if (n > sizeof buf)
+        return -1;
+    buf[0] = mode;
+    memcpy(buf + 1, magic, 8);
+    memcpy(buf + 1 + at, fields, (size_t)nfields * sizeof(int64_t));
+    return put(name, buf, n);
+}
+
+static int blob_corpus(void)
+{
+    const int64_t D = FUZZ_BLOB_D, slots = FUZZ_BLOB_WINDOW + FUZZ_BLOB_SINKS;
+    /* batch, kv heads, dk, dv, position (format 2: attention, W, s, reserved) */
+    const int64_t lin[] = { 1, FUZZ_BLOB_KV_HEADS, D, D, 4096 };
+    const int64_t hyb[] = { 1, FUZZ_BLOB_KV_HEADS, D, D, 7, 1, FUZZ_BLOB_WINDOW, FUZZ_BLOB_SINKS, 0 };
+    const size_t lin_floats = (size_t)(FUZZ_BLOB_KV_HEADS * (D * D + D));
+    const size_t hyb_floats = lin_floats + (size_t)(FUZZ_BLOB_KV_HEADS * slots * (2 * D + 1));
+    /* slot blob: version, header bytes, endian, reserved (uint32), then kv heads, dk, dv,
+     * position */
+    int64_t slot_head[6] = { 0, 0, FUZZ_BLOB_KV_HEADS, D, FUZZ_BLOB_DV, 12 };
+    const uint32_t words[4] = { 1, 56, 0x01020304u, 0 };
+    memcpy(slot_head, words, sizeof words);
+    const size_t slot_floats = (size_t)(FUZZ_BLOB_KV_HEADS * D * (FUZZ_BLOB_DV + 1));
+    const uint8_t sign = FUZZ_BLOB_SIGN, cap = FUZZ_BLOB_CAPPED;
+    return in("blob") ||
+           put_blob("linear-signed", 0 | sign, "LMSTATE1", 48, 8, lin, 5, lin_floats) ||
+           put_blob("linear-capped", 0 | sign | cap, "LMSTATE1", 48, 8, lin, 5, lin_floats) ||
+           put_blob("linear-untagged-capped", 0 | cap, "LMSTATE1", 48, 8, lin, 5, lin_floats) ||
+           put_blob("linear-format2", 0 | sign, "LMSTATE2", 80, 8, hyb, 4, lin_floats) ||
+           put_blob("hybrid-signed", 1 | sign, "LMSTATE2", 80, 8, hyb, 9, hyb_floats) ||
+           put_blob("hybrid-capped", 1 | sign | cap, "LMSTATE2", 80, 8, hyb, 9, hyb_floats) ||
+           put_blob("slot-signed", 2 | sign, "LMSLOT01", 56, 8, slot_head, 6, slot_floats) ||
+           put_blob("slot-capped", 2 | sign | cap, "LMSLOT01", 56, 8, slot_head, 6,
+                    slot_floats);
+}
+
 int main(int argc, char **argv)
 {
     fuzz_keys keys;
@@ -160,7 +204,7 @@ int main(int argc, char **argv)
     }
     root = argv[1];
     return token_corpus(&keys) || lookup_corpus() || keyfile_corpus(&keys) || cli_corpus() ||
-                   release_corpus()
+                   release_corpus() || blob_corpus()
                ? 1
                : 0;
 }
