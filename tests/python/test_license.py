@@ -1,0 +1,80 @@
+"""
+test_license.py - the per-sequence entitlements as Python callers meet them
+(docs/DESIGN.md, "Per-sequence entitlements"): in evaluation mode (a child
+process with no license anywhere) a fresh prefill runs and returns its state,
+while every way of handing the library a state it cannot verify is refused
+with LicenseError: LiquidMemory.set_state, prefill with an initial state at
+any position (0 included), decode on a carried state, and step() after a
+forward. Under the test license (unlimited) the same calls run, and
+lm_license_details carries the key id; license_reload is exposed.
+"""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import liquid_memory
+from liquid_memory import _core, _ffi
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.skipif(not _ffi.binding().has("lm_license_info"),
+                                reason="the library under test has no license gate")
+
+
+def test_evaluation_mode_refuses_unverifiable_states(tmp_path):
+    code = textwrap.dedent("""
+        import warnings, torch, liquid_memory
+        from liquid_memory import _core
+        warnings.simplefilter("ignore")
+        def refused(f):
+            try:
+                f()
+            except liquid_memory.LicenseError as e:
+                return "LICENSE" if "LM_ERR_LICENSE" in str(e) or e.status_name else "?"
+            return "RAN"
+        q = torch.randn(1, 64, 2, 8)
+        out, S, z = _core.prefill(q, q, q, want_state=True)   # fresh: the library empties S
+        print("FRESH", torch.isfinite(out).all().item(), S.abs().sum().item() > 0)
+        print("CAP", _core.context_cap())
+        print("PREFILL0", refused(lambda: _core.prefill(q, q, q, S0=S, z0=z, position=0)))
+        print("PREFILL64", refused(lambda: _core.prefill(q, q, q, S0=S, z0=z, position=64)))
+        one = q[:, :1]
+        print("DECODE", refused(lambda: _core.decode(one, one, one, S.clone(), z.clone(), 64)))
+        m = liquid_memory.LiquidMemory(16, 2, batch_first=True)
+        x = torch.randn(1, 32, 16)
+        with torch.no_grad():
+            m(x, x, x, is_causal=True, need_weights=False)
+            st = m.get_state()
+            print("SETSTATE", refused(lambda: m.set_state(dict(st, position=0))))
+            print("STEP", refused(lambda: m.step(x[:, 0])))
+        print("RELOAD", refused(liquid_memory.license_reload))
+    """)
+    env = {k: v for k, v in os.environ.items() if k not in ("LM_LICENSE", "LM_LICENSE_FILE")}
+    env.update(HOME=str(tmp_path), LM_LIB_PATH=_ffi.binding().path,
+               PYTHONPATH=os.path.join(ROOT, "bindings", "python"))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines())
+    assert lines["FRESH"] == "True True", out.stdout
+    assert lines["CAP"] == str(_core.C["LM_EVAL_MAX_TOKENS"]), out.stdout
+    for what in ("PREFILL0", "PREFILL64", "DECODE", "SETSTATE", "STEP", "RELOAD"):
+        assert lines[what] == "LICENSE", (what, out.stdout)
+
+
+def test_unlimited_license_takes_carried_states():
+    if _core.context_cap():
+        pytest.skip("the license in force has a context cap; make test-python sets an unlimited one")
+    q = torch.randn(1, 16, 2, 8)
+    _, S, z = _core.prefill(q, q, q, want_state=True)
+    out, S2, _ = _core.prefill(q, q, q, S0=S, z0=z, position=16)
+    assert torch.isfinite(out).all() and S2.shape == S.shape
+    lib = _ffi.binding()
+    info = lib.new("lm_license_details")
+    assert lib.call("lm_license_info", lib.ref(info)) == _core.C["LM_OK"]
+    assert len(lib.string(info.key_id)) == 16  # the test license is of format 2
+    liquid_memory.license_reload()  # the same license, found again
