@@ -5,7 +5,8 @@
 # compute-sanitizer pass on the reduced grid. Phases share one deadline so
 # the call ends inside the device's 10-minute limit; each one's log, a
 # summary and the benchmark's JSON go to $OUT.
-#   sh bench/gpu_run.sh [phase ...]   phases: tests profile bench long sanitize (default
+#   sh bench/gpu_run.sh [phase ...]   phases: tests (with lm-gpu-tests license in evaluation
+#                                     mode) profile bench long sanitize (default
 #                                     all but profile: a SASS histogram of the kernel, ncu's
 #                                     sections and its per-instruction stalls in source.csv.gz),
 #                                     backward (its suite; core forward vs backward time at
@@ -92,7 +93,10 @@ phase() {
 
 for p in $PHASES; do
     case $p in
-    tests) phase tests 240 "$OUT/tests.log" "$B/bin/lm-gpu-tests" ;;
+    tests) phase tests 240 "$OUT/tests.log" "$B/bin/lm-gpu-tests"
+        # the license against graph replays, in evaluation mode (no license anywhere)
+        phase license-tests 60 "$OUT/license.log" env -u LM_LICENSE -u LM_LICENSE_FILE \
+            HOME="$OUT/no-home" "$B/bin/lm-gpu-tests" license ;;
     bench) phase bench 200 "$OUT/bench.log" python3 bench/gpu_bench.py --lib "$B/lib/libliquidmemory.so" \
                --out "$OUT/bench.json" --commit "$COMMIT" ${LM_BENCH_LENGTHS:+--lengths "$LM_BENCH_LENGTHS"} ;;
     long) phase long 120 "$OUT/long.log" "$B/bin/lm-gpu-tests" long ;;

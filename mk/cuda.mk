@@ -96,6 +96,7 @@ $(ENGINE_GPU_BENCH_BIN): bench/engine_gpu_bench.c $(BUILD)/lib/libliquidmemory.s
 test-gpu: $(GPU_TEST_BIN)
 	$(TEST_ENV) $(GPU_TEST_BIN)
 	$(TEST_ENV) $(GPU_TEST_BIN) long
+	env -u LM_LICENSE -u LM_LICENSE_FILE HOME=$(abspath $(BUILD))/no-home $(GPU_TEST_BIN) license
 
 # ---- a build that runs where only the CUDA driver and toolkit are ----
 ifeq ($(DEVICE_BUILD),1)

@@ -12,6 +12,9 @@
  *   lm-gpu-tests absorb           lm_linear_attn_absorb's grid alone
  *   lm-gpu-tests pool             the engine pool's suite alone
  *   lm-gpu-tests hybrid           hybrid attention's grid alone
+ *   lm-gpu-tests license          the license against graph replays; in evaluation
+ *                                 mode only: LM_LICENSE, LM_LICENSE_FILE unset, HOME
+ *                                 without a license (make test-gpu runs it so)
  * Exit status 0 pass, 1 fail, 77 no GPU here.
  */
 #include "gpu_util.h"
@@ -29,6 +32,7 @@ Suite *gpu_module_backward_suite(void);
 Suite *gpu_absorb_suite(void);
 Suite *gpu_pool_suite(void);
 Suite *gpu_hybrid_suite(void);
+Suite *gpu_license_suite(void);
 
 int main(int argc, char **argv)
 {
@@ -55,6 +59,8 @@ int main(int argc, char **argv)
         sr = srunner_create(gpu_pool_suite());
     } else if (!strcmp(mode, "hybrid")) {
         sr = srunner_create(gpu_hybrid_suite());
+    } else if (!strcmp(mode, "license")) {
+        sr = srunner_create(gpu_license_suite());
     } else if (!strcmp(mode, "all") || gpu_small) {
         sr = srunner_create(gpu_core_suite());
         srunner_add_suite(sr, gpu_module_suite());
@@ -66,7 +72,8 @@ int main(int argc, char **argv)
     } else if (!strcmp(mode, "absorb")) {
         sr = srunner_create(gpu_absorb_suite());
     } else {
-        fprintf(stderr, "usage: lm-gpu-tests [all|small|long|comp|core|backward|module_backward|absorb|pool|hybrid]\n");
+        fprintf(stderr, "usage: lm-gpu-tests [all|small|long|comp|core|backward|module_backward|absorb|pool|hybrid|license]
+");
         return 2;
     }
     srunner_set_fork_status(sr, CK_NOFORK);
