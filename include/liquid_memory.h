@@ -307,7 +307,8 @@ LM_API LM_NODISCARD lm_status lm_attn_reset(lm_attn *attn);
 
 /* Size in bytes of the state blob of lm_attn_get_state (header + fp32 S and
  * z for every batch row and kv head; in hybrid mode also the window's keys,
- * values and positions, docs/DESIGN.md §9). LM_ERR_STATE when there is no state. */
+ * values and positions, docs/DESIGN.md §9; then a 32-byte tag keyed per
+ * process, docs/DESIGN.md §6.1). LM_ERR_STATE when there is no state. */
 LM_API LM_NODISCARD lm_status lm_attn_state_size(const lm_attn *attn, size_t *bytes);
 
 /* Copies the state into host memory buf of `bytes` bytes (at least
@@ -317,7 +318,10 @@ LM_API LM_NODISCARD lm_status lm_attn_get_state(const lm_attn *attn, void *buf, 
 /* Replaces the state with a blob from lm_attn_get_state of a handle with the
  * same num_kv_heads and head_dim (hybrid: and the same attention, window and
  * sinks; a linear handle also reads a linear blob of the newer format).
- * Checks the blob before changing anything. */
+ * Checks the blob before changing anything. Under a context cap (evaluation,
+ * or a license with max_seq_len) only a blob written by this process,
+ * unaltered (its tag verifies), is taken, else LICENSE; an unlimited license
+ * takes any well-formed blob, with its tag or without (bytes 32 fewer). */
 LM_API LM_NODISCARD lm_status lm_attn_set_state(lm_attn *attn, const void *buf, size_t bytes);
 
 /* Number of tokens absorbed in the state (0 when there is none). */
@@ -660,7 +664,8 @@ LM_API LM_NODISCARD lm_status lm_pool_slot_copy(lm_pool *pool, int64_t dst, int6
 LM_API LM_NODISCARD lm_status lm_pool_slot_position(const lm_pool *pool, int64_t slot, int64_t *tokens,
                                                     void *stream);
 
-/* Size in bytes of a slot's blob (header, position, fp32 S and z). */
+/* Size in bytes of a slot's blob (header, position, fp32 S and z, and a
+ * 32-byte tag keyed per process). */
 LM_API LM_NODISCARD lm_status lm_pool_slot_blob_size(const lm_pool *pool, size_t *bytes);
 
 /* Copies slot `slot` into host memory buf (at least lm_pool_slot_blob_size
@@ -672,7 +677,9 @@ LM_API LM_NODISCARD lm_status lm_pool_slot_export(const lm_pool *pool, int64_t s
                                                   void *stream);
 
 /* Replaces slot `slot` with a blob of lm_pool_slot_export; the blob is
- * checked (magic, version, sizes, position) before anything changes.
+ * checked (magic, version, sizes, position) before anything changes. Under
+ * a context cap only this process's unaltered blobs are taken (LICENSE), as
+ * for lm_attn_set_state.
  * CUDA: the copy is queued on `stream` and complete when the call returns. */
 LM_API LM_NODISCARD lm_status lm_pool_slot_import(lm_pool *pool, int64_t slot, const void *buf, size_t bytes,
                                                   void *stream);
@@ -708,14 +715,22 @@ LM_API LM_NODISCARD lm_status lm_pool_slot_import(lm_pool *pool, int64_t slot, c
  * "Context" is the prefill length (the longer of queries and keys), plus
  * the tokens already in the state when a forward continues it; a decode
  * step needs position + 1 (a step after a 4096-token forward is token 4097).
- * A refused call changes nothing.
+ * A refused call changes nothing. Context is counted per sequence (batch
+ * rows and pool slots each on their own); under a cap the library also
+ * refuses what would reset a count: an altered or foreign state blob, a
+ * core call with a carried state (fresh_state = 0), and capturing into a
+ * CUDA graph a call that continues a host-counted sequence (docs/DESIGN.md
+ * §6.1). A replayed graph checks no license; lm_pool_decode's kernel keeps
+ * the slot count on the device.
  *
  * The token is looked up and its signature verified once per process, on
  * first use; after that a check reads no file or variable (changing them
  * has no effect until lm_license_reload, lm_license_set or a restart),
  * costs a lock and a clock read, and makes no CUDA call, so it is safe in
  * the decode hot path and inside CUDA graph capture. Expiry is checked on
- * every call, so a license that expires during a run stops working then.
+ * every call, so a license that expires during a run stops working then;
+ * a CUDA graph's replays run no host code and are not checked (the next
+ * call outside a graph, and the next capture, are).
  * Clock: a license that expires is refused while the clock is more than a
  * day behind its issue time or behind the latest time already seen (in this
  * process, or recorded in ~/.config/liquid-memory/clock, which the library
