@@ -263,6 +263,14 @@ START_TEST(core_decode_at_4096_and_4097)
 }
 END_TEST
 
+/* Signs lic and installs it with lm_license_set. */
+static void install(const lml_license *lic)
+{
+    char tok[LML_TOKEN_MAX + 1];
+    lt_issue(tok, lic, NULL);
+    ck_assert_int_eq(lm_license_set(tok), LM_OK);
+}
+
 /* Header field offsets shared by both module blob formats. */
 #define BLOB_POSITION_AT 40
 
@@ -317,9 +325,7 @@ END_TEST
 START_TEST(unlimited_license_takes_foreign_blobs)
 {
     lml_license lic = lt_license();
-    char tok[LML_TOKEN_MAX + 1];
-    lt_issue(tok, &lic, NULL);
-    ck_assert_int_eq(lm_license_set(tok), LM_OK);
+    install(&lic);
     model m;
     model_init(&m);
     ck_assert_int_eq(forward(&m, 64, 0), LM_OK);
@@ -332,8 +338,7 @@ START_TEST(unlimited_license_takes_foreign_blobs)
     ck_assert_int_eq(position(&m), 64);
     /* a capped license refuses the same blob */
     lic.max_seq_len = 8192;
-    lt_issue(tok, &lic, NULL);
-    ck_assert_int_eq(lm_license_set(tok), LM_OK);
+    install(&lic);
     EXPECT_ERR(lm_attn_set_state(m.a, blob, bytes), LM_ERR_LICENSE, "the license counts 8192");
     free(blob);
     model_free(&m);
@@ -344,9 +349,7 @@ END_TEST
 START_TEST(overflowing_positions_are_refused)
 {
     lml_license lic = lt_license();
-    char tok[LML_TOKEN_MAX + 1];
-    lt_issue(tok, &lic, NULL);
-    ck_assert_int_eq(lm_license_set(tok), LM_OK);
+    install(&lic);
     core c;
     core_init(&c, 4, 1, INT64_MAX);
     EXPECT_ERR(lm_linear_attn_prefill(&c.args, NULL), LM_ERR_INVALID_ARG, "outside 0..2^62");
@@ -375,9 +378,7 @@ END_TEST
 START_TEST(unlimited_license_lifts_the_cap)
 {
     lml_license lic = lt_license();
-    char tok[LML_TOKEN_MAX + 1];
-    lt_issue(tok, &lic, NULL);
-    ck_assert_int_eq(lm_license_set(tok), LM_OK);
+    install(&lic);
     model m;
     model_init(&m);
     ck_assert_int_eq(forward(&m, CAP + 1, 0), LM_OK);
