@@ -51,6 +51,9 @@ def test_evaluation_mode_refuses_unverifiable_states(tmp_path):
             st = m.get_state()
             print("SETSTATE", refused(lambda: m.set_state(dict(st, position=0))))
             print("STEP", refused(lambda: m.step(x[:, 0])))
+            h = liquid_memory.LiquidMemory(16, 2, batch_first=True, attention="hybrid", window=8)
+            y, _ = h(x, x, x, is_causal=True, need_weights=False)  # keeps a fresh state
+            print("HYBRID", torch.isfinite(y).all().item(), h.state_position)
         print("RELOAD", refused(liquid_memory.license_reload))
     """)
     env = {k: v for k, v in os.environ.items() if k not in ("LM_LICENSE", "LM_LICENSE_FILE")}
@@ -62,6 +65,7 @@ def test_evaluation_mode_refuses_unverifiable_states(tmp_path):
     lines = dict(line.split(" ", 1) for line in out.stdout.splitlines())
     assert lines["FRESH"] == "True True", out.stdout
     assert lines["CAP"] == str(_core.C["LM_EVAL_MAX_TOKENS"]), out.stdout
+    assert lines["HYBRID"] == "True 32", out.stdout
     for what in ("PREFILL0", "PREFILL64", "DECODE", "SETSTATE", "STEP", "RELOAD"):
         assert lines[what] == "LICENSE", (what, out.stdout)
 

@@ -146,6 +146,8 @@ def c_prefill(q, k, v, mask, window, sinks, gate, opts, state=None, want_state=F
     keep = []
     a = _hybrid_args(lib, keep, q, k, v, out, mask, st, 0 if st is None else st.position, window,
                      sinks, gate, opts)
+    if state is None and st is not None:
+        a.fresh_state = 1  # a sequence that starts here: accepted under a context cap too
     _core.check(_core.launch(lib, lib.fn("lm_linear_attn_prefill"), lib.ref(a), q),
                 "lm_linear_attn_prefill (hybrid)")
     return out, (None if st is None else st._replace(position=st.position + L))
