@@ -254,6 +254,26 @@ START_TEST(core_refuses_carried_state_under_cap)
 }
 END_TEST
 
+/* What is counted is the context of each sequence: a batch of three
+ * 4096-token sequences runs, and one token more is refused as 4097, not as
+ * the batch's total. */
+START_TEST(batch_is_not_counted)
+{
+    const int64_t B = 3, L = CAP + 1, n = B * L * H * D;
+    float *x = calloc((size_t)n, sizeof(float)), *o = malloc((size_t)n * sizeof(float));
+    ck_assert(x && o);
+    lm_tensor t = lm_tensor_4d(x, LM_F32, LM_CPU, B, CAP, H, D), to = lm_tensor_4d(o, LM_F32, LM_CPU, B, CAP, H, D);
+    lm_core_args a;
+    ck_assert_int_eq(lm_core_args_default(&a), LM_OK);
+    a.q = &t, a.k = &t, a.v = &t, a.out = &to;
+    ck_assert_msg(lm_linear_attn_prefill(&a, NULL) == LM_OK, "%s", lm_last_error());
+    t.shape[1] = to.shape[1] = L;
+    t.stride[0] = to.stride[0] = L * H * D;
+    EXPECT_EVAL_REFUSAL(lm_linear_attn_prefill(&a, NULL), CAP + 1);
+    free(x), free(o);
+}
+END_TEST
+
 START_TEST(core_decode_at_4096_and_4097)
 {
     core c;
@@ -448,6 +468,7 @@ Suite *eval_suite(void)
     tcase_add_test(tc, core_prefill_at_4096_and_4097);
     tcase_add_test(tc, core_decode_at_4096_and_4097);
     tcase_add_test(tc, core_refuses_carried_state_under_cap);
+    tcase_add_test(tc, batch_is_not_counted);
     tcase_add_test(tc, chained_module_forwards_are_refused);
     tcase_add_test(tc, unlimited_license_takes_foreign_blobs);
     tcase_add_test(tc, overflowing_positions_are_refused);
