@@ -72,8 +72,7 @@ int main(int argc, char **argv)
     } else if (!strcmp(mode, "absorb")) {
         sr = srunner_create(gpu_absorb_suite());
     } else {
-        fprintf(stderr, "usage: lm-gpu-tests [all|small|long|comp|core|backward|module_backward|absorb|pool|hybrid|license]
-");
+        fprintf(stderr, "usage: lm-gpu-tests [all|small|long|comp|core|backward|module_backward|absorb|pool|hybrid|license]\n");
         return 2;
     }
     srunner_set_fork_status(sr, CK_NOFORK);
