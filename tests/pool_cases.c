@@ -20,7 +20,7 @@
 /* The pool, its memory (on the device, and a host copy) and the float64
  * model of every slot. */
 typedef struct fixture {
-    const pool_dev *dev;
+    const test_dev *dev;
     pcase c;
     int64_t nS, nz, blk;  /* floats of a slot's S, z; between slots */
     float *mem, *dmem;
@@ -30,7 +30,7 @@ typedef struct fixture {
     lm_pool *pool;
 } fixture;
 
-static void fixture_init(fixture *f, const pool_dev *dev, const pcase *c)
+static void fixture_init(fixture *f, const test_dev *dev, const pcase *c)
 {
     memset(f, 0, sizeof *f);
     f->dev = dev;
@@ -98,7 +98,7 @@ static void fixture_check(fixture *f, const char *when)
 /* Packed tokens of one call: q [T, Hq, Dk], k, v [T, Hkv, D], out [T, Hq, Dv]
  * on the host (with float64 shadows) and on the device. */
 typedef struct packed {
-    const pool_dev *dev;
+    const test_dev *dev;
     int64_t T;
     tbuf q, k, v, out;
     void *dq, *dk, *dv, *dout;
@@ -111,7 +111,7 @@ static size_t bytes_of(const tbuf *b)
     return (size_t)b->n * lm_dtype_size(b->dtype);
 }
 
-static void packed_init(packed *p, const pool_dev *dev, const pcase *c, int64_t T)
+static void packed_init(packed *p, const test_dev *dev, const pcase *c, int64_t T)
 {
     p->dev = dev;
     p->T = T;
@@ -251,7 +251,7 @@ static void decode(fixture *f, int64_t B, const int32_t *slots)
     fixture_check(f, "after a decode");
 }
 
-void pool_case_batching(const pool_dev *dev)
+void pool_case_batching(const test_dev *dev)
 {
     static const pcase cases[] = {
         { LM_F32, 9, 4, 2, 32, 32, 0, 0 },  { LM_F32, 9, 4, 2, 32, 32, 1, 0 },
@@ -280,7 +280,7 @@ void pool_case_batching(const pool_dev *dev)
     }
 }
 
-void pool_case_fork_blob(const pool_dev *dev)
+void pool_case_fork_blob(const test_dev *dev)
 {
     const pcase c = { LM_F32, 6, 4, 2, 32, 32, 1, 0 };
     ref_seed(22);
@@ -367,7 +367,7 @@ void pool_case_fork_blob(const pool_dev *dev)
     fixture_free(&f);
 }
 
-void pool_case_workspace(const pool_dev *dev)
+void pool_case_workspace(const test_dev *dev)
 {
     const pcase c = { LM_F32, 4, 4, 2, 32, 32, 1, 0 };
     ref_seed(23);

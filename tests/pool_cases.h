@@ -1,25 +1,13 @@
 /*
  * pool_cases.h - the engine pool's scenarios, run on every backend against
  * the float64 reference: the CPU suite (test_pool.c) and the GPU suite
- * (gpu/test_gpu_pool.c) each give a pool_dev (where memory lives, how it is
+ * (gpu/test_gpu_pool.c) each give a test_dev (where memory lives, how it is
  * copied, the error bounds) and run the same cases.
  */
 #ifndef LM_POOL_CASES_H
 #define LM_POOL_CASES_H
 
 #include "ref.h"
-
-typedef struct pool_dev {
-    lm_device device;
-    void *(*alloc)(size_t bytes);
-    void (*release)(void *ptr);
-    void (*upload)(void *dst, const void *src, size_t bytes);
-    void (*download)(void *dst, const void *src, size_t bytes);
-    /* Bounds against float64: a call's outputs (want: its n values), the
-     * slots' fp32 states carried over calls. */
-    double (*out_bound)(lm_dtype dtype, const double *want, int64_t n);
-    double (*state_bound)(lm_dtype dtype);
-} pool_dev;
 
 typedef struct pcase {
     lm_dtype dtype;
@@ -30,11 +18,11 @@ typedef struct pcase {
 /* Ragged packed prefills (fresh and continued, slots in any order, decode
  * rows mixed in, an emptied slot, a joining slot) and indexed decodes with
  * padding rows, over a table of shapes and dtypes. */
-void pool_case_batching(const pool_dev *dev);
+void pool_case_batching(const test_dev *dev);
 /* Fork (slot copy), blob export / import into another pool, zeroing. */
-void pool_case_fork_blob(const pool_dev *dev);
+void pool_case_fork_blob(const test_dev *dev);
 /* The caller's workspace of the queried size gives the allocating call's
  * results bit for bit; a workspace too small is refused. */
-void pool_case_workspace(const pool_dev *dev);
+void pool_case_workspace(const test_dev *dev);
 
 #endif /* LM_POOL_CASES_H */

@@ -157,7 +157,7 @@ void tbuf_poison(tbuf *b)
 
 /* ---- the float64 reference ---- */
 
-static double phi(double x, int fm)
+double ref_phi(double x, int fm)
 {
     if (fm == LM_FEATURE_ELU1)
         return x > 0 ? x + 1 : exp(x);
@@ -179,7 +179,7 @@ static void read_out(const ref_problem *p, const double *S, const double *z, int
     for (int64_t j = 0; j < p->Dv; j++)
         o[j] = 0;
     for (int64_t d = 0; d < p->Dk; d++) {
-        double fq = phi(at(&p->q, b, t, h, d), p->feature_map);
+        double fq = ref_phi(at(&p->q, b, t, h, d), p->feature_map);
         den += fq * z[d];
         for (int64_t j = 0; j < p->Dv; j++)
             o[j] += fq * S[d * p->Dv + j];
@@ -200,7 +200,7 @@ static void absorb(const ref_problem *p, double *S, double *z, int64_t b, int64_
     for (int64_t d = 0; d < p->Dk; d++)
         z[d] *= g;
     for (int64_t d = 0; d < p->Dk; d++) {
-        double fk = phi(at(&p->k, b, s, hk, d), p->feature_map);
+        double fk = ref_phi(at(&p->k, b, s, hk, d), p->feature_map);
         z[d] += fk;
         for (int64_t j = 0; j < p->Dv; j++)
             S[d * p->Dv + j] += fk * at(&p->v, b, s, hk, j);
@@ -310,7 +310,7 @@ void ref_hybrid(const ref_problem *p, int64_t W, int64_t s, const float *gate, d
                 /* Ev_t = Ev_{t-1} plus position t - W when it is not a sink. */
                 if (t - W >= s && !masked(p, b, t - W))
                     for (int64_t d = 0; d < p->Dk; d++) {
-                        const double fk = phi(at(&p->k, b, t - W, hk, d), p->feature_map);
+                        const double fk = ref_phi(at(&p->k, b, t - W, hk, d), p->feature_map);
                         z[d] += fk;
                         for (int64_t e = 0; e < p->Dv; e++)
                             S[d * p->Dv + e] += fk * at(&p->v, b, t - W, hk, e);
@@ -319,7 +319,7 @@ void ref_hybrid(const ref_problem *p, int64_t W, int64_t s, const float *gate, d
                 for (int64_t e = 0; e < p->Dv; e++)
                     o[e] = 0;
                 for (int64_t d = 0; d < p->Dk; d++) {
-                    const double fq = phi(at(&p->q, b, t, h, d), p->feature_map);
+                    const double fq = ref_phi(at(&p->q, b, t, h, d), p->feature_map);
                     den += fq * z[d];
                     for (int64_t e = 0; e < p->Dv; e++)
                         o[e] += fq * S[d * p->Dv + e];
@@ -466,6 +466,38 @@ void ref_print_summary(void)
            ref_bound(LM_F32));
 }
 
+static void *host_alloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    ck_assert_ptr_nonnull(p);
+    return p;
+}
+
+static void host_copy(void *dst, const void *src, size_t n)
+{
+    memcpy(dst, src, n);
+}
+
+static double cpu_out_bound(lm_dtype dtype, const double *want, int64_t n)
+{
+    (void)want, (void)n;
+    return ref_bound(dtype);
+}
+
+static double cpu_state_bound(lm_dtype dtype)
+{
+    (void)dtype;
+    return 2e-5;
+}
+
+static void cpu_note(const char *what, lm_dtype dtype, const double *want, int64_t n, double rel)
+{
+    (void)what, (void)want, (void)n;
+    ref_note(dtype, rel);
+}
+
+const test_dev cpu_dev = { LM_CPU, host_alloc, free, host_copy, host_copy, cpu_out_bound, cpu_state_bound, cpu_note };
+
 void ref_strides4(int64_t *s, int64_t B, int64_t L, int64_t H, int64_t D, int seq_first)
 {
     s[3] = 1, s[2] = D;
@@ -475,12 +507,17 @@ void ref_strides4(int64_t *s, int64_t B, int64_t L, int64_t H, int64_t D, int se
         s[1] = H * D, s[0] = L * H * D;
 }
 
-lm_tensor ref_view4(const tbuf *b, const int64_t *s, int64_t B, int64_t L, int64_t H, int64_t D)
+lm_tensor ref_tensor4(void *data, lm_dtype dtype, lm_device dev, const int64_t *s, int64_t B, int64_t L,
+                      int64_t H, int64_t D)
 {
-    lm_tensor t = { .data = b->data, .dtype = b->dtype, .device = LM_CPU, .ndim = 4,
-                    .shape = { B, L, H, D } };
+    lm_tensor t = { .data = data, .dtype = dtype, .device = dev, .ndim = 4, .shape = { B, L, H, D } };
     memcpy(t.stride, s, sizeof t.stride);
     return t;
+}
+
+lm_tensor ref_view4(const tbuf *b, const int64_t *s, int64_t B, int64_t L, int64_t H, int64_t D)
+{
+    return ref_tensor4(b->data, b->dtype, LM_CPU, s, B, L, H, D);
 }
 
 lm_tensor ref_tokens(lm_tensor t, int64_t t0, int64_t n)

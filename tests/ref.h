@@ -102,6 +102,25 @@ typedef struct ref_module {
 /* out [B, Lq, E] contiguous. */
 void ref_module_forward(const ref_module *m, double *out);
 
+/* The core backward (lm_linear_attn_backward) in float64 (ref_backward.c):
+ * the gradients of sum dout . o + <dstate_out, S_final> + <dnormalizer_out,
+ * z_final> for problem p (p->state, p->normalizer: the initial state or
+ * NULL; decay only when causal). dq, dk, dv are written at the offsets of
+ * p->q, p->k, p->v's views (buffers as large as those), dstate_in and
+ * dnormalizer_in [B, Hkv, Dk, Dv], [B, Hkv, Dk] contiguous. With `mag`, the
+ * magnitudes instead: every factor |x|, dden = +|dout|.|num| / den^2 (the
+ * normaliser a sum of non-negative terms), the scale of rounding error in
+ * the sums, for error measures where terms cancel. */
+typedef struct ref_grads {
+    ref_view dout;                              /* [B, L, Hq, Dv] */
+    const double *dstate_out, *dnormalizer_out; /* or NULL: zero */
+    double *dq, *dk, *dv, *dstate_in, *dnormalizer_in;
+} ref_grads;
+void ref_backward(const ref_problem *p, const ref_grads *g, int mag);
+
+/* The feature map phi (lm_feature_map fm) in float64. */
+double ref_phi(double x, int fm);
+
 /* ||got - want|| / ||want|| over n elements read through tbuf_get / an
  * array, and whether every element of got is finite where want is. */
 typedef struct ref_err {
@@ -127,6 +146,26 @@ ref_err ref_compare_f32(const float *got, const double *want, int64_t n);
  * bf16 (seen: <= 1.9e-3) and 2^-12 / sqrt(3) for f16 (seen: <= 2.2e-4). */
 double ref_bound(lm_dtype dtype);
 
+/* A backend a shared scenario runs on (pool_cases.c, hybrid_cases.c): where
+ * memory lives, how it is copied, the error bounds. The CPU suites use
+ * cpu_dev, the GPU suites gpu_dev (gpu/gpu_util.h). */
+typedef struct test_dev {
+    lm_device device;
+    void *(*alloc)(size_t bytes);
+    void (*release)(void *ptr);
+    void (*upload)(void *dst, const void *src, size_t bytes);
+    void (*download)(void *dst, const void *src, size_t bytes);
+    /* Bounds against float64: a call's outputs (want: its n values), the
+     * fp32 states carried over calls. */
+    double (*out_bound)(lm_dtype dtype, const double *want, int64_t n);
+    double (*state_bound)(lm_dtype dtype);
+    /* Records an output's error for the suite's summary (NULL: none). */
+    void (*note)(const char *what, lm_dtype dtype, const double *want, int64_t n, double rel);
+} test_dev;
+
+/* Host memory, ref_bound, 2e-5 for the fp32 state (test_attend's bound), ref_note. */
+extern const test_dev cpu_dev;
+
 /* Strides (elements) of a [B, L, W] view with unit last stride: batch-first,
  * or sequence-first memory ([L, B, W]) when seq_first. */
 void ref_strides3(int64_t *s, int64_t B, int64_t L, int64_t W, int seq_first);
@@ -136,6 +175,9 @@ void ref_strides3(int64_t *s, int64_t B, int64_t L, int64_t W, int seq_first);
 void ref_strides4(int64_t *s, int64_t B, int64_t L, int64_t H, int64_t D, int seq_first);
 /* A CPU descriptor of test buffer b as [B, L, H, D] with strides s. */
 lm_tensor ref_view4(const tbuf *b, const int64_t *s, int64_t B, int64_t L, int64_t H, int64_t D);
+/* A descriptor of [B, L, H, D] memory on dev with strides s. */
+lm_tensor ref_tensor4(void *data, lm_dtype dtype, lm_device dev, const int64_t *s, int64_t B, int64_t L,
+                      int64_t H, int64_t D);
 /* Tokens [t0, t0 + n) of a descriptor whose dimension 1 is the sequence. */
 lm_tensor ref_tokens(lm_tensor t, int64_t t0, int64_t n);
 

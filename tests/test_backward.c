@@ -4,7 +4,8 @@
  * dtypes, layouts, multi-block checkpointing, compensated precision, state
  * gradients chained across a split, and bad arguments.
  *
- * The reference is self-contained (no ref.h): the quadratic form
+ * The reference is ref_backward (ref_backward.c, shared with the GPU suite):
+ * the quadratic form
  *   o_t = (g^(c_t) phi(q_t)S_0 + sum_{s<=t} g^(c_t-c_s) (phi q_t . phi k_s) v_s) / den_t
  * with c_t the unmasked keys among 0..t (t + 1 without a mask: a masked key
  * is no step of the recurrence, so it does not decay the state either)
@@ -30,7 +31,7 @@
  *   F16   2^-11 + BOUND_F32
  * and BOUND_F32 for the fp32 state gradients.
  */
-#include "liquid_memory.h"
+#include "ref.h"
 
 #include <check.h>
 #include <math.h>
@@ -295,18 +296,6 @@ static double *randoms(int64_t n, double lo, double hi, double q)
     return x;
 }
 
-static double phi(int fm, double x)
-{
-    return fm == LM_FEATURE_ELU1 ? (x > 0 ? x + 1 : exp(x))
-         : fm == LM_FEATURE_RELU ? (x > 0 ? x : 0)
-                                 : x;
-}
-
-static double dphi(int fm, double x)
-{
-    return fm == LM_FEATURE_ELU1 ? (x > 0 ? 1 : exp(x)) : fm == LM_FEATURE_RELU ? (x > 0) : 1;
-}
-
 static double eps_of(void)
 {
     return (double)1e-6f;
@@ -322,137 +311,25 @@ static double gamma_of(const prob *p, int64_t hk)
     return p->c.decay ? (double)p->decay[hk] : 1.0;
 }
 
-/* The float64 reference gradients (see the top comment) into p->w*, or with
- * `mag` their magnitudes into p->m*: every factor |x|, and dden = +|do|.|n| / d^2
- * (the normaliser d is a sum of non-negative terms in the normalised tests). */
+/* The reference gradients (ref_backward) into p->w*, or with `mag` their
+ * magnitudes into p->m* (the normaliser is a sum of non-negative terms in the
+ * normalised tests). */
 static void reference(prob *p, int mag)
 {
     const bcase *c = &p->c;
-    const int64_t B = c->B, L = c->L, Lk = c->Lk, Hq = c->Hq, Hkv = c->Hkv, Dk = c->Dk,
-                  Dv = c->Dv, G = p->G;
-    const double eps = eps_of(), sc = scale_of(c);
-    double *wq = mag ? p->mq : p->wq, *wk = mag ? p->mk : p->wk, *wv = mag ? p->mv : p->wv;
-    double *wS = mag ? p->mS : p->wS, *wz = mag ? p->mz : p->wz;
-#define M(x) (mag ? fabs(x) : (x))
-    memset(wS, 0, (size_t)p->nS * sizeof(double));
-    memset(wz, 0, (size_t)p->nz * sizeof(double));
-    double *K = malloc((size_t)(Lk * Dk) * sizeof(double));
-    double *V = malloc((size_t)(Lk * Dv) * sizeof(double));
-    double *dK = malloc((size_t)(Lk * Dk) * sizeof(double));
-    double *dV = malloc((size_t)(Lk * Dv) * sizeof(double));
-    double *a = malloc((size_t)Lk * sizeof(double));
-    double *ce = malloc((size_t)Lk * sizeof(double)); /* c_s: unmasked keys among 0..s */
-    double *S0 = malloc((size_t)(Dk * Dv) * sizeof(double));
-    double Q[256], dQ[256], num[256], dnum[256], z0[256], dout[256];
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t hk = 0; hk < Hkv; hk++) {
-            const double g = gamma_of(p, hk);
-            const int64_t bh = b * Hkv + hk;
-            for (int64_t i = 0; i < Dk * Dv; i++)
-                S0[i] = M(p->S0d[bh * Dk * Dv + i]);
-            for (int64_t d = 0; d < Dk; d++)
-                z0[d] = M(p->z0d[bh * Dk + d]);
-            double *dS0 = wS + bh * Dk * Dv, *dz0 = wz + bh * Dk;
-            for (int64_t s = 0; s < Lk; s++)
-                ce[s] = (s ? ce[s - 1] : 0) + !(p->mask && p->mask[b * Lk + s]);
-            for (int64_t s = 0; s < Lk; s++) {
-                const int m = p->mask && p->mask[b * Lk + s];
-                for (int64_t d = 0; d < Dk; d++)
-                    K[s * Dk + d] = m ? 0 : M(phi(c->fm, p->k[((b * Lk + s) * Hkv + hk) * Dk + d]));
-                for (int64_t e = 0; e < Dv; e++)
-                    V[s * Dv + e] = m ? 0 : M(p->v[((b * Lk + s) * Hkv + hk) * Dv + e]);
-            }
-            memset(dK, 0, (size_t)(Lk * Dk) * sizeof(double));
-            memset(dV, 0, (size_t)(Lk * Dv) * sizeof(double));
-            for (int64_t h = hk * G; h < (hk + 1) * G; h++)
-                for (int64_t t = 0; t < L; t++) {
-                    const double *qr = p->q + ((b * L + t) * Hq + h) * Dk;
-                    const int64_t send = c->causal ? t + 1 : Lk;
-                    const double gs = c->causal ? pow(g, ce[t]) : 1.0;
-                    for (int64_t d = 0; d < Dk; d++)
-                        Q[d] = M(phi(c->fm, qr[d]));
-                    for (int64_t e = 0; e < Dv; e++)
-                        dout[e] = M(p->dout[((b * L + t) * Hq + h) * Dv + e]);
-                    /* num, den with the initial state, then the keys */
-                    double den = eps;
-                    for (int64_t e = 0; e < Dv; e++) {
-                        num[e] = 0;
-                        for (int64_t d = 0; d < Dk; d++)
-                            num[e] += gs * Q[d] * S0[d * Dv + e];
-                    }
-                    for (int64_t d = 0; d < Dk; d++)
-                        den += gs * Q[d] * z0[d];
-                    for (int64_t s = 0; s < send; s++) {
-                        double w = c->causal ? pow(g, ce[t] - ce[s]) : 1.0, qk = 0;
-                        for (int64_t d = 0; d < Dk; d++)
-                            qk += Q[d] * K[s * Dk + d];
-                        a[s] = w * qk;
-                        for (int64_t e = 0; e < Dv; e++)
-                            num[e] += a[s] * V[s * Dv + e];
-                        den += a[s];
-                    }
-                    /* o = num / den (or sc num): dnum, dden */
-                    double dden = 0, don = 0;
-                    for (int64_t e = 0; e < Dv; e++) {
-                        dnum[e] = c->normalize ? dout[e] / den : sc * dout[e];
-                        don += dout[e] * num[e];
-                    }
-                    if (c->normalize)
-                        dden = (mag ? don : -don) / (den * den);
-                    for (int64_t d = 0; d < Dk; d++) {
-                        double x = 0;
-                        for (int64_t e = 0; e < Dv; e++)
-                            x += S0[d * Dv + e] * dnum[e];
-                        dQ[d] = gs * (x + dden * z0[d]);
-                        for (int64_t e = 0; e < Dv; e++)
-                            dS0[d * Dv + e] += gs * Q[d] * dnum[e];
-                        dz0[d] += gs * dden * Q[d];
-                    }
-                    for (int64_t s = 0; s < send; s++) {
-                        double w = c->causal ? pow(g, ce[t] - ce[s]) : 1.0, dw = dden;
-                        for (int64_t e = 0; e < Dv; e++)
-                            dw += dnum[e] * V[s * Dv + e];
-                        for (int64_t d = 0; d < Dk; d++) {
-                            dQ[d] += w * dw * K[s * Dk + d];
-                            dK[s * Dk + d] += w * dw * Q[d];
-                        }
-                        for (int64_t e = 0; e < Dv; e++)
-                            dV[s * Dv + e] += a[s] * dnum[e];
-                    }
-                    for (int64_t d = 0; d < Dk; d++)
-                        wq[((b * L + t) * Hq + h) * Dk + d] = dQ[d] * dphi(c->fm, qr[d]);
-                }
-            /* the final state S_Lk = g^c S0 + sum_s g^(c-c_s) K_s V_s^T (c = c_(Lk-1)),
-             * z likewise */
-            const double *dSo = p->dSod + bh * Dk * Dv, *dzo = p->dzod + bh * Dk;
-            for (int64_t s = 0; s < Lk; s++) {
-                double w = c->causal ? pow(g, ce[Lk - 1] - ce[s]) : 1.0;
-                for (int64_t d = 0; d < Dk; d++) {
-                    double x = M(dzo[d]);
-                    for (int64_t e = 0; e < Dv; e++) {
-                        x += M(dSo[d * Dv + e]) * V[s * Dv + e];
-                        dV[s * Dv + e] += w * M(dSo[d * Dv + e]) * K[s * Dk + d];
-                    }
-                    dK[s * Dk + d] += w * x;
-                }
-            }
-            const double gL = c->causal && Lk ? pow(g, ce[Lk - 1]) : 1.0;
-            for (int64_t i = 0; i < Dk * Dv; i++)
-                dS0[i] += gL * M(dSo[i]);
-            for (int64_t d = 0; d < Dk; d++)
-                dz0[d] += gL * M(dzo[d]);
-            for (int64_t s = 0; s < Lk; s++) {
-                const int m = p->mask && p->mask[b * Lk + s];
-                for (int64_t d = 0; d < Dk; d++) {
-                    int64_t i = ((b * Lk + s) * Hkv + hk) * Dk + d;
-                    wk[i] = m ? 0 : dK[s * Dk + d] * dphi(c->fm, p->k[i]);
-                }
-                for (int64_t e = 0; e < Dv; e++)
-                    wv[((b * Lk + s) * Hkv + hk) * Dv + e] = m ? 0 : dV[s * Dv + e];
-            }
-        }
-#undef M
-    free(K), free(V), free(dK), free(dV), free(a), free(S0), free(ce);
+    ref_problem r = { .B = c->B, .L = c->L, .Lk = c->Lk, .Hq = c->Hq, .Hkv = c->Hkv, .Dk = c->Dk,
+                      .Dv = c->Dv, .q.p = p->q, .k.p = p->k, .v.p = p->v, .mask = p->mask,
+                      .state = p->S0d, .normalizer = p->z0d, .decay = c->decay ? p->decay : NULL,
+                      .causal = c->causal, .feature_map = c->fm, .normalize = c->normalize,
+                      .eps = eps_of(), .scale = scale_of(c) };
+    ref_grads g = { .dout.p = p->dout, .dstate_out = p->dSod, .dnormalizer_out = p->dzod,
+                    .dq = mag ? p->mq : p->wq, .dk = mag ? p->mk : p->wk, .dv = mag ? p->mv : p->wv,
+                    .dstate_in = mag ? p->mS : p->wS, .dnormalizer_in = mag ? p->mz : p->wz };
+    ref_strides4(r.q.s, c->B, c->L, c->Hq, c->Dk, 0); /* the logical arrays, contiguous */
+    ref_strides4(r.k.s, c->B, c->Lk, c->Hkv, c->Dk, 0);
+    ref_strides4(r.v.s, c->B, c->Lk, c->Hkv, c->Dv, 0);
+    ref_strides4(g.dout.s, c->B, c->L, c->Hq, c->Dv, 0);
+    ref_backward(&r, &g, mag);
 }
 
 static void prob_init(prob *p, const bcase *c)
@@ -652,7 +529,7 @@ static double direct_loss(const prob *p)
     do {                                                                                   \
         const int m_ = p->mask && p->mask[b * Lk + (s)];                                   \
         for (int64_t d = 0; d < Dk && !m_; d++) {                                          \
-            double kd = phi(c->fm, p->k[((b * Lk + (s)) * Hkv + hk) * Dk + d]);            \
+            double kd = ref_phi(p->k[((b * Lk + (s)) * Hkv + hk) * Dk + d], c->fm);        \
             z[d] = g * z[d] + kd;                                                          \
             for (int64_t e = 0; e < Dv; e++)                                               \
                 S[d * Dv + e] = g * S[d * Dv + e] + kd * p->v[((b * Lk + (s)) * Hkv + hk) * Dv + e]; \
@@ -668,11 +545,11 @@ static double direct_loss(const prob *p)
                     const double *qr = p->q + ((b * L + t) * Hq + h) * Dk;
                     double den = eps_of();
                     for (int64_t d = 0; d < Dk; d++)
-                        den += phi(c->fm, qr[d]) * z[d];
+                        den += ref_phi(qr[d], c->fm) * z[d];
                     for (int64_t e = 0; e < Dv; e++) {
                         double n = 0;
                         for (int64_t d = 0; d < Dk; d++)
-                            n += phi(c->fm, qr[d]) * S[d * Dv + e];
+                            n += ref_phi(qr[d], c->fm) * S[d * Dv + e];
                         double o = c->normalize ? n / den : scale_of(c) * n;
                         f += p->dout[((b * L + t) * Hq + h) * Dv + e] * o;
                     }

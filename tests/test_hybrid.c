@@ -4,21 +4,16 @@
  * of docs/DESIGN.md §9 (ref_hybrid): ragged lengths around W and s, several
  * (W, s) with s = 0 and W = 1, dtypes, layouts, GQA, gates, masks, the
  * final state (S, z and every window slot), prefill == split prefill ==
- * decode steps, and bad arguments refused with nothing changed.
+ * decode steps, and bad arguments refused with nothing changed. Problems,
+ * reference, checks and the scenarios both backends run are hybrid_cases.c's
+ * (bounds of cpu_dev: ref_bound, the state 2e-5).
  */
-#include "ref.h"
+#include "hybrid_cases.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-typedef struct hcase {
-    lm_dtype dtype;
-    int64_t B, L, Hq, Hkv, Dk, Dv, W, s;
-    int fm, mask, gate, seq_first;
-    lm_precision precision;
-} hcase;
 
 static hcase base_case(void)
 {
@@ -27,198 +22,20 @@ static hcase base_case(void)
     return c;
 }
 
-/* The inputs of a case, the library's state buffers and the reference. */
-typedef struct hprob {
-    hcase c;
-    tbuf q, k, v, out;
-    uint8_t *mask;
-    float gate[64];
-    int64_t sq[4], sk[4], sv[4], so[4];
-    float *S, *z, *wk, *wv; /* the state the calls carry */
-    int32_t *wpos;
-    int64_t nS, nz, nwk, nwv, nval;
-    double *want;
-    ref_hybrid_state fin;
-} hprob;
-
-/* An empty state: nothing seen yet. */
-static void state_clear(hprob *p)
-{
-    memset(p->S, 0, (size_t)p->nS * sizeof(float));
-    memset(p->z, 0, (size_t)p->nz * sizeof(float));
-    memset(p->wk, 0, (size_t)p->nwk * sizeof(float));
-    memset(p->wv, 0, (size_t)p->nwv * sizeof(float));
-    memset(p->wpos, 0, (size_t)p->nval * sizeof(int32_t));
-}
-
-static void hprob_init(hprob *p, const hcase *c)
-{
-    memset(p, 0, sizeof *p);
-    p->c = *c;
-    const int64_t B = c->B, L = c->L, slots = c->s + c->W;
-    const double lo = c->fm == LM_FEATURE_ELU1 ? -2.0 : -0.5, hi = c->fm == LM_FEATURE_ELU1 ? 2.0 : 1.5;
-    p->q = tbuf_new(c->dtype, B * L * c->Hq * c->Dk);
-    p->k = tbuf_new(c->dtype, B * L * c->Hkv * c->Dk);
-    p->v = tbuf_new(c->dtype, B * L * c->Hkv * c->Dv);
-    p->out = tbuf_new(c->dtype, B * L * c->Hq * c->Dv);
-    tbuf_random(&p->q, lo, hi);
-    tbuf_random(&p->k, lo, hi);
-    tbuf_random(&p->v, -1.0, 1.0);
-    ref_strides4(p->sq, B, L, c->Hq, c->Dk, c->seq_first);
-    ref_strides4(p->sk, B, L, c->Hkv, c->Dk, c->seq_first);
-    ref_strides4(p->sv, B, L, c->Hkv, c->Dv, c->seq_first);
-    ref_strides4(p->so, B, L, c->Hq, c->Dv, 0);
-    if (c->mask) {
-        p->mask = malloc((size_t)(B * L));
-        for (int64_t i = 0; i < B * L; i++)
-            p->mask[i] = ref_uniform() < 0.25;
-    }
-    for (int64_t h = 0; h < c->Hq; h++)
-        p->gate[h] = c->gate ? (float)(4 * ref_uniform() - 2) : 0.0f;
-    p->nS = B * c->Hkv * c->Dk * c->Dv, p->nz = B * c->Hkv * c->Dk;
-    p->nwk = B * c->Hkv * slots * c->Dk, p->nwv = B * c->Hkv * slots * c->Dv;
-    p->nval = B * c->Hkv * slots;
-    p->S = malloc((size_t)p->nS * sizeof(float));
-    p->z = malloc((size_t)p->nz * sizeof(float));
-    p->wk = malloc((size_t)p->nwk * sizeof(float));
-    p->wv = malloc((size_t)p->nwv * sizeof(float));
-    p->wpos = malloc((size_t)p->nval * sizeof(int32_t));
-    state_clear(p);
-
-    p->want = malloc((size_t)p->out.n * sizeof(double));
-    ref_hybrid_state_alloc(&p->fin, B * c->Hkv, c->Dk, c->Dv, slots);
-    ref_problem r = { .B = B, .L = L, .Lk = L, .Hq = c->Hq, .Hkv = c->Hkv, .Dk = c->Dk, .Dv = c->Dv,
-                      .q = { p->q.ref, { p->sq[0], p->sq[1], p->sq[2], p->sq[3] } },
-                      .k = { p->k.ref, { p->sk[0], p->sk[1], p->sk[2], p->sk[3] } },
-                      .v = { p->v.ref, { p->sv[0], p->sv[1], p->sv[2], p->sv[3] } },
-                      .mask = p->mask, .causal = 1, .feature_map = c->fm, .normalize = 1,
-                      .eps = 1e-6, .scale = 1.0 / sqrt((double)c->Dk) };
-    ref_hybrid(&r, c->W, c->s, c->gate ? p->gate : NULL, p->want, &p->fin);
-}
-
-static void hprob_free(hprob *p)
-{
-    tbuf_free(&p->q);
-    tbuf_free(&p->k);
-    tbuf_free(&p->v);
-    tbuf_free(&p->out);
-    free(p->mask);
-    free(p->S), free(p->z), free(p->wk), free(p->wv), free(p->wpos);
-    free(p->want);
-    ref_hybrid_state_free(&p->fin);
-}
-
-/* Core arguments over tokens [t0, t0 + n), carrying the problem's state
- * (position t0) or none. */
-typedef struct call {
-    lm_tensor q, k, v, out, mask;
-    lm_core_args a;
-} call;
-
-static void call_init(call *k, hprob *p, int64_t t0, int64_t n, int with_state)
-{
-    const hcase *c = &p->c;
-    k->q = ref_tokens(ref_view4(&p->q, p->sq, c->B, c->L, c->Hq, c->Dk), t0, n);
-    k->k = ref_tokens(ref_view4(&p->k, p->sk, c->B, c->L, c->Hkv, c->Dk), t0, n);
-    k->v = ref_tokens(ref_view4(&p->v, p->sv, c->B, c->L, c->Hkv, c->Dv), t0, n);
-    k->out = ref_tokens(ref_view4(&p->out, p->so, c->B, c->L, c->Hq, c->Dv), t0, n);
-    ck_assert_int_eq(lm_core_args_default(&k->a), LM_OK);
-    k->a.q = &k->q, k->a.k = &k->k, k->a.v = &k->v, k->a.out = &k->out;
-    if (p->mask) {
-        k->mask = lm_tensor_2d(p->mask + t0, LM_BOOL, LM_CPU, c->B, n);
-        k->mask.stride[0] = c->L;
-        k->a.key_padding_mask = &k->mask;
-    }
-    k->a.feature_map = (lm_feature_map)c->fm;
-    k->a.precision = c->precision;
-    k->a.attention = LM_ATTENTION_HYBRID;
-    k->a.window = (int)c->W;
-    k->a.sinks = (int)c->s;
-    k->a.window_gate = c->gate ? p->gate : NULL;
-    if (with_state) {
-        k->a.state = p->S, k->a.normalizer = p->z;
-        k->a.window_keys = p->wk, k->a.window_values = p->wv, k->a.window_pos = p->wpos;
-        k->a.position = t0;
-    }
-}
-
-static void describe(char *s, size_t n, const hcase *c, const char *what)
-{
-    snprintf(s, n, "%s: dtype %d B %lld L %lld H %lld/%lld D %lld/%lld W %lld s %lld fm %d mask %d "
-             "gate %d seq_first %d", what, (int)c->dtype, (long long)c->B, (long long)c->L,
-             (long long)c->Hq, (long long)c->Hkv, (long long)c->Dk, (long long)c->Dv,
-             (long long)c->W, (long long)c->s, c->fm, c->mask, c->gate, c->seq_first);
-}
-
-static void check_out(hprob *p, const char *what)
-{
-    char d[256];
-    describe(d, sizeof d, &p->c, what);
-    ref_err e = ref_compare(&p->out, p->want, p->out.n);
-    ref_note(p->c.dtype, e.rel);
-    REF_CHECK(e, ref_bound(p->c.dtype), "(%s)", d);
-}
-
-/* The carried state against the reference's final one: S and z within fp32
- * accumulation (2e-5, as linear mode), the window exactly (fp32 copies of
- * the inputs, the positions). */
-static void check_state(hprob *p, const char *what)
-{
-    char d[256];
-    describe(d, sizeof d, &p->c, what);
-    ref_err es = ref_compare_f32(p->S, p->fin.S, p->nS), ez = ref_compare_f32(p->z, p->fin.z, p->nz);
-    REF_CHECK(es, 2e-5, "(final S, %s)", d);
-    REF_CHECK(ez, 2e-5, "(final z, %s)", d);
-    const int64_t slots = p->c.s + p->c.W;
-    for (int64_t i = 0; i < p->nval; i++) {
-        ck_assert_msg(p->wpos[i] == p->fin.pos[i], "slot %lld of head %lld: position code %d, expected %g (%s)",
-                      (long long)(i % slots), (long long)(i / slots), (int)p->wpos[i],
-                      p->fin.pos[i], d);
-        if (p->fin.pos[i] <= 0)
-            continue;
-        for (int64_t x = 0; x < p->c.Dk; x++)
-            ck_assert_msg(p->wk[i * p->c.Dk + x] == p->fin.keys[i * p->c.Dk + x],
-                          "slot %lld key[%lld] differs (%s)", (long long)(i % slots), (long long)x, d);
-        for (int64_t x = 0; x < p->c.Dv; x++)
-            ck_assert_msg(p->wv[i * p->c.Dv + x] == p->fin.values[i * p->c.Dv + x],
-                          "slot %lld value[%lld] differs (%s)", (long long)(i % slots), (long long)x, d);
-    }
-}
-
-/* The whole sequence in one prefill, without a state and with one. */
+/* The whole sequence in one prefill, with a state and without one. */
 static void check_case(const hcase *c)
 {
     hprob p;
-    hprob_init(&p, c);
-    for (int with_state = 0; with_state < 2; with_state++) {
-        call k;
-        call_init(&k, &p, 0, c->L, with_state);
-        tbuf_poison(&p.out);
-        ck_assert_msg(lm_linear_attn_prefill(&k.a, NULL) == LM_OK, "prefill: %s", lm_last_error());
-        check_out(&p, with_state ? "prefill from an empty state" : "prefill");
-    }
-    check_state(&p, "prefill");
+    hprob_init(&p, &cpu_dev, c);
+    hybrid_check_whole(&p);
     hprob_free(&p);
 }
-
-static const int64_t windows[][2] = { { 64, 4 }, { 16, 0 }, { 1, 0 }, { 1, 3 }, { 7, 2 }, { 100, 5 } };
-#define NWINDOWS ((int)(sizeof windows / sizeof windows[0]))
 
 START_TEST(test_lengths)
 {
     ref_seed(101);
-    for (int w = 0; w < NWINDOWS; w++) {
-        const int64_t W = windows[w][0], s = windows[w][1];
-        const int64_t Ls[] = { 1, W - 1, W, W + 1, s + W + 1, 1000, 4097 };
-        for (size_t i = 0; i < sizeof Ls / sizeof Ls[0]; i++) {
-            if (Ls[i] < 1)
-                continue;
-            hcase c = base_case();
-            c.W = W, c.s = s, c.L = Ls[i];
-            c.B = Ls[i] > 1000 ? 1 : 2;
-            check_case(&c);
-        }
-    }
+    const hcase base = base_case();
+    hybrid_case_lengths(&base, 6, 7, check_case);
 }
 END_TEST
 
@@ -257,9 +74,9 @@ END_TEST
 START_TEST(test_masks)
 {
     ref_seed(104);
-    for (int w = 0; w < NWINDOWS; w++) {
+    for (int w = 0; w < 6; w++) {
         hcase c = base_case();
-        c.W = windows[w][0], c.s = windows[w][1];
+        c.W = hybrid_windows[w][0], c.s = hybrid_windows[w][1];
         c.L = 500, c.mask = 1, c.B = 3;
         check_case(&c);
     }
@@ -267,96 +84,65 @@ START_TEST(test_masks)
     hcase c = base_case();
     c.mask = 1, c.L = 90;
     hprob p;
-    hprob_init(&p, &c);
+    hprob_init(&p, &cpu_dev, &c);
     for (int64_t t = 0; t < c.L; t++)
         p.mask[c.L + t] = 1;
-    call k;
-    call_init(&k, &p, 0, c.L, 1);
-    tbuf_poison(&p.out);
+    void *out = hout_new(&p);
+    hstate st;
+    hstate_new(&st, &p);
+    hcall k;
+    hcall_init(&k, &p, LM_CPU, out, &st, 0, c.L);
     ck_assert_msg(lm_linear_attn_prefill(&k.a, NULL) == LM_OK, "%s", lm_last_error());
+    tbuf got = hout_fetch(&p, out);
     const int64_t row = c.L * c.Hq * c.Dv;
     for (int64_t i = row; i < 2 * row; i++)
-        ck_assert_msg(tbuf_get(&p.out, i) == 0.0, "output %lld of a fully masked row is %g",
-                      (long long)i, tbuf_get(&p.out, i));
+        ck_assert_msg(tbuf_get(&got, i) == 0.0, "output %lld of a fully masked row is %g",
+                      (long long)i, tbuf_get(&got, i));
     for (int64_t i = c.Hkv * (c.s + c.W); i < 2 * c.Hkv * (c.s + c.W); i++)
-        ck_assert_msg(p.wpos[i] <= 0, "a fully masked row left a slot with a key");
+        ck_assert_msg(st.pos[i] <= 0, "a fully masked row left a slot with a key");
+    tbuf_free(&got);
+    hstate_free(&st, &p);
+    hout_free(&p, out);
     hprob_free(&p);
 }
 END_TEST
 
-/* Runs the problem in parts [cuts[i], cuts[i+1]) carrying the state, each
- * part a prefill (or one decode step per token when steps). */
-static void run_parts(hprob *p, const int64_t *cuts, int n, int steps)
-{
-    state_clear(p);
-    tbuf_poison(&p->out);
-    for (int i = 0; i + 1 < n; i++) {
-        const int64_t t0 = cuts[i], len = cuts[i + 1] - cuts[i];
-        if (steps) {
-            for (int64_t t = t0; t < t0 + len; t++) {
-                call k;
-                call_init(&k, p, t, 1, 1);
-                k.a.position = t % 3; /* decode reads each row's position from its window */
-                ck_assert_msg(lm_linear_attn_decode(&k.a, NULL) == LM_OK, "decode at %lld: %s",
-                              (long long)t, lm_last_error());
-            }
-        } else {
-            call k;
-            call_init(&k, p, t0, len, 1);
-            ck_assert_msg(lm_linear_attn_prefill(&k.a, NULL) == LM_OK, "prefill [%lld, %lld): %s",
-                          (long long)t0, (long long)(t0 + len), lm_last_error());
-        }
-    }
-}
-
-/* prefill == split prefill (cuts around W, s and the chunk) == decode steps,
- * with masks, checked against the reference with the final state. */
+/* prefill == split prefill (hybrid_case_splits) == decode steps, with masks,
+ * checked against the reference with the final state. */
 START_TEST(test_split_and_steps)
 {
     static const lm_dtype dts[] = { LM_F32, LM_BF16 };
     ref_seed(105);
-    for (int w = 0; w < NWINDOWS; w++)
+    for (int w = 0; w < 6; w++)
         for (int d = 0; d < 2; d++) {
             hcase c = base_case();
-            c.W = windows[w][0], c.s = windows[w][1];
+            c.W = hybrid_windows[w][0], c.s = hybrid_windows[w][1];
             c.dtype = dts[d];
             c.L = 260, c.mask = 1, c.Hq = 4, c.Hkv = 1;
             hprob p;
-            hprob_init(&p, &c);
-            const int64_t W = c.W, s = c.s;
-            const int64_t cut_sets[][4] = { { 1, 0, 0, 0 }, { W - 1 > 0 ? W - 1 : 2, 0, 0, 0 },
-                                            { W, 0, 0, 0 }, { W + 1, 0, 0, 0 }, { s + 1, s + W, 0, 0 },
-                                            { 63, 64, 130, 0 }, { 3, 100, 101, 259 } };
-            for (size_t i = 0; i < sizeof cut_sets / sizeof cut_sets[0]; i++) {
-                int64_t cuts[6] = { 0 };
-                int n = 1;
-                for (int j = 0; j < 4 && cut_sets[i][j]; j++)
-                    if (cut_sets[i][j] > cuts[n - 1] && cut_sets[i][j] < c.L)
-                        cuts[n++] = cut_sets[i][j];
-                cuts[n++] = c.L;
-                run_parts(&p, cuts, n, 0);
-                check_out(&p, "split prefill");
-                check_state(&p, "split prefill");
-            }
+            hprob_init(&p, &cpu_dev, &c);
+            hybrid_case_splits(&p);
+            void *out = hout_new(&p);
+            hstate st;
+            hstate_new(&st, &p);
             const int64_t all[] = { 0, c.L };
-            run_parts(&p, all, 2, 1);
-            check_out(&p, "decode steps");
-            check_state(&p, "decode steps");
+            hybrid_run_parts(&p, out, &st, all, 2, 1);
+            hybrid_check_out(&p, out, "decode steps");
+            hybrid_check_state(&p, &st, "decode steps");
             /* A prefill, steps, a prefill. */
-            const int64_t mixed[] = { 0, 70, 75 + W, c.L };
-            state_clear(&p);
-            tbuf_poison(&p.out);
-            run_parts(&p, mixed, 2, 0);
+            const int64_t mixed[] = { 0, 70, 75 + c.W, c.L };
+            hybrid_run_parts(&p, out, &st, mixed, 2, 0);
+            hcall k;
             for (int64_t t = mixed[1]; t < mixed[2]; t++) {
-                call k;
-                call_init(&k, &p, t, 1, 1);
+                hcall_init(&k, &p, LM_CPU, out, &st, t, 1);
                 ck_assert(lm_linear_attn_decode(&k.a, NULL) == LM_OK);
             }
-            call k;
-            call_init(&k, &p, mixed[2], c.L - mixed[2], 1);
+            hcall_init(&k, &p, LM_CPU, out, &st, mixed[2], c.L - mixed[2]);
             ck_assert(lm_linear_attn_prefill(&k.a, NULL) == LM_OK);
-            check_out(&p, "prefill, steps, prefill");
-            check_state(&p, "prefill, steps, prefill");
+            hybrid_check_out(&p, out, "prefill, steps, prefill");
+            hybrid_check_state(&p, &st, "prefill, steps, prefill");
+            hstate_free(&st, &p);
+            hout_free(&p, out);
             hprob_free(&p);
         }
 }
@@ -370,11 +156,12 @@ START_TEST(test_full_window_is_softmax)
     hcase c = base_case();
     c.L = 50, c.W = 64, c.s = 0, c.Hq = c.Hkv = 2;
     hprob p;
-    hprob_init(&p, &c);
-    call k;
-    call_init(&k, &p, 0, c.L, 0);
+    hprob_init(&p, &cpu_dev, &c);
+    void *out = hout_new(&p);
+    hcall k;
+    hcall_init(&k, &p, LM_CPU, out, NULL, 0, c.L);
     ck_assert(lm_linear_attn_prefill(&k.a, NULL) == LM_OK);
-    double *soft = calloc((size_t)p.out.n, sizeof(double));
+    double *soft = calloc((size_t)p.nout, sizeof(double));
     for (int64_t b = 0; b < c.B; b++)
         for (int64_t h = 0; h < c.Hq; h++)
             for (int64_t t = 0; t < c.L; t++) {
@@ -398,9 +185,12 @@ START_TEST(test_full_window_is_softmax)
                     o[e] /= sum;
             }
     /* eps / (gamma sum) is below 1e-6 of the output here, well inside the bound. */
-    ref_err e = ref_compare(&p.out, soft, p.out.n);
+    tbuf got = hout_fetch(&p, out);
+    ref_err e = ref_compare(&got, soft, p.nout);
     REF_CHECK(e, 1e-5, "(hybrid with W >= L vs softmax)");
     free(soft);
+    tbuf_free(&got);
+    hout_free(&p, out);
     hprob_free(&p);
 }
 END_TEST
@@ -429,32 +219,35 @@ START_TEST(test_bad_arguments)
     hcase c = base_case();
     c.L = 40;
     hprob p;
-    hprob_init(&p, &c);
-    call k0;
-    call_init(&k0, &p, 0, 20, 1);
+    hprob_init(&p, &cpu_dev, &c);
+    void *out = hout_new(&p);
+    hstate st;
+    hstate_new(&st, &p);
+    hcall k0;
+    hcall_init(&k0, &p, LM_CPU, out, &st, 0, 20);
     ck_assert(lm_linear_attn_prefill(&k0.a, NULL) == LM_OK);
-    /* A snapshot of everything a call may write. */
-    const size_t nb = (size_t)(p.nS + p.nz + p.nwk + p.nwv + p.nval) * 4;
-    char *before = malloc(nb + (size_t)p.out.n * sizeof(float));
-    char *after = malloc(nb + (size_t)p.out.n * sizeof(float));
-    tbuf_poison(&p.out);
+    /* A snapshot of everything a call may write (the CPU's buffers are host memory). */
+    const size_t nb = (size_t)(p.nS + p.nz + p.nwk + p.nwv + p.npos) * 4;
+    char *before = malloc(nb + (size_t)p.nout * sizeof(float));
+    char *after = malloc(nb + (size_t)p.nout * sizeof(float));
+    hout_poison(&p, out);
 #define SNAP(dst)                                                                           \
     do {                                                                                    \
         char *d_ = (dst);                                                                   \
-        memcpy(d_, p.S, (size_t)p.nS * 4), d_ += p.nS * 4;                                  \
-        memcpy(d_, p.z, (size_t)p.nz * 4), d_ += p.nz * 4;                                  \
-        memcpy(d_, p.wk, (size_t)p.nwk * 4), d_ += p.nwk * 4;                               \
-        memcpy(d_, p.wv, (size_t)p.nwv * 4), d_ += p.nwv * 4;                               \
-        memcpy(d_, p.wpos, (size_t)p.nval * 4), d_ += p.nval * 4;                           \
-        memcpy(d_, p.out.data, (size_t)p.out.n * 4);                                        \
+        memcpy(d_, st.S, (size_t)p.nS * 4), d_ += p.nS * 4;                                 \
+        memcpy(d_, st.z, (size_t)p.nz * 4), d_ += p.nz * 4;                                 \
+        memcpy(d_, st.wk, (size_t)p.nwk * 4), d_ += p.nwk * 4;                              \
+        memcpy(d_, st.wv, (size_t)p.nwv * 4), d_ += p.nwv * 4;                              \
+        memcpy(d_, st.pos, (size_t)p.npos * 4), d_ += p.npos * 4;                           \
+        memcpy(d_, out, (size_t)p.nout * 4);                                                \
     } while (0)
     SNAP(before);
-    const size_t all = nb + (size_t)p.out.n * 4;
+    const size_t all = nb + (size_t)p.nout * 4;
     float decay[8] = { 0.9f, 0.9f, 0.9f, 0.9f, 0.9f, 0.9f, 0.9f, 0.9f };
     float bad_gate[8] = { 0, 0, NAN, 0 };
     for (int i = 0; i < 11; i++) {
-        call k;
-        call_init(&k, &p, 20, 20, 1);
+        hcall k;
+        hcall_init(&k, &p, LM_CPU, out, &st, 20, 20);
         lm_status want = LM_ERR_INVALID_ARG;
         const char *needle = "";
         switch (i) {
@@ -475,10 +268,10 @@ START_TEST(test_bad_arguments)
         ck_assert_msg(!memcmp(before, after, all), "case %d changed the state or the output", i);
     }
     /* Decode refuses a hybrid step without a state; the backward has no hybrid. */
-    call k;
-    call_init(&k, &p, 20, 1, 0);
+    hcall k;
+    hcall_init(&k, &p, LM_CPU, out, NULL, 20, 1);
     EXPECT_ERR(lm_linear_attn_decode(&k.a, NULL), LM_ERR_INVALID_ARG, "a state");
-    call_init(&k, &p, 0, 20, 0);
+    hcall_init(&k, &p, LM_CPU, out, NULL, 0, 20);
     tbuf dq = tbuf_new(c.dtype, c.B * 20 * c.Hq * c.Dk), dk = tbuf_new(c.dtype, c.B * 20 * c.Hkv * c.Dk);
     tbuf dv = tbuf_new(c.dtype, c.B * 20 * c.Hkv * c.Dv), dout = tbuf_new(c.dtype, c.B * 20 * c.Hq * c.Dv);
     lm_tensor tq = lm_tensor_4d(dq.data, c.dtype, LM_CPU, c.B, 20, c.Hq, c.Dk);
@@ -487,7 +280,7 @@ START_TEST(test_bad_arguments)
     lm_tensor to = lm_tensor_4d(dout.data, c.dtype, LM_CPU, c.B, 20, c.Hq, c.Dv);
     lm_core_grads g = { LM_SIZED(lm_core_grads), .dout = &to, .dq = &tq, .dk = &tk, .dv = &tv };
     EXPECT_ERR(lm_linear_attn_backward(&k.a, &g, NULL), LM_ERR_UNSUPPORTED, "no backward in the C library");
-    call_init(&k, &p, 0, 20, 1);
+    hcall_init(&k, &p, LM_CPU, out, &st, 0, 20);
     EXPECT_ERR(lm_linear_attn_absorb(&k.a, NULL), LM_ERR_UNSUPPORTED, "hybrid attention's window");
     size_t wsb = 0;
     EXPECT_ERR(lm_linear_attn_prefill_workspace(&k.a, &wsb), LM_ERR_UNSUPPORTED, "allocates its own");
@@ -497,6 +290,8 @@ START_TEST(test_bad_arguments)
 #undef SNAP
     free(before);
     free(after);
+    hstate_free(&st, &p);
+    hout_free(&p, out);
     hprob_free(&p);
 }
 END_TEST
@@ -521,14 +316,14 @@ START_TEST(test_abi_defaults)
     hcase c = base_case();
     c.L = 30;
     hprob p;
-    hprob_init(&p, &c);
-    call k;
-    call_init(&k, &p, 0, c.L, 0);
+    hprob_init(&p, &cpu_dev, &c);
+    void *out = hout_new(&p);
+    hcall k;
+    hcall_init(&k, &p, LM_CPU, out, NULL, 0, c.L);
     k.a.struct_size = (uint32_t)offsetof(lm_core_args, attention); /* the release before hybrid */
     k.a.attention = LM_ATTENTION_HYBRID;                            /* beyond it: not read */
-    tbuf_poison(&p.out);
     ck_assert_msg(lm_linear_attn_prefill(&k.a, NULL) == LM_OK, "%s", lm_last_error());
-    double *lin = malloc((size_t)p.out.n * sizeof(double));
+    double *lin = malloc((size_t)p.nout * sizeof(double));
     ref_problem r = { .B = c.B, .L = c.L, .Lk = c.L, .Hq = c.Hq, .Hkv = c.Hkv, .Dk = c.Dk, .Dv = c.Dv,
                       .q = { p.q.ref, { p.sq[0], p.sq[1], p.sq[2], p.sq[3] } },
                       .k = { p.k.ref, { p.sk[0], p.sk[1], p.sk[2], p.sk[3] } },
@@ -536,9 +331,12 @@ START_TEST(test_abi_defaults)
                       .causal = 1, .feature_map = c.fm, .normalize = 1, .eps = 1e-6,
                       .scale = 1.0 / sqrt((double)c.Dk) };
     ref_attend(&r, lin, NULL, NULL);
-    ref_err e = ref_compare(&p.out, lin, p.out.n);
+    tbuf got = hout_fetch(&p, out);
+    ref_err e = ref_compare(&got, lin, p.nout);
     REF_CHECK(e, ref_bound(c.dtype), "(a short lm_core_args is linear attention)");
     free(lin);
+    tbuf_free(&got);
+    hout_free(&p, out);
     hprob_free(&p);
 }
 END_TEST

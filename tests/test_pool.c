@@ -11,47 +11,21 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void *host_alloc(size_t n)
-{
-    void *p = malloc(n ? n : 1);
-    ck_assert_ptr_nonnull(p);
-    return p;
-}
-
-static void host_copy(void *dst, const void *src, size_t n)
-{
-    memcpy(dst, src, n);
-}
-
-static double cpu_out_bound(lm_dtype dtype, const double *want, int64_t n)
-{
-    (void)want, (void)n;
-    return ref_bound(dtype);
-}
-
-static double cpu_state_bound(lm_dtype dtype)
-{
-    (void)dtype;
-    return 2e-5; /* fp32, carried over calls (test_attend's bound) */
-}
-
-static const pool_dev cpu = { LM_CPU, host_alloc, free, host_copy, host_copy, cpu_out_bound, cpu_state_bound };
-
 START_TEST(test_continuous_batching)
 {
-    pool_case_batching(&cpu);
+    pool_case_batching(&cpu_dev);
 }
 END_TEST
 
 START_TEST(test_fork_and_blob)
 {
-    pool_case_fork_blob(&cpu);
+    pool_case_fork_blob(&cpu_dev);
 }
 END_TEST
 
 START_TEST(test_workspace)
 {
-    pool_case_workspace(&cpu);
+    pool_case_workspace(&cpu_dev);
 }
 END_TEST
 

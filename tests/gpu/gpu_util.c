@@ -119,6 +119,33 @@ double state_bound(lm_dtype dtype)
     return dtype == LM_BF16 ? 4e-3 : 5e-5;
 }
 
+static void *d_alloc(size_t n)
+{
+    return dmalloc(n);
+}
+
+static void d_release(void *p)
+{
+    CUDA_OK(cudaFree(p));
+}
+
+static void d_upload(void *dst, const void *src, size_t n)
+{
+    CUDA_OK(cudaMemcpy(dst, src, n, cudaMemcpyHostToDevice));
+}
+
+static double d_out_bound(lm_dtype dtype, const double *want, int64_t n)
+{
+    return out_bound(dtype, out_floor(dtype, want, n), n);
+}
+
+static void d_note(const char *what, lm_dtype dtype, const double *want, int64_t n, double rel)
+{
+    gpu_note(what, dtype, rel, out_floor(dtype, want, n));
+}
+
+const test_dev gpu_dev = { LM_CUDA, d_alloc, d_release, d_upload, ddownload_bytes, d_out_bound, state_bound, d_note };
+
 static struct {
     double ratio, err;
     char what[96];

@@ -76,6 +76,10 @@ double out_bound(lm_dtype dtype, double floor, int64_t n);
 /* Bound on the final fp32 state: phi(k) is rounded to bf16 for bf16 inputs. */
 double state_bound(lm_dtype dtype);
 
+/* The GPU as a test_dev (ref.h): device memory, out_bound over out_floor,
+ * state_bound, gpu_note. */
+extern const test_dev gpu_dev;
+
 /* Failures are counted and printed, so one run shows all of them; each test
  * asserts none at its end with gpu_end_test(). */
 extern int gpu_fails;

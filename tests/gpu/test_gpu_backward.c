@@ -6,9 +6,10 @@
  * precision, state gradients chained across a split, determinism. Gradient
  * buffers are NaN-poisoned before each call and must be fully written.
  *
- * Reference: the quadratic form of tests/test_backward.c (which checks it by
- * central differences), differentiated by hand in float64, O(L Lk); run when
- * one (batch, kv head) costs at most REF_COST, in parallel over them.
+ * Reference: ref_backward (tests/ref_backward.c, the CPU suite's, which
+ * test_backward.c checks by central differences), the quadratic form
+ * differentiated by hand in float64, O(L Lk); run when one (batch, kv head)
+ * costs at most REF_COST, in parallel over them.
  *
  * Error measure, per gradient: ||got - want|| / ||mag||, where mag is the
  * reference run on absolute values (every factor |x|): the scale of rounding
@@ -270,157 +271,42 @@ static void run_backward(const bprob *p, lm_device dev, grads *out)
 
 /* ---- float64 reference ---- */
 
-static double phi64(int fm, double x)
-{
-    return fm == LM_FEATURE_ELU1 ? (x > 0 ? x + 1 : exp(x)) : fm == LM_FEATURE_RELU ? (x > 0 ? x : 0) : x;
-}
-
-static double dphi64(int fm, double x)
-{
-    return fm == LM_FEATURE_ELU1 ? (x > 0 ? 1 : exp(x)) : fm == LM_FEATURE_RELU ? (x > 0) : 1;
-}
-
-static int64_t off4(const int64_t *s, int64_t b, int64_t t, int64_t h, int64_t d)
-{
-    return b * s[0] + t * s[1] + h * s[2] + d * s[3];
-}
-
 static double ref_cost(const bcase *c)
 {
     const double Lk = c->causal ? (double)c->L : (double)c->Lk;
     return (double)(c->Hq / c->Hkv) * (double)c->L * Lk * (double)(c->Dk + c->Dv);
 }
 
-/* Gradients in float64 into w[GQ..GZ] (layout of the inputs), or with mag
- * their magnitudes: every factor |x|, dden = +|do|.|n| / d^2 (the
- * normaliser is a sum of non-negative terms in these tests). */
+/* x as float64, or NULL. */
+static double *widened(const float *x, int64_t n)
+{
+    if (!x)
+        return NULL;
+    double *w = malloc((size_t)(n > 0 ? n : 1) * sizeof(double));
+    for (int64_t i = 0; i < n; i++)
+        w[i] = x[i];
+    return w;
+}
+
+/* Gradients in float64 (ref_backward) into w[GQ..GZ] (layout of the inputs),
+ * or with mag their magnitudes (the normaliser is a sum of non-negative
+ * terms in these tests). */
 static void reference(const bprob *p, int mag, double **w)
 {
     const bcase *c = &p->c;
-    const int64_t L = c->L, Lk = c->causal ? c->L : c->Lk, Hkv = c->Hkv, Dk = c->Dk, Dv = c->Dv;
-    const int64_t G = c->Hq / c->Hkv;
-    const double eps = (double)1e-6f, sc = (double)(1.0f / sqrtf((float)Dk));
-    memset(w[GS], 0, (size_t)p->n[GS] * sizeof(double));
-    memset(w[GZ], 0, (size_t)p->n[GZ] * sizeof(double));
-#define M(x) (mag ? fabs(x) : (x))
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int64_t task = 0; task < c->B * Hkv; task++) {
-        const int64_t b = task / Hkv, hk = task % Hkv;
-        const double g = c->decay ? (double)p->decay[hk] : 1.0;
-        double *K = malloc((size_t)(Lk * Dk + 1) * sizeof(double));
-        double *V = malloc((size_t)(Lk * Dv + 1) * sizeof(double));
-        double *dK = calloc((size_t)(Lk * Dk + 1), sizeof(double));
-        double *dV = calloc((size_t)(Lk * Dv + 1), sizeof(double));
-        double *a = malloc((size_t)(Lk + 1) * sizeof(double));
-        double *S0 = calloc((size_t)(Dk * Dv), sizeof(double));
-        /* u[s] = unmasked keys among 0 .. s-1: a masked key is no decay step
-         * (docs/DESIGN.md §2), so g's exponent from after key s to after
-         * position t is u[t + 1] - u[s + 1]. */
-        int64_t *u = malloc((size_t)(Lk + 1) * sizeof(int64_t));
-        u[0] = 0;
-        for (int64_t s = 0; s < Lk; s++)
-            u[s + 1] = u[s] + !(p->mask && p->mask[b * Lk + s]);
-        double Q[256], dQ[256], num[256], dnum[256], z0[256] = { 0 }, dout[256];
-        double *dS0 = w[GS] + task * Dk * Dv, *dz0 = w[GZ] + task * Dk;
-        for (int64_t i = 0; p->S0 && i < Dk * Dv; i++)
-            S0[i] = M((double)p->S0[task * Dk * Dv + i]);
-        for (int64_t d = 0; p->z0 && d < Dk; d++)
-            z0[d] = M((double)p->z0[task * Dk + d]);
-        for (int64_t s = 0; s < Lk; s++) {
-            const int m = p->mask && p->mask[b * Lk + s];
-            for (int64_t d = 0; d < Dk; d++)
-                K[s * Dk + d] = m ? 0 : M(phi64(c->fm, p->k.ref[off4(p->sk, b, s, hk, d)]));
-            for (int64_t e = 0; e < Dv; e++)
-                V[s * Dv + e] = m ? 0 : M(p->v.ref[off4(p->sv, b, s, hk, e)]);
-        }
-        for (int64_t h = hk * G; h < (hk + 1) * G; h++)
-            for (int64_t t = 0; t < L; t++) {
-                const int64_t send = c->causal ? t + 1 : Lk;
-                const double gs = c->causal ? pow(g, (double)u[t + 1]) : 1.0;
-                for (int64_t d = 0; d < Dk; d++)
-                    Q[d] = M(phi64(c->fm, p->q.ref[off4(p->sq, b, t, h, d)]));
-                for (int64_t e = 0; e < Dv; e++)
-                    dout[e] = M(p->dout.ref[off4(p->so, b, t, h, e)]);
-                double den = eps;
-                for (int64_t e = 0; e < Dv; e++) {
-                    num[e] = 0;
-                    for (int64_t d = 0; d < Dk; d++)
-                        num[e] += gs * Q[d] * S0[d * Dv + e];
-                }
-                for (int64_t d = 0; d < Dk; d++)
-                    den += gs * Q[d] * z0[d];
-                for (int64_t s = 0; s < send; s++) {
-                    double qk = 0;
-                    for (int64_t d = 0; d < Dk; d++)
-                        qk += Q[d] * K[s * Dk + d];
-                    a[s] = (c->causal ? pow(g, (double)(u[t + 1] - u[s + 1])) : 1.0) * qk;
-                    for (int64_t e = 0; e < Dv; e++)
-                        num[e] += a[s] * V[s * Dv + e];
-                    den += a[s];
-                }
-                double dden = 0, don = 0;
-                for (int64_t e = 0; e < Dv; e++) {
-                    dnum[e] = c->normalize ? dout[e] / den : sc * dout[e];
-                    don += dout[e] * num[e];
-                }
-                if (c->normalize)
-                    dden = (mag ? don : -don) / (den * den);
-                for (int64_t d = 0; d < Dk; d++) {
-                    double x = 0;
-                    for (int64_t e = 0; e < Dv; e++)
-                        x += S0[d * Dv + e] * dnum[e];
-                    dQ[d] = gs * (x + dden * z0[d]);
-                    for (int64_t e = 0; e < Dv; e++)
-                        dS0[d * Dv + e] += gs * Q[d] * dnum[e];
-                    dz0[d] += gs * dden * Q[d];
-                }
-                for (int64_t s = 0; s < send; s++) {
-                    const double wt = c->causal ? pow(g, (double)(u[t + 1] - u[s + 1])) : 1.0;
-                    double dw = dden;
-                    for (int64_t e = 0; e < Dv; e++)
-                        dw += dnum[e] * V[s * Dv + e];
-                    for (int64_t d = 0; d < Dk; d++) {
-                        dQ[d] += wt * dw * K[s * Dk + d];
-                        dK[s * Dk + d] += wt * dw * Q[d];
-                    }
-                    for (int64_t e = 0; e < Dv; e++)
-                        dV[s * Dv + e] += a[s] * dnum[e];
-                }
-                for (int64_t d = 0; d < Dk; d++) {
-                    const int64_t i = off4(p->sq, b, t, h, d);
-                    w[GQ][i] = dQ[d] * M(dphi64(c->fm, p->q.ref[i]));
-                }
-            }
-        /* the final state S_Lk = g^u[Lk] S0 + sum_s g^(u[Lk]-u[s+1]) K_s V_s^T, z likewise */
-        for (int64_t s = 0; p->dSo && s < Lk; s++) {
-            const double wt = c->causal ? pow(g, (double)(u[Lk] - u[s + 1])) : 1.0;
-            for (int64_t d = 0; d < Dk; d++) {
-                double x = M((double)p->dzo[task * Dk + d]);
-                for (int64_t e = 0; e < Dv; e++) {
-                    const double dso = M((double)p->dSo[(task * Dk + d) * Dv + e]);
-                    x += dso * V[s * Dv + e];
-                    dV[s * Dv + e] += wt * dso * K[s * Dk + d];
-                }
-                dK[s * Dk + d] += wt * x;
-            }
-        }
-        const double gL = c->causal ? pow(g, (double)u[Lk]) : 1.0;
-        for (int64_t i = 0; p->dSo && i < Dk * Dv; i++)
-            dS0[i] += gL * M((double)p->dSo[task * Dk * Dv + i]);
-        for (int64_t d = 0; p->dzo && d < Dk; d++)
-            dz0[d] += gL * M((double)p->dzo[task * Dk + d]);
-        for (int64_t s = 0; s < Lk; s++) {
-            const int m = p->mask && p->mask[b * Lk + s];
-            for (int64_t d = 0; d < Dk; d++) {
-                const int64_t i = off4(p->sk, b, s, hk, d);
-                w[GK][i] = m ? 0 : dK[s * Dk + d] * M(dphi64(c->fm, p->k.ref[i]));
-            }
-            for (int64_t e = 0; e < Dv; e++)
-                w[GV][off4(p->sv, b, s, hk, e)] = m ? 0 : dV[s * Dv + e];
-        }
-        free(K), free(V), free(dK), free(dV), free(a), free(S0), free(u);
-    }
-#undef M
+    double *S0 = widened(p->S0, p->n[GS]), *z0 = widened(p->z0, p->n[GZ]);
+    double *dSo = widened(p->dSo, p->n[GS]), *dzo = widened(p->dzo, p->n[GZ]);
+    ref_problem r = { .B = c->B, .L = c->L, .Lk = c->Lk, .Hq = c->Hq, .Hkv = c->Hkv, .Dk = c->Dk, .Dv = c->Dv,
+                      .q.p = p->q.ref, .k.p = p->k.ref, .v.p = p->v.ref, .mask = p->mask, .state = S0,
+                      .normalizer = z0, .decay = c->decay ? p->decay : NULL, .causal = c->causal,
+                      .feature_map = c->fm, .normalize = c->normalize, .eps = (double)1e-6f,
+                      .scale = (double)(1.0f / sqrtf((float)c->Dk)) };
+    ref_grads g = { .dout.p = p->dout.ref, .dstate_out = dSo, .dnormalizer_out = dzo, .dq = w[GQ], .dk = w[GK],
+                    .dv = w[GV], .dstate_in = w[GS], .dnormalizer_in = w[GZ] };
+    memcpy(r.q.s, p->sq, sizeof r.q.s), memcpy(r.k.s, p->sk, sizeof r.k.s);
+    memcpy(r.v.s, p->sv, sizeof r.v.s), memcpy(g.dout.s, p->so, sizeof g.dout.s);
+    ref_backward(&r, &g, mag);
+    free(S0), free(z0), free(dSo), free(dzo);
 }
 
 /* ---- comparisons ---- */

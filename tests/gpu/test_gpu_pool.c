@@ -15,43 +15,21 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void *d_alloc(size_t n)
-{
-    return dmalloc(n);
-}
-
-static void d_release(void *p)
-{
-    CUDA_OK(cudaFree(p));
-}
-
-static void d_upload(void *dst, const void *src, size_t n)
-{
-    CUDA_OK(cudaMemcpy(dst, src, n, cudaMemcpyHostToDevice));
-}
-
-static double d_out_bound(lm_dtype dtype, const double *want, int64_t n)
-{
-    return out_bound(dtype, out_floor(dtype, want, n), n);
-}
-
-static const pool_dev gpu = { LM_CUDA, d_alloc, d_release, d_upload, ddownload_bytes, d_out_bound, state_bound };
-
 START_TEST(test_gpu_pool_batching)
 {
-    pool_case_batching(&gpu);
+    pool_case_batching(&gpu_dev);
 }
 END_TEST
 
 START_TEST(test_gpu_pool_fork_blob)
 {
-    pool_case_fork_blob(&gpu);
+    pool_case_fork_blob(&gpu_dev);
 }
 END_TEST
 
 START_TEST(test_gpu_pool_workspace)
 {
-    pool_case_workspace(&gpu);
+    pool_case_workspace(&gpu_dev);
 }
 END_TEST
 
