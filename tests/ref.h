@@ -1,8 +1,10 @@
 /*
  * ref.h - what the test suites share: typed test buffers with a float64
  * shadow, random data, the float64 reference of docs/DESIGN.md §2 (a direct
- * evaluation of the recurrence, independent of the chunked code), one
- * tolerance helper and the check of a call's error status and message.
+ * evaluation of the recurrence, independent of the chunked code) and of its
+ * backward (ref_backward.c), one tolerance helper, the backend a shared
+ * scenario runs on (test_dev) and the check of a call's error status and
+ * message.
  */
 #ifndef LM_TEST_REF_H
 #define LM_TEST_REF_H
