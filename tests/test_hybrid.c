@@ -86,7 +86,7 @@ START_TEST(test_masks)
     hprob p;
     hprob_init(&p, &cpu_dev, &c);
     for (int64_t t = 0; t < c.L; t++)
-        p.mask[c.L + t] = 1;
+        p.mask[c.L + t] = 1; /* the host's mask, which the CPU reads (p.want is not used) */
     void *out = hout_new(&p);
     hstate st;
     hstate_new(&st, &p);
