@@ -68,9 +68,12 @@ RELEASE_KEY = $(DEV_KEY_DIR)/release.secret
 LICENSE_PUBKEYS = $$(cat $(DEV_KEY_DIR)/vendor.pub $(DEV_KEY_DIR)/vendor-next.pub)
 # Development builds also refuse one test id (the suites prove revocation with it).
 LICENSE_REVOKED_ALL = $(LICENSE_REVOKED) license/revoked-dev.txt
+# Under a lock, and only if still missing: two makes running at once (a nested
+# make, a second checkout's build) must not both mint the key (keygen refuses to
+# overwrite, which failed one of them).
 $(DEV_KEY_DIR)/%.secret: | $(LICENSE_VENDOR_CLI)
 	@mkdir -p $(dir $@)
-	$(LICENSE_VENDOR_CLI) keygen --out $(DEV_KEY_DIR)/$*
+	flock $(DEV_KEY_DIR)/.keygen.lock sh -c 'test -f $@ || $(LICENSE_VENDOR_CLI) keygen --out $(DEV_KEY_DIR)/$*'
 $(DEV_KEY_DIR)/%.pub: $(DEV_KEY_DIR)/%.secret ;
 $(LICENSE_HEADER): $(DEV_KEY_DIR)/vendor.pub $(DEV_KEY_DIR)/vendor-next.pub \
                    $(LICENSE_REVOKED_ALL) license/gen_key_header.sh license-key-always
