@@ -288,7 +288,12 @@ template <class P> static lm_status launch_any(const P &p, void *stream)
     int dev = 0, major = 0;
     LMI_CUDA_TRY(cudaGetDevice(&dev));
     LMI_CUDA_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-    int nvb = major >= 9 ? (d.Dv + COLS - 1) / COLS : 1;
+    int sms = 0;
+    LMI_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    /* Clusters only while (row, kv head) pairs are too few to fill the GPU: with
+     * enough of them, one CTA per pair reads q, k, z and computes phi once. */
+    const bool spread = major >= 9 && (int64_t)d.B * d.Hkv < 4 * (int64_t)sms;
+    int nvb = spread ? (d.Dv + COLS - 1) / COLS : 1;
     nvb = nvb > 8 ? 8 : nvb;
     const int cols = (d.Dv + nvb - 1) / nvb;
     if (cols > 4 * DEC_THREADS)

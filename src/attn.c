@@ -276,7 +276,8 @@ lm_status lm_attn_forward(lm_attn *a, const lm_tensor *query, const lm_tensor *k
     int64_t ctx;
     if ((st = lmi_context(use_state ? a->position : 0, f.Lq > f.Lk ? f.Lq : f.Lk,
                           "lm_attn_forward", &ctx)) ||
-        (st = lmi_license_check(ctx)) || (st = lmi_capture_check(a->be, stream, 0, "lm_attn_forward")))
+        (st = lmi_license_check(ctx)) ||
+        (st = lmi_capture_check(a->be, stream, !use_state, "lm_attn_forward")))
         return st;
 
     if ((st = reserve(a, &a->work, &a->work_cap, B)))
