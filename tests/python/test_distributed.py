@@ -24,7 +24,8 @@ from datetime import timedelta
 import pytest
 import torch
 
-from liquid_memory import LiquidMemory, UnsupportedError, _core, _ops, distributed
+from liquid_memory import LiquidMemory, UnsupportedError, _core, _ops, distributed, hybrid_attention
+from liquid_memory import hybrid as _hybrid
 
 OUT_BOUND, GRAD_BOUND = 2e-5, 5e-5
 
@@ -45,7 +46,17 @@ CASES = {
                   klengths={2: [50, 0], 4: [20, 21, 0, 17]}),
     "module": dict(module=True, lengths={2: [60, 45], 4: [31, 0, 40, 34]}),
     "module_bias_kv": dict(module=True, bias_kv=True, lengths={2: [20, 70], 4: [25, 25, 25, 15]}),
-    "hybrid_refused": dict(refuse=True, lengths={2: [5, 5], 4: [5, 5, 5, 5]}),
+    "unknown_option_refused": dict(refuse=True, lengths={2: [5, 5], 4: [5, 5, 5, 5]}),
+    # Hybrid attention (forward): W and s against segments longer and shorter
+    # than both, so that windows span several ranks and sinks two.
+    "hybrid": dict(hybrid=True, W=8, s=2, lengths={2: [13, 20], 4: [1, 5, 0, 30]}),
+    "hybrid_gqa_mask": dict(hybrid=True, W=16, s=4, Hq=4, Hkv=2, mask=True,
+                            lengths={2: [3, 60], 4: [2, 7, 9, 45]}),
+    "hybrid_no_sinks_relu": dict(hybrid=True, W=5, s=0, fm="relu", Dv=8,
+                                 lengths={2: [30, 1], 4: [4, 0, 4, 25]}),
+    "hybrid_window_covers_all": dict(hybrid=True, W=64, s=4, mask=True,
+                                     lengths={2: [10, 20], 4: [5, 10, 0, 20]}),
+    "hybrid_module": dict(module=True, hybrid=True, lengths={2: [9, 40], 4: [3, 0, 20, 26]}),
 }
 
 
@@ -168,17 +179,95 @@ def _module_case(c, rank, world, group):
     assert st["position"] == st_ref["position"], (st["position"], st_ref["position"])
 
 
-class _HybridOptions(_core.Options):
-    """Options with a field context parallelism does not know (as hybrid's would be)."""
+class _NewOptions(_core.Options):
+    """Options with a field linear context parallelism does not know."""
     __slots__ = ("window",)
 
 
 def _refusal_case(c, rank, world):
-    opts = _HybridOptions()
+    opts = _NewOptions()
     opts.window = 64
     q = torch.randn(1, c["lengths"][world][rank], 2, 8)
     with pytest.raises(UnsupportedError, match="window"):
         distributed.prefill(torch.distributed.group.WORLD, q, q, q, opts=opts)
+
+
+def _state_checks(st, ref, exact_window=True):
+    """A HybridState against the single process's: positions exactly; S, z
+    within rounding; the window's keys and values exactly (copies of the
+    inputs) or, where they are projections (the module: a segment's matmul
+    may round differently from the whole sequence's), within rounding."""
+    assert st.position == ref.position, (st.position, ref.position)
+    assert torch.equal(st.pos, ref.pos), "state pos"
+    checks = [("final S", st.S, ref.S, OUT_BOUND), ("final z", st.z, ref.z, OUT_BOUND)]
+    for name in ("keys", "values"):
+        if exact_window:
+            assert torch.equal(getattr(st, name), getattr(ref, name)), "state " + name
+        else:
+            checks.append(("window " + name, getattr(st, name), getattr(ref, name), OUT_BOUND))
+    return checks
+
+
+def _refuses_backward(out):
+    with pytest.raises(UnsupportedError, match="no backward"):
+        out.sum().backward()
+
+
+def _hybrid_case(c, rank, world):
+    B, Hq, Hkv, Dk, Dv = 2, c.get("Hq", 2), c.get("Hkv", 2), 16, c.get("Dv", 16)
+    lengths = c["lengths"][world]
+    L = sum(lengths)
+    q, k, v = torch.randn(B, L, Hq, Dk), torch.randn(B, L, Hkv, Dk), torch.randn(B, L, Hkv, Dv)
+    mask = torch.rand(B, L) < 0.2 if c.get("mask") else None
+    gate = torch.randn(Hq)
+    kw = dict(window=c["W"], sinks=c["s"], window_gate=gate, feature_map=c.get("fm", "elu"),
+              return_state=True)
+    out_ref, st_ref = hybrid_attention(q, k, v, key_padding_mask=mask, **kw)
+    seg = [_segment(t, lengths, rank) for t in (q, k, v)]
+    m = None if mask is None else _segment(mask, lengths, rank)
+    out, st = distributed.hybrid_attention(*seg, key_padding_mask=m, **kw)
+    assert out.shape == (B, lengths[rank], Hq, Dv)
+    checks = _state_checks(st, st_ref)
+    if lengths[rank]:
+        checks.append(("out", out, _segment(out_ref, lengths, rank), OUT_BOUND))
+    _check_all(checks)
+    # With gradients wanted the forward is the same, its backward refused.
+    leaves = [t.clone().requires_grad_() for t in seg]
+    out_g = distributed.hybrid_attention(*leaves, key_padding_mask=m, **dict(kw, return_state=False))
+    assert torch.equal(out_g.detach(), out)
+    _refuses_backward(out_g)
+
+
+def _hybrid_module_case(c, rank, world, group):
+    lengths = c["lengths"][world]
+    E, H, B = 32, 4, 2
+    kw = dict(batch_first=True, num_kv_heads=2, attention="hybrid", window=8, sinks=2)
+    ref = LiquidMemory(E, H, **kw)
+    with torch.no_grad():
+        ref.window_gate.normal_()
+    cp = LiquidMemory(E, H, context_parallel_group=group, **kw)
+    cp.load_state_dict(ref.state_dict())
+    x, x1 = torch.randn(B, sum(lengths), E), torch.randn(B, E)
+    xs = _segment(x, lengths, rank)
+    with torch.no_grad():
+        out_ref, _ = ref(x, x, x, is_causal=True, need_weights=False)
+        out, _ = cp(xs, xs, xs, is_causal=True, need_weights=False)
+        st, st_ref = cp.get_state(), ref.get_state()
+        checks = [("step", cp.step(x1), ref.step(x1), OUT_BOUND)]
+    assert out.shape == (B, lengths[rank], E)
+    if lengths[rank]:
+        checks.append(("out", out, _segment(out_ref, lengths, rank), OUT_BOUND))
+    checks += _state_checks(
+        _hybrid.HybridState(st["S"], st["z"], st["window_keys"], st["window_values"],
+                            st["window_pos"], st["position"]),
+        _hybrid.HybridState(st_ref["S"], st_ref["z"], st_ref["window_keys"],
+                            st_ref["window_values"], st_ref["window_pos"], st_ref["position"]),
+        exact_window=False)
+    _check_all(checks)
+    # Training: the forward runs, the backward is refused on every rank.
+    cp.reset_state()
+    out_g, _ = cp(xs, xs, xs, is_causal=True, need_weights=False)
+    _refuses_backward(out_g)
 
 
 def _worker(rank, world, init_file, out_dir):
@@ -191,7 +280,11 @@ def _worker(rank, world, init_file, out_dir):
     for i, (name, c) in enumerate(CASES.items()):
         torch.manual_seed(1000 + i)  # the same data on every rank
         try:
-            if c.get("module"):
+            if c.get("module") and c.get("hybrid"):
+                _hybrid_module_case(c, rank, world, torch.distributed.group.WORLD)
+            elif c.get("hybrid"):
+                _hybrid_case(c, rank, world)
+            elif c.get("module"):
                 _module_case(c, rank, world, torch.distributed.group.WORLD)
             elif c.get("refuse"):
                 _refusal_case(c, rank, world)

@@ -42,13 +42,16 @@ import torch
 import torch.distributed as dist
 
 from . import _core, _ops
+from . import hybrid as _hybrid
 from .functional import _check_qkv, _state_pair, make_options
 
-__all__ = ["linear_attention", "prefill", "total", "state_bytes"]
+__all__ = ["linear_attention", "hybrid_attention", "prefill", "hybrid_prefill", "total",
+           "state_bytes", "hybrid_state_bytes"]
 
-# The _core.Options fields context parallelism handles (and `key`, the call
-# plans' id of a set of values): a new kind of attention (a new field, e.g.
-# hybrid's window) must add its own exchange first.
+# The _core.Options fields linear context parallelism handles (and `key`, the
+# call plans' id of a set of values): a new kind of attention carried in a new
+# field must add its own exchange first (hybrid's window and sinks travel
+# beside the Options, to hybrid_prefill).
 _LINEAR_OPTIONS = ("feature_map", "normalize", "eps", "scale", "decay", "precision", "key")
 
 # Token blocks of the local absorb backward: about this many elements of a
@@ -372,6 +375,134 @@ class _Bidirectional(torch.autograd.Function):
 
 
 # ---------------------------------------------------------------------------
+# Hybrid attention (causal, forward only)
+# ---------------------------------------------------------------------------
+
+def _hybrid_split(L, window, sinks):
+    """A segment of L tokens as (first core row, end of core): rows [0, c0)
+    are its head (the sequence's sinks when it starts the sequence), rows
+    [c1, L) its tail (at most W), both shared with every rank; the core rows
+    [c0, c1) lie before every later rank's window and are no sink."""
+    c0 = min(L, sinks)
+    return c0, max(c0, L - window)
+
+
+def hybrid_state_bytes(batch, num_kv_heads, dk, dv, window, sinks):
+    """Bytes one rank contributes to the exchange of one hybrid forward: its
+    core's fp32 S and z, and s + W shared tokens' fp32 keys, values and mask
+    flags per batch row, plus the segment length."""
+    n = sinks + window
+    return 4 * (batch * num_kv_heads * (dk * dv + dk) + batch * n * (num_kv_heads * (dk + dv) + 1)
+                + 4)
+
+
+def _linear_part(opts):
+    """The options of the evicted tokens' state (hybrid.composed's: plain
+    phi(k) v^T sums; the absorb reads no scale, the softmax's)."""
+    return _core.Options(opts.feature_map, True, opts.eps, 1.0, None, opts.precision)
+
+
+class _HybridSetup:
+    """What the hybrid forward needs besides tensors; `state` receives the
+    state after the whole sequence (when want_state)."""
+
+    def __init__(self, group, rank, world, window, sinks, opts, seq_first, want_state):
+        self.group, self.rank, self.world = group, rank, world
+        self.window, self.sinks, self.opts = window, sinks, opts
+        self.seq_first, self.want_state, self.state = seq_first, want_state, None
+
+
+def _hybrid_state_at(P, pieces, su, lin, shape, device):
+    """The hybrid state after tokens 0 .. P-1 (docs/DESIGN.md 9.2) from the
+    pieces (start, L, A, a, keys, values, masked) of the ranks whose segments
+    end at or before P, in rank order (keys [B, n, Hkv, Dk] fp32 of the rows
+    _hybrid_split shares, masked [B, n] bool): S, z = the cores' states plus
+    the shared tokens s <= p < P - W folded in; the sinks p < s and the
+    window p >= P - W go to their slots."""
+    B, Hkv, Dk, Dv = shape
+    W, s = su.window, su.sinks
+    st = _hybrid.empty_state(B, Hkv, Dk, Dv, W, s, device)
+    if not pieces:
+        return st
+    rows = []
+    for start, L, A, a, *_ in pieces:
+        st.S.add_(A)
+        st.z.add_(a)
+        c0, c1 = _hybrid_split(L, W, s)
+        rows += [start + j for j in list(range(c0)) + list(range(c1, L))]
+    p = torch.tensor(rows, dtype=torch.int64, device=device)
+    keys, values, masked = (torch.cat([piece[i] for piece in pieces], 1) for i in (4, 5, 6))
+    ev = (p >= s) & (p < P - W)
+    if bool(ev.any()):
+        _core.absorb(keys[:, ev], values[:, ev], masked[:, ev], st.S, st.z, 0, lin)
+    win = ~ev  # every shared token before P that is not evicted: a sink or in the window
+    p, kept = p[win], ~masked[:, win]                                   # kept [B, m]
+    slot = torch.where(p < s, p, s + p % W)
+    code = torch.where(kept, p + 1, -(p + 1)).to(torch.int32)
+    st.pos[:, :, slot] = code.unsqueeze(1).expand(B, Hkv, -1)
+    st.keys[:, :, slot] = (keys[:, win] * kept[..., None, None]).permute(0, 2, 1, 3)
+    st.values[:, :, slot] = (values[:, win] * kept[..., None, None]).permute(0, 2, 1, 3)
+    return st._replace(position=P)
+
+
+class _Hybrid(torch.autograd.Function):
+    """The hybrid forward over the group's segments. No backward: the core
+    has none in hybrid mode, and the differentiable composition (hybrid.py)
+    starts from an empty state, not from the state before a segment."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, gate, mask, su):
+        B, L, Hkv, Dk = k.shape
+        Dv, dev, W, s = v.shape[3], q.device, su.window, su.sinks
+        c0, c1 = _hybrid_split(L, W, s)
+        n = s + W
+        lin = _linear_part(su.opts)
+        A, a = _absorbed(k[:, c0:c1], v[:, c0:c1], None if mask is None else mask[:, c0:c1], lin)
+        # The shared rows, padded to n: keys, values (fp32: exact), mask flags.
+        keep_rows = torch.cat([torch.arange(c0, device=dev), torch.arange(c1, L, device=dev)])
+        ks, vs = (k.new_zeros((B, n) + t.shape[2:], dtype=torch.float32) for t in (k, v))
+        ms = k.new_zeros((B, n), dtype=torch.float32)
+        m = keep_rows.numel()
+        ks[:, :m], vs[:, :m] = k[:, keep_rows].float(), v[:, keep_rows].float()
+        if mask is not None:
+            ms[:, :m] = mask[:, keep_rows].float()
+        parts = _gather(_flat(A, a, ks, vs, ms, _encode([L], dev)), su.group, su.world)
+        sizes = [A.numel(), a.numel(), ks.numel(), vs.numel(), ms.numel()]
+        shapes = [A.shape, a.shape, ks.shape, vs.shape, ms.shape]
+        pieces, start = [], 0
+        for part in parts:
+            A_i, a_i, k_i, v_i, m_i = (t.view(sh) for t, sh in
+                                       zip(part[:sum(sizes)].split(sizes), shapes))
+            L_i = int(_decode(part[sum(sizes):]).item())
+            c0_i, c1_i = _hybrid_split(L_i, W, s)
+            m_i = m_i[:, :c0_i + L_i - c1_i] > 0.5
+            pieces.append((start, L_i, A_i, a_i, k_i[:, :m_i.shape[1]], v_i[:, :m_i.shape[1]], m_i))
+            start += L_i
+        before = sum(piece[1] for piece in pieces[:su.rank])
+        opts = _auto_precision(su.opts, start)
+        lin = _linear_part(opts)
+        shape = (B, Hkv, Dk, Dv)
+        gate_host = _hybrid._gate_host(gate, q.shape[2])
+        if L:
+            st = _hybrid_state_at(before, pieces[:su.rank], su, lin, shape, dev) if before else None
+            out, _ = _hybrid.c_prefill(q, k, v, mask, W, s, gate_host, opts, st,
+                                       seq_first=su.seq_first)
+        else:
+            out = _out_like(q, Dv, su.seq_first)
+        if su.want_state:
+            su.state = _hybrid_state_at(start, pieces, su, lin, shape, dev)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        raise _core.UnsupportedError(
+            "hybrid attention under context parallelism has no backward: the core has none in "
+            "hybrid mode and the differentiable composition starts from an empty state, not from "
+            "the state before a segment. Train hybrid layers on whole sequences (one process), "
+            "or run this forward under torch.no_grad()")
+
+
+# ---------------------------------------------------------------------------
 # Entry points
 # ---------------------------------------------------------------------------
 
@@ -388,9 +519,9 @@ def prefill(group, q, k, v, mask=None, S0=None, z0=None, position=0, is_causal=T
     extra = [n for n in getattr(type(o), "__slots__", ()) if n not in _LINEAR_OPTIONS and getattr(o, n)]
     if extra:
         raise _core.UnsupportedError(
-            "context parallelism runs linear attention only, not with %s: hybrid attention's "
-            "window would need each rank's last W keys and values sent to the next rank, which "
-            "is not built yet (see liquid_memory.distributed)" % ", ".join(extra))
+            "context parallelism of linear attention does not know the option(s) %s: a new kind "
+            "of attention needs its own exchange (hybrid attention has hybrid_prefill)"
+            % ", ".join(extra))
     if is_causal and q.shape[1] != k.shape[1]:
         raise ValueError("causal attention needs each rank's queries and keys of the same length, "
                          "got %d and %d" % (q.shape[1], k.shape[1]))
@@ -437,3 +568,49 @@ def linear_attention(q, k, v, *, group=None, causal=True, feature_map="elu1", no
     out, S, z = prefill(group, q, k, v, key_padding_mask, S0, z0, 0, causal, opts, False,
                         output_final_state)
     return out, ((S, z) if output_final_state else None)
+
+
+def hybrid_prefill(group, q, k, v, mask, window, sinks, gate, opts, want_state=False,
+                   seq_first=False):
+    """hybrid.attend over the group's segments (the module's entry point),
+    causal, from the start of the sequence. Returns (out, the HybridState after
+    the whole sequence on every rank, or None). group None or of one rank: the
+    plain single-process call (differentiable there)."""
+    rank, world = _world(group)
+    if world == 1:
+        return _hybrid.attend(q, k, v, mask, window, sinks, gate, opts, None, want_state,
+                              seq_first)
+    if q.shape[1] != k.shape[1]:
+        raise ValueError("causal attention needs each rank's queries and keys of the same length, "
+                         "got %d and %d" % (q.shape[1], k.shape[1]))
+    if opts.decay is not None:
+        raise _core.UnsupportedError("hybrid attention has no decay")
+    su = _HybridSetup(group, rank, world, int(window), int(sinks), opts, bool(seq_first),
+                      bool(want_state))
+    out = _Hybrid.apply(q, k, v, gate, mask, su)
+    return out, su.state
+
+
+def hybrid_attention(q, k, v, window=_hybrid.C["LM_HYBRID_WINDOW_DEFAULT"],
+                     sinks=_hybrid.C["LM_HYBRID_SINKS_DEFAULT"], window_gate=None,
+                     key_padding_mask=None, *, group=None, feature_map="elu", eps=1e-6, scale=None,
+                     precision="auto", return_state=False):
+    r"""liquid_memory.hybrid_attention (causal, from an empty state) over one
+    sequence split across the ranks of `group`: each rank passes its own
+    contiguous segment, in rank order (q [B, L_r, Hq, Dk], k, v [B, L_r, Hkv,
+    D], key_padding_mask [B, L_r]; any lengths, 0 included), every rank with
+    the same options, and gets its segment's output, what one process over the
+    whole sequence gives (within fp32 rounding); with return_state, also the
+    HybridState after the whole sequence, the same on every rank.
+
+    Forward only: with more than one rank, a backward through it raises
+    UnsupportedError (the core has no hybrid backward, and the differentiable
+    composition starts from an empty state). One all_gather per call of
+    hybrid_state_bytes(...) per rank. group: as linear_attention's."""
+    opts = _hybrid.call_options(q, k, v, window, sinks, key_padding_mask, feature_map, eps, scale,
+                                precision)
+    if group is None and dist.is_available() and dist.is_initialized():
+        group = dist.group.WORLD
+    out, st = hybrid_prefill(group, q, k, v, key_padding_mask, window, sinks, window_gate, opts,
+                             want_state=return_state)
+    return (out, st) if return_state else out

@@ -355,6 +355,16 @@ def hybrid_attention(q, k, v, window=C["LM_HYBRID_WINDOW_DEFAULT"], sinks=C["LM_
     gradient then). Returns out [B, L, Hq, Dv] in q's dtype, or (out, the final
     HybridState) with return_state. Differentiable in q, k, v and window_gate
     from an empty state."""
+    opts = call_options(q, k, v, window, sinks, key_padding_mask, feature_map, eps, scale,
+                        precision)
+    out, st = attend(q, k, v, key_padding_mask, window, sinks, window_gate, opts, state,
+                     want_state=return_state)
+    return (out, st) if return_state else out
+
+
+def call_options(q, k, v, window, sinks, key_padding_mask, feature_map, eps, scale, precision):
+    """hybrid_attention's checks of its arguments (also distributed's); returns
+    the core's Options."""
     check_window(window, sinks)
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError("q, k, v must be [B, L, H, D]; got %d-D, %d-D, %d-D"
@@ -366,12 +376,9 @@ def hybrid_attention(q, k, v, window=C["LM_HYBRID_WINDOW_DEFAULT"], sinks=C["LM_
     if key_padding_mask is not None and key_padding_mask.dtype != torch.bool:
         raise TypeError("key_padding_mask must be bool (True = ignore), not %s"
                         % key_padding_mask.dtype)
-    opts = _core.Options(_core.FEATURE_MAPS[feature_map], True, eps,
+    return _core.Options(_core.FEATURE_MAPS[feature_map], True, eps,
                          0.0 if scale is None else float(scale), None,
                          _core.PRECISIONS[precision])
-    out, st = attend(q, k, v, key_padding_mask, window, sinks, window_gate, opts, state,
-                     want_state=return_state)
-    return (out, st) if return_state else out
 
 
 # --------------------------------------------------------------------------
@@ -403,10 +410,6 @@ def module_init(m, attention, window, sinks, factory_kwargs):
                          "linear attention)")
     if not m.normalize:
         raise ValueError("attention='hybrid' is normalised: pass normalize=True")
-    if getattr(m, "context_parallel_group", None) is not None:
-        raise NotImplementedError(
-            "attention='hybrid' has no context parallelism yet: each rank would need the last W "
-            "keys and values of the ranks before it (see liquid_memory.distributed)")
     m.window, m.sinks = window, sinks
     m.window_gate = torch.nn.Parameter(torch.zeros(m.num_heads, **factory_kwargs))
     dev = factory_kwargs.get("device")
@@ -459,8 +462,9 @@ def module_forward(m, query, key, value, mask, causal, seq_first, keep):
     q = m._heads(q, m.num_heads, seq_first)
     k = m._heads(k, m.num_kv_heads, seq_first)
     v = m._heads(v, m.num_kv_heads, seq_first)
-    o, st = attend(q, k, v, mask, m.window, m.sinks, m.window_gate, m._opts, want_state=keep,
-                   seq_first=seq_first)
+    from . import distributed  # (it imports this module)
+    o, st = distributed.hybrid_prefill(m.context_parallel_group, q, k, v, mask, m.window, m.sinks,
+                                       m.window_gate, m._opts, want_state=keep, seq_first=seq_first)
     if m.training and m.dropout > 0:
         o = F.dropout(o, p=m.dropout)
     o = o.transpose(0, 1) if seq_first else o
