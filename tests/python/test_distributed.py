@@ -57,6 +57,8 @@ CASES = {
     "hybrid_window_covers_all": dict(hybrid=True, W=64, s=4, mask=True,
                                      lengths={2: [10, 20], 4: [5, 10, 0, 20]}),
     "hybrid_module": dict(module=True, hybrid=True, lengths={2: [9, 40], 4: [3, 0, 20, 26]}),
+    "hybrid_module_seq_first": dict(module=True, hybrid=True, seq_first=True,
+                                    lengths={2: [30, 2], 4: [12, 1, 1, 30]}),
 }
 
 
@@ -225,7 +227,14 @@ def _hybrid_case(c, rank, world):
     out_ref, st_ref = hybrid_attention(q, k, v, key_padding_mask=mask, **kw)
     seg = [_segment(t, lengths, rank) for t in (q, k, v)]
     m = None if mask is None else _segment(mask, lengths, rank)
-    out, st = distributed.hybrid_attention(*seg, key_padding_mask=m, **kw)
+    sent, gather = [], distributed._gather
+    distributed._gather = lambda buf, *a: sent.append(buf.numel() * buf.element_size()) or \
+        gather(buf, *a)
+    try:
+        out, st = distributed.hybrid_attention(*seg, key_padding_mask=m, **kw)
+    finally:
+        distributed._gather = gather
+    assert sent == [distributed.hybrid_state_bytes(B, Hkv, Dk, Dv, c["W"], c["s"])], sent
     assert out.shape == (B, lengths[rank], Hq, Dv)
     checks = _state_checks(st, st_ref)
     if lengths[rank]:
@@ -241,22 +250,26 @@ def _hybrid_case(c, rank, world):
 def _hybrid_module_case(c, rank, world, group):
     lengths = c["lengths"][world]
     E, H, B = 32, 4, 2
-    kw = dict(batch_first=True, num_kv_heads=2, attention="hybrid", window=8, sinks=2)
+    seq_first = c.get("seq_first", False)
+    kw = dict(batch_first=not seq_first, num_kv_heads=2, attention="hybrid", window=8, sinks=2)
     ref = LiquidMemory(E, H, **kw)
     with torch.no_grad():
         ref.window_gate.normal_()
     cp = LiquidMemory(E, H, context_parallel_group=group, **kw)
     cp.load_state_dict(ref.state_dict())
     x, x1 = torch.randn(B, sum(lengths), E), torch.randn(B, E)
-    xs = _segment(x, lengths, rank)
+    ldim = 0 if seq_first else 1
+    if seq_first:
+        x = x.transpose(0, 1).contiguous()
+    xs = _segment(x, lengths, rank, ldim)
     with torch.no_grad():
         out_ref, _ = ref(x, x, x, is_causal=True, need_weights=False)
         out, _ = cp(xs, xs, xs, is_causal=True, need_weights=False)
         st, st_ref = cp.get_state(), ref.get_state()
         checks = [("step", cp.step(x1), ref.step(x1), OUT_BOUND)]
-    assert out.shape == (B, lengths[rank], E)
+    assert out.shape == xs.shape
     if lengths[rank]:
-        checks.append(("out", out, _segment(out_ref, lengths, rank), OUT_BOUND))
+        checks.append(("out", out, _segment(out_ref, lengths, rank, ldim), OUT_BOUND))
     checks += _state_checks(
         _hybrid.HybridState(st["S"], st["z"], st["window_keys"], st["window_values"],
                             st["window_pos"], st["position"]),
@@ -343,6 +356,27 @@ def test_world_size_one_is_the_plain_path():
     out, (S2, _) = distributed.linear_attention(q, k, v, decay=[0.9, 0.99], output_final_state=True)
     assert out.dtype == want.dtype
     assert torch.equal(out, want) and torch.equal(S2, S_want)
+
+
+def test_hybrid_world_size_one_is_the_plain_path():
+    """The same for hybrid attention: hybrid_attention's bits, its state, and
+    its gradients (the composition: one process needs no exchange)."""
+    assert not torch.distributed.is_initialized()
+    torch.manual_seed(8)
+    q, k, v = torch.randn(2, 40, 4, 16), torch.randn(2, 40, 2, 16), torch.randn(2, 40, 2, 16)
+    gate, mask = torch.randn(4), torch.rand(2, 40) < 0.2
+    kw = dict(window=8, sinks=2, window_gate=gate, key_padding_mask=mask, return_state=True)
+    want, st_want = hybrid_attention(q, k, v, **kw)
+    got, st = distributed.hybrid_attention(q, k, v, **kw)
+    assert torch.equal(got, want)
+    assert all(torch.equal(a, b) for a, b in zip(st[:5], st_want[:5]))
+    assert st.position == st_want.position == 40
+    grads = []
+    for fn in (hybrid_attention, distributed.hybrid_attention):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        fn(*leaves, window=8, sinks=2, window_gate=gate, key_padding_mask=mask).sum().backward()
+        grads.append([t.grad for t in leaves])
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
 
 
 def test_state_bytes():
