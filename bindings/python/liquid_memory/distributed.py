@@ -32,11 +32,33 @@ At world size 1 (or when torch.distributed is not initialised and no group is
 given) this is the plain single-process path: no absorb, no collective.
 Eager only: torch.compile sees the collectives as a graph break.
 
-Hybrid attention (a sliding window of exact softmax beside the state, branch
-`hybrid`) would add one exchange: rank r sends its last W keys and values to
-rank r + 1 (which sees them through the window; with a segment shorter than W,
-from several ranks back), before its prefill. Not built until hybrid lands:
-the module refuses it (UnsupportedError).
+Hybrid attention (docs/DESIGN.md section 9: exact softmax over the sinks
+0..s-1 and the last W tokens, the evicted tokens in a linear state; causal, no
+decay), forward only. Rank r needs the hybrid state at its start P_r: the
+sinks, the window P_r-W .. P_r-1 (several ranks back when segments are shorter
+than W) and S, z over the evicted tokens s .. P_r-W-1. Each rank splits its
+segment of L tokens into
+  head  rows [0, c0), c0 = min(L, s)        (the sequence's sinks, if any)
+  core  rows [c0, c1), c1 = max(c0, L - W)
+  tail  rows [c1, L)                        (at most W)
+Every core token lies at a position >= s and < (end of segment) - W, so it is
+evicted for every later rank and never a sink: the rank folds its core into a
+state from zero (lm_linear_attn_absorb, scale-free phi(k) v^T sums). One
+all_gather exchanges the core states, the head and tail rows (keys, values in
+fp32, exact; mask flags; padded to s + W rows) and L: hybrid_state_bytes(...)
+per rank. Every sink and every window position before P_r is a head or tail
+row of an earlier rank, so rank r assembles its state from the pieces of the
+ranks before it: S, z = the sum of their core states plus their shared rows
+at positions s <= p < P_r - W (folded by one local absorb, masked keys
+skipped); the shared rows at p < s go to sink slot p, the others (p >= P_r - W)
+to ring slot s + p mod W, with positions coded as HybridState says. Then the
+C core's hybrid prefill of the segment runs from that state (position P_r).
+Every rank assembles the state after the whole sequence (P = N) the same way
+for return_state / the module's step(). No backward: the core has none in
+hybrid mode, and the differentiable composition (hybrid.py) starts from an
+empty state, not from the state before a segment; a backward through the
+multi-rank forward raises UnsupportedError (at world size 1 it is the plain,
+differentiable hybrid_attention).
 """
 import torch
 import torch.distributed as dist

@@ -126,6 +126,7 @@ class LiquidMemory(nn.Module):
             split, each rank passing its contiguous segment (rank order, any lengths);
             outputs and gradients are those of one process over the whole sequence
             (see liquid_memory.distributed; every rank must call forward together).
+            With attention="hybrid": forward only (a backward raises UnsupportedError).
         attention: "linear" (default) or "hybrid": exact softmax over the first `sinks`
             tokens and the last `window` tokens, linear attention over the tokens that
             left the window (docs/DESIGN.md §9; causal only). Adds the parameter
