@@ -409,6 +409,12 @@ def _hybrid_split(L, window, sinks):
     return c0, max(c0, L - window)
 
 
+def _shared_rows(L, window, sinks):
+    """The head and tail rows of a segment of L tokens, in order."""
+    c0, c1 = _hybrid_split(L, window, sinks)
+    return list(range(c0)) + list(range(c1, L))
+
+
 def hybrid_state_bytes(batch, num_kv_heads, dk, dv, window, sinks):
     """Bytes one rank contributes to the exchange of one hybrid forward: its
     core's fp32 S and z, and s + W shared tokens' fp32 keys, values and mask
@@ -450,8 +456,7 @@ def _hybrid_state_at(P, pieces, su, lin, shape, device):
     for start, L, A, a, *_ in pieces:
         st.S.add_(A)
         st.z.add_(a)
-        c0, c1 = _hybrid_split(L, W, s)
-        rows += [start + j for j in list(range(c0)) + list(range(c1, L))]
+        rows += [start + j for j in _shared_rows(L, W, s)]
     p = torch.tensor(rows, dtype=torch.int64, device=device)
     keys, values, masked = (torch.cat([piece[i] for piece in pieces], 1) for i in (4, 5, 6))
     ev = (p >= s) & (p < P - W)
@@ -481,7 +486,7 @@ class _Hybrid(torch.autograd.Function):
         lin = _linear_part(su.opts)
         A, a = _absorbed(k[:, c0:c1], v[:, c0:c1], None if mask is None else mask[:, c0:c1], lin)
         # The shared rows, padded to n: keys, values (fp32: exact), mask flags.
-        keep_rows = torch.cat([torch.arange(c0, device=dev), torch.arange(c1, L, device=dev)])
+        keep_rows = torch.tensor(_shared_rows(L, W, s), dtype=torch.int64, device=dev)
         ks, vs = (k.new_zeros((B, n) + t.shape[2:], dtype=torch.float32) for t in (k, v))
         ms = k.new_zeros((B, n), dtype=torch.float32)
         m = keep_rows.numel()
@@ -496,9 +501,8 @@ class _Hybrid(torch.autograd.Function):
             A_i, a_i, k_i, v_i, m_i = (t.view(sh) for t, sh in
                                        zip(part[:sum(sizes)].split(sizes), shapes))
             L_i = int(_decode(part[sum(sizes):]).item())
-            c0_i, c1_i = _hybrid_split(L_i, W, s)
-            m_i = m_i[:, :c0_i + L_i - c1_i] > 0.5
-            pieces.append((start, L_i, A_i, a_i, k_i[:, :m_i.shape[1]], v_i[:, :m_i.shape[1]], m_i))
+            n_i = len(_shared_rows(L_i, W, s))
+            pieces.append((start, L_i, A_i, a_i, k_i[:, :n_i], v_i[:, :n_i], m_i[:, :n_i] > 0.5))
             start += L_i
         before = sum(piece[1] for piece in pieces[:su.rank])
         opts = _auto_precision(su.opts, start)
