@@ -7,7 +7,9 @@ without a group): outputs, gradients of q, k, v, of the initial state and of
 the final state; causal (normalised or not, decay, GQA, masks, feature maps,
 Dk != Dv), bidirectional, cross-attention, and the module
 (LiquidMemory(context_parallel_group=...)) with its parameter gradients
-summed over the ranks, as data parallelism would. fp32 throughout, so the
+summed over the ranks, as data parallelism would; hybrid attention's forward
+(function and module: outputs, the final state, step(), and the backward
+refused) against hybrid_attention in one process. fp32 throughout, so the
 only differences are the order of fp32 sums: bounds 2e-5 (outputs, states)
 and 5e-5 (gradients), norm-wise relative.
 
@@ -438,8 +440,36 @@ class _Ctx:
         pass
 
 
-def _threaded(device, dtype, lengths, causal, decay, mask_on, bound_out, bound_grad):
+def _on_threads(world, body):
+    """body(rank, ranks) on `world` threads with distributed.dist replaced by
+    the stand-in; returns the ranks' results."""
     import threading
+    ranks = _ThreadRanks(world)
+    results, errors = [None] * world, []
+
+    def run(r):
+        ranks.local.rank = r
+        try:
+            results[r] = body(r, ranks)
+        except Exception:  # noqa: BLE001 - reported below
+            errors.append(traceback.format_exc())
+            ranks.barrier.abort()
+
+    real = distributed.dist
+    distributed.dist = ranks
+    try:
+        threads = [threading.Thread(target=run, args=(r,)) for r in range(world)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    finally:
+        distributed.dist = real
+    assert not errors, errors[0]
+    return results
+
+
+def _threaded(device, dtype, lengths, causal, decay, mask_on, bound_out, bound_grad):
     torch.manual_seed(5)
     B, Hq, Hkv, D = 2, 4, 2, 64
     L = sum(lengths)
@@ -450,35 +480,17 @@ def _threaded(device, dtype, lengths, causal, decay, mask_on, bound_out, bound_g
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
     ref = _ops.prefill(*leaves, mask, None, None, 0, causal, opts)[0]
     ref.backward(w)
-    ranks = _ThreadRanks(len(lengths))
     fn = distributed._Causal if causal else distributed._Bidirectional
-    results, errors = [None] * len(lengths), []
 
-    def run(r):
-        ranks.local.rank = r
-        try:
-            seg = [_segment(t, lengths, r) for t in (q, k, v, w)]
-            su = distributed._Setup(ranks.group.WORLD, r, len(lengths), opts, 0, False, False, False)
-            ctx = _Ctx()
-            out = fn.forward(ctx, *seg[:3], None if mask is None else _segment(mask, lengths, r),
-                             None, None, su)[0]
-            grads = fn.backward(ctx, seg[3], None, None)[:3]
-            results[r] = (out, grads)
-        except Exception:  # noqa: BLE001 - reported below
-            errors.append(traceback.format_exc())
-            ranks.barrier.abort()
+    def body(r, ranks):
+        seg = [_segment(t, lengths, r) for t in (q, k, v, w)]
+        su = distributed._Setup(ranks.group.WORLD, r, len(lengths), opts, 0, False, False, False)
+        ctx = _Ctx()
+        out = fn.forward(ctx, *seg[:3], None if mask is None else _segment(mask, lengths, r),
+                         None, None, su)[0]
+        return out, fn.backward(ctx, seg[3], None, None)[:3]
 
-    real = distributed.dist
-    distributed.dist = ranks
-    try:
-        threads = [threading.Thread(target=run, args=(r,)) for r in range(len(lengths))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
-    finally:
-        distributed.dist = real
-    assert not errors, errors[0]
+    results = _on_threads(len(lengths), body)
     checks = []
     for r, (out, grads) in enumerate(results):
         if lengths[r]:
@@ -509,3 +521,46 @@ def test_threaded_ranks_cuda(causal, dtype):
     fp32 = dtype == torch.float32
     _threaded("cuda", dtype, [1000, 0, 1500, 300], causal, [0.999, 0.9999] if causal else None, True,
               1e-3 if fp32 else 3e-2, 1e-3 if fp32 else 3e-2)
+
+
+def _threaded_hybrid(device, dtype, lengths, bound):
+    """Hybrid attention's forward on four thread ranks against one pass on the
+    same device: outputs and the final state's S, z."""
+    torch.manual_seed(6)
+    B, Hq, Hkv, D, W, s = 2, 4, 2, 64, 64, 4
+    L = sum(lengths)
+    make = (lambda *sh: torch.randn(*sh).to(device, dtype))
+    q, k, v = make(B, L, Hq, D), make(B, L, Hkv, D), make(B, L, Hkv, D)
+    mask = (torch.rand(B, L) < 0.2).to(device)
+    gate = torch.randn(Hq)
+    opts = _core.Options()
+    ref, st_ref = _hybrid.c_prefill(q, k, v, mask, W, s, gate, opts, want_state=True)
+
+    def body(r, ranks):
+        su = distributed._HybridSetup(ranks.group.WORLD, r, len(lengths), W, s, opts, False, True)
+        out = distributed._Hybrid.forward(_Ctx(), *(_segment(t, lengths, r) for t in (q, k, v)),
+                                          gate, _segment(mask, lengths, r), su)
+        return out, su.state
+
+    checks = []
+    for r, (out, st) in enumerate(_on_threads(len(lengths), body)):
+        if lengths[r]:
+            checks.append(("rank %d out" % r, out, _segment(ref, lengths, r), bound))
+        checks += [("rank %d S" % r, st.S, st_ref.S, bound), ("rank %d z" % r, st.z, st_ref.z, bound)]
+        assert torch.equal(st.pos, st_ref.pos) and st.position == st_ref.position == L
+    _check_all(checks)
+
+
+def test_threaded_hybrid_cpu():
+    """Segments shorter than W between long ones, on the CPU."""
+    _threaded_hybrid("cpu", torch.float32, [150, 30, 0, 200], OUT_BOUND)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: torch.cuda.is_available() "
+                    "is False (these run on the GPU machine)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_threaded_hybrid_cuda(dtype):
+    """The CUDA path (absorb of fp32 rows, the hybrid prefill from an assembled
+    state) for four ranks on one GPU against the single process on the same
+    GPU; bounds as test_threaded_ranks_cuda's."""
+    _threaded_hybrid("cuda", dtype, [1000, 30, 0, 1500], 1e-3 if dtype == torch.float32 else 3e-2)
