@@ -345,12 +345,16 @@ class _Plan:
     made once for calls of one layout (shapes, strides, dtypes, device,
     options): per call only the six data pointers and the position are
     written. This is what keeps an eager decode step's host time near the
-    cost of the C call itself."""
-    __slots__ = ("args", "ref", "fn", "index", "keep", "q", "k", "v", "out", "S", "z")
+    cost of the C call itself. `key` is the layout it was made for; `nS`,
+    `nz` the state's element counts and `out` the output's shape."""
+    __slots__ = ("args", "ref", "fn", "index", "null", "keep", "q", "k", "v", "out", "S", "z",
+                 "key", "nS", "nz", "out_shape")
 
-    def __init__(self, lib, fn_name, descs, opts, index):
-        """descs: ((shape, strides), ...) of q, k, v and out, all of one dtype
-        and device (codes dtype, device; CUDA index or -1)."""
+    def __init__(self, lib, fn_name, descs, opts, index, state, out_shape):
+        """descs: ((shape, strides, dtype, device), ...) of q, k, v and out, all
+        of one dtype and device (codes dtype, device; CUDA index or -1);
+        state: (nS, nz), the element counts of S and z; out_shape: the shape
+        the caller allocates out with (its memory as descs[3] says)."""
         a = lib.new("lm_core_args")
         check(lib.call("lm_core_args_init", lib.ref(a), lib.sizeof("lm_core_args")), "lm_core_args_init")
         self.keep, slots = [], []
@@ -369,8 +373,9 @@ class _Plan:
         a.is_causal = 1
         _set_options(lib, a, self.keep, opts)
         self.args, self.ref, self.fn, self.index = a, lib.ref(a), lib.fn(fn_name), index
+        self.null, self.key, (self.nS, self.nz), self.out_shape = lib.null, None, state, out_shape
 
-    def run(self, lib, q, k, v, out, S, z, position, what):
+    def run(self, lib, q, k, v, out, S, z, position):
         """Writes the data addresses and the position, and calls."""
         self.q[0] = q
         self.k[0] = k
@@ -379,25 +384,38 @@ class _Plan:
         self.S[0] = S
         self.z[0] = z
         self.args.position = position
-        st = launch_on(lib, self.fn, self.ref, self.index)
+        if self.index < 0:
+            st = self.fn(self.ref, self.null)
+        else:
+            st = launch_on(lib, self.fn, self.ref, self.index)
         if st:
-            check(st, what)
+            check(st, "lm_linear_attn_decode")
 
 
 _MAX_PLANS = 64  # layouts kept per thread (a server decoding a few batch sizes needs a few)
 
 
-def _plan(lib, key, make):
-    """The calling thread's plan for `key` in this binding (each thread its
-    own: the C call runs without the GIL while the struct is in use)."""
-    table = getattr(lib.plans, "table", None)
+def _plan(lib, kind, key, make):
+    """The calling thread's plan of `kind` ("decode", "packed") for layout
+    `key` in this binding (each thread its own: the C call runs without the
+    GIL while the struct is in use). The thread's last plan of each kind is
+    tried first: a loop of one layout costs one tuple compare; other
+    layouts come from a table."""
+    tls = lib.plans
+    last = getattr(tls, kind, None)
+    if last is not None and last.key == key:
+        return last
+    _license_notice()
+    table = getattr(tls, "table", None)
     if table is None:
-        table = lib.plans.table = {}
-    p = table.get(key)
+        table = tls.table = {}
+    p = table.get((kind, key))
     if p is None:
         if len(table) >= _MAX_PLANS:
             table.clear()
-        p = table[key] = make()
+        p = table[(kind, key)] = make()
+        p.key = key
+    setattr(tls, kind, p)
     return p
 
 
@@ -413,31 +431,36 @@ def _state_error(S, z, shape, like):
                          z.dtype, list(z.shape), S.device, z.device))
 
 
-def _state_ok(S, z, nS, nz, index):
-    """S and z are what the C core will write: fp32, contiguous, nS and nz
-    elements, on device `index` (as get_device() says: -1 = CPU)."""
-    return S.dtype is torch.float32 and z.dtype is torch.float32 and S.numel() == nS and \
-        z.numel() == nz and S.is_contiguous() and z.is_contiguous() and \
-        S.get_device() == index and z.get_device() == index
+_F32 = torch.float32
+
+
+def _state_ok(S, z, plan):
+    """S and z are what the C core will write: fp32, contiguous, the plan's
+    element counts, on its device (as get_device() says: -1 = CPU)."""
+    return S.dtype is _F32 and z.dtype is _F32 and S.numel() == plan.nS and \
+        z.numel() == plan.nz and S.is_contiguous() and z.is_contiguous() and \
+        S.get_device() == plan.index and z.get_device() == plan.index
 
 
 def decode(q, k, v, S, z, position, opts=None):
     """Runs lm_linear_attn_decode: one token per batch row (L = 1), updating
-    S and z in place. Returns out [B, 1, Hq, Dv]."""
+    S and z in place. Returns out [B, 1, Hq, Dv].
+
+    Per call (the host cost of an eager step): one layout tuple compared with
+    the thread's last plan's, the state's checks, the output's allocation and
+    the call; everything else is in the plan."""
     opts = opts or DEFAULT_OPTIONS
     lib = _ffi.binding()
-    _license_notice()
-    key = ("decode", q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype,
-           k.dtype, v.dtype, q.device, k.device, v.device, opts.key)
-    plan = _plan(lib, key, lambda: _decode_plan(lib, q, k, v, opts))
-    B, Hq, Hkv, Dk, Dv = q.shape[0], q.shape[2], k.shape[2], k.shape[3], v.shape[3]
-    if not _state_ok(S, z, B * Hkv * Dk * Dv, B * Hkv * Dk, plan.index):
-        raise _state_error(S, z, (B, Hkv, Dk, Dv), q)
-    out = q.new_empty((B, 1, Hq, Dv))
+    key = (q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype, k.dtype,
+           v.dtype, q.device, k.device, v.device, opts.key)
+    plan = _plan(lib, "decode", key, lambda: _decode_plan(lib, q, k, v, opts))
+    if not _state_ok(S, z, plan):
+        raise _state_error(S, z, (q.shape[0], k.shape[2], k.shape[3], v.shape[3]), q)
+    out = q.new_empty(plan.out_shape)
     if POISON:
         out.fill_(float("nan"))
     plan.run(lib, q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), S.data_ptr(),
-             z.data_ptr(), position, "lm_linear_attn_decode")
+             z.data_ptr(), position)
     return out
 
 
@@ -445,11 +468,12 @@ def _decode_plan(lib, q, k, v, opts):
     if k.device != q.device or v.device != q.device:
         raise ValueError("q, k and v must be on one device, got %s, %s, %s"
                          % (q.device, k.device, v.device))
-    B, Hq, Dv = q.shape[0], q.shape[2], v.shape[3]
+    B, Hq, Hkv, Dk, Dv = q.shape[0], q.shape[2], k.shape[2], k.shape[3], v.shape[3]
     out = (B, 1, Hq, Dv)  # as decode allocates it
     descs = [_layout(q), _layout(k), _layout(v),
              (out, (Hq * Dv, Hq * Dv, Dv, 1), _dtype_code(q), _device_code(q))]
-    return _Plan(lib, "lm_linear_attn_decode", descs, opts, q.get_device() if q.is_cuda else -1)
+    return _Plan(lib, "lm_linear_attn_decode", descs, opts, q.get_device() if q.is_cuda else -1,
+                 (B * Hkv * Dk * Dv, B * Hkv * Dk), out)
 
 
 def decode_packed(qkv, heads, kv_heads, head_dim, S, z, position, opts=None):
@@ -459,36 +483,40 @@ def decode_packed(qkv, heads, kv_heads, head_dim, S, z, position, opts=None):
     [B, Hq D] (the heads side by side, ready for out_proj)."""
     opts = opts or DEFAULT_OPTIONS
     lib = _ffi.binding()
-    _license_notice()
-    B, width = qkv.shape
-    kv = kv_heads * head_dim
-    E = width - 2 * kv
-    if not qkv.is_contiguous() or E != heads * head_dim:
-        raise ValueError("qkv must be a contiguous [B, (heads + 2 kv_heads) head_dim] tensor, "
-                         "got %s" % (list(qkv.shape),))
-    key = ("decode_packed", B, heads, kv_heads, head_dim, qkv.dtype, qkv.device, opts.key)
-    plan = _plan(lib, key, lambda: _packed_plan(lib, qkv, heads, kv_heads, head_dim, opts))
-    if not _state_ok(S, z, B * kv * head_dim, B * kv, plan.index):
-        raise _state_error(S, z, (B, kv_heads, head_dim, head_dim), qkv)
-    out = qkv.new_empty((B, E))
+    key = (qkv.shape, qkv.dtype, qkv.device, heads, kv_heads, head_dim, opts.key)
+    plan = _plan(lib, "packed", key,
+                 lambda: _packed_plan(lib, qkv, heads, kv_heads, head_dim, opts))
+    if not qkv.is_contiguous():
+        raise _packed_error(qkv)
+    if not _state_ok(S, z, plan):
+        raise _state_error(S, z, (qkv.shape[0], kv_heads, head_dim, head_dim), qkv)
+    out = qkv.new_empty(plan.out_shape)
     if POISON:
         out.fill_(float("nan"))
-    base, es = qkv.data_ptr(), qkv.element_size()
+    base, E, kv = qkv.data_ptr(), heads * head_dim, kv_heads * head_dim
+    es = qkv.element_size()
     plan.run(lib, base, base + E * es, base + (E + kv) * es, out.data_ptr(), S.data_ptr(),
-             z.data_ptr(), position, "lm_linear_attn_decode")
+             z.data_ptr(), position)
     return out
 
 
+def _packed_error(qkv):
+    return ValueError("qkv must be a contiguous [B, (heads + 2 kv_heads) head_dim] tensor, "
+                      "got %s" % (list(qkv.shape),))
+
+
 def _packed_plan(lib, qkv, heads, kv_heads, head_dim, opts):
+    if qkv.dim() != 2 or qkv.shape[1] != (heads + 2 * kv_heads) * head_dim:
+        raise _packed_error(qkv)
     B, width = qkv.shape
-    E = heads * head_dim
+    E, kv = heads * head_dim, kv_heads * head_dim
     dt, dev = _dtype_code(qkv), _device_code(qkv)
     row = (width, width, head_dim, 1)
     descs = [((B, 1, heads, head_dim), row, dt, dev), ((B, 1, kv_heads, head_dim), row, dt, dev),
              ((B, 1, kv_heads, head_dim), row, dt, dev),
-             ((B, 1, heads, head_dim), (E, E, head_dim, 1), dt, dev)]
+             ((B, 1, heads, head_dim), (E, E, head_dim, 1), dt, dev)]  # out, allocated [B, E]
     return _Plan(lib, "lm_linear_attn_decode", descs, opts,
-                 qkv.get_device() if qkv.is_cuda else -1)
+                 qkv.get_device() if qkv.is_cuda else -1, (B * kv * head_dim, B * kv), (B, E))
 
 
 def has_backward():
