@@ -346,15 +346,17 @@ class _Plan:
     options): per call only the six data pointers and the position are
     written. This is what keeps an eager decode step's host time near the
     cost of the C call itself. `key` is the layout it was made for; `nS`,
-    `nz` the state's element counts and `out` the output's shape."""
+    `nz` the state's element counts; `proto` a tensor shaped, typed and
+    placed as each call's output (torch.empty_like(proto) parses no
+    arguments: the cheapest allocation torch has)."""
     __slots__ = ("args", "ref", "fn", "index", "null", "keep", "q", "k", "v", "out", "S", "z",
-                 "key", "nS", "nz", "out_shape")
+                 "key", "nS", "nz", "proto")
 
-    def __init__(self, lib, fn_name, descs, opts, index, state, out_shape):
+    def __init__(self, lib, fn_name, descs, opts, index, state, proto):
         """descs: ((shape, strides, dtype, device), ...) of q, k, v and out, all
         of one dtype and device (codes dtype, device; CUDA index or -1);
-        state: (nS, nz), the element counts of S and z; out_shape: the shape
-        the caller allocates out with (its memory as descs[3] says)."""
+        state: (nS, nz), the element counts of S and z; proto: a contiguous
+        tensor like the output (its memory as descs[3] says)."""
         a = lib.new("lm_core_args")
         check(lib.call("lm_core_args_init", lib.ref(a), lib.sizeof("lm_core_args")), "lm_core_args_init")
         self.keep, slots = [], []
@@ -373,7 +375,7 @@ class _Plan:
         a.is_causal = 1
         _set_options(lib, a, self.keep, opts)
         self.args, self.ref, self.fn, self.index = a, lib.ref(a), lib.fn(fn_name), index
-        self.null, self.key, (self.nS, self.nz), self.out_shape = lib.null, None, state, out_shape
+        self.null, self.key, (self.nS, self.nz), self.proto = lib.null, None, state, proto
 
     def run(self, lib, q, k, v, out, S, z, position):
         """Writes the data addresses and the position, and calls."""
@@ -395,16 +397,14 @@ class _Plan:
 _MAX_PLANS = 64  # layouts kept per thread (a server decoding a few batch sizes needs a few)
 
 
-def _plan(lib, kind, key, make):
+def _plan(lib, kind, key, make, *args):
     """The calling thread's plan of `kind` ("decode", "packed") for layout
     `key` in this binding (each thread its own: the C call runs without the
-    GIL while the struct is in use). The thread's last plan of each kind is
-    tried first: a loop of one layout costs one tuple compare; other
-    layouts come from a table."""
+    GIL while the struct is in use), made by make(lib, *args) when new. The
+    callers try the thread's last plan of their kind first (lib.plans.<kind>:
+    a loop of one layout costs one tuple compare) and come here when its key
+    differs; other layouts come from a table."""
     tls = lib.plans
-    last = getattr(tls, kind, None)
-    if last is not None and last.key == key:
-        return last
     _license_notice()
     table = getattr(tls, "table", None)
     if table is None:
@@ -413,7 +413,7 @@ def _plan(lib, kind, key, make):
     if p is None:
         if len(table) >= _MAX_PLANS:
             table.clear()
-        p = table[(kind, key)] = make()
+        p = table[(kind, key)] = make(lib, *args)
         p.key = key
     setattr(tls, kind, p)
     return p
@@ -453,10 +453,12 @@ def decode(q, k, v, S, z, position, opts=None):
     lib = _ffi.binding()
     key = (q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype, k.dtype,
            v.dtype, q.device, k.device, v.device, opts.key)
-    plan = _plan(lib, "decode", key, lambda: _decode_plan(lib, q, k, v, opts))
+    plan = getattr(lib.plans, "decode", None)
+    if plan is None or plan.key != key:
+        plan = _plan(lib, "decode", key, _decode_plan, q, k, v, opts)
     if not _state_ok(S, z, plan):
         raise _state_error(S, z, (q.shape[0], k.shape[2], k.shape[3], v.shape[3]), q)
-    out = q.new_empty(plan.out_shape)
+    out = torch.empty_like(plan.proto)
     if POISON:
         out.fill_(float("nan"))
     plan.run(lib, q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), S.data_ptr(),
@@ -473,7 +475,7 @@ def _decode_plan(lib, q, k, v, opts):
     descs = [_layout(q), _layout(k), _layout(v),
              (out, (Hq * Dv, Hq * Dv, Dv, 1), _dtype_code(q), _device_code(q))]
     return _Plan(lib, "lm_linear_attn_decode", descs, opts, q.get_device() if q.is_cuda else -1,
-                 (B * Hkv * Dk * Dv, B * Hkv * Dk), out)
+                 (B * Hkv * Dk * Dv, B * Hkv * Dk), q.new_empty(out))
 
 
 def decode_packed(qkv, heads, kv_heads, head_dim, S, z, position, opts=None):
@@ -484,13 +486,14 @@ def decode_packed(qkv, heads, kv_heads, head_dim, S, z, position, opts=None):
     opts = opts or DEFAULT_OPTIONS
     lib = _ffi.binding()
     key = (qkv.shape, qkv.dtype, qkv.device, heads, kv_heads, head_dim, opts.key)
-    plan = _plan(lib, "packed", key,
-                 lambda: _packed_plan(lib, qkv, heads, kv_heads, head_dim, opts))
+    plan = getattr(lib.plans, "packed", None)
+    if plan is None or plan.key != key:
+        plan = _plan(lib, "packed", key, _packed_plan, qkv, heads, kv_heads, head_dim, opts)
     if not qkv.is_contiguous():
         raise _packed_error(qkv)
     if not _state_ok(S, z, plan):
         raise _state_error(S, z, (qkv.shape[0], kv_heads, head_dim, head_dim), qkv)
-    out = qkv.new_empty(plan.out_shape)
+    out = torch.empty_like(plan.proto)
     if POISON:
         out.fill_(float("nan"))
     base, E, kv = qkv.data_ptr(), heads * head_dim, kv_heads * head_dim
@@ -516,7 +519,8 @@ def _packed_plan(lib, qkv, heads, kv_heads, head_dim, opts):
              ((B, 1, kv_heads, head_dim), row, dt, dev),
              ((B, 1, heads, head_dim), (E, E, head_dim, 1), dt, dev)]  # out, allocated [B, E]
     return _Plan(lib, "lm_linear_attn_decode", descs, opts,
-                 qkv.get_device() if qkv.is_cuda else -1, (B * kv * head_dim, B * kv), (B, E))
+                 qkv.get_device() if qkv.is_cuda else -1, (B * kv * head_dim, B * kv),
+                 qkv.new_empty((B, E)))
 
 
 def has_backward():
