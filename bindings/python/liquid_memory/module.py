@@ -671,7 +671,7 @@ class LiquidMemory(nn.Module):
                 "parameter requires grad): its output would carry no gradient. Call it under "
                 "torch.no_grad() or torch.inference_mode(); to train, run the causal forward "
                 "over the sequence (or liquid_memory.linear_attention with initial_state)")
-        w = self.in_proj_weight
+        w, bias, out_w, out_b = self._step_weights()
         if w is None:
             raise ValueError("step() is self-attention on x, so it needs kdim == vdim == "
                              "embed_dim (got kdim=%d, vdim=%d)" % (self.kdim, self.vdim))
@@ -693,20 +693,37 @@ class LiquidMemory(nn.Module):
                     "reset_state() first (or set_state() a state of that batch)"
                     % (cur.batch, B))
             self._begin_state(B, x)
-        qkv = F.linear(x, w, self.in_proj_bias)  # [B, (H + 2 Hkv) D]: q, k, v heads
+        qkv = F.linear(x, w, bias)  # [B, (H + 2 Hkv) D]: q, k, v heads
+        buffers = self._buffers  # the state buffers (after _begin_state, which may replace them)
+        S, z = buffers["state_S"], buffers["state_z"]
         if _ops.compiling():  # traced through the custom op (it declares the state mutation)
             H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
             q, k, v = qkv.split([H * D, Hkv * D, Hkv * D], dim=-1)
             o = _ops.decode(q.view(B, 1, H, D), k.view(B, 1, Hkv, D), v.view(B, 1, Hkv, D),
-                            self.state_S, self.state_z, cur.position, opts=self._opts)
+                            S, z, cur.position, opts=self._opts)
             o = o.view(B, H * D)
         else:  # eagerly: the C call reads q, k, v in place (one cached call plan)
             o = _core.decode_packed(qkv, self.num_heads, self.num_kv_heads, self.head_dim,
-                                    self.state_S, self.state_z, cur.position, self._opts)
+                                    S, z, cur.position, self._opts)
         cur.position += 1
-        out_proj = self.out_proj
-        out = F.linear(o, out_proj.weight, out_proj.bias)
+        out = F.linear(o, out_w, out_b)
         return out.squeeze(0) if unbatched else out
+
+    def _step_weights(self):
+        """(in_proj_weight, in_proj_bias, out_proj.weight, out_proj.bias) for
+        step(): read from the modules' parameter tables, a dict lookup each,
+        where nn.Module.__getattr__ costs ~0.3 us a name on every token. A
+        name not in its table (a parametrization's property, a wrapped
+        out_proj) is looked up the ordinary way."""
+        params = self._parameters
+        out_proj = self._modules.get("out_proj")
+        out_params = out_proj._parameters if out_proj is not None else {}
+        try:
+            return (params["in_proj_weight"], params["in_proj_bias"], out_params["weight"],
+                    out_params["bias"])
+        except KeyError:
+            return (self.in_proj_weight, self.in_proj_bias, self.out_proj.weight,
+                    self.out_proj.bias)
 
     def _begin_state(self, B, like):
         """An empty state for batch B (holding bias_kv / zero_attn when set)."""
