@@ -110,6 +110,53 @@ def test_one_plan_per_layout(monkeypatch):
     assert made.plans == first + 3
 
 
+def test_layouts_in_turn_reuse_their_plans(monkeypatch):
+    """The thread's last plan is tried first, the others come from its table:
+    two layouts in turn make two plans, and each call computes what a fresh
+    call does (a last-plan hit never serves another layout)."""
+    made = _Made(monkeypatch)
+    states = {B: _state(B, 2, 8, 8, seed=B) for B in (2, 3)}  # layouts new to this process
+    refs = {B: (S.clone(), z.clone()) for B, (S, z) in states.items()}
+    for t in range(6):
+        B = 2 if t % 2 else 3
+        q, k, v = rand_qkv(B, 1, 2, 8, seed=20 + t)
+        S, z = states[B]
+        got = _ops.decode(q, k, v, S, z, t)
+        want, S1, z1 = _one_token_prefill(q, k, v, *refs[B], t, _core.DEFAULT_OPTIONS)
+        refs[B] = (S1, z1)
+        assert torch.equal(got, want) and torch.equal(S, S1) and torch.equal(z, z1), t
+    assert made.plans == 2
+
+
+@pytest.mark.parametrize("kind", ["cffi", "ctypes"])
+def test_bindings_agree(monkeypatch, kind):
+    """The same decode and module steps through either binding (LM_PY_FFI
+    picks one; the GPU machine has no cffi): equal to the bit."""
+    if kind == "cffi" and not _ffi.cffi_available():
+        pytest.skip("cffi is not importable here")
+    q, k, v = rand_qkv(2, 1, 4, 16, Hkv=2, seed=30)
+    S0, z0 = _state(2, 2, 16, 16, seed=31)
+    torch.manual_seed(32)
+    m = LiquidMemory(32, 4, batch_first=True, num_kv_heads=2).eval()
+    x = torch.randn(2, 3, 32)
+
+    def run():
+        S, z = S0.clone(), z0.clone()
+        outs = [_ops.decode(q, k, v, S, z, t) for t in range(3)]
+        m.reset_state()
+        with torch.no_grad():
+            outs += [m.step(x[:, t]) for t in range(3)]
+        return outs + [S, z, m.state_S.clone()]
+    monkeypatch.setattr(_ffi, "_binding", _ffi.open_library("ctypes"))
+    want = run()
+    b = _ffi.open_library(kind)
+    monkeypatch.setattr(_ffi, "_binding", b)
+    got = run()
+    assert b.kind == kind and len(got) == len(want) == 9
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+
+
 def test_plans_are_per_thread(monkeypatch):
     """The C call runs without the GIL while its arguments are in use: each
     thread has its own plans, and concurrent decodes stay exact."""
@@ -159,6 +206,36 @@ def test_module_step_builds_nothing_after_the_first(monkeypatch, kv_heads):
     assert made.plans == 0 and made.structs == 0
     full, _ = ref(x, x, x, is_causal=True, need_weights=False, keep_state=False)
     assert_close(torch.stack(outs, 1), full[:, 6:9], torch.float32, factor=5)
+
+
+@torch.no_grad()
+def test_module_step_with_a_parametrized_out_proj():
+    """step() reads its weights from the parameter tables; a weight that is
+    not there (a parametrization makes out_proj.weight a property) is read
+    the ordinary way, as forward reads it."""
+    from torch.nn.utils import parametrize
+
+    class Double(torch.nn.Module):
+        def forward(self, w):
+            return 2 * w
+    torch.manual_seed(11)
+    m = LiquidMemory(32, 4, batch_first=True).eval()
+    parametrize.register_parametrization(m.out_proj, "weight", Double())
+    assert "weight" not in m.out_proj._parameters
+    x = torch.randn(2, 4, 32)
+    full, _ = m(x, x, x, is_causal=True, need_weights=False, keep_state=False)
+    m.reset_state()
+    outs = torch.stack([m.step(x[:, t]) for t in range(4)], 1)
+    assert_close(outs, full, torch.float32, "step vs forward", factor=5)
+
+
+def test_decode_packed_refuses_a_bad_qkv():
+    S, z = _state(2, 4, 8, 8, seed=12)
+    qkv = torch.randn(2, 3 * 32)
+    _core.decode_packed(qkv, 4, 4, 8, S, z, 0)  # the plan exists: qkv is still checked
+    for bad in (torch.randn(3 * 32, 2).t(), torch.randn(2, 3 * 32 + 1), torch.randn(2, 1, 96)):
+        with pytest.raises(ValueError, match="qkv must be a contiguous"):
+            _core.decode_packed(bad, 4, 4, 8, S, z, 1)
 
 
 def test_eager_step_benchmark_runs(tmp_path):
