@@ -9,6 +9,9 @@ each beside its floors measured in the same run:
                      lm_core_args (no Python work but the call): the floor of
                      core_eager
   core_eager         _ops.decode(q, k, v, S, z, position): what an engine calls
+  core_python        core_eager with the C call replaced by a Python no-op: the
+                     binding's own host cost (core_eager - core_python is what
+                     the C call costs the eager path)
   core_graph         core_eager captured in a CUDA graph and replayed (CUDA): the
                      kernel's own time
   torch_linear_pair  the module step's two projections alone (F.linear in and
@@ -18,6 +21,14 @@ each beside its floors measured in the same run:
 Each number is the median over --rounds of (time of --calls back-to-back calls,
 then one synchronize) / --calls: the cost per call of a loop that never waits
 for the GPU, i.e. host time wherever the host is slower than the kernel.
+
+The module step has a floor no host work can beat: at batch 1 it reads all
+four projection weights (in_proj's three and out_proj) once per token. The
+output states it as weight_read_floor_us = the module's parameter bytes /
+--bandwidth (an ASSUMED memory bandwidth, default 3.0 TB/s, about what an
+H100 SXM's HBM3 sustains; not measured here). For E=4096 in bf16 that is
+4 * 4096 * 4096 * 2 B = 134 MB, 44.7 us at 3.0 TB/s: issue 20's module target
+(40 us) is below it.
 
     python3 bench/eager_step.py                   # CUDA: E=4096, 32 heads, bf16, batch 1
     python3 bench/eager_step.py --device cpu      # host-cost proxy: tiny sizes on the CPU
@@ -84,6 +95,27 @@ def graphed(fn):
     return g.replay
 
 
+def without_c_call(lib, fn, measure):
+    """measure(fn) while the thread's decode plan (made by fn()) calls a
+    Python no-op instead of lm_linear_attn_decode; the real call is put
+    back after."""
+    fn()
+    plan = lib.plans.decode
+    real = plan.fn
+    plan.fn = lambda args, stream: 0
+    try:
+        return measure(fn)
+    finally:
+        plan.fn = real
+
+
+def weight_read_floor_us(module, bandwidth_tbs):
+    """The module step's floor: every parameter byte read once per token at
+    the assumed bandwidth (TB/s)."""
+    nbytes = sum(p.numel() * p.element_size() for p in module.parameters())
+    return nbytes / (bandwidth_tbs * 1e12) * 1e6, nbytes
+
+
 def raw_c_call(q, k, v, S, z, position):
     """lm_linear_attn_decode with one prepared lm_core_args: only the call."""
     lib = _ffi.binding()
@@ -122,6 +154,9 @@ def main(argv=None):
                    help="back-to-back calls per round (at most 4000 without a licence: the "
                         "module's context grows by one per call)")
     p.add_argument("--rounds", type=int, default=7, help="rounds; the median is reported")
+    p.add_argument("--bandwidth", type=float, default=3.0,
+                   help="ASSUMED memory bandwidth in TB/s for weight_read_floor_us (the module "
+                        "step's weight-read floor); an assumption, not a measurement")
     p.add_argument("--out", default=os.path.join(os.path.dirname(HERE), "bench", "results"),
                    help="folder for the JSON (created if missing); '' writes none")
     a = p.parse_args(argv)
@@ -168,6 +203,10 @@ def main(argv=None):
         for name, fn in methods:
             us, rounds = per_call_us(fn, a.calls, a.rounds, sync, lm.reset_state)
             records.append({"method": name, "us_per_call": us, "rounds_us": rounds})
+        us, rounds = without_c_call(_ffi.binding(), core, lambda fn: per_call_us(
+            fn, a.calls, a.rounds, sync, lambda: None))
+        records.insert(2, {"method": "core_python", "us_per_call": us, "rounds_us": rounds})
+    floor_us, weight_bytes = weight_read_floor_us(lm, a.bandwidth)
 
     info = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -182,6 +221,12 @@ def main(argv=None):
                    "dtype": str(dtype).replace("torch.", ""), "calls": a.calls,
                    "rounds": a.rounds},
         "targets_us": TARGETS_US if cuda else None,
+        "weight_read_floor_us": floor_us,
+        "weight_bytes": weight_bytes,
+        "assumed_bandwidth_tbs": a.bandwidth,
+        "weight_read_floor_note": "module step floor at batch 1: the module's parameter bytes "
+                                  "read once per token at an ASSUMED bandwidth "
+                                  "(--bandwidth), not measured",
         "note": None if cuda else "CPU: host-cost proxy (tiny layer, the C call computes on "
                                   "this CPU), not a GPU number",
         "records": records,
@@ -193,6 +238,8 @@ def main(argv=None):
     for r in records:
         t = TARGETS_US.get(r["method"])
         print("%-20s %12.2f   %s" % (r["method"], r["us_per_call"], "<= %g" % t if t else ""))
+    print("module step weight-read floor: %.3g us (%.1f MB of parameters at an assumed %.2f TB/s)"
+          % (floor_us, weight_bytes / 1e6, a.bandwidth))
     if a.out:
         os.makedirs(a.out, exist_ok=True)
         path = os.path.join(a.out, "eager_step_%s_%s.json" % (

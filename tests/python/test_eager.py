@@ -250,6 +250,12 @@ def test_eager_step_benchmark_runs(tmp_path):
     for key in ("date", "commit", "torch", "device", "cpu", "config", "records"):
         assert key in data, key
     got = {r["method"]: r for r in data["records"]}
-    assert set(got) == {"core_c_call", "core_eager", "torch_linear_pair", "module_step_eager"}
+    assert set(got) == {"core_c_call", "core_eager", "core_python", "torch_linear_pair",
+                        "module_step_eager"}
     for r in got.values():
         assert r["us_per_call"] > 0 and len(r["rounds_us"]) == 2
+    # the weight-read floor: parameters (E=64 fp32: 4 E^2 weights + 4 E biases) at 3 TB/s
+    assert data["assumed_bandwidth_tbs"] == 3.0
+    assert data["weight_bytes"] == (4 * 64 * 64 + 4 * 64) * 4
+    assert data["weight_read_floor_us"] == pytest.approx(data["weight_bytes"] / 3e12 * 1e6)
+    assert "weight-read floor" in p.stdout
