@@ -112,12 +112,16 @@ def test_one_plan_per_layout(monkeypatch):
 
 def test_layouts_in_turn_reuse_their_plans(monkeypatch):
     """The thread's last plan is tried first, the others come from its table:
-    two layouts in turn make two plans, and each call computes what a fresh
-    call does (a last-plan hit never serves another layout)."""
+    two layouts in turn make their plans on their first calls and none after,
+    and each call computes what a fresh call does (a last-plan hit never
+    serves another layout)."""
     made = _Made(monkeypatch)
-    states = {B: _state(B, 2, 8, 8, seed=B) for B in (2, 3)}  # layouts new to this process
+    states = {B: _state(B, 2, 8, 8, seed=B) for B in (2, 3)}
     refs = {B: (S.clone(), z.clone()) for B, (S, z) in states.items()}
+    first = None
     for t in range(6):
+        if t == 2:
+            first = made.plans  # at most 2 (none if an earlier test made them)
         B = 2 if t % 2 else 3
         q, k, v = rand_qkv(B, 1, 2, 8, seed=20 + t)
         S, z = states[B]
@@ -125,7 +129,7 @@ def test_layouts_in_turn_reuse_their_plans(monkeypatch):
         want, S1, z1 = _one_token_prefill(q, k, v, *refs[B], t, _core.DEFAULT_OPTIONS)
         refs[B] = (S1, z1)
         assert torch.equal(got, want) and torch.equal(S, S1) and torch.equal(z, z1), t
-    assert made.plans == 2
+    assert first <= 2 and made.plans == first
 
 
 @pytest.mark.parametrize("kind", ["cffi", "ctypes"])
