@@ -54,7 +54,12 @@ CONSTANTS = {
     # lm_attention and the hybrid's defaults
     "LM_ATTENTION_LINEAR": 0, "LM_ATTENTION_HYBRID": 1,
     "LM_HYBRID_WINDOW_DEFAULT": 64, "LM_HYBRID_SINKS_DEFAULT": 4,
+    # the engine API's sequence flag (lm_prefill_args.flags)
+    "LM_SEQ_FRESH": 1,
 }
+
+# Opaque handle types (declared, never laid out).
+OPAQUE_TYPES = ("lm_pool",)
 
 # (struct name, ((C type, field name), ...)) in declaration order.
 STRUCTS = (
@@ -118,6 +123,51 @@ STRUCTS = (
         ("char[256]", "reason"),
         ("char[17]", "key_id"),
     )),
+    ("lm_pool_config", (
+        ("uint32_t", "struct_size"),
+        ("int64_t", "num_slots"),
+        ("int", "num_kv_heads"),
+        ("int", "head_dim"),
+        ("int", "head_dim_v"),
+        ("lm_device", "device"),
+        ("int", "cuda_device"),
+        ("float *", "state"),
+        ("float *", "normalizer"),
+        ("int64_t", "state_stride"),
+        ("int64_t", "normalizer_stride"),
+        ("lm_feature_map", "feature_map"),
+        ("int", "normalize"),
+        ("float", "eps"),
+        ("float", "scale"),
+        ("const float *", "decay"),
+        ("lm_precision", "precision"),
+        ("int", "num_threads"),
+    )),
+    ("lm_prefill_args", (
+        ("uint32_t", "struct_size"),
+        ("const lm_tensor *", "q"),
+        ("const lm_tensor *", "k"),
+        ("const lm_tensor *", "v"),
+        ("lm_tensor *", "out"),
+        ("int32_t", "num_seqs"),
+        ("const int32_t *", "cu_seqlens"),
+        ("const int32_t *", "slots"),
+        ("const uint8_t *", "flags"),
+        ("void *", "workspace"),
+        ("size_t", "workspace_bytes"),
+        ("lm_status *", "row_status"),
+    )),
+    ("lm_decode_args", (
+        ("uint32_t", "struct_size"),
+        ("const lm_tensor *", "q"),
+        ("const lm_tensor *", "k"),
+        ("const lm_tensor *", "v"),
+        ("lm_tensor *", "out"),
+        ("const int32_t *", "slots"),
+        ("void *", "workspace"),
+        ("size_t", "workspace_bytes"),
+        ("int32_t *", "row_status"),
+    )),
 )
 
 # (name, return type, (argument types...), required)
@@ -136,6 +186,26 @@ FUNCTIONS = (
     ("lm_license_set", "lm_status", ("const char *",), False),
     ("lm_license_info", "lm_status", ("lm_license_details *",), False),
     ("lm_license_reload", "lm_status", (), False),
+    # the engine API (liquid_memory.engine); lm_pool_config_default is inline: not bound
+    ("lm_pool_config_init", "lm_status",
+     ("lm_pool_config *", "size_t", "int64_t", "int", "int"), False),
+    ("lm_pool_create", "lm_status", ("const lm_pool_config *", "lm_pool **"), False),
+    ("lm_pool_destroy", "void", ("lm_pool *",), False),
+    ("lm_pool_prefill_workspace", "lm_status",
+     ("const lm_pool *", "const lm_prefill_args *", "size_t *"), False),
+    ("lm_pool_prefill", "lm_status", ("lm_pool *", "const lm_prefill_args *", "void *"), False),
+    ("lm_pool_decode_workspace", "lm_status",
+     ("const lm_pool *", "const lm_decode_args *", "size_t *"), False),
+    ("lm_pool_decode", "lm_status", ("lm_pool *", "const lm_decode_args *", "void *"), False),
+    ("lm_pool_slot_zero", "lm_status", ("lm_pool *", "int64_t", "void *"), False),
+    ("lm_pool_slot_copy", "lm_status", ("lm_pool *", "int64_t", "int64_t", "void *"), False),
+    ("lm_pool_slot_position", "lm_status", ("const lm_pool *", "int64_t", "int64_t *", "void *"),
+     False),
+    ("lm_pool_slot_blob_size", "lm_status", ("const lm_pool *", "size_t *"), False),
+    ("lm_pool_slot_export", "lm_status",
+     ("const lm_pool *", "int64_t", "void *", "size_t", "void *"), False),
+    ("lm_pool_slot_import", "lm_status",
+     ("lm_pool *", "int64_t", "const void *", "size_t", "void *"), False),
 )
 
 STRUCT_NAMES = tuple(name for name, _ in STRUCTS)
@@ -154,6 +224,7 @@ def parse_type(ctype):
 def cdef_text():
     """The table as C declarations, for cffi's cdef."""
     lines = ["typedef int %s;" % e for e in ENUM_TYPES]
+    lines += ["typedef struct %s %s;" % (o, o) for o in OPAQUE_TYPES]
     for name, fields in STRUCTS:
         body = []
         for ctype, fname in fields:
@@ -240,7 +311,8 @@ class _Binding:
     ptr_slot(obj, struct, field) -> s, where `s[0] = address` stores an integer
         address into that pointer field (the cheap way for fields written per call);
     stream(address) -> the `void *` argument for a CUDA stream handle (0: none);
-    call(name, *args); fn(name) -> the function itself; has(name); string(c_char_result)."""
+    call(name, *args); fn(name) -> the function itself; has(name); string(c_char_result);
+    out(ctype) -> (argument, read) for an out-parameter of one `ctype`."""
     kind = None
 
     def __init__(self, path):
@@ -345,6 +417,12 @@ class CffiBinding(_Binding):
     def offsetof(self, struct, field):
         return self.ffi.offsetof(struct, field)
 
+    def out(self, ctype):
+        """(argument, read): a pointer to one `ctype` for an out-parameter, and
+        a function giving the value the call stored there."""
+        p = self.ffi.new(ctype + " *")
+        return p, lambda: p[0]
+
 
 _CT_BASE = {
     "int": ctypes.c_int, "int64_t": ctypes.c_int64, "uint64_t": ctypes.c_uint64,
@@ -435,6 +513,11 @@ class CtypesBinding(_Binding):
 
     def offsetof(self, struct, field):
         return getattr(_CT_STRUCTS[struct], field).offset
+
+    def out(self, ctype):
+        """(argument, read): as CffiBinding.out (a pointer comes back as an int)."""
+        v = _ct_type(ctype)()
+        return ctypes.byref(v), lambda: v.value
 
 
 # --------------------------------------------------------------------------
