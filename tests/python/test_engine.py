@@ -1,0 +1,360 @@
+"""
+test_engine.py - liquid_memory.engine.StatePool (the lm_pool_* engine API)
+against the float64 reference of conftest: ragged packed prefill into slots
+in any order (GQA, Dv != Dk, options and dtypes from one table), continuing
+slots, fresh flags, decode rows with padding, zero / copy / export / import
+round trips, both bindings, refused inputs that change nothing, and the pool
+under the evaluation cap (a child process with no license): it runs up to
+the cap and refuses past it, per row.
+"""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from conftest import ROOT, assert_close, ref_attention, requires_cuda
+from liquid_memory import InvalidArgumentError, StateError, _ffi
+from liquid_memory.engine import STATUS_LICENSE, STATUS_OK, StatePool
+
+pytestmark = pytest.mark.skipif(not _ffi.binding().has("lm_pool_create"),
+                                reason="the library under test has no engine API (lm_pool_*)")
+
+HQ, HKV, DK, DV = 4, 2, 8, 6
+
+# (feature_map, normalize, decay): the options a pool is made with.
+OPTIONS = [("elu1", True, None), ("relu", True, (0.9, 0.97)), ("identity", False, None)]
+
+
+def _opts(feature_map, normalize, decay):
+    return dict(feature_map=feature_map, normalize=normalize, decay=decay)
+
+
+def _rand(T, dtype=torch.float32, seed=0, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(T, HQ, DK, generator=g)
+    k = torch.randn(T, HKV, DK, generator=g)
+    v = torch.randn(T, HKV, DV, generator=g)
+    return tuple(t.to(device, dtype) for t in (q, k, v))
+
+
+class Model:
+    """Each slot's float64 state, advanced by the reference."""
+
+    def __init__(self, n, **opts):
+        self.opts = opts
+        self.S = torch.zeros(n, HKV, DK, DV, dtype=torch.float64)
+        self.z = torch.zeros(n, HKV, DK, dtype=torch.float64)
+        self.pos = [0] * n
+
+    def run(self, slot, q, k, v, fresh=False):
+        """Output of one sequence from its slot's state (or an empty one);
+        the slot keeps the final state (slot -1: dropped)."""
+        start = slot < 0 or fresh
+        S0 = None if start else self.S[slot:slot + 1]
+        z0 = None if start else self.z[slot:slot + 1]
+        o, S, z = ref_attention(q[None].double(), k[None].double(), v[None].double(), S0=S0, z0=z0,
+                                **self.opts)
+        if slot >= 0:
+            self.S[slot], self.z[slot] = S[0], z[0]
+            self.pos[slot] = (0 if start else self.pos[slot]) + q.shape[0]
+        return o[0]
+
+
+def _pool(n, device="cpu", **opts):
+    return StatePool(n, HKV, DK, DV, device=device, **opts)
+
+
+def _check_states(pool, model, dtype, slots):
+    for s in slots:
+        assert pool.position(s) == model.pos[s], s
+        if model.pos[s]:
+            assert_close(pool.state[s], model.S[s], dtype, "S of slot %d" % s, factor=2)
+            assert_close(pool.normalizer[s], model.z[s], dtype, "z of slot %d" % s, factor=2)
+        else:
+            assert not pool.state[s].any() and not pool.normalizer[s].any(), s
+
+
+def _prefill_round(pool, model, lens, slots, fresh, dtype, seed, device="cpu"):
+    T = sum(lens)
+    q, k, v = _rand(T, dtype, seed, device)
+    cu = [0]
+    for n in lens:
+        cu.append(cu[-1] + n)
+    out = pool.prefill(q, k, v, cu, slots, fresh)
+    assert out.shape == (T, HQ, DV) and out.dtype == dtype
+    for i, s in enumerate(slots):
+        a, b = cu[i], cu[i + 1]
+        want = model.run(s, q[a:b].float(), k[a:b].float(), v[a:b].float(),
+                         bool(fresh and fresh[i]))
+        if b > a:
+            assert_close(out[a:b], want, dtype, "sequence %d (slot %d)" % (i, s))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("feature_map,normalize,decay", OPTIONS)
+def test_varlen_prefill_then_decode_with_padding(feature_map, normalize, decay, dtype):
+    opts = _opts(feature_map, normalize, decay)
+    pool, model = _pool(6, **opts), Model(6, **opts)
+    # ragged, out of slot order, an empty sequence, a slot-less one (-1)
+    _prefill_round(pool, model, [7, 0, 13, 1, 30], [3, 0, 4, -1, 1], None, dtype, seed=1)
+    _check_states(pool, model, dtype, range(6))
+    # continue two slots in another order, start one afresh over its state
+    _prefill_round(pool, model, [5, 9, 4], [1, 3, 4], [0, 0, 1], dtype, seed=2)
+    _check_states(pool, model, dtype, range(6))
+    # decode: rows continue slots (one never used), padding rows in between
+    for step, slots in enumerate(([4, -1, 1, 5], [-1, 3, 4, -1], [1, 5, -1, 3])):
+        q, k, v = _rand(len(slots), dtype, seed=10 + step)
+        untouched = [s for s in range(6) if s not in slots]
+        before = pool.state[untouched].clone(), pool.normalizer[untouched].clone()
+        out, status = pool.decode(q, k, v, torch.tensor(slots, dtype=torch.int32))
+        assert status.tolist() == [STATUS_OK] * len(slots)
+        for b, s in enumerate(slots):
+            if s < 0:
+                assert not out[b].any(), "a padding row reads 0"
+                continue
+            want = model.run(s, q[b:b + 1].float(), k[b:b + 1].float(), v[b:b + 1].float())
+            assert_close(out[b], want[0], dtype, "decode row %d (slot %d)" % (b, s))
+        assert torch.equal(pool.state[untouched], before[0])
+        assert torch.equal(pool.normalizer[untouched], before[1])
+        _check_states(pool, model, dtype, range(6))
+
+
+def test_fresh_flags():
+    pool, model = _pool(3), Model(3)
+    _prefill_round(pool, model, [11, 6], [0, 2], None, torch.float32, seed=3)
+    # fresh: the slot's state and position are dropped, whatever they were
+    _prefill_round(pool, model, [8], [0], [True], torch.float32, seed=4)
+    _check_states(pool, model, torch.float32, range(3))
+    # length 0 + fresh empties a slot; a fresh -1 sequence touches no slot
+    q, k, v = _rand(5)
+    pool.prefill(q, k, v, [0, 0, 5], [2, -1], fresh=torch.tensor([1, 1]))
+    assert pool.position(2) == 0 and not pool.state[2].any() and not pool.normalizer[2].any()
+    assert pool.position(0) == 8
+
+
+def test_zero_copy_export_import_round_trip():
+    opts = _opts("elu1", True, (0.95, 1.0))
+    pool, model = _pool(4, **opts), Model(4, **opts)
+    _prefill_round(pool, model, [17, 9], [1, 2], None, torch.float32, seed=5)
+    pool.copy(3, 1)  # fork slot 1
+    model.S[3], model.z[3], model.pos[3] = model.S[1], model.z[1], model.pos[1]
+    pool.copy(2, 2)  # dst == src: nothing
+    _check_states(pool, model, torch.float32, range(4))
+    blob = pool.export_slot(1)
+    assert isinstance(blob, bytes) and len(blob) == pool.blob_size
+    pool.zero(1)
+    model.S[1].zero_(), model.z[1].zero_()
+    model.pos[1] = 0
+    _check_states(pool, model, torch.float32, range(4))
+    # into another pool of the same shape (other N, other slot), then continue both forks
+    with StatePool(2, HKV, DK, DV, **opts) as other:
+        other.import_slot(0, blob)
+        assert other.position(0) == 17
+        assert torch.equal(other.state[0], pool.state[3])
+        assert torch.equal(other.normalizer[0], pool.normalizer[3])
+        q, k, v = _rand(1, seed=6)
+        a, _ = other.decode(q, k, v, [0])
+        b, _ = pool.decode(q, k, v, [3])
+        assert torch.equal(a, b)
+        assert_close(b[0], model.run(3, q, k, v)[0], torch.float32, "the fork's step")
+    # and back into the emptied slot
+    pool.import_slot(1, blob)
+    assert pool.position(1) == 17
+    assert pool.export_slot(1)[:-32] == blob[:-32]  # all but the tag
+
+
+@pytest.mark.parametrize("kind", ["cffi", "ctypes"])
+def test_both_bindings_give_the_same(kind, monkeypatch):
+    if kind == "cffi" and not _ffi.cffi_available():
+        pytest.skip("cffi is not importable here")
+    results = []
+    for k in ("ctypes", kind):
+        monkeypatch.setattr(_ffi, "_binding", _ffi.open_library(k))
+        with _pool(3) as pool:
+            q, k_, v = _rand(20, seed=7)
+            out = pool.prefill(q, k_, v, [0, 12, 20], [2, 0])
+            step, status = pool.decode(q[:3], k_[:3], v[:3], [0, -1, 2])
+            results.append((out, step, status, pool.state.clone(), pool.position(2)))
+    for got, want in zip(*results):
+        assert torch.equal(got, want) if isinstance(got, torch.Tensor) else got == want
+
+
+def _snapshot(pool):
+    return (pool.state.clone(), pool.normalizer.clone(),
+            [pool.position(s) for s in range(pool.num_slots)])
+
+
+def _bad_calls():
+    q, k, v = _rand(10, seed=8)
+    i32 = (lambda xs: torch.tensor(xs, dtype=torch.int32))
+    return {
+        "prefill slot out of range": lambda p: p.prefill(q, k, v, [0, 4, 10], [1, 3]),
+        "prefill slot below -1": lambda p: p.prefill(q, k, v, [0, 10], [-2]),
+        "prefill slot twice": lambda p: p.prefill(q, k, v, [0, 4, 10], [1, 1]),
+        "cu_seqlens not ending at T": lambda p: p.prefill(q, k, v, [0, 4, 9], [0, 1]),
+        "cu_seqlens not starting at 0": lambda p: p.prefill(q, k, v, [1, 4, 10], [0, 1]),
+        "cu_seqlens decreasing": lambda p: p.prefill(q, k, v, [0, 6, 4, 10], [0, 1, 2]),
+        "cu_seqlens alone": lambda p: p.prefill(q, k, v, [10], []),
+        "cu_seqlens of floats": lambda p: p.prefill(q, k, v, torch.tensor([0., 10.]), [0]),
+        "slots of another length": lambda p: p.prefill(q, k, v, [0, 4, 10], [0]),
+        "fresh of another length": lambda p: p.prefill(q, k, v, [0, 4, 10], [0, 1], [1]),
+        "k of another length": lambda p: p.prefill(q, k[:9], v, [0, 10], [0]),
+        "wrong head_dim": lambda p: p.prefill(q[..., :4], k, v, [0, 10], [0]),
+        "decode slot out of range": lambda p: p.decode(q[:2], k[:2], v[:2], i32([0, 3])),
+        "decode slot twice": lambda p: p.decode(q[:2], k[:2], v[:2], i32([1, 1])),
+        "decode slots int64": lambda p: p.decode(q[:2], k[:2], v[:2], torch.tensor([0, 1])),
+        "decode slots of another length": lambda p: p.decode(q[:2], k[:2], v[:2], i32([0])),
+        "decode mixed dtypes": lambda p: p.decode(q[:2].bfloat16(), k[:2], v[:2], i32([0, 1])),
+        "zero -1": lambda p: p.zero(-1),
+        "copy to a missing slot": lambda p: p.copy(3, 0),
+        "copy from a missing slot": lambda p: p.copy(0, 7),
+        "export a missing slot": lambda p: p.export_slot(3),
+        "position of a missing slot": lambda p: p.position(3),
+        "import a truncated blob": lambda p: p.import_slot(0, p.export_slot(1)[:-40]),
+        "import an empty blob": lambda p: p.import_slot(0, b""),
+        "import into a missing slot": lambda p: p.import_slot(5, p.export_slot(1)),
+        "import a blob of other dims": lambda p: p.import_slot(
+            0, StatePool(1, HKV, DK, DK).export_slot(0)),
+    }
+
+
+# What each refusal raises when it is not InvalidArgumentError (LM_ERR_INVALID_ARG).
+RAISES = {"import a blob of other dims": StateError}  # LM_ERR_STATE: the state does not fit
+
+
+@pytest.mark.parametrize("case", sorted(_bad_calls()))
+def test_bad_calls_are_refused_and_change_nothing(case):
+    pool = _pool(3)
+    q, k, v = _rand(12, seed=9)
+    pool.prefill(q, k, v, [0, 5, 12], [0, 1])
+    before = _snapshot(pool)
+    with pytest.raises(RAISES.get(case, InvalidArgumentError)):
+        _bad_calls()[case](pool)
+    after = _snapshot(pool)
+    assert torch.equal(after[0], before[0]) and torch.equal(after[1], before[1])
+    assert after[2] == before[2]
+
+
+@pytest.mark.parametrize("kwargs", [dict(num_slots=0), dict(head_dim=0),
+                                    dict(feature_map="gelu"), dict(precision="max"),
+                                    dict(decay=(0.9,)), dict(decay=(0.9, 1.5)), dict(eps=-1.0)])
+def test_bad_configs_are_refused(kwargs):
+    args = dict(num_slots=2, num_kv_heads=HKV, head_dim=DK)
+    args.update(kwargs)
+    with pytest.raises(InvalidArgumentError):
+        StatePool(**args)
+
+
+def test_a_closed_pool_refuses_calls():
+    with _pool(2) as pool:
+        q, k, v = _rand(3)
+        pool.prefill(q, k, v, [0, 3], [1])
+    assert "closed" in repr(pool)
+    with pytest.raises(StateError, match="closed"):
+        pool.position(1)
+    with pytest.raises(StateError, match="closed"):
+        pool.decode(q[:1], k[:1], v[:1], [1])
+    assert pool.state[1].any()  # the memory stays readable
+    pool.close()  # twice is fine
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_pool_matches_the_reference(dtype):
+    opts = _opts("elu1", True, (0.9, 0.97))
+    pool, model = _pool(4, device="cuda", **opts), Model(4, **opts)
+    _prefill_round(pool, model, [70, 1, 0, 33], [2, -1, 0, 3], None, dtype, seed=11, device="cuda")
+    _prefill_round(pool, model, [1, 40], [2, 3], [0, 1], dtype, seed=12, device="cuda")
+    _check_states(pool, model, dtype, range(4))
+    q, k, v = _rand(3, dtype, seed=13, device="cuda")
+    slots = torch.tensor([3, -1, 1], dtype=torch.int32, device="cuda")
+    out, status = pool.decode(q, k, v, slots)
+    assert status.is_cuda and status.tolist() == [STATUS_OK] * 3
+    for b, s in ((0, 3), (2, 1)):
+        want = model.run(s, q[b:b + 1].float().cpu(), k[b:b + 1].float().cpu(),
+                         v[b:b + 1].float().cpu())
+        assert_close(out[b], want[0], dtype, "cuda decode row %d" % b)
+    assert not out[1].any()
+    blob = pool.export_slot(3)
+    with StatePool(1, HKV, DK, DV, **opts) as cpu:  # a blob moves between devices
+        cpu.import_slot(0, blob)
+        assert cpu.position(0) == model.pos[3]
+        assert torch.equal(cpu.state[0], pool.state[3].cpu())
+    # a bad index read on the device skips its row and marks it
+    before = pool.state.clone()
+    _, status = pool.decode(q[:1], k[:1], v[:1], torch.tensor([9], dtype=torch.int32,
+                                                              device="cuda"))
+    assert status.item() != STATUS_OK and torch.equal(pool.state, before)
+
+
+def test_evaluation_mode_pool_runs_up_to_the_cap(tmp_path):
+    """No license: the pool decodes up to LM_EVAL_MAX_TOKENS tokens per slot,
+    and a row past it is refused alone (status), while the core API refuses
+    carried states outright (test_license.py)."""
+    code = textwrap.dedent("""
+        import warnings, torch, liquid_memory
+        from liquid_memory import _core
+        from liquid_memory.engine import StatePool
+        warnings.simplefilter("ignore")
+        cap = _core.context_cap()
+        print("CAP", cap)
+        g = torch.Generator().manual_seed(0)
+        rnd = lambda *s: torch.randn(*s, generator=g)
+        pool = StatePool(2, 1, 4)
+        T = cap - 3
+        n = T + 5
+        pool.prefill(rnd(n, 2, 4), rnd(n, 1, 4), rnd(n, 1, 4), [0, T, n], [0, 1])
+        ok = True
+        for i in range(3):   # tokens cap-2 .. cap of slot 0: allowed
+            S0, z0 = pool.state[0].clone(), pool.normalizer[0].clone()
+            q, k, v = rnd(2, 2, 4), rnd(2, 1, 4), rnd(2, 1, 4)
+            out, st = pool.decode(q, k, v, [0, 1])
+            fk, fq = torch.nn.functional.elu(k[0]) + 1, torch.nn.functional.elu(q[0]) + 1
+            S = S0 + fk[0][:, None] * v[0][0][None, :]
+            z = z0 + fk[0]
+            want = (fq @ S[0]) / ((fq @ z[0]) + 1e-6)[:, None]
+            ok &= st.tolist() == [0, 0] and torch.allclose(pool.state[0], S, rtol=1e-5, atol=1e-5)
+            ok &= torch.allclose(out[0], want, rtol=1e-4, atol=1e-5)
+        print("UPTO", ok, pool.position(0))
+        before = pool.state[0].clone()
+        out, st = pool.decode(rnd(2, 2, 4), rnd(2, 1, 4), rnd(2, 1, 4), [0, 1])
+        print("PAST", st.tolist(), pool.position(0), pool.position(1),
+              torch.equal(pool.state[0], before), bool(out[0].abs().sum() == 0))
+        try:
+            pool.prefill(rnd(1, 2, 4), rnd(1, 1, 4), rnd(1, 1, 4), [0, 1], [0])
+            print("PREFILL RAN")
+        except liquid_memory.LicenseError:
+            print("PREFILL LICENSE", pool.position(0))
+        _, st = pool.prefill(rnd(3, 2, 4), rnd(3, 1, 4), rnd(3, 1, 4), [0, 1, 3], [0, 1],
+                             return_status=True)
+        print("ROWS", st.tolist(), pool.position(0), pool.position(1))
+        blob = pool.export_slot(0)
+        pool.import_slot(1, blob)  # this process's own blob: taken
+        print("IMPORT", pool.position(1))
+        bad = bytearray(blob)
+        bad[-40] ^= 1  # a bit of z: the tag no longer verifies
+        try:
+            pool.import_slot(1, bytes(bad))
+            print("ALTERED RAN")
+        except liquid_memory.LicenseError:
+            print("ALTERED LICENSE")
+    """)
+    env = {k: v for k, v in os.environ.items() if k not in ("LM_LICENSE", "LM_LICENSE_FILE")}
+    env.update(HOME=str(tmp_path), LM_LIB_PATH=_ffi.binding().path,
+               PYTHONPATH=os.path.join(ROOT, "bindings", "python"))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines())
+    cap = int(lines["CAP"])
+    assert cap == _ffi.CONSTANTS["LM_EVAL_MAX_TOKENS"], out.stdout
+    assert lines["UPTO"] == "True %d" % cap, out.stdout
+    # slot 0 at the cap is skipped alone; slot 1 (5 + 3 tokens) steps on
+    assert lines["PAST"] == "[%d, 0] %d 9 True True" % (STATUS_LICENSE, cap), out.stdout
+    assert lines["PREFILL"] == "LICENSE %d" % cap, out.stdout
+    assert lines["ROWS"] == "[%d, 0] %d 11" % (STATUS_LICENSE, cap), out.stdout
+    assert lines["IMPORT"] == str(cap), out.stdout
+    assert lines["ALTERED"] == "LICENSE", out.stdout
