@@ -10,6 +10,9 @@ liquid_memory - linear-time attention for PyTorch, over libliquidmemory.
     from liquid_memory import linear_attention         # the core on projected q, k, v
     o, (S, z) = linear_attention(q, k, v, output_final_state=True)   # [B, L, H, D]
 
+    from liquid_memory import StatePool                # the engine API: slots, varlen, decode
+    pool = StatePool(num_slots, num_kv_heads, head_dim, device="cuda")
+
 The C library is found through LM_LIB_PATH, the package folder, then the
 system (see liquid_memory._ffi); it is loaded on first use, so importing the
 package never fails for want of it. `library_info()` says what was loaded.
@@ -18,6 +21,7 @@ from ._core import (CudaError, InvalidArgumentError, LicenseError, LicenseWarnin
                     LiquidMemoryError, LMOutOfMemoryError, NoDeviceError, StateError,
                     UnsupportedError)
 from ._ffi import LibraryNotFoundError, MissingSymbolError
+from .engine import StatePool
 from .functional import linear_attention
 from .hybrid import HybridState, hybrid_attention
 from .module import (MASK_IGNORE_AT, AttentionWeightsWarning, LiquidMemory, disable_fastpath,
@@ -30,7 +34,7 @@ __all__ = ["LiquidMemory", "linear_attention", "replace_attention", "disable_fas
            "LiquidMemoryError", "InvalidArgumentError", "UnsupportedError", "LMOutOfMemoryError",
            "NoDeviceError", "CudaError", "LicenseError", "StateError", "LicenseWarning",
            "AttentionWeightsWarning", "LibraryNotFoundError", "MissingSymbolError",
-           "license_reload"]
+           "license_reload", "StatePool"]
 
 
 def license_reload():
