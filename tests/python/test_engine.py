@@ -358,3 +358,58 @@ def test_evaluation_mode_pool_runs_up_to_the_cap(tmp_path):
     assert lines["ROWS"] == "[%d, 0] %d 11" % (STATUS_LICENSE, cap), out.stdout
     assert lines["IMPORT"] == str(cap), out.stdout
     assert lines["ALTERED"] == "LICENSE", out.stdout
+
+
+def test_evaluation_mode_module_step(tmp_path):
+    """No license: LiquidMemory keeps its decode state in a StatePool, so
+    forward-then-step and step() alone decode (against the float64 module
+    reference), up to the cap, and a step past it raises LicenseError with
+    nothing changed."""
+    code = textwrap.dedent("""
+        import sys, warnings, torch, liquid_memory
+        sys.path.insert(0, %r)
+        from conftest import ref_module, rel_err
+        warnings.simplefilter("ignore")
+        torch.manual_seed(0)
+        for name, kw in (("PLAIN", {}), ("EXTRA", dict(add_bias_kv=True, add_zero_attn=True)),
+                         ("SEQFIRST", dict(batch_first=False, num_kv_heads=1))):
+            bf = kw.pop("batch_first", True)
+            m = liquid_memory.LiquidMemory(16, 2, batch_first=bf, **kw).eval()
+            x = torch.randn(3, 20, 16)
+            want = ref_module(m, x, x, x, causal=True)
+            xin = x if bf else x.transpose(0, 1)
+            with torch.no_grad():
+                pre = xin[:, :15] if bf else xin[:15]
+                y, _ = m(pre, pre, pre, is_causal=True, need_weights=False)
+                y = y if bf else y.transpose(0, 1)
+                steps = [m.step(x[:, t]) for t in range(15, 20)]
+                e1 = rel_err(torch.cat([y, torch.stack(steps, 1)], 1), want)
+                m.reset_state()
+                e2 = rel_err(torch.stack([m.step(x[:, t]) for t in range(20)], 1), want)
+            n = 20 + 2 * ("EXTRA" == name)
+            print(name, e1 < 2e-5 and e2 < 2e-5, m.state_position == n, e1, e2)
+        m = liquid_memory.LiquidMemory(8, 2, batch_first=True).eval()
+        cap = liquid_memory._core.context_cap()
+        x = torch.randn(2, cap - 2, 8)
+        with torch.no_grad():
+            m(x, x, x, is_causal=True, need_weights=False)
+            a, b = m.step(x[:, 0]), m.step(x[:, 1])
+            S = m.get_state()["S"]
+            try:
+                m.step(x[:, 2])
+                print("PAST RAN")
+            except liquid_memory.LicenseError:
+                print("PAST LICENSE", m.state_position, torch.equal(S, m.get_state()["S"]),
+                      bool(torch.isfinite(a).all() and torch.isfinite(b).all()))
+    """) % os.path.join(ROOT, "tests", "python")
+    env = {k: v for k, v in os.environ.items() if k not in ("LM_LICENSE", "LM_LICENSE_FILE")}
+    env.update(HOME=str(tmp_path), LM_LIB_PATH=_ffi.binding().path,
+               PYTHONPATH=os.path.join(ROOT, "bindings", "python"))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines())
+    for name in ("PLAIN", "EXTRA", "SEQFIRST"):
+        assert lines[name].startswith("True True"), (name, out.stdout)
+    assert lines["PAST"] == "LICENSE %d True True" % _ffi.CONSTANTS["LM_EVAL_MAX_TOKENS"], \
+        out.stdout

@@ -17,6 +17,7 @@ from torch.nn.parameter import Parameter
 
 from . import _core, _ops, distributed
 from .functional import decay_values, make_options
+from . import capped
 from . import hybrid as _hybrid
 
 _decay_values = decay_values  # the name hf.py imports from here
@@ -68,6 +69,11 @@ class _Cursor:
     def __init__(self):
         self.position = 0
         self.batch = 0
+        self.pool = None  # under a context cap: the StatePool holding the state (capped.py)
+
+    def __getstate__(self):
+        # A pool is a handle into the library: a copy (pickle, deepcopy) goes without it.
+        return dict(self.__dict__, pool=None)
 
 
 def _keep_linear_attention(module, args):
@@ -369,6 +375,17 @@ class LiquidMemory(nn.Module):
     def _extra_state(self, B, like):
         """Initial state holding bias_k/bias_v and the zero key of add_zero_attn
         (visible to every query, as in MHA), or (None, None, 0)."""
+        k, v = self._extra_keys(B, like)
+        if k is None:
+            return None, None, 0
+        n = k.shape[1]
+        q = like.new_zeros((B, n, self.num_heads, self.head_dim))  # outputs discarded
+        _, S0, z0 = _ops.prefill(q, k.to(like.dtype), v.to(like.dtype), is_causal=True,
+                                 opts=self._opts, want_state=True)
+        return S0, z0, n
+
+    def _extra_keys(self, B, like):
+        """The keys and values [B, n, Hkv, D] that _extra_state absorbs, or (None, None)."""
         ks, vs = [], []
         H, D = self.num_kv_heads, self.head_dim
         if self.bias_k is not None:
@@ -379,14 +396,10 @@ class LiquidMemory(nn.Module):
             ks.append(z)
             vs.append(z)
         if not ks:
-            return None, None, 0
+            return None, None
         k = torch.cat(ks, dim=1) if len(ks) > 1 else ks[0]
         v = torch.cat(vs, dim=1) if len(vs) > 1 else vs[0]
-        n = k.shape[1]
-        q = like.new_zeros((B, n, self.num_heads, D))  # outputs discarded
-        _, S0, z0 = _ops.prefill(q, k.to(like.dtype), v.to(like.dtype), is_causal=True,
-                                 opts=self._opts, want_state=True)
-        return S0, z0, n
+        return k, v
 
     def _state_writable(self):
         """The state buffers can be written in place (fp32, and not inference
@@ -404,6 +417,7 @@ class LiquidMemory(nn.Module):
             else:
                 self.state_S = S.detach().to(torch.float32, copy=True).contiguous()
                 self.state_z = z.detach().to(torch.float32, copy=True).contiguous()
+        capped.drop(self)
         self._cursor.position = position
         self._cursor.batch = batch
 
@@ -547,6 +561,11 @@ class LiquidMemory(nn.Module):
         if self.attention == "hybrid":
             out = _hybrid.module_forward(self, query, key, value, mask, causal, seq_first, keep)
             return (out if batched else out.squeeze(0)), None
+        if keep and causal and mask is None and not recording and \
+                self.context_parallel_group is None and not _ops.compiling() and \
+                _core.context_cap():  # a capped license: the state goes to a StatePool
+            out = capped.forward(self, query, key, value, seq_first)
+            return (out if batched else out.squeeze(0)), None
         S0, z0, n_extra = self._extra_state(B, query)
         slab = self._slab_tokens(B, L, causal, recording)
         if slab:
@@ -686,6 +705,10 @@ class LiquidMemory(nn.Module):
         if self.attention == "hybrid":
             out = _hybrid.module_step(self, x)
             return out.squeeze(0) if unbatched else out
+        if cur.pool is not None or (not cur.batch and not _ops.compiling() and
+                                    _core.context_cap()):
+            out = capped.step(self, x)  # a capped license: the state is in a StatePool
+            return out.squeeze(0) if unbatched else out
         if cur.batch != B:
             if cur.batch:
                 raise _core.StateError(
@@ -753,6 +776,7 @@ class LiquidMemory(nn.Module):
                 self.state_S = torch.zeros(0, dtype=torch.float32, device=dev)
                 self.state_z = torch.zeros(0, dtype=torch.float32, device=dev)
         _hybrid.module_reset(self)
+        capped.drop(self)
         self._cursor.position = 0
         self._cursor.batch = 0
 
