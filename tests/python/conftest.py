@@ -193,3 +193,18 @@ def ref_module(m, query, key, value, causal=False, mask=None):
     o = o.reshape(B, -1, E)
     ob = None if m.out_proj.bias is None else m.out_proj.bias.double()
     return lin(o, m.out_proj.weight.double(), ob)
+
+
+def run_unlicensed(code, home):
+    """Runs Python `code` in a child process with no license anywhere
+    (evaluation mode: LM_LICENSE and LM_LICENSE_FILE unset, HOME = home),
+    against the library under test; asserts it exits 0 and returns its
+    output lines as {first word: the rest}."""
+    import subprocess
+    env = {k: v for k, v in os.environ.items() if k not in ("LM_LICENSE", "LM_LICENSE_FILE")}
+    env.update(HOME=str(home), LM_LIB_PATH=_ffi.binding().path,
+               PYTHONPATH=os.path.join(ROOT, "bindings", "python"))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    return dict((line.split(" ", 1) + [""])[:2] for line in out.stdout.splitlines())

@@ -8,14 +8,12 @@ under the evaluation cap (a child process with no license): it runs up to
 the cap and refuses past it, per row.
 """
 import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
 
-from conftest import ROOT, assert_close, ref_attention, requires_cuda
+from conftest import ROOT, assert_close, ref_attention, requires_cuda, run_unlicensed
 from liquid_memory import InvalidArgumentError, StateError, _ffi
 from liquid_memory.engine import STATUS_LICENSE, STATUS_OK, StatePool
 
@@ -342,22 +340,16 @@ def test_evaluation_mode_pool_runs_up_to_the_cap(tmp_path):
         except liquid_memory.LicenseError:
             print("ALTERED LICENSE")
     """)
-    env = {k: v for k, v in os.environ.items() if k not in ("LM_LICENSE", "LM_LICENSE_FILE")}
-    env.update(HOME=str(tmp_path), LM_LIB_PATH=_ffi.binding().path,
-               PYTHONPATH=os.path.join(ROOT, "bindings", "python"))
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         timeout=300)
-    assert out.returncode == 0, out.stderr
-    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines())
+    lines = run_unlicensed(code, tmp_path)
     cap = int(lines["CAP"])
-    assert cap == _ffi.CONSTANTS["LM_EVAL_MAX_TOKENS"], out.stdout
-    assert lines["UPTO"] == "True %d" % cap, out.stdout
+    assert cap == _ffi.CONSTANTS["LM_EVAL_MAX_TOKENS"], lines
+    assert lines["UPTO"] == "True %d" % cap, lines
     # slot 0 at the cap is skipped alone; slot 1 (5 + 3 tokens) steps on
-    assert lines["PAST"] == "[%d, 0] %d 9 True True" % (STATUS_LICENSE, cap), out.stdout
-    assert lines["PREFILL"] == "LICENSE %d" % cap, out.stdout
-    assert lines["ROWS"] == "[%d, 0] %d 11" % (STATUS_LICENSE, cap), out.stdout
-    assert lines["IMPORT"] == str(cap), out.stdout
-    assert lines["ALTERED"] == "LICENSE", out.stdout
+    assert lines["PAST"] == "[%d, 0] %d 9 True True" % (STATUS_LICENSE, cap), lines
+    assert lines["PREFILL"] == "LICENSE %d" % cap, lines
+    assert lines["ROWS"] == "[%d, 0] %d 11" % (STATUS_LICENSE, cap), lines
+    assert lines["IMPORT"] == str(cap), lines
+    assert lines["ALTERED"] == "LICENSE", lines
 
 
 def test_evaluation_mode_module_step(tmp_path):
@@ -402,14 +394,8 @@ def test_evaluation_mode_module_step(tmp_path):
                 print("PAST LICENSE", m.state_position, torch.equal(S, m.get_state()["S"]),
                       bool(torch.isfinite(a).all() and torch.isfinite(b).all()))
     """) % os.path.join(ROOT, "tests", "python")
-    env = {k: v for k, v in os.environ.items() if k not in ("LM_LICENSE", "LM_LICENSE_FILE")}
-    env.update(HOME=str(tmp_path), LM_LIB_PATH=_ffi.binding().path,
-               PYTHONPATH=os.path.join(ROOT, "bindings", "python"))
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         timeout=300)
-    assert out.returncode == 0, out.stderr
-    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines())
+    lines = run_unlicensed(code, tmp_path)
     for name in ("PLAIN", "EXTRA", "SEQFIRST"):
-        assert lines[name].startswith("True True"), (name, out.stdout)
+        assert lines[name].startswith("True True"), (name, lines)
     assert lines["PAST"] == "LICENSE %d True True" % _ffi.CONSTANTS["LM_EVAL_MAX_TOKENS"], \
-        out.stdout
+        lines

@@ -9,9 +9,6 @@ forward runs: the module keeps its state in a StatePool under a cap,
 test_engine.py). Under the test license (unlimited) the same calls run, and
 lm_license_details carries the key id; license_reload is exposed.
 """
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -20,7 +17,7 @@ import torch
 import liquid_memory
 from liquid_memory import _core, _ffi
 
-from conftest import ROOT
+from conftest import run_unlicensed
 
 pytestmark = pytest.mark.skipif(not _ffi.binding().has("lm_license_info"),
                                 reason="the library under test has no license gate")
@@ -57,19 +54,13 @@ def test_evaluation_mode_refuses_unverifiable_states(tmp_path):
             print("HYBRID", torch.isfinite(y).all().item(), h.state_position)
         print("RELOAD", refused(liquid_memory.license_reload))
     """)
-    env = {k: v for k, v in os.environ.items() if k not in ("LM_LICENSE", "LM_LICENSE_FILE")}
-    env.update(HOME=str(tmp_path), LM_LIB_PATH=_ffi.binding().path,
-               PYTHONPATH=os.path.join(ROOT, "bindings", "python"))
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         timeout=300)
-    assert out.returncode == 0, out.stderr
-    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines())
-    assert lines["FRESH"] == "True True", out.stdout
-    assert lines["CAP"] == str(_core.C["LM_EVAL_MAX_TOKENS"]), out.stdout
-    assert lines["HYBRID"] == "True 32", out.stdout
-    assert lines["STEP"] == "RAN", out.stdout  # the state is in a StatePool (test_engine.py)
+    lines = run_unlicensed(code, tmp_path)
+    assert lines["FRESH"] == "True True", lines
+    assert lines["CAP"] == str(_core.C["LM_EVAL_MAX_TOKENS"]), lines
+    assert lines["HYBRID"] == "True 32", lines
+    assert lines["STEP"] == "RAN", lines  # the state is in a StatePool (test_engine.py)
     for what in ("PREFILL0", "PREFILL64", "DECODE", "SETSTATE", "RELOAD"):
-        assert lines[what] == "LICENSE", (what, out.stdout)
+        assert lines[what] == "LICENSE", (what, lines)
 
 
 def test_unlimited_license_takes_carried_states():
