@@ -85,7 +85,7 @@ def _prefill_round(pool, model, lens, slots, fresh, dtype, seed, device="cpu"):
     assert out.shape == (T, HQ, DV) and out.dtype == dtype
     for i, s in enumerate(slots):
         a, b = cu[i], cu[i + 1]
-        want = model.run(s, q[a:b].float(), k[a:b].float(), v[a:b].float(),
+        want = model.run(s, q[a:b].float().cpu(), k[a:b].float().cpu(), v[a:b].float().cpu(),
                          bool(fresh and fresh[i]))
         if b > a:
             assert_close(out[a:b], want, dtype, "sequence %d (slot %d)" % (i, s))
