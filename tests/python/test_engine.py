@@ -393,9 +393,16 @@ def test_evaluation_mode_module_step(tmp_path):
             except liquid_memory.LicenseError:
                 print("PAST LICENSE", m.state_position, torch.equal(S, m.get_state()["S"]),
                       bool(torch.isfinite(a).all() and torch.isfinite(b).all()))
+            long = torch.randn(2, cap + 1, 8)
+            try:
+                m(long, long, long, is_causal=True, need_weights=False)
+                print("LONG RAN")
+            except liquid_memory.LicenseError:  # the state stays as it was
+                print("LONG LICENSE", m.state_position, torch.equal(S, m.get_state()["S"]))
     """) % os.path.join(ROOT, "tests", "python")
     lines = run_unlicensed(code, tmp_path)
     for name in ("PLAIN", "EXTRA", "SEQFIRST"):
         assert lines[name].startswith("True True"), (name, lines)
-    assert lines["PAST"] == "LICENSE %d True True" % _ffi.CONSTANTS["LM_EVAL_MAX_TOKENS"], \
-        lines
+    cap = _ffi.CONSTANTS["LM_EVAL_MAX_TOKENS"]
+    assert lines["PAST"] == "LICENSE %d True True" % cap, lines
+    assert lines["LONG"] == "LICENSE %d True" % cap, lines

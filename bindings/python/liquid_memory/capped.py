@@ -30,10 +30,9 @@ def drop(m):
         pool.close()
 
 
-def _begin(m, B, like):
-    """A new pool of B slots on like's device holding the module's initial
-    state (bias_k / bias_v, add_zero_attn's zero key), made the module's state."""
-    drop(m)
+def _new_pool(m, B, like):
+    """A pool of B slots on like's device holding the module's initial state
+    (bias_k / bias_v, add_zero_attn's zero key): (pool, its tokens)."""
     o = m._opts
     pool = StatePool(B, m.num_kv_heads, m.head_dim, device=like.device,
                      feature_map=_NAMES["feature_map"][o.feature_map], normalize=o.normalize,
@@ -48,11 +47,16 @@ def _begin(m, B, like):
             pool.prefill(q, k.to(like.dtype).reshape(B * n, H, D),
                          v.to(like.dtype).reshape(B * n, H, D), list(range(0, B * n + 1, n)),
                          list(range(B)))
+    return pool, n
+
+
+def _install(m, pool, position):
+    """Makes pool (one slot per batch row, `position` tokens) the module's state."""
+    drop(m)
     m.state_S, m.state_z = pool.state, pool.normalizer
     cur = m._cursor
-    cur.pool, cur.batch, cur.position = pool, B, n
-    cur.slots = torch.arange(B, dtype=torch.int32, device=like.device)
-    return pool
+    cur.pool, cur.batch, cur.position = pool, pool.num_slots, position
+    cur.slots = torch.arange(pool.num_slots, dtype=torch.int32, device=pool.device)
 
 
 def forward(m, query, key, value, seq_first):
@@ -64,10 +68,10 @@ def forward(m, query, key, value, seq_first):
     k = m._heads(k, m.num_kv_heads, seq_first)
     v = m._heads(v, m.num_kv_heads, seq_first)
     B, L = q.shape[0], q.shape[1]
-    pool = _begin(m, B, q)
+    pool, n = _new_pool(m, B, q)
     packed = [t.reshape(B * L, t.shape[2], t.shape[3]) for t in (q, k, v)]
     o = pool.prefill(*packed, list(range(0, B * L + 1, L)), list(range(B)))
-    m._cursor.position += L
+    _install(m, pool, n + L)  # only now: a refused forward leaves the state as it was
     o = o.view(B, L, m.embed_dim)
     if m.training and m.dropout > 0:
         o = F.dropout(o, p=m.dropout)
@@ -84,7 +88,9 @@ def step(m, x):
         raise _core.StateError(
             "the decode state holds a batch of %d, but step() got a batch of %d: call "
             "reset_state() first" % (cur.batch, B))
-    pool = cur.pool if cur.pool is not None else _begin(m, B, x)
+    if cur.pool is None:
+        _install(m, *_new_pool(m, B, x))
+    pool = cur.pool
     H, Hkv, D = m.num_heads, m.num_kv_heads, m.head_dim
     qkv = F.linear(x, m.in_proj_weight, m.in_proj_bias)
     q, k, v = qkv.split([H * D, Hkv * D, Hkv * D], dim=-1)
