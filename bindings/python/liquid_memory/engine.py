@@ -278,7 +278,7 @@ class StatePool:
                                             slots.device))
         slots = slots.contiguous()
         out = torch.zeros((B, q.shape[1], v.shape[2]), dtype=q.dtype, device=q.device)
-        status = torch.empty(B, dtype=torch.int32, device=self.device)
+        status = torch.zeros(B, dtype=torch.int32, device=self.device)  # LM_OK unless marked
         lib, keep = self._lib, []
         a = self._io_args("lm_decode_args", q, k, v, out, keep)
         lib.set_ptr(a, "lm_decode_args", "slots", slots.data_ptr())
