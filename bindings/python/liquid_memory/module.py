@@ -66,10 +66,12 @@ class _Cursor:
     it holds (0 = no state). A plain object, because step() updates it per
     token and nn.Module.__setattr__ would cost more than the C call."""
 
+    pool = None  # under a context cap: the StatePool holding the state (capped.py); a class
+    # default, so a cursor pickled before pools existed reads None
+
     def __init__(self):
         self.position = 0
         self.batch = 0
-        self.pool = None  # under a context cap: the StatePool holding the state (capped.py)
 
     def __getstate__(self):
         # A pool is a handle into the library: a copy (pickle, deepcopy) goes without it.
