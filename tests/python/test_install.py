@@ -9,6 +9,7 @@ it without LM_LIB_PATH. And a CPU-only process maps no CUDA library.
 import os
 import re
 import shutil
+import site
 import subprocess
 import sys
 
@@ -61,6 +62,14 @@ def test_documented_install_in_a_venv(tmp_path):
                         str(venv)], capture_output=True, text=True)
     assert p.returncode == 0, p.stdout + p.stderr
     py = str(venv / "bin" / "python")
+    if sys.prefix != sys.base_prefix:
+        # This Python is itself a venv (torch installed in it, as on the GPU machine):
+        # --system-site-packages reaches only the base interpreter's packages, so the
+        # new venv sees this one's through a .pth file, as README_INTEGRATION.md says.
+        purelib = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                 capture_output=True, text=True, check=True).stdout.strip()
+        with open(os.path.join(purelib, "parent_venv.pth"), "w") as f:
+            f.write("\n".join(site.getsitepackages()) + "\n")
     p = subprocess.run([py, "-m", "pip", "install", "--no-build-isolation", "--no-deps",
                         "--no-index", "--no-cache-dir", str(src)], capture_output=True,
                        text=True, cwd=str(tmp_path))
