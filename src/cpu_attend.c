@@ -274,8 +274,7 @@ lm_status lmi_cpu_attend_many(const lmi_core_params *ps, int64_t n, void *ws, si
         return LM_OK;
     const plan pl = plan_of(ps, n);
     if (ws && ws_bytes < pl.bytes)
-        return lmi_error(LM_ERR_INVALID_ARG, "the workspace has %zu bytes, this call needs %zu", ws_bytes,
-                         pl.bytes);
+        return lmi_ws_short(ws_bytes, pl.bytes, NULL);
     void *mem = ws ? ws : malloc(pl.bytes);
     if (!mem)
         return lmi_error(LM_ERR_OUT_OF_MEMORY, "cpu: no memory for the attention's scratch (%zu bytes)",

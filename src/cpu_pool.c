@@ -93,8 +93,7 @@ static lm_status decode(lm_pool *p, const lmi_rows *r, void *ws, size_t ws_bytes
 {
     const size_t bytes = decode_bytes(p, r->Hq);
     if (ws && ws_bytes < bytes)
-        return lmi_error(LM_ERR_INVALID_ARG, "the workspace has %zu bytes, this call needs %zu", ws_bytes,
-                         bytes);
+        return lmi_ws_short(ws_bytes, bytes, NULL);
     float *mem = ws ? ws : malloc(bytes);
     if (!mem)
         return lmi_error(LM_ERR_OUT_OF_MEMORY, "cpu: no memory for a decode's scratch (%zu bytes)", bytes);
@@ -186,18 +185,12 @@ static lm_status pool_prefill_ws(const lm_pool *p, const lmi_varlen *v, size_t *
     return LM_OK;
 }
 
-static lm_status too_small(size_t has, size_t needs)
-{
-    return lmi_error(LM_ERR_INVALID_ARG, "the workspace has %zu bytes, this call needs %zu (see "
-                     "lm_pool_prefill_workspace)", has, needs);
-}
-
 static lm_status pool_prefill(lm_pool *p, const lmi_varlen *v, void *stream)
 {
     (void)stream;
     const size_t books = book_bytes(v->n);
     if (v->ws && v->ws_bytes < books)
-        return too_small(v->ws_bytes, books);
+        return lmi_ws_short(v->ws_bytes, books, "lm_pool_prefill_workspace");
     char *mem = v->ws ? v->ws : malloc(books);
     if (!mem)
         return lmi_error(LM_ERR_OUT_OF_MEMORY, "cpu: no memory to plan the prefill");
@@ -206,7 +199,7 @@ static lm_status pool_prefill(lm_pool *p, const lmi_varlen *v, void *stream)
     size_t rest;
     book(p, v, mem, &np, &rows, &rest);
     if (v->ws && v->ws_bytes < books + rest)
-        return too_small(v->ws_bytes, books + rest);
+        return lmi_ws_short(v->ws_bytes, books + rest, "lm_pool_prefill_workspace");
     if (!v->ws) { /* all of the scratch before anything is written */
         char *all = realloc(mem, books + rest);
         if (!all) {

@@ -173,8 +173,7 @@ lm_status lmi_cuda_prefill(const lmi_core_params *p, cudaStream_t s)
     const size_t bytes = lmi_cuda_attend_ws(p, sms);
     if (p->ws) { /* the caller's: nothing allocated, capturable */
         if (p->ws_bytes < bytes)
-            return lmi_error(LM_ERR_INVALID_ARG, "the workspace has %zu bytes, this call needs %zu",
-                             p->ws_bytes, bytes);
+            return lmi_ws_short(p->ws_bytes, bytes, NULL);
         return lmi_cuda_attend(p, sms, p->ws, s);
     }
     void *ws = NULL;

@@ -271,8 +271,7 @@ static lm_status prefill_on(lm_pool *p, const lmi_varlen *v, cudaStream_t s)
         return st;
     void *ws = v->ws;
     if (ws && v->ws_bytes < bytes)
-        return lmi_error(LM_ERR_INVALID_ARG, "the workspace has %zu bytes, this call needs %zu (see "
-                         "lm_pool_prefill_workspace)", v->ws_bytes, bytes);
+        return lmi_ws_short(v->ws_bytes, bytes, "lm_pool_prefill_workspace");
     if (!ws && bytes)
         LMI_CUDA_TRY(cudaMallocAsync(&ws, bytes, s));
     for (int64_t i = 0; i < v->n && st == LM_OK; i++) {

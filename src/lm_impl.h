@@ -27,6 +27,16 @@ lm_status lmi_error(lm_status status, const char *fmt, ...)
 /* The same with a va_list (the CUDA backend's messages come through it). */
 lm_status lmi_verror(lm_status status, const char *fmt, va_list ap)
     __attribute__((format(printf, 2, 0)));
+/* INVALID_ARG for a caller's workspace of `has` bytes where the call needs
+ * `needs`; `query` names the size query to call, or NULL. Inline: the CUDA
+ * backend links to no symbol of the core (it has an lmi_error of its own). */
+static inline lm_status lmi_ws_short(size_t has, size_t needs, const char *query)
+{
+    return query ? lmi_error(LM_ERR_INVALID_ARG, "the workspace has %zu bytes, this call needs %zu (see %s)",
+                             has, needs, query)
+                 : lmi_error(LM_ERR_INVALID_ARG, "the workspace has %zu bytes, this call needs %zu", has,
+                             needs);
+}
 /* Records a notice (e.g. evaluation mode) without failing. */
 void lmi_notice(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
