@@ -42,15 +42,6 @@ typedef struct problem {
     int64_t nS, nz;
 } problem;
 
-static void strides(int64_t *s, int64_t B, int64_t L, int64_t H, int64_t D, int seq_first)
-{
-    s[3] = 1, s[2] = D;
-    if (seq_first)
-        s[0] = H * D, s[1] = B * H * D;
-    else
-        s[1] = H * D, s[0] = L * H * D;
-}
-
 static void problem_init(problem *p, const bcase *c)
 {
     memset(p, 0, sizeof *p);
@@ -61,8 +52,8 @@ static void problem_init(problem *p, const bcase *c)
     p->v = tbuf_new(c->dtype, B * L * c->Hkv * c->Dv);
     tbuf_random(&p->k, lo, hi);
     tbuf_random(&p->v, -1.0, 1.0);
-    strides(p->sk, B, L, c->Hkv, c->Dk, c->seq_first);
-    strides(p->sv, B, L, c->Hkv, c->Dv, c->seq_first);
+    ref_strides4(p->sk, B, L, c->Hkv, c->Dk, c->seq_first);
+    ref_strides4(p->sv, B, L, c->Hkv, c->Dv, c->seq_first);
     if (c->mask) {
         p->mask = malloc((size_t)(B * L));
         for (int64_t i = 0; i < B * L; i++)

@@ -43,13 +43,6 @@ static lm_tensor view3(const tbuf *b, const int64_t *s, int64_t B, int64_t L, in
     return t;
 }
 
-static lm_tensor tokens(lm_tensor t, int64_t t0, int64_t n)
-{
-    t.data = (char *)t.data + t0 * t.stride[1] * (int64_t)lm_dtype_size(t.dtype);
-    t.shape[1] = n;
-    return t;
-}
-
 static void mproblem_init(mproblem *p, const mcase *c)
 {
     memset(p, 0, sizeof *p);
@@ -163,8 +156,8 @@ static lm_tensor out_view(mproblem *p)
 static lm_status forward_part(mproblem *p, int64_t t0, int64_t n, int use_state, int keep_state)
 {
     const mcase *c = &p->c;
-    lm_tensor q = tokens(view3(&p->xq, p->sx, c->B, c->L, c->E), t0, n);
-    lm_tensor k = q, v = q, o = tokens(out_view(p), t0, n), m;
+    lm_tensor q = ref_tokens(view3(&p->xq, p->sx, c->B, c->L, c->E), t0, n);
+    lm_tensor k = q, v = q, o = ref_tokens(out_view(p), t0, n), m;
     if (c->cross) {
         k = view3(&p->xk, p->sk, c->B, c->Lk, c->kdim);
         v = view3(&p->xv, p->sv, c->B, c->Lk, c->vdim);
@@ -293,8 +286,8 @@ START_TEST(test_handover)
             ck_assert(forward_part(&p, 0, L1, 0, 1) == LM_OK);
             for (int64_t t = L1; t < c.L; t++) {
                 /* x_t is [B, E] with the batch stride of the [B, L, E] input. */
-                lm_tensor x = tokens(view3(&p.xq, p.sx, c.B, c.L, c.E), t, 1);
-                lm_tensor o = tokens(out_view(&p), t, 1);
+                lm_tensor x = ref_tokens(view3(&p.xq, p.sx, c.B, c.L, c.E), t, 1);
+                lm_tensor o = ref_tokens(out_view(&p), t, 1);
                 lm_tensor x2 = { .data = x.data, .dtype = x.dtype, .device = LM_CPU, .ndim = 2,
                                  .shape = { c.B, c.E }, .stride = { x.stride[0], x.stride[2] } };
                 lm_tensor o2 = { .data = o.data, .dtype = o.dtype, .device = LM_CPU, .ndim = 2,
@@ -375,8 +368,8 @@ static mcase hybrid_base(void)
 static void step_views(mproblem *p, int64_t t, lm_tensor *x2, lm_tensor *o2)
 {
     const mcase *c = &p->c;
-    lm_tensor x = tokens(view3(&p->xq, p->sx, c->B, c->L, c->E), t, 1);
-    lm_tensor o = tokens(out_view(p), t, 1);
+    lm_tensor x = ref_tokens(view3(&p->xq, p->sx, c->B, c->L, c->E), t, 1);
+    lm_tensor o = ref_tokens(out_view(p), t, 1);
     *x2 = (lm_tensor){ .data = x.data, .dtype = x.dtype, .device = LM_CPU, .ndim = 2,
                        .shape = { c->B, c->E }, .stride = { x.stride[0], x.stride[2] } };
     *o2 = (lm_tensor){ .data = o.data, .dtype = o.dtype, .device = LM_CPU, .ndim = 2,

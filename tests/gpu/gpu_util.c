@@ -43,34 +43,10 @@ void dpoison(void *d, size_t n)
     CUDA_OK(cudaMemset(d, 0xff, n));
 }
 
-void strides4(int64_t *s, int64_t B, int64_t L, int64_t H, int64_t D, int seq_first)
-{
-    s[3] = 1, s[2] = D;
-    if (seq_first)
-        s[0] = H * D, s[1] = B * H * D;
-    else
-        s[1] = H * D, s[0] = L * H * D;
-}
-
 lm_tensor view3(void *data, lm_dtype dt, lm_device dev, const int64_t *s, int64_t B, int64_t L, int64_t W)
 {
     lm_tensor t = { .data = data, .dtype = dt, .device = dev, .ndim = 3, .shape = { B, L, W },
                     .stride = { s[0], s[1], s[2] } };
-    return t;
-}
-
-lm_tensor view4(void *data, lm_dtype dt, lm_device dev, const int64_t *s, int64_t B, int64_t L, int64_t H,
-                int64_t D)
-{
-    lm_tensor t = { .data = data, .dtype = dt, .device = dev, .ndim = 4, .shape = { B, L, H, D } };
-    memcpy(t.stride, s, sizeof t.stride);
-    return t;
-}
-
-lm_tensor tokens(lm_tensor t, int64_t t0, int64_t n)
-{
-    t.data = (char *)t.data + t0 * t.stride[1] * (int64_t)lm_dtype_size(t.dtype);
-    t.shape[1] = n;
     return t;
 }
 

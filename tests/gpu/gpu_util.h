@@ -32,15 +32,9 @@ void ddownload_bytes(void *p, const void *d, size_t n);
 /* Fills n bytes with 0xff: NaN in bf16, f16 and f32. */
 void dpoison(void *d, size_t n);
 
-/* Strides (elements) of a [B, L, H, D] view with unit last stride:
- * batch-first, or sequence-first memory ([L, B, H, D]) when seq_first. */
-void strides4(int64_t *s, int64_t B, int64_t L, int64_t H, int64_t D, int seq_first);
-/* Descriptors of [B, L, W] / [B, L, H, D] memory with strides s (elements). */
+/* A descriptor of [B, L, W] memory with strides s (elements); [B, L, H, D]
+ * views are ref_tensor4 (tests/ref.h). */
 lm_tensor view3(void *data, lm_dtype dt, lm_device dev, const int64_t *s, int64_t B, int64_t L, int64_t W);
-lm_tensor view4(void *data, lm_dtype dt, lm_device dev, const int64_t *s, int64_t B, int64_t L, int64_t H,
-                int64_t D);
-/* Tokens [t0, t0 + n) of a descriptor whose dimension 1 is the sequence. */
-lm_tensor tokens(lm_tensor t, int64_t t0, int64_t n);
 
 /* What a module handle is made from: the lm_attn_config fields the suites
  * set (the others keep lm_attn_config_default's values) and the weights on

@@ -55,8 +55,8 @@ static void problem_init(problem *p, const bcase *c)
     p->v = tbuf_new(c->dtype, B * L * c->Hkv * c->Dv);
     tbuf_random(&p->k, lo, hi);
     tbuf_random(&p->v, -1.0, 1.0);
-    strides4(p->s4k, B, L, c->Hkv, c->Dk, 0);
-    strides4(p->s4v, B, L, c->Hkv, c->Dv, 0);
+    ref_strides4(p->s4k, B, L, c->Hkv, c->Dk, 0);
+    ref_strides4(p->s4v, B, L, c->Hkv, c->Dv, 0);
     if (c->mask) {
         p->mask = malloc((size_t)(B * L));
         for (int64_t i = 0; i < B * L; i++)
@@ -112,8 +112,8 @@ static void call_init(call *k, const problem *p, lm_device dev, float *S, float 
 {
     const bcase *c = &p->c;
     const int gpu = dev == LM_CUDA;
-    k->k = tokens(view4(gpu ? p->dk : p->k.data, c->dtype, dev, p->s4k, c->B, c->L, c->Hkv, c->Dk), t0, n);
-    k->v = tokens(view4(gpu ? p->dv : p->v.data, c->dtype, dev, p->s4v, c->B, c->L, c->Hkv, c->Dv), t0, n);
+    k->k = ref_tokens(ref_tensor4(gpu ? p->dk : p->k.data, c->dtype, dev, p->s4k, c->B, c->L, c->Hkv, c->Dk), t0, n);
+    k->v = ref_tokens(ref_tensor4(gpu ? p->dv : p->v.data, c->dtype, dev, p->s4v, c->B, c->L, c->Hkv, c->Dv), t0, n);
     ck_assert_int_eq(lm_core_args_default(&k->a), LM_OK);
     k->a.k = &k->k, k->a.v = &k->v;
     if (p->mask) {

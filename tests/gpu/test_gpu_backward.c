@@ -125,10 +125,10 @@ static void prob_init(bprob *p, const bcase *c)
     tbuf_random(&p->k, lo, hi);
     tbuf_random(&p->v, -1.0, 1.0);
     tbuf_random(&p->dout, -1.0, 1.0);
-    strides4(p->sq, B, L, c->Hq, c->Dk, c->seq_first);
-    strides4(p->sk, B, Lk, c->Hkv, c->Dk, c->seq_first);
-    strides4(p->sv, B, Lk, c->Hkv, c->Dv, c->seq_first);
-    strides4(p->so, B, L, c->Hq, c->Dv, c->seq_first);
+    ref_strides4(p->sq, B, L, c->Hq, c->Dk, c->seq_first);
+    ref_strides4(p->sk, B, Lk, c->Hkv, c->Dk, c->seq_first);
+    ref_strides4(p->sv, B, Lk, c->Hkv, c->Dv, c->seq_first);
+    ref_strides4(p->so, B, L, c->Hq, c->Dv, c->seq_first);
     if (c->mask) {
         p->mask = malloc((size_t)(B * Lk > 0 ? B * Lk : 1));
         for (int64_t i = 0; i < B * Lk; i++)
@@ -203,13 +203,13 @@ static void call_init(call *k, const bprob *p, lm_device dev, void *gq, void *gk
     const int gpu = dev == LM_CUDA;
     const int64_t nk = c->causal ? n : c->Lk, k0 = c->causal ? t0 : 0;
     memset(k, 0, sizeof *k);
-    k->q = tokens(view4(gpu ? p->dq : p->q.data, c->dtype, dev, p->sq, c->B, c->L, c->Hq, c->Dk), t0, n);
-    k->k = tokens(view4(gpu ? p->dk : p->k.data, c->dtype, dev, p->sk, c->B, c->Lk, c->Hkv, c->Dk), k0, nk);
-    k->v = tokens(view4(gpu ? p->dv : p->v.data, c->dtype, dev, p->sv, c->B, c->Lk, c->Hkv, c->Dv), k0, nk);
-    k->dout = tokens(view4(gpu ? p->ddo : p->dout.data, c->dtype, dev, p->so, c->B, c->L, c->Hq, c->Dv), t0, n);
-    k->dq = tokens(view4(gq, c->dtype, dev, p->sq, c->B, c->L, c->Hq, c->Dk), t0, n);
-    k->dk = tokens(view4(gk, c->dtype, dev, p->sk, c->B, c->Lk, c->Hkv, c->Dk), k0, nk);
-    k->dv = tokens(view4(gv, c->dtype, dev, p->sv, c->B, c->Lk, c->Hkv, c->Dv), k0, nk);
+    k->q = ref_tokens(ref_tensor4(gpu ? p->dq : p->q.data, c->dtype, dev, p->sq, c->B, c->L, c->Hq, c->Dk), t0, n);
+    k->k = ref_tokens(ref_tensor4(gpu ? p->dk : p->k.data, c->dtype, dev, p->sk, c->B, c->Lk, c->Hkv, c->Dk), k0, nk);
+    k->v = ref_tokens(ref_tensor4(gpu ? p->dv : p->v.data, c->dtype, dev, p->sv, c->B, c->Lk, c->Hkv, c->Dv), k0, nk);
+    k->dout = ref_tokens(ref_tensor4(gpu ? p->ddo : p->dout.data, c->dtype, dev, p->so, c->B, c->L, c->Hq, c->Dv), t0, n);
+    k->dq = ref_tokens(ref_tensor4(gq, c->dtype, dev, p->sq, c->B, c->L, c->Hq, c->Dk), t0, n);
+    k->dk = ref_tokens(ref_tensor4(gk, c->dtype, dev, p->sk, c->B, c->Lk, c->Hkv, c->Dk), k0, nk);
+    k->dv = ref_tokens(ref_tensor4(gv, c->dtype, dev, p->sv, c->B, c->Lk, c->Hkv, c->Dv), k0, nk);
     ck_assert_int_eq(lm_core_args_default(&k->a), LM_OK);
     k->a.q = &k->q, k->a.k = &k->k, k->a.v = &k->v;
     if (p->mask) {
@@ -562,7 +562,7 @@ START_TEST(test_bwd_chain)
         void *out = dmalloc((size_t)(c.B * c.L * c.Hq * c.Dv) * 4);
         call k;
         call_init(&k, &p, LM_CUDA, d[0], d[1], d[2], 0, cut);
-        lm_tensor o = tokens(view4(out, c.dtype, LM_CUDA, p.so, c.B, c.L, c.Hq, c.Dv), 0, cut);
+        lm_tensor o = ref_tokens(ref_tensor4(out, c.dtype, LM_CUDA, p.so, c.B, c.L, c.Hq, c.Dv), 0, cut);
         k.a.out = &o, k.a.state = S, k.a.normalizer = z;
         ck_assert_msg(lm_linear_attn_prefill(&k.a, NULL) == LM_OK, "%s", lm_last_error());
         /* backward of [cut, L), then of [0, cut) */

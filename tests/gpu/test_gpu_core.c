@@ -59,10 +59,10 @@ static void problem_init(problem *p, const gcase *c)
     tbuf_random(&p->q, lo, hi);
     tbuf_random(&p->k, lo, hi);
     tbuf_random(&p->v, -1.0, 1.0);
-    strides4(p->sq, B, c->L, c->Hq, c->Dk, c->seq_first);
-    strides4(p->sk, B, Lk, c->Hkv, c->Dk, c->seq_first);
-    strides4(p->sv, B, Lk, c->Hkv, c->Dv, c->seq_first);
-    strides4(p->so, B, c->L, c->Hq, c->Dv, 0);
+    ref_strides4(p->sq, B, c->L, c->Hq, c->Dk, c->seq_first);
+    ref_strides4(p->sk, B, Lk, c->Hkv, c->Dk, c->seq_first);
+    ref_strides4(p->sv, B, Lk, c->Hkv, c->Dv, c->seq_first);
+    ref_strides4(p->so, B, c->L, c->Hq, c->Dv, 0);
     if (c->mask) {
         p->mask = malloc((size_t)(B * Lk));
         for (int64_t i = 0; i < B * Lk; i++)
@@ -128,10 +128,10 @@ static void call_init(call *k, const problem *p, lm_device dev, void *out, float
     const gcase *c = &p->c;
     const int gpu = dev == LM_CUDA;
     const int64_t nk = c->causal ? n : c->Lk, k0 = c->causal ? t0 : 0;
-    k->q = tokens(view4(gpu ? p->dq : p->q.data, c->dtype, dev, p->sq, c->B, c->L, c->Hq, c->Dk), t0, n);
-    k->k = tokens(view4(gpu ? p->dk : p->k.data, c->dtype, dev, p->sk, c->B, c->Lk, c->Hkv, c->Dk), k0, nk);
-    k->v = tokens(view4(gpu ? p->dv : p->v.data, c->dtype, dev, p->sv, c->B, c->Lk, c->Hkv, c->Dv), k0, nk);
-    k->out = tokens(view4(out, c->dtype, dev, p->so, c->B, c->L, c->Hq, c->Dv), t0, n);
+    k->q = ref_tokens(ref_tensor4(gpu ? p->dq : p->q.data, c->dtype, dev, p->sq, c->B, c->L, c->Hq, c->Dk), t0, n);
+    k->k = ref_tokens(ref_tensor4(gpu ? p->dk : p->k.data, c->dtype, dev, p->sk, c->B, c->Lk, c->Hkv, c->Dk), k0, nk);
+    k->v = ref_tokens(ref_tensor4(gpu ? p->dv : p->v.data, c->dtype, dev, p->sv, c->B, c->Lk, c->Hkv, c->Dv), k0, nk);
+    k->out = ref_tokens(ref_tensor4(out, c->dtype, dev, p->so, c->B, c->L, c->Hq, c->Dv), t0, n);
     ck_assert_int_eq(lm_core_args_default(&k->a), LM_OK);
     k->a.q = &k->q, k->a.k = &k->k, k->a.v = &k->v, k->a.out = &k->out;
     if (p->mask) {

@@ -155,10 +155,10 @@ START_TEST(test_hybrid_split_and_decode)
             char *xq = dmalloc(c.B * bq), *xk = dmalloc(c.B * bk), *xv = dmalloc(c.B * bv), *xo = dmalloc(c.B * bo);
             const int64_t s1[4] = { c.Hq * c.Dk, c.Hq * c.Dk, c.Dk, 1 }, s2[4] = { c.Hkv * c.Dk, c.Hkv * c.Dk, c.Dk, 1 };
             const int64_t s3[4] = { c.Hkv * c.Dv, c.Hkv * c.Dv, c.Dv, 1 }, s4[4] = { c.Hq * c.Dv, c.Hq * c.Dv, c.Dv, 1 };
-            lm_tensor tq = view4(xq, c.dtype, LM_CUDA, s1, c.B, 1, c.Hq, c.Dk);
-            lm_tensor tk = view4(xk, c.dtype, LM_CUDA, s2, c.B, 1, c.Hkv, c.Dk);
-            lm_tensor tv = view4(xv, c.dtype, LM_CUDA, s3, c.B, 1, c.Hkv, c.Dv);
-            lm_tensor to = view4(xo, c.dtype, LM_CUDA, s4, c.B, 1, c.Hq, c.Dv);
+            lm_tensor tq = ref_tensor4(xq, c.dtype, LM_CUDA, s1, c.B, 1, c.Hq, c.Dk);
+            lm_tensor tk = ref_tensor4(xk, c.dtype, LM_CUDA, s2, c.B, 1, c.Hkv, c.Dk);
+            lm_tensor tv = ref_tensor4(xv, c.dtype, LM_CUDA, s3, c.B, 1, c.Hkv, c.Dv);
+            lm_tensor to = ref_tensor4(xo, c.dtype, LM_CUDA, s4, c.B, 1, c.Hq, c.Dv);
             lm_core_args a;
             ck_assert_int_eq(lm_core_args_default(&a), LM_OK);
             a.q = &tq, a.k = &tk, a.v = &tv, a.out = &to;
@@ -293,12 +293,12 @@ START_TEST(test_hybrid_module)
         lm_tensor xt = view3(g ? dx : x.data, dt, g ? LM_CUDA : LM_CPU, s3, B, L, E);
         lm_tensor ot = view3(g ? dout : out[0].data, dt, g ? LM_CUDA : LM_CPU, s3, B, L, E);
         lm_forward_opts o = { LM_SIZED(lm_forward_opts), .is_causal = 1, .keep_state = 1 };
-        lm_tensor xa = tokens(xt, 0, L1), oa = tokens(ot, 0, L1), xb = tokens(xt, L1, L2 - L1), obv = tokens(ot, L1, L2 - L1);
+        lm_tensor xa = ref_tokens(xt, 0, L1), oa = ref_tokens(ot, 0, L1), xb = ref_tokens(xt, L1, L2 - L1), obv = ref_tokens(ot, L1, L2 - L1);
         ck_assert_msg(lm_attn_forward(a[g], &xa, &xa, &xa, &o, &oa, NULL) == LM_OK, "%s", lm_last_error());
         o.use_state = 1;
         ck_assert_msg(lm_attn_forward(a[g], &xb, &xb, &xb, &o, &obv, NULL) == LM_OK, "%s", lm_last_error());
         for (int64_t t = L2; t < L; t++) {
-            lm_tensor xs = tokens(xt, t, 1), os = tokens(ot, t, 1);
+            lm_tensor xs = ref_tokens(xt, t, 1), os = ref_tokens(ot, t, 1);
             lm_tensor x2 = { .data = xs.data, .dtype = dt, .device = xs.device, .ndim = 2, .shape = { B, E },
                              .stride = { xs.stride[0], 1 } };
             lm_tensor o2 = { .data = os.data, .dtype = dt, .device = os.device, .ndim = 2, .shape = { B, E },

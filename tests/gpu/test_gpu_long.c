@@ -167,11 +167,11 @@ static void run_comp(int64_t B, int H, int D, int64_t L)
     CUDA_OK(cudaMemset(dS, 0, (size_t)(B * ns) * sizeof(float))); /* the state is read: empty */
     CUDA_OK(cudaMemset(dz, 0, (size_t)(B * H * D) * sizeof(float)));
     int64_t si[4], so[4];
-    strides4(si, 1, L, H, D, 0);
-    strides4(so, B, L, H, D, 0);
+    ref_strides4(si, 1, L, H, D, 0);
+    ref_strides4(so, B, L, H, D, 0);
     si[0] = 0; /* every batch row reads the same tokens */
-    lm_tensor tq = view4(dq, LM_BF16, LM_CUDA, si, B, L, H, D), tk = view4(dk, LM_BF16, LM_CUDA, si, B, L, H, D),
-              tv = view4(dv, LM_BF16, LM_CUDA, si, B, L, H, D), to = view4(dout, LM_BF16, LM_CUDA, so, B, L, H, D);
+    lm_tensor tq = ref_tensor4(dq, LM_BF16, LM_CUDA, si, B, L, H, D), tk = ref_tensor4(dk, LM_BF16, LM_CUDA, si, B, L, H, D),
+              tv = ref_tensor4(dv, LM_BF16, LM_CUDA, si, B, L, H, D), to = ref_tensor4(dout, LM_BF16, LM_CUDA, so, B, L, H, D);
     lm_core_args a;
     ck_assert_int_eq(lm_core_args_default(&a), LM_OK);
     a.q = &tq, a.k = &tk, a.v = &tv, a.out = &to, a.state = dS, a.normalizer = dz;

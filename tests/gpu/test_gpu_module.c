@@ -161,8 +161,8 @@ static void forward_part(const mproblem *p, lm_attn *a, lm_device dev, void *out
     const int gpu = dev == LM_CUDA;
     int64_t so[3];
     ref_strides3(so, c->B, c->L, c->E, 0);
-    lm_tensor q = tokens(view3(gpu ? p->dxq : p->xq.data, c->dtype, dev, p->sx, c->B, c->L, c->E), t0, n);
-    lm_tensor k = q, v = q, o = tokens(view3(out, c->dtype, dev, so, c->B, c->L, c->E), t0, n), m;
+    lm_tensor q = ref_tokens(view3(gpu ? p->dxq : p->xq.data, c->dtype, dev, p->sx, c->B, c->L, c->E), t0, n);
+    lm_tensor k = q, v = q, o = ref_tokens(view3(out, c->dtype, dev, so, c->B, c->L, c->E), t0, n), m;
     if (c->cross) {
         k = view3(gpu ? p->dxk : p->xk.data, c->dtype, dev, p->sk, c->B, c->Lk, c->kdim);
         v = view3(gpu ? p->dxv : p->xv.data, c->dtype, dev, p->sv, c->B, c->Lk, c->vdim);
