@@ -189,7 +189,7 @@ for L in (8192, 32768):  # B = 1, 32 heads of 128, bf16, causal, elu+1, normalis
         for f in tests/python/test_*.py; do
             echo "==== $f" >> "$OUT/pytest.log"
             phase "pytest-$(basename "$f" .py)" 120 "$OUT/pytest.log" \
-                python3 -m pytest -q -rfEs -p no:cacheprovider "$f"
+                python3 -m pytest -q -rfEs --tb=short -p no:cacheprovider "$f"
         done ;;
     sweep)
         export LM_LIB_PATH="$PWD/$B/lib/libliquidmemory.so" PYTHONPATH="$PWD/bindings/python"

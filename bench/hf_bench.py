@@ -17,7 +17,8 @@ Measured at each context (default 4K / 32K / 128K):
                 cache after the prefill replicated to B rows (the work of a step
                 does not depend on the values), B halved until it fits
   cache bytes per sequence
-and the host time of one patched attention's decode call (batch 1).
+and the host time of one patched attention's decode call (batch 1), split into
+transformers' parts (projections, RoPE) and ours (see attention_host_us).
 
 Timing: CUDA events around the whole step sequence, warm-up first. A time
 budget (--budget seconds) is checked before each measurement; what does not
@@ -230,26 +231,55 @@ def _repeat_dynamic(cache, B, model):
     return big
 
 
+def _wall_us(fn, calls):
+    """Mean wall time of fn() over `calls` (warm-up first, one sync at the end)."""
+    with torch.no_grad():
+        for _ in range(20):
+            fn()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / calls * 1e6
+
+
 def attention_host_us(model, calls=200):
-    """Wall time of one patched attention's decode call at batch 1 (mean of
-    `calls`, one sync at the end): its kernels are microseconds, so this is
-    the host time of the call when it exceeds them."""
+    """One patched attention's decode call at batch 1, split into its parts
+    (mean wall time of `calls`, one sync at the end; the kernels are
+    microseconds, so these are host times when they exceed them):
+      call      the whole forward (projections, RoPE, our core, o_proj)
+      hf_parts  the same forward with our core call replaced by a
+                pass-through of q (what transformers' modules and RoPE cost)
+      ours      call - hf_parts: what Liquid Memory adds to the layer
+      core      the core's decode call alone on fixed q, k, v, state
+    The issue's "our own host overhead <= 30 us per layer" is `ours`."""
     attn = model.model.layers[0].self_attn
     cache = lmhf.LiquidMemoryCache(model)
     x = torch.randn(1, 1, MODEL["hidden_size"], device="cuda", dtype=torch.bfloat16)
     D = MODEL["hidden_size"] // MODEL["num_attention_heads"]
     pe = (torch.ones(1, 1, D, device="cuda", dtype=torch.bfloat16),
           torch.zeros(1, 1, D, device="cuda", dtype=torch.bfloat16))
-    with torch.no_grad():
+
+    def call():
         attn(x, position_embeddings=pe, past_key_values=cache)
-        for _ in range(20):
-            attn(x, position_embeddings=pe, past_key_values=cache)
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            attn(x, position_embeddings=pe, past_key_values=cache)
-        torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / calls * 1e6
+
+    with torch.no_grad():
+        call()  # the cache's first token: a prefill
+    res = {"call": _wall_us(call, calls)}
+    real = lmhf._linear_attention
+    lmhf._linear_attention = lambda q, k, v, mask, state, opts: q
+    try:
+        res["hf_parts"] = _wall_us(call, calls)
+    finally:
+        lmhf._linear_attention = real
+    res["ours"] = res["call"] - res["hf_parts"]
+    state = cache.layers[0]
+    Hq, Hkv = attn.num_heads, attn.num_kv_heads
+    q = torch.randn(1, 1, Hq, D, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(1, 1, Hkv, D, device="cuda", dtype=torch.bfloat16)
+    res["core"] = _wall_us(lambda: real(q, k, k, None, state, attn.options.core), calls)
+    return res
 
 
 def git_commit():
@@ -288,8 +318,12 @@ def run(args):
     res["weights_bytes"] = weights
     log("model ready, %.2f GB of weights" % (weights / 1e9))
     lmhf.patch(model)
-    res["lm_attention_host_us"] = attention_host_us(model)
-    log("patched attention decode call: %.1f us" % res["lm_attention_host_us"])
+    host = attention_host_us(model)
+    res["lm_attention_call_us"] = host
+    res["lm_attention_host_us"] = host["ours"]
+    log("patched attention decode call: %.1f us, of which transformers' parts %.1f us, ours "
+        "%.1f us (the core call alone %.1f us)" % (host["call"], host["hf_parts"], host["ours"],
+                                                   host["core"]))
     warm = torch.randint(3, MODEL["vocab_size"], (1, 1024), device="cuda")
     for method in ("lm", "hf_sdpa"):  # libraries' first-call set-up, outside the timings
         if method == "hf_sdpa":
