@@ -13,8 +13,10 @@
  * key, and only after the cluster barrier does rank 0 write them back (each
  * CTA writes its own columns of S and of the slot's value). Query heads go in
  * blocks of 4. No allocation, no host sync: graph-capturable.
- * Not measured yet: bench/gpu_run.sh phase hybrid (target <= 10 us at 32 heads
- * of 128, W = 64, s = 4, flat in context).
+ * Measured (H100, 32 heads of 128, W = 64, s = 4): 35-37 us a step with one
+ * slot per warp round and one thread per column summing every slot's value in
+ * turn; the rounds of U slots and the (slot group, column) numerators since
+ * are bench/NOTES.md's "Hybrid decode, round 2" (target <= 10 us).
  */
 #include "cluster_launch.cuh"
 #include "hybrid.cuh"
@@ -30,6 +32,7 @@ using lmk::phi_precise;
 constexpr int THREADS = 256;
 constexpr int COLS = 32; /* value columns per CTA in a cluster */
 constexpr int GB = 4;    /* query heads per pass */
+constexpr int U = 4;     /* window slots per warp and round of the logits */
 
 template <bool CLUSTER>
 __global__ void __launch_bounds__(THREADS) hdecode_kernel(const __grid_constant__ lmk_hybrid_decode p, int nvb)
@@ -40,7 +43,9 @@ __global__ void __launch_bounds__(THREADS) hdecode_kernel(const __grid_constant_
     const int vb = blockIdx.x % nvb, head = blockIdx.x / nvb, b = head / p.Hkv;
     const int cols = (p.Dv + nvb - 1) / nvb, e0 = vb * cols;
     const int Dv = cols < p.Dv - e0 ? cols : p.Dv - e0; /* this CTA's columns [e0, e0 + Dv) */
-    const int CG = (Dv + 3) / 4, RG = THREADS / CG;     /* host: cols <= 4 * THREADS */
+    /* Column groups of 4 over cols (not Dv: red is sized for cols on the host, and a
+     * last CTA with fewer columns would otherwise use more row groups). */
+    const int CG = (cols + 3) / 4, RG = THREADS / CG; /* host: cols <= 4 * THREADS */
     float *knew = sm, *fk = knew + Dk, *zn = fk + Dk, *vnew = zn + Dk, *vold = vnew + cols;
     float *qr = vold + cols, *phq = qr + GB * Dk, *lg = phq + GB * Dk, *den = lg + GB * ns;
     float *red = den + GB;
@@ -98,18 +103,45 @@ __global__ void __launch_bounds__(THREADS) hdecode_kernel(const __grid_constant_
             phq[x] = phi_precise(qr[x], p.feature_map);
         }
         __syncthreads();
-        /* Logits of every slot that holds a key (a warp per slot and head, lanes
-         * over the key); the target slot is the new token. */
-        for (int x = tid / 32; x < GB * ns; x += THREADS / 32) {
-            const int gi = x / ns, sl = x % ns, lane = tid % 32;
-            const bool there = gb + gi < G && (sl == target ? !masked : pos[sl] > 0);
-            const float *key = sl == target ? knew : p.win_k + (slot0 + sl) * Dk;
-            float s = 0.0f;
-            for (int d = lane; there && d < Dk; d += 32)
-                s += qr[gi * Dk + d] * key[d];
-            s = lmk::warp_sum(s);
-            if (lane == 0)
-                lg[x] = there ? s * p.scale : -INFINITY;
+        /* Logits of every slot that holds a key: a warp per slot, lanes over
+         * the key, the GB query heads from one read of it, U slots per round
+         * so that U keys' loads are in flight before the reductions (one slot
+         * per round measured 35 us a step: a warp waited on every key's load in
+         * turn). The target slot is the new token. */
+        for (int base = tid / 32; base < ns; base += U * (THREADS / 32)) {
+            const int lane = tid % 32;
+            float dot[U][GB] = {};
+            bool there[U];
+            const float *key[U];
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                const int sl = base + u * (THREADS / 32);
+                there[u] = sl < ns && (sl == target ? !masked : pos[sl] > 0);
+                key[u] = sl == target ? knew : p.win_k + (slot0 + (sl < ns ? sl : 0)) * Dk;
+            }
+            for (int d = lane; d < Dk; d += 32) {
+                float kd[U];
+#pragma unroll
+                for (int u = 0; u < U; u++)
+                    kd[u] = there[u] ? key[u][d] : 0.0f;
+#pragma unroll
+                for (int gi = 0; gi < GB; gi++) {
+                    const float qd = qr[gi * Dk + d];
+#pragma unroll
+                    for (int u = 0; u < U; u++)
+                        dot[u][gi] += qd * kd[u];
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                const int sl = base + u * (THREADS / 32);
+#pragma unroll
+                for (int gi = 0; gi < GB; gi++) {
+                    const float sum = lmk::warp_sum(dot[u][gi]);
+                    if (lane == 0 && sl < ns)
+                        lg[gi * ns + sl] = there[u] && gb + gi < G ? sum * p.scale : -INFINITY;
+                }
+            }
         }
         __syncthreads();
         if (tid < GB * 32) { /* warp gi: the softmax weights and the denominator */
@@ -169,18 +201,40 @@ __global__ void __launch_bounds__(THREADS) hdecode_kernel(const __grid_constant_
                     if (e + u < Dv)
                         red[((size_t)rg * GB + gi) * cols + e + u] = acc[gi][u];
         __syncthreads();
+        /* The numerators: thread (sg, column) sums rows sg, sg + SG, .. of the
+         * phi(q) S partials and the window slots sg, sg + SG, .. (their values
+         * read once for the GB heads, independent loads in flight); the SG
+         * partials then meet in red. */
+        const int SG = min(THREADS / Dv, RG), ve = tid % Dv, sg = tid / Dv;
+        float part[GB] = {};
+        if (sg < SG) {
+            for (int g = sg; g < RG; g += SG)
+#pragma unroll
+                for (int gi = 0; gi < GB; gi++)
+                    part[gi] += red[((size_t)g * GB + gi) * cols + ve];
+#pragma unroll 4
+            for (int sl = sg; sl < ns; sl += SG) {
+                const float vv = sl == target ? vnew[ve] : p.win_v[(slot0 + sl) * p.Dv + e0 + ve];
+#pragma unroll
+                for (int gi = 0; gi < GB; gi++) {
+                    const float a = lg[gi * ns + sl];
+                    part[gi] += a != 0.0f ? a * vv : 0.0f; /* a slot never written may hold anything */
+                }
+            }
+        }
+        __syncthreads(); /* every partial of red is read */
+        if (sg < SG)
+#pragma unroll
+            for (int gi = 0; gi < GB; gi++)
+                red[((size_t)sg * GB + gi) * cols + ve] = part[gi];
+        __syncthreads();
         for (int x = tid; x < GB * Dv; x += THREADS) {
             const int gi = x / Dv, ee = x % Dv, hq = (head % p.Hkv) * G + gb + gi;
             if (gb + gi >= G)
                 continue;
             float num = 0.0f;
-            for (int g = 0; g < RG; g++)
+            for (int g = 0; g < SG; g++)
                 num += red[((size_t)g * GB + gi) * cols + ee];
-            for (int sl = 0; sl < ns; sl++) {
-                const float a = lg[gi * ns + sl];
-                if (a != 0.0f)
-                    num += a * (sl == target ? vnew[ee] : p.win_v[(slot0 + sl) * p.Dv + e0 + ee]);
-            }
             hstore(p.out, p.dtype, b * p.so[0] + hq * p.so[1] + e0 + ee, num / (den[gi] + p.eps));
         }
         __syncthreads();
