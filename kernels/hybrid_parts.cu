@@ -28,13 +28,21 @@ __global__ void __launch_bounds__(THREADS) zsum_kernel(const __grid_constant__ l
     const int b = (int)(bh / p.Hkv), hk = (int)(bh % p.Hkv);
     const int64_t end = p.L - p.W, r0 = p.sh + c * CHUNK;
     const int64_t r1 = r0 + CHUNK < end ? r0 + CHUNK : end;
+    constexpr int R = 8; /* rows whose loads are in flight before they are summed */
     for (int d = threadIdx.x; d < p.Dk; d += THREADS) {
         float acc = 0.0f;
-        for (int64_t r = r0; r < r1; r++) {
-            if (p.mask && p.mask[b * p.mask_s[0] + r * p.mask_s[1]])
-                continue;
-            acc += phi_precise(hload(p.k, p.dtype, b * p.sk[0] + r * p.sk[1] + hk * p.sk[2] + d * p.sk[3]),
-                               p.feature_map);
+        for (int64_t r = r0; r < r1; r += R) {
+            float kx[R];
+            bool in[R];
+#pragma unroll
+            for (int u = 0; u < R; u++) {
+                in[u] = r + u < r1 && !(p.mask && p.mask[b * p.mask_s[0] + (r + u) * p.mask_s[1]]);
+                kx[u] = in[u] ? hload(p.k, p.dtype, b * p.sk[0] + (r + u) * p.sk[1] + hk * p.sk[2] + d * p.sk[3]) : 0.0f;
+            }
+#pragma unroll
+            for (int u = 0; u < R; u++)
+                if (in[u])
+                    acc += phi_precise(kx[u], p.feature_map);
         }
         p.zs[(bh * nch + c) * p.Dk + d] = acc;
     }

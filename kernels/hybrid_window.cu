@@ -125,20 +125,38 @@ __global__ void __launch_bounds__(THREADS) body_kernel(const __grid_constant__ l
         const int kb0 = k0 > ns ? k0 : (int)ns;
         return kb0 < k1 && position(kb0) <= thi && position(k1 - 1) > tlo - W;
     };
-    /* Rows [kt0, kt0 + KT) of the key list into the tile: a warp per row. */
+    /* Rows [kt0, kt0 + KT) of the key list into the tile: a warp per row, R
+     * rows per round with every load of the round issued before any is
+     * converted (one row at a time, a warp waited on each row's loads in
+     * turn: 16 latencies per tile and warp). */
     auto load_tile = [&](int kt0, bool values) {
         const int D = values ? p.Dv : p.Dk, DP = values ? l.dvp : l.dkp;
-        for (int rr = warp; rr < KT; rr += THREADS / 32) {
-            const int kx = kt0 + rr;
-            HSrc r = {};
-            if (kx < nk)
-                r = hsrc(p, b, hk, position(kx));
-            for (int d = lane; d < DP; d += 32) {
-                const float x = r.present && d < D ? (values ? hval(p, r, b, hk, d) : hkey(p, r, b, hk, d)) : 0.0f;
-                put_split(Th, Tl, (int64_t)rr * l.kp + d, x, split);
+        constexpr int R = 4, NW = THREADS / 32;
+        for (int rr0 = warp; rr0 < KT; rr0 += R * NW) {
+            HSrc r[R];
+#pragma unroll
+            for (int u = 0; u < R; u++) {
+                const int rr = rr0 + u * NW, kx = kt0 + rr;
+                r[u] = HSrc{};
+                if (rr < KT && kx < nk)
+                    r[u] = hsrc(p, b, hk, position(kx));
             }
-            if (!values && lane == 0 && kx < l.nkp)
-                pres[kx] = r.present;
+            for (int d = lane; d < DP; d += 32) {
+                float x[R];
+#pragma unroll
+                for (int u = 0; u < R; u++)
+                    x[u] = r[u].present && d < D ? (values ? hval(p, r[u], b, hk, d) : hkey(p, r[u], b, hk, d)) : 0.0f;
+#pragma unroll
+                for (int u = 0; u < R; u++)
+                    if (rr0 + u * NW < KT)
+                        put_split(Th, Tl, (int64_t)(rr0 + u * NW) * l.kp + d, x[u], split);
+            }
+#pragma unroll
+            for (int u = 0; u < R; u++) {
+                const int rr = rr0 + u * NW, kx = kt0 + rr;
+                if (!values && lane == 0 && rr < KT && kx < l.nkp)
+                    pres[kx] = r[u].present;
+            }
         }
     };
 
@@ -161,15 +179,29 @@ __global__ void __launch_bounds__(THREADS) body_kernel(const __grid_constant__ l
         const int64_t a = ra - W - p.sh, nch = (p.L - W - p.sh + LMK_CHUNK - 1) / LMK_CHUNK;
         const int64_t c = a / LMK_CHUNK, bh = (int64_t)b * p.Hkv + hk;
         float *Z = Lg;
+        /* A thread per column d walks up to 64 + qb keys in order (a running
+         * sum), RA keys' loads issued before they are added. */
+        constexpr int RA = 8;
+        const int64_t j1 = a + nr;
         for (int d = threadIdx.x; d < p.Dk; d += THREADS) {
             float acc = p.zc[(bh * nch + c) * p.Dk + d];
-            for (int64_t jj = c * LMK_CHUNK; jj < a + nr; jj++) {
-                const int64_t r = p.sh + jj;
-                if (!(p.mask && p.mask[b * p.mask_s[0] + r * p.mask_s[1]]))
-                    acc += phi_precise(hload(p.k, p.dtype, b * p.sk[0] + r * p.sk[1] + hk * p.sk[2] + d * p.sk[3]),
-                                       p.feature_map);
-                if (jj >= a)
-                    Z[(jj - a) * l.dkp + d] = acc;
+            for (int64_t j0 = c * LMK_CHUNK; j0 < j1; j0 += RA) {
+                float kx[RA];
+                bool in[RA];
+#pragma unroll
+                for (int u = 0; u < RA; u++) {
+                    const int64_t r = p.sh + j0 + u;
+                    in[u] = j0 + u < j1 && !(p.mask && p.mask[b * p.mask_s[0] + r * p.mask_s[1]]);
+                    kx[u] = in[u] ? hload(p.k, p.dtype, b * p.sk[0] + r * p.sk[1] + hk * p.sk[2] + d * p.sk[3]) : 0.0f;
+                }
+#pragma unroll
+                for (int u = 0; u < RA; u++) {
+                    const int64_t jj = j0 + u;
+                    if (in[u])
+                        acc += phi_precise(kx[u], p.feature_map);
+                    if (jj >= a && jj < j1)
+                        Z[(jj - a) * l.dkp + d] = acc;
+                }
             }
         }
         __syncthreads();
