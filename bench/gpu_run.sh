@@ -21,6 +21,8 @@
 #                                     kernels: bench/v2_probe.py under LM_ATTEND_KERNEL=v1 and v2,
 #                                     and the core benchmark again under v1 (bench-v1.json), beside
 #                                     the bench phase's default (v2 where it takes the call);
+#                                     diagcompile (bench/diag_compile.py: torch.compile of the module,
+#                                     linear and hybrid, per backend eager / aot_eager / inductor),
 #                                     eager (bench/eager_step.py: host cost of an eager core decode
 #                                     and module step, E=4096, 32 heads, bf16, with their floors),
 #                                     LM_BENCH_LENGTHS=2048,... limits the bench phase's lengths;
@@ -205,6 +207,9 @@ for L in (8192, 32768):  # B = 1, 32 heads of 128, bf16, causal, elu+1, normalis
             --start-len 64 --grow-steps 150 --d-model 64 --batch-size 32 --num-queries 64 \
             --seconds 100 --eval-seqs 256 --out "$OUT/train"
         tar -C "$OUT" -czf "$OUT/train.tgz" train && rm -rf "$OUT/train" ;;
+    diagcompile)
+        export LM_LIB_PATH="$PWD/$B/lib/libliquidmemory.so" PYTHONPATH="$PWD/bindings/python"
+        phase diagcompile 300 "$OUT/diagcompile.log" python3 bench/diag_compile.py --out "$OUT" ;;
     eager)
         export LM_LIB_PATH="$PWD/$B/lib/libliquidmemory.so" PYTHONPATH="$PWD/bindings/python"
         phase eager 120 "$OUT/eager.log" python3 bench/eager_step.py --device cuda --out "$OUT" ;;
