@@ -160,6 +160,18 @@ def test_nested_input_is_padded_and_masked():
         m(nt, padded, padded, need_weights=False)
 
 
+def test_nested_input_is_one_forward(monkeypatch):
+    """A nested input is one forward of the module, not a second one for its
+    padded form (torch 2.x's nn.TransformerEncoder passes nested input to the
+    layers: test_encoder_inference_plain_assignment counts forwards)."""
+    m = LiquidMemory(D_MODEL, NHEAD, batch_first=True).eval()
+    nt = torch.nested.nested_tensor([x_(4, D_MODEL, seed=38), x_(7, D_MODEL, seed=39)])
+    calls = _Calls(monkeypatch)
+    with torch.no_grad():
+        out, _ = m(nt, nt, nt, need_weights=False)
+    assert calls.n == 1 and out.is_nested
+
+
 @pytest.mark.parametrize("batch_first", [True, False])
 def test_encoder_inference_after_replace_attention(batch_first):
     torch.manual_seed(4)

@@ -511,6 +511,12 @@ class LiquidMemory(nn.Module):
         if any(nested):
             return self._forward_nested(query, key, value, key_padding_mask, attn_mask,
                                         is_causal, keep_state, all(nested))
+        return self._forward_dense(query, key, value, key_padding_mask, attn_mask, is_causal,
+                                   keep_state)
+
+    def _forward_dense(self, query, key, value, key_padding_mask, attn_mask, is_causal,
+                       keep_state):
+        """forward() of plain (not nested) tensors."""
         if query.dim() not in (2, 3):
             raise ValueError("query must be 2-D (unbatched) or 3-D, got %d-D" % query.dim())
         if key.dim() != query.dim() or value.dim() != query.dim():
@@ -606,9 +612,13 @@ class LiquidMemory(nn.Module):
         (q, qlens), (k, klens), (v, _) = pad(query), pad(key), pad(value)
         ar = torch.arange(k.shape[1], device=k.device)
         kpm = ar[None, :] >= torch.tensor(klens, device=k.device)[:, None]
-        out, _ = self.forward(q, k, v, key_padding_mask=kpm, need_weights=False,
-                              attn_mask=attn_mask, is_causal=is_causal, keep_state=keep_state)
-        return torch.nested.as_nested_tensor([o[:n] for o, n in zip(out.unbind(0), qlens)]), None
+        # Not self.forward: one call of the module is one forward (what patches
+        # and counters of forward see, as torch 2.x's encoder passes nested input).
+        out, _ = self._forward_dense(q, k, v, kpm, attn_mask, is_causal, keep_state)
+        rows = [o[:n] for o, n in zip(out.unbind(0), qlens)]
+        if query.layout != torch.strided:  # torch >= 2.1's jagged layout: answer in kind
+            return torch.nested.as_nested_tensor(rows, layout=query.layout), None
+        return torch.nested.as_nested_tensor(rows), None
 
     def _attend(self, query, key, value, mask, S0, z0, position, causal, seq_first, opts,
                 want_state=True):
