@@ -14,6 +14,7 @@
  * this launcher only on compute capability 9.0 (see lmk_attend_v2_takes).
  * Plan, budget and measurements: bench/NOTES.md, "Kernel v2".
  */
+#include "device_caps.cuh"
 #include "v2_epilogue.cuh"
 #include "v2_loads.cuh"
 #include "v2_state.cuh"
@@ -94,12 +95,10 @@ extern "C" int lmk_attend_v2_takes(const lmk_attend *p, lmk_kind kind)
     if (kind == LMK_READOUT || p->dtype != LM_BF16 || p->Dk != p->Dv || (p->Dk != 64 && p->Dk != 128) ||
         p->has_decay)
         return 0;
-    int dev = 0, major = 0, minor = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess)
+    lmk::DeviceCaps caps; /* cached per device (device_caps.cuh) */
+    if (lmk::device_caps(&caps) != cudaSuccess)
         return 0;
-    return major == 9 && minor == 0; /* sm_90a code runs on 9.0 only */
+    return caps.major == 9 && caps.minor == 0; /* sm_90a code runs on 9.0 only */
 }
 
 extern "C" lm_status lmk_attend_v2_launch(const lmk_attend *p, lmk_kind kind, void *stream)

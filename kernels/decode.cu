@@ -17,6 +17,7 @@
  * slot's arrival counter, is the one that advances the slot's position.
  */
 #include "cluster_launch.cuh"
+#include "device_caps.cuh"
 #include "feature_map.cuh"
 #include "lm_kernels.h"
 
@@ -285,14 +286,11 @@ template <class P> static lm_status launch_any(const P &p, void *stream)
     if ((int64_t)d.B * d.Hkv * 8 > INT32_MAX)
         return lmi_error(LM_ERR_UNSUPPORTED, "cuda decode: %d rows of %d kv heads", d.B, d.Hkv);
     /* Clusters (sm_90) of CTAs of COLS columns each, at most 8 per head. */
-    int dev = 0, major = 0;
-    LMI_CUDA_TRY(cudaGetDevice(&dev));
-    LMI_CUDA_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-    int sms = 0;
-    LMI_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    lmk::DeviceCaps caps; /* cached per device: this is the decode step's hot path */
+    LMI_CUDA_TRY(lmk::device_caps(&caps));
     /* Clusters only while (row, kv head) pairs are too few to fill the GPU: with
      * enough of them, one CTA per pair reads q, k, z and computes phi once. */
-    const bool spread = major >= 9 && (int64_t)d.B * d.Hkv < 4 * (int64_t)sms;
+    const bool spread = caps.major >= 9 && (int64_t)d.B * d.Hkv < 4 * (int64_t)caps.sms;
     int nvb = spread ? (d.Dv + COLS - 1) / COLS : 1;
     nvb = nvb > 8 ? 8 : nvb;
     const int cols = (d.Dv + nvb - 1) / nvb;

@@ -64,7 +64,8 @@ $(BUILD)/obj/kernels/%.o: kernels/%.cu $(CUDA_HDR)
 $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard src/cuda_*.c)): src/cuda_impl.h kernels/lm_kernels.h
 
 # ---- GPU tests ----
-GPU_TEST_SRC := $(wildcard tests/gpu/*.c) tests/ref.c tests/ref_backward.c tests/pool_cases.c tests/hybrid_cases.c
+GPU_TEST_SRC := $(wildcard tests/gpu/*.c) tests/ref.c tests/ref_backward.c tests/pool_cases.c tests/hybrid_cases.c \
+                tests/absorb_cases.c
 GPU_TEST_BIN = $(BUILD)/bin/lm-gpu-tests
 ALL_TARGETS += $(GPU_TEST_BIN)
 GPU_TEST_LIBS ?= $$(pkg-config --libs check)

@@ -332,17 +332,8 @@ lm_status lmi_cuda_decode(const lmi_core_params *p, cudaStream_t stream)
 {
     lmk_decode d;
     memset(&d, 0, offsetof(lmk_decode, decay));
-    /* [B, 1, H, D] views without the token dimension. */
-    d.q = p->q.data, d.k = p->k.data, d.v = p->v.data, d.out = p->out.data;
-    d.sq[0] = p->q.s[0], d.sq[1] = p->q.s[2];
-    d.sk[0] = p->k.s[0], d.sk[1] = p->k.s[2];
-    d.sv[0] = p->v.s[0], d.sv[1] = p->v.s[2];
-    d.so[0] = p->out.s[0], d.so[1] = p->out.s[2];
-    d.mask = p->mask, d.mask_s0 = p->mask_s[0];
-    d.S = p->state, d.z = p->normalizer;
-    d.dtype = p->q.dtype;
-    d.B = (int)p->B, d.Hq = (int)p->Hq, d.Hkv = (int)p->Hkv, d.Dk = (int)p->Dk, d.Dv = (int)p->Dv;
-    d.feature_map = p->feature_map, d.normalize = p->normalize, d.eps = p->eps, d.scale = p->scale;
+    LMI_DECODE_COMMON(d, p);
+    d.normalize = p->normalize;
     d.has_decay = p->decay != NULL;
     if (p->decay)
         memcpy(d.decay, p->decay, (size_t)p->Hkv * sizeof(float));

@@ -131,19 +131,9 @@ lm_status lmi_cuda_hybrid_decode(const lmi_core_params *p, cudaStream_t s)
         return st;
     lmk_hybrid_decode d;
     memset(&d, 0, offsetof(lmk_hybrid_decode, gamma));
-    /* [B, 1, H, D] views without the token dimension. */
-    d.q = p->q.data, d.k = p->k.data, d.v = p->v.data, d.out = p->out.data;
-    d.sq[0] = p->q.s[0], d.sq[1] = p->q.s[2];
-    d.sk[0] = p->k.s[0], d.sk[1] = p->k.s[2];
-    d.sv[0] = p->v.s[0], d.sv[1] = p->v.s[2];
-    d.so[0] = p->out.s[0], d.so[1] = p->out.s[2];
-    d.mask = p->mask, d.mask_s0 = p->mask_s[0];
-    d.S = p->state, d.z = p->normalizer, d.win_k = p->win_k, d.win_v = p->win_v, d.win_pos = p->win_pos;
-    d.dtype = p->q.dtype;
-    d.B = (int)p->B, d.Hq = (int)p->Hq, d.Hkv = (int)p->Hkv, d.Dk = (int)p->Dk, d.Dv = (int)p->Dv;
-    d.feature_map = p->feature_map;
+    LMI_DECODE_COMMON(d, p);
+    d.win_k = p->win_k, d.win_v = p->win_v, d.win_pos = p->win_pos;
     d.W = (int)p->window, d.s = (int)p->sinks;
-    d.eps = p->eps, d.scale = p->scale;
     gates(p, d.gamma);
     return lmk_hybrid_decode_launch(&d, s);
 }

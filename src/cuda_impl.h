@@ -155,4 +155,26 @@ void lmi_cuda_core_base(const lm_attn *a, int64_t B, float *state, int compensat
 /* A [B*n, ld] row block of dtype as a [B, n, H, D] core view. */
 lmi_view lmi_cuda_view(void *base, int dtype, int64_t n, int64_t ld, int64_t D);
 
+/* The fields a decode step's kernel parameters share (lmk_decode,
+ * lmk_hybrid_decode: kernels/lm_kernels.h), set from core parameters p:
+ * q, k, v and out as [B, 1, H, D] views without the token dimension (data,
+ * batch and head strides), the mask, the state, dtype, sizes, feature map,
+ * eps and scale. A macro, not a function: the two structs are different
+ * types whose shared fields have the same names and types. */
+#define LMI_DECODE_COMMON(d, p)                                                              \
+    do {                                                                                     \
+        (d).q = (p)->q.data, (d).k = (p)->k.data;                                            \
+        (d).v = (p)->v.data, (d).out = (p)->out.data;                                        \
+        (d).sq[0] = (p)->q.s[0], (d).sq[1] = (p)->q.s[2];                                    \
+        (d).sk[0] = (p)->k.s[0], (d).sk[1] = (p)->k.s[2];                                    \
+        (d).sv[0] = (p)->v.s[0], (d).sv[1] = (p)->v.s[2];                                    \
+        (d).so[0] = (p)->out.s[0], (d).so[1] = (p)->out.s[2];                                \
+        (d).mask = (p)->mask, (d).mask_s0 = (p)->mask_s[0];                                  \
+        (d).S = (p)->state, (d).z = (p)->normalizer;                                         \
+        (d).dtype = (p)->q.dtype;                                                            \
+        (d).B = (int)(p)->B, (d).Hq = (int)(p)->Hq, (d).Hkv = (int)(p)->Hkv;                  \
+        (d).Dk = (int)(p)->Dk, (d).Dv = (int)(p)->Dv;                                        \
+        (d).feature_map = (p)->feature_map, (d).eps = (p)->eps, (d).scale = (p)->scale;      \
+    } while (0)
+
 #endif /* LM_CUDA_IMPL_H */

@@ -16,18 +16,6 @@
 
 const int64_t hybrid_windows[6][2] = { { 64, 4 }, { 16, 0 }, { 1, 0 }, { 1, 3 }, { 7, 2 }, { 100, 5 } };
 
-static void *uploaded(const test_dev *dev, const void *src, size_t bytes)
-{
-    void *d = dev->alloc(bytes);
-    dev->upload(d, src, bytes);
-    return d;
-}
-
-static size_t bytes_of(const tbuf *b)
-{
-    return (size_t)b->n * lm_dtype_size(b->dtype);
-}
-
 void hprob_init(hprob *p, const test_dev *dev, const hcase *c)
 {
     memset(p, 0, sizeof *p);
@@ -65,24 +53,16 @@ void hprob_init(hprob *p, const test_dev *dev, const hcase *c)
                       .mask = p->mask, .causal = 1, .feature_map = c->fm, .normalize = 1,
                       .eps = 1e-6, .scale = 1.0 / sqrt((double)c->Dk) };
     ref_hybrid(&r, c->W, c->s, c->gate ? p->gate : NULL, p->want, &p->fin);
-    if (dev->device == LM_CPU) {
-        p->dq = p->q.data, p->dk = p->k.data, p->dv = p->v.data, p->dmask = p->mask;
-    } else {
-        p->dq = uploaded(dev, p->q.data, bytes_of(&p->q));
-        p->dk = uploaded(dev, p->k.data, bytes_of(&p->k));
-        p->dv = uploaded(dev, p->v.data, bytes_of(&p->v));
-        if (p->mask)
-            p->dmask = uploaded(dev, p->mask, (size_t)(B * L));
-    }
+    p->dq = test_dev_input(dev, p->q.data, tbuf_bytes(&p->q));
+    p->dk = test_dev_input(dev, p->k.data, tbuf_bytes(&p->k));
+    p->dv = test_dev_input(dev, p->v.data, tbuf_bytes(&p->v));
+    p->dmask = test_dev_input(dev, p->mask, (size_t)(B * L));
 }
 
 void hprob_free(hprob *p)
 {
-    if (p->dev->device != LM_CPU) {
-        p->dev->release(p->dq), p->dev->release(p->dk), p->dev->release(p->dv);
-        if (p->dmask)
-            p->dev->release(p->dmask);
-    }
+    test_dev_drop(p->dev, p->dq), test_dev_drop(p->dev, p->dk), test_dev_drop(p->dev, p->dv);
+    test_dev_drop(p->dev, p->dmask);
     tbuf_free(&p->q), tbuf_free(&p->k), tbuf_free(&p->v);
     free(p->mask);
     free(p->want);
@@ -164,7 +144,7 @@ void hout_poison(const hprob *p, void *out)
 {
     tbuf nan = tbuf_new(p->c.dtype, p->nout);
     tbuf_poison(&nan);
-    p->dev->upload(out, nan.data, bytes_of(&nan));
+    p->dev->upload(out, nan.data, tbuf_bytes(&nan));
     tbuf_free(&nan);
 }
 
@@ -176,7 +156,7 @@ void hout_free(const hprob *p, void *out)
 tbuf hout_fetch(const hprob *p, const void *out)
 {
     tbuf got = tbuf_new(p->c.dtype, p->nout);
-    p->dev->download(got.data, out, bytes_of(&got));
+    p->dev->download(got.data, out, tbuf_bytes(&got));
     return got;
 }
 

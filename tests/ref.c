@@ -498,6 +498,29 @@ static void cpu_note(const char *what, lm_dtype dtype, const double *want, int64
 
 const test_dev cpu_dev = { LM_CPU, host_alloc, free, host_copy, host_copy, cpu_out_bound, cpu_state_bound, cpu_note };
 
+size_t tbuf_bytes(const tbuf *b)
+{
+    return (size_t)b->n * lm_dtype_size(b->dtype);
+}
+
+void *test_dev_upload(const test_dev *dev, const void *src, size_t bytes)
+{
+    void *d = dev->alloc(bytes);
+    dev->upload(d, src, bytes);
+    return d;
+}
+
+void *test_dev_input(const test_dev *dev, void *host, size_t bytes)
+{
+    return dev->device == LM_CPU || !host ? host : test_dev_upload(dev, host, bytes);
+}
+
+void test_dev_drop(const test_dev *dev, void *d)
+{
+    if (dev->device != LM_CPU && d)
+        dev->release(d);
+}
+
 void ref_strides4(int64_t *s, int64_t B, int64_t L, int64_t H, int64_t D, int seq_first)
 {
     s[3] = 1, s[2] = D;

@@ -168,6 +168,15 @@ typedef struct test_dev {
 /* Host memory, ref_bound, 2e-5 for the fp32 state (test_attend's bound), ref_note. */
 extern const test_dev cpu_dev;
 
+/* The bytes of a test buffer's data; a copy of host bytes on dev (release
+ * it with dev->release). */
+size_t tbuf_bytes(const tbuf *b);
+void *test_dev_upload(const test_dev *dev, const void *src, size_t bytes);
+/* A case's input where dev's calls read it: host itself on the CPU, else a
+ * copy on dev (NULL stays NULL); test_dev_drop releases such a copy. */
+void *test_dev_input(const test_dev *dev, void *host, size_t bytes);
+void test_dev_drop(const test_dev *dev, void *d);
+
 /* Strides (elements) of a [B, L, W] view with unit last stride: batch-first,
  * or sequence-first memory ([L, B, W]) when seq_first. */
 void ref_strides3(int64_t *s, int64_t B, int64_t L, int64_t W, int seq_first);
