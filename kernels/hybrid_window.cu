@@ -131,7 +131,7 @@ __global__ void __launch_bounds__(THREADS) body_kernel(const __grid_constant__ l
      * turn: 16 latencies per tile and warp). */
     auto load_tile = [&](int kt0, bool values) {
         const int D = values ? p.Dv : p.Dk, DP = values ? l.dvp : l.dkp;
-        constexpr int R = 4, NW = THREADS / 32;
+        constexpr int R = 8, NW = THREADS / 32;
         for (int rr0 = warp; rr0 < KT; rr0 += R * NW) {
             HSrc r[R];
 #pragma unroll
@@ -181,7 +181,7 @@ __global__ void __launch_bounds__(THREADS) body_kernel(const __grid_constant__ l
         float *Z = Lg;
         /* A thread per column d walks up to 64 + qb keys in order (a running
          * sum), RA keys' loads issued before they are added. */
-        constexpr int RA = 8;
+        constexpr int RA = 16;
         const int64_t j1 = a + nr;
         for (int d = threadIdx.x; d < p.Dk; d += THREADS) {
             float acc = p.zc[(bh * nch + c) * p.Dk + d];
