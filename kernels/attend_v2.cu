@@ -10,6 +10,9 @@
  * warpgroup folds each chunk's increment from a fresh accumulator
  * (v2_state.cuh, fold_fresh); the host keeps their segments to at most
  * LMK_V2_COMP_SEG tokens and sums them with Kahan in the scan.
+ * A pool's varlen prefill runs the same kernel over a table of sequences
+ * (P = lmk_attend_pack: one instantiation per D, uncompensated), and
+ * lmk_attend_pack_copy_launch moves their final states into the slots.
  * The kernel body exists only in the sm_90a build; lmk_attend_launch calls
  * this launcher only on compute capability 9.0 (see lmk_attend_v2_takes).
  * Plan, budget and measurements: bench/NOTES.md, "Kernel v2".
@@ -24,15 +27,17 @@
 namespace lmk {
 namespace v2 {
 
-template <int D, bool COMP> __global__ void __launch_bounds__(THREADS, 1) kernel(const __grid_constant__ lmk_attend p, int kind)
+template <int D, bool COMP, class P>
+__global__ void __launch_bounds__(THREADS, 1) kernel(const __grid_constant__ P pp, int kind)
 {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
     typedef Shape<D> T;
+    const lmk_attend &p = attend_of(pp);
     extern __shared__ unsigned char smem_raw[];
     const uint32_t raw = smem_addr(smem_raw);
     const uint32_t pad = (1024 - (raw & 1023)) & 1023; /* swizzled tiles start 1024-aligned */
     const Smem<T> sm = { smem_raw + pad, raw + pad };
-    const Job j = job_of(p, kind);
+    const Job j = job_of(pp, kind);
     const int role = threadIdx.x / GROUP;
 
     if (threadIdx.x == 0) {
@@ -71,20 +76,46 @@ template <int D, bool COMP> __global__ void __launch_bounds__(THREADS, 1) kernel
     } else {
         regs_raise<REGS_STATE>();
         State<T, COMP> s;
-        s.run(p, j, sm);
+        s.run(j, state_io(pp, j), sm);
     }
 #endif
 }
 
-template <int D, bool COMP> lm_status launch(const lmk_attend &p, int kind, cudaStream_t stream)
+template <int D, bool COMP, class P> lm_status launch(const P &p, int64_t ctas, int kind, cudaStream_t stream)
 {
-    const int64_t ctas = (int64_t)p.B * (kind == LMK_ABSORB ? p.Hkv : p.Hq) * p.nseg;
     if (ctas < 1 || ctas > INT32_MAX)
         return lmi_error(LM_ERR_UNSUPPORTED, "cuda: %lld blocks do not fit a grid", (long long)ctas);
-    LMI_CUDA_TRY(cudaFuncSetAttribute(kernel<D, COMP>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)Shape<D>::SMEM));
-    kernel<D, COMP><<<(unsigned)ctas, THREADS, Shape<D>::SMEM, stream>>>(p, kind);
+    LMI_CUDA_TRY(cudaFuncSetAttribute(kernel<D, COMP, P>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)Shape<D>::SMEM));
+    kernel<D, COMP, P><<<(unsigned)ctas, THREADS, Shape<D>::SMEM, stream>>>(p, kind);
     LMI_CUDA_TRY(cudaGetLastError());
     return LM_OK;
+}
+
+template <int D, bool COMP> lm_status launch(const lmk_attend &p, int kind, cudaStream_t stream)
+{
+    return launch<D, COMP>(p, (int64_t)p.B * (kind == LMK_ABSORB ? p.Hkv : p.Hq) * p.nseg, kind, stream);
+}
+
+/* The packed launch's parameters (its table) within the 32,764 bytes a
+ * kernel may take on CUDA 12.1+ (Volta and newer). */
+static_assert(sizeof(lmk_attend_pack) + sizeof(int) <= 32764, "lmk_attend_pack over the kernel parameter limit");
+
+/* Every entry's final state from its scratch into its slot: blockIdx.y is
+ * the entry, the x blocks stride over its Hkv (Dk Dv + Dk) floats. */
+__global__ void pack_copy(const __grid_constant__ lmk_attend_pack p)
+{
+    const lmk_pack_entry &e = p.e[blockIdx.y];
+    if (e.slot < 0)
+        return;
+    const int64_t nS = (int64_t)p.a.Hkv * p.a.Dk * p.a.Dv, nz = (int64_t)p.a.Hkv * p.a.Dk;
+    const float *fS = p.fin_S + blockIdx.y * nS, *fz = p.fin_z + blockIdx.y * nz;
+    float *S = p.S + e.slot * p.S_slot, *z = p.z + e.slot * p.z_slot;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < nS + nz; i += (int64_t)gridDim.x * blockDim.x) {
+        if (i < nS)
+            S[i] = fS[i];
+        else
+            z[i - nS] = fz[i - nS];
+    }
 }
 
 } // namespace v2
@@ -99,6 +130,41 @@ extern "C" int lmk_attend_v2_takes(const lmk_attend *p, lmk_kind kind)
     if (lmk::device_caps(&caps) != cudaSuccess)
         return 0;
     return caps.major == 9 && caps.minor == 0; /* sm_90a code runs on 9.0 only */
+}
+
+/* Base and the token and head strides of a [1, T, H, D] bf16 view in
+ * 16-byte units (the producer's cp.async rows). */
+static bool rows16(const void *base, const int64_t *s)
+{
+    return (uintptr_t)base % 16 == 0 && s[1] % 8 == 0 && s[2] % 8 == 0;
+}
+
+extern "C" int lmk_attend_pack_takes(const lmk_attend *a)
+{
+    return lmk_attend_v2_takes(a, LMK_CAUSAL) && !a->compensated && !a->mask && rows16(a->q, a->sq) &&
+           rows16(a->k, a->sk) && rows16(a->v, a->sv) && rows16(a->out, a->so);
+}
+
+extern "C" lm_status lmk_attend_pack_launch(const lmk_attend_pack *p, void *stream)
+{
+    if (p->n < 1)
+        return LM_OK;
+    const cudaStream_t s = (cudaStream_t)stream;
+    const int64_t ctas = (int64_t)p->n * p->a.Hq;
+    return p->a.Dk == 64 ? lmk::v2::launch<64, false>(*p, ctas, LMK_CAUSAL, s)
+                         : lmk::v2::launch<128, false>(*p, ctas, LMK_CAUSAL, s);
+}
+
+extern "C" lm_status lmk_attend_pack_copy_launch(const lmk_attend_pack *p, void *stream)
+{
+    if (p->n < 1 || !p->fin_S)
+        return LM_OK;
+    const int64_t floats = (int64_t)p->a.Hkv * (p->a.Dk * p->a.Dv + p->a.Dk), threads = 256;
+    const int64_t blocks = (floats + 16 * threads - 1) / (16 * threads); /* 16 floats a thread */
+    lmk::v2::pack_copy<<<dim3((unsigned)(blocks < 1024 ? blocks : 1024), (unsigned)p->n), (unsigned)threads, 0,
+                         (cudaStream_t)stream>>>(*p);
+    LMI_CUDA_TRY(cudaGetLastError());
+    return LM_OK;
 }
 
 extern "C" lm_status lmk_attend_v2_launch(const lmk_attend *p, lmk_kind kind, void *stream)

@@ -253,6 +253,41 @@ lm_status lmk_scan_launch(const lmk_scan *p, void *stream);
 lm_status lmk_decode_launch(const lmk_decode *p, void *stream);
 lm_status lmk_decode_table_launch(const lmk_decode_table *p, void *stream);
 
+/* A pool's varlen prefill as one CAUSAL launch of the v2 kernel
+ * (kernels/attend_v2.cu): entry e is tokens t0 .. t0 + len - 1 of the packed
+ * [1, T, H, D] views of `a`, run as one segment that continues slot `slot`
+ * (-1: none, no state read or written; fresh: from an empty state). CTA x
+ * runs entry x / Hq, query head x % Hq; the host orders the entries longest
+ * first, so the grid's tail is short work. The table travels by value in
+ * the kernel parameters (no copy from the host: graph-capturable, no sync);
+ * lmk_attend alone is 4.4 KB (its decay array), so the block relies on the
+ * 32 KB parameter limit of CUDA 12.1+ on Volta and newer, as
+ * lmk_decode_table does: 512 entries of 16 bytes, 12.7 KB in all. */
+#define LMK_PACK_TABLE 512
+typedef struct lmk_pack_entry {
+    int32_t t0, len, slot, fresh;
+} lmk_pack_entry;
+typedef struct lmk_attend_pack {
+    lmk_attend a;         /* views, head counts, options (B = 1; L, seg_len, nseg, in, out_state unused) */
+    float *S, *z;         /* the pool: slot s's S [Hkv, Dk, Dv] at S + s * S_slot, its z at z + s * z_slot */
+    int64_t S_slot, z_slot;
+    /* Entry e's final state at fin_S + e * Hkv * Dk * Dv (z: e * Hkv * Dk),
+     * into the slots by lmk_attend_pack_copy_launch afterwards (with GQA the
+     * query heads of a kv head each read its initial state, so none may
+     * overwrite it). NULL: straight into the slot (Hq == Hkv only: one CTA
+     * per kv head reads the slot's state, then writes it). */
+    float *fin_S, *fin_z;
+    int n;
+    lmk_pack_entry e[LMK_PACK_TABLE];
+} lmk_attend_pack;
+/* Whether the packed launch takes calls of this shape on the current GPU:
+ * lmk_attend_v2_takes for CAUSAL, not compensated, no key mask, 16-byte
+ * rows (base and token / head strides of q, k, v, out). */
+int lmk_attend_pack_takes(const lmk_attend *a);
+lm_status lmk_attend_pack_launch(const lmk_attend_pack *p, void *stream);
+/* Every entry's final state from fin_S, fin_z into its slot (slot >= 0). */
+lm_status lmk_attend_pack_copy_launch(const lmk_attend_pack *p, void *stream);
+
 /* ---- hybrid attention (docs/DESIGN.md §9; kernels/hybrid_*.cu) ---- */
 
 /* Query heads whose gates travel by value in the kernel parameters. */

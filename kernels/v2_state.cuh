@@ -30,18 +30,16 @@ template <class T, bool COMP> struct State {
     }
     static __device__ int col(int r) { return 8 * (r >> 2) + 2 * (threadIdx.x & 3) + (r & 1); }
 
-    /* The state the segment starts from (ABSORB: zero, its increment). */
-    __device__ void load(const lmk_attend &p, const Job &j)
+    /* The state the segment starts from (io.S_in NULL: zero; ABSORB always).
+     * 4-byte loads: a pool's slots may sit at any float stride. */
+    __device__ void load(const StateIO &io)
     {
-        const float *Si = !j.causal || !p.in.S ? nullptr : p.in.S + j.seg * p.in.seg_S + j.head * T::D * T::D;
-        const float *zi = Si ? p.in.z + j.seg * p.in.seg_z + j.head * T::D : nullptr;
+        const float *Si = io.S_in, *zi = io.z_in;
 #pragma unroll
         for (int mb = 0; mb < MB; mb++) {
 #pragma unroll
-            for (int r = 0; r < NR; r += 2) {
-                const float2 x = Si ? *(const float2 *)(Si + row(mb, r) * T::D + col(r)) : make_float2(0.0f, 0.0f);
-                s[mb][r] = x.x, s[mb][r + 1] = x.y;
-            }
+            for (int r = 0; r < NR; r++)
+                s[mb][r] = Si ? Si[row(mb, r) * T::D + col(r)] : 0.0f;
             const bool t0 = (threadIdx.x & 3) == 0;
 #pragma unroll
             for (int r = 0; r < 4; r++)
@@ -144,30 +142,28 @@ template <class T, bool COMP> struct State {
         to_async_proxy();
     }
 
-    /* The final state (CAUSAL) or the segment's increment (ABSORB). */
-    __device__ void store(const lmk_attend &p, const Job &j) const
+    /* The final state (CAUSAL) or the segment's increment (ABSORB), with
+     * 4-byte stores (any slot stride). Each thread writes exactly the
+     * elements it loaded, so io.S_out may be io.S_in. */
+    __device__ void store(const StateIO &io) const
     {
-        const int64_t so = j.causal ? 0 : j.seg * p.out_state.seg_S;
-        const int64_t zo = j.causal ? 0 : j.seg * p.out_state.seg_z;
-        float *S = p.out_state.S + so + j.head * T::D * T::D;
-        float *zz = p.out_state.z + zo + j.head * T::D;
 #pragma unroll
         for (int mb = 0; mb < MB; mb++) {
 #pragma unroll
-            for (int r = 0; r < NR; r += 2)
-                *(float2 *)(S + row(mb, r) * T::D + col(r)) = make_float2(s[mb][r], s[mb][r + 1]);
+            for (int r = 0; r < NR; r++)
+                io.S_out[row(mb, r) * T::D + col(r)] = s[mb][r];
             if ((threadIdx.x & 3) == 0)
 #pragma unroll
                 for (int r = 0; r < 4; r += 2)
-                    zz[row(mb, r)] = z[mb][r];
+                    io.z_out[row(mb, r)] = z[mb][r];
         }
     }
 
     /* The segment: publish S_0, then fold each chunk and publish the state
      * before the next one (CAUSAL), and store the result. */
-    __device__ void run(const lmk_attend &p, const Job &j, const Smem<T> &sm)
+    __device__ void run(const Job &j, const StateIO &io, const Smem<T> &sm)
     {
-        load(p, j);
+        load(io);
         if (j.causal) {
             publish(sm);
             arrive(sm.s_full());
@@ -186,9 +182,8 @@ template <class T, bool COMP> struct State {
                 arrive(sm.s_full());
             }
         }
-        if (!j.causal ||
-            (p.out_state.S && j.seg == p.nseg - 1 && j.h % (p.Hq / p.Hkv) == 0))
-            store(p, j);
+        if (io.S_out)
+            store(io);
     }
 };
 

@@ -177,6 +177,11 @@ static void base_params(const lmi_core_params *p, lmk_attend *k)
     k->v2 = env_v2;
 }
 
+void lmi_cuda_attend_params(const lmi_core_params *p, lmk_attend *k)
+{
+    base_params(p, k);
+}
+
 static lmk_state state_at(float *base, int64_t heads, const lmi_core_params *p, int64_t seg)
 {
     lmk_state s = { base, base + heads * p->Dk * p->Dv, seg, seg };

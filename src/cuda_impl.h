@@ -105,6 +105,9 @@ lm_status lmi_cuda_use_stream(lmi_cuda_ctx *ctx, cudaStream_t stream);
  * itself with that scratch (device memory, ws_bytes of it). */
 size_t lmi_cuda_attend_ws(const lmi_core_params *p, int sms);
 lm_status lmi_cuda_attend(const lmi_core_params *p, int sms, void *ws, cudaStream_t stream);
+/* The attention kernels' parameters of p (views, sizes, options, v2 unless
+ * LM_ATTEND_KERNEL=v1); L, segments and states are the caller's to set. */
+void lmi_cuda_attend_params(const lmi_core_params *p, lmk_attend *k);
 /* out[(b * Hkv + h) * nseg + s] = decay over segment s of batch row b with
  * p's mask (a masked key does not decay the state), segments of seg_len of L. */
 lm_status lmi_cuda_seg_decay(const lmi_core_params *p, int64_t L, int64_t seg_len, int64_t nseg, float *out,

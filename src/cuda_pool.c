@@ -9,6 +9,12 @@
  *            (cuda_attend.c), one after the other on the stream, with one
  *            workspace (the largest any of them needs); then the positions
  *            (pool_pos.cu). Nothing is copied from the host.
+ *            With LM_POOL_PREFILL=packed (read when a pool is created), the
+ *            sequences the v2 kernel takes uncompensated, up to a length cut,
+ *            run instead as one CAUSAL launch over a table of (sequence,
+ *            query head), longest first (lmk_attend_pack), their final
+ *            states through scratch when kv heads are shared (GQA). The
+ *            default stays `each` until a GPU run has verified `packed`.
  * Slot operations are stream-ordered copies and memsets.
  */
 #include "cuda_impl.h"
@@ -19,9 +25,18 @@
 
 typedef struct pool_ctx {
     int device, sms;
+    int packed;       /* LM_POOL_PREFILL=packed when the pool was created */
     int64_t *pos;     /* [N] tokens per slot */
     int32_t *arrive;  /* [N] decode: CTAs of the slot's row counted in, 0 between calls */
 } pool_ctx;
+
+/* LM_POOL_PREFILL: "packed" or "each" (the default); read once per pool, at
+ * its creation, so a process (the GPU suite) can hold pools of both. */
+static int env_packed(void)
+{
+    const char *e = getenv("LM_POOL_PREFILL");
+    return e && strcmp(e, "packed") == 0;
+}
 
 static pool_ctx *ctx_of(const lm_pool *p)
 {
@@ -87,6 +102,7 @@ static lm_status pool_init(lm_pool *p)
     if (!c)
         return lmi_error(LM_ERR_OUT_OF_MEMORY, "cuda pool: cannot allocate its context");
     c->device = p->cfg.cuda_device;
+    c->packed = env_packed();
     int prev;
     lm_status st = LM_OK;
     if (c->device < 0 && cudaGetDevice(&c->device) != cudaSuccess)
@@ -184,8 +200,95 @@ static int is_prefill(const lmi_varlen *v, int64_t i)
     return runs(v, i) && !is_step(v, i) && v->cu[i + 1] > v->cu[i];
 }
 
-/* Checks the views once, and the workspace the prefills need (the largest). */
-static lm_status plan(const lm_pool *p, const lmi_varlen *v, size_t *bytes)
+/* The packed launch of a call (pool_ctx.packed): which sequences it takes
+ * and the scratch it needs. */
+typedef struct pack_plan {
+    int on;              /* some sequence runs packed */
+    int64_t cut;         /* longest sequence it takes (tokens) */
+    int64_t count;       /* sequences it takes */
+    int64_t per_launch;  /* entries per launch */
+    int64_t ws_entries;  /* entries whose final states the scratch holds (GQA), or 0 */
+    size_t ws;           /* its bytes */
+} pack_plan;
+
+/* The packed launch's scratch at most (GQA): at Dk = Dv = 128 an entry's
+ * final state is Hkv x 66 KB, so a launch still has about 1,000 x Hq / Hkv
+ * CTAs, several waves of the GPU. */
+#define PACK_SCRATCH_BYTES ((size_t)64 << 20)
+
+/* A sequence the packed launch may take: a prefill of its own, uncompensated
+ * (the compensated kernel sums in fp32 segments the host plans). */
+static int pack_candidate(const lm_pool *p, const lmi_varlen *v, int64_t i)
+{
+    if (!is_prefill(v, i))
+        return 0;
+    lmi_core_params cp;
+    lmi_pool_seq_params(p, v, i, &cp);
+    return !cp.compensated;
+}
+
+static int64_t seq_len(const lmi_varlen *v, int64_t i)
+{
+    return v->cu[i + 1] - v->cu[i];
+}
+
+/* The packed launch's parameters for sequence i's shape: the packed views
+ * from token 0, the pool's options, uncompensated. */
+static void pack_params(const lm_pool *p, const lmi_varlen *v, int64_t i, lmk_attend *a)
+{
+    lmi_core_params cp;
+    lmi_pool_seq_params(p, v, i, &cp);
+    cp.compensated = 0;
+    lmi_cuda_attend_params(&cp, a);
+    a->q = v->q.data, a->k = v->k.data, a->v = v->v.data, a->out = v->out.data;
+}
+
+/* Each sequence is one segment on one CTA per query head, so a long one
+ * would be the launch's tail: a sequence longer than its share of the SMs
+ * (the candidates' tokens x Hq / SMs) and than 16 chunks (below that the
+ * core would not cut it into segments either) runs on its own. */
+static pack_plan pack_plan_of(const lm_pool *p, const lmi_varlen *v)
+{
+    pack_plan pp = { 0 };
+    if (!ctx_of(p)->packed)
+        return pp;
+    int64_t first = -1, tokens = 0;
+    for (int64_t i = 0; i < v->n; i++)
+        if (pack_candidate(p, v, i)) {
+            first = first < 0 ? i : first;
+            tokens += seq_len(v, i);
+        }
+    if (first < 0)
+        return pp;
+    lmk_attend a;
+    pack_params(p, v, first, &a);
+    if (!a.v2 || !lmk_attend_pack_takes(&a))
+        return pp;
+    const int64_t share = lmi_cdiv(tokens * v->Hq, ctx_of(p)->sms);
+    pp.cut = share > 16 * LMK_CHUNK ? share : 16 * LMK_CHUNK;
+    for (int64_t i = 0; i < v->n; i++)
+        pp.count += pack_candidate(p, v, i) && seq_len(v, i) <= pp.cut;
+    pp.on = pp.count > 0;
+    pp.per_launch = LMK_PACK_TABLE;
+    if (v->Hq != p->Hkv) { /* GQA: final states through scratch */
+        const size_t entry = (size_t)(p->Hkv * (p->Dk * p->Dv + p->Dk)) * sizeof(float);
+        const int64_t fit = (int64_t)(PACK_SCRATCH_BYTES / entry);
+        pp.per_launch = fit < 1 ? 1 : fit < LMK_PACK_TABLE ? fit : LMK_PACK_TABLE;
+        pp.ws_entries = pp.count < pp.per_launch ? pp.count : pp.per_launch;
+        pp.ws = (size_t)pp.ws_entries * entry;
+    }
+    return pp;
+}
+
+static int packs(const lm_pool *p, const lmi_varlen *v, const pack_plan *pp, int64_t i)
+{
+    return pp->on && seq_len(v, i) <= pp->cut && pack_candidate(p, v, i);
+}
+
+/* Checks the views once, and the workspace the prefills need: the largest
+ * of the sequences run on their own and the packed launch's scratch (they
+ * run one after the other on the stream). */
+static lm_status plan(const lm_pool *p, const lmi_varlen *v, pack_plan *pp, size_t *bytes)
 {
     *bytes = 0;
     int checked = 0;
@@ -197,9 +300,17 @@ static lm_status plan(const lm_pool *p, const lmi_varlen *v, size_t *bytes)
         lm_status st;
         if (!checked++ && (st = lmi_cuda_check_core(&cp, ctx_of(p)->device)))
             return st;
+    }
+    *pp = pack_plan_of(p, v);
+    for (int64_t i = 0; i < v->n; i++) {
+        if (!is_prefill(v, i) || packs(p, v, pp, i))
+            continue;
+        lmi_core_params cp;
+        lmi_pool_seq_params(p, v, i, &cp);
         const size_t b = lmi_cuda_attend_ws(&cp, ctx_of(p)->sms);
         *bytes = b > *bytes ? b : *bytes;
     }
+    *bytes = pp->ws > *bytes ? pp->ws : *bytes;
     return LM_OK;
 }
 
@@ -209,7 +320,8 @@ static lm_status pool_prefill_ws(const lm_pool *p, const lmi_varlen *v, size_t *
     lm_status st = lmi_cuda_enter(ctx_of(p)->device, &prev);
     if (st)
         return st;
-    st = plan(p, v, bytes);
+    pack_plan pp;
+    st = plan(p, v, &pp, bytes);
     lmi_cuda_leave(ctx_of(p)->device, prev);
     return st;
 }
@@ -263,10 +375,56 @@ static lm_status positions(lm_pool *p, const lmi_varlen *v, cudaStream_t s)
     return st;
 }
 
+/* Longest first; ties in token order (t0 differs between sequences with tokens). */
+static int longer_first(const void *a, const void *b)
+{
+    const lmk_pack_entry *x = a, *y = b;
+    return x->len != y->len ? (x->len < y->len) - (x->len > y->len) : (x->t0 > y->t0) - (x->t0 < y->t0);
+}
+
+/* The packed sequences, longest first, pp->per_launch at a time: one launch
+ * of the v2 kernel over their table, then (GQA) their final states from
+ * scratch into the slots. */
+static lm_status packed(lm_pool *p, const lmi_varlen *v, const pack_plan *pp, void *ws, cudaStream_t s)
+{
+    lmk_pack_entry *all = malloc((size_t)pp->count * sizeof *all);
+    lmk_attend_pack *t = malloc(sizeof *t); /* 12.7 KB: host memory, passed by value */
+    lm_status st = LM_OK;
+    if (!all || !t) {
+        st = lmi_error(LM_ERR_OUT_OF_MEMORY, "cuda pool: no host memory for a launch's parameters");
+        goto done;
+    }
+    int64_t n = 0, first = -1;
+    for (int64_t i = 0; i < v->n; i++)
+        if (packs(p, v, pp, i)) {
+            first = first < 0 ? i : first;
+            all[n++] = (lmk_pack_entry){ v->cu[i], (int32_t)seq_len(v, i), v->slot[i], lmi_pool_seq_fresh(v, i) };
+        }
+    qsort(all, (size_t)n, sizeof *all, longer_first);
+    memset(t, 0, offsetof(lmk_attend_pack, e));
+    pack_params(p, v, first, &t->a);
+    t->S = p->cfg.state, t->z = p->cfg.normalizer;
+    t->S_slot = p->S_stride, t->z_slot = p->z_stride;
+    if (pp->ws) { /* [entries][Hkv][Dk][Dv], then [entries][Hkv][Dk] */
+        t->fin_S = ws;
+        t->fin_z = t->fin_S + pp->ws_entries * p->Hkv * p->Dk * p->Dv;
+    }
+    for (int64_t x = 0; x < n && st == LM_OK; x += pp->per_launch) {
+        t->n = (int)(n - x < pp->per_launch ? n - x : pp->per_launch);
+        memcpy(t->e, all + x, (size_t)t->n * sizeof *all);
+        if ((st = lmk_attend_pack_launch(t, s)) == LM_OK)
+            st = lmk_attend_pack_copy_launch(t, s);
+    }
+done:
+    free(all), free(t);
+    return st;
+}
+
 static lm_status prefill_on(lm_pool *p, const lmi_varlen *v, cudaStream_t s)
 {
     size_t bytes;
-    lm_status st = plan(p, v, &bytes);
+    pack_plan pp;
+    lm_status st = plan(p, v, &pp, &bytes);
     if (st)
         return st;
     void *ws = v->ws;
@@ -280,12 +438,14 @@ static lm_status prefill_on(lm_pool *p, const lmi_varlen *v, cudaStream_t s)
             if (cudaMemsetAsync(p->cfg.state + slot * p->S_stride, 0, S_bytes(p), s) != cudaSuccess ||
                 cudaMemsetAsync(p->cfg.normalizer + slot * p->z_stride, 0, z_bytes(p), s) != cudaSuccess)
                 st = lmi_cuda_fail(cudaGetLastError(), "cudaMemsetAsync of a fresh slot", __FILE__, __LINE__);
-        } else if (is_prefill(v, i)) {
+        } else if (is_prefill(v, i) && !packs(p, v, &pp, i)) {
             lmi_core_params cp;
             lmi_pool_seq_params(p, v, i, &cp);
             st = lmi_cuda_attend(&cp, ctx_of(p)->sms, ws, s);
         }
     }
+    if (st == LM_OK && pp.on)
+        st = packed(p, v, &pp, ws, s);
     if (st == LM_OK)
         st = steps(p, v, s);
     if (st == LM_OK)
