@@ -27,6 +27,7 @@ typedef struct fixture {
     double *S, *z;        /* model: [N][nS], [N][nz] */
     int64_t *pos;
     float decay[8];
+    int64_t poisoned;     /* a slot no call may touch (NaN), or -1 */
     lm_pool *pool;
 } fixture;
 
@@ -45,6 +46,7 @@ static void fixture_init(fixture *f, const test_dev *dev, const pcase *c)
     f->S = calloc((size_t)(c->N * f->nS), sizeof(double));
     f->z = calloc((size_t)(c->N * f->nz), sizeof(double));
     f->pos = calloc((size_t)c->N, sizeof(int64_t));
+    f->poisoned = -1;
     for (int64_t h = 0; h < c->Hkv; h++)
         f->decay[h] = (float)(1.0 - ldexp(1.0, -3 - (int)(h % 5)));
     lm_pool_config cfg;
@@ -81,6 +83,14 @@ static void fixture_check(fixture *f, const char *when)
         const float *m = f->mem + i * f->blk;
         memcpy(S + i * f->nS, m, (size_t)f->nS * sizeof(float));
         memcpy(z + i * f->nz, m + f->nS, (size_t)f->nz * sizeof(float));
+        if (i == f->poisoned) { /* still NaN throughout; the model's values stand in for the comparison */
+            for (int64_t x = 0; x < f->nS + f->nz; x++)
+                ck_assert_msg(isnan(m[x]), "%s: untouched slot %lld was written", when, (long long)i);
+            for (int64_t x = 0; x < f->nS; x++)
+                S[i * f->nS + x] = (float)f->S[i * f->nS + x];
+            for (int64_t x = 0; x < f->nz; x++)
+                z[i * f->nz + x] = (float)f->z[i * f->nz + x];
+        }
         for (int g = 0; g < GUARD; g++)
             ck_assert_msg(m[f->nS + f->nz + g] == GUARD_VALUE, "%s: slot %lld's guard was written", when,
                           (long long)i);
@@ -93,6 +103,17 @@ static void fixture_check(fixture *f, const char *when)
     REF_CHECK(es, f->dev->state_bound(f->c.dtype), "(slot states S, %s)", when);
     REF_CHECK(ez, f->dev->state_bound(f->c.dtype), "(slot states z, %s)", when);
     free(S), free(z);
+}
+
+/* Slot `slot`'s S and z set to NaN on the device: no later call may read
+ * (its NaN would reach an output) or write them (fixture_check). */
+static void fixture_poison(fixture *f, int64_t slot)
+{
+    float *m = f->mem + slot * f->blk;
+    for (int64_t x = 0; x < f->nS + f->nz; x++)
+        m[x] = NAN;
+    f->dev->upload(f->dmem + slot * f->blk, m, (size_t)(f->nS + f->nz) * sizeof(float));
+    f->poisoned = slot;
 }
 
 /* Packed tokens of one call: q [T, Hq, Dk], k, v [T, Hkv, D], out [T, Hq, Dv]
@@ -201,23 +222,61 @@ static void check_out(fixture *f, packed *p, const char *what)
               (long long)f->c.Hq, (long long)f->c.Hkv, (long long)f->c.Dk, (long long)f->c.Dv);
 }
 
-/* One lm_pool_prefill of n sequences (lengths len, slots, flags), checked. */
-static void prefill(fixture *f, int64_t n, const int32_t *len, const int32_t *slots, const uint8_t *flags)
+/* The same lm_pool_prefill of n sequences (lengths len, slots, flags) on
+ * each of nf fixtures (pools alike but for how they run it), outputs
+ * NaN-poisoned before each; each checked against the float64 reference,
+ * and pool j's outputs against pool 0's within the same bound. With ws, in
+ * the caller's workspace of the queried size (one byte less refused). */
+static void prefill_on(fixture *fs, int nf, int64_t n, const int32_t *len, const int32_t *slots,
+                       const uint8_t *flags, int ws)
 {
     int32_t cu[64];
     cu[0] = 0;
     for (int64_t i = 0; i < n; i++)
         cu[i + 1] = cu[i] + len[i];
     packed p;
-    packed_init(&p, f->dev, &f->c, cu[n]);
-    lm_prefill_args a = { LM_SIZED(lm_prefill_args), .q = &p.tq, .k = &p.tk, .v = &p.tv, .out = &p.to,
-                          .num_seqs = (int32_t)n, .cu_seqlens = cu, .slots = slots, .flags = flags };
-    ck_assert_msg(lm_pool_prefill(f->pool, &a, NULL) == LM_OK, "%s", lm_last_error());
-    for (int64_t i = 0; i < n; i++)
-        reference(f, &p, cu[i], len[i], slots[i], flags && (flags[i] & LM_SEQ_FRESH));
-    check_out(f, &p, "a packed prefill");
+    packed_init(&p, fs[0].dev, &fs[0].c, cu[n]);
+    tbuf first = tbuf_new(p.out.dtype, p.out.n), poison = tbuf_new(p.out.dtype, p.out.n);
+    tbuf_poison(&poison);
+    for (int j = 0; j < nf; j++) {
+        fixture *f = &fs[j];
+        lm_prefill_args a = { LM_SIZED(lm_prefill_args), .q = &p.tq, .k = &p.tk, .v = &p.tv, .out = &p.to,
+                              .num_seqs = (int32_t)n, .cu_seqlens = cu, .slots = slots, .flags = flags };
+        f->dev->upload(p.dout, poison.data, bytes_of(&poison));
+        void *w = NULL;
+        if (ws) {
+            size_t bytes = 0;
+            ck_assert_int_eq(lm_pool_prefill_workspace(f->pool, &a, &bytes), LM_OK);
+            w = f->dev->alloc(bytes + 1);
+            if (bytes) {
+                a.workspace = w, a.workspace_bytes = bytes - 1;
+                EXPECT_ERR(lm_pool_prefill(f->pool, &a, NULL), LM_ERR_INVALID_ARG, "workspace");
+            }
+            a.workspace = w, a.workspace_bytes = bytes;
+        }
+        ck_assert_msg(lm_pool_prefill(f->pool, &a, NULL) == LM_OK, "%s", lm_last_error());
+        if (w)
+            f->dev->release(w);
+        for (int64_t i = 0; i < n; i++)
+            reference(f, &p, cu[i], len[i], slots[i], flags && (flags[i] & LM_SEQ_FRESH));
+        check_out(f, &p, "a packed prefill");
+        if (j == 0) {
+            memcpy(first.data, p.out.data, bytes_of(&p.out));
+        } else {
+            for (int64_t i = 0; i < p.out.n; i++)
+                first.ref[i] = tbuf_get(&first, i);
+            ref_err e = ref_compare(&p.out, first.ref, p.out.n);
+            REF_CHECK(e, f->dev->out_bound(f->c.dtype, p.want, p.out.n), "(pool %d against pool 0)", j);
+        }
+        fixture_check(f, "after a prefill");
+    }
+    tbuf_free(&first), tbuf_free(&poison);
     packed_free(&p);
-    fixture_check(f, "after a prefill");
+}
+
+static void prefill(fixture *f, int64_t n, const int32_t *len, const int32_t *slots, const uint8_t *flags)
+{
+    prefill_on(f, 1, n, len, slots, flags, 0);
 }
 
 /* One lm_pool_decode of B rows (indices on the device); padding rows'
@@ -420,4 +479,55 @@ void pool_case_workspace(const test_dev *dev)
     }
     dev->release(drows);
     packed_free(&p);
+}
+
+/* nf pools of case c, pool j made after select(j) (NULL: nothing to select). */
+static void fixtures_init(fixture *fs, int nf, const test_dev *dev, const pcase *c, void (*select)(int))
+{
+    for (int j = 0; j < nf; j++) {
+        if (select)
+            select(j);
+        fixture_init(&fs[j], dev, c);
+    }
+}
+
+void pool_case_paths(const test_dev *dev, int npools, void (*select)(int pool), int small)
+{
+    enum { MAXP = 4 };
+    ck_assert_int_le(npools, MAXP);
+    fixture fs[MAXP];
+    /* GQA (Hq = 4 Hkv, Dk = Dv = 128) and Hq == Hkv (64): ragged lengths,
+     * slots out of order, slot 4 never touched (NaN); a length-1 sequence
+     * without a slot (a prefill) beside decode rows (length 1, a slot). */
+    static const pcase cases[] = { { LM_BF16, 10, 8, 2, 128, 128, 0, 0 }, { LM_BF16, 10, 4, 4, 64, 64, 0, 0 } };
+    ref_seed(24);
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        fixtures_init(fs, npools, dev, &cases[ci], select);
+        for (int j = 0; j < npools; j++)
+            fixture_poison(&fs[j], 4);
+        const int32_t longest = small ? 1100 : 4097;
+        const int32_t len1[] = { 1, 63, 64, 65, 1000, longest, 1 }, slots1[] = { -1, 2, 9, 0, 5, 3, 7 };
+        const uint8_t fresh1[] = { 0, LM_SEQ_FRESH, LM_SEQ_FRESH, LM_SEQ_FRESH, LM_SEQ_FRESH, LM_SEQ_FRESH, 0 };
+        prefill_on(fs, npools, 7, len1, slots1, fresh1, 0);
+        /* Slots continued (9 as a decode row), 8 joins, 6 starts fresh; in
+         * the caller's workspace. */
+        const int32_t len2[] = { 65, 1000, 63, 1, 64, longest, 130, 1, 200 }, slots2[] = { 7, 2, 0, -1, 5, 3, 8, 9, 6 };
+        const uint8_t fresh2[] = { 0, 0, 0, 0, 0, 0, LM_SEQ_FRESH, 0, LM_SEQ_FRESH };
+        prefill_on(fs, npools, 9, len2, slots2, fresh2, 1);
+        for (int j = 0; j < npools; j++)
+            fixture_free(&fs[j]);
+    }
+    if (small)
+        return;
+    /* One kv head of 64: slot 0 past LM_PRECISION_AUTO_TOKENS, so that its
+     * next sequence is compensated, in one call with a fresh sequence and a
+     * decode row. */
+    const pcase c = { LM_BF16, 3, 1, 1, 64, 64, 0, 0 };
+    fixtures_init(fs, npools, dev, &c, select);
+    const int32_t lenA[] = { LM_PRECISION_AUTO_TOKENS - 36 }, slotsA[] = { 0 };
+    prefill_on(fs, npools, 1, lenA, slotsA, NULL, 0);
+    const int32_t lenB[] = { 100, 300, 1 }, slotsB[] = { 0, 1, 2 };
+    prefill_on(fs, npools, 3, lenB, slotsB, NULL, 1);
+    for (int j = 0; j < npools; j++)
+        fixture_free(&fs[j]);
 }

@@ -25,4 +25,16 @@ void pool_case_fork_blob(const test_dev *dev);
  * results bit for bit; a workspace too small is refused. */
 void pool_case_workspace(const test_dev *dev);
 
+/* The ways a backend may run a varlen prefill, in one scenario: npools
+ * pools, pool j created after select(j) (CUDA: LM_POOL_PREFILL=each or
+ * packed), given the same calls, each checked against the float64 reference
+ * and the others' outputs. Ragged lengths (1 .. 4097), fresh and continued
+ * slots out of order, one slot never touched (NaN, checked unchanged),
+ * decode rows, GQA and Hq == Hkv at Dk = Dv = 128 and 64 in bf16 (what the
+ * CUDA v2 kernel takes), and a call mixing a compensated sequence (its slot
+ * past LM_PRECISION_AUTO_TOKENS) with a fresh one and a decode row. small
+ * (the sanitizers' pass): sequences of at most 1100 tokens, no compensated
+ * call. */
+void pool_case_paths(const test_dev *dev, int npools, void (*select)(int pool), int small);
+
 #endif /* LM_POOL_CASES_H */

@@ -29,6 +29,12 @@ START_TEST(test_workspace)
 }
 END_TEST
 
+START_TEST(test_varlen_paths)
+{
+    pool_case_paths(&cpu_dev, 1, NULL, 0); /* the CPU has one way */
+}
+END_TEST
+
 /* A pool of 4 slots of [2, 16, 16] in plain memory, and packed inputs. */
 typedef struct small {
     float *S, *z;
@@ -217,6 +223,7 @@ Suite *pool_suite(void)
     tcase_add_test(tc, test_continuous_batching);
     tcase_add_test(tc, test_fork_and_blob);
     tcase_add_test(tc, test_workspace);
+    tcase_add_test(tc, test_varlen_paths);
     tcase_add_test(tc, test_threads);
     tcase_add_test(tc, test_bad_arguments);
     suite_add_tcase(s, tc);

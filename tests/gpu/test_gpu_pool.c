@@ -5,7 +5,9 @@
  * inputs (positions advanced on the device, outputs as the CPU pool's); the
  * checks the decode kernel makes itself (an index out of range: the row is
  * refused in row_status and nothing of it written; padding rows LM_OK); a
- * right-padded prefill long enough for segments ends in the unpadded state.
+ * right-padded prefill long enough for segments ends in the unpadded state;
+ * the varlen prefill's two paths (LM_POOL_PREFILL=each and packed, one pool
+ * of each in this process) against the float64 reference and each other.
  */
 #include "gpu_util.h"
 #include "pool_cases.h"
@@ -30,6 +32,31 @@ END_TEST
 START_TEST(test_gpu_pool_workspace)
 {
     pool_case_workspace(&gpu_dev);
+}
+END_TEST
+
+/* LM_POOL_PREFILL is read when a pool is created: pool 0 of the scenario
+ * runs each sequence as a core prefill of its own, pool 1 the packed launch
+ * (lmk_attend_pack). */
+static void select_path(int pool)
+{
+    setenv("LM_POOL_PREFILL", pool ? "packed" : "each", 1);
+}
+
+/* Both paths on pool_case_paths: outputs within gpu_dev's bound of the
+ * float64 reference (bf16: 1.2 x the output-rounding floor plus sampling
+ * slack and 4e-4, gpu_util.h) and of each other, slot states within 4e-3
+ * relative, the untouched slot NaN throughout, positions exact. */
+START_TEST(test_gpu_pool_paths)
+{
+    const char *was = getenv("LM_POOL_PREFILL");
+    char *saved = was ? strdup(was) : NULL;
+    pool_case_paths(&gpu_dev, 2, select_path, gpu_small);
+    if (saved)
+        setenv("LM_POOL_PREFILL", saved, 1);
+    else
+        unsetenv("LM_POOL_PREFILL");
+    free(saved);
 }
 END_TEST
 
@@ -223,6 +250,7 @@ Suite *gpu_pool_suite(void)
     tcase_add_test(tc, test_gpu_pool_batching);
     tcase_add_test(tc, test_gpu_pool_fork_blob);
     tcase_add_test(tc, test_gpu_pool_workspace);
+    tcase_add_test(tc, test_gpu_pool_paths);
     tcase_add_test(tc, test_gpu_pool_graph);
     tcase_add_test(tc, test_gpu_pool_row_status);
     tcase_add_test(tc, test_gpu_masked_keys_keep_state);
