@@ -8,15 +8,19 @@
  *   decode-1       the same with 1 row, and lm_linear_attn_decode at B = 1,
  *                  both in a graph (target for the core decode: <= 5 us);
  *   varlen-128K    lm_pool_prefill of 64 fresh sequences of mixed lengths,
- *                  131072 tokens in all, with the caller's workspace, against
- *                  lm_linear_attn_prefill of one 131072-token sequence (target:
- *                  within 1.2x).
+ *                  131072 tokens in all, with the caller's workspace, on both
+ *                  of the CUDA pool's paths (LM_POOL_PREFILL=each: a core
+ *                  prefill per sequence; packed: one launch over them all; a
+ *                  pool of each, same inputs, their outputs and states
+ *                  compared), against lm_linear_attn_prefill of one
+ *                  131072-token sequence (target: within 1.2x).
  * Prints a table; --out writes the JSON record (date, commit, GPU, results).
  */
 #define _POSIX_C_SOURCE 200809L
 #include <liquid_memory.h>
 
 #include <cuda_runtime.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -114,7 +118,7 @@ static graph_ctx capture(lm_pool *pool, lm_decode_args *args, lm_core_args *core
 }
 
 typedef struct prefill_ctx {
-    lm_pool *pool;
+    lm_pool *pool;      /* the varlen call's */
     lm_prefill_args *pa;
     lm_core_args *ca;
     void *ws;
@@ -134,6 +138,42 @@ static void run_one(void *c)
     CK(lm_linear_attn_prefill_ws(p->ca, p->ws, p->ws_bytes, p->s));
 }
 
+/* A pool of SLOTS slots over new memory, made under LM_POOL_PREFILL=path. */
+static lm_pool *new_pool(const char *path, float **S, float **z)
+{
+    const size_t nS = (size_t)H * D * D, nz = (size_t)H * D;
+    *S = dalloc(SLOTS * nS * sizeof(float)), *z = dalloc(SLOTS * nz * sizeof(float));
+    setenv("LM_POOL_PREFILL", path, 1); /* read when the pool is created */
+    lm_pool_config cfg;
+    CK(lm_pool_config_default(&cfg, SLOTS, H, D));
+    cfg.device = LM_CUDA, cfg.state = *S, cfg.normalizer = *z;
+    lm_pool *pool;
+    CK(lm_pool_create(&cfg, &pool));
+    return pool;
+}
+
+/* ||a - b|| / ||b|| of n device values (bf16 when bf16, else fp32). */
+static double rel_diff(const void *a, const void *b, size_t n, int bf16)
+{
+    const size_t es = bf16 ? 2 : 4;
+    unsigned char *ha = malloc(n * es), *hb = malloc(n * es);
+    CK(cudaMemcpy(ha, a, n * es, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(hb, b, n * es, cudaMemcpyDeviceToHost));
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        float x, y;
+        if (bf16) {
+            uint32_t u = (uint32_t)((uint16_t *)ha)[i] << 16, w = (uint32_t)((uint16_t *)hb)[i] << 16;
+            memcpy(&x, &u, 4), memcpy(&y, &w, 4);
+        } else {
+            x = ((float *)ha)[i], y = ((float *)hb)[i];
+        }
+        num += ((double)x - y) * ((double)x - y), den += (double)y * y;
+    }
+    free(ha), free(hb);
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
 int main(int argc, char **argv)
 {
     const char *out = NULL, *commit = "unknown";
@@ -148,14 +188,11 @@ int main(int argc, char **argv)
     cudaStream_t s;
     CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
 
-    /* The pool: 256 slots of [32, 128, 128] fp32 (541 MB with z). */
+    /* Two pools of 256 slots of [32, 128, 128] fp32 (541 MB with z each),
+     * one per varlen path; the decodes run on the first. */
     const size_t nS = (size_t)H * D * D, nz = (size_t)H * D, row = (size_t)H * D;
-    float *S = dalloc(SLOTS * nS * sizeof(float)), *z = dalloc(SLOTS * nz * sizeof(float));
-    lm_pool_config cfg;
-    CK(lm_pool_config_default(&cfg, SLOTS, H, D));
-    cfg.device = LM_CUDA, cfg.state = S, cfg.normalizer = z;
-    lm_pool *pool;
-    CK(lm_pool_create(&cfg, &pool));
+    float *S, *z, *S2, *z2;
+    lm_pool *pool = new_pool("each", &S, &z), *pool2 = new_pool("packed", &S2, &z2);
 
     /* decode-256 and decode-1, slots in a shuffled order. */
     void *q = drandom_bf16(SLOTS * row, 1), *k = drandom_bf16(SLOTS * row, 2), *v = drandom_bf16(SLOTS * row, 3);
@@ -208,9 +245,10 @@ int main(int argc, char **argv)
     lm_tensor pv = lm_tensor_3d(v, LM_BF16, LM_CUDA, TOTAL, H, D), po = lm_tensor_3d(o, LM_BF16, LM_CUDA, TOTAL, H, D);
     lm_prefill_args pa = { LM_SIZED(lm_prefill_args), .q = &pq, .k = &pk, .v = &pv, .out = &po, .num_seqs = NSEQ,
                            .cu_seqlens = cu, .slots = slots, .flags = flags };
-    size_t bytes;
+    size_t bytes, bytes2;
     CK(lm_pool_prefill_workspace(pool, &pa, &bytes));
-    pa.workspace = dalloc(bytes), pa.workspace_bytes = bytes;
+    CK(lm_pool_prefill_workspace(pool2, &pa, &bytes2));
+    pa.workspace = dalloc(bytes > bytes2 ? bytes : bytes2), pa.workspace_bytes = bytes > bytes2 ? bytes : bytes2;
     lm_tensor oq = lm_tensor_4d(q, LM_BF16, LM_CUDA, 1, TOTAL, H, D), ok = lm_tensor_4d(k, LM_BF16, LM_CUDA, 1, TOTAL, H, D);
     lm_tensor ov = lm_tensor_4d(v, LM_BF16, LM_CUDA, 1, TOTAL, H, D), oo = lm_tensor_4d(o, LM_BF16, LM_CUDA, 1, TOTAL, H, D);
     lm_core_args one;
@@ -219,8 +257,23 @@ int main(int argc, char **argv)
     CK(lm_linear_attn_prefill_workspace(&one, &bytes));
     void *one_ws = dalloc(bytes);
     size_t one_bytes = bytes;
-    prefill_ctx pc = { pool, &pa, &one, one_ws, one_bytes, s };
-    const double t_varlen = time_us(run_varlen, &pc, s, 7), t_one = time_us(run_one, &pc, s, 7);
+    prefill_ctx pc = { pool, &pa, &one, one_ws, one_bytes, s }, pc2 = pc;
+    pc2.pool = pool2;
+    const double t_varlen = time_us(run_varlen, &pc, s, 7), t_packed = time_us(run_varlen, &pc2, s, 7);
+    const double t_one = time_us(run_one, &pc, s, 7);
+    /* The paths on the same call: outputs, and the 64 slots' states. */
+    void *o2 = dalloc((size_t)TOTAL * row * 2);
+    CK(lm_pool_prefill(pool, &pa, s));
+    CK(cudaMemcpyAsync(o2, o, (size_t)TOTAL * row * 2, cudaMemcpyDeviceToDevice, s));
+    CK(lm_pool_prefill(pool2, &pa, s));
+    CK(cudaStreamSynchronize(s));
+    const double d_out = rel_diff(o, o2, (size_t)TOTAL * row, 1);
+    double d_state = 0;
+    for (int i = 0; i < NSEQ; i++) {
+        const double dS = rel_diff(S2 + (size_t)slots[i] * nS, S + (size_t)slots[i] * nS, nS, 0);
+        const double dz = rel_diff(z2 + (size_t)slots[i] * nz, z + (size_t)slots[i] * nz, nz, 0);
+        d_state = dS > d_state ? dS : d_state, d_state = dz > d_state ? dz : d_state;
+    }
 
     printf("engine on %s (32 heads x 128, bf16 inputs, fp32 state; median, CUDA events)\n", prop.name);
     printf("%-40s %12s %12s %10s\n", "", "us", "reference", "ratio");
@@ -229,8 +282,11 @@ int main(int argc, char **argv)
     printf("%-40s %12.2f %12s %10s\n", "decode 1 slot (pool), graph", t_dec[1], "", "");
     printf("%-40s %12.2f %12s %10s   target <= 5 us\n", "core decode B = 1, graph", t_core1, "", "");
     printf("%-40s %12.1f %12.1f %10.3f   vs one 131072-token prefill (target <= 1.2)\n",
-           "varlen prefill, 64 seqs, 131072 tokens", t_varlen, t_one, t_varlen / t_one);
-    printf("(sequence lengths %d .. %d)\n", shortest, longest);
+           "varlen prefill, 64 seqs, each", t_varlen, t_one, t_varlen / t_one);
+    printf("%-40s %12.1f %12.1f %10.3f   vs one 131072-token prefill (target <= 1.2)\n",
+           "varlen prefill, 64 seqs, packed", t_packed, t_one, t_packed / t_one);
+    printf("(sequence lengths %d .. %d, 131072 tokens; packed against each: outputs %.3g, "
+           "final states %.3g relative, largest slot)\n", shortest, longest, d_out, d_state);
     if (out) {
         FILE *f = fopen(out, "w");
         if (!f) {
@@ -247,13 +303,17 @@ int main(int argc, char **argv)
                    "  \"decode_256_over_floor\": %.4f,\n  \"floor_tb_per_s\": %.1f,\n"
                    "  \"decode_1_pool_graph_us\": %.3f,\n  \"decode_1_core_graph_us\": %.3f,\n"
                    "  \"varlen_64_seqs_us\": %.1f,\n  \"prefill_one_131072_us\": %.1f,\n"
-                   "  \"varlen_over_one\": %.4f,\n  \"varlen_lengths\": [%d, %d]\n}\n",
+                   "  \"varlen_over_one\": %.4f,\n  \"varlen_lengths\": [%d, %d],\n"
+                   "  \"varlen_packed_us\": %.1f,\n  \"varlen_packed_over_one\": %.4f,\n"
+                   "  \"varlen_packed_vs_each_out_rel\": %.3g,\n  \"varlen_packed_vs_each_state_rel\": %.3g\n}\n",
                 date, commit, prop.name, lm_version(), H, D, t_dec[0], floor_us, t_dec[0] / floor_us, FLOOR_TBPS,
-                t_dec[1], t_core1, t_varlen, t_one, t_varlen / t_one, shortest, longest);
+                t_dec[1], t_core1, t_varlen, t_one, t_varlen / t_one, shortest, longest, t_packed,
+                t_packed / t_one, d_out, d_state);
         fclose(f);
     }
-    lm_pool_destroy(pool);
-    cudaFree(S), cudaFree(z), cudaFree(dslots), cudaFree(q), cudaFree(k), cudaFree(v), cudaFree(o);
+    lm_pool_destroy(pool), lm_pool_destroy(pool2);
+    cudaFree(S), cudaFree(z), cudaFree(S2), cudaFree(z2), cudaFree(o2);
+    cudaFree(dslots), cudaFree(q), cudaFree(k), cudaFree(v), cudaFree(o);
     cudaFree(pa.workspace), cudaFree(one_ws);
     return 0;
 }

@@ -34,8 +34,11 @@
 #                                     engine: the pool's GPU suite, examples/engine.c on the GPU,
 #                                     lm-engine-gpu-bench (indexed decode of 256 slots vs its byte
 #                                     floor, decode at B = 1 in a graph, varlen prefill of 64
-#                                     sequences vs one 128K prefill: engine-gpu.json) and the CPU
+#                                     sequences on both pool paths, LM_POOL_PREFILL=each and
+#                                     packed, vs one 128K prefill: engine-gpu.json) and the CPU
 #                                     engine benchmark on this machine's cores (engine-cpu-*.json),
+#                                     engine-sanitize (memcheck, racecheck, synccheck on the pool
+#                                     suite's reduced grid: both prefill paths),
 #                                     hybrid (hybrid attention, issue #16: its GPU suite, its pytest
 #                                     file, bench/hybrid_bench.py into hybrid.json), hybrid-sanitize
 #                                     (memcheck, racecheck, synccheck on its reduced grid),
@@ -185,6 +188,12 @@ for L in (8192, 32768):  # B = 1, 32 heads of 128, bf16, causal, elu+1, normalis
             --commit "$COMMIT"
         phase engine-cpu 90 "$OUT/engine.log" "$B/bin/lm-engine-bench" --threads 2 --out "$OUT" --commit "$COMMIT"
         grep -A8 "^engine on\|^CPU decode" "$OUT/engine.log" >> "$SUMMARY" ;;
+    engine-sanitize)
+        for tool in memcheck racecheck synccheck; do
+            echo "==== $tool" >> "$OUT/engine-sanitize.log"
+            phase "engine-$tool" 150 "$OUT/engine-sanitize.log" env CK_RUN_SUITE=gpu_pool \
+                compute-sanitizer --tool "$tool" --error-exitcode 3 --print-limit 20 "$B/bin/lm-gpu-tests" small
+        done ;;
     pytest)
         export LM_LIB_PATH="$PWD/$B/lib/libliquidmemory.so" PYTHONPATH="$PWD/bindings/python"
         # One process per file: a crash in one (an abort takes the process) loses only its file.

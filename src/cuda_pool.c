@@ -291,15 +291,15 @@ static int packs(const lm_pool *p, const lmi_varlen *v, const pack_plan *pp, int
 static lm_status plan(const lm_pool *p, const lmi_varlen *v, pack_plan *pp, size_t *bytes)
 {
     *bytes = 0;
-    int checked = 0;
     for (int64_t i = 0; i < v->n; i++) {
         if (!is_prefill(v, i))
             continue;
-        lmi_core_params cp;
+        lmi_core_params cp; /* the views are the call's: the first prefill checks them */
         lmi_pool_seq_params(p, v, i, &cp);
-        lm_status st;
-        if (!checked++ && (st = lmi_cuda_check_core(&cp, ctx_of(p)->device)))
+        const lm_status st = lmi_cuda_check_core(&cp, ctx_of(p)->device);
+        if (st)
             return st;
+        break;
     }
     *pp = pack_plan_of(p, v);
     for (int64_t i = 0; i < v->n; i++) {
