@@ -96,6 +96,16 @@ phase() {
     tail -n 4 "$log" | sed "s/^/  $name| /" >> "$SUMMARY"
 }
 
+# sanitize_suite NAME SUITE SECONDS: memcheck, racecheck and synccheck on one
+# GPU suite's reduced grid, each a phase NAME-tool, into $OUT/NAME-sanitize.log.
+sanitize_suite() {
+    for tool in memcheck racecheck synccheck; do
+        echo "==== $tool" >> "$OUT/$1-sanitize.log"
+        phase "$1-$tool" "$3" "$OUT/$1-sanitize.log" env CK_RUN_SUITE="$2" \
+            compute-sanitizer --tool "$tool" --error-exitcode 3 --print-limit 20 "$B/bin/lm-gpu-tests" small
+    done
+}
+
 for p in $PHASES; do
     case $p in
     tests) phase tests 240 "$OUT/tests.log" "$B/bin/lm-gpu-tests"
@@ -188,12 +198,7 @@ for L in (8192, 32768):  # B = 1, 32 heads of 128, bf16, causal, elu+1, normalis
             --commit "$COMMIT"
         phase engine-cpu 90 "$OUT/engine.log" "$B/bin/lm-engine-bench" --threads 2 --out "$OUT" --commit "$COMMIT"
         grep -A8 "^engine on\|^CPU decode" "$OUT/engine.log" >> "$SUMMARY" ;;
-    engine-sanitize)
-        for tool in memcheck racecheck synccheck; do
-            echo "==== $tool" >> "$OUT/engine-sanitize.log"
-            phase "engine-$tool" 150 "$OUT/engine-sanitize.log" env CK_RUN_SUITE=gpu_pool \
-                compute-sanitizer --tool "$tool" --error-exitcode 3 --print-limit 20 "$B/bin/lm-gpu-tests" small
-        done ;;
+    engine-sanitize) sanitize_suite engine gpu_pool 150 ;;
     pytest)
         export LM_LIB_PATH="$PWD/$B/lib/libliquidmemory.so" PYTHONPATH="$PWD/bindings/python"
         # One process per file: a crash in one (an abort takes the process) loses only its file.
@@ -243,12 +248,7 @@ for L in (8192, 32768):  # B = 1, 32 heads of 128, bf16, causal, elu+1, normalis
             tests/python/test_hybrid.py
         phase hybrid-bench 180 "$OUT/hybrid.log" python3 bench/hybrid_bench.py --out "$OUT/hybrid.json" \
             --commit "$COMMIT" ;;
-    hybrid-sanitize)
-        for tool in memcheck racecheck synccheck; do
-            echo "==== $tool" >> "$OUT/hybrid-sanitize.log"
-            phase "hybrid-$tool" 170 "$OUT/hybrid-sanitize.log" env CK_RUN_SUITE=gpu_hybrid \
-                compute-sanitizer --tool "$tool" --error-exitcode 3 --print-limit 20 "$B/bin/lm-gpu-tests" small
-        done ;;
+    hybrid-sanitize) sanitize_suite hybrid gpu_hybrid 170 ;;
     train-bench)
         mkdir -p "$OUT/train-bench"
         export LM_LIB_PATH="$PWD/$B/lib/libliquidmemory.so" PYTHONPATH="$PWD/bindings/python"
