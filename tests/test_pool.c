@@ -2,7 +2,8 @@
  * test_pool.c - the engine API (lm_pool_*) on the CPU: the shared scenarios
  * of pool_cases.c against the float64 reference (ragged packed prefills,
  * slots in any order, decode rows mixed in, indexed decode with padding,
- * forks, the slot blob, the caller's workspace); the thread count (results
+ * forks, the slot blob, the caller's workspace, the varlen paths' scenario
+ * on the CPU's one path); the thread count (results
  * identical bit for bit); bad arguments refused with nothing written.
  */
 #include "pool_cases.h"
