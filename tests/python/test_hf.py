@@ -14,6 +14,8 @@ Two parts:
     eager, left padding, generate(), save/load, unpatch, unknown models.
 """
 import copy
+import os
+import re
 import types
 
 import pytest
@@ -856,3 +858,63 @@ def test_hybrid_save_pretrained_round_trip(family, tmp_path):
         got = loaded(ids, use_cache=False).logits
     # The same weights and kernels: equal but for a kernel's run-to-run summation order.
     assert rel_err(got, want) <= 1e-6
+
+
+# ---------------------------------------------------------------------------
+# README_INTEGRATION.md's recipe, run as written
+# ---------------------------------------------------------------------------
+
+README = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "README_INTEGRATION.md")
+
+
+def readme_recipe_blocks():
+    """The ```python blocks of README_INTEGRATION.md's "Patch a Hugging Face
+    model" section, in order."""
+    text = open(README, encoding="utf-8").read()
+    start = text.index("\n## Patch a Hugging Face model")
+    section = text[start:text.index("\n## ", start + 1)]
+    return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+def test_readme_recipe_has_its_two_blocks():
+    """What the GPU test below runs is there (the linear recipe, then the hybrid one)."""
+    blocks = readme_recipe_blocks()
+    assert len(blocks) == 2
+    assert "lmhf.patch(model)" in blocks[0] and "model.generate(" in blocks[0]
+    assert 'attention="hybrid"' in blocks[1]
+
+
+def _recipe_checkpoint(folder):
+    """A tiny random Llama and a word-level tokenizer saved where the recipe's
+    `path` points (no downloads): the recipe's from_pretrained calls load them."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    make_model("llama", device="cpu").save_pretrained(folder)
+    vocab = {"[PAD]": 0, "[BOS]": 1, "[EOS]": 2, "[UNK]": 3, "a": 4, "prompt": 5, "longer": 6}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tk, pad_token="[PAD]", bos_token="[BOS]", eos_token="[EOS]",
+        unk_token="[UNK]", model_input_names=["input_ids", "attention_mask"]).save_pretrained(folder)
+
+
+@needs_transformers
+@pytest.mark.skipif(not HAS_CUDA, reason="the recipe moves the model to CUDA (.cuda())")
+def test_readme_recipe_runs_as_written(tmp_path, monkeypatch):
+    """Issue #15's "followed as written, as a new user would": both code
+    blocks of the section, unedited, with `path` a saved checkpoint; the
+    hybrid block on a freshly loaded model, as its text presents it."""
+    folder = tmp_path / "checkpoint"
+    _recipe_checkpoint(folder)
+    monkeypatch.chdir(tmp_path)  # the recipe saves to "run/"
+    linear, hybrid = readme_recipe_blocks()
+    ns = {"path": str(folder)}
+    exec(compile(linear, "README_INTEGRATION.md (linear recipe)", "exec"), ns)
+    assert hf.is_patched(ns["model"])
+    assert ns["out"].shape[0] == 2 and ns["out"].shape[1] > ns["batch"]["input_ids"].shape[1]
+    assert getattr(ns["model"].config, hf.CONFIG_KEY)["attention"] == "linear"
+    ns["model"] = transformers.AutoModelForCausalLM.from_pretrained(
+        str(folder), dtype=torch.bfloat16).cuda()
+    exec(compile(hybrid, "README_INTEGRATION.md (hybrid recipe)", "exec"), ns)
+    assert hf.is_patched(ns["model"])
+    assert getattr(ns["model"].config, hf.CONFIG_KEY)["attention"] == "hybrid"
+    assert ns["out"].shape[0] == 2
