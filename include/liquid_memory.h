@@ -559,6 +559,31 @@ typedef struct lm_pool_config {
     const float *decay;   /* NULL or Hkv host values in (0, 1]; copied */
     lm_precision precision;
     int num_threads;      /* CPU: OpenMP threads per call, 0 = the OpenMP default */
+    /* Hybrid pools (docs/DESIGN.md §7 "The hybrid mode in the pool", §9): with
+     * LM_ATTENTION_HYBRID every call on the pool is hybrid attention (window W,
+     * sinks s; normalize = 1 and no decay, else INVALID_ARG / UNSUPPORTED as
+     * for the core), and each slot also holds the window of §9.2 in the
+     * caller's memory: its keys [Hkv, s + W, Dk] and values [Hkv, s + W, Dv]
+     * (fp32) and positions [Hkv, s + W] (int32), slot i's at base + i * stride
+     * elements (0 = packed), like S and z. lm_pool_create empties them too.
+     * The gate is per query head and belongs to the layer like decay, so it
+     * lives here (copied at create; a decode passes it to the kernel by value,
+     * nothing per call), and the pool then needs the layer's query heads:
+     * num_heads (Hq, a multiple of Hkv) is required with window_gate and makes
+     * every call's q have Hq heads; 0 = any Hq, every gate 0 (gamma = 1/2).
+     * A struct_size that ends before `attention` (a caller of an older
+     * header) gets a linear pool. */
+    lm_attention attention;   /* LM_ATTENTION_LINEAR (default) or LM_ATTENTION_HYBRID */
+    int window;               /* W >= 1 (default LM_HYBRID_WINDOW_DEFAULT) */
+    int sinks;                /* s >= 0 (default LM_HYBRID_SINKS_DEFAULT) */
+    int num_heads;            /* Hq of the calls, 0 = any (then no window_gate) */
+    const float *window_gate; /* num_heads logits g_h, NULL = all 0; copied */
+    float *window_keys;       /* slot i: [Hkv, s + W, Dk] at window_keys + i * window_keys_stride */
+    float *window_values;     /* slot i: [Hkv, s + W, Dv] */
+    int32_t *window_pos;      /* slot i: [Hkv, s + W]: 0 empty, p + 1, -(p + 1) masked */
+    int64_t window_keys_stride;   /* floats between slots: 0 = Hkv (s + W) Dk */
+    int64_t window_values_stride; /* floats: 0 = Hkv (s + W) Dv */
+    int64_t window_pos_stride;    /* int32s: 0 = Hkv (s + W) */
 } lm_pool_config;
 
 /* Fills cfg with defaults (elu+1, normalised, eps 1e-6, no decay, precision

@@ -5,6 +5,11 @@
  * the varlen prefill (its length-1 sequences through that decode, the
  * others as chunked prefills in one parallel region, lmi_cpu_attend_many),
  * and the slot operations. Positions are the pool's host array (pool.c).
+ * A hybrid pool runs the hybrid core (cpu_hybrid.c) on slot views: a prefill
+ * sequence by sequence (B = 1, each parallel over its query heads), a decode
+ * row by row in parallel (each a one-token hybrid step on its slot). The
+ * hybrid core allocates its own scratch, so a hybrid pool's workspace
+ * queries answer 0.
  */
 #include "cpu_chunk.h"
 #include "dtype.h"
@@ -111,15 +116,50 @@ static lm_status decode(lm_pool *p, const lmi_rows *r, void *ws, size_t ws_bytes
     return LM_OK;
 }
 
+/* Row b of a hybrid decode as a one-token hybrid step on its slot. */
+static void hybrid_row(const lm_pool *p, const lmi_rows *r, int64_t b, lmi_core_params *c)
+{
+    const int64_t slot = r->slot[b], x = r->tok ? r->tok[b] : b;
+    memset(c, 0, sizeof *c);
+    c->B = 1, c->L = c->Lk = 1, c->Hq = r->Hq, c->Hkv = p->Hkv, c->Dk = p->Dk, c->Dv = p->Dv;
+    const lmi_view *src[] = { &r->q, &r->k, &r->v, &r->out };
+    lmi_view *dst[] = { &c->q, &c->k, &c->v, &c->out };
+    for (int i = 0; i < 4; i++) {
+        *dst[i] = *src[i];
+        dst[i]->data = lmi_elem(src[i]->data, src[i]->dtype, x * src[i]->s[0]);
+    }
+    c->state = slot_S(p, slot), c->normalizer = slot_z(p, slot);
+    c->causal = 1, c->feature_map = p->cfg.feature_map, c->normalize = 1;
+    c->compensated = lmi_compensated(p->cfg.precision, p->pos[slot] + 1);
+    c->eps = p->cfg.eps, c->scale = p->scale, c->num_threads = 1;
+    lmi_pool_hybrid_params(p, slot, p->pos[slot], c);
+}
+
+static lm_status hybrid_decode(const lm_pool *p, const lmi_rows *r)
+{
+    const int team = r->B > 1 ? (int)lmi_cpu_threads(p->cfg.num_threads) : 1;
+    int failed = 0;
+#pragma omp parallel for num_threads(team) schedule(dynamic, 1) reduction(| : failed)
+    for (int64_t b = 0; b < r->B; b++) {
+        if (r->slot[b] < 0 || (r->skip && r->skip[b]))
+            continue;
+        lmi_core_params c;
+        hybrid_row(p, r, b, &c);
+        failed |= lmi_cpu_hybrid(&c, 1) != LM_OK;
+    }
+    return failed ? lmi_error(LM_ERR_OUT_OF_MEMORY, "cpu: no memory for a hybrid decode step's scratch")
+                  : LM_OK;
+}
+
 static lm_status pool_decode(lm_pool *p, const lmi_rows *r, void *stream)
 {
     (void)stream;
-    return decode(p, r, r->ws, r->ws_bytes);
+    return p->hybrid ? hybrid_decode(p, r) : decode(p, r, r->ws, r->ws_bytes);
 }
 
 static lm_status pool_decode_ws(const lm_pool *p, const lmi_rows *r, size_t *bytes)
 {
-    *bytes = decode_bytes(p, r->Hq);
+    *bytes = p->hybrid ? 0 : decode_bytes(p, r->Hq);
     return LM_OK;
 }
 
@@ -171,8 +211,31 @@ static void book(const lm_pool *p, const lmi_varlen *v, void *mem, int64_t *np, 
     *rest = lmi_cpu_attend_ws(ps, *np) + (rows->B ? decode_bytes(p, v->Hq) : 0);
 }
 
+/* A hybrid pool's prefill: each sequence through the hybrid core on its
+ * slot, in order (a fresh slot emptied first). */
+static lm_status hybrid_prefill(lm_pool *p, const lmi_varlen *v)
+{
+    lm_status st = LM_OK;
+    for (int64_t i = 0; st == LM_OK && i < v->n; i++) {
+        if (!runs(v, i))
+            continue;
+        if (v->slot[i] >= 0 && lmi_pool_seq_fresh(v, i))
+            slot_zero(p, v->slot[i], NULL);
+        if (v->cu[i + 1] == v->cu[i])
+            continue;
+        lmi_core_params c;
+        lmi_pool_seq_params(p, v, i, &c);
+        st = lmi_cpu_hybrid(&c, 0);
+    }
+    return st;
+}
+
 static lm_status pool_prefill_ws(const lm_pool *p, const lmi_varlen *v, size_t *bytes)
 {
+    if (p->hybrid) {
+        *bytes = 0;
+        return LM_OK;
+    }
     void *mem = malloc(book_bytes(v->n));
     if (!mem)
         return lmi_error(LM_ERR_OUT_OF_MEMORY, "cpu: no memory to plan the prefill");
@@ -188,6 +251,8 @@ static lm_status pool_prefill_ws(const lm_pool *p, const lmi_varlen *v, size_t *
 static lm_status pool_prefill(lm_pool *p, const lmi_varlen *v, void *stream)
 {
     (void)stream;
+    if (p->hybrid)
+        return hybrid_prefill(p, v);
     const size_t books = book_bytes(v->n);
     if (v->ws && v->ws_bytes < books)
         return lmi_ws_short(v->ws_bytes, books, "lm_pool_prefill_workspace");
@@ -227,8 +292,8 @@ static lm_status pool_prefill(lm_pool *p, const lmi_varlen *v, void *stream)
 static lm_status slot_zero(lm_pool *p, int64_t slot, void *stream)
 {
     (void)stream;
-    memset(slot_S(p, slot), 0, (size_t)(p->Hkv * p->Dk * p->Dv) * sizeof(float));
-    memset(slot_z(p, slot), 0, (size_t)(p->Hkv * p->Dk) * sizeof(float));
+    for (int j = 0; j < p->nparts; j++)
+        memset(lmi_pool_part_at(p, j, slot), 0, (size_t)p->part[j].words * 4);
     return LM_OK;
 }
 
@@ -247,27 +312,29 @@ static void pool_fini(lm_pool *p)
 static lm_status slot_copy(lm_pool *p, int64_t dst, int64_t src, void *stream)
 {
     (void)stream;
-    memcpy(slot_S(p, dst), slot_S(p, src), (size_t)(p->Hkv * p->Dk * p->Dv) * sizeof(float));
-    memcpy(slot_z(p, dst), slot_z(p, src), (size_t)(p->Hkv * p->Dk) * sizeof(float));
+    for (int j = 0; j < p->nparts; j++)
+        memcpy(lmi_pool_part_at(p, j, dst), lmi_pool_part_at(p, j, src), (size_t)p->part[j].words * 4);
     return LM_OK;
 }
 
-static lm_status slot_get(const lm_pool *p, int64_t slot, float *S, float *z, int64_t *pos, void *stream)
+static lm_status slot_get(const lm_pool *p, int64_t slot, void *data, int64_t *pos, void *stream)
 {
     (void)stream;
-    if (S)
-        memcpy(S, slot_S(p, slot), (size_t)(p->Hkv * p->Dk * p->Dv) * sizeof(float));
-    if (z)
-        memcpy(z, slot_z(p, slot), (size_t)(p->Hkv * p->Dk) * sizeof(float));
+    for (int j = 0; data && j < p->nparts; j++) {
+        memcpy(data, lmi_pool_part_at(p, j, slot), (size_t)p->part[j].words * 4);
+        data = (char *)data + p->part[j].words * 4;
+    }
     *pos = p->pos[slot];
     return LM_OK;
 }
 
-static lm_status slot_set(lm_pool *p, int64_t slot, const float *S, const float *z, int64_t pos, void *stream)
+static lm_status slot_set(lm_pool *p, int64_t slot, const void *data, int64_t pos, void *stream)
 {
     (void)stream, (void)pos; /* the position is the pool's (pool.c) */
-    memcpy(slot_S(p, slot), S, (size_t)(p->Hkv * p->Dk * p->Dv) * sizeof(float));
-    memcpy(slot_z(p, slot), z, (size_t)(p->Hkv * p->Dk) * sizeof(float));
+    for (int j = 0; j < p->nparts; j++) {
+        memcpy(lmi_pool_part_at(p, j, slot), data, (size_t)p->part[j].words * 4);
+        data = (const char *)data + p->part[j].words * 4;
+    }
     return LM_OK;
 }
 

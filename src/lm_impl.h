@@ -212,6 +212,9 @@ lm_status lmi_attn_check_inputs(const lm_attn *a, const lm_tensor *query, const 
 
 /* ---- the engine's state pool (pool.c) ---- */
 
+/* Parts of a slot: S, z, window keys, window values, window positions. */
+#define LMI_POOL_PARTS 5
+
 struct lm_pool {
     lm_pool_config cfg;       /* copy; cfg.decay points at decay below */
     float *decay;             /* owned copy, Hkv values, or NULL */
@@ -223,11 +226,57 @@ struct lm_pool {
      * operations), refreshed from the device when a license limit needs it. */
     int64_t *pos;
     int64_t *pos_dev;
+    int stale;                /* CUDA: decodes ran since pos was last read from the device */
     uint32_t *mark, epoch;    /* duplicate-slot check: mark[slot] == epoch */
     const struct lmi_pool_ops *ops; /* the backend's */
     void *ctx;                /* the backend's per-pool state */
     const struct lmi_backend *be; /* the backend: capture queries */
+    /* Hybrid pools (cfg.attention): W, s, Hq of the calls (0 = any) and the
+     * owned gate copy (Hq logits, or NULL = 0). */
+    int hybrid;
+    int64_t W, s, Hq;
+    float *gate;
+    /* A slot's parts, 4-byte words each: S, z (and hybrid: the window's keys,
+     * values, positions); slot i's part j at part[j].base + i * stride words,
+     * `words` long. The slot operations and the blob's body go through them. */
+    int nparts;
+    struct lmi_pool_part {
+        void *base;
+        int64_t stride, words;
+    } part[LMI_POOL_PARTS];
 };
+
+/* Fills p->part and p->nparts from the resolved sizes (Hkv, Dk, Dv, hybrid,
+ * W, s) and the configuration's memory and strides (0 = packed). */
+static inline void lmi_pool_layout(lm_pool *p)
+{
+    const int64_t ns = p->hybrid ? p->s + p->W : 0;
+    const int64_t words[LMI_POOL_PARTS] = { p->Hkv * p->Dk * p->Dv, p->Hkv * p->Dk, p->Hkv * ns * p->Dk,
+                                            p->Hkv * ns * p->Dv, p->Hkv * ns };
+    void *base[LMI_POOL_PARTS] = { p->cfg.state, p->cfg.normalizer, p->cfg.window_keys,
+                                   p->cfg.window_values, p->cfg.window_pos };
+    const int64_t stride[LMI_POOL_PARTS] = { p->cfg.state_stride, p->cfg.normalizer_stride,
+                                             p->cfg.window_keys_stride, p->cfg.window_values_stride,
+                                             p->cfg.window_pos_stride };
+    p->nparts = p->hybrid ? 5 : 2;
+    for (int j = 0; j < p->nparts; j++)
+        p->part[j] = (struct lmi_pool_part){ base[j], stride[j] ? stride[j] : words[j], words[j] };
+}
+
+/* 4-byte words of a slot's parts (the slot blob's body without its header). */
+static inline int64_t lmi_pool_slot_words(const lm_pool *p)
+{
+    int64_t n = 0;
+    for (int j = 0; j < p->nparts; j++)
+        n += p->part[j].words;
+    return n;
+}
+
+/* The address of slot i's part j. */
+static inline void *lmi_pool_part_at(const lm_pool *p, int j, int64_t slot)
+{
+    return (char *)p->part[j].base + slot * p->part[j].stride * 4;
+}
 
 /* A checked lm_pool_prefill call, for the backend. Sequence i is tokens
  * cu[i] .. cu[i+1]-1 of the [1, T, H, D] views; slot[i] (-1: none); fresh[i]
@@ -271,13 +320,13 @@ typedef struct lmi_pool_ops {
     lm_status (*decode)(lm_pool *pool, const lmi_rows *r, void *stream);
     lm_status (*decode_ws)(const lm_pool *pool, const lmi_rows *r, size_t *bytes);
     /* Slot operations (indices checked); positions included. get/set move a
-     * slot's S, z and position to / from host memory, synchronously. */
+     * slot's parts (pool->part, back to back: lmi_pool_slot_words words; NULL
+     * in get: the position only) and position to / from host memory,
+     * synchronously. */
     lm_status (*slot_zero)(lm_pool *pool, int64_t slot, void *stream);
     lm_status (*slot_copy)(lm_pool *pool, int64_t dst, int64_t src, void *stream);
-    lm_status (*slot_get)(const lm_pool *pool, int64_t slot, float *S, float *z, int64_t *pos,
-                          void *stream);
-    lm_status (*slot_set)(lm_pool *pool, int64_t slot, const float *S, const float *z, int64_t pos,
-                          void *stream);
+    lm_status (*slot_get)(const lm_pool *pool, int64_t slot, void *data, int64_t *pos, void *stream);
+    lm_status (*slot_set)(lm_pool *pool, int64_t slot, const void *data, int64_t pos, void *stream);
     /* Optional (CUDA): pool->pos refreshed from the device's positions,
      * synchronously (the license's limit needs them). */
     lm_status (*positions)(lm_pool *pool, void *stream);
@@ -394,16 +443,22 @@ lm_status lmi_blob_read(const lm_attn *a, const void *buf, size_t bytes, lmi_blo
 
 /* ---- the pool's slot blob (slot_blob.c) ---- */
 
+/* Header bytes of format 1 (linear pools) and format 2 (hybrid pools: the
+ * attention, W and s added). */
 #define LMI_SLOT_HEADER_BYTES 56
-/* Bytes of a slot blob of pool p: header, S and z, tag. */
+#define LMI_SLOT_HEADER2_BYTES 88
+/* Header bytes of the blob pool p writes. */
+size_t lmi_slot_blob_header(const lm_pool *p);
+/* Bytes of a slot blob of pool p: header, the slot's parts, tag. */
 size_t lmi_slot_blob_bytes(const lm_pool *p);
-/* Writes the header (the slot at `position`) into buf, whose S and z are
- * written, and the tag over both. */
+/* Writes the header (the slot at `position`) into buf, whose parts are
+ * written after lmi_slot_blob_header bytes, and the tag over both. */
 lm_status lmi_slot_blob_seal(const lm_pool *p, int64_t position, void *buf);
 /* Parses a slot blob coming back to pool p (magic, byte order, format,
- * shapes, position, size) and lets lmi_blob_admit judge it; *position is
- * the slot's. S and z follow the header. */
-lm_status lmi_slot_blob_read(const lm_pool *p, const void *buf, size_t bytes, int64_t *position);
+ * shapes, attention, W, s, position, size) and lets lmi_blob_admit judge
+ * it; *position is the slot's, *data its parts (after the header). */
+lm_status lmi_slot_blob_read(const lm_pool *p, const void *buf, size_t bytes, int64_t *position,
+                             const void **data);
 
 /* ---- blob authentication (blob_auth.c) ---- */
 

@@ -31,8 +31,41 @@ lm_status lm_pool_config_init(lm_pool_config *cfg, size_t size, int64_t num_slot
         .normalize = 1,
         .eps = 1e-6f,
         .precision = LM_PRECISION_AUTO,
+        .window = LM_HYBRID_WINDOW_DEFAULT,
+        .sinks = LM_HYBRID_SINKS_DEFAULT,
     };
     return LMI_SIZED_INIT(cfg, size, &d, lm_pool_config, num_threads);
+}
+
+/* A hybrid pool's fields: the options as the core checks them (through its
+ * own check, on core arguments made of the pool's), the heads, the window's
+ * memory and strides. */
+static lm_status check_hybrid(const lm_pool_config *c, int64_t Dv)
+{
+    if (c->num_heads < 0 || c->num_heads > LMI_MAX_HEADS || c->num_heads % c->num_kv_heads)
+        return lmi_error(LM_ERR_INVALID_ARG, "num_heads (%d) must be 0 (any) or a multiple of the %d kv "
+                         "heads, at most %d", c->num_heads, c->num_kv_heads, LMI_MAX_HEADS);
+    if (c->window_gate && !c->num_heads)
+        return lmi_error(LM_ERR_INVALID_ARG, "window_gate holds num_heads logits: set num_heads (the "
+                         "layer's query heads)");
+    lm_core_args a = { .state = c->state, .normalize = c->normalize, .decay = c->decay,
+                       .attention = c->attention, .window = c->window, .sinks = c->sinks,
+                       .window_gate = c->window_gate, .window_keys = c->window_keys,
+                       .window_values = c->window_values, .window_pos = c->window_pos };
+    lm_status st = lmi_hybrid_check_core(&a, 1, c->num_heads);
+    if (st)
+        return st;
+    const int64_t ns = (int64_t)c->sinks + c->window, wk = c->num_kv_heads * ns * c->head_dim,
+                  wv = c->num_kv_heads * ns * Dv, wp = c->num_kv_heads * ns;
+    if (c->window_keys_stride < 0 || (c->window_keys_stride && c->window_keys_stride < wk) ||
+        c->window_values_stride < 0 || (c->window_values_stride && c->window_values_stride < wv) ||
+        c->window_pos_stride < 0 || (c->window_pos_stride && c->window_pos_stride < wp))
+        return lmi_error(LM_ERR_INVALID_ARG,
+                         "window slot strides (%lld, %lld, %lld elements) are below a slot's window "
+                         "keys (%lld), values (%lld) or positions (%lld): slots would overlap",
+                         (long long)c->window_keys_stride, (long long)c->window_values_stride,
+                         (long long)c->window_pos_stride, (long long)wk, (long long)wv, (long long)wp);
+    return LM_OK;
 }
 
 static lm_status check_config(const lm_pool_config *c)
@@ -61,8 +94,9 @@ static lm_status check_config(const lm_pool_config *c)
                          (long long)c->normalizer_stride, (long long)S, (long long)z);
     if (c->num_threads < 0)
         return lmi_error(LM_ERR_INVALID_ARG, "num_threads must be >= 0, not %d", c->num_threads);
-    return lmi_check_options(c->feature_map, c->normalize, c->eps, c->scale, c->decay, c->num_kv_heads,
-                             c->precision);
+    lm_status st = lmi_check_options(c->feature_map, c->normalize, c->eps, c->scale, c->decay,
+                                     c->num_kv_heads, c->precision);
+    return st ? st : c->attention == LM_ATTENTION_LINEAR ? LM_OK : check_hybrid(c, Dv);
 }
 
 lm_status lm_pool_create(const lm_pool_config *config, lm_pool **out)
@@ -94,7 +128,13 @@ lm_status lm_pool_create(const lm_pool_config *config, lm_pool **out)
     if (cfg.decay && (p->decay = malloc((size_t)p->Hkv * sizeof(float))))
         memcpy(p->decay, cfg.decay, (size_t)p->Hkv * sizeof(float));
     p->cfg.decay = p->decay;
-    if (!p->pos || !p->mark || (cfg.decay && !p->decay)) {
+    p->hybrid = cfg.attention == LM_ATTENTION_HYBRID;
+    p->W = p->hybrid ? cfg.window : 0, p->s = p->hybrid ? cfg.sinks : 0, p->Hq = p->hybrid ? cfg.num_heads : 0;
+    if (p->hybrid && cfg.window_gate && (p->gate = malloc((size_t)p->Hq * sizeof(float))))
+        memcpy(p->gate, cfg.window_gate, (size_t)p->Hq * sizeof(float));
+    p->cfg.window_gate = p->gate;
+    lmi_pool_layout(p);
+    if (!p->pos || !p->mark || (cfg.decay && !p->decay) || (p->hybrid && cfg.window_gate && !p->gate)) {
         lm_pool_destroy(p);
         return lmi_error(LM_ERR_OUT_OF_MEMORY, "cannot allocate the pool's %lld positions", (long long)p->N);
     }
@@ -116,6 +156,7 @@ void lm_pool_destroy(lm_pool *p)
     free(p->pos);
     free(p->mark);
     free(p->decay);
+    free(p->gate);
     free(p);
 }
 
@@ -166,6 +207,9 @@ static lm_status check_io(const lm_pool *p, const lm_tensor *q, const lm_tensor 
     if (*Hq > LMI_MAX_HEADS || *Hq % p->Hkv)
         return lmi_error(LM_ERR_INVALID_ARG, "q has %lld heads: a multiple of the pool's %lld kv heads "
                          "(at most %d)", (long long)*Hq, (long long)p->Hkv, LMI_MAX_HEADS);
+    if (p->Hq && *Hq != p->Hq)
+        return lmi_error(LM_ERR_INVALID_ARG, "q has %lld heads, the hybrid pool's num_heads is %lld",
+                         (long long)*Hq, (long long)p->Hq);
     if ((st = check_rows(p, k, "k", *R, p->Hkv, p->Dk, q->dtype)) ||
         (st = check_rows(p, v, "v", *R, p->Hkv, p->Dv, q->dtype)) ||
         (st = check_rows(p, out, "out", *R, *Hq, p->Dv, q->dtype)))
@@ -246,6 +290,36 @@ lm_status lm_pool_prefill_workspace(const lm_pool *pool, const lm_prefill_args *
     return st ? st : pool->ops->prefill_ws(pool, &v, bytes);
 }
 
+/* pool->pos := the device's positions (CUDA, synchronous). */
+static lm_status refresh(lm_pool *pool, void *stream)
+{
+    lm_status st = pool->ops->positions(pool, stream);
+    pool->stale = st ? pool->stale : 0;
+    return st;
+}
+
+/* A hybrid prefill places tokens by each slot's exact position (docs/DESIGN.md
+ * §9.2), which on CUDA only the device knows after decode steps: read back
+ * when some sequence continues a slot. That read cannot be captured. */
+static lm_status hybrid_positions(lm_pool *pool, const lmi_varlen *v, void *stream)
+{
+    int continues = 0;
+    for (int64_t i = 0; i < v->n; i++)
+        continues |= !lmi_pool_seq_fresh(v, i) && v->cu[i + 1] > v->cu[i];
+    if (!pool->hybrid || !pool->ops->positions || !pool->stale || !continues)
+        return LM_OK;
+    int yes = 0;
+    lm_status st = pool->be->capturing ? pool->be->capturing(stream, &yes) : LM_OK;
+    if (st)
+        return st;
+    if (yes)
+        return lmi_error(LM_ERR_UNSUPPORTED,
+                         "lm_pool_prefill on a hybrid pool continuing slots after decode steps reads the "
+                         "slots' positions back from the GPU (a host synchronisation), which a CUDA graph "
+                         "cannot capture: run it outside the graph (lm_pool_decode can be captured)");
+    return refresh(pool, stream);
+}
+
 /* Contexts after the call against the license: sequences over its limit
  * are refused (row_status), or fail the call (no row_status). */
 static lm_status prefill_license(lm_pool *pool, const lmi_varlen *v, lm_status *row_status, void *stream,
@@ -260,7 +334,7 @@ static lm_status prefill_license(lm_pool *pool, const lmi_varlen *v, lm_status *
         row_status[i] = LM_OK;
     if (!limit)
         return LM_OK;
-    if (pool->ops->positions && (st = pool->ops->positions(pool, stream)))
+    if (pool->ops->positions && (st = refresh(pool, stream)))
         return st; /* CUDA: the device's positions (decode steps), exact */
     int64_t worst = 0;
     for (int64_t i = 0; i < v->n; i++) {
@@ -282,6 +356,7 @@ lm_status lm_pool_prefill(lm_pool *pool, const lm_prefill_args *args, void *stre
     int refused;
     lm_status st = check_prefill(pool, args, &a, &v);
     if (st || (st = lmi_capture_check(pool->be, stream, 0, "lm_pool_prefill")) ||
+        (st = hybrid_positions(pool, &v, stream)) ||
         (st = prefill_license(pool, &v, a.row_status, stream, &refused)))
         return st;
     v.skip = refused ? a.row_status : NULL;
@@ -355,6 +430,7 @@ lm_status lm_pool_decode(lm_pool *pool, const lm_decode_args *args, void *stream
         return st;
     if (pool->cfg.device == LM_CUDA) {
         r.limit = limit;
+        pool->stale = 1;
         return pool->ops->decode(pool, &r, stream);
     }
     int refused = 0;
@@ -415,7 +491,7 @@ lm_status lm_pool_slot_position(const lm_pool *pool, int64_t slot, int64_t *toke
     lm_status st = check_slot(pool, slot, "slot");
     if (st)
         return st;
-    return pool->ops->slot_get(pool, slot, NULL, NULL, tokens, stream);
+    return pool->ops->slot_get(pool, slot, NULL, tokens, stream);
 }
 
 lm_status lm_pool_slot_blob_size(const lm_pool *pool, size_t *bytes)
@@ -435,11 +511,34 @@ lm_status lm_pool_slot_export(const lm_pool *pool, int64_t slot, void *buf, size
     if (!buf || bytes < need)
         return lmi_error(LM_ERR_INVALID_ARG, "buf holds %zu bytes, a slot's blob needs %zu",
                          buf ? bytes : 0, need);
-    float *S = (float *)((char *)buf + LMI_SLOT_HEADER_BYTES), *z = S + pool->Hkv * pool->Dk * pool->Dv;
     int64_t position;
-    if ((st = pool->ops->slot_get(pool, slot, S, z, &position, stream)))
+    if ((st = pool->ops->slot_get(pool, slot, (char *)buf + lmi_slot_blob_header(pool), &position, stream)))
         return st;
     return lmi_slot_blob_seal(pool, position, buf);
+}
+
+/* A hybrid slot's window positions against its position: every code at most
+ * the position, and the largest the position itself (a decode reads the
+ * slot's position from there, docs/DESIGN.md §9.2). */
+static lm_status check_window_pos(const lm_pool *p, const void *data, int64_t position)
+{
+    const char *pos = (const char *)data + 4 * (p->part[0].words + p->part[1].words + p->part[2].words +
+                                                p->part[3].words);
+    const int64_t ns = p->s + p->W;
+    for (int64_t h = 0; h < p->Hkv; h++) {
+        int64_t top = 0;
+        for (int64_t i = 0; i < ns; i++) {
+            int32_t c;
+            memcpy(&c, pos + 4 * (h * ns + i), sizeof c); /* the blob may be unaligned */
+            const int64_t a = c < 0 ? -(int64_t)c : c;
+            top = a > top ? a : top;
+        }
+        if (top != position)
+            return lmi_error(LM_ERR_INVALID_ARG, "the blob's window positions (kv head %lld: up to %lld) "
+                             "disagree with its position %lld", (long long)h, (long long)top,
+                             (long long)position);
+    }
+    return LM_OK;
 }
 
 lm_status lm_pool_slot_import(lm_pool *pool, int64_t slot, const void *buf, size_t bytes, void *stream)
@@ -448,11 +547,11 @@ lm_status lm_pool_slot_import(lm_pool *pool, int64_t slot, const void *buf, size
         return lmi_error(LM_ERR_INVALID_ARG, "pool is NULL");
     lm_status st = check_slot(pool, slot, "slot");
     int64_t position;
-    if (st || (st = lmi_slot_blob_read(pool, buf, bytes, &position)))
+    const void *data;
+    if (st || (st = lmi_slot_blob_read(pool, buf, bytes, &position, &data)) ||
+        (pool->hybrid && (st = check_window_pos(pool, data, position))))
         return st;
-    const float *S = (const float *)((const char *)buf + LMI_SLOT_HEADER_BYTES),
-                *z = S + pool->Hkv * pool->Dk * pool->Dv;
-    if ((st = pool->ops->slot_set(pool, slot, S, z, position, stream)))
+    if ((st = pool->ops->slot_set(pool, slot, data, position, stream)))
         return st;
     pool->pos[slot] = position;
     return LM_OK;

@@ -16,9 +16,27 @@ static inline int lmi_pool_seq_fresh(const lmi_varlen *v, int64_t i)
     return v->slot[i] < 0 || (v->flags && (v->flags[i] & LM_SEQ_FRESH));
 }
 
+/* The hybrid fields of core parameters p (B = 1) for slot `slot` (-1: no
+ * state) of a hybrid pool, the call starting at `position`: the slot's window
+ * buffers, the pool's W, s and gate; decay off (the pool refuses it). */
+static inline void lmi_pool_hybrid_params(const lm_pool *pool, int64_t slot, int64_t position,
+                                          lmi_core_params *p)
+{
+    p->hybrid = 1;
+    p->window = pool->W, p->sinks = pool->s;
+    p->gate = pool->gate;
+    p->decay = NULL;
+    p->position = slot >= 0 ? position : 0;
+    p->win_k = slot >= 0 ? (float *)lmi_pool_part_at(pool, 2, slot) : NULL;
+    p->win_v = slot >= 0 ? (float *)lmi_pool_part_at(pool, 3, slot) : NULL;
+    p->win_pos = slot >= 0 ? (int32_t *)lmi_pool_part_at(pool, 4, slot) : NULL;
+}
+
 /* Sequence i as core parameters: B = 1 over its tokens of the packed views,
  * causal, the slot's state (written only when fresh), the pool's options,
- * precision decided on its own context. */
+ * precision decided on its own context; a hybrid pool's window (whose
+ * buffers a fresh sequence's caller empties first: the hybrid core reads
+ * them whatever `fresh` says). */
 static inline void lmi_pool_seq_params(const lm_pool *pool, const lmi_varlen *v, int64_t i, lmi_core_params *p)
 {
     const int64_t t0 = v->cu[i], len = v->cu[i + 1] - t0, slot = v->slot[i];
@@ -45,6 +63,8 @@ static inline void lmi_pool_seq_params(const lm_pool *pool, const lmi_varlen *v,
     p->eps = pool->cfg.eps;
     p->scale = pool->scale;
     p->num_threads = pool->cfg.num_threads;
+    if (pool->hybrid)
+        lmi_pool_hybrid_params(pool, slot, fresh ? 0 : pool->pos[slot], p);
 }
 
 #endif /* LM_POOL_SEQ_H */

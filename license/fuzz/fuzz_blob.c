@@ -2,7 +2,8 @@
  * fuzz_blob.c - libFuzzer target over the parsers of the state blobs that
  * come back into the library (make fuzz): lm_attn_set_state's
  * (lmi_blob_read, formats LMSTATE1 / LMSTATE2, src/state_blob.c) and
- * lm_pool_slot_import's (lmi_slot_blob_read, LMSLOT01, src/slot_blob.c),
+ * lm_pool_slot_import's (lmi_slot_blob_read, LMSLOT01 formats 1 and 2, linear and
+ * hybrid pools, src/slot_blob.c),
  * with the admission rule of src/blob_auth.c. fuzz_blob.h describes the
  * input. Properties: no crash or undefined behaviour on any input; a blob
  * accepted has exactly the size its header implies (with or without the
@@ -63,15 +64,20 @@ static void module(const uint8_t *blob, size_t n, int hybrid)
     require(!capped || (n == body + FUZZ_BLOB_TAG && tagged(blob, n)));
 }
 
-static void pool(const uint8_t *blob, size_t n)
+static void pool(const uint8_t *blob, size_t n, int hybrid)
 {
     lm_pool p;
     memset(&p, 0, sizeof p);
     p.Hkv = FUZZ_BLOB_KV_HEADS, p.Dk = FUZZ_BLOB_D, p.Dv = FUZZ_BLOB_DV;
+    p.hybrid = hybrid, p.W = FUZZ_BLOB_WINDOW, p.s = FUZZ_BLOB_SINKS;
+    lmi_pool_layout(&p);
     int64_t position = -1;
-    if (lmi_slot_blob_read(&p, blob, n, &position) != LM_OK)
+    const void *data = NULL;
+    if (lmi_slot_blob_read(&p, blob, n, &position, &data) != LM_OK)
         return;
-    const size_t body = lmi_slot_blob_bytes(&p) - FUZZ_BLOB_TAG;
+    const size_t header = (size_t)((const uint8_t *)data - blob);
+    const size_t body = header + (size_t)lmi_pool_slot_words(&p) * 4;
+    require(header == lmi_slot_blob_header(&p) || (!hybrid && header == LMI_SLOT_HEADER2_BYTES));
     require(position >= 0 && position <= LMI_MAX_POSITION);
     require(n == body || n == body + FUZZ_BLOB_TAG);
     require(!capped || (n == body + FUZZ_BLOB_TAG && tagged(blob, n)));
@@ -92,7 +98,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if ((mode & 3) < 2)
         module(blob, n, mode & 1);
     else
-        pool(blob, n);
+        pool(blob, n, mode & 1);
     free(blob);
     return 0;
 }

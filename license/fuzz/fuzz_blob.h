@@ -1,7 +1,8 @@
 /*
  * fuzz_blob.h - the input of the state blob fuzzer (fuzz_blob.c) and its
  * seeds (make_corpus.c): one mode byte, then the blob. The mode byte picks
- *   bits 0-1  the reader: 0 a linear lm_attn handle, 1 a hybrid one, 2 or 3 a pool;
+ *   bits 0-1  the reader: 0 a linear lm_attn handle, 1 a hybrid one, 2 a linear
+ *             pool, 3 a hybrid pool (the handle's W and s);
  *   bit 2     the license in force: 1 a context cap (blobs must carry this
  *             process's tag), 0 unlimited;
  *   bit 3     1: the fuzzer replaces the last FUZZ_BLOB_TAG bytes with the
