@@ -13,14 +13,22 @@ typedef struct pcase {
     lm_dtype dtype;
     int64_t N, Hq, Hkv, Dk, Dv;
     int decay, num_threads;
+    int64_t W, s; /* W > 0: a hybrid pool of window W and s sinks (no decay) */
+    int gate;     /* hybrid: random per-head gates (the pool's num_heads = Hq) */
 } pcase;
 
 /* Ragged packed prefills (fresh and continued, slots in any order, decode
- * rows mixed in, an emptied slot, a joining slot) and indexed decodes with
- * padding rows, over a table of shapes and dtypes. */
+ * rows mixed in, an emptied slot, a joining slot; lengths around the
+ * hybrid's W and s) and indexed decodes with padding rows, over a table of
+ * shapes, dtypes and modes (linear, hybrid). */
 void pool_case_batching(const test_dev *dev);
-/* Fork (slot copy), blob export / import into another pool, zeroing. */
+/* Fork (slot copy), blob export / import into another pool, zeroing, and
+ * refused blobs; a linear and a hybrid pool. */
 void pool_case_fork_blob(const test_dev *dev);
+/* A hybrid pool: one sequence as one prefill, as a prefill then decode
+ * steps, and through the core's hybrid prefill alone (equal to the first bit
+ * for bit: the same core path on a slot view). */
+void pool_case_hybrid_core(const test_dev *dev);
 /* The caller's workspace of the queried size gives the allocating call's
  * results bit for bit; a workspace too small is refused. */
 void pool_case_workspace(const test_dev *dev);

@@ -9,6 +9,7 @@
 #include "pool_cases.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -21,6 +22,12 @@ END_TEST
 START_TEST(test_fork_and_blob)
 {
     pool_case_fork_blob(&cpu_dev);
+}
+END_TEST
+
+START_TEST(test_hybrid_core)
+{
+    pool_case_hybrid_core(&cpu_dev);
 }
 END_TEST
 
@@ -216,6 +223,87 @@ START_TEST(test_bad_arguments)
 }
 END_TEST
 
+/* Hybrid pools: configurations refused with a message; a call whose q has
+ * other heads than num_heads refused with nothing written; a caller whose
+ * struct ends before `attention` (an older header) gets a linear pool. */
+START_TEST(test_hybrid_config)
+{
+    enum { N = 3, HKV = 2, D = 16, W = 4, SK = 1, NS = SK + W };
+    static float S[N * HKV * D * D], z[N * HKV * D], wk[N * HKV * NS * D], wv[N * HKV * NS * D];
+    static int32_t wp[N * HKV * NS];
+    const float gate[4] = { 0.5f, -1.0f, 2.0f, 0.0f }, decay[HKV] = { 0.5f, 0.9f };
+    lm_pool_config cfg;
+    lm_pool *pool = NULL;
+    ck_assert_int_eq(lm_pool_config_default(&cfg, N, HKV, D), LM_OK);
+    ck_assert_int_eq(cfg.attention, LM_ATTENTION_LINEAR);
+    ck_assert_int_eq(cfg.window, LM_HYBRID_WINDOW_DEFAULT);
+    ck_assert_int_eq(cfg.sinks, LM_HYBRID_SINKS_DEFAULT);
+    cfg.state = S, cfg.normalizer = z;
+    cfg.attention = LM_ATTENTION_HYBRID, cfg.window = W, cfg.sinks = SK;
+    EXPECT_ERR(lm_pool_create(&cfg, &pool), LM_ERR_INVALID_ARG, "window_keys, window_values and window_pos");
+    cfg.window_keys = wk, cfg.window_values = wv, cfg.window_pos = wp;
+    cfg.decay = decay;
+    EXPECT_ERR(lm_pool_create(&cfg, &pool), LM_ERR_UNSUPPORTED, "no decay");
+    cfg.decay = NULL, cfg.normalize = 0;
+    EXPECT_ERR(lm_pool_create(&cfg, &pool), LM_ERR_INVALID_ARG, "normalize = 1");
+    cfg.normalize = 1, cfg.window = 0;
+    EXPECT_ERR(lm_pool_create(&cfg, &pool), LM_ERR_INVALID_ARG, "window must be in 1..");
+    cfg.window = W, cfg.sinks = -1;
+    EXPECT_ERR(lm_pool_create(&cfg, &pool), LM_ERR_INVALID_ARG, "sinks must be");
+    cfg.sinks = SK, cfg.attention = (lm_attention)7;
+    EXPECT_ERR(lm_pool_create(&cfg, &pool), LM_ERR_INVALID_ARG, "attention 7");
+    cfg.attention = LM_ATTENTION_HYBRID, cfg.window_gate = gate;
+    EXPECT_ERR(lm_pool_create(&cfg, &pool), LM_ERR_INVALID_ARG, "set num_heads");
+    cfg.num_heads = 3;
+    EXPECT_ERR(lm_pool_create(&cfg, &pool), LM_ERR_INVALID_ARG, "multiple of the 2 kv heads");
+    cfg.num_heads = 4, cfg.window_keys_stride = HKV * NS * D - 1;
+    EXPECT_ERR(lm_pool_create(&cfg, &pool), LM_ERR_INVALID_ARG, "slots would overlap");
+    cfg.window_keys_stride = 0, cfg.window_pos_stride = -1;
+    EXPECT_ERR(lm_pool_create(&cfg, &pool), LM_ERR_INVALID_ARG, "window slot strides");
+    cfg.window_pos_stride = 0;
+    const float bad_gate[4] = { 0.0f, NAN, 0.0f, 0.0f };
+    cfg.window_gate = bad_gate;
+    EXPECT_ERR(lm_pool_create(&cfg, &pool), LM_ERR_INVALID_ARG, "window_gate[1]");
+    ck_assert_ptr_null(pool);
+    cfg.window_gate = gate;
+    for (size_t i = 0; i < sizeof wp / sizeof wp[0]; i++)
+        wp[i] = 77; /* the pool empties the window too */
+    ck_assert_msg(lm_pool_create(&cfg, &pool) == LM_OK, "%s", lm_last_error());
+    for (size_t i = 0; i < sizeof wp / sizeof wp[0]; i++)
+        ck_assert_int_eq(wp[i], 0);
+
+    /* q with 2 heads where the pool's layer has 4: refused, nothing written. */
+    tbuf q = tbuf_new(LM_F32, 3 * 2 * D), k = tbuf_new(LM_F32, 3 * HKV * D), v = tbuf_new(LM_F32, 3 * HKV * D),
+         out = tbuf_new(LM_F32, 3 * 2 * D);
+    tbuf_random(&q, -1, 1), tbuf_random(&k, -1, 1), tbuf_random(&v, -1, 1), tbuf_poison(&out);
+    lm_tensor tq = lm_tensor_3d(q.data, LM_F32, LM_CPU, 3, 2, D), tk = lm_tensor_3d(k.data, LM_F32, LM_CPU, 3, HKV, D),
+              tv = lm_tensor_3d(v.data, LM_F32, LM_CPU, 3, HKV, D), to = lm_tensor_3d(out.data, LM_F32, LM_CPU, 3, 2, D);
+    const int32_t cu[] = { 0, 3 }, slots[] = { 1 };
+    lm_prefill_args a = { LM_SIZED(lm_prefill_args), .q = &tq, .k = &tk, .v = &tv, .out = &to, .num_seqs = 1,
+                          .cu_seqlens = cu, .slots = slots };
+    EXPECT_ERR(lm_pool_prefill(pool, &a, NULL), LM_ERR_INVALID_ARG, "num_heads is 4");
+    for (int64_t i = 0; i < out.n; i++)
+        ck_assert(isnan(tbuf_get(&out, i)));
+    for (size_t i = 0; i < sizeof wp / sizeof wp[0]; i++)
+        ck_assert_int_eq(wp[i], 0);
+    lm_pool_destroy(pool);
+
+    /* An older caller's struct (up to num_threads): a linear pool, its window untouched. */
+    lm_pool_config old = cfg;
+    old.struct_size = (uint32_t)offsetof(lm_pool_config, attention);
+    for (size_t i = 0; i < sizeof wp / sizeof wp[0]; i++)
+        wp[i] = 77;
+    ck_assert_msg(lm_pool_create(&old, &pool) == LM_OK, "%s", lm_last_error());
+    size_t bytes = 0;
+    ck_assert_int_eq(lm_pool_slot_blob_size(pool, &bytes), LM_OK);
+    ck_assert_uint_eq(bytes, 56 + sizeof S / N + sizeof z / N + 32);
+    for (size_t i = 0; i < sizeof wp / sizeof wp[0]; i++)
+        ck_assert_int_eq(wp[i], 77);
+    lm_pool_destroy(pool);
+    tbuf_free(&q), tbuf_free(&k), tbuf_free(&v), tbuf_free(&out);
+}
+END_TEST
+
 Suite *pool_suite(void)
 {
     Suite *s = suite_create("pool");
@@ -223,10 +311,12 @@ Suite *pool_suite(void)
     tcase_set_timeout(tc, 600);
     tcase_add_test(tc, test_continuous_batching);
     tcase_add_test(tc, test_fork_and_blob);
+    tcase_add_test(tc, test_hybrid_core);
     tcase_add_test(tc, test_workspace);
     tcase_add_test(tc, test_varlen_paths);
     tcase_add_test(tc, test_threads);
     tcase_add_test(tc, test_bad_arguments);
+    tcase_add_test(tc, test_hybrid_config);
     suite_add_tcase(s, tc);
     return s;
 }
