@@ -20,6 +20,7 @@
 #include "device_caps.cuh"
 #include "feature_map.cuh"
 #include "lm_kernels.h"
+#include "pool_row.cuh"
 
 #include <cooperative_groups.h>
 #include <cuda_bf16.h>
@@ -109,31 +110,11 @@ __device__ __forceinline__ Row row_of(const lmk_decode_table &p, int b)
     return Row{ p.row[b].tok, p.row[b].slot, p.row[b].fresh != 0 };
 }
 
-/* Whether this CTA's row runs (the same answer in every CTA of the row);
- * the row's status and, from its last CTA, the slot's position. */
-__device__ bool admit(const lmk_decode &p, const Row &r, int b, bool first, int ctas_per_row)
+/* Whether this CTA's row runs (pool_row.cuh). */
+__device__ __forceinline__ bool admit(const lmk_decode &p, const Row &r, int b, bool first, int ctas_per_row)
 {
-    __shared__ int verdict;
-    if (threadIdx.x == 0) {
-        int st = LM_OK;
-        if (p.nslots && r.slot >= p.nslots)
-            st = LM_ERR_INVALID_ARG;
-        else if (p.pos && p.limit && !r.fresh && p.pos[r.slot] + 1 > p.limit)
-            st = LM_ERR_LICENSE;
-        if (first && p.status)
-            p.status[b] = st;
-        if (st == LM_OK && p.pos) {
-            const int64_t pos = r.fresh ? 0 : p.pos[r.slot];
-            __threadfence(); /* the read above is done before this CTA is counted */
-            if (atomicAdd(&p.arrive[r.slot], 1) == ctas_per_row - 1) {
-                p.arrive[r.slot] = 0;
-                p.pos[r.slot] = pos + 1;
-            }
-        }
-        verdict = st;
-    }
-    __syncthreads();
-    return verdict == LM_OK;
+    const lmk::PoolRows pr{ p.nslots, p.pos, p.arrive, p.limit, p.status };
+    return lmk::pool_admit(pr, r.slot, r.fresh, b, first, ctas_per_row);
 }
 
 template <int DT, bool CLUSTER, class P>
@@ -144,11 +125,8 @@ __global__ void __launch_bounds__(DEC_THREADS) decode_kernel(const __grid_consta
     const int Dk = p.Dk, G = p.Hq / p.Hkv;
     const int vb = blockIdx.x % nvb, b = blockIdx.x / nvb / p.Hkv, hk = blockIdx.x / nvb % p.Hkv;
     const Row r = row_of(pp, b);
-    if (r.slot < 0) { /* a padding row: every CTA of it (and of its cluster) leaves */
-        if (vb == 0 && hk == 0 && threadIdx.x == 0 && p.status)
-            p.status[b] = LM_OK;
-        return;
-    }
+    if (lmk::pool_padding(lmk::PoolRows{ 0, nullptr, nullptr, 0, p.status }, r.slot, b, vb == 0 && hk == 0))
+        return; /* every CTA of a padding row (and of its cluster) leaves */
     if (!admit(p, r, b, vb == 0 && hk == 0, p.Hkv * nvb))
         return; /* the same for the whole cluster: no CTA of it reaches its barrier */
     const int64_t head = (int64_t)r.slot * p.Hkv + hk; /* of the contiguous S, z (no pool) */

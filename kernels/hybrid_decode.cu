@@ -13,6 +13,10 @@
  * key, and only after the cluster barrier does rank 0 write them back (each
  * CTA writes its own columns of S and of the slot's value). Query heads go in
  * blocks of 4. No allocation, no host sync: graph-capturable.
+ * Pool rows (lm_pool_decode on a hybrid pool): row b continues the slot named
+ * in device memory, whose five parts sit at their own slot strides; a padding
+ * row leaves at once, and the row's admission (range, license limit, the
+ * slot's position counted in) is decode.cu's (pool_row.cuh).
  * Measured (H100, 32 heads of 128, W = 64, s = 4): 35-37 us a step with one
  * slot per warp round and one thread per column summing every slot's value in
  * turn; the rounds of U slots and the (slot group, column) numerators since
@@ -20,6 +24,7 @@
  */
 #include "cluster_launch.cuh"
 #include "hybrid.cuh"
+#include "pool_row.cuh"
 
 #include <cooperative_groups.h>
 
@@ -40,7 +45,19 @@ __global__ void __launch_bounds__(THREADS) hdecode_kernel(const __grid_constant_
     extern __shared__ float sm[];
     __shared__ int tmax;
     const int Dk = p.Dk, G = p.Hq / p.Hkv, ns = p.s + p.W, tid = threadIdx.x;
-    const int vb = blockIdx.x % nvb, head = blockIdx.x / nvb, b = head / p.Hkv;
+    const int vb = blockIdx.x % nvb, b = blockIdx.x / nvb / p.Hkv, hk = blockIdx.x / nvb % p.Hkv;
+    /* The row's state: batch row b of contiguous buffers, or a pool's slot. */
+    const lmk::PoolRows pr{ p.nslots, p.pos, p.arrive, p.limit, p.status };
+    const int slot = p.slots ? p.slots[b] : b;
+    if (p.slots && (lmk::pool_padding(pr, slot, b, vb == 0 && hk == 0) ||
+                    !lmk::pool_admit(pr, slot, false, b, vb == 0 && hk == 0, p.Hkv * nvb)))
+        return; /* the same for every CTA of the row: no CTA of a cluster reaches its barrier */
+    const int64_t at = slot; /* which slot, or batch row, of the buffers */
+    float *const Sh = p.S + (p.slots ? at * p.S_slot : at * p.Hkv * Dk * p.Dv) + (int64_t)hk * Dk * p.Dv;
+    float *const zh = p.z + (p.slots ? at * p.z_slot : at * p.Hkv * Dk) + (int64_t)hk * Dk;
+    float *const wk = p.win_k + (p.slots ? at * p.wk_slot : at * p.Hkv * ns * Dk) + (int64_t)hk * ns * Dk;
+    float *const wv = p.win_v + (p.slots ? at * p.wv_slot : at * p.Hkv * ns * p.Dv) + (int64_t)hk * ns * p.Dv;
+    int32_t *const wp = p.win_pos + (p.slots ? at * p.wp_slot : at * p.Hkv * ns) + (int64_t)hk * ns;
     const int cols = (p.Dv + nvb - 1) / nvb, e0 = vb * cols;
     const int Dv = cols < p.Dv - e0 ? cols : p.Dv - e0; /* this CTA's columns [e0, e0 + Dv) */
     /* Column groups of 4 over cols (not Dv: red is sized for cols on the host, and a
@@ -50,7 +67,6 @@ __global__ void __launch_bounds__(THREADS) hdecode_kernel(const __grid_constant_
     float *qr = vold + cols, *phq = qr + GB * Dk, *lg = phq + GB * Dk, *den = lg + GB * ns;
     float *red = den + GB;
     int *pos = (int *)(red + (size_t)GB * RG * cols);
-    const int64_t slot0 = (int64_t)head * ns;
 
     /* The position: the largest |code| of the row's slots. */
     if (tid == 0)
@@ -58,7 +74,7 @@ __global__ void __launch_bounds__(THREADS) hdecode_kernel(const __grid_constant_
     __syncthreads();
     int mine = 0;
     for (int x = tid; x < ns; x += THREADS) {
-        const int c = p.win_pos[slot0 + x];
+        const int c = wp[x];
         pos[x] = c;
         mine = max(mine, c < 0 ? -c : c);
     }
@@ -69,13 +85,13 @@ __global__ void __launch_bounds__(THREADS) hdecode_kernel(const __grid_constant_
     const bool fold = t - p.W >= p.s && pos[r] == (int)(t - p.W + 1);
     const bool masked = p.mask && p.mask[b * p.mask_s0];
     for (int d = tid; d < Dk; d += THREADS) {
-        knew[d] = hload(p.k, p.dtype, b * p.sk[0] + (head % p.Hkv) * p.sk[1] + d);
-        fk[d] = fold ? phi_precise(p.win_k[(slot0 + r) * Dk + d], p.feature_map) : 0.0f;
-        zn[d] = p.z[(int64_t)head * Dk + d] + fk[d];
+        knew[d] = hload(p.k, p.dtype, b * p.sk[0] + hk * p.sk[1] + d);
+        fk[d] = fold ? phi_precise(wk[(int64_t)r * Dk + d], p.feature_map) : 0.0f;
+        zn[d] = zh[d] + fk[d];
     }
     for (int e = tid; e < Dv; e += THREADS) {
-        vnew[e] = masked ? 0.0f : hload(p.v, p.dtype, b * p.sv[0] + (head % p.Hkv) * p.sv[1] + e0 + e);
-        vold[e] = fold ? p.win_v[(slot0 + r) * p.Dv + e0 + e] : 0.0f;
+        vnew[e] = masked ? 0.0f : hload(p.v, p.dtype, b * p.sv[0] + hk * p.sv[1] + e0 + e);
+        vold[e] = fold ? wv[(int64_t)r * p.Dv + e0 + e] : 0.0f;
     }
     __syncthreads();
     if constexpr (CLUSTER) {
@@ -85,20 +101,20 @@ __global__ void __launch_bounds__(THREADS) hdecode_kernel(const __grid_constant_
     }
     if (vb == 0) {
         for (int d = tid; d < Dk; d += THREADS) {
-            p.win_k[(slot0 + target) * Dk + d] = masked ? 0.0f : knew[d];
-            p.z[(int64_t)head * Dk + d] = zn[d];
+            wk[(int64_t)target * Dk + d] = masked ? 0.0f : knew[d];
+            zh[d] = zn[d];
         }
         if (tid == 0)
-            p.win_pos[slot0 + target] = (int32_t)(masked ? -(t + 1) : t + 1);
+            wp[target] = (int32_t)(masked ? -(t + 1) : t + 1);
     }
     for (int e = tid; e < Dv; e += THREADS)
-        p.win_v[(slot0 + target) * p.Dv + e0 + e] = vnew[e];
+        wv[(int64_t)target * p.Dv + e0 + e] = vnew[e];
 
     const int cg = tid % CG, rg = tid / CG, e = 4 * cg;
-    float *S = p.S + (int64_t)head * Dk * p.Dv + e0;
+    float *S = Sh + e0;
     for (int gb = 0; gb < G; gb += GB) {
         for (int x = tid; x < GB * Dk; x += THREADS) {
-            const int gi = x / Dk, d = x % Dk, hq = (head % p.Hkv) * G + gb + gi;
+            const int gi = x / Dk, d = x % Dk, hq = hk * G + gb + gi;
             qr[x] = gb + gi < G ? hload(p.q, p.dtype, b * p.sq[0] + hq * p.sq[1] + d) : 0.0f;
             phq[x] = phi_precise(qr[x], p.feature_map);
         }
@@ -117,7 +133,7 @@ __global__ void __launch_bounds__(THREADS) hdecode_kernel(const __grid_constant_
             for (int u = 0; u < U; u++) {
                 const int sl = base + u * (THREADS / 32);
                 there[u] = sl < ns && (sl == target ? !masked : pos[sl] > 0);
-                key[u] = sl == target ? knew : p.win_k + (slot0 + (sl < ns ? sl : 0)) * Dk;
+                key[u] = sl == target ? knew : wk + (int64_t)(sl < ns ? sl : 0) * Dk;
             }
             for (int d = lane; d < Dk; d += 32) {
                 float kd[U];
@@ -145,7 +161,7 @@ __global__ void __launch_bounds__(THREADS) hdecode_kernel(const __grid_constant_
         }
         __syncthreads();
         if (tid < GB * 32) { /* warp gi: the softmax weights and the denominator */
-            const int gi = tid / 32, lane = tid % 32, hq = (head % p.Hkv) * G + gb + gi;
+            const int gi = tid / 32, lane = tid % 32, hq = hk * G + gb + gi;
             const float gamma = gb + gi < G ? p.gamma[hq] : 0.0f;
             float m = -INFINITY;
             for (int x = lane; x < ns; x += 32)
@@ -214,7 +230,7 @@ __global__ void __launch_bounds__(THREADS) hdecode_kernel(const __grid_constant_
                     part[gi] += red[((size_t)g * GB + gi) * cols + ve];
 #pragma unroll 4
             for (int sl = sg; sl < ns; sl += SG) {
-                const float vv = sl == target ? vnew[ve] : p.win_v[(slot0 + sl) * p.Dv + e0 + ve];
+                const float vv = sl == target ? vnew[ve] : wv[(int64_t)sl * p.Dv + e0 + ve];
 #pragma unroll
                 for (int gi = 0; gi < GB; gi++) {
                     const float a = lg[gi * ns + sl];
@@ -229,7 +245,7 @@ __global__ void __launch_bounds__(THREADS) hdecode_kernel(const __grid_constant_
                 red[((size_t)sg * GB + gi) * cols + ve] = part[gi];
         __syncthreads();
         for (int x = tid; x < GB * Dv; x += THREADS) {
-            const int gi = x / Dv, ee = x % Dv, hq = (head % p.Hkv) * G + gb + gi;
+            const int gi = x / Dv, ee = x % Dv, hq = hk * G + gb + gi;
             if (gb + gi >= G)
                 continue;
             float num = 0.0f;

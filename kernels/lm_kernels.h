@@ -350,6 +350,19 @@ typedef struct lmk_hybrid_decode {
     int dtype, B, Hq, Hkv, Dk, Dv, feature_map;
     int W, s;
     float eps, scale;
+    /* Pool rows (lm_pool_decode on a hybrid pool), as lmk_decode's: row b
+     * continues slot slots[b] (device; -1 = padding, nothing read or written;
+     * >= nslots: refused), whose parts start at S + slot * S_slot, z + slot *
+     * z_slot, win_k + slot * wk_slot, win_v + slot * wv_slot and win_pos +
+     * slot * wp_slot (elements). slots NULL: row b is batch row b of the
+     * contiguous buffers above. pos, arrive, limit, status: pool_row.cuh. */
+    const int32_t *slots;
+    int64_t S_slot, z_slot, wk_slot, wv_slot, wp_slot;
+    int nslots;
+    int64_t *pos;
+    int32_t *arrive;
+    int64_t limit;
+    int32_t *status;
     float gamma[LMK_MAX_HYBRID_HEADS];
 } lmk_hybrid_decode;
 
