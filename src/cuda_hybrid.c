@@ -124,16 +124,22 @@ lm_status lmi_cuda_hybrid_prefill(const lmi_core_params *p, cudaStream_t s)
     return p->state ? lmk_hybrid_launch(&k, LMK_HYBRID_RING, s) : LM_OK;
 }
 
-lm_status lmi_cuda_hybrid_decode(const lmi_core_params *p, cudaStream_t s)
+lm_status lmi_cuda_hybrid_decode_params(const lmi_core_params *p, lmk_hybrid_decode *d)
 {
     lm_status st = check(p);
     if (st)
         return st;
+    memset(d, 0, offsetof(lmk_hybrid_decode, gamma));
+    LMI_DECODE_COMMON(*d, p);
+    d->win_k = p->win_k, d->win_v = p->win_v, d->win_pos = p->win_pos;
+    d->W = (int)p->window, d->s = (int)p->sinks;
+    gates(p, d->gamma);
+    return LM_OK;
+}
+
+lm_status lmi_cuda_hybrid_decode(const lmi_core_params *p, cudaStream_t s)
+{
     lmk_hybrid_decode d;
-    memset(&d, 0, offsetof(lmk_hybrid_decode, gamma));
-    LMI_DECODE_COMMON(d, p);
-    d.win_k = p->win_k, d.win_v = p->win_v, d.win_pos = p->win_pos;
-    d.W = (int)p->window, d.s = (int)p->sinks;
-    gates(p, d.gamma);
-    return lmk_hybrid_decode_launch(&d, s);
+    lm_status st = lmi_cuda_hybrid_decode_params(p, &d);
+    return st ? st : lmk_hybrid_decode_launch(&d, s);
 }

@@ -128,6 +128,9 @@ lm_status lmi_cuda_check_core(const lmi_core_params *p, int device);
  * and decode step (positions from the state), queued on the stream. */
 lm_status lmi_cuda_hybrid_prefill(const lmi_core_params *p, cudaStream_t stream);
 lm_status lmi_cuda_hybrid_decode(const lmi_core_params *p, cudaStream_t stream);
+/* The decode kernel's parameters for p (checked; its pool fields zero), for
+ * callers that add pool rows (cuda_pool.c). */
+lm_status lmi_cuda_hybrid_decode_params(const lmi_core_params *p, lmk_hybrid_decode *d);
 
 /* The engine pool on the GPU (cuda_pool.c). */
 extern const lmi_pool_ops lmi_cuda_pool;

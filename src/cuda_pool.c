@@ -15,7 +15,13 @@
  *            query head), longest first (lmk_attend_pack), their final
  *            states through scratch when kv heads are shared (GQA). The
  *            default stays `each` until a GPU run has verified `packed`.
- * Slot operations are stream-ordered copies and memsets.
+ * Slot operations are stream-ordered copies and memsets, part by part (S, z,
+ * and a hybrid pool's window keys, values and positions).
+ * A hybrid pool (section "hybrid pools" below): a decode is one launch of the
+ * hybrid decode kernel over the rows (slot indices on the device, slot
+ * strides for the five parts, admission as the linear decode's); a prefill
+ * runs every sequence (length 1 included) through the hybrid core prefill on
+ * its slot's views (cuda_hybrid.c), then the positions.
  */
 #include "cuda_impl.h"
 #include "pool_seq.h"
@@ -70,21 +76,24 @@ static lm_status check_memory(const void *ptr, int device, const char *what)
     return LM_OK;
 }
 
+static const char *const part_names[LMI_POOL_PARTS] = { "state", "normalizer", "window_keys", "window_values",
+                                                         "window_pos" };
+
 static lm_status setup(lm_pool *p, pool_ctx *c)
 {
     lm_status st;
-    if ((st = check_memory(p->cfg.state, c->device, "state")) ||
-        (st = check_memory(p->cfg.normalizer, c->device, "normalizer")))
-        return st;
+    for (int j = 0; j < p->nparts; j++)
+        if ((st = check_memory(p->part[j].base, c->device, part_names[j])))
+            return st;
     LMI_CUDA_TRY(cudaDeviceGetAttribute(&c->sms, cudaDevAttrMultiProcessorCount, c->device));
     LMI_CUDA_TRY(cudaMalloc((void **)&c->pos, (size_t)p->N * sizeof(int64_t)));
     LMI_CUDA_TRY(cudaMalloc((void **)&c->arrive, (size_t)p->N * sizeof(int32_t)));
     LMI_CUDA_TRY(cudaMemset(c->pos, 0, (size_t)p->N * sizeof(int64_t)));
     LMI_CUDA_TRY(cudaMemset(c->arrive, 0, (size_t)p->N * sizeof(int32_t)));
     /* Every slot empty: its bytes only, not what lies between slots. */
-    LMI_CUDA_TRY(cudaMemset2D(p->cfg.state, (size_t)p->S_stride * sizeof(float), 0, S_bytes(p), (size_t)p->N));
-    LMI_CUDA_TRY(cudaMemset2D(p->cfg.normalizer, (size_t)p->z_stride * sizeof(float), 0, z_bytes(p),
-                              (size_t)p->N));
+    for (int j = 0; j < p->nparts; j++)
+        LMI_CUDA_TRY(cudaMemset2D(p->part[j].base, (size_t)p->part[j].stride * 4, 0, (size_t)p->part[j].words * 4,
+                                  (size_t)p->N));
     LMI_CUDA_TRY(cudaDeviceSynchronize());
     return LM_OK;
 }
@@ -159,12 +168,19 @@ static void decode_params(const lm_pool *p, const lmi_view *q, const lmi_view *k
         memcpy(d->decay, p->decay, (size_t)p->Hkv * sizeof(float));
 }
 
+static lm_status hybrid_decode(const lm_pool *p, const lmi_rows *r, cudaStream_t s);
+
 static lm_status pool_decode(lm_pool *p, const lmi_rows *r, void *stream)
 {
     int prev;
     lm_status st = lmi_cuda_enter(ctx_of(p)->device, &prev);
     if (st)
         return st;
+    if (p->hybrid) {
+        st = hybrid_decode(p, r, (cudaStream_t)stream);
+        lmi_cuda_leave(ctx_of(p)->device, prev);
+        return st;
+    }
     lmk_decode d;
     decode_params(p, &r->q, &r->k, &r->v, &r->out, &d);
     d.Hq = (int)r->Hq, d.B = (int)r->B;
@@ -316,6 +332,10 @@ static lm_status plan(const lm_pool *p, const lmi_varlen *v, pack_plan *pp, size
 
 static lm_status pool_prefill_ws(const lm_pool *p, const lmi_varlen *v, size_t *bytes)
 {
+    if (p->hybrid) { /* the hybrid core prefill's scratch is stream-ordered, its own */
+        *bytes = 0;
+        return LM_OK;
+    }
     int prev;
     lm_status st = lmi_cuda_enter(ctx_of(p)->device, &prev);
     if (st)
@@ -361,7 +381,7 @@ static lm_status positions(lm_pool *p, const lmi_varlen *v, cudaStream_t s)
     u->n = 0;
     lm_status st = LM_OK;
     for (int64_t i = 0; i <= v->n && st == LM_OK; i++) {
-        if (i < v->n && runs(v, i) && v->slot[i] >= 0 && !is_step(v, i)) {
+        if (i < v->n && runs(v, i) && v->slot[i] >= 0 && (p->hybrid || !is_step(v, i))) { /* hybrid: no decode rows */
             u->e[u->n].slot = v->slot[i];
             u->e[u->n].len = v->cu[i + 1] - v->cu[i];
             u->e[u->n++].fresh = lmi_pool_seq_fresh(v, i);
@@ -458,23 +478,33 @@ static lm_status prefill_on(lm_pool *p, const lmi_varlen *v, cudaStream_t s)
     return st;
 }
 
+static lm_status hybrid_prefill_on(lm_pool *p, const lmi_varlen *v, cudaStream_t s);
+
 static lm_status pool_prefill(lm_pool *p, const lmi_varlen *v, void *stream)
 {
     int prev;
     lm_status st = lmi_cuda_enter(ctx_of(p)->device, &prev);
     if (st)
         return st;
-    st = prefill_on(p, v, (cudaStream_t)stream);
+    st = p->hybrid ? hybrid_prefill_on(p, v, (cudaStream_t)stream) : prefill_on(p, v, (cudaStream_t)stream);
     lmi_cuda_leave(ctx_of(p)->device, prev);
     return st;
 }
 
 /* ---- slots ---- */
 
+static lm_status zero_parts(lm_pool *p, int64_t slot, cudaStream_t s)
+{
+    for (int j = 0; j < p->nparts; j++)
+        LMI_CUDA_TRY(cudaMemsetAsync(lmi_pool_part_at(p, j, slot), 0, (size_t)p->part[j].words * 4, s));
+    return LM_OK;
+}
+
 static lm_status zero_on(lm_pool *p, int64_t slot, cudaStream_t s)
 {
-    LMI_CUDA_TRY(cudaMemsetAsync(p->cfg.state + slot * p->S_stride, 0, S_bytes(p), s));
-    LMI_CUDA_TRY(cudaMemsetAsync(p->cfg.normalizer + slot * p->z_stride, 0, z_bytes(p), s));
+    lm_status st = zero_parts(p, slot, s);
+    if (st)
+        return st;
     LMI_CUDA_TRY(cudaMemsetAsync(ctx_of(p)->pos + slot, 0, sizeof(int64_t), s));
     return LM_OK;
 }
@@ -482,31 +512,32 @@ static lm_status zero_on(lm_pool *p, int64_t slot, cudaStream_t s)
 static lm_status copy_on(lm_pool *p, int64_t dst, int64_t src, cudaStream_t s)
 {
     const enum cudaMemcpyKind dd = cudaMemcpyDeviceToDevice;
-    LMI_CUDA_TRY(cudaMemcpyAsync(p->cfg.state + dst * p->S_stride, p->cfg.state + src * p->S_stride,
-                                 S_bytes(p), dd, s));
-    LMI_CUDA_TRY(cudaMemcpyAsync(p->cfg.normalizer + dst * p->z_stride, p->cfg.normalizer + src * p->z_stride,
-                                 z_bytes(p), dd, s));
+    for (int j = 0; j < p->nparts; j++)
+        LMI_CUDA_TRY(cudaMemcpyAsync(lmi_pool_part_at(p, j, dst), lmi_pool_part_at(p, j, src),
+                                     (size_t)p->part[j].words * 4, dd, s));
     LMI_CUDA_TRY(cudaMemcpyAsync(ctx_of(p)->pos + dst, ctx_of(p)->pos + src, sizeof(int64_t), dd, s));
     return LM_OK;
 }
 
-static lm_status get_on(const lm_pool *p, int64_t slot, float *S, float *z, int64_t *pos, cudaStream_t s)
+static lm_status get_on(const lm_pool *p, int64_t slot, void *data, int64_t *pos, cudaStream_t s)
 {
     const enum cudaMemcpyKind dh = cudaMemcpyDeviceToHost;
-    if (S)
-        LMI_CUDA_TRY(cudaMemcpyAsync(S, p->cfg.state + slot * p->S_stride, S_bytes(p), dh, s));
-    if (z)
-        LMI_CUDA_TRY(cudaMemcpyAsync(z, p->cfg.normalizer + slot * p->z_stride, z_bytes(p), dh, s));
+    for (int j = 0; data && j < p->nparts; j++) {
+        LMI_CUDA_TRY(cudaMemcpyAsync(data, lmi_pool_part_at(p, j, slot), (size_t)p->part[j].words * 4, dh, s));
+        data = (char *)data + p->part[j].words * 4;
+    }
     LMI_CUDA_TRY(cudaMemcpyAsync(pos, ctx_of(p)->pos + slot, sizeof(int64_t), dh, s));
     LMI_CUDA_TRY(cudaStreamSynchronize(s));
     return LM_OK;
 }
 
-static lm_status set_on(lm_pool *p, int64_t slot, const float *S, const float *z, int64_t pos, cudaStream_t s)
+static lm_status set_on(lm_pool *p, int64_t slot, const void *data, int64_t pos, cudaStream_t s)
 {
     const enum cudaMemcpyKind hd = cudaMemcpyHostToDevice;
-    LMI_CUDA_TRY(cudaMemcpyAsync(p->cfg.state + slot * p->S_stride, S, S_bytes(p), hd, s));
-    LMI_CUDA_TRY(cudaMemcpyAsync(p->cfg.normalizer + slot * p->z_stride, z, z_bytes(p), hd, s));
+    for (int j = 0; j < p->nparts; j++) {
+        LMI_CUDA_TRY(cudaMemcpyAsync(lmi_pool_part_at(p, j, slot), data, (size_t)p->part[j].words * 4, hd, s));
+        data = (const char *)data + p->part[j].words * 4;
+    }
     LMI_CUDA_TRY(cudaMemcpyAsync(ctx_of(p)->pos + slot, &pos, sizeof(int64_t), hd, s));
     LMI_CUDA_TRY(cudaStreamSynchronize(s)); /* &pos and the caller's blob are read by then */
     return LM_OK;
@@ -541,19 +572,70 @@ static lm_status slot_copy(lm_pool *p, int64_t dst, int64_t src, void *stream)
     ON_DEVICE(p, copy_on(p, dst, src, (cudaStream_t)stream));
 }
 
-static lm_status slot_get(const lm_pool *p, int64_t slot, float *S, float *z, int64_t *pos, void *stream)
+static lm_status slot_get(const lm_pool *p, int64_t slot, void *data, int64_t *pos, void *stream)
 {
-    ON_DEVICE(p, get_on(p, slot, S, z, pos, (cudaStream_t)stream));
+    ON_DEVICE(p, get_on(p, slot, data, pos, (cudaStream_t)stream));
 }
 
-static lm_status slot_set(lm_pool *p, int64_t slot, const float *S, const float *z, int64_t pos, void *stream)
+static lm_status slot_set(lm_pool *p, int64_t slot, const void *data, int64_t pos, void *stream)
 {
-    ON_DEVICE(p, set_on(p, slot, S, z, pos, (cudaStream_t)stream));
+    ON_DEVICE(p, set_on(p, slot, data, pos, (cudaStream_t)stream));
 }
 
 static lm_status all_positions(lm_pool *p, void *stream)
 {
     ON_DEVICE(p, all_positions_on(p, (cudaStream_t)stream));
+}
+
+/* ---- hybrid pools ---- */
+
+/* One launch of the hybrid decode kernel over the rows: the kernel reads
+ * each row's slot on the device and finds the slot's parts at their strides. */
+static lm_status hybrid_decode(const lm_pool *p, const lmi_rows *r, cudaStream_t s)
+{
+    lmi_core_params c;
+    memset(&c, 0, sizeof c);
+    c.B = r->B, c.L = c.Lk = 1, c.Hq = r->Hq, c.Hkv = p->Hkv, c.Dk = p->Dk, c.Dv = p->Dv;
+    c.q = r->q, c.k = r->k, c.v = r->v, c.out = r->out;
+    c.state = p->cfg.state, c.normalizer = p->cfg.normalizer;
+    c.causal = 1, c.feature_map = p->cfg.feature_map, c.normalize = 1, c.eps = p->cfg.eps, c.scale = p->scale;
+    lmi_pool_hybrid_params(p, 0, 0, &c);
+    c.win_k = p->cfg.window_keys, c.win_v = p->cfg.window_values, c.win_pos = p->cfg.window_pos;
+    lmk_hybrid_decode d;
+    lm_status st = lmi_cuda_hybrid_decode_params(&c, &d);
+    if (st)
+        return st;
+    d.slots = r->slot, d.nslots = (int)p->N;
+    d.S_slot = p->part[0].stride, d.z_slot = p->part[1].stride, d.wk_slot = p->part[2].stride;
+    d.wv_slot = p->part[3].stride, d.wp_slot = p->part[4].stride;
+    d.pos = ctx_of(p)->pos, d.arrive = ctx_of(p)->arrive, d.limit = r->limit, d.status = r->status;
+    return lmk_hybrid_decode_launch(&d, s);
+}
+
+/* Every sequence through the hybrid core prefill on its slot's views (a
+ * fresh slot emptied first, stream-ordered), then the positions. The
+ * checks that could refuse a later sequence run for all first. */
+static lm_status hybrid_prefill_on(lm_pool *p, const lmi_varlen *v, cudaStream_t s)
+{
+    lm_status st = LM_OK;
+    for (int64_t i = 0; i < v->n && st == LM_OK; i++)
+        if (runs(v, i) && v->cu[i + 1] > v->cu[i]) {
+            lmi_core_params cp;
+            lmi_pool_seq_params(p, v, i, &cp);
+            st = lmi_cuda_check_core(&cp, ctx_of(p)->device);
+        }
+    for (int64_t i = 0; i < v->n && st == LM_OK; i++) {
+        if (!runs(v, i))
+            continue;
+        if (v->slot[i] >= 0 && lmi_pool_seq_fresh(v, i))
+            st = zero_parts(p, v->slot[i], s);
+        if (st == LM_OK && v->cu[i + 1] > v->cu[i]) {
+            lmi_core_params cp;
+            lmi_pool_seq_params(p, v, i, &cp);
+            st = lmi_cuda_hybrid_prefill(&cp, s);
+        }
+    }
+    return st ? st : positions(p, v, s);
 }
 
 const lmi_pool_ops lmi_cuda_pool = {

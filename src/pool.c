@@ -349,6 +349,20 @@ static lm_status prefill_license(lm_pool *pool, const lmi_varlen *v, lm_status *
     return LM_OK;
 }
 
+/* A hybrid slot's window codes are int32 (docs/DESIGN.md §9.2): no sequence
+ * may take its slot past 2^31 - 1 tokens. */
+static lm_status hybrid_lengths(const lm_pool *pool, const lmi_varlen *v)
+{
+    for (int64_t i = 0; pool->hybrid && i < v->n; i++) {
+        const int64_t end = (lmi_pool_seq_fresh(v, i) ? 0 : pool->pos[v->slot[i]]) + v->cu[i + 1] - v->cu[i];
+        if (end > INT32_MAX)
+            return lmi_error(LM_ERR_UNSUPPORTED, "sequence %lld would take its hybrid slot to position %lld: "
+                             "window positions are int32 (at most 2^31 - 1 tokens)", (long long)i,
+                             (long long)end);
+    }
+    return LM_OK;
+}
+
 lm_status lm_pool_prefill(lm_pool *pool, const lm_prefill_args *args, void *stream)
 {
     lm_prefill_args a;
@@ -356,7 +370,7 @@ lm_status lm_pool_prefill(lm_pool *pool, const lm_prefill_args *args, void *stre
     int refused;
     lm_status st = check_prefill(pool, args, &a, &v);
     if (st || (st = lmi_capture_check(pool->be, stream, 0, "lm_pool_prefill")) ||
-        (st = hybrid_positions(pool, &v, stream)) ||
+        (st = hybrid_positions(pool, &v, stream)) || (st = hybrid_lengths(pool, &v)) ||
         (st = prefill_license(pool, &v, a.row_status, stream, &refused)))
         return st;
     v.skip = refused ? a.row_status : NULL;

@@ -4,7 +4,8 @@
  * indexed decode captured in a CUDA graph and replayed with new indices and
  * inputs (positions advanced on the device, outputs as the CPU pool's); the
  * checks the decode kernel makes itself (an index out of range: the row is
- * refused in row_status and nothing of it written; padding rows LM_OK); a
+ * refused in row_status and nothing of it written; padding rows LM_OK), on
+ * linear and hybrid pools; a hybrid pool's prefill equal to the core's; a
  * right-padded prefill long enough for segments ends in the unpadded state;
  * the varlen prefill's two paths (LM_POOL_PREFILL=each and packed, one pool
  * of each in this process) against the float64 reference and each other.
@@ -60,32 +61,51 @@ START_TEST(test_gpu_pool_paths)
 }
 END_TEST
 
-enum { GN = 8, GH = 4, GD = 64, GB = 5 };
-
-/* A pool of GN slots of [GH, GD, GD] on `dev` over memory of its own. */
-static lm_pool *pool_on(lm_device dev, float **S, float **z)
+START_TEST(test_gpu_pool_hybrid_core)
 {
-    const size_t nS = (size_t)GN * GH * GD * GD, nz = (size_t)GN * GH * GD;
-    if (dev == LM_CUDA) {
-        *S = dmalloc(nS * sizeof(float)), *z = dmalloc(nz * sizeof(float));
-    } else {
-        *S = malloc(nS * sizeof(float)), *z = malloc(nz * sizeof(float));
-    }
+    pool_case_hybrid_core(&gpu_dev);
+}
+END_TEST
+
+enum { GN = 8, GH = 4, GD = 64, GB = 5, GW = 2, GS = 1 };
+
+/* Floats of the pool_on memory: every slot's S, z and, for a hybrid pool
+ * (W = GW, s = GS), its window's keys, values and positions. */
+static size_t pool_floats(int hybrid)
+{
+    return (size_t)GN * GH * (GD * GD + GD + (hybrid ? (GW + GS) * (2 * GD + 1) : 0));
+}
+
+/* A pool of GN slots of [GH, GD, GD] on `dev` over memory of its own (*mem:
+ * S, z, then a hybrid pool's window parts, each packed). */
+static lm_pool *pool_on(lm_device dev, int hybrid, float **mem)
+{
+    const size_t n = pool_floats(hybrid);
+    *mem = dev == LM_CUDA ? dmalloc(n * sizeof(float)) : malloc(n * sizeof(float));
     lm_pool_config cfg;
     ck_assert_int_eq(lm_pool_config_default(&cfg, GN, GH, GD), LM_OK);
-    cfg.device = dev, cfg.state = *S, cfg.normalizer = *z;
+    cfg.device = dev, cfg.state = *mem, cfg.normalizer = *mem + (size_t)GN * GH * GD * GD;
+    if (hybrid) {
+        cfg.attention = LM_ATTENTION_HYBRID, cfg.window = GW, cfg.sinks = GS;
+        cfg.window_keys = cfg.normalizer + GN * GH * GD;
+        cfg.window_values = cfg.window_keys + GN * GH * (GW + GS) * GD;
+        cfg.window_pos = (int32_t *)(cfg.window_values + GN * GH * (GW + GS) * GD);
+    }
     lm_pool *p;
     ck_assert_msg(lm_pool_create(&cfg, &p) == LM_OK, "%s", lm_last_error());
     return p;
 }
 
 /* lm_pool_decode captured once in a graph, replayed with other indices and
- * inputs: the CPU pool given the same steps one call at a time agrees. */
+ * inputs: the CPU pool given the same steps one call at a time agrees; a
+ * linear and a hybrid pool (W = 2, s = 1: the replays fold tokens out of the
+ * window). */
 START_TEST(test_gpu_pool_graph)
 {
+    const int hybrid = _i;
     ref_seed(31);
-    float *S, *z, *hS, *hz;
-    lm_pool *gp = pool_on(LM_CUDA, &S, &z), *cp = pool_on(LM_CPU, &hS, &hz);
+    float *gmem, *hmem;
+    lm_pool *gp = pool_on(LM_CUDA, hybrid, &gmem), *cp = pool_on(LM_CPU, hybrid, &hmem);
     const int64_t row = GH * GD;
     float *q = malloc(GB * row * sizeof(float)), *k = malloc(GB * row * sizeof(float));
     float *v = malloc(GB * row * sizeof(float)), *o = malloc(GB * row * sizeof(float));
@@ -100,10 +120,10 @@ START_TEST(test_gpu_pool_graph)
     lm_decode_args gd = { LM_SIZED(lm_decode_args), .q = &tq, .k = &tk, .v = &tv, .out = &to, .slots = dslots };
     cudaStream_t s;
     CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-    static const int32_t steps[4][GB] = { { 0, 1, 2, 3, 4 }, { 5, -1, 2, 7, 0 }, { 3, 6, -1, -1, 1 },
-                                          { 7, 5, 4, 2, 0 } };
+    static const int32_t steps[6][GB] = { { 0, 1, 2, 3, 4 }, { 5, -1, 2, 7, 0 }, { 3, 6, -1, -1, 1 },
+                                          { 7, 5, 4, 2, 0 }, { 0, 2, 5, 7, 3 }, { 2, 0, -1, 4, 5 } };
     cudaGraphExec_t exec = NULL;
-    for (int st = 0; st < 4; st++) {
+    for (int st = 0; st < 6; st++) {
         for (int64_t i = 0; i < GB * row; i++) {
             q[i] = (float)(4 * ref_uniform() - 2), k[i] = (float)(4 * ref_uniform() - 2);
             v[i] = (float)(2 * ref_uniform() - 1);
@@ -138,7 +158,8 @@ START_TEST(test_gpu_pool_graph)
             }
             num += (go[i] - o[i]) * (double)(go[i] - o[i]), den += (double)o[i] * o[i];
         }
-        CHECK(sqrt(num / den) <= 1e-5, "step %d: graph replay vs CPU pool: rel. error %.3g", st, sqrt(num / den));
+        CHECK(sqrt(num / den) <= 1e-5, "step %d (hybrid %d): graph replay vs CPU pool: rel. error %.3g", st, hybrid,
+              sqrt(num / den));
     }
     for (int64_t slot = 0; slot < GN; slot++) {
         int64_t pg = -1, pc = -2;
@@ -150,7 +171,7 @@ START_TEST(test_gpu_pool_graph)
     CUDA_OK(cudaGraphExecDestroy(exec));
     CUDA_OK(cudaStreamDestroy(s));
     lm_pool_destroy(gp), lm_pool_destroy(cp);
-    cudaFree(S), cudaFree(z), free(hS), free(hz);
+    cudaFree(gmem), free(hmem);
     cudaFree(dq), cudaFree(dk), cudaFree(dv), cudaFree(dout), cudaFree(dslots);
     free(q), free(k), free(v), free(o), free(go);
     gpu_end_test();
@@ -158,11 +179,12 @@ START_TEST(test_gpu_pool_graph)
 END_TEST
 
 /* Indices are checked by the kernel: out of range, the row is refused in
- * row_status (LM_ERR_INVALID_ARG) and nothing of it is written. */
+ * row_status (LM_ERR_INVALID_ARG) and nothing of it is written; a linear and
+ * a hybrid pool. */
 START_TEST(test_gpu_pool_row_status)
 {
-    float *S, *z;
-    lm_pool *gp = pool_on(LM_CUDA, &S, &z);
+    float *mem;
+    lm_pool *gp = pool_on(LM_CUDA, _i, &mem);
     const int64_t row = GH * GD;
     float *h = malloc(3 * row * sizeof(float)), *out = malloc(3 * row * sizeof(float));
     for (int64_t i = 0; i < 3 * row; i++)
@@ -187,7 +209,7 @@ START_TEST(test_gpu_pool_row_status)
     ck_assert_int_eq(lm_pool_slot_position(gp, 2, &pos, NULL), LM_OK);
     CHECK(pos == 1, "slot 2 at position %lld after one step", (long long)pos);
     lm_pool_destroy(gp);
-    cudaFree(S), cudaFree(z), cudaFree(dx), cudaFree(dout), cudaFree(dslots), cudaFree(dstatus);
+    cudaFree(mem), cudaFree(dx), cudaFree(dout), cudaFree(dslots), cudaFree(dstatus);
     free(h), free(out);
     gpu_end_test();
 }
@@ -251,8 +273,9 @@ Suite *gpu_pool_suite(void)
     tcase_add_test(tc, test_gpu_pool_fork_blob);
     tcase_add_test(tc, test_gpu_pool_workspace);
     tcase_add_test(tc, test_gpu_pool_paths);
-    tcase_add_test(tc, test_gpu_pool_graph);
-    tcase_add_test(tc, test_gpu_pool_row_status);
+    tcase_add_test(tc, test_gpu_pool_hybrid_core);
+    tcase_add_loop_test(tc, test_gpu_pool_graph, 0, 2);
+    tcase_add_loop_test(tc, test_gpu_pool_row_status, 0, 2);
     tcase_add_test(tc, test_gpu_masked_keys_keep_state);
     suite_add_tcase(s, tc);
     return s;
