@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import ROOT, assert_close, ref_attention, requires_cuda, run_unlicensed
-from liquid_memory import InvalidArgumentError, StateError, _ffi
+from liquid_memory import InvalidArgumentError, StateError, UnsupportedError, _ffi, hybrid, hybrid_attention
 from liquid_memory.engine import STATUS_LICENSE, STATUS_OK, StatePool
 
 pytestmark = pytest.mark.skipif(not _ffi.binding().has("lm_pool_create"),
@@ -257,6 +257,126 @@ def test_a_closed_pool_refuses_calls():
         pool.decode(q[:1], k[:1], v[:1], [1])
     assert pool.state[1].any()  # the memory stays readable
     pool.close()  # twice is fine
+
+
+class HybridModel:
+    """Each slot's hybrid state, advanced by the module's hybrid attention
+    (liquid_memory.hybrid_attention: the C core continuing a HybridState)."""
+
+    def __init__(self, n, window, sinks, gate, device="cpu"):
+        self.W, self.s, self.gate, self.device = window, sinks, gate, device
+        self.st = [None] * n
+
+    def run(self, slot, q, k, v, fresh=False):
+        st = None if slot < 0 or fresh else self.st[slot]
+        if q.shape[0] == 0:  # no tokens: a fresh slot is emptied
+            if slot >= 0 and fresh:
+                self.st[slot] = hybrid.empty_state(1, HKV, DK, DV, self.W, self.s, self.device)
+            return q.new_zeros((0, HQ, DV))
+        out, fin = hybrid_attention(q[None], k[None], v[None], self.W, self.s, self.gate, state=st,
+                                    return_state=True)
+        if slot >= 0:
+            self.st[slot] = fin
+        return out[0]
+
+
+def _hybrid_pool(n, window, sinks, gate, device="cpu"):
+    return StatePool(n, HKV, DK, DV, device=device, attention="hybrid", window=window, sinks=sinks,
+                     window_gate=gate)
+
+
+def _check_hybrid_states(pool, model, slots):
+    for s in slots:
+        st = model.st[s]
+        assert pool.position(s) == st.position, "slot %d" % s
+        for got, want, name in ((pool.state[s], st.S[0], "S"), (pool.normalizer[s], st.z[0], "z"),
+                                (pool.window_keys[s], st.keys[0], "keys"),
+                                (pool.window_values[s], st.values[0], "values")):
+            assert_close(got.cpu(), want.cpu(), torch.float32, "slot %d %s" % (s, name))
+        assert torch.equal(pool.window_pos[s].cpu(), st.pos[0].cpu()), "slot %d positions" % s
+
+
+@pytest.mark.parametrize("window,sinks", [(5, 2), (1, 0), (16, 3)])
+def test_hybrid_pool_matches_the_modules_hybrid(window, sinks):
+    """Ragged lengths around W and s into slots in any order, decode rows with
+    padding, a slot joining later, continuing prefills; each sequence against
+    hybrid_attention on it alone from its slot's state."""
+    gate = torch.linspace(-1.5, 1.5, HQ)
+    pool, model = _hybrid_pool(6, window, sinks, gate), HybridModel(6, window, sinks, gate)
+    W, s = window, sinks
+    lens, slots = [1, max(W - 1, 0), W, W + 1, s + W + 1, 40], [4, 1, 3, 0, 5, 2]
+    q, k, v = _rand(sum(lens), seed=31)
+    cu = [0]
+    for n in lens:
+        cu.append(cu[-1] + n)
+    out = pool.prefill(q, k, v, cu, slots, [1] * 6)
+    for i, slot in enumerate(slots):
+        want = model.run(slot, q[cu[i]:cu[i + 1]], k[cu[i]:cu[i + 1]], v[cu[i]:cu[i + 1]], True)
+        assert_close(out[cu[i]:cu[i + 1]], want, torch.float32, "prefill of slot %d" % slot)
+    for step in range(3):
+        rows = [2, -1, 0, 4, 1] if step < 2 else [5, 3, 2, -1, 0]
+        q, k, v = _rand(5, seed=40 + step)
+        out, status = pool.decode(q, k, v, rows)
+        assert status.tolist() == [STATUS_OK] * 5
+        for b, slot in enumerate(rows):
+            if slot < 0:
+                assert not out[b].any()
+                continue
+            assert_close(out[b], model.run(slot, q[b:b + 1], k[b:b + 1], v[b:b + 1])[0], torch.float32,
+                         "decode step %d row %d" % (step, b))
+    q, k, v = _rand(W + 7, seed=50)
+    out = pool.prefill(q, k, v, [0, 3, W + 7], [1, 4])
+    assert_close(out[:3], model.run(1, q[:3], k[:3], v[:3]), torch.float32, "continued slot 1")
+    assert_close(out[3:], model.run(4, q[3:], k[3:], v[3:]), torch.float32, "continued slot 4")
+    _check_hybrid_states(pool, model, range(6))
+
+
+def test_hybrid_pool_slots_round_trip():
+    gate = torch.tensor([0.5, -0.5, 1.0, 0.0])
+    pool = _hybrid_pool(4, 4, 1, gate)
+    assert "hybrid" in repr(pool) and pool.window == 4 and pool.sinks == 1
+    assert pool.window_keys.shape == (4, HKV, 5, DK) and pool.window_pos.dtype == torch.int32
+    q, k, v = _rand(11, seed=60)
+    pool.prefill(q, k, v, [0, 11], [1])
+    blob = pool.export_slot(1)
+    assert len(blob) == pool.blob_size == 88 + 4 * (HKV * (DK * DV + DK + 5 * (DK + DV + 1))) + 32
+    pool.copy(3, 1)
+    other = _hybrid_pool(2, 4, 1, gate)
+    other.import_slot(0, blob)
+    assert other.position(0) == 11
+    q, k, v = (t[[0, 0, 0]] for t in _rand(1, seed=61))  # one token on every row
+    a, _ = pool.decode(q, k, v, [1, 3, -1])
+    b, _ = other.decode(q[:1], k[:1], v[:1], [0])
+    assert torch.equal(a[0], a[1]) and torch.equal(a[0], b[0])
+    assert torch.equal(other.window_pos[0], pool.window_pos[1])
+    pool.zero(1)
+    assert pool.position(1) == 0 and not pool.window_pos[1].any()
+    with pytest.raises(StateError):  # another W: the blob does not fit
+        _hybrid_pool(1, 5, 1, gate).import_slot(0, blob)
+    with pytest.raises(StateError):  # a linear pool's slot into a hybrid pool
+        other.import_slot(1, StatePool(1, HKV, DK, DV).export_slot(0))
+
+
+@pytest.mark.parametrize("kwargs,error", [
+    (dict(attention="hybrid", window=0), InvalidArgumentError),
+    (dict(attention="hybrid", sinks=-1), InvalidArgumentError),
+    (dict(attention="hybrid", normalize=False), InvalidArgumentError),
+    (dict(attention="hybrid", decay=(0.9, 0.9)), UnsupportedError),
+    (dict(attention="hybrid", window_gate=[0.0] * 3), InvalidArgumentError),
+    (dict(attention="hybrid", window_gate=[0.0] * 4, num_heads=8), InvalidArgumentError),
+    (dict(attention="linear", window_gate=[0.0] * 4), InvalidArgumentError),
+    (dict(attention="softmax"), InvalidArgumentError)])
+def test_bad_hybrid_configs_are_refused(kwargs, error):
+    with pytest.raises(error):
+        StatePool(2, HKV, DK, **kwargs)
+
+
+def test_hybrid_pool_refuses_other_query_heads():
+    pool = _hybrid_pool(2, 4, 1, torch.zeros(HQ))
+    q, k, v = _rand(3)
+    with pytest.raises(InvalidArgumentError, match="num_heads"):
+        pool.prefill(q[:, :2], k, v, [0, 3], [0])
+    assert pool.position(0) == 0 and not pool.window_pos.any()
 
 
 @requires_cuda

@@ -9,9 +9,17 @@ every slot's position (tokens absorbed). A sequence holds one slot per layer
 for its life:
 
     pool = StatePool(num_slots=64, num_kv_heads=8, head_dim=64, device="cuda")
+    hyb = StatePool(64, 8, 64, device="cuda", attention="hybrid", window=64, sinks=4,
+                    window_gate=gate)          # gate: num_heads logits (or None: all 0)
     out = pool.prefill(q, k, v, cu_seqlens=[0, 300, 420], slots=[5, 9], fresh=[1, 1])
     out, status = pool.decode(q1, k1, v1, slots)   # slots: int32 on the device, -1 = padding
     blob = pool.export_slot(5); pool.import_slot(7, blob); pool.copy(8, 5); pool.zero(9)
+
+A hybrid pool (attention="hybrid", docs/DESIGN.md §9) also holds each slot's
+window: keys [N, Hkv, s + W, Dk], values [N, Hkv, s + W, Dv] (fp32) and
+positions [N, Hkv, s + W] (int32), in tensors it owns beside S and z (the
+properties window_keys, window_values, window_pos); its window_gate (one
+logit per query head, so num_heads = its length) is the layer's, copied.
 
 q, k, v, out are packed [T, H, D] (prefill: sequence i is rows cu_seqlens[i]
 .. cu_seqlens[i+1]-1) or [B, H, D] (decode: one token per row), BF16/F16/F32
@@ -84,7 +92,9 @@ class StatePool:
 
     def __init__(self, num_slots, num_kv_heads, head_dim, head_dim_v=None, *, device="cpu",
                  feature_map="elu1", normalize=True, eps=1e-6, scale=None, decay=None,
-                 precision="auto", num_threads=0):
+                 precision="auto", num_threads=0, attention="linear",
+                 window=C["LM_HYBRID_WINDOW_DEFAULT"], sinks=C["LM_HYBRID_SINKS_DEFAULT"],
+                 window_gate=None, num_heads=None):
         what = "StatePool"
         self._pool = None
         lib = _ffi.binding()
@@ -129,12 +139,47 @@ class StatePool:
         cfg.cuda_device = dev.index if dev.type == "cuda" else -1
         lib.set_ptr(cfg, "lm_pool_config", "state", self._S.data_ptr())
         lib.set_ptr(cfg, "lm_pool_config", "normalizer", self._z.data_ptr())
+        self.attention = attention
+        self._window = self._hybrid(lib, cfg, attention, window, sinks, window_gate, num_heads,
+                                    (N, Hkv, Dk, Dv), dev, what)
         handle, read = lib.out("lm_pool *")
         _core.check(lib.call("lm_pool_create", lib.ref(cfg), handle), "lm_pool_create")
         self._lib, self._pool, self._lock = lib, read(), threading.Lock()
         self._index = dev.index if dev.type == "cuda" else -1
         self.device, self.num_slots, self.num_kv_heads = dev, N, Hkv
         self.head_dim, self.head_dim_v = Dk, Dv
+        self._sinks = int(cfg.sinks) if self._window is not None else None
+
+    @staticmethod
+    def _hybrid(lib, cfg, attention, window, sinks, window_gate, num_heads, shape, dev, what):
+        """The hybrid fields of cfg and the window's tensors (keys, values,
+        positions), or None for a linear pool (the library checks W, s and
+        the gate's values)."""
+        cfg.attention = _choice({"linear": C["LM_ATTENTION_LINEAR"], "hybrid": C["LM_ATTENTION_HYBRID"]},
+                                attention, "attention", what)
+        if attention == "linear":
+            if window_gate is not None or num_heads is not None:
+                raise _invalid(what, "window_gate and num_heads are for attention=\"hybrid\"")
+            return None
+        N, Hkv, Dk, Dv = shape
+        W, s = _index(window, "window", what), _index(sinks, "sinks", what)
+        cfg.window, cfg.sinks = W, s
+        gate = None
+        if window_gate is not None:
+            gate = torch.as_tensor(window_gate, dtype=torch.float32).detach().flatten().contiguous().cpu()
+            if num_heads is not None and gate.numel() != _index(num_heads, "num_heads", what):
+                raise _invalid(what, "window_gate has %d logits, num_heads is %d"
+                               % (gate.numel(), num_heads))
+            num_heads = gate.numel()
+            lib.set_ptr(cfg, "lm_pool_config", "window_gate", gate.data_ptr())  # copied by create
+        cfg.num_heads = 0 if num_heads is None else _index(num_heads, "num_heads", what)
+        n = max(W + s, 1)  # the library refuses a bad W or s
+        win = (torch.empty((N, Hkv, n, Dk), dtype=torch.float32, device=dev),
+               torch.empty((N, Hkv, n, Dv), dtype=torch.float32, device=dev),
+               torch.empty((N, Hkv, n), dtype=torch.int32, device=dev), gate)
+        for field, t in zip(("window_keys", "window_values", "window_pos"), win):
+            lib.set_ptr(cfg, "lm_pool_config", field, t.data_ptr())
+        return win
 
     # ---- life ----
 
@@ -161,9 +206,42 @@ class StatePool:
             pass
 
     def __repr__(self):
-        return "StatePool(num_slots=%d, num_kv_heads=%d, head_dim=%d, head_dim_v=%d, device=%s%s)" % (
-            self.num_slots, self.num_kv_heads, self.head_dim, self.head_dim_v, self.device,
+        hybrid = "" if self._window is None else ", attention=\"hybrid\", window=%d, sinks=%d" % (
+            self.window, self.sinks)
+        return "StatePool(num_slots=%d, num_kv_heads=%d, head_dim=%d, head_dim_v=%d, device=%s%s%s)" % (
+            self.num_slots, self.num_kv_heads, self.head_dim, self.head_dim_v, self.device, hybrid,
             "" if self._pool is not None else ", closed")
+
+    @property
+    def window(self):
+        """W of a hybrid pool (None for a linear one)."""
+        return None if self._window is None else self._window[0].shape[2] - self.sinks
+
+    @property
+    def sinks(self):
+        """s of a hybrid pool (None for a linear one)."""
+        return None if self._window is None else self._sinks
+
+    def _window_part(self, i):
+        if self._window is None:
+            raise _invalid("StatePool", "a linear pool has no window (attention=\"hybrid\" has)")
+        return self._window[i]
+
+    @property
+    def window_keys(self):
+        """A hybrid pool's window keys [N, Hkv, s + W, Dk] fp32, as `state`."""
+        return self._window_part(0)
+
+    @property
+    def window_values(self):
+        """A hybrid pool's window values [N, Hkv, s + W, Dv] fp32, as `state`."""
+        return self._window_part(1)
+
+    @property
+    def window_pos(self):
+        """A hybrid pool's window positions [N, Hkv, s + W] int32 (p + 1 for the
+        token at position p, 0 empty), as `state`."""
+        return self._window_part(2)
 
     @property
     def state(self):
@@ -314,9 +392,10 @@ class StatePool:
         return int(read())
 
     def export_slot(self, slot):
-        """A slot as a versioned blob (bytes): position, fp32 S and z, and a
-        tag of this process. import_slot of any pool with the same Hkv, Dk, Dv
-        (any device) reads it; under a context cap only this process's
+        """A slot as a versioned blob (bytes): position, fp32 S and z (a hybrid
+        pool's: and its window, format 2), and a tag of this process.
+        import_slot of any pool with the same Hkv, Dk, Dv (hybrid: and W, s)
+        on any device reads it; under a context cap only this process's
         unaltered blobs are taken."""
         what = "lm_pool_slot_export"
         slot = _index(slot, "slot", what)
