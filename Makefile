@@ -144,6 +144,7 @@ $(ENGINE_BIN): examples/engine.c $(SO)
 
 test-engine: $(ENGINE_BIN)
 	$(TEST_ENV) $(ENGINE_BIN)
+	$(TEST_ENV) $(ENGINE_BIN) --hybrid
 
 # ---- benchmark ----
 $(BENCH_BIN): bench/lm_bench.c $(SO)

@@ -194,6 +194,7 @@ for L in (8192, 32768):  # B = 1, 32 heads of 128, bf16, causal, elu+1, normalis
     engine)
         phase engine-tests 200 "$OUT/engine.log" "$B/bin/lm-gpu-tests" pool
         phase engine-example 30 "$OUT/engine.log" "$B/bin/engine-cuda"
+        phase engine-example-hybrid 30 "$OUT/engine.log" "$B/bin/engine-cuda" --hybrid
         phase engine-bench 120 "$OUT/engine.log" "$B/bin/lm-engine-gpu-bench" --out "$OUT/engine-gpu.json" \
             --commit "$COMMIT"
         phase engine-cpu 90 "$OUT/engine.log" "$B/bin/lm-engine-bench" --threads 2 --out "$OUT" --commit "$COMMIT"

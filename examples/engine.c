@@ -15,6 +15,11 @@
  * `make test`; `make device-build` builds a CUDA copy (engine-cuda) that
  * does the same with every tensor, the pool and the slot indices in device
  * memory (bench/gpu_run.sh, phase engine). Exit status 0 when all agree.
+ *
+ * `engine --hybrid` runs the same with a hybrid pool (docs/DESIGN.md §9:
+ * window W = 8, sinks s = 2, per-head gates): each slot then also holds its
+ * window's keys, values and positions, and the check runs each sequence
+ * alone through the core's hybrid prefill.
  */
 #include <liquid_memory.h>
 
@@ -45,7 +50,10 @@ static void to_dev(void *d, const void *h, size_t n) { memcpy(d, h, n); }
 static void to_host(void *h, const void *d, size_t n) { memcpy(h, d, n); }
 #endif
 
-enum { HQ = 4, HKV = 2, D = 32, SLOTS = 3, NSEQ = 4, MAXT = 256 };
+enum { HQ = 4, HKV = 2, D = 32, SLOTS = 3, NSEQ = 4, MAXT = 256, W = 8, SINKS = 2 };
+
+/* The hybrid layer's gates, one logit per query head. */
+static const float gate[HQ] = { 0.5f, -0.25f, 1.0f, 0.0f };
 
 /* A sequence: when it arrives, its prompt and how many tokens it generates. */
 typedef struct seq {
@@ -121,15 +129,21 @@ static int free_slot(void)
     return -1;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
-    /* The pool: S [SLOTS, HKV, D, D] and z [SLOTS, HKV, D] in the caller's memory. */
+    const int hybrid = argc > 1 && !strcmp(argv[1], "--hybrid");
+    /* The pool: S [SLOTS, HKV, D, D] and z [SLOTS, HKV, D] in the caller's memory;
+     * hybrid: the window's keys, values [SLOTS, HKV, SINKS + W, D], positions
+     * [SLOTS, HKV, SINKS + W] too. */
+    const size_t nw = (size_t)SLOTS * HKV * (SINKS + W);
     float *S = dev_alloc(sizeof(float) * SLOTS * HKV * D * D), *z = dev_alloc(sizeof(float) * SLOTS * HKV * D);
+    float *wk = dev_alloc(sizeof(float) * nw * D), *wv = dev_alloc(sizeof(float) * nw * D);
+    int32_t *wp = dev_alloc(sizeof(int32_t) * nw);
     int32_t *dslots = dev_alloc(sizeof(int32_t) * SLOTS);
     static batch b;
     b.q = dev_alloc(sizeof b.hq), b.k = dev_alloc(sizeof b.hk), b.v = dev_alloc(sizeof b.hv);
     b.o = dev_alloc(sizeof b.ho);
-    if (!S || !z || !dslots || !b.q || !b.k || !b.v || !b.o) {
+    if (!S || !z || !wk || !wv || !wp || !dslots || !b.q || !b.k || !b.v || !b.o) {
         fprintf(stderr, "engine: no memory for the pool and the batch\n");
         return 1;
     }
@@ -137,6 +151,11 @@ int main(void)
     CHECK(lm_pool_config_default(&cfg, SLOTS, HKV, D));
     cfg.device = DEVICE;
     cfg.state = S, cfg.normalizer = z;
+    if (hybrid) {
+        cfg.attention = LM_ATTENTION_HYBRID, cfg.window = W, cfg.sinks = SINKS;
+        cfg.num_heads = HQ, cfg.window_gate = gate;
+        cfg.window_keys = wk, cfg.window_values = wv, cfg.window_pos = wp;
+    }
     lm_pool *pool;
     CHECK(lm_pool_create(&cfg, &pool));
 
@@ -231,6 +250,10 @@ int main(void)
         lm_core_args a;
         CHECK(lm_core_args_default(&a));
         a.q = &q, a.k = &k, a.v = &v, a.out = &o;
+        if (hybrid) {
+            a.attention = LM_ATTENTION_HYBRID, a.window = W, a.sinks = SINKS;
+            a.window_gate = gate;
+        }
         CHECK(lm_linear_attn_prefill(&a, NULL));
         to_host(one.ho, one.o, sizeof(float) * (size_t)s->len * HQ * D);
         double num = 0, den = 0;
@@ -245,10 +268,11 @@ int main(void)
                s->prompt, rel);
     }
     lm_pool_destroy(pool);
-    dev_free(S), dev_free(z), dev_free(dslots), dev_free(b.q), dev_free(b.k), dev_free(b.v), dev_free(b.o);
+    dev_free(S), dev_free(z), dev_free(wk), dev_free(wv), dev_free(wp), dev_free(dslots), dev_free(b.q), dev_free(b.k), dev_free(b.v), dev_free(b.o);
     /* fp32 throughout; the packed calls sum in another order than one sequence alone. */
     const int ok = worst <= 1e-5;
-    printf("engine (%s): %d prefill calls, %d decode calls, largest difference %.2e: %s\n",
-           DEVICE == LM_CUDA ? "cuda" : "cpu", prefills, decodes, worst, ok ? "ok" : "FAILED");
+    printf("engine (%s, %s): %d prefill calls, %d decode calls, largest difference %.2e: %s\n",
+           DEVICE == LM_CUDA ? "cuda" : "cpu", hybrid ? "hybrid" : "linear", prefills, decodes, worst,
+           ok ? "ok" : "FAILED");
     return ok ? 0 : 1;
 }
