@@ -505,6 +505,9 @@ LM_API LM_NODISCARD lm_status lm_linear_attn_absorb(const lm_core_args *args, vo
  *     with any distance between slots. The library keeps how many tokens
  *     each slot has absorbed (its position; CUDA: in device memory, updated
  *     by the kernels). A sequence holds one slot per layer for its life.
+ *     A hybrid pool (lm_pool_config.attention) also holds each slot's window
+ *     (keys, values, positions: see lm_pool_config), which every call and
+ *     slot operation below covers.
  *   - lm_pool_prefill takes q, k, v packed as [T, H, D] with cu_seqlens:
  *     sequence i is tokens cu_seqlens[i] .. cu_seqlens[i+1]-1, continuing
  *     the state of slots[i] (or starting it afresh), causal. A decode row is
@@ -631,7 +634,8 @@ typedef struct lm_prefill_args {
 } lm_prefill_args;
 
 /* Bytes of workspace lm_pool_prefill needs for args (their lengths, shapes
- * and the pool's thread count; no tensor data is read). 0 is a valid answer. */
+ * and the pool's thread count; no tensor data is read). 0 is a valid answer
+ * (always, for a hybrid pool: the hybrid core allocates its own scratch). */
 LM_API LM_NODISCARD lm_status lm_pool_prefill_workspace(const lm_pool *pool, const lm_prefill_args *args,
                                                         size_t *bytes);
 
@@ -644,7 +648,11 @@ LM_API LM_NODISCARD lm_status lm_pool_prefill_workspace(const lm_pool *pool, con
  * sequence. CPU: synchronous. CUDA: queued on `stream` (a cudaStream_t, NULL
  * = default); tensors need stride 1 on their last dimension; sequences of
  * length 1 continuing a slot run as one decode launch, longer ones as
- * prefills of their own. Returns INVALID_ARG, UNSUPPORTED, LICENSE,
+ * prefills of their own. A hybrid pool runs every sequence through the
+ * hybrid core prefill on its slot; on CUDA, one continuing a slot after
+ * decode steps first reads the slots' positions back (a synchronisation:
+ * UNSUPPORTED under graph capture), and a slot stops at 2^31 - 1 tokens
+ * (UNSUPPORTED). Returns INVALID_ARG, UNSUPPORTED, LICENSE,
  * OUT_OF_MEMORY, CUDA. */
 LM_API LM_NODISCARD lm_status lm_pool_prefill(lm_pool *pool, const lm_prefill_args *args, void *stream);
 
@@ -664,7 +672,7 @@ typedef struct lm_decode_args {
 } lm_decode_args;
 
 /* Bytes of workspace lm_pool_decode needs for B rows (CPU: scratch per
- * thread; CUDA: 0). */
+ * thread, 0 for a hybrid pool, whose steps allocate their own; CUDA: 0). */
 LM_API LM_NODISCARD lm_status lm_pool_decode_workspace(const lm_pool *pool, const lm_decode_args *args,
                                                        size_t *bytes);
 
@@ -689,20 +697,24 @@ LM_API LM_NODISCARD lm_status lm_pool_slot_copy(lm_pool *pool, int64_t dst, int6
 LM_API LM_NODISCARD lm_status lm_pool_slot_position(const lm_pool *pool, int64_t slot, int64_t *tokens,
                                                     void *stream);
 
-/* Size in bytes of a slot's blob (header, position, fp32 S and z, and a
- * 32-byte tag keyed per process). */
+/* Size in bytes of a slot's blob (header, position, fp32 S and z, a hybrid
+ * pool's window, and a 32-byte tag keyed per process). */
 LM_API LM_NODISCARD lm_status lm_pool_slot_blob_size(const lm_pool *pool, size_t *bytes);
 
 /* Copies slot `slot` into host memory buf (at least lm_pool_slot_blob_size
  * bytes): a versioned blob ("LMSLOT01", format version, head counts and
  * dims, position, then S and z), readable by lm_pool_slot_import of any
- * pool with the same Hkv, Dk and Dv, on any device. CUDA: waits for
- * `stream`. */
+ * pool with the same Hkv, Dk and Dv, on any device. A hybrid pool writes
+ * format 2 (the header adds the attention, W and s; the window's keys,
+ * values and positions follow z), read only by hybrid pools of the same W
+ * and s; a linear pool still writes format 1 and reads both. CUDA: waits
+ * for `stream`. */
 LM_API LM_NODISCARD lm_status lm_pool_slot_export(const lm_pool *pool, int64_t slot, void *buf, size_t bytes,
                                                   void *stream);
 
 /* Replaces slot `slot` with a blob of lm_pool_slot_export; the blob is
- * checked (magic, version, sizes, position) before anything changes. Under
+ * checked (magic, version, sizes, mode, position; hybrid: the window's
+ * positions agree with it) before anything changes. Under
  * a context cap only this process's unaltered blobs are taken (LICENSE), as
  * for lm_attn_set_state.
  * CUDA: the copy is queued on `stream` and complete when the call returns. */
