@@ -6,7 +6,8 @@
  * whole call, with nothing written, when it does not. `make test-c` runs
  * this suite twice: licensed (no limit: every row runs) and in evaluation
  * mode (no license in the environment, LM_TEST_EVALUATION=1: a limit of
- * LM_EVAL_MAX_TOKENS tokens).
+ * LM_EVAL_MAX_TOKENS tokens). Each test runs on a linear and on a hybrid
+ * pool (the same rules; a hybrid slot's window is left as it was too).
  */
 #include "ref.h"
 
@@ -14,16 +15,20 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { NSLOT = 3, HK = 1, DH = 8 };
+enum { NSLOT = 3, HK = 1, DH = 8, HW = 4, HS = 1, NW = NSLOT * HK * (HW + HS) };
 
 typedef struct lic {
     int64_t limit;                    /* the license's, 0 = none */
+    int hybrid;                       /* a hybrid pool (W = HW, s = HS) */
     float S[NSLOT * HK * DH * DH], z[NSLOT * HK * DH];
+    float wk[NW * DH], wv[NW * DH];
+    int32_t wp[NW];
     lm_pool *pool;
 } lic;
 
-static void lic_init(lic *l)
+static void lic_init(lic *l, int hybrid)
 {
+    l->hybrid = hybrid;
     lm_license_details d;
     memset(&d, 0, sizeof d);
     d.struct_size = sizeof d;
@@ -37,6 +42,10 @@ static void lic_init(lic *l)
     lm_pool_config cfg;
     ck_assert_int_eq(lm_pool_config_default(&cfg, NSLOT, HK, DH), LM_OK);
     cfg.state = l->S, cfg.normalizer = l->z;
+    if (hybrid) {
+        cfg.attention = LM_ATTENTION_HYBRID, cfg.window = HW, cfg.sinks = HS;
+        cfg.window_keys = l->wk, cfg.window_values = l->wv, cfg.window_pos = l->wp;
+    }
     ck_assert_msg(lm_pool_create(&cfg, &l->pool) == LM_OK, "%s", lm_last_error());
 }
 
@@ -74,7 +83,7 @@ START_TEST(test_prefill_per_row)
 {
     ref_seed(41);
     lic l;
-    lic_init(&l);
+    lic_init(&l, _i);
     const int64_t cap = l.limit ? l.limit : LM_EVAL_MAX_TOKENS;
     ck_assert_int_ge(cap, 300);
     toks first;
@@ -84,7 +93,8 @@ START_TEST(test_prefill_per_row)
                            .out = &first.to, .num_seqs = 1, .cu_seqlens = cu0, .slots = s0 };
     ck_assert_msg(lm_pool_prefill(l.pool, &a0, NULL) == LM_OK, "%s", lm_last_error());
     float S[sizeof l.S / sizeof l.S[0]], z[sizeof l.z / sizeof l.z[0]];
-    memcpy(S, l.S, sizeof S), memcpy(z, l.z, sizeof z);
+    int32_t wp[NW];
+    memcpy(S, l.S, sizeof S), memcpy(z, l.z, sizeof z), memcpy(wp, l.wp, sizeof wp);
 
     toks t;
     toks_init(&t, 300);
@@ -94,7 +104,7 @@ START_TEST(test_prefill_per_row)
                           .num_seqs = 2, .cu_seqlens = cu, .slots = slots, .flags = flags };
     if (l.limit) { /* without row statuses: the whole call refused, nothing written */
         EXPECT_ERR(lm_pool_prefill(l.pool, &a, NULL), LM_ERR_LICENSE, "tokens of context");
-        ck_assert(!memcmp(S, l.S, sizeof S) && !memcmp(z, l.z, sizeof z));
+        ck_assert(!memcmp(S, l.S, sizeof S) && !memcmp(z, l.z, sizeof z) && !memcmp(wp, l.wp, sizeof wp));
         for (int64_t i = 0; i < 300 * HK * DH; i++)
             ck_assert(isnan(t.out[i]));
         ck_assert_int_eq(position(&l, 1), 0);
@@ -110,6 +120,7 @@ START_TEST(test_prefill_per_row)
         ck_assert_int_eq(st[0], LM_ERR_LICENSE);
         ck_assert_int_eq(position(&l, 0), cap - 96);
         ck_assert(!memcmp(S, l.S, HK * DH * DH * sizeof(float)) && !memcmp(z, l.z, HK * DH * sizeof(float)));
+        ck_assert(!memcmp(wp, l.wp, HK * (HW + HS) * sizeof(int32_t))); /* slot 0's window */
         for (int64_t i = 0; i < 200 * HK * DH; i++)
             ck_assert(isnan(t.out[i]));
     } else {
@@ -126,7 +137,7 @@ START_TEST(test_decode_per_row)
 {
     ref_seed(42);
     lic l;
-    lic_init(&l);
+    lic_init(&l, _i);
     const int64_t cap = l.limit ? l.limit : LM_EVAL_MAX_TOKENS;
     toks first;
     toks_init(&first, cap + 5);
@@ -163,7 +174,7 @@ START_TEST(test_forged_slot_blob)
 {
     ref_seed(43);
     lic l;
-    lic_init(&l);
+    lic_init(&l, _i);
     const int64_t cap = l.limit ? l.limit : LM_EVAL_MAX_TOKENS;
     toks first;
     toks_init(&first, cap);
@@ -184,6 +195,9 @@ START_TEST(test_forged_slot_blob)
         ck_assert_int_eq(position(&l, 1), 0);
         for (int64_t i = 0; i < HK * DH * DH; i++)
             ck_assert(l.S[HK * DH * DH + i] == 0.0f); /* slot 1 untouched */
+    } else if (l.hybrid) { /* counted nowhere, but the window says the slot holds `cap` tokens */
+        EXPECT_ERR(lm_pool_slot_import(l.pool, 1, forged, bytes, NULL), LM_ERR_INVALID_ARG, "disagree");
+        ck_assert_int_eq(position(&l, 1), 0);
     } else {
         ck_assert_msg(lm_pool_slot_import(l.pool, 1, forged, bytes, NULL) == LM_OK, "%s", lm_last_error());
         ck_assert_int_eq(position(&l, 1), 0);
@@ -211,9 +225,9 @@ Suite *pool_license_suite(void)
 {
     Suite *s = suite_create("pool_license");
     TCase *tc = tcase_create("pool_license");
-    tcase_add_test(tc, test_prefill_per_row);
-    tcase_add_test(tc, test_decode_per_row);
-    tcase_add_test(tc, test_forged_slot_blob);
+    tcase_add_loop_test(tc, test_prefill_per_row, 0, 2);
+    tcase_add_loop_test(tc, test_decode_per_row, 0, 2);
+    tcase_add_loop_test(tc, test_forged_slot_blob, 0, 2);
     suite_add_tcase(s, tc);
     return s;
 }
