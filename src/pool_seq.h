@@ -18,11 +18,14 @@ static inline int lmi_pool_seq_fresh(const lmi_varlen *v, int64_t i)
 
 /* The hybrid fields of core parameters p (B = 1) for slot `slot` (-1: no
  * state) of a hybrid pool, the call starting at `position`: the slot's window
- * buffers, the pool's W, s and gate; decay off (the pool refuses it). */
+ * buffers, the pool's W, s and gate; decay off (the pool refuses it); not
+ * `fresh`: the caller empties a fresh slot (all five parts) first, so the
+ * hybrid core runs exactly as lm_linear_attn_prefill with fresh_state. */
 static inline void lmi_pool_hybrid_params(const lm_pool *pool, int64_t slot, int64_t position,
                                           lmi_core_params *p)
 {
     p->hybrid = 1;
+    p->fresh = 0; /* a fresh slot is emptied by the caller first, as the core's fresh_state does */
     p->window = pool->W, p->sinks = pool->s;
     p->gate = pool->gate;
     p->decay = NULL;
@@ -34,9 +37,8 @@ static inline void lmi_pool_hybrid_params(const lm_pool *pool, int64_t slot, int
 
 /* Sequence i as core parameters: B = 1 over its tokens of the packed views,
  * causal, the slot's state (written only when fresh), the pool's options,
- * precision decided on its own context; a hybrid pool's window (whose
- * buffers a fresh sequence's caller empties first: the hybrid core reads
- * them whatever `fresh` says). */
+ * precision decided on its own context; a hybrid pool's window
+ * (lmi_pool_hybrid_params). */
 static inline void lmi_pool_seq_params(const lm_pool *pool, const lmi_varlen *v, int64_t i, lmi_core_params *p)
 {
     const int64_t t0 = v->cu[i], len = v->cu[i + 1] - t0, slot = v->slot[i];
