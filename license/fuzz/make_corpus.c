@@ -182,6 +182,14 @@ static int blob_corpus(void)
     const uint32_t words[4] = { 1, 56, 0x01020304u, 0 };
     memcpy(slot_head, words, sizeof words);
     const size_t slot_floats = (size_t)(FUZZ_BLOB_KV_HEADS * D * (FUZZ_BLOB_DV + 1));
+    /* slot blob format 2 (88 bytes): format 1's fields, then attention, W, s, reserved */
+    int64_t slot2[10] = { 0, 0, FUZZ_BLOB_KV_HEADS, D, FUZZ_BLOB_DV, 12, 1, FUZZ_BLOB_WINDOW, FUZZ_BLOB_SINKS, 0 };
+    const uint32_t words2[4] = { 2, 88, 0x01020304u, 0 };
+    memcpy(slot2, words2, sizeof words2);
+    int64_t slot2_linear[10];
+    memcpy(slot2_linear, slot2, sizeof slot2);
+    slot2_linear[6] = slot2_linear[7] = slot2_linear[8] = 0;
+    const size_t slot2_floats = slot_floats + (size_t)(FUZZ_BLOB_KV_HEADS * slots * (D + FUZZ_BLOB_DV + 1));
     const uint8_t sign = FUZZ_BLOB_SIGN, cap = FUZZ_BLOB_CAPPED;
     return in("blob") ||
            put_blob("linear-signed", 0 | sign, "LMSTATE1", 48, 8, lin, 5, lin_floats) ||
@@ -192,7 +200,10 @@ static int blob_corpus(void)
            put_blob("hybrid-capped", 1 | sign | cap, "LMSTATE2", 80, 8, hyb, 9, hyb_floats) ||
            put_blob("slot-signed", 2 | sign, "LMSLOT01", 56, 8, slot_head, 6, slot_floats) ||
            put_blob("slot-capped", 2 | sign | cap, "LMSLOT01", 56, 8, slot_head, 6,
-                    slot_floats);
+                    slot_floats) ||
+           put_blob("slot-hybrid-signed", 3 | sign, "LMSLOT01", 88, 8, slot2, 10, slot2_floats) ||
+           put_blob("slot-hybrid-capped", 3 | sign | cap, "LMSLOT01", 88, 8, slot2, 10, slot2_floats) ||
+           put_blob("slot-linear-format2", 2 | sign, "LMSLOT01", 88, 8, slot2_linear, 10, slot_floats);
 }
 
 int main(int argc, char **argv)
