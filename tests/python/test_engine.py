@@ -296,16 +296,16 @@ def _check_hybrid_states(pool, model, slots):
         assert torch.equal(pool.window_pos[s].cpu(), st.pos[0].cpu()), "slot %d positions" % s
 
 
-@pytest.mark.parametrize("window,sinks", [(5, 2), (1, 0), (16, 3)])
-def test_hybrid_pool_matches_the_modules_hybrid(window, sinks):
+def _hybrid_scenario(window, sinks, device):
     """Ragged lengths around W and s into slots in any order, decode rows with
     padding, a slot joining later, continuing prefills; each sequence against
     hybrid_attention on it alone from its slot's state."""
     gate = torch.linspace(-1.5, 1.5, HQ)
-    pool, model = _hybrid_pool(6, window, sinks, gate), HybridModel(6, window, sinks, gate)
+    pool = _hybrid_pool(6, window, sinks, gate, device)
+    model = HybridModel(6, window, sinks, gate, device)
     W, s = window, sinks
     lens, slots = [1, max(W - 1, 0), W, W + 1, s + W + 1, 40], [4, 1, 3, 0, 5, 2]
-    q, k, v = _rand(sum(lens), seed=31)
+    q, k, v = _rand(sum(lens), seed=31, device=device)
     cu = [0]
     for n in lens:
         cu.append(cu[-1] + n)
@@ -315,7 +315,7 @@ def test_hybrid_pool_matches_the_modules_hybrid(window, sinks):
         assert_close(out[cu[i]:cu[i + 1]], want, torch.float32, "prefill of slot %d" % slot)
     for step in range(3):
         rows = [2, -1, 0, 4, 1] if step < 2 else [5, 3, 2, -1, 0]
-        q, k, v = _rand(5, seed=40 + step)
+        q, k, v = _rand(5, seed=40 + step, device=device)
         out, status = pool.decode(q, k, v, rows)
         assert status.tolist() == [STATUS_OK] * 5
         for b, slot in enumerate(rows):
@@ -324,11 +324,22 @@ def test_hybrid_pool_matches_the_modules_hybrid(window, sinks):
                 continue
             assert_close(out[b], model.run(slot, q[b:b + 1], k[b:b + 1], v[b:b + 1])[0], torch.float32,
                          "decode step %d row %d" % (step, b))
-    q, k, v = _rand(W + 7, seed=50)
+    q, k, v = _rand(W + 7, seed=50, device=device)
     out = pool.prefill(q, k, v, [0, 3, W + 7], [1, 4])
     assert_close(out[:3], model.run(1, q[:3], k[:3], v[:3]), torch.float32, "continued slot 1")
     assert_close(out[3:], model.run(4, q[3:], k[3:], v[3:]), torch.float32, "continued slot 4")
     _check_hybrid_states(pool, model, range(6))
+
+
+@pytest.mark.parametrize("window,sinks", [(5, 2), (1, 0), (16, 3)])
+def test_hybrid_pool_matches_the_modules_hybrid(window, sinks):
+    _hybrid_scenario(window, sinks, "cpu")
+
+
+@requires_cuda
+@pytest.mark.parametrize("window,sinks", [(5, 2), (16, 3)])
+def test_cuda_hybrid_pool_matches_the_modules_hybrid(window, sinks):
+    _hybrid_scenario(window, sinks, "cuda")
 
 
 def test_hybrid_pool_slots_round_trip():
