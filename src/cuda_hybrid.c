@@ -52,48 +52,70 @@ static lm_status check(const lmi_core_params *p)
     return LM_OK;
 }
 
-lm_status lmi_cuda_hybrid_prefill(const lmi_core_params *p, cudaStream_t s)
+/* A prefill's kernel parameters *k and linear call *c (its body rows over
+ * the delayed keys, when *nb_out > 0), checked: everything refused is
+ * refused here, before any pass changes the state. */
+static lm_status plan(const lmi_core_params *p, lmk_hybrid *k, lmi_core_params *c, int64_t *nb_out)
 {
     lm_status st = check(p);
-    if (st || p->L == 0)
+    if (st)
         return st;
     const int64_t L = p->L, W = p->window, P0 = p->position;
     int64_t sh = p->sinks - P0;
     sh = sh < 0 ? 0 : sh > L ? L : sh;
-    lmk_hybrid k;
-    memset(&k, 0, offsetof(lmk_hybrid, gamma));
-    k.q = p->q.data, k.k = p->k.data, k.v = p->v.data, k.out = p->out.data;
-    copy4(k.sq, &p->q), copy4(k.sk, &p->k), copy4(k.sv, &p->v), copy4(k.so, &p->out);
-    k.mask = p->mask;
-    k.mask_s[0] = p->mask_s[0], k.mask_s[1] = p->mask_s[1];
-    k.dtype = p->q.dtype;
-    k.B = (int)p->B, k.Hq = (int)p->Hq, k.Hkv = (int)p->Hkv, k.Dk = (int)p->Dk, k.Dv = (int)p->Dv;
-    k.feature_map = p->feature_map;
-    k.L = L, k.P0 = P0, k.W = W, k.s = p->sinks, k.sh = sh;
-    k.S = p->state, k.z = p->normalizer;
-    k.win_k = p->win_k, k.win_v = p->win_v, k.win_pos = p->win_pos;
-    k.eps = p->eps, k.scale = p->scale;
-    gates(p, k.gamma);
+    memset(k, 0, offsetof(lmk_hybrid, gamma));
+    k->q = p->q.data, k->k = p->k.data, k->v = p->v.data, k->out = p->out.data;
+    copy4(k->sq, &p->q), copy4(k->sk, &p->k), copy4(k->sv, &p->v), copy4(k->so, &p->out);
+    k->mask = p->mask;
+    k->mask_s[0] = p->mask_s[0], k->mask_s[1] = p->mask_s[1];
+    k->dtype = p->q.dtype;
+    k->B = (int)p->B, k->Hq = (int)p->Hq, k->Hkv = (int)p->Hkv, k->Dk = (int)p->Dk, k->Dv = (int)p->Dv;
+    k->feature_map = p->feature_map;
+    k->L = L, k->P0 = P0, k->W = W, k->s = p->sinks, k->sh = sh;
+    k->S = p->state, k->z = p->normalizer;
+    k->win_k = p->win_k, k->win_v = p->win_v, k->win_pos = p->win_pos;
+    k->eps = p->eps, k->scale = p->scale;
+    gates(p, k->gamma);
 
-    /* Everything refused is refused before any pass changes the state. */
-    const int64_t nb = L - W - sh; /* body rows, and delayed keys */
-    lmi_core_params c = *p;        /* linear attention of the body rows over the delayed keys */
-    c.hybrid = 0;
-    c.normalize = 0, c.scale = 1.0f, c.decay = NULL;
+    const int64_t nb = *nb_out = L - W - sh; /* body rows, and delayed keys */
+    *c = *p;                                  /* linear attention of the body rows over the delayed keys */
+    c->hybrid = 0;
+    c->normalize = 0, c->scale = 1.0f, c->decay = NULL;
     if (nb > 0) {
-        c.L = c.Lk = nb;
-        c.q = rows_from(p->q, W + sh);
-        c.out = rows_from(p->out, W + sh);
-        c.k = rows_from(p->k, sh);
-        c.v = rows_from(p->v, sh);
+        c->L = c->Lk = nb;
+        c->q = rows_from(p->q, W + sh);
+        c->out = rows_from(p->out, W + sh);
+        c->k = rows_from(p->k, sh);
+        c->v = rows_from(p->v, sh);
         if (p->mask)
-            c.mask = p->mask + sh * p->mask_s[1];
+            c->mask = p->mask + sh * p->mask_s[1];
     }
     int dev;
     LMI_CUDA_TRY(cudaGetDevice(&dev));
-    if ((st = lmk_hybrid_check(&k)) || (nb > 0 && (st = lmi_cuda_check_core(&c, dev))))
+    if ((st = lmk_hybrid_check(k)))
         return st;
+    return nb > 0 ? lmi_cuda_check_core(c, dev) : LM_OK;
+}
 
+lm_status lmi_cuda_hybrid_check(const lmi_core_params *p)
+{
+    lmk_hybrid k;
+    lmi_core_params c;
+    int64_t nb;
+    return p->L ? plan(p, &k, &c, &nb) : check(p);
+}
+
+lm_status lmi_cuda_hybrid_prefill(const lmi_core_params *p, cudaStream_t s)
+{
+    if (p->L == 0)
+        return check(p);
+    lmk_hybrid k;
+    lmi_core_params c;
+    int64_t nb;
+    lm_status st = plan(p, &k, &c, &nb);
+    if (st)
+        return st;
+    const int64_t L = p->L, W = p->window, sh = k.sh;
     k.r0 = 0, k.r1 = W + sh < L ? W + sh : L;
     if ((st = lmk_hybrid_launch(&k, LMK_HYBRID_HEAD, s)))
         return st;

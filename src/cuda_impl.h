@@ -127,6 +127,9 @@ lm_status lmi_cuda_check_core(const lmi_core_params *p, int device);
 /* Hybrid attention (cuda_hybrid.c): prefill (p->position places the tokens)
  * and decode step (positions from the state), queued on the stream. */
 lm_status lmi_cuda_hybrid_prefill(const lmi_core_params *p, cudaStream_t stream);
+/* UNSUPPORTED (with the reason) when that prefill would refuse p: its checks
+ * alone, nothing queued (a pool checks every sequence before running any). */
+lm_status lmi_cuda_hybrid_check(const lmi_core_params *p);
 lm_status lmi_cuda_hybrid_decode(const lmi_core_params *p, cudaStream_t stream);
 /* The decode kernel's parameters for p (checked; its pool fields zero), for
  * callers that add pool rows (cuda_pool.c). */

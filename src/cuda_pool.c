@@ -613,8 +613,8 @@ static lm_status hybrid_decode(const lm_pool *p, const lmi_rows *r, cudaStream_t
 }
 
 /* Every sequence through the hybrid core prefill on its slot's views (a
- * fresh slot emptied first, stream-ordered), then the positions. The
- * checks that could refuse a later sequence run for all first. */
+ * fresh slot emptied first, stream-ordered), then the positions. Every
+ * sequence's checks run before anything is written. */
 static lm_status hybrid_prefill_on(lm_pool *p, const lmi_varlen *v, cudaStream_t s)
 {
     lm_status st = LM_OK;
@@ -622,7 +622,7 @@ static lm_status hybrid_prefill_on(lm_pool *p, const lmi_varlen *v, cudaStream_t
         if (runs(v, i) && v->cu[i + 1] > v->cu[i]) {
             lmi_core_params cp;
             lmi_pool_seq_params(p, v, i, &cp);
-            st = lmi_cuda_check_core(&cp, ctx_of(p)->device);
+            st = lmi_cuda_hybrid_check(&cp);
         }
     for (int64_t i = 0; i < v->n && st == LM_OK; i++) {
         if (!runs(v, i))
