@@ -23,6 +23,7 @@
  * are bench/NOTES.md's "Hybrid decode, round 2" (target <= 10 us).
  */
 #include "cluster_launch.cuh"
+#include "device_caps.cuh"
 #include "hybrid.cuh"
 #include "pool_row.cuh"
 
@@ -37,7 +38,15 @@ using lmk::phi_precise;
 constexpr int THREADS = 256;
 constexpr int COLS = 32; /* value columns per CTA in a cluster */
 constexpr int GB = 4;    /* query heads per pass */
-constexpr int U = 4;     /* window slots per warp and round of the logits */
+constexpr int U = 8;     /* window slots per warp and round of the logits (68: 2 rounds) */
+constexpr int QF = 2;    /* q values per thread loaded at the start (GB x Dk <= 512: all) */
+constexpr int SR = 4;    /* state rows per thread loaded at the start (Dk <= 4 x row groups: all) */
+
+/* The 4 floats at x, those of them below n (n >= 1; zeros past it). */
+__device__ __forceinline__ float4 row4(const float *x, int n)
+{
+    return make_float4(x[0], 1 < n ? x[1] : 0.0f, 2 < n ? x[2] : 0.0f, 3 < n ? x[3] : 0.0f);
+}
 
 template <bool CLUSTER>
 __global__ void __launch_bounds__(THREADS) hdecode_kernel(const __grid_constant__ lmk_hybrid_decode p, int nvb)
@@ -67,6 +76,28 @@ __global__ void __launch_bounds__(THREADS) hdecode_kernel(const __grid_constant_
     float *qr = vold + cols, *phq = qr + GB * Dk, *lg = phq + GB * Dk, *den = lg + GB * ns;
     float *red = den + GB;
     int *pos = (int *)(red + (size_t)GB * RG * cols);
+    const int cg = tid % CG, rg = tid / CG, e = 4 * cg;
+    float *S = Sh + e0;
+
+    /* What the step reads whatever the position is, issued with the window's
+     * positions before anything waits on them (they used to wait behind the
+     * position's and each phase's barriers): the new key and value, z, the
+     * first query pass and the first SR state rows of this thread. */
+    const bool masked = p.mask && p.mask[b * p.mask_s0];
+    const float k_first = tid < Dk ? hload(p.k, p.dtype, b * p.sk[0] + hk * p.sk[1] + tid) : 0.0f;
+    const float z_first = tid < Dk ? zh[tid] : 0.0f;
+    const float v_first = tid < Dv ? hload(p.v, p.dtype, b * p.sv[0] + hk * p.sv[1] + e0 + tid) : 0.0f;
+    float q_first[QF];
+#pragma unroll
+    for (int j = 0; j < QF; j++) {
+        const int x = tid + j * THREADS, gi = x / Dk;
+        q_first[j] = x < GB * Dk && gi < G ? hload(p.q, p.dtype, b * p.sq[0] + (hk * G + gi) * p.sq[1] + x % Dk) : 0.0f;
+    }
+    float4 s_first[SR];
+#pragma unroll
+    for (int i = 0; i < SR; i++)
+        s_first[i] = rg < RG && e < Dv && rg + i * RG < Dk ? row4(S + (int64_t)(rg + i * RG) * p.Dv + e, Dv - e)
+                                                           : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 
     /* The position: the largest |code| of the row's slots. */
     if (tid == 0)
@@ -83,15 +114,14 @@ __global__ void __launch_bounds__(THREADS) hdecode_kernel(const __grid_constant_
     const int64_t t = tmax;
     const int r = p.s + (int)(t % p.W), target = t < p.s ? (int)t : r;
     const bool fold = t - p.W >= p.s && pos[r] == (int)(t - p.W + 1);
-    const bool masked = p.mask && p.mask[b * p.mask_s0];
     for (int d = tid; d < Dk; d += THREADS) {
-        knew[d] = hload(p.k, p.dtype, b * p.sk[0] + hk * p.sk[1] + d);
+        knew[d] = d == tid ? k_first : hload(p.k, p.dtype, b * p.sk[0] + hk * p.sk[1] + d);
         fk[d] = fold ? phi_precise(wk[(int64_t)r * Dk + d], p.feature_map) : 0.0f;
-        zn[d] = zh[d] + fk[d];
+        zn[d] = (d == tid ? z_first : zh[d]) + fk[d];
     }
-    for (int e = tid; e < Dv; e += THREADS) {
-        vnew[e] = masked ? 0.0f : hload(p.v, p.dtype, b * p.sv[0] + hk * p.sv[1] + e0 + e);
-        vold[e] = fold ? wv[(int64_t)r * p.Dv + e0 + e] : 0.0f;
+    for (int c = tid; c < Dv; c += THREADS) {
+        vnew[c] = masked ? 0.0f : c == tid ? v_first : hload(p.v, p.dtype, b * p.sv[0] + hk * p.sv[1] + e0 + c);
+        vold[c] = fold ? wv[(int64_t)r * p.Dv + e0 + c] : 0.0f;
     }
     __syncthreads();
     if constexpr (CLUSTER) {
@@ -107,15 +137,14 @@ __global__ void __launch_bounds__(THREADS) hdecode_kernel(const __grid_constant_
         if (tid == 0)
             wp[target] = (int32_t)(masked ? -(t + 1) : t + 1);
     }
-    for (int e = tid; e < Dv; e += THREADS)
-        wv[(int64_t)target * p.Dv + e0 + e] = vnew[e];
+    for (int c = tid; c < Dv; c += THREADS)
+        wv[(int64_t)target * p.Dv + e0 + c] = vnew[c];
 
-    const int cg = tid % CG, rg = tid / CG, e = 4 * cg;
-    float *S = Sh + e0;
     for (int gb = 0; gb < G; gb += GB) {
         for (int x = tid; x < GB * Dk; x += THREADS) {
-            const int gi = x / Dk, d = x % Dk, hq = hk * G + gb + gi;
-            qr[x] = gb + gi < G ? hload(p.q, p.dtype, b * p.sq[0] + hq * p.sq[1] + d) : 0.0f;
+            const int gi = x / Dk, d = x % Dk, hq = hk * G + gb + gi, j = (x - tid) / THREADS;
+            qr[x] = gb == 0 && j < QF ? (j == 0 ? q_first[0] : q_first[1]) /* QF = 2 */
+                    : gb + gi < G ? hload(p.q, p.dtype, b * p.sq[0] + hq * p.sq[1] + d) : 0.0f;
             phq[x] = phi_precise(qr[x], p.feature_map);
         }
         __syncthreads();
@@ -183,13 +212,13 @@ __global__ void __launch_bounds__(THREADS) hdecode_kernel(const __grid_constant_
         /* phi(q) S over this CTA's columns, the fold applied in the first pass. */
         float acc[GB][4] = {};
         if (rg < RG && e < Dv)
-            for (int d = rg; d < Dk; d += RG) {
-                float4 sv;
+            for (int d = rg, i = 0; d < Dk; d += RG, i++) {
                 float *row = S + (int64_t)d * p.Dv + e;
-                sv.x = row[0];
-                sv.y = e + 1 < Dv ? row[1] : 0.0f;
-                sv.z = e + 2 < Dv ? row[2] : 0.0f;
-                sv.w = e + 3 < Dv ? row[3] : 0.0f;
+                float4 sv;
+                if (gb == 0 && i < SR) /* loaded at the start (SR = 4: no indexing) */
+                    sv = i == 0 ? s_first[0] : i == 1 ? s_first[1] : i == 2 ? s_first[2] : s_first[3];
+                else
+                    sv = row4(row, Dv - e);
                 if (gb == 0 && fold) {
                     sv.x += fk[d] * vold[e];
                     sv.y += e + 1 < Dv ? fk[d] * vold[e + 1] : 0.0f;
@@ -283,11 +312,9 @@ extern "C" lm_status lmk_hybrid_decode_launch(const lmk_hybrid_decode *p, void *
     if (p->Hq > LMK_MAX_HYBRID_HEADS)
         return lmi_error(LM_ERR_UNSUPPORTED, "cuda hybrid decode: at most %d query heads (got %d)",
                          LMK_MAX_HYBRID_HEADS, p->Hq);
-    int dev = 0, major = 0, optin = 0;
-    LMI_CUDA_TRY(cudaGetDevice(&dev));
-    LMI_CUDA_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-    LMI_CUDA_TRY(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-    int nvb = major >= 9 ? (p->Dv + COLS - 1) / COLS : 1;
+    lmk::DeviceCaps caps; /* cached per device: this is the decode step's hot path */
+    LMI_CUDA_TRY(lmk::device_caps(&caps));
+    int nvb = caps.major >= 9 ? (p->Dv + COLS - 1) / COLS : 1;
     nvb = nvb > 8 ? 8 : nvb;
     const int cols = (p->Dv + nvb - 1) / nvb, CG = (cols + 3) / 4;
     if (CG > THREADS)
@@ -295,6 +322,12 @@ extern "C" lm_status lmk_hybrid_decode_launch(const lmk_hybrid_decode *p, void *
     const int RG = THREADS / CG, ns = p->s + p->W;
     const size_t smem = sizeof(float) * ((size_t)3 * p->Dk + 2 * (size_t)cols + 2 * (size_t)GB * p->Dk +
                                          (size_t)GB * ns + GB + (size_t)GB * RG * cols) + sizeof(int) * (size_t)ns;
+    int optin = 48 * 1024; /* every GPU gives this much; the opt-in limit asked only past it */
+    if (smem > (size_t)optin) {
+        int dev = 0;
+        LMI_CUDA_TRY(cudaGetDevice(&dev));
+        LMI_CUDA_TRY(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    }
     if (smem > (size_t)optin)
         return lmi_error(LM_ERR_UNSUPPORTED, "cuda hybrid decode: W = %d, s = %d and head dims %d x %d need "
                          "%zu bytes of shared memory, the GPU gives %d", p->W, p->s, p->Dk, p->Dv, smem, optin);
