@@ -314,7 +314,11 @@ extern "C" lm_status lmk_hybrid_decode_launch(const lmk_hybrid_decode *p, void *
                          LMK_MAX_HYBRID_HEADS, p->Hq);
     lmk::DeviceCaps caps; /* cached per device: this is the decode step's hot path */
     LMI_CUDA_TRY(lmk::device_caps(&caps));
-    int nvb = caps.major >= 9 ? (p->Dv + COLS - 1) / COLS : 1;
+    /* Clusters only while (row, kv head) pairs are too few to fill the GPU, as in
+     * the linear decode (decode.cu: at 8192 pairs one CTA per pair measured 2.4x
+     * faster than clusters, which repeat the position, q, k and z work per CTA). */
+    const bool spread = caps.major >= 9 && (int64_t)p->B * p->Hkv < 4 * (int64_t)caps.sms;
+    int nvb = spread ? (p->Dv + COLS - 1) / COLS : 1;
     nvb = nvb > 8 ? 8 : nvb;
     const int cols = (p->Dv + nvb - 1) / nvb, CG = (cols + 3) / 4;
     if (CG > THREADS)

@@ -125,6 +125,24 @@ START_TEST(test_hybrid_split_and_decode)
         hybrid_case_splits(&p);
         hprob_free(&p);
     }
+    /* Decode steps over enough (row, kv head) pairs (40 x 16 = 640 >= 4 x 132 SMs)
+     * that an H100 runs one CTA per pair, not clusters (kernels/hybrid_decode.cu). */
+    {
+        hcase c = base_case();
+        c.W = 16, c.s = 2, c.L = 40, c.B = 40, c.Hq = c.Hkv = 16, c.Dk = c.Dv = 64;
+        hprob p;
+        hprob_init(&p, hybrid_gpu(), &c);
+        void *out = hout_new(&p);
+        hstate st;
+        hstate_new(&st, &p);
+        const int64_t whole[] = { 0, c.L };
+        hybrid_run_parts(&p, out, &st, whole, 2, 1); /* every token a decode step (folds from 19 on) */
+        hybrid_check_out(&p, out, "decode steps, one CTA per pair");
+        hybrid_check_state(&p, &st, "decode steps, one CTA per pair");
+        hstate_free(&st, &p);
+        hout_free(&p, out);
+        hprob_free(&p);
+    }
     /* Decode, plain and in a graph, after a prefill of L0 tokens (without a mask: the
      * graph's inputs are one token per batch row). */
     for (int g = 0; g < 2; g++) {
