@@ -8,8 +8,9 @@
  *   the token goes to sink slot t (t < s) or to that ring slot;
  *   each query head of the group: softmax over the slots that hold keys (the
  *       new token included), phi(q) S and phi(q).z, one division.
- * As kernels/decode.cu: on sm_90 the value columns of a head are spread over
- * a cluster of up to 8 CTAs; every CTA reads z, the positions and the evicted
+ * As kernels/decode.cu: on sm_90, while (row, kv head) pairs are fewer than
+ * 4 x SMs, the value columns of a head are spread over a cluster of up to 8
+ * CTAs (else one CTA per pair); every CTA reads z, the positions and the evicted
  * key, and only after the cluster barrier does rank 0 write them back (each
  * CTA writes its own columns of S and of the slot's value). Query heads go in
  * blocks of 4. No allocation, no host sync: graph-capturable.
@@ -19,8 +20,9 @@
  * slot's position counted in) is decode.cu's (pool_row.cuh).
  * Measured (H100, 32 heads of 128, W = 64, s = 4): 35-37 us a step with one
  * slot per warp round and one thread per column summing every slot's value in
- * turn; the rounds of U slots and the (slot group, column) numerators since
- * are bench/NOTES.md's "Hybrid decode, round 2" (target <= 10 us).
+ * turn; the rounds of U slots, the (slot group, column) numerators and the
+ * loads issued at the start since are bench/NOTES.md's "Hybrid decode,
+ * round 2" (target <= 10 us).
  */
 #include "cluster_launch.cuh"
 #include "device_caps.cuh"
