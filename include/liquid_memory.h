@@ -190,6 +190,18 @@ typedef enum lm_attention {
 #define LM_HYBRID_WINDOW_DEFAULT 64
 #define LM_HYBRID_SINKS_DEFAULT 4
 
+/* The form of the hybrid's per-head window gate gamma_h from its logit g_h
+ * (docs/DESIGN.md §9.1). SIGMOID is the normative form (gamma <= 1); EXP lets
+ * the window outweigh the linear part without bound, which a converted softmax
+ * model needs (§9.7). An EXP gate's logits must lie in
+ * [-LM_HYBRID_GATE_EXP_MAX, LM_HYBRID_GATE_EXP_MAX] (else LM_ERR_INVALID_ARG),
+ * so that gamma and the window's fp32 sums cannot overflow. */
+typedef enum lm_gate_form {
+    LM_GATE_SIGMOID = 0, /* gamma_h = sigmoid(g_h) in (0, 1): the default */
+    LM_GATE_EXP = 1      /* gamma_h = exp(g_h) in (0, inf) */
+} lm_gate_form;
+#define LM_HYBRID_GATE_EXP_MAX 40.0f
+
 /* ------------------------------------------------------------------------ */
 /* Module: a drop-in for torch.nn.MultiheadAttention                        */
 /* ------------------------------------------------------------------------ */
@@ -216,14 +228,17 @@ typedef struct lm_attn_config {
     int max_batch;   /* 0 = any; else the largest batch, so CUDA can preallocate */
     /* Hybrid attention (docs/DESIGN.md §9): o_t = (sum over the window of a_j v_j + sum over
      * the evicted tokens of phi(q_t).phi(k_j) v_j) / (the same sums of the weights + eps),
-     * a_j = sigmoid(g_h) exp(scale q_t.k_j - max); the window of token t is the first
-     * `sinks` tokens and the tokens (t - window, t]. Read only when attention is
+     * a_j = gamma_h exp(scale q_t.k_j - max), gamma_h = sigmoid(g_h) (or exp(g_h): see
+     * window_gate_form); the window of token t is the first `sinks` tokens and the tokens
+     * (t - window, t]. Read only when attention is
      * LM_ATTENTION_HYBRID; then scale is the softmax scale (0 = 1/sqrt(head_dim)), forwards
      * must be causal, lm_attn_backward is UNSUPPORTED (train through the Python package). */
     lm_attention attention;   /* LM_ATTENTION_LINEAR (default) or LM_ATTENTION_HYBRID */
     int window;               /* W >= 1 (default LM_HYBRID_WINDOW_DEFAULT) */
     int sinks;                /* s >= 0 (default LM_HYBRID_SINKS_DEFAULT) */
     const float *window_gate; /* num_heads logits g_h, NULL = all 0 (gamma = 1/2); copied */
+    lm_gate_form window_gate_form; /* gamma from g: LM_GATE_SIGMOID (default; also what an
+                                      older caller's shorter struct means) or LM_GATE_EXP */
 } lm_attn_config;
 
 /* Fills cfg with defaults: E = embed_dim, num_heads heads, elu+1, normalised,
@@ -412,6 +427,9 @@ typedef struct lm_core_args {
      * an lm_pool, whose positions the library keeps (docs/DESIGN.md, "Per-sequence
      * entitlements"). 0 (default): state holds `position` tokens already. */
     int fresh_state;
+    /* Hybrid: the form of gamma_h from window_gate, LM_GATE_SIGMOID (default, and what an
+     * older caller's shorter struct means) or LM_GATE_EXP (see lm_gate_form). */
+    lm_gate_form window_gate_form;
 } lm_core_args;
 
 /* Fills the options of args with defaults (elu+1, normalised, eps 1e-6,

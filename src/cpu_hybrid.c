@@ -203,7 +203,7 @@ static void run_task(htask *h, const lmi_core_params *p, int decode, int64_t b, 
 {
     const int64_t Dk = p->Dk, Dv = p->Dv, W = p->window, G = p->Hq / p->Hkv, hk = hq / G;
     const int64_t P0 = h->P0 = decode ? row_position(p, b) : p->position;
-    const float g = p->gate ? p->gate[hq] : 0.0f, gamma = 1.0f / (1.0f + expf(-g));
+    const float gamma = lmi_gate_gamma(p, hq);
     lmi_cpu_task *t = &h->t;
     lmi_cpu_task_start(t, p, b, hk);
     for (int64_t j = 0; j < p->sinks; j++) {

@@ -27,7 +27,7 @@
 static void gates(const lmi_core_params *p, float *gamma)
 {
     for (int64_t h = 0; h < p->Hq; h++)
-        gamma[h] = 1.0f / (1.0f + expf(-(p->gate ? p->gate[h] : 0.0f)));
+        gamma[h] = lmi_gate_gamma(p, h);
 }
 
 static void copy4(int64_t *dst, const lmi_view *v)

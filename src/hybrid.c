@@ -17,7 +17,7 @@
 
 /* The checks shared by configs and core arguments. */
 static lm_status check_options(lm_attention attention, int window, int sinks, const float *gate,
-                               int64_t n_gate, int normalize, const float *decay)
+                               lm_gate_form form, int64_t n_gate, int normalize, const float *decay)
 {
     if (attention != LM_ATTENTION_HYBRID)
         return lmi_error(LM_ERR_INVALID_ARG,
@@ -36,10 +36,22 @@ static lm_status check_options(lm_attention attention, int window, int sinks, co
                          "denominator): set normalize = 1");
     if (decay)
         return lmi_error(LM_ERR_UNSUPPORTED, "hybrid attention has no decay: pass decay = NULL");
-    for (int64_t h = 0; gate && h < n_gate; h++)
+    if (form != LM_GATE_SIGMOID && form != LM_GATE_EXP)
+        return lmi_error(LM_ERR_INVALID_ARG,
+                         "hybrid attention: window_gate_form %d is not one of LM_GATE_SIGMOID (0), "
+                         "LM_GATE_EXP (1)", (int)form);
+    for (int64_t h = 0; gate && h < n_gate; h++) {
         if (!isfinite(gate[h]))
             return lmi_error(LM_ERR_INVALID_ARG, "hybrid attention: window_gate[%lld] = %g is not finite",
                              (long long)h, (double)gate[h]);
+        /* exp(g) and the window's sums (at most (s + W) exp(g) |v|) stay far inside fp32. */
+        if (form == LM_GATE_EXP && fabsf(gate[h]) > LM_HYBRID_GATE_EXP_MAX)
+            return lmi_error(LM_ERR_INVALID_ARG,
+                             "hybrid attention: window_gate[%lld] = %g is outside [-%g, %g], the "
+                             "range of an LM_GATE_EXP gate (gamma = exp(g) must not overflow)",
+                             (long long)h, (double)gate[h], (double)LM_HYBRID_GATE_EXP_MAX,
+                             (double)LM_HYBRID_GATE_EXP_MAX);
+    }
     return LM_OK;
 }
 
@@ -54,14 +66,14 @@ lm_status lmi_hybrid_check_config(const lm_attn_config *c)
 {
     if (c->attention == LM_ATTENTION_LINEAR)
         return LM_OK;
-    return check_options(c->attention, c->window, c->sinks, c->window_gate, c->num_heads,
-                         c->normalize, c->decay);
+    return check_options(c->attention, c->window, c->sinks, c->window_gate, c->window_gate_form,
+                         c->num_heads, c->normalize, c->decay);
 }
 
 lm_status lmi_hybrid_check_core(const lm_core_args *a, int causal, int64_t Hq)
 {
-    lm_status st = check_options(a->attention, a->window, a->sinks, a->window_gate, Hq, a->normalize,
-                                 a->decay);
+    lm_status st = check_options(a->attention, a->window, a->sinks, a->window_gate,
+                                 a->window_gate_form, Hq, a->normalize, a->decay);
     if (st)
         return st;
     if (!causal)
@@ -81,6 +93,7 @@ void lmi_hybrid_fill(const lm_core_args *a, lmi_core_params *p)
     p->sinks = a->sinks;
     p->position = a->state ? a->position : 0;
     p->gate = a->window_gate;
+    p->gate_form = (int)a->window_gate_form;
     p->win_k = a->window_keys;
     p->win_v = a->window_values;
     p->win_pos = a->window_pos;

@@ -180,6 +180,7 @@ static inline void lmi_hybrid_module_params(const lm_attn *a, float *state, int6
     p->sinks = a->cfg.sinks;
     p->position = position;
     p->gate = a->window_gate;
+    p->gate_form = (int)a->cfg.window_gate_form;
     p->decay = NULL;
     p->win_k = w;
     p->win_v = w ? w + n * a->D : NULL;

@@ -6,6 +6,7 @@
 #ifndef LM_PARAMS_H
 #define LM_PARAMS_H
 
+#include <math.h>
 #include <stdint.h>
 
 /* A strided 4-d view: element [i0, i1, i2, i3] is at
@@ -46,11 +47,20 @@ typedef struct lmi_core_params {
     int64_t window, sinks; /* W >= 1, s >= 0 */
     int64_t position;     /* prefill: tokens the state has seen (0 without a state);
                              decode reads each row's count from win_pos instead */
-    const float *gate;    /* Hq host logits g_h (gamma = sigmoid(g)), or NULL = 0 */
+    const float *gate;    /* Hq host logits g_h, or NULL = 0 */
+    int gate_form;        /* lm_gate_form: gamma = sigmoid(g) (0) or exp(g) (1) */
     float *win_k;         /* [B, Hkv, s + W, Dk] fp32 in/out, NULL with state */
     float *win_v;         /* [B, Hkv, s + W, Dv] */
     int32_t *win_pos;     /* [B, Hkv, s + W]: 0 empty, p + 1 position p, -(p + 1) masked */
 } lmi_core_params;
+
+/* The hybrid's gate gamma_h of query head h from p's logits and form
+ * (docs/DESIGN.md §9.1); inline: the CUDA backend links to no core symbol. */
+static inline float lmi_gate_gamma(const lmi_core_params *p, int64_t h)
+{
+    const float g = p->gate ? p->gate[h] : 0.0f;
+    return p->gate_form == 1 ? expf(g) : 1.0f / (1.0f + expf(-g));
+}
 
 /* What the core backward adds to lmi_core_params (whose state / normalizer
  * then hold the initial state, read only). Views share the forward's dtype. */

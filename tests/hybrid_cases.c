@@ -4,7 +4,8 @@
  *
  * Inputs: q, k uniform in [-2, 2) for elu+1 (else [-0.5, 1.5): relu keeps
  * the linear part's normaliser away from zero), v in [-1, 1), a mask of 25%
- * of the keys, gates in [-2, 2). Outputs start as NaN before every call and
+ * of the keys, gates in [-2, 2] (or the case's [-gate_max, gate_max], both
+ * ends included). Outputs start as NaN before every call and
  * must all be written.
  */
 #include "hybrid_cases.h"
@@ -39,8 +40,11 @@ void hprob_init(hprob *p, const test_dev *dev, const hcase *c)
             p->mask[i] = ref_uniform() < 0.25;
     }
     ck_assert(c->Hq <= 64);
+    const double gmax = c->gate_max > 0 ? c->gate_max : 2.0;
     for (int64_t h = 0; h < c->Hq; h++)
-        p->gate[h] = c->gate ? (float)(4 * ref_uniform() - 2) : 0.0f;
+        p->gate[h] = c->gate ? (float)(gmax * (2 * ref_uniform() - 1)) : 0.0f;
+    if (c->gate && c->Hq > 1 && c->gate_max > 0) /* both ends of the range */
+        p->gate[0] = (float)-gmax, p->gate[c->Hq - 1] = (float)gmax;
     p->nS = B * c->Hkv * c->Dk * c->Dv, p->nz = B * c->Hkv * c->Dk;
     p->nwk = B * c->Hkv * ns * c->Dk, p->nwv = B * c->Hkv * ns * c->Dv, p->npos = B * c->Hkv * ns;
     p->nout = B * L * c->Hq * c->Dv;
@@ -52,7 +56,7 @@ void hprob_init(hprob *p, const test_dev *dev, const hcase *c)
                       .v = { p->v.ref, { p->sv[0], p->sv[1], p->sv[2], p->sv[3] } },
                       .mask = p->mask, .causal = 1, .feature_map = c->fm, .normalize = 1,
                       .eps = 1e-6, .scale = 1.0 / sqrt((double)c->Dk) };
-    ref_hybrid(&r, c->W, c->s, c->gate ? p->gate : NULL, p->want, &p->fin);
+    ref_hybrid(&r, c->W, c->s, c->gate ? p->gate : NULL, c->gate_form, p->want, &p->fin);
     p->dq = test_dev_input(dev, p->q.data, tbuf_bytes(&p->q));
     p->dk = test_dev_input(dev, p->k.data, tbuf_bytes(&p->k));
     p->dv = test_dev_input(dev, p->v.data, tbuf_bytes(&p->v));
@@ -185,6 +189,7 @@ void hcall_init(hcall *k, const hprob *p, lm_device where, void *out, const hsta
     k->a.window = (int)c->W;
     k->a.sinks = (int)c->s;
     k->a.window_gate = c->gate ? p->gate : NULL;
+    k->a.window_gate_form = c->gate_form;
     if (st) {
         k->a.state = st->S, k->a.normalizer = st->z;
         k->a.window_keys = st->wk, k->a.window_values = st->wv, k->a.window_pos = st->pos;
@@ -197,9 +202,10 @@ void hcall_init(hcall *k, const hprob *p, lm_device where, void *out, const hsta
 static void describe(char *s, size_t n, const hcase *c, const char *what)
 {
     snprintf(s, n, "%s: dtype %d B %lld L %lld H %lld/%lld D %lld/%lld W %lld s %lld fm %d mask %d "
-             "gate %d seq_first %d", what, (int)c->dtype, (long long)c->B, (long long)c->L,
-             (long long)c->Hq, (long long)c->Hkv, (long long)c->Dk, (long long)c->Dv,
-             (long long)c->W, (long long)c->s, c->fm, c->mask, c->gate, c->seq_first);
+             "gate %d (form %d, max %g) seq_first %d", what, (int)c->dtype, (long long)c->B,
+             (long long)c->L, (long long)c->Hq, (long long)c->Hkv, (long long)c->Dk, (long long)c->Dv,
+             (long long)c->W, (long long)c->s, c->fm, c->mask, c->gate, (int)c->gate_form,
+             c->gate_max, c->seq_first);
 }
 
 double hybrid_check_out(const hprob *p, const void *out, const char *what)
@@ -299,6 +305,20 @@ void hybrid_case_lengths(const hcase *base, int nw, int nl, void (*check)(const 
             check(&c);
         }
     }
+}
+
+void hybrid_case_gate_exp(const hcase *base, int nw, void (*check)(const hcase *c))
+{
+    hcase c = *base;
+    c.gate_form = LM_GATE_EXP, c.gate = 1;
+    hybrid_case_lengths(&c, nw, 7, check);
+    c.L = 300, c.mask = 1;
+    c.gate_max = LM_HYBRID_GATE_EXP_MAX;
+    check(&c);
+    c.gate_max = 0, c.gate = 0;
+    check(&c);
+    c.gate = 1, c.dtype = LM_BF16;
+    check(&c);
 }
 
 void hybrid_case_splits(const hprob *p)

@@ -17,6 +17,8 @@ typedef struct hcase {
     int64_t B, L, Hq, Hkv, Dk, Dv, W, s;
     int fm, mask, gate, seq_first; /* gate: random per-head gates (else none) */
     lm_precision precision;
+    lm_gate_form gate_form;        /* gamma = sigmoid(g) (default) or exp(g) */
+    double gate_max;               /* the gates are uniform in [-gate_max, gate_max]; 0 = 2 */
 } hcase;
 
 /* A case's inputs (host, with float64 shadows, and on the backend), sizes,
@@ -94,6 +96,13 @@ extern const int64_t hybrid_windows[6][2];
  * past 1000) at the first nw windows and the first nl lengths, each case
  * from base run by check. */
 void hybrid_case_lengths(const hcase *base, int nw, int nl, void (*check)(const hcase *c));
+
+/* The exp gate (LM_GATE_EXP, docs/DESIGN.md §9.1) from base, each case run
+ * by check: lengths at the first nw windows with gates in [-2, 2], gates at
+ * the form's bound +-LM_HYBRID_GATE_EXP_MAX (gamma from 4e-18 to 2e17: the
+ * window vanishes or takes over), no gates (gamma = 1, not 1/2), and a
+ * bf16 case with a mask. */
+void hybrid_case_gate_exp(const hcase *base, int nw, void (*check)(const hcase *c));
 
 /* prefill == split prefill (cuts around 1, W, s + W and the chunk) against
  * the reference with the final state, on a case with a mask. */

@@ -293,8 +293,8 @@ static double window_part(const ref_problem *p, int64_t b, int64_t t, int64_t h,
     return 0;
 }
 
-void ref_hybrid(const ref_problem *p, int64_t W, int64_t s, const float *gate, double *out,
-                const ref_hybrid_state *final)
+void ref_hybrid(const ref_problem *p, int64_t W, int64_t s, const float *gate, lm_gate_form gate_form,
+                double *out, const ref_hybrid_state *final)
 {
     const int64_t G = p->Hq / p->Hkv, SS = p->Dk * p->Dv, ns = s + W;
     double *S = malloc((size_t)SS * sizeof(double));
@@ -303,7 +303,8 @@ void ref_hybrid(const ref_problem *p, int64_t W, int64_t s, const float *gate, d
     for (int64_t b = 0; b < p->B; b++)
         for (int64_t h = 0; h < p->Hq; h++) {
             const int64_t hk = h / G;
-            const double gamma = 1.0 / (1.0 + exp(-(gate ? (double)gate[h] : 0.0)));
+            const double g = gate ? (double)gate[h] : 0.0;
+            const double gamma = gate_form == LM_GATE_EXP ? exp(g) : 1.0 / (1.0 + exp(-g));
             memset(S, 0, (size_t)SS * sizeof(double));
             memset(z, 0, (size_t)p->Dk * sizeof(double));
             for (int64_t t = 0; t < p->L; t++) {
@@ -403,7 +404,7 @@ void ref_module_forward(const ref_module *m, double *out)
                       .feature_map = LM_FEATURE_ELU1, .normalize = 1, .eps = 1e-6,
                       .scale = 1.0 / sqrt((double)m->D) };
     if (m->hybrid)
-        ref_hybrid(&r, m->window, m->sinks, m->gate, o, NULL);
+        ref_hybrid(&r, m->window, m->sinks, m->gate, m->gate_form, o, NULL);
     else
         ref_attend(&r, o, NULL, NULL);
     const int64_t so[3] = { L * Dq, Dq, 1 };

@@ -71,14 +71,15 @@ void ref_absorb(const ref_problem *p, double *state_out, double *normalizer_out)
  * keys s <= j <= t - W with phi(q).phi(k), one division. From position 0
  * (p->state unused), causal, normalised, no decay. out [B, L, Hq, Dv]
  * contiguous; `final` (or NULL) gets the state after the L tokens in the
- * library's layout (section 2). gate: Hq logits or NULL (= 0). */
+ * library's layout (section 2). gate: Hq logits or NULL (= 0); gate_form:
+ * gamma_h = sigmoid(g_h) (LM_GATE_SIGMOID) or exp(g_h) (LM_GATE_EXP). */
 typedef struct ref_hybrid_state {
     double *S, *z;         /* [B, Hkv, Dk, Dv], [B, Hkv, Dk] */
     double *keys, *values; /* [B, Hkv, s + W, Dk | Dv], zero in empty slots */
     double *pos;           /* [B, Hkv, s + W]: 0, p + 1, or -(p + 1) when masked */
 } ref_hybrid_state;
 void ref_hybrid(const ref_problem *p, int64_t window, int64_t sinks, const float *gate,
-                double *out, const ref_hybrid_state *final);
+                lm_gate_form gate_form, double *out, const ref_hybrid_state *final);
 /* The buffers of a ref_hybrid_state for `heads` (batch x kv heads) of `slots`
  * (s + W) slots, and their release. */
 void ref_hybrid_state_alloc(ref_hybrid_state *st, int64_t heads, int64_t Dk, int64_t Dv, int64_t slots);
@@ -99,6 +100,7 @@ typedef struct ref_module {
     int hybrid;           /* 1: ref_hybrid with window, sinks, gate instead of ref_attend */
     int64_t window, sinks;
     const float *gate;
+    lm_gate_form gate_form;
 } ref_module;
 
 /* out [B, Lq, E] contiguous. */

@@ -107,8 +107,18 @@ START_TEST(test_masks)
 }
 END_TEST
 
+/* The exp gate form against the reference (hybrid_case_gate_exp). */
+START_TEST(test_gate_exp)
+{
+    ref_seed(110);
+    const hcase base = base_case();
+    hybrid_case_gate_exp(&base, 3, check_case);
+}
+END_TEST
+
 /* prefill == split prefill (hybrid_case_splits) == decode steps, with masks,
- * checked against the reference with the final state. */
+ * checked against the reference with the final state; the gate forms
+ * alternate over the table. */
 START_TEST(test_split_and_steps)
 {
     static const lm_dtype dts[] = { LM_F32, LM_BF16 };
@@ -119,6 +129,7 @@ START_TEST(test_split_and_steps)
             c.W = hybrid_windows[w][0], c.s = hybrid_windows[w][1];
             c.dtype = dts[d];
             c.L = 260, c.mask = 1, c.Hq = 4, c.Hkv = 1;
+            c.gate_form = (w + d) % 2 ? LM_GATE_EXP : LM_GATE_SIGMOID;
             hprob p;
             hprob_init(&p, &cpu_dev, &c);
             hybrid_case_splits(&p);
@@ -244,8 +255,8 @@ START_TEST(test_bad_arguments)
     SNAP(before);
     const size_t all = nb + (size_t)p.nout * 4;
     float decay[8] = { 0.9f, 0.9f, 0.9f, 0.9f, 0.9f, 0.9f, 0.9f, 0.9f };
-    float bad_gate[8] = { 0, 0, NAN, 0 };
-    for (int i = 0; i < 11; i++) {
+    float bad_gate[8] = { 0, 0, NAN, 0 }, big_gate[8] = { 0, 40.5f, 0, 0 }, bound[8] = { -40, 40, 0, 0 };
+    for (int i = 0; i < 14; i++) {
         hcall k;
         hcall_init(&k, &p, LM_CPU, out, &st, 20, 20);
         lm_status want = LM_ERR_INVALID_ARG;
@@ -262,10 +273,25 @@ START_TEST(test_bad_arguments)
         case 8: k.a.attention = (lm_attention)7, needle = "attention 7 is not one of"; break;
         case 9: k.a.window_gate = bad_gate, needle = "window_gate[2]"; break;
         case 10: k.a.sinks = (1 << 20) + 1, needle = "sinks must be in 0.."; break;
+        case 11: k.a.window_gate_form = (lm_gate_form)2, needle = "window_gate_form 2 is not one of"; break;
+        case 12:
+            k.a.window_gate_form = LM_GATE_EXP, k.a.window_gate = big_gate;
+            needle = "window_gate[1] = 40.5 is outside [-40, 40]";
+            break;
+        case 13: k.a.window_gate_form = LM_GATE_EXP, k.a.window_gate = bad_gate, needle = "window_gate[2]"; break;
         }
         EXPECT_ERR(lm_linear_attn_prefill(&k.a, NULL), want, needle);
         SNAP(after);
         ck_assert_msg(!memcmp(before, after, all), "case %d changed the state or the output", i);
+    }
+    /* The sigmoid form takes any finite logit, the exp form its bound. */
+    {
+        hcall k;
+        hcall_init(&k, &p, LM_CPU, out, NULL, 20, 20);
+        k.a.window_gate = big_gate;
+        ck_assert_msg(lm_linear_attn_prefill(&k.a, NULL) == LM_OK, "%s", lm_last_error());
+        k.a.window_gate_form = LM_GATE_EXP, k.a.window_gate = bound;
+        ck_assert_msg(lm_linear_attn_prefill(&k.a, NULL) == LM_OK, "%s", lm_last_error());
     }
     /* Decode refuses a hybrid step without a state; the backward has no hybrid. */
     hcall k;
@@ -296,8 +322,9 @@ START_TEST(test_bad_arguments)
 }
 END_TEST
 
-/* An old caller's lm_core_args (no hybrid fields) runs linear attention, and
- * the defaults set the hybrid's W and s. */
+/* An old caller's lm_core_args (no hybrid fields) runs linear attention, one
+ * without the gate form the sigmoid gate, and the defaults set the hybrid's
+ * W and s and the sigmoid gate. */
 START_TEST(test_abi_defaults)
 {
     lm_core_args a;
@@ -306,11 +333,13 @@ START_TEST(test_abi_defaults)
     ck_assert_int_eq(a.window, LM_HYBRID_WINDOW_DEFAULT);
     ck_assert_int_eq(a.sinks, LM_HYBRID_SINKS_DEFAULT);
     ck_assert_ptr_null(a.window_gate);
+    ck_assert_int_eq(a.window_gate_form, LM_GATE_SIGMOID);
     lm_attn_config cfg;
     ck_assert_int_eq(lm_attn_config_default(&cfg, 64, 4), LM_OK);
     ck_assert_int_eq(cfg.attention, LM_ATTENTION_LINEAR);
     ck_assert_int_eq(cfg.window, LM_HYBRID_WINDOW_DEFAULT);
     ck_assert_int_eq(cfg.sinks, LM_HYBRID_SINKS_DEFAULT);
+    ck_assert_int_eq(cfg.window_gate_form, LM_GATE_SIGMOID);
 
     ref_seed(109);
     hcase c = base_case();
@@ -334,6 +363,13 @@ START_TEST(test_abi_defaults)
     tbuf got = hout_fetch(&p, out);
     ref_err e = ref_compare(&got, lin, p.nout);
     REF_CHECK(e, ref_bound(c.dtype), "(a short lm_core_args is linear attention)");
+    /* The release before the gate form: hybrid with the sigmoid gate (p's reference). */
+    hout_poison(&p, out);
+    hcall_init(&k, &p, LM_CPU, out, NULL, 0, c.L);
+    k.a.struct_size = (uint32_t)offsetof(lm_core_args, window_gate_form);
+    k.a.window_gate_form = LM_GATE_EXP; /* beyond it: not read */
+    ck_assert_msg(lm_linear_attn_prefill(&k.a, NULL) == LM_OK, "%s", lm_last_error());
+    hybrid_check_out(&p, out, "a short lm_core_args: the sigmoid gate");
     free(lin);
     tbuf_free(&got);
     hout_free(&p, out);
@@ -350,6 +386,7 @@ Suite *hybrid_suite(void)
     tcase_add_test(tc, test_shapes);
     tcase_add_test(tc, test_dtypes_layouts);
     tcase_add_test(tc, test_masks);
+    tcase_add_test(tc, test_gate_exp);
     tcase_add_test(tc, test_split_and_steps);
     tcase_add_test(tc, test_full_window_is_softmax);
     tcase_add_test(tc, test_precision);

@@ -16,6 +16,7 @@ typedef struct mcase {
     int causal, cross, packed, bias, decay, mask, seq_first;
     int hybrid;      /* hybrid attention with window W, sinks s and random gates */
     int64_t W, s;
+    lm_gate_form gate_form; /* the hybrid's gamma: sigmoid (default) or exp of the gates */
 } mcase;
 
 static mcase base(void)
@@ -66,6 +67,7 @@ static void mproblem_init(mproblem *p, const mcase *c)
             p->gate[h] = (float)(4 * ref_uniform() - 2);
         cfg.attention = LM_ATTENTION_HYBRID;
         cfg.window = (int)c->W, cfg.sinks = (int)c->s, cfg.window_gate = p->gate;
+        cfg.window_gate_form = c->gate_form;
     }
     ck_assert_msg(lm_attn_create(&cfg, &p->a) == LM_OK, "%s", lm_last_error());
 
@@ -125,7 +127,8 @@ static void mproblem_init(mproblem *p, const mcase *c)
                      .bq = c->bias ? p->bin.ref : NULL, .bk = c->bias ? p->bin.ref + Dq : NULL,
                      .bv = c->bias ? p->bin.ref + Dq + Dkv : NULL, .bo = c->bias ? p->bo.ref : NULL,
                      .mask = p->mask, .decay = c->decay ? p->decay : NULL, .causal = c->causal,
-                     .hybrid = c->hybrid, .window = c->W, .sinks = c->s, .gate = p->gate };
+                     .hybrid = c->hybrid, .window = c->W, .sinks = c->s, .gate = p->gate,
+                     .gate_form = c->gate_form };
     memcpy(m.sq, p->sx, sizeof m.sq);
     memcpy(m.sk, c->cross ? p->sk : p->sx, sizeof m.sk);
     memcpy(m.sv, c->cross ? p->sv : p->sx, sizeof m.sv);
@@ -387,6 +390,7 @@ START_TEST(test_hybrid_forward)
         c.packed = v != 4;
         c.Hq = v == 5 ? 8 : 4, c.Hkv = v == 5 ? 1 : 2;
         c.W = v == 2 ? 1 : 16, c.s = v == 3 ? 0 : 3;
+        c.gate_form = v % 2 ? LM_GATE_EXP : LM_GATE_SIGMOID;
         check_module(&c);
     }
     /* Several slabs of the module's forward (about 1024 tokens each here). */
@@ -404,6 +408,7 @@ START_TEST(test_hybrid_handover)
     for (int mask = 0; mask < 2; mask++) {
         mcase c = hybrid_base();
         c.mask = mask;
+        c.gate_form = mask ? LM_GATE_SIGMOID : LM_GATE_EXP; /* steps (no mask) with exp */
         mproblem p;
         mproblem_init(&p, &c);
         const int64_t L1 = 70;
@@ -504,7 +509,8 @@ START_TEST(test_hybrid_refusals)
     cfg.attention = LM_ATTENTION_HYBRID;
     lm_attn *a = NULL;
     float decay[4] = { 0.9f, 0.9f, 0.9f, 0.9f }, gate[4] = { 0, INFINITY, 0, 0 };
-    for (int i = 0; i < 5; i++) {
+    float big[4] = { 0, 0, -41, 0 };
+    for (int i = 0; i < 7; i++) {
         lm_attn_config c = cfg;
         lm_status want = LM_ERR_INVALID_ARG;
         const char *needle = "";
@@ -514,6 +520,8 @@ START_TEST(test_hybrid_refusals)
         case 2: c.normalize = 0, needle = "set normalize = 1"; break;
         case 3: c.decay = decay, want = LM_ERR_UNSUPPORTED, needle = "has no decay"; break;
         case 4: c.window_gate = gate, needle = "window_gate[1]"; break;
+        case 5: c.window_gate_form = (lm_gate_form)-1, needle = "window_gate_form -1 is not one of"; break;
+        case 6: c.window_gate_form = LM_GATE_EXP, c.window_gate = big, needle = "outside [-40, 40]"; break;
         }
         EXPECT_ERR(lm_attn_create(&c, &a), want, needle);
         ck_assert_ptr_null(a);

@@ -3,7 +3,8 @@
  * float64 reference (ref_hybrid) and the CPU backend: lengths around W and s
  * at several (W, s) incl. s = 0 and W = 1, dtypes, head dims, GQA, masks,
  * wide windows (fewer queries per CTA), the final state (S, z, every window
- * slot), split prefill == decode steps == one prefill, one decode step
+ * slot), both gate forms (sigmoid, exp up to its bound), split prefill ==
+ * decode steps == one prefill, one decode step
  * captured in a CUDA graph and replayed (positions come from the device
  * state), a refused call changing nothing, bit-identical reruns, and the
  * module (CPU vs CUDA handles).
@@ -82,6 +83,16 @@ START_TEST(test_hybrid_lengths)
 }
 END_TEST
 
+/* The exp gate form (hybrid_case_gate_exp): gates up to its bound, none, bf16. */
+START_TEST(test_hybrid_gate_exp)
+{
+    ref_seed(306);
+    const hcase base = base_case();
+    hybrid_case_gate_exp(&base, gpu_small ? 1 : 2, check_case);
+    gpu_end_test();
+}
+END_TEST
+
 START_TEST(test_hybrid_shapes_dtypes)
 {
     static const int64_t dims[][4] = { /* Hq, Hkv, Dk, Dv */
@@ -120,6 +131,7 @@ START_TEST(test_hybrid_split_and_decode)
         hcase c = base_case();
         c.W = hybrid_windows[w][0], c.s = hybrid_windows[w][1];
         c.L = 260, c.mask = 1, c.Hq = 8, c.Hkv = 2, c.Dk = c.Dv = 128;
+        c.gate_form = w % 2 ? LM_GATE_EXP : LM_GATE_SIGMOID; /* both forms over the table */
         hprob p;
         hprob_init(&p, hybrid_gpu(), &c);
         hybrid_case_splits(&p);
@@ -148,6 +160,7 @@ START_TEST(test_hybrid_split_and_decode)
     for (int g = 0; g < 2; g++) {
         hcase c = base_case();
         c.W = g ? 16 : 64, c.s = g ? 0 : 4, c.L = 150, c.B = 2, c.Hq = 8, c.Hkv = 2, c.Dk = c.Dv = 128;
+        c.gate_form = g ? LM_GATE_EXP : LM_GATE_SIGMOID; /* the graph's step with the exp gate */
         hprob p;
         hprob_init(&p, hybrid_gpu(), &c);
         const int64_t L0 = g ? 0 : 90;
@@ -182,6 +195,7 @@ START_TEST(test_hybrid_split_and_decode)
             ck_assert_int_eq(lm_core_args_default(&a), LM_OK);
             a.q = &tq, a.k = &tk, a.v = &tv, a.out = &to;
             a.attention = LM_ATTENTION_HYBRID, a.window = (int)c.W, a.sinks = (int)c.s, a.window_gate = p.gate;
+            a.window_gate_form = c.gate_form;
             a.state = st.S, a.normalizer = st.z, a.window_keys = st.wk, a.window_values = st.wv;
             a.window_pos = st.pos;
             cudaGraph_t gr;
@@ -296,6 +310,7 @@ START_TEST(test_hybrid_module)
         ck_assert(lm_attn_config_default(&cfg, (int)E, (int)H) == LM_OK);
         cfg.num_kv_heads = (int)Hkv, cfg.dtype = dt, cfg.device = g ? LM_CUDA : LM_CPU;
         cfg.attention = LM_ATTENTION_HYBRID, cfg.window = 32, cfg.sinks = 4, cfg.window_gate = gate;
+        cfg.window_gate_form = LM_GATE_EXP; /* the module passes its form (sigmoid: the core tests) */
         ck_assert_msg(lm_attn_create(&cfg, &a[g]) == LM_OK, "%s", lm_last_error());
         lm_weights w = { LM_SIZED(lm_weights), .in_proj_weight = g ? dwin : win.data,
                          .out_proj_weight = g ? dwo : wo.data };
@@ -359,6 +374,7 @@ Suite *gpu_hybrid_suite(void)
     TCase *tc = tcase_create("hybrid");
     tcase_set_timeout(tc, 600);
     tcase_add_test(tc, test_hybrid_lengths);
+    tcase_add_test(tc, test_hybrid_gate_exp);
     tcase_add_test(tc, test_hybrid_shapes_dtypes);
     tcase_add_test(tc, test_hybrid_split_and_decode);
     tcase_add_test(tc, test_hybrid_refused);

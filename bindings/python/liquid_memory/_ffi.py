@@ -32,7 +32,7 @@ PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 # Enum types are passed as int (their size and alignment on every ABI we build for).
 ENUM_TYPES = ("lm_status", "lm_dtype", "lm_device", "lm_feature_map", "lm_precision",
-              "lm_license_mode", "lm_attention")
+              "lm_license_mode", "lm_attention", "lm_gate_form")
 
 CONSTANTS = {
     # lm_status
@@ -54,6 +54,8 @@ CONSTANTS = {
     # lm_attention and the hybrid's defaults
     "LM_ATTENTION_LINEAR": 0, "LM_ATTENTION_HYBRID": 1,
     "LM_HYBRID_WINDOW_DEFAULT": 64, "LM_HYBRID_SINKS_DEFAULT": 4,
+    # lm_gate_form (the hybrid's window gate) and the EXP form's logit bound
+    "LM_GATE_SIGMOID": 0, "LM_GATE_EXP": 1, "LM_HYBRID_GATE_EXP_MAX": 40,
     # the engine API's sequence flag (lm_prefill_args.flags)
     "LM_SEQ_FRESH": 1,
 }
@@ -96,6 +98,7 @@ STRUCTS = (
         ("float *", "window_values"),
         ("int32_t *", "window_pos"),
         ("int", "fresh_state"),
+        ("lm_gate_form", "window_gate_form"),
     )),
     ("lm_core_grads", (
         ("uint32_t", "struct_size"),
