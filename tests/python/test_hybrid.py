@@ -3,7 +3,8 @@ test_hybrid.py - hybrid attention (docs/DESIGN.md §9) from Python against a
 float64 reference written here from the definition (every query against every
 key, the window and evicted sets as masks): the C path (no gradient) and the
 differentiable composition at ragged lengths and several (W, s), masks, GQA,
-dtypes; gradients of q, k, v and window_gate against float64 autograd;
+dtypes; both gate forms (window_gate_form "sigmoid" and "exp"); gradients
+of q, k, v and window_gate against float64 autograd;
 prefill == split prefill == decode steps; LiquidMemory(attention="hybrid")
 (forward, training gradients, step, get/set_state, MHA interop, refusals);
 torch.compile where torch >= 2.4; CUDA against the CPU where there is a GPU.
@@ -23,10 +24,11 @@ WINDOWS = [(64, 4), (16, 0), (1, 0), (1, 3), (7, 2)]
 
 
 def ref_hybrid(q, k, v, window, sinks, gate=None, mask=None, feature_map="elu", eps=1e-6,
-               scale=None):
+               scale=None, gate_form="sigmoid"):
     """Hybrid attention in float64, differentiable: for query t the window
-    {j < s} u (t - W, t] (j <= t) with weights sigmoid(g) exp(scale q.k - max),
-    the evicted set s <= j <= t - W with phi(q).phi(k); masked keys in neither."""
+    {j < s} u (t - W, t] (j <= t) with weights gamma exp(scale q.k - max),
+    gamma = sigmoid(g) (or exp(g): gate_form "exp"), the evicted set
+    s <= j <= t - W with phi(q).phi(k); masked keys in neither."""
     q, k, v = q.double(), k.double(), v.double()
     B, L, Hq, Dk = q.shape
     G = Hq // k.shape[2]
@@ -43,7 +45,8 @@ def ref_hybrid(q, k, v, window, sinks, gate=None, mask=None, feature_map="elu", 
     m = lg.amax(-1, keepdim=True)
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
     g = torch.zeros(Hq, dtype=torch.float64) if gate is None else gate.double()
-    a = torch.sigmoid(g)[None, :, None, None] * torch.exp(lg - m)
+    gamma = torch.exp(g) if gate_form == "exp" else torch.sigmoid(g)
+    a = gamma[None, :, None, None] * torch.exp(lg - m)
     b = torch.einsum("bthd,bjhd->bhtj", phi(q, feature_map), phi(k, feature_map)) * \
         (ev[None, None] & keep)
     w = a + b
@@ -68,26 +71,34 @@ def _lengths(W, s):
     return sorted({L for L in (1, W - 1, W, W + 1, s + W + 1, 300) if L >= 1})
 
 
+FORMS = ["sigmoid", "exp"]
+
+
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("W,s", WINDOWS)
-def test_c_path_against_float64(W, s):
+def test_c_path_against_float64(W, s, form):
     for L in _lengths(W, s):
         q, k, v, gate = _case(L=L, seed=L)
         with torch.no_grad():
-            out = hybrid_attention(q, k, v, W, s, gate)
-        _check(out, ref_hybrid(q, k, v, W, s, gate), torch.float32, "C path W %d s %d L %d" % (W, s, L))
+            out = hybrid_attention(q, k, v, W, s, gate, window_gate_form=form)
+        _check(out, ref_hybrid(q, k, v, W, s, gate, gate_form=form), torch.float32,
+               "C path W %d s %d L %d %s" % (W, s, L, form))
 
 
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("W,s", WINDOWS)
-def test_composition_and_gradients_against_float64(W, s):
-    """The training path: values and the gradients of q, k, v and window_gate."""
+def test_composition_and_gradients_against_float64(W, s, form):
+    """The training path: values and the gradients of q, k, v and window_gate
+    (under "exp" d gamma / d g = gamma, under "sigmoid" gamma (1 - gamma))."""
     for L in _lengths(W, s):
         q, k, v, gate = _case(L=L, seed=L + 7, D=8, Dv=6)
         mask = torch.rand(2, L, generator=torch.Generator().manual_seed(L)) < 0.2
         ins = [t.clone().requires_grad_() for t in (q, k, v, gate)]
-        out = hybrid_attention(*ins[:3], W, s, ins[3], key_padding_mask=mask)
+        out = hybrid_attention(*ins[:3], W, s, ins[3], key_padding_mask=mask,
+                               window_gate_form=form)
         refs = [t.clone().double().requires_grad_() for t in (q, k, v, gate)]
-        want = ref_hybrid(*refs[:3], W, s, refs[3], mask=mask)
-        _check(out, want, torch.float32, "composition W %d s %d L %d" % (W, s, L))
+        want = ref_hybrid(*refs[:3], W, s, refs[3], mask=mask, gate_form=form)
+        _check(out, want, torch.float32, "composition W %d s %d L %d %s" % (W, s, L, form))
         w = torch.randn(out.shape, generator=torch.Generator().manual_seed(3))
         got = torch.autograd.grad((out * w).sum(), ins)
         exp = torch.autograd.grad((want * w.double()).sum(), refs)
@@ -98,7 +109,8 @@ def test_composition_and_gradients_against_float64(W, s):
             # leaves ~1e-6 (measured: <= 2.8e-6 over these cases).
             err = float((g.double() - e).norm())
             assert err <= GRAD_TOL * float(e.norm()) + 1e-5, \
-                "d%s (W %d s %d L %d): error %.3g, norm %.3g" % (name, W, s, L, err, e.norm())
+                "d%s (W %d s %d L %d %s): error %.3g, norm %.3g" % (name, W, s, L, form, err,
+                                                                    e.norm())
 
 
 def test_long_sequence_c_path_equals_composition():
@@ -139,7 +151,8 @@ def test_gqa_masks_relu_and_scale():
         assert (out[2] == 0).all()
 
 
-def test_split_prefill_and_steps_equal_whole():
+@pytest.mark.parametrize("form", FORMS)
+def test_split_prefill_and_steps_equal_whole(form):
     """prefill == prefill + prefill (state carried) == decode steps, and the
     final states agree; a state continues only without gradients."""
     from liquid_memory import hybrid
@@ -147,12 +160,15 @@ def test_split_prefill_and_steps_equal_whole():
     mask = torch.rand(2, 90, generator=torch.Generator().manual_seed(2)) < 0.2
     W, s = 12, 3
     with torch.no_grad():
-        whole, st = hybrid_attention(q, k, v, W, s, gate, mask, return_state=True)
+        whole, st = hybrid_attention(q, k, v, W, s, gate, mask, return_state=True,
+                                     window_gate_form=form)
+        _check(whole, ref_hybrid(q, k, v, W, s, gate, mask, gate_form=form), torch.float32,
+               "whole, %s" % form)
         for cut in (1, W - 1, W, s + W + 1, 50):
             a, st1 = hybrid_attention(q[:, :cut], k[:, :cut], v[:, :cut], W, s, gate, mask[:, :cut],
-                                      return_state=True)
+                                      return_state=True, window_gate_form=form)
             b, st2 = hybrid_attention(q[:, cut:], k[:, cut:], v[:, cut:], W, s, gate, mask[:, cut:],
-                                      state=st1, return_state=True)
+                                      state=st1, return_state=True, window_gate_form=form)
             assert torch.allclose(torch.cat([a, b], 1), whole, rtol=1e-5, atol=1e-6), cut
             assert st2.position == 90
             for x, y in zip(st2[:5], st[:5]):
@@ -162,11 +178,12 @@ def test_split_prefill_and_steps_equal_whole():
         opts = _core.Options()
         g = [float(x) for x in gate]
         for t in range(90):
-            outs.append(hybrid.decode(q[:, t:t + 1], k[:, t:t + 1], v[:, t:t + 1], steps, W, s, g, opts))
+            outs.append(hybrid.decode(q[:, t:t + 1], k[:, t:t + 1], v[:, t:t + 1], steps, W, s, g, opts,
+                                      hybrid.GATE_FORMS[form]))
             steps = steps._replace(position=steps.position + 1)
     # decode takes no mask: compare with the unmasked prefill
     with torch.no_grad():
-        nomask = hybrid_attention(q, k, v, W, s, gate)
+        nomask = hybrid_attention(q, k, v, W, s, gate, window_gate_form=form)
     assert torch.allclose(torch.cat(outs, 1), nomask, rtol=1e-5, atol=1e-6)
     q.requires_grad_()
     with pytest.raises(NotImplementedError, match="starts from an empty state"):
@@ -182,6 +199,27 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="window_gate has shape"):
         with torch.no_grad():
             hybrid_attention(q, k, v, 8, 2, torch.zeros(3))
+    with pytest.raises(ValueError, match="window_gate_form must be 'sigmoid'.*or 'exp'"):
+        hybrid_attention(q, k, v, 8, 2, gate, window_gate_form="tanh")
+
+
+def test_exp_gate_bound():
+    """The C paths refuse an exp gate's logit beyond +-LM_HYBRID_GATE_EXP_MAX
+    (40: exp(g) and the window's fp32 sums cannot overflow) with the library's
+    message; at the bound the output matches float64 (the window takes over,
+    or vanishes); the sigmoid form takes any finite logit."""
+    q, k, v, _ = _case(L=40, Hq=4, seed=12)
+    bound = float(_core.C["LM_HYBRID_GATE_EXP_MAX"])
+    assert bound == 40
+    edge = torch.tensor([-bound, bound, 0.0, 3.0])
+    with torch.no_grad():
+        out = hybrid_attention(q, k, v, 6, 1, edge, window_gate_form="exp")
+        _check(out, ref_hybrid(q, k, v, 6, 1, edge, gate_form="exp"), torch.float32, "exp at +-40")
+        big = torch.tensor([0.0, 40.5, 0.0, 0.0])
+        with pytest.raises(ValueError, match=r"window_gate\[1\] = 40.5 is outside \[-40, 40\]"):
+            hybrid_attention(q, k, v, 6, 1, big, window_gate_form="exp")
+        _check(hybrid_attention(q, k, v, 6, 1, big), ref_hybrid(q, k, v, 6, 1, big),
+               torch.float32, "sigmoid at 40.5")
 
 
 # ---------------------------------------------------------------------------
@@ -198,7 +236,8 @@ def _ref_module(m, x, mask=None):
     q = lin(x.double(), w[:E], b[:E]).view(B, -1, H, D)
     k = lin(x.double(), w[E:E + kv], b[E:E + kv]).view(B, -1, Hkv, D)
     v = lin(x.double(), w[E + kv:], b[E + kv:]).view(B, -1, Hkv, D)
-    o = ref_hybrid(q, k, v, m.window, m.sinks, m.window_gate, mask).reshape(B, -1, E)
+    o = ref_hybrid(q, k, v, m.window, m.sinks, m.window_gate, mask,
+                   gate_form=m.window_gate_form).reshape(B, -1, E)
     return lin(o, m.out_proj.weight.double(), m.out_proj.bias.double())
 
 
@@ -212,8 +251,9 @@ def _module(seed=0, **kw):
     return m
 
 
-def test_module_forward_train_and_eval():
-    m = _module(num_kv_heads=2)
+@pytest.mark.parametrize("form", FORMS)
+def test_module_forward_train_and_eval(form):
+    m = _module(num_kv_heads=2, window_gate_form=form)
     x = torch.randn(2, 70, 32)
     mask = torch.rand(2, 70) < 0.2
     with torch.no_grad():
@@ -228,7 +268,7 @@ def test_module_forward_train_and_eval():
     (out2 * wts).sum().backward()
     params = dict(m.named_parameters())
     ref_params = {n: p.detach().double().requires_grad_() for n, p in params.items()}
-    m64 = _module(num_kv_heads=2).double()
+    m64 = _module(num_kv_heads=2, window_gate_form=form).double()
     m64.load_state_dict({n: p for n, p in ref_params.items()})
     ref = _ref_module(m64, x.double(), mask)
     grads = torch.autograd.grad((ref * wts.double()).sum(), list(m64.parameters()))
@@ -248,9 +288,10 @@ def test_module_seq_first_and_unbatched():
     _check(u, _ref_module(m, x[:, :1].transpose(0, 1))[0], torch.float32, "unbatched")
 
 
-def test_module_step_and_state():
+@pytest.mark.parametrize("form", FORMS)
+def test_module_step_and_state(form):
     """forward then step() == one forward; get/set_state replays; a fork continues."""
-    m = _module(seed=2)
+    m = _module(seed=2, window_gate_form=form)
     x = torch.randn(2, 60, 32)
     with torch.no_grad():
         whole, _ = m(x, x, x, is_causal=True, need_weights=False)
@@ -263,7 +304,7 @@ def test_module_step_and_state():
         m.set_state(saved)
         again = torch.stack([m.step(x[:, t]) for t in range(25, 60)], 1)
         assert torch.equal(again, steps)
-        fork = _module(seed=2)
+        fork = _module(seed=2, window_gate_form=form)
         fork.load_state_dict(m.state_dict())
         fork.set_state(saved)
         assert torch.equal(torch.stack([fork.step(x[:, t]) for t in range(25, 60)], 1), steps)
@@ -292,6 +333,32 @@ def test_module_mha_interop_and_refusals():
         LiquidMemory(32, 4, attention="hybrid", window=0)
     with pytest.raises(ValueError, match="attention must be"):
         LiquidMemory(32, 4, attention="softmax")
+    assert "window_gate_form='sigmoid'" in repr(m)
+    e = LiquidMemory(32, 4, attention="hybrid", window_gate_form="exp")
+    assert e.window_gate_form == "exp" and "window_gate_form='exp'" in repr(e)
+    with pytest.raises(ValueError, match="window_gate_form must be"):
+        LiquidMemory(32, 4, attention="hybrid", window_gate_form="softplus")
+    with pytest.raises(ValueError, match="window_gate_form is an option of attention='hybrid'"):
+        LiquidMemory(32, 4, window_gate_form="exp")
+
+
+def test_module_exp_gate_state_and_decode_bound():
+    """The gate's form is the module's, not the state's: a state from a
+    sigmoid module loads into an exp one (same shapes) and continues with exp
+    weights; a decode step with an exp logit past 40 is refused."""
+    x = torch.randn(1, 30, 32)
+    sig, ex = _module(seed=5), _module(seed=5, window_gate_form="exp")
+    ex.load_state_dict(sig.state_dict())
+    with torch.no_grad():
+        sig(x[:, :20], x[:, :20], x[:, :20], is_causal=True, need_weights=False)
+        ex.set_state(sig.get_state())
+        got = torch.stack([ex.step(x[:, t]) for t in range(20, 30)], 1)
+        ex.reset_state()
+        whole, _ = ex(x, x, x, is_causal=True, need_weights=False)
+        assert torch.allclose(got, whole[:, 20:], rtol=1e-5, atol=1e-6)
+        ex.window_gate[0] = 41.0
+        with pytest.raises(ValueError, match="outside"):
+            ex.step(x[:, 0])
 
 
 def test_linear_module_is_unchanged():
@@ -311,9 +378,10 @@ DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA else [])
 
 
 @needs_custom_op
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("device", DEVICES)
-def test_compile_matches_eager(device):
-    m = _module(seed=3).to(device)
+def test_compile_matches_eager(device, form):
+    m = _module(seed=3, window_gate_form=form).to(device)
     x = torch.randn(2, 40, 32, device=device)
     out, _ = m(x, x, x, is_causal=True, need_weights=False)
     out.square().sum().backward()
@@ -340,20 +408,22 @@ def test_opcheck_hybrid_decode():
     st = hybrid.empty_state(2, 2, 8, 8, 6, 2, "cpu")
     torch.library.opcheck(torch.ops.liquid_memory.hybrid_decode.default,
                           (q, k, v, st.S, st.z, st.keys, st.values, st.pos, 0, 6, 2,
-                           [0.5, -0.5, 0.0, 1.0], 0, 1e-6, 0.0, 0))
+                           [0.5, -0.5, 0.0, 1.0], 0, 1e-6, 0.0, 0, 1))
 
 
 @requires_cuda
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cuda_matches_float64_and_cpu(dtype):
+def test_cuda_matches_float64_and_cpu(dtype, form):
     for W, s in WINDOWS:
         q, k, v, gate = _case(L=300, D=64, seed=W, dtype=dtype, device="cuda")
         mask = torch.rand(2, 300, device="cuda") < 0.2
         with torch.no_grad():
-            out, st = hybrid_attention(q, k, v, W, s, gate, mask, return_state=True)
+            out, st = hybrid_attention(q, k, v, W, s, gate, mask, return_state=True,
+                                       window_gate_form=form)
             cpu, st_cpu = hybrid_attention(q.cpu(), k.cpu(), v.cpu(), W, s, gate.cpu(), mask.cpu(),
-                                           return_state=True)
-        want = ref_hybrid(q.cpu(), k.cpu(), v.cpu(), W, s, gate.cpu(), mask.cpu())
+                                           return_state=True, window_gate_form=form)
+        want = ref_hybrid(q.cpu(), k.cpu(), v.cpu(), W, s, gate.cpu(), mask.cpu(), gate_form=form)
         # f32 on the GPU: bf16 hi + lo products (as tests/gpu/test_gpu_hybrid.c states)
         _check(out.cpu(), want, dtype, "CUDA W %d s %d" % (W, s),
                tol=1e-4 if dtype == torch.float32 else 2 * TOL[dtype])
@@ -363,8 +433,9 @@ def test_cuda_matches_float64_and_cpu(dtype):
 
 
 @requires_cuda
-def test_cuda_module_training_and_graph_step():
-    m = _module(seed=4, num_kv_heads=2).cuda()
+@pytest.mark.parametrize("form", FORMS)
+def test_cuda_module_training_and_graph_step(form):
+    m = _module(seed=4, num_kv_heads=2, window_gate_form=form).cuda()
     x = torch.randn(2, 200, 32, device="cuda")
     out, _ = m(x, x, x, is_causal=True, need_weights=False)
     out.square().sum().backward()

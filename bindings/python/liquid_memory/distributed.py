@@ -434,9 +434,9 @@ class _HybridSetup:
     """What the hybrid forward needs besides tensors; `state` receives the
     state after the whole sequence (when want_state)."""
 
-    def __init__(self, group, rank, world, window, sinks, opts, seq_first, want_state):
+    def __init__(self, group, rank, world, window, sinks, opts, seq_first, want_state, gate_form):
         self.group, self.rank, self.world = group, rank, world
-        self.window, self.sinks, self.opts = window, sinks, opts
+        self.window, self.sinks, self.opts, self.gate_form = window, sinks, opts, gate_form
         self.seq_first, self.want_state, self.state = seq_first, want_state, None
 
 
@@ -512,7 +512,7 @@ class _Hybrid(torch.autograd.Function):
         if L:
             st = _hybrid_state_at(before, pieces[:su.rank], su, lin, shape, dev) if before else None
             out, _ = _hybrid.c_prefill(q, k, v, mask, W, s, gate_host, opts, st,
-                                       seq_first=su.seq_first)
+                                       seq_first=su.seq_first, gate_form=su.gate_form)
         else:
             out = _out_like(q, Dv, su.seq_first)
         if su.want_state:
@@ -597,22 +597,23 @@ def linear_attention(q, k, v, *, group=None, causal=True, feature_map="elu1", no
 
 
 def hybrid_prefill(group, q, k, v, mask, window, sinks, gate, opts, want_state=False,
-                   seq_first=False):
+                   seq_first=False, gate_form=_hybrid.C["LM_GATE_SIGMOID"]):
     """hybrid.attend over the group's segments (the module's entry point),
-    causal, from the start of the sequence. Returns (out, the HybridState after
+    causal, from the start of the sequence; gate_form: the gate's
+    lm_gate_form. Returns (out, the HybridState after
     the whole sequence on every rank, or None). group None or of one rank: the
     plain single-process call (differentiable there)."""
     rank, world = _world(group)
     if world == 1:
         return _hybrid.attend(q, k, v, mask, window, sinks, gate, opts, None, want_state,
-                              seq_first)
+                              seq_first, gate_form)
     if q.shape[1] != k.shape[1]:
         raise ValueError("causal attention needs each rank's queries and keys of the same length, "
                          "got %d and %d" % (q.shape[1], k.shape[1]))
     if opts.decay is not None:
         raise _core.UnsupportedError("hybrid attention has no decay")
     su = _HybridSetup(group, rank, world, int(window), int(sinks), opts, bool(seq_first),
-                      bool(want_state))
+                      bool(want_state), int(gate_form))
     out = _Hybrid.apply(q, k, v, gate, mask, su)
     return out, su.state
 
@@ -620,7 +621,7 @@ def hybrid_prefill(group, q, k, v, mask, window, sinks, gate, opts, want_state=F
 def hybrid_attention(q, k, v, window=_hybrid.C["LM_HYBRID_WINDOW_DEFAULT"],
                      sinks=_hybrid.C["LM_HYBRID_SINKS_DEFAULT"], window_gate=None,
                      key_padding_mask=None, *, group=None, feature_map="elu", eps=1e-6, scale=None,
-                     precision="auto", return_state=False):
+                     precision="auto", return_state=False, window_gate_form="sigmoid"):
     r"""liquid_memory.hybrid_attention (causal, from an empty state) over one
     sequence split across the ranks of `group`: each rank passes its own
     contiguous segment, in rank order (q [B, L_r, Hq, Dk], k, v [B, L_r, Hkv,
@@ -638,5 +639,6 @@ def hybrid_attention(q, k, v, window=_hybrid.C["LM_HYBRID_WINDOW_DEFAULT"],
     if group is None and dist.is_available() and dist.is_initialized():
         group = dist.group.WORLD
     out, st = hybrid_prefill(group, q, k, v, key_padding_mask, window, sinks, window_gate, opts,
-                             want_state=return_state)
+                             want_state=return_state,
+                             gate_form=_hybrid.gate_form_code(window_gate_form))
     return (out, st) if return_state else out

@@ -26,7 +26,9 @@ forward; `LiquidMemoryCache(model)` makes one explicitly.
 attention="hybrid" (docs/DESIGN.md §9: exact softmax over `sinks` first tokens
 and the last `window` tokens, every older token in the linear state) gives
 each patched attention a learnable `window_gate` [num_heads] (logits, zeros:
-gamma = 1/2), saved in the state dict; its cache layer also holds the window:
+gamma = 1/2; window_gate_form="exp" makes gamma = exp(g), unbounded, which a
+converted softmax model needs: docs/DESIGN.md §9.7), saved in the state dict;
+its cache layer also holds the window:
 keys, values and positions of the s + W exact tokens (fp32), still constant
 in the context length.
 
@@ -65,6 +67,7 @@ SUPPORTED = {"llama": "LlamaAttention", "mistral": "MistralAttention", "qwen2": 
 CONFIG_KEY = "liquid_memory"           # model.config.<this>: the patch, saved in config.json
 ATTN_IMPLEMENTATION = "liquid_memory"  # the config._attn_implementation of a patched model
 _FORMAT = 1                            # version of the saved patch configuration
+_FORMAT_EXP_GATE = 2                   # the same, with window_gate_form "exp" (Options.saved)
 
 
 # ---------------------------------------------------------------------------
@@ -166,28 +169,30 @@ def _hybrid_attention(q, k, v, key_padding_mask, state, gate, options, module):
     state), else the C core; decode steps update the state in place. gate:
     the module's window_gate; module: the LiquidMemoryAttention, whose host
     copy of the gate a decode step reads (no device sync per step)."""
-    W, s, opts = options.window, options.sinks, options.core
+    W, s, opts, form = options.window, options.sinks, options.core, options.gate_form
     if state is None:
-        return _hybrid.attend(q, k, v, key_padding_mask, W, s, gate, opts)[0]
+        return _hybrid.attend(q, k, v, key_padding_mask, W, s, gate, opts, gate_form=form)[0]
     L = q.shape[1]
     prev = state.hybrid()
     if L == 1 and key_padding_mask is None and prev is not None and \
             not _hybrid._wants_grad(q, k, v, gate):
-        out = _hybrid.decode(q, k, v, prev, W, s, _hybrid._gate_values(module), opts)
+        out = _hybrid.decode(q, k, v, prev, W, s, _hybrid._gate_values(module), opts, form)
         state.seen += 1
         return out
     out, st = _hybrid.attend(q, k, v, key_padding_mask, W, s, gate, opts, state=prev,
-                             want_state=True)
+                             want_state=True, gate_form=form)
     state.absorb(st.S, st.z, L, window=(st.keys, st.values, st.pos))
     return out
 
 
 class Options:
     """The patch's options, checked once: the saved form (`saved()`, JSON
-    types, stored as config.liquid_memory) and the core's (`core`)."""
+    types, stored as config.liquid_memory) and the core's (`core`, and the
+    hybrid gate's lm_gate_form `gate_form`)."""
 
     def __init__(self, num_kv_heads, attention="linear", feature_map="elu1", rope=True,
-                 normalize=True, eps=1e-6, decay=None, precision="auto", window=None, sinks=None):
+                 normalize=True, eps=1e-6, decay=None, precision="auto", window=None, sinks=None,
+                 window_gate_form=None):
         if attention not in ("linear", "hybrid"):
             raise ValueError("attention must be 'linear' or 'hybrid', not %r" % (attention,))
         if attention == "hybrid":
@@ -200,10 +205,12 @@ class Options:
             if not normalize:
                 raise ValueError("attention='hybrid' is normalised (one denominator for the "
                                  "window and the state): pass normalize=True")
-        elif window is not None or sinks is not None:
-            raise ValueError("window and sinks are options of attention='hybrid', not of %r"
-                             % (attention,))
-        self.window, self.sinks = window, sinks
+            window_gate_form = window_gate_form or "sigmoid"
+        elif window is not None or sinks is not None or window_gate_form is not None:
+            raise ValueError("window, sinks and window_gate_form are options of "
+                             "attention='hybrid', not of %r" % (attention,))
+        self.window, self.sinks, self.window_gate_form = window, sinks, window_gate_form
+        self.gate_form = _hybrid.gate_form_code(window_gate_form or "sigmoid")
         if feature_map not in _core.FEATURE_MAPS:
             raise ValueError("feature_map must be 'elu1', 'relu' or 'identity', not %r"
                              % (feature_map,))
@@ -218,12 +225,18 @@ class Options:
                                   self.decay, _core.PRECISIONS[precision])
 
     def saved(self, layers):
-        saved = {"format": _FORMAT, "attention": self.attention, "feature_map": self.feature_map,
+        # An exp gate is written as format 2, which a library that knows only format 1
+        # refuses (it would silently run the sigmoid gate); anything else stays format 1.
+        exp = self.window_gate_form == "exp"
+        saved = {"format": _FORMAT_EXP_GATE if exp else _FORMAT,
+                 "attention": self.attention, "feature_map": self.feature_map,
                  "rope": self.rope, "normalize": self.normalize, "eps": self.eps,
                  "decay": None if self.decay is None else list(self.decay),
                  "precision": self.precision, "layers": list(layers)}
         if self.attention == "hybrid":  # (the gates are weights: in the state dict)
             saved.update(window=self.window, sinks=self.sinks)
+        if exp:
+            saved.update(window_gate_form="exp")
         return saved
 
 
@@ -288,7 +301,8 @@ class LiquidMemoryAttention(nn.Module):
              % (self.layer_idx, self.num_heads, self.num_kv_heads, self.head_dim,
                 o.feature_map, o.rope))
         if o.attention == "hybrid":
-            s += ", attention='hybrid', window=%d, sinks=%d" % (o.window, o.sinks)
+            s += ", attention='hybrid', window=%d, sinks=%d, window_gate_form=%r" % (
+                o.window, o.sinks, o.window_gate_form)
         return s
 
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None,
@@ -611,7 +625,7 @@ def _probe(attn, options):
     with torch.no_grad():
         if options.attention == "hybrid":
             _hybrid.c_prefill(q, kv, kv, None, options.window, options.sinks, None, options.core,
-                              want_state=True)
+                              want_state=True, gate_form=options.gate_form)
         else:
             _ops.prefill(q, kv, kv, opts=options.core, want_state=True)
 
@@ -626,7 +640,8 @@ def is_patched(model):
 
 
 def patch(model, attention="linear", feature_map="elu1", *, rope=True, normalize=True, eps=1e-6,
-          decay=None, precision="auto", window=None, sinks=None, copy=False):
+          decay=None, precision="auto", window=None, sinks=None, window_gate_form=None,
+          copy=False):
     """Replaces the attention of every decoder layer of a Llama, Mistral or
     Qwen2 model (`*ForCausalLM` or the bare `*Model`) by Liquid Memory's
     causal linear attention, in place (copy=True: on a deep copy). Returns
@@ -636,6 +651,9 @@ def patch(model, attention="linear", feature_map="elu1", *, rope=True, normalize
         the first `sinks` tokens and the last `window` tokens, the older ones
         in the linear state; window >= 1 (default 64), sinks >= 0 (default 4);
         each layer gets a `window_gate` parameter [num_heads], zeros; no decay).
+        window_gate_form (hybrid): "sigmoid" (default: gamma = sigmoid(g) <= 1)
+        or "exp" (gamma = exp(g), unbounded: what a pretrained softmax model
+        needs to convert, docs/DESIGN.md §9.7; zeros give gamma = 1).
         feature_map: "elu1" (default), "relu", "identity".
     rope: apply the model's rotary embedding to q and k before the feature
         map (default; see LiquidMemoryAttention). normalize, eps, decay,
@@ -662,7 +680,7 @@ def patch(model, attention="linear", feature_map="elu1", *, rope=True, normalize
                          "first to patch it with other options")
     first = layers[0].self_attn
     options = Options(first.config.num_key_value_heads, attention, feature_map, rope, normalize,
-                      eps, decay, precision, window, sinks)
+                      eps, decay, precision, window, sinks, window_gate_form)
     rotary = _rotary_of(first) if options.rope else None
     _probe(first, options)
     _hf()
@@ -708,13 +726,15 @@ def saved_options(config):
     saved = getattr(config, CONFIG_KEY, None)
     if not saved:
         return None
-    if saved.get("format") != _FORMAT:
-        raise UnsupportedError("config.%s has format %r; this version reads format %d"
-                               % (CONFIG_KEY, saved.get("format"), _FORMAT))
+    if saved.get("format") not in (_FORMAT, _FORMAT_EXP_GATE):
+        raise UnsupportedError("config.%s has format %r; this version reads formats %d and %d"
+                               % (CONFIG_KEY, saved.get("format"), _FORMAT, _FORMAT_EXP_GATE))
     opts = {k: saved[k] for k in ("attention", "feature_map", "rope", "normalize", "eps",
                                   "decay", "precision")}
     if opts["attention"] == "hybrid":
         opts.update(window=saved["window"], sinks=saved["sinks"])
+        if "window_gate_form" in saved:
+            opts.update(window_gate_form=saved["window_gate_form"])
     return opts
 
 

@@ -4,8 +4,10 @@ hybrid.py - hybrid attention (docs/DESIGN.md §9): exact softmax over the first
 token that left the window, one shared denominator:
 
     o_t = (sum_Win a_j v_j + sum_Ev b_j v_j) / (sum_Win a_j + sum_Ev b_j + eps)
-    a_j = sigmoid(g_h) exp(scale q_t.k_j - max_Win),  b_j = phi(q_t).phi(k_j)
+    a_j = gamma_h exp(scale q_t.k_j - max_Win),  b_j = phi(q_t).phi(k_j)
     Win_t = {j < sinks} u (t - window, t],  Ev_t = {sinks <= j <= t - window}
+    gamma_h = sigmoid(g_h) (window_gate_form "sigmoid", the default) or
+              exp(g_h) ("exp": unbounded, |g_h| <= 40, for converted models)
 
 The same function two ways:
   - the C core (lm_linear_attn_prefill / _decode, LM_ATTENTION_HYBRID): no
@@ -61,6 +63,28 @@ def empty_state(B, Hkv, Dk, Dv, window, sinks, device):
                        torch.zeros((B, Hkv, n), dtype=torch.int32, device=device), 0)
 
 
+# window_gate_form: the name -> lm_gate_form (docs/DESIGN.md §9.1).
+GATE_FORMS = {"sigmoid": C["LM_GATE_SIGMOID"], "exp": C["LM_GATE_EXP"]}
+
+
+def gate_form_code(form):
+    """The lm_gate_form of a window_gate_form name ("sigmoid" or "exp")."""
+    if form not in GATE_FORMS:
+        raise ValueError("window_gate_form must be 'sigmoid' (gamma = sigmoid(g) <= 1, the "
+                         "default) or 'exp' (gamma = exp(g), unbounded: for a converted softmax "
+                         "model), not %r" % (form,))
+    return GATE_FORMS[form]
+
+
+def _gamma(gate, form, Hq, device):
+    """gamma [Hq] fp32 from the logits (differentiable) or None (= 0) and the
+    form's code."""
+    if gate is None:
+        gate = torch.zeros((Hq,), dtype=torch.float32, device=device)
+    g = gate.float().to(device)
+    return torch.exp(g) if form == C["LM_GATE_EXP"] else torch.sigmoid(g)
+
+
 def check_window(window, sinks):
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
         raise ValueError("window must be an int >= 1 (the last W tokens get exact softmax), not %r"
@@ -107,12 +131,13 @@ def _check_state(st, B, Hkv, Dk, Dv, window, sinks, device):
                                                   list(t.shape), t.device))
 
 
-def _hybrid_args(lib, keep, q, k, v, out, mask, st, position, window, sinks, gate, opts):
+def _hybrid_args(lib, keep, q, k, v, out, mask, st, position, window, sinks, gate, opts, gate_form):
     a = _core._args(lib, keep, q, k, v, out, mask, None if st is None else st.S,
                     None if st is None else st.z, position, True, opts)
     a.attention = C["LM_ATTENTION_HYBRID"]
     a.window = int(window)
     a.sinks = int(sinks)
+    a.window_gate_form = int(gate_form)
     if gate is not None:
         keep.append(gate)
         lib.set_ptr(a, "lm_core_args", "window_gate", gate.data_ptr())
@@ -124,8 +149,9 @@ def _hybrid_args(lib, keep, q, k, v, out, mask, st, position, window, sinks, gat
 
 
 def c_prefill(q, k, v, mask, window, sinks, gate, opts, state=None, want_state=False,
-              seq_first=False):
-    """lm_linear_attn_prefill in hybrid mode. gate: _gate_host's tensor or None.
+              seq_first=False, gate_form=C["LM_GATE_SIGMOID"]):
+    """lm_linear_attn_prefill in hybrid mode. gate: _gate_host's tensor or None;
+    gate_form: its lm_gate_form.
     Returns (out, state): out [B, L, Hq, Dv] in q's dtype (sequence-first memory
     when seq_first); the state after the call (a new one; `state` is not
     modified) when state is given or want_state, else None."""
@@ -145,7 +171,7 @@ def c_prefill(q, k, v, mask, window, sinks, gate, opts, state=None, want_state=F
         st = empty_state(B, Hkv, Dk, Dv, window, sinks, q.device)
     keep = []
     a = _hybrid_args(lib, keep, q, k, v, out, mask, st, 0 if st is None else st.position, window,
-                     sinks, gate, opts)
+                     sinks, gate, opts, gate_form)
     if state is None and st is not None:
         a.fresh_state = 1  # a sequence that starts here: accepted under a context cap too
     _core.check(_core.launch(lib, lib.fn("lm_linear_attn_prefill"), lib.ref(a), q),
@@ -153,7 +179,8 @@ def c_prefill(q, k, v, mask, window, sinks, gate, opts, state=None, want_state=F
     return out, (None if st is None else st._replace(position=st.position + L))
 
 
-def c_decode(q, k, v, S, z, keys, values, pos, position, window, sinks, gate, opts):
+def c_decode(q, k, v, S, z, keys, values, pos, position, window, sinks, gate, opts,
+             gate_form=C["LM_GATE_SIGMOID"]):
     """One decode step (lm_linear_attn_decode, hybrid), updating the state
     tensors in place; each row's position comes from pos (graph-capturable).
     `position` only serves the license check. Returns out [B, 1, Hq, Dv]."""
@@ -164,7 +191,8 @@ def c_decode(q, k, v, S, z, keys, values, pos, position, window, sinks, gate, op
     _check_state(st, B, k.shape[2], k.shape[3], Dv, window, sinks, q.device)
     out = _core._new((B, 1, Hq, Dv), q.dtype, q.device)
     keep = []
-    a = _hybrid_args(lib, keep, q, k, v, out, None, st, position, window, sinks, gate, opts)
+    a = _hybrid_args(lib, keep, q, k, v, out, None, st, position, window, sinks, gate, opts,
+                     gate_form)
     _core.check(_core.launch(lib, lib.fn("lm_linear_attn_decode"), lib.ref(a), q),
                 "lm_linear_attn_decode (hybrid)")
     return out
@@ -177,28 +205,29 @@ if _ops.USE_CUSTOM_OP:
     def _decode_op(q: Tensor, k: Tensor, v: Tensor, S: Tensor, z: Tensor, keys: Tensor,
                    values: Tensor, pos: Tensor, position: int, window: int, sinks: int,
                    gate: Optional[List[float]], feature_map: int, eps: float, scale: float,
-                   precision: int) -> Tensor:
+                   precision: int, gate_form: int) -> Tensor:
         return c_decode(q, k, v, S, z, keys, values, pos, position, window, sinks,
                         None if gate is None else _gate_host(gate, q.shape[2]),
-                        _core.Options(feature_map, True, eps, scale, None, precision))
+                        _core.Options(feature_map, True, eps, scale, None, precision), gate_form)
 
     @_decode_op.register_fake
     def _decode_fake(q, k, v, S, z, keys, values, pos, position, window, sinks, gate,
-                     feature_map, eps, scale, precision):
+                     feature_map, eps, scale, precision, gate_form):
         return q.new_empty((q.shape[0], 1, q.shape[2], v.shape[3]))
 
 
-def decode(q, k, v, st, window, sinks, gate_values, opts):
+def decode(q, k, v, st, window, sinks, gate_values, opts, gate_form=C["LM_GATE_SIGMOID"]):
     """A step on st (a HybridState, updated in place); gate_values: a list of
-    Hq floats or None. Under torch.compile it is the custom op
-    liquid_memory::hybrid_decode (torch >= 2.4), which mutates the state."""
+    Hq floats or None, of the form gate_form (lm_gate_form). Under
+    torch.compile it is the custom op liquid_memory::hybrid_decode (torch >=
+    2.4), which mutates the state."""
     if _ops.compiling() and _ops.USE_CUSTOM_OP:
         return _decode_op(q, k, v, st.S, st.z, st.keys, st.values, st.pos, int(st.position),
                           int(window), int(sinks), gate_values, opts.feature_map, opts.eps,
-                          opts.scale, opts.precision)
+                          opts.scale, opts.precision, int(gate_form))
     gate = None if gate_values is None else _gate_host(gate_values, q.shape[2])
     return c_decode(q, k, v, st.S, st.z, st.keys, st.values, st.pos, st.position, window, sinks,
-                    gate, opts)
+                    gate, opts, gate_form)
 
 
 # --------------------------------------------------------------------------
@@ -277,17 +306,18 @@ def _window_state(k, v, mask, window, sinks):
     return keys, values, pos
 
 
-def composed(q, k, v, mask, window, sinks, gate, opts, want_state=False):
+def composed(q, k, v, mask, window, sinks, gate, opts, want_state=False,
+             gate_form=C["LM_GATE_SIGMOID"]):
     """The differentiable hybrid forward from an empty state (see the top).
-    gate: a tensor of Hq logits (differentiable) or None. Returns (out in q's
-    dtype, the final HybridState detached, or None)."""
+    gate: a tensor of Hq logits (differentiable) or None, of the form
+    gate_form (lm_gate_form). Returns (out in q's dtype, the final HybridState
+    detached, or None)."""
     B, L, Hq, Dk = q.shape
     Hkv, Dv = k.shape[2], v.shape[3]
     G = Hq // Hkv
     scale = opts.scale if opts.scale > 0 else 1.0 / math.sqrt(Dk)
-    gamma = torch.sigmoid(gate.float()) if gate is not None else \
-        torch.full((Hq,), 0.5, dtype=torch.float32, device=q.device)
-    num, den = _window_part(q, k, v, mask, window, sinks, gamma.to(q.device), scale)
+    gamma = _gamma(gate, gate_form, Hq, q.device)
+    num, den = _window_part(q, k, v, mask, window, sinks, gamma, scale)
     n, shift = L - window - sinks, window + sinks
     S = z = None
     if n > 0:
@@ -327,29 +357,33 @@ def _wants_grad(*ts):
 
 
 def attend(q, k, v, mask, window, sinks, gate, opts, state=None, want_state=False,
-           seq_first=False):
+           seq_first=False, gate_form=C["LM_GATE_SIGMOID"]):
     """The hybrid attention of [B, L, H, D] views: the composition when a
     gradient is wanted or torch.compile traces (from an empty state), else the C
-    core (from `state` when given). Returns (out, state or None)."""
+    core (from `state` when given); gate_form: the gate's lm_gate_form.
+    Returns (out, state or None)."""
     if _wants_grad(q, k, v, gate) or _ops.compiling():
         if state is not None:
             raise NotImplementedError(
                 "hybrid attention with gradients (or under torch.compile) starts from an empty "
                 "state: continue a state without gradients (torch.no_grad()), or pass state=None")
-        return composed(q, k, v, mask, window, sinks, gate, opts, want_state)
+        return composed(q, k, v, mask, window, sinks, gate, opts, want_state, gate_form)
     return c_prefill(q, k, v, mask, window, sinks, _gate_host(gate, q.shape[2]), opts, state,
-                     want_state, seq_first)
+                     want_state, seq_first, gate_form)
 
 
 def hybrid_attention(q, k, v, window=C["LM_HYBRID_WINDOW_DEFAULT"], sinks=C["LM_HYBRID_SINKS_DEFAULT"],
                      window_gate=None, key_padding_mask=None, *, feature_map="elu", eps=1e-6,
-                     scale=None, precision="auto", state=None, return_state=False):
+                     scale=None, precision="auto", state=None, return_state=False,
+                     window_gate_form="sigmoid"):
     """Causal hybrid attention (docs/DESIGN.md §9) on projected heads.
 
     q [B, L, Hq, Dk], k [B, L, Hkv, Dk], v [B, L, Hkv, Dv] (any strides; Hq %
     Hkv == 0), float32 / bfloat16 / float16 on the CPU or CUDA. window (W >= 1)
     and sinks (s >= 0): the exact part. window_gate: Hq logits g_h (a tensor,
-    differentiable; gamma_h = sigmoid(g_h)), None = 0. key_padding_mask [B, L]
+    differentiable), None = 0; window_gate_form: gamma_h = sigmoid(g_h)
+    ("sigmoid", the default) or exp(g_h) ("exp", |g_h| <= 40 in the C paths:
+    docs/DESIGN.md §9.1). key_padding_mask [B, L]
     bool, True = ignore. feature_map "elu" | "relu" | "identity"; scale: the
     softmax scale (None = 1/sqrt(Dk)). state: a HybridState to continue (no
     gradient then). Returns out [B, L, Hq, Dv] in q's dtype, or (out, the final
@@ -358,7 +392,7 @@ def hybrid_attention(q, k, v, window=C["LM_HYBRID_WINDOW_DEFAULT"], sinks=C["LM_
     opts = call_options(q, k, v, window, sinks, key_padding_mask, feature_map, eps, scale,
                         precision)
     out, st = attend(q, k, v, key_padding_mask, window, sinks, window_gate, opts, state,
-                     want_state=return_state)
+                     want_state=return_state, gate_form=gate_form_code(window_gate_form))
     return (out, st) if return_state else out
 
 
@@ -393,15 +427,20 @@ def _keep_gate_when_missing(module, state_dict, prefix, *args):
         state_dict[key] = module.window_gate.detach().clone()
 
 
-def module_init(m, attention, window, sinks, factory_kwargs):
+def module_init(m, attention, window, sinks, factory_kwargs, window_gate_form="sigmoid"):
     """Sets m.attention; in hybrid mode checks the options, registers the
-    window_gate parameter and the window's state buffers."""
+    window_gate parameter (of the form window_gate_form) and the window's
+    state buffers."""
     if attention not in ("linear", "hybrid"):
         raise ValueError("attention must be 'linear' or 'hybrid', not %r" % (attention,))
     m.attention = attention
     if attention == "linear":
+        if window_gate_form != "sigmoid":
+            raise ValueError("window_gate_form is an option of attention='hybrid'")
         return
     check_window(window, sinks)
+    gate_form_code(window_gate_form)
+    m.window_gate_form = window_gate_form
     if m.bias_k is not None or m.add_zero_attn:
         raise ValueError("attention='hybrid' takes neither add_bias_kv nor add_zero_attn (their "
                          "extra key would sit at a position of the window)")
@@ -422,8 +461,8 @@ def module_init(m, attention, window, sinks, factory_kwargs):
 
 
 def extra_repr(m):
-    return ", attention='hybrid', window=%d, sinks=%d" % (m.window, m.sinks) \
-        if m.attention == "hybrid" else ""
+    return ", attention='hybrid', window=%d, sinks=%d, window_gate_form=%r" % \
+        (m.window, m.sinks, m.window_gate_form) if m.attention == "hybrid" else ""
 
 
 def _module_state(m):
@@ -464,7 +503,8 @@ def module_forward(m, query, key, value, mask, causal, seq_first, keep):
     v = m._heads(v, m.num_kv_heads, seq_first)
     from . import distributed  # (it imports this module)
     o, st = distributed.hybrid_prefill(m.context_parallel_group, q, k, v, mask, m.window, m.sinks,
-                                       m.window_gate, m._opts, want_state=keep, seq_first=seq_first)
+                                       m.window_gate, m._opts, want_state=keep, seq_first=seq_first,
+                                       gate_form=gate_form_code(m.window_gate_form))
     if m.training and m.dropout > 0:
         o = F.dropout(o, p=m.dropout)
     o = o.transpose(0, 1) if seq_first else o
@@ -503,7 +543,7 @@ def module_step(m, x):
     H, Hkv, D = m.num_heads, m.num_kv_heads, m.head_dim
     q, k, v = F.linear(x, m.in_proj_weight, m.in_proj_bias).split([H * D, Hkv * D, Hkv * D], -1)
     o = decode(q.view(B, 1, H, D), k.view(B, 1, Hkv, D), v.view(B, 1, Hkv, D), _module_state(m),
-               m.window, m.sinks, _gate_values(m), m._opts)
+               m.window, m.sinks, _gate_values(m), m._opts, gate_form_code(m.window_gate_form))
     cur.position += 1
     return F.linear(o.view(B, H * D), m.out_proj.weight, m.out_proj.bias)
 

@@ -141,6 +141,9 @@ class LiquidMemory(nn.Module):
             `window_gate` [num_heads] (softmax weight sigmoid(g_h), zeros = 1/2); a
             state_dict without it (an MHA's) keeps the current gate.
         window, sinks: the hybrid's W (64) and s (4).
+        window_gate_form: the hybrid's gate, "sigmoid" (default: gamma_h = sigmoid(g_h)
+            <= 1, the issue's form) or "exp" (gamma_h = exp(g_h), unbounded, |g_h| <= 40;
+            zeros = 1): the form a converted softmax model needs (docs/DESIGN.md §9.7).
 
     Differences from MHA, by design:
       * Returns ``(out, None)``: attention weights do not exist in linear
@@ -176,13 +179,14 @@ class LiquidMemory(nn.Module):
     __constants__ = ["batch_first"]
     context_parallel_group = None  # what modules pickled before it was an argument read
     attention = "linear"  # (the instance's; modules pickled before hybrid attention have none)
+    window_gate_form = "sigmoid"  # (likewise: hybrid modules pickled before the gate's form)
 
     def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, add_bias_kv=False,
                  add_zero_attn=False, kdim=None, vdim=None, batch_first=False, device=None,
                  dtype=None, *, feature_map="elu", normalize=True, decay=None, precision="auto",
                  eps=1e-6, scale=None, num_kv_heads=None, context_parallel_group=None,
                  attention="linear", window=_hybrid.C["LM_HYBRID_WINDOW_DEFAULT"],
-                 sinks=_hybrid.C["LM_HYBRID_SINKS_DEFAULT"]):
+                 sinks=_hybrid.C["LM_HYBRID_SINKS_DEFAULT"], window_gate_form="sigmoid"):
         if embed_dim <= 0 or num_heads <= 0:
             raise ValueError("embed_dim and num_heads must be greater than 0, got "
                              "embed_dim=%s and num_heads=%s" % (embed_dim, num_heads))
@@ -236,7 +240,7 @@ class LiquidMemory(nn.Module):
         # parameters' dtype (see _apply); not part of state_dict.
         self.register_buffer("state_S", torch.zeros(0, device=device), persistent=False)
         self.register_buffer("state_z", torch.zeros(0, device=device), persistent=False)
-        _hybrid.module_init(self, attention, window, sinks, factory_kwargs)
+        _hybrid.module_init(self, attention, window, sinks, factory_kwargs, window_gate_form)
         self._cursor = _Cursor()
 
     def _configure_attention(self, *, feature_map, normalize, decay, precision, eps, scale):
