@@ -253,6 +253,7 @@ def test_unknown_architectures_name_what_is_missing(model, match):
     (dict(sinks=-1), "sinks must be an int >= 0"),
     (dict(decay=0.9), "no decay"),
     (dict(normalize=False), "normalised"),
+    (dict(window_gate_form="softplus"), "window_gate_form must be 'sigmoid'"),
 ])
 def test_bad_hybrid_options_are_refused_before_anything_changes(opts, match):
     model = FakeModel()
@@ -303,9 +304,10 @@ def _hybrid_module(seed=0, window=HYB_W, sinks=HYB_S, **opts):
     return orig, attn
 
 
-def _hybrid_core(gate, key_padding_mask=None, window=HYB_W, sinks=HYB_S):
+def _hybrid_core(gate, key_padding_mask=None, window=HYB_W, sinks=HYB_S, gate_form="sigmoid"):
     """test_hybrid.ref_hybrid (the definition, float64) as _reference's core."""
-    return lambda q, k, v: ref_hybrid(q, k, v, window, sinks, gate, key_padding_mask)
+    return lambda q, k, v: ref_hybrid(q, k, v, window, sinks, gate, key_padding_mask,
+                                      gate_form=gate_form)
 
 
 def _padded(B, L, pad):
@@ -315,11 +317,13 @@ def _padded(B, L, pad):
     return keep
 
 
+@pytest.mark.parametrize("form", ["sigmoid", "exp"])
 @pytest.mark.parametrize("rope", [True, False])
-def test_hybrid_module_matches_float64_reference(rope):
+def test_hybrid_module_matches_float64_reference(rope, form):
     """No gradient: the C core, against the definition in float64 (GQA, the
-    gate, a left-padded row; its all-masked queries give 0 both ways)."""
-    orig, attn = _hybrid_module(rope=rope)
+    gate of either form, a left-padded row; its all-masked queries give 0
+    both ways)."""
+    orig, attn = _hybrid_module(rope=rope, window_gate_form=form)
     B, L = 2, 45
     x = torch.randn(B, L, HIDDEN)
     keep = _padded(B, L, 6)
@@ -328,16 +332,17 @@ def test_hybrid_module_matches_float64_reference(rope):
         out, weights = attn(x, position_embeddings=(cos, sin), attention_mask=keep)
     assert weights is None
     want = _reference(orig, x, cos, sin, rope=rope,
-                      core=_hybrid_core(attn.window_gate.detach(), ~keep))
+                      core=_hybrid_core(attn.window_gate.detach(), ~keep, gate_form=form))
     assert rel_err(out, want) <= BOUND_F32
 
 
-def test_hybrid_gradients_match_float64_including_the_gate():
+@pytest.mark.parametrize("form", ["sigmoid", "exp"])
+def test_hybrid_gradients_match_float64_including_the_gate(form):
     """With gradients: the differentiable composition. d/dx, d/d window_gate
-    and d/d q_proj.weight of a random projection of the output, against
-    float64 autograd of the definition."""
+    (of either form) and d/d q_proj.weight of a random projection of the
+    output, against float64 autograd of the definition."""
     GRAD_BOUND = 2e-4  # fp32 composition vs float64, through the projections
-    orig, attn = _hybrid_module()
+    orig, attn = _hybrid_module(window_gate_form=form)
     B, L = 2, 37
     x = torch.randn(B, L, HIDDEN, requires_grad=True)
     keep = _padded(B, L, 5)
@@ -347,7 +352,7 @@ def test_hybrid_gradients_match_float64_including_the_gate():
     got = torch.autograd.grad((out * dout).sum(), [x, attn.window_gate, orig.q_proj.weight])
     x64 = x.detach().double().requires_grad_()
     g64 = attn.window_gate.detach().double().requires_grad_()
-    want_out = _reference(orig, x64, cos, sin, core=_hybrid_core(g64, ~keep))
+    want_out = _reference(orig, x64, cos, sin, core=_hybrid_core(g64, ~keep, gate_form=form))
     want = torch.autograd.grad((want_out * dout.double()).sum(), [x64, g64, orig.q_proj.weight])
     assert rel_err(out, want_out) <= BOUND_F32
     for name, a, b in zip(("x", "window_gate", "q_proj.weight"), got, want):
@@ -362,10 +367,11 @@ def _hybrid_state_bytes(B, window=HYB_W, sinks=HYB_S, layers=1):
     return layers * B * KV_HEADS * (D * D + D + (sinks + window) * (2 * D + 1)) * 4
 
 
-def test_hybrid_prefill_then_steps_equals_full_forward():
+@pytest.mark.parametrize("form", ["sigmoid", "exp"])
+def test_hybrid_prefill_then_steps_equals_full_forward(form):
     """prefill(5) + prefill(14) + 26 decode steps through a RecurrentState ==
     one forward of 45; the state's tensors keep their addresses and size."""
-    orig, attn = _hybrid_module()
+    orig, attn = _hybrid_module(window_gate_form=form)
     B, L = 3, 45
     x = torch.randn(B, L, HIDDEN)
     cos, sin = rope_tables(torch.arange(L).expand(B, L))
@@ -393,7 +399,8 @@ def test_hybrid_gate_is_a_parameter_of_the_patched_module():
     assert attn.window_gate.shape == (HEADS,) and not attn.window_gate.any()  # gamma = 1/2
     assert "window_gate" in attn.state_dict()
     assert any(p is attn.window_gate for p in attn.parameters())
-    assert "attention='hybrid', window=64, sinks=4" in repr(attn)  # the defaults
+    assert "attention='hybrid', window=64, sinks=4, window_gate_form='sigmoid'" in repr(attn)
+    assert "window_gate_form='exp'" in repr(_module(attention="hybrid", window_gate_form="exp")[1])
     assert not hasattr(_module()[1], "window_gate")  # linear mode has none
 
 
@@ -443,6 +450,21 @@ def test_hybrid_options_are_checked_and_saved():
         "attention": "hybrid", "feature_map": "relu", "rope": True, "normalize": True,
         "eps": 1e-6, "decay": None, "precision": "auto", "window": 16, "sinks": 0}
     assert "window" not in hf.Options(KV_HEADS).saved(range(1))  # linear: as before
+    # The gate's form: sigmoid (the default) saves as before (format 1, no key); exp
+    # saves format 2, which a library that reads only format 1 refuses.
+    assert "window_gate_form" not in saved and saved["format"] == 1
+    with pytest.raises(ValueError, match="options of attention='hybrid'"):
+        hf.Options(KV_HEADS, window_gate_form="exp")
+    e = hf.Options(KV_HEADS, attention="hybrid", window_gate_form="exp")
+    assert e.gate_form == 1 and hf.Options(KV_HEADS, attention="hybrid").gate_form == 0
+    saved = e.saved(range(2))
+    assert (saved["format"], saved["window_gate_form"]) == (2, "exp")
+    assert hf.saved_options(types.SimpleNamespace(liquid_memory=saved)) == {
+        "attention": "hybrid", "feature_map": "elu1", "rope": True, "normalize": True,
+        "eps": 1e-6, "decay": None, "precision": "auto", "window": 64, "sinks": 4,
+        "window_gate_form": "exp"}
+    with pytest.raises(UnsupportedError, match="format 3"):
+        hf.saved_options(types.SimpleNamespace(liquid_memory=dict(saved, format=3)))
 
 
 # ---------------------------------------------------------------------------
@@ -736,7 +758,7 @@ def _use_float64_hybrid(monkeypatch):
         assert state is None
         cpu = (lambda t: None if t is None else t.cpu())
         return ref_hybrid(cpu(q), cpu(k), cpu(v), options.window, options.sinks, cpu(gate),
-                          cpu(key_padding_mask)).to(q.device)
+                          cpu(key_padding_mask), gate_form=options.window_gate_form).to(q.device)
 
     monkeypatch.setattr(hf, "_hybrid_attention", ref_core)
 
@@ -749,12 +771,14 @@ def _left_padded_ids(B, L, pad, seed):
 
 
 @needs_transformers
+@pytest.mark.parametrize("form", ["sigmoid", "exp"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_hybrid_forward_matches_float64(family, monkeypatch):
+def test_hybrid_forward_matches_float64(family, form, monkeypatch):
     """Logits of the patched fp32 model (the library's hybrid core, no
-    gradient; one row left-padded past the sinks) against the same model in
-    float64 with the definition in place of the core."""
-    model = make_hybrid(family)
+    gradient; one row left-padded past the sinks; the gate of either form)
+    against the same model in float64 with the definition in place of the
+    core."""
+    model = make_hybrid(family, window_gate_form=form)
     ref = copy.deepcopy(model).double()
     ids, mask = _left_padded_ids(2, 90, 11, seed=13)
     with torch.no_grad():
@@ -766,13 +790,15 @@ def test_hybrid_forward_matches_float64(family, monkeypatch):
 
 
 @needs_transformers
+@pytest.mark.parametrize("form", ["sigmoid", "exp"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_hybrid_training_gradients_match_float64(family, monkeypatch):
+def test_hybrid_training_gradients_match_float64(family, form, monkeypatch):
     """loss.backward through the hybrid model (the differentiable
-    composition; left padding in one row): every parameter's gradient,
-    window_gate included, within GRAD_BOUND of float64."""
+    composition; left padding in one row; the gate of either form): every
+    parameter's gradient, window_gate included, within GRAD_BOUND of
+    float64."""
     GRAD_BOUND = 5e-4
-    model = make_hybrid(family).train()
+    model = make_hybrid(family, window_gate_form=form).train()
     ref = copy.deepcopy(model).double()
     ids, mask = _left_padded_ids(2, 45, 9, seed=3)
     labels = _ids(2, 45, seed=4)
@@ -791,12 +817,14 @@ def test_hybrid_training_gradients_match_float64(family, monkeypatch):
 
 
 @needs_transformers
+@pytest.mark.parametrize("form", ["sigmoid", "exp"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_hybrid_generate_with_cache_equals_recomputation(family):
+def test_hybrid_generate_with_cache_equals_recomputation(family, form):
     """generate() (greedy, its own cache: prefill of the left-padded batch
-    in one call, then decode steps on the window and the state) gives the
-    tokens of a loop that recomputes the whole sequence without a cache."""
-    model = make_hybrid(family)
+    in one call, then decode steps on the window and the state; the gate of
+    either form) gives the tokens of a loop that recomputes the whole
+    sequence without a cache."""
+    model = make_hybrid(family, window_gate_form=form)
     ids, mask = _left_pad([_ids(1, 37, seed=6)[0], _ids(1, 23, seed=7)[0]])
     n = 16
     with torch.no_grad():
@@ -841,18 +869,21 @@ def test_hybrid_cache_is_constant_in_context_length():
 
 
 @needs_transformers
+@pytest.mark.parametrize("form", ["sigmoid", "exp"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_hybrid_save_pretrained_round_trip(family, tmp_path):
-    """config.json keeps attention, window, sinks; the gates travel in the
-    weights and come back through hf.from_pretrained (a plain transformers
-    load leaves them out)."""
-    model = make_hybrid(family, feature_map="relu", window=24, sinks=3)
+def test_hybrid_save_pretrained_round_trip(family, form, tmp_path):
+    """config.json keeps attention, window, sinks and the gate's form; the
+    gates travel in the weights and come back through hf.from_pretrained (a
+    plain transformers load leaves them out)."""
+    model = make_hybrid(family, feature_map="relu", window=24, sinks=3, window_gate_form=form)
     ids = _ids(1, 60, seed=15)
     want, loaded = _round_trip(model, ids, tmp_path)
     saved = getattr(loaded.config, hf.CONFIG_KEY)
     assert (saved["attention"], saved["window"], saved["sinks"]) == ("hybrid", 24, 3)
+    assert saved.get("window_gate_form", "sigmoid") == form
     for a, b in zip(model.model.layers, loaded.model.layers):
         assert (b.self_attn.options.window, b.self_attn.options.sinks) == (24, 3)
+        assert b.self_attn.options.window_gate_form == form
         assert torch.equal(a.self_attn.window_gate, b.self_attn.window_gate)
     with torch.no_grad():
         got = loaded(ids, use_cache=False).logits
