@@ -50,6 +50,7 @@ class Strategy:
     heavy: int = 0
     recent: int = 0
     gate: str = "sigmoid"   # hybrid: gamma_h = sigmoid(g_h) (normative) or exp(g_h) (a variant)
+    impl: str = "reference"  # hybrid: this module's attend, or "library" (evict_library.py)
 
 
     def label(self):
@@ -70,10 +71,12 @@ class Strategy:
                 if self.kind == "hybrid" else None}
 
 
-def make_strategy(kind, budget=0, sinks=4, gate="sigmoid"):
+def make_strategy(kind, budget=0, sinks=4, gate="sigmoid", impl="reference"):
     """The split of a budget B: streaming and hybrid keep s = min(sinks, B - 1) sinks and a
     window W = B - s; h2o keeps B // 2 heavy hitters and B - B // 2 recent tokens (as the
-    H2O paper's equal split). full and linear ignore the budget."""
+    H2O paper's equal split). full and linear ignore the budget. impl (hybrid): who
+    computes it, "reference" (attend below) or "library" (evict_lm runs the library's
+    liquid_memory.hybrid_attention, window_gate_form = gate)."""
     if kind not in KINDS:
         raise ValueError("unknown strategy %r (one of %s)" % (kind, ", ".join(KINDS)))
     if kind in ("full", "linear"):
@@ -83,7 +86,8 @@ def make_strategy(kind, budget=0, sinks=4, gate="sigmoid"):
     if kind == "h2o":
         return Strategy(kind, budget, heavy=budget // 2, recent=budget - budget // 2)
     s = min(sinks, budget - 1)
-    return Strategy(kind, budget, sinks=s, window=budget - s, gate=gate)
+    return Strategy(kind, budget, sinks=s, window=budget - s, gate=gate,
+                    impl=impl if kind == "hybrid" else "reference")
 
 
 def phi(x):

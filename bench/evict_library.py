@@ -7,8 +7,12 @@ detection, and the checks that the library and the reference (evict_attention.py
                  (issue #20's functional API), else the core op the module itself calls
                  (liquid_memory._ops.prefill); the LM applies rotary positions between the
                  projections and the attention, so it needs the core, not the module
-  hybrid         LiquidMemory(..., attention="hybrid", window=W, sinks=s) where the library
-                 has that mode (issue #16, being built), else the reference
+  hybrid, MQAR   LiquidMemory(..., attention="hybrid", window=W, sinks=s) where the library
+                 has that mode (issue #16), else the reference
+  hybrid, LM     liquid_memory.hybrid_attention(q, k, v, W, s, window_gate,
+                 window_gate_form="sigmoid" | "exp") where the library has the gate's form
+                 (--hybrid-impl auto or library): its differentiable composition trains
+                 the conversion, its C core evaluates; else the reference
 
 Every choice and every check's result goes into the JSON, so a reader knows which code
 produced each number. The checks run on the CPU (the library's CPU backend) in float32.
@@ -55,6 +59,33 @@ def hybrid_support():
     except Exception as e:  # TypeError (no such argument), NotImplementedError, ...
         return False, "LiquidMemory(attention='hybrid', window=4, sinks=1): %s: %s" % (
             type(e).__name__, e)
+
+
+def hybrid_gate_form_support():
+    """(True, None) where liquid_memory.hybrid_attention takes window_gate_form="exp",
+    else (False, why not)."""
+    lm, why = _library()
+    if lm is None:
+        return False, why
+    try:
+        q = torch.randn(1, 9, 2, 4)
+        with torch.no_grad():
+            lm.hybrid_attention(q, q, q, 4, 1, torch.zeros(2), window_gate_form="exp")
+        return True, None
+    except Exception as e:  # TypeError (no such argument), ...
+        return False, "hybrid_attention(..., window_gate_form='exp'): %s: %s" % (
+            type(e).__name__, e)
+
+
+def lm_hybrid(q, k, v, strategy, gate):
+    """The library's hybrid attention for the LM: q, k, v [B, H, L, D] -> [B, H, L, D],
+    gate: the layer's logits [H] (differentiable), strategy: its window, sinks and gate form.
+    With a gradient the library's composition runs, without one its C core."""
+    import liquid_memory
+    o = liquid_memory.hybrid_attention(*(t.transpose(1, 2) for t in (q, k, v)),
+                                       strategy.window, strategy.sinks, gate,
+                                       window_gate_form=strategy.gate)
+    return o.transpose(1, 2)
 
 
 def lm_linear_fn():
@@ -113,7 +144,7 @@ def _check(name, diff, extra=None):
 def detect_and_check(device, log=print):
     """(implementations, checks): which code runs each strategy, and the library against
     the reference where both exist (random weights and inputs, L = 300, CPU float32)."""
-    impl, checks = {"hybrid_training": "reference"}, []
+    impl, checks = {"hybrid_training": "reference (MQAR)"}, []
     gen = torch.Generator().manual_seed(1234)
     d, H, L = 32, 4, 300
     x = torch.randn(2, L, d, generator=gen)
@@ -158,6 +189,28 @@ def detect_and_check(device, log=print):
             with torch.no_grad():
                 checks.append(_check("hybrid s=%d W=%d: LiquidMemory vs reference"
                                      % (s.sinks, s.window), _diff(lib(x), ref(x))))
+    ok, why = hybrid_gate_form_support()
+    impl["hybrid_lm"] = "library: liquid_memory.hybrid_attention" if ok else "reference"
+    if not ok:
+        impl["hybrid_lm_reason"] = why
+        checks.append({"check": "hybrid_attention with window_gate_form", "skipped": why})
+    else:  # output and the gate's gradient (the composition's) of both forms
+        for gate in ("sigmoid", "exp"):
+            s = make_strategy("hybrid", 16, 4, gate)
+            q, k, v = (torch.randn(2, H, L, 16, generator=gen) for _ in range(3))
+            g = torch.randn(H, generator=gen)
+            with torch.no_grad():
+                checks.append(_check("hybrid %s gate s=%d W=%d: hybrid_attention (C core) vs "
+                                     "reference" % (gate, s.sinks, s.window),
+                                     _diff(lm_hybrid(q, k, v, s, g), attend(q, k, v, s, g))))
+            grads = []
+            for fn in (lm_hybrid, lambda *x: attend(*x)):
+                gg = g.clone().requires_grad_()
+                fn(q, k, v, s, gg).square().sum().backward()
+                grads.append(gg.grad)
+            checks.append(_check("hybrid %s gate: d window_gate, hybrid_attention (composition) "
+                                 "vs reference, relative to its largest" % gate,
+                                 _diff(*grads) / float(grads[1].abs().max())))
     for c in checks:
         log("check: %s" % (("%s: max |diff| %.2e (bound %.0e) %s" % (
             c["check"], c["max_abs_diff"], c["tolerance"], "ok" if c["passed"] else "FAILED"))

@@ -125,6 +125,9 @@ class Attention(nn.Module):
         q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         if strategy.kind == "linear" and linear_fn is not None:
             o = linear_fn(q, k, v)
+        elif strategy.kind == "hybrid" and strategy.impl == "library":
+            from evict_library import lm_hybrid  # (the library only where asked for)
+            o = lm_hybrid(q, k, v, strategy, self.window_gate)
         else:
             o = attend(q, k, v, strategy, self.window_gate, stats=self.stats)
         return self.o_proj(o.transpose(1, 2).reshape(B, L, E))
@@ -300,13 +303,15 @@ def _train_only(model, names, steps, seconds, lr, loss_fn, log, tag, log_every):
 @torch.no_grad()
 def position_nll(model, corpus, strategy, n, ctx, device, batch, linear_fn=None):
     """Mean next-token negative log-likelihood (nats) at every position of n validation
-    windows of ctx tokens, and for the hybrid the evicted tokens' share of the attention
-    weight at every position (mean over sequences, layers and heads; else None):
+    windows of ctx tokens, and for the reference hybrid the evicted tokens' share of the
+    attention weight at every position (mean over sequences, layers and heads; else None:
+    the library's hybrid does not report it):
     (list of ctx floats, sequences, list of ctx floats or None)."""
     model.eval()
     x, y = corpus.val_windows(n, ctx)
     tot = torch.zeros(ctx, dtype=torch.float64)
     share = torch.zeros(ctx, dtype=torch.float64)
+    shared = False
     for b in model.blocks:
         b.attn.stats = [] if strategy.kind == "hybrid" else None
     for i in range(0, len(x), batch):
@@ -317,8 +322,9 @@ def position_nll(model, corpus, strategy, n, ctx, device, batch, linear_fn=None)
         for b in model.blocks:
             if b.attn.stats:
                 share += b.attn.stats.pop().sum((0, 1)).double().cpu()
+                shared = True
     for b in model.blocks:
         b.attn.stats = None
     layers_heads = len(model.blocks) * model.heads
     return ((tot / len(x)).tolist(), len(x),
-            (share / (len(x) * layers_heads)).tolist() if strategy.kind == "hybrid" else None)
+            (share / (len(x) * layers_heads)).tolist() if shared else None)

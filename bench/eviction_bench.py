@@ -34,13 +34,15 @@ score per entry and head.
    converted to hybrid per budget (attention transfer, then fine-tuning, as LoLCATs) with
    perplexity before and after, beside the original fine-tuned the same way with full
    attention (a control: the extra training alone). Each conversion runs twice: with the
-   normative gate sigmoid(g) and with an unbounded exp(g) variant (--gates).
+   normative gate sigmoid(g) and with the unbounded exp(g) form (--gates), both through the
+   library's hybrid_attention (window_gate_form; --hybrid-impl) where it has them.
 
 The linear strategy runs in the library (MQAR: liquid_memory.LiquidMemory; LM: the library's
-core op, liquid_memory.linear_attention where the package has it); the hybrid trains with
+core op, liquid_memory.linear_attention where the package has it); MQAR's hybrid trains with
 the reference (bench/evict_attention.py) and is evaluated with the library's module where
-LiquidMemory(attention="hybrid") exists. Both are checked against the reference (JSON
-"checks"). Writes bench/results/eviction_<device>_<part>_<date>.json and plots (.png).
+LiquidMemory(attention="hybrid") exists; the LM's hybrid (inference and conversion) is the
+library's hybrid_attention where it has window_gate_form (--hybrid-impl). Each is checked
+against the reference (JSON "checks"). Writes bench/results/eviction_<device>_<part>_<date>.json and plots (.png).
 """
 import argparse
 import datetime
@@ -117,6 +119,11 @@ def parse(argv=None):
                    help="hybrid gates to convert with: sigmoid (gamma = sigmoid(g), the "
                    "normative one, at most 1) and exp (gamma = exp(g), unbounded: a variant "
                    "that can weigh the window above the evicted tokens); default both")
+    g.add_argument("--hybrid-impl", choices=("auto", "library", "reference"), default="auto",
+                   help="who computes the LM's hybrid (inference and conversion): the "
+                   "library's hybrid_attention with window_gate_form, or the reference "
+                   "(evict_attention.py, which also reports the evicted share); auto: the "
+                   "library where it has the gate's form (default)")
     g.add_argument("--convert-seconds", type=float, help="at most this long for all the "
                    "conversions and the control together (3000 on the CPU, 60 on CUDA)")
     g.add_argument("--transfer-steps", type=int)
@@ -336,12 +343,20 @@ def run_lm(a, device, common, impl):
                                    lambda: evict_lm.train_lm(model, corpus, cfg, device, full,
                                                              log))}
     linear_fn = lib.lm_linear_fn()[0] if impl["linear_lm"] != "reference" else None
+    hyb = "library" if a.hybrid_impl == "library" or (
+        a.hybrid_impl == "auto" and impl["hybrid_lm"] != "reference") else "reference"
+    if hyb == "library" and impl["hybrid_lm"] == "reference":
+        raise RuntimeError("--hybrid-impl library, but %s" % impl.get("hybrid_lm_reason"))
+    impl["hybrid_lm_used"] = hyb
+    log("[lm] the hybrid runs in the %s" % (impl["hybrid_lm"] if hyb == "library" else
+                                             "reference (evict_attention.py)"))
     width = max(1, ctx // 32)
     eval_batch = a.lm_eval_seqs if device.type == "cuda" else max(1, min(a.lm_batch, 16))
     bench_meta = dict(common, task="language modelling", corpus=corpus.describe()["path"],
                       corpus_sha256=corpus.sha256, context=ctx)
 
-    def evaluate(m, strat, label, trained_as, implementation="reference", fn=None):
+    def evaluate(m, strat, label, trained_as, implementation=None, fn=None):
+        implementation = implementation or strat.impl
         t0 = time.perf_counter()
         nll, n, share = evict_lm.position_nll(m, corpus, strat, a.lm_eval_seqs, ctx, device,
                                               batch=eval_batch, linear_fn=fn)
@@ -363,7 +378,7 @@ def run_lm(a, device, common, impl):
     records = [evaluate(model, full, "full", "original")]
     for b in a.budgets:
         for k, gate in [("streaming", None), ("h2o", None)] + [("hybrid", g) for g in a.gates]:
-            s = make_strategy(k, b, a.sinks, gate or "sigmoid")
+            s = make_strategy(k, b, a.sinks, gate or "sigmoid", hyb)
             records.append(evaluate(model, s, s.label() + (" (no training)" if k == "hybrid"
                                                             else ""), "original"))
     lin = make_strategy("linear")
@@ -388,7 +403,7 @@ def run_lm(a, device, common, impl):
     conversion = []
     for gate in a.gates:
         for b in a.convert_budgets:
-            s = make_strategy("hybrid", b, a.sinks, gate)
+            s = make_strategy("hybrid", b, a.sinks, gate, hyb)
             log("[lm] converting to %s: attention transfer, then fine-tuning" % s.label())
             before = next(x for x in records if x["metadata"]["model"] == "original" and
                           x["metadata"]["strategy"] == "hybrid" and
