@@ -605,6 +605,10 @@ typedef struct lm_pool_config {
     int64_t window_keys_stride;   /* floats between slots: 0 = Hkv (s + W) Dk */
     int64_t window_values_stride; /* floats: 0 = Hkv (s + W) Dv */
     int64_t window_pos_stride;    /* int32s: 0 = Hkv (s + W) */
+    /* Hybrid: the form of gamma_h from window_gate (lm_gate_form; as lm_attn_config's):
+     * LM_GATE_SIGMOID (default, and what an older caller's shorter struct means) or
+     * LM_GATE_EXP (|g_h| <= LM_HYBRID_GATE_EXP_MAX). */
+    lm_gate_form window_gate_form;
 } lm_pool_config;
 
 /* Fills cfg with defaults (elu+1, normalised, eps 1e-6, no decay, precision

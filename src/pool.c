@@ -50,7 +50,8 @@ static lm_status check_hybrid(const lm_pool_config *c, int64_t Dv)
                          "layer's query heads)");
     lm_core_args a = { .state = c->state, .normalize = c->normalize, .decay = c->decay,
                        .attention = c->attention, .window = c->window, .sinks = c->sinks,
-                       .window_gate = c->window_gate, .window_keys = c->window_keys,
+                       .window_gate = c->window_gate, .window_gate_form = c->window_gate_form,
+                       .window_keys = c->window_keys,
                        .window_values = c->window_values, .window_pos = c->window_pos };
     lm_status st = lmi_hybrid_check_core(&a, 1, c->num_heads);
     if (st)

@@ -18,7 +18,7 @@ static inline int lmi_pool_seq_fresh(const lmi_varlen *v, int64_t i)
 
 /* The hybrid fields of core parameters p (B = 1) for slot `slot` (-1: no
  * state) of a hybrid pool, the call starting at `position`: the slot's window
- * buffers, the pool's W, s and gate; decay off (the pool refuses it); not
+ * buffers, the pool's W, s, gate and gate form; decay off (the pool refuses it); not
  * `fresh`: the caller empties a fresh slot (all five parts) first, so the
  * hybrid core runs exactly as lm_linear_attn_prefill with fresh_state. */
 static inline void lmi_pool_hybrid_params(const lm_pool *pool, int64_t slot, int64_t position,
@@ -28,6 +28,7 @@ static inline void lmi_pool_hybrid_params(const lm_pool *pool, int64_t slot, int
     p->fresh = 0; /* a fresh slot is emptied by the caller first, as the core's fresh_state does */
     p->window = pool->W, p->sinks = pool->s;
     p->gate = pool->gate;
+    p->gate_form = (int)pool->cfg.window_gate_form;
     p->decay = NULL;
     p->position = slot >= 0 ? position : 0;
     p->win_k = slot >= 0 ? (float *)lmi_pool_part_at(pool, 2, slot) : NULL;

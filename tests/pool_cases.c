@@ -85,6 +85,7 @@ static void fixture_init(fixture *f, const test_dev *dev, const pcase *c)
         cfg.window = (int)c->W, cfg.sinks = (int)c->s;
         cfg.num_heads = c->gate ? (int)c->Hq : 0;
         cfg.window_gate = c->gate ? f->gate : NULL;
+        cfg.window_gate_form = c->gate_form;
         cfg.window_keys = f->dmem + f->nS + f->nz;
         cfg.window_values = cfg.window_keys + f->nwk;
         cfg.window_pos = (int32_t *)(cfg.window_values + f->nwv);
@@ -294,7 +295,7 @@ static void reference_hybrid(fixture *f, packed *p, int64_t t0, int64_t len, int
                       .v = { h->v, { 0, c->Hkv * c->Dv, c->Dv, 1 } },
                       .causal = 1, .feature_map = LM_FEATURE_ELU1, .normalize = 1, .eps = 1e-6,
                       .scale = 1.0 / sqrt((double)c->Dk) };
-    ref_hybrid(&r, c->W, c->s, c->gate ? f->gate : NULL, out, &fin);
+    ref_hybrid(&r, c->W, c->s, c->gate ? f->gate : NULL, c->gate_form, out, &fin);
     memcpy(p->want + t0 * row, out + (L - len) * row, (size_t)(len * row) * sizeof(double));
     if (slot >= 0) {
         memcpy(f->S + slot * f->nS, fin.S, (size_t)f->nS * sizeof(double));
@@ -449,9 +450,10 @@ void pool_case_batching(const test_dev *dev)
         { LM_F32, 9, 4, 2, 32, 32, 0, 0, 0, 0, 0 },  { LM_F32, 9, 4, 2, 32, 32, 1, 0, 0, 0, 0 },
         { LM_BF16, 9, 2, 2, 32, 16, 1, 0, 0, 0, 0 }, { LM_F16, 9, 8, 1, 32, 40, 0, 0, 0, 0, 0 },
         { LM_BF16, 9, 4, 4, 64, 64, 1, 2, 0, 0, 0 }, { LM_F32, 9, 2, 2, 128, 128, 0, 0, 0, 0, 0 },
-        /* hybrid: W 16 s 3 with gates; W 7 s 0 (GQA, 2 threads); W 1 s 2 */
+        /* hybrid: W 16 s 3 with gates; W 7 s 0 (GQA, 2 threads); W 1 s 2; W 12 s 2 with
+         * exp gates (gamma up to e^2: the window outweighs the state) */
         { LM_F32, 9, 4, 2, 32, 32, 0, 0, 16, 3, 1 }, { LM_BF16, 9, 4, 1, 32, 24, 0, 2, 7, 0, 0 },
-        { LM_F16, 9, 2, 2, 64, 32, 0, 0, 1, 2, 1 },
+        { LM_F16, 9, 2, 2, 64, 32, 0, 0, 1, 2, 1 }, { LM_BF16, 9, 4, 2, 32, 32, 0, 0, 12, 2, 1, LM_GATE_EXP },
     };
     ref_seed(21);
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
@@ -625,7 +627,8 @@ static lm_tensor token(lm_tensor t, int64_t x)
 void pool_case_hybrid_core(const test_dev *dev)
 {
     static const pcase cases[] = { { LM_F32, 4, 4, 2, 32, 32, 0, 0, 16, 3, 1 },
-                                   { LM_BF16, 4, 2, 1, 64, 32, 0, 0, 64, 4, 0 } };
+                                   { LM_BF16, 4, 2, 1, 64, 32, 0, 0, 64, 4, 0 },
+                                   { LM_F32, 4, 4, 2, 32, 32, 0, 0, 16, 3, 1, LM_GATE_EXP } };
     ref_seed(26);
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
         const pcase c = cases[ci];
@@ -682,6 +685,7 @@ void pool_case_hybrid_core(const test_dev *dev)
         k.q = &q4, k.k = &k4, k.v = &v4, k.out = &o4;
         k.attention = LM_ATTENTION_HYBRID, k.window = (int)c.W, k.sinks = (int)c.s;
         k.window_gate = c.gate ? f.gate : NULL;
+        k.window_gate_form = c.gate_form;
         k.state = st, k.normalizer = st + f.nS, k.window_keys = k.normalizer + f.nz;
         k.window_values = k.window_keys + f.nwk, k.window_pos = (int32_t *)(k.window_values + f.nwv);
         k.fresh_state = 1;

@@ -15,6 +15,7 @@ typedef struct pcase {
     int decay, num_threads;
     int64_t W, s; /* W > 0: a hybrid pool of window W and s sinks (no decay) */
     int gate;     /* hybrid: random per-head gates (the pool's num_heads = Hq) */
+    lm_gate_form gate_form; /* hybrid: gamma = sigmoid(g) (default) or exp(g) */
 } pcase;
 
 /* Ragged packed prefills (fresh and continued, slots in any order, decode

@@ -263,8 +263,8 @@ class HybridModel:
     """Each slot's hybrid state, advanced by the module's hybrid attention
     (liquid_memory.hybrid_attention: the C core continuing a HybridState)."""
 
-    def __init__(self, n, window, sinks, gate, device="cpu"):
-        self.W, self.s, self.gate, self.device = window, sinks, gate, device
+    def __init__(self, n, window, sinks, gate, device="cpu", form="sigmoid"):
+        self.W, self.s, self.gate, self.device, self.form = window, sinks, gate, device, form
         self.st = [None] * n
 
     def run(self, slot, q, k, v, fresh=False):
@@ -274,15 +274,15 @@ class HybridModel:
                 self.st[slot] = hybrid.empty_state(1, HKV, DK, DV, self.W, self.s, self.device)
             return q.new_zeros((0, HQ, DV))
         out, fin = hybrid_attention(q[None], k[None], v[None], self.W, self.s, self.gate, state=st,
-                                    return_state=True)
+                                    return_state=True, window_gate_form=self.form)
         if slot >= 0:
             self.st[slot] = fin
         return out[0]
 
 
-def _hybrid_pool(n, window, sinks, gate, device="cpu"):
+def _hybrid_pool(n, window, sinks, gate, device="cpu", form="sigmoid"):
     return StatePool(n, HKV, DK, DV, device=device, attention="hybrid", window=window, sinks=sinks,
-                     window_gate=gate)
+                     window_gate=gate, window_gate_form=form)
 
 
 def _check_hybrid_states(pool, model, slots):
@@ -296,13 +296,14 @@ def _check_hybrid_states(pool, model, slots):
         assert torch.equal(pool.window_pos[s].cpu(), st.pos[0].cpu()), "slot %d positions" % s
 
 
-def _hybrid_scenario(window, sinks, device):
+def _hybrid_scenario(window, sinks, device, form="sigmoid"):
     """Ragged lengths around W and s into slots in any order, decode rows with
     padding, a slot joining later, continuing prefills; each sequence against
-    hybrid_attention on it alone from its slot's state."""
+    hybrid_attention on it alone from its slot's state (the gate of the form
+    `form` in both)."""
     gate = torch.linspace(-1.5, 1.5, HQ)
-    pool = _hybrid_pool(6, window, sinks, gate, device)
-    model = HybridModel(6, window, sinks, gate, device)
+    pool = _hybrid_pool(6, window, sinks, gate, device, form)
+    model = HybridModel(6, window, sinks, gate, device, form)
     W, s = window, sinks
     lens, slots = [1, max(W - 1, 0), W, W + 1, s + W + 1, 40], [4, 1, 3, 0, 5, 2]
     q, k, v = _rand(sum(lens), seed=31, device=device)
@@ -331,21 +332,24 @@ def _hybrid_scenario(window, sinks, device):
     _check_hybrid_states(pool, model, range(6))
 
 
-@pytest.mark.parametrize("window,sinks", [(5, 2), (1, 0), (16, 3)])
-def test_hybrid_pool_matches_the_modules_hybrid(window, sinks):
-    _hybrid_scenario(window, sinks, "cpu")
+@pytest.mark.parametrize("window,sinks,form", [(5, 2, "sigmoid"), (1, 0, "sigmoid"),
+                                               (16, 3, "sigmoid"), (5, 2, "exp")])
+def test_hybrid_pool_matches_the_modules_hybrid(window, sinks, form):
+    _hybrid_scenario(window, sinks, "cpu", form)
 
 
 @requires_cuda
-@pytest.mark.parametrize("window,sinks", [(5, 2), (16, 3)])
-def test_cuda_hybrid_pool_matches_the_modules_hybrid(window, sinks):
-    _hybrid_scenario(window, sinks, "cuda")
+@pytest.mark.parametrize("window,sinks,form", [(5, 2, "sigmoid"), (16, 3, "sigmoid"),
+                                               (16, 3, "exp")])
+def test_cuda_hybrid_pool_matches_the_modules_hybrid(window, sinks, form):
+    _hybrid_scenario(window, sinks, "cuda", form)
 
 
 def test_hybrid_pool_slots_round_trip():
     gate = torch.tensor([0.5, -0.5, 1.0, 0.0])
     pool = _hybrid_pool(4, 4, 1, gate)
     assert "hybrid" in repr(pool) and pool.window == 4 and pool.sinks == 1
+    assert 'window_gate_form="sigmoid"' in repr(pool) and pool.window_gate_form == "sigmoid"
     assert pool.window_keys.shape == (4, HKV, 5, DK) and pool.window_pos.dtype == torch.int32
     q, k, v = _rand(11, seed=60)
     pool.prefill(q, k, v, [0, 11], [1])
@@ -376,6 +380,10 @@ def test_hybrid_pool_slots_round_trip():
     (dict(attention="hybrid", window_gate=[0.0] * 3), InvalidArgumentError),
     (dict(attention="hybrid", window_gate=[0.0] * 4, num_heads=8), InvalidArgumentError),
     (dict(attention="linear", window_gate=[0.0] * 4), InvalidArgumentError),
+    (dict(attention="linear", window_gate_form="exp"), InvalidArgumentError),
+    (dict(attention="hybrid", window_gate_form="tanh"), InvalidArgumentError),
+    (dict(attention="hybrid", window_gate_form="exp", window_gate=[0.0, 41.0, 0.0, 0.0]),
+     InvalidArgumentError),  # an exp gate's logit beyond LM_HYBRID_GATE_EXP_MAX
     (dict(attention="softmax"), InvalidArgumentError)])
 def test_bad_hybrid_configs_are_refused(kwargs, error):
     with pytest.raises(error):

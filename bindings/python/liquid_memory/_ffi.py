@@ -156,6 +156,7 @@ STRUCTS = (
         ("int64_t", "window_keys_stride"),
         ("int64_t", "window_values_stride"),
         ("int64_t", "window_pos_stride"),
+        ("lm_gate_form", "window_gate_form"),
     )),
     ("lm_prefill_args", (
         ("uint32_t", "struct_size"),

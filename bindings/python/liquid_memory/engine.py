@@ -19,7 +19,9 @@ A hybrid pool (attention="hybrid", docs/DESIGN.md §9) also holds each slot's
 window: keys [N, Hkv, s + W, Dk], values [N, Hkv, s + W, Dv] (fp32) and
 positions [N, Hkv, s + W] (int32), in tensors it owns beside S and z (the
 properties window_keys, window_values, window_pos); its window_gate (one
-logit per query head, so num_heads = its length) is the layer's, copied.
+logit per query head, so num_heads = its length) is the layer's, copied, of
+the form window_gate_form ("sigmoid", the default, or "exp": docs/DESIGN.md
+§9.1).
 
 q, k, v, out are packed [T, H, D] (prefill: sequence i is rows cu_seqlens[i]
 .. cu_seqlens[i+1]-1) or [B, H, D] (decode: one token per row), BF16/F16/F32
@@ -94,7 +96,7 @@ class StatePool:
                  feature_map="elu1", normalize=True, eps=1e-6, scale=None, decay=None,
                  precision="auto", num_threads=0, attention="linear",
                  window=C["LM_HYBRID_WINDOW_DEFAULT"], sinks=C["LM_HYBRID_SINKS_DEFAULT"],
-                 window_gate=None, num_heads=None):
+                 window_gate=None, num_heads=None, window_gate_form="sigmoid"):
         what = "StatePool"
         self._pool = None
         lib = _ffi.binding()
@@ -141,7 +143,8 @@ class StatePool:
         lib.set_ptr(cfg, "lm_pool_config", "normalizer", self._z.data_ptr())
         self.attention = attention
         self._window = self._hybrid(lib, cfg, attention, window, sinks, window_gate, num_heads,
-                                    (N, Hkv, Dk, Dv), dev, what)
+                                    window_gate_form, (N, Hkv, Dk, Dv), dev, what)
+        self.window_gate_form = window_gate_form if self._window is not None else None
         handle, read = lib.out("lm_pool *")
         _core.check(lib.call("lm_pool_create", lib.ref(cfg), handle), "lm_pool_create")
         self._lib, self._pool, self._lock = lib, read(), threading.Lock()
@@ -151,16 +154,20 @@ class StatePool:
         self._sinks = int(cfg.sinks) if self._window is not None else None
 
     @staticmethod
-    def _hybrid(lib, cfg, attention, window, sinks, window_gate, num_heads, shape, dev, what):
+    def _hybrid(lib, cfg, attention, window, sinks, window_gate, num_heads, form, shape, dev,
+                what):
         """The hybrid fields of cfg and the window's tensors (keys, values,
         positions), or None for a linear pool (the library checks W, s and
         the gate's values)."""
         cfg.attention = _choice({"linear": C["LM_ATTENTION_LINEAR"], "hybrid": C["LM_ATTENTION_HYBRID"]},
                                 attention, "attention", what)
         if attention == "linear":
-            if window_gate is not None or num_heads is not None:
-                raise _invalid(what, "window_gate and num_heads are for attention=\"hybrid\"")
+            if window_gate is not None or num_heads is not None or form != "sigmoid":
+                raise _invalid(what, "window_gate, num_heads and window_gate_form are for "
+                               "attention=\"hybrid\"")
             return None
+        cfg.window_gate_form = _choice({"sigmoid": C["LM_GATE_SIGMOID"], "exp": C["LM_GATE_EXP"]},
+                                       form, "window_gate_form", what)
         N, Hkv, Dk, Dv = shape
         W, s = _index(window, "window", what), _index(sinks, "sinks", what)
         cfg.window, cfg.sinks = W, s
@@ -206,8 +213,9 @@ class StatePool:
             pass
 
     def __repr__(self):
-        hybrid = "" if self._window is None else ", attention=\"hybrid\", window=%d, sinks=%d" % (
-            self.window, self.sinks)
+        hybrid = "" if self._window is None else \
+            ", attention=\"hybrid\", window=%d, sinks=%d, window_gate_form=\"%s\"" % (
+                self.window, self.sinks, self.window_gate_form)
         return "StatePool(num_slots=%d, num_kv_heads=%d, head_dim=%d, head_dim_v=%d, device=%s%s%s)" % (
             self.num_slots, self.num_kv_heads, self.head_dim, self.head_dim_v, self.device, hybrid,
             "" if self._pool is not None else ", closed")
