@@ -447,13 +447,18 @@ static void decode(fixture *f, int64_t B, const int32_t *slots)
 void pool_case_batching(const test_dev *dev)
 {
     static const pcase cases[] = {
-        { LM_F32, 9, 4, 2, 32, 32, 0, 0, 0, 0, 0 },  { LM_F32, 9, 4, 2, 32, 32, 1, 0, 0, 0, 0 },
-        { LM_BF16, 9, 2, 2, 32, 16, 1, 0, 0, 0, 0 }, { LM_F16, 9, 8, 1, 32, 40, 0, 0, 0, 0, 0 },
-        { LM_BF16, 9, 4, 4, 64, 64, 1, 2, 0, 0, 0 }, { LM_F32, 9, 2, 2, 128, 128, 0, 0, 0, 0, 0 },
+        { LM_F32, 9, 4, 2, 32, 32, 0, 0, 0, 0, 0, LM_GATE_SIGMOID },
+        { LM_F32, 9, 4, 2, 32, 32, 1, 0, 0, 0, 0, LM_GATE_SIGMOID },
+        { LM_BF16, 9, 2, 2, 32, 16, 1, 0, 0, 0, 0, LM_GATE_SIGMOID },
+        { LM_F16, 9, 8, 1, 32, 40, 0, 0, 0, 0, 0, LM_GATE_SIGMOID },
+        { LM_BF16, 9, 4, 4, 64, 64, 1, 2, 0, 0, 0, LM_GATE_SIGMOID },
+        { LM_F32, 9, 2, 2, 128, 128, 0, 0, 0, 0, 0, LM_GATE_SIGMOID },
         /* hybrid: W 16 s 3 with gates; W 7 s 0 (GQA, 2 threads); W 1 s 2; W 12 s 2 with
          * exp gates (gamma up to e^2: the window outweighs the state) */
-        { LM_F32, 9, 4, 2, 32, 32, 0, 0, 16, 3, 1 }, { LM_BF16, 9, 4, 1, 32, 24, 0, 2, 7, 0, 0 },
-        { LM_F16, 9, 2, 2, 64, 32, 0, 0, 1, 2, 1 }, { LM_BF16, 9, 4, 2, 32, 32, 0, 0, 12, 2, 1, LM_GATE_EXP },
+        { LM_F32, 9, 4, 2, 32, 32, 0, 0, 16, 3, 1, LM_GATE_SIGMOID },
+        { LM_BF16, 9, 4, 1, 32, 24, 0, 2, 7, 0, 0, LM_GATE_SIGMOID },
+        { LM_F16, 9, 2, 2, 64, 32, 0, 0, 1, 2, 1, LM_GATE_SIGMOID },
+        { LM_BF16, 9, 4, 2, 32, 32, 0, 0, 12, 2, 1, LM_GATE_EXP },
     };
     ref_seed(21);
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
@@ -609,8 +614,8 @@ static void fork_blob(const test_dev *dev, const pcase *cp)
 
 void pool_case_fork_blob(const test_dev *dev)
 {
-    static const pcase cases[] = { { LM_F32, 6, 4, 2, 32, 32, 1, 0, 0, 0, 0 },
-                                   { LM_F32, 6, 4, 2, 32, 32, 0, 0, 8, 2, 1 } };
+    static const pcase cases[] = { { LM_F32, 6, 4, 2, 32, 32, 1, 0, 0, 0, 0, LM_GATE_SIGMOID },
+                                   { LM_F32, 6, 4, 2, 32, 32, 0, 0, 8, 2, 1, LM_GATE_SIGMOID } };
     ref_seed(22);
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         fork_blob(dev, &cases[i]);
@@ -626,8 +631,8 @@ static lm_tensor token(lm_tensor t, int64_t x)
 
 void pool_case_hybrid_core(const test_dev *dev)
 {
-    static const pcase cases[] = { { LM_F32, 4, 4, 2, 32, 32, 0, 0, 16, 3, 1 },
-                                   { LM_BF16, 4, 2, 1, 64, 32, 0, 0, 64, 4, 0 },
+    static const pcase cases[] = { { LM_F32, 4, 4, 2, 32, 32, 0, 0, 16, 3, 1, LM_GATE_SIGMOID },
+                                   { LM_BF16, 4, 2, 1, 64, 32, 0, 0, 64, 4, 0, LM_GATE_SIGMOID },
                                    { LM_F32, 4, 4, 2, 32, 32, 0, 0, 16, 3, 1, LM_GATE_EXP } };
     ref_seed(26);
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
@@ -709,7 +714,7 @@ void pool_case_hybrid_core(const test_dev *dev)
 
 void pool_case_workspace(const test_dev *dev)
 {
-    const pcase c = { LM_F32, 4, 4, 2, 32, 32, 1, 0, 0, 0, 0 };
+    const pcase c = { LM_F32, 4, 4, 2, 32, 32, 1, 0, 0, 0, 0, LM_GATE_SIGMOID };
     ref_seed(23);
     fixture f[2];
     for (int i = 0; i < 2; i++)
@@ -780,8 +785,8 @@ void pool_case_paths(const test_dev *dev, int npools, void (*select)(int pool), 
     /* GQA (Hq = 4 Hkv, Dk = Dv = 128) and Hq == Hkv (64): ragged lengths,
      * slots out of order, slot 4 never touched (NaN); a length-1 sequence
      * without a slot (a prefill) beside decode rows (length 1, a slot). */
-    static const pcase cases[] = { { LM_BF16, 10, 8, 2, 128, 128, 0, 0, 0, 0, 0 },
-                                   { LM_BF16, 10, 4, 4, 64, 64, 0, 0, 0, 0, 0 } };
+    static const pcase cases[] = { { LM_BF16, 10, 8, 2, 128, 128, 0, 0, 0, 0, 0, LM_GATE_SIGMOID },
+                                   { LM_BF16, 10, 4, 4, 64, 64, 0, 0, 0, 0, 0, LM_GATE_SIGMOID } };
     ref_seed(24);
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
         fixtures_init(fs, npools, dev, &cases[ci], select);
@@ -804,7 +809,7 @@ void pool_case_paths(const test_dev *dev, int npools, void (*select)(int pool), 
     /* One kv head of 64: slot 0 past LM_PRECISION_AUTO_TOKENS, so that its
      * next sequence is compensated, in one call with a fresh sequence and a
      * decode row. */
-    const pcase c = { LM_BF16, 3, 1, 1, 64, 64, 0, 0, 0, 0, 0 };
+    const pcase c = { LM_BF16, 3, 1, 1, 64, 64, 0, 0, 0, 0, 0, LM_GATE_SIGMOID };
     fixtures_init(fs, npools, dev, &c, select);
     const int32_t lenA[] = { LM_PRECISION_AUTO_TOKENS - 36 }, slotsA[] = { 0 };
     prefill_on(fs, npools, 1, lenA, slotsA, NULL, 0);
