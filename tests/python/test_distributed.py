@@ -523,9 +523,10 @@ def test_threaded_ranks_cuda(causal, dtype):
               1e-3 if fp32 else 3e-2, 1e-3 if fp32 else 3e-2)
 
 
-def _threaded_hybrid(device, dtype, lengths, bound):
+def _threaded_hybrid(device, dtype, lengths, bound, form=_hybrid.C["LM_GATE_SIGMOID"]):
     """Hybrid attention's forward on four thread ranks against one pass on the
-    same device: outputs and the final state's S, z."""
+    same device: outputs and the final state's S, z (the gate of lm_gate_form
+    `form` on both)."""
     torch.manual_seed(6)
     B, Hq, Hkv, D, W, s = 2, 4, 2, 64, 64, 4
     L = sum(lengths)
@@ -534,10 +535,12 @@ def _threaded_hybrid(device, dtype, lengths, bound):
     mask = (torch.rand(B, L) < 0.2).to(device)
     gate = torch.randn(Hq)
     opts = _core.Options()
-    ref, st_ref = _hybrid.c_prefill(q, k, v, mask, W, s, gate, opts, want_state=True)
+    ref, st_ref = _hybrid.c_prefill(q, k, v, mask, W, s, gate, opts, want_state=True,
+                                    gate_form=form)
 
     def body(r, ranks):
-        su = distributed._HybridSetup(ranks.group.WORLD, r, len(lengths), W, s, opts, False, True)
+        su = distributed._HybridSetup(ranks.group.WORLD, r, len(lengths), W, s, opts, False, True,
+                                      form)
         out = distributed._Hybrid.forward(_Ctx(), *(_segment(t, lengths, r) for t in (q, k, v)),
                                           gate, _segment(mask, lengths, r), su)
         return out, su.state
@@ -551,9 +554,10 @@ def _threaded_hybrid(device, dtype, lengths, bound):
     _check_all(checks)
 
 
-def test_threaded_hybrid_cpu():
-    """Segments shorter than W between long ones, on the CPU."""
-    _threaded_hybrid("cpu", torch.float32, [150, 30, 0, 200], OUT_BOUND)
+@pytest.mark.parametrize("form", ["sigmoid", "exp"])
+def test_threaded_hybrid_cpu(form):
+    """Segments shorter than W between long ones, on the CPU; both gate forms."""
+    _threaded_hybrid("cpu", torch.float32, [150, 30, 0, 200], OUT_BOUND, _hybrid.GATE_FORMS[form])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: torch.cuda.is_available() "

@@ -223,18 +223,28 @@ def test_library_linear_agrees(library_checks):
 
 
 def test_library_hybrid_agrees(library_checks):
+    """The library's hybrid module (MQAR, two budgets) and its hybrid_attention with both
+    gate forms (the LM: output, and the gate's gradient) against the reference."""
     impl, checks = library_checks
     if impl["hybrid"] != "library":
         pytest.skip("the library has no hybrid mode yet (%s)" % impl["hybrid_reason"])
     ran = [c for c in checks if "skipped" not in c and c["check"].startswith("hybrid")]
-    assert len(ran) == 2 and all(c["passed"] for c in ran), checks
+    assert impl["hybrid_lm"].startswith("library")
+    assert sum("LiquidMemory" in c["check"] for c in ran) == 2, checks
+    for gate in ("sigmoid", "exp"):
+        assert sum(c["check"].startswith("hybrid %s gate" % gate) for c in ran) == 2, checks
+    assert len(ran) == 6 and all(c["passed"] for c in ran), checks
 
 
-def test_quick_run(tmp_path):
+@pytest.mark.parametrize("hybrid_impl", ["auto", "reference"])
+def test_quick_run(tmp_path, hybrid_impl):
     """--quick runs both parts at tiny sizes: every strategy at every budget and context,
-    records in the seed's layout, the conversion with its before / after, the plots."""
+    records in the seed's layout, the conversion with its before / after, the plots; the
+    LM's hybrid in the library (auto, where it has the gate's form) or the reference (which
+    alone reports the evicted share)."""
     corpus = os.path.join(ROOT, "README.md")  # any text does for a smoke test
-    a = eviction_bench.parse(["--quick", "--corpus", corpus, "--out", str(tmp_path)])
+    a = eviction_bench.parse(["--quick", "--corpus", corpus, "--out", str(tmp_path),
+                              "--hybrid-impl", hybrid_impl])
     assert eviction_bench.main(a) == 0
     (name,) = [f for f in os.listdir(tmp_path) if f.endswith(".json")]
     with open(tmp_path / name) as f:
@@ -263,7 +273,14 @@ def test_quick_run(tmp_path):
     assert all(0 <= r["results"]["accuracy"] <= 1 for r in out["mqar"]["records"])
     lm = out["lm"]
     hybrid = [r for r in lm["records"] if r["metadata"]["strategy"] == "hybrid"]
-    assert hybrid and all(0 <= r["results"]["evicted_share_last_quarter"] <= 1 for r in hybrid)
+    used = out["metadata"]["implementations"]["hybrid_lm_used"]
+    assert used == ("reference" if hybrid_impl == "reference" or
+                    out["metadata"]["implementations"]["hybrid_lm"] == "reference" else "library")
+    assert hybrid and all(r["metadata"]["implementation"] == used for r in hybrid)
+    if used == "reference":
+        assert all(0 <= r["results"]["evicted_share_last_quarter"] <= 1 for r in hybrid)
+    else:
+        assert not any("evicted_share_last_quarter" in r["results"] for r in hybrid)
     assert lm["corpus"]["sha256"] and all(
         math.isfinite(r["results"]["perplexity"]) for r in lm["records"])
     assert [(c["gate"], c["cache_size"]) for c in lm["conversion"]] == \

@@ -434,7 +434,8 @@ class _HybridSetup:
     """What the hybrid forward needs besides tensors; `state` receives the
     state after the whole sequence (when want_state)."""
 
-    def __init__(self, group, rank, world, window, sinks, opts, seq_first, want_state, gate_form):
+    def __init__(self, group, rank, world, window, sinks, opts, seq_first, want_state,
+                 gate_form=_hybrid.C["LM_GATE_SIGMOID"]):
         self.group, self.rank, self.world = group, rank, world
         self.window, self.sinks, self.opts, self.gate_form = window, sinks, opts, gate_form
         self.seq_first, self.want_state, self.state = seq_first, want_state, None
