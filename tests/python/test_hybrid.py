@@ -334,8 +334,9 @@ def test_module_mha_interop_and_refusals():
     with pytest.raises(ValueError, match="attention must be"):
         LiquidMemory(32, 4, attention="softmax")
     assert "window_gate_form='sigmoid'" in repr(m)
-    e = LiquidMemory(32, 4, attention="hybrid", window_gate_form="exp")
+    e = LiquidMemory.from_mha(mha, attention="hybrid", window_gate_form="exp")  # a conversion
     assert e.window_gate_form == "exp" and "window_gate_form='exp'" in repr(e)
+    assert torch.equal(e.in_proj_weight, mha.in_proj_weight)
     with pytest.raises(ValueError, match="window_gate_form must be"):
         LiquidMemory(32, 4, attention="hybrid", window_gate_form="softplus")
     with pytest.raises(ValueError, match="window_gate_form is an option of attention='hybrid'"):
