@@ -42,7 +42,7 @@
 #                                     hybrid (hybrid attention, issue #16: its GPU suite, its pytest
 #                                     file, bench/hybrid_bench.py into hybrid.json), hybrid-sanitize
 #                                     (memcheck, racecheck, synccheck on its reduced grid),
-#                                     evict (bench/eviction_bench.py --part lm on CUDA, <= 4 min:
+#                                     evict (bench/eviction_bench.py --part lm on CUDA, <= 6 min:
 #                                     needs build/corpus/tinyshakespeare.txt carried, or
 #                                     LM_CORPUS=path; packed in evict.tgz),
 #                                     hf (tests/python/test_hf.py: the Hugging Face patch, linear
@@ -264,12 +264,12 @@ for L in (8192, 32768):  # B = 1, 32 heads of 128, bf16, causal, elu+1, normalis
         fi
         mkdir -p "$OUT/evict"
         export LM_LIB_PATH="$PWD/$B/lib/libliquidmemory.so" PYTHONPATH="$PWD/bindings/python"
-        phase evict 240 "$OUT/evict.log" python3 bench/eviction_bench.py --part lm --device cuda \
+        phase evict 360 "$OUT/evict.log" python3 bench/eviction_bench.py --part lm --device cuda \
             --corpus "$corpus" --out "$OUT/evict"
         tar -C "$OUT" -czf "$OUT/evict.tgz" evict && rm -rf "$OUT/evict" ;;
     hf)
         export LM_LIB_PATH="$PWD/$B/lib/libliquidmemory.so" PYTHONPATH="$PWD/bindings/python"
-        phase hf 300 "$OUT/hf.log" python3 -m pytest -q -rfEs -p no:cacheprovider tests/python/test_hf.py ;;
+        phase hf 420 "$OUT/hf.log" python3 -m pytest -q -rfEs --tb=short -p no:cacheprovider tests/python/test_hf.py ;;
     esac
 done
 # The device returns at most 8 files a call: everything but the summary goes
