@@ -3,14 +3,10 @@
  * fp32 state (S = g S + phi(k) v^T, z = g z + phi(k)) and read out for the
  * query heads of its group, in fp32 FMAs (no tensor cores: one token is a
  * rank-1 update, bound by reading and writing the state: 2 MiB each way at
- * 32 heads of 128 x 128, floor ~1.4 us). On sm_90, while (row, kv head)
- * pairs are fewer than 4 x SMs, the value columns of a head are spread over a
- * cluster of up to 8 CTAs (32 heads: 128 CTAs instead of 32); every CTA reads
- * z, and rank 0 writes it back only after the cluster barrier; there every
- * load the step does not compute is issued before the first barrier (latency
- * is the cost at few rows). Measured (H100, graph replay, B = 1): 1 CTA per
- * head 7.6 us, clusters 7.2 us (before the early loads: bench/NOTES.md,
- * "Decode at B = 1, loads issued together").
+ * 32 heads of 128 x 128, floor ~1.4 us). On sm_90 the value columns of a
+ * head are spread over a cluster of up to 8 CTAs (32 heads: 128 CTAs instead
+ * of 32); every CTA reads z, and rank 0 writes it back only after the
+ * cluster barrier. Measured (H100, graph replay): 1 CTA per head 7.6 us.
  * No allocation, no host sync: graph-capturable. Query heads go in blocks of
  * 4 so registers and shared memory stay bounded for any GQA ratio.
  * Pool rows (lm_pool_decode): row b continues a slot named in device memory
@@ -37,7 +33,6 @@ constexpr int DEC_THREADS = 256;
 constexpr int COLS = 32; /* value columns per CTA when a cluster shares a head */
 constexpr int GB = 4; /* query heads per pass */
 constexpr int RB = 8; /* state rows per thread loaded at once */
-constexpr int QF = 2; /* q values per thread loaded with the first loads (GB x Dk <= 512: all); 2 is assumed below */
 
 template <int DT> __device__ __forceinline__ float ld(const void *p, int64_t i);
 template <> __device__ __forceinline__ float ld<LM_BF16>(const void *p, int64_t i)
@@ -139,50 +134,19 @@ __global__ void __launch_bounds__(DEC_THREADS) decode_kernel(const __grid_consta
     const int Dv = min(cols, p.Dv - e0); /* this CTA's columns [e0, e0 + Dv) */
     float *phk = sm, *vv = phk + Dk, *zn = vv + cols, *phq = zn + Dk, *den = phq + GB * Dk, *red = den + GB;
     const int tid = threadIdx.x;
-    const int CG = (Dv + 3) / 4, RG = DEC_THREADS / CG; /* host: cols <= 4 * DEC_THREADS */
-    const int cg = tid % CG, rg = tid / CG, e = 4 * cg;
-    /* float4 only where every row of every slot starts 16-byte aligned (a pool's
-     * slots may sit at any float stride). */
-    const bool vec = p.Dv % 4 == 0 && cols % 4 == 0 && p.S_slot % 4 == 0 &&
-                     ((uintptr_t)p.S & 15) == 0;
-    const bool active = rg < RG;
-    const int64_t rs = p.Dv; /* row stride of the state */
-    float *S = p.S + (p.S_slot ? r.slot * p.S_slot + hk * Dk * rs : head * Dk * rs) + e0;
-    float *z = p.z + (p.S_slot ? r.slot * p.z_slot + hk * Dk : head * Dk);
-
-    /* What the step reads and nothing it computes decides, issued before any of
-     * it is used: the mask, k, v, z, the first pass's q and the first batch of
-     * state rows go out together, one memory round trip where the loads used to
-     * wait on each other's barriers (four, at 32 heads of 128). Only in clusters
-     * (PRE): they run while (row, kv head) pairs are few, where latency is the
-     * cost; the held loads take ~40 registers a thread, which would halve the
-     * CTAs per SM of a large batch, whose cost is bandwidth. */
-    constexpr bool PRE = CLUSTER;
     const bool off = p.mask && p.mask[tok * p.mask_s0];
-    float4 s_first[RB];
-#pragma unroll
-    for (int i = 0; i < RB; i++) {
-        const int d = rg + i * RG;
-        s_first[i] = PRE && active && d < Dk && !r.fresh ? row4(S + (int64_t)d * rs, e, Dv, vec) : make_float4(0, 0, 0, 0);
-    }
-    float q_first[QF];
-#pragma unroll
-    for (int j = 0; j < QF; j++) {
-        const int x = tid + j * DEC_THREADS, gi = x / Dk, hq = hk * G + gi;
-        q_first[j] = PRE && x < GB * Dk && gi < G ? ld<DT>(p.q, tok * p.sq[0] + hq * p.sq[1] + x % Dk) : 0.0f;
-    }
-    const float z_first = PRE && tid < Dk && !r.fresh ? z[tid] : 0.0f;
     /* A masked key leaves the state exactly as it was: no decay either. A
      * fresh row starts from zero whatever the slot held. */
     const float g = p.has_decay && !off ? p.decay[hk] : 1.0f;
 
     for (int d = tid; d < Dk; d += DEC_THREADS)
         phk[d] = off ? 0.0f : lmk::phi_precise(ld<DT>(p.k, tok * p.sk[0] + hk * p.sk[1] + d), p.feature_map);
-    for (int c = tid; c < Dv; c += DEC_THREADS)
-        vv[c] = off ? 0.0f : ld<DT>(p.v, tok * p.sv[0] + hk * p.sv[1] + e0 + c);
+    for (int e = tid; e < Dv; e += DEC_THREADS)
+        vv[e] = off ? 0.0f : ld<DT>(p.v, tok * p.sv[0] + hk * p.sv[1] + e0 + e);
     __syncthreads();
+    float *z = p.z + (p.S_slot ? r.slot * p.z_slot + hk * Dk : head * Dk);
     for (int d = tid; d < Dk; d += DEC_THREADS)
-        zn[d] = (r.fresh ? 0.0f : (PRE && d == tid ? z_first : z[d]) * g) + phk[d];
+        zn[d] = (r.fresh ? 0.0f : z[d] * g) + phk[d];
     if constexpr (CLUSTER) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
         cooperative_groups::this_cluster().sync(); /* every CTA has read z */
@@ -192,13 +156,19 @@ __global__ void __launch_bounds__(DEC_THREADS) decode_kernel(const __grid_consta
         for (int d = tid; d < Dk; d += DEC_THREADS)
             z[d] = zn[d];
 
+    const int CG = (Dv + 3) / 4, RG = DEC_THREADS / CG; /* host: cols <= 4 * DEC_THREADS */
+    const int cg = tid % CG, rg = tid / CG, e = 4 * cg;
+    /* float4 only where every row of every slot starts 16-byte aligned (a pool's
+     * slots may sit at any float stride). */
+    const bool vec = p.Dv % 4 == 0 && cols % 4 == 0 && p.S_slot % 4 == 0 &&
+                     ((uintptr_t)p.S & 15) == 0;
+    const bool active = rg < RG;
+    const int64_t rs = p.Dv; /* row stride of the state */
+    float *S = p.S + (p.S_slot ? r.slot * p.S_slot + hk * Dk * rs : head * Dk * rs) + e0;
     for (int gb = 0; gb < G; gb += GB) {
         for (int x = tid; x < GB * Dk; x += DEC_THREADS) {
             const int gi = x / Dk, d = x % Dk, hq = hk * G + gb + gi;
-            const int j = (x - tid) / DEC_THREADS; /* q_first[j] when j < QF (QF = 2: no indexing) */
-            const float qx = PRE && gb == 0 && j < QF ? (j == 0 ? q_first[0] : q_first[1])
-                                               : ld<DT>(p.q, tok * p.sq[0] + hq * p.sq[1] + d);
-            phq[x] = gb + gi < G ? lmk::phi_precise(qx, p.feature_map) : 0.0f;
+            phq[x] = gb + gi < G ? lmk::phi_precise(ld<DT>(p.q, tok * p.sq[0] + hq * p.sq[1] + d), p.feature_map) : 0.0f;
         }
         __syncthreads();
         if (tid < GB * 32) { /* warp gi: den[gi] = phi(q_gi) . z */
@@ -219,10 +189,7 @@ __global__ void __launch_bounds__(DEC_THREADS) decode_kernel(const __grid_consta
 #pragma unroll
                 for (int i = 0; i < RB; i++) {
                     const int d = d0 + i * RG;
-                    if (PRE && gb == 0 && d0 == rg) /* loaded at the start */
-                        s[i] = s_first[i];
-                    else
-                        s[i] = d < Dk && !r.fresh ? row4(S + (int64_t)d * rs, e, Dv, vec) : make_float4(0, 0, 0, 0);
+                    s[i] = d < Dk && !r.fresh ? row4(S + (int64_t)d * rs, e, Dv, vec) : make_float4(0, 0, 0, 0);
                 }
 #pragma unroll
                 for (int i = 0; i < RB; i++) {
