@@ -189,7 +189,8 @@ __global__ void __launch_bounds__(DEC_THREADS) decode_kernel(const __grid_consta
 #pragma unroll
                 for (int i = 0; i < RB; i++) {
                     const int d = d0 + i * RG;
-                    s[i] = d < Dk && !r.fresh ? row4(S + (int64_t)d * rs, e, Dv, vec) : make_float4(0, 0, 0, 0);
+                    /* a fresh row starts from zero, but later passes read the row gb == 0 updated */
+                    s[i] = d < Dk && (gb > 0 || !r.fresh) ? row4(S + (int64_t)d * rs, e, Dv, vec) : make_float4(0, 0, 0, 0);
                 }
 #pragma unroll
                 for (int i = 0; i < RB; i++) {
