@@ -17,7 +17,6 @@
  * slot's arrival counter, is the one that advances the slot's position.
  */
 #include "cluster_launch.cuh"
-#include "device_caps.cuh"
 #include "feature_map.cuh"
 #include "lm_kernels.h"
 #include "pool_row.cuh"
@@ -30,7 +29,6 @@
 namespace {
 
 constexpr int DEC_THREADS = 256;
-constexpr int COLS = 32; /* value columns per CTA when a cluster shares a head */
 constexpr int GB = 4; /* query heads per pass */
 constexpr int RB = 8; /* state rows per thread loaded at once */
 
@@ -264,14 +262,9 @@ template <class P> static lm_status launch_any(const P &p, void *stream)
         return LM_OK;
     if ((int64_t)d.B * d.Hkv * 8 > INT32_MAX)
         return lmi_error(LM_ERR_UNSUPPORTED, "cuda decode: %d rows of %d kv heads", d.B, d.Hkv);
-    /* Clusters (sm_90) of CTAs of COLS columns each, at most 8 per head. */
     lmk::DeviceCaps caps; /* cached per device: this is the decode step's hot path */
     LMI_CUDA_TRY(lmk::device_caps(&caps));
-    /* Clusters only while (row, kv head) pairs are too few to fill the GPU: with
-     * enough of them, one CTA per pair reads q, k, z and computes phi once. */
-    const bool spread = caps.major >= 9 && (int64_t)d.B * d.Hkv < 4 * (int64_t)caps.sms;
-    int nvb = spread ? (d.Dv + COLS - 1) / COLS : 1;
-    nvb = nvb > 8 ? 8 : nvb;
+    const int nvb = lmk::decode_cluster(caps, (int64_t)d.B * d.Hkv, d.Dv);
     const int cols = (d.Dv + nvb - 1) / nvb;
     if (cols > 4 * DEC_THREADS)
         return lmi_error(LM_ERR_UNSUPPORTED, "cuda decode: Dv %d too large", d.Dv);

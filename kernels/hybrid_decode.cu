@@ -25,7 +25,6 @@
  * round 2" (target <= 10 us).
  */
 #include "cluster_launch.cuh"
-#include "device_caps.cuh"
 #include "hybrid.cuh"
 #include "pool_row.cuh"
 
@@ -38,7 +37,6 @@ using lmk::hstore;
 using lmk::phi_precise;
 
 constexpr int THREADS = 256;
-constexpr int COLS = 32; /* value columns per CTA in a cluster */
 constexpr int GB = 4;    /* query heads per pass */
 constexpr int U = 8;     /* window slots per warp and round of the logits (68: 2 rounds) */
 constexpr int QF = 2;    /* q values per thread loaded at the start (GB x Dk <= 512: all) */
@@ -316,12 +314,7 @@ extern "C" lm_status lmk_hybrid_decode_launch(const lmk_hybrid_decode *p, void *
                          LMK_MAX_HYBRID_HEADS, p->Hq);
     lmk::DeviceCaps caps; /* cached per device: this is the decode step's hot path */
     LMI_CUDA_TRY(lmk::device_caps(&caps));
-    /* Clusters only while (row, kv head) pairs are too few to fill the GPU, as in
-     * the linear decode (decode.cu: at 8192 pairs one CTA per pair measured 2.4x
-     * faster than clusters, which repeat the position, q, k and z work per CTA). */
-    const bool spread = caps.major >= 9 && (int64_t)p->B * p->Hkv < 4 * (int64_t)caps.sms;
-    int nvb = spread ? (p->Dv + COLS - 1) / COLS : 1;
-    nvb = nvb > 8 ? 8 : nvb;
+    const int nvb = lmk::decode_cluster(caps, (int64_t)p->B * p->Hkv, p->Dv); /* as the linear decode's */
     const int cols = (p->Dv + nvb - 1) / nvb, CG = (cols + 3) / 4;
     if (CG > THREADS)
         return lmi_error(LM_ERR_UNSUPPORTED, "cuda hybrid decode: Dv %d too large", p->Dv);
