@@ -36,6 +36,7 @@ import threading
 import torch
 
 from . import _core, _ffi
+from . import hybrid as _hybrid
 from ._core import C, InvalidArgumentError, StateError
 
 # Per-row status values of decode (and of prefill with return_status=True).
@@ -166,8 +167,7 @@ class StatePool:
                 raise _invalid(what, "window_gate, num_heads and window_gate_form are for "
                                "attention=\"hybrid\"")
             return None
-        cfg.window_gate_form = _choice({"sigmoid": C["LM_GATE_SIGMOID"], "exp": C["LM_GATE_EXP"]},
-                                       form, "window_gate_form", what)
+        cfg.window_gate_form = _choice(_hybrid.GATE_FORMS, form, "window_gate_form", what)
         N, Hkv, Dk, Dv = shape
         W, s = _index(window, "window", what), _index(sinks, "sinks", what)
         cfg.window, cfg.sinks = W, s
