@@ -3,10 +3,12 @@
  * fp32 state (S = g S + phi(k) v^T, z = g z + phi(k)) and read out for the
  * query heads of its group, in fp32 FMAs (no tensor cores: one token is a
  * rank-1 update, bound by reading and writing the state: 2 MiB each way at
- * 32 heads of 128 x 128, floor ~1.4 us). On sm_90 the value columns of a
- * head are spread over a cluster of up to 8 CTAs (32 heads: 128 CTAs instead
- * of 32); every CTA reads z, and rank 0 writes it back only after the
- * cluster barrier. Measured (H100, graph replay): 1 CTA per head 7.6 us.
+ * 32 heads of 128 x 128, floor ~1.4 us). On sm_90, while (row, kv head)
+ * pairs are few (lmk::decode_cluster), the value columns of a head are spread
+ * over a cluster of up to 8 CTAs (32 heads: 128 CTAs instead of 32); every
+ * CTA reads z, and rank 0 writes it back only after the cluster barrier.
+ * Measured (H100, graph replay, B = 1): 1 CTA per head 7.6 us, clusters
+ * 8.2-8.6 us (bench/NOTES.md).
  * No allocation, no host sync: graph-capturable. Query heads go in blocks of
  * 4 so registers and shared memory stay bounded for any GQA ratio.
  * Pool rows (lm_pool_decode): row b continues a slot named in device memory
