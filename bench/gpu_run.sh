@@ -52,7 +52,10 @@
 #                                     errors compared (v2 <= 1.01 x v1 per case), the core prefill
 #                                     with its 32-head error at 32K / 128K / 1M under v2 and v1
 #                                     (kern2-bench-v*.json; LM_BENCH_LENGTHS overrides), then the
-#                                     long suite
+#                                     long suite,
+#                                     hprofile (ncu on one 32K hybrid prefill and decode step:
+#                                     every kernel's sections, per-instruction stalls of the
+#                                     window body and the decode; LM_PROFILE_L overrides 32K)
 set -u
 OUT=${OUT:-/tmp/lm-gpu-out}
 B=${LM_BUILD:-build/device}
@@ -161,6 +164,22 @@ for p in $PHASES; do
         ncu -i /tmp/attend.ncu-rep --page source --csv --print-source cuda,sass > "$OUT/source.csv" 2>> "$OUT/profile.log" ||
             ncu -i /tmp/attend.ncu-rep --page source --csv --print-source sass > "$OUT/source.csv" 2>> "$OUT/profile.log"
         gzip -f "$OUT/source.csv" ;;
+    hprofile)
+        # Every kernel of one 32K hybrid prefill and of one decode step (hybrid_bench.py
+        # --profile): ncu's sections as text, then per SASS instruction the stall samples
+        # of the window pass's body and of the decode (the report stays out of $OUT).
+        export LM_LIB_PATH="$PWD/$B/lib/libliquidmemory.so" PYTHONPATH="$PWD/bindings/python"
+        phase hprofile 200 "$OUT/hprofile.log" ncu --clock-control none --profile-from-start off \
+            --import-source yes -f -o /tmp/hybrid \
+            --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+            --section SchedulerStats --section MemoryWorkloadAnalysis --section SourceCounters \
+            python3 bench/hybrid_bench.py --out /dev/null --profile "${LM_PROFILE_L:-32768}"
+        ncu -i /tmp/hybrid.ncu-rep --page details >> "$OUT/hprofile.log" 2>&1
+        for kern in body_kernel hdecode_kernel; do
+            ncu -i /tmp/hybrid.ncu-rep -k "regex:$kern" --page source --csv --print-source cuda,sass \
+                > "$OUT/source-$kern.csv" 2>> "$OUT/hprofile.log"
+            gzip -f "$OUT/source-$kern.csv"
+        done ;;
     sanitize)
         for tool in memcheck synccheck racecheck initcheck; do
             echo "==== $tool" >> "$OUT/sanitize.log"

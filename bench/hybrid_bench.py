@@ -87,7 +87,12 @@ def main():
     ap.add_argument("--lengths", default="8192,32768,131072")
     ap.add_argument("--error-lengths", default="8192,131072")
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--profile", type=int, default=0, metavar="L",
+                    help="for ncu --profile-from-start off: after a warm-up, one hybrid prefill of L tokens "
+                         "and one decode step between cudaProfilerStart and Stop; writes no JSON")
     args = ap.parse_args()
+    if args.profile:
+        return profile(args.profile)
     lengths = [int(x) for x in args.lengths.split(",")]
     err_lengths = {int(x) for x in args.error_lengths.split(",") if x}
     dev = torch.device("cuda")
@@ -147,6 +152,26 @@ def main():
         torch.cuda.empty_cache()
     with open(args.out, "w") as f:
         json.dump({"metadata": meta, "records": records}, f, indent=1)
+
+
+def profile(L):
+    """One hybrid prefill and one decode step of the issue's configuration
+    inside the profiler's range, after a warm-up of each outside it."""
+    dev = torch.device("cuda")
+    opts = _core.Options()
+    gate_host = hybrid._gate_host(torch.zeros(H), H)
+    q, k, v = (torch.randn(1, L, H, D, device=dev, dtype=torch.bfloat16) for _ in range(3))
+    x = [torch.randn(1, 1, H, D, device=dev, dtype=torch.bfloat16) for _ in range(3)]
+    for ranged in (False, True):
+        _, st = hybrid.c_prefill(q, k, v, None, W, S_SINKS, gate_host, opts, want_state=True)
+        torch.cuda.synchronize()
+        if ranged:
+            torch.cuda.profiler.start()
+        hybrid.c_prefill(q, k, v, None, W, S_SINKS, gate_host, opts, want_state=True)
+        hybrid.c_decode(*x, st.S, st.z, st.keys, st.values, st.pos, L, W, S_SINKS, gate_host, opts)
+        torch.cuda.synchronize()
+        if ranged:
+            torch.cuda.profiler.stop()
 
 
 if __name__ == "__main__":
