@@ -671,7 +671,9 @@ LM_API LM_NODISCARD lm_status lm_pool_prefill_workspace(const lm_pool *pool, con
  * = default); tensors need stride 1 on their last dimension; sequences of
  * length 1 continuing a slot run as one decode launch, longer ones as
  * prefills of their own. A hybrid pool runs every sequence through the
- * hybrid core prefill on its slot; on CUDA, one continuing a slot after
+ * hybrid core prefill on its slot, but on CUDA its sequences of length 1
+ * with a slot (continuing or fresh) run as one hybrid decode launch, as a
+ * linear pool's do; on CUDA, a hybrid prefill continuing a slot after
  * decode steps first reads the slots' positions back (a synchronisation:
  * UNSUPPORTED under graph capture), and a slot stops at 2^31 - 1 tokens
  * (UNSUPPORTED). Returns INVALID_ARG, UNSUPPORTED, LICENSE,

@@ -15,9 +15,11 @@
  * CTA writes its own columns of S and of the slot's value). Query heads go in
  * blocks of 4. No allocation, no host sync: graph-capturable.
  * Pool rows (lm_pool_decode on a hybrid pool): row b continues the slot named
- * in device memory, whose five parts sit at their own slot strides; a padding
- * row leaves at once, and the row's admission (range, license limit, the
- * slot's position counted in) is decode.cu's (pool_row.cuh).
+ * in device memory, or in a table passed by value (the length-1 sequences of
+ * a hybrid pool's varlen prefill: token, slot, fresh), whose five parts sit
+ * at their own slot strides; a padding row leaves at once, and the row's
+ * admission (range, license limit, the slot's position counted in) is
+ * decode.cu's (pool_row.cuh). One kernel body for both (Row, row_of below).
  * Measured (H100, 32 heads of 128, W = 64, s = 4): 35-37 us a step with one
  * slot per warp round and one thread per column summing every slot's value in
  * turn; the rounds of U slots, the (slot group, column) numerators and the
@@ -48,25 +50,49 @@ __device__ __forceinline__ float4 row4(const float *x, int n)
     return make_float4(x[0], 1 < n ? x[1] : 0.0f, 2 < n ? x[2] : 0.0f, 3 < n ? x[3] : 0.0f);
 }
 
-template <bool CLUSTER>
-__global__ void __launch_bounds__(THREADS) hdecode_kernel(const __grid_constant__ lmk_hybrid_decode p, int nvb)
+/* What a CTA's row is: its token (row of q, k, v, out), its slot (or batch
+ * row of contiguous buffers), whether that slot starts empty (its parts
+ * emptied by the caller first: only its position restarts), whether it is a
+ * pool's slot. */
+struct Row {
+    int64_t tok;
+    int slot;
+    bool fresh, pool;
+};
+
+__host__ __device__ __forceinline__ const lmk_hybrid_decode &base(const lmk_hybrid_decode &p) { return p; }
+__host__ __device__ __forceinline__ const lmk_hybrid_decode &base(const lmk_hybrid_decode_table &p) { return p.d; }
+
+__device__ __forceinline__ Row row_of(const lmk_hybrid_decode &p, int b)
+{
+    return Row{ b, p.slots ? p.slots[b] : b, false, p.slots != nullptr };
+}
+
+__device__ __forceinline__ Row row_of(const lmk_hybrid_decode_table &p, int b)
+{
+    return Row{ p.row[b].tok, p.row[b].slot, p.row[b].fresh != 0, true };
+}
+
+template <bool CLUSTER, class P>
+__global__ void __launch_bounds__(THREADS) hdecode_kernel(const __grid_constant__ P pp, int nvb)
 {
     extern __shared__ float sm[];
     __shared__ int tmax;
+    const lmk_hybrid_decode &p = base(pp);
     const int Dk = p.Dk, G = p.Hq / p.Hkv, ns = p.s + p.W, tid = threadIdx.x;
     const int vb = blockIdx.x % nvb, b = blockIdx.x / nvb / p.Hkv, hk = blockIdx.x / nvb % p.Hkv;
     /* The row's state: batch row b of contiguous buffers, or a pool's slot. */
+    const Row row = row_of(pp, b);
     const lmk::PoolRows pr{ p.nslots, p.pos, p.arrive, p.limit, p.status };
-    const int slot = p.slots ? p.slots[b] : b;
-    if (p.slots && (lmk::pool_padding(pr, slot, b, vb == 0 && hk == 0) ||
-                    !lmk::pool_admit(pr, slot, false, b, vb == 0 && hk == 0, p.Hkv * nvb)))
+    if (row.pool && (lmk::pool_padding(pr, row.slot, b, vb == 0 && hk == 0) ||
+                     !lmk::pool_admit(pr, row.slot, row.fresh, b, vb == 0 && hk == 0, p.Hkv * nvb)))
         return; /* the same for every CTA of the row: no CTA of a cluster reaches its barrier */
-    const int64_t at = slot; /* which slot, or batch row, of the buffers */
-    float *const Sh = p.S + (p.slots ? at * p.S_slot : at * p.Hkv * Dk * p.Dv) + (int64_t)hk * Dk * p.Dv;
-    float *const zh = p.z + (p.slots ? at * p.z_slot : at * p.Hkv * Dk) + (int64_t)hk * Dk;
-    float *const wk = p.win_k + (p.slots ? at * p.wk_slot : at * p.Hkv * ns * Dk) + (int64_t)hk * ns * Dk;
-    float *const wv = p.win_v + (p.slots ? at * p.wv_slot : at * p.Hkv * ns * p.Dv) + (int64_t)hk * ns * p.Dv;
-    int32_t *const wp = p.win_pos + (p.slots ? at * p.wp_slot : at * p.Hkv * ns) + (int64_t)hk * ns;
+    const int64_t at = row.slot, x0 = row.tok; /* which slot (or batch row) of the buffers; which token */
+    float *const Sh = p.S + (row.pool ? at * p.S_slot : at * p.Hkv * Dk * p.Dv) + (int64_t)hk * Dk * p.Dv;
+    float *const zh = p.z + (row.pool ? at * p.z_slot : at * p.Hkv * Dk) + (int64_t)hk * Dk;
+    float *const wk = p.win_k + (row.pool ? at * p.wk_slot : at * p.Hkv * ns * Dk) + (int64_t)hk * ns * Dk;
+    float *const wv = p.win_v + (row.pool ? at * p.wv_slot : at * p.Hkv * ns * p.Dv) + (int64_t)hk * ns * p.Dv;
+    int32_t *const wp = p.win_pos + (row.pool ? at * p.wp_slot : at * p.Hkv * ns) + (int64_t)hk * ns;
     const int cols = (p.Dv + nvb - 1) / nvb, e0 = vb * cols;
     const int Dv = cols < p.Dv - e0 ? cols : p.Dv - e0; /* this CTA's columns [e0, e0 + Dv) */
     /* Column groups of 4 over cols (not Dv: red is sized for cols on the host, and a
@@ -83,15 +109,15 @@ __global__ void __launch_bounds__(THREADS) hdecode_kernel(const __grid_constant_
      * positions before anything waits on them (they used to wait behind the
      * position's and each phase's barriers): the new key and value, z, the
      * first query pass and the first SR state rows of this thread. */
-    const bool masked = p.mask && p.mask[b * p.mask_s0];
-    const float k_first = tid < Dk ? hload(p.k, p.dtype, b * p.sk[0] + hk * p.sk[1] + tid) : 0.0f;
+    const bool masked = p.mask && p.mask[x0 * p.mask_s0];
+    const float k_first = tid < Dk ? hload(p.k, p.dtype, x0 * p.sk[0] + hk * p.sk[1] + tid) : 0.0f;
     const float z_first = tid < Dk ? zh[tid] : 0.0f;
-    const float v_first = tid < Dv ? hload(p.v, p.dtype, b * p.sv[0] + hk * p.sv[1] + e0 + tid) : 0.0f;
+    const float v_first = tid < Dv ? hload(p.v, p.dtype, x0 * p.sv[0] + hk * p.sv[1] + e0 + tid) : 0.0f;
     float q_first[QF];
 #pragma unroll
     for (int j = 0; j < QF; j++) {
         const int x = tid + j * THREADS, gi = x / Dk;
-        q_first[j] = x < GB * Dk && gi < G ? hload(p.q, p.dtype, b * p.sq[0] + (hk * G + gi) * p.sq[1] + x % Dk) : 0.0f;
+        q_first[j] = x < GB * Dk && gi < G ? hload(p.q, p.dtype, x0 * p.sq[0] + (hk * G + gi) * p.sq[1] + x % Dk) : 0.0f;
     }
     float4 s_first[SR];
 #pragma unroll
@@ -115,12 +141,12 @@ __global__ void __launch_bounds__(THREADS) hdecode_kernel(const __grid_constant_
     const int r = p.s + (int)(t % p.W), target = t < p.s ? (int)t : r;
     const bool fold = t - p.W >= p.s && pos[r] == (int)(t - p.W + 1);
     for (int d = tid; d < Dk; d += THREADS) {
-        knew[d] = d == tid ? k_first : hload(p.k, p.dtype, b * p.sk[0] + hk * p.sk[1] + d);
+        knew[d] = d == tid ? k_first : hload(p.k, p.dtype, x0 * p.sk[0] + hk * p.sk[1] + d);
         fk[d] = fold ? phi_precise(wk[(int64_t)r * Dk + d], p.feature_map) : 0.0f;
         zn[d] = (d == tid ? z_first : zh[d]) + fk[d];
     }
     for (int c = tid; c < Dv; c += THREADS) {
-        vnew[c] = masked ? 0.0f : c == tid ? v_first : hload(p.v, p.dtype, b * p.sv[0] + hk * p.sv[1] + e0 + c);
+        vnew[c] = masked ? 0.0f : c == tid ? v_first : hload(p.v, p.dtype, x0 * p.sv[0] + hk * p.sv[1] + e0 + c);
         vold[c] = fold ? wv[(int64_t)r * p.Dv + e0 + c] : 0.0f;
     }
     __syncthreads();
@@ -144,7 +170,7 @@ __global__ void __launch_bounds__(THREADS) hdecode_kernel(const __grid_constant_
         for (int x = tid; x < GB * Dk; x += THREADS) {
             const int gi = x / Dk, d = x % Dk, hq = hk * G + gb + gi, j = (x - tid) / THREADS;
             qr[x] = gb == 0 && j < QF ? (j == 0 ? q_first[0] : q_first[1]) /* QF = 2 */
-                    : gb + gi < G ? hload(p.q, p.dtype, b * p.sq[0] + hq * p.sq[1] + d) : 0.0f;
+                    : gb + gi < G ? hload(p.q, p.dtype, x0 * p.sq[0] + hq * p.sq[1] + d) : 0.0f;
             phq[x] = phi_precise(qr[x], p.feature_map);
         }
         __syncthreads();
@@ -280,34 +306,34 @@ __global__ void __launch_bounds__(THREADS) hdecode_kernel(const __grid_constant_
             float num = 0.0f;
             for (int g = 0; g < SG; g++)
                 num += red[((size_t)g * GB + gi) * cols + ee];
-            hstore(p.out, p.dtype, b * p.so[0] + hq * p.so[1] + e0 + ee, num / (den[gi] + p.eps));
+            hstore(p.out, p.dtype, x0 * p.so[0] + hq * p.so[1] + e0 + ee, num / (den[gi] + p.eps));
         }
         __syncthreads();
     }
 }
 
-template <bool CLUSTER>
-cudaError_t launch(const lmk_hybrid_decode &p, int nvb, size_t smem, cudaStream_t s)
+template <bool CLUSTER, class P>
+cudaError_t launch(const P &p, int nvb, size_t smem, cudaStream_t s)
 {
     /* Only past the default 48 KB (W + s in the hundreds): inside a graph capture
      * the step then queues its launch and nothing else. */
     if (smem > 48 * 1024) {
-        const cudaError_t e = cudaFuncSetAttribute(hdecode_kernel<CLUSTER>,
+        const cudaError_t e = cudaFuncSetAttribute(hdecode_kernel<CLUSTER, P>,
                                                    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
         if (e != cudaSuccess)
             return e;
     }
-    const unsigned blocks = (unsigned)((int64_t)p.B * p.Hkv * nvb);
+    const unsigned blocks = (unsigned)((int64_t)base(p).B * base(p).Hkv * nvb);
     if (!CLUSTER) {
-        hdecode_kernel<false><<<blocks, THREADS, smem, s>>>(p, 1);
+        hdecode_kernel<false, P><<<blocks, THREADS, smem, s>>>(p, 1);
         return cudaGetLastError();
     }
-    return lmk::launch_clustered(hdecode_kernel<true>, blocks, THREADS, smem, s, (unsigned)nvb, p, nvb);
+    return lmk::launch_clustered(hdecode_kernel<true, P>, blocks, THREADS, smem, s, (unsigned)nvb, p, nvb);
 }
 
-} // namespace
-
-extern "C" lm_status lmk_hybrid_decode_launch(const lmk_hybrid_decode *p, void *stream)
+/* The launch's CTAs per (row, kv head) and shared memory for p, or the
+ * UNSUPPORTED status (with its reason) of sizes the kernel cannot run. */
+lm_status plan(const lmk_hybrid_decode *p, int *nvb_out, size_t *smem_out)
 {
     if (p->Hq > LMK_MAX_HYBRID_HEADS)
         return lmi_error(LM_ERR_UNSUPPORTED, "cuda hybrid decode: at most %d query heads (got %d)",
@@ -330,7 +356,40 @@ extern "C" lm_status lmk_hybrid_decode_launch(const lmk_hybrid_decode *p, void *
     if (smem > (size_t)optin)
         return lmi_error(LM_ERR_UNSUPPORTED, "cuda hybrid decode: W = %d, s = %d and head dims %d x %d need "
                          "%zu bytes of shared memory, the GPU gives %d", p->W, p->s, p->Dk, p->Dv, smem, optin);
-    const cudaStream_t s = (cudaStream_t)stream;
-    LMI_CUDA_TRY(nvb > 1 ? launch<true>(*p, nvb, smem, s) : launch<false>(*p, 1, smem, s));
+    *nvb_out = nvb, *smem_out = smem;
     return LM_OK;
+}
+
+template <class P> lm_status launch_any(const P &p, void *stream)
+{
+    int nvb;
+    size_t smem;
+    const lm_status st = plan(&base(p), &nvb, &smem);
+    if (st)
+        return st;
+    const cudaStream_t s = (cudaStream_t)stream;
+    LMI_CUDA_TRY(nvb > 1 ? launch<true>(p, nvb, smem, s) : launch<false>(p, 1, smem, s));
+    return LM_OK;
+}
+
+/* The table travels in the kernel's parameters: within CUDA 12.1+'s limit. */
+static_assert(sizeof(lmk_hybrid_decode_table) <= 32764, "lmk_hybrid_decode_table exceeds the 32 KB parameter limit");
+
+} // namespace
+
+extern "C" lm_status lmk_hybrid_decode_check(const lmk_hybrid_decode *p)
+{
+    int nvb;
+    size_t smem;
+    return plan(p, &nvb, &smem);
+}
+
+extern "C" lm_status lmk_hybrid_decode_launch(const lmk_hybrid_decode *p, void *stream)
+{
+    return launch_any(*p, stream);
+}
+
+extern "C" lm_status lmk_hybrid_decode_table_launch(const lmk_hybrid_decode_table *p, void *stream)
+{
+    return launch_any(*p, stream);
 }

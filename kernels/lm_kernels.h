@@ -367,6 +367,29 @@ typedef struct lmk_hybrid_decode {
 } lmk_hybrid_decode;
 
 lm_status lmk_hybrid_decode_launch(const lmk_hybrid_decode *p, void *stream);
+/* UNSUPPORTED (with the reason) when the launch of p would refuse its sizes
+ * (query heads, Dv, shared memory for W + s): nothing queued, so a pool's
+ * prefill checks its decode rows before anything runs. */
+lm_status lmk_hybrid_decode_check(const lmk_hybrid_decode *p);
+
+/* Rows given by value (the length-1 sequences of a hybrid pool's varlen
+ * prefill), as lmk_decode_table's: row b is token row[b].tok of q, k, v,
+ * out, continues slot row[b].slot (d.slots unused; d's slot strides, pos and
+ * arrive as lm_pool_decode's), from an empty slot when row[b].fresh: the
+ * caller has emptied its five parts first (stream-ordered), so the kernel
+ * only restarts its position (0 before the step). d.B rows, at most
+ * LMK_HYBRID_DECODE_TABLE. The block travels in the kernel parameters (no
+ * copy from the host: no sync): lmk_hybrid_decode is 4.4 KB (its gates),
+ * 1024 rows of 12 bytes bring it to 16.7 KB, within the 32 KB (32,764
+ * bytes) parameter limit of CUDA 12.1+ on Volta and newer (a static_assert
+ * in hybrid_decode.cu holds it there). */
+#define LMK_HYBRID_DECODE_TABLE 1024
+typedef struct lmk_hybrid_decode_table {
+    lmk_hybrid_decode d;
+    lmk_decode_row row[LMK_HYBRID_DECODE_TABLE];
+} lmk_hybrid_decode_table;
+
+lm_status lmk_hybrid_decode_table_launch(const lmk_hybrid_decode_table *p, void *stream);
 
 /* ---- errors: a CUDA call that fails becomes an lm_status naming it ---- */
 

@@ -20,8 +20,10 @@
  * A hybrid pool (section "hybrid pools" below): a decode is one launch of the
  * hybrid decode kernel over the rows (slot indices on the device, slot
  * strides for the five parts, admission as the linear decode's); a prefill
- * runs every sequence (length 1 included) through the hybrid core prefill on
- * its slot's views (cuda_hybrid.c), then the positions.
+ * empties its fresh slots, runs its longer sequences through the hybrid core
+ * prefill on their slot's views (cuda_hybrid.c), its sequences of length 1
+ * with a slot as hybrid decode launches from a table passed by value (up to
+ * LMK_HYBRID_DECODE_TABLE rows each), then the positions.
  */
 #include "cuda_impl.h"
 #include "pool_seq.h"
@@ -346,32 +348,59 @@ static lm_status pool_prefill_ws(const lm_pool *p, const lmi_varlen *v, size_t *
     return st;
 }
 
+/* The views of a varlen call as rows of a decode: token x is row x. */
+static void token_rows(const lmi_varlen *v, lmi_view rows[4])
+{
+    rows[0] = v->q, rows[1] = v->k, rows[2] = v->v, rows[3] = v->out;
+    for (int i = 0; i < 4; i++)
+        rows[i].s[0] = rows[i].s[1];
+}
+
+/* A decode table's launch (or its check) over its first n rows. */
+typedef lm_status (*table_fn)(void *table, int n, cudaStream_t s);
+
+/* The decode rows of the call (its sequences of length 1 with a slot, not
+ * refused), `per` at a time into row[], each batch given to fn. */
+static lm_status step_batches(const lmi_varlen *v, lmk_decode_row *row, int per, table_fn fn, void *table,
+                              cudaStream_t s)
+{
+    lm_status st = LM_OK;
+    int n = 0;
+    for (int64_t i = 0; i <= v->n && st == LM_OK; i++) {
+        if (i < v->n && runs(v, i) && is_step(v, i))
+            row[n++] = (lmk_decode_row){ v->cu[i], v->slot[i], lmi_pool_seq_fresh(v, i) };
+        if (n && (n == per || i == v->n)) {
+            st = fn(table, n, s);
+            n = 0;
+        }
+    }
+    return st;
+}
+
+static lm_status linear_table(void *table, int n, cudaStream_t s)
+{
+    lmk_decode_table *t = table;
+    t->d.B = n;
+    return lmk_decode_table_launch(t, s);
+}
+
 /* The decode rows of the call, LMK_DECODE_TABLE at a time. */
 static lm_status steps(lm_pool *p, const lmi_varlen *v, cudaStream_t s)
 {
     lmk_decode_table *t = malloc(sizeof *t); /* too large for the stack; host memory only */
     if (!t)
         return lmi_error(LM_ERR_OUT_OF_MEMORY, "cuda pool: no host memory for a launch's parameters");
-    lmi_view q = v->q, k = v->k, vv = v->v, out = v->out; /* token x is row x */
-    q.s[0] = q.s[1], k.s[0] = k.s[1], vv.s[0] = vv.s[1], out.s[0] = out.s[1];
-    decode_params(p, &q, &k, &vv, &out, &t->d);
+    lmi_view rows[4];
+    token_rows(v, rows);
+    decode_params(p, &rows[0], &rows[1], &rows[2], &rows[3], &t->d);
     t->d.Hq = (int)v->Hq;
-    lm_status st = LM_OK;
-    int n = 0;
-    for (int64_t i = 0; i <= v->n && st == LM_OK; i++) {
-        if (i < v->n && runs(v, i) && is_step(v, i))
-            t->row[n++] = (lmk_decode_row){ v->cu[i], v->slot[i], lmi_pool_seq_fresh(v, i) };
-        if (n && (n == LMK_DECODE_TABLE || i == v->n)) {
-            t->d.B = n;
-            st = lmk_decode_table_launch(t, s);
-            n = 0;
-        }
-    }
+    const lm_status st = step_batches(v, t->row, LMK_DECODE_TABLE, linear_table, t, s);
     free(t);
     return st;
 }
 
-/* The positions after the prefills (the decode rows advance their own). */
+/* The positions after the prefills (the decode rows advance their own, in
+ * either pool's decode kernel). */
 static lm_status positions(lm_pool *p, const lmi_varlen *v, cudaStream_t s)
 {
     lmk_pos_update *u = malloc(sizeof *u);
@@ -381,7 +410,7 @@ static lm_status positions(lm_pool *p, const lmi_varlen *v, cudaStream_t s)
     u->n = 0;
     lm_status st = LM_OK;
     for (int64_t i = 0; i <= v->n && st == LM_OK; i++) {
-        if (i < v->n && runs(v, i) && v->slot[i] >= 0 && (p->hybrid || !is_step(v, i))) { /* hybrid: no decode rows */
+        if (i < v->n && runs(v, i) && v->slot[i] >= 0 && !is_step(v, i)) {
             u->e[u->n].slot = v->slot[i];
             u->e[u->n].len = v->cu[i + 1] - v->cu[i];
             u->e[u->n++].fresh = lmi_pool_seq_fresh(v, i);
@@ -589,52 +618,103 @@ static lm_status all_positions(lm_pool *p, void *stream)
 
 /* ---- hybrid pools ---- */
 
-/* One launch of the hybrid decode kernel over the rows: the kernel reads
- * each row's slot on the device and finds the slot's parts at their strides. */
-static lm_status hybrid_decode(const lm_pool *p, const lmi_rows *r, cudaStream_t s)
+/* The hybrid decode kernel's parameters for the pool's slots (their five
+ * parts at their strides, the positions and arrival counters), views of
+ * rows (s[0]) and heads (s[2]), Hq query heads; B, the rows' slots, limit
+ * and status are the caller's to set. */
+static lm_status hybrid_params(const lm_pool *p, const lmi_view rows[4], int64_t Hq, lmk_hybrid_decode *d)
 {
     lmi_core_params c;
     memset(&c, 0, sizeof c);
-    c.B = r->B, c.L = c.Lk = 1, c.Hq = r->Hq, c.Hkv = p->Hkv, c.Dk = p->Dk, c.Dv = p->Dv;
-    c.q = r->q, c.k = r->k, c.v = r->v, c.out = r->out;
+    c.B = 1, c.L = c.Lk = 1, c.Hq = Hq, c.Hkv = p->Hkv, c.Dk = p->Dk, c.Dv = p->Dv;
+    c.q = rows[0], c.k = rows[1], c.v = rows[2], c.out = rows[3];
     c.state = p->cfg.state, c.normalizer = p->cfg.normalizer;
     c.causal = 1, c.feature_map = p->cfg.feature_map, c.normalize = 1, c.eps = p->cfg.eps, c.scale = p->scale;
     lmi_pool_hybrid_params(p, 0, 0, &c);
     c.win_k = p->cfg.window_keys, c.win_v = p->cfg.window_values, c.win_pos = p->cfg.window_pos;
-    lmk_hybrid_decode d;
-    lm_status st = lmi_cuda_hybrid_decode_params(&c, &d);
+    lm_status st = lmi_cuda_hybrid_decode_params(&c, d);
     if (st)
         return st;
-    d.slots = r->slot, d.nslots = (int)p->N;
-    d.S_slot = p->part[0].stride, d.z_slot = p->part[1].stride, d.wk_slot = p->part[2].stride;
-    d.wv_slot = p->part[3].stride, d.wp_slot = p->part[4].stride;
-    d.pos = ctx_of(p)->pos, d.arrive = ctx_of(p)->arrive, d.limit = r->limit, d.status = r->status;
+    d->nslots = (int)p->N;
+    d->S_slot = p->part[0].stride, d->z_slot = p->part[1].stride, d->wk_slot = p->part[2].stride;
+    d->wv_slot = p->part[3].stride, d->wp_slot = p->part[4].stride;
+    d->pos = ctx_of(p)->pos, d->arrive = ctx_of(p)->arrive;
+    return LM_OK;
+}
+
+/* One launch of the hybrid decode kernel over the rows: the kernel reads
+ * each row's slot on the device and finds the slot's parts at their strides. */
+static lm_status hybrid_decode(const lm_pool *p, const lmi_rows *r, cudaStream_t s)
+{
+    const lmi_view rows[4] = { r->q, r->k, r->v, r->out };
+    lmk_hybrid_decode d;
+    lm_status st = hybrid_params(p, rows, r->Hq, &d);
+    if (st)
+        return st;
+    d.B = (int)r->B;
+    d.slots = r->slot, d.limit = r->limit, d.status = r->status;
     return lmk_hybrid_decode_launch(&d, s);
 }
 
-/* Every sequence through the hybrid core prefill on its slot's views (a
- * fresh slot emptied first, stream-ordered), then the positions. Every
- * sequence's checks run before anything is written. */
+static lm_status hybrid_table_check(void *table, int n, cudaStream_t s)
+{
+    (void)s;
+    lmk_hybrid_decode_table *t = table;
+    t->d.B = n;
+    return lmk_hybrid_decode_check(&t->d);
+}
+
+static lm_status hybrid_table(void *table, int n, cudaStream_t s)
+{
+    lmk_hybrid_decode_table *t = table;
+    t->d.B = n;
+    return lmk_hybrid_decode_table_launch(t, s);
+}
+
+/* Every fresh slot emptied (stream-ordered), the sequences longer than one
+ * token (or without a slot) through the hybrid core prefill on their slot's
+ * views, then the decode rows (length 1, a slot) as launches of the hybrid
+ * decode kernel from a table passed by value, LMK_HYBRID_DECODE_TABLE at a
+ * time (each advances its slots' positions), then the other positions.
+ * Every check (each prefill's, each table launch's) runs before anything is
+ * written. The license was judged per sequence on the host (refused ones
+ * are skipped), so the tables carry no limit. */
 static lm_status hybrid_prefill_on(lm_pool *p, const lmi_varlen *v, cudaStream_t s)
 {
     lm_status st = LM_OK;
+    int64_t nsteps = 0;
     for (int64_t i = 0; i < v->n && st == LM_OK; i++)
-        if (runs(v, i) && v->cu[i + 1] > v->cu[i]) {
+        if (runs(v, i) && is_step(v, i)) {
+            nsteps++;
+        } else if (runs(v, i) && v->cu[i + 1] > v->cu[i]) {
             lmi_core_params cp;
             lmi_pool_seq_params(p, v, i, &cp);
             st = lmi_cuda_hybrid_check(&cp);
         }
+    lmk_hybrid_decode_table *t = NULL;
+    if (st == LM_OK && nsteps) {
+        if (!(t = malloc(sizeof *t))) /* 16.7 KB: host memory, passed by value */
+            return lmi_error(LM_ERR_OUT_OF_MEMORY, "cuda pool: no host memory for a launch's parameters");
+        lmi_view rows[4];
+        token_rows(v, rows);
+        st = hybrid_params(p, rows, v->Hq, &t->d);
+        if (st == LM_OK)
+            st = step_batches(v, t->row, LMK_HYBRID_DECODE_TABLE, hybrid_table_check, t, s);
+    }
     for (int64_t i = 0; i < v->n && st == LM_OK; i++) {
         if (!runs(v, i))
             continue;
         if (v->slot[i] >= 0 && lmi_pool_seq_fresh(v, i))
             st = zero_parts(p, v->slot[i], s);
-        if (st == LM_OK && v->cu[i + 1] > v->cu[i]) {
+        if (st == LM_OK && v->cu[i + 1] > v->cu[i] && !is_step(v, i)) {
             lmi_core_params cp;
             lmi_pool_seq_params(p, v, i, &cp);
             st = lmi_cuda_hybrid_prefill(&cp, s);
         }
     }
+    if (st == LM_OK && t)
+        st = step_batches(v, t->row, LMK_HYBRID_DECODE_TABLE, hybrid_table, t, s);
+    free(t);
     return st ? st : positions(p, v, s);
 }
 

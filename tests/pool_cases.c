@@ -487,8 +487,17 @@ void pool_case_batching(const test_dev *dev)
         prefill(&f, 6, len4, slots4, fresh4);
         const int32_t rows4[] = { 1, -1, 7, 0, 5, 8, 2 };
         decode(&f, 7, rows4);
-        const int32_t len5[] = { sk + W + 1, 1, W + 1, W - 1, W }, slots5[] = { 1, 7, 0, 2, 5 };
-        prefill(&f, 5, len5, slots5, NULL);
+        /* Prefills and decode rows of every kind: slot 7 continued, 8 (it holds
+         * tokens) restarted fresh, 3 continued, a length-1 sequence without a
+         * slot (a prefill of its own); then a call of decode rows alone, 1
+         * restarted fresh among them. */
+        const int32_t len5[] = { sk + W + 1, 1, W + 1, 1, W - 1, 1, W, 1 };
+        const int32_t slots5[] = { 1, 7, 0, 8, 2, -1, 5, 3 };
+        const uint8_t fresh5[] = { 0, 0, 0, LM_SEQ_FRESH, 0, 0, 0, 0 };
+        prefill(&f, 8, len5, slots5, fresh5);
+        const int32_t len6[] = { 1, 1, 1, 1 }, slots6[] = { 8, 1, 6, 3 };
+        const uint8_t fresh6[] = { 0, LM_SEQ_FRESH, 0, 0 };
+        prefill(&f, 4, len6, slots6, fresh6);
         fixture_free(&f);
     }
 }

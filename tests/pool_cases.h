@@ -19,7 +19,8 @@ typedef struct pcase {
 } pcase;
 
 /* Ragged packed prefills (fresh and continued, slots in any order, decode
- * rows mixed in, an emptied slot, a joining slot; lengths around the
+ * rows mixed in, continuing, joining and restarting a slot fresh, a call of
+ * decode rows alone, an emptied slot, a joining slot; lengths around the
  * hybrid's W and s) and indexed decodes with padding rows, over a table of
  * shapes, dtypes and modes (linear, hybrid). */
 void pool_case_batching(const test_dev *dev);
