@@ -7,6 +7,8 @@
  * refused in row_status and nothing of it written; padding rows LM_OK), on
  * linear and hybrid pools; a hybrid pool's prefill equal to the core's; a
  * right-padded prefill long enough for segments ends in the unpadded state;
+ * a prefill with more decode rows than one table launch takes, as the CPU
+ * pool's (linear and hybrid);
  * the varlen prefill's two paths (LM_POOL_PREFILL=each and packed, one pool
  * of each in this process) against the float64 reference and each other.
  */
@@ -69,27 +71,27 @@ END_TEST
 
 enum { GN = 8, GH = 4, GD = 64, GB = 5, GW = 2, GS = 1 };
 
-/* Floats of the pool_on memory: every slot's S, z and, for a hybrid pool
- * (W = GW, s = GS), its window's keys, values and positions. */
-static size_t pool_floats(int hybrid)
+/* Floats of the pool_on memory of n slots: every slot's S, z and, for a
+ * hybrid pool (W = GW, s = GS), its window's keys, values and positions. */
+static size_t pool_floats(int hybrid, int64_t n)
 {
-    return (size_t)GN * GH * (GD * GD + GD + (hybrid ? (GW + GS) * (2 * GD + 1) : 0));
+    return (size_t)n * GH * (GD * GD + GD + (hybrid ? (GW + GS) * (2 * GD + 1) : 0));
 }
 
-/* A pool of GN slots of [GH, GD, GD] on `dev` over memory of its own (*mem:
+/* A pool of n slots of [GH, GD, GD] on `dev` over memory of its own (*mem:
  * S, z, then a hybrid pool's window parts, each packed). */
-static lm_pool *pool_on(lm_device dev, int hybrid, float **mem)
+static lm_pool *pool_on(lm_device dev, int hybrid, int64_t n, float **mem)
 {
-    const size_t n = pool_floats(hybrid);
-    *mem = dev == LM_CUDA ? dmalloc(n * sizeof(float)) : malloc(n * sizeof(float));
+    const size_t floats = pool_floats(hybrid, n);
+    *mem = dev == LM_CUDA ? dmalloc(floats * sizeof(float)) : malloc(floats * sizeof(float));
     lm_pool_config cfg;
-    ck_assert_int_eq(lm_pool_config_default(&cfg, GN, GH, GD), LM_OK);
-    cfg.device = dev, cfg.state = *mem, cfg.normalizer = *mem + (size_t)GN * GH * GD * GD;
+    ck_assert_int_eq(lm_pool_config_default(&cfg, n, GH, GD), LM_OK);
+    cfg.device = dev, cfg.state = *mem, cfg.normalizer = *mem + (size_t)n * GH * GD * GD;
     if (hybrid) {
         cfg.attention = LM_ATTENTION_HYBRID, cfg.window = GW, cfg.sinks = GS;
-        cfg.window_keys = cfg.normalizer + GN * GH * GD;
-        cfg.window_values = cfg.window_keys + GN * GH * (GW + GS) * GD;
-        cfg.window_pos = (int32_t *)(cfg.window_values + GN * GH * (GW + GS) * GD);
+        cfg.window_keys = cfg.normalizer + n * GH * GD;
+        cfg.window_values = cfg.window_keys + n * GH * (GW + GS) * GD;
+        cfg.window_pos = (int32_t *)(cfg.window_values + n * GH * (GW + GS) * GD);
     }
     lm_pool *p;
     ck_assert_msg(lm_pool_create(&cfg, &p) == LM_OK, "%s", lm_last_error());
@@ -105,7 +107,7 @@ START_TEST(test_gpu_pool_graph)
     const int hybrid = _i;
     ref_seed(31);
     float *gmem, *hmem;
-    lm_pool *gp = pool_on(LM_CUDA, hybrid, &gmem), *cp = pool_on(LM_CPU, hybrid, &hmem);
+    lm_pool *gp = pool_on(LM_CUDA, hybrid, GN, &gmem), *cp = pool_on(LM_CPU, hybrid, GN, &hmem);
     const int64_t row = GH * GD;
     float *q = malloc(GB * row * sizeof(float)), *k = malloc(GB * row * sizeof(float));
     float *v = malloc(GB * row * sizeof(float)), *o = malloc(GB * row * sizeof(float));
@@ -184,7 +186,7 @@ END_TEST
 START_TEST(test_gpu_pool_row_status)
 {
     float *mem;
-    lm_pool *gp = pool_on(LM_CUDA, _i, &mem);
+    lm_pool *gp = pool_on(LM_CUDA, _i, GN, &mem);
     const int64_t row = GH * GD;
     float *h = malloc(3 * row * sizeof(float)), *out = malloc(3 * row * sizeof(float));
     for (int64_t i = 0; i < 3 * row; i++)
@@ -211,6 +213,97 @@ START_TEST(test_gpu_pool_row_status)
     lm_pool_destroy(gp);
     cudaFree(mem), cudaFree(dx), cudaFree(dout), cudaFree(dslots), cudaFree(dstatus);
     free(h), free(out);
+    gpu_end_test();
+}
+END_TEST
+
+/* Relative L2 distance of x from want, n floats. */
+static double rel_l2(const float *x, const float *want, int64_t n)
+{
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < n; i++)
+        num += (x[i] - (double)want[i]) * (x[i] - (double)want[i]), den += (double)want[i] * want[i];
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+enum { MN = 1100 }; /* slots: more decode rows in one call than a table launch takes (1024) */
+
+/* A prefill of MN + 1 sequences, most of them decode rows (length 1, a
+ * slot): more than one table launch (LMK_DECODE_TABLE,
+ * LMK_HYBRID_DECODE_TABLE: 1024 rows each). Four calls: every slot fresh,
+ * continued in reverse order with every 7th restarted fresh, continued, and
+ * continued in reverse (the hybrid's W = 2, s = 1: tokens fold out of the
+ * window); every 97th sequence 3 to 6 tokens long (a prefill), one without
+ * a slot. Outputs, slot memory and positions as the CPU pool's given the
+ * same calls: outputs within out_bound (f32: 3e-5 relative L2), S, z and
+ * window keys and values within state_bound (5e-5), window codes exact. A
+ * linear and a hybrid pool. */
+START_TEST(test_gpu_pool_many_rows)
+{
+    const int hybrid = _i;
+    ref_seed(33);
+    float *gmem, *hmem;
+    lm_pool *gp = pool_on(LM_CUDA, hybrid, MN, &gmem), *cp = pool_on(LM_CPU, hybrid, MN, &hmem);
+    const int64_t row = GH * GD, n = MN + 1, floats = (int64_t)pool_floats(hybrid, MN);
+    const int64_t codes = hybrid ? (int64_t)MN * GH * (GW + GS) : 0; /* int32, at the end */
+    int32_t *cu = malloc((size_t)(n + 1) * sizeof *cu), *slots = malloc((size_t)n * sizeof *slots);
+    uint8_t *flags = malloc((size_t)n);
+    float *back = malloc((size_t)floats * sizeof(float));
+    for (int call = 0; call < 4; call++) {
+        cu[0] = 0;
+        for (int64_t i = 0; i < n; i++) {
+            slots[i] = i == MN ? -1 : (int32_t)(call % 2 ? MN - 1 - i : i);
+            flags[i] = call == 0 || (call == 1 && i % 7 == 3) ? LM_SEQ_FRESH : 0;
+            cu[i + 1] = cu[i] + (i % 97 == 5 ? 3 + call : 1);
+        }
+        const int64_t T = cu[n];
+        float *x[4];
+        void *dx[4];
+        for (int j = 0; j < 4; j++) {
+            x[j] = malloc((size_t)(T * row) * sizeof(float));
+            for (int64_t i = 0; i < T * row; i++)
+                x[j][i] = (float)(j == 2 ? 2 * ref_uniform() - 1 : 4 * ref_uniform() - 2);
+            dx[j] = dupload_bytes(x[j], (size_t)(T * row) * sizeof(float));
+        }
+        float *gout = malloc((size_t)(T * row) * sizeof(float));
+        for (int64_t i = 0; i < T * row; i++)
+            x[3][i] = NAN;
+        dpoison(dx[3], (size_t)(T * row) * sizeof(float));
+        lm_tensor g[4], h[4];
+        for (int j = 0; j < 4; j++) {
+            g[j] = lm_tensor_3d(dx[j], LM_F32, LM_CUDA, T, GH, GD);
+            h[j] = lm_tensor_3d(x[j], LM_F32, LM_CPU, T, GH, GD);
+        }
+        lm_prefill_args ga = { LM_SIZED(lm_prefill_args), .q = &g[0], .k = &g[1], .v = &g[2], .out = &g[3],
+                               .num_seqs = (int32_t)n, .cu_seqlens = cu, .slots = slots, .flags = flags };
+        lm_prefill_args ha = ga;
+        ha.q = &h[0], ha.k = &h[1], ha.v = &h[2], ha.out = &h[3];
+        ck_assert_msg(lm_pool_prefill(gp, &ga, NULL) == LM_OK, "call %d: %s", call, lm_last_error());
+        ck_assert_msg(lm_pool_prefill(cp, &ha, NULL) == LM_OK, "call %d: %s", call, lm_last_error());
+        ddownload_bytes(gout, dx[3], (size_t)(T * row) * sizeof(float));
+        const double eo = rel_l2(gout, x[3], T * row);
+        CHECK(eo <= out_bound(LM_F32, 0, T * row), "call %d (hybrid %d): outputs %.3g from the CPU pool's", call,
+              hybrid, eo);
+        ddownload_bytes(back, gmem, (size_t)floats * sizeof(float));
+        const double es = rel_l2(back, hmem, floats - codes);
+        CHECK(es <= state_bound(LM_F32), "call %d (hybrid %d): slot memory %.3g from the CPU pool's", call,
+              hybrid, es);
+        CHECK(!memcmp(back + floats - codes, hmem + floats - codes, (size_t)codes * sizeof(int32_t)),
+              "call %d: window position codes differ from the CPU pool's", call);
+        for (int64_t slot = 0; slot < MN; slot++) {
+            int64_t pg = -1, pc = -2;
+            ck_assert_int_eq(lm_pool_slot_position(gp, slot, &pg, NULL), LM_OK);
+            ck_assert_int_eq(lm_pool_slot_position(cp, slot, &pc, NULL), LM_OK);
+            CHECK(pg == pc, "call %d: slot %lld at position %lld on the GPU, %lld on the CPU", call,
+                  (long long)slot, (long long)pg, (long long)pc);
+        }
+        for (int j = 0; j < 4; j++)
+            free(x[j]), cudaFree(dx[j]);
+        free(gout);
+    }
+    lm_pool_destroy(gp), lm_pool_destroy(cp);
+    cudaFree(gmem), free(hmem), free(back);
+    free(cu), free(slots), free(flags);
     gpu_end_test();
 }
 END_TEST
@@ -276,6 +369,7 @@ Suite *gpu_pool_suite(void)
     tcase_add_test(tc, test_gpu_pool_hybrid_core);
     tcase_add_loop_test(tc, test_gpu_pool_graph, 0, 2);
     tcase_add_loop_test(tc, test_gpu_pool_row_status, 0, 2);
+    tcase_add_loop_test(tc, test_gpu_pool_many_rows, 0, 2);
     tcase_add_test(tc, test_gpu_masked_keys_keep_state);
     suite_add_tcase(s, tc);
     return s;
