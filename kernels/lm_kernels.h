@@ -379,10 +379,10 @@ lm_status lmk_hybrid_decode_check(const lmk_hybrid_decode *p);
  * caller has emptied its five parts first (stream-ordered), so the kernel
  * only restarts its position (0 before the step). d.B rows, at most
  * LMK_HYBRID_DECODE_TABLE. The block travels in the kernel parameters (no
- * copy from the host: no sync): lmk_hybrid_decode is 4.4 KB (its gates),
- * 1024 rows of 12 bytes bring it to 16.7 KB, within the 32 KB (32,764
- * bytes) parameter limit of CUDA 12.1+ on Volta and newer (a static_assert
- * in hybrid_decode.cu holds it there). */
+ * copy from the host: no sync): lmk_hybrid_decode is 4,384 bytes (its
+ * gates: 4 KB), 1024 rows of 12 bytes bring the block to 16,672, within the
+ * 32 KB (32,764 bytes) parameter limit of CUDA 12.1+ on Volta and newer (a
+ * static_assert in hybrid_decode.cu holds it there). */
 #define LMK_HYBRID_DECODE_TABLE 1024
 typedef struct lmk_hybrid_decode_table {
     lmk_hybrid_decode d;
