@@ -222,7 +222,8 @@ for L in (8192, 32768):  # B = 1, 32 heads of 128, bf16, causal, elu+1, normalis
     pytest)
         export LM_LIB_PATH="$PWD/$B/lib/libliquidmemory.so" PYTHONPATH="$PWD/bindings/python"
         # One process per file: a crash in one (an abort takes the process) loses only its file.
-        for f in tests/python/test_*.py; do
+        # LM_PYTEST_FILES="tests/python/test_a.py ..." runs those files only.
+        for f in ${LM_PYTEST_FILES:-tests/python/test_*.py}; do
             echo "==== $f" >> "$OUT/pytest.log"
             phase "pytest-$(basename "$f" .py)" 120 "$OUT/pytest.log" \
                 python3 -m pytest -q -rfEs --tb=short -p no:cacheprovider "$f"
