@@ -345,12 +345,19 @@ static void reference(fixture *f, packed *p, int64_t t0, int64_t len, int32_t sl
     free(S), free(z);
 }
 
+/* The device's output bound for this fixture's pool (linear or hybrid). */
+static double out_bound_of(const fixture *f, const double *want, int64_t n)
+{
+    const test_dev *d = f->dev;
+    return (f->c.W && d->hybrid_out_bound ? d->hybrid_out_bound : d->out_bound)(f->c.dtype, want, n);
+}
+
 static void check_out(fixture *f, packed *p, const char *what)
 {
     packed_fetch(p);
     ref_err e = ref_compare(&p->out, p->want, p->out.n);
     ref_note(f->c.dtype, e.rel);
-    REF_CHECK(e, f->dev->out_bound(f->c.dtype, p->want, p->out.n),
+    REF_CHECK(e, out_bound_of(f, p->want, p->out.n),
               "(%s, dtype %d, decay %d, H %lld/%lld, D %lld/%lld, W %lld, s %lld)", what, (int)f->c.dtype,
               f->c.decay, (long long)f->c.Hq, (long long)f->c.Hkv, (long long)f->c.Dk, (long long)f->c.Dv,
               (long long)f->c.W, (long long)f->c.s);
@@ -400,7 +407,7 @@ static void prefill_on(fixture *fs, int nf, int64_t n, const int32_t *len, const
             for (int64_t i = 0; i < p.out.n; i++)
                 first.ref[i] = tbuf_get(&first, i);
             ref_err e = ref_compare(&p.out, first.ref, p.out.n);
-            REF_CHECK(e, f->dev->out_bound(f->c.dtype, p.want, p.out.n), "(pool %d against pool 0)", j);
+            REF_CHECK(e, out_bound_of(f, p.want, p.out.n), "(pool %d against pool 0)", j);
         }
         fixture_check(f, "after a prefill");
     }

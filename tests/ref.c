@@ -497,7 +497,8 @@ static void cpu_note(const char *what, lm_dtype dtype, const double *want, int64
     ref_note(dtype, rel);
 }
 
-const test_dev cpu_dev = { LM_CPU, host_alloc, free, host_copy, host_copy, cpu_out_bound, cpu_state_bound, cpu_note };
+const test_dev cpu_dev = { LM_CPU, host_alloc, free, host_copy, host_copy, cpu_out_bound, cpu_state_bound, cpu_note,
+                           NULL };
 
 size_t tbuf_bytes(const tbuf *b)
 {

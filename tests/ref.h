@@ -165,6 +165,9 @@ typedef struct test_dev {
     double (*state_bound)(lm_dtype dtype);
     /* Records an output's error for the suite's summary (NULL: none). */
     void (*note)(const char *what, lm_dtype dtype, const double *want, int64_t n, double rel);
+    /* A hybrid call's outputs, where they round more than a linear call's
+     * (NULL: out_bound). */
+    double (*hybrid_out_bound)(lm_dtype dtype, const double *want, int64_t n);
 } test_dev;
 
 /* Host memory, ref_bound, 2e-5 for the fp32 state (test_attend's bound), ref_note. */

@@ -115,12 +115,23 @@ static double d_out_bound(lm_dtype dtype, const double *want, int64_t n)
     return out_bound(dtype, out_floor(dtype, want, n), n);
 }
 
+/* Hybrid outputs, bf16 / f16: twice out_bound (the linear part's numerator
+ * is rounded to the output dtype once before the division and the output
+ * once after it: at most sqrt(2) floors, plus slack); f32 1e-4 (q, k, v and
+ * the weights as bf16 hi + lo: ~2^-17 per operand, which exp turns into a
+ * relative error of the weights of that times the logits' size). */
+static double d_hybrid_out_bound(lm_dtype dtype, const double *want, int64_t n)
+{
+    return dtype == LM_F32 ? 1e-4 : 2.0 * out_bound(dtype, out_floor(dtype, want, n), n);
+}
+
 static void d_note(const char *what, lm_dtype dtype, const double *want, int64_t n, double rel)
 {
     gpu_note(what, dtype, rel, out_floor(dtype, want, n));
 }
 
-const test_dev gpu_dev = { LM_CUDA, d_alloc, d_release, d_upload, ddownload_bytes, d_out_bound, state_bound, d_note };
+const test_dev gpu_dev = { LM_CUDA, d_alloc, d_release, d_upload, ddownload_bytes, d_out_bound, state_bound, d_note,
+                           d_hybrid_out_bound };
 
 static struct {
     double ratio, err;

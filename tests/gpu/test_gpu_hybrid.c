@@ -9,13 +9,9 @@
  * state), a refused call changing nothing, bit-identical reruns, and the
  * module (CPU vs CUDA handles).
  *
- * Bounds against float64: bf16 / f16 twice the module suites' out_bound
- * (the linear part's numerator is rounded to the output dtype once before
- * the division and the output once after it: at most sqrt(2) floors, plus
- * slack); the final state: state_bound (bf16: phi(k) rounded for the tensor
- * cores, as in the linear suite); f32 1e-4 (q, k, v and the weights as bf16 hi + lo: ~2^-17 per
- * operand, which exp turns into a relative error of the weights of that
- * times the logits' size). Problems, reference, checks and the scenarios
+ * Bounds against float64: the outputs gpu_dev.hybrid_out_bound's (gpu_util.c
+ * says why), the final state state_bound (bf16: phi(k) rounded for the
+ * tensor cores, as in the linear suite). Problems, reference, checks and the scenarios
  * both backends run are hybrid_cases.c's.
  */
 #include "gpu_util.h"
@@ -33,18 +29,12 @@ static hcase base_case(void)
     return c;
 }
 
-/* The output bound of the top comment. */
-static double hybrid_out_bound(lm_dtype dt, const double *want, int64_t n)
-{
-    return dt == LM_F32 ? 1e-4 : 2.0 * out_bound(dt, out_floor(dt, want, n), n);
-}
-
 /* The GPU with the hybrid's output bound (the final state: state_bound). */
 static const test_dev *hybrid_gpu(void)
 {
     static test_dev d;
     d = gpu_dev;
-    d.out_bound = hybrid_out_bound;
+    d.out_bound = gpu_dev.hybrid_out_bound;
     return &d;
 }
 
