@@ -41,8 +41,6 @@ using lmk::phi_precise;
 constexpr int THREADS = 256;
 constexpr int GB = 4;    /* query heads per pass */
 constexpr int U = 8;     /* window slots per warp and round of the logits (68: 2 rounds) */
-constexpr int QF = 2;    /* q values per thread loaded at the start (GB x Dk <= 512: all) */
-constexpr int SR = 4;    /* state rows per thread loaded at the start (Dk <= 4 x row groups: all) */
 
 /* The 4 floats at x, those of them below n (n >= 1; zeros past it). */
 __device__ __forceinline__ float4 row4(const float *x, int n)
@@ -105,25 +103,7 @@ __global__ void __launch_bounds__(THREADS) hdecode_kernel(const __grid_constant_
     const int cg = tid % CG, rg = tid / CG, e = 4 * cg;
     float *S = Sh + e0;
 
-    /* What the step reads whatever the position is, issued with the window's
-     * positions before anything waits on them (they used to wait behind the
-     * position's and each phase's barriers): the new key and value, z, the
-     * first query pass and the first SR state rows of this thread. */
     const bool masked = p.mask && p.mask[x0 * p.mask_s0];
-    const float k_first = tid < Dk ? hload(p.k, p.dtype, x0 * p.sk[0] + hk * p.sk[1] + tid) : 0.0f;
-    const float z_first = tid < Dk ? zh[tid] : 0.0f;
-    const float v_first = tid < Dv ? hload(p.v, p.dtype, x0 * p.sv[0] + hk * p.sv[1] + e0 + tid) : 0.0f;
-    float q_first[QF];
-#pragma unroll
-    for (int j = 0; j < QF; j++) {
-        const int x = tid + j * THREADS, gi = x / Dk;
-        q_first[j] = x < GB * Dk && gi < G ? hload(p.q, p.dtype, x0 * p.sq[0] + (hk * G + gi) * p.sq[1] + x % Dk) : 0.0f;
-    }
-    float4 s_first[SR];
-#pragma unroll
-    for (int i = 0; i < SR; i++)
-        s_first[i] = rg < RG && e < Dv && rg + i * RG < Dk ? row4(S + (int64_t)(rg + i * RG) * p.Dv + e, Dv - e)
-                                                           : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 
     /* The position: the largest |code| of the row's slots. */
     if (tid == 0)
@@ -141,12 +121,12 @@ __global__ void __launch_bounds__(THREADS) hdecode_kernel(const __grid_constant_
     const int r = p.s + (int)(t % p.W), target = t < p.s ? (int)t : r;
     const bool fold = t - p.W >= p.s && pos[r] == (int)(t - p.W + 1);
     for (int d = tid; d < Dk; d += THREADS) {
-        knew[d] = d == tid ? k_first : hload(p.k, p.dtype, x0 * p.sk[0] + hk * p.sk[1] + d);
+        knew[d] = hload(p.k, p.dtype, x0 * p.sk[0] + hk * p.sk[1] + d);
         fk[d] = fold ? phi_precise(wk[(int64_t)r * Dk + d], p.feature_map) : 0.0f;
-        zn[d] = (d == tid ? z_first : zh[d]) + fk[d];
+        zn[d] = zh[d] + fk[d];
     }
     for (int c = tid; c < Dv; c += THREADS) {
-        vnew[c] = masked ? 0.0f : c == tid ? v_first : hload(p.v, p.dtype, x0 * p.sv[0] + hk * p.sv[1] + e0 + c);
+        vnew[c] = masked ? 0.0f : hload(p.v, p.dtype, x0 * p.sv[0] + hk * p.sv[1] + e0 + c);
         vold[c] = fold ? wv[(int64_t)r * p.Dv + e0 + c] : 0.0f;
     }
     __syncthreads();
@@ -168,9 +148,8 @@ __global__ void __launch_bounds__(THREADS) hdecode_kernel(const __grid_constant_
 
     for (int gb = 0; gb < G; gb += GB) {
         for (int x = tid; x < GB * Dk; x += THREADS) {
-            const int gi = x / Dk, d = x % Dk, hq = hk * G + gb + gi, j = (x - tid) / THREADS;
-            qr[x] = gb == 0 && j < QF ? (j == 0 ? q_first[0] : q_first[1]) /* QF = 2 */
-                    : gb + gi < G ? hload(p.q, p.dtype, x0 * p.sq[0] + hq * p.sq[1] + d) : 0.0f;
+            const int gi = x / Dk, d = x % Dk, hq = hk * G + gb + gi;
+            qr[x] = gb + gi < G ? hload(p.q, p.dtype, x0 * p.sq[0] + hq * p.sq[1] + d) : 0.0f;
             phq[x] = phi_precise(qr[x], p.feature_map);
         }
         __syncthreads();
@@ -238,13 +217,10 @@ __global__ void __launch_bounds__(THREADS) hdecode_kernel(const __grid_constant_
         /* phi(q) S over this CTA's columns, the fold applied in the first pass. */
         float acc[GB][4] = {};
         if (rg < RG && e < Dv)
-            for (int d = rg, i = 0; d < Dk; d += RG, i++) {
+            for (int d = rg; d < Dk; d += RG) {
                 float *row = S + (int64_t)d * p.Dv + e;
                 float4 sv;
-                if (gb == 0 && i < SR) /* loaded at the start (SR = 4: no indexing) */
-                    sv = i == 0 ? s_first[0] : i == 1 ? s_first[1] : i == 2 ? s_first[2] : s_first[3];
-                else
-                    sv = row4(row, Dv - e);
+                sv = row4(row, Dv - e);
                 if (gb == 0 && fold) {
                     sv.x += fk[d] * vold[e];
                     sv.y += e + 1 < Dv ? fk[d] * vold[e + 1] : 0.0f;
