@@ -174,6 +174,37 @@ __global__ void __launch_bounds__(THREADS) body_kernel(const __grid_constant__ l
         }
     };
 
+    /* The query rows as bf16 (hi, lo): bf16 rows of unit column stride 8
+     * values a load, every load of a thread issued before its stores. */
+    const bool vec = !split && p.sq[3] == 1 && p.Dk % 8 == 0 && p.sq[1] % 8 == 0 && p.sq[2] % 8 == 0 &&
+                     p.so[3] == 1 && p.Dv % 8 == 0 && p.so[1] % 8 == 0 && p.so[2] % 8 == 0 &&
+                     ((uintptr_t)p.q | (uintptr_t)p.out) % 16 == 0 && p.sq[0] % 8 == 0 && p.so[0] % 8 == 0;
+    if (vec) {
+        const bf16 *qg = (const bf16 *)p.q + b * p.sq[0] + ra * p.sq[1] + h * p.sq[2];
+        const int per = l.dkp / 8, n8 = qb * per;
+        for (int x0 = threadIdx.x; x0 < n8; x0 += 4 * THREADS) {
+            uint4 r[4];
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                const int x = x0 + u * THREADS, i = x / per, d = x % per * 8;
+                r[u] = x < n8 && i < nr && d < p.Dk ? *(const uint4 *)(qg + i * p.sq[1] + d) : make_uint4(0, 0, 0, 0);
+            }
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                const int x = x0 + u * THREADS;
+                if (x < n8)
+                    *(uint4 *)(Qh + (x / per) * l.dkp + x % per * 8) = r[u];
+            }
+        }
+    } else
+        for (int x = threadIdx.x; x < qb * l.dkp; x += THREADS) {
+            const int i = x / l.dkp, d = x % l.dkp;
+            const float v = i < nr && d < p.Dk
+                                ? hload(p.q, p.dtype, b * p.sq[0] + (ra + i) * p.sq[1] + h * p.sq[2] + d * p.sq[3])
+                                : 0.0f;
+            put_split(Qh, Ql, x, v, split);
+        }
+
     /* A: den = phi(q) . z, z = the chunk's scan value + the delayed keys up to the row. */
     {
         const int64_t a = ra - W - p.sh, nch = (p.L - W - p.sh + LMK_CHUNK - 1) / LMK_CHUNK;
@@ -208,20 +239,13 @@ __global__ void __launch_bounds__(THREADS) body_kernel(const __grid_constant__ l
         for (int i = warp; i < nr; i += THREADS / 32) {
             float s = 0.0f;
             for (int d = lane; d < p.Dk; d += 32)
-                s += phi_precise(hload(p.q, p.dtype, b * p.sq[0] + (ra + i) * p.sq[1] + h * p.sq[2] + d * p.sq[3]),
+                s += phi_precise(split ? hload(p.q, p.dtype, b * p.sq[0] + (ra + i) * p.sq[1] + h * p.sq[2] + d * p.sq[3])
+                                       : __bfloat162float(Qh[i * l.dkp + d]), /* bf16 q: Qh is exact */
                                  p.feature_map) * Z[i * l.dkp + d];
             s = lmk::warp_sum(s);
             if (lane == 0)
                 den[i] = s;
         }
-    }
-    /* The query rows as bf16 (hi, lo). */
-    for (int x = threadIdx.x; x < qb * l.dkp; x += THREADS) {
-        const int i = x / l.dkp, d = x % l.dkp;
-        const float v = i < nr && d < p.Dk
-                            ? hload(p.q, p.dtype, b * p.sq[0] + (ra + i) * p.sq[1] + h * p.sq[2] + d * p.sq[3])
-                            : 0.0f;
-        put_split(Qh, Ql, x, v, split);
     }
 
     /* C: logits (the first tile's barrier also ends A's use of Lg). */
@@ -305,12 +329,36 @@ __global__ void __launch_bounds__(THREADS) body_kernel(const __grid_constant__ l
             if (16 * cb < l.dvp)
                 wmma::store_matrix_sync(O + warp * 16 * l.dvp + 16 * cb, acc[cb], l.dvp, wmma::mem_row_major);
     __syncthreads();
-    for (int x = threadIdx.x; x < nr * p.Dv; x += THREADS) {
-        const int i = x / p.Dv, e = x % p.Dv;
-        const int64_t oi = b * p.so[0] + (ra + i) * p.so[1] + h * p.so[2] + e * p.so[3];
-        const float num = hload(p.out, p.dtype, oi) + O[i * l.dvp + e];
-        hstore(p.out, p.dtype, oi, num / (den[i] + lsum[i] + p.eps));
-    }
+    if (vec) { /* 8 values a load and store, a thread's loads issued first */
+        bf16 *og = (bf16 *)p.out + b * p.so[0] + ra * p.so[1] + h * p.so[2];
+        const int per = p.Dv / 8, n8 = nr * per;
+        for (int x0 = threadIdx.x; x0 < n8; x0 += 4 * THREADS) {
+            uint4 r[4];
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                const int x = x0 + u * THREADS;
+                r[u] = x < n8 ? *(const uint4 *)(og + (x / per) * p.so[1] + x % per * 8) : make_uint4(0, 0, 0, 0);
+            }
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                const int x = x0 + u * THREADS, i = x / per, e = x % per * 8;
+                if (x >= n8)
+                    continue;
+                const float inv = 1.0f / (den[i] + lsum[i] + p.eps);
+                bf16 *h8 = (bf16 *)&r[u];
+#pragma unroll
+                for (int w = 0; w < 8; w++)
+                    h8[w] = __float2bfloat16_rn((__bfloat162float(h8[w]) + O[i * l.dvp + e + w]) * inv);
+                *(uint4 *)(og + i * p.so[1] + e) = r[u];
+            }
+        }
+    } else
+        for (int x = threadIdx.x; x < nr * p.Dv; x += THREADS) {
+            const int i = x / p.Dv, e = x % p.Dv;
+            const int64_t oi = b * p.so[0] + (ra + i) * p.so[1] + h * p.so[2] + e * p.so[3];
+            const float num = hload(p.out, p.dtype, oi) + O[i * l.dvp + e];
+            hstore(p.out, p.dtype, oi, num / (den[i] + lsum[i] + p.eps));
+        }
 }
 
 /* One CTA per row of the call's start: everything from the definition. */
