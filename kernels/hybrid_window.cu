@@ -331,7 +331,9 @@ __global__ void __launch_bounds__(THREADS) body_kernel(const __grid_constant__ l
             if (16 * cb < l.dvp)
                 wmma::store_matrix_sync(O + warp * 16 * l.dvp + 16 * cb, acc[cb], l.dvp, wmma::mem_row_major);
     __syncthreads();
-    if (vec) { /* 8 values a load and store, a thread's loads issued first */
+    if (vec) { /* 8 values a load and store, a thread's loads issued first; one
+                * reciprocal per value instead of the division below (last-bit
+                * differences, measured: bench/NOTES.md, round 3) */
         bf16 *og = (bf16 *)p.out + b * p.so[0] + ra * p.so[1] + h * p.so[2];
         const int per = p.Dv / 8, n8 = nr * per;
         for (int x0 = threadIdx.x; x0 < n8; x0 += 4 * THREADS) {
