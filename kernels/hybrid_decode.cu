@@ -25,7 +25,12 @@
  * turn; 19.3 us with the rounds of U slots and the (slot group, column)
  * numerators (bench/NOTES.md's "Hybrid decode, round 2"); loads of k, v, z,
  * q and the first state rows issued at the start, with the positions, cost
- * 1.3 us (17.9 us without them: removed). Target <= 10 us.
+ * 1.3 us (17.9 us without them: removed); 12.6 us with one query head a pass
+ * without GQA, the 68 slots' logits in one round, S rows loaded NR at a time
+ * before the fold's stores and q loaded beside k (18.1 us before, same run). A
+ * variant with the linear part and the window on separate warp groups measured
+ * 21.4 us (each half then did its part with half the warps): not kept.
+ * Target <= 10 us.
  */
 #include "cluster_launch.cuh"
 #include "hybrid.cuh"
@@ -40,8 +45,12 @@ using lmk::hstore;
 using lmk::phi_precise;
 
 constexpr int THREADS = 256;
-constexpr int GB = 4;    /* query heads per pass */
-constexpr int U = 8;     /* window slots per warp and round of the logits (68: 2 rounds) */
+/* Query heads per pass: GB = 4, or 1 when a kv head serves one query head
+ * (no GQA: four passes' worth of registers and reductions would be idle).
+ * Window slots per warp and round of the logits: U(GB) (68 slots: 2 rounds of
+ * 8 at GB = 4, one of 12 at GB = 1). */
+template <int GB> struct Rounds { static constexpr int U = GB == 1 ? 12 : 8; };
+constexpr int NR = 4;    /* rows of S whose loads are in flight before any is used */
 
 /* The 4 floats at x, those of them below n (n >= 1; zeros past it). */
 __device__ __forceinline__ float4 row4(const float *x, int n)
@@ -72,9 +81,16 @@ __device__ __forceinline__ Row row_of(const lmk_hybrid_decode_table &p, int b)
     return Row{ p.row[b].tok, p.row[b].slot, p.row[b].fresh != 0, true };
 }
 
-template <bool CLUSTER, class P>
+/* The 4 floats at x as one 16-byte load when they are there and aligned. */
+__device__ __forceinline__ float4 row4v(const float *x, int n)
+{
+    return n >= 4 && ((uintptr_t)x & 15) == 0 ? *(const float4 *)x : row4(x, n);
+}
+
+template <bool CLUSTER, int GB, class P>
 __global__ void __launch_bounds__(THREADS) hdecode_kernel(const __grid_constant__ P pp, int nvb)
 {
+    constexpr int U = Rounds<GB>::U;
     extern __shared__ float sm[];
     __shared__ int tmax;
     const lmk_hybrid_decode &p = base(pp);
@@ -121,6 +137,16 @@ __global__ void __launch_bounds__(THREADS) hdecode_kernel(const __grid_constant_
     const int64_t t = tmax;
     const int r = p.s + (int)(t % p.W), target = t < p.s ? (int)t : r;
     const bool fold = t - p.W >= p.s && pos[r] == (int)(t - p.W + 1);
+    /* The query rows of pass gb and their features (the first pass's loaded
+     * beside the key's, their latencies overlapping). */
+    auto load_q = [&](int gb) {
+        for (int x = tid; x < GB * Dk; x += THREADS) {
+            const int gi = x / Dk, d = x % Dk, hq = hk * G + gb + gi;
+            qr[x] = gb + gi < G ? hload(p.q, p.dtype, x0 * p.sq[0] + hq * p.sq[1] + d) : 0.0f;
+            phq[x] = phi_precise(qr[x], p.feature_map);
+        }
+    };
+    load_q(0);
     for (int d = tid; d < Dk; d += THREADS) {
         knew[d] = hload(p.k, p.dtype, x0 * p.sk[0] + hk * p.sk[1] + d);
         fk[d] = fold ? phi_precise(wk[(int64_t)r * Dk + d], p.feature_map) : 0.0f;
@@ -148,12 +174,10 @@ __global__ void __launch_bounds__(THREADS) hdecode_kernel(const __grid_constant_
         wv[(int64_t)target * p.Dv + e0 + c] = vnew[c];
 
     for (int gb = 0; gb < G; gb += GB) {
-        for (int x = tid; x < GB * Dk; x += THREADS) {
-            const int gi = x / Dk, d = x % Dk, hq = hk * G + gb + gi;
-            qr[x] = gb + gi < G ? hload(p.q, p.dtype, x0 * p.sq[0] + hq * p.sq[1] + d) : 0.0f;
-            phq[x] = phi_precise(qr[x], p.feature_map);
+        if (gb) {
+            load_q(gb);
+            __syncthreads();
         }
-        __syncthreads();
         /* Logits of every slot that holds a key: a warp per slot, lanes over
          * the key, the GB query heads from one read of it, U slots per round
          * so that U keys' loads are in flight before the reductions (one slot
@@ -218,10 +242,23 @@ __global__ void __launch_bounds__(THREADS) hdecode_kernel(const __grid_constant_
         /* phi(q) S over this CTA's columns, the fold applied in the first pass. */
         float acc[GB][4] = {};
         if (rg < RG && e < Dv)
-            for (int d = rg; d < Dk; d += RG) {
+            for (int d0 = rg; d0 < Dk; d0 += NR * RG) {
+                /* NR rows' loads in flight, then their use (the fold's stores
+                 * to S would otherwise keep each row's load behind the last
+                 * row's store: one latency a row) */
+                float4 rows[NR];
+#pragma unroll
+                for (int u = 0; u < NR; u++) {
+                    const int d = d0 + u * RG;
+                    rows[u] = d < Dk ? row4v(S + (int64_t)d * p.Dv + e, Dv - e) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                }
+#pragma unroll
+                for (int u = 0; u < NR; u++) {
+                const int d = d0 + u * RG;
+                if (d >= Dk)
+                    break;
                 float *row = S + (int64_t)d * p.Dv + e;
-                float4 sv;
-                sv = row4(row, Dv - e);
+                float4 sv = rows[u];
                 if (gb == 0 && fold) {
                     sv.x += fk[d] * vold[e];
                     sv.y += e + 1 < Dv ? fk[d] * vold[e + 1] : 0.0f;
@@ -239,6 +276,7 @@ __global__ void __launch_bounds__(THREADS) hdecode_kernel(const __grid_constant_
                     acc[gi][1] += qd * sv.y;
                     acc[gi][2] += qd * sv.z;
                     acc[gi][3] += qd * sv.w;
+                }
                 }
             }
         if (rg < RG && e < Dv)
@@ -260,7 +298,7 @@ __global__ void __launch_bounds__(THREADS) hdecode_kernel(const __grid_constant_
 #pragma unroll
                 for (int gi = 0; gi < GB; gi++)
                     part[gi] += red[((size_t)g * GB + gi) * cols + ve];
-#pragma unroll 4
+#pragma unroll 8
             for (int sl = sg; sl < ns; sl += SG) {
                 const float vv = sl == target ? vnew[ve] : wv[(int64_t)sl * p.Dv + e0 + ve];
 #pragma unroll
@@ -289,29 +327,30 @@ __global__ void __launch_bounds__(THREADS) hdecode_kernel(const __grid_constant_
     }
 }
 
-template <bool CLUSTER, class P>
+template <bool CLUSTER, int GB, class P>
 cudaError_t launch(const P &p, int nvb, size_t smem, cudaStream_t s)
 {
     /* Only past the default 48 KB (W + s in the hundreds): inside a graph capture
      * the step then queues its launch and nothing else. */
     if (smem > 48 * 1024) {
-        const cudaError_t e = cudaFuncSetAttribute(hdecode_kernel<CLUSTER, P>,
+        const cudaError_t e = cudaFuncSetAttribute(hdecode_kernel<CLUSTER, GB, P>,
                                                    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
         if (e != cudaSuccess)
             return e;
     }
     const unsigned blocks = (unsigned)((int64_t)base(p).B * base(p).Hkv * nvb);
     if (!CLUSTER) {
-        hdecode_kernel<false, P><<<blocks, THREADS, smem, s>>>(p, 1);
+        hdecode_kernel<false, GB, P><<<blocks, THREADS, smem, s>>>(p, 1);
         return cudaGetLastError();
     }
-    return lmk::launch_clustered(hdecode_kernel<true, P>, blocks, THREADS, smem, s, (unsigned)nvb, p, nvb);
+    return lmk::launch_clustered(hdecode_kernel<true, GB, P>, blocks, THREADS, smem, s, (unsigned)nvb, p, nvb);
 }
 
 /* The launch's CTAs per (row, kv head) and shared memory for p, or the
  * UNSUPPORTED status (with its reason) of sizes the kernel cannot run. */
 lm_status plan(const lmk_hybrid_decode *p, int *nvb_out, size_t *smem_out)
 {
+    const int GB = p->Hq == p->Hkv ? 1 : 4;
     if (p->Hq > LMK_MAX_HYBRID_HEADS)
         return lmi_error(LM_ERR_UNSUPPORTED, "cuda hybrid decode: at most %d query heads (got %d)",
                          LMK_MAX_HYBRID_HEADS, p->Hq);
@@ -339,13 +378,15 @@ lm_status plan(const lmk_hybrid_decode *p, int *nvb_out, size_t *smem_out)
 
 template <class P> lm_status launch_any(const P &p, void *stream)
 {
-    int nvb;
-    size_t smem;
+    int nvb = 1;
+    size_t smem = 0;
     const lm_status st = plan(&base(p), &nvb, &smem);
     if (st)
         return st;
     const cudaStream_t s = (cudaStream_t)stream;
-    LMI_CUDA_TRY(nvb > 1 ? launch<true>(p, nvb, smem, s) : launch<false>(p, 1, smem, s));
+    const bool one = base(p).Hq == base(p).Hkv; /* plan's GB: 1 */
+    LMI_CUDA_TRY(nvb > 1 ? (one ? launch<true, 1>(p, nvb, smem, s) : launch<true, 4>(p, nvb, smem, s))
+                         : (one ? launch<false, 1>(p, 1, smem, s) : launch<false, 4>(p, 1, smem, s)));
     return LM_OK;
 }
 
@@ -356,8 +397,8 @@ static_assert(sizeof(lmk_hybrid_decode_table) <= 32764, "lmk_hybrid_decode_table
 
 extern "C" lm_status lmk_hybrid_decode_check(const lmk_hybrid_decode *p)
 {
-    int nvb;
-    size_t smem;
+    int nvb = 1;
+    size_t smem = 0;
     return plan(p, &nvb, &smem);
 }
 

@@ -28,7 +28,7 @@ __global__ void __launch_bounds__(THREADS) zsum_kernel(const __grid_constant__ l
     const int b = (int)(bh / p.Hkv), hk = (int)(bh % p.Hkv);
     const int64_t end = p.L - p.W, r0 = p.sh + c * CHUNK;
     const int64_t r1 = r0 + CHUNK < end ? r0 + CHUNK : end;
-    constexpr int R = 8; /* rows whose loads are in flight before they are summed */
+    constexpr int R = 32; /* rows whose loads are in flight before they are summed (8: 461 us at 32K, bench/NOTES.md) */
     for (int d = threadIdx.x; d < p.Dk; d += THREADS) {
         float acc = 0.0f;
         for (int64_t r = r0; r < r1; r += R) {

@@ -23,10 +23,14 @@
  * call, the sink slots and the ring; linear part phi(q) S0, phi(q) z0 and the
  * ring slots that left the window). At most W + s rows per call.
  * Measured (H100, 32 heads of 128, W = 64, s = 4, bf16): 128K in 59.4 ms
- * (77.3 ms before the query and output rows moved 8 values a load), 13x the
- * linear prefill; bench/NOTES.md's "Hybrid prefill, round 3".
+ * (77.3 ms before the query and output rows moved 8 values a load), 36.9 ms
+ * with the tiles' call rows by cp.async (same run: 59.8 before); ncu on a 32K
+ * prefill put 87 % of it in this body, at 8 warps per SM, 0.2 instructions
+ * issued per scheduler and cycle and 71 % of shared wavefronts replayed (tile
+ * pitches of 256 / 512 bytes): the pitches are now padded; bench/NOTES.md.
  */
 #include "hybrid.cuh"
+#include "mma.cuh"
 
 #include <mma.h>
 
@@ -52,8 +56,14 @@ __host__ __device__ inline size_t al128(size_t x)
 
 /* The body kernel's shared memory, computed alike on host and device. */
 struct BodyLayout {
-    int dkp, dvp, kp, nkp; /* padded Dk, Dv, tile pitch, key list */
-    size_t q, kv, lg, pp, st, total;
+    int dkp, dvp, nkp;     /* Dk, Dv and the key list padded to 16 */
+    /* Row pitches (elements) of the query, key / value and weight tiles (bf16)
+     * and of the logits and output (fp32): 16 bytes past a multiple of 128, so
+     * that the 8 rows a WMMA load or store touches at once sit in 8 different
+     * bank groups (pitches of 256 and 512 bytes put them all in one: 71 % of
+     * the shared-memory wavefronts were replays, bench/NOTES.md). */
+    int qp, kp, pp, lgp, op;
+    size_t q, kv, lg, pw, st, total;
 };
 
 __host__ __device__ inline BodyLayout body_layout(int Dk, int Dv, int64_t W, int64_t s, int qb, int planes)
@@ -61,16 +71,20 @@ __host__ __device__ inline BodyLayout body_layout(int Dk, int Dv, int64_t W, int
     BodyLayout l;
     l.dkp = (Dk + 15) / 16 * 16;
     l.dvp = (Dv + 15) / 16 * 16;
-    l.kp = l.dkp > l.dvp ? l.dkp : l.dvp;
     l.nkp = (int)((s + W + qb - 1 + 15) / 16 * 16);
-    size_t lg = (size_t)qb * l.nkp * 4, z = (size_t)qb * l.dkp * 4, o = (size_t)qb * l.dvp * 4;
+    l.qp = l.dkp + 8;
+    l.kp = (l.dkp > l.dvp ? l.dkp : l.dvp) + 8;
+    l.pp = l.nkp + 8;
+    l.lgp = l.nkp + 4;
+    l.op = l.dvp + 4;
+    size_t lg = (size_t)qb * l.lgp * 4, z = (size_t)qb * l.dkp * 4, o = (size_t)qb * l.op * 4;
     lg = lg > z ? lg : z;
     lg = lg > o ? lg : o; /* logits, then z of the rows before, the output after */
     size_t off = 0;
-    l.q = off, off = al128(off + (size_t)planes * qb * l.dkp * 2);
+    l.q = off, off = al128(off + (size_t)planes * qb * l.qp * 2);
     l.kv = off, off = al128(off + (size_t)planes * KT * l.kp * 2);
     l.lg = off, off = al128(off + lg);
-    l.pp = off, off = al128(off + 2 * (size_t)qb * l.nkp * 2);
+    l.pw = off, off = al128(off + 2 * (size_t)qb * l.pp * 2);
     l.st = off, off = al128(off + 2 * (size_t)qb * 4 + (size_t)l.nkp);
     l.total = off;
     return l;
@@ -90,7 +104,7 @@ typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> FragB;
 typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> FragC;
 
 template <int DVP>
-__global__ void __launch_bounds__(THREADS) body_kernel(const __grid_constant__ lmk_hybrid p)
+__global__ void __launch_bounds__(THREADS, 2) body_kernel(const __grid_constant__ lmk_hybrid p)
 {
     extern __shared__ __align__(128) unsigned char sm[];
     const int qb = p.qb, nwarp = qb / 16, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -100,10 +114,10 @@ __global__ void __launch_bounds__(THREADS) body_kernel(const __grid_constant__ l
     const int64_t ta = p.P0 + ra, tb = ta + nr - 1, W = p.W;
     const bool split = p.dtype != LM_BF16;
     const BodyLayout l = body_layout(p.Dk, p.Dv, W, p.s, qb, split ? 2 : 1);
-    bf16 *Qh = (bf16 *)(sm + l.q), *Ql = Qh + qb * l.dkp;
+    bf16 *Qh = (bf16 *)(sm + l.q), *Ql = Qh + qb * l.qp;
     bf16 *Th = (bf16 *)(sm + l.kv), *Tl = Th + KT * l.kp;
     float *Lg = (float *)(sm + l.lg);
-    bf16 *Ph = (bf16 *)(sm + l.pp), *Pl = Ph + qb * l.nkp;
+    bf16 *Ph = (bf16 *)(sm + l.pw), *Pl = Ph + qb * l.pp;
     float *den = (float *)(sm + l.st), *lsum = den + qb;
     unsigned char *pres = (unsigned char *)(lsum + qb);
     /* The key list: sinks j < ns (below every row's window), then positions bl.. */
@@ -112,10 +126,6 @@ __global__ void __launch_bounds__(THREADS) body_kernel(const __grid_constant__ l
     const int64_t bl = ta - W + 1;
     const int nk = (int)(ns + tb - bl + 1);
     auto position = [&](int kx) -> int64_t { return kx < ns ? (int64_t)kx : bl + (kx - ns); };
-    auto valid = [&](int kx, int64_t t) -> bool {
-        const int64_t j = position(kx);
-        return pres[kx] && (kx < ns ? j <= t - W : j <= t && j > t - W);
-    };
     /* Whether a 16x16 block (rows 16 rb.., keys k0..) can hold a window pair. */
     auto block_may = [&](int rb, int k0) -> bool {
         const int64_t tlo = ta + 16 * rb, thi = tlo + 15 < tb ? tlo + 15 : tb;
@@ -162,12 +172,51 @@ __global__ void __launch_bounds__(THREADS) body_kernel(const __grid_constant__ l
         }
     };
 
+    /* bf16 keys and values of unit column stride, 16-byte rows: the call's
+     * rows of a tile go straight to shared memory, 16 bytes a cp.async, every
+     * copy of the tile in flight at once (the loop above waits on its loads
+     * in rounds); rows from the state's slots (fp32) and absent rows as there. */
+    const bool fast = !split && p.sk[3] == 1 && p.sv[3] == 1 && p.Dk % 8 == 0 && p.Dv % 8 == 0 &&
+                      (p.sk[0] | p.sk[1] | p.sk[2] | p.sv[0] | p.sv[1] | p.sv[2]) % 8 == 0 &&
+                      ((uintptr_t)p.k | (uintptr_t)p.v) % 16 == 0;
+    auto load_tile_fast = [&](int kt0, bool values) {
+        const int D = values ? p.Dv : p.Dk, per = (values ? l.dvp : l.dkp) / 8;
+        const bf16 *src = (const bf16 *)(values ? p.v : p.k);
+        const int64_t *st = values ? p.sv : p.sk;
+        for (int x = threadIdx.x; x < KT * per; x += THREADS) {
+            const int rr = x / per, pc = x % per, kx = kt0 + rr;
+            bf16 *dst = Th + (int64_t)rr * l.kp + pc * 8;
+            const int64_t j = kx < nk ? position(kx) : p.P0;
+            if (kx < nk && j < p.P0) { /* a slot of the state */
+                const HSrc r = hsrc(p, b, hk, j);
+#pragma unroll
+                for (int w = 0; w < 8; w++) {
+                    const int d = pc * 8 + w;
+                    dst[w] = __float2bfloat16_rn(r.present && d < D ? (values ? hval(p, r, b, hk, d) : hkey(p, r, b, hk, d)) : 0.0f);
+                }
+                if (!values && pc == 0)
+                    pres[kx] = r.present;
+                continue;
+            }
+            const bool present = kx < nk && !(p.mask && p.mask[b * p.mask_s[0] + (j - p.P0) * p.mask_s[1]]);
+            const bool ok = present && pc * 8 < D;
+            lmk::cp_async16(dst, ok ? src + b * st[0] + (j - p.P0) * st[1] + hk * st[2] + pc * 8 : src, ok ? 16 : 0);
+            if (!values && pc == 0 && kx < l.nkp)
+                pres[kx] = present;
+        }
+        lmk::cp_async_commit();
+        lmk::cp_async_wait<0>();
+    };
+
     /* The key list tile by tile through shared memory (keys, or values); fn(kt0,
      * kb) for every 16-key block that can hold a window pair of this warp's rows. */
     auto over_blocks = [&](bool values, auto &&fn) {
         for (int kt0 = 0; kt0 < nk; kt0 += KT) {
             __syncthreads(); /* what came before is read, the previous tile consumed */
-            load_tile(kt0, values);
+            if (fast)
+                load_tile_fast(kt0, values);
+            else
+                load_tile(kt0, values);
             __syncthreads();
             if (warp < nwarp)
                 for (int kb = 0; kb < KT / 16 && kt0 + 16 * kb < nk; kb++)
@@ -195,7 +244,7 @@ __global__ void __launch_bounds__(THREADS) body_kernel(const __grid_constant__ l
             for (int u = 0; u < 4; u++) {
                 const int x = x0 + u * THREADS;
                 if (x < n8)
-                    *(uint4 *)(Qh + (x / per) * l.dkp + x % per * 8) = r[u];
+                    *(uint4 *)(Qh + (x / per) * l.qp + x % per * 8) = r[u];
             }
         }
     } else
@@ -204,7 +253,7 @@ __global__ void __launch_bounds__(THREADS) body_kernel(const __grid_constant__ l
             const float v = i < nr && d < p.Dk
                                 ? hload(p.q, p.dtype, b * p.sq[0] + (ra + i) * p.sq[1] + h * p.sq[2] + d * p.sq[3])
                                 : 0.0f;
-            put_split(Qh, Ql, x, v, split);
+            put_split(Qh, Ql, (int64_t)i * l.qp + d, v, split);
         }
 
     /* A: den = phi(q) . z, z = the chunk's scan value + the delayed keys up to the row. */
@@ -214,7 +263,7 @@ __global__ void __launch_bounds__(THREADS) body_kernel(const __grid_constant__ l
         float *Z = Lg;
         /* A thread per column d walks up to 64 + qb keys in order (a running
          * sum), RA keys' loads issued before they are added. */
-        constexpr int RA = 16;
+        constexpr int RA = 32;
         const int64_t j1 = a + nr;
         for (int d = threadIdx.x; d < p.Dk; d += THREADS) {
             float acc = p.zc[(bh * nch + c) * p.Dk + d];
@@ -242,7 +291,7 @@ __global__ void __launch_bounds__(THREADS) body_kernel(const __grid_constant__ l
             float s = 0.0f;
             for (int d = lane; d < p.Dk; d += 32)
                 s += phi_precise(split ? hload(p.q, p.dtype, b * p.sq[0] + (ra + i) * p.sq[1] + h * p.sq[2] + d * p.sq[3])
-                                       : __bfloat162float(Qh[i * l.dkp + d]), /* bf16 q: Qh is exact */
+                                       : __bfloat162float(Qh[i * l.qp + d]), /* bf16 q: Qh is exact */
                                  p.feature_map) * Z[i * l.dkp + d];
             s = lmk::warp_sum(s);
             if (lane == 0)
@@ -257,13 +306,13 @@ __global__ void __launch_bounds__(THREADS) body_kernel(const __grid_constant__ l
         for (int d0 = 0; d0 < l.dkp; d0 += 16) {
             FragA qa;
             FragBt kf;
-            wmma::load_matrix_sync(qa, Qh + warp * 16 * l.dkp + d0, l.dkp);
+            wmma::load_matrix_sync(qa, Qh + warp * 16 * l.qp + d0, l.qp);
             wmma::load_matrix_sync(kf, Th + kb * 16 * l.kp + d0, l.kp);
             wmma::mma_sync(c, qa, kf, c);
             if (split) {
                 FragA ql;
                 FragBt kl;
-                wmma::load_matrix_sync(ql, Ql + warp * 16 * l.dkp + d0, l.dkp);
+                wmma::load_matrix_sync(ql, Ql + warp * 16 * l.qp + d0, l.qp);
                 wmma::load_matrix_sync(kl, Tl + kb * 16 * l.kp + d0, l.kp);
                 wmma::mma_sync(c, ql, kf, c);
                 wmma::mma_sync(c, qa, kl, c);
@@ -272,27 +321,35 @@ __global__ void __launch_bounds__(THREADS) body_kernel(const __grid_constant__ l
 #pragma unroll
         for (int x = 0; x < c.num_elements; x++)
             c.x[x] *= p.scale;
-        wmma::store_matrix_sync(Lg + warp * 16 * l.nkp + kt0 + 16 * kb, c, l.nkp, wmma::mem_row_major);
+        wmma::store_matrix_sync(Lg + warp * 16 * l.lgp + kt0 + 16 * kb, c, l.lgp, wmma::mem_row_major);
     });
     __syncthreads();
 
-    /* D: the window's weights per row, a warp per row. */
+    /* D: the window's weights per row, a warp per row. Row i's window is
+     * key-list entries [ns + i, ns + i + W) (positions t - W + 1 .. t) and the
+     * sinks at positions <= t - W: int bounds per row, not per entry. */
     const float gamma = p.gamma[h];
     for (int i = warp; i < qb; i += THREADS / 32) {
-        const int64_t t = ta + i;
+        const int64_t sk = ta + i - W; /* sinks at positions <= sk */
+        const int lo = (int)ns + i, hi = lo + (int)W - 1;
+        auto ok = [&](int kx) { return pres[kx] && (kx < ns ? kx <= sk : kx >= lo && kx <= hi); };
         float m = -INFINITY;
-        if (i < nr)
-            for (int kx = lane; kx < nk; kx += 32)
-                if (valid(kx, t))
-                    m = fmaxf(m, Lg[i * l.nkp + kx]);
+        if (i < nr) {
+            for (int kx = lane; kx < ns; kx += 32)
+                if (ok(kx))
+                    m = fmaxf(m, Lg[i * l.lgp + kx]);
+            for (int kx = lo + lane; kx <= hi; kx += 32)
+                if (pres[kx])
+                    m = fmaxf(m, Lg[i * l.lgp + kx]);
+        }
         m = lmk::warp_max(m);
         float sum = 0.0f;
         for (int kx = lane; kx < l.nkp; kx += 32) {
             float a = 0.0f;
-            if (i < nr && kx < nk && m > -INFINITY && valid(kx, t))
-                a = gamma * expf(Lg[i * l.nkp + kx] - m);
+            if (i < nr && kx < nk && m > -INFINITY && ok(kx))
+                a = gamma * expf(Lg[i * l.lgp + kx] - m);
             sum += a;
-            put_split(Ph, Pl, (int64_t)i * l.nkp + kx, a, true);
+            put_split(Ph, Pl, (int64_t)i * l.pp + kx, a, true);
         }
         sum = lmk::warp_sum(sum);
         if (lane == 0)
@@ -306,8 +363,8 @@ __global__ void __launch_bounds__(THREADS) body_kernel(const __grid_constant__ l
         wmma::fill_fragment(acc[cb], 0.0f);
     over_blocks(true, [&](int kt0, int kb) {
         FragA ph, pl;
-        wmma::load_matrix_sync(ph, Ph + warp * 16 * l.nkp + kt0 + 16 * kb, l.nkp);
-        wmma::load_matrix_sync(pl, Pl + warp * 16 * l.nkp + kt0 + 16 * kb, l.nkp);
+        wmma::load_matrix_sync(ph, Ph + warp * 16 * l.pp + kt0 + 16 * kb, l.pp);
+        wmma::load_matrix_sync(pl, Pl + warp * 16 * l.pp + kt0 + 16 * kb, l.pp);
 #pragma unroll
         for (int cb = 0; cb < DVP / 16; cb++) {
             if (16 * cb >= l.dvp)
@@ -329,7 +386,7 @@ __global__ void __launch_bounds__(THREADS) body_kernel(const __grid_constant__ l
 #pragma unroll
         for (int cb = 0; cb < DVP / 16; cb++)
             if (16 * cb < l.dvp)
-                wmma::store_matrix_sync(O + warp * 16 * l.dvp + 16 * cb, acc[cb], l.dvp, wmma::mem_row_major);
+                wmma::store_matrix_sync(O + warp * 16 * l.op + 16 * cb, acc[cb], l.op, wmma::mem_row_major);
     __syncthreads();
     if (vec) { /* 8 values a load and store, a thread's loads issued first; one
                 * reciprocal per value instead of the division below (last-bit
@@ -352,7 +409,7 @@ __global__ void __launch_bounds__(THREADS) body_kernel(const __grid_constant__ l
                 bf16 *h8 = (bf16 *)&r[u];
 #pragma unroll
                 for (int w = 0; w < 8; w++)
-                    h8[w] = __float2bfloat16_rn((__bfloat162float(h8[w]) + O[i * l.dvp + e + w]) * inv);
+                    h8[w] = __float2bfloat16_rn((__bfloat162float(h8[w]) + O[i * l.op + e + w]) * inv);
                 *(uint4 *)(og + i * p.so[1] + e) = r[u];
             }
         }
@@ -360,7 +417,7 @@ __global__ void __launch_bounds__(THREADS) body_kernel(const __grid_constant__ l
         for (int x = threadIdx.x; x < nr * p.Dv; x += THREADS) {
             const int i = x / p.Dv, e = x % p.Dv;
             const int64_t oi = b * p.so[0] + (ra + i) * p.so[1] + h * p.so[2] + e * p.so[3];
-            const float num = hload(p.out, p.dtype, oi) + O[i * l.dvp + e];
+            const float num = hload(p.out, p.dtype, oi) + O[i * l.op + e];
             hstore(p.out, p.dtype, oi, num / (den[i] + lsum[i] + p.eps));
         }
 }
