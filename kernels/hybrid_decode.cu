@@ -25,7 +25,7 @@
  * turn; 19.3 us with the rounds of U slots and the (slot group, column)
  * numerators (bench/NOTES.md's "Hybrid decode, round 2"); loads of k, v, z,
  * q and the first state rows issued at the start, with the positions, cost
- * 1.3 us (17.9 us without them: removed); 12.6 us with one query head a pass
+ * 1.3 us (17.9 us without them: removed); 12.6-13.1 us with one query head a pass
  * without GQA, the 68 slots' logits in one round, S rows loaded NR at a time
  * before the fold's stores and q loaded beside k (18.1 us before, same run). A
  * variant with the linear part and the window on separate warp groups measured

@@ -27,7 +27,10 @@
  * with the tiles' call rows by cp.async (same run: 59.8 before); ncu on a 32K
  * prefill put 87 % of it in this body, at 8 warps per SM, 0.2 instructions
  * issued per scheduler and cycle and 71 % of shared wavefronts replayed (tile
- * pitches of 256 / 512 bytes): the pitches are now padded; bench/NOTES.md.
+ * pitches of 256 / 512 bytes). With the pitches padded and the softmax pass's
+ * int bounds: 38.5 ms (no gain over 36.9 visible, across two calls); what
+ * holds it now is 2 CTAs per SM (the logits and weights in shared memory):
+ * bench/NOTES.md, "Next session's GPU work".
  */
 #include "hybrid.cuh"
 #include "mma.cuh"
