@@ -50,6 +50,7 @@ constexpr int THREADS = 256;
  * Window slots per warp and round of the logits: U(GB) (68 slots: 2 rounds of
  * 8 at GB = 4, one of 12 at GB = 1). */
 template <int GB> struct Rounds { static constexpr int U = GB == 1 ? 12 : 8; };
+inline int heads_per_pass(const lmk_hybrid_decode &p) { return p.Hq == p.Hkv ? 1 : 4; }
 constexpr int NR = 4;    /* rows of S whose loads are in flight before any is used */
 
 /* The 4 floats at x, those of them below n (n >= 1; zeros past it). */
@@ -350,7 +351,7 @@ cudaError_t launch(const P &p, int nvb, size_t smem, cudaStream_t s)
  * UNSUPPORTED status (with its reason) of sizes the kernel cannot run. */
 lm_status plan(const lmk_hybrid_decode *p, int *nvb_out, size_t *smem_out)
 {
-    const int GB = p->Hq == p->Hkv ? 1 : 4;
+    const int GB = heads_per_pass(*p);
     if (p->Hq > LMK_MAX_HYBRID_HEADS)
         return lmi_error(LM_ERR_UNSUPPORTED, "cuda hybrid decode: at most %d query heads (got %d)",
                          LMK_MAX_HYBRID_HEADS, p->Hq);
@@ -384,7 +385,7 @@ template <class P> lm_status launch_any(const P &p, void *stream)
     if (st)
         return st;
     const cudaStream_t s = (cudaStream_t)stream;
-    const bool one = base(p).Hq == base(p).Hkv; /* plan's GB: 1 */
+    const bool one = heads_per_pass(base(p)) == 1; /* the GB plan() sized shared memory for */
     LMI_CUDA_TRY(nvb > 1 ? (one ? launch<true, 1>(p, nvb, smem, s) : launch<true, 4>(p, nvb, smem, s))
                          : (one ? launch<false, 1>(p, 1, smem, s) : launch<false, 4>(p, 1, smem, s)));
     return LM_OK;

@@ -101,6 +101,14 @@ __device__ __forceinline__ void put_split(bf16 *hi, bf16 *lo, int64_t i, float x
         lo[i] = __float2bfloat16_rn(x - __bfloat162float(h));
 }
 
+/* Whether rows of D elements of x (strides st, in elements) can move as 16-byte
+ * pieces: unit column stride, D and the other strides multiples of 8, x
+ * 16-byte aligned (bf16: 8 values a piece). */
+__device__ __forceinline__ bool rows16(const void *x, const int64_t *st, int D)
+{
+    return st[3] == 1 && D % 8 == 0 && (st[0] | st[1] | st[2]) % 8 == 0 && (uintptr_t)x % 16 == 0;
+}
+
 typedef wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> FragA;
 typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> FragBt;
 typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> FragB;
@@ -179,9 +187,7 @@ __global__ void __launch_bounds__(THREADS, 2) body_kernel(const __grid_constant_
      * rows of a tile go straight to shared memory, 16 bytes a cp.async, every
      * copy of the tile in flight at once (the loop above waits on its loads
      * in rounds); rows from the state's slots (fp32) and absent rows as there. */
-    const bool fast = !split && p.sk[3] == 1 && p.sv[3] == 1 && p.Dk % 8 == 0 && p.Dv % 8 == 0 &&
-                      (p.sk[0] | p.sk[1] | p.sk[2] | p.sv[0] | p.sv[1] | p.sv[2]) % 8 == 0 &&
-                      ((uintptr_t)p.k | (uintptr_t)p.v) % 16 == 0;
+    const bool fast = !split && rows16(p.k, p.sk, p.Dk) && rows16(p.v, p.sv, p.Dv);
     auto load_tile_fast = [&](int kt0, bool values) {
         const int D = values ? p.Dv : p.Dk, per = (values ? l.dvp : l.dkp) / 8;
         const bf16 *src = (const bf16 *)(values ? p.v : p.k);
@@ -230,9 +236,7 @@ __global__ void __launch_bounds__(THREADS, 2) body_kernel(const __grid_constant_
 
     /* The query rows as bf16 (hi, lo): bf16 rows of unit column stride 8
      * values a load, every load of a thread issued before its stores. */
-    const bool vec = !split && p.sq[3] == 1 && p.Dk % 8 == 0 && p.sq[1] % 8 == 0 && p.sq[2] % 8 == 0 &&
-                     p.so[3] == 1 && p.Dv % 8 == 0 && p.so[1] % 8 == 0 && p.so[2] % 8 == 0 &&
-                     ((uintptr_t)p.q | (uintptr_t)p.out) % 16 == 0 && p.sq[0] % 8 == 0 && p.so[0] % 8 == 0;
+    const bool vec = !split && rows16(p.q, p.sq, p.Dk) && rows16(p.out, p.so, p.Dv);
     if (vec) {
         const bf16 *qg = (const bf16 *)p.q + b * p.sq[0] + ra * p.sq[1] + h * p.sq[2];
         const int per = l.dkp / 8, n8 = qb * per;
