@@ -12,7 +12,7 @@ line of the table, and says which layer of torch.compile is at fault:
   inductor   + inductor's generated kernels
 A case passes when the compiled outputs and gradients match eager ones.
 
-    python3 bench/diag_compile.py [--out DIR]   # writes diag_compile.json there
+    python3 bench/diag_compile.py [--out DIR] [--attention hybrid] [--device cuda]   # writes diag_compile.json there
 """
 import argparse
 import json
@@ -72,15 +72,20 @@ def run_case(attention, device, backend, timeout):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default=".")
-    ap.add_argument("--timeout", type=int, default=150)
+    ap.add_argument("--out", default=".", help="folder for diag_compile.json (default: .)")
+    ap.add_argument("--timeout", type=int, default=150,
+                    help="seconds per case before it counts as hung (default: 150)")
+    ap.add_argument("--attention", default="linear,hybrid",
+                    help="comma-separated attentions to run (default: linear,hybrid)")
+    ap.add_argument("--device", default="cpu,cuda",
+                    help="comma-separated devices to run, cuda only where present (default: cpu,cuda)")
     args = ap.parse_args()
     import torch
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    devices = [d for d in args.device.split(",") if d == "cpu" or torch.cuda.is_available()]
     res = {"torch": torch.__version__, "cases": []}
     if not hasattr(torch, "compile"):
         sys.exit("torch %s has no torch.compile (needs >= 2.0): nothing to diagnose" % torch.__version__)
-    for attention in ("linear", "hybrid"):
+    for attention in args.attention.split(","):
         for device in devices:
             for backend in ("eager", "aot_eager", "inductor"):
                 r = run_case(attention, device, backend, args.timeout)

@@ -7,6 +7,9 @@ layers, 32 heads, 8 kv heads of 64, MLP 8192, vocab 128256, tied head).
 Methods, same weights:
   lm            liquid_memory.hf.patch(model), its recurrent-state cache, eager
   lm_graph      the same decode step replayed from a CUDA graph
+  lm_hybrid     patch(model, attention="hybrid") (window 64, sinks 4), eager;
+  lm_hybrid_graph  its decode step from a CUDA graph (prefill and batch-1
+                decode only: the largest-batch replication copies linear states)
   hf_sdpa       transformers' SDPA attention with its DynamicCache, eager
   hf_static     transformers' StaticCache + torch.compile(mode="reduce-overhead")
                 (decode only: its prefill is not what it is for)
@@ -101,7 +104,7 @@ def hf_cache_bytes(cache):
 
 def new_cache(model, method):
     import transformers
-    if method == "lm":
+    if method.startswith("lm"):
         return lmhf.LiquidMemoryCache(model)
     return transformers.DynamicCache(config=model.config)
 
@@ -325,32 +328,27 @@ def run(args):
         "%.1f us (the core call alone %.1f us)" % (host["call"], host["hf_parts"], host["ours"],
                                                    host["core"]))
     warm = torch.randint(3, MODEL["vocab_size"], (1, 1024), device="cuda")
-    for method in ("lm", "hf_sdpa"):  # libraries' first-call set-up, outside the timings
-        if method == "hf_sdpa":
-            lmhf.unpatch(model)
+    for method in METHODS:  # libraries' first-call set-up, outside the timings
+        set_method(model, method)
         prefill(model, method, warm)
     # the same weights patched and not: patch() / unpatch() between methods
     for context in contexts:
-        for method in ("lm", "hf_sdpa"):
+        for method in METHODS:
             # HF at 128K: about 3 s of prefill and 4 GB of cache a sequence to copy
             need = 8 + (context / 131072) * (25 if method == "hf_sdpa" else 8)
             if budget.left() < need:
                 skip("%s %d" % (method, context), "time budget (%.0f s left, ~%.0f s needed)"
                      % (budget.left(), need))
                 continue
-            if method == "lm":
-                lmhf.patch(model)
-            elif lmhf.is_patched(model):
-                lmhf.unpatch(model)
+            set_method(model, method)
             try:
                 measure_context(model, method, context, steps, budget, args, record, skip)
             except Exception as e:  # a failure is a result to record, not the end of the run
                 skip("%s %d" % (method, context), "%s: %s" % (type(e).__name__, str(e)[:300]))
                 free_memory()
             save(res, args.out_base)
-    if lmhf.is_patched(model):
-        lmhf.unpatch(model)
-    for context in contexts:
+    set_method(model, "hf_static")
+    for context in sorted(contexts, reverse=True):  # the targets' context (the largest) first
         need = 150
         if args.quick and context != max(contexts):
             skip("hf_static decode_b1 %d" % context, "--quick: only the largest context")
@@ -371,6 +369,18 @@ def run(args):
     return res
 
 
+METHODS = ("lm", "lm_hybrid", "hf_sdpa")
+
+
+def set_method(model, method):
+    """The same weights patched as `method` wants (linear, hybrid) or not (HF's own)."""
+    want = {"lm": "linear", "lm_hybrid": "hybrid"}.get(method)
+    if lmhf.is_patched(model):
+        lmhf.unpatch(model)
+    if want:
+        lmhf.patch(model, attention=want)
+
+
 def measure_context(model, method, context, steps, budget, args, record, skip):
     """Prefill, batch-1 decode (eager; CUDA graph for ours) and the largest
     batch's aggregate decode at one context."""
@@ -381,14 +391,20 @@ def measure_context(model, method, context, steps, budget, args, record, skip):
         free_memory()
         skip("%s prefill %d" % (method, context), "out of memory")
         return
-    per_seq = cache.nbytes() if method == "lm" else hf_cache_bytes(cache)
+    per_seq = cache.nbytes() if method.startswith("lm") else hf_cache_bytes(cache)
     record(method=method, what="prefill", context=context, seconds=t,
            peak_bytes_above_weights=peak, cache_bytes_per_seq=per_seq)
     eager = decode_steps(model, cache, 1, steps, context)
     record(method=method, what="decode_b1", context=context, ms_per_token=eager * 1e3)
-    if method == "lm":
+    if method.startswith("lm"):
         g = graphed_decode(model, cache, 1, steps, context + steps + 1)
-        record(method="lm_graph", what="decode_b1", context=context, ms_per_token=g * 1e3)
+        record(method=method + "_graph", what="decode_b1", context=context, ms_per_token=g * 1e3)
+    if method == "lm_hybrid":
+        skip("lm_hybrid decode_max %d" % context, "not measured: the largest-batch replication "
+             "(absorb) copies linear states only")
+        del cache
+        free_memory()
+        return
     for graph in ((False, True) if method == "lm" else (False,)):
         name = "lm_graph" if graph else method
         mb, why = max_batch_decode(model, method, cache, context, steps, budget, graph,
@@ -453,8 +469,8 @@ def plot(res, path):
               ("decode_max", "tokens_per_s", "aggregate decode tokens/s, largest batch", 1.0),
               ("prefill", "cache_bytes_per_seq", "cache MB per sequence", 1e-6)]
     for ax, (what, key, title, scale) in zip(axes, panels):
-        for method, color in (("lm", "C0"), ("lm_graph", "C2"), ("hf_sdpa", "C1"),
-                              ("hf_static", "C3")):
+        for method, color in (("lm", "C0"), ("lm_graph", "C2"), ("lm_hybrid", "C4"),
+                              ("lm_hybrid_graph", "C5"), ("hf_sdpa", "C1"), ("hf_static", "C3")):
             pts = sorted((r["context"], r[key] * scale) for r in res["records"]
                          if r["method"] == method and r["what"] == what and r.get(key))
             if pts:
@@ -473,14 +489,17 @@ def plot(res, path):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default=os.path.join(HERE, "results"))
-    p.add_argument("--contexts", default="4096,32768,131072")
-    p.add_argument("--budget", type=float, default=480.0, help="seconds for the whole run")
+    p.add_argument("--out", default=os.path.join(HERE, "results"),
+                   help="folder for hf_bench_<date>.json and .png (default: bench/results)")
+    p.add_argument("--contexts", default="4096,32768,131072",
+                   help="comma-separated prompt lengths (default: 4096,32768,131072)")
+    p.add_argument("--budget", type=float, default=480.0,
+                   help="seconds for the whole run; what does not fit is recorded as skipped (default: 480)")
     p.add_argument("--lm-batch", type=int, default=2048,
-                   help="largest batch tried for the patched model's aggregate decode")
+                   help="largest batch tried for the patched model's aggregate decode (default: 2048)")
     p.add_argument("--quick", action="store_true",
                    help="fewer decode steps; HF's static cache + compile at the largest context only")
-    p.add_argument("--plot-only", metavar="JSON", help="redraw the plot of a saved run")
+    p.add_argument("--plot-only", metavar="JSON", help="redraw the plot of a saved run, measure nothing")
     args = p.parse_args()
     if args.plot_only:
         with open(args.plot_only) as f:
