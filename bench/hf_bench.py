@@ -247,7 +247,7 @@ def _wall_us(fn, calls):
     return (time.perf_counter() - t0) / calls * 1e6
 
 
-def attention_host_us(model, calls=200):
+def attention_host_us(model, calls=200, rounds_n=7):
     """One patched attention's decode call at batch 1, split into its parts
     (mean wall time of `calls`, one sync at the end; the kernels are
     microseconds, so these are host times when they exceed them):
@@ -256,6 +256,7 @@ def attention_host_us(model, calls=200):
                 pass-through of q (what transformers' modules and RoPE cost)
       ours      call - hf_parts: what Liquid Memory adds to the layer
       core      the core's decode call alone on fixed q, k, v, state
+    call and hf_parts are medians of rounds_n rounds, the two alternating.
     The issue's "our own host overhead <= 30 us per layer" is `ours`."""
     attn = model.model.layers[0].self_attn
     cache = lmhf.LiquidMemoryCache(model)
@@ -269,14 +270,21 @@ def attention_host_us(model, calls=200):
 
     with torch.no_grad():
         call()  # the cache's first token: a prefill
-    res = {"call": _wall_us(call, calls)}
     real = lmhf._linear_attention
-    lmhf._linear_attention = lambda q, k, v, mask, state, opts: q
+    skip_core = lambda q, k, v, mask, state, opts: q  # noqa: E731
+    # "ours" is the difference of two ~300 us times: rounds of each in
+    # alternation, medians, so that drift (clocks, caches) hits both alike.
+    rounds = {"call": [], "hf_parts": []}
     try:
-        res["hf_parts"] = _wall_us(call, calls)
+        for _ in range(rounds_n):
+            for name, fn in (("call", real), ("hf_parts", skip_core)):
+                lmhf._linear_attention = fn
+                rounds[name].append(_wall_us(call, calls))
     finally:
         lmhf._linear_attention = real
+    res = {name: sorted(v)[len(v) // 2] for name, v in rounds.items()}
     res["ours"] = res["call"] - res["hf_parts"]
+    res["rounds"] = rounds
     state = cache.layers[0]
     Hq, Hkv = attn.num_heads, attn.num_kv_heads
     q = torch.randn(1, 1, Hq, D, device="cuda", dtype=torch.bfloat16)
