@@ -3,7 +3,9 @@
  * (docs/DESIGN.md §9.3), and the launcher of every hybrid prefill pass.
  *
  * body (rows >= W + sh of a call, where every window key is a row of the call
- * or a sink): one CTA of 4 warps per (batch row, query head, qb query rows),
+ * or a sink; bf16 calls of 16-byte rows and head dims 64 or 128 run
+ * hybrid_body.cu's register-resident body instead where its shared memory
+ * fits, unless LM_HYBRID_BODY=wmma): one CTA of 4 warps per (batch row, query head, qb query rows),
  * in passes over the CTA's key list (the sinks below its window, then the
  * positions (t_first - W, t_last]):
  *   A  z of each row: the chunk's z from the scan plus phi(k) of the delayed
@@ -44,6 +46,7 @@ using lmk::HSrc;
 using lmk::hkey;
 using lmk::hload;
 using lmk::hsrc;
+using lmk::rows16;
 using lmk::hstore;
 using lmk::hval;
 using lmk::phi_precise;
@@ -99,14 +102,6 @@ __device__ __forceinline__ void put_split(bf16 *hi, bf16 *lo, int64_t i, float x
     hi[i] = h;
     if (split)
         lo[i] = __float2bfloat16_rn(x - __bfloat162float(h));
-}
-
-/* Whether rows of D elements of x (strides st, in elements) can move as 16-byte
- * pieces: unit column stride, D and the other strides multiples of 8, x
- * 16-byte aligned (bf16: 8 values a piece). */
-__device__ __forceinline__ bool rows16(const void *x, const int64_t *st, int D)
-{
-    return st[3] == 1 && D % 8 == 0 && (st[0] | st[1] | st[2]) % 8 == 0 && (uintptr_t)x % 16 == 0;
 }
 
 typedef wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> FragA;
@@ -189,27 +184,11 @@ __global__ void __launch_bounds__(THREADS, 2) body_kernel(const __grid_constant_
      * in rounds); rows from the state's slots (fp32) and absent rows as there. */
     const bool fast = !split && rows16(p.k, p.sk, p.Dk) && rows16(p.v, p.sv, p.Dv);
     auto load_tile_fast = [&](int kt0, bool values) {
-        const int D = values ? p.Dv : p.Dk, per = (values ? l.dvp : l.dkp) / 8;
-        const bf16 *src = (const bf16 *)(values ? p.v : p.k);
-        const int64_t *st = values ? p.sv : p.sk;
+        const int per = (values ? l.dvp : l.dkp) / 8;
         for (int x = threadIdx.x; x < KT * per; x += THREADS) {
             const int rr = x / per, pc = x % per, kx = kt0 + rr;
-            bf16 *dst = Th + (int64_t)rr * l.kp + pc * 8;
-            const int64_t j = kx < nk ? position(kx) : p.P0;
-            if (kx < nk && j < p.P0) { /* a slot of the state */
-                const HSrc r = hsrc(p, b, hk, j);
-#pragma unroll
-                for (int w = 0; w < 8; w++) {
-                    const int d = pc * 8 + w;
-                    dst[w] = __float2bfloat16_rn(r.present && d < D ? (values ? hval(p, r, b, hk, d) : hkey(p, r, b, hk, d)) : 0.0f);
-                }
-                if (!values && pc == 0)
-                    pres[kx] = r.present;
-                continue;
-            }
-            const bool present = kx < nk && !(p.mask && p.mask[b * p.mask_s[0] + (j - p.P0) * p.mask_s[1]]);
-            const bool ok = present && pc * 8 < D;
-            lmk::cp_async16(dst, ok ? src + b * st[0] + (j - p.P0) * st[1] + hk * st[2] + pc * 8 : src, ok ? 16 : 0);
+            const bool present =
+                lmk::hybrid_piece16(p, b, hk, kx < nk ? position(kx) : -1, values, pc, Th + (int64_t)rr * l.kp + pc * 8);
             if (!values && pc == 0 && kx < l.nkp)
                 pres[kx] = present;
         }
@@ -264,47 +243,10 @@ __global__ void __launch_bounds__(THREADS, 2) body_kernel(const __grid_constant_
         }
 
     /* A: den = phi(q) . z, z = the chunk's scan value + the delayed keys up to the row. */
-    {
-        const int64_t a = ra - W - p.sh, nch = (p.L - W - p.sh + LMK_CHUNK - 1) / LMK_CHUNK;
-        const int64_t c = a / LMK_CHUNK, bh = (int64_t)b * p.Hkv + hk;
-        float *Z = Lg;
-        /* A thread per column d walks up to 64 + qb keys in order (a running
-         * sum), RA keys' loads issued before they are added. */
-        constexpr int RA = 32;
-        const int64_t j1 = a + nr;
-        for (int d = threadIdx.x; d < p.Dk; d += THREADS) {
-            float acc = p.zc[(bh * nch + c) * p.Dk + d];
-            for (int64_t j0 = c * LMK_CHUNK; j0 < j1; j0 += RA) {
-                float kx[RA];
-                bool in[RA];
-#pragma unroll
-                for (int u = 0; u < RA; u++) {
-                    const int64_t r = p.sh + j0 + u;
-                    in[u] = j0 + u < j1 && !(p.mask && p.mask[b * p.mask_s[0] + r * p.mask_s[1]]);
-                    kx[u] = in[u] ? hload(p.k, p.dtype, b * p.sk[0] + r * p.sk[1] + hk * p.sk[2] + d * p.sk[3]) : 0.0f;
-                }
-#pragma unroll
-                for (int u = 0; u < RA; u++) {
-                    const int64_t jj = j0 + u;
-                    if (in[u])
-                        acc += phi_precise(kx[u], p.feature_map);
-                    if (jj >= a && jj < j1)
-                        Z[(jj - a) * l.dkp + d] = acc;
-                }
-            }
-        }
-        __syncthreads();
-        for (int i = warp; i < nr; i += THREADS / 32) {
-            float s = 0.0f;
-            for (int d = lane; d < p.Dk; d += 32)
-                s += phi_precise(split ? hload(p.q, p.dtype, b * p.sq[0] + (ra + i) * p.sq[1] + h * p.sq[2] + d * p.sq[3])
-                                       : __bfloat162float(Qh[i * l.qp + d]), /* bf16 q: Qh is exact */
-                                 p.feature_map) * Z[i * l.dkp + d];
-            s = lmk::warp_sum(s);
-            if (lane == 0)
-                den[i] = s;
-        }
-    }
+    lmk::hybrid_den(p, b, h, hk, ra, nr, Lg, l.dkp, den, [&](int i, int d) {
+        return split ? hload(p.q, p.dtype, b * p.sq[0] + (ra + i) * p.sq[1] + h * p.sq[2] + d * p.sq[3])
+                     : __bfloat162float(Qh[i * l.qp + d]); /* bf16 q: Qh is exact */
+    });
 
     /* C: logits (the first tile's barrier also ends A's use of Lg). */
     over_blocks(false, [&](int kt0, int kb) {
@@ -395,32 +337,9 @@ __global__ void __launch_bounds__(THREADS, 2) body_kernel(const __grid_constant_
             if (16 * cb < l.dvp)
                 wmma::store_matrix_sync(O + warp * 16 * l.op + 16 * cb, acc[cb], l.op, wmma::mem_row_major);
     __syncthreads();
-    if (vec) { /* 8 values a load and store, a thread's loads issued first; one
-                * reciprocal per value instead of the division below (last-bit
-                * differences, measured: bench/NOTES.md, round 3) */
-        bf16 *og = (bf16 *)p.out + b * p.so[0] + ra * p.so[1] + h * p.so[2];
-        const int per = p.Dv / 8, n8 = nr * per;
-        for (int x0 = threadIdx.x; x0 < n8; x0 += 4 * THREADS) {
-            uint4 r[4];
-#pragma unroll
-            for (int u = 0; u < 4; u++) {
-                const int x = x0 + u * THREADS;
-                r[u] = x < n8 ? *(const uint4 *)(og + (x / per) * p.so[1] + x % per * 8) : make_uint4(0, 0, 0, 0);
-            }
-#pragma unroll
-            for (int u = 0; u < 4; u++) {
-                const int x = x0 + u * THREADS, i = x / per, e = x % per * 8;
-                if (x >= n8)
-                    continue;
-                const float inv = 1.0f / (den[i] + lsum[i] + p.eps);
-                bf16 *h8 = (bf16 *)&r[u];
-#pragma unroll
-                for (int w = 0; w < 8; w++)
-                    h8[w] = __float2bfloat16_rn((__bfloat162float(h8[w]) + O[i * l.op + e + w]) * inv);
-                *(uint4 *)(og + i * p.so[1] + e) = r[u];
-            }
-        }
-    } else
+    if (vec) /* 8 values a load and store */
+        lmk::hybrid_out_vec(p, b, h, ra, nr, O, l.op, den, lsum);
+    else
         for (int x = threadIdx.x; x < nr * p.Dv; x += THREADS) {
             const int i = x / p.Dv, e = x % p.Dv;
             const int64_t oi = b * p.so[0] + (ra + i) * p.so[1] + h * p.so[2] + e * p.so[3];
@@ -563,8 +482,11 @@ extern "C" lm_status lmk_hybrid_launch(const lmk_hybrid *p, lmk_hybrid_kind kind
         LMI_CUDA_TRY(cudaGetLastError());
         return LM_OK;
     }
+    const size_t optin = (size_t)optin_smem();
+    if (lmk::hybrid_body_takes(*p, optin)) /* registers (hybrid_body.cu) */
+        return lmk::hybrid_body_launch(*p, s);
     lmk_hybrid q = *p;
-    q.qb = body_rows(p, (size_t)optin_smem());
+    q.qb = body_rows(p, optin);
     const size_t smem = lmk_hybrid_body_smem(&q, q.qb);
     const int dvp = (p->Dv + 15) / 16 * 16;
     if (dvp <= 64)

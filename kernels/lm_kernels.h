@@ -316,6 +316,9 @@ typedef struct lmk_hybrid {
     const float *zc;        /* body: z before each of those chunks (lmk_chunk_scan_launch) */
     int qb;                 /* body: query rows per CTA, 16, 32 or 64 (set by the launcher) */
     float eps, scale;       /* scale: the softmax scale */
+    int body_wmma;          /* host: the body stays on the WMMA kernel (hybrid_window.cu) even
+                               where the register one (hybrid_body.cu) would take it
+                               (LM_HYBRID_BODY=wmma) */
     float gamma[LMK_MAX_HYBRID_HEADS]; /* sigmoid(g_h) per query head */
 } lmk_hybrid;
 

@@ -49,6 +49,32 @@ __device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], const void *p)
                  : "r"(smem_addr(p)));
 }
 
+/* Tile loads for m16n8k16 (bf16 tiles in shared memory, `pitch` elements a
+ * row, rows 16-byte aligned), in the fragment layouts above.
+ * The A fragment of the 16x16 tile at `tile` (row-major: rows = m, columns = k). */
+__device__ __forceinline__ void ldsm_a16(uint32_t (&a)[4], const __nv_bfloat16 *tile, int pitch)
+{
+    const int l = threadIdx.x & 31;
+    ldsm_x4(a, tile + (l & 15) * pitch + (l >> 4) * 8);
+}
+
+/* The B fragments of a k16 x n16 pair (two n8 tiles: b[0], b[1] of columns
+ * n..n+7, b[2], b[3] of n+8..n+15) from a tile stored n-major (row n holds
+ * its 16 k: the keys of Q K^T). */
+__device__ __forceinline__ void ldsm_b16_nmajor(uint32_t (&b)[4], const __nv_bfloat16 *tile, int pitch)
+{
+    const int l = threadIdx.x & 31;
+    ldsm_x4(b, tile + ((l & 7) + (l >> 4) * 8) * pitch + ((l >> 3) & 1) * 8);
+}
+
+/* The same pair from a tile stored k-major (row k holds its 16 n: the values
+ * of P V), through the transposing load. */
+__device__ __forceinline__ void ldsm_b16_kmajor(uint32_t (&b)[4], const __nv_bfloat16 *tile, int pitch)
+{
+    const int l = threadIdx.x & 31;
+    ldsm_x4_t(b, tile + ((l & 7) + ((l >> 3) & 1) * 8) * pitch + (l >> 4) * 8);
+}
+
 /* 16 bytes global -> shared, asynchronously; src_bytes 0 writes zeros. */
 __device__ __forceinline__ void cp_async16(void *dst, const void *src, int src_bytes)
 {
@@ -152,6 +178,18 @@ __device__ __forceinline__ void split_pack(float x0, float x1, uint32_t &hi, uin
     __nv_bfloat162 h = __halves2bfloat162(h0, h1), l = __halves2bfloat162(l0, l1);
     hi = *reinterpret_cast<uint32_t *>(&h);
     lo = *reinterpret_cast<uint32_t *>(&l);
+}
+
+/* The A fragment (as bf16 hi + lo, split_pack) of the 16x16 tile that two
+ * n8 accumulators c0 (columns 0-7) and c1 (8-15) of m16n8k16 hold: a product's
+ * result as the next product's A operand (P V after S = Q K^T). */
+__device__ __forceinline__ void c_to_a_split(const float (&c0)[4], const float (&c1)[4], uint32_t (&hi)[4],
+                                             uint32_t (&lo)[4])
+{
+    split_pack(c0[0], c0[1], hi[0], lo[0]);
+    split_pack(c0[2], c0[3], hi[1], lo[1]);
+    split_pack(c1[0], c1[1], hi[2], lo[2]);
+    split_pack(c1[2], c1[3], hi[3], lo[3]);
 }
 
 /* ---- Hopper (sm_90a): warpgroup MMA on shared-memory tiles ----

@@ -13,8 +13,10 @@
  *             W + sh .., keys and values rows sh .. L - W - 1, unnormalised with
  *             scale 1, from the folded state (its final state is the new S, z):
  *             it writes each body row's linear numerator into out; no copy;
- *   5. body   rows [W + sh, L): the window softmax (WMMA), the denominator from
- *             step 3, combined with the numerator in out;
+ *   5. body   rows [W + sh, L): the window softmax, the denominator from
+ *             step 3, combined with the numerator in out (bf16 with head dims
+ *             64 or 128: registers, kernels/hybrid_body.cu; the rest, and every
+ *             call while LM_HYBRID_BODY=wmma: WMMA, kernels/hybrid_window.cu);
  *   6. ring   the call's tokens into the window slots.
  * Without a state, steps 2 and 6 do not run and the head rows have no linear
  * part. Scratch (the chunk sums and their scan) is stream-ordered.
@@ -22,6 +24,7 @@
 #include "cuda_impl.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 static void gates(const lmi_core_params *p, float *gamma)
@@ -52,6 +55,15 @@ static lm_status check(const lmi_core_params *p)
     return LM_OK;
 }
 
+/* LM_HYBRID_BODY=wmma keeps the body on the WMMA kernel. Read at every
+ * prefill (a scan of the environment, next to seven launches), not once per
+ * process: the GPU suite runs the same cases through both bodies. */
+static int body_wmma(void)
+{
+    const char *e = getenv("LM_HYBRID_BODY");
+    return e && strcmp(e, "wmma") == 0;
+}
+
 /* A prefill's kernel parameters *k and linear call *c (its body rows over
  * the delayed keys, when *nb_out > 0), checked: everything refused is
  * refused here, before any pass changes the state. */
@@ -75,6 +87,7 @@ static lm_status plan(const lmi_core_params *p, lmk_hybrid *k, lmi_core_params *
     k->S = p->state, k->z = p->normalizer;
     k->win_k = p->win_k, k->win_v = p->win_v, k->win_pos = p->win_pos;
     k->eps = p->eps, k->scale = p->scale;
+    k->body_wmma = body_wmma();
     gates(p, k->gamma);
 
     const int64_t nb = *nb_out = L - W - sh; /* body rows, and delayed keys */
