@@ -7,7 +7,8 @@
  * decode steps == one prefill, one decode step
  * captured in a CUDA graph and replayed (positions come from the device
  * state), a refused call changing nothing, bit-identical reruns, and the
- * module (CPU vs CUDA handles).
+ * module (CPU vs CUDA handles); both window bodies (registers, and WMMA
+ * under LM_HYBRID_BODY=wmma) on the same bf16 cases.
  *
  * Bounds against float64: the outputs gpu_dev.hybrid_out_bound's (gpu_util.c
  * says why), the final state state_bound (bf16: phi(k) rounded for the
@@ -222,6 +223,46 @@ START_TEST(test_hybrid_split_and_decode)
 }
 END_TEST
 
+/* Both window bodies on the same bf16 cases: the register one
+ * (kernels/hybrid_body.cu: bf16, 16-byte rows, head dims 64 or 128; the tests
+ * above reach it by default) and the WMMA one it replaced, which
+ * LM_HYBRID_BODY=wmma selects (read at every prefill). Head dims 64, 128 and
+ * mixed, GQA, masks, several chunks of 64 rows with a ragged last one, and
+ * split prefills whose sinks and window are in the state. Same bounds as
+ * above (hybrid_out_bound). */
+START_TEST(test_hybrid_both_bodies)
+{
+    static const int64_t dims[][4] = { { 4, 2, 64, 64 }, { 8, 2, 128, 128 }, { 4, 1, 128, 64 }, { 2, 2, 64, 128 } };
+    const char *was = getenv("LM_HYBRID_BODY");
+    char *saved = was ? strdup(was) : NULL;
+    for (int body = 0; body < 2; body++) {
+        if (body)
+            setenv("LM_HYBRID_BODY", "wmma", 1);
+        else
+            unsetenv("LM_HYBRID_BODY");
+        ref_seed(307);
+        for (int i = 0; i < (gpu_small ? 2 : 4); i++) {
+            hcase c = base_case();
+            c.Hq = dims[i][0], c.Hkv = dims[i][1], c.Dk = dims[i][2], c.Dv = dims[i][3];
+            c.L = 1000, c.mask = i % 2 == 0, c.W = i < 2 ? 64 : 100, c.s = i < 2 ? 4 : 5;
+            check_case(&c);
+        }
+        hcase c = base_case();
+        c.L = 260, c.mask = 1, c.Hq = 8, c.Hkv = 2, c.Dk = c.Dv = 128;
+        hprob p;
+        hprob_init(&p, hybrid_gpu(), &c);
+        hybrid_case_splits(&p);
+        hprob_free(&p);
+    }
+    if (saved)
+        setenv("LM_HYBRID_BODY", saved, 1);
+    else
+        unsetenv("LM_HYBRID_BODY");
+    free(saved);
+    gpu_end_test();
+}
+END_TEST
+
 /* A window too wide for shared memory is refused before anything changes. */
 START_TEST(test_hybrid_refused)
 {
@@ -370,6 +411,7 @@ Suite *gpu_hybrid_suite(void)
     tcase_add_test(tc, test_hybrid_gate_exp);
     tcase_add_test(tc, test_hybrid_shapes_dtypes);
     tcase_add_test(tc, test_hybrid_split_and_decode);
+    tcase_add_test(tc, test_hybrid_both_bodies);
     tcase_add_test(tc, test_hybrid_refused);
     tcase_add_test(tc, test_hybrid_deterministic);
     tcase_add_test(tc, test_hybrid_module);
