@@ -234,6 +234,18 @@ def decode(q, k, v, st, window, sinks, gate_values, opts, gate_form=C["LM_GATE_S
 # The differentiable composition (from an empty state)
 # --------------------------------------------------------------------------
 
+def _block_pairs(x, T, dim):
+    """x, (nb + 1) T long along dim, as nb windows of 2T there: window i is
+    blocks i and i + 1 of T. What x.unfold(dim, 2T, T) gives (moved to the
+    window's place), without unfold's backward: an overlapping scatter-add,
+    which torch.compile's inductor ran on several CPU threads with wrong
+    gradients and then a crash (torch 2.11, bench/NOTES.md); a cat's backward
+    is two slices."""
+    n = x.shape[dim] // T
+    blocks = x.reshape(x.shape[:dim] + (n, T) + x.shape[dim + 1:])
+    return torch.cat([blocks.narrow(dim, 0, n - 1), blocks.narrow(dim, 1, n - 1)], dim + 1)
+
+
 def _window_part(q, k, v, mask, window, sinks, gamma, scale):
     """The window's sums, differentiable: num [B, L, Hq, Dv] = sum_Win a_j v_j and
     den [B, L, Hq] = sum_Win a_j (fp32), with a_j = gamma exp(scale q.k - max).
@@ -254,9 +266,9 @@ def _window_part(q, k, v, mask, window, sinks, gamma, scale):
 
     # Band: keys of positions [(i-1) T, (i+1) T) for query block i.
     qb = F.pad(qh, (0, 0, 0, Lp - L)).reshape(B, Hkv, G, nb, T, Dk)
-    kb = F.pad(kh, (0, 0, T, Lp - L)).unfold(2, 2 * T, T).transpose(-1, -2)  # [B, Hkv, nb, 2T, Dk]
-    vb = F.pad(vh, (0, 0, T, Lp - L)).unfold(2, 2 * T, T).transpose(-1, -2)
-    kp = F.pad(keep, (T, Lp - L)).unfold(1, 2 * T, T)                       # [B, nb, 2T]
+    kb = _block_pairs(F.pad(kh, (0, 0, T, Lp - L)), T, 2)  # [B, Hkv, nb, 2T, Dk]
+    vb = _block_pairs(F.pad(vh, (0, 0, T, Lp - L)), T, 2)
+    kp = _block_pairs(F.pad(keep, (T, Lp - L)), T, 1)      # [B, nb, 2T]
     t = torch.arange(Lp, device=dev).view(nb, T, 1)
     p = (torch.arange(nb, device=dev).view(nb, 1, 1) - 1) * T + torch.arange(2 * T, device=dev)
     band = (p <= t) & (p > t - window) & (p >= 0)                           # [nb, T, 2T]
