@@ -35,6 +35,20 @@ def _poison(monkeypatch):
 
 
 @pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    """Each test compiles from a clean slate: dynamo's caches are per code
+    object (LiquidMemory.forward), so the modules of earlier tests, each of
+    another configuration, would count against its recompile limit (8), and
+    fullgraph=True turns hitting it into a failure that is no test's fault
+    (torch 2.11 on the GPU machine: test_compile after test_hybrid in one
+    process). torch < 2.0 has no dynamo: nothing to reset."""
+    dynamo = getattr(torch, "_dynamo", None)
+    if dynamo is not None:
+        dynamo.reset()
+    yield
+
+
+@pytest.fixture(autouse=True)
 def _quiet_license(recwarn):
     """Evaluation-mode notices are expected in tests; they are tested apart."""
     import warnings
