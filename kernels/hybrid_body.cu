@@ -30,6 +30,10 @@
  * get zero weights (the max's -inf guarded: no NaN). The accumulator goes
  * through shared memory (the key and value area) to the output pass
  * (hybrid.cuh), which adds the linear numerator from out and divides.
+ * Measured (H100, 32 heads of 128, W = 64, s = 4, bf16, the same call as the
+ * WMMA body): 128K prefill 26.9 ms (WMMA body 38.7), 32K 7.0 ms (10.4), the
+ * error vs float64 unchanged; predicted 7.5-8.5 ms at 128K: what holds a CTA
+ * (~80 us for ~10 us of counted work) is for a profile (bench/NOTES.md).
  */
 #include "hybrid.cuh"
 #include "mma.cuh"
