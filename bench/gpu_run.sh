@@ -168,6 +168,7 @@ for p in $PHASES; do
         # Every kernel of one 32K hybrid prefill and of one decode step (hybrid_bench.py
         # --profile): ncu's sections as text, then per SASS instruction the stall samples
         # of the window pass's body and of the decode (the report stays out of $OUT).
+        # LM_HYBRID_BODY=wmma profiles the previous body instead of hybrid_body.cu's.
         export LM_LIB_PATH="$PWD/$B/lib/libliquidmemory.so" PYTHONPATH="$PWD/bindings/python"
         phase hprofile 200 "$OUT/hprofile.log" ncu --clock-control none --profile-from-start off \
             --import-source yes -f -o /tmp/hybrid \
@@ -175,7 +176,8 @@ for p in $PHASES; do
             --section SchedulerStats --section MemoryWorkloadAnalysis --section SourceCounters \
             python3 bench/hybrid_bench.py --out /dev/null --profile "${LM_PROFILE_L:-32768}"
         ncu -i /tmp/hybrid.ncu-rep --page details >> "$OUT/hprofile.log" 2>&1
-        for kern in body_kernel hdecode_kernel; do
+        # "body": whichever window body ran (body_v3_kernel, or body_kernel under LM_HYBRID_BODY=wmma)
+        for kern in body hdecode_kernel; do
             ncu -i /tmp/hybrid.ncu-rep -k "regex:$kern" --page source --csv --print-source cuda,sass \
                 > "$OUT/source-$kern.csv" 2>> "$OUT/hprofile.log"
             gzip -f "$OUT/source-$kern.csv"
