@@ -7,9 +7,8 @@ layers, 32 heads, 8 kv heads of 64, MLP 8192, vocab 128256, tied head).
 Methods, same weights:
   lm            liquid_memory.hf.patch(model), its recurrent-state cache, eager
   lm_graph      the same decode step replayed from a CUDA graph
-  lm_hybrid     patch(model, attention="hybrid") (window 64, sinks 4), eager;
-  lm_hybrid_graph  its decode step from a CUDA graph (prefill and batch-1
-                decode only: the largest-batch replication copies linear states)
+  lm_hybrid     patch(model, attention="hybrid") (window 64, sinks 4), eager
+  lm_hybrid_graph  its decode step from a CUDA graph
   hf_sdpa       transformers' SDPA attention with its DynamicCache, eager
   hf_static     transformers' StaticCache + torch.compile(mode="reduce-overhead")
                 (decode only: its prefill is not what it is for)
@@ -196,9 +195,10 @@ def max_batch_decode(model, method, cache, context, steps, budget, graph, lm_bat
     """Largest batch that fits (from the batch-1 cache replicated), aggregate
     tokens/s. Ours starts at lm_batch: its state (2.1 MB a sequence) would
     fit tens of thousands, but a step is compute-bound well before."""
-    per_seq = cache.nbytes() if method == "lm" else hf_cache_bytes(cache)
+    ours = method.startswith("lm")
+    per_seq = cache.nbytes() if ours else hf_cache_bytes(cache)
     free = torch.cuda.mem_get_info()[0]
-    if method == "lm":
+    if ours:
         B = lm_batch
     else:  # what the free memory holds, with room for a step's copy of one layer
         B = max(1, int((free - (4 << 30)) / (per_seq * 1.1)))
@@ -207,10 +207,12 @@ def max_batch_decode(model, method, cache, context, steps, budget, graph, lm_bat
             return None, "time budget"
         try:
             big = new_cache(model, method)
-            if method == "lm":
+            if ours:  # the state (and the hybrid's window) of every layer, B times
                 for src, dst in zip(cache.layers, big.layers):
-                    dst.absorb(src.S.repeat_interleave(B, 0), src.z.repeat_interleave(B, 0),
-                               src.seen)
+                    rep = [t.repeat_interleave(B, 0) for t in
+                           (src.S, src.z, src.window_keys, src.window_values, src.window_pos)
+                           if t is not None]
+                    dst.absorb(rep[0], rep[1], src.seen, window=tuple(rep[2:]))
             else:
                 big = _repeat_dynamic(cache, B, model)
             fn = graphed_decode if graph else decode_steps
@@ -221,7 +223,7 @@ def max_batch_decode(model, method, cache, context, steps, budget, graph, lm_bat
         except torch.cuda.OutOfMemoryError:
             big = None
             free_memory()
-            B = B // 2 if method == "lm" else B * 3 // 4
+            B = B // 2 if ours else B * 3 // 4
     return None, "batch 1 does not fit"
 
 
@@ -407,14 +409,8 @@ def measure_context(model, method, context, steps, budget, args, record, skip):
     if method.startswith("lm"):
         g = graphed_decode(model, cache, 1, steps, context + steps + 1)
         record(method=method + "_graph", what="decode_b1", context=context, ms_per_token=g * 1e3)
-    if method == "lm_hybrid":
-        skip("lm_hybrid decode_max %d" % context, "not measured: the largest-batch replication "
-             "(absorb) copies linear states only")
-        del cache
-        free_memory()
-        return
-    for graph in ((False, True) if method == "lm" else (False,)):
-        name = "lm_graph" if graph else method
+    for graph in ((False, True) if method.startswith("lm") else (False,)):
+        name = method + "_graph" if graph else method
         mb, why = max_batch_decode(model, method, cache, context, steps, budget, graph,
                                    args.lm_batch)
         if mb is None:
