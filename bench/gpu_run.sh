@@ -42,6 +42,8 @@
 #                                     hybrid (hybrid attention, issue #16: its GPU suite, its pytest
 #                                     file, bench/hybrid_bench.py into hybrid.json), hybrid-sanitize
 #                                     (memcheck, racecheck, synccheck on its reduced grid),
+#                                     hybrid-ab (hybrid_bench.py by default and under each VAR=value
+#                                     of LM_HYBRID_AB, e.g. "LM_HYBRID_BODY=wmma LM_HYBRID_DEN=passA"),
 #                                     evict (bench/eviction_bench.py --part lm on CUDA, <= 6 min:
 #                                     needs build/corpus/tinyshakespeare.txt carried, or
 #                                     LM_CORPUS=path; packed in evict.tgz),
@@ -272,6 +274,19 @@ for L in (8192, 32768):  # B = 1, 32 heads of 128, bf16, causal, elu+1, normalis
         phase hybrid-bench 180 "$OUT/hybrid.log" python3 bench/hybrid_bench.py --out "$OUT/hybrid.json" \
             --commit "$COMMIT" ;;
     hybrid-sanitize) sanitize_suite hybrid gpu_hybrid 170 ;;
+    hybrid-ab)
+        # bench/hybrid_bench.py with the defaults, then once per space-separated VAR=value of
+        # LM_HYBRID_AB (default: LM_HYBRID_BODY=wmma), same warm GPU: hybrid-ab-<n>.json
+        export LM_LIB_PATH="$PWD/$B/lib/libliquidmemory.so" PYTHONPATH="$PWD/bindings/python"
+        phase hybrid-ab-default 120 "$OUT/hybrid-ab.log" python3 bench/hybrid_bench.py \
+            --out "$OUT/hybrid-ab-default.json" --commit "$COMMIT"
+        n=0
+        for setting in ${LM_HYBRID_AB:-LM_HYBRID_BODY=wmma}; do
+            n=$((n + 1))
+            echo "==== $setting" >> "$OUT/hybrid-ab.log"
+            phase "hybrid-ab-$n" 120 "$OUT/hybrid-ab.log" env "$setting" python3 bench/hybrid_bench.py \
+                --out "$OUT/hybrid-ab-$n.json" --commit "$COMMIT ($setting)"
+        done ;;
     train-bench)
         mkdir -p "$OUT/train-bench"
         export LM_LIB_PATH="$PWD/$B/lib/libliquidmemory.so" PYTHONPATH="$PWD/bindings/python"
