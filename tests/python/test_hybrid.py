@@ -85,6 +85,29 @@ def test_c_path_against_float64(W, s, form):
                "C path W %d s %d L %d %s" % (W, s, L, form))
 
 
+@pytest.mark.parametrize("T,L", [(1, 7), (3, 10), (5, 5), (8, 40), (64, 300)])
+def test_block_pairs_are_unfold_windows_with_a_slice_backward(T, L):
+    """The composition's key/value bands (hybrid._block_pairs) are exactly
+    unfold(dim, 2T, T)'s windows, values and masks alike, and their backward
+    sums each position's two appearances as unfold's does (the composition
+    dropped unfold for its scatter-add backward: docs/DESIGN.md 9.5)."""
+    from liquid_memory.hybrid import _block_pairs
+    nb = -(-L // T)
+    pad = (0, 0, T, nb * T - L)
+    torch.manual_seed(T * 1000 + L)
+    x = torch.randn(2, 3, L, 4, dtype=torch.float64, requires_grad=True)
+    want = torch.nn.functional.pad(x, pad).unfold(2, 2 * T, T).transpose(-1, -2)
+    got = _block_pairs(torch.nn.functional.pad(x, pad), T, 2)
+    assert got.shape == (2, 3, nb, 2 * T, 4) and torch.equal(got, want)
+    g = torch.randn(got.shape, dtype=torch.float64)
+    (gw,) = torch.autograd.grad(want, x, g)
+    (gg,) = torch.autograd.grad(got, x, g)
+    assert torch.allclose(gg, gw, rtol=0, atol=1e-12)
+    keep = torch.rand(2, L) < 0.5
+    kpad = torch.nn.functional.pad(keep, (T, nb * T - L))
+    assert torch.equal(_block_pairs(kpad, T, 1), kpad.unfold(1, 2 * T, T))
+
+
 @pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("W,s", WINDOWS)
 def test_composition_and_gradients_against_float64(W, s, form):
