@@ -150,7 +150,7 @@ void atcall_init(atcall *k, const atprob *p, const atrun *r, int64_t t0, int64_t
     k->a.precision = c->precision;
 }
 
-void attend_run(const atprob *p, atrun *r, const int64_t *cuts, int n)
+void attend_run(const atprob *p, atrun *r, const int64_t *cuts, int n, int64_t end)
 {
     atrun_reset(r, p);
     atcall k;
@@ -160,7 +160,7 @@ void attend_run(const atprob *p, atrun *r, const int64_t *cuts, int n)
         ck_assert_msg(lm_linear_attn_prefill(&k.a, NULL) == LM_OK, "prefill [%lld, %lld) on device %d: %s",
                       (long long)t0, (long long)cuts[i], (int)r->dev->device, lm_last_error());
     }
-    for (int64_t t = t0; t < p->c.L; t++) {
+    for (int64_t t = t0; t < end; t++) {
         atcall_init(&k, p, r, t, 1);
         ck_assert_msg(lm_linear_attn_decode(&k.a, NULL) == LM_OK, "decode at %lld on device %d: %s",
                       (long long)t, (int)r->dev->device, lm_last_error());
@@ -222,7 +222,7 @@ static void check_parts(const attend_env *e, const atcase *c, const int64_t *cut
     atprob_init(&p, e->dev, c);
     atrun r;
     atrun_new(&r, &p, e->dev);
-    attend_run(&p, &r, cuts, n);
+    attend_run(&p, &r, cuts, n, c->L);
     const double err = attend_check(&p, &r, what);
     atrun_free(&r);
     if (n == 1 && cuts[0] == c->L && e->also)

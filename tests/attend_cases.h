@@ -66,8 +66,9 @@ typedef struct atcall {
 void atcall_init(atcall *k, const atprob *p, const atrun *r, int64_t t0, int64_t n);
 
 /* From r reset: prefills of the parts ending at cuts[0 .. n-1], then a
- * decode step per token from cuts[n-1] (0 when n = 0) to L. */
-void attend_run(const atprob *p, atrun *r, const int64_t *cuts, int n);
+ * decode step per token from cuts[n-1] (0 when n = 0) to end (L: the whole
+ * sequence; cuts[n-1]: no decode steps). */
+void attend_run(const atprob *p, atrun *r, const int64_t *cuts, int n, int64_t end);
 
 /* ||out - want|| / ||want|| of r's outputs (every one written). */
 double attend_out_err(const atprob *p, const atrun *r);
