@@ -5,12 +5,12 @@
  * dtypes, cross-attention, layouts and segments, compensated accumulation,
  * state hand-over, prefill then decode steps) on gpu_dev, outputs
  * NaN-poisoned before each run; and the GPU's own tests: 10 runs
- * bit-identical, decode steps replayed from CUDA graphs (not in the
- * reduced grid: the compute-sanitizer pass runs near its time limit,
- * and had no graphs before either). Bounds are
- * gpu_dev's (gpu_util.h): the outputs out_bound over the output-rounding
- * floor, the state state_bound; and each whole prefill up to 1000 tokens
- * within out_bound of the CPU backend's error on the same problem.
+ * bit-identical, decode steps replayed from CUDA graphs (not in the reduced
+ * grid: the compute-sanitizer pass runs near its time limit and had no
+ * graphs before either). Bounds are gpu_dev's (gpu_util.h): the outputs
+ * out_bound over the output-rounding floor, the state state_bound; and each
+ * whole prefill up to 1000 tokens within out_bound of the CPU backend's
+ * error on the same problem.
  */
 #include "attend_cases.h"
 #include "gpu_util.h"
