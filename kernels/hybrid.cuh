@@ -108,6 +108,13 @@ template <bool MAX> __device__ __forceinline__ float block_reduce(float x, float
     return r;
 }
 
+/* x rounded up to a multiple of 128 (the bodies' shared-memory regions start
+ * 128-byte aligned). */
+__host__ __device__ inline size_t al128(size_t x)
+{
+    return (x + 127) / 128 * 128;
+}
+
 /* Whether rows of D elements of x (strides st, in elements) can move as 16-byte
  * pieces: unit column stride, D and the other strides multiples of 8, x
  * 16-byte aligned (bf16: 8 values a piece). */

@@ -38,6 +38,8 @@
 #include "hybrid.cuh"
 #include "mma.cuh"
 
+#include <type_traits>
+
 namespace {
 
 typedef __nv_bfloat16 bf16;
@@ -49,11 +51,6 @@ constexpr int NB = 4;        /* 16-key blocks per chunk of the online softmax */
 __host__ __device__ constexpr int r16(int64_t x)
 {
     return (int)((x + 15) / 16 * 16);
-}
-
-__host__ __device__ inline size_t al128(size_t x)
-{
-    return (x + 127) / 128 * 128;
 }
 
 /* Shared memory of the kernel, computed alike on host and device: rows of
@@ -70,14 +67,14 @@ template <int DK, int DV> __host__ __device__ inline Layout layout(int64_t W, in
     Layout l;
     l.nrow = r16(s) + r16(W + QB - 1);
     l.q = 0;
-    l.k = al128((size_t)QB * (DK + 8) * 2);
+    l.k = lmk::al128((size_t)QB * (DK + 8) * 2);
     const size_t vb = (size_t)l.nrow * (DV + 8) * 2, zb = (size_t)QB * DK * 4;
-    l.v = al128(l.k + (size_t)l.nrow * (DK + 8) * 2);
+    l.v = lmk::al128(l.k + (size_t)l.nrow * (DK + 8) * 2);
     size_t end = l.v + (vb > zb ? vb : zb);
     const size_t ob = l.k + (size_t)QB * (DV + 8) * 4;
     end = end > ob ? end : ob;
-    l.st = al128(end);
-    l.total = al128(l.st + 2 * (size_t)QB * 4 + (size_t)l.nrow);
+    l.st = lmk::al128(end);
+    l.total = lmk::al128(l.st + 2 * (size_t)QB * 4 + (size_t)l.nrow);
     return l;
 }
 
@@ -302,11 +299,20 @@ bool dim_ok(int d)
     return d == 64 || d == 128;
 }
 
+/* f(Dk, Dv) with the call's head dims (dim_ok) as std::integral_constant: the
+ * one place they become template arguments. */
+template <class F> auto with_dims(const lmk_hybrid &p, F f)
+{
+    using D64 = std::integral_constant<int, 64>;
+    using D128 = std::integral_constant<int, 128>;
+    if (p.Dk == 64)
+        return p.Dv == 64 ? f(D64{}, D64{}) : f(D64{}, D128{});
+    return p.Dv == 64 ? f(D128{}, D64{}) : f(D128{}, D128{});
+}
+
 size_t smem_of(const lmk_hybrid &p)
 {
-    if (p.Dk == 64)
-        return p.Dv == 64 ? layout<64, 64>(p.W, p.s).total : layout<64, 128>(p.W, p.s).total;
-    return p.Dv == 64 ? layout<128, 64>(p.W, p.s).total : layout<128, 128>(p.W, p.s).total;
+    return with_dims(p, [&](auto dk, auto dv) { return layout<decltype(dk)::value, decltype(dv)::value>(p.W, p.s).total; });
 }
 
 } // namespace
@@ -327,9 +333,7 @@ lm_status hybrid_body_launch(const lmk_hybrid &p, cudaStream_t s)
 {
     lmk_hybrid q = p;
     q.qb = QB;
-    if (p.Dk == 64)
-        return p.Dv == 64 ? launch<64, 64>(q, s) : launch<64, 128>(q, s);
-    return p.Dv == 64 ? launch<128, 64>(q, s) : launch<128, 128>(q, s);
+    return with_dims(p, [&](auto dk, auto dv) { return launch<decltype(dk)::value, decltype(dv)::value>(q, s); });
 }
 
 } // namespace lmk

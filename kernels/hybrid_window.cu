@@ -42,6 +42,7 @@
 namespace {
 
 using namespace nvcuda;
+using lmk::al128;
 using lmk::HSrc;
 using lmk::hkey;
 using lmk::hload;
@@ -54,11 +55,6 @@ typedef __nv_bfloat16 bf16;
 
 constexpr int THREADS = 128; /* both kernels: 4 warps */
 constexpr int KT = 64;       /* positions per key / value tile */
-
-__host__ __device__ inline size_t al128(size_t x)
-{
-    return (x + 127) / 128 * 128;
-}
 
 /* The body kernel's shared memory, computed alike on host and device. */
 struct BodyLayout {
