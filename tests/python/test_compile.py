@@ -143,3 +143,31 @@ def test_linear_attention_compiles_fullgraph(device):
         results.append([o, S, z] + list(grads))
     for a, b in zip(*results):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_state_writable_asks_nothing_while_compiling(monkeypatch):
+    """Dynamo cannot trace torch.is_inference_mode_enabled() or Tensor.is_inference()
+    (a graph break: fullgraph=True failed on both calls in the state's store and
+    reset); while compiling, the state-writable test must not make them."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("asked about inference mode while compiling")
+    buf = torch.zeros(3)
+    monkeypatch.setattr(_ops, "compiling", lambda: True)
+    monkeypatch.setattr(torch, "is_inference_mode_enabled", refuse)
+    monkeypatch.setattr(torch.Tensor, "is_inference", refuse)
+    assert _ops.writable(buf)
+
+
+def test_state_from_inference_mode_replaced_outside_it():
+    """Eagerly the question is still asked: a state made under inference_mode()
+    is an inference tensor, written in place inside it and replaced outside it."""
+    m = LiquidMemory(16, 2, batch_first=True)
+    x = torch.randn(2, 9, 16)
+    with torch.inference_mode():
+        m(x, x, x, is_causal=True, need_weights=False)
+        assert m.state_S.is_inference() and _ops.writable(m.state_S)
+    assert not _ops.writable(m.state_S)
+    m(x, x, x, is_causal=True, need_weights=False, keep_state=True)  # replaced, not written in place
+    assert not m.state_S.is_inference() and _ops.writable(m.state_S)
+    m.reset_state()
+    assert m.state_S.abs().sum() == 0

@@ -38,6 +38,18 @@ def _find_is_compiling():
 compiling = _find_is_compiling()
 
 
+def writable(buf):
+    """Whether a state buffer can be written in place: torch refuses in-place
+    writes to an inference tensor outside inference mode. While torch.compile
+    traces, neither question can be asked (dynamo treats both calls as a graph
+    break, which fullgraph=True turns into an error), so a compiled forward
+    writes in place; a state made under torch.inference_mode() is replaced by
+    an eager reset_state() outside it (which asks)."""
+    if compiling():
+        return True
+    return torch.is_inference_mode_enabled() or not buf.is_inference()
+
+
 def _opts(fm, normalize, eps, scale, decay, precision):
     return _core.Options(fm, normalize, eps, scale, decay, precision)
 

@@ -482,18 +482,12 @@ def _module_state(m):
                        m.state_window_pos, m._cursor.position)
 
 
-def _writable(buf):
-    """Whether a state buffer can be written in place (an inference tensor only
-    inside inference mode)."""
-    return torch.is_inference_mode_enabled() or not buf.is_inference()
-
-
 def _store(m, st, batch):
     with torch.no_grad():
         for name, t in zip(("state_S", "state_z") + STATE_BUFFERS, st[:5]):
             buf = getattr(m, name)
             if buf.shape == t.shape and buf.device == t.device and buf.dtype == t.dtype and \
-                    _writable(buf):
+                    _ops.writable(buf):
                 buf.copy_(t)
             else:
                 setattr(m, name, t.detach().clone())
@@ -566,7 +560,7 @@ def module_reset(m):
     with torch.no_grad():
         for name in STATE_BUFFERS:
             buf = getattr(m, name)
-            if _writable(buf):
+            if _ops.writable(buf):
                 buf.zero_()
             else:
                 setattr(m, name, torch.zeros(0, dtype=buf.dtype, device=buf.device))

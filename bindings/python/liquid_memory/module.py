@@ -411,8 +411,7 @@ class LiquidMemory(nn.Module):
         """The state buffers can be written in place (fp32, and not inference
         tensors outside inference mode, which torch refuses to modify)."""
         S = self.state_S
-        return S.dtype == torch.float32 and self.state_z.dtype == torch.float32 and \
-            (torch.is_inference_mode_enabled() or not S.is_inference())
+        return S.dtype == torch.float32 and self.state_z.dtype == torch.float32 and _ops.writable(S)
 
     def _store_state(self, S, z, position, batch):
         with torch.no_grad():
