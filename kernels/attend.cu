@@ -1,7 +1,8 @@
 /*
  * attend.cu - the extern "C" entry of the attention kernels: grid size,
- * shared memory per instance, the alignment test that picks vector loads,
- * and the dtype dispatch.
+ * shared memory per instance, the alignment test that picks vector loads
+ * (and, with lmk_attend_v2_takes, the v2 kernel: lmk_attend_v2_runs), and
+ * the dtype dispatch.
  */
 #include "attend_launch.cuh"
 
@@ -45,6 +46,21 @@ static bool aligned16(const void *base, const int64_t *s, size_t es)
     return (uintptr_t)base % 16 == 0 && s[0] % v == 0 && s[1] % v == 0 && s[2] % v == 0;
 }
 
+/* q, k, v, out of 16-byte rows and head dims of whole 16-byte vectors: v1's
+ * vector loads, and what v2 needs besides lmk_attend_v2_takes. */
+static bool aligned_of(const lmk_attend *k)
+{
+    const size_t es = k->dtype == LM_F32 ? 4 : 2;
+    const int64_t v = (int64_t)(16 / es);
+    return k->Dk % v == 0 && k->Dv % v == 0 && aligned16(k->q, k->sq, es) && aligned16(k->k, k->sk, es) &&
+           aligned16(k->v, k->sv, es) && aligned16(k->out, k->so, es);
+}
+
+extern "C" int lmk_attend_v2_runs(const lmk_attend *p, lmk_kind kind)
+{
+    return p->v2 && aligned_of(p) && lmk_attend_v2_takes(p, kind);
+}
+
 extern "C" lm_status lmk_attend_launch(const lmk_attend *p, lmk_kind kind, void *stream)
 {
     if (p->Dk < 1 || p->Dk > LMK_MAX_DK || p->Dv < 1)
@@ -57,12 +73,12 @@ extern "C" lm_status lmk_attend_launch(const lmk_attend *p, lmk_kind kind, void 
     if (ctas < 1 || ctas > INT32_MAX)
         return lmi_error(LM_ERR_UNSUPPORTED, "cuda: %lld blocks do not fit a grid", (long long)ctas);
     lmk_attend k = *p;
-    const size_t es = k.dtype == LM_F32 ? 4 : 2;
-    const int64_t v = (int64_t)(16 / es);
-    k.aligned = k.Dk % v == 0 && k.Dv % v == 0 && aligned16(k.q, k.sq, es) && aligned16(k.k, k.sk, es) &&
-                aligned16(k.v, k.sv, es) && aligned16(k.out, k.so, es);
-    if (k.v2 && k.aligned && lmk_attend_v2_takes(&k, kind))
+    k.aligned = aligned_of(&k);
+    if (lmk_attend_v2_runs(&k, kind))
         return lmk_attend_v2_launch(&k, kind, stream);
+    if (k.den && kind != LMK_ABSORB) /* only v2's epilogue writes it: a caller's bug */
+        return lmi_error(LM_ERR_INTERNAL, "cuda: a denominator output on a launch v2 does not run "
+                         "(ask lmk_attend_v2_runs first)");
     /* sm_90: the value blocks of a head share q, k loads as a cluster (2, 4, 8). */
     int dev = 0, major = 0;
     LMI_CUDA_TRY(cudaGetDevice(&dev));

@@ -4,7 +4,8 @@
  * runtime dtype, where the key and value of a position live (a row of the
  * call, or a slot of the state's window), block-wide reductions, and the
  * parts both window bodies run alike: a key-list row's 16-byte piece into
- * shared memory, the denominator pass (A) and the output pass.
+ * shared memory, the denominator pass (A: read from the linear call's den,
+ * or walked from the chunk scan) and the output pass.
  */
 #ifndef LM_HYBRID_CUH
 #define LM_HYBRID_CUH
@@ -150,18 +151,25 @@ __device__ __forceinline__ bool hybrid_piece16(const lmk_hybrid &p, int b, int h
 }
 
 /* Pass A of a window body: den[i] = phi(q_i) . z_i for the CTA's rows ra ..
- * ra + nr - 1 (i < nr), z_i = the chunk's z from the scan (zc) plus phi(k)
- * of the delayed keys of its chunk up to row i. Z: nr x zp floats of scratch
- * (zp >= Dk); qv(i, d): element d of row i's query as fp32. A thread per
- * column walks up to 64 + nr keys in order (a running sum), RA keys' loads
- * issued before they are added; then a warp per row. Syncs between the two;
- * the caller syncs before den is read or Z reused. */
+ * ra + nr - 1 (i < nr). Where the linear call's v2 epilogue wrote it (p.den,
+ * src/cuda_hybrid.c), a copy of nr floats. Else z_i = the chunk's z from the
+ * scan (zc) plus phi(k) of the delayed keys of its chunk up to row i. Z: nr x
+ * zp floats of scratch (zp >= Dk); qv(i, d): element d of row i's query as
+ * fp32. A thread per column walks up to 64 + nr keys in order (a running
+ * sum), RA keys' loads issued before they are added; then a warp per row.
+ * Syncs between the two; the caller syncs before den is read or Z reused. */
 template <class QV>
 __device__ __forceinline__ void hybrid_den(const lmk_hybrid &p, int b, int h, int hk, int64_t ra, int nr, float *Z,
                                            int zp, float *den, QV qv)
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    const int64_t a = ra - p.W - p.sh, nch = (p.L - p.W - p.sh + LMK_CHUNK - 1) / LMK_CHUNK;
+    const int64_t a = ra - p.W - p.sh, nb = p.L - p.W - p.sh, nch = (nb + LMK_CHUNK - 1) / LMK_CHUNK;
+    if (p.den) { /* the same for every thread of the block */
+        const float *dg = p.den + ((int64_t)b * p.Hq + h) * nb + a;
+        for (int i = threadIdx.x; i < nr; i += blockDim.x)
+            den[i] = dg[i];
+        return;
+    }
     const int64_t c = a / LMK_CHUNK, bh = (int64_t)b * p.Hkv + hk;
     constexpr int RA = 32;
     const int64_t j1 = a + nr;

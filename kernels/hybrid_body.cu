@@ -16,8 +16,9 @@
  * the 8 rows an ldmatrix reads sit in 8 bank groups): the query tile, the key
  * list and the value list, the sinks padded to 16 rows so that each warp's
  * window positions start on a 16-row block. Q and K arrive by cp.async first;
- * pass A (the denominator, hybrid.cuh, shared with body_kernel) runs in the
- * value area, then V arrives behind the first chunk's Q K^T.
+ * pass A (the denominator, hybrid.cuh, shared with body_kernel: read from
+ * the linear call's den where it wrote one) runs in the value area, then V
+ * arrives behind the first chunk's Q K^T.
  * Per warp, over the 16-key blocks that can hold a window pair of its rows,
  * up to 4 at a time (a chunk): S = scale Q K^T (m16n8k16, fp32), masked per
  * element to the window (sinks j <= t - W, positions t - W < j <= t, keys

@@ -8,8 +8,9 @@
  * fits, unless LM_HYBRID_BODY=wmma): one CTA of 4 warps per (batch row, query head, qb query rows),
  * in passes over the CTA's key list (the sinks below its window, then the
  * positions (t_first - W, t_last]):
- *   A  z of each row: the chunk's z from the scan plus phi(k) of the delayed
- *      keys up to the row; den = phi(q).z (fp32 CUDA cores);
+ *   A  den = phi(q).z of each row: from the linear call's v2 epilogue where
+ *      it wrote one (lmk_hybrid.den), else z = the chunk's z from the scan
+ *      plus phi(k) of the delayed keys up to the row (fp32 CUDA cores);
  *   C  logits of 16x16 blocks with WMMA (bf16, fp32 accumulate; f16 / f32
  *      inputs as bf16 hi + lo pairs, 3 products), blocks wholly outside every
  *      row's window skipped;
@@ -238,7 +239,7 @@ __global__ void __launch_bounds__(THREADS, 2) body_kernel(const __grid_constant_
             put_split(Qh, Ql, (int64_t)i * l.qp + d, v, split);
         }
 
-    /* A: den = phi(q) . z, z = the chunk's scan value + the delayed keys up to the row. */
+    /* A: den = phi(q) . z (the linear call's, or z = the chunk's scan value + the delayed keys up to the row). */
     lmk::hybrid_den(p, b, h, hk, ra, nr, Lg, l.dkp, den, [&](int i, int d) {
         return split ? hload(p.q, p.dtype, b * p.sq[0] + (ra + i) * p.sq[1] + h * p.sq[2] + d * p.sq[3])
                      : __bfloat162float(Qh[i * l.qp + d]); /* bf16 q: Qh is exact */

@@ -59,6 +59,12 @@ typedef struct lmk_attend {
     int aligned;           /* set by the launcher: 16-byte rows, vector loads */
     int cluster;           /* set by the launcher: CTAs of a head sharing q, k (1 = none) */
     int v2;                /* host: run the v2 kernel where it takes the call (unless LM_ATTEND_KERNEL=v1) */
+    /* CAUSAL on the v2 kernel only (lmk_attend_v2_runs): each row's normaliser
+     * d_i = phi(q_i) . z_i (z_i: the initial z plus phi(k) of the unmasked keys
+     * up to row i; no eps) as fp32 at den[(b * Hq + h) * L + i], every row of
+     * the call; NULL = none (no store). Internal: the hybrid prefill's body
+     * reads it (src/cuda_hybrid.c). A launch that would not run v2 refuses it. */
+    float *den;
     int has_decay;
     float decay[LMK_MAX_DECAY_HEADS]; /* per kv head, when has_decay */
 } lmk_attend;
@@ -248,6 +254,10 @@ lm_status lmk_attend_launch(const lmk_attend *p, lmk_kind kind, void *stream);
  * structure alone; lmk_attend_launch also needs 16-byte rows for it and
  * falls back to v1 otherwise. */
 int lmk_attend_v2_takes(const lmk_attend *p, lmk_kind kind);
+/* Whether lmk_attend_launch runs this launch on v2: p->v2 (LM_ATTEND_KERNEL
+ * not v1), lmk_attend_v2_takes and 16-byte rows; the one test both it and
+ * the callers that need v2's den (the hybrid prefill) ask. */
+int lmk_attend_v2_runs(const lmk_attend *p, lmk_kind kind);
 lm_status lmk_attend_v2_launch(const lmk_attend *p, lmk_kind kind, void *stream);
 lm_status lmk_scan_launch(const lmk_scan *p, void *stream);
 lm_status lmk_decode_launch(const lmk_decode *p, void *stream);
@@ -314,6 +324,9 @@ typedef struct lmk_hybrid {
     float *zs;              /* [B Hkv][nch][Dk]: zsum writes the sums of phi(k) of each
                                64-row chunk of the delayed keys (rows sh .. L - W - 1) */
     const float *zc;        /* body: z before each of those chunks (lmk_chunk_scan_launch) */
+    const float *den;       /* body: each row's phi(q) . z from the linear call's v2 epilogue,
+                               [B, Hq, L - W - sh] (row r at r - W - sh), or NULL: pass A
+                               computes it from zc (hybrid.cuh, hybrid_den) */
     int qb;                 /* body: query rows per CTA, 16, 32 or 64 (set by the launcher) */
     float eps, scale;       /* scale: the softmax scale */
     int body_wmma;          /* host: the body stays on the WMMA kernel (hybrid_window.cu) even
@@ -325,7 +338,7 @@ typedef struct lmk_hybrid {
 typedef enum lmk_hybrid_kind {
     LMK_HYBRID_HEAD = 0, /* rows [r0, r1) complete: window, S and z, the evicted ring slots */
     LMK_HYBRID_BODY = 1, /* rows [r0, r1) >= W + sh: window + the linear numerator already in
-                            out (the linear kernel's) + phi(q) . (zc + the chunk's sum) */
+                            out (the linear kernel's) + den (or phi(q) . (zc + the chunk's sum)) */
     LMK_HYBRID_ZSUM = 2, /* zs: per-chunk sums of phi(k) of the delayed keys */
     LMK_HYBRID_FOLD = 3, /* S, z += the ring slots of positions P0 - W .. P0 - W + min(L, W) - 1 */
     LMK_HYBRID_RING = 4  /* the call's tokens into the window slots (sinks, the last W) */

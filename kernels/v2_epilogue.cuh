@@ -1,10 +1,12 @@
 /*
  * v2_epilogue.cuh - the end of a chunk for the readout warpgroup of the v2
- * prefill: the normaliser d_i = phi(q_i).(z_hi + z_lo) + rowsum(A)_i,
- * O / (d + eps) (or scale O), staged as bf16 in the chunk's q tile (the
- * readout is the only reader of q and is done with it; swizzled, so the
- * eight rows of one store sit in eight different pieces), then 16-byte
- * coalesced stores of the rows inside the segment, and the stage handed back.
+ * prefill: the normaliser d_i = phi(q_i).(z_hi + z_lo) + rowsum(A)_i (and
+ * d itself to p.den where the caller asked: fp32, one store per row, the
+ * hybrid prefill's denominator), O / (d + eps) (or scale O), staged as bf16
+ * in the chunk's q tile (the readout is the only reader of q and is done
+ * with it; swizzled, so the eight rows of one store sit in eight different
+ * pieces), then 16-byte coalesced stores of the rows inside the segment, and
+ * the stage handed back.
  */
 #ifndef LM_V2_EPILOGUE_CUH
 #define LM_V2_EPILOGUE_CUH
@@ -33,6 +35,11 @@ __device__ void epilogue(const lmk_attend &p, const Job &j, const Smem<T> &sm, c
         const float zq = __shfl_sync(0xffffffffu, x.n[2 * h] + x.n[2 * h + 1], lane & ~3);
         const float d = zq + quad_sum(x.rs[h]);
         f[h] = p.normalize ? 1.0f / (d + p.eps) : p.scale;
+        if (p.den && t == 0) { /* row 16 w + g + 8 h's d, for the hybrid prefill (lm_kernels.h) */
+            const int64_t r = j.t_begin + (int64_t)ci * C + 16 * w + g + 8 * h;
+            if (r < j.t_end)
+                p.den[((int64_t)j.b * p.Hq + j.h) * p.L + r] = d;
+        }
     }
     readout_sync(); /* every warp's wgmma done reading q */
 #pragma unroll

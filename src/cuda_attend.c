@@ -22,6 +22,9 @@
  * passed the GPU suites and the sanitizers on the H200: bench/NOTES.md).
  * With a mask and a decay, a segment decays the state by g^(its unmasked
  * tokens): those factors come from lmk_seg_decay, for the scan.
+ * p->den (internal, the hybrid prefill's): v2's CAUSAL epilogue writes each
+ * row's normaliser there; lmi_cuda_prefill_den says beforehand whether the
+ * call's CAUSAL launch runs on v2 (the same test lmk_attend_launch picks by).
  */
 #include "cuda_impl.h"
 
@@ -175,6 +178,16 @@ static void base_params(const lmi_core_params *p, lmk_attend *k)
         memcpy(k->decay, p->decay, (size_t)p->Hkv * sizeof(float));
     pthread_once(&env_once, read_env);
     k->v2 = env_v2;
+    k->den = p->den;
+}
+
+int lmi_cuda_prefill_den(const lmi_core_params *p)
+{
+    if (!p->causal || p->L < 1)
+        return 0;
+    lmk_attend k;
+    base_params(p, &k);
+    return lmk_attend_v2_runs(&k, LMK_CAUSAL);
 }
 
 void lmi_cuda_attend_params(const lmi_core_params *p, lmk_attend *k)
@@ -222,7 +235,7 @@ static lm_status causal(const lmi_core_params *p, const plan *pl, float *ws, cud
         const lmk_state part = state_at(ws, heads, p, heads * per);
         lmk_attend a = k;
         a.L = (pl->nseg - 1) * pl->seg_len, a.seg_len = pl->seg_len, a.nseg = (int)(pl->nseg - 1);
-        a.out_state = part;
+        a.out_state = part, a.den = NULL;
         if ((st = lmk_attend_launch(&a, LMK_ABSORB, stream)))
             return st;
         lmk_scan s;

@@ -8,18 +8,22 @@
  *             one CTA per row from the state as it is;
  *   2. fold   S, z += the ring slots that leave the window during the call;
  *   3. zsum + chunk scan: z before each 64-row chunk of the delayed keys
- *             (rows sh .. L - W - 1), from the folded z;
+ *             (rows sh .. L - W - 1), from the folded z; skipped where step 4
+ *             runs on the v2 kernel (lmi_cuda_prefill_den), which writes each
+ *             body row's denominator phi(q) . z itself (den), unless
+ *             LM_HYBRID_DEN=passA;
  *   4. linear the existing prefill kernel on views shifted by W: queries rows
  *             W + sh .., keys and values rows sh .. L - W - 1, unnormalised with
  *             scale 1, from the folded state (its final state is the new S, z):
  *             it writes each body row's linear numerator into out; no copy;
  *   5. body   rows [W + sh, L): the window softmax, the denominator from
- *             step 3, combined with the numerator in out (bf16 with head dims
+ *             step 4's den (or, without it, pass A from step 3), combined with
+ *             the numerator in out (bf16 with head dims
  *             64 or 128: registers, kernels/hybrid_body.cu; the rest, and every
  *             call while LM_HYBRID_BODY=wmma: WMMA, kernels/hybrid_window.cu);
  *   6. ring   the call's tokens into the window slots.
  * Without a state, steps 2 and 6 do not run and the head rows have no linear
- * part. Scratch (the chunk sums and their scan) is stream-ordered.
+ * part. Scratch (den, or the chunk sums and their scan) is stream-ordered.
  */
 #include "cuda_impl.h"
 
@@ -55,19 +59,23 @@ static lm_status check(const lmi_core_params *p)
     return LM_OK;
 }
 
-/* LM_HYBRID_BODY=wmma keeps the body on the WMMA kernel. Read at every
- * prefill (a scan of the environment, next to seven launches), not once per
- * process: the GPU suite runs the same cases through both bodies. */
-static int body_wmma(void)
+/* Whether environment variable `name` is `value`. Read at every prefill (a
+ * scan of the environment, next to seven launches), not once per process:
+ * the GPU suite runs the same cases through every path.
+ * LM_HYBRID_BODY=wmma keeps the body on the WMMA kernel; LM_HYBRID_DEN=passA
+ * keeps the body's denominator on steps 3 and 5's pass A even where the
+ * linear call could write it. */
+static int env_is(const char *name, const char *value)
 {
-    const char *e = getenv("LM_HYBRID_BODY");
-    return e && strcmp(e, "wmma") == 0;
+    const char *e = getenv(name);
+    return e && strcmp(e, value) == 0;
 }
 
 /* A prefill's kernel parameters *k and linear call *c (its body rows over
- * the delayed keys, when *nb_out > 0), checked: everything refused is
- * refused here, before any pass changes the state. */
-static lm_status plan(const lmi_core_params *p, lmk_hybrid *k, lmi_core_params *c, int64_t *nb_out)
+ * the delayed keys, when *nb_out > 0), and whether that call writes the body
+ * rows' denominators (*den_out), checked: everything refused is refused
+ * here, before any pass changes the state. */
+static lm_status plan(const lmi_core_params *p, lmk_hybrid *k, lmi_core_params *c, int64_t *nb_out, int *den_out)
 {
     lm_status st = check(p);
     if (st)
@@ -87,7 +95,7 @@ static lm_status plan(const lmi_core_params *p, lmk_hybrid *k, lmi_core_params *
     k->S = p->state, k->z = p->normalizer;
     k->win_k = p->win_k, k->win_v = p->win_v, k->win_pos = p->win_pos;
     k->eps = p->eps, k->scale = p->scale;
-    k->body_wmma = body_wmma();
+    k->body_wmma = env_is("LM_HYBRID_BODY", "wmma");
     gates(p, k->gamma);
 
     const int64_t nb = *nb_out = L - W - sh; /* body rows, and delayed keys */
@@ -103,6 +111,7 @@ static lm_status plan(const lmi_core_params *p, lmk_hybrid *k, lmi_core_params *
         if (p->mask)
             c->mask = p->mask + sh * p->mask_s[1];
     }
+    *den_out = nb > 0 && !env_is("LM_HYBRID_DEN", "passA") && lmi_cuda_prefill_den(c);
     int dev;
     LMI_CUDA_TRY(cudaGetDevice(&dev));
     if ((st = lmk_hybrid_check(k)))
@@ -115,7 +124,8 @@ lm_status lmi_cuda_hybrid_check(const lmi_core_params *p)
     lmk_hybrid k;
     lmi_core_params c;
     int64_t nb;
-    return p->L ? plan(p, &k, &c, &nb) : check(p);
+    int den;
+    return p->L ? plan(p, &k, &c, &nb, &den) : check(p);
 }
 
 lm_status lmi_cuda_hybrid_prefill(const lmi_core_params *p, cudaStream_t s)
@@ -125,7 +135,8 @@ lm_status lmi_cuda_hybrid_prefill(const lmi_core_params *p, cudaStream_t s)
     lmk_hybrid k;
     lmi_core_params c;
     int64_t nb;
-    lm_status st = plan(p, &k, &c, &nb);
+    int den;
+    lm_status st = plan(p, &k, &c, &nb, &den);
     if (st)
         return st;
     const int64_t L = p->L, W = p->window, sh = k.sh;
@@ -136,14 +147,19 @@ lm_status lmi_cuda_hybrid_prefill(const lmi_core_params *p, cudaStream_t s)
         return st;
     if (nb > 0) {
         const int64_t nch = lmi_cdiv(nb, LMK_CHUNK), heads = p->B * p->Hkv;
-        const size_t bytes = 2 * (size_t)(heads * nch * p->Dk) * sizeof(float);
+        /* The linear call's denominators [B, Hq, nb], or the chunk sums and their scan. */
+        const size_t bytes = (den ? (size_t)(p->B * p->Hq * nb) : 2 * (size_t)(heads * nch * p->Dk)) * sizeof(float);
         float *ws = NULL;
         LMI_CUDA_TRY(cudaMallocAsync((void **)&ws, bytes, s));
-        k.zs = ws;
-        k.zc = ws + heads * nch * p->Dk;
-        st = lmk_hybrid_launch(&k, LMK_HYBRID_ZSUM, s);
-        if (st == LM_OK)
-            st = lmk_chunk_scan_launch(k.zs, (float *)k.zc, p->normalizer, NULL, heads, nch, (int)p->Dk, 0, s);
+        if (den) {
+            c.den = ws, k.den = ws;
+        } else {
+            k.zs = ws;
+            k.zc = ws + heads * nch * p->Dk;
+            st = lmk_hybrid_launch(&k, LMK_HYBRID_ZSUM, s);
+            if (st == LM_OK)
+                st = lmk_chunk_scan_launch(k.zs, (float *)k.zc, p->normalizer, NULL, heads, nch, (int)p->Dk, 0, s);
+        }
         if (st == LM_OK)
             st = lmi_cuda_prefill(&c, s);
         if (st == LM_OK) {

@@ -108,6 +108,9 @@ lm_status lmi_cuda_attend(const lmi_core_params *p, int sms, void *ws, cudaStrea
 /* The attention kernels' parameters of p (views, sizes, options, v2 unless
  * LM_ATTEND_KERNEL=v1); L, segments and states are the caller's to set. */
 void lmi_cuda_attend_params(const lmi_core_params *p, lmk_attend *k);
+/* Whether the prefill of p (causal, L > 0) runs its CAUSAL launch on the v2
+ * kernel, so that it can write p->den; asked before anything is queued. */
+int lmi_cuda_prefill_den(const lmi_core_params *p);
 /* out[(b * Hkv + h) * nseg + s] = decay over segment s of batch row b with
  * p's mask (a masked key does not decay the state), segments of seg_len of L. */
 lm_status lmi_cuda_seg_decay(const lmi_core_params *p, int64_t L, int64_t seg_len, int64_t nseg, float *out,

@@ -52,6 +52,10 @@ typedef struct lmi_core_params {
     float *win_k;         /* [B, Hkv, s + W, Dk] fp32 in/out, NULL with state */
     float *win_v;         /* [B, Hkv, s + W, Dv] */
     int32_t *win_pos;     /* [B, Hkv, s + W]: 0 empty, p + 1 position p, -(p + 1) masked */
+    /* CUDA causal prefill, internal (the hybrid's body reads it): each query
+     * row's normaliser phi(q_i) . z_i (no eps) as fp32 [B, Hq, L], L fastest;
+     * only where lmi_cuda_prefill_den(p) says the kernel writes it; NULL = none. */
+    float *den;
 } lmi_core_params;
 
 /* The hybrid's gate gamma_h of query head h from p's logits and form

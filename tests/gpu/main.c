@@ -12,6 +12,10 @@
  *   lm-gpu-tests absorb           lm_linear_attn_absorb's grid alone
  *   lm-gpu-tests pool             the engine pool's suite alone
  *   lm-gpu-tests hybrid           hybrid attention's grid alone
+ *   lm-gpu-tests den              the linear prefill's internal denominator output
+ *                                 alone (also the last suite of all and small: it
+ *                                 gives the CUDA backend an error sink of its own,
+ *                                 test_gpu_den.c, so no suite may follow it)
  *   lm-gpu-tests license          the license against graph replays; in evaluation
  *                                 mode only: LM_LICENSE, LM_LICENSE_FILE unset, HOME
  *                                 without a license (make test-gpu runs it so)
@@ -32,6 +36,7 @@ Suite *gpu_module_backward_suite(void);
 Suite *gpu_absorb_suite(void);
 Suite *gpu_pool_suite(void);
 Suite *gpu_hybrid_suite(void);
+Suite *gpu_den_suite(void);
 Suite *gpu_license_suite(void);
 
 int main(int argc, char **argv)
@@ -59,6 +64,8 @@ int main(int argc, char **argv)
         sr = srunner_create(gpu_pool_suite());
     } else if (!strcmp(mode, "hybrid")) {
         sr = srunner_create(gpu_hybrid_suite());
+    } else if (!strcmp(mode, "den")) {
+        sr = srunner_create(gpu_den_suite());
     } else if (!strcmp(mode, "license")) {
         sr = srunner_create(gpu_license_suite());
     } else if (!strcmp(mode, "all") || gpu_small) {
@@ -69,10 +76,11 @@ int main(int argc, char **argv)
         srunner_add_suite(sr, gpu_absorb_suite());
         srunner_add_suite(sr, gpu_pool_suite());
         srunner_add_suite(sr, gpu_hybrid_suite());
+        srunner_add_suite(sr, gpu_den_suite()); /* last: see the top comment */
     } else if (!strcmp(mode, "absorb")) {
         sr = srunner_create(gpu_absorb_suite());
     } else {
-        fprintf(stderr, "usage: lm-gpu-tests [all|small|long|comp|core|backward|module_backward|absorb|pool|hybrid|license]\n");
+        fprintf(stderr, "usage: lm-gpu-tests [all|small|long|comp|core|backward|module_backward|absorb|pool|hybrid|den|license]\n");
         return 2;
     }
     srunner_set_fork_status(sr, CK_NOFORK);

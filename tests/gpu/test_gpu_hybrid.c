@@ -8,7 +8,8 @@
  * captured in a CUDA graph and replayed (positions come from the device
  * state), a refused call changing nothing, bit-identical reruns, and the
  * module (CPU vs CUDA handles); both window bodies (registers, and WMMA
- * under LM_HYBRID_BODY=wmma) on the same bf16 cases.
+ * under LM_HYBRID_BODY=wmma) with both denominators (the linear call's den,
+ * and pass A under LM_HYBRID_DEN=passA) on the same bf16 cases.
  *
  * Bounds against float64: the outputs gpu_dev.hybrid_out_bound's (gpu_util.c
  * says why), the final state state_bound (bf16: phi(k) rounded for the
@@ -223,28 +224,46 @@ START_TEST(test_hybrid_split_and_decode)
 }
 END_TEST
 
+/* name's value (malloc'd, or NULL: unset), and name set to value (NULL: unset). */
+static char *env_saved(const char *name)
+{
+    const char *e = getenv(name);
+    return e ? strdup(e) : NULL;
+}
+
+static void env_set(const char *name, const char *value)
+{
+    if (value)
+        setenv(name, value, 1);
+    else
+        unsetenv(name);
+}
+
 /* Both window bodies on the same bf16 cases: the register one
  * (kernels/hybrid_body.cu: bf16, 16-byte rows, head dims 64 or 128; the tests
  * above reach it by default) and the WMMA one it replaced, which
- * LM_HYBRID_BODY=wmma selects (read at every prefill). Head dims 64, 128 and
- * mixed, GQA, masks, several chunks of 64 rows with a ragged last one, and
- * split prefills whose sinks and window are in the state. Same bounds as
+ * LM_HYBRID_BODY=wmma selects; each with both denominators: the linear call's
+ * (its v2 epilogue writes den; the default on compute capability 9.0) and
+ * pass A (zsum, chunk scan, the walk), which LM_HYBRID_DEN=passA selects and
+ * every other GPU runs (both read at every prefill). Head dims 64, 128 and
+ * mixed, GQA, masks, several chunks of 64 rows with a ragged last one, the
+ * compensated linear kernel (precision on), split prefills whose sinks,
+ * window and z (z0 != 0 for the linear call) are in the state, and, on the
+ * full grid, one call past 64K tokens (compensated, segments). Same bounds as
  * above (hybrid_out_bound). */
 START_TEST(test_hybrid_both_bodies)
 {
     static const int64_t dims[][4] = { { 4, 2, 64, 64 }, { 8, 2, 128, 128 }, { 4, 1, 128, 64 }, { 2, 2, 64, 128 } };
-    const char *was = getenv("LM_HYBRID_BODY");
-    char *saved = was ? strdup(was) : NULL;
-    for (int body = 0; body < 2; body++) {
-        if (body)
-            setenv("LM_HYBRID_BODY", "wmma", 1);
-        else
-            unsetenv("LM_HYBRID_BODY");
+    char *body_was = env_saved("LM_HYBRID_BODY"), *den_was = env_saved("LM_HYBRID_DEN");
+    for (int run = 0; run < 4; run++) {
+        env_set("LM_HYBRID_BODY", run & 1 ? "wmma" : NULL);
+        env_set("LM_HYBRID_DEN", run & 2 ? "passA" : NULL);
         ref_seed(307);
         for (int i = 0; i < (gpu_small ? 2 : 4); i++) {
             hcase c = base_case();
             c.Hq = dims[i][0], c.Hkv = dims[i][1], c.Dk = dims[i][2], c.Dv = dims[i][3];
             c.L = 1000, c.mask = i % 2 == 0, c.W = i < 2 ? 64 : 100, c.s = i < 2 ? 4 : 5;
+            c.precision = i == 1 ? LM_PRECISION_ON : LM_PRECISION_AUTO;
             check_case(&c);
         }
         hcase c = base_case();
@@ -253,12 +272,15 @@ START_TEST(test_hybrid_both_bodies)
         hprob_init(&p, hybrid_gpu(), &c);
         hybrid_case_splits(&p);
         hprob_free(&p);
+        if (!gpu_small) { /* past LM_PRECISION_AUTO_TOKENS: compensated, in segments */
+            c = base_case();
+            c.B = 1, c.L = 65600, c.Hq = 2, c.Hkv = 1, c.mask = 1;
+            check_case(&c);
+        }
     }
-    if (saved)
-        setenv("LM_HYBRID_BODY", saved, 1);
-    else
-        unsetenv("LM_HYBRID_BODY");
-    free(saved);
+    env_set("LM_HYBRID_BODY", body_was);
+    env_set("LM_HYBRID_DEN", den_was);
+    free(body_was), free(den_was);
     gpu_end_test();
 }
 END_TEST
