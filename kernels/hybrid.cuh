@@ -211,11 +211,12 @@ __device__ __forceinline__ void hybrid_den(const lmk_hybrid &p, int b, int h, in
  * multiple of 4, O 16-byte aligned). 8 values a load and store, a thread's
  * loads issued first; one reciprocal per 8 values instead of a division per
  * value (last-bit differences, measured: bench/NOTES.md, round 3). */
+template <int PER = 0> /* Dv / 8 when the caller knows it (the index math by shifts), else 0 */
 __device__ __forceinline__ void hybrid_out_vec(const lmk_hybrid &p, int b, int h, int64_t ra, int nr, const float *O,
                                                int op, const float *den, const float *lsum)
 {
     __nv_bfloat16 *og = (__nv_bfloat16 *)p.out + b * p.so[0] + ra * p.so[1] + h * p.so[2];
-    const int per = p.Dv / 8, n8 = nr * per, nt = blockDim.x;
+    const int per = PER ? PER : p.Dv / 8, n8 = nr * per, nt = blockDim.x;
     for (int x0 = threadIdx.x; x0 < n8; x0 += 4 * nt) {
         uint4 r[4];
 #pragma unroll

@@ -32,9 +32,13 @@
  * through shared memory (the key and value area) to the output pass
  * (hybrid.cuh), which adds the linear numerator from out and divides.
  * Measured (H100, 32 heads of 128, W = 64, s = 4, bf16, the same call as the
- * WMMA body): 128K prefill 26.9 ms (WMMA body 38.7), 32K 7.0 ms (10.4), the
- * error vs float64 unchanged; predicted 7.5-8.5 ms at 128K: what holds a CTA
- * (~80 us for ~10 us of counted work) is for a profile (bench/NOTES.md).
+ * WMMA body): 128K prefill 26.9 ms (WMMA body 38.7), 32K 7.0 ms (10.4); with
+ * the denominator from the linear call (den) 9.87 ms (WMMA body 19.1). ncu at
+ * 32K then: the body 1.30 ms, 43 % of its stall samples in the key and value
+ * list loads' per-piece tests, 12 % in the logits' window test, 14 % in the
+ * output pass: hence the positions' plain loads, the unmasked middle blocks
+ * and the output's index math by shifts (bench/NOTES.md, "Hybrid body v3,
+ * round 2").
  */
 #include "hybrid.cuh"
 #include "mma.cuh"
@@ -102,16 +106,31 @@ __global__ void __launch_bounds__(THREADS, 2) body_v3_kernel(const __grid_consta
     const int ns = (int)(ns64 > 0 ? ns64 : 0), nsp = r16(ns);
     const int64_t bl = ta - W + 1;
     const int npos = W + nr - 1, nrow = nsp + r16(npos);
-    auto position = [&](int R) -> int64_t {
-        return R < nsp ? (R < ns ? R : -1) : (R - nsp < npos ? bl + (R - nsp) : -1);
-    };
-    auto load_list = [&](bf16 *T, int pitch, bool values, int D) {
-        const int per = D / 8;
-        for (int x = threadIdx.x; x < nrow * per; x += THREADS) {
+    /* Row R of the list: the sinks by hybrid_piece16 (a slot of the state
+     * when the call continues one); the positions are rows of the call (body
+     * rows start at W + sh, so bl >= P0 + 1), contiguous at the token stride:
+     * one cp.async a piece, tested only against the list's end and a mask
+     * (the per-piece position and slot tests were 43 % of the body's stall
+     * samples, bench/NOTES.md "Hybrid body v3, round 2"). */
+    auto load_list = [&](bf16 *T, int pitch, bool values, auto per_c) {
+        constexpr int per = decltype(per_c)::value;
+        for (int x = threadIdx.x; x < nsp * per; x += THREADS) {
             const int R = x / per, pc = x % per;
-            const bool present = lmk::hybrid_piece16(p, b, hk, position(R), values, pc, T + R * pitch + pc * 8);
+            const bool present = lmk::hybrid_piece16(p, b, hk, R < ns ? R : -1, values, pc, T + R * pitch + pc * 8);
             if (!values && pc == 0)
                 pres[R] = present;
+        }
+        const bf16 *src = (const bf16 *)(values ? p.v : p.k);
+        const int64_t *st = values ? p.sv : p.sk;
+        const int64_t c0 = bl - p.P0; /* the list's first position as a row of the call */
+        src += b * st[0] + c0 * st[1] + hk * st[2];
+        const uint8_t *mk = p.mask ? p.mask + b * p.mask_s[0] + c0 * p.mask_s[1] : nullptr;
+        for (int x = threadIdx.x; x < (nrow - nsp) * per; x += THREADS) {
+            const int i = x / per, pc = x % per;
+            const bool present = i < npos && !(mk && mk[i * p.mask_s[1]]);
+            lmk::cp_async16(T + (nsp + i) * pitch + pc * 8, present ? src + i * st[1] + pc * 8 : src, present ? 16 : 0);
+            if (!values && pc == 0)
+                pres[nsp + i] = present;
         }
     };
 
@@ -124,14 +143,14 @@ __global__ void __launch_bounds__(THREADS, 2) body_v3_kernel(const __grid_consta
             lmk::cp_async16(Qs + i * QP + pc * 8, i < nr ? qg + i * p.sq[1] + pc * 8 : qg, i < nr ? 16 : 0);
         }
     }
-    load_list(Ks, KP, false, DK);
+    load_list(Ks, KP, false, std::integral_constant<int, DK / 8>());
     lmk::cp_async_commit();
     lmk::cp_async_wait<0>();
     __syncthreads();
     lmk::hybrid_den(p, b, h, hk, ra, nr, Z, DK, den,
                     [&](int i, int d) { return __bfloat162float(Qs[i * QP + d]); }); /* bf16 q: exact */
     __syncthreads(); /* z is dead: the value area is free */
-    load_list(Vs, VP, true, DV);
+    load_list(Vs, VP, true, std::integral_constant<int, DV / 8>());
     lmk::cp_async_commit();
 
     /* This warp's rows and the blocks that can hold a window pair of them. */
@@ -179,6 +198,19 @@ __global__ void __launch_bounds__(THREADS, 2) body_v3_kernel(const __grid_consta
             lmk::ldsm_b16_nmajor(kf, Ks + 16 * kb * KP + 16 * ks, KP);
             lmk::mma(c[0], qf[ks], kf[0], kf[1]);
             lmk::mma(c[1], qf[ks], kf[2], kf[3]);
+        }
+        /* Without a mask, a block of positions inside every window of the
+         * warp's rows (the middle blocks of its band: 3 of 5 at W = 64) needs
+         * no per-element test; rows past nr see zero queries and are not
+         * written. */
+        const int x0 = 16 * kb - nsp;
+        if (!p.mask && x0 >= 0 && x0 >= whi && x0 + 15 <= wlo + W - 1) {
+#pragma unroll
+            for (int n = 0; n < 2; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    c[n][e] *= sl2;
+            return;
         }
 #pragma unroll
         for (int n = 0; n < 2; n++)
@@ -280,7 +312,7 @@ __global__ void __launch_bounds__(THREADS, 2) body_v3_kernel(const __grid_consta
                 make_float2(gamma * acc[n][2 * r], gamma * acc[n][2 * r + 1]);
     }
     __syncthreads();
-    lmk::hybrid_out_vec(p, b, h, ra, nr, O, OP, den, lsum);
+    lmk::hybrid_out_vec<DV / 8>(p, b, h, ra, nr, O, OP, den, lsum);
 }
 
 template <int DK, int DV> lm_status launch(const lmk_hybrid &p, cudaStream_t s)
