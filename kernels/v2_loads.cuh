@@ -38,17 +38,19 @@ template <int FM> __device__ __forceinline__ void phi_vec(uint4 &x)
 }
 
 /* Rows r of the chunk at t0 that hold data (keys: and are not masked):
- * bit r. The warp computes it together (lane l tests rows l and l + 32)
- * only when there is a mask. */
+ * bit r. With a mask the warp computes it together (lane l tests rows l
+ * and l + 32; all 32 lanes must call). */
 __device__ __forceinline__ uint64_t live_mask(const lmk_attend &p, const Job &j, int64_t t0, bool keys)
 {
-    const int64_t left = j.t_end - t0;
-    const uint64_t rows = left >= 64 ? ~0ull : (1ull << left) - 1;
+    static_assert(C == 64, "one bit per row of a chunk");
+    const int64_t left = j.t_end - t0; /* >= 1 */
+    const uint64_t rows = left >= C ? ~0ull : (1ull << left) - 1;
     if (!keys || !p.mask)
         return rows;
     const int l = threadIdx.x & 31;
-    const uint64_t lo = __ballot_sync(~0u, !masked(p, j, t0 + l)), hi = __ballot_sync(~0u, !masked(p, j, t0 + l + 32));
-    return rows & (hi << 32 | lo);
+    const uint64_t lo = __ballot_sync(~0u, l < left && !masked(p, j, t0 + l)),
+                   hi = __ballot_sync(~0u, l + 32 < left && !masked(p, j, t0 + l + 32));
+    return hi << 32 | lo;
 }
 
 /* The rows and column of a tile that thread u of n owns. */
@@ -108,27 +110,24 @@ template <class T, int N> struct Converter {
     const Smem<T> &sm;
     Share<T, N> s;
 
-    /* Two pieces loaded before either is converted: two shared loads in flight. */
+    /* BATCH pieces loaded before any is converted: their shared loads in
+     * flight together (the stores may alias the next loads for the compiler). */
     template <int FM> __device__ void tile(uint32_t base, uint64_t live) const
     {
-        constexpr int R = Share<T, N>::ROWS;
+        constexpr int BATCH = 4;
 #pragma unroll 1
-        for (int m = 0; m < R; m += 2) {
-            const bool ok0 = s.has(m, live), ok1 = s.has(m + 1, live); /* zero-filled: phi(0) = 1 must not reach it */
-            uint4 *p0 = (uint4 *)(sm.p + base + s.off(m)), *p1 = (uint4 *)(sm.p + base + s.off(m + 1));
-            uint4 x0, x1;
-            if (ok0)
-                x0 = *p0;
-            if (ok1)
-                x1 = *p1;
-            if (ok0) {
-                phi_vec<FM>(x0);
-                *p0 = x0;
-            }
-            if (ok1) {
-                phi_vec<FM>(x1);
-                *p1 = x1;
-            }
+        for (int m0 = 0; m0 < Share<T, N>::ROWS; m0 += BATCH) {
+            uint4 x[BATCH];
+#pragma unroll
+            for (int b = 0; b < BATCH; b++)
+                if (s.has(m0 + b, live)) /* zero-filled: phi(0) = 1 must not reach it */
+                    x[b] = *(const uint4 *)(sm.p + base + s.off(m0 + b));
+#pragma unroll
+            for (int b = 0; b < BATCH; b++)
+                if (s.has(m0 + b, live)) {
+                    phi_vec<FM>(x[b]);
+                    *(uint4 *)(sm.p + base + s.off(m0 + b)) = x[b];
+                }
         }
     }
 
