@@ -90,6 +90,15 @@ __device__ __forceinline__ void arrive(uint64_t *bar)
     (void)cuda::ptx::mbarrier_arrive(bar);
 }
 
+/* One arrival on bar once every cp.async this thread has issued so far has
+ * landed; .noinc: the barrier's expected count must include it. (Written
+ * out: CUDA 13.0's cuda::ptx version names no state space, i.e. generic
+ * addressing, yet passes a 32-bit shared-window address.) */
+__device__ __forceinline__ void arrive_on_landing(uint64_t *bar)
+{
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(smem_addr(bar)) : "memory");
+}
+
 /* Generic-proxy writes to shared memory visible to the next wgmma reads. */
 __device__ __forceinline__ void to_async_proxy()
 {

@@ -97,7 +97,7 @@ template <class T, int N> struct Loader {
                 tile(sm.q(st), j.q, p.sq[1], t0, live_mask(p, j, t0, false));
             tile(sm.k(st), j.k, p.sk[1], t0, keys);
             tile(sm.v(st), j.v, p.sv[1], t0, keys);
-            cuda::ptx::cp_async_mbarrier_arrive_noinc(sm.landed(st)); /* fires once they have landed */
+            arrive_on_landing(sm.landed(st)); /* fires once they have landed */
         }
         cp_async_commit();
         cp_async_wait<0>();
