@@ -9,7 +9,8 @@
  *   S as bf16 hi and lo (D x D each, the readout's B operand, MN-major);
  *   z tile: 8 rows x D, K-major, row 0 = z hi, row 1 = z lo, others 0;
  *   ones tile: 8 rows x 64 tokens, K-major, row 0 = 1 (z += phi(K)^T 1);
- *   mbarriers: full / empty per stage, S published / S free.
+ *   mbarriers: full / empty per stage, S published / S free, landed per
+ *     stage (the loader warps' copies, v2_loads.cuh).
  */
 #ifndef LM_V2_LAYOUT_CUH
 #define LM_V2_LAYOUT_CUH
@@ -52,7 +53,7 @@ template <int D_> struct Shape {
     static constexpr uint32_t ZT = S_LO + (D / 64) * SBLOCK;
     static constexpr uint32_t ONES = ZT + (D / 64) * 1024;
     static constexpr uint32_t BARS = ONES + 1024;
-    static constexpr size_t SMEM = BARS + 64 + 1024; /* + room to align the base to 1024 */
+    static constexpr size_t SMEM = BARS + 128 + 1024; /* 11 mbarriers; + room to align the base to 1024 */
     static_assert(SMEM <= 232448, "shared memory over the sm_90 limit");
 
     /* Byte offset of element (row, col) in a tile with `block` bytes per 64 columns. */
@@ -75,6 +76,7 @@ template <class T> struct Smem {
     __device__ uint64_t *empty(int st) const { return bar(STAGES + st); }
     __device__ uint64_t *s_full() const { return bar(2 * STAGES); }
     __device__ uint64_t *s_free() const { return bar(2 * STAGES + 1); }
+    __device__ uint64_t *landed(int st) const { return bar(2 * STAGES + 2 + st); }
 };
 
 __device__ __forceinline__ void wait(uint64_t *bar, uint32_t parity)
@@ -86,6 +88,15 @@ __device__ __forceinline__ void wait(uint64_t *bar, uint32_t parity)
 __device__ __forceinline__ void arrive(uint64_t *bar)
 {
     (void)cuda::ptx::mbarrier_arrive(bar);
+}
+
+/* One arrival on bar once every cp.async this thread has issued so far has
+ * landed; .noinc: the barrier's expected count must include it. (Written
+ * out: CUDA 13.0's cuda::ptx version names no state space, i.e. generic
+ * addressing, yet passes a 32-bit shared-window address.) */
+__device__ __forceinline__ void arrive_on_landing(uint64_t *bar)
+{
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(smem_addr(bar)) : "memory");
 }
 
 /* Generic-proxy writes to shared memory visible to the next wgmma reads. */

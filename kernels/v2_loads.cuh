@@ -2,13 +2,22 @@
  * v2_loads.cuh - the producer warpgroup of the v2 prefill: each chunk's raw
  * q, k, v rows by cp.async straight into their swizzled tiles (16 bytes per
  * copy: any token stride, negative ones included; zeros past the segment's
- * end and for masked keys), three stages deep; when a chunk has landed, phi
- * in place on the vectors this thread copied, then a proxy fence and one
- * arrival on the stage's full barrier. Thread t always owns the 16-byte
- * column t % VPR of rows t / VPR + RSTEP m, so it converts only what it
- * loaded itself (no barrier between its copies and its conversion), and the
- * eight threads of a quarter-warp touch eight pieces of one 128-byte row:
- * no bank conflicts.
+ * end and for masked keys), three stages deep, and phi in place on q and k.
+ *
+ * The warpgroup splits by warps (produce): loader warps issue chunk n's
+ * copies as soon as its stage is free (empty) and let each copy's landing
+ * count on the stage's landed mbarrier (cp.async.mbarrier.arrive.noinc);
+ * converter warps wait for landed, apply phi, fence to the async proxy and
+ * arrive on full. So no load waits for an earlier chunk's landing or
+ * conversion (bench/NOTES.md, "Kernel v2, loads decoupled from conversion").
+ * A thread of either kind owns the 16-byte column u % VPR of rows
+ * u / VPR + m (n / VPR) of a tile (u its index among the n threads of its
+ * kind): the eight threads of a quarter-warp touch eight pieces of one
+ * 128-byte row, no bank conflicts.
+ *
+ * Serial is the producer before the split (LM_V2_PRODUCER=serial): each
+ * thread converts what it copied itself after cp.async.wait_group, then
+ * issues the chunk two ahead. Kept for one GPU A/B, then removed.
  */
 #ifndef LM_V2_LOADS_CUH
 #define LM_V2_LOADS_CUH
@@ -19,7 +28,160 @@
 namespace lmk {
 namespace v2 {
 
-template <class T> struct Loads {
+/* phi in place on the 8 bf16 of a 16-byte piece of shared memory. */
+template <int FM> __device__ __forceinline__ void phi_vec(uint4 &x)
+{
+    __nv_bfloat162 *h = (__nv_bfloat162 *)&x;
+#pragma unroll
+    for (int e = 0; e < 4; e++)
+        h[e] = phi_pair<FM>(h[e]);
+}
+
+/* Rows r of the chunk at t0 that hold data (keys: and are not masked):
+ * bit r. With a mask the warp computes it together (lane l tests rows l
+ * and l + 32; all 32 lanes must call). */
+__device__ __forceinline__ uint64_t live_mask(const lmk_attend &p, const Job &j, int64_t t0, bool keys)
+{
+    static_assert(C == 64, "one bit per row of a chunk");
+    const int64_t left = j.t_end - t0; /* >= 1 */
+    const uint64_t rows = left >= C ? ~0ull : (1ull << left) - 1;
+    if (!keys || !p.mask)
+        return rows;
+    const int l = threadIdx.x & 31;
+    const uint64_t lo = __ballot_sync(~0u, l < left && !masked(p, j, t0 + l)),
+                   hi = __ballot_sync(~0u, l + 32 < left && !masked(p, j, t0 + l + 32));
+    return hi << 32 | lo;
+}
+
+/* The rows and column of a tile that thread u of n owns. */
+template <class T, int N> struct Share {
+    static_assert(N % 32 == 0 && N % T::VPR == 0, "whole warps, whole rows");
+    static constexpr int STEP = N / T::VPR; /* rows between one thread's pieces */
+    static constexpr int ROWS = (C + STEP - 1) / STEP; /* pieces per thread and tile, at most */
+    int u;
+
+    __device__ int col() const { return u % T::VPR; }
+    __device__ int row(int m) const { return u / T::VPR + m * STEP; }
+    __device__ uint32_t off(int m) const { return T::at(T::BLOCK, row(m), col() * 8); }
+    /* Piece m exists (when C % STEP != 0 the last one only for some threads) and its row is live. */
+    __device__ bool has(int m, uint64_t live) const { return m < ROWS && row(m) < C && ((live >> row(m)) & 1); }
+};
+
+template <class T, int N> struct Loader {
+    const lmk_attend &p;
+    const Job &j;
+    const Smem<T> &sm;
+    Share<T, N> s;
+    static_assert(C % Share<T, N>::STEP == 0, "every loader thread copies the same number of rows");
+
+    __device__ void tile(uint32_t dst, const bf16 *base, int64_t stride, int64_t t0, uint64_t live) const
+    {
+        const bf16 *src = base + (t0 + s.row(0)) * stride + s.col() * 8;
+        const int64_t step = (int64_t)Share<T, N>::STEP * stride;
+#pragma unroll 4
+        for (int m = 0; m < Share<T, N>::ROWS; m++, src += step) {
+            const bool ok = (live >> s.row(m)) & 1;
+            cp_async16(sm.p + dst + s.off(m), ok ? src : base, ok ? 16 : 0);
+        }
+    }
+
+    __device__ void run() const
+    {
+        for (int c = 0; c < j.nch; c++) {
+            const int st = c % STAGES;
+            const int64_t t0 = j.t_begin + (int64_t)c * C;
+            const uint64_t keys = live_mask(p, j, t0, true); /* its loads overlap the wait */
+            if (c >= STAGES) /* the stage's previous chunk consumed */
+                wait(sm.empty(st), (uint32_t)((c / STAGES - 1) & 1));
+            if (j.causal)
+                tile(sm.q(st), j.q, p.sq[1], t0, live_mask(p, j, t0, false));
+            tile(sm.k(st), j.k, p.sk[1], t0, keys);
+            tile(sm.v(st), j.v, p.sv[1], t0, keys);
+            arrive_on_landing(sm.landed(st)); /* fires once they have landed */
+        }
+        cp_async_commit();
+        cp_async_wait<0>();
+    }
+};
+
+template <class T, int N> struct Converter {
+    const lmk_attend &p;
+    const Job &j;
+    const Smem<T> &sm;
+    Share<T, N> s;
+
+    /* BATCH pieces loaded before any is converted: their shared loads in
+     * flight together (the stores may alias the next loads for the compiler). */
+    template <int FM> __device__ void tile(uint32_t base, uint64_t live) const
+    {
+        constexpr int BATCH = 4;
+#pragma unroll 1
+        for (int m0 = 0; m0 < Share<T, N>::ROWS; m0 += BATCH) {
+            uint4 x[BATCH];
+#pragma unroll
+            for (int b = 0; b < BATCH; b++)
+                if (s.has(m0 + b, live)) /* zero-filled: phi(0) = 1 must not reach it */
+                    x[b] = *(const uint4 *)(sm.p + base + s.off(m0 + b));
+#pragma unroll
+            for (int b = 0; b < BATCH; b++)
+                if (s.has(m0 + b, live)) {
+                    phi_vec<FM>(x[b]);
+                    *(uint4 *)(sm.p + base + s.off(m0 + b)) = x[b];
+                }
+        }
+    }
+
+    template <int FM> __device__ void run() const
+    {
+        for (int c = 0; c < j.nch; c++) {
+            const int st = c % STAGES;
+            const int64_t t0 = j.t_begin + (int64_t)c * C;
+            uint64_t keys = 0, rows = 0;
+            if (FM != LM_FEATURE_IDENTITY)
+                keys = live_mask(p, j, t0, true), rows = live_mask(p, j, t0, false);
+            wait(sm.landed(st), (uint32_t)((c / STAGES) & 1)); /* every loader's copies of chunk c */
+            if constexpr (FM != LM_FEATURE_IDENTITY) {
+                if (j.causal)
+                    tile<FM>(sm.q(st), rows);
+                tile<FM>(sm.k(st), keys);
+            }
+            to_async_proxy(); /* this warp's stores and the landed bytes, for the wgmma reads */
+            arrive(sm.full(st));
+        }
+    }
+};
+
+/* The split producer: LW loader warps, the other warps convert. */
+template <class T, int LW> __device__ void produce(const lmk_attend &p, const Job &j, const Smem<T> &sm)
+{
+    constexpr int NL = 32 * LW, NC = GROUP - NL;
+    const int t = (int)threadIdx.x; /* 0 .. GROUP - 1 */
+    if (t < NL) {
+        const Loader<T, NL> ld = { p, j, sm, { t } };
+        ld.run();
+        return;
+    }
+    const Converter<T, NC> cv = { p, j, sm, { t - NL } };
+    switch (p.feature_map) {
+    case LM_FEATURE_ELU1: cv.template run<LM_FEATURE_ELU1>(); break;
+    case LM_FEATURE_RELU: cv.template run<LM_FEATURE_RELU>(); break;
+    default: cv.template run<LM_FEATURE_IDENTITY>(); break;
+    }
+}
+
+/* full(st) counts one arrival per converter thread (per thread of the
+ * warpgroup for Serial), landed(st) one per loader thread. */
+__device__ __forceinline__ int full_count(int producer)
+{
+    return producer == LMK_V2_SERIAL ? GROUP : producer == LMK_V2_SPLIT2 ? GROUP - 64 : GROUP - 32;
+}
+
+__device__ __forceinline__ int landed_count(int producer)
+{
+    return producer == LMK_V2_SPLIT2 ? 64 : 32;
+}
+
+template <class T> struct Serial {
     const lmk_attend &p;
     const Job &j;
     const Smem<T> &sm;
@@ -81,10 +243,7 @@ template <class T> struct Loads {
                 continue;
             uint4 *ptr = (uint4 *)(sm.p + tile + off(m));
             uint4 x = *ptr;
-            __nv_bfloat162 *h = (__nv_bfloat162 *)&x;
-#pragma unroll
-            for (int e = 0; e < 4; e++)
-                h[e] = phi_pair<FM>(h[e]);
+            phi_vec<FM>(x);
             *ptr = x;
         }
     }
