@@ -206,23 +206,28 @@ __device__ __forceinline__ void hybrid_den(const lmk_hybrid &p, int b, int h, in
 }
 
 /* The output pass of a window body, bf16 q and out of 16-byte rows: o = (the
- * linear numerator the linear kernel left in out + O) / (den + lsum + eps)
+ * linear numerator the linear kernel left in out (or the caller's copy of it
+ * in num) + O) / (den + lsum + eps)
  * for rows ra .. ra + nr - 1; O: the window's numerators, fp32, pitch op (a
  * multiple of 4, O 16-byte aligned). 8 values a load and store, a thread's
  * loads issued first; one reciprocal per 8 values instead of a division per
  * value (last-bit differences, measured: bench/NOTES.md, round 3). */
 template <int PER = 0> /* Dv / 8 when the caller knows it (the index math by shifts), else 0 */
 __device__ __forceinline__ void hybrid_out_vec(const lmk_hybrid &p, int b, int h, int64_t ra, int nr, const float *O,
-                                               int op, const float *den, const float *lsum)
+                                               int op, const float *den, const float *lsum,
+                                               const __nv_bfloat16 *num = nullptr, int num_pitch = 0)
 {
     __nv_bfloat16 *og = (__nv_bfloat16 *)p.out + b * p.so[0] + ra * p.so[1] + h * p.so[2];
     const int per = PER ? PER : p.Dv / 8, n8 = nr * per, nt = blockDim.x;
+    /* The numerators from num (a copy in shared memory, rows at num_pitch) or from out. */
+    const __nv_bfloat16 *ng = num ? num : og;
+    const int64_t np = num ? num_pitch : p.so[1];
     for (int x0 = threadIdx.x; x0 < n8; x0 += 4 * nt) {
         uint4 r[4];
 #pragma unroll
         for (int u = 0; u < 4; u++) {
             const int x = x0 + u * nt;
-            r[u] = x < n8 ? *(const uint4 *)(og + (x / per) * p.so[1] + x % per * 8) : make_uint4(0, 0, 0, 0);
+            r[u] = x < n8 ? *(const uint4 *)(ng + (x / per) * np + x % per * 8) : make_uint4(0, 0, 0, 0);
         }
 #pragma unroll
         for (int u = 0; u < 4; u++) {

@@ -37,8 +37,11 @@
  * 32K then: the body 1.30 ms, 43 % of its stall samples in the key and value
  * list loads' per-piece tests, 12 % in the logits' window test, 14 % in the
  * output pass: hence the positions' plain loads, the unmasked middle blocks
- * and the output's index math by shifts (bench/NOTES.md, "Hybrid body v3,
- * round 2").
+ * and the output's index math by shifts (round 2: 0.95 ms at 32K, 128K 8.1-
+ * 8.7 ms); then the output pass's wait for the numerators it read from out
+ * (~17 %): they are now copied into the query area (free once every warp
+ * holds its query fragments) while the loop runs (bench/NOTES.md, "Hybrid
+ * body v3, round 2" and "round 3").
  */
 #include "hybrid.cuh"
 #include "mma.cuh"
@@ -67,12 +70,17 @@ struct Layout {
     size_t q, k, v, st, total;    /* byte offsets: query, keys, values, row stats + presence */
 };
 
+/* Row pitch (elements) of the query area: the query tile, then the copy of
+ * the linear numerators read from out (+8: the rows an ldmatrix reads in 8
+ * bank groups). */
+template <int DK, int DV> constexpr int QNP = (DK > DV ? DK : DV) + 8;
+
 template <int DK, int DV> __host__ __device__ inline Layout layout(int64_t W, int64_t s)
 {
     Layout l;
     l.nrow = r16(s) + r16(W + QB - 1);
-    l.q = 0;
-    l.k = lmk::al128((size_t)QB * (DK + 8) * 2);
+    l.q = 0; /* the query tile; later the copy of the linear numerators (pitch QNP) */
+    l.k = lmk::al128((size_t)QB * QNP<DK, DV> * 2);
     const size_t vb = (size_t)l.nrow * (DV + 8) * 2, zb = (size_t)QB * DK * 4;
     l.v = lmk::al128(l.k + (size_t)l.nrow * (DK + 8) * 2);
     size_t end = l.v + (vb > zb ? vb : zb);
@@ -86,7 +94,7 @@ template <int DK, int DV> __host__ __device__ inline Layout layout(int64_t W, in
 template <int DK, int DV>
 __global__ void __launch_bounds__(THREADS, 2) body_v3_kernel(const __grid_constant__ lmk_hybrid p)
 {
-    constexpr int QP = DK + 8, KP = DK + 8, VP = DV + 8, OP = DV + 8;
+    constexpr int QP = QNP<DK, DV>, KP = DK + 8, VP = DV + 8, OP = DV + 8;
     extern __shared__ __align__(128) unsigned char sm[];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
     const int b = blockIdx.z, h = blockIdx.y, hk = h / (p.Hq / p.Hkv);
@@ -237,7 +245,16 @@ __global__ void __launch_bounds__(THREADS, 2) body_v3_kernel(const __grid_consta
     };
     gather();
     lmk::cp_async_wait<0>();
-    __syncthreads(); /* the values are in */
+    __syncthreads(); /* the values are in; every warp holds its query fragments */
+    { /* the rows' linear numerators (from out) into the query area: they land during the loop */
+        const bf16 *ng = (const bf16 *)p.out + b * p.so[0] + ra * p.so[1] + h * p.so[2];
+        constexpr int per = DV / 8;
+        for (int x = threadIdx.x; x < nr * per; x += THREADS) {
+            const int i = x / per, pc = x % per;
+            lmk::cp_async16(Qs + i * QP + pc * 8, ng + i * p.so[1] + pc * 8, 16);
+        }
+        lmk::cp_async_commit();
+    }
 
     float acc[DV / 8][4];
 #pragma unroll
@@ -299,7 +316,8 @@ __global__ void __launch_bounds__(THREADS, 2) body_v3_kernel(const __grid_consta
 
     /* gamma, the row sums over the quad, the accumulator into O. */
     const float gamma = p.gamma[h];
-    __syncthreads(); /* every warp is done with the keys and values: O */
+    lmk::cp_async_wait<0>();
+    __syncthreads(); /* every warp is done with the keys and values (O goes there); the numerators are in */
 #pragma unroll
     for (int r = 0; r < 2; r++) {
         sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 1);
@@ -312,7 +330,7 @@ __global__ void __launch_bounds__(THREADS, 2) body_v3_kernel(const __grid_consta
                 make_float2(gamma * acc[n][2 * r], gamma * acc[n][2 * r + 1]);
     }
     __syncthreads();
-    lmk::hybrid_out_vec<DV / 8>(p, b, h, ra, nr, O, OP, den, lsum);
+    lmk::hybrid_out_vec<DV / 8>(p, b, h, ra, nr, O, OP, den, lsum, Qs, QP);
 }
 
 template <int DK, int DV> lm_status launch(const lmk_hybrid &p, cudaStream_t s)
