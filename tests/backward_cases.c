@@ -387,8 +387,26 @@ void bw_check(const bw_env *e, const bwprob *p, const bwgrads *got, int chained,
 
 /* ---- the grid ---- */
 
-/* One backward over the whole sequence on e's backend, checked against
- * float64 where e runs the reference, and by e->also. */
+/* One backward over the whole sequence of p on e's backend, checked against
+ * float64 (with_ref) and by e->also. */
+static void run_checked(const bw_env *e, const bwprob *p, int with_ref, const char *what)
+{
+    char d[240];
+    bw_describe(d, sizeof d, &p->c);
+    bwrun r;
+    bwrun_new(&r, p, e->dev);
+    bw_run(p, &r);
+    bwgrads got;
+    bwgrads_read(&got, p, &r);
+    if (with_ref)
+        bw_check(e, p, &got, 0, what);
+    if (e->also)
+        e->also(p, &got, with_ref, d);
+    bwgrads_free(&got);
+    bwrun_free(&r);
+}
+
+/* Case c on e's backend, with the float64 reference where e runs it. */
 static void check_case(const bw_env *e, const bwcase *c)
 {
     const int with_ref = e->has_ref(c);
@@ -398,21 +416,9 @@ static void check_case(const bw_env *e, const bwcase *c)
     }
     bwprob p;
     bwprob_init(&p, e->dev, c);
-    char d[240];
-    bw_describe(d, sizeof d, &p.c);
     if (with_ref)
         bwprob_reference(&p);
-    bwrun r;
-    bwrun_new(&r, &p, e->dev);
-    bw_run(&p, &r);
-    bwgrads got;
-    bwgrads_read(&got, &p, &r);
-    if (with_ref)
-        bw_check(e, &p, &got, 0, "backward");
-    if (e->also)
-        e->also(&p, &got, with_ref, d);
-    bwgrads_free(&got);
-    bwrun_free(&r);
+    run_checked(e, &p, with_ref, "backward");
     bwprob_free(&p);
 }
 
@@ -757,14 +763,7 @@ static void grid_masked_nan(const bw_env *e)
         tbuf_set(&p.k, at(p.sk, 1, t, 0, 0), NAN);
         tbuf_set(&p.v, at(p.sv, 1, t, 0, 1), NAN);
         bwprob_reupload(&p);
-        bwrun r;
-        bwrun_new(&r, &p, e->dev);
-        bw_run(&p, &r);
-        bwgrads got;
-        bwgrads_read(&got, &p, &r);
-        bw_check(e, &p, &got, 0, "masked NaN");
-        bwgrads_free(&got);
-        bwrun_free(&r);
+        run_checked(e, &p, 1, "masked NaN");
         bwprob_free(&p);
     }
 }
