@@ -1,8 +1,8 @@
 /*
  * ref_backward.c - the float64 reference of the core backward
- * (lm_linear_attn_backward), shared by the CPU suite (test_backward.c, which
- * checks it against central differences of the recurrence) and the GPU
- * suite (gpu/test_gpu_backward.c). See ref_backward in ref.h.
+ * (lm_linear_attn_backward) for the case grid both backends run
+ * (backward_cases.c); test_backward.c checks it against central
+ * differences of the recurrence. See ref_backward in ref.h.
  *
  * Per (batch, kv head) the quadratic form
  *   o_t = (g^u(t) phi(q_t) S_0 + sum_{s in keys(t)} g^(u(t)-u(s)) (phi q_t . phi k_s) v_s) / den_t

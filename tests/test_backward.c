@@ -7,7 +7,7 @@
  * reference itself against central differences, NaN containment, bad
  * arguments.
  *
- * The reference is ref_backward (ref_backward.c, shared with the GPU suite):
+ * The reference is ref_backward (ref_backward.c, the grid's on both backends):
  * the quadratic form
  *   o_t = (g^(c_t) phi(q_t)S_0 + sum_{s<=t} g^(c_t-c_s) (phi q_t . phi k_s) v_s) / den_t
  * with c_t the unmasked keys among 0..t (t + 1 without a mask: a masked key
