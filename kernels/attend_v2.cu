@@ -2,7 +2,7 @@
  * attend_v2.cu - the v2 prefill (sm_90a): one CTA per (batch row, head,
  * segment) with all value columns and three warpgroups, FA3-style:
  *   warpgroup 0  loads and phi (v2_loads.cuh)        72 registers
- *                (1 loader warp, 3 converting; LM_V2_PRODUCER: 2 + 2, serial)
+ *                (1 loader warp, 3 converting)
  *   warpgroup 1  readout: v2_intra.cuh, v2_epilogue   200 registers
  *   warpgroup 2  state: v2_state.cuh                  232 registers
  * ordered by mbarriers: landed / full / empty per stage (3 stages of q, k, v), and
@@ -43,8 +43,8 @@ __global__ void __launch_bounds__(THREADS, 1) kernel(const __grid_constant__ P p
 
     if (threadIdx.x == 0) {
         for (int st = 0; st < STAGES; st++) {
-            cuda::ptx::mbarrier_init(sm.full(st), full_count(p.v2_producer));
-            cuda::ptx::mbarrier_init(sm.landed(st), landed_count(p.v2_producer));
+            cuda::ptx::mbarrier_init(sm.full(st), CONVERTERS);
+            cuda::ptx::mbarrier_init(sm.landed(st), LOADERS);
             cuda::ptx::mbarrier_init(sm.empty(st), j.causal ? 2 * GROUP : GROUP);
         }
         cuda::ptx::mbarrier_init(sm.s_full(), GROUP);
@@ -60,14 +60,7 @@ __global__ void __launch_bounds__(THREADS, 1) kernel(const __grid_constant__ P p
 
     if (role == 0) {
         regs_lower<REGS_LOAD>();
-        if (p.v2_producer == LMK_V2_SERIAL) {
-            const Serial<T> ld = { p, j, sm, (int)threadIdx.x };
-            ld.run();
-        } else if (p.v2_producer == LMK_V2_SPLIT2) {
-            produce<T, 2>(p, j, sm);
-        } else {
-            produce<T, 1>(p, j, sm);
-        }
+        produce<T, LOAD_WARPS>(p, j, sm);
     } else if (role == 1) {
         regs_raise<REGS_READ>();
         if (!j.causal)

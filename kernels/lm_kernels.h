@@ -44,12 +44,6 @@ typedef enum lmk_kind {
 /* The v2 prefill's producer warpgroup (bench/NOTES.md, "Kernel v2, loads
  * decoupled from conversion"): 1 or 2 loader warps with the other warps
  * converting, or the serial producer, kept for one GPU A/B and then removed. */
-typedef enum lmk_v2_producer {
-    LMK_V2_SPLIT1 = 0, /* default */
-    LMK_V2_SPLIT2 = 1, /* LM_V2_PRODUCER=split2 */
-    LMK_V2_SERIAL = 2  /* LM_V2_PRODUCER=serial */
-} lmk_v2_producer;
-
 typedef struct lmk_attend {
     const void *q, *k, *v; /* [B, L, Hq, Dk], [B, L, Hkv, Dk], [B, L, Hkv, Dv] */
     void *out;             /* [B, L, Hq, Dv] */
@@ -74,7 +68,6 @@ typedef struct lmk_attend {
      * the call; NULL = none (no store). Internal: the hybrid prefill's body
      * reads it (src/cuda_hybrid.c). A launch that would not run v2 refuses it. */
     float *den;
-    int v2_producer;       /* host: lmk_v2_producer, from LM_V2_PRODUCER (a temporary A/B switch) */
     int has_decay;
     float decay[LMK_MAX_DECAY_HEADS]; /* per kv head, when has_decay */
 } lmk_attend;

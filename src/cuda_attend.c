@@ -48,21 +48,14 @@ static int64_t value_blocks(const lmi_core_params *p)
     return lmi_cdiv(p->Dv, p->Dk <= 128 ? 32 : 16);
 }
 
-/* LM_ATTEND_KERNEL and LM_V2_PRODUCER (the v2 producer's temporary A/B
- * switch: serial, split2, default split1; kernels/v2_loads.cuh), read once
- * per process. */
-static int env_v2, env_v2_producer;
+/* LM_ATTEND_KERNEL, read once per process. */
+static int env_v2;
 static pthread_once_t env_once = PTHREAD_ONCE_INIT;
 
 static void read_env(void)
 {
     const char *e = getenv("LM_ATTEND_KERNEL");
     env_v2 = !(e && strcmp(e, "v1") == 0);
-    const char *pr = getenv("LM_V2_PRODUCER");
-    env_v2_producer = !pr                          ? LMK_V2_SPLIT1
-                      : strcmp(pr, "serial") == 0 ? LMK_V2_SERIAL
-                      : strcmp(pr, "split2") == 0 ? LMK_V2_SPLIT2
-                                                  : LMK_V2_SPLIT1;
 }
 
 static void base_params(const lmi_core_params *p, lmk_attend *k);
@@ -185,7 +178,6 @@ static void base_params(const lmi_core_params *p, lmk_attend *k)
         memcpy(k->decay, p->decay, (size_t)p->Hkv * sizeof(float));
     pthread_once(&env_once, read_env);
     k->v2 = env_v2;
-    k->v2_producer = env_v2_producer;
     k->den = p->den;
 }
 
