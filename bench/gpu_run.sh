@@ -150,10 +150,13 @@ for p in $PHASES; do
         done
         phase kern2-long 120 "$OUT/kern2-long.log" "$B/bin/lm-gpu-tests" long ;;
     profile)
-        { cuobjdump -sass -fun '_ZN3lmk13attend_kernelILi128ELi0EEEv10lmk_attendi' "$CUDA_LIB" |
+        # Kernel v2 (the default core prefill on sm_90): at 8K with 32 heads the call runs
+        # ABSORB, the scan and CAUSAL; -c 2 takes both v2 launches (ABSORB, then CAUSAL).
+        V2=_ZN3lmk2v26kernelILi128ELb0E10lmk_attendEEvT1_i
+        { cuobjdump -sass -fun "$V2" "$CUDA_LIB" |
               grep -oE '^ +/\*[0-9a-f]{4}\*/ +[A-Z0-9_.]+' | awk '{print $2}' | sort | uniq -c | sort -rn | head -40
           echo "==== ncu"; } > "$OUT/profile.log" 2>&1
-        phase profile 100 "$OUT/profile.log" ncu --clock-control none -k regex:attend_kernel -c 1 \
+        phase profile 100 "$OUT/profile.log" ncu --clock-control none --kernel-name-base mangled -k "regex:$V2" -c 2 \
             --import-source yes -f -o /tmp/attend \
             --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
             --section SchedulerStats --section InstructionStats --section MemoryWorkloadAnalysis \
