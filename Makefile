@@ -117,7 +117,8 @@ $(PC): mk/liquid_memory.pc.in
 
 # ---- tests ----
 TEST_SRC := $(wildcard tests/test_*.c) tests/main.c tests/ref.c tests/ref_backward.c tests/pool_cases.c tests/hybrid_cases.c \
-            tests/absorb_cases.c tests/attend_cases.c tests/backward_cases.c tests/module_cases.c
+            tests/absorb_cases.c tests/attend_cases.c tests/backward_cases.c tests/module_cases.c \
+            tests/module_backward_cases.c
 $(TEST_BIN): $(TEST_SRC) $(wildcard tests/*.h) $(SO)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests -o $@ $(TEST_SRC) $(LDFLAGS) -L$(BUILD)/lib \

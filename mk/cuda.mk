@@ -65,7 +65,8 @@ $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard src/cuda_*.c)): src/cuda_impl.h kerne
 
 # ---- GPU tests ----
 GPU_TEST_SRC := $(wildcard tests/gpu/*.c) tests/ref.c tests/ref_backward.c tests/pool_cases.c tests/hybrid_cases.c \
-                tests/absorb_cases.c tests/attend_cases.c tests/backward_cases.c tests/module_cases.c
+                tests/absorb_cases.c tests/attend_cases.c tests/backward_cases.c tests/module_cases.c \
+                tests/module_backward_cases.c
 GPU_TEST_BIN = $(BUILD)/bin/lm-gpu-tests
 ALL_TARGETS += $(GPU_TEST_BIN)
 GPU_TEST_LIBS ?= $$(pkg-config --libs check)

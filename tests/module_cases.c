@@ -17,20 +17,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-/* A [B, L, W] descriptor of memory on dev with strides s. */
-static lm_tensor view3(void *data, lm_dtype dt, lm_device dev, const int64_t *s, int64_t B, int64_t L, int64_t W)
-{
-    lm_tensor t = { .data = data, .dtype = dt, .device = dev, .ndim = 3, .shape = { B, L, W },
-                    .stride = { s[0], s[1], s[2] } };
-    return t;
-}
-
 static void *input(const test_dev *dev, tbuf *b)
 {
     return b->data ? test_dev_input(dev, b->data, tbuf_bytes(b)) : NULL;
 }
 
-void mprob_init(mprob *p, const test_dev *dev, const mcase *c)
+void mprob_inputs(mprob *p, const test_dev *dev, const mcase *c)
 {
     memset(p, 0, sizeof *p);
     p->dev = dev;
@@ -78,28 +70,54 @@ void mprob_init(mprob *p, const test_dev *dev, const mcase *c)
     ref_strides3(p->sk, B, Lk, kdim, c->seq_first);
     ref_strides3(p->sv, B, Lk, vdim, c->seq_first);
 
-    /* The reference: project, attend, out-project, all in float64. */
-    const tbuf *xk = c->cross ? &p->xk : &p->xq, *xv = c->cross ? &p->xv : &p->xq;
-    ref_module m = { .B = B, .Lq = L, .Lk = Lk, .E = E, .kdim = kdim, .vdim = vdim, .Hq = c->Hq,
-                     .Hkv = c->Hkv, .D = c->D, .xq = p->xq.ref, .xk = xk->ref, .xv = xv->ref,
-                     .wq = p->wq.ref, .wk = c->packed ? p->wq.ref + Dq * E : p->wk.ref,
-                     .wv = c->packed ? p->wq.ref + (Dq + Dkv) * E : p->wv.ref, .wo = p->wo.ref,
-                     .bq = c->bias ? p->bin.ref : NULL, .bk = c->bias ? p->bin.ref + Dq : NULL,
-                     .bv = c->bias ? p->bin.ref + Dq + Dkv : NULL, .bo = c->bias ? p->bo.ref : NULL,
+    p->dxq = input(dev, &p->xq), p->dxk = input(dev, &p->xk), p->dxv = input(dev, &p->xv);
+    p->dwq = input(dev, &p->wq), p->dwk = input(dev, &p->wk), p->dwv = input(dev, &p->wv);
+    p->dwo = input(dev, &p->wo), p->dbin = input(dev, &p->bin), p->dbo = input(dev, &p->bo);
+    p->dmask = test_dev_input(dev, p->mask, (size_t)(B * Lk));
+}
+
+const tbuf *mprob_slot(const mprob *p, int s)
+{
+    const tbuf *b[MS_NSLOTS] = { &p->xq, &p->xk, &p->xv, &p->wq, &p->wk, &p->wv, &p->bin, &p->wo, &p->bo };
+    ck_assert(s >= 0 && s < MS_NSLOTS);
+    return b[s];
+}
+
+ref_module mprob_module(const mprob *p, const double *const *v)
+{
+    const mcase *c = &p->c;
+    const double *x[MS_NSLOTS];
+    for (int s = 0; s < MS_NSLOTS; s++)
+        x[s] = v && v[s] ? v[s] : mprob_slot(p, s)->ref;
+    if (!c->cross) {
+        x[MS_XK] = v && v[MS_XK] ? v[MS_XK] : x[MS_XQ];
+        x[MS_XV] = v && v[MS_XV] ? v[MS_XV] : x[MS_XQ];
+    }
+    const int64_t Dq = c->Hq * c->D, Dkv = c->Hkv * c->D, E = c->E;
+    ref_module m = { .B = c->B, .Lq = c->L, .Lk = c->Lk, .E = E, .kdim = c->kdim, .vdim = c->vdim, .Hq = c->Hq,
+                     .Hkv = c->Hkv, .D = c->D, .xq = x[MS_XQ], .xk = x[MS_XK], .xv = x[MS_XV],
+                     .wq = x[MS_WQ], .wk = c->packed ? x[MS_WQ] + Dq * E : x[MS_WK],
+                     .wv = c->packed ? x[MS_WQ] + (Dq + Dkv) * E : x[MS_WV], .wo = x[MS_WO],
+                     .bq = c->bias ? x[MS_BIN] : NULL, .bk = c->bias ? x[MS_BIN] + Dq : NULL,
+                     .bv = c->bias ? x[MS_BIN] + Dq + Dkv : NULL, .bo = c->bias ? x[MS_BO] : NULL,
                      .mask = p->mask, .decay = c->decay ? p->decay : NULL, .causal = c->causal,
                      .hybrid = c->hybrid, .window = c->W, .sinks = c->s, .gate = p->gate,
                      .gate_form = c->gate_form };
     memcpy(m.sq, p->sx, sizeof m.sq);
     memcpy(m.sk, c->cross ? p->sk : p->sx, sizeof m.sk);
     memcpy(m.sv, c->cross ? p->sv : p->sx, sizeof m.sv);
-    p->want = malloc((size_t)(B * L * E) * sizeof(double));
+    return m;
+}
+
+void mprob_init(mprob *p, const test_dev *dev, const mcase *c)
+{
+    mprob_inputs(p, dev, c);
+    /* The reference: project, attend, out-project, all in float64. */
+    ck_assert_msg(!c->fm && !c->unnormalized, "ref_module computes elu+1 normalised only");
+    const ref_module m = mprob_module(p, NULL);
+    p->want = malloc((size_t)(c->B * c->L * c->E) * sizeof(double));
     ck_assert_ptr_nonnull(p->want);
     ref_module_forward(&m, p->want);
-
-    p->dxq = input(dev, &p->xq), p->dxk = input(dev, &p->xk), p->dxv = input(dev, &p->xv);
-    p->dwq = input(dev, &p->wq), p->dwk = input(dev, &p->wk), p->dwv = input(dev, &p->wv);
-    p->dwo = input(dev, &p->wo), p->dbin = input(dev, &p->bin), p->dbo = input(dev, &p->bo);
-    p->dmask = test_dev_input(dev, p->mask, (size_t)(B * Lk));
 }
 
 void mprob_free(mprob *p)
@@ -130,6 +148,8 @@ void mrun_new(mrun *r, const mprob *p, const test_dev *dev)
     cfg.dtype = c->dtype;
     cfg.device = dev->device;
     cfg.decay = c->decay ? p->decay : NULL;
+    cfg.feature_map = (lm_feature_map)c->fm;
+    cfg.normalize = !c->unnormalized;
     if (c->hybrid) {
         cfg.attention = LM_ATTENTION_HYBRID;
         cfg.window = (int)c->W, cfg.sinks = (int)c->s, cfg.window_gate = p->gate;
@@ -183,11 +203,11 @@ lm_status mforward(const mprob *p, mrun *r, int64_t t0, int64_t n, int use_state
     const int host = where == LM_CPU;
     int64_t so[3];
     ref_strides3(so, c->B, c->L, c->E, 0);
-    lm_tensor q = ref_tokens(view3(host ? p->xq.data : p->dxq, c->dtype, where, p->sx, c->B, c->L, c->E), t0, n);
-    lm_tensor k = q, v = q, o = ref_tokens(view3(r->out, c->dtype, where, so, c->B, c->L, c->E), t0, n), m;
+    lm_tensor q = ref_tokens(ref_tensor3(host ? p->xq.data : p->dxq, c->dtype, where, p->sx, c->B, c->L, c->E), t0, n);
+    lm_tensor k = q, v = q, o = ref_tokens(ref_tensor3(r->out, c->dtype, where, so, c->B, c->L, c->E), t0, n), m;
     if (c->cross) {
-        k = view3(host ? p->xk.data : p->dxk, c->dtype, where, p->sk, c->B, c->Lk, c->kdim);
-        v = view3(host ? p->xv.data : p->dxv, c->dtype, where, p->sv, c->B, c->Lk, c->vdim);
+        k = ref_tensor3(host ? p->xk.data : p->dxk, c->dtype, where, p->sk, c->B, c->Lk, c->kdim);
+        v = ref_tensor3(host ? p->xv.data : p->dxv, c->dtype, where, p->sv, c->B, c->Lk, c->vdim);
     }
     lm_forward_opts opts = { LM_SIZED(lm_forward_opts), .is_causal = c->causal, .use_state = use_state,
                              .keep_state = keep_state };
@@ -216,10 +236,10 @@ void mstep_views(const mprob *p, const mrun *r, int64_t t, lm_tensor *x, lm_tens
 
 void mdescribe(char *s, size_t n, const mcase *c)
 {
-    snprintf(s, n, "dt %d B %lld L %lld/%lld E %lld H %lld/%lld D %lld c%d x%d p%d b%d d%d m%d sf%d hy%d",
+    snprintf(s, n, "dt %d B %lld L %lld/%lld E %lld H %lld/%lld D %lld c%d x%d p%d b%d d%d m%d sf%d hy%d fm%d un%d",
              (int)c->dtype, (long long)c->B, (long long)c->L, (long long)c->Lk, (long long)c->E,
              (long long)c->Hq, (long long)c->Hkv, (long long)c->D, c->causal, c->cross, c->packed, c->bias,
-             c->decay, c->mask, c->seq_first, c->hybrid);
+             c->decay, c->mask, c->seq_first, c->hybrid, c->fm, c->unnormalized);
 }
 
 /* The grid entry running now, named in messages. */

@@ -10,7 +10,8 @@
  * sizes, hand-over between forwards and steps, save / restore / fork). The
  * CPU suite (test_module.c) and the GPU suite (gpu/test_gpu_module.c) each
  * give an m_env (their test_dev, base case, bound, reduced grid, check of
- * their own) and keep their backend-only tests.
+ * their own) and keep their backend-only tests. The backward's grid
+ * (module_backward_cases.h) runs on these problems and handles.
  */
 #ifndef LM_MODULE_CASES_H
 #define LM_MODULE_CASES_H
@@ -24,6 +25,8 @@ typedef struct mcase {
     int hybrid; /* hybrid attention with window W, sinks s and random gates */
     int64_t W, s;
     lm_gate_form gate_form; /* the hybrid's gamma: sigmoid (default) or exp of the gates */
+    int fm, unnormalized;   /* feature map, normalisation (0, 0: elu+1 normalised, the config's
+                               defaults and the only ones ref_module computes) */
 } mcase;
 
 /* A case's inputs and weights (host, with float64 shadows, and on the
@@ -41,7 +44,19 @@ typedef struct mprob {
 } mprob;
 
 void mprob_init(mprob *p, const test_dev *dev, const mcase *c);
+/* The same without the reference (want NULL), for problems that need none. */
+void mprob_inputs(mprob *p, const test_dev *dev, const mcase *c);
 void mprob_free(mprob *p);
+
+/* A problem's inputs and weights by slot: query, key, value (cross
+ * attention's; empty in self attention), the q (packed: in_proj) weight, k
+ * and v weights (empty when packed), in_proj_bias, out weight and bias. */
+enum { MS_XQ, MS_XK, MS_XV, MS_WQ, MS_WK, MS_WV, MS_BIN, MS_WO, MS_BO, MS_NSLOTS };
+const tbuf *mprob_slot(const mprob *p, int s);
+/* The float64 module of case p->c over values v[MS_NSLOTS] laid out as the
+ * slots (NULL, or a NULL entry: the slot's shadow; self attention reads key
+ * and value from the query's unless v gives them). */
+ref_module mprob_module(const mprob *p, const double *const *v);
 
 /* A handle on dev (p->dev, or &cpu_dev with the host's weights) with p's
  * config and weights, and its output [B, L, E] contiguous, all NaN. */

@@ -540,6 +540,14 @@ lm_tensor ref_tensor4(void *data, lm_dtype dtype, lm_device dev, const int64_t *
     return t;
 }
 
+lm_tensor ref_tensor3(void *data, lm_dtype dtype, lm_device dev, const int64_t *s, int64_t B, int64_t L,
+                      int64_t W)
+{
+    lm_tensor t = { .data = data, .dtype = dtype, .device = dev, .ndim = 3, .shape = { B, L, W },
+                    .stride = { s[0], s[1], s[2] } };
+    return t;
+}
+
 lm_tensor ref_view4(const tbuf *b, const int64_t *s, int64_t B, int64_t L, int64_t H, int64_t D)
 {
     return ref_tensor4(b->data, b->dtype, LM_CPU, s, B, L, H, D);

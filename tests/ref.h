@@ -194,6 +194,9 @@ lm_tensor ref_view4(const tbuf *b, const int64_t *s, int64_t B, int64_t L, int64
 /* A descriptor of [B, L, H, D] memory on dev with strides s. */
 lm_tensor ref_tensor4(void *data, lm_dtype dtype, lm_device dev, const int64_t *s, int64_t B, int64_t L,
                       int64_t H, int64_t D);
+/* A descriptor of [B, L, W] memory on dev with strides s (elements). */
+lm_tensor ref_tensor3(void *data, lm_dtype dtype, lm_device dev, const int64_t *s, int64_t B, int64_t L,
+                      int64_t W);
 /* Tokens [t0, t0 + n) of a descriptor whose dimension 1 is the sequence. */
 lm_tensor ref_tokens(lm_tensor t, int64_t t0, int64_t n);
 

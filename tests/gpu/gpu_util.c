@@ -1,5 +1,4 @@
-/* gpu_util.c - device buffers, descriptors, module handles, floors, bounds
- * and the summary (gpu_util.h). */
+/* gpu_util.c - device buffers, floors, bounds and the summary (gpu_util.h). */
 #include "gpu_util.h"
 
 #include <math.h>
@@ -41,36 +40,6 @@ void ddownload(tbuf *b, const void *d)
 void dpoison(void *d, size_t n)
 {
     CUDA_OK(cudaMemset(d, 0xff, n));
-}
-
-lm_tensor view3(void *data, lm_dtype dt, lm_device dev, const int64_t *s, int64_t B, int64_t L, int64_t W)
-{
-    lm_tensor t = { .data = data, .dtype = dt, .device = dev, .ndim = 3, .shape = { B, L, W },
-                    .stride = { s[0], s[1], s[2] } };
-    return t;
-}
-
-lm_attn *gpu_attn_new(const gpu_attn_spec *s)
-{
-    lm_attn_config cfg;
-    ck_assert(lm_attn_config_default(&cfg, (int)s->E, (int)s->Hq) == LM_OK);
-    cfg.num_kv_heads = (int)s->Hkv;
-    cfg.head_dim = (int)s->D;
-    cfg.kdim = (int)s->kdim, cfg.vdim = (int)s->vdim;
-    cfg.feature_map = s->feature_map;
-    cfg.normalize = s->normalize;
-    cfg.dtype = s->dtype;
-    cfg.device = s->device;
-    cfg.decay = s->decay;
-    lm_attn *a;
-    ck_assert_msg(lm_attn_create(&cfg, &a) == LM_OK, "create: %s", lm_last_error());
-    lm_weights w = { LM_SIZED(lm_weights), .in_proj_bias = s->bin, .out_proj_weight = s->wo, .out_proj_bias = s->bo };
-    if (s->packed)
-        w.in_proj_weight = s->wq;
-    else
-        w.q_proj_weight = s->wq, w.k_proj_weight = s->wk, w.v_proj_weight = s->wv;
-    ck_assert_msg(lm_attn_set_weights(a, &w) == LM_OK, "%s", lm_last_error());
-    return a;
 }
 
 double out_floor(lm_dtype dtype, const double *want, int64_t n)

@@ -1,8 +1,7 @@
 /*
  * gpu_util.h - what the GPU suites share: device copies of test buffers,
- * NaN poisoning, tensor descriptors and module handles over test data, the
- * output-rounding floor and the error bounds, and a summary of the worst
- * errors seen.
+ * NaN poisoning, the output-rounding floor and the error bounds, and a
+ * summary of the worst errors seen.
  */
 #ifndef LM_GPU_UTIL_H
 #define LM_GPU_UTIL_H
@@ -31,28 +30,6 @@ void ddownload(tbuf *b, const void *d);
 void ddownload_bytes(void *p, const void *d, size_t n);
 /* Fills n bytes with 0xff: NaN in bf16, f16 and f32. */
 void dpoison(void *d, size_t n);
-
-/* A descriptor of [B, L, W] memory with strides s (elements); [B, L, H, D]
- * views are ref_tensor4 (tests/ref.h). */
-lm_tensor view3(void *data, lm_dtype dt, lm_device dev, const int64_t *s, int64_t B, int64_t L, int64_t W);
-
-/* What a module handle is made from: the lm_attn_config fields the suites
- * set (the others keep lm_attn_config_default's values) and the weights on
- * `device` (host pointers for LM_CPU). packed: wq is the packed
- * in_proj_weight and wk, wv are not used; NULL biases: none. */
-typedef struct gpu_attn_spec {
-    lm_dtype dtype;
-    lm_device device;
-    int64_t E, Hq, Hkv, D, kdim, vdim;
-    lm_feature_map feature_map;
-    int normalize;
-    const float *decay; /* NULL: no decay */
-    int packed;
-    const void *wq, *wk, *wv, *bin, *wo, *bo;
-} gpu_attn_spec;
-
-/* A handle with the spec's config and weights; asserts both calls succeed. */
-lm_attn *gpu_attn_new(const gpu_attn_spec *s);
 
 /* ||round_to_dtype(want) - want|| / ||want||: the error of a perfect result
  * rounded to the output dtype, the floor every bound is stated against. */

@@ -377,8 +377,8 @@ START_TEST(test_hybrid_module)
     ref_strides3(s3, B, L, E, 0);
     const int64_t L1 = 120, L2 = 170; /* forward, forward, then steps */
     for (int g = 0; g < 2; g++) {
-        lm_tensor xt = view3(g ? dx : x.data, dt, g ? LM_CUDA : LM_CPU, s3, B, L, E);
-        lm_tensor ot = view3(g ? dout : out[0].data, dt, g ? LM_CUDA : LM_CPU, s3, B, L, E);
+        lm_tensor xt = ref_tensor3(g ? dx : x.data, dt, g ? LM_CUDA : LM_CPU, s3, B, L, E);
+        lm_tensor ot = ref_tensor3(g ? dout : out[0].data, dt, g ? LM_CUDA : LM_CPU, s3, B, L, E);
         lm_forward_opts o = { LM_SIZED(lm_forward_opts), .is_causal = 1, .keep_state = 1 };
         lm_tensor xa = ref_tokens(xt, 0, L1), oa = ref_tokens(ot, 0, L1), xb = ref_tokens(xt, L1, L2 - L1), obv = ref_tokens(ot, L1, L2 - L1);
         ck_assert_msg(lm_attn_forward(a[g], &xa, &xa, &xa, &o, &oa, NULL) == LM_OK, "%s", lm_last_error());
