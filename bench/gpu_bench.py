@@ -3,8 +3,8 @@
 
 Sweeps 2K ... 1M tokens at B = 1, E = 4096, 32 heads of 128, bf16, causal,
 elu+1 normalised (ANCHORS.md): module prefill (ms, extra device memory), core
-prefill (ms), decode step (us, core and module, replayed from a CUDA graph),
-and the error against float64 at 8K / 128K / 1M. Peers in the same run:
+prefill (ms; ours and fla's also unnormalised), decode step (us, core and module,
+replayed from a CUDA graph), and the error against float64 at 8K / 128K / 1M. Peers in the same run:
 PyTorch SDPA with the cuDNN and flash backends, and flash-linear-attention
 (peers/fla, imported only when present). Our library is loaded with ctypes.
 
@@ -24,10 +24,12 @@ import statistics
 import subprocess
 import sys
 import time
-import types
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bindings", "python"))
+from liquid_memory._peers import fla_commit, fla_fits, load_fla  # noqa: E402 - the loader both benches share
 
 LM_BF16, LM_CUDA = 0, 1
 E, H, D = 4096, 32, 128
@@ -146,24 +148,6 @@ def peak_extra(fn):
 
 # ---- peers ----
 
-def load_fla(root):
-    """fla's ops without its package __init__ (which imports models and transformers)."""
-    path = os.path.join(root, "fla")
-    if not os.path.isdir(path):
-        return None, "peers/fla not present"
-    try:
-        sys.path.insert(0, root)
-        for name, sub in (("fla", path), ("fla.ops", os.path.join(path, "ops"))):
-            m = types.ModuleType(name)
-            m.__path__ = [sub]
-            m.__version__ = "0.5.2"
-            sys.modules[name] = m
-        from fla.ops.linear_attn import chunk_linear_attn, fused_recurrent_linear_attn
-        return (chunk_linear_attn, fused_recurrent_linear_attn), None
-    except Exception as e:  # a peer that does not import is recorded, not fatal
-        return None, f"{type(e).__name__}: {e}"
-
-
 def sdpa(backend):
     from torch.nn.attention import SDPBackend, sdpa_kernel
     b = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION}[backend]
@@ -228,12 +212,12 @@ class Ours:
         self.lib = lib
         self._keep = []
 
-    def core(self, q, k, v, o, state=None, causal=1):
+    def core(self, q, k, v, o, state=None, causal=1, normalize=1):
         tq, tk, tv, to = (Lib.tensor(t) for t in (q, k, v, o))
         a = CoreArgs()
         self.lib.check(self.lib.so.lm_core_args_init(C.byref(a), C.sizeof(a)), "core_args_init")
         a.q, a.k, a.v, a.out = C.pointer(tq), C.pointer(tk), C.pointer(tv), C.pointer(to)
-        a.is_causal = causal
+        a.is_causal, a.normalize = causal, normalize
         if state is not None:
             a.state, a.normalizer = state[0].data_ptr(), state[1].data_ptr()
         self._keep.append((tq, tk, tv, to))  # the structs a points into stay alive
@@ -299,9 +283,8 @@ def main():
             "library": lib.so.lm_version().decode(), "fla": "imported" if fla else fla_err,
             "shape": {"B": 1, "E": E, "heads": H, "head_dim": D, "dtype": "bf16", "causal": True,
                       "feature_map": "elu+1", "normalize": True}}
-    fla_commit = os.path.join(args.peers, "FLA_COMMIT")
-    if os.path.exists(fla_commit):
-        meta["fla_commit"] = open(fla_commit).read().strip()
+    if fla_commit(args.peers):
+        meta["fla_commit"] = fla_commit(args.peers)
 
     def emit(**r):
         recs.append(r)
@@ -309,8 +292,8 @@ def main():
         with open(args.out, "w") as f:  # rewritten each time: a crash keeps what was measured
             json.dump({"meta": meta, "records": recs}, f, indent=1)
 
-    def fla_ok(L, heads):  # fla indexes with int32: 1M x 32 x 128 hits an illegal address (ANCHORS)
-        return fla and L * heads * D < 2**31
+    def fla_ok(L, heads):
+        return fla and fla_fits(L, heads, D)
 
     bf = torch.bfloat16
     sc = 1 / math.sqrt(E)
@@ -348,6 +331,13 @@ def main():
         argsets = [ours.core(qs[i], ks[i], vs[i], o) for i in range(rot)]
         t = time_ms(lambda i: ours.prefill(argsets[i % rot]), reps)
         emit(kind="core_prefill", impl="liquid_memory", L=L, ms=t)
+        # normalize off (o = phi(q)S / sqrt(D)): the peer of fla's unnormalised core below
+        unnorm = [ours.core(qs[i], ks[i], vs[i], o, normalize=0) for i in range(rot)]
+        try:
+            t = time_ms(lambda i: ours.prefill(unnorm[i % rot]), reps)
+            emit(kind="core_prefill", impl="liquid_memory_unnormalised", L=L, ms=t)
+        except RuntimeError as e:  # a status from the library: recorded, the run goes on
+            emit(kind="core_prefill", impl="liquid_memory_unnormalised", L=L, error=str(e)[:200])
         if L <= 131072:
             for be in ("cudnn", "flash"):
                 try:
@@ -367,8 +357,9 @@ def main():
                                                  normalize=norm), reps)
                     emit(kind="core_prefill", impl="fla_chunk" + ("" if norm else "_unnormalised"), L=L, ms=t)
                 except Exception as e:
-                    emit(kind="core_prefill", impl="fla_chunk", L=L, error=str(e)[:200])
-        del qs, ks, vs, o, argsets
+                    emit(kind="core_prefill", impl="fla_chunk" + ("" if norm else "_unnormalised"), L=L,
+                         error=str(e)[:200])
+        del qs, ks, vs, o, argsets, unnorm
         torch.cuda.empty_cache()
 
         # ---- module prefill ----

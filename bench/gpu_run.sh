@@ -15,7 +15,8 @@
 #                                     train (bench/train_demo.py up to 32K on a curriculum,
 #                                     packed in train.tgz; skipped when the backward did not
 #                                     run from Python), train-bench (the training benchmark
-#                                     at 8K-128K with peers, packed in train-bench.tgz),
+#                                     at 8K-128K with peers, fla from peers/ included,
+#                                     packed in train-bench.tgz),
 #                                     python: pytest (tests/python on the GPU), then sweep (the
 #                                     LiquidMemory.benchmark sweep --mode all, packed in sweep.tgz);
 #                                     kernels: bench/v2_probe.py under LM_ATTEND_KERNEL=v1 and v2,
@@ -294,7 +295,8 @@ for L in (8192, 32768):  # B = 1, 32 heads of 128, bf16, causal, elu+1, normalis
         mkdir -p "$OUT/train-bench"
         export LM_LIB_PATH="$PWD/$B/lib/libliquidmemory.so" PYTHONPATH="$PWD/bindings/python"
         phase train-bench 240 "$OUT/train-bench.log" python3 -m liquid_memory.benchmark --train \
-            --seq-lengths 8192,32768,131072 --warmup 1 --iters 5 --max-seconds 10 --out "$OUT/train-bench"
+            --seq-lengths 8192,32768,131072 --warmup 1 --iters 5 --max-seconds 10 --peers "$PWD/peers" \
+            --out "$OUT/train-bench"
         tar -C "$OUT" -czf "$OUT/train-bench.tgz" train-bench && rm -rf "$OUT/train-bench" ;;
     evict)
         corpus=${LM_CORPUS:-build/corpus/tinyshakespeare.txt}

@@ -2,6 +2,7 @@
 benchmark.py - the sequence-length sweep of LiquidMemory against softmax attention.
 
     python -m liquid_memory.benchmark [--device cuda] [--seq-lengths 2048,8192,...] [--train]
+                                      [--peers peers]   # + flash-linear-attention in training
     LiquidMemory.benchmark(embed_dim=4096, num_heads=32, ...)   # same thing from Python
     LiquidMemory.benchmark(..., mode="train")                   # forward + backward
 
@@ -30,6 +31,11 @@ them afresh) per length L for
   sdpa_flash / sdpa_cudnn / sdpa_math
                   the same projections around F.scaled_dot_product_attention(is_causal=True),
                   flash / cuDNN forced on CUDA, the math backend on the CPU
+  fla_chunk       (with --peers DIR / peers=DIR) the same projections around
+                  flash-linear-attention's chunk_linear_attn on phi(q), phi(k) (elu+1,
+                  computed in the layer) and v, normalised as LiquidMemory; imported from
+                  DIR/fla (liquid_memory._peers), CUDA only; skipped with the reason when
+                  it does not import, off CUDA, or past fla's int32 indexing
 Peak memory is the peak during the call above what was allocated before it (the
 weights, x, dout and the mask), so it includes the activations autograd saves and the
 gradients.
@@ -69,7 +75,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import _ffi
+from . import _ffi, _peers
 from .module import LiquidMemory
 
 GPU_DEFAULTS = dict(embed_dim=4096, num_heads=32, seq_lengths=(2048, 8192, 32768, 131072),
@@ -81,6 +87,7 @@ CPU_DEFAULTS = dict(embed_dim=512, num_heads=8, seq_lengths=(256, 512, 1024, 204
 THEORY = {
     "liquid_memory": (1, 1), "mha_default": (2, 2), "mha_fast": (2, 2),
     "sdpa_flash": (2, 1), "sdpa_cudnn": (2, 1), "sdpa": (2, 1), "mha": (2, 2), "sdpa_math": (2, 2),
+    "fla_chunk": (1, 1),
     "liquid_memory_step": (0, 0), "liquid_memory_step_graph": (0, 0), "kv_cache": (1, 1),
 }
 MODEL_NAMES = {0: "O(1)", 1: "O(n)", 2: "O(n^2)"}
@@ -100,6 +107,10 @@ METHOD_NOTES = {
     "sdpa": "MHA's projections around scaled_dot_product_attention, causal, torch's choice",
     "sdpa_math": "MHA's projections around scaled_dot_product_attention, causal, math "
                  "backend",
+    "fla_chunk": "MHA's projections around flash-linear-attention's chunk_linear_attn "
+                 "(peers/fla, training only) on elu+1 feature maps, causal, normalised as "
+                 "LiquidMemory; skipped, with the reason, when fla does not import, off CUDA, "
+                 "or past its int32 indexing (B*L*H*D >= 2^31)",
     "liquid_memory_step": "LiquidMemory.step after a causal prefill of S tokens (eager)",
     "liquid_memory_step_graph": "the same step replayed from a CUDA graph",
     "kv_cache": "softmax decode: project the token, write k/v into a preallocated KV cache, "
@@ -232,22 +243,50 @@ def _sdpa_backends(device, train=False):
     return out
 
 
-class _SDPALayer(nn.Module):
-    """MHA's projections around F.scaled_dot_product_attention (causal)."""
+class _ProjectedLayer(nn.Module):
+    """MHA's projections around a peer's attention core: attend(q, k, v), all
+    [B, L, H, D], returns [B, L, H, D]."""
 
-    def __init__(self, mha, backend_ctx):
+    def __init__(self, mha, attend):
         super().__init__()
-        self.mha, self.ctx = mha, backend_ctx
+        self.mha, self.attend = mha, attend
 
     def forward(self, x):
         m = self.mha
         B, L, E = x.shape
-        H, D = m.num_heads, E // m.num_heads
-        qkv = F.linear(x, m.in_proj_weight, m.in_proj_bias).view(B, L, 3, H, D)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        with self.ctx():
-            o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return F.linear(o.transpose(1, 2).reshape(B, L, E), m.out_proj.weight, m.out_proj.bias)
+        H = m.num_heads
+        qkv = F.linear(x, m.in_proj_weight, m.in_proj_bias).view(B, L, 3, H, E // H)
+        o = self.attend(*qkv.unbind(2))
+        return F.linear(o.reshape(B, L, E), m.out_proj.weight, m.out_proj.bias)
+
+
+def _SDPALayer(mha, backend_ctx):
+    """MHA's projections around F.scaled_dot_product_attention (causal) on the
+    backend backend_ctx() forces."""
+    def attend(q, k, v):  # SDPA takes [B, H, L, D]
+        with backend_ctx():
+            o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
+                                               v.transpose(1, 2), is_causal=True)
+        return o.transpose(1, 2)
+    return _ProjectedLayer(mha, attend)
+
+
+def _FlaLayer(mha, chunk_linear_attn):
+    """MHA's projections around fla's chunk_linear_attn (causal, [B, L, H, D] in and
+    out) on phi(q), phi(k) = elu+1, normalised: o = phi(q) S / phi(q) z as in
+    LiquidMemory's default (fla's denominator epsilon is its own)."""
+    def attend(q, k, v):
+        o, _ = chunk_linear_attn(F.elu(q) + 1, F.elu(k) + 1, v, normalize=True)
+        return o
+    return _ProjectedLayer(mha, attend)
+
+
+def _load_fla(peers, device):
+    """(fla's chunk_linear_attn or None, why not) for the training sweep from peers/fla."""
+    fla, why = _peers.load_fla(peers)
+    if fla and device.type != "cuda":
+        return None, "fla's kernels need CUDA (triton); the device is %s" % device
+    return (fla[0] if fla else None), why
 
 
 class _KVCacheDecoder:
@@ -359,7 +398,7 @@ def _resolve(device, embed_dim, num_heads, seq_lengths, decode_contexts, dtype, 
 def run(embed_dim=None, num_heads=None, batch_size=1, seq_lengths=None, dtype=None,
         device="cuda", decode_contexts=None, methods=None, warmup=None, iters=None,
         out_dir=os.path.join("bench", "results"), plots=True, progress=True, max_seconds=60.0,
-        tag=None, verbose=True, threads=None, mode="inference"):
+        tag=None, verbose=True, threads=None, mode="inference", peers=None):
     """Runs the sweep; returns {'config', 'records', 'fits', 'files', 'notes'}.
 
     embed_dim / num_heads / seq_lengths / decode_contexts / dtype default to the
@@ -369,7 +408,10 @@ def run(embed_dim=None, num_heads=None, batch_size=1, seq_lengths=None, dtype=No
     backward of the layer) or "all". methods: a subset of the method names of
     those phases (module docstring); max_seconds: per-call budget for skipping a
     method's larger lengths; threads: torch.set_num_threads (CPU runs default to every
-    core, so torch and libliquidmemory, which share one OpenMP runtime, use the same)."""
+    core, so torch and libliquidmemory, which share one OpenMP runtime, use the same);
+    peers: a folder holding flash-linear-attention as peers/fla, which adds the fla_chunk
+    method to training (None: not run; it is skipped with the reason where fla does not
+    import or the device is not CUDA)."""
     if mode not in MODES:
         raise ValueError("mode must be one of %s, not %r" % (MODES, mode))
     notes = []
@@ -390,7 +432,10 @@ def run(embed_dim=None, num_heads=None, batch_size=1, seq_lengths=None, dtype=No
         if inference else []
     decode_methods = ["liquid_memory_step"] + (["liquid_memory_step_graph"] if cuda else []) + \
         ["kv_cache"] if inference else []
-    train_methods = ["liquid_memory", "mha"] + list(sdpa_train) if training else []
+    train_peers = dict(sdpa_train)
+    if training and peers:
+        train_peers["fla_chunk"] = _load_fla(peers, device)
+    train_methods = ["liquid_memory", "mha"] + list(train_peers) if training else []
     if methods:
         known = set(prefill_methods) | set(decode_methods) | set(train_methods)
         unknown = set(methods) - known
@@ -413,6 +458,9 @@ def run(embed_dim=None, num_heads=None, batch_size=1, seq_lengths=None, dtype=No
               "max_seconds": max_seconds, "threads": torch.get_num_threads(), "mode": mode,
               "prefill_methods": prefill_methods, "decode_methods": decode_methods,
               "train_methods": train_methods}
+    if "fla_chunk" in train_peers:
+        config["peers"] = {"dir": os.path.abspath(peers), "fla_commit": _peers.fla_commit(peers),
+                           "fla": train_peers["fla_chunk"][1] or "imported"}
 
     if verbose and out_dir:
         print("output folder: %s" % os.path.abspath(out_dir))
@@ -473,7 +521,7 @@ def run(embed_dim=None, num_heads=None, batch_size=1, seq_lengths=None, dtype=No
         mha.train()
         for method in train_methods:
             length_sweep("train", method, lambda L, method=method: _train_fn(
-                method, lm, mha, sdpa_train, batch_size, L, E, device, dtype), True, (lm, mha))
+                method, lm, mha, train_peers, batch_size, L, E, device, dtype), True, (lm, mha))
         lm.eval()
         mha.eval()
 
@@ -523,9 +571,17 @@ def _prefill_fn(method, lm, mha, sdpa, x):
     return lambda: layer(x)
 
 
-def _train_fn(method, lm, mha, sdpa, B, L, E, device, dtype):
+def _train_fn(method, lm, mha, peers, B, L, E, device, dtype):
     """A callable running forward + backward of one layer at length L; its inputs
-    (x requiring grad, the output's gradient, MHA's mask) are made here, before timing."""
+    (x requiring grad, the output's gradient, MHA's mask) are made here, before timing.
+    peers: {SDPA method: backend context factory, "fla_chunk": (chunk_linear_attn or
+    None, why not)}; fla that did not load, or L past its int32 indexing, raises _Skip."""
+    if method == "fla_chunk":
+        chunk, why = peers[method]
+        if chunk is None:
+            raise _Skip("skipped", why)
+        if not _peers.fla_fits(B, L, E):
+            raise _Skip("skipped", "fla indexes with int32: B*L*E = %d >= 2^31" % (B * L * E))
     g = torch.Generator(device="cpu").manual_seed(2)
     x = torch.randn(B, L, E, generator=g).to(device, dtype).requires_grad_(True)
     dout = torch.randn(B, L, E, generator=g).to(device, dtype)
@@ -534,8 +590,10 @@ def _train_fn(method, lm, mha, sdpa, B, L, E, device, dtype):
     elif method == "mha":
         mask = _causal_mask(L, device)
         layer, mods = (lambda t: mha(t, t, t, attn_mask=mask, need_weights=False)[0]), mha
+    elif method == "fla_chunk":
+        layer, mods = _FlaLayer(mha, peers[method][0]), mha
     else:
-        layer, mods = _SDPALayer(mha, sdpa[method]), mha
+        layer, mods = _SDPALayer(mha, peers[method]), mha
 
     def reset():
         mods.zero_grad(set_to_none=True)
@@ -928,7 +986,8 @@ def parser():
         prog="python -m liquid_memory.benchmark",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=textwrap.fill(
-            "Sequence-length sweep of LiquidMemory against nn.MultiheadAttention and SDPA: "
+            "Sequence-length sweep of LiquidMemory against nn.MultiheadAttention and SDPA "
+            "(and, in training with --peers, flash-linear-attention): "
             "prefill time and peak extra memory, decode latency per token and the memory kept "
             "between tokens, or (--train) forward + backward time and memory. Prints a table "
             "and writes a JSON, PNG plots (log-log, with fitted theory curves) and a manifest "
@@ -959,6 +1018,10 @@ def parser():
                         "(default: inference)")
     p.add_argument("--train", dest="mode", action="store_const", const="train",
                    help="the same as --mode train")
+    p.add_argument("--peers", metavar="DIR",
+                   help="a folder holding flash-linear-attention as DIR/fla (bench/gpu_run.sh: "
+                        "peers): adds fla_chunk to the training sweep, skipped with the reason "
+                        "where fla does not import or off CUDA (default: none, fla not run)")
     p.add_argument("--warmup", type=int,
                    help="untimed calls before timing (default: 2 on CUDA, 1 on the CPU)")
     p.add_argument("--iters", type=int,
@@ -988,7 +1051,7 @@ def main(argv=None):
         dtype=DTYPES[a.dtype] if a.dtype else None, device=a.device,
         methods=a.methods.split(",") if a.methods else None, warmup=a.warmup, iters=a.iters,
         max_seconds=a.max_seconds, threads=a.threads, out_dir=a.out, tag=a.tag,
-        plots=not a.no_plots, progress=not a.no_progress, mode=a.mode)
+        plots=not a.no_plots, progress=not a.no_progress, mode=a.mode, peers=a.peers)
     return 0
 
 
