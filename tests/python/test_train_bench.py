@@ -151,3 +151,107 @@ def test_train_cli(tmp_path):
     assert [(r["method"], r["n"], r["status"]) for r in data["records"]] == [
         ("liquid_memory", 64, "ok"), ("liquid_memory", 128, "ok"), ("mha", 64, "ok"),
         ("mha", 128, "ok")]
+
+
+# ---- fla_chunk (flash-linear-attention from a peers folder) ----
+
+FAKE_FLA = '''
+import torch
+
+
+def chunk_linear_attn(q, k, v, scale=None, normalize=True, **kw):
+    """causal linear attention on [B, L, H, D] in float64 (what fla's op computes)"""
+    qf, kf, vf = (t.double().transpose(1, 2) for t in (q, k, v))
+    A = torch.tril(qf @ kf.transpose(-1, -2))
+    o = A @ vf
+    if normalize:
+        o = o / (A.sum(-1, keepdim=True) + 1e-6)
+    return o.transpose(1, 2).to(q.dtype), None
+
+
+fused_recurrent_linear_attn = chunk_linear_attn
+'''
+
+
+@pytest.fixture
+def peers_dir(tmp_path, monkeypatch):
+    """A peers folder; whatever load_fla puts on sys.path / in sys.modules is undone."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    yield tmp_path
+    for name in [n for n in sys.modules if n == "fla" or n.startswith("fla.")]:
+        del sys.modules[name]
+
+
+def _fake_fla(root, body):
+    ops = root / "fla" / "ops"
+    ops.mkdir(parents=True)
+    (ops / "linear_attn.py").write_text(body)
+
+
+@pytest.mark.parametrize("body, reason", [
+    (None, "peers/fla not present"),
+    ("raise ImportError(\"No module named 'triton'\")\n", "ImportError: No module named 'triton'"),
+    (FAKE_FLA, "fla's kernels need CUDA (triton); the device is cpu"),
+])
+def test_fla_is_skipped_with_its_reason(peers_dir, body, reason):
+    """fla absent, failing to import, or imported off CUDA: every length of fla_chunk is
+    recorded as skipped with the reason (in the table's notes and the config), and the
+    other methods run."""
+    if body is not None:
+        _fake_fla(peers_dir, body)
+    res = benchmark.run(out_dir=None, mode="train", methods=["liquid_memory", "fla_chunk"],
+                        peers=str(peers_dir), **TINY)
+    assert res["config"]["train_methods"] == ["liquid_memory", "fla_chunk"]
+    assert reason in res["config"]["peers"]["fla"]
+    fla = [r for r in res["records"] if r["method"] == "fla_chunk"]
+    assert [(r["n"], r["status"]) for r in fla] == [(64, "skipped"), (128, "skipped"),
+                                                    (256, "skipped")]
+    assert all(reason in r["note"] and r["ms"] is None for r in fla)
+    assert all(r["status"] == "ok" for r in res["records"] if r["method"] == "liquid_memory")
+    table = benchmark.format_table(res)
+    assert "fla_chunk skipped n=64: " + reason in table
+    assert "chunk_linear_attn" in table.split("methods:")[1]  # the legend says what it is
+
+
+def test_fla_not_run_without_peers():
+    res = benchmark.run(out_dir=None, mode="train", methods=["liquid_memory"], **TINY)
+    assert "fla_chunk" not in res["config"]["train_methods"] and "peers" not in res["config"]
+    with pytest.raises(ValueError, match="unknown or unavailable"):
+        benchmark.run(out_dir=None, mode="train", methods=["fla_chunk"], **TINY)
+
+
+def test_fla_layer_is_liquid_memory_normalised(peers_dir):
+    """The fla_chunk layer (MHA's projections, elu+1, normalised) computes LiquidMemory's
+    layer when the chunk op is exact (float64 causal linear attention standing in for fla),
+    and its step runs the backward into x and every weight. fp32 layer: bound 1e-4."""
+    _fake_fla(peers_dir, FAKE_FLA)
+    from liquid_memory import _peers
+    fla, why = _peers.load_fla(str(peers_dir))
+    assert why is None
+    torch.manual_seed(3)
+    mha = torch.nn.MultiheadAttention(32, 4, batch_first=True)
+    lm = LiquidMemory.from_mha(mha)
+    x = torch.randn(2, 50, 32)
+    want = lm(x, x, x, is_causal=True, need_weights=False)[0]
+    got = benchmark._FlaLayer(mha, fla[0])(x)
+    assert ((got - want).norm() / want.norm()).item() < 1e-4
+    fn = benchmark._train_fn("fla_chunk", lm, mha, {"fla_chunk": (fla[0], None)}, 1, 64, 32,
+                             torch.device("cpu"), torch.float32)
+    out = fn()
+    assert out.shape == (1, 64, 32) and torch.isfinite(out).all()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in mha.parameters())
+
+
+def test_fla_int32_limit_is_a_skip():
+    """B * L * E >= 2^31 is past fla's int32 indexing: skipped before anything is allocated."""
+    mha = torch.nn.MultiheadAttention(32, 4, batch_first=True)
+    with pytest.raises(benchmark._Skip, match="int32") as e:
+        benchmark._train_fn("fla_chunk", None, mha, {"fla_chunk": (lambda *a, **k: None, None)},
+                            1, 2 ** 31 // 32, 32, torch.device("cpu"), torch.float32)
+    assert e.value.status == "skipped"
+
+
+def test_help_documents_peers():
+    text = benchmark.parser().format_help()
+    assert "--peers DIR" in text and "default: none, fla not run" in text
+    assert "fla_chunk" in text.split("methods:")[1]
