@@ -409,7 +409,7 @@ def run(embed_dim=None, num_heads=None, batch_size=1, seq_lengths=None, dtype=No
     those phases (module docstring); max_seconds: per-call budget for skipping a
     method's larger lengths; threads: torch.set_num_threads (CPU runs default to every
     core, so torch and libliquidmemory, which share one OpenMP runtime, use the same);
-    peers: a folder holding flash-linear-attention as peers/fla, which adds the fla_chunk
+    peers: a folder holding flash-linear-attention as <peers>/fla, which adds the fla_chunk
     method to training (None: not run; it is skipped with the reason where fla does not
     import or the device is not CUDA)."""
     if mode not in MODES:
