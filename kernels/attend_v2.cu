@@ -60,7 +60,7 @@ __global__ void __launch_bounds__(THREADS, 1) kernel(const __grid_constant__ P p
 
     if (role == 0) {
         regs_lower<REGS_LOAD>();
-        produce<T, LOAD_WARPS>(p, j, sm);
+        produce<T>(p, j, sm);
     } else if (role == 1) {
         regs_raise<REGS_READ>();
         if (!j.causal)

@@ -153,28 +153,26 @@ template <class T, int N> struct Converter {
     }
 };
 
-/* The split producer: LW loader warps, the other warps convert. */
-template <class T, int LW> __device__ void produce(const lmk_attend &p, const Job &j, const Smem<T> &sm)
+/* The one loader warp's threads (landed(st) counts one arrival each) and
+ * the converter threads (full(st) counts one each). */
+constexpr int LOADERS = 32, CONVERTERS = GROUP - LOADERS;
+
+/* The split producer: the loader warp, and the other warps convert. */
+template <class T> __device__ void produce(const lmk_attend &p, const Job &j, const Smem<T> &sm)
 {
-    constexpr int NL = 32 * LW, NC = GROUP - NL;
     const int t = (int)threadIdx.x; /* 0 .. GROUP - 1 */
-    if (t < NL) {
-        const Loader<T, NL> ld = { p, j, sm, { t } };
+    if (t < LOADERS) {
+        const Loader<T, LOADERS> ld = { p, j, sm, { t } };
         ld.run();
         return;
     }
-    const Converter<T, NC> cv = { p, j, sm, { t - NL } };
+    const Converter<T, CONVERTERS> cv = { p, j, sm, { t - LOADERS } };
     switch (p.feature_map) {
     case LM_FEATURE_ELU1: cv.template run<LM_FEATURE_ELU1>(); break;
     case LM_FEATURE_RELU: cv.template run<LM_FEATURE_RELU>(); break;
     default: cv.template run<LM_FEATURE_IDENTITY>(); break;
     }
 }
-
-/* The one loader warp's threads (landed(st) counts one arrival each) and
- * the converter threads (full(st) counts one each). */
-constexpr int LOAD_WARPS = 1;
-constexpr int LOADERS = 32 * LOAD_WARPS, CONVERTERS = GROUP - LOADERS;
 
 } // namespace v2
 } // namespace lmk
