@@ -20,6 +20,35 @@ extern int gpu_small;
         ck_assert_msg(e_ == cudaSuccess, "%s: %s", #call, cudaGetErrorString(e_));          \
     } while (0)
 
+/* Begins a capture on s, runs call (an lm_status expression that queues its
+ * work on s), ends the capture and gives call's status. IN_CAPTURE drops the
+ * graph (for calls that must refuse capture); IN_GRAPH, when call returned
+ * LM_OK, first launches the graph once on s (a captured call run for real). */
+#define IN_CAPTURE(s, call)                                                                 \
+    ({                                                                                      \
+        cudaGraph_t g_;                                                                     \
+        CUDA_OK(cudaStreamBeginCapture((s), cudaStreamCaptureModeThreadLocal));            \
+        lm_status r_ = (call);                                                              \
+        CUDA_OK(cudaStreamEndCapture((s), &g_));                                            \
+        CUDA_OK(cudaGraphDestroy(g_));                                                      \
+        r_;                                                                                 \
+    })
+#define IN_GRAPH(s, call)                                                                   \
+    ({                                                                                      \
+        cudaGraph_t g_;                                                                     \
+        CUDA_OK(cudaStreamBeginCapture((s), cudaStreamCaptureModeThreadLocal));            \
+        lm_status r_ = (call);                                                              \
+        CUDA_OK(cudaStreamEndCapture((s), &g_));                                            \
+        if (r_ == LM_OK) {                                                                  \
+            cudaGraphExec_t x_;                                                             \
+            CUDA_OK(cudaGraphInstantiate(&x_, g_, 0));                                      \
+            CUDA_OK(cudaGraphLaunch(x_, (s)));                                              \
+            CUDA_OK(cudaGraphExecDestroy(x_));                                              \
+        }                                                                                   \
+        CUDA_OK(cudaGraphDestroy(g_));                                                      \
+        r_;                                                                                 \
+    })
+
 /* Device memory of n bytes (at least 1). */
 void *dmalloc(size_t n);
 /* Device copy of a test buffer / of host bytes. */

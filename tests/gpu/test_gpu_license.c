@@ -28,18 +28,6 @@ static void require_evaluation(void)
                   "LM_LICENSE_FILE unset and HOME without a license (mode is %d)", (int)d.mode);
 }
 
-/* Begins a capture on s, runs call's status through, ends the capture and
- * drops the graph: returns the call's status. */
-#define IN_CAPTURE(s, call)                                                                     \
-    ({                                                                                          \
-        cudaGraph_t g_;                                                                         \
-        CUDA_OK(cudaStreamBeginCapture((s), cudaStreamCaptureModeThreadLocal));                \
-        lm_status r_ = (call);                                                                  \
-        CUDA_OK(cudaStreamEndCapture((s), &g_));                                                \
-        CUDA_OK(cudaGraphDestroy(g_));                                                          \
-        r_;                                                                                     \
-    })
-
 START_TEST(test_gpu_module_capture_refused)
 {
     require_evaluation();
