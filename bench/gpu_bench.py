@@ -283,8 +283,9 @@ def main():
             "library": lib.so.lm_version().decode(), "fla": "imported" if fla else fla_err,
             "shape": {"B": 1, "E": E, "heads": H, "head_dim": D, "dtype": "bf16", "causal": True,
                       "feature_map": "elu+1", "normalize": True}}
-    if fla_commit(args.peers):
-        meta["fla_commit"] = fla_commit(args.peers)
+    fla_rev = fla_commit(args.peers)
+    if fla_rev:
+        meta["fla_commit"] = fla_rev
 
     def emit(**r):
         recs.append(r)
