@@ -35,7 +35,7 @@
  * WMMA body): 128K prefill 26.9 ms (WMMA body 38.7), 32K 7.0 ms (10.4); with
  * the denominator from the linear call (den) 9.87 ms (WMMA body 19.1). ncu at
  * 32K then: the body 1.30 ms, 43 % of its stall samples in the key and value
- * list loads' per-piece tests, 12 % in the logits' window test, 14 % in the
+ * list loads' per-piece tests, 12 % in the logits' window test, 16 % in the
  * output pass: hence the positions' plain loads, the unmasked middle blocks
  * and the output's index math by shifts (round 2: 0.95 ms at 32K, 128K 8.1-
  * 8.7 ms); then the output pass's wait for the numerators it read from out
