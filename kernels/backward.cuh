@@ -211,7 +211,10 @@ struct Cta {
     }
 
     /* ex[i] = the unmasked keys among rows 0 .. i-1 of the chunk of n rows
-     * from t0 (i without a mask); read after the caller's next barrier. */
+     * from t0 (i without a mask or a decay); read after the caller's next
+     * barrier. Only a decay reads the mask here: it is causal, so rows are
+     * keys; a bidirectional query walk's rows are no keys (the module
+     * backward's sweep 2 passes one masked key, a mask of B bytes). */
     __device__ void exponents(int64_t t0, int n) const
     {
         if (threadIdx.x != 0)
@@ -219,7 +222,7 @@ struct Cta {
         int c = 0;
         for (int i = 0; i <= s.bc; i++) {
             ex[i] = c;
-            c += i < n && !masked(t0 + i);
+            c += i < n && !(p.has_decay && masked(t0 + i));
         }
     }
 
