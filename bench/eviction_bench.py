@@ -125,7 +125,8 @@ def parse(argv=None):
                    "(evict_attention.py, which also reports the evicted share); auto: the "
                    "library where it has the gate's form (default)")
     g.add_argument("--convert-seconds", type=float, help="at most this long for all the "
-                   "conversions and the control together (3000 on the CPU, 60 on CUDA)")
+                   "conversions and the control together, split evenly over their stages (3000 on the CPU, "
+                   "420 on CUDA: 20 s a stage, more than 100 steps take on an H100)")
     g.add_argument("--transfer-steps", type=int)
     g.add_argument("--finetune-steps", type=int)
     a = p.parse_args(argv)
@@ -154,11 +155,11 @@ def parse(argv=None):
     pick("lm_ctx", 64, 512, 1024)
     pick("lm_batch", 2, 4, 32)
     pick("lm_steps", 4, 500, 2500)
-    pick("lm_seconds", 60.0, 1200.0, 60.0)
+    pick("lm_seconds", 60.0, 1200.0, 150.0)
     pick("lm_eval_seqs", 2, 32, 96)
-    pick("convert_seconds", 60.0, 3000.0, 60.0)
-    pick("transfer_steps", 2, 40, 150)
-    pick("finetune_steps", 2, 60, 250)
+    pick("convert_seconds", 60.0, 3000.0, 420.0)
+    pick("transfer_steps", 2, 40, 60)
+    pick("finetune_steps", 2, 60, 100)
     if a.convert_budgets is None:
         a.convert_budgets = list(a.budgets)
     if a.sinks < 0 or min(a.budgets) < 2 or min(a.budgets) <= a.sinks:

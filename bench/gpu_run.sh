@@ -45,7 +45,7 @@
 #                                     (memcheck, racecheck, synccheck on its reduced grid),
 #                                     hybrid-ab (hybrid_bench.py by default and under each VAR=value
 #                                     of LM_HYBRID_AB, e.g. "LM_HYBRID_BODY=wmma LM_HYBRID_DEN=passA"),
-#                                     evict (bench/eviction_bench.py --part lm on CUDA, <= 6 min:
+#                                     evict (bench/eviction_bench.py --part lm on CUDA, <= 9 min:
 #                                     needs build/corpus/tinyshakespeare.txt carried, or
 #                                     LM_CORPUS=path; packed in evict.tgz),
 #                                     hf (tests/python/test_hf.py: the Hugging Face patch, linear
@@ -306,7 +306,7 @@ for L in (8192, 32768):  # B = 1, 32 heads of 128, bf16, causal, elu+1, normalis
         fi
         mkdir -p "$OUT/evict"
         export LM_LIB_PATH="$PWD/$B/lib/libliquidmemory.so" PYTHONPATH="$PWD/bindings/python"
-        phase evict 360 "$OUT/evict.log" python3 bench/eviction_bench.py --part lm --device cuda \
+        phase evict 540 "$OUT/evict.log" python3 bench/eviction_bench.py --part lm --device cuda \
             --corpus "$corpus" --out "$OUT/evict"
         tar -C "$OUT" -czf "$OUT/evict.tgz" evict && rm -rf "$OUT/evict" ;;
     hf)
