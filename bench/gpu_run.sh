@@ -47,7 +47,7 @@
 #                                     of LM_HYBRID_AB, e.g. "LM_HYBRID_BODY=wmma LM_HYBRID_DEN=passA"),
 #                                     evict (bench/eviction_bench.py --part lm on CUDA, <= 9 min:
 #                                     needs build/corpus/tinyshakespeare.txt carried, or
-#                                     LM_CORPUS=path; packed in evict.tgz),
+#                                     LM_CORPUS=path; LM_EVICT_ARGS adds arguments; packed in evict.tgz),
 #                                     hf (tests/python/test_hf.py: the Hugging Face patch, linear
 #                                     and hybrid, on transformers' models; needs transformers),
 #                                     kern2 (compensated prefills on kernel v2, issue #18): the core
@@ -153,7 +153,7 @@ for p in $PHASES; do
     profile)
         # Kernel v2 (the default core prefill on sm_90): at 8K with 32 heads the call runs
         # ABSORB, the scan and CAUSAL; -c 2 takes both v2 launches (ABSORB, then CAUSAL).
-        V2=_ZN3lmk2v26kernelILi128ELb0E10lmk_attendEEvT1_i
+        V2=_ZN3lmk2v26kernelILi128ELb0E10lmk_attendEEvT1_NS0_3TmaEi
         { cuobjdump -sass -fun "$V2" "$CUDA_LIB" |
               grep -oE '^ +/\*[0-9a-f]{4}\*/ +[A-Z0-9_.]+' | awk '{print $2}' | sort | uniq -c | sort -rn | head -40
           echo "==== ncu"; } > "$OUT/profile.log" 2>&1
@@ -307,7 +307,7 @@ for L in (8192, 32768):  # B = 1, 32 heads of 128, bf16, causal, elu+1, normalis
         mkdir -p "$OUT/evict"
         export LM_LIB_PATH="$PWD/$B/lib/libliquidmemory.so" PYTHONPATH="$PWD/bindings/python"
         phase evict 540 "$OUT/evict.log" python3 bench/eviction_bench.py --part lm --device cuda \
-            --corpus "$corpus" --out "$OUT/evict"
+            --corpus "$corpus" --out "$OUT/evict" ${LM_EVICT_ARGS:-} # split into words on purpose
         tar -C "$OUT" -czf "$OUT/evict.tgz" evict && rm -rf "$OUT/evict" ;;
     hf)
         export LM_LIB_PATH="$PWD/$B/lib/libliquidmemory.so" PYTHONPATH="$PWD/bindings/python"

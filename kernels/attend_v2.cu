@@ -2,7 +2,8 @@
  * attend_v2.cu - the v2 prefill (sm_90a): one CTA per (batch row, head,
  * segment) with all value columns and three warpgroups, FA3-style:
  *   warpgroup 0  loads and phi (v2_loads.cuh)        72 registers
- *                (1 loader warp, 3 converting)
+ *                (1 loader warp: cp.async, or one lane's TMA copies
+ *                where tma_maps encodes the call; 3 warps converting)
  *   warpgroup 1  readout: v2_intra.cuh, v2_epilogue   200 registers
  *   warpgroup 2  state: v2_state.cuh                  232 registers
  * ordered by mbarriers: landed / full / empty per stage (3 stages of q, k, v), and
@@ -23,13 +24,16 @@
 #include "v2_loads.cuh"
 #include "v2_state.cuh"
 
+#include <cudaTypedefs.h>
 #include <cuda_runtime.h>
+#include <string.h>
 
 namespace lmk {
 namespace v2 {
 
 template <int D, bool COMP, class P>
-__global__ void __launch_bounds__(THREADS, 1) kernel(const __grid_constant__ P pp, int kind)
+__global__ void __launch_bounds__(THREADS, 1) kernel(const __grid_constant__ P pp, const __grid_constant__ Tma tm,
+                                                     int kind)
 {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
     typedef Shape<D> T;
@@ -44,7 +48,7 @@ __global__ void __launch_bounds__(THREADS, 1) kernel(const __grid_constant__ P p
     if (threadIdx.x == 0) {
         for (int st = 0; st < STAGES; st++) {
             cuda::ptx::mbarrier_init(sm.full(st), CONVERTERS);
-            cuda::ptx::mbarrier_init(sm.landed(st), LOADERS);
+            cuda::ptx::mbarrier_init(sm.landed(st), landed_count(tm));
             cuda::ptx::mbarrier_init(sm.empty(st), j.causal ? 2 * GROUP : GROUP);
         }
         cuda::ptx::mbarrier_init(sm.s_full(), GROUP);
@@ -60,7 +64,7 @@ __global__ void __launch_bounds__(THREADS, 1) kernel(const __grid_constant__ P p
 
     if (role == 0) {
         regs_lower<REGS_LOAD>();
-        produce<T>(p, j, sm);
+        produce<T>(p, tm, j, sm);
     } else if (role == 1) {
         regs_raise<REGS_READ>();
         if (!j.causal)
@@ -82,24 +86,76 @@ __global__ void __launch_bounds__(THREADS, 1) kernel(const __grid_constant__ P p
 #endif
 }
 
-template <int D, bool COMP, class P> lm_status launch(const P &p, int64_t ctas, int kind, cudaStream_t stream)
+template <int D, bool COMP, class P>
+lm_status launch(const P &p, const Tma &tm, int64_t ctas, int kind, cudaStream_t stream)
 {
     if (ctas < 1 || ctas > INT32_MAX)
         return lmi_error(LM_ERR_UNSUPPORTED, "cuda: %lld blocks do not fit a grid", (long long)ctas);
     LMI_CUDA_TRY(cudaFuncSetAttribute(kernel<D, COMP, P>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)Shape<D>::SMEM));
-    kernel<D, COMP, P><<<(unsigned)ctas, THREADS, Shape<D>::SMEM, stream>>>(p, kind);
+    kernel<D, COMP, P><<<(unsigned)ctas, THREADS, Shape<D>::SMEM, stream>>>(p, tm, kind);
     LMI_CUDA_TRY(cudaGetLastError());
     return LM_OK;
 }
 
+/* cuTensorMapEncodeTiled from the driver (the runtime's entry point: no
+ * link against libcuda); NULL where the driver lacks it. */
+static PFN_cuTensorMapEncodeTiled_v12000 encoder()
+{
+    static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+        void *f = nullptr;
+        cudaDriverEntryPointQueryResult q;
+        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) !=
+                cudaSuccess ||
+            q != cudaDriverEntryPointSuccess)
+            f = nullptr;
+        return (PFN_cuTensorMapEncodeTiled_v12000)f;
+    }();
+    return fn;
+}
+
+/* A [B, L, H, D] bf16 view (strides s in elements, D contiguous) as a map
+ * of 64 x 64 boxes; false where TMA cannot take it (base not 16-byte
+ * aligned, a stride not a positive multiple of 16 bytes, no encoder). */
+static bool map_of(CUtensorMap *m, const void *base, const int64_t *s, int64_t L, int H, int B, int D)
+{
+    const PFN_cuTensorMapEncodeTiled_v12000 enc = encoder();
+    if (!enc || (uintptr_t)base % 16 != 0)
+        return false;
+    for (int i = 0; i < 3; i++)
+        if (s[i] <= 0 || s[i] % 8 != 0 || s[i] >= ((int64_t)1 << 39))
+            return false;
+    const cuuint64_t dim[4] = { (cuuint64_t)D, (cuuint64_t)L, (cuuint64_t)H, (cuuint64_t)B };
+    const cuuint64_t stride[3] = { (cuuint64_t)s[1] * 2, (cuuint64_t)s[2] * 2, (cuuint64_t)s[0] * 2 };
+    const cuuint32_t box[4] = { 64, (cuuint32_t)C, 1, 1 }, one[4] = { 1, 1, 1, 1 };
+    return enc(m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4, const_cast<void *>(base), dim, stride, box, one,
+               CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+               CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+/* The call's maps where TMA takes every tensor the launch reads (q only for
+ * CAUSAL); on = 0 otherwise: masked keys need cp.async's zero-fill, and
+ * coordinates are 32-bit. */
+static Tma tma_maps(const lmk_attend &p, int kind)
+{
+    Tma m;
+    memset(&m, 0, sizeof m);
+    if (p.v2_cpasync || p.mask || p.L > INT32_MAX)
+        return m;
+    const bool q = kind != LMK_CAUSAL || map_of(&m.q, p.q, p.sq, p.L, p.Hq, p.B, p.Dk);
+    m.on = q && map_of(&m.k, p.k, p.sk, p.L, p.Hkv, p.B, p.Dk) && map_of(&m.v, p.v, p.sv, p.L, p.Hkv, p.B, p.Dv);
+    return m;
+}
+
 template <int D, bool COMP> lm_status launch(const lmk_attend &p, int kind, cudaStream_t stream)
 {
-    return launch<D, COMP>(p, (int64_t)p.B * (kind == LMK_ABSORB ? p.Hkv : p.Hq) * p.nseg, kind, stream);
+    return launch<D, COMP>(p, tma_maps(p, kind), (int64_t)p.B * (kind == LMK_ABSORB ? p.Hkv : p.Hq) * p.nseg, kind,
+                           stream);
 }
 
 /* The packed launch's parameters (its table) within the 32,764 bytes a
  * kernel may take on CUDA 12.1+ (Volta and newer). */
-static_assert(sizeof(lmk_attend_pack) + sizeof(int) <= 32764, "lmk_attend_pack over the kernel parameter limit");
+static_assert(sizeof(lmk_attend_pack) + sizeof(Tma) + sizeof(int) <= 32764,
+              "lmk_attend_pack over the kernel parameter limit");
 
 /* Every entry's final state from its scratch into its slot: blockIdx.y is
  * the entry, the x blocks stride over its Hkv (Dk Dv + Dk) floats. */
@@ -152,8 +208,10 @@ extern "C" lm_status lmk_attend_pack_launch(const lmk_attend_pack *p, void *stre
         return LM_OK;
     const cudaStream_t s = (cudaStream_t)stream;
     const int64_t ctas = (int64_t)p->n * p->a.Hq;
-    return p->a.Dk == 64 ? lmk::v2::launch<64, false>(*p, ctas, LMK_CAUSAL, s)
-                         : lmk::v2::launch<128, false>(*p, ctas, LMK_CAUSAL, s);
+    lmk::v2::Tma off; /* rows past an entry's end are the next sequence's: cp.async zero-fills them */
+    memset(&off, 0, sizeof off);
+    return p->a.Dk == 64 ? lmk::v2::launch<64, false>(*p, off, ctas, LMK_CAUSAL, s)
+                         : lmk::v2::launch<128, false>(*p, off, ctas, LMK_CAUSAL, s);
 }
 
 extern "C" lm_status lmk_attend_pack_copy_launch(const lmk_attend_pack *p, void *stream)

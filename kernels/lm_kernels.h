@@ -41,9 +41,6 @@ typedef enum lmk_kind {
     LMK_READOUT = 2  /* queries only, against the fixed state in `in` (bidirectional) */
 } lmk_kind;
 
-/* The v2 prefill's producer warpgroup (bench/NOTES.md, "Kernel v2, loads
- * decoupled from conversion"): 1 or 2 loader warps with the other warps
- * converting, or the serial producer, kept for one GPU A/B and then removed. */
 typedef struct lmk_attend {
     const void *q, *k, *v; /* [B, L, Hq, Dk], [B, L, Hkv, Dk], [B, L, Hkv, Dv] */
     void *out;             /* [B, L, Hq, Dv] */
@@ -62,6 +59,7 @@ typedef struct lmk_attend {
     int aligned;           /* set by the launcher: 16-byte rows, vector loads */
     int cluster;           /* set by the launcher: CTAs of a head sharing q, k (1 = none) */
     int v2;                /* host: run the v2 kernel where it takes the call (unless LM_ATTEND_KERNEL=v1) */
+    int v2_cpasync;        /* host: v2 loads by cp.async even where TMA could (LM_V2_LOADS=cpasync) */
     /* CAUSAL on the v2 kernel only (lmk_attend_v2_runs): each row's normaliser
      * d_i = phi(q_i) . z_i (z_i: the initial z plus phi(k) of the unmasked keys
      * up to row i; no eps) as fp32 at den[(b * Hq + h) * L + i], every row of

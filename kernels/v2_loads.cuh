@@ -14,6 +14,11 @@
  * u / VPR + m (n / VPR) of a tile (u its index among the n threads of its
  * kind): the eight threads of a quarter-warp touch eight pieces of one
  * 128-byte row, no bank conflicts.
+ * Unmasked calls with positive 16-byte strides load by TMA instead (Tma,
+ * TmaLoader): one lane of the loader warp issues each chunk's tiles as
+ * 64 x 64 boxes in the same 128-byte swizzle, onto landed with expect_tx;
+ * the copy zero-fills rows past L itself. The host encodes the maps
+ * (attend_v2.cu, tma_maps) and leaves Tma::on 0 where cp.async stays.
  * One loader warp and three converter warps: a piece's conversion costs ~5x
  * its copy. Measured against the serial producer it replaced (each thread
  * converting its own copies after cp.async.wait_group, then issuing the
@@ -26,6 +31,8 @@
 
 #include "feature_map.cuh"
 #include "v2_scheduler.cuh"
+
+#include <cuda.h>
 
 namespace lmk {
 namespace v2 {
@@ -80,7 +87,7 @@ template <class T, int N> struct Loader {
     {
         const bf16 *src = base + (t0 + s.row(0)) * stride + s.col() * 8;
         const int64_t step = (int64_t)Share<T, N>::STEP * stride;
-#pragma unroll 4
+#pragma unroll 2 /* 4 spilled 4 bytes at D = 128 under 72 registers */
         for (int m = 0; m < Share<T, N>::ROWS; m++, src += step) {
             const bool ok = (live >> s.row(m)) & 1;
             cp_async16(sm.p + dst + s.off(m), ok ? src : base, ok ? 16 : 0);
@@ -103,6 +110,49 @@ template <class T, int N> struct Loader {
         }
         cp_async_commit();
         cp_async_wait<0>();
+    }
+};
+
+/* TMA maps of the call's q, k, v: rank 4 (D, L, H, B) bf16 views, boxes of
+ * 64 columns x 64 rows, 128-byte swizzle. on = 0: the cp.async Loader runs. */
+struct Tma {
+    CUtensorMap q, k, v;
+    int on;
+};
+
+template <class T> struct TmaLoader {
+    const Tma &m;
+    const Job &j;
+    const Smem<T> &sm;
+
+    /* The D / 64 boxes of a tile: rows t0 .. t0 + 63 of head h, batch row j.b. */
+    __device__ void tile(uint32_t dst, const CUtensorMap &map, int64_t t0, int h, uint64_t *bar) const
+    {
+#pragma unroll
+        for (int blk = 0; blk < T::D / 64; blk++) {
+            const int32_t at[4] = { blk * 64, (int32_t)t0, h, j.b };
+            cuda::ptx::cp_async_bulk_tensor(cuda::ptx::space_cluster, cuda::ptx::space_global,
+                                            sm.p + dst + blk * T::BLOCK, &map, at, bar);
+        }
+    }
+
+    /* One thread: chunk c's tiles once its stage is free. */
+    __device__ void run() const
+    {
+        const uint32_t bytes = (j.causal ? 3 : 2) * T::TILE;
+        for (int c = 0; c < j.nch; c++) {
+            const int st = c % STAGES;
+            const int64_t t0 = j.t_begin + (int64_t)c * C;
+            if (c >= STAGES)
+                wait(sm.empty(st), (uint32_t)((c / STAGES - 1) & 1));
+            uint64_t *bar = sm.landed(st);
+            (void)cuda::ptx::mbarrier_arrive_expect_tx(cuda::ptx::sem_release, cuda::ptx::scope_cta,
+                                                       cuda::ptx::space_shared, bar, bytes);
+            if (j.causal)
+                tile(sm.q(st), m.q, t0, j.h, bar);
+            tile(sm.k(st), m.k, t0, j.hk, bar);
+            tile(sm.v(st), m.v, t0, j.hk, bar);
+        }
     }
 };
 
@@ -153,15 +203,27 @@ template <class T, int N> struct Converter {
     }
 };
 
-/* The one loader warp's threads (landed(st) counts one arrival each) and
- * the converter threads (full(st) counts one each). */
+/* The one loader warp's threads (landed(st) counts one arrival each, or
+ * the one TMA thread's) and the converter threads (full(st) counts one each). */
 constexpr int LOADERS = 32, CONVERTERS = GROUP - LOADERS;
 
+__device__ __forceinline__ int landed_count(const Tma &m)
+{
+    return m.on ? 1 : LOADERS;
+}
+
 /* The split producer: the loader warp, and the other warps convert. */
-template <class T> __device__ void produce(const lmk_attend &p, const Job &j, const Smem<T> &sm)
+template <class T> __device__ void produce(const lmk_attend &p, const Tma &m, const Job &j, const Smem<T> &sm)
 {
     const int t = (int)threadIdx.x; /* 0 .. GROUP - 1 */
     if (t < LOADERS) {
+        if (m.on) {
+            if (t == 0) {
+                const TmaLoader<T> ld = { m, j, sm };
+                ld.run();
+            }
+            return;
+        }
         const Loader<T, LOADERS> ld = { p, j, sm, { t } };
         ld.run();
         return;

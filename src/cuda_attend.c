@@ -19,7 +19,8 @@
  * v2 runs every call it takes (lmk_attend_v2_takes; the rest stays on v1),
  * compensated ones in segments of at most LMK_V2_COMP_SEG tokens;
  * LM_ATTEND_KERNEL=v1 keeps every call on v1 (v2 became the default after it
- * passed the GPU suites and the sanitizers on the H200: bench/NOTES.md).
+ * passed the GPU suites and the sanitizers on the H200: bench/NOTES.md);
+ * LM_V2_LOADS=cpasync keeps v2's cp.async loads where it would use TMA.
  * With a mask and a decay, a segment decays the state by g^(its unmasked
  * tokens): those factors come from lmk_seg_decay, for the scan.
  * p->den (internal, the hybrid prefill's): v2's CAUSAL epilogue writes each
@@ -48,14 +49,15 @@ static int64_t value_blocks(const lmi_core_params *p)
     return lmi_cdiv(p->Dv, p->Dk <= 128 ? 32 : 16);
 }
 
-/* LM_ATTEND_KERNEL, read once per process. */
-static int env_v2;
+/* LM_ATTEND_KERNEL and LM_V2_LOADS, read once per process. */
+static int env_v2, env_cpasync;
 static pthread_once_t env_once = PTHREAD_ONCE_INIT;
 
 static void read_env(void)
 {
-    const char *e = getenv("LM_ATTEND_KERNEL");
+    const char *e = getenv("LM_ATTEND_KERNEL"), *l = getenv("LM_V2_LOADS");
     env_v2 = !(e && strcmp(e, "v1") == 0);
+    env_cpasync = l && strcmp(l, "cpasync") == 0;
 }
 
 static void base_params(const lmi_core_params *p, lmk_attend *k);
@@ -177,7 +179,7 @@ static void base_params(const lmi_core_params *p, lmk_attend *k)
     if (p->decay)
         memcpy(k->decay, p->decay, (size_t)p->Hkv * sizeof(float));
     pthread_once(&env_once, read_env);
-    k->v2 = env_v2;
+    k->v2 = env_v2, k->v2_cpasync = env_cpasync;
     k->den = p->den;
 }
 
