@@ -154,7 +154,8 @@ def parse(argv=None):
     pick("lm_layers", 2, 2, 4)
     pick("lm_ctx", 64, 512, 1024)
     pick("lm_batch", 2, 4, 32)
-    pick("lm_steps", 4, 500, 2500)
+    pick("lm_steps", 4, 500)  # on CUDA 500 x 32 x 1024 tokens, ~16 epochs of the corpus;
+    # 2500 memorised it (training loss 0.08, validation perplexity 207)
     pick("lm_seconds", 60.0, 1200.0, 150.0)
     pick("lm_eval_seqs", 2, 32, 96)
     pick("convert_seconds", 60.0, 3000.0, 420.0)
