@@ -48,6 +48,8 @@
 #                                     evict (bench/eviction_bench.py --part lm on CUDA, <= 9 min:
 #                                     needs build/corpus/tinyshakespeare.txt carried, or
 #                                     LM_CORPUS=path; LM_EVICT_ARGS adds arguments; packed in evict.tgz),
+#                                     breakdown (bench/kernel_breakdown.py: per-kernel time of the
+#                                     core prefill at 2K and the module's forward + backward),
 #                                     hf (tests/python/test_hf.py: the Hugging Face patch, linear
 #                                     and hybrid, on transformers' models; needs transformers),
 #                                     kern2 (compensated prefills on kernel v2, issue #18): the core
@@ -309,6 +311,10 @@ for L in (8192, 32768):  # B = 1, 32 heads of 128, bf16, causal, elu+1, normalis
         phase evict 540 "$OUT/evict.log" python3 bench/eviction_bench.py --part lm --device cuda \
             --corpus "$corpus" --out "$OUT/evict" ${LM_EVICT_ARGS:-} # split into words on purpose
         tar -C "$OUT" -czf "$OUT/evict.tgz" evict && rm -rf "$OUT/evict" ;;
+    breakdown)
+        export LM_LIB_PATH="$PWD/$B/lib/libliquidmemory.so" PYTHONPATH="$PWD/bindings/python"
+        phase breakdown 120 "$OUT/breakdown.log" python3 bench/kernel_breakdown.py --out "$OUT/breakdown.json" \
+            --commit "$COMMIT" ;;
     hf)
         export LM_LIB_PATH="$PWD/$B/lib/libliquidmemory.so" PYTHONPATH="$PWD/bindings/python"
         phase hf 420 "$OUT/hf.log" python3 -m pytest -q -rfEs --tb=short -p no:cacheprovider tests/python/test_hf.py ;;
