@@ -156,7 +156,9 @@ for p in $PHASES; do
         # Kernel v2 (the default core prefill on sm_90): at 8K with 32 heads the call runs
         # ABSORB, the scan and CAUSAL; -c 2 takes both v2 launches (ABSORB, then CAUSAL).
         V2=_ZN3lmk2v26kernelILi128ELb0E10lmk_attendEEvT1_NS0_3TmaEi
-        { cuobjdump -sass -fun "$V2" "$CUDA_LIB" |
+        # (the whole dump, cut at the function's header: `-fun` found no function in the
+        # CUDA 13 build, 2026-12-06 session 3)
+        { cuobjdump -sass "$CUDA_LIB" | awk -v f="$V2" '/Function : /{ on = ($3 == f) } on' |
               grep -oE '^ +/\*[0-9a-f]{4}\*/ +[A-Z0-9_.]+' | awk '{print $2}' | sort | uniq -c | sort -rn | head -40
           echo "==== ncu"; } > "$OUT/profile.log" 2>&1
         phase profile 100 "$OUT/profile.log" ncu --clock-control none --kernel-name-base mangled -k "regex:$V2" -c 2 \
