@@ -259,6 +259,8 @@ def main():
     ap.add_argument("--lengths", default="2048,8192,32768,131072,524288,1048576")
     ap.add_argument("--commit", default=os.environ.get("LM_COMMIT", "unknown"))
     ap.add_argument("--profile", type=int, default=0, help="only run one core prefill of this length (for ncu)")
+    ap.add_argument("--profile-decode", type=int, default=0,
+                    help="only run this many core decode steps (B 1, the benchmark's heads; for ncu)")
     ap.add_argument("--core-only", action="store_true",
                     help="only the core prefill at --lengths, each followed by its error against float64 "
                          "on the timed shape (32 heads: the segments the timing ran)")
@@ -271,6 +273,15 @@ def main():
         q, k, v = (torch.randn(1, args.profile, H, D, device=dev, dtype=torch.bfloat16) for _ in range(3))
         o = torch.empty_like(q)
         ours.prefill(ours.core(q, k, v, o))
+        torch.cuda.synchronize()
+        return
+    if args.profile_decode:
+        q1, k1, v1 = (torch.randn(1, 1, H, D, device=dev, dtype=torch.bfloat16) for _ in range(3))
+        o1 = torch.empty_like(q1)
+        S, z = torch.zeros(1, H, D, D, device=dev), torch.ones(1, H, D, device=dev)
+        a = ours.core(q1, k1, v1, o1, state=(S, z))
+        for _ in range(args.profile_decode):
+            ours.decode(a)
         torch.cuda.synchronize()
         return
     if args.core_only:

@@ -48,6 +48,7 @@
 #                                     evict (bench/eviction_bench.py --part lm on CUDA, <= 9 min:
 #                                     needs build/corpus/tinyshakespeare.txt carried, or
 #                                     LM_CORPUS=path; LM_EVICT_ARGS adds arguments; packed in evict.tgz),
+#                                     dprofile (ncu on one core decode step at B = 1),
 #                                     breakdown (bench/kernel_breakdown.py: per-kernel time of the
 #                                     core prefill at 2K and the module's forward + backward),
 #                                     hf (tests/python/test_hf.py: the Hugging Face patch, linear
@@ -174,6 +175,16 @@ for p in $PHASES; do
         ncu -i /tmp/attend.ncu-rep --page source --csv --print-source cuda,sass > "$OUT/source.csv" 2>> "$OUT/profile.log" ||
             ncu -i /tmp/attend.ncu-rep --page source --csv --print-source sass > "$OUT/source.csv" 2>> "$OUT/profile.log"
         gzip -f "$OUT/source.csv" ;;
+    dprofile)
+        # The core decode step at B = 1 (issue #18's decode row): ncu on the 3rd of 3 steps
+        # (the first ones warm up), every section, per-instruction stalls.
+        phase dprofile 100 "$OUT/dprofile.log" ncu --clock-control none -k "regex:decode" -s 2 -c 1 \
+            --import-source yes -f -o /tmp/decode --set full python3 bench/gpu_bench.py \
+            --lib "$B/lib/libliquidmemory.so" --out /dev/null --profile-decode 3
+        ncu -i /tmp/decode.ncu-rep --page details >> "$OUT/dprofile.log" 2>&1
+        ncu -i /tmp/decode.ncu-rep --page source --csv --print-source cuda,sass > "$OUT/dsource.csv" \
+            2>> "$OUT/dprofile.log"
+        gzip -f "$OUT/dsource.csv" ;;
     hprofile)
         # Every kernel of one 32K hybrid prefill and of one decode step (hybrid_bench.py
         # --profile): ncu's sections as text, then per SASS instruction the stall samples
