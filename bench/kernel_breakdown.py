@@ -4,7 +4,9 @@ from torch.profiler (CUDA activity only; issue #18's "what limits it"):
 
   core2k     the attention core's prefill at 2K tokens (B 1, 32 heads of 128,
              bf16, causal, elu+1): its launches, each kernel's time, and the
-             wall time between the first launch's start and the last one's end
+             wall time between the first launch's start and the last one's end;
+             and the host time of one call (perf_counter around the Python call,
+             which returns once its launches are queued: the median of 50)
   train      forward + backward of the LiquidMemory layer (E 4096, 32 heads,
              bf16, causal) from Python at each --train-lengths length
 
@@ -20,7 +22,9 @@ import argparse
 import datetime
 import json
 import os
+import statistics
 import sys
+import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -39,6 +43,17 @@ def event_ms(fn, iters):
     end.record()
     torch.cuda.synchronize()
     return start.elapsed_time(end) / iters
+
+
+def host_us(fn, n):
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e6)
+    torch.cuda.synchronize()
+    return statistics.median(times)
 
 
 def breakdown(name, fn, warmup, iters):
@@ -88,6 +103,9 @@ def main():
     g = torch.Generator(device="cpu").manual_seed(1)
     q, k, v = (torch.randn(1, 2048, 32, 128, generator=g).to(dev, dt) for _ in range(3))
     recs.append(breakdown("core prefill 2K", lambda: _core.prefill(q, k, v), a.warmup, a.iters))
+    recs[-1]["host_us_per_call"] = host_us(lambda: _core.prefill(q, k, v), 50)
+    print("  host time of one call: %.1f us (median of 50, launches queued, not waited for)"
+          % recs[-1]["host_us_per_call"])
     del q, k, v
     E, H = 4096, 32
     lm = liquid_memory.LiquidMemory(E, H, batch_first=True, device=dev, dtype=dt)
