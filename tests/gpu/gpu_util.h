@@ -24,22 +24,13 @@ extern int gpu_small;
  * work on s), ends the capture and gives call's status. IN_CAPTURE drops the
  * graph (for calls that must refuse capture); IN_GRAPH, when call returned
  * LM_OK, first launches the graph once on s (a captured call run for real). */
-#define IN_CAPTURE(s, call)                                                                 \
+#define CAPTURED(s, call, launch)                                                           \
     ({                                                                                      \
         cudaGraph_t g_;                                                                     \
         CUDA_OK(cudaStreamBeginCapture((s), cudaStreamCaptureModeThreadLocal));            \
         lm_status r_ = (call);                                                              \
         CUDA_OK(cudaStreamEndCapture((s), &g_));                                            \
-        CUDA_OK(cudaGraphDestroy(g_));                                                      \
-        r_;                                                                                 \
-    })
-#define IN_GRAPH(s, call)                                                                   \
-    ({                                                                                      \
-        cudaGraph_t g_;                                                                     \
-        CUDA_OK(cudaStreamBeginCapture((s), cudaStreamCaptureModeThreadLocal));            \
-        lm_status r_ = (call);                                                              \
-        CUDA_OK(cudaStreamEndCapture((s), &g_));                                            \
-        if (r_ == LM_OK) {                                                                  \
+        if ((launch) && r_ == LM_OK) {                                                      \
             cudaGraphExec_t x_;                                                             \
             CUDA_OK(cudaGraphInstantiate(&x_, g_, 0));                                      \
             CUDA_OK(cudaGraphLaunch(x_, (s)));                                              \
@@ -48,6 +39,8 @@ extern int gpu_small;
         CUDA_OK(cudaGraphDestroy(g_));                                                      \
         r_;                                                                                 \
     })
+#define IN_CAPTURE(s, call) CAPTURED(s, call, 0)
+#define IN_GRAPH(s, call) CAPTURED(s, call, 1)
 
 /* Device memory of n bytes (at least 1). */
 void *dmalloc(size_t n);
