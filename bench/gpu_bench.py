@@ -251,6 +251,15 @@ class Ours:
         self.lib.check(self.lib.so.lm_attn_step(h, C.byref(tx), C.byref(ty), stream_ptr()), "step")
 
 
+def decode_args(ours, dev):
+    """The core decode step's arguments (B 1, H heads of D, bf16, a state of zeros and a
+    normaliser of ones) and the tensors they point into (keep them alive)."""
+    q1, k1, v1 = (torch.randn(1, 1, H, D, device=dev, dtype=torch.bfloat16) for _ in range(3))
+    o1 = torch.empty_like(q1)
+    S, z = torch.zeros(1, H, D, D, device=dev), torch.ones(1, H, D, device=dev)
+    return ours.core(q1, k1, v1, o1, state=(S, z)), (q1, k1, v1, o1, S, z)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lib", required=True)
@@ -276,10 +285,7 @@ def main():
         torch.cuda.synchronize()
         return
     if args.profile_decode:
-        q1, k1, v1 = (torch.randn(1, 1, H, D, device=dev, dtype=torch.bfloat16) for _ in range(3))
-        o1 = torch.empty_like(q1)
-        S, z = torch.zeros(1, H, D, D, device=dev), torch.ones(1, H, D, device=dev)
-        a = ours.core(q1, k1, v1, o1, state=(S, z))
+        a, held = decode_args(ours, dev)
         for _ in range(args.profile_decode):
             ours.decode(a)
         torch.cuda.synchronize()
@@ -420,11 +426,8 @@ def main():
         torch.cuda.empty_cache()
 
     # ---- decode steps (graphs) ----
-    q1, k1, v1 = (torch.randn(1, 1, H, D, device=dev, dtype=bf) for _ in range(3))
-    o1 = torch.empty(1, 1, H, D, device=dev, dtype=bf)
-    S = torch.zeros(1, H, D, D, device=dev)
-    z = torch.ones(1, H, D, device=dev)
-    a = ours.core(q1, k1, v1, o1, state=(S, z))
+    a, held = decode_args(ours, dev)
+    q1, k1, v1 = held[:3]  # fla's recurrent step below takes the same token
     emit(kind="decode_step", impl="liquid_memory_core", us=graph_us(lambda: ours.decode(a)))
     hdl = ours.module(w_in, b_in, w_out, b_out)
     x0 = torch.randn(1, 1024, E, device=dev, dtype=bf)

@@ -115,6 +115,17 @@ sanitize_suite() {
     done
 }
 
+# ncu_pages REPORT LOG CSV: a report's sections as text (appended to LOG), and per SASS
+# instruction (with its source line) the samples of each stall reason into CSV, gzipped:
+# which code the warps wait in. (The report stays out of $OUT: the device returns a few
+# files only.)
+ncu_pages() {
+    ncu -i "$1" --page details >> "$2" 2>&1
+    ncu -i "$1" --page source --csv --print-source cuda,sass > "$3" 2>> "$2" ||
+        ncu -i "$1" --page source --csv --print-source sass > "$3" 2>> "$2"
+    gzip -f "$3"
+}
+
 for p in $PHASES; do
     case $p in
     tests) phase tests 240 "$OUT/tests.log" "$B/bin/lm-gpu-tests"
@@ -168,23 +179,14 @@ for p in $PHASES; do
             --section SchedulerStats --section InstructionStats --section MemoryWorkloadAnalysis \
             --section SourceCounters python3 bench/gpu_bench.py --lib "$B/lib/libliquidmemory.so" \
             --out /dev/null --profile 8192
-        # The sections as text, and per SASS instruction (with its source line) the
-        # samples of each stall reason: which code the warps wait in.
-        # (the report stays out of $OUT: the device returns a few files only)
-        ncu -i /tmp/attend.ncu-rep --page details >> "$OUT/profile.log" 2>&1
-        ncu -i /tmp/attend.ncu-rep --page source --csv --print-source cuda,sass > "$OUT/source.csv" 2>> "$OUT/profile.log" ||
-            ncu -i /tmp/attend.ncu-rep --page source --csv --print-source sass > "$OUT/source.csv" 2>> "$OUT/profile.log"
-        gzip -f "$OUT/source.csv" ;;
+        ncu_pages /tmp/attend.ncu-rep "$OUT/profile.log" "$OUT/source.csv" ;;
     dprofile)
         # The core decode step at B = 1 (issue #18's decode row): ncu on the 3rd of 3 steps
         # (the first ones warm up), every section, per-instruction stalls.
         phase dprofile 100 "$OUT/dprofile.log" ncu --clock-control none -k "regex:decode" -s 2 -c 1 \
             --import-source yes -f -o /tmp/decode --set full python3 bench/gpu_bench.py \
             --lib "$B/lib/libliquidmemory.so" --out /dev/null --profile-decode 3
-        ncu -i /tmp/decode.ncu-rep --page details >> "$OUT/dprofile.log" 2>&1
-        ncu -i /tmp/decode.ncu-rep --page source --csv --print-source cuda,sass > "$OUT/dsource.csv" \
-            2>> "$OUT/dprofile.log"
-        gzip -f "$OUT/dsource.csv" ;;
+        ncu_pages /tmp/decode.ncu-rep "$OUT/dprofile.log" "$OUT/dsource.csv" ;;
     hprofile)
         # Every kernel of one 32K hybrid prefill and of one decode step (hybrid_bench.py
         # --profile): ncu's sections as text, then per SASS instruction the stall samples
