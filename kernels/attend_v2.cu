@@ -15,6 +15,9 @@
  * A pool's varlen prefill runs the same kernel over a table of sequences
  * (P = lmk_attend_pack: one instantiation per D, uncompensated), and
  * lmk_attend_pack_copy_launch moves their final states into the slots.
+ * A hybrid prefill's window runs inside the CAUSAL launch where
+ * lmk_attend_window_takes says so (P = Hyb: v2_window.cuh's readout, the
+ * layout's HYB tiles; TMA loads).
  * The kernel body exists only in the sm_90a build; lmk_attend_launch calls
  * this launcher only on compute capability 9.0 (see lmk_attend_v2_takes).
  * Plan, budget and measurements: bench/NOTES.md, "Kernel v2".
@@ -23,20 +26,53 @@
 #include "v2_epilogue.cuh"
 #include "v2_loads.cuh"
 #include "v2_state.cuh"
+#include "v2_window.cuh"
 
 #include <cudaTypedefs.h>
 #include <cuda_runtime.h>
 #include <string.h>
+#include <type_traits>
 
 namespace lmk {
 namespace v2 {
+
+/* The readout warpgroup's chunks: Intra, or Fused with the hybrid window
+ * (which also waits for the next chunk's keys, its window's last). */
+template <class T, class P> __device__ void readout(const P &pp, const lmk_attend &p, const Job &j, const Smem<T> &sm)
+{
+    if constexpr (T::HYB) {
+        const lmk_window &w = *window_of(pp);
+        const uint32_t bits = w.ns > 0 ? w.sink_bits[j.head] : 0u;
+        Fused<T> x;
+        for (int c = 0; c < j.nch; c++) {
+            const int st = c % STAGES, sn = (c + 1) % STAGES;
+            wait(sm.landed(st), (uint32_t)((c / STAGES) & 1)); /* raw q, k, v: read here, not converted */
+            wait(sm.full(st), (uint32_t)((c / STAGES) & 1));
+            wait(sm.s_full(), (uint32_t)(c & 1));
+            wait(sm.landed(sn), (uint32_t)(((c + 1) / STAGES) & 1));
+            x.run(p, w, w.gamma[j.h], bits, sm, c, st, sn);
+            epilogue(p, j, sm, x, c, st);
+            arrive(sm.empty(st));
+        }
+    } else {
+        Intra<T> x;
+        for (int c = 0; c < j.nch; c++) {
+            const int st = c % STAGES;
+            wait(sm.full(st), (uint32_t)((c / STAGES) & 1));
+            wait(sm.s_full(), (uint32_t)(c & 1));
+            x.run(sm, st);
+            epilogue(p, j, sm, x, c, st);
+            arrive(sm.empty(st));
+        }
+    }
+}
 
 template <int D, bool COMP, class P>
 __global__ void __launch_bounds__(THREADS, 1) kernel(const __grid_constant__ P pp, const __grid_constant__ Tma tm,
                                                      int kind)
 {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    typedef Shape<D> T;
+    typedef Shape<D, std::is_same<P, Hyb>::value> T;
     const lmk_attend &p = attend_of(pp);
     extern __shared__ unsigned char smem_raw[];
     const uint32_t raw = smem_addr(smem_raw);
@@ -64,20 +100,12 @@ __global__ void __launch_bounds__(THREADS, 1) kernel(const __grid_constant__ P p
 
     if (role == 0) {
         regs_lower<REGS_LOAD>();
-        produce<T>(p, tm, j, sm);
+        produce<T>(p, tm, j, sm, window_of(pp));
     } else if (role == 1) {
         regs_raise<REGS_READ>();
         if (!j.causal)
             return;
-        Intra<T> x;
-        for (int c = 0; c < j.nch; c++) {
-            const int st = c % STAGES;
-            wait(sm.full(st), (uint32_t)((c / STAGES) & 1));
-            wait(sm.s_full(), (uint32_t)(c & 1));
-            x.run(sm, st);
-            epilogue(p, j, sm, x, c, st);
-            arrive(sm.empty(st));
-        }
+        readout<T>(pp, p, j, sm);
     } else {
         regs_raise<REGS_STATE>();
         State<T, COMP> s;
@@ -91,8 +119,9 @@ lm_status launch(const P &p, const Tma &tm, int64_t ctas, int kind, cudaStream_t
 {
     if (ctas < 1 || ctas > INT32_MAX)
         return lmi_error(LM_ERR_UNSUPPORTED, "cuda: %lld blocks do not fit a grid", (long long)ctas);
-    LMI_CUDA_TRY(cudaFuncSetAttribute(kernel<D, COMP, P>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)Shape<D>::SMEM));
-    kernel<D, COMP, P><<<(unsigned)ctas, THREADS, Shape<D>::SMEM, stream>>>(p, tm, kind);
+    const size_t smem = Shape<D, std::is_same<P, Hyb>::value>::SMEM;
+    LMI_CUDA_TRY(cudaFuncSetAttribute(kernel<D, COMP, P>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    kernel<D, COMP, P><<<(unsigned)ctas, THREADS, smem, stream>>>(p, tm, kind);
     LMI_CUDA_TRY(cudaGetLastError());
     return LM_OK;
 }
@@ -133,16 +162,19 @@ static bool map_of(CUtensorMap *m, const void *base, const int64_t *s, int64_t L
 }
 
 /* The call's maps where TMA takes every tensor the launch reads (q only for
- * CAUSAL); on = 0 otherwise: masked keys need cp.async's zero-fill, and
- * coordinates are 32-bit. */
+ * CAUSAL; k and v over the window's Lk rows where one is fused); on = 0
+ * otherwise: masked keys need cp.async's zero-fill, and coordinates are
+ * 32-bit. A fused window needs TMA (its loader has no cp.async path): the
+ * host asks lmk_attend_window_takes first, which asks this. */
 static Tma tma_maps(const lmk_attend &p, int kind)
 {
     Tma m;
     memset(&m, 0, sizeof m);
-    if (p.v2_cpasync || p.mask || p.L > INT32_MAX)
+    const int64_t Lk = p.win ? p.win->Lk : p.L;
+    if ((p.v2_cpasync && !p.win) || p.mask || Lk > INT32_MAX)
         return m;
     const bool q = kind != LMK_CAUSAL || map_of(&m.q, p.q, p.sq, p.L, p.Hq, p.B, p.Dk);
-    m.on = q && map_of(&m.k, p.k, p.sk, p.L, p.Hkv, p.B, p.Dk) && map_of(&m.v, p.v, p.sv, p.L, p.Hkv, p.B, p.Dv);
+    m.on = q && map_of(&m.k, p.k, p.sk, Lk, p.Hkv, p.B, p.Dk) && map_of(&m.v, p.v, p.sv, Lk, p.Hkv, p.B, p.Dv);
     return m;
 }
 
@@ -151,6 +183,23 @@ template <int D, bool COMP> lm_status launch(const lmk_attend &p, int kind, cuda
     return launch<D, COMP>(p, tma_maps(p, kind), (int64_t)p.B * (kind == LMK_ABSORB ? p.Hkv : p.Hq) * p.nseg, kind,
                            stream);
 }
+
+/* The fused hybrid launch: the call and a copy of its window travel by value. */
+template <int D> lm_status launch_window(const lmk_attend &p, cudaStream_t stream)
+{
+    const Tma m = tma_maps(p, LMK_CAUSAL);
+    if (!m.on)
+        return lmi_error(LM_ERR_INTERNAL, "cuda: a fused hybrid window on a launch TMA cannot load "
+                                          "(ask lmk_attend_window_takes first)");
+    Hyb h;
+    h.a = p;
+    h.w = *p.win;
+    const int64_t ctas = (int64_t)p.B * p.Hq * p.nseg;
+    return p.compensated ? launch<D, true>(h, m, ctas, LMK_CAUSAL, stream)
+                         : launch<D, false>(h, m, ctas, LMK_CAUSAL, stream);
+}
+
+static_assert(sizeof(Hyb) + sizeof(Tma) + sizeof(int) <= 32764, "Hyb over the kernel parameter limit");
 
 /* The packed launch's parameters (its table) within the 32,764 bytes a
  * kernel may take on CUDA 12.1+ (Volta and newer). */
@@ -226,9 +275,21 @@ extern "C" lm_status lmk_attend_pack_copy_launch(const lmk_attend_pack *p, void 
     return LM_OK;
 }
 
+extern "C" int lmk_attend_window_takes(const lmk_attend *p, const lmk_window *w)
+{
+    if (!lmk_attend_v2_runs(p, LMK_CAUSAL) || p->mask || w->W < 1 || w->W > LMK_WINDOW_MAX ||
+        w->ns < 0 || w->ns > LMK_WINDOW_SINKS || p->Hq > LMK_MAX_HYBRID_HEADS)
+        return 0;
+    lmk_attend a = *p;
+    a.win = w;
+    return lmk::v2::tma_maps(a, LMK_CAUSAL).on;
+}
+
 extern "C" lm_status lmk_attend_v2_launch(const lmk_attend *p, lmk_kind kind, void *stream)
 {
     const cudaStream_t s = (cudaStream_t)stream;
+    if (p->win && kind == LMK_CAUSAL)
+        return p->Dk == 64 ? lmk::v2::launch_window<64>(*p, s) : lmk::v2::launch_window<128>(*p, s);
     if (p->compensated) /* its own kernel: the state warpgroup's registers differ */
         return p->Dk == 64 ? lmk::v2::launch<64, true>(*p, kind, s) : lmk::v2::launch<128, true>(*p, kind, s);
     return p->Dk == 64 ? lmk::v2::launch<64, false>(*p, kind, s) : lmk::v2::launch<128, false>(*p, kind, s);

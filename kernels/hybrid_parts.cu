@@ -6,7 +6,11 @@
  *         it gives the linear denominator's z before each chunk;
  *   fold: the ring slots whose positions leave the window during the call
  *         (P0 - W .. P0 - W + min(L, W) - 1, not sinks, present) into S, z;
- *   ring: the call's tokens into the window slots: sinks, and the last W.
+ *   ring: the call's tokens into the window slots: sinks, and the last W;
+ *   sinks: the s sinks as bf16 tiles for the window fused into the linear
+ *         call (lmk_window): state slots rounded to bf16 (as the bodies'
+ *         key lists do), rows of the call copied, zeros past s and where a
+ *         sink is absent, and one word of present bits per head.
  * Each is bound by reading what it folds or copies once; none allocates.
  */
 #include "hybrid.cuh"
@@ -97,6 +101,27 @@ __global__ void __launch_bounds__(THREADS) ring_kernel(const __grid_constant__ l
         p.win_pos[base] = (int32_t)(r.present ? j + 1 : -(j + 1));
 }
 
+/* Grid (B * Hkv): the LMK_WINDOW_SINKS rows of one head's sink tiles. */
+__global__ void __launch_bounds__(THREADS) sinks_kernel(const __grid_constant__ lmk_hybrid p)
+{
+    const int64_t bh = blockIdx.x;
+    const int b = (int)(bh / p.Hkv), hk = (int)(bh % p.Hkv);
+    __nv_bfloat16 *K = (__nv_bfloat16 *)p.sink_k + bh * LMK_WINDOW_SINKS * p.Dk;
+    __nv_bfloat16 *V = (__nv_bfloat16 *)p.sink_v + bh * LMK_WINDOW_SINKS * p.Dv;
+    uint32_t bits = 0;
+    for (int j = 0; j < LMK_WINDOW_SINKS; j++) {
+        const bool sink = j < p.s;
+        const HSrc r = sink ? hsrc(p, b, hk, j) : HSrc{ false, 0, false };
+        for (int d = threadIdx.x; d < p.Dk; d += THREADS)
+            K[j * p.Dk + d] = __float2bfloat16_rn(r.present ? lmk::hkey(p, r, b, hk, d) : 0.0f);
+        for (int e = threadIdx.x; e < p.Dv; e += THREADS)
+            V[j * p.Dv + e] = __float2bfloat16_rn(r.present ? lmk::hval(p, r, b, hk, e) : 0.0f);
+        bits |= r.present ? 1u << j : 0u;
+    }
+    if (threadIdx.x == 0)
+        p.sink_bits[bh] = bits;
+}
+
 } // namespace
 
 namespace lmk {
@@ -109,6 +134,8 @@ lm_status hybrid_parts_launch(const lmk_hybrid &p, lmk_hybrid_kind kind, cudaStr
         if (nch <= 0)
             return LM_OK;
         zsum_kernel<<<dim3((unsigned)nch, heads), THREADS, 0, s>>>(p, nch);
+    } else if (kind == LMK_HYBRID_SINKS) {
+        sinks_kernel<<<heads, THREADS, 0, s>>>(p);
     } else if (kind == LMK_HYBRID_FOLD) {
         const int64_t n = (int64_t)p.Dk * p.Dv;
         fold_kernel<<<dim3((unsigned)((n + THREADS - 1) / THREADS), heads), THREADS, 0, s>>>(p);

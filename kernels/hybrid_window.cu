@@ -468,7 +468,7 @@ extern "C" lm_status lmk_hybrid_launch(const lmk_hybrid *p, lmk_hybrid_kind kind
     lm_status st = lmk_hybrid_check(p);
     if (st)
         return st;
-    if (kind == LMK_HYBRID_ZSUM || kind == LMK_HYBRID_FOLD || kind == LMK_HYBRID_RING)
+    if (kind == LMK_HYBRID_ZSUM || kind == LMK_HYBRID_FOLD || kind == LMK_HYBRID_RING || kind == LMK_HYBRID_SINKS)
         return lmk::hybrid_parts_launch(*p, kind, s);
     if (p->r1 <= p->r0)
         return LM_OK;

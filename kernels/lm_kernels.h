@@ -25,6 +25,8 @@ extern "C" {
 /* Decay values travel by value in the kernel parameters (no copy to the
  * device, so decode stays graph-capturable); this many kv heads at most. */
 #define LMK_MAX_DECAY_HEADS 1024
+/* Query heads whose gates travel by value in the kernel parameters. */
+#define LMK_MAX_HYBRID_HEADS 1024
 /* Largest Dk the prefill kernels hold on chip. */
 #define LMK_MAX_DK 256
 
@@ -66,6 +68,10 @@ typedef struct lmk_attend {
      * the call; NULL = none (no store). Internal: the hybrid prefill's body
      * reads it (src/cuda_hybrid.c). A launch that would not run v2 refuses it. */
     float *den;
+    /* CAUSAL on the v2 kernel only: the window part of a hybrid prefill fused
+     * into this launch (lmk_window below; lmk_attend_window_takes says where),
+     * or NULL. A host pointer: the launcher copies it into the parameters. */
+    const struct lmk_window *win;
     int has_decay;
     float decay[LMK_MAX_DECAY_HEADS]; /* per kv head, when has_decay */
 } lmk_attend;
@@ -260,6 +266,31 @@ int lmk_attend_v2_takes(const lmk_attend *p, lmk_kind kind);
  * the callers that need v2's den (the hybrid prefill) ask. */
 int lmk_attend_v2_runs(const lmk_attend *p, lmk_kind kind);
 lm_status lmk_attend_v2_launch(const lmk_attend *p, lmk_kind kind, void *stream);
+
+/* The window part of a hybrid prefill (docs/DESIGN.md §9.3) inside v2's
+ * CAUSAL launch over the body rows (src/cuda_hybrid.c: queries from row
+ * W + sh of the call, keys and values from row sh, the delayed keys). Chunk c
+ * of the delayed keys is also the window of the queries of chunk c (keys j > i
+ * up to i + W) and, with chunk c + 1 (keys j <= i + W - 64), the whole window
+ * of each body row: so W <= LMK_WINDOW_MAX. The sinks (positions < s) are a
+ * 16-row tile, gathered beforehand (LMK_HYBRID_SINKS). The launch then writes
+ * the normalised output o = (N + window) / (d + window sum + eps); its
+ * lmk_attend says normalize = 1 and eps. */
+#define LMK_WINDOW_MAX 64
+#define LMK_WINDOW_SINKS 16
+typedef struct lmk_window {
+    int64_t Lk;                   /* rows of k and v from the launch's key base the window may
+                                     read: the delayed keys + W (beyond: zeros) */
+    const void *sink_k, *sink_v;  /* [B, Hkv, LMK_WINDOW_SINKS, Dk | Dv] bf16, contiguous */
+    const uint32_t *sink_bits;    /* [B * Hkv]: bit j set = sink j is present */
+    int W, ns;                    /* window (1 .. LMK_WINDOW_MAX), sinks (0 .. LMK_WINDOW_SINKS) */
+    float scale;                  /* the softmax scale */
+    float gamma[LMK_MAX_HYBRID_HEADS]; /* the gate per query head */
+} lmk_window;
+/* Whether v2 runs p's CAUSAL launch with the window w fused (lmk_attend_v2_runs,
+ * no key mask, W and ns in range, Hq <= LMK_MAX_HYBRID_HEADS,
+ * and TMA maps of q and of k and v over w->Lk rows encodable). */
+int lmk_attend_window_takes(const lmk_attend *p, const lmk_window *w);
 lm_status lmk_scan_launch(const lmk_scan *p, void *stream);
 lm_status lmk_decode_launch(const lmk_decode *p, void *stream);
 lm_status lmk_decode_table_launch(const lmk_decode_table *p, void *stream);
@@ -301,8 +332,6 @@ lm_status lmk_attend_pack_copy_launch(const lmk_attend_pack *p, void *stream);
 
 /* ---- hybrid attention (docs/DESIGN.md §9; kernels/hybrid_*.cu) ---- */
 
-/* Query heads whose gates travel by value in the kernel parameters. */
-#define LMK_MAX_HYBRID_HEADS 1024
 
 /* What the hybrid prefill kernels share. The call covers positions P0 ..
  * P0 + L - 1; row r of q, k, v, out is position P0 + r. The window slots are
@@ -330,6 +359,8 @@ typedef struct lmk_hybrid {
                                computes it from zc (hybrid.cuh, hybrid_den) */
     int qb;                 /* body: query rows per CTA, 16, 32 or 64 (set by the launcher) */
     float eps, scale;       /* scale: the softmax scale */
+    void *sink_k, *sink_v;  /* sinks: the window's sink tiles [B, Hkv, LMK_WINDOW_SINKS, Dk | Dv] bf16 */
+    uint32_t *sink_bits;    /* sinks: [B * Hkv], bit j = sink j present (lmk_window) */
     int body_wmma;          /* host: the body stays on the WMMA kernel (hybrid_window.cu) even
                                where the register one (hybrid_body.cu) would take it
                                (LM_HYBRID_BODY=wmma) */
@@ -342,7 +373,9 @@ typedef enum lmk_hybrid_kind {
                             out (the linear kernel's) + den (or phi(q) . (zc + the chunk's sum)) */
     LMK_HYBRID_ZSUM = 2, /* zs: per-chunk sums of phi(k) of the delayed keys */
     LMK_HYBRID_FOLD = 3, /* S, z += the ring slots of positions P0 - W .. P0 - W + min(L, W) - 1 */
-    LMK_HYBRID_RING = 4  /* the call's tokens into the window slots (sinks, the last W) */
+    LMK_HYBRID_RING = 4, /* the call's tokens into the window slots (sinks, the last W) */
+    LMK_HYBRID_SINKS = 5 /* sink_k, sink_v, sink_bits: the s <= LMK_WINDOW_SINKS sinks as bf16
+                            (state slots rounded, call rows copied), zero rows past s */
 } lmk_hybrid_kind;
 
 /* Bytes of shared memory the body kernel needs for these sizes and qb rows,

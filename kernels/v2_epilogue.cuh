@@ -23,8 +23,9 @@ __device__ __forceinline__ float quad_sum(float x)
     return x;
 }
 
-template <class T>
-__device__ void epilogue(const lmk_attend &p, const Job &j, const Smem<T> &sm, const Intra<T> &x, int ci, int st)
+/* x: the chunk's Intra or Fused (v2_window.cuh): o, n, rs alike. */
+template <class T, class X>
+__device__ void epilogue(const lmk_attend &p, const Job &j, const Smem<T> &sm, const X &x, int ci, int st)
 {
     const int lane = threadIdx.x & 31, w = (threadIdx.x & (GROUP - 1)) >> 5;
     const int g = lane >> 2, t = lane & 3;

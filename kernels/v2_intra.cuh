@@ -5,6 +5,7 @@
  *   n = phi(Q) [z_hi z_lo]                            m64n8k16, columns 0, 1
  *   A = phi(Q) phi(K)^T, masked to j <= i             m64n64k16
  *   O += A_hi V + A_lo V, r = rowsum(A) (fp32)        A from registers
+ * (pv_split, causal_mask: shared with the fused hybrid's v2_window.cuh)
  * all issued asynchronously; the S products are committed first so that the
  * S buffer is freed (s_free) while A is still in flight. A is split into
  * bf16 hi + lo because it is the one product whose rounding shows in the
@@ -17,6 +18,49 @@
 
 namespace lmk {
 namespace v2 {
+
+/* O += P V with P the fp32 weights of 16 KN keys in an m64n(16 KN)
+ * accumulator, as bf16 hi + lo register fragments (k-step kk: registers 8 kk
+ * .. 8 kk + 7, mma.cuh), and V the MN-major tile at shared address vt (lbo
+ * bytes between its 64-column blocks); waits for the products, since they
+ * read the fragments' registers. */
+template <class T, int KN>
+__device__ __forceinline__ void pv_split(float (&o)[T::D / 2], const float (&pw)[8 * KN], uint32_t vt, uint32_t lbo)
+{
+    uint32_t hi[KN][4], lo[KN][4];
+#pragma unroll
+    for (int kk = 0; kk < KN; kk++)
+#pragma unroll
+        for (int f = 0; f < 4; f++) /* fragment f: (row half f % 2, column half f / 2) */
+            split_pack(pw[8 * kk + 4 * (f >> 1) + 2 * (f & 1)], pw[8 * kk + 4 * (f >> 1) + 2 * (f & 1) + 1],
+                       hi[kk][f], lo[kk][f]);
+    wg_fence();
+    wg_hold(o);
+#pragma unroll
+    for (int kk = 0; kk < KN; kk++) {
+        const uint64_t vd = desc_mnmajor(vt + kk * 2048, lbo);
+        WgmmaRS<T::D, 1>::run(o, hi[kk], vd, 1);
+        WgmmaRS<T::D, 1>::run(o, lo[kk], vd, 1);
+    }
+    wg_commit();
+    wg_wait<0>();
+    wg_hold(o);
+}
+
+/* A masked to j <= i (row i = 16 w + g + 8 ((r >> 1) & 1) of register r,
+ * column j = 8 (r >> 2) + 2 t + (r & 1)) and its row sums into rs. */
+__device__ __forceinline__ void causal_mask(float (&a)[32], float (&rs)[2])
+{
+    const int lane = threadIdx.x & 31, w = (threadIdx.x & (GROUP - 1)) >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    rs[0] = rs[1] = 0.0f;
+#pragma unroll
+    for (int r = 0; r < 32; r++) {
+        const int i = 16 * w + g + 8 * ((r >> 1) & 1), jj = 8 * (r >> 2) + 2 * t + (r & 1);
+        a[r] = jj > i ? 0.0f : a[r];
+        rs[(r >> 1) & 1] += a[r];
+    }
+}
 
 template <class T> struct Intra {
     float o[T::D / 2]; /* m64nD: output rows of the chunk */
@@ -57,35 +101,8 @@ template <class T> struct Intra {
         arrive(sm.s_free()); /* S, z read: the state may publish the next */
         wg_wait<0>();
         wg_hold(a);
-
-        /* Mask j > i, row sums, hi + lo fragments; then O += A V. */
-        const int lane = threadIdx.x & 31, w = (threadIdx.x & (GROUP - 1)) >> 5;
-        const int g = lane >> 2, t = lane & 3;
-        rs[0] = rs[1] = 0.0f;
-        uint32_t hi[4][4], lo[4][4];
-#pragma unroll
-        for (int r = 0; r < 32; r++) {
-            const int i = 16 * w + g + 8 * ((r >> 1) & 1), jj = 8 * (r >> 2) + 2 * t + (r & 1);
-            a[r] = jj > i ? 0.0f : a[r];
-            rs[(r >> 1) & 1] += a[r];
-        }
-#pragma unroll
-        for (int kk = 0; kk < 4; kk++)
-#pragma unroll
-            for (int f = 0; f < 4; f++) /* fragment f: (row half f % 2, column half f / 2) */
-                split_pack(a[8 * kk + 4 * (f >> 1) + 2 * (f & 1)], a[8 * kk + 4 * (f >> 1) + 2 * (f & 1) + 1],
-                           hi[kk][f], lo[kk][f]);
-        wg_fence();
-        wg_hold(o);
-#pragma unroll
-        for (int kk = 0; kk < 4; kk++) {
-            const uint64_t vd = desc_mnmajor(sm.a + sm.v(st) + kk * 2048, T::BLOCK);
-            WgmmaRS<T::D, 1>::run(o, hi[kk], vd, 1);
-            WgmmaRS<T::D, 1>::run(o, lo[kk], vd, 1);
-        }
-        wg_commit();
-        wg_wait<0>();
-        wg_hold(o);
+        causal_mask(a, rs);
+        pv_split<T, 4>(o, a, sm.a + sm.v(st), T::BLOCK);
         wg_hold(n);
     }
 };

@@ -11,6 +11,14 @@
  *   ones tile: 8 rows x 64 tokens, K-major, row 0 = 1 (z += phi(K)^T 1);
  *   mbarriers: full / empty per stage, S published / S free, landed per
  *     stage (the loader warps' copies, v2_loads.cuh).
+ * With the hybrid window fused (HYB, lmk_window): q and k stay raw in their
+ * stage (the window's logits read them), phi(k) goes to a ring of two tiles
+ * (PHI; chunk c in tile c % 2), S is published as bf16 hi only (with the
+ * window's output there is no rounding of N through a bf16 output to hide
+ * behind, and the simulation put S hi alone at 1.007x the floor: NOTES,
+ * "Hybrid prefill, the fused window worked through"), and two 16-row tiles
+ * hold the sinks' keys (K-major) and values (MN-major). At D = 128: 144 KiB
+ * of stages + 32 KiB ring + 32 KiB S + 11 KiB.
  */
 #ifndef LM_V2_LAYOUT_CUH
 #define LM_V2_LAYOUT_CUH
@@ -37,8 +45,9 @@ constexpr int THREADS = 3 * GROUP;       /* producer, readout, state */
 constexpr int REGS_LOAD = 72, REGS_READ = 200, REGS_STATE = 232;
 constexpr int BAR_READOUT = 1;           /* named barrier of the readout warpgroup */
 
-template <int D_> struct Shape {
+template <int D_, bool HYB_ = false> struct Shape {
     static constexpr int D = D_;
+    static constexpr bool HYB = HYB_;
     static_assert(D == 64 || D == 128, "v2 runs head dims 64 and 128");
     static constexpr int KS = D / 16;             /* k-steps over the head dim */
     static constexpr int VPR = D / 8;             /* 16-byte vectors per row */
@@ -47,12 +56,16 @@ template <int D_> struct Shape {
     static constexpr uint32_t BLOCK = C * 128;    /* 64 columns of a chunk tile */
     static constexpr uint32_t TILE = (D / 64) * BLOCK;
     static constexpr uint32_t SBLOCK = D * 128;   /* 64 columns of S */
+    static constexpr uint32_t SKBLOCK = 16 * 128; /* 64 columns of a 16-row sink tile */
     static constexpr uint32_t STAGE = 3 * TILE;
-    static constexpr uint32_t S_HI = STAGES * STAGE;
-    static constexpr uint32_t S_LO = S_HI + (D / 64) * SBLOCK;
-    static constexpr uint32_t ZT = S_LO + (D / 64) * SBLOCK;
+    static constexpr uint32_t PHI = STAGES * STAGE; /* HYB: the phi(k) ring */
+    static constexpr uint32_t S_HI = PHI + (HYB ? 2 * TILE : 0);
+    static constexpr uint32_t S_LO = S_HI + (D / 64) * SBLOCK; /* not HYB */
+    static constexpr uint32_t ZT = S_LO + (HYB ? 0 : (D / 64) * SBLOCK);
     static constexpr uint32_t ONES = ZT + (D / 64) * 1024;
-    static constexpr uint32_t BARS = ONES + 1024;
+    static constexpr uint32_t SINK_K = ONES + 1024; /* HYB */
+    static constexpr uint32_t SINK_V = SINK_K + (D / 64) * SKBLOCK;
+    static constexpr uint32_t BARS = HYB ? SINK_V + (D / 64) * SKBLOCK : SINK_K;
     static constexpr size_t SMEM = BARS + 128 + 1024; /* 11 mbarriers; + room to align the base to 1024 */
     static_assert(SMEM <= 232448, "shared memory over the sm_90 limit");
 
@@ -71,6 +84,11 @@ template <class T> struct Smem {
     __device__ uint32_t q(int st) const { return (uint32_t)st * T::STAGE; }
     __device__ uint32_t k(int st) const { return (uint32_t)st * T::STAGE + T::TILE; }
     __device__ uint32_t v(int st) const { return (uint32_t)st * T::STAGE + 2 * T::TILE; }
+    /* phi(k) of chunk c: in place in its stage, or (HYB) ring tile c % 2. */
+    __device__ uint32_t kphi(int c) const
+    {
+        return T::HYB ? T::PHI + (uint32_t)(c & 1) * T::TILE : k(c % STAGES);
+    }
     __device__ uint64_t *bar(int i) const { return (uint64_t *)(p + T::BARS) + i; }
     __device__ uint64_t *full(int st) const { return bar(st); }
     __device__ uint64_t *empty(int st) const { return bar(STAGES + st); }

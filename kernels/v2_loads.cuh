@@ -19,6 +19,12 @@
  * 64 x 64 boxes in the same 128-byte swizzle, onto landed with expect_tx;
  * the copy zero-fills rows past L itself. The host encodes the maps
  * (attend_v2.cu, tma_maps) and leaves Tma::on 0 where cp.async stays.
+ * With the hybrid window fused (T::HYB; TMA only), the loader also brings
+ * the k and v tiles of the chunk after the segment's last (the last queries'
+ * window), the converters keep q and k raw and write phi(k) into the ring
+ * tile of its chunk (zeros for rows past the segment: the window's rows there
+ * are real keys), once the chunk two before has left it, and first copy the
+ * sinks' 16-row tiles in.
  * One loader warp and three converter warps: a piece's conversion costs ~5x
  * its copy. Measured against the serial producer it replaced (each thread
  * converting its own copies after cp.async.wait_group, then issuing the
@@ -136,19 +142,20 @@ template <class T> struct TmaLoader {
         }
     }
 
-    /* One thread: chunk c's tiles once its stage is free. */
+    /* One thread: chunk c's tiles once its stage is free (HYB: and the k, v
+     * tiles of chunk nch, the window's last). */
     __device__ void run() const
     {
-        const uint32_t bytes = (j.causal ? 3 : 2) * T::TILE;
-        for (int c = 0; c < j.nch; c++) {
+        for (int c = 0; c < j.nch + (T::HYB ? 1 : 0); c++) {
             const int st = c % STAGES;
             const int64_t t0 = j.t_begin + (int64_t)c * C;
+            const bool q = j.causal && c < j.nch;
             if (c >= STAGES)
                 wait(sm.empty(st), (uint32_t)((c / STAGES - 1) & 1));
             uint64_t *bar = sm.landed(st);
             (void)cuda::ptx::mbarrier_arrive_expect_tx(cuda::ptx::sem_release, cuda::ptx::scope_cta,
-                                                       cuda::ptx::space_shared, bar, bytes);
-            if (j.causal)
+                                                       cuda::ptx::space_shared, bar, (q ? 3 : 2) * T::TILE);
+            if (q)
                 tile(sm.q(st), m.q, t0, j.h, bar);
             tile(sm.k(st), m.k, t0, j.hk, bar);
             tile(sm.v(st), m.v, t0, j.hk, bar);
@@ -183,6 +190,58 @@ template <class T, int N> struct Converter {
         }
     }
 
+    /* HYB: phi of the raw tile at src into dst, zeros for rows not live. */
+    template <int FM> __device__ void tile_to(uint32_t dst, uint32_t src, uint64_t live) const
+    {
+        constexpr int BATCH = 4;
+#pragma unroll 1
+        for (int m0 = 0; m0 < Share<T, N>::ROWS; m0 += BATCH) {
+            uint4 x[BATCH];
+#pragma unroll
+            for (int b = 0; b < BATCH; b++)
+                if (s.has(m0 + b, live))
+                    x[b] = *(const uint4 *)(sm.p + src + s.off(m0 + b));
+                else
+                    x[b] = make_uint4(0, 0, 0, 0);
+#pragma unroll
+            for (int b = 0; b < BATCH; b++)
+                if (m0 + b < Share<T, N>::ROWS && s.row(m0 + b) < C) {
+                    if (s.has(m0 + b, live))
+                        phi_vec<FM>(x[b]);
+                    *(uint4 *)(sm.p + dst + s.off(m0 + b)) = x[b];
+                }
+        }
+    }
+
+    /* HYB: the sinks' keys and values (bf16 rows of D, contiguous) into their
+     * 16-row tiles. */
+    __device__ void sinks(const lmk_window &w) const
+    {
+        const int64_t base = j.head * LMK_WINDOW_SINKS * T::D;
+        for (int x = s.u; x < 2 * LMK_WINDOW_SINKS * T::VPR; x += N) {
+            const int vals = x >= LMK_WINDOW_SINKS * T::VPR, y = x % (LMK_WINDOW_SINKS * T::VPR);
+            const int row = y / T::VPR, col = (y % T::VPR) * 8;
+            const bf16 *src = (const bf16 *)(vals ? w.sink_v : w.sink_k) + base + row * T::D + col;
+            *(uint4 *)(sm.p + (vals ? T::SINK_V : T::SINK_K) + T::at(T::SKBLOCK, row, col)) = *(const uint4 *)src;
+        }
+    }
+
+    template <int FM> __device__ void run_hyb(const lmk_window &w) const
+    {
+        if (w.ns > 0)
+            sinks(w);
+        for (int c = 0; c < j.nch; c++) {
+            const int st = c % STAGES;
+            const uint64_t keys = live_mask(p, j, j.t_begin + (int64_t)c * C, true);
+            wait(sm.landed(st), (uint32_t)((c / STAGES) & 1));
+            if (c >= 2) /* ring tile c % 2: chunk c - 2 read by the readout and the state */
+                wait(sm.empty((c - 2) % STAGES), (uint32_t)(((c - 2) / STAGES) & 1));
+            tile_to<FM>(sm.kphi(c), sm.k(st), keys);
+            to_async_proxy();
+            arrive(sm.full(st));
+        }
+    }
+
     template <int FM> __device__ void run() const
     {
         for (int c = 0; c < j.nch; c++) {
@@ -212,12 +271,14 @@ __device__ __forceinline__ int landed_count(const Tma &m)
     return m.on ? 1 : LOADERS;
 }
 
-/* The split producer: the loader warp, and the other warps convert. */
-template <class T> __device__ void produce(const lmk_attend &p, const Tma &m, const Job &j, const Smem<T> &sm)
+/* The split producer: the loader warp, and the other warps convert. w: the
+ * fused hybrid window (T::HYB, with TMA), else NULL. */
+template <class T>
+__device__ void produce(const lmk_attend &p, const Tma &m, const Job &j, const Smem<T> &sm, const lmk_window *w)
 {
     const int t = (int)threadIdx.x; /* 0 .. GROUP - 1 */
     if (t < LOADERS) {
-        if (m.on) {
+        if (T::HYB || m.on) {
             if (t == 0) {
                 const TmaLoader<T> ld = { m, j, sm };
                 ld.run();
@@ -229,6 +290,14 @@ template <class T> __device__ void produce(const lmk_attend &p, const Tma &m, co
         return;
     }
     const Converter<T, CONVERTERS> cv = { p, j, sm, { t - LOADERS } };
+    if constexpr (T::HYB) {
+        switch (p.feature_map) {
+        case LM_FEATURE_ELU1: cv.template run_hyb<LM_FEATURE_ELU1>(*w); break;
+        case LM_FEATURE_RELU: cv.template run_hyb<LM_FEATURE_RELU>(*w); break;
+        default: cv.template run_hyb<LM_FEATURE_IDENTITY>(*w); break;
+        }
+        return;
+    }
     switch (p.feature_map) {
     case LM_FEATURE_ELU1: cv.template run<LM_FEATURE_ELU1>(); break;
     case LM_FEATURE_RELU: cv.template run<LM_FEATURE_RELU>(); break;

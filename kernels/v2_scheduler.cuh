@@ -4,8 +4,9 @@
  * then heads, then batch rows). CAUSAL walks query heads (each recomputes
  * its kv head's state, as v1 does for GQA), ABSORB kv heads. A packed
  * launch (lmk_attend_pack: a pool's sequences, each one segment) owns
- * entry blockIdx.x / Hq, query head blockIdx.x % Hq. StateIO says where the
- * state warpgroup reads its initial state and stores its final one.
+ * entry blockIdx.x / Hq, query head blockIdx.x % Hq; a fused hybrid launch
+ * (Hyb) the call's. StateIO says where the state warpgroup reads its initial
+ * state and stores its final one.
  */
 #ifndef LM_V2_SCHEDULER_CUH
 #define LM_V2_SCHEDULER_CUH
@@ -66,6 +67,23 @@ __device__ __forceinline__ Job job_of(const lmk_attend_pack &pk, int)
     return j;
 }
 
+/* The fused hybrid launch's parameters (lmk_window): the call over the body
+ * rows and the delayed keys, and its window. */
+struct Hyb {
+    lmk_attend a;
+    lmk_window w;
+};
+
+__device__ __forceinline__ Job job_of(const Hyb &h, int kind)
+{
+    return job_of(h.a, kind);
+}
+
+__device__ __forceinline__ const lmk_attend &attend_of(const Hyb &h)
+{
+    return h.a;
+}
+
 __device__ __forceinline__ const lmk_attend &attend_of(const lmk_attend &p)
 {
     return p;
@@ -124,6 +142,22 @@ __device__ __forceinline__ StateIO state_io(const lmk_attend_pack &pk, const Job
         io.z_out = scratch ? pk.fin_z + ((int64_t)entry * p.Hkv + j.hk) * p.Dk : z;
     }
     return io;
+}
+
+__device__ __forceinline__ StateIO state_io(const Hyb &h, const Job &j)
+{
+    return state_io(h.a, j);
+}
+
+/* The fused window, or NULL (every other launch). */
+__device__ __forceinline__ const lmk_window *window_of(const Hyb &h)
+{
+    return &h.w;
+}
+
+template <class P> __device__ __forceinline__ const lmk_window *window_of(const P &)
+{
+    return nullptr;
 }
 
 /* Key t of this batch row is masked out. */

@@ -5,7 +5,8 @@
  * V the v tile (MN-major B); z += phi(K)^T 1 against the ones tile, in
  * column 0 of an m64n8 accumulator. After each chunk, once the readout has
  * freed the buffer, it publishes S and z as bf16 hi + lo for the next
- * chunk's readout (the split keeps ~16 bits, as v1's). Compensated calls
+ * chunk's readout (the split keeps ~16 bits, as v1's; phi(k) from its stage
+ * or, with the hybrid window, from the ring: Smem::kphi). Compensated calls
  * fold each chunk's increment from a fresh accumulator (fold_fresh).
  */
 #ifndef LM_V2_STATE_CUH
@@ -47,8 +48,8 @@ template <class T, bool COMP> struct State {
         }
     }
 
-    /* S += phi(K)^T V, z += phi(K)^T 1 for the chunk in stage st. */
-    __device__ void fold(const Smem<T> &sm, int st)
+    /* S += phi(K)^T V, z += phi(K)^T 1 for chunk c (in stage st). */
+    __device__ void fold(const Smem<T> &sm, int st, int c)
     {
         wg_fence();
 #pragma unroll
@@ -57,7 +58,7 @@ template <class T, bool COMP> struct State {
             wg_hold(z[mb]);
 #pragma unroll
             for (int kk = 0; kk < C / 16; kk++) {
-                const uint64_t kt = desc_mnmajor(sm.a + sm.k(st) + mb * T::BLOCK + kk * 2048, T::BLOCK);
+                const uint64_t kt = desc_mnmajor(sm.a + sm.kphi(c) + mb * T::BLOCK + kk * 2048, T::BLOCK);
                 WgmmaSS<T::D, 1, 1>::run(s[mb], kt, desc_mnmajor(sm.a + sm.v(st) + kk * 2048, T::BLOCK), 1);
                 WgmmaSS<8, 1, 0>::run(z[mb], kt, desc_kmajor(sm.a + T::ONES + kk * 32), 1);
             }
@@ -79,7 +80,7 @@ template <class T, bool COMP> struct State {
      * relative to all of S (one sign for z); this way the tensor core's
      * rounding is relative to one chunk (bench/NOTES.md, "Kernel v2
      * compensated"). */
-    __device__ void fold_fresh(const Smem<T> &sm, int st)
+    __device__ void fold_fresh(const Smem<T> &sm, int st, int c)
     {
 #pragma unroll
         for (int mb = 0; mb < MB; mb++) {
@@ -89,7 +90,7 @@ template <class T, bool COMP> struct State {
                 wg_fence();
 #pragma unroll
                 for (int kk = 0; kk < C / 16; kk++)
-                    WgmmaSS<64, 1, 1>::run(inc, desc_mnmajor(sm.a + sm.k(st) + mb * T::BLOCK + kk * 2048, T::BLOCK),
+                    WgmmaSS<64, 1, 1>::run(inc, desc_mnmajor(sm.a + sm.kphi(c) + mb * T::BLOCK + kk * 2048, T::BLOCK),
                                            desc_mnmajor(sm.a + sm.v(st) + nh * T::BLOCK + kk * 2048, T::BLOCK), kk > 0);
                 wg_commit();
                 wg_wait<0>();
@@ -103,7 +104,7 @@ template <class T, bool COMP> struct State {
             const int t = threadIdx.x & 3;
 #pragma unroll
             for (int r = 0; r < 4; r += 2) {
-                const unsigned char *kc = sm.p + sm.k(st);
+                const unsigned char *kc = sm.p + sm.kphi(c);
                 float dz = 0.0f;
 #pragma unroll 4
                 for (int i = 0; i < 16; i++)
@@ -117,7 +118,8 @@ template <class T, bool COMP> struct State {
     }
 
     /* S and z as bf16 hi + lo into the readout's buffers (conflict-free:
-     * the eight rows of a register sit in eight different pieces). */
+     * the eight rows of a register sit in eight different pieces); S as hi
+     * alone with the hybrid window (v2_layout.cuh). */
     __device__ void publish(const Smem<T> &sm) const
     {
 #pragma unroll
@@ -128,7 +130,8 @@ template <class T, bool COMP> struct State {
                 split_pack(s[mb][r], s[mb][r + 1], hi, lo);
                 const uint32_t o = T::at(T::SBLOCK, row(mb, r), col(r));
                 *(uint32_t *)(sm.p + T::S_HI + o) = hi;
-                *(uint32_t *)(sm.p + T::S_LO + o) = lo;
+                if constexpr (!T::HYB)
+                    *(uint32_t *)(sm.p + T::S_LO + o) = lo;
             }
             if ((threadIdx.x & 3) == 0)
 #pragma unroll
@@ -172,9 +175,9 @@ template <class T, bool COMP> struct State {
             const int st = c % STAGES;
             wait(sm.full(st), (uint32_t)((c / STAGES) & 1));
             if constexpr (COMP)
-                fold_fresh(sm, st);
+                fold_fresh(sm, st, c);
             else
-                fold(sm, st);
+                fold(sm, st, c);
             arrive(sm.empty(st));
             if (j.causal && c + 1 < j.nch) {
                 wait(sm.s_free(), (uint32_t)(c & 1)); /* the readout is done with S_c */

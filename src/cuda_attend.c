@@ -181,6 +181,7 @@ static void base_params(const lmi_core_params *p, lmk_attend *k)
     pthread_once(&env_once, read_env);
     k->v2 = env_v2, k->v2_cpasync = env_cpasync;
     k->den = p->den;
+    k->win = p->win;
 }
 
 int lmi_cuda_prefill_den(const lmi_core_params *p)
@@ -237,7 +238,7 @@ static lm_status causal(const lmi_core_params *p, const plan *pl, float *ws, cud
         const lmk_state part = state_at(ws, heads, p, heads * per);
         lmk_attend a = k;
         a.L = (pl->nseg - 1) * pl->seg_len, a.seg_len = pl->seg_len, a.nseg = (int)(pl->nseg - 1);
-        a.out_state = part, a.den = NULL;
+        a.out_state = part, a.den = NULL, a.win = NULL;
         if ((st = lmk_attend_launch(&a, LMK_ABSORB, stream)))
             return st;
         lmk_scan s;

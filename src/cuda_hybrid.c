@@ -16,6 +16,12 @@
  *             W + sh .., keys and values rows sh .. L - W - 1, unnormalised with
  *             scale 1, from the folded state (its final state is the new S, z):
  *             it writes each body row's linear numerator into out; no copy;
+ *      Where lmk_attend_window_takes says so (bf16, v2, W <= 64, s <= 16, no
+ *      mask, TMA loads; not under LM_HYBRID_FUSED=off, and =only refuses
+ *      every call that cannot fuse: the GPU suite's check), the
+ *      window runs inside this launch (kernels/v2_window.cuh), which then
+ *      writes the finished output: steps 3 and 5 do not run, and a small
+ *      pass first gathers the s sinks as bf16 tiles (LMK_HYBRID_SINKS);
  *   5. body   rows [W + sh, L): the window softmax, the denominator from
  *             step 4's den (or, without it, pass A from step 3), combined with
  *             the numerator in out (bf16 with head dims
@@ -71,11 +77,29 @@ static int env_is(const char *name, const char *value)
     return e && strcmp(e, value) == 0;
 }
 
+/* Whether the linear call c runs with the window fused (its sink tiles and
+ * bits still to be set in *w): LM_HYBRID_FUSED=off keeps the separate body. */
+static int fuse(const lmi_core_params *p, const lmi_core_params *c, lmk_window *w)
+{
+    if (env_is("LM_HYBRID_FUSED", "off") || p->window > LMK_WINDOW_MAX || p->sinks > LMK_WINDOW_SINKS)
+        return 0;
+    memset(w, 0, offsetof(lmk_window, gamma));
+    w->Lk = c->L + p->window;
+    w->W = (int)p->window, w->ns = (int)p->sinks;
+    w->scale = p->scale;
+    gates(p, w->gamma);
+    lmk_attend a;
+    lmi_cuda_attend_params(c, &a);
+    return lmk_attend_window_takes(&a, w);
+}
+
 /* A prefill's kernel parameters *k and linear call *c (its body rows over
  * the delayed keys, when *nb_out > 0), and whether that call writes the body
- * rows' denominators (*den_out), checked: everything refused is refused
- * here, before any pass changes the state. */
-static lm_status plan(const lmi_core_params *p, lmk_hybrid *k, lmi_core_params *c, int64_t *nb_out, int *den_out)
+ * rows' denominators (*den_out) or fuses the window (*fuse_out, with *w),
+ * checked: everything refused is refused here, before any pass changes the
+ * state. */
+static lm_status plan(const lmi_core_params *p, lmk_hybrid *k, lmi_core_params *c, int64_t *nb_out, int *den_out,
+                      int *fuse_out, lmk_window *w)
 {
     lm_status st = check(p);
     if (st)
@@ -111,7 +135,12 @@ static lm_status plan(const lmi_core_params *p, lmk_hybrid *k, lmi_core_params *
         if (p->mask)
             c->mask = p->mask + sh * p->mask_s[1];
     }
-    *den_out = nb > 0 && !env_is("LM_HYBRID_DEN", "passA") && lmi_cuda_prefill_den(c);
+    *fuse_out = nb > 0 && fuse(p, c, w);
+    if (nb > 0 && !*fuse_out && env_is("LM_HYBRID_FUSED", "only")) /* the GPU suite's proof that it fused */
+        return lmi_error(LM_ERR_UNSUPPORTED, "cuda: LM_HYBRID_FUSED=only, and this call's window cannot run "
+                                             "fused (bf16, v2, W <= %d, s <= %d, no mask, TMA loads)",
+                         LMK_WINDOW_MAX, LMK_WINDOW_SINKS);
+    *den_out = nb > 0 && !*fuse_out && !env_is("LM_HYBRID_DEN", "passA") && lmi_cuda_prefill_den(c);
     int dev;
     LMI_CUDA_TRY(cudaGetDevice(&dev));
     if ((st = lmk_hybrid_check(k)))
@@ -122,10 +151,11 @@ static lm_status plan(const lmi_core_params *p, lmk_hybrid *k, lmi_core_params *
 lm_status lmi_cuda_hybrid_check(const lmi_core_params *p)
 {
     lmk_hybrid k;
+    lmk_window w;
     lmi_core_params c;
     int64_t nb;
-    int den;
-    return p->L ? plan(p, &k, &c, &nb, &den) : check(p);
+    int den, fused;
+    return p->L ? plan(p, &k, &c, &nb, &den, &fused, &w) : check(p);
 }
 
 lm_status lmi_cuda_hybrid_prefill(const lmi_core_params *p, cudaStream_t s)
@@ -133,10 +163,11 @@ lm_status lmi_cuda_hybrid_prefill(const lmi_core_params *p, cudaStream_t s)
     if (p->L == 0)
         return check(p);
     lmk_hybrid k;
+    lmk_window w;
     lmi_core_params c;
     int64_t nb;
-    int den;
-    lm_status st = plan(p, &k, &c, &nb, &den);
+    int den, fused;
+    lm_status st = plan(p, &k, &c, &nb, &den, &fused, &w);
     if (st)
         return st;
     const int64_t L = p->L, W = p->window, sh = k.sh;
@@ -147,11 +178,21 @@ lm_status lmi_cuda_hybrid_prefill(const lmi_core_params *p, cudaStream_t s)
         return st;
     if (nb > 0) {
         const int64_t nch = lmi_cdiv(nb, LMK_CHUNK), heads = p->B * p->Hkv;
-        /* The linear call's denominators [B, Hq, nb], or the chunk sums and their scan. */
-        const size_t bytes = (den ? (size_t)(p->B * p->Hq * nb) : 2 * (size_t)(heads * nch * p->Dk)) * sizeof(float);
+        /* The sink tiles and bits (fused), the linear call's denominators [B,
+         * Hq, nb], or the chunk sums and their scan. */
+        const size_t sink_k = (size_t)(heads * LMK_WINDOW_SINKS * p->Dk) * 2,
+                     sink_v = (size_t)(heads * LMK_WINDOW_SINKS * p->Dv) * 2;
+        const size_t bytes = fused ? sink_k + sink_v + (size_t)heads * sizeof(uint32_t)
+                             : (den ? (size_t)(p->B * p->Hq * nb) : 2 * (size_t)(heads * nch * p->Dk)) * sizeof(float);
         float *ws = NULL;
         LMI_CUDA_TRY(cudaMallocAsync((void **)&ws, bytes, s));
-        if (den) {
+        if (fused) {
+            k.sink_k = ws, k.sink_v = (char *)ws + sink_k, k.sink_bits = (uint32_t *)((char *)ws + sink_k + sink_v);
+            w.sink_k = k.sink_k, w.sink_v = k.sink_v, w.sink_bits = k.sink_bits;
+            c.win = &w, c.normalize = 1, c.eps = p->eps;
+            if (p->sinks > 0)
+                st = lmk_hybrid_launch(&k, LMK_HYBRID_SINKS, s);
+        } else if (den) {
             c.den = ws, k.den = ws;
         } else {
             k.zs = ws;
@@ -162,7 +203,7 @@ lm_status lmi_cuda_hybrid_prefill(const lmi_core_params *p, cudaStream_t s)
         }
         if (st == LM_OK)
             st = lmi_cuda_prefill(&c, s);
-        if (st == LM_OK) {
+        if (st == LM_OK && !fused) {
             k.r0 = W + sh, k.r1 = L;
             st = lmk_hybrid_launch(&k, LMK_HYBRID_BODY, s);
         }

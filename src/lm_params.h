@@ -56,6 +56,9 @@ typedef struct lmi_core_params {
      * row's normaliser phi(q_i) . z_i (no eps) as fp32 [B, Hq, L], L fastest;
      * only where lmi_cuda_prefill_den(p) says the kernel writes it; NULL = none. */
     float *den;
+    /* CUDA causal prefill, internal: the hybrid window fused into the v2
+     * launch (kernels/lm_kernels.h, lmk_window), or NULL. */
+    const struct lmk_window *win;
 } lmi_core_params;
 
 /* The hybrid's gate gamma_h of query head h from p's logits and form

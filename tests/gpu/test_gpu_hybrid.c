@@ -255,6 +255,8 @@ START_TEST(test_hybrid_both_bodies)
 {
     static const int64_t dims[][4] = { { 4, 2, 64, 64 }, { 8, 2, 128, 128 }, { 4, 1, 128, 64 }, { 2, 2, 64, 128 } };
     char *body_was = env_saved("LM_HYBRID_BODY"), *den_was = env_saved("LM_HYBRID_DEN");
+    char *fused_was = env_saved("LM_HYBRID_FUSED");
+    env_set("LM_HYBRID_FUSED", "off"); /* the separate bodies (test_hybrid_fused: the fused window) */
     for (int run = 0; run < 4; run++) {
         env_set("LM_HYBRID_BODY", run & 1 ? "wmma" : NULL);
         env_set("LM_HYBRID_DEN", run & 2 ? "passA" : NULL);
@@ -280,7 +282,63 @@ START_TEST(test_hybrid_both_bodies)
     }
     env_set("LM_HYBRID_BODY", body_was);
     env_set("LM_HYBRID_DEN", den_was);
-    free(body_was), free(den_was);
+    env_set("LM_HYBRID_FUSED", fused_was);
+    free(body_was), free(den_was), free(fused_was);
+    gpu_end_test();
+}
+END_TEST
+
+/* The window fused into the linear call (kernels/v2_window.cuh; bf16, Dk =
+ * Dv in {64, 128}, W <= 64, s <= 16, no mask, compute capability 9.0, where
+ * LM_HYBRID_FUSED=only makes every other call an error, so these cases prove
+ * they fused; other GPUs run the separate body on them): windows and sinks at
+ * the ends of the range (W 1 and 64, s 0 and 16, W + s not a multiple of 64),
+ * lengths that leave a last chunk of 1 to 63 rows and the window's next chunk
+ * past the delayed keys, GQA, both gate forms; split prefills (sinks, window
+ * and z from the state); then the same cases with the separate body
+ * (LM_HYBRID_FUSED=off) for the same bound; and, on the full grid, one call
+ * past 64K tokens (compensated, in segments). Bounds as above. */
+START_TEST(test_hybrid_fused)
+{
+    static const int64_t wins[][2] = { { 64, 4 }, { 64, 16 }, { 1, 0 }, { 7, 2 }, { 33, 9 }, { 16, 0 } };
+    static const int64_t dims[][4] = { { 4, 2, 64, 64 }, { 8, 2, 128, 128 }, { 2, 2, 128, 128 } };
+    static const int64_t tails[] = { 1, 70, 131, 1000, 2113 }; /* body rows */
+    int major = 0, minor = 0, dev = 0;
+    CUDA_OK(cudaGetDevice(&dev));
+    CUDA_OK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+    CUDA_OK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
+    const char *kern = getenv("LM_ATTEND_KERNEL");
+    const int fuses = major == 9 && minor == 0 && !(kern && !strcmp(kern, "v1"));
+    char *fused_was = env_saved("LM_HYBRID_FUSED");
+    for (int run = 0; run < 2; run++) {
+        env_set("LM_HYBRID_FUSED", run ? "off" : fuses ? "only" : NULL);
+        ref_seed(308);
+        for (int w = 0; w < (gpu_small ? 2 : 6); w++)
+            for (int d = 0; d < 3; d++) {
+                hcase c = base_case();
+                c.W = wins[w][0], c.s = wins[w][1];
+                c.Hq = dims[d][0], c.Hkv = dims[d][1], c.Dk = dims[d][2], c.Dv = dims[d][3];
+                c.mask = 0, c.L = c.W + c.s + tails[(w + d) % 5];
+                c.gate_form = (w + d) % 2 ? LM_GATE_EXP : LM_GATE_SIGMOID;
+                check_case(&c);
+            }
+        for (int i = 0; i < 2; i++) {
+            hcase c = base_case();
+            c.L = 260, c.mask = 0, c.Hq = 8, c.Hkv = 2, c.Dk = c.Dv = i ? 64 : 128;
+            c.W = i ? 33 : 64, c.s = i ? 9 : 4;
+            hprob p;
+            hprob_init(&p, hybrid_gpu(), &c);
+            hybrid_case_splits(&p);
+            hprob_free(&p);
+        }
+        if (!gpu_small) { /* past LM_PRECISION_AUTO_TOKENS: compensated, in segments */
+            hcase c = base_case();
+            c.B = 1, c.L = 65600, c.Hq = 2, c.Hkv = 1, c.Dk = c.Dv = 128, c.mask = 0;
+            check_case(&c);
+        }
+    }
+    env_set("LM_HYBRID_FUSED", fused_was);
+    free(fused_was);
     gpu_end_test();
 }
 END_TEST
@@ -434,6 +492,7 @@ Suite *gpu_hybrid_suite(void)
     tcase_add_test(tc, test_hybrid_shapes_dtypes);
     tcase_add_test(tc, test_hybrid_split_and_decode);
     tcase_add_test(tc, test_hybrid_both_bodies);
+    tcase_add_test(tc, test_hybrid_fused);
     tcase_add_test(tc, test_hybrid_refused);
     tcase_add_test(tc, test_hybrid_deterministic);
     tcase_add_test(tc, test_hybrid_module);
