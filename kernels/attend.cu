@@ -78,7 +78,7 @@ extern "C" lm_status lmk_attend_launch(const lmk_attend *p, lmk_kind kind, void 
         return lmk_attend_v2_launch(&k, kind, stream);
     if (k.win && kind == LMK_CAUSAL) /* only v2 fuses a window: a caller's bug */
         return lmi_error(LM_ERR_INTERNAL, "cuda: a fused hybrid window on a launch v2 does not run "
-                         "(ask lmk_attend_window_takes first)");
+                         "(ask lmk_attend_window_refusal first)");
     if (k.den && kind != LMK_ABSORB) /* only v2's epilogue writes it: a caller's bug */
         return lmi_error(LM_ERR_INTERNAL, "cuda: a denominator output on a launch v2 does not run "
                          "(ask lmk_attend_v2_runs first)");

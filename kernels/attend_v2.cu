@@ -16,7 +16,7 @@
  * (P = lmk_attend_pack: one instantiation per D, uncompensated), and
  * lmk_attend_pack_copy_launch moves their final states into the slots.
  * A hybrid prefill's window runs inside the CAUSAL launch where
- * lmk_attend_window_takes says so (P = Hyb: v2_window.cuh's readout, the
+ * lmk_attend_window_refusal allows it (P = Hyb: v2_window.cuh's readout, the
  * layout's HYB tiles; TMA loads).
  * The kernel body exists only in the sm_90a build; lmk_attend_launch calls
  * this launcher only on compute capability 9.0 (see lmk_attend_v2_takes).
@@ -143,38 +143,54 @@ static PFN_cuTensorMapEncodeTiled_v12000 encoder()
 }
 
 /* A [B, L, H, D] bf16 view (strides s in elements, D contiguous) as a map
- * of 64 x 64 boxes; false where TMA cannot take it (base not 16-byte
- * aligned, a stride not a positive multiple of 16 bytes, no encoder). */
-static bool map_of(CUtensorMap *m, const void *base, const int64_t *s, int64_t L, int H, int B, int D)
+ * of 64 x 64 boxes; NULL, or why TMA cannot take it (base not 16-byte
+ * aligned, a stride not a positive multiple of 16 bytes, no encoder, the
+ * encoder's refusal). */
+static const char *map_of(CUtensorMap *m, const void *base, const int64_t *s, int64_t L, int H, int B, int D)
 {
     const PFN_cuTensorMapEncodeTiled_v12000 enc = encoder();
-    if (!enc || (uintptr_t)base % 16 != 0)
-        return false;
+    if (!enc)
+        return "the driver has no cuTensorMapEncodeTiled";
+    if ((uintptr_t)base % 16 != 0)
+        return "a base address is not 16-byte aligned";
     for (int i = 0; i < 3; i++)
         if (s[i] <= 0 || s[i] % 8 != 0 || s[i] >= ((int64_t)1 << 39))
-            return false;
+            return "a token, head or batch stride is not a positive multiple of 16 bytes";
     const cuuint64_t dim[4] = { (cuuint64_t)D, (cuuint64_t)L, (cuuint64_t)H, (cuuint64_t)B };
     const cuuint64_t stride[3] = { (cuuint64_t)s[1] * 2, (cuuint64_t)s[2] * 2, (cuuint64_t)s[0] * 2 };
     const cuuint32_t box[4] = { 64, (cuuint32_t)C, 1, 1 }, one[4] = { 1, 1, 1, 1 };
     return enc(m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4, const_cast<void *>(base), dim, stride, box, one,
                CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-               CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+               CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS
+               ? nullptr
+               : "cuTensorMapEncodeTiled refused a view";
 }
 
 /* The call's maps where TMA takes every tensor the launch reads (q only for
  * CAUSAL; k and v over the window's Lk rows where one is fused); on = 0
- * otherwise: masked keys need cp.async's zero-fill, and coordinates are
- * 32-bit. A fused window needs TMA (its loader has no cp.async path): the
- * host asks lmk_attend_window_takes first, which asks this. */
-static Tma tma_maps(const lmk_attend &p, int kind)
+ * otherwise (*why says why, where given): masked keys need cp.async's
+ * zero-fill, and coordinates are 32-bit. A fused window needs TMA (its
+ * loader has no cp.async path): the host asks lmk_attend_window_refusal first,
+ * which asks this. */
+static Tma tma_maps(const lmk_attend &p, int kind, const char **why = nullptr)
 {
     Tma m;
     memset(&m, 0, sizeof m);
     const int64_t Lk = p.win ? p.win->Lk : p.L;
-    if ((p.v2_cpasync && !p.win) || p.mask || Lk > INT32_MAX)
-        return m;
-    const bool q = kind != LMK_CAUSAL || map_of(&m.q, p.q, p.sq, p.L, p.Hq, p.B, p.Dk);
-    m.on = q && map_of(&m.k, p.k, p.sk, Lk, p.Hkv, p.B, p.Dk) && map_of(&m.v, p.v, p.sv, Lk, p.Hkv, p.B, p.Dv);
+    const char *no = nullptr;
+    if (p.v2_cpasync && !p.win)
+        no = "LM_V2_LOADS=cpasync";
+    else if (p.mask)
+        no = "a key mask";
+    else if (Lk > INT32_MAX)
+        no = "over 2^31 rows";
+    else if (kind == LMK_CAUSAL && (no = map_of(&m.q, p.q, p.sq, p.L, p.Hq, p.B, p.Dk)))
+        ;
+    else if (!(no = map_of(&m.k, p.k, p.sk, Lk, p.Hkv, p.B, p.Dk)))
+        no = map_of(&m.v, p.v, p.sv, Lk, p.Hkv, p.B, p.Dv);
+    m.on = !no;
+    if (why)
+        *why = no;
     return m;
 }
 
@@ -190,7 +206,7 @@ template <int D> lm_status launch_window(const lmk_attend &p, cudaStream_t strea
     const Tma m = tma_maps(p, LMK_CAUSAL);
     if (!m.on)
         return lmi_error(LM_ERR_INTERNAL, "cuda: a fused hybrid window on a launch TMA cannot load "
-                                          "(ask lmk_attend_window_takes first)");
+                                          "(ask lmk_attend_window_refusal first)");
     Hyb h;
     h.a = p;
     h.w = *p.win;
@@ -275,14 +291,24 @@ extern "C" lm_status lmk_attend_pack_copy_launch(const lmk_attend_pack *p, void 
     return LM_OK;
 }
 
-extern "C" int lmk_attend_window_takes(const lmk_attend *p, const lmk_window *w)
+extern "C" const char *lmk_attend_window_refusal(const lmk_attend *p, const lmk_window *w)
 {
-    if (!lmk_attend_v2_runs(p, LMK_CAUSAL) || p->mask || w->W < 1 || w->W > LMK_WINDOW_MAX ||
-        w->ns < 0 || w->ns > LMK_WINDOW_SINKS || p->Hq > LMK_MAX_HYBRID_HEADS)
-        return 0;
+    if (!lmk_attend_v2_runs(p, LMK_CAUSAL))
+        return "the call does not run on kernel v2 (bf16, Dk = Dv in {64, 128}, 16-byte rows, "
+               "compute capability 9.0, LM_ATTEND_KERNEL not v1)";
+    if (p->mask)
+        return "a key mask";
+    if (w->W < 1 || w->W > LMK_WINDOW_MAX)
+        return "the window is over 64";
+    if (w->ns < 0 || w->ns > LMK_WINDOW_SINKS)
+        return "more than 16 sinks";
+    if (p->Hq > LMK_MAX_HYBRID_HEADS)
+        return "too many query heads";
     lmk_attend a = *p;
     a.win = w;
-    return lmk::v2::tma_maps(a, LMK_CAUSAL).on;
+    const char *why = nullptr;
+    (void)lmk::v2::tma_maps(a, LMK_CAUSAL, &why);
+    return why;
 }
 
 extern "C" lm_status lmk_attend_v2_launch(const lmk_attend *p, lmk_kind kind, void *stream)

@@ -69,7 +69,7 @@ typedef struct lmk_attend {
      * reads it (src/cuda_hybrid.c). A launch that would not run v2 refuses it. */
     float *den;
     /* CAUSAL on the v2 kernel only: the window part of a hybrid prefill fused
-     * into this launch (lmk_window below; lmk_attend_window_takes says where),
+     * into this launch (lmk_window below; lmk_attend_window_refusal says where),
      * or NULL. A host pointer: the launcher copies it into the parameters. */
     const struct lmk_window *win;
     int has_decay;
@@ -287,10 +287,11 @@ typedef struct lmk_window {
     float scale;                  /* the softmax scale */
     float gamma[LMK_MAX_HYBRID_HEADS]; /* the gate per query head */
 } lmk_window;
-/* Whether v2 runs p's CAUSAL launch with the window w fused (lmk_attend_v2_runs,
- * no key mask, W and ns in range, Hq <= LMK_MAX_HYBRID_HEADS,
- * and TMA maps of q and of k and v over w->Lk rows encodable). */
-int lmk_attend_window_takes(const lmk_attend *p, const lmk_window *w);
+/* NULL where v2 runs p's CAUSAL launch with the window w fused
+ * (lmk_attend_v2_runs, no key mask, W and ns in range, Hq <=
+ * LMK_MAX_HYBRID_HEADS, TMA maps of q and of k and v over w->Lk rows
+ * encodable), else why not (a constant string). */
+const char *lmk_attend_window_refusal(const lmk_attend *p, const lmk_window *w);
 lm_status lmk_scan_launch(const lmk_scan *p, void *stream);
 lm_status lmk_decode_launch(const lmk_decode *p, void *stream);
 lm_status lmk_decode_table_launch(const lmk_decode_table *p, void *stream);

@@ -16,7 +16,7 @@
  *             W + sh .., keys and values rows sh .. L - W - 1, unnormalised with
  *             scale 1, from the folded state (its final state is the new S, z):
  *             it writes each body row's linear numerator into out; no copy;
- *      Where lmk_attend_window_takes says so (bf16, v2, W <= 64, s <= 16, no
+ *      Where lmk_attend_window_refusal allows it (bf16, v2, W <= 64, s <= 16, no
  *      mask, TMA loads; not under LM_HYBRID_FUSED=off, and =only refuses
  *      every call that cannot fuse: the GPU suite's check), the
  *      window runs inside this launch (kernels/v2_window.cuh), which then
@@ -77,20 +77,22 @@ static int env_is(const char *name, const char *value)
     return e && strcmp(e, value) == 0;
 }
 
-/* Whether the linear call c runs with the window fused (its sink tiles and
- * bits still to be set in *w): LM_HYBRID_FUSED=off keeps the separate body. */
-static int fuse(const lmi_core_params *p, const lmi_core_params *c, lmk_window *w)
+/* NULL where the linear call c runs with the window fused (its sink tiles
+ * and bits still to be set in *w), else why not: LM_HYBRID_FUSED=off keeps
+ * the separate body. */
+static const char *fuse(const lmi_core_params *p, const lmi_core_params *c, lmk_window *w)
 {
-    if (env_is("LM_HYBRID_FUSED", "off") || p->window > LMK_WINDOW_MAX || p->sinks > LMK_WINDOW_SINKS)
-        return 0;
+    if (env_is("LM_HYBRID_FUSED", "off"))
+        return "LM_HYBRID_FUSED=off";
     memset(w, 0, offsetof(lmk_window, gamma));
     w->Lk = c->L + p->window;
-    w->W = (int)p->window, w->ns = (int)p->sinks;
+    w->W = p->window > LMK_WINDOW_MAX ? 0 : (int)p->window; /* 0: refused as out of range */
+    w->ns = p->sinks > LMK_WINDOW_SINKS ? -1 : (int)p->sinks;
     w->scale = p->scale;
     gates(p, w->gamma);
     lmk_attend a;
     lmi_cuda_attend_params(c, &a);
-    return lmk_attend_window_takes(&a, w);
+    return lmk_attend_window_refusal(&a, w);
 }
 
 /* A prefill's kernel parameters *k and linear call *c (its body rows over
@@ -135,11 +137,11 @@ static lm_status plan(const lmi_core_params *p, lmk_hybrid *k, lmi_core_params *
         if (p->mask)
             c->mask = p->mask + sh * p->mask_s[1];
     }
-    *fuse_out = nb > 0 && fuse(p, c, w);
-    if (nb > 0 && !*fuse_out && env_is("LM_HYBRID_FUSED", "only")) /* the GPU suite's proof that it fused */
+    const char *why = nb > 0 ? fuse(p, c, w) : "no body rows";
+    *fuse_out = !why;
+    if (nb > 0 && why && env_is("LM_HYBRID_FUSED", "only")) /* the GPU suite's proof that it fused */
         return lmi_error(LM_ERR_UNSUPPORTED, "cuda: LM_HYBRID_FUSED=only, and this call's window cannot run "
-                                             "fused (bf16, v2, W <= %d, s <= %d, no mask, TMA loads)",
-                         LMK_WINDOW_MAX, LMK_WINDOW_SINKS);
+                                             "fused: %s", why);
     *den_out = nb > 0 && !*fuse_out && !env_is("LM_HYBRID_DEN", "passA") && lmi_cuda_prefill_den(c);
     int dev;
     LMI_CUDA_TRY(cudaGetDevice(&dev));
