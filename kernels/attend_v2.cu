@@ -298,8 +298,6 @@ extern "C" const char *lmk_attend_window_refusal(const lmk_attend *p, const lmk_
                "compute capability 9.0, LM_ATTEND_KERNEL not v1)";
     if (p->mask)
         return "a key mask";
-    if (p->L < LMK_CHUNK) /* cuTensorMapEncodeTiled refuses a 64-row box over fewer rows */
-        return "fewer than 64 body rows";
     if (w->W < 1 || w->W > LMK_WINDOW_MAX)
         return "the window is over 64";
     if (w->ns < 0 || w->ns > LMK_WINDOW_SINKS)

@@ -92,6 +92,7 @@ static const char *fuse(const lmi_core_params *p, const lmi_core_params *c, lmk_
     gates(p, w->gamma);
     lmk_attend a;
     lmi_cuda_attend_params(c, &a);
+    a.L = c->L; /* the launch's rows (the maps' extent), set per launch by the linear prefill */
     return lmk_attend_window_refusal(&a, w);
 }
 

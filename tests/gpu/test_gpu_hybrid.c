@@ -294,8 +294,7 @@ END_TEST
  * they fused; other GPUs run the separate body on them): windows and sinks at
  * the ends of the range (W 1 and 64, s 0 and 16, W + s not a multiple of 64),
  * lengths that leave a last chunk of 1 to 63 rows and the window's next chunk
- * past the delayed keys (a call of fewer than 64 body rows is refused under
- * LM_HYBRID_FUSED=only: a TMA box is 64 rows), GQA, both gate forms; split prefills (sinks, window
+ * past the delayed keys, GQA, both gate forms; split prefills (sinks, window
  * and z from the state); then the same cases with the separate body
  * (LM_HYBRID_FUSED=off) for the same bound; and, on the full grid, one call
  * past 64K tokens (compensated, in segments). Bounds as above. */
@@ -303,7 +302,7 @@ START_TEST(test_hybrid_fused)
 {
     static const int64_t wins[][2] = { { 64, 4 }, { 64, 16 }, { 1, 0 }, { 7, 2 }, { 33, 9 }, { 16, 0 } };
     static const int64_t dims[][4] = { { 4, 2, 64, 64 }, { 8, 2, 128, 128 }, { 2, 2, 128, 128 } };
-    static const int64_t tails[] = { 64, 70, 131, 1000, 2113 }; /* body rows (fewer than 64: not fused) */
+    static const int64_t tails[] = { 1, 70, 131, 1000, 2113 }; /* body rows */
     int major = 0, minor = 0, dev = 0;
     CUDA_OK(cudaGetDevice(&dev));
     CUDA_OK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
@@ -323,18 +322,6 @@ START_TEST(test_hybrid_fused)
                 c.gate_form = (w + d) % 2 ? LM_GATE_EXP : LM_GATE_SIGMOID;
                 check_case(&c);
             }
-        if (run == 0 && fuses) { /* 63 body rows: the separate body, refused under only */
-            hcase c = base_case();
-            c.mask = 0, c.L = c.W + c.s + 63;
-            hprob p;
-            hprob_init(&p, hybrid_gpu(), &c);
-            void *dout = hout_new(&p);
-            hcall k;
-            hcall_init(&k, &p, LM_CUDA, dout, NULL, 0, c.L);
-            EXPECT_ERR(lm_linear_attn_prefill(&k.a, NULL), LM_ERR_UNSUPPORTED, "fewer than 64 body rows");
-            hout_free(&p, dout);
-            hprob_free(&p);
-        }
         for (int i = 0; i < 2; i++) {
             hcase c = base_case();
             c.L = 260, c.mask = 0, c.Hq = 8, c.Hkv = 2, c.Dk = c.Dv = i ? 64 : 128;
