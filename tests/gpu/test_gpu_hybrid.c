@@ -495,7 +495,12 @@ Suite *gpu_hybrid_suite(void)
     tcase_add_test(tc, test_hybrid_refused);
     tcase_add_test(tc, test_hybrid_deterministic);
     tcase_add_test(tc, test_hybrid_module);
-    tcase_add_test(tc, test_hybrid_fused); /* last: a failure leaves LM_HYBRID_FUSED=only set */
     suite_add_tcase(s, tc);
+    /* Its own case (CK_RUN_CASE=fused: the sanitizers' run), last: a failure
+     * leaves LM_HYBRID_FUSED=only set. */
+    TCase *tf = tcase_create("fused");
+    tcase_set_timeout(tf, 600);
+    tcase_add_test(tf, test_hybrid_fused);
+    suite_add_tcase(s, tf);
     return s;
 }
