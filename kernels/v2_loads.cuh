@@ -78,8 +78,9 @@ template <class T, int N> struct Share {
     __device__ int col() const { return u % T::VPR; }
     __device__ int row(int m) const { return u / T::VPR + m * STEP; }
     __device__ uint32_t off(int m) const { return T::at(T::BLOCK, row(m), col() * 8); }
-    /* Piece m exists (when C % STEP != 0 the last one only for some threads) and its row is live. */
-    __device__ bool has(int m, uint64_t live) const { return m < ROWS && row(m) < C && ((live >> row(m)) & 1); }
+    /* Piece m exists (when C % STEP != 0 the last one only for some threads); and its row is live. */
+    __device__ bool exists(int m) const { return m < ROWS && row(m) < C; }
+    __device__ bool has(int m, uint64_t live) const { return exists(m) && ((live >> row(m)) & 1); }
 };
 
 template <class T, int N> struct Loader {
@@ -169,9 +170,13 @@ template <class T, int N> struct Converter {
     const Smem<T> &sm;
     Share<T, N> s;
 
-    /* BATCH pieces loaded before any is converted: their shared loads in
-     * flight together (the stores may alias the next loads for the compiler). */
-    template <int FM> __device__ void tile(uint32_t base, uint64_t live) const
+    /* phi of the live rows of the tile at src into dst (dst = src: in place),
+     * BATCH pieces loaded before any is converted: their shared loads in
+     * flight together (the stores may alias the next loads for the compiler).
+     * ZERO: the other rows of dst are written as zeros (a ring tile holds an
+     * older chunk's), else left alone (in place they are the copy's zero
+     * fill, and phi(0) = 1 must not reach them). */
+    template <int FM, bool ZERO> __device__ void tile(uint32_t dst, uint32_t src, uint64_t live) const
     {
         constexpr int BATCH = 4;
 #pragma unroll 1
@@ -179,33 +184,10 @@ template <class T, int N> struct Converter {
             uint4 x[BATCH];
 #pragma unroll
             for (int b = 0; b < BATCH; b++)
-                if (s.has(m0 + b, live)) /* zero-filled: phi(0) = 1 must not reach it */
-                    x[b] = *(const uint4 *)(sm.p + base + s.off(m0 + b));
+                x[b] = s.has(m0 + b, live) ? *(const uint4 *)(sm.p + src + s.off(m0 + b)) : make_uint4(0, 0, 0, 0);
 #pragma unroll
             for (int b = 0; b < BATCH; b++)
-                if (s.has(m0 + b, live)) {
-                    phi_vec<FM>(x[b]);
-                    *(uint4 *)(sm.p + base + s.off(m0 + b)) = x[b];
-                }
-        }
-    }
-
-    /* HYB: phi of the raw tile at src into dst, zeros for rows not live. */
-    template <int FM> __device__ void tile_to(uint32_t dst, uint32_t src, uint64_t live) const
-    {
-        constexpr int BATCH = 4;
-#pragma unroll 1
-        for (int m0 = 0; m0 < Share<T, N>::ROWS; m0 += BATCH) {
-            uint4 x[BATCH];
-#pragma unroll
-            for (int b = 0; b < BATCH; b++)
-                if (s.has(m0 + b, live))
-                    x[b] = *(const uint4 *)(sm.p + src + s.off(m0 + b));
-                else
-                    x[b] = make_uint4(0, 0, 0, 0);
-#pragma unroll
-            for (int b = 0; b < BATCH; b++)
-                if (m0 + b < Share<T, N>::ROWS && s.row(m0 + b) < C) {
+                if (ZERO ? s.exists(m0 + b) : s.has(m0 + b, live)) {
                     if (s.has(m0 + b, live))
                         phi_vec<FM>(x[b]);
                     *(uint4 *)(sm.p + dst + s.off(m0 + b)) = x[b];
@@ -236,7 +218,7 @@ template <class T, int N> struct Converter {
             wait(sm.landed(st), (uint32_t)((c / STAGES) & 1));
             if (c >= 2) /* ring tile c % 2: chunk c - 2 read by the readout and the state */
                 wait(sm.empty((c - 2) % STAGES), (uint32_t)(((c - 2) / STAGES) & 1));
-            tile_to<FM>(sm.kphi(c), sm.k(st), keys);
+            tile<FM, true>(sm.kphi(c), sm.k(st), keys);
             to_async_proxy();
             arrive(sm.full(st));
         }
@@ -253,8 +235,8 @@ template <class T, int N> struct Converter {
             wait(sm.landed(st), (uint32_t)((c / STAGES) & 1)); /* every loader's copies of chunk c */
             if constexpr (FM != LM_FEATURE_IDENTITY) {
                 if (j.causal)
-                    tile<FM>(sm.q(st), rows);
-                tile<FM>(sm.k(st), keys);
+                    tile<FM, false>(sm.q(st), sm.q(st), rows);
+                tile<FM, false>(sm.k(st), sm.k(st), keys);
             }
             to_async_proxy(); /* this warp's stores and the landed bytes, for the wgmma reads */
             arrive(sm.full(st));
