@@ -3,23 +3,18 @@
  * prefill's window fused in (docs/DESIGN.md §9.3; lmk_window): one 64-row
  * chunk c of body rows, whose queries are raw in the stage (the window's
  * logits need q itself), against
- *   first the window, as soon as the raw tiles have landed: logits
- *     scale Q K^T against the raw keys of chunk c (kept where i < j <= i + W),
- *     of chunk c + 1 (j <= i + W - 64: its stage has landed, the readout
- *     reads it one chunk early) and of the sinks (their present bits), one
- *     tile at a time with the online softmax (a running max; O and the
- *     weight sums rescaled when it moves; exact, since the final weights are
- *     gamma exp(logit - the max over all three)), O += P V per tile;
- *   then the linear part over the delayed keys, once phi(k) is in the ring
- *     and S is published, added onto it (absolute weights, not rescaled): as
- *     Intra (v2_intra.cuh) but with phi(Q) applied to register fragments (RS
- *     products) and S as bf16 hi: O += phi(Q) S, n = phi(Q) [z_hi z_lo],
- *     A = phi(Q) phi(K_c)^T masked to j <= i, O += A V_c, its row sums
- *     added to the window's (one denominator).
+ *   the linear part over the delayed keys, as Intra (v2_intra.cuh) but with
+ *     phi(Q) applied to register fragments (RS products) and S as bf16 hi:
+ *     O = phi(Q) S, n = phi(Q) [z_hi z_lo], A = phi(Q) phi(K_c)^T (phi(k)
+ *     from the ring), masked to j <= i, O += A V_c;
+ *   the window: logits scale Q K^T against the raw keys of chunk c (kept
+ *     where i < j <= i + W), of chunk c + 1 (j <= i + W - 64: its stage has
+ *     landed, the readout reads it one chunk early) and of the sinks (their
+ *     present bits), the row max m over all three, weights
+ *     gamma exp(logit - m) (exact: the set is complete before any weight),
+ *     their row sums added to A's (one denominator), O += P V per tile.
  * The epilogue (v2_epilogue.cuh) then divides by d + eps as for linear
- * attention. Every product waits before its registers are reused. Window
- * first, one tile at a time: with the three tiles' logits live together
- * ptxas serialised every wgmma of the kernel (C7511, for want of registers).
+ * attention. Every product waits before its registers are reused.
  */
 #ifndef LM_V2_WINDOW_CUH
 #define LM_V2_WINDOW_CUH
