@@ -47,8 +47,10 @@ template <class T, class P> __device__ void readout(const P &pp, const lmk_atten
         for (int c = 0; c < j.nch; c++) {
             const int st = c % STAGES, sn = (c + 1) % STAGES;
             wait(sm.landed(st), (uint32_t)((c / STAGES) & 1)); /* raw q, k, v: read here, not converted */
+            wait(sm.full(st), (uint32_t)((c / STAGES) & 1));
+            wait(sm.s_full(), (uint32_t)(c & 1));
             wait(sm.landed(sn), (uint32_t)(((c + 1) / STAGES) & 1));
-            x.run(p, w, w.gamma[j.h], bits, sm, c, st, sn); /* waits for full and s_full itself */
+            x.run(p, w, w.gamma[j.h], bits, sm, c, st, sn);
             epilogue(p, j, sm, x, c, st);
             arrive(sm.empty(st));
         }
