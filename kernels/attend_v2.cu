@@ -36,6 +36,9 @@
 namespace lmk {
 namespace v2 {
 
+/* The layout of a launch with parameters P: with the hybrid window's tiles for Hyb. */
+template <int D, class P> using ShapeOf = Shape<D, std::is_same<P, Hyb>::value>;
+
 /* The readout warpgroup's chunks: Intra, or Fused with the hybrid window
  * (which also waits for the next chunk's keys, its window's last). */
 template <class T, class P> __device__ void readout(const P &pp, const lmk_attend &p, const Job &j, const Smem<T> &sm)
@@ -72,7 +75,7 @@ __global__ void __launch_bounds__(THREADS, 1) kernel(const __grid_constant__ P p
                                                      int kind)
 {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    typedef Shape<D, std::is_same<P, Hyb>::value> T;
+    typedef ShapeOf<D, P> T;
     const lmk_attend &p = attend_of(pp);
     extern __shared__ unsigned char smem_raw[];
     const uint32_t raw = smem_addr(smem_raw);
@@ -119,7 +122,7 @@ lm_status launch(const P &p, const Tma &tm, int64_t ctas, int kind, cudaStream_t
 {
     if (ctas < 1 || ctas > INT32_MAX)
         return lmi_error(LM_ERR_UNSUPPORTED, "cuda: %lld blocks do not fit a grid", (long long)ctas);
-    const size_t smem = Shape<D, std::is_same<P, Hyb>::value>::SMEM;
+    const size_t smem = ShapeOf<D, P>::SMEM;
     LMI_CUDA_TRY(cudaFuncSetAttribute(kernel<D, COMP, P>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     kernel<D, COMP, P><<<(unsigned)ctas, THREADS, smem, stream>>>(p, tm, kind);
     LMI_CUDA_TRY(cudaGetLastError());

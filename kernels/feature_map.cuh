@@ -13,6 +13,7 @@
 
 #include <cuda_bf16.h>
 #include <stdint.h>
+#include <type_traits>
 
 namespace lmk {
 
@@ -36,6 +37,15 @@ __device__ __forceinline__ float dphi_of_phi(float y, int fm)
     return 1.0f;
 }
 
+/* 2^x, approximate (2 ulp; ex2(-inf) = 0), without __expf's guard for
+ * results below 2^-126 (flushed to 0 here). */
+__device__ __forceinline__ float ex2_approx(float x)
+{
+    float e;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(x));
+    return e;
+}
+
 /* phi in fp32; an approximate ex2 (2 ulp) is plenty for a value stored as
  * bf16 or as a 16-bit hi + lo pair, and several times cheaper than expf.
  * Both sides of elu+1 are computed and one selected: no branch in the
@@ -43,8 +53,7 @@ __device__ __forceinline__ float dphi_of_phi(float y, int fm)
 template <int FM> __device__ __forceinline__ float phi_fm(float x)
 {
     if constexpr (FM == LM_FEATURE_ELU1) {
-        float e; /* __expf without its guard for results below 2^-126 (flushed to 0 here) */
-        asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(x * 1.44269504f));
+        const float e = ex2_approx(x * 1.44269504f);
         return x > 0.0f ? x + 1.0f : e;
     } else if constexpr (FM == LM_FEATURE_RELU) {
         return x < 0.0f ? 0.0f : x; /* NaN stays NaN */
@@ -72,6 +81,17 @@ template <int FM> __device__ __forceinline__ __nv_bfloat162 phi_pair(__nv_bfloat
 #endif
     const float2 f = __bfloat1622float2(x);
     return __floats2bfloat162_rn(phi_fm<FM>(f.x), phi_fm<FM>(f.y));
+}
+
+/* f(std::integral_constant<int, FM>()) for the feature map fm of a call: a
+ * kernel's per-map instantiation picked once (identity for anything else). */
+template <class F> __device__ __forceinline__ void with_feature_map(int fm, F &&f)
+{
+    switch (fm) {
+    case LM_FEATURE_ELU1: f(std::integral_constant<int, LM_FEATURE_ELU1>()); break;
+    case LM_FEATURE_RELU: f(std::integral_constant<int, LM_FEATURE_RELU>()); break;
+    default: f(std::integral_constant<int, LM_FEATURE_IDENTITY>()); break;
+    }
 }
 
 } // namespace lmk

@@ -243,6 +243,13 @@ __device__ __forceinline__ uint64_t desc_kmajor(uint32_t saddr)
            ((uint64_t)1 << 62);
 }
 
+/* k-step kk (16 columns) of a K-major swizzled tile at shared address tile
+ * with `block` bytes per 64 columns (the layout above). */
+__device__ __forceinline__ uint64_t desc_kstep(uint32_t tile, uint32_t block, int kk)
+{
+    return desc_kmajor(tile + (uint32_t)(kk >> 2) * block + (uint32_t)(kk & 3) * 32);
+}
+
 __device__ __forceinline__ uint64_t desc_mnmajor(uint32_t saddr, uint32_t lbo)
 {
     return (uint64_t)((saddr & 0x3FFFF) >> 4) | ((uint64_t)((lbo & 0x3FFFF) >> 4) << 16) |

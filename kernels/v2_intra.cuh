@@ -71,7 +71,7 @@ template <class T> struct Intra {
     /* phi(Q) of k-step kk (K-major A). */
     static __device__ uint64_t q_desc(const Smem<T> &sm, int st, int kk)
     {
-        return desc_kmajor(sm.a + sm.q(st) + (kk >> 2) * T::BLOCK + (kk & 3) * 32);
+        return desc_kstep(sm.a + sm.q(st), T::BLOCK, kk);
     }
 
     __device__ void run(const Smem<T> &sm, int st)
@@ -89,13 +89,11 @@ template <class T> struct Intra {
             }
 #pragma unroll
         for (int kk = 0; kk < T::KS; kk++)
-            WgmmaSS<8, 0, 0>::run(n, q_desc(sm, st, kk), desc_kmajor(sm.a + T::ZT + (kk >> 2) * 1024 + (kk & 3) * 32),
-                                  kk > 0);
+            WgmmaSS<8, 0, 0>::run(n, q_desc(sm, st, kk), desc_kstep(sm.a + T::ZT, 1024, kk), kk > 0);
         wg_commit();
 #pragma unroll
         for (int kk = 0; kk < T::KS; kk++)
-            WgmmaSS<64, 0, 0>::run(a, q_desc(sm, st, kk),
-                                   desc_kmajor(sm.a + sm.k(st) + (kk >> 2) * T::BLOCK + (kk & 3) * 32), kk > 0);
+            WgmmaSS<64, 0, 0>::run(a, q_desc(sm, st, kk), desc_kstep(sm.a + sm.k(st), T::BLOCK, kk), kk > 0);
         wg_commit();
         wg_wait<1>();
         arrive(sm.s_free()); /* S, z read: the state may publish the next */

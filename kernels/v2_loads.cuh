@@ -272,19 +272,12 @@ __device__ void produce(const lmk_attend &p, const Tma &m, const Job &j, const S
         return;
     }
     const Converter<T, CONVERTERS> cv = { p, j, sm, { t - LOADERS } };
-    if constexpr (T::HYB) {
-        switch (p.feature_map) {
-        case LM_FEATURE_ELU1: cv.template run_hyb<LM_FEATURE_ELU1>(*w); break;
-        case LM_FEATURE_RELU: cv.template run_hyb<LM_FEATURE_RELU>(*w); break;
-        default: cv.template run_hyb<LM_FEATURE_IDENTITY>(*w); break;
-        }
-        return;
-    }
-    switch (p.feature_map) {
-    case LM_FEATURE_ELU1: cv.template run<LM_FEATURE_ELU1>(); break;
-    case LM_FEATURE_RELU: cv.template run<LM_FEATURE_RELU>(); break;
-    default: cv.template run<LM_FEATURE_IDENTITY>(); break;
-    }
+    with_feature_map(p.feature_map, [&](auto fm) {
+        if constexpr (T::HYB)
+            cv.template run_hyb<decltype(fm)::value>(*w);
+        else
+            cv.template run<decltype(fm)::value>();
+    });
 }
 
 } // namespace v2

@@ -60,7 +60,7 @@ template <class T, bool COMP> struct State {
             for (int kk = 0; kk < C / 16; kk++) {
                 const uint64_t kt = desc_mnmajor(sm.a + sm.kphi(c) + mb * T::BLOCK + kk * 2048, T::BLOCK);
                 WgmmaSS<T::D, 1, 1>::run(s[mb], kt, desc_mnmajor(sm.a + sm.v(st) + kk * 2048, T::BLOCK), 1);
-                WgmmaSS<8, 1, 0>::run(z[mb], kt, desc_kmajor(sm.a + T::ONES + kk * 32), 1);
+                WgmmaSS<8, 1, 0>::run(z[mb], kt, desc_kstep(sm.a + T::ONES, 1024, kk), 1);
             }
         }
         wg_commit();

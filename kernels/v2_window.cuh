@@ -36,22 +36,10 @@ template <int FM> __device__ __forceinline__ void phi_frag(uint32_t (&x)[4])
     }
 }
 
-__device__ __forceinline__ float ex2(float x)
-{
-    float e;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(x));
-    return e;
-}
-
 template <class T> struct Fused {
     float o[T::D / 2]; /* m64nD: output rows of the chunk */
     float n[4];        /* m64n8: normaliser against z hi (column 0), lo (column 1) */
     float rs[2];       /* row sums of A and of the window's weights, rows g and g + 8 */
-
-    static __device__ uint64_t kdesc(uint32_t tile, uint32_t block, int kk)
-    {
-        return desc_kmajor(tile + (kk >> 2) * block + (kk & 3) * 32);
-    }
 
     /* The linear part: O, n, A from phi(Q) in registers; S freed; O += A V. */
     template <int FM> __device__ void linear(const Smem<T> &sm, int c, int st)
@@ -71,11 +59,11 @@ template <class T> struct Fused {
             WgmmaRS<T::D, 1>::run(o, qf[kk], desc_mnmajor(sm.a + T::S_HI + kk * 2048, T::SBLOCK), kk > 0);
 #pragma unroll
         for (int kk = 0; kk < T::KS; kk++)
-            WgmmaRS<8, 0>::run(n, qf[kk], kdesc(sm.a + T::ZT, 1024, kk), kk > 0);
+            WgmmaRS<8, 0>::run(n, qf[kk], desc_kstep(sm.a + T::ZT, 1024, kk), kk > 0);
         wg_commit();
 #pragma unroll
         for (int kk = 0; kk < T::KS; kk++)
-            WgmmaRS<64, 0>::run(a, qf[kk], kdesc(sm.a + sm.kphi(c), T::BLOCK, kk), kk > 0);
+            WgmmaRS<64, 0>::run(a, qf[kk], desc_kstep(sm.a + sm.kphi(c), T::BLOCK, kk), kk > 0);
         wg_commit();
         wg_wait<1>();
         arrive(sm.s_free()); /* S, z read: the state may publish the next */
@@ -94,11 +82,11 @@ template <class T> struct Fused {
         wg_fence();
 #pragma unroll
         for (int kk = 0; kk < T::KS; kk++) {
-            const uint64_t qd = kdesc(sm.a + sm.q(st), T::BLOCK, kk);
-            WgmmaSS<64, 0, 0>::run(lc, qd, kdesc(sm.a + sm.k(st), T::BLOCK, kk), kk > 0);
-            WgmmaSS<64, 0, 0>::run(ln, qd, kdesc(sm.a + sm.k(sn), T::BLOCK, kk), kk > 0);
+            const uint64_t qd = desc_kstep(sm.a + sm.q(st), T::BLOCK, kk);
+            WgmmaSS<64, 0, 0>::run(lc, qd, desc_kstep(sm.a + sm.k(st), T::BLOCK, kk), kk > 0);
+            WgmmaSS<64, 0, 0>::run(ln, qd, desc_kstep(sm.a + sm.k(sn), T::BLOCK, kk), kk > 0);
             if (bits)
-                WgmmaSS<16, 0, 0>::run(ls, qd, kdesc(sm.a + T::SINK_K, T::SKBLOCK, kk), kk > 0);
+                WgmmaSS<16, 0, 0>::run(ls, qd, desc_kstep(sm.a + T::SINK_K, T::SKBLOCK, kk), kk > 0);
         }
         wg_commit();
         wg_wait<0>();
@@ -130,17 +118,17 @@ template <class T> struct Fused {
             m[h] = fmaxf(m[h], __shfl_xor_sync(0xffffffffu, m[h], 2));
             m[h] = m[h] == ninf ? 0.0f : m[h]; /* rows past the segment may see no key */
         }
-        /* Weights gamma 2^(logit - m) (ex2(-inf) = 0), their sums into rs. */
+        /* Weights gamma 2^(logit - m) (ex2_approx(-inf) = 0), their sums into rs. */
 #pragma unroll
         for (int r = 0; r < 32; r++) {
             const int h = (r >> 1) & 1;
-            lc[r] = gamma * ex2(lc[r] - m[h]);
-            ln[r] = gamma * ex2(ln[r] - m[h]);
+            lc[r] = gamma * ex2_approx(lc[r] - m[h]);
+            ln[r] = gamma * ex2_approx(ln[r] - m[h]);
             rs[h] += lc[r] + ln[r];
         }
 #pragma unroll
         for (int r = 0; r < 8; r++) {
-            ls[r] = gamma * ex2(ls[r] - m[(r >> 1) & 1]);
+            ls[r] = gamma * ex2_approx(ls[r] - m[(r >> 1) & 1]);
             rs[(r >> 1) & 1] += ls[r];
         }
         pv_split<T, 4>(o, lc, sm.a + sm.v(st), T::BLOCK);
@@ -152,11 +140,7 @@ template <class T> struct Fused {
     __device__ void run(const lmk_attend &p, const lmk_window &w, float gamma, uint32_t bits, const Smem<T> &sm, int c,
                         int st, int sn)
     {
-        switch (p.feature_map) {
-        case LM_FEATURE_ELU1: linear<LM_FEATURE_ELU1>(sm, c, st); break;
-        case LM_FEATURE_RELU: linear<LM_FEATURE_RELU>(sm, c, st); break;
-        default: linear<LM_FEATURE_IDENTITY>(sm, c, st); break;
-        }
+        with_feature_map(p.feature_map, [&](auto fm) { linear<decltype(fm)::value>(sm, c, st); });
         window(w, gamma, bits, sm, st, sn);
     }
 };
