@@ -1,8 +1,8 @@
 /*
- * device_caps.cuh - the current device's compute capability and SM count
- * for launchers that consult them on every call (the decode step, the v2
- * prefill's eligibility), asked of the driver once per device and then
- * read from a table.
+ * device_caps.cuh - the current device's compute capability, SM count and
+ * opt-in shared memory a block for launchers that consult them on every call
+ * (the decode steps, the v2 prefill's eligibility), asked of the driver once
+ * per device and then read from a table.
  */
 #ifndef LM_DEVICE_CAPS_CUH
 #define LM_DEVICE_CAPS_CUH
@@ -16,13 +16,15 @@ namespace lmk {
 
 struct DeviceCaps {
     int major, minor, sms;
+    int smem_optin; /* bytes of shared memory a block may opt in to */
 };
 
 /* Devices with an id below this are cached; others are asked every time. */
 constexpr int CAPS_DEVICES = 64;
 
-/* One word per device: bit 63 set once filled, then the SM count (bits
- * 16-47), major (8-15) and minor (0-7). A single atomic word needs no lock
+/* One word per device: bit 63 set once filled, then the opt-in shared
+ * memory in 16-byte units (bits 32-47), the SM count (16-31), major (8-15)
+ * and minor (0-7). A single atomic word needs no lock
  * and no ordering: a reader sees 0 (not yet filled: it asks the driver
  * itself) or a whole entry. Two threads filling the same entry at once
  * store the same value, so the race is benign. An inline function's static
@@ -45,16 +47,18 @@ inline cudaError_t device_caps(DeviceCaps *c)
     std::atomic<uint64_t> *slot = dev >= 0 && dev < CAPS_DEVICES ? &caps_table()[dev] : nullptr;
     const uint64_t w = slot ? slot->load(std::memory_order_relaxed) : 0;
     if (w >> 63) {
-        c->major = (int)((w >> 8) & 0xff), c->minor = (int)(w & 0xff), c->sms = (int)((w >> 16) & 0xffffffffu);
+        c->major = (int)((w >> 8) & 0xff), c->minor = (int)(w & 0xff), c->sms = (int)((w >> 16) & 0xffff);
+        c->smem_optin = (int)((w >> 32) & 0xffff) * 16;
         return cudaSuccess;
     }
     if ((e = cudaDeviceGetAttribute(&c->major, cudaDevAttrComputeCapabilityMajor, dev)) != cudaSuccess ||
         (e = cudaDeviceGetAttribute(&c->minor, cudaDevAttrComputeCapabilityMinor, dev)) != cudaSuccess ||
-        (e = cudaDeviceGetAttribute(&c->sms, cudaDevAttrMultiProcessorCount, dev)) != cudaSuccess)
+        (e = cudaDeviceGetAttribute(&c->sms, cudaDevAttrMultiProcessorCount, dev)) != cudaSuccess ||
+        (e = cudaDeviceGetAttribute(&c->smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev)) != cudaSuccess)
         return e;
-    if (slot)
-        slot->store(1ull << 63 | (uint64_t)(uint32_t)c->sms << 16 | (uint64_t)(c->major & 0xff) << 8 |
-                        (uint64_t)(c->minor & 0xff),
+    if (slot && c->sms <= 0xffff && c->smem_optin / 16 <= 0xffff) /* else asked every time */
+        slot->store(1ull << 63 | (uint64_t)(c->smem_optin / 16) << 32 | (uint64_t)c->sms << 16 |
+                        (uint64_t)(c->major & 0xff) << 8 | (uint64_t)(c->minor & 0xff),
                     std::memory_order_relaxed);
     return cudaSuccess;
 }

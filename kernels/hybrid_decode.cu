@@ -8,55 +8,146 @@
  *   the token goes to sink slot t (t < s) or to that ring slot;
  *   each query head of the group: softmax over the slots that hold keys (the
  *       new token included), phi(q) S and phi(q).z, one division.
+ * The step's latency is its chain of memory round trips, so everything it
+ * reads whatever the position is goes out at once: the positions, z, the
+ * window's keys and this CTA's value columns to shared memory by cp.async,
+ * the first state rows, q, k and v to registers; the leaving slot is then
+ * read from the staged copy. Two block barriers follow (logits with phi(q) S;
+ * numerators). A window wider than one tile of shared memory (SMEM_BUDGET)
+ * is read tile by tile with the softmax's max running.
  * As kernels/decode.cu: on sm_90, while (row, kv head) pairs are fewer than
  * 4 x SMs, the value columns of a head are spread over a cluster of up to 8
- * CTAs (else one CTA per pair); every CTA reads z, the positions and the evicted
- * key, and only after the cluster barrier does rank 0 write them back (each
- * CTA writes its own columns of S and of the slot's value). Query heads go in
- * blocks of 4. No allocation, no host sync: graph-capturable.
+ * CTAs (else one CTA per pair); every CTA reads z, the positions and the
+ * keys, arrives at the cluster barrier once it has, and rank 0 waits on it
+ * only to write them back at the end (each CTA writes its own columns of S
+ * and of the slot's value). Query heads go in blocks of 4. No allocation, no
+ * host sync: graph-capturable.
  * Pool rows (lm_pool_decode on a hybrid pool): row b continues the slot named
  * in device memory, or in a table passed by value (the length-1 sequences of
  * a hybrid pool's varlen prefill: token, slot, fresh), whose five parts sit
  * at their own slot strides; a padding row leaves at once, and the row's
  * admission (range, license limit, the slot's position counted in) is
  * decode.cu's (pool_row.cuh). One kernel body for both (Row, row_of below).
- * Measured (H100, 32 heads of 128, W = 64, s = 4): 35-37 us a step with one
- * slot per warp round and one thread per column summing every slot's value in
- * turn; 19.3 us with the rounds of U slots and the (slot group, column)
- * numerators (bench/NOTES.md's "Hybrid decode, round 2"); loads of k, v, z,
- * q and the first state rows issued at the start, with the positions, cost
- * 1.3 us (17.9 us without them: removed); 12.6-13.1 us with one query head a pass
- * without GQA, the 68 slots' logits in one round, S rows loaded NR at a time
- * before the fold's stores and q loaded beside k (18.1 us before, same run). A
- * variant with the linear part and the window on separate warp groups measured
- * 21.4 us (each half then did its part with half the warps): not kept.
- * Target <= 10 us.
+ * Measured (H100, 32 heads of 128, W = 64, s = 4, in a graph; bench/NOTES.md):
+ * 35-37 us a step with one slot per warp round; 19.3 us with rounds of slots;
+ * 12.6-13.1 us with a chain of five round trips behind nine barriers
+ * (positions, leaving slot, keys, S rows, values); staged at once 14.1 us
+ * (6,100 instructions a warp: the staging's index arithmetic, a warp's five
+ * shuffles a slot); with the logits 8 lanes a slot, ex2 and the geometry from
+ * the host 11.4 us; staging without per-piece arithmetic 11.3 us (12.97 us
+ * before the rewrite, same run). A graph of one trivial kernel replays in
+ * 3.6-4.6 us on that machine. 512 threads with TMA bulk copies measured 18.3
+ * us (ncu: SMs active 16.4K of 38.7K cycles): not kept. Target <= 10 us.
  */
 #include "cluster_launch.cuh"
 #include "hybrid.cuh"
 #include "pool_row.cuh"
 
-#include <cooperative_groups.h>
+#include <cstdlib>
+
 
 namespace {
 
+using lmk::ex2_approx;
 using lmk::hload;
 using lmk::hstore;
 using lmk::phi_precise;
 
 constexpr int THREADS = 256;
+constexpr int LPS = 8;               /* lanes a slot in the logits (a quarter-warp: 128 bytes of key a read) */
+constexpr int SPR = THREADS / LPS;   /* slots a round of the logits */
+constexpr int NR = 4;                /* rows of S whose loads are in flight before any is used */
+constexpr float LOG2E = 1.44269504f; /* logits are kept in log2 units: weights by ex2 */
 /* Query heads per pass: GB = 4, or 1 when a kv head serves one query head
- * (no GQA: four passes' worth of registers and reductions would be idle).
- * Window slots per warp and round of the logits: U(GB) (68 slots: 2 rounds of
- * 8 at GB = 4, one of 12 at GB = 1). */
-template <int GB> struct Rounds { static constexpr int U = GB == 1 ? 12 : 8; };
+ * (no GQA: four passes' worth of registers and reductions would be idle). */
 inline int heads_per_pass(const lmk_hybrid_decode &p) { return p.Hq == p.Hkv ? 1 : 4; }
-constexpr int NR = 4;    /* rows of S whose loads are in flight before any is used */
+/* Shared memory a CTA may take (the window's slots in tiles of as many as fit):
+ * two CTAs a Hopper SM when the step has one CTA per (row, kv head). */
+constexpr size_t SMEM_BUDGET = 112 * 1024;
+
+/* The launch's geometry, sized on the host (plan) so that the kernel divides
+ * by little of it: CTAs a (row, kv head) and this CTA's value columns, the
+ * thread groups (phi(q) S: CG groups of 4 columns by RG groups of rows; the
+ * numerators: SG groups of slots by cols columns), the staged keys' pitch
+ * (Dk rounded up to 16 bytes), and where shared memory holds what (floats
+ * from its start, every part 16-byte aligned). */
+struct Geo {
+    int nvb, NT, ntiles, cols, CG, RG, SG, KP, G;
+    int keys, vals, zs, zn, knew, vnew, qr, phq, lg, red, red2, pos, mx, total;
+};
+
+inline int up4(int x) { return (x + 3) / 4 * 4; }
+
+Geo geometry(const lmk_hybrid_decode &p, int GB, int nvb, int NT)
+{
+    Geo g;
+    const int ns = p.s + p.W;
+    g.nvb = nvb, g.NT = NT, g.ntiles = (ns + NT - 1) / NT, g.cols = (p.Dv + nvb - 1) / nvb, g.CG = (g.cols + 3) / 4;
+    g.RG = THREADS / g.CG, g.SG = g.cols < THREADS ? THREADS / g.cols : 1, g.KP = up4(p.Dk), g.G = p.Hq / p.Hkv;
+    const int C1 = g.cols + 1;
+    g.keys = 0, g.vals = g.keys + up4(NT * g.KP), g.zs = g.vals + up4(NT * g.cols), g.zn = g.zs + up4(p.Dk);
+    g.knew = g.zn + up4(p.Dk), g.vnew = g.knew + g.KP, g.qr = g.vnew + up4(g.cols), g.phq = g.qr + GB * g.KP;
+    g.lg = g.phq + up4(GB * p.Dk), g.red = g.lg + up4(GB * NT), g.red2 = g.red + up4(g.RG * GB * C1);
+    g.pos = g.red2 + up4(g.SG * C1 * GB), g.mx = g.pos + up4(ns), g.total = g.mx + up4(GB);
+    return g;
+}
 
 /* The 4 floats at x, those of them below n (n >= 1; zeros past it). */
 __device__ __forceinline__ float4 row4(const float *x, int n)
 {
     return make_float4(x[0], 1 < n ? x[1] : 0.0f, 2 < n ? x[2] : 0.0f, 3 < n ? x[3] : 0.0f);
+}
+
+/* The 4 floats at x as one 16-byte load when they are there and aligned. */
+__device__ __forceinline__ float4 row4v(const float *x, int n)
+{
+    return n >= 4 && ((uintptr_t)x & 15) == 0 ? *(const float4 *)x : row4(x, n);
+}
+
+__device__ __forceinline__ float dot4(float4 a, float4 b, float acc)
+{
+    return fmaf(a.x, b.x, fmaf(a.y, b.y, fmaf(a.z, b.z, fmaf(a.w, b.w, acc))));
+}
+
+/* rows x n 4-byte words from global (row pitch sp words) to shared (pitch dp),
+ * issued by the block and in flight until cp_async_wait: 16-byte pieces where
+ * every row allows them, else words. */
+__device__ __forceinline__ void stage(void *dst, int dp, const void *src, int64_t sp, int rows, int n)
+{
+    if (dp == n && sp == n) /* contiguous on both sides: one row */
+        n *= rows, rows = 1;
+    uint32_t *d = (uint32_t *)dst;
+    const uint32_t *s = (const uint32_t *)src;
+    const bool v16 = n % 4 == 0 && dp % 4 == 0 && sp % 4 == 0 && ((lmk::smem_addr(dst) | (uintptr_t)src) & 15) == 0;
+    const int per = v16 ? n >> 2 : n; /* pieces a row */
+    if (rows == 1) { /* no index arithmetic a piece: the pointers step */
+        const int w = v16 ? 4 : 1;
+        d += w * threadIdx.x, s += w * threadIdx.x;
+        for (int x = threadIdx.x; x < per; x += THREADS, d += w * THREADS, s += w * THREADS)
+            if (v16)
+                lmk::cp_async16(d, s, 16);
+            else
+                lmk::cp_async4(d, s);
+        return;
+    }
+    for (int x = threadIdx.x; x < rows * per; x += THREADS) {
+        const int i = x / per, j = x - i * per;
+        if (v16)
+            lmk::cp_async16(d + i * dp + 4 * j, s + i * sp + 4 * j, 16);
+        else
+            lmk::cp_async4(d + i * dp + j, s + i * sp + j);
+    }
+}
+
+/* Floats ordered as ints (for atomicMax on shared memory), and back. */
+__device__ __forceinline__ int ordered(float x)
+{
+    const int i = __float_as_int(x);
+    return i >= 0 ? i : i ^ 0x7fffffff;
+}
+__device__ __forceinline__ float unordered(int i)
+{
+    return __int_as_float(i >= 0 ? i : i ^ 0x7fffffff);
 }
 
 /* What a CTA's row is: its token (row of q, k, v, out), its slot (or batch
@@ -82,20 +173,13 @@ __device__ __forceinline__ Row row_of(const lmk_hybrid_decode_table &p, int b)
     return Row{ p.row[b].tok, p.row[b].slot, p.row[b].fresh != 0, true };
 }
 
-/* The 4 floats at x as one 16-byte load when they are there and aligned. */
-__device__ __forceinline__ float4 row4v(const float *x, int n)
-{
-    return n >= 4 && ((uintptr_t)x & 15) == 0 ? *(const float4 *)x : row4(x, n);
-}
-
 template <bool CLUSTER, int GB, class P>
-__global__ void __launch_bounds__(THREADS) hdecode_kernel(const __grid_constant__ P pp, int nvb)
+__global__ void __launch_bounds__(THREADS, 2) hdecode_kernel(const __grid_constant__ P pp, const __grid_constant__ Geo g)
 {
-    constexpr int U = Rounds<GB>::U;
-    extern __shared__ float sm[];
-    __shared__ int tmax;
+    extern __shared__ __align__(16) float sm[];
     const lmk_hybrid_decode &p = base(pp);
-    const int Dk = p.Dk, G = p.Hq / p.Hkv, ns = p.s + p.W, tid = threadIdx.x;
+    const int Dk = p.Dk, G = g.G, ns = p.s + p.W, tid = threadIdx.x, nvb = g.nvb, NT = g.NT, KP = g.KP;
+    const int cols = g.cols, CG = g.CG, RG = g.RG, SG = g.SG, C1 = cols + 1;
     const int vb = blockIdx.x % nvb, b = blockIdx.x / nvb / p.Hkv, hk = blockIdx.x / nvb % p.Hkv;
     /* The row's state: batch row b of contiguous buffers, or a pool's slot. */
     const Row row = row_of(pp, b);
@@ -109,247 +193,291 @@ __global__ void __launch_bounds__(THREADS) hdecode_kernel(const __grid_constant_
     float *const wk = p.win_k + (row.pool ? at * p.wk_slot : at * p.Hkv * ns * Dk) + (int64_t)hk * ns * Dk;
     float *const wv = p.win_v + (row.pool ? at * p.wv_slot : at * p.Hkv * ns * p.Dv) + (int64_t)hk * ns * p.Dv;
     int32_t *const wp = p.win_pos + (row.pool ? at * p.wp_slot : at * p.Hkv * ns) + (int64_t)hk * ns;
-    const int cols = (p.Dv + nvb - 1) / nvb, e0 = vb * cols;
-    const int Dv = cols < p.Dv - e0 ? cols : p.Dv - e0; /* this CTA's columns [e0, e0 + Dv) */
-    /* Column groups of 4 over cols (not Dv: red is sized for cols on the host, and a
-     * last CTA with fewer columns would otherwise use more row groups). */
-    const int CG = (cols + 3) / 4, RG = THREADS / CG; /* host: cols <= 4 * THREADS */
-    float *knew = sm, *fk = knew + Dk, *zn = fk + Dk, *vnew = zn + Dk, *vold = vnew + cols;
-    float *qr = vold + cols, *phq = qr + GB * Dk, *lg = phq + GB * Dk, *den = lg + GB * ns;
-    float *red = den + GB;
-    int *pos = (int *)(red + (size_t)GB * RG * cols);
+    const int e0 = vb * cols, Dv = cols < p.Dv - e0 ? cols : p.Dv - e0; /* this CTA's columns [e0, e0 + Dv) */
+    float *const keys = sm + g.keys, *const vals = sm + g.vals, *const zs = sm + g.zs, *const zn = sm + g.zn;
+    float *const vnew = sm + g.vnew, *const qr = sm + g.qr, *const phq = sm + g.phq;
+    float *const lg = sm + g.lg, *const red = sm + g.red, *const red2 = sm + g.red2;
+    int *const pos = (int *)(sm + g.pos), *const mx = (int *)(sm + g.mx);
     const int cg = tid % CG, rg = tid / CG, e = 4 * cg;
-    float *S = Sh + e0;
+    const bool srows = rg < RG && e < Dv; /* a thread of phi(q) S */
+    float *const S = Sh + e0;
 
-    const bool masked = p.mask && p.mask[x0 * p.mask_s0];
-
-    /* The position: the largest |code| of the row's slots. */
-    if (tid == 0)
-        tmax = 0;
-    __syncthreads();
-    int mine = 0;
-    for (int x = tid; x < ns; x += THREADS) {
-        const int c = wp[x];
-        pos[x] = c;
-        mine = max(mine, c < 0 ? -c : c);
-    }
-    atomicMax(&tmax, mine);
-    __syncthreads();
-    const int64_t t = tmax;
-    const int r = p.s + (int)(t % p.W), target = t < p.s ? (int)t : r;
-    const bool fold = t - p.W >= p.s && pos[r] == (int)(t - p.W + 1);
-    /* The query rows of pass gb and their features (the first pass's loaded
-     * beside the key's, their latencies overlapping). */
-    auto load_q = [&](int gb) {
-        for (int x = tid; x < GB * Dk; x += THREADS) {
-            const int gi = x / Dk, d = x % Dk, hq = hk * G + gb + gi;
-            qr[x] = gb + gi < G ? hload(p.q, p.dtype, x0 * p.sq[0] + hq * p.sq[1] + d) : 0.0f;
-            phq[x] = phi_precise(qr[x], p.feature_map);
+    /* Everything the step reads whatever the position is, in flight at once:
+     * the positions, z, the first tile of the window's keys and of its values
+     * (this CTA's columns) by cp.async; the first NR state rows of this
+     * thread, the query rows of the first pass, the new key and value into
+     * registers (and from them to shared memory). */
+    const int nt0 = ns < NT ? ns : NT;
+    stage(pos, ns, wp, ns, 1, ns);
+    stage(zs, Dk, zh, Dk, 1, Dk);
+    stage(keys, KP, wk, Dk, nt0, Dk);
+    stage(vals, cols, wv + e0, p.Dv, nt0, Dv);
+    lmk::cp_async_commit();
+    float4 rows[NR];
+    auto load_rows = [&](int d0) {
+#pragma unroll
+        for (int u = 0; u < NR; u++) {
+            const int d = d0 + u * RG;
+            rows[u] = srows && d < Dk ? row4v(S + (int64_t)d * p.Dv + e, Dv - e) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         }
     };
+    load_rows(rg);
+    const bool masked = p.mask && p.mask[x0 * p.mask_s0];
+    /* Query rows at the keys' pitch (the logits read them 16 bytes at a time). */
+    auto load_q = [&](int gb) {
+#pragma unroll
+        for (int gi = 0; gi < GB; gi++)
+            for (int d = tid; d < Dk; d += THREADS) {
+                const float x = gb + gi < G ? hload(p.q, p.dtype, x0 * p.sq[0] + (hk * G + gb + gi) * p.sq[1] + d) : 0.0f;
+                qr[gi * KP + d] = x;
+                phq[gi * Dk + d] = phi_precise(x, p.feature_map);
+            }
+        if (tid < GB)
+            mx[tid] = ordered(-INFINITY);
+    };
     load_q(0);
-    for (int d = tid; d < Dk; d += THREADS) {
-        knew[d] = hload(p.k, p.dtype, x0 * p.sk[0] + hk * p.sk[1] + d);
-        fk[d] = fold ? phi_precise(wk[(int64_t)r * Dk + d], p.feature_map) : 0.0f;
-        zn[d] = zh[d] + fk[d];
-    }
-    for (int c = tid; c < Dv; c += THREADS) {
-        vnew[c] = masked ? 0.0f : hload(p.v, p.dtype, x0 * p.sv[0] + hk * p.sv[1] + e0 + c);
-        vold[c] = fold ? wv[(int64_t)r * p.Dv + e0 + c] : 0.0f;
-    }
-    __syncthreads();
-    if constexpr (CLUSTER) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-        cooperative_groups::this_cluster().sync(); /* every CTA has read z, the slots, the evicted key */
-#endif
-    }
-    if (vb == 0) {
-        for (int d = tid; d < Dk; d += THREADS) {
-            wk[(int64_t)target * Dk + d] = masked ? 0.0f : knew[d];
-            zh[d] = zn[d];
-        }
-        if (tid == 0)
-            wp[target] = (int32_t)(masked ? -(t + 1) : t + 1);
-    }
+    for (int d = tid; d < Dk; d += THREADS)
+        sm[g.knew + d] = hload(p.k, p.dtype, x0 * p.sk[0] + hk * p.sk[1] + d);
     for (int c = tid; c < Dv; c += THREADS)
-        wv[(int64_t)target * p.Dv + e0 + c] = vnew[c];
+        vnew[c] = masked ? 0.0f : hload(p.v, p.dtype, x0 * p.sv[0] + hk * p.sv[1] + e0 + c);
+    lmk::cp_async_wait<0>();
+    __syncthreads();
+
+    /* The position, the largest |code| of the row's slots (each warp reduces
+     * them itself: no barrier); the ring slot s + t % W, when it holds
+     * position t - W, leaves the window (folded into S and z). Its key and
+     * value are in the staged tile when it is the first one's (every pass
+     * starts at tile 0), else read from the state. */
+    int tmax = 0;
+    for (int x = tid % 32; x < ns; x += 32)
+        tmax = max(tmax, abs(pos[x]));
+    const int t = (int)__reduce_max_sync(0xffffffffu, (unsigned)tmax); /* codes are int32 */
+    const int r = p.s + t % p.W, target = t < p.s ? t : r;
+    const bool fold = t - p.W >= p.s && pos[r] == t - p.W + 1;
+    const float *const kr = r < NT ? keys + r * KP : wk + (int64_t)r * Dk;
+    const float *const vr = r < NT ? vals + r * cols : wv + (int64_t)r * p.Dv + e0;
+    const int ntiles = g.ntiles, Dk4 = Dk & ~3;
+    const float scale2 = p.scale * LOG2E;
 
     for (int gb = 0; gb < G; gb += GB) {
         if (gb) {
             load_q(gb);
             __syncthreads();
         }
-        /* Logits of every slot that holds a key: a warp per slot, lanes over
-         * the key, the GB query heads from one read of it, U slots per round
-         * so that U keys' loads are in flight before the reductions (one slot
-         * per round measured 35 us a step: a warp waited on every key's load in
-         * turn). The target slot is the new token. */
-        for (int base = tid / 32; base < ns; base += U * (THREADS / 32)) {
-            const int lane = tid % 32;
-            float dot[U][GB] = {};
-            bool there[U];
-            const float *key[U];
+        float gam[GB], mprev[GB];
 #pragma unroll
-            for (int u = 0; u < U; u++) {
-                const int sl = base + u * (THREADS / 32);
-                there[u] = sl < ns && (sl == target ? !masked : pos[sl] > 0);
-                key[u] = sl == target ? knew : wk + (int64_t)(sl < ns ? sl : 0) * Dk;
+        for (int gi = 0; gi < GB; gi++)
+            gam[gi] = gb + gi < G ? p.gamma[hk * G + gb + gi] : 0.0f, mprev[gi] = -INFINITY;
+        for (int t0 = 0; t0 < ns; t0 += NT) {
+            const int nt = ns - t0 < NT ? ns - t0 : NT;
+            const bool last = t0 + NT >= ns;
+            if (ntiles > 1 && (gb || t0)) { /* the tile replaces the last one (the first is staged) */
+                stage(keys, KP, wk + (int64_t)t0 * Dk, Dk, nt, Dk);
+                stage(vals, cols, wv + (int64_t)t0 * p.Dv + e0, p.Dv, nt, Dv);
+                lmk::cp_async_commit();
+                lmk::cp_async_wait<0>();
+                __syncthreads();
             }
-            for (int d = lane; d < Dk; d += 32) {
-                float kd[U];
+            /* phi(q) S_new over this CTA's columns (S_new = S + phi(k_r) v_r^T
+             * with the fold, stored in the first pass), and phi(q) z_new as
+             * column cols, into red for the numerators to sum; first, while
+             * the rows staged in registers hold them (before the logits'
+             * registers are live). */
+            if (t0 == 0 && srows) {
+                float acc[GB][4] = {}, accz[GB] = {};
+                float4 vo = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                if (fold)
+                    vo = row4(vr + e, Dv - e);
+                if (gb)
+                    load_rows(rg);
+                for (int d0 = rg; d0 < Dk; d0 += NR * RG) {
 #pragma unroll
-                for (int u = 0; u < U; u++)
-                    kd[u] = there[u] ? key[u][d] : 0.0f;
+                    for (int u = 0; u < NR; u++) {
+                        const int d = d0 + u * RG;
+                        if (d >= Dk)
+                            break;
+                        float4 sv = rows[u];
+                        const float fk = fold ? phi_precise(kr[d], p.feature_map) : 0.0f;
+                        if (gb == 0 && fold) {
+                            float *row = S + (int64_t)d * p.Dv + e;
+                            sv.x += fk * vo.x, sv.y += fk * vo.y, sv.z += fk * vo.z, sv.w += fk * vo.w;
+                            row[0] = sv.x;
+                            if (e + 1 < Dv) row[1] = sv.y;
+                            if (e + 2 < Dv) row[2] = sv.z;
+                            if (e + 3 < Dv) row[3] = sv.w;
+                        }
+                        const float znd = zs[d] + fk;
+                        if (gb == 0 && cg == 0)
+                            zn[d] = znd; /* z_new, written back after the cluster's barrier */
 #pragma unroll
-                for (int gi = 0; gi < GB; gi++) {
-                    const float qd = qr[gi * Dk + d];
-#pragma unroll
-                    for (int u = 0; u < U; u++)
-                        dot[u][gi] += qd * kd[u];
-                }
-            }
-#pragma unroll
-            for (int u = 0; u < U; u++) {
-                const int sl = base + u * (THREADS / 32);
-#pragma unroll
-                for (int gi = 0; gi < GB; gi++) {
-                    const float sum = lmk::warp_sum(dot[u][gi]);
-                    if (lane == 0 && sl < ns)
-                        lg[gi * ns + sl] = there[u] && gb + gi < G ? sum * p.scale : -INFINITY;
-                }
-            }
-        }
-        __syncthreads();
-        if (tid < GB * 32) { /* warp gi: the softmax weights and the denominator */
-            const int gi = tid / 32, lane = tid % 32, hq = hk * G + gb + gi;
-            const float gamma = gb + gi < G ? p.gamma[hq] : 0.0f;
-            float m = -INFINITY;
-            for (int x = lane; x < ns; x += 32)
-                m = fmaxf(m, lg[gi * ns + x]);
-            m = lmk::warp_max(m);
-            float sum = 0.0f, zq = 0.0f;
-            for (int x = lane; x < ns; x += 32) {
-                const float l = lg[gi * ns + x];
-                const float a = m > -INFINITY && l > -INFINITY ? gamma * expf(l - m) : 0.0f;
-                lg[gi * ns + x] = a;
-                sum += a;
-            }
-            for (int d = lane; d < Dk; d += 32)
-                zq += phq[gi * Dk + d] * zn[d];
-            sum = lmk::warp_sum(sum + zq);
-            if (lane == 0)
-                den[gi] = sum;
-        }
-        /* phi(q) S over this CTA's columns, the fold applied in the first pass. */
-        float acc[GB][4] = {};
-        if (rg < RG && e < Dv)
-            for (int d0 = rg; d0 < Dk; d0 += NR * RG) {
-                /* NR rows' loads in flight, then their use (the fold's stores
-                 * to S would otherwise keep each row's load behind the last
-                 * row's store: one latency a row) */
-                float4 rows[NR];
-#pragma unroll
-                for (int u = 0; u < NR; u++) {
-                    const int d = d0 + u * RG;
-                    rows[u] = d < Dk ? row4v(S + (int64_t)d * p.Dv + e, Dv - e) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-                }
-#pragma unroll
-                for (int u = 0; u < NR; u++) {
-                const int d = d0 + u * RG;
-                if (d >= Dk)
-                    break;
-                float *row = S + (int64_t)d * p.Dv + e;
-                float4 sv = rows[u];
-                if (gb == 0 && fold) {
-                    sv.x += fk[d] * vold[e];
-                    sv.y += e + 1 < Dv ? fk[d] * vold[e + 1] : 0.0f;
-                    sv.z += e + 2 < Dv ? fk[d] * vold[e + 2] : 0.0f;
-                    sv.w += e + 3 < Dv ? fk[d] * vold[e + 3] : 0.0f;
-                    row[0] = sv.x;
-                    if (e + 1 < Dv) row[1] = sv.y;
-                    if (e + 2 < Dv) row[2] = sv.z;
-                    if (e + 3 < Dv) row[3] = sv.w;
+                        for (int gi = 0; gi < GB; gi++) {
+                            const float qd = phq[gi * Dk + d];
+                            acc[gi][0] += qd * sv.x, acc[gi][1] += qd * sv.y;
+                            acc[gi][2] += qd * sv.z, acc[gi][3] += qd * sv.w;
+                            accz[gi] += qd * znd;
+                        }
+                    }
+                    if (d0 + NR * RG < Dk)
+                        load_rows(d0 + NR * RG);
                 }
 #pragma unroll
                 for (int gi = 0; gi < GB; gi++) {
-                    const float qd = phq[gi * Dk + d];
-                    acc[gi][0] += qd * sv.x;
-                    acc[gi][1] += qd * sv.y;
-                    acc[gi][2] += qd * sv.z;
-                    acc[gi][3] += qd * sv.w;
-                }
+                    float *o = red + ((size_t)rg * GB + gi) * C1;
+#pragma unroll
+                    for (int u = 0; u < 4; u++)
+                        if (e + u < Dv)
+                            o[e + u] = acc[gi][u];
+                    if (cg == 0)
+                        o[cols] = accz[gi];
                 }
             }
-        if (rg < RG && e < Dv)
+            /* Logits (log2 units) of the tile's slots that hold a key: LPS
+             * lanes a slot, each 16 bytes of the key at a time (a quarter-warp
+             * reads 128 contiguous bytes), the GB query heads from one read;
+             * the target slot is the new token. Each head's running max on mx. */
+            for (int j0 = 0; j0 < nt; j0 += SPR) {
+                const int j = j0 + tid / LPS, c = tid % LPS, sl = t0 + j;
+                const bool there = j < nt && (sl == target ? !masked : pos[sl] > 0);
+                float dot[GB] = {};
+                if (there) {
+                    const float *kk = sm + (sl == target ? g.knew : g.keys + j * KP);
+                    for (int c4 = 4 * c; c4 < Dk4; c4 += 4 * LPS) {
+                        const float4 kv = *(const float4 *)(kk + c4);
 #pragma unroll
-            for (int gi = 0; gi < GB; gi++)
+                        for (int gi = 0; gi < GB; gi++)
+                            dot[gi] = dot4(*(const float4 *)(qr + gi * KP + c4), kv, dot[gi]);
+                    }
+                    if (Dk4 + c < Dk)
 #pragma unroll
-                for (int u = 0; u < 4; u++)
-                    if (e + u < Dv)
-                        red[((size_t)rg * GB + gi) * cols + e + u] = acc[gi][u];
-        __syncthreads();
-        /* The numerators: thread (sg, column) sums rows sg, sg + SG, .. of the
-         * phi(q) S partials and the window slots sg, sg + SG, .. (their values
-         * read once for the GB heads, independent loads in flight); the SG
-         * partials then meet in red. */
-        const int SG = min(THREADS / Dv, RG), ve = tid % Dv, sg = tid / Dv;
-        float part[GB] = {};
-        if (sg < SG) {
-            for (int g = sg; g < RG; g += SG)
-#pragma unroll
-                for (int gi = 0; gi < GB; gi++)
-                    part[gi] += red[((size_t)g * GB + gi) * cols + ve];
-#pragma unroll 8
-            for (int sl = sg; sl < ns; sl += SG) {
-                const float vv = sl == target ? vnew[ve] : wv[(int64_t)sl * p.Dv + e0 + ve];
+                        for (int gi = 0; gi < GB; gi++)
+                            dot[gi] = fmaf(qr[gi * KP + Dk4 + c], kk[Dk4 + c], dot[gi]);
+                }
 #pragma unroll
                 for (int gi = 0; gi < GB; gi++) {
-                    const float a = lg[gi * ns + sl];
-                    part[gi] += a != 0.0f ? a * vv : 0.0f; /* a slot never written may hold anything */
+#pragma unroll
+                    for (int o = 1; o < LPS; o *= 2)
+                        dot[gi] += __shfl_xor_sync(0xffffffffu, dot[gi], o);
+                    const float l = there && gb + gi < G ? dot[gi] * scale2 : -INFINITY;
+                    if (c == 0 && j < nt) {
+                        lg[gi * NT + j] = l;
+                        if (l > -INFINITY)
+                            atomicMax(&mx[gi], ordered(l));
+                    }
                 }
             }
-        }
-        __syncthreads(); /* every partial of red is read */
-        if (sg < SG)
+            __syncthreads();
+            if constexpr (CLUSTER) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+                /* This CTA has read (and consumed) the positions, keys and z
+                 * that rank 0 rewrites at the end: relaxed, as nothing of its
+                 * own needs ordering before the barrier. */
+                if (gb + GB >= G && last)
+                    asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
+#endif
+            }
+            /* The numerators of the tile: item (sg, column) sums slots sg,
+             * sg + SG, .. of the tile (weights gamma 2^(l - m), m the running
+             * max: the sums so far rescaled to it; column 0 also sums the
+             * weights) and, after the last tile, the phi(q) S partials of row
+             * groups sg, sg + SG, ... */
+            float m[GB], f[GB];
 #pragma unroll
-            for (int gi = 0; gi < GB; gi++)
-                red[((size_t)sg * GB + gi) * cols + ve] = part[gi];
-        __syncthreads();
-        for (int x = tid; x < GB * Dv; x += THREADS) {
-            const int gi = x / Dv, ee = x % Dv, hq = hk * G + gb + gi;
-            if (gb + gi >= G)
-                continue;
-            float num = 0.0f;
-            for (int g = 0; g < SG; g++)
-                num += red[((size_t)g * GB + gi) * cols + ee];
-            hstore(p.out, p.dtype, x0 * p.so[0] + hq * p.so[1] + e0 + ee, num / (den[gi] + p.eps));
+            for (int gi = 0; gi < GB; gi++) {
+                m[gi] = unordered(mx[gi]);
+                f[gi] = mprev[gi] > -INFINITY ? ex2_approx(mprev[gi] - m[gi]) : 0.0f;
+                mprev[gi] = m[gi];
+            }
+            for (int x = tid; x < SG * cols; x += THREADS) {
+                const int sg = x / cols, ve = x - sg * cols;
+                float w[GB], dn[GB];
+                float *const wden = red2 + (size_t)(SG * cols + sg) * GB;
+#pragma unroll
+                for (int gi = 0; gi < GB; gi++) {
+                    w[gi] = t0 ? red2[x * GB + gi] * f[gi] : 0.0f;
+                    dn[gi] = t0 && ve == 0 ? wden[gi] * f[gi] : 0.0f;
+                }
+                const int tj = target - t0; /* the new token's slot in the tile */
+#pragma unroll(GB == 1 ? 4 : 1) /* independent slots in flight; GB = 4 has four heads' */
+                for (int j = sg; j < nt; j += SG) {
+                    const float vv = ve >= Dv ? 0.0f : j == tj ? vnew[ve] : vals[j * cols + ve];
+#pragma unroll
+                    for (int gi = 0; gi < GB; gi++) {
+                        const float l = lg[gi * NT + j];
+                        const float a = l > -INFINITY ? gam[gi] * ex2_approx(l - m[gi]) : 0.0f;
+                        w[gi] += a != 0.0f ? a * vv : 0.0f; /* a slot never written may hold anything */
+                        dn[gi] += a;
+                    }
+                }
+                if (last)
+                    for (int gr = sg; gr < RG; gr += SG)
+#pragma unroll
+                        for (int gi = 0; gi < GB; gi++) {
+                            w[gi] += red[((size_t)gr * GB + gi) * C1 + ve];
+                            dn[gi] += red[((size_t)gr * GB + gi) * C1 + cols];
+                        }
+#pragma unroll
+                for (int gi = 0; gi < GB; gi++) {
+                    red2[x * GB + gi] = w[gi];
+                    if (ve == 0)
+                        wden[gi] = dn[gi];
+                }
+            }
+            __syncthreads();
         }
-        __syncthreads();
+#pragma unroll
+        for (int gi = 0; gi < GB; gi++)
+            for (int ee = tid; ee < Dv && gb + gi < G; ee += THREADS) {
+                float num = 0.0f, den = 0.0f;
+                for (int sg = 0; sg < SG; sg++) {
+                    num += red2[(size_t)(sg * cols + ee) * GB + gi];
+                    den += red2[(size_t)(SG * cols + sg) * GB + gi];
+                }
+                hstore(p.out, p.dtype, x0 * p.so[0] + (hk * G + gb + gi) * p.so[1] + e0 + ee, num / (den + p.eps));
+            }
     }
+
+    /* The state's new token, and z_new: rank 0 of a cluster writes what every
+     * CTA of it read, once all have arrived. */
+    if constexpr (CLUSTER) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+        asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");
+#endif
+    }
+    if (vb == 0) {
+        for (int d = tid; d < Dk; d += THREADS) {
+            wk[(int64_t)target * Dk + d] = masked ? 0.0f : sm[g.knew + d];
+            zh[d] = zn[d];
+        }
+        if (tid == 0)
+            wp[target] = masked ? -(t + 1) : t + 1;
+    }
+    for (int c = tid; c < Dv; c += THREADS)
+        wv[(int64_t)target * p.Dv + e0 + c] = vnew[c];
 }
 
 template <bool CLUSTER, int GB, class P>
-cudaError_t launch(const P &p, int nvb, size_t smem, cudaStream_t s)
+cudaError_t launch(const P &p, const Geo &g, cudaStream_t s)
 {
-    /* Only past the default 48 KB (W + s in the hundreds): inside a graph capture
-     * the step then queues its launch and nothing else. */
+    const size_t smem = sizeof(float) * (size_t)g.total;
+    /* Only past the default 48 KB: inside a graph capture the step then
+     * queues its launch and nothing else. */
     if (smem > 48 * 1024) {
         const cudaError_t e = cudaFuncSetAttribute(hdecode_kernel<CLUSTER, GB, P>,
                                                    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
         if (e != cudaSuccess)
             return e;
     }
-    const unsigned blocks = (unsigned)((int64_t)base(p).B * base(p).Hkv * nvb);
+    const unsigned blocks = (unsigned)((int64_t)base(p).B * base(p).Hkv * g.nvb);
     if (!CLUSTER) {
-        hdecode_kernel<false, GB, P><<<blocks, THREADS, smem, s>>>(p, 1);
+        hdecode_kernel<false, GB, P><<<blocks, THREADS, smem, s>>>(p, g);
         return cudaGetLastError();
     }
-    return lmk::launch_clustered(hdecode_kernel<true, GB, P>, blocks, THREADS, smem, s, (unsigned)nvb, p, nvb);
+    return lmk::launch_clustered(hdecode_kernel<true, GB, P>, blocks, THREADS, smem, s, (unsigned)g.nvb, p, g);
 }
 
-/* The launch's CTAs per (row, kv head) and shared memory for p, or the
- * UNSUPPORTED status (with its reason) of sizes the kernel cannot run. */
-lm_status plan(const lmk_hybrid_decode *p, int *nvb_out, size_t *smem_out)
+/* The launch's geometry for p, or the UNSUPPORTED status (with its reason)
+ * of sizes the kernel cannot run. */
+lm_status plan(const lmk_hybrid_decode *p, Geo *out)
 {
     const int GB = heads_per_pass(*p);
     if (p->Hq > LMK_MAX_HYBRID_HEADS)
@@ -358,49 +486,52 @@ lm_status plan(const lmk_hybrid_decode *p, int *nvb_out, size_t *smem_out)
     lmk::DeviceCaps caps; /* cached per device: this is the decode step's hot path */
     LMI_CUDA_TRY(lmk::device_caps(&caps));
     const int nvb = lmk::decode_cluster(caps, (int64_t)p->B * p->Hkv, p->Dv); /* as the linear decode's */
-    const int cols = (p->Dv + nvb - 1) / nvb, CG = (cols + 3) / 4;
-    if (CG > THREADS)
+    if ((p->Dv + nvb - 1) / nvb > 4 * THREADS)
         return lmi_error(LM_ERR_UNSUPPORTED, "cuda hybrid decode: Dv %d too large", p->Dv);
-    const int RG = THREADS / CG, ns = p->s + p->W;
-    const size_t smem = sizeof(float) * ((size_t)3 * p->Dk + 2 * (size_t)cols + 2 * (size_t)GB * p->Dk +
-                                         (size_t)GB * ns + GB + (size_t)GB * RG * cols) + sizeof(int) * (size_t)ns;
-    int optin = 48 * 1024; /* every GPU gives this much; the opt-in limit asked only past it */
-    if (smem > (size_t)optin) {
-        int dev = 0;
-        LMI_CUDA_TRY(cudaGetDevice(&dev));
-        LMI_CUDA_TRY(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-    }
-    if (smem > (size_t)optin)
+    const int ns = p->s + p->W;
+    const size_t one = sizeof(float) * (size_t)geometry(*p, GB, nvb, 1).total;
+    if (one > (size_t)caps.smem_optin)
         return lmi_error(LM_ERR_UNSUPPORTED, "cuda hybrid decode: W = %d, s = %d and head dims %d x %d need "
-                         "%zu bytes of shared memory, the GPU gives %d", p->W, p->s, p->Dk, p->Dv, smem, optin);
-    *nvb_out = nvb, *smem_out = smem;
+                         "%zu bytes of shared memory, the GPU gives %d", p->W, p->s, p->Dk, p->Dv, one,
+                         caps.smem_optin);
+    /* As many slots a tile as the budget holds (all of them when they fit;
+     * the 16-byte alignment of each part may take a few floats more). */
+    const size_t cap = SMEM_BUDGET < (size_t)caps.smem_optin ? SMEM_BUDGET : (size_t)caps.smem_optin;
+    const Geo g1 = geometry(*p, GB, nvb, 1);
+    const size_t per = sizeof(float) * ((size_t)g1.KP + g1.cols + GB), budget = cap > one + 64 ? cap - 64 : one;
+    int64_t fit = 1 + (int64_t)((budget - one) / per);
+    /* LM_HYBRID_DECODE_TILE=n: at most n slots a tile (the tests' way to the
+     * tiled path at small windows; read at every step). */
+    const char *cap_env = getenv("LM_HYBRID_DECODE_TILE");
+    if (cap_env && atoi(cap_env) >= 1 && atoi(cap_env) < fit)
+        fit = atoi(cap_env);
+    *out = geometry(*p, GB, nvb, fit < ns ? (int)fit : ns);
     return LM_OK;
 }
 
 template <class P> lm_status launch_any(const P &p, void *stream)
 {
-    int nvb = 1;
-    size_t smem = 0;
-    const lm_status st = plan(&base(p), &nvb, &smem);
+    Geo g;
+    const lm_status st = plan(&base(p), &g);
     if (st)
         return st;
     const cudaStream_t s = (cudaStream_t)stream;
     const bool one = heads_per_pass(base(p)) == 1; /* the GB plan() sized shared memory for */
-    LMI_CUDA_TRY(nvb > 1 ? (one ? launch<true, 1>(p, nvb, smem, s) : launch<true, 4>(p, nvb, smem, s))
-                         : (one ? launch<false, 1>(p, 1, smem, s) : launch<false, 4>(p, 1, smem, s)));
+    LMI_CUDA_TRY(g.nvb > 1 ? (one ? launch<true, 1>(p, g, s) : launch<true, 4>(p, g, s))
+                           : (one ? launch<false, 1>(p, g, s) : launch<false, 4>(p, g, s)));
     return LM_OK;
 }
 
 /* The table travels in the kernel's parameters: within CUDA 12.1+'s limit. */
-static_assert(sizeof(lmk_hybrid_decode_table) <= 32764, "lmk_hybrid_decode_table exceeds the 32 KB parameter limit");
+static_assert(sizeof(lmk_hybrid_decode_table) + sizeof(Geo) <= 32764,
+              "lmk_hybrid_decode_table exceeds the 32 KB parameter limit");
 
 } // namespace
 
 extern "C" lm_status lmk_hybrid_decode_check(const lmk_hybrid_decode *p)
 {
-    int nvb = 1;
-    size_t smem = 0;
-    return plan(p, &nvb, &smem);
+    Geo g;
+    return plan(p, &g);
 }
 
 extern "C" lm_status lmk_hybrid_decode_launch(const lmk_hybrid_decode *p, void *stream)

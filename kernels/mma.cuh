@@ -83,6 +83,12 @@ __device__ __forceinline__ void cp_async16(void *dst, const void *src, int src_b
                  : "r"(smem_addr(dst)), "l"(src), "r"(src_bytes));
 }
 
+/* 4 bytes global -> shared, asynchronously (4-byte alignment suffices). */
+__device__ __forceinline__ void cp_async4(void *dst, const void *src)
+{
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" : : "r"(smem_addr(dst)), "l"(src));
+}
+
 __device__ __forceinline__ void cp_async_commit()
 {
     asm volatile("cp.async.commit_group;\n");

@@ -112,10 +112,25 @@ START_TEST(test_hybrid_shapes_dtypes)
 }
 END_TEST
 
-/* prefill == split prefill (hybrid_case_splits) == decode steps, and a step
- * captured once in a CUDA graph and replayed for every later token (its
- * position comes from the device state, its inputs from fixed buffers the
- * test refills). */
+/* Every token of c a decode step from an empty state, checked (output and
+ * final state) against float64. */
+static void decode_steps(const hcase *c, const char *what)
+{
+    hprob p;
+    hprob_init(&p, hybrid_gpu(), c);
+    void *out = hout_new(&p);
+    hstate st;
+    hstate_new(&st, &p);
+    const int64_t whole[] = { 0, c->L };
+    hybrid_run_parts(&p, out, &st, whole, 2, 1);
+    hybrid_check_out(&p, out, what);
+    hybrid_check_state(&p, &st, what);
+    hstate_free(&st, &p);
+    hout_free(&p, out);
+    hprob_free(&p);
+}
+
+/* prefill == split prefill (hybrid_case_splits) == decode steps. */
 START_TEST(test_hybrid_split_and_decode)
 {
     ref_seed(303);
@@ -129,23 +144,45 @@ START_TEST(test_hybrid_split_and_decode)
         hybrid_case_splits(&p);
         hprob_free(&p);
     }
+    gpu_end_test();
+}
+END_TEST
+
+/* The decode step (kernels/hybrid_decode.cu) alone: one CTA per (row, kv
+ * head) pair and clusters, windows wider than its tile, and a step captured
+ * once in a CUDA graph and replayed for every later token (its position
+ * comes from the device state, its inputs from fixed buffers the test
+ * refills). Its own case (CK_RUN_CASE=decode: the sanitizers' run). */
+START_TEST(test_hybrid_decode)
+{
+    ref_seed(304);
     /* Decode steps over enough (row, kv head) pairs (40 x 16 = 640 >= 4 x 132 SMs)
      * that an H100 runs one CTA per pair, not clusters (kernels/hybrid_decode.cu). */
     {
         hcase c = base_case();
         c.W = 16, c.s = 2, c.L = 40, c.B = 40, c.Hq = c.Hkv = 16, c.Dk = c.Dv = 64;
-        hprob p;
-        hprob_init(&p, hybrid_gpu(), &c);
-        void *out = hout_new(&p);
-        hstate st;
-        hstate_new(&st, &p);
-        const int64_t whole[] = { 0, c.L };
-        hybrid_run_parts(&p, out, &st, whole, 2, 1); /* every token a decode step (folds from 19 on) */
-        hybrid_check_out(&p, out, "decode steps, one CTA per pair");
-        hybrid_check_state(&p, &st, "decode steps, one CTA per pair");
-        hstate_free(&st, &p);
-        hout_free(&p, out);
-        hprob_free(&p);
+        decode_steps(&c, "decode steps, one CTA per pair"); /* folds from token 19 on */
+    }
+    /* Windows in several tiles of the step's shared memory (the slots under a
+     * running max, the leaving slot read from the state when it is past the
+     * first tile): one wider than a tile (~340 slots of 128 keys and 32 value
+     * columns in a cluster), with two passes of query heads (8 per kv head,
+     * tile 0 staged again for the second) and masked tokens; then tiles capped
+     * by LM_HYBRID_DECODE_TILE, in clusters and with one CTA per pair. */
+    {
+        hcase c = base_case();
+        c.W = 700, c.s = 3, c.L = 1000, c.B = 2, c.Hq = 8, c.Hkv = 1, c.Dk = c.Dv = 128, c.mask = 1;
+        if (!gpu_small) /* the sanitizers' runs: the capped tiles below take the same paths */
+            decode_steps(&c, "decode steps, window in tiles, clusters");
+        setenv("LM_HYBRID_DECODE_TILE", "24", 1);
+        c = base_case();
+        c.W = 64, c.s = 4, c.L = 300, c.B = 2, c.Hq = 8, c.Hkv = 2, c.Dk = c.Dv = 128, c.mask = 1;
+        decode_steps(&c, "decode steps, tiles of 24 slots, clusters");
+        setenv("LM_HYBRID_DECODE_TILE", "7", 1);
+        c = base_case();
+        c.W = 16, c.s = 2, c.L = 40, c.B = 40, c.Hq = c.Hkv = 16, c.Dk = c.Dv = 64;
+        decode_steps(&c, "decode steps, tiles of 7 slots, one CTA per pair");
+        unsetenv("LM_HYBRID_DECODE_TILE");
     }
     /* Decode, plain and in a graph, after a prefill of L0 tokens (without a mask: the
      * graph's inputs are one token per batch row). */
@@ -496,6 +533,10 @@ Suite *gpu_hybrid_suite(void)
     tcase_add_test(tc, test_hybrid_deterministic);
     tcase_add_test(tc, test_hybrid_module);
     suite_add_tcase(s, tc);
+    TCase *td = tcase_create("decode");
+    tcase_set_timeout(td, 600);
+    tcase_add_test(td, test_hybrid_decode);
+    suite_add_tcase(s, td);
     /* Its own case (CK_RUN_CASE=fused: the sanitizers' run), last: a failure
      * leaves LM_HYBRID_FUSED=only set. */
     TCase *tf = tcase_create("fused");
