@@ -165,10 +165,11 @@ START_TEST(test_hybrid_decode)
     }
     /* Windows in several tiles of the step's shared memory (the slots under a
      * running max, the leaving slot read from the state when it is past the
-     * first tile): one wider than a tile (~340 slots of 128 keys and 32 value
-     * columns in a cluster), with two passes of query heads (8 per kv head,
-     * tile 0 staged again for the second) and masked tokens; then tiles capped
-     * by LM_HYBRID_DECODE_TILE, in clusters and with one CTA per pair. */
+     * first tile): one wider than a tile (~130 slots of 128 keys and 32 value
+     * columns in a cluster at four heads a pass), with two passes of query
+     * heads (8 per kv head, tile 0 staged again for the second) and masked
+     * tokens; then tiles capped by LM_HYBRID_DECODE_TILE, in clusters and
+     * with one CTA per pair. */
     {
         hcase c = base_case();
         c.W = 700, c.s = 3, c.L = 1000, c.B = 2, c.Hq = 8, c.Hkv = 1, c.Dk = c.Dv = 128, c.mask = 1;
