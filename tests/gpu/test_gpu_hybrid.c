@@ -185,6 +185,21 @@ START_TEST(test_hybrid_decode)
         decode_steps(&c, "decode steps, tiles of 7 slots, one CTA per pair");
         unsetenv("LM_HYBRID_DECODE_TILE");
     }
+    /* Head dims and dtypes off the fast paths: keys not a multiple of 4 floats
+     * (staged a word at a time, the logits' tail lanes), a cluster's last CTA
+     * with fewer columns (97), value columns not a multiple of 4, wide heads,
+     * f16 and f32 inputs, GQA, masked tokens. */
+    {
+        static const int64_t dims[][4] = { /* Hq, Hkv, Dk, Dv */
+            { 8, 2, 96, 40 }, { 3, 1, 32, 128 }, { 2, 1, 64, 97 }, { 2, 1, 33, 31 }, { 4, 2, 256, 256 } };
+        static const lm_dtype dts[] = { LM_BF16, LM_F16, LM_F32 };
+        for (int i = 0; i < 5; i++) {
+            hcase c = base_case();
+            c.Hq = dims[i][0], c.Hkv = dims[i][1], c.Dk = dims[i][2], c.Dv = dims[i][3];
+            c.dtype = dts[i % 3], c.mask = i % 2, c.L = 120, c.W = 32, c.s = 3;
+            decode_steps(&c, "decode steps, head dims and dtypes");
+        }
+    }
     /* Decode, plain and in a graph, after a prefill of L0 tokens (without a mask: the
      * graph's inputs are one token per batch row). */
     for (int g = 0; g < 2; g++) {
