@@ -45,7 +45,6 @@
 
 #include <cstdlib>
 
-
 namespace {
 
 using lmk::ex2_approx;
@@ -489,7 +488,8 @@ lm_status plan(const lmk_hybrid_decode *p, Geo *out)
     if ((p->Dv + nvb - 1) / nvb > 4 * THREADS)
         return lmi_error(LM_ERR_UNSUPPORTED, "cuda hybrid decode: Dv %d too large", p->Dv);
     const int ns = p->s + p->W;
-    const size_t one = sizeof(float) * (size_t)geometry(*p, GB, nvb, 1).total;
+    const Geo g1 = geometry(*p, GB, nvb, 1);
+    const size_t one = sizeof(float) * (size_t)g1.total;
     if (one > (size_t)caps.smem_optin)
         return lmi_error(LM_ERR_UNSUPPORTED, "cuda hybrid decode: W = %d, s = %d and head dims %d x %d need "
                          "%zu bytes of shared memory, the GPU gives %d", p->W, p->s, p->Dk, p->Dv, one,
@@ -497,14 +497,14 @@ lm_status plan(const lmk_hybrid_decode *p, Geo *out)
     /* As many slots a tile as the budget holds (all of them when they fit;
      * the 16-byte alignment of each part may take a few floats more). */
     const size_t cap = SMEM_BUDGET < (size_t)caps.smem_optin ? SMEM_BUDGET : (size_t)caps.smem_optin;
-    const Geo g1 = geometry(*p, GB, nvb, 1);
     const size_t per = sizeof(float) * ((size_t)g1.KP + g1.cols + GB), budget = cap > one + 64 ? cap - 64 : one;
     int64_t fit = 1 + (int64_t)((budget - one) / per);
     /* LM_HYBRID_DECODE_TILE=n: at most n slots a tile (the tests' way to the
      * tiled path at small windows; read at every step). */
     const char *cap_env = getenv("LM_HYBRID_DECODE_TILE");
-    if (cap_env && atoi(cap_env) >= 1 && atoi(cap_env) < fit)
-        fit = atoi(cap_env);
+    const int tile_cap = cap_env ? atoi(cap_env) : 0;
+    if (tile_cap >= 1 && tile_cap < fit)
+        fit = tile_cap;
     *out = geometry(*p, GB, nvb, fit < ns ? (int)fit : ns);
     return LM_OK;
 }

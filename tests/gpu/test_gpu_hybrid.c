@@ -112,6 +112,21 @@ START_TEST(test_hybrid_shapes_dtypes)
 }
 END_TEST
 
+/* name's value (malloc'd, or NULL: unset), and name set to value (NULL: unset). */
+static char *env_saved(const char *name)
+{
+    const char *e = getenv(name);
+    return e ? strdup(e) : NULL;
+}
+
+static void env_set(const char *name, const char *value)
+{
+    if (value)
+        setenv(name, value, 1);
+    else
+        unsetenv(name);
+}
+
 /* Every token of c a decode step from an empty state, checked (output and
  * final state) against float64. */
 static void decode_steps(const hcase *c, const char *what)
@@ -175,15 +190,17 @@ START_TEST(test_hybrid_decode)
         c.W = 700, c.s = 3, c.L = 1000, c.B = 2, c.Hq = 8, c.Hkv = 1, c.Dk = c.Dv = 128, c.mask = 1;
         if (!gpu_small) /* the sanitizers' runs: the capped tiles below take the same paths */
             decode_steps(&c, "decode steps, window in tiles, clusters");
-        setenv("LM_HYBRID_DECODE_TILE", "24", 1);
+        char *tile_was = env_saved("LM_HYBRID_DECODE_TILE");
+        env_set("LM_HYBRID_DECODE_TILE", "24");
         c = base_case();
         c.W = 64, c.s = 4, c.L = 300, c.B = 2, c.Hq = 8, c.Hkv = 2, c.Dk = c.Dv = 128, c.mask = 1;
         decode_steps(&c, "decode steps, tiles of 24 slots, clusters");
-        setenv("LM_HYBRID_DECODE_TILE", "7", 1);
+        env_set("LM_HYBRID_DECODE_TILE", "7");
         c = base_case();
         c.W = 16, c.s = 2, c.L = 40, c.B = 40, c.Hq = c.Hkv = 16, c.Dk = c.Dv = 64;
         decode_steps(&c, "decode steps, tiles of 7 slots, one CTA per pair");
-        unsetenv("LM_HYBRID_DECODE_TILE");
+        env_set("LM_HYBRID_DECODE_TILE", tile_was);
+        free(tile_was);
     }
     /* Head dims and dtypes off the fast paths: keys not a multiple of 4 floats
      * (staged a word at a time, the logits' tail lanes), a cluster's last CTA
@@ -276,21 +293,6 @@ START_TEST(test_hybrid_decode)
     gpu_end_test();
 }
 END_TEST
-
-/* name's value (malloc'd, or NULL: unset), and name set to value (NULL: unset). */
-static char *env_saved(const char *name)
-{
-    const char *e = getenv(name);
-    return e ? strdup(e) : NULL;
-}
-
-static void env_set(const char *name, const char *value)
-{
-    if (value)
-        setenv(name, value, 1);
-    else
-        unsetenv(name);
-}
 
 /* Both window bodies on the same bf16 cases: the register one
  * (kernels/hybrid_body.cu: bf16, 16-byte rows, head dims 64 or 128; the tests
