@@ -20,7 +20,7 @@ x = [torch.randn(1, 1, H, D, device=dev, dtype=torch.bfloat16) for _ in range(3)
 recs = []
 for rep in range(3):
     for c in cfgs:
-        for key in ("LMK_PROBE_STOP", "LMK_PROBE_NVB"):
+        for key in [k for k in os.environ if k.startswith("LMK_PROBE_")]:
             os.environ.pop(key, None)
         if c != "-":
             for kv in c.split("+"):

@@ -28,5 +28,5 @@ for cfg in sys.argv[1:]:
         torch.cuda.synchronize()
         libc.fflush(None)
         print("", flush=True)
-        for key in ("LMK_PROBE_TS", "LMK_PROBE_NOKEYS", "LMK_PROBE_NVB", "LMK_PROBE_STOP"):
+        for key in [k for k in os.environ if k.startswith("LMK_PROBE_")]:
             os.environ.pop(key, None)
