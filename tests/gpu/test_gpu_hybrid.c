@@ -170,12 +170,15 @@ END_TEST
  * refills). Its own case (CK_RUN_CASE=decode: the sanitizers' run). */
 START_TEST(test_hybrid_decode)
 {
+    /* Small mode (the sanitizers' runs; racecheck instruments every shared
+     * memory access of every step) keeps each case a few steps past its
+     * first fold. */
     ref_seed(304);
     /* Decode steps over enough (row, kv head) pairs (40 x 16 = 640 >= 4 x 132 SMs)
      * that an H100 runs one CTA per pair, not clusters (kernels/hybrid_decode.cu). */
     {
         hcase c = base_case();
-        c.W = 16, c.s = 2, c.L = 40, c.B = 40, c.Hq = c.Hkv = 16, c.Dk = c.Dv = 64;
+        c.W = 16, c.s = 2, c.L = gpu_small ? 24 : 40, c.B = 40, c.Hq = c.Hkv = 16, c.Dk = c.Dv = 64;
         decode_steps(&c, "decode steps, one CTA per pair"); /* folds from token 19 on */
     }
     /* Windows in several tiles of the step's shared memory (the slots under a
@@ -193,11 +196,11 @@ START_TEST(test_hybrid_decode)
         char *tile_was = env_saved("LM_HYBRID_DECODE_TILE");
         env_set("LM_HYBRID_DECODE_TILE", "24");
         c = base_case();
-        c.W = 64, c.s = 4, c.L = 300, c.B = 2, c.Hq = 8, c.Hkv = 2, c.Dk = c.Dv = 128, c.mask = 1;
+        c.W = 64, c.s = 4, c.L = gpu_small ? 80 : 300, c.B = 2, c.Hq = 8, c.Hkv = 2, c.Dk = c.Dv = 128, c.mask = 1;
         decode_steps(&c, "decode steps, tiles of 24 slots, clusters");
         env_set("LM_HYBRID_DECODE_TILE", "7");
         c = base_case();
-        c.W = 16, c.s = 2, c.L = 40, c.B = 40, c.Hq = c.Hkv = 16, c.Dk = c.Dv = 64;
+        c.W = 16, c.s = 2, c.L = gpu_small ? 24 : 40, c.B = 40, c.Hq = c.Hkv = 16, c.Dk = c.Dv = 64;
         decode_steps(&c, "decode steps, tiles of 7 slots, one CTA per pair");
         env_set("LM_HYBRID_DECODE_TILE", tile_was);
         free(tile_was);
@@ -213,7 +216,7 @@ START_TEST(test_hybrid_decode)
         for (int i = 0; i < 5; i++) {
             hcase c = base_case();
             c.Hq = dims[i][0], c.Hkv = dims[i][1], c.Dk = dims[i][2], c.Dv = dims[i][3];
-            c.dtype = dts[i % 3], c.mask = i % 2, c.L = 120, c.W = 32, c.s = 3;
+            c.dtype = dts[i % 3], c.mask = i % 2, c.L = gpu_small ? 48 : 120, c.W = 32, c.s = 3;
             decode_steps(&c, "decode steps, head dims and dtypes");
         }
     }
@@ -221,7 +224,8 @@ START_TEST(test_hybrid_decode)
      * graph's inputs are one token per batch row). */
     for (int g = 0; g < 2; g++) {
         hcase c = base_case();
-        c.W = g ? 16 : 64, c.s = g ? 0 : 4, c.L = 150, c.B = 2, c.Hq = 8, c.Hkv = 2, c.Dk = c.Dv = 128;
+        c.W = g ? 16 : 64, c.s = g ? 0 : 4, c.L = gpu_small ? (g ? 40 : 110) : 150, c.B = 2, c.Hq = 8, c.Hkv = 2;
+        c.Dk = c.Dv = 128;
         c.gate_form = g ? LM_GATE_EXP : LM_GATE_SIGMOID; /* the graph's step with the exp gate */
         hprob p;
         hprob_init(&p, hybrid_gpu(), &c);
