@@ -1,0 +1,45 @@
+#!/bin/sh
+# decode_call.sh - one device call for the hybrid decode work (written in session 6, whose last
+# two calls were refused or taken back). Run from the repository root on the device machine.
+# Prerequisites, made on this machine (bench/NOTES.md, "Next session's GPU work"):
+#   .dev/carry.tgz        main's `make device-build` as .dev/device (obj/ and engine binaries removed)
+#   .dev/slim_<v>.tgz     <v>/lib/libliquidmemory_cuda.so.0 of each variant's build, for
+#                         each variant named in VARIANTS below (the CPU library is main's:
+#                         the variants change only kernels/)
+#   .dev/decode_probe.py, .dev/decode_probe_ts.py (copies of bench/pending/probes/*.py)
+# Everything it writes goes into one tarball under $OUT (the device returns only a few files).
+VARIANTS=${VARIANTS:-"mc ts"}
+T0=$(date +%s)
+tar -xzf .dev/carry.tgz
+for v in $VARIANTS; do
+  tar -xzf .dev/slim_$v.tgz -C .dev
+  for f in .dev/device/lib/*; do [ "$(basename $f)" = libliquidmemory_cuda.so.0 ] || cp -a $f .dev/$v/lib/; done
+  mkdir -p .dev/$v/bin && cp .dev/device/bin/lm-gpu-tests .dev/$v/bin/
+done
+B=.dev/device; O=$OUT/call; mkdir -p $O
+export LM_LICENSE_FILE=$PWD/$B/dev-license PYTHONPATH=$PWD/bindings/python
+run() { n=$1; t=$2; shift 2; if [ $(( $(date +%s) - T0 + t )) -gt ${GUARD:-400} ]; then echo "$n skipped (time)" >> $O/summary.txt; return 9; fi
+  s=$(date +%s); timeout $t "$@" > $O/$n.log 2>&1; rc=$?; echo "$n rc $rc $(( $(date +%s) - s )) s" >> $O/summary.txt; return $rc; }
+nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv > $O/gpu.txt 2>&1
+K=LMK_PROBE_NOKEYS; S=LMK_PROBE_STOP; M=LMK_PROBE_SMEM
+lib() { echo "env LM_LIB_PATH=$PWD/.dev/$1/lib/libliquidmemory.so"; }
+# 1. each variant against main, alternating (the step in a graph, hybrid_bench's configuration)
+for i in 1 2 3; do for v in device $VARIANTS; do [ $v = ts ] && continue
+  run ab-$v-$i 30 $(lib $v) python3 .dev/decode_probe.py $O/ab-$v-$i.json -; done; done
+# 2. the variants' correctness: decode, hybrid and pool suites, memcheck, synccheck, racecheck (small)
+for v in $VARIANTS; do [ $v = ts ] && continue
+  run dec-tests-$v 40 env CK_RUN_SUITE=gpu_hybrid CK_RUN_CASE=decode .dev/$v/bin/lm-gpu-tests
+  run hybrid-tests-$v 50 env CK_RUN_SUITE=gpu_hybrid CK_RUN_CASE=hybrid .dev/$v/bin/lm-gpu-tests
+  run pool-tests-$v 30 env CK_RUN_SUITE=gpu_pool .dev/$v/bin/lm-gpu-tests
+  for tool in memcheck synccheck; do
+    run $tool-$v 30 env CK_RUN_SUITE=gpu_hybrid CK_RUN_CASE=decode compute-sanitizer --tool $tool --error-exitcode 3 --print-limit 20 .dev/$v/bin/lm-gpu-tests small
+  done
+done
+# 3. where the landed step's time goes: per-CTA timestamps (ts plugin), staging without keys
+case " $VARIANTS " in *" ts "*)
+  run ts 30 $(lib ts) python3 .dev/decode_probe_ts.py - $M=150000 $K=1
+  run probe-nokeys 40 $(lib ts) python3 .dev/decode_probe.py $O/probe-nokeys.json "-,$M=150000,$K=1,$K=3,$S=2,$S=2+$K=1,$S=2+$K=3";;
+esac
+run racecheck 120 env CK_RUN_SUITE=gpu_hybrid CK_RUN_CASE=decode compute-sanitizer --tool racecheck --error-exitcode 3 --print-limit 20 $B/bin/lm-gpu-tests small
+echo "$(( $(date +%s) - T0 )) s" > $O/time.txt
+cd $OUT && tar -czf call.tgz call && rm -rf call
