@@ -6,7 +6,6 @@
 #   .dev/slim_<v>.tgz     <v>/lib/libliquidmemory_cuda.so.0 of each variant's build, for
 #                         each variant named in VARIANTS below (the CPU library is main's:
 #                         the variants change only kernels/)
-#   .dev/decode_probe.py, .dev/decode_probe_ts.py (copies of bench/pending/probes/*.py)
 # Everything it writes goes into one tarball under $OUT (the device returns only a few files).
 VARIANTS=${VARIANTS:-"mc ts"}
 T0=$(date +%s)
@@ -25,7 +24,7 @@ K=LMK_PROBE_NOKEYS; S=LMK_PROBE_STOP; M=LMK_PROBE_SMEM
 lib() { echo "env LM_LIB_PATH=$PWD/.dev/$1/lib/libliquidmemory.so"; }
 # 1. each variant against main, alternating (the step in a graph, hybrid_bench's configuration)
 for i in 1 2 3; do for v in device $VARIANTS; do [ $v = ts ] && continue
-  run ab-$v-$i 30 $(lib $v) python3 .dev/decode_probe.py $O/ab-$v-$i.json -; done; done
+  run ab-$v-$i 30 $(lib $v) python3 bench/pending/probes/decode_probe.py $O/ab-$v-$i.json -; done; done
 # 2. the variants' correctness: decode, hybrid and pool suites, memcheck, synccheck, racecheck (small)
 for v in $VARIANTS; do [ $v = ts ] && continue
   run dec-tests-$v 40 env CK_RUN_SUITE=gpu_hybrid CK_RUN_CASE=decode .dev/$v/bin/lm-gpu-tests
@@ -37,8 +36,8 @@ for v in $VARIANTS; do [ $v = ts ] && continue
 done
 # 3. where the landed step's time goes: per-CTA timestamps (ts plugin), staging without keys
 case " $VARIANTS " in *" ts "*)
-  run ts 30 $(lib ts) python3 .dev/decode_probe_ts.py - $M=150000 $K=1
-  run probe-nokeys 40 $(lib ts) python3 .dev/decode_probe.py $O/probe-nokeys.json "-,$M=150000,$K=1,$K=3,$S=2,$S=2+$K=1,$S=2+$K=3";;
+  run ts 30 $(lib ts) python3 bench/pending/probes/decode_probe_ts.py - $M=150000 $K=1
+  run probe-nokeys 40 $(lib ts) python3 bench/pending/probes/decode_probe.py $O/probe-nokeys.json "-,$M=150000,$K=1,$K=3,$S=2,$S=2+$K=1,$S=2+$K=3";;
 esac
 run racecheck 120 env CK_RUN_SUITE=gpu_hybrid CK_RUN_CASE=decode compute-sanitizer --tool racecheck --error-exitcode 3 --print-limit 20 $B/bin/lm-gpu-tests small
 echo "$(( $(date +%s) - T0 )) s" > $O/time.txt
