@@ -1,32 +1,37 @@
 #!/usr/bin/env python3
 """Session 6 probe: per-CTA phase timestamps (clock64 from CTA entry; globaltimer) of single
-hybrid decode steps (4K state, warm), printed by the ts plugin under LMK_PROBE_TS."""
-import ctypes, os, sys
-libc = ctypes.CDLL(None)
-sys.path.insert(0, "bench")  # run from the repository root
+hybrid decode steps (4K state, warm), printed by the ts plugin
+(hdecode_stops_timestamps.patch) under LMK_PROBE_TS; one line "CFG <setting> <rep>" before
+each step's lines (parse_ts.py summarises them). Run from the repository root:
+
+    LM_LIB_PATH=... python3 bench/pending/probes/decode_probe_ts.py - LMK_PROBE_SMEM=150000 > ts.log"""
+import ctypes
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch
-from liquid_memory import _core, hybrid
-H, D, W, S_SINKS, L0 = 32, 128, 64, 4, 4096
-dev = torch.device("cuda")
-opts = _core.Options()
-gate_host = hybrid._gate_host(torch.randn(H) * 0.5, H)
-q, k, v = (torch.randn(1, L0, H, D, device=dev, dtype=torch.bfloat16) for _ in range(3))
-_, st = hybrid.c_prefill(q, k, v, None, W, S_SINKS, gate_host, opts, want_state=True)
-x = [torch.randn(1, 1, H, D, device=dev, dtype=torch.bfloat16) for _ in range(3)]
-step = lambda: hybrid.c_decode(*x, st.S, st.z, st.keys, st.values, st.pos, L0, W, S_SINKS, gate_host, opts)
-for cfg in sys.argv[1:]:
-    for rep in range(3):
-        for _ in range(20):
+from decode_probe import decode_setup, set_probe_env
+
+libc = ctypes.CDLL(None)  # the device's printf goes through C stdio: flushed before Python's lines
+
+
+def main():
+    step, _ = decode_setup()
+    for cfg in sys.argv[1:]:
+        for rep in range(3):
+            set_probe_env("-")
+            for _ in range(20):  # warm, unprinted
+                step()
+            torch.cuda.synchronize()
+            set_probe_env(cfg, LMK_PROBE_TS="1")
+            print(f"CFG {cfg} {rep}", flush=True)
             step()
-        torch.cuda.synchronize()
-        os.environ["LMK_PROBE_TS"] = "1"
-        for kv in cfg.split("+"):
-            if kv != "-":
-                a, b = kv.split("="); os.environ[a] = b
-        print(f"CFG {cfg} {rep}", flush=True)
-        step()
-        torch.cuda.synchronize()
-        libc.fflush(None)
-        print("", flush=True)
-        for key in [k for k in os.environ if k.startswith("LMK_PROBE_")]:
-            os.environ.pop(key, None)
+            torch.cuda.synchronize()
+            libc.fflush(None)
+            print("", flush=True)
+    set_probe_env("-")
+
+
+if __name__ == "__main__":
+    main()

@@ -6,9 +6,9 @@ import json, os, sys, datetime, statistics
 sys.path.insert(0, "bench")  # run from the repository root
 import torch
 from gpu_bench import time_ms, sdpa
+from hybrid_bench import D, H, S_SINKS, W
 from liquid_memory import _core, hybrid
 
-H, D, W, S_SINKS = 32, 128, 64, 4
 L = int(sys.argv[2]) if len(sys.argv) > 2 else 131072
 dev = torch.device("cuda")
 opts = _core.Options()
