@@ -20,12 +20,21 @@ export LM_LICENSE_FILE=$PWD/$B/dev-license PYTHONPATH=$PWD/bindings/python
 run() { n=$1; t=$2; shift 2; if [ $(( $(date +%s) - T0 + t )) -gt ${GUARD:-400} ]; then echo "$n skipped (time)" >> $O/summary.txt; return 9; fi
   s=$(date +%s); timeout $t "$@" > $O/$n.log 2>&1; rc=$?; echo "$n rc $rc $(( $(date +%s) - s )) s" >> $O/summary.txt; return $rc; }
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv > $O/gpu.txt 2>&1
+nvidia-smi dmon -s pc -d 1 > $O/dmon.txt 2>&1 & DMON=$! # the clocks while the steps run
 K=LMK_PROBE_NOKEYS; S=LMK_PROBE_STOP; M=LMK_PROBE_SMEM
 lib() { echo "env LM_LIB_PATH=$PWD/.dev/$1/lib/libliquidmemory.so"; }
 # 1. each variant against main, alternating (the step in a graph, hybrid_bench's configuration)
 for i in 1 2 3; do for v in device $VARIANTS; do [ $v = ts ] && continue
-  run ab-$v-$i 30 $(lib $v) python3 bench/pending/probes/decode_probe.py $O/ab-$v-$i.json -; done; done
-# 2. the variants' correctness: decode, hybrid and pool suites, memcheck, synccheck, racecheck (small)
+  run ab-$v-$i 30 $(lib $v) python3 bench/pending/probes/decode_probe.py $O/ab-$v-$i.json -,chain8; done; done
+# 2. main's step under ncu (an eager step after warm-up): stalls and executed instructions per
+#    SASS line (SourceCounters), which phase's instructions the warps wait in
+run ncu 120 ncu --clock-control none -k regex:hdecode_kernel -s 5 -c 1 --import-source yes -f -o /tmp/hd \
+  --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
+  --section SchedulerStats --section InstructionStats --section SourceCounters \
+  python3 bench/pending/probes/decode_eager.py 8
+ncu -i /tmp/hd.ncu-rep --page details > $O/ncu-details.txt 2>&1
+ncu -i /tmp/hd.ncu-rep --page source --csv --print-source cuda,sass > $O/ncu-source.csv 2>> $O/ncu-details.txt
+# 3. the variants' correctness: decode, hybrid and pool suites, memcheck, synccheck, racecheck (small)
 for v in $VARIANTS; do [ $v = ts ] && continue
   run dec-tests-$v 40 env CK_RUN_SUITE=gpu_hybrid CK_RUN_CASE=decode .dev/$v/bin/lm-gpu-tests
   run hybrid-tests-$v 50 env CK_RUN_SUITE=gpu_hybrid CK_RUN_CASE=hybrid .dev/$v/bin/lm-gpu-tests
@@ -34,11 +43,12 @@ for v in $VARIANTS; do [ $v = ts ] && continue
     run $tool-$v 30 env CK_RUN_SUITE=gpu_hybrid CK_RUN_CASE=decode compute-sanitizer --tool $tool --error-exitcode 3 --print-limit 20 .dev/$v/bin/lm-gpu-tests small
   done
 done
-# 3. where the landed step's time goes: per-CTA timestamps (ts plugin), staging without keys
+# 4. where the landed step's time goes: per-CTA timestamps (ts plugin), staging without keys
 case " $VARIANTS " in *" ts "*)
   run ts 30 $(lib ts) python3 bench/pending/probes/decode_probe_ts.py - $M=150000 $K=1
   run probe-nokeys 40 $(lib ts) python3 bench/pending/probes/decode_probe.py $O/probe-nokeys.json "-,$M=150000,$K=1,$K=3,$S=2,$S=2+$K=1,$S=2+$K=3";;
 esac
 run racecheck 120 env CK_RUN_SUITE=gpu_hybrid CK_RUN_CASE=decode compute-sanitizer --tool racecheck --error-exitcode 3 --print-limit 20 $B/bin/lm-gpu-tests small
+kill $DMON 2>/dev/null
 echo "$(( $(date +%s) - T0 )) s" > $O/time.txt
 cd $OUT && tar -czf call.tgz call && rm -rf call

@@ -5,6 +5,9 @@ linear step; prints and writes JSON. Run from the repository root:
 
     LM_LIB_PATH=... python3 bench/pending/probes/decode_probe.py out.json "-,LMK_PROBE_STOP=2,..."
 
+A setting "chainN" times N steps captured in one graph (as a model's layers are), per step,
+for the hybrid and the linear step.
+
 decode_probe_ts.py shares its setup (decode_setup, set_probe_env)."""
 import datetime
 import json
@@ -48,6 +51,14 @@ def main():
     recs = []
     for rep in range(3):
         for c in cfgs:
+            if c.startswith("chain"):  # n steps in one graph (a model's layers): the per-step time
+                n = int(c[5:])
+                set_probe_env("-")
+                for name, fn in (("hybrid", hybrid_step), ("linear", linear_step)):
+                    us = graph_us(lambda: [fn() for _ in range(n)], replays=2000 // n) / n
+                    recs.append(dict(cfg=f"{name}-{c}", rep=rep, us=us))
+                    print(json.dumps(recs[-1]), flush=True)
+                continue
             set_probe_env(c)
             recs.append(dict(cfg=c, rep=rep, us=graph_us(hybrid_step)))
             print(json.dumps(recs[-1]), flush=True)
