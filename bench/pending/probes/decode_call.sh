@@ -7,7 +7,7 @@
 #                         each variant named in VARIANTS below (the CPU library is main's:
 #                         the variants change only kernels/)
 # Everything it writes goes into one tarball under $OUT (the device returns only a few files).
-VARIANTS=${VARIANTS:-"mc ts"}
+VARIANTS=${VARIANTS:-"split mc ts"}
 T0=$(date +%s)
 tar -xzf .dev/carry.tgz
 for v in $VARIANTS; do
@@ -26,23 +26,28 @@ lib() { echo "env LM_LIB_PATH=$PWD/.dev/$1/lib/libliquidmemory.so"; }
 # 1. each variant against main, alternating (the step in a graph, hybrid_bench's configuration)
 for i in 1 2 3; do for v in device $VARIANTS; do [ $v = ts ] && continue
   run ab-$v-$i 30 $(lib $v) python3 bench/pending/probes/decode_probe.py $O/ab-$v-$i.json -,chain8; done; done
-# 2. main's step under ncu (an eager step after warm-up): stalls and executed instructions per
+# 2. the variants' correctness: decode, hybrid and pool suites (the first variant's before the
+#    profile: it is the one to land), then memcheck and synccheck on the decode case (small)
+suites() { v=$1
+  run dec-tests-$v 40 env CK_RUN_SUITE=gpu_hybrid CK_RUN_CASE=decode .dev/$v/bin/lm-gpu-tests
+  run hybrid-tests-$v 50 env CK_RUN_SUITE=gpu_hybrid CK_RUN_CASE=hybrid .dev/$v/bin/lm-gpu-tests
+  run pool-tests-$v 30 env CK_RUN_SUITE=gpu_pool .dev/$v/bin/lm-gpu-tests; }
+sanitize() { v=$1
+  for tool in memcheck synccheck; do
+    run $tool-$v 30 env CK_RUN_SUITE=gpu_hybrid CK_RUN_CASE=decode compute-sanitizer --tool $tool --error-exitcode 3 --print-limit 20 .dev/$v/bin/lm-gpu-tests small
+  done; }
+FIRST=$(echo $VARIANTS | cut -d' ' -f1)
+suites $FIRST
+# 3. main's step under ncu (an eager step after warm-up): stalls and executed instructions per
 #    SASS line (SourceCounters), which phase's instructions the warps wait in
-run ncu 120 ncu --clock-control none -k regex:hdecode_kernel -s 5 -c 1 --import-source yes -f -o /tmp/hd \
+run ncu 120 $(lib device) ncu --clock-control none -k regex:hdecode -s 5 -c 1 --import-source yes -f -o /tmp/hd \
   --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
   --section SchedulerStats --section InstructionStats --section SourceCounters \
   python3 bench/pending/probes/decode_eager.py 8
 ncu -i /tmp/hd.ncu-rep --page details > $O/ncu-details.txt 2>&1
 ncu -i /tmp/hd.ncu-rep --page source --csv --print-source cuda,sass > $O/ncu-source.csv 2>> $O/ncu-details.txt
-# 3. the variants' correctness: decode, hybrid and pool suites, memcheck, synccheck, racecheck (small)
-for v in $VARIANTS; do [ $v = ts ] && continue
-  run dec-tests-$v 40 env CK_RUN_SUITE=gpu_hybrid CK_RUN_CASE=decode .dev/$v/bin/lm-gpu-tests
-  run hybrid-tests-$v 50 env CK_RUN_SUITE=gpu_hybrid CK_RUN_CASE=hybrid .dev/$v/bin/lm-gpu-tests
-  run pool-tests-$v 30 env CK_RUN_SUITE=gpu_pool .dev/$v/bin/lm-gpu-tests
-  for tool in memcheck synccheck; do
-    run $tool-$v 30 env CK_RUN_SUITE=gpu_hybrid CK_RUN_CASE=decode compute-sanitizer --tool $tool --error-exitcode 3 --print-limit 20 .dev/$v/bin/lm-gpu-tests small
-  done
-done
+sanitize $FIRST
+for v in $VARIANTS; do [ $v = ts ] || [ $v = $FIRST ] || { suites $v; sanitize $v; }; done
 # 4. where the landed step's time goes: per-CTA timestamps (ts plugin), staging without keys
 case " $VARIANTS " in *" ts "*)
   run ts 30 $(lib ts) python3 bench/pending/probes/decode_probe_ts.py - $M=150000 $K=1
