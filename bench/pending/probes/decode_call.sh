@@ -7,7 +7,7 @@
 #                         each variant named in VARIANTS below (the CPU library is main's:
 #                         the variants change only kernels/)
 # Everything it writes goes into one tarball under $OUT (the device returns only a few files).
-VARIANTS=${VARIANTS:-"split mc ts"}
+VARIANTS=${VARIANTS:-"split head ts"}
 T0=$(date +%s)
 tar -xzf .dev/carry.tgz
 for v in $VARIANTS; do
@@ -24,7 +24,7 @@ nvidia-smi dmon -s pc -d 1 > $O/dmon.txt 2>&1 & DMON=$! # the clocks while the s
 K=LMK_PROBE_NOKEYS; S=LMK_PROBE_STOP; M=LMK_PROBE_SMEM
 lib() { echo "env LM_LIB_PATH=$PWD/.dev/$1/lib/libliquidmemory.so"; }
 # 1. each variant against main, alternating (the step in a graph, hybrid_bench's configuration)
-for i in 1 2 3; do for v in device $VARIANTS; do [ $v = ts ] && continue
+for i in 1 2 3; do for v in device $VARIANTS; do [ $v = ts ] || [ $v = head ] && continue
   run ab-$v-$i 30 $(lib $v) python3 bench/pending/probes/decode_probe.py $O/ab-$v-$i.json -,chain8; done; done
 # 2. the variants' correctness: decode, hybrid and pool suites (the first variant's before the
 #    profile: it is the one to land), then memcheck and synccheck on the decode case (small)
@@ -40,14 +40,22 @@ FIRST=$(echo $VARIANTS | cut -d' ' -f1)
 suites $FIRST
 # 3. main's step under ncu (an eager step after warm-up): stalls and executed instructions per
 #    SASS line (SourceCounters), which phase's instructions the warps wait in
-run ncu 120 $(lib device) ncu --clock-control none -k regex:hdecode -s 5 -c 1 --import-source yes -f -o /tmp/hd \
+run ncu 90 $(lib device) ncu --clock-control none -k regex:hdecode -s 5 -c 1 --import-source yes -f -o /tmp/hd \
   --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
   --section SchedulerStats --section InstructionStats --section SourceCounters \
   python3 bench/pending/probes/decode_eager.py 8
 ncu -i /tmp/hd.ncu-rep --page details > $O/ncu-details.txt 2>&1
 ncu -i /tmp/hd.ncu-rep --page source --csv --print-source cuda,sass > $O/ncu-source.csv 2>> $O/ncu-details.txt
 sanitize $FIRST
-for v in $VARIANTS; do [ $v = ts ] || [ $v = $FIRST ] || { suites $v; sanitize $v; }; done
+run prefill-kernels 60 $(lib device) python3 bench/pending/probes/prefill_kernels.py $O/prefill-kernels.json
+# the head rows' kernel variant (the prefill's fixed launch): its kernels, the 128K ratio against main's, its suite
+case " $VARIANTS " in *" head "*)
+  run prefill-kernels-head 60 $(lib head) python3 bench/pending/probes/prefill_kernels.py $O/prefill-kernels-head.json
+  for i in 1 2; do for v in device head; do
+    run ratio-$v-$i 40 $(lib $v) python3 bench/pending/probes/prefill_ratio5.py $O/ratio-$v-$i.json; done; done
+  run hybrid-tests-head 50 env CK_RUN_SUITE=gpu_hybrid CK_RUN_CASE=hybrid .dev/head/bin/lm-gpu-tests;;
+esac
+for v in $VARIANTS; do [ $v = ts ] || [ $v = head ] || [ $v = $FIRST ] || { suites $v; sanitize $v; }; done
 # 4. where the landed step's time goes: per-CTA timestamps (ts plugin), staging without keys
 case " $VARIANTS " in *" ts "*)
   run ts 30 $(lib ts) python3 bench/pending/probes/decode_probe_ts.py - $M=150000 $K=1
