@@ -38,17 +38,8 @@ sanitize() { v=$1
   done; }
 FIRST=$(echo $VARIANTS | cut -d' ' -f1)
 suites $FIRST
-# 3. main's step under ncu (an eager step after warm-up): stalls and executed instructions per
-#    SASS line (SourceCounters), which phase's instructions the warps wait in
-run ncu 90 $(lib device) ncu --clock-control none -k regex:hdecode -s 5 -c 1 --import-source yes -f -o /tmp/hd \
-  --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
-  --section SchedulerStats --section InstructionStats --section SourceCounters \
-  python3 bench/pending/probes/decode_eager.py 8
-ncu -i /tmp/hd.ncu-rep --page details > $O/ncu-details.txt 2>&1
-ncu -i /tmp/hd.ncu-rep --page source --csv --print-source cuda,sass > $O/ncu-source.csv 2>> $O/ncu-details.txt
-sanitize $FIRST
 run prefill-kernels 60 $(lib device) python3 bench/pending/probes/prefill_kernels.py $O/prefill-kernels.json
-# the head rows' kernel variant (the prefill's fixed launch): its kernels, the 128K ratio against main's, its suite
+# 3. the head rows' kernel variant (the prefill's fixed launch): its kernels, the 128K ratio against main's, its suite
 case " $VARIANTS " in *" head "*)
   run prefill-kernels-head 60 $(lib head) python3 bench/pending/probes/prefill_kernels.py $O/prefill-kernels-head.json
   for i in 1 2; do for v in device head; do
@@ -56,7 +47,16 @@ case " $VARIANTS " in *" head "*)
   run hybrid-tests-head 50 env CK_RUN_SUITE=gpu_hybrid CK_RUN_CASE=hybrid .dev/head/bin/lm-gpu-tests;;
 esac
 for v in $VARIANTS; do [ $v = ts ] || [ $v = head ] || [ $v = $FIRST ] || { suites $v; sanitize $v; }; done
-# 4. where the landed step's time goes: per-CTA timestamps (ts plugin), staging without keys
+sanitize $FIRST
+# 4. main's step under ncu (an eager step after warm-up): stalls and executed instructions per
+#    SASS line (SourceCounters), which phase's instructions the warps wait in
+run ncu 90 $(lib device) ncu --clock-control none -k regex:hdecode -s 5 -c 1 --import-source yes -f -o /tmp/hd \
+  --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
+  --section SchedulerStats --section InstructionStats --section SourceCounters \
+  python3 bench/pending/probes/decode_eager.py 8
+ncu -i /tmp/hd.ncu-rep --page details > $O/ncu-details.txt 2>&1
+ncu -i /tmp/hd.ncu-rep --page source --csv --print-source cuda,sass > $O/ncu-source.csv 2>> $O/ncu-details.txt
+# 5. where the landed step's time goes: per-CTA timestamps (ts plugin), staging without keys
 case " $VARIANTS " in *" ts "*)
   run ts 30 $(lib ts) python3 bench/pending/probes/decode_probe_ts.py - $M=150000 $K=1
   run probe-nokeys 40 $(lib ts) python3 bench/pending/probes/decode_probe.py $O/probe-nokeys.json "-,$M=150000,$K=1,$K=3,$S=2,$S=2+$K=1,$S=2+$K=3";;
