@@ -38,7 +38,7 @@ sanitize() { v=$1
   done; }
 FIRST=$(echo $VARIANTS | cut -d' ' -f1)
 suites $FIRST
-run prefill-kernels 60 $(lib device) python3 bench/pending/probes/prefill_kernels.py $O/prefill-kernels.json
+run memcheck-$FIRST 30 env CK_RUN_SUITE=gpu_hybrid CK_RUN_CASE=decode compute-sanitizer --tool memcheck --error-exitcode 3 --print-limit 20 .dev/$FIRST/bin/lm-gpu-tests small
 # 3. the head rows' kernel variant (the prefill's fixed launch): its kernels, the 128K ratio against main's, its suite
 case " $VARIANTS " in *" head "*)
   run prefill-kernels-head 60 $(lib head) python3 bench/pending/probes/prefill_kernels.py $O/prefill-kernels-head.json
@@ -46,8 +46,9 @@ case " $VARIANTS " in *" head "*)
     run ratio-$v-$i 40 $(lib $v) python3 bench/pending/probes/prefill_ratio5.py $O/ratio-$v-$i.json; done; done
   run hybrid-tests-head 50 env CK_RUN_SUITE=gpu_hybrid CK_RUN_CASE=hybrid .dev/head/bin/lm-gpu-tests;;
 esac
+run prefill-kernels 60 $(lib device) python3 bench/pending/probes/prefill_kernels.py $O/prefill-kernels.json
 for v in $VARIANTS; do [ $v = ts ] || [ $v = head ] || [ $v = $FIRST ] || { suites $v; sanitize $v; }; done
-sanitize $FIRST
+run synccheck-$FIRST 30 env CK_RUN_SUITE=gpu_hybrid CK_RUN_CASE=decode compute-sanitizer --tool synccheck --error-exitcode 3 --print-limit 20 .dev/$FIRST/bin/lm-gpu-tests small
 # 4. main's step under ncu (an eager step after warm-up): stalls and executed instructions per
 #    SASS line (SourceCounters), which phase's instructions the warps wait in
 run ncu 90 $(lib device) ncu --clock-control none -k regex:hdecode -s 5 -c 1 --import-source yes -f -o /tmp/hd \
