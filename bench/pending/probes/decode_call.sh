@@ -6,7 +6,8 @@
 #   .dev/slim_<v>.tgz     <v>/lib/libliquidmemory_cuda.so.0 of each variant's build, for
 #                         each variant named in VARIANTS below (the CPU library is main's:
 #                         the variants change only kernels/)
-# Everything it writes goes into one tarball under $OUT (the device returns only a few files).
+# ROUNDS (3) rounds of the A/B, RATIOS (2) of the prefill ratio's; GUARD (400) seconds: no step
+# starts that could end past it. Everything it writes goes into one tarball under $OUT (the device returns only a few files).
 VARIANTS=${VARIANTS:-"split head ts"}
 T0=$(date +%s)
 tar -xzf .dev/carry.tgz
@@ -24,7 +25,7 @@ nvidia-smi dmon -s pc -d 1 > $O/dmon.txt 2>&1 & DMON=$! # the clocks while the s
 K=LMK_PROBE_NOKEYS; S=LMK_PROBE_STOP; M=LMK_PROBE_SMEM
 lib() { echo "env LM_LIB_PATH=$PWD/.dev/$1/lib/libliquidmemory.so"; }
 # 1. each variant against main, alternating (the step in a graph, hybrid_bench's configuration)
-for i in 1 2 3; do for v in device $VARIANTS; do [ $v = ts ] || [ $v = head ] && continue
+for i in $(seq ${ROUNDS:-3}); do for v in device $VARIANTS; do [ $v = ts ] || [ $v = head ] && continue
   run ab-$v-$i 30 $(lib $v) python3 bench/pending/probes/decode_probe.py $O/ab-$v-$i.json -,chain8; done; done
 # 2. the variants' correctness: decode, hybrid and pool suites (the first variant's before the
 #    profile: it is the one to land), then memcheck and synccheck on the decode case (small)
@@ -41,10 +42,10 @@ suites $FIRST
 run memcheck-$FIRST 30 env CK_RUN_SUITE=gpu_hybrid CK_RUN_CASE=decode compute-sanitizer --tool memcheck --error-exitcode 3 --print-limit 20 .dev/$FIRST/bin/lm-gpu-tests small
 # 3. the head rows' kernel variant (the prefill's fixed launch): its kernels, the 128K ratio against main's, its suite
 case " $VARIANTS " in *" head "*)
-  run prefill-kernels-head 60 $(lib head) python3 bench/pending/probes/prefill_kernels.py $O/prefill-kernels-head.json
-  for i in 1 2; do for v in device head; do
+  run hybrid-tests-head 50 env CK_RUN_SUITE=gpu_hybrid CK_RUN_CASE=hybrid .dev/head/bin/lm-gpu-tests
+  for i in $(seq ${RATIOS:-2}); do for v in device head; do
     run ratio-$v-$i 40 $(lib $v) python3 bench/pending/probes/prefill_ratio5.py $O/ratio-$v-$i.json; done; done
-  run hybrid-tests-head 50 env CK_RUN_SUITE=gpu_hybrid CK_RUN_CASE=hybrid .dev/head/bin/lm-gpu-tests;;
+  run prefill-kernels-head 60 $(lib head) python3 bench/pending/probes/prefill_kernels.py $O/prefill-kernels-head.json;;
 esac
 run prefill-kernels 60 $(lib device) python3 bench/pending/probes/prefill_kernels.py $O/prefill-kernels.json
 for v in $VARIANTS; do [ $v = ts ] || [ $v = head ] || [ $v = $FIRST ] || { suites $v; sanitize $v; }; done
