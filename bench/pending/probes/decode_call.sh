@@ -33,13 +33,13 @@ suites() { v=$1
   run dec-tests-$v 40 env CK_RUN_SUITE=gpu_hybrid CK_RUN_CASE=decode .dev/$v/bin/lm-gpu-tests
   run hybrid-tests-$v 50 env CK_RUN_SUITE=gpu_hybrid CK_RUN_CASE=hybrid .dev/$v/bin/lm-gpu-tests
   run pool-tests-$v 30 env CK_RUN_SUITE=gpu_pool .dev/$v/bin/lm-gpu-tests; }
-sanitize() { v=$1
-  for tool in memcheck synccheck; do
+sanitize() { v=$1; shift  # then the tools
+  for tool in "$@"; do
     run $tool-$v 30 env CK_RUN_SUITE=gpu_hybrid CK_RUN_CASE=decode compute-sanitizer --tool $tool --error-exitcode 3 --print-limit 20 .dev/$v/bin/lm-gpu-tests small
   done; }
 FIRST=$(echo $VARIANTS | cut -d' ' -f1)
 suites $FIRST
-run memcheck-$FIRST 30 env CK_RUN_SUITE=gpu_hybrid CK_RUN_CASE=decode compute-sanitizer --tool memcheck --error-exitcode 3 --print-limit 20 .dev/$FIRST/bin/lm-gpu-tests small
+sanitize $FIRST memcheck
 # 3. the head rows' kernel variant (the prefill's fixed launch): its kernels, the 128K ratio against main's, its suite
 case " $VARIANTS " in *" head "*)
   run hybrid-tests-head 50 env CK_RUN_SUITE=gpu_hybrid CK_RUN_CASE=hybrid .dev/head/bin/lm-gpu-tests
@@ -48,8 +48,8 @@ case " $VARIANTS " in *" head "*)
   run prefill-kernels-head 60 $(lib head) python3 bench/pending/probes/prefill_kernels.py $O/prefill-kernels-head.json;;
 esac
 run prefill-kernels 60 $(lib device) python3 bench/pending/probes/prefill_kernels.py $O/prefill-kernels.json
-for v in $VARIANTS; do [ $v = ts ] || [ $v = head ] || [ $v = $FIRST ] || { suites $v; sanitize $v; }; done
-run synccheck-$FIRST 30 env CK_RUN_SUITE=gpu_hybrid CK_RUN_CASE=decode compute-sanitizer --tool synccheck --error-exitcode 3 --print-limit 20 .dev/$FIRST/bin/lm-gpu-tests small
+for v in $VARIANTS; do [ $v = ts ] || [ $v = head ] || [ $v = $FIRST ] || { suites $v; sanitize $v memcheck synccheck; }; done
+sanitize $FIRST synccheck
 # 4. main's step under ncu (an eager step after warm-up): stalls and executed instructions per
 #    SASS line (SourceCounters), which phase's instructions the warps wait in
 run ncu 90 $(lib device) ncu --clock-control none -k regex:hdecode -s 5 -c 1 --import-source yes -f -o /tmp/hd \

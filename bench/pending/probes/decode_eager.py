@@ -2,7 +2,7 @@
 """Session 7 probe: N hybrid decode steps run eagerly (hybrid_bench's configuration, 4K state),
 for a profiler to pick one after the first ones warmed up:
 
-    ncu -k regex:hdecode_kernel -s 5 -c 1 ... python3 bench/pending/probes/decode_eager.py 8"""
+    ncu -k regex:hdecode -s 5 -c 1 ... python3 bench/pending/probes/decode_eager.py 8"""
 import os
 import sys
 

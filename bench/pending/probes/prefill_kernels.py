@@ -8,40 +8,46 @@ which fixed launches beside the fused kernel make up the ratio's last few percen
 import collections
 import datetime
 import json
+import os
 import sys
 
-sys.path.insert(0, "bench")  # run from the repository root
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch
-from hybrid_bench import D, H, S_SINKS, W
-from liquid_memory import _core, hybrid
+from prefill_ratio5 import prefill_setup
 
-L = int(sys.argv[2]) if len(sys.argv) > 2 else 131072
-dev = torch.device("cuda")
-opts = _core.Options()
-gate_host = hybrid._gate_host(torch.randn(H) * 0.5, H)
-q, k, v = (torch.randn(1, L, H, D, device=dev, dtype=torch.bfloat16) for _ in range(3))
-calls = {"linear": lambda: _core.prefill(q, k, v, opts=opts),
-         "hybrid": lambda: hybrid.c_prefill(q, k, v, None, W, S_SINKS, gate_host, opts, want_state=True)}
-out = {}
-for name, fn in calls.items():
+
+def kernel_times(fn, calls=3):
+    """Each CUDA kernel fn launches: its device time and launches a call, most time first."""
     fn()
     torch.cuda.synchronize()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(3):
+        for _ in range(calls):
             fn()
         torch.cuda.synchronize()
     us = collections.defaultdict(float)
     n = collections.Counter()
     for ev in prof.events():
         if ev.device_type == torch.autograd.DeviceType.CUDA:
-            us[ev.name] += ev.device_time / 3  # microseconds per call
+            us[ev.name] += ev.device_time / calls  # microseconds a call
             n[ev.name] += 1
-    rows = sorted(({"kernel": k[:160], "us_per_call": round(t, 2), "launches_per_call": n[k] / 3}
+    return sorted(({"kernel": k[:160], "us_per_call": round(t, 2), "launches_per_call": n[k] / calls}
                    for k, t in us.items()), key=lambda r: -r["us_per_call"])
-    out[name] = rows
-    print(name, round(sum(r["us_per_call"] for r in rows), 1), "us a call")
-    for r in rows:
-        print(f"  {r['us_per_call']:10.2f} us  x{r['launches_per_call']:.0f}  {r['kernel']}")
-meta = {"date": datetime.datetime.utcnow().isoformat() + "Z", "gpu": torch.cuda.get_device_name(), "L": L,
-        "torch": torch.__version__}
-json.dump({"metadata": meta, "kernels": out}, open(sys.argv[1], "w"), indent=1)
+
+
+def main():
+    L = int(sys.argv[2]) if len(sys.argv) > 2 else 131072
+    _, calls = prefill_setup(L)
+    out = {}
+    for name, fn in calls.items():
+        rows = out[name] = kernel_times(fn)
+        print(name, round(sum(r["us_per_call"] for r in rows), 1), "us a call")
+        for r in rows:
+            print(f"  {r['us_per_call']:10.2f} us  x{r['launches_per_call']:.0f}  {r['kernel']}")
+    meta = {"date": datetime.datetime.utcnow().isoformat() + "Z", "gpu": torch.cuda.get_device_name(), "L": L,
+            "torch": torch.__version__}
+    with open(sys.argv[1], "w") as f:
+        json.dump({"metadata": meta, "kernels": out}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
