@@ -4,7 +4,7 @@
 # Prerequisites, made on this machine (bench/NOTES.md, "Next session's GPU work"):
 #   .dev/carry.tgz        main's `make device-build` as .dev/device (obj/ and engine binaries removed)
 #   .dev/slim_<v>.tgz     <v>/lib/libliquidmemory_cuda.so.0 of each variant's build, for
-#                         each variant named in VARIANTS below (the CPU library is main's:
+#                         each variant named in VARIANTS and LAND below (the CPU library is main's:
 #                         the variants change only kernels/)
 # ROUNDS (3) rounds of the A/B, RATIOS (2) of the prefill ratio's; GUARD (400) seconds: no step
 # starts that could end past it. Everything it writes goes into one tarball under $OUT (the device returns only a few files).
@@ -47,6 +47,16 @@ case " $VARIANTS " in *" head "*)
     run ratio-$v-$i 40 $(lib $v) python3 bench/pending/probes/prefill_ratio5.py $O/ratio-$v-$i.json; done; done
   run prefill-kernels-head 60 $(lib head) python3 bench/pending/probes/prefill_kernels.py $O/prefill-kernels-head.json;;
 esac
+# 3b. LAND names a variant whose plugin goes into a copy of main's build for bench/gpu_run.sh's
+#     hybrid phase (the whole hybrid GPU suite, its pytest file, hybrid_bench.py with SDPA in the
+#     same run: the numbers README quotes); its output in $O/land
+if [ -n "$LAND" ]; then
+  tar -xzf .dev/slim_$LAND.tgz -C .dev && rm -rf .dev/landb && cp -a $B .dev/landb &&
+    cp .dev/$LAND/lib/libliquidmemory_cuda.so.0 .dev/landb/lib/ && echo "$(cat $B/COMMIT)+$LAND" > .dev/landb/COMMIT
+  left=$(( ${GUARD:-400} - $(date +%s) + T0 ))
+  [ $left -gt 100 ] && OUT=$O/land LM_BUILD=.dev/landb LM_SECONDS=$left sh bench/gpu_run.sh hybrid > $O/land.log 2>&1
+  echo "land $LAND rc $? ($left s given)" >> $O/summary.txt
+fi
 run prefill-kernels 60 $(lib device) python3 bench/pending/probes/prefill_kernels.py $O/prefill-kernels.json
 for v in $VARIANTS; do [ $v = ts ] || [ $v = head ] || [ $v = $FIRST ] || { suites $v; sanitize $v memcheck synccheck; }; done
 sanitize $FIRST synccheck
