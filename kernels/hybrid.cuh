@@ -72,11 +72,24 @@ __device__ __forceinline__ float hkey(const lmk_hybrid &p, const HSrc &r, int b,
     return p.win_k[(((int64_t)b * p.Hkv + hk) * (p.s + p.W) + r.at) * p.Dk + d];
 }
 
-__device__ __forceinline__ float hval(const lmk_hybrid &p, const HSrc &r, int b, int hk, int e)
+/* Where the value row at source r starts, as vrow_at reads it: an element
+ * offset into the call's v (>= 0) or, as -1 - offset, into the state's win_v
+ * (the head kernel keeps it a slot, to read the row column by column). */
+__device__ __forceinline__ int64_t vrow(const lmk_hybrid &p, const HSrc &r, int b, int hk)
 {
     if (r.call)
-        return hload(p.v, p.dtype, b * p.sv[0] + r.at * p.sv[1] + hk * p.sv[2] + e * p.sv[3]);
-    return p.win_v[(((int64_t)b * p.Hkv + hk) * (p.s + p.W) + r.at) * p.Dv + e];
+        return b * p.sv[0] + r.at * p.sv[1] + hk * p.sv[2];
+    return -1 - (((int64_t)b * p.Hkv + hk) * (p.s + p.W) + r.at) * p.Dv;
+}
+
+__device__ __forceinline__ float vrow_at(const lmk_hybrid &p, int64_t o, int e)
+{
+    return o >= 0 ? hload(p.v, p.dtype, o + e * p.sv[3]) : p.win_v[-1 - o + e];
+}
+
+__device__ __forceinline__ float hval(const lmk_hybrid &p, const HSrc &r, int b, int hk, int e)
+{
+    return vrow_at(p, vrow(p, r, b, hk), e);
 }
 
 __device__ __forceinline__ float warp_sum(float x)

@@ -345,14 +345,31 @@ __global__ void __launch_bounds__(THREADS, 2) body_kernel(const __grid_constant_
         }
 }
 
-/* One CTA per row of the call's start: everything from the definition. */
+/* The head kernel's shared memory: q, phi(q), 32 floats for reductions, the
+ * window's logits and the evicted slots' weights (s + 2W), then (8-byte
+ * aligned, at this many floats) each of those slots' value row. */
+__host__ __device__ inline int64_t head_vs(int64_t Dk, int64_t s, int64_t W)
+{
+    return (2 * Dk + 32 + s + 2 * W + 1) / 2 * 2;
+}
+
+constexpr int64_t NO_ROW = INT64_MIN; /* the head kernel's vs: a slot without a key (read as zeros) */
+
+/* One CTA per row of the call's start: everything from the definition. The
+ * logits and the evicted slots' weights a warp a slot (lanes over Dk, loads
+ * of consecutive d); the numerators a thread a value column over the slots,
+ * each slot's value row located once (vs) and read whether or not its weight
+ * is zero (selected after), so the loads of successive slots overlap. */
 __global__ void __launch_bounds__(THREADS) head_kernel(const __grid_constant__ lmk_hybrid p)
 {
     extern __shared__ float hs[];
     const int64_t i = p.r0 + blockIdx.x, t = p.P0 + i, W = p.W;
     const int h = blockIdx.y, b = blockIdx.z, hk = h / (p.Hq / p.Hkv);
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const int64_t bh = (int64_t)b * p.Hkv + hk;
     float *q = hs, *fq = q + p.Dk, *red = fq + p.Dk, *lg = red + 32, *wb = lg + p.s + W;
+    /* [s + 2W]: the window's slots' value rows (vrow), then the evicted ones'; NO_ROW where a slot holds no key */
+    int64_t *vs = (int64_t *)(hs + head_vs(p.Dk, p.s, W));
     /* Window: x < ns is sink x, the rest positions lo..t; evicted ring slots e0..e1. */
     const int64_t ns = p.s < t + 1 ? p.s : t + 1;
     const int64_t lo = t - W + 1 > ns ? t - W + 1 : ns, nw = ns + t - lo + 1;
@@ -364,44 +381,48 @@ __global__ void __launch_bounds__(THREADS) head_kernel(const __grid_constant__ l
     }
     __syncthreads();
     float m = -INFINITY, bsum = 0.0f, zlin = 0.0f;
-    for (int64_t x = threadIdx.x; x < nw; x += THREADS) {
+    for (int64_t x = warp; x < nw; x += THREADS / 32) {
         const HSrc r = hsrc(p, b, hk, x < ns ? x : lo + (x - ns));
-        float l = -INFINITY;
-        if (r.present) {
-            float s = 0.0f;
-            for (int d = 0; d < p.Dk; d++)
-                s += q[d] * hkey(p, r, b, hk, d);
-            l = s * p.scale;
-            m = fmaxf(m, l);
-        }
-        lg[x] = l;
+        float s = 0.0f;
+        for (int d = lane; r.present && d < p.Dk; d += 32)
+            s += q[d] * hkey(p, r, b, hk, d);
+        s = lmk::warp_sum(s);
+        const float l = r.present ? s * p.scale : -INFINITY;
+        m = fmaxf(m, l);
+        if (lane == 0)
+            lg[x] = l, vs[x] = r.present ? lmk::vrow(p, r, b, hk) : NO_ROW;
     }
-    for (int64_t x = threadIdx.x; x < ne; x += THREADS) {
+    for (int64_t x = warp; x < ne; x += THREADS / 32) {
         const HSrc r = hsrc(p, b, hk, e0 + x);
         float w = 0.0f;
-        for (int d = 0; r.present && d < p.Dk; d++)
+        for (int d = lane; r.present && d < p.Dk; d += 32)
             w += fq[d] * phi_precise(hkey(p, r, b, hk, d), p.feature_map);
-        wb[x] = w;
-        bsum += w;
+        w = lmk::warp_sum(w);
+        if (lane == 0)
+            wb[x] = w, vs[p.s + W + x] = r.present ? lmk::vrow(p, r, b, hk) : NO_ROW, bsum += w; /* one lane's: the block sums it */
     }
     for (int d = threadIdx.x; p.z && d < p.Dk; d += THREADS)
         zlin += fq[d] * p.z[bh * p.Dk + d];
-    m = lmk::block_reduce<true>(m, red);
+    m = lmk::block_reduce<true>(m, red); /* syncs: lg ready */
     float asum = 0.0f;
     for (int64_t x = threadIdx.x; x < nw; x += THREADS) {
         const float a = m > -INFINITY && lg[x] > -INFINITY ? p.gamma[h] * expf(lg[x] - m) : 0.0f;
         lg[x] = a;
         asum += a;
     }
-    const float den = lmk::block_reduce<false>(asum + bsum + zlin, red); /* syncs: lg, wb ready */
+    const float den = lmk::block_reduce<false>(asum + bsum + zlin, red); /* syncs: lg, wb, vs ready */
     for (int e = threadIdx.x; e < p.Dv; e += THREADS) {
         float num = 0.0f;
-        for (int64_t x = 0; x < nw; x++)
-            if (lg[x] != 0.0f)
-                num += lg[x] * hval(p, hsrc(p, b, hk, x < ns ? x : lo + (x - ns)), b, hk, e);
-        for (int64_t x = 0; x < ne; x++)
-            if (wb[x] != 0.0f)
-                num += wb[x] * hval(p, hsrc(p, b, hk, e0 + x), b, hk, e);
+#pragma unroll 4
+        for (int64_t x = 0; x < nw; x++) {
+            const float a = lg[x], v = vs[x] == NO_ROW ? 0.0f : lmk::vrow_at(p, vs[x], e);
+            num += a != 0.0f ? a * v : 0.0f; /* a slot never written may hold anything */
+        }
+#pragma unroll 4
+        for (int64_t x = 0; x < ne; x++) {
+            const float w = wb[x], v = vs[p.s + W + x] == NO_ROW ? 0.0f : lmk::vrow_at(p, vs[p.s + W + x], e);
+            num += w != 0.0f ? w * v : 0.0f;
+        }
         for (int d = 0; p.S && d < p.Dk; d++)
             num += fq[d] * p.S[(bh * p.Dk + d) * p.Dv + e];
         hstore(p.out, p.dtype, b * p.so[0] + i * p.so[1] + h * p.so[2] + e * p.so[3], num / (den + p.eps));
@@ -435,7 +456,7 @@ extern "C" size_t lmk_hybrid_body_smem(const lmk_hybrid *p, int qb)
 
 static size_t head_smem(const lmk_hybrid *p)
 {
-    return sizeof(float) * ((size_t)2 * p->Dk + 32 + (size_t)(p->s + 2 * p->W));
+    return sizeof(float) * head_vs(p->Dk, p->s, p->W) + sizeof(int64_t) * (size_t)(p->s + 2 * p->W);
 }
 
 /* The body's rows per CTA: 64, or fewer when the window's logits would not fit; 0: none fit. */
