@@ -20,8 +20,11 @@
  * CTAs (else one CTA per pair); every CTA reads z, the positions and the
  * keys, arrives at the cluster barrier once it has, and rank 0 waits on it
  * only to write them back at the end (each CTA writes its own columns of S
- * and of the slot's value). Query heads go in blocks of 4. No allocation, no
- * host sync: graph-capturable.
+ * and of the slot's value). Query heads go in blocks of 4. Where the window
+ * fits one tile and a pass takes every query head of the group, the step is
+ * split over the cluster instead (hdecode_split_kernel): each CTA stages and
+ * scores a quarter of the slots and pushes its logits into every CTA's shared
+ * memory. No allocation, no host sync: graph-capturable.
  * Pool rows (lm_pool_decode on a hybrid pool): row b continues the slot named
  * in device memory, or in a table passed by value (the length-1 sequences of
  * a hybrid pool's varlen prefill: token, slot, fresh), whose five parts sit
@@ -37,7 +40,10 @@
  * the host 11.4 us; staging without per-piece arithmetic 11.3 us (12.97 us
  * before the rewrite, same run). A graph of one trivial kernel replays in
  * 3.6-4.6 us on that machine. 512 threads with TMA bulk copies measured 18.3
- * us (ncu: SMs active 16.4K of 38.7K cycles): not kept. Target <= 10 us.
+ * us (ncu: SMs active 16.4K of 38.7K cycles): not kept. Split over the
+ * cluster: 9.8-10.1 us against 11.2-11.5 for the tiled step in the same call,
+ * 9.7 / 9.9 us at 4K / 128K contexts in hybrid_bench.py (2026-12-07). Target
+ * <= 10 us.
  */
 #include "cluster_launch.cuh"
 #include "hybrid.cuh"
@@ -855,7 +861,7 @@ lm_status plan(const lmk_hybrid_decode *p, Geo *out)
     /* The split step where it applies: clusters, the window in one tile, one
      * pass of query heads, this thread's state rows all in registers, its
      * layout within the budget. LM_HYBRID_DECODE_SPLIT=0: the tiled step
-     * always (the tests' and the benchmarks' way to compare the two). */
+     * always (read at each step: to compare the two on one build). */
     const char *split_env = getenv("LM_HYBRID_DECODE_SPLIT");
     if (nvb > 1 && fit >= ns && p->Hq / p->Hkv <= GB && p->Dk <= NR * out->RG &&
         !(split_env && split_env[0] == '0')) {
