@@ -259,6 +259,52 @@ __device__ __forceinline__ void window_sums(const float *lg, int lp, const float
     }
 }
 
+/* Item (sg, column ve)'s share of the linear part: the phi(q) S partials
+ * (red's column ve) and phi(q).z (column cols) of row groups sg, sg + SG, ..
+ * below RG (put_partials' rows, pitch C1 = cols + 1), added to w and dn. */
+template <int GB>
+__device__ __forceinline__ void add_partials(const float *red, int cols, int C1, int ve, int sg, int SG, int RG,
+                                             float (&w)[GB], float (&dn)[GB])
+{
+    for (int gr = sg; gr < RG; gr += SG)
+#pragma unroll
+        for (int gi = 0; gi < GB; gi++) {
+            w[gi] += red[((size_t)gr * GB + gi) * C1 + ve];
+            dn[gi] += red[((size_t)gr * GB + gi) * C1 + cols];
+        }
+}
+
+/* The outputs of query heads gb .. gb + GB - 1 (those below G) over this
+ * CTA's Dv columns from e0: the SG slot groups' numerators and weight sums
+ * (red2: item (sg, column) a GB-vector, then the SG weight sums) added up. */
+template <int GB>
+__device__ __forceinline__ void store_out(const lmk_hybrid_decode &p, const float *red2, int SG, int cols, int Dv,
+                                          int G, int gb, int64_t x0, int hk, int e0)
+{
+#pragma unroll
+    for (int gi = 0; gi < GB; gi++)
+        for (int ee = threadIdx.x; ee < Dv && gb + gi < G; ee += THREADS) {
+            float num = 0.0f, den = 0.0f;
+            for (int sg = 0; sg < SG; sg++) {
+                num += red2[(size_t)(sg * cols + ee) * GB + gi];
+                den += red2[(size_t)(SG * cols + sg) * GB + gi];
+            }
+            hstore(p.out, p.dtype, x0 * p.so[0] + (hk * G + gb + gi) * p.so[1] + e0 + ee, num / (den + p.eps));
+        }
+}
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+/* v into float at of every CTA's shared memory in the cluster (peers: each
+ * rank's mapping of it, the first nvb of them used; the split step's). */
+__device__ __forceinline__ void to_cluster(float *const (&peers)[8], int nvb, int at, float v)
+{
+#pragma unroll
+    for (int k = 0; k < 8; k++)
+        if (k < nvb)
+            peers[k][at] = v;
+}
+#endif
+
 /* Floats ordered as ints (for atomicMax on shared memory), and back. */
 __device__ __forceinline__ int ordered(float x)
 {
@@ -521,12 +567,7 @@ __global__ void __launch_bounds__(THREADS, 2) hdecode_kernel(const __grid_consta
                 /* target - t0: the new token's slot in the tile */
                 window_sums<GB>(lg, NT, vals, cols, vnew, target - t0, ve, Dv, sg, SG, nt, gam, m, w, dn);
                 if (last)
-                    for (int gr = sg; gr < RG; gr += SG)
-#pragma unroll
-                        for (int gi = 0; gi < GB; gi++) {
-                            w[gi] += red[((size_t)gr * GB + gi) * C1 + ve];
-                            dn[gi] += red[((size_t)gr * GB + gi) * C1 + cols];
-                        }
+                    add_partials<GB>(red, cols, C1, ve, sg, SG, RG, w, dn);
 #pragma unroll
                 for (int gi = 0; gi < GB; gi++) {
                     red2[x * GB + gi] = w[gi];
@@ -536,16 +577,7 @@ __global__ void __launch_bounds__(THREADS, 2) hdecode_kernel(const __grid_consta
             }
             __syncthreads();
         }
-#pragma unroll
-        for (int gi = 0; gi < GB; gi++)
-            for (int ee = tid; ee < Dv && gb + gi < G; ee += THREADS) {
-                float num = 0.0f, den = 0.0f;
-                for (int sg = 0; sg < SG; sg++) {
-                    num += red2[(size_t)(sg * cols + ee) * GB + gi];
-                    den += red2[(size_t)(SG * cols + sg) * GB + gi];
-                }
-                hstore(p.out, p.dtype, x0 * p.so[0] + (hk * G + gb + gi) * p.so[1] + e0 + ee, num / (den + p.eps));
-            }
+        store_out<GB>(p, red2, SG, cols, Dv, G, gb, x0, hk, e0);
     }
 
     /* The state's new token, and z_new: rank 0 of a cluster writes what every
@@ -667,25 +699,15 @@ __global__ void __launch_bounds__(THREADS, 2) hdecode_split_kernel(const __grid_
         slot_dots<GB>(qr, KP, sl == target ? knew : keys + j * KP, Dk, there, c, dot);
 #pragma unroll
         for (int gi = 0; gi < GB; gi++) {
-            if (c == 0 && j < nj) {
-                const float l = there && gi < G ? dot[gi] * scale2 : -INFINITY;
-#pragma unroll
-                for (int k = 0; k < 8; k++)
-                    if (k < nvb)
-                        peers[k][g.lg + gi * ns + sl] = l;
-            }
+            if (c == 0 && j < nj)
+                to_cluster(peers, nvb, g.lg + gi * ns + sl, there && gi < G ? dot[gi] * scale2 : -INFINITY);
         }
     }
     /* The leaving slot's owner: phi(k_r) to every CTA, and phi(q).phi(k_r) a head (warp 0). */
     if (fold && r >= j0 && r < j0 + nj) {
         const float *kr = keys + (r - j0) * KP;
-        for (int d = tid; d < Dk; d += THREADS) {
-            const float f = phi_precise(kr[d], p.feature_map);
-#pragma unroll
-            for (int k = 0; k < 8; k++)
-                if (k < nvb)
-                    peers[k][g.fk + d] = f;
-        }
+        for (int d = tid; d < Dk; d += THREADS)
+            to_cluster(peers, nvb, g.fk + d, phi_precise(kr[d], p.feature_map));
         if (tid < 32) {
             float cd[GB] = {};
             for (int d = tid; d < Dk; d += 32) {
@@ -700,10 +722,7 @@ __global__ void __launch_bounds__(THREADS, 2) hdecode_split_kernel(const __grid_
                 for (int o = 16; o; o /= 2)
                     cd[gi] += __shfl_xor_sync(0xffffffffu, cd[gi], o);
                 if (tid == 0)
-#pragma unroll
-                    for (int k = 0; k < 8; k++)
-                        if (k < nvb)
-                            peers[k][g.cf + gi] = cd[gi];
+                    to_cluster(peers, nvb, g.cf + gi, cd[gi]);
             }
         }
     }
@@ -728,12 +747,7 @@ __global__ void __launch_bounds__(THREADS, 2) hdecode_split_kernel(const __grid_
         const int sg = x / cols, ve = x - sg * cols;
         float w[GB] = {}, dn[GB] = {};
         window_sums<GB>(lg, ns, vals, cols, vnew, target, ve, Dv, sg, SG, ns, gam, m, w, dn);
-        for (int gr = sg; gr < RG; gr += SG)
-#pragma unroll
-            for (int gi = 0; gi < GB; gi++) {
-                w[gi] += red[((size_t)gr * GB + gi) * C1 + ve];
-                dn[gi] += red[((size_t)gr * GB + gi) * C1 + cols];
-            }
+        add_partials<GB>(red, cols, C1, ve, sg, SG, RG, w, dn);
         if (sg == 0 && fold && ve < Dv)
 #pragma unroll
             for (int gi = 0; gi < GB; gi++)
@@ -746,16 +760,7 @@ __global__ void __launch_bounds__(THREADS, 2) hdecode_split_kernel(const __grid_
         }
     }
     __syncthreads();
-#pragma unroll
-    for (int gi = 0; gi < GB; gi++)
-        for (int ee = tid; ee < Dv && gi < G; ee += THREADS) {
-            float num = 0.0f, den = 0.0f;
-            for (int sg = 0; sg < SG; sg++) {
-                num += red2[(size_t)(sg * cols + ee) * GB + gi];
-                den += red2[(size_t)(SG * cols + sg) * GB + gi];
-            }
-            hstore(p.out, p.dtype, x0 * p.so[0] + (hk * G + gi) * p.so[1] + e0 + ee, num / (den + p.eps));
-        }
+    store_out<GB>(p, red2, SG, cols, Dv, G, 0, x0, hk, e0);
 
     /* The state: S_new = S + phi(k_r) v_r^T from the rows in registers (this
      * CTA's columns), z_new, the new token's key and position (rank 0) and
@@ -791,39 +796,25 @@ __global__ void __launch_bounds__(THREADS, 2) hdecode_split_kernel(const __grid_
 #endif
 }
 
-template <int GB, class P> cudaError_t launch_split(const P &p, const Geo &g, cudaStream_t s)
-{
-    const size_t smem = sizeof(float) * (size_t)g.total;
-    if (smem > 48 * 1024) {
-        const cudaError_t e = cudaFuncSetAttribute(hdecode_split_kernel<GB, P>,
-                                                   cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-        if (e != cudaSuccess)
-            return e;
-    }
-    const unsigned blocks = (unsigned)((int64_t)base(p).B * base(p).Hkv * g.nvb);
-    return lmk::launch_clustered(hdecode_split_kernel<GB, P>, blocks, THREADS, smem, s, (unsigned)g.nvb, p, g);
-}
-
 template <bool CLUSTER, int GB, class P>
 cudaError_t launch(const P &p, const Geo &g, cudaStream_t s)
 {
-    if (g.split)
-        return launch_split<GB>(p, g, s);
+    /* The split step runs only in clusters (plan: nvb > 1). */
+    void (*const kernel)(P, Geo) = g.split ? hdecode_split_kernel<GB, P> : hdecode_kernel<CLUSTER, GB, P>;
     const size_t smem = sizeof(float) * (size_t)g.total;
     /* Only past the default 48 KB: inside a graph capture the step then
      * queues its launch and nothing else. */
     if (smem > 48 * 1024) {
-        const cudaError_t e = cudaFuncSetAttribute(hdecode_kernel<CLUSTER, GB, P>,
-                                                   cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
         if (e != cudaSuccess)
             return e;
     }
     const unsigned blocks = (unsigned)((int64_t)base(p).B * base(p).Hkv * g.nvb);
     if (!CLUSTER) {
-        hdecode_kernel<false, GB, P><<<blocks, THREADS, smem, s>>>(p, g);
+        kernel<<<blocks, THREADS, smem, s>>>(p, g);
         return cudaGetLastError();
     }
-    return lmk::launch_clustered(hdecode_kernel<true, GB, P>, blocks, THREADS, smem, s, (unsigned)g.nvb, p, g);
+    return lmk::launch_clustered(kernel, blocks, THREADS, smem, s, (unsigned)g.nvb, p, g);
 }
 
 /* The launch's geometry for p, or the UNSUPPORTED status (with its reason)

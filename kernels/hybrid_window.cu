@@ -357,11 +357,24 @@ __host__ __device__ inline int64_t head_vs(int64_t Dk, int64_t s, int64_t W)
 
 constexpr int64_t NO_ROW = INT64_MIN; /* the head kernel's vs: a slot without a key (read as zeros) */
 
+/* num + the sum over n slots of w[x] times column e of the value row at
+ * vs[x] (NO_ROW: zeros), in slot order; the loads of successive slots
+ * overlap (each row read whether or not its weight is zero, selected after). */
+__device__ __forceinline__ float add_weighted(const lmk_hybrid &p, const float *w, const int64_t *vs, int64_t n, int e,
+                                              float num)
+{
+#pragma unroll 4
+    for (int64_t x = 0; x < n; x++) {
+        const float a = w[x], v = vs[x] == NO_ROW ? 0.0f : lmk::vrow_at(p, vs[x], e);
+        num += a != 0.0f ? a * v : 0.0f; /* a slot never written may hold anything */
+    }
+    return num;
+}
+
 /* One CTA per row of the call's start: everything from the definition. The
  * logits and the evicted slots' weights a warp a slot (lanes over Dk, loads
  * of consecutive d); the numerators a thread a value column over the slots,
- * each slot's value row located once (vs) and read whether or not its weight
- * is zero (selected after), so the loads of successive slots overlap. */
+ * each slot's value row located once (vs; add_weighted). */
 __global__ void __launch_bounds__(THREADS) head_kernel(const __grid_constant__ lmk_hybrid p)
 {
     extern __shared__ float hs[];
@@ -414,17 +427,7 @@ __global__ void __launch_bounds__(THREADS) head_kernel(const __grid_constant__ l
     }
     const float den = lmk::block_reduce<false>(asum + bsum + zlin, red); /* syncs: lg, wb, vs ready */
     for (int e = threadIdx.x; e < p.Dv; e += THREADS) {
-        float num = 0.0f;
-#pragma unroll 4
-        for (int64_t x = 0; x < nw; x++) {
-            const float a = lg[x], v = vs[x] == NO_ROW ? 0.0f : lmk::vrow_at(p, vs[x], e);
-            num += a != 0.0f ? a * v : 0.0f; /* a slot never written may hold anything */
-        }
-#pragma unroll 4
-        for (int64_t x = 0; x < ne; x++) {
-            const float w = wb[x], v = vs[p.s + W + x] == NO_ROW ? 0.0f : lmk::vrow_at(p, vs[p.s + W + x], e);
-            num += w != 0.0f ? w * v : 0.0f;
-        }
+        float num = add_weighted(p, wb, vs + p.s + W, ne, e, add_weighted(p, lg, vs, nw, e, 0.0f));
         for (int d = 0; p.S && d < p.Dk; d++)
             num += fq[d] * p.S[(bh * p.Dk + d) * p.Dv + e];
         hstore(p.out, p.dtype, b * p.so[0] + i * p.so[1] + h * p.so[2] + e * p.so[3], num / (den + p.eps));
