@@ -137,6 +137,11 @@ lm_status hybrid_parts_launch(const lmk_hybrid &p, lmk_hybrid_kind kind, cudaStr
     } else if (kind == LMK_HYBRID_SINKS) {
         sinks_kernel<<<heads, THREADS, 0, s>>>(p);
     } else if (kind == LMK_HYBRID_FOLD) {
+        /* Positions P0 - W .. P0 - W + min(L, W) - 1 leave the window; none
+         * at or past the sinks (a call from position 0): nothing to fold. */
+        const int64_t last = p.P0 - p.W + (p.L < p.W ? p.L : p.W) - 1;
+        if (last < (p.s > 0 ? p.s : 0))
+            return LM_OK;
         const int64_t n = (int64_t)p.Dk * p.Dv;
         fold_kernel<<<dim3((unsigned)((n + THREADS - 1) / THREADS), heads), THREADS, 0, s>>>(p);
     } else {

@@ -288,6 +288,16 @@ template <int n> __device__ __forceinline__ void wg_hold(float (&d)[n])
         asm volatile("" : "+f"(d[i])::"memory");
 }
 
+/* Declares an accumulator's old values dead (no instruction): for a product
+ * that overwrites it (scale_d 0), which otherwise keeps them live from their
+ * last reader, since the wgmma operands read as well as write. */
+template <int n> __device__ __forceinline__ void wg_fresh(float (&d)[n])
+{
+#pragma unroll
+    for (int i = 0; i < n; i++)
+        asm volatile("" : "=f"(d[i])::"memory");
+}
+
 /* The warpgroup's registers per thread, raised or lowered (multiples of 8). */
 template <int n> __device__ __forceinline__ void regs_raise()
 {

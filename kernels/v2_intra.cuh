@@ -21,13 +21,14 @@ namespace v2 {
 
 /* O += P V with P the fp32 weights of 16 KN keys in an m64n(16 KN)
  * accumulator, as bf16 hi + lo register fragments (k-step kk: registers 8 kk
- * .. 8 kk + 7, mma.cuh), and V the MN-major tile at shared address vt (lbo
- * bytes between its 64-column blocks); waits for the products, since they
- * read the fragments' registers. */
-template <class T, int KN>
-__device__ __forceinline__ void pv_split(float (&o)[T::D / 2], const float (&pw)[8 * KN], uint32_t vt, uint32_t lbo)
+ * .. 8 kk + 7, mma.cuh; the caller's hi, lo, which the products read until
+ * they are waited for; LO false: hi alone, P rounded to bf16 once), and V
+ * the MN-major tile at shared address vt (lbo bytes between its 64-column
+ * blocks): issued and committed as one group. */
+template <class T, int KN, bool LO = true>
+__device__ __forceinline__ void pv_issue(float (&o)[T::D / 2], const float (&pw)[8 * KN], uint32_t (&hi)[KN][4],
+                                         uint32_t (&lo)[KN][4], uint32_t vt, uint32_t lbo)
 {
-    uint32_t hi[KN][4], lo[KN][4];
 #pragma unroll
     for (int kk = 0; kk < KN; kk++)
 #pragma unroll
@@ -40,9 +41,18 @@ __device__ __forceinline__ void pv_split(float (&o)[T::D / 2], const float (&pw)
     for (int kk = 0; kk < KN; kk++) {
         const uint64_t vd = desc_mnmajor(vt + kk * 2048, lbo);
         WgmmaRS<T::D, 1>::run(o, hi[kk], vd, 1);
-        WgmmaRS<T::D, 1>::run(o, lo[kk], vd, 1);
+        if (LO)
+            WgmmaRS<T::D, 1>::run(o, lo[kk], vd, 1);
     }
     wg_commit();
+}
+
+/* pv_issue, waited for. */
+template <class T, int KN>
+__device__ __forceinline__ void pv_split(float (&o)[T::D / 2], const float (&pw)[8 * KN], uint32_t vt, uint32_t lbo)
+{
+    uint32_t hi[KN][4], lo[KN][4];
+    pv_issue<T, KN>(o, pw, hi, lo, vt, lbo);
     wg_wait<0>();
     wg_hold(o);
 }
