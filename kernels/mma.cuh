@@ -230,18 +230,6 @@ __host__ __device__ __forceinline__ uint32_t sw128(int row, int piece)
     return (uint32_t)(row * 128 + ((piece ^ (row & 7)) << 4));
 }
 
-/* The register A fragment of k-step kk (columns 16 kk .. 16 kk + 15) for this
- * warp's 16 rows (16 w of its warpgroup) of a K-major swizzled tile with
- * `block` bytes per 64 columns: one ldmatrix of four 8 x 8 matrices, lane l
- * giving row l % 8 of matrix l / 8 (rows + 8 for odd ones, columns + 8 for
- * the last two), so that register i is the layout's fragment i above. */
-__device__ __forceinline__ void ldsm_a_sw128(uint32_t (&a)[4], const unsigned char *tile, uint32_t block, int kk)
-{
-    const int l = threadIdx.x & 31, w = (threadIdx.x >> 5) & 3;
-    const int row = 16 * w + (l & 7) + 8 * ((l >> 3) & 1), col = 16 * kk + 8 * (l >> 4);
-    ldsm_x4(a, tile + (uint32_t)(col >> 6) * block + sw128(row, (col & 63) >> 3));
-}
-
 /* Shared-memory matrix descriptors (128-byte swizzle). */
 __device__ __forceinline__ uint64_t desc_kmajor(uint32_t saddr)
 {
@@ -366,17 +354,6 @@ template <int TA, int TB> struct WgmmaSS<128, TA, TB> {
                                  "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
                                  "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
                                : "l"(a), "l"(b), "r"(scale_d), "n"(TA), "n"(TB)));
-    }
-};
-
-template <int TB> struct WgmmaRS<8, TB> {
-    static __device__ __forceinline__ void run(float (&d)[4], const uint32_t (&a)[4], uint64_t b, int scale_d)
-    {
-        LMK_SM90A(asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %9, 0;\n"
-                               "wgmma.mma_async.sync.aligned.m64n8k16.f32.bf16.bf16 "
-                               "{%0, %1, %2, %3}, {%4, %5, %6, %7}, %8, p, 1, 1, %10;\n}\n"
-                               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(scale_d), "n"(TB)));
     }
 };
 

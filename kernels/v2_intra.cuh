@@ -5,7 +5,7 @@
  *   n = phi(Q) [z_hi z_lo]                            m64n8k16, columns 0, 1
  *   A = phi(Q) phi(K)^T, masked to j <= i             m64n64k16
  *   O += A_hi V + A_lo V, r = rowsum(A) (fp32)        A from registers
- * (pv_split, causal_mask: shared with the fused hybrid's v2_window.cuh)
+ * (pv_issue, causal_mask: shared with the fused hybrid's v2_window.cuh)
  * all issued asynchronously; the S products are committed first so that the
  * S buffer is freed (s_free) while A is still in flight. A is split into
  * bf16 hi + lo because it is the one product whose rounding shows in the
