@@ -9,21 +9,9 @@
 # ROUNDS (3) rounds of the A/B, RATIOS (2) of the prefill ratio's; GUARD (400) seconds: no step
 # starts that could end past it. Everything it writes goes into one tarball under $OUT (the device returns only a few files).
 VARIANTS=${VARIANTS:-"split head ts"}
-T0=$(date +%s)
-tar -xzf .dev/carry.tgz
-for v in $VARIANTS; do
-  tar -xzf .dev/slim_$v.tgz -C .dev
-  for f in .dev/device/lib/*; do [ "$(basename $f)" = libliquidmemory_cuda.so.0 ] || cp -a $f .dev/$v/lib/; done
-  mkdir -p .dev/$v/bin && cp .dev/device/bin/lm-gpu-tests .dev/$v/bin/
-done
-B=.dev/device; O=$OUT/call; mkdir -p $O
-export LM_LICENSE_FILE=$PWD/$B/dev-license PYTHONPATH=$PWD/bindings/python
-run() { n=$1; t=$2; shift 2; if [ $(( $(date +%s) - T0 + t )) -gt ${GUARD:-400} ]; then echo "$n skipped (time)" >> $O/summary.txt; return 9; fi
-  s=$(date +%s); timeout $t "$@" > $O/$n.log 2>&1; rc=$?; echo "$n rc $rc $(( $(date +%s) - s )) s" >> $O/summary.txt; return $rc; }
-nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv > $O/gpu.txt 2>&1
-nvidia-smi dmon -s pc -d 1 > $O/dmon.txt 2>&1 & DMON=$! # the clocks while the steps run
+GUARD_DEFAULT=400
+. bench/pending/probes/call_setup.sh
 K=LMK_PROBE_NOKEYS; S=LMK_PROBE_STOP; M=LMK_PROBE_SMEM
-lib() { echo "env LM_LIB_PATH=$PWD/.dev/$1/lib/libliquidmemory.so"; }
 # 1. each variant against main, alternating (the step in a graph, hybrid_bench's configuration)
 for i in $(seq ${ROUNDS:-3}); do for v in device $VARIANTS; do [ $v = ts ] || [ $v = head ] && continue
   run ab-$v-$i 30 $(lib $v) python3 bench/pending/probes/decode_probe.py $O/ab-$v-$i.json -,chain8; done; done
@@ -75,6 +63,4 @@ case " $VARIANTS " in *" ts "*)
   run probe-nokeys 40 $(lib ts) python3 bench/pending/probes/decode_probe.py $O/probe-nokeys.json "-,$M=150000,$K=1,$K=3,$S=2,$S=2+$K=1,$S=2+$K=3";;
 esac
 run racecheck 120 env CK_RUN_SUITE=gpu_hybrid CK_RUN_CASE=decode compute-sanitizer --tool racecheck --error-exitcode 3 --print-limit 20 $B/bin/lm-gpu-tests small
-kill $DMON 2>/dev/null
-echo "$(( $(date +%s) - T0 )) s" > $O/time.txt
-cd $OUT && tar -czf call.tgz call && rm -rf call
+finish

@@ -7,20 +7,8 @@
 # (<v>/lib/libliquidmemory_cuda.so.0) for each of VARIANTS. GUARD (560) seconds: no step starts
 # that could end past it. Everything goes into $OUT/call.tgz.
 VARIANTS=${VARIANTS:-"C2 P1"}
-T0=$(date +%s)
-tar -xzf .dev/carry.tgz
-for v in $VARIANTS; do
-  tar -xzf .dev/slim_$v.tgz -C .dev
-  for f in .dev/device/lib/*; do [ "$(basename $f)" = libliquidmemory_cuda.so.0 ] || cp -a $f .dev/$v/lib/; done
-  mkdir -p .dev/$v/bin && cp .dev/device/bin/lm-gpu-tests .dev/$v/bin/
-done
-B=.dev/device; O=$OUT/call; mkdir -p $O
-export LM_LICENSE_FILE=$PWD/$B/dev-license PYTHONPATH=$PWD/bindings/python PYTHONUNBUFFERED=1
-run() { n=$1; t=$2; shift 2; if [ $(( $(date +%s) - T0 + t )) -gt ${GUARD:-560} ]; then echo "$n skipped (time)" >> $O/summary.txt; return 9; fi
-  s=$(date +%s); timeout $t "$@" > $O/$n.log 2>&1; rc=$?; echo "$n rc $rc $(( $(date +%s) - s )) s" >> $O/summary.txt; return $rc; }
-nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv > $O/gpu.txt 2>&1
-nvidia-smi dmon -s pc -d 1 > $O/dmon.txt 2>&1 & DMON=$!
-lib() { echo "env LM_LIB_PATH=$PWD/.dev/$1/lib/libliquidmemory.so LM_COMMIT=$(cat $B/COMMIT)+$1"; }
+GUARD_DEFAULT=560
+. bench/pending/probes/call_setup.sh
 FIRST=$(echo $VARIANTS | cut -d' ' -f1)
 # 1. correctness first: the hybrid suite (the fused path, its error against float64) per variant
 for v in $VARIANTS; do run hybrid-tests-$v 60 env CK_RUN_SUITE=gpu_hybrid CK_RUN_CASE=hybrid .dev/$v/bin/lm-gpu-tests; done
@@ -38,6 +26,4 @@ run pytest-hybrid-$FIRST 200 $(lib $FIRST) python3 -m pytest -q -rfEs -p no:cach
 run bench-$FIRST 60 $(lib $FIRST) python3 bench/hybrid_bench.py --out $O/hybrid-$FIRST.json --commit "$(cat $B/COMMIT)+$FIRST"
 san synccheck 60
 san racecheck 90
-kill $DMON 2>/dev/null
-echo "$(( $(date +%s) - T0 )) s" > $O/time.txt
-cd $OUT && tar -czf call.tgz call && rm -rf call
+finish
